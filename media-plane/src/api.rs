@@ -1,0 +1,288 @@
+//! The `media.v1.MediaPlane` gRPC service: validates requests, sends them to the owning core and
+//! maps the answers back. It runs on its own small tokio runtime, off the media cores.
+//!
+//! Leg and bridge ids carry their core in the top byte, so a request finds its core without a table.
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1;
+use tokio::sync::{broadcast, oneshot};
+use tokio_stream::{wrappers::BroadcastStream, Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::driver::{Command, CoreError, CoreEvent, CoreHandle, CoreReport, SubmitError};
+use crate::engine::{CommandError, Direction, Drops, Event, LegSpec, LegStats, Remote};
+
+const CORE_SHIFT: u32 = 56;
+
+/// The service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MediaService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cores: Vec<CoreHandle>,
+    next_id: AtomicU64,
+    round_robin: AtomicUsize,
+    events: broadcast::Sender<CoreEvent>,
+    advertise_ip: IpAddr,
+    media_ip: IpAddr,
+}
+
+impl MediaService {
+    pub fn new(cores: Vec<CoreHandle>, events: broadcast::Sender<CoreEvent>, media_ip: IpAddr, advertise_ip: IpAddr) -> Self {
+        Self { inner: Arc::new(Inner { cores, next_id: AtomicU64::new(1), round_robin: AtomicUsize::new(0), events, advertise_ip, media_ip }) }
+    }
+
+    /// Stops every core (waiting at most `limit` for each).
+    pub fn shutdown(&self, limit: Duration) {
+        for c in &self.inner.cores {
+            c.shutdown(limit);
+        }
+    }
+
+    fn new_id(&self, core: usize) -> u64 {
+        ((core as u64) << CORE_SHIFT) | (self.inner.next_id.fetch_add(1, Ordering::Relaxed) & ((1 << CORE_SHIFT) - 1))
+    }
+
+    fn core_of(&self, id: u64, what: &str) -> Result<&CoreHandle, Status> {
+        self.inner.cores.get((id >> CORE_SHIFT) as usize).ok_or_else(|| Status::not_found(format!("{what} {id} does not exist")))
+    }
+
+    fn pick_core(&self, call_id: &str) -> usize {
+        let n = self.inner.cores.len();
+        if call_id.is_empty() {
+            return self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % n;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        call_id.hash(&mut h);
+        (h.finish() % n as u64) as usize
+    }
+
+    /// Sends a command built around a fresh reply channel and waits for the answer.
+    async fn ask<T>(&self, core: &CoreHandle, make: impl FnOnce(oneshot::Sender<Result<T, CoreError>>) -> Command) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        core.submit(make(tx)).map_err(submit_status)?;
+        rx.await.map_err(|_| Status::unavailable(format!("core {} stopped", core.core)))?.map_err(core_status)
+    }
+
+    async fn reports(&self, legs: Option<Vec<u64>>) -> Result<Vec<CoreReport>, Status> {
+        let mut out = Vec::with_capacity(self.inner.cores.len());
+        for core in &self.inner.cores {
+            let ids = legs.as_ref().map(|ids| ids.iter().copied().filter(|id| (id >> CORE_SHIFT) as usize == core.core).collect());
+            let (tx, rx) = oneshot::channel();
+            core.submit(Command::Stats { legs: ids, reply: tx }).map_err(submit_status)?;
+            out.push(rx.await.map_err(|_| Status::unavailable(format!("core {} stopped", core.core)))?);
+        }
+        Ok(out)
+    }
+
+    fn endpoint(&self, field: &str, e: &v1::Endpoint) -> Result<SocketAddr, Status> {
+        let ip: IpAddr = e.ip.parse().map_err(|_| Status::invalid_argument(format!("{field}.ip: {:?} is not an IP address", e.ip)))?;
+        let port = u16::try_from(e.port).ok().filter(|p| *p != 0).ok_or_else(|| Status::invalid_argument(format!("{field}.port: {} is not a port", e.port)))?;
+        if ip.is_ipv4() != self.inner.media_ip.is_ipv4() {
+            return Err(Status::invalid_argument(format!("{field}.ip: {ip} is not of the media address family")));
+        }
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    fn leg_stats(&self, core: usize, s: &LegStats) -> v1::LegStats {
+        v1::LegStats {
+            leg_id: s.id,
+            local: Some(v1::Endpoint { ip: self.inner.advertise_ip.to_string(), port: u32::from(s.local_port) }),
+            remote: s.remote.map(endpoint_msg),
+            remote_rtcp: s.remote_rtcp.map(endpoint_msg),
+            latched: s.latched,
+            rtp_packets_in: s.rtp_packets_in,
+            rtp_bytes_in: s.rtp_bytes_in,
+            rtp_packets_out: s.rtp_packets_out,
+            rtp_bytes_out: s.rtp_bytes_out,
+            rtcp_packets_in: s.rtcp_packets_in,
+            rtcp_packets_out: s.rtcp_packets_out,
+            drops: Some(drops_msg(&s.drops)),
+            idle_ms: s.idle.map(|d| d.as_millis() as u64),
+            core: core as u32,
+            bridge_id: s.bridge.unwrap_or(0),
+            direction: direction_msg(s.direction) as i32,
+        }
+    }
+}
+
+fn endpoint_msg(a: SocketAddr) -> v1::Endpoint {
+    v1::Endpoint { ip: a.ip().to_string(), port: u32::from(a.port()) }
+}
+
+fn drops_msg(d: &Drops) -> v1::Drops {
+    v1::Drops { malformed: d.malformed, wrong_source: d.wrong_source, no_route: d.no_route, muted: d.muted, send_failed: d.send_failed }
+}
+
+fn direction_msg(d: Direction) -> v1::Direction {
+    match d {
+        Direction::SendRecv => v1::Direction::Sendrecv,
+        Direction::SendOnly => v1::Direction::Sendonly,
+        Direction::RecvOnly => v1::Direction::Recvonly,
+        Direction::Inactive => v1::Direction::Inactive,
+    }
+}
+
+fn direction_from(raw: i32) -> Result<Option<Direction>, Status> {
+    match v1::Direction::try_from(raw) {
+        Ok(v1::Direction::Unspecified) => Ok(None),
+        Ok(v1::Direction::Sendrecv) => Ok(Some(Direction::SendRecv)),
+        Ok(v1::Direction::Sendonly) => Ok(Some(Direction::SendOnly)),
+        Ok(v1::Direction::Recvonly) => Ok(Some(Direction::RecvOnly)),
+        Ok(v1::Direction::Inactive) => Ok(Some(Direction::Inactive)),
+        Err(_) => Err(Status::invalid_argument(format!("direction: {raw} is not a Direction"))),
+    }
+}
+
+fn submit_status(e: SubmitError) -> Status {
+    match e {
+        SubmitError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
+        SubmitError::Stopped(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn core_status(e: CoreError) -> Status {
+    match &e {
+        CoreError::Command(CommandError::NoSuchLeg(_) | CommandError::NoSuchBridge(_)) => Status::not_found(e.to_string()),
+        CoreError::Command(CommandError::LegExists(_)) => Status::already_exists(e.to_string()),
+        CoreError::Command(CommandError::AlreadyBridged(..) | CommandError::SelfBridge | CommandError::PortInUse(_)) => {
+            Status::failed_precondition(e.to_string())
+        }
+        CoreError::PortsExhausted(_) => Status::resource_exhausted(e.to_string()),
+        CoreError::Bind(..) | CoreError::Register(..) => Status::internal(e.to_string()),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::media_plane_server::MediaPlane for MediaService {
+    async fn create_leg(&self, req: Request<v1::CreateLegRequest>) -> Result<Response<v1::CreateLegResponse>, Status> {
+        let r = req.into_inner();
+        let remote = r.remote.as_ref().map(|e| self.endpoint("remote", e)).transpose()?;
+        let remote_rtcp = r.remote_rtcp.as_ref().map(|e| self.endpoint("remote_rtcp", e)).transpose()?;
+        let spec = LegSpec {
+            remote: match (remote, r.latch) {
+                (Some(a), false) => Remote::locked(a),
+                (a, _) => Remote::latching(a),
+            },
+            remote_rtcp: match (remote_rtcp, r.latch) {
+                (Some(a), false) => Remote::locked(a),
+                (a, _) => Remote::latching(a),
+            },
+            rtcp_mux: r.rtcp_mux,
+            direction: direction_from(r.direction)?.unwrap_or_default(),
+            media_timeout: (r.media_timeout_ms > 0).then(|| Duration::from_millis(u64::from(r.media_timeout_ms))),
+        };
+        let core = self.pick_core(&r.call_id);
+        let id = self.new_id(core);
+        let handle = &self.inner.cores[core];
+        let port = self.ask(handle, |reply| Command::CreateLeg { id, spec, reply }).await?;
+        tracing::debug!(leg = id, core, port, "leg created");
+        Ok(Response::new(v1::CreateLegResponse {
+            leg_id: id,
+            local: Some(v1::Endpoint { ip: self.inner.advertise_ip.to_string(), port: u32::from(port) }),
+            core: core as u32,
+        }))
+    }
+
+    async fn update_leg(&self, req: Request<v1::UpdateLegRequest>) -> Result<Response<v1::UpdateLegResponse>, Status> {
+        let r = req.into_inner();
+        let remote = r.remote.as_ref().map(|e| self.endpoint("remote", e)).transpose()?;
+        let remote_rtcp = r.remote_rtcp.as_ref().map(|e| self.endpoint("remote_rtcp", e)).transpose()?;
+        let direction = direction_from(r.direction)?;
+        let core = self.core_of(r.leg_id, "leg")?;
+        let (id, relatch) = (r.leg_id, r.relatch);
+        self.ask(core, |reply| Command::UpdateLeg { id, remote, remote_rtcp, direction, relatch, reply }).await?;
+        Ok(Response::new(v1::UpdateLegResponse {}))
+    }
+
+    async fn delete_leg(&self, req: Request<v1::DeleteLegRequest>) -> Result<Response<v1::DeleteLegResponse>, Status> {
+        let id = req.into_inner().leg_id;
+        let core = self.core_of(id, "leg")?;
+        let stats = self.ask(core, |reply| Command::DeleteLeg { id, reply }).await?;
+        Ok(Response::new(v1::DeleteLegResponse { stats: Some(self.leg_stats(core.core, &stats)) }))
+    }
+
+    async fn create_bridge(&self, req: Request<v1::CreateBridgeRequest>) -> Result<Response<v1::CreateBridgeResponse>, Status> {
+        let r = req.into_inner();
+        let core_a = self.core_of(r.leg_a, "leg")?;
+        let core_b = self.core_of(r.leg_b, "leg")?;
+        if core_a.core != core_b.core {
+            return Err(Status::failed_precondition(format!(
+                "legs {} and {} are on cores {} and {}: create both legs with the same call_id",
+                r.leg_a, r.leg_b, core_a.core, core_b.core
+            )));
+        }
+        let id = self.new_id(core_a.core);
+        let (a, b) = (r.leg_a, r.leg_b);
+        self.ask(core_a, |reply| Command::CreateBridge { id, a, b, reply }).await?;
+        Ok(Response::new(v1::CreateBridgeResponse { bridge_id: id }))
+    }
+
+    async fn delete_bridge(&self, req: Request<v1::DeleteBridgeRequest>) -> Result<Response<v1::DeleteBridgeResponse>, Status> {
+        let id = req.into_inner().bridge_id;
+        let core = self.core_of(id, "bridge")?;
+        self.ask(core, |reply| Command::DeleteBridge { id, reply }).await?;
+        Ok(Response::new(v1::DeleteBridgeResponse {}))
+    }
+
+    async fn get_stats(&self, req: Request<v1::GetStatsRequest>) -> Result<Response<v1::GetStatsResponse>, Status> {
+        let r = req.into_inner();
+        let filter = if r.totals_only { Some(Vec::new()) } else if r.leg_ids.is_empty() { None } else { Some(r.leg_ids) };
+        let reports = self.reports(filter).await?;
+        let mut resp = v1::GetStatsResponse::default();
+        for rep in reports {
+            resp.legs.extend(rep.legs.iter().map(|s| self.leg_stats(rep.core, s)));
+            resp.cores.push(v1::CoreStats {
+                core: rep.core as u32,
+                legs: rep.leg_count as u32,
+                bridges: rep.bridge_count as u32,
+                packets_in: rep.counters.packets_in,
+                packets_forwarded: rep.counters.packets_forwarded,
+                drops: Some(drops_msg(&rep.counters.drops)),
+                command_queue_full: self.inner.cores[rep.core].queue_full(),
+                free_ports: rep.free_ports as u32,
+            });
+        }
+        Ok(Response::new(resp))
+    }
+
+    type EventsStream = EventStream;
+
+    async fn events(&self, _req: Request<v1::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let svc = self.clone();
+        let stream = BroadcastStream::new(self.inner.events.subscribe()).filter_map(move |item| match item {
+            Ok((core, ev)) => Some(Ok(svc.event_msg(core, ev))),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "event subscriber too slow; events dropped");
+                None
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl MediaService {
+    fn event_msg(&self, core: usize, ev: Event) -> v1::Event {
+        match ev {
+            Event::Latched { leg, remote, rtcp } => v1::Event {
+                leg_id: leg,
+                kind: Some(v1::event::Kind::Latched(v1::Latched { remote: Some(endpoint_msg(remote)), rtcp })),
+            },
+            Event::TimedOut { leg, stats } => v1::Event {
+                leg_id: leg,
+                kind: Some(v1::event::Kind::TimedOut(v1::LegTimedOut { stats: Some(self.leg_stats(core, &stats)) })),
+            },
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! A leg: one media endpoint (RTP port, RTCP port or rtcp-mux), its remote addresses and counters.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{BridgeId, LegId};
+
+/// Media direction, as the endpoint states it in its SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    SendRecv,
+    /// The endpoint sends; the media plane sends it no RTP.
+    SendOnly,
+    /// The endpoint only receives; RTP from it is dropped (muted).
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    pub fn endpoint_sends(self) -> bool {
+        matches!(self, Self::SendRecv | Self::SendOnly)
+    }
+    pub fn endpoint_receives(self) -> bool {
+        matches!(self, Self::SendRecv | Self::RecvOnly)
+    }
+}
+
+/// Why a packet was dropped. Every drop is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Too short for its header, or version not 2.
+    Malformed,
+    /// From an address other than the leg's latched remote.
+    WrongSource,
+    /// No leg on the port, no bridge, or the peer has no remote yet.
+    NoRoute,
+    /// RTP the direction does not allow (hold, mute). RTCP always flows.
+    Muted,
+    /// The kernel refused the send.
+    SendFailed,
+}
+
+/// Drop counters by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drops {
+    pub malformed: u64,
+    pub wrong_source: u64,
+    pub no_route: u64,
+    pub muted: u64,
+    pub send_failed: u64,
+}
+
+impl Drops {
+    pub fn add(&mut self, r: DropReason) {
+        let c = match r {
+            DropReason::Malformed => &mut self.malformed,
+            DropReason::WrongSource => &mut self.wrong_source,
+            DropReason::NoRoute => &mut self.no_route,
+            DropReason::Muted => &mut self.muted,
+            DropReason::SendFailed => &mut self.send_failed,
+        };
+        *c += 1;
+    }
+    pub fn total(&self) -> u64 {
+        self.malformed + self.wrong_source + self.no_route + self.muted + self.send_failed
+    }
+    pub fn merge(&mut self, o: &Drops) {
+        self.malformed += o.malformed;
+        self.wrong_source += o.wrong_source;
+        self.no_route += o.no_route;
+        self.muted += o.muted;
+        self.send_failed += o.send_failed;
+    }
+}
+
+/// A remote address and whether packets from elsewhere are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Remote {
+    pub addr: Option<SocketAddr>,
+    /// Locked: only `addr` may send. Unlocked: the next packet's source becomes `addr` (latching).
+    pub locked: bool,
+}
+
+pub(super) enum Accept {
+    Known,
+    Latched,
+    WrongSource,
+}
+
+impl Remote {
+    pub fn locked(addr: SocketAddr) -> Self {
+        Self { addr: Some(addr), locked: true }
+    }
+    /// Send to `addr` (if any) until the first packet arrives, then latch onto its source.
+    pub fn latching(addr: Option<SocketAddr>) -> Self {
+        Self { addr, locked: false }
+    }
+    pub(super) fn unlock(&mut self) {
+        self.locked = false;
+    }
+    pub(super) fn accept(&mut self, src: SocketAddr) -> Accept {
+        if self.locked {
+            return if self.addr == Some(src) { Accept::Known } else { Accept::WrongSource };
+        }
+        self.addr = Some(src);
+        self.locked = true;
+        Accept::Latched
+    }
+}
+
+/// What the control plane asks for when creating a leg.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LegSpec {
+    pub remote: Remote,
+    pub remote_rtcp: Remote,
+    pub rtcp_mux: bool,
+    pub direction: Direction,
+    /// `None`: the engine's default.
+    pub media_timeout: Option<Duration>,
+}
+
+/// Counters and addresses of a leg, as reported by GetStats and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegStats {
+    pub id: LegId,
+    pub local_port: u16,
+    pub rtcp_mux: bool,
+    pub remote: Option<SocketAddr>,
+    pub remote_rtcp: Option<SocketAddr>,
+    pub latched: bool,
+    pub direction: Direction,
+    pub bridge: Option<BridgeId>,
+    pub rtp_packets_in: u64,
+    pub rtp_bytes_in: u64,
+    pub rtp_packets_out: u64,
+    pub rtp_bytes_out: u64,
+    pub rtcp_packets_in: u64,
+    pub rtcp_packets_out: u64,
+    pub drops: Drops,
+    /// Time since the last accepted packet; `None` if none yet.
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PortKind {
+    Rtp,
+    Rtcp,
+}
+
+#[derive(Debug)]
+pub(super) struct Leg {
+    pub id: LegId,
+    pub local_port: u16,
+    pub rtcp_mux: bool,
+    pub rtp_remote: Remote,
+    pub rtcp_remote: Remote,
+    pub direction: Direction,
+    pub media_timeout: Duration,
+    pub bridge: Option<BridgeId>,
+    /// Slot of the bridged leg.
+    pub peer: Option<usize>,
+    /// Last accepted packet, or creation.
+    pub last_rx: Instant,
+    pub any_rx: bool,
+    pub rtp_packets_in: u64,
+    pub rtp_bytes_in: u64,
+    pub rtp_packets_out: u64,
+    pub rtp_bytes_out: u64,
+    pub rtcp_packets_in: u64,
+    pub rtcp_packets_out: u64,
+    pub drops: Drops,
+}
+
+impl Leg {
+    pub fn new(id: LegId, local_port: u16, spec: LegSpec, media_timeout: Duration, now: Instant) -> Self {
+        Self {
+            id,
+            local_port,
+            rtcp_mux: spec.rtcp_mux,
+            rtp_remote: spec.remote,
+            rtcp_remote: spec.remote_rtcp,
+            direction: spec.direction,
+            media_timeout,
+            bridge: None,
+            peer: None,
+            last_rx: now,
+            any_rx: false,
+            rtp_packets_in: 0,
+            rtp_bytes_in: 0,
+            rtp_packets_out: 0,
+            rtp_bytes_out: 0,
+            rtcp_packets_in: 0,
+            rtcp_packets_out: 0,
+            drops: Drops::default(),
+        }
+    }
+
+    /// Local port and remote address for RTP sent to this leg's endpoint.
+    pub fn rtp_destination(&self) -> Option<(u16, SocketAddr)> {
+        Some((self.local_port, self.rtp_remote.addr?))
+    }
+
+    /// Local port and remote address for RTCP sent to this leg's endpoint: the RTCP remote if known,
+    /// else derived from the RTP remote (same address with rtcp-mux, port + 1 without).
+    pub fn rtcp_destination(&self) -> Option<(u16, SocketAddr)> {
+        if self.rtcp_mux {
+            let to = self.rtcp_remote.addr.or(self.rtp_remote.addr)?;
+            return Some((self.local_port, to));
+        }
+        let to = match self.rtcp_remote.addr {
+            Some(a) => a,
+            None => {
+                let mut a = self.rtp_remote.addr?;
+                a.set_port(a.port().checked_add(1)?);
+                a
+            }
+        };
+        Some((self.local_port + 1, to))
+    }
+
+    pub fn stats(&self, now: Instant) -> LegStats {
+        LegStats {
+            id: self.id,
+            local_port: self.local_port,
+            rtcp_mux: self.rtcp_mux,
+            remote: self.rtp_remote.addr,
+            remote_rtcp: self.rtcp_destination().map(|(_, a)| a),
+            latched: self.rtp_remote.locked,
+            direction: self.direction,
+            bridge: self.bridge,
+            rtp_packets_in: self.rtp_packets_in,
+            rtp_bytes_in: self.rtp_bytes_in,
+            rtp_packets_out: self.rtp_packets_out,
+            rtp_bytes_out: self.rtp_bytes_out,
+            rtcp_packets_in: self.rtcp_packets_in,
+            rtcp_packets_out: self.rtcp_packets_out,
+            drops: self.drops,
+            idle: self.any_rx.then(|| now.saturating_duration_since(self.last_rx)),
+        }
+    }
+}

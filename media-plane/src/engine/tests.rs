@@ -1,0 +1,344 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::harness::{Harness, Link};
+use crate::wire::write_rtp_header;
+
+const A_PORT: u16 = 30000;
+const B_PORT: u16 = 30002;
+
+fn cfg() -> EngineConfig {
+    EngineConfig { media_timeout: Duration::from_secs(30) }
+}
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 172];
+    write_rtp_header(&mut b, 0, seq, u32::from(seq) * 160, 0x1234).unwrap();
+    b
+}
+fn rtcp_sr() -> Vec<u8> {
+    let mut b = vec![0u8; 28];
+    b[0] = 0x80;
+    b[1] = 200;
+    b[3] = 6;
+    b
+}
+fn seqs(r: &[crate::harness::Received]) -> Vec<u16> {
+    r.iter().map(|p| u16::from_be_bytes([p.bytes[2], p.bytes[3]])).collect()
+}
+
+/// Two legs bridged: A latches (no remote), B is pinned to `b_remote`.
+fn call(h: &mut Harness, b_remote: SocketAddr, mux: bool) {
+    let now = h.now();
+    h.engine.create_leg(1, A_PORT, LegSpec { rtcp_mux: mux, ..Default::default() }, now).unwrap();
+    let spec = LegSpec { remote: Remote::locked(b_remote), rtcp_mux: mux, ..Default::default() };
+    h.engine.create_leg(2, B_PORT, spec, now).unwrap();
+    h.engine.create_bridge(7, 1, 2).unwrap();
+}
+
+#[test]
+fn rtp_is_relayed_unchanged_with_sequence_intact() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    for seq in 0..50 {
+        h.send(a, A_PORT, &rtp(seq));
+        h.advance(Duration::from_millis(20));
+    }
+    let got = h.take_inbox(b);
+    assert_eq!(seqs(&got), (0..50).collect::<Vec<_>>());
+    assert!(got.iter().all(|p| p.from_port == B_PORT));
+    assert_eq!(got[7].bytes, rtp(7), "payload and header untouched");
+    let st = h.engine.leg_stats(2, h.now()).unwrap();
+    assert_eq!((st.rtp_packets_out, st.rtp_bytes_out), (50, 50 * 172));
+}
+
+#[test]
+fn first_packet_latches_remote_and_reverse_direction_flows_to_it() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    // Before A has sent anything, media from B has nowhere to go.
+    h.send(b, B_PORT, &rtp(1));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().drops.no_route, 1);
+    h.send(a, A_PORT, &rtp(1));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(h.take_events(), vec![Event::Latched { leg: 1, remote: a, rtcp: false }]);
+    h.send(b, B_PORT, &rtp(2));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(seqs(&h.take_inbox(a)), vec![2]);
+    assert!(h.engine.leg_stats(1, h.now()).unwrap().latched);
+}
+
+#[test]
+fn packets_from_other_source_after_latching_are_dropped_until_relatch() {
+    let (a, b, intruder) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"), addr("10.9.9.9:666"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    h.send(a, A_PORT, &rtp(1));
+    h.send(intruder, A_PORT, &rtp(99));
+    h.send(intruder, B_PORT, &rtp(98)); // B is pinned by the API
+    h.advance(Duration::from_millis(5));
+    assert_eq!(seqs(&h.take_inbox(b)), vec![1]);
+    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().drops.wrong_source, 1);
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().drops.wrong_source, 1);
+    // The control plane re-latches A (NAT rebinding): the next source wins and is then strict.
+    h.engine.update_leg(1, None, None, None, true).unwrap();
+    let moved = addr("10.0.0.1:4444");
+    h.send(moved, A_PORT, &rtp(2));
+    h.advance(Duration::from_millis(5));
+    h.send(a, A_PORT, &rtp(3));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(seqs(&h.take_inbox(b)), vec![2]);
+    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().remote, Some(moved));
+    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().drops.wrong_source, 2);
+}
+
+#[test]
+fn update_leg_remote_redirects_media_and_pins_source() {
+    let (a, b, b2) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"), addr("10.0.0.3:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    h.engine.update_leg(2, Some(b2), None, None, false).unwrap();
+    h.send(a, A_PORT, &rtp(1));
+    h.advance(Duration::from_millis(5));
+    assert!(h.take_inbox(b).is_empty());
+    assert_eq!(seqs(&h.take_inbox(b2)), vec![1]);
+}
+
+#[test]
+fn idle_leg_times_out_is_removed_with_its_bridge_and_reported() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    // B keeps sending (to A, which never latches), A sends once and goes silent.
+    h.send(a, A_PORT, &rtp(0));
+    for i in 0..40 {
+        h.send(b, B_PORT, &rtp(i));
+        h.advance(Duration::from_secs(1));
+    }
+    let events = h.take_events();
+    let timed_out: Vec<_> = events.iter().filter_map(|e| match e { Event::TimedOut { leg, stats } => Some((*leg, stats.rtp_packets_in)), _ => None }).collect();
+    assert_eq!(timed_out, vec![(1, 1)]);
+    assert!(!h.engine.has_leg(1));
+    assert!(h.engine.has_leg(2), "the active leg stays");
+    assert!(!h.engine.has_bridge(7));
+    // A's port is free again and traffic to it is a no-route drop.
+    h.send(a, A_PORT, &rtp(1));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(h.engine.counters().drops.no_route, 1 + h.engine.leg_stats(2, h.now()).unwrap().drops.no_route);
+}
+
+#[test]
+fn timeout_fires_within_one_sweep_of_its_deadline() {
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    let spec = LegSpec { media_timeout: Some(Duration::from_secs(5)), ..Default::default() };
+    h.engine.create_leg(1, A_PORT, spec, h.now()).unwrap();
+    h.advance(Duration::from_millis(4900));
+    assert!(h.engine.has_leg(1));
+    h.advance(Duration::from_millis(100) + SWEEP_INTERVAL);
+    assert!(!h.engine.has_leg(1));
+    assert_eq!(h.engine.poll_timeout(), None, "no timer while there are no legs");
+}
+
+#[test]
+fn rtcp_is_relayed_between_rtcp_ports() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let a_rtcp = addr("10.0.0.1:4001");
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    h.send(a, A_PORT, &rtp(1));
+    h.send(a_rtcp, A_PORT + 1, &rtcp_sr());
+    h.send(addr("10.0.0.2:5001"), B_PORT + 1, &rtcp_sr());
+    h.advance(Duration::from_millis(5));
+    // A's RTCP goes to B's RTP port + 1 from B's RTCP port; B's RTCP to the latched A RTCP source.
+    let at_b = h.take_inbox(addr("10.0.0.2:5001"));
+    assert_eq!(at_b.len(), 1);
+    assert_eq!((at_b[0].from_port, at_b[0].bytes.clone()), (B_PORT + 1, rtcp_sr()));
+    let at_a = h.take_inbox(a_rtcp);
+    assert_eq!(at_a.len(), 1);
+    assert_eq!(at_a[0].from_port, A_PORT + 1);
+    let st = h.engine.leg_stats(1, h.now()).unwrap();
+    assert_eq!((st.rtcp_packets_in, st.rtcp_packets_out, st.rtp_packets_in), (1, 1, 1));
+}
+
+#[test]
+fn rtcp_mux_legs_relay_rtcp_on_the_rtp_port() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, true);
+    h.send(a, A_PORT, &rtp(1));
+    h.send(a, A_PORT, &rtcp_sr());
+    h.advance(Duration::from_millis(5));
+    let got = h.take_inbox(b);
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|p| p.from_port == B_PORT));
+    assert_eq!(got[1].bytes, rtcp_sr());
+    let st = h.engine.leg_stats(2, h.now()).unwrap();
+    assert_eq!((st.rtp_packets_out, st.rtcp_packets_out), (1, 1));
+    // No RTCP port was taken: B_PORT + 1 is free.
+    h.engine.create_leg(3, B_PORT + 1, LegSpec { rtcp_mux: true, ..Default::default() }, h.now()).unwrap();
+}
+
+#[test]
+fn malformed_packets_are_counted_and_dropped() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    let mut v1 = rtp(1);
+    v1[0] = 0x40;
+    for bad in [vec![], vec![0x80; 11], v1, vec![0xff; 200]] {
+        h.send(a, A_PORT, &bad);
+    }
+    h.send(a, A_PORT + 1, &[0x80, 200, 0]); // short RTCP
+    h.advance(Duration::from_millis(5));
+    assert!(h.take_inbox(b).is_empty());
+    assert!(h.take_events().is_empty(), "malformed packets do not latch");
+    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().drops.malformed, 5);
+    assert_eq!(h.engine.counters().drops.malformed, 5);
+}
+
+#[test]
+fn hold_direction_mutes_rtp_but_not_rtcp() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    // B put on hold by A: B is told sendonly -> nothing is sent to... A says sendonly: A's RTP flows,
+    // nothing is sent to A. B recvonly: B's RTP is dropped.
+    h.engine.update_leg(2, None, None, Some(Direction::RecvOnly), false).unwrap();
+    h.send(a, A_PORT, &rtp(1));
+    h.send(b, B_PORT, &rtp(2));
+    h.send(addr("10.0.0.2:5001"), B_PORT + 1, &rtcp_sr());
+    h.advance(Duration::from_millis(5));
+    assert_eq!(seqs(&h.take_inbox(b)), vec![1]);
+    assert!(h.take_inbox(a).is_empty());
+    assert_eq!(h.take_inbox(addr("10.0.0.1:4001")).len(), 1, "RTCP flows on hold");
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().drops.muted, 1);
+    h.engine.update_leg(2, None, None, Some(Direction::SendRecv), false).unwrap();
+    h.send(b, B_PORT, &rtp(3));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(seqs(&h.take_inbox(a)), vec![3]);
+}
+
+#[test]
+fn lossy_reordering_link_relays_every_surviving_packet_once() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let link = Link { latency: Duration::from_millis(10), jitter: Duration::from_millis(60), loss: 0.1 };
+    let mut h = Harness::new(cfg(), link, 42);
+    call(&mut h, b, false);
+    for seq in 0..500 {
+        h.send(a, A_PORT, &rtp(seq));
+        h.advance(Duration::from_millis(20));
+    }
+    h.advance(Duration::from_millis(500));
+    let got = seqs(&h.take_inbox(b));
+    let st = h.engine.leg_stats(1, h.now()).unwrap();
+    // The relay forwards what it receives in the order it receives it: no duplicates, no loss of its own.
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), got.len());
+    assert_eq!(st.rtp_packets_in, h.engine.leg_stats(2, h.now()).unwrap().rtp_packets_out);
+    assert!(got.len() < 500 && got.len() > 300, "link loss applies twice (in and out): {}", got.len());
+    assert!(got.windows(2).any(|w| w[0] > w[1]), "jitter reordered something");
+}
+
+#[test]
+fn command_misuse_is_reported() {
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    let now = h.now();
+    h.engine.create_leg(1, A_PORT, LegSpec::default(), now).unwrap();
+    assert_eq!(h.engine.create_leg(1, B_PORT, LegSpec::default(), now), Err(CommandError::LegExists(1)));
+    assert_eq!(h.engine.create_leg(2, A_PORT + 1, LegSpec::default(), now), Err(CommandError::PortInUse(A_PORT + 1)));
+    assert_eq!(h.engine.create_bridge(5, 1, 1), Err(CommandError::SelfBridge));
+    assert_eq!(h.engine.create_bridge(5, 1, 9), Err(CommandError::NoSuchLeg(9)));
+    h.engine.create_leg(2, B_PORT, LegSpec::default(), now).unwrap();
+    h.engine.create_leg(3, B_PORT + 2, LegSpec::default(), now).unwrap();
+    h.engine.create_bridge(5, 1, 2).unwrap();
+    assert_eq!(h.engine.create_bridge(6, 3, 2), Err(CommandError::AlreadyBridged(2, 5)));
+    assert_eq!(h.engine.delete_bridge(6), Err(CommandError::NoSuchBridge(6)));
+    h.engine.delete_leg(2, now).unwrap();
+    assert!(!h.engine.has_bridge(5), "deleting a leg deletes its bridge");
+    h.engine.create_bridge(6, 3, 1).unwrap();
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(u8, bool, bool),
+    Delete(u8),
+    Bridge(u8, u8),
+    Unbridge(u8),
+    Relatch(u8),
+    Packet(u8, u8, Vec<u8>),
+    Wait(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..8u8, any::<bool>(), any::<bool>()).prop_map(|(l, m, r)| Op::Create(l, m, r)),
+        (0..8u8).prop_map(Op::Delete),
+        (0..8u8, 0..8u8).prop_map(|(a, b)| Op::Bridge(a, b)),
+        (0..4u8).prop_map(Op::Unbridge),
+        (0..8u8).prop_map(Op::Relatch),
+        (0..20u8, 0..4u8, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(p, s, mut b)| {
+            if b.len() > 12 && s % 2 == 0 {
+                b[0] = 0x80;
+            }
+            Op::Packet(p, s, b)
+        }),
+        (0..5000u16).prop_map(Op::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Any sequence of commands and packets keeps the engine's books straight: every packet is either
+    /// forwarded or counted under one drop reason, and legs never leak ports.
+    #[test]
+    fn counters_balance_under_arbitrary_operation_sequences(ops in proptest::collection::vec(op(), 1..120), seed in 1..u64::MAX) {
+        let link = Link { latency: Duration::from_millis(1), jitter: Duration::from_millis(3), loss: 0.0 };
+        let mut h = Harness::new(EngineConfig { media_timeout: Duration::from_secs(3) }, link, seed);
+        let mut delivered = 0u64;
+        for op in ops {
+            let now = h.now();
+            match op {
+                Op::Create(l, mux, remote) => {
+                    let spec = LegSpec {
+                        rtcp_mux: mux,
+                        remote: if remote { Remote::locked(addr("10.0.0.1:4000")) } else { Remote::default() },
+                        ..Default::default()
+                    };
+                    let _ = h.engine.create_leg(u64::from(l), 30000 + u16::from(l) * 2, spec, now);
+                }
+                Op::Delete(l) => { let _ = h.engine.delete_leg(u64::from(l), now); }
+                Op::Bridge(a, b) => { let _ = h.engine.create_bridge(u64::from(a) * 8 + u64::from(b), u64::from(a), u64::from(b)); }
+                Op::Unbridge(b) => { let _ = h.engine.delete_bridge(u64::from(b)); }
+                Op::Relatch(l) => { let _ = h.engine.update_leg(u64::from(l), None, None, None, true); }
+                Op::Packet(p, s, b) => {
+                    h.send(SocketAddr::from(([10, 0, 0, s], 4000)), 30000 + u16::from(p), &b);
+                }
+                Op::Wait(ms) => h.advance(Duration::from_millis(u64::from(ms))),
+            }
+            for a in 0..4u8 {
+                delivered += h.take_inbox(SocketAddr::from(([10, 0, 0, a], 4000))).len() as u64;
+                delivered += h.take_inbox(SocketAddr::from(([10, 0, 0, a], 4001))).len() as u64;
+            }
+        }
+        h.advance(Duration::from_secs(10));
+        for a in 0..4u8 {
+            delivered += h.take_inbox(SocketAddr::from(([10, 0, 0, a], 4000))).len() as u64;
+            delivered += h.take_inbox(SocketAddr::from(([10, 0, 0, a], 4001))).len() as u64;
+        }
+        let c = h.engine.counters();
+        prop_assert_eq!(c.packets_in, c.packets_forwarded + c.drops.total());
+        prop_assert_eq!(c.packets_forwarded, delivered);
+        prop_assert_eq!(h.engine.leg_count(), 0, "every leg timed out");
+        prop_assert_eq!(h.engine.bridge_count(), 0);
+    }
+}

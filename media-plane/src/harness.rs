@@ -1,0 +1,162 @@
+//! In-memory, virtual-time network around one [`Engine`], for tests.
+//!
+//! Endpoints are plain socket addresses. Packets they send cross a simulated link (fixed latency,
+//! jitter that reorders, random loss from a seeded generator) to the engine; what the engine
+//! forwards lands in the destination endpoint's inbox, after the same link. Time only moves when a
+//! test calls [`Harness::advance`], so timeouts of minutes run in microseconds and every run with
+//! the same seed is identical.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::engine::{Engine, EngineConfig, Event, Verdict};
+
+/// Link behaviour between endpoints and the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    pub latency: Duration,
+    /// Extra delay drawn uniformly from `0..jitter` per packet; larger than the packet spacing
+    /// reorders packets.
+    pub jitter: Duration,
+    /// Probability of losing each packet, 0.0..=1.0.
+    pub loss: f64,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self { latency: Duration::from_millis(1), jitter: Duration::ZERO, loss: 0.0 }
+    }
+}
+
+/// A packet as an endpoint received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The media plane's address it came from.
+    pub from_port: u16,
+    pub at: Instant,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum InFlight {
+    ToEngine { src: SocketAddr, port: u16, bytes: Vec<u8> },
+    ToEndpoint { dst: SocketAddr, from_port: u16, bytes: Vec<u8> },
+}
+
+/// The harness. See the module documentation.
+#[derive(Debug)]
+pub struct Harness {
+    pub engine: Engine,
+    pub link: Link,
+    start: Instant,
+    now: Instant,
+    rng: u64,
+    seq: u64,
+    in_flight: BTreeMap<(Instant, u64), InFlight>,
+    inboxes: HashMap<SocketAddr, Vec<Received>>,
+    events: Vec<Event>,
+}
+
+impl Harness {
+    pub fn new(config: EngineConfig, link: Link, seed: u64) -> Self {
+        let start = Instant::now();
+        Self {
+            engine: Engine::new(config),
+            link,
+            start,
+            now: start,
+            rng: seed.max(1),
+            seq: 0,
+            in_flight: BTreeMap::new(),
+            inboxes: HashMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Virtual now.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+    /// Virtual time elapsed since the harness started.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// `src` sends `bytes` to the media plane's `port`.
+    pub fn send(&mut self, src: SocketAddr, port: u16, bytes: &[u8]) {
+        self.schedule(InFlight::ToEngine { src, port, bytes: bytes.to_vec() });
+    }
+
+    /// Moves virtual time forward by `d`, delivering packets and running engine timers on the way.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next_packet = self.in_flight.keys().next().map(|k| k.0);
+            let next_timer = self.engine.poll_timeout();
+            let next = [next_packet, next_timer].into_iter().flatten().filter(|t| *t <= end).min();
+            let Some(t) = next else { break };
+            self.now = self.now.max(t);
+            if next_timer.is_some_and(|nt| nt <= self.now) {
+                self.engine.handle_timeout(self.now);
+            }
+            while let Some(entry) = self.in_flight.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let pkt = entry.remove();
+                self.deliver(pkt);
+            }
+            while let Some(e) = self.engine.poll_event() {
+                self.events.push(e);
+            }
+        }
+        self.now = end;
+    }
+
+    /// Packets `addr` has received so far (drained).
+    pub fn take_inbox(&mut self, addr: SocketAddr) -> Vec<Received> {
+        self.inboxes.remove(&addr).unwrap_or_default()
+    }
+
+    /// Engine events so far (drained).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn deliver(&mut self, pkt: InFlight) {
+        match pkt {
+            InFlight::ToEngine { src, port, bytes } => {
+                if let Verdict::Forward { from_port, to } = self.engine.handle_packet(port, src, &bytes, self.now) {
+                    self.schedule(InFlight::ToEndpoint { dst: to, from_port, bytes });
+                }
+            }
+            InFlight::ToEndpoint { dst, from_port, bytes } => {
+                self.inboxes.entry(dst).or_default().push(Received { from_port, at: self.now, bytes });
+            }
+        }
+    }
+
+    fn schedule(&mut self, pkt: InFlight) {
+        if self.link.loss > 0.0 && self.next_f64() < self.link.loss {
+            return;
+        }
+        let jitter = if self.link.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.link.jitter.mul_f64(self.next_f64())
+        };
+        self.seq += 1;
+        self.in_flight.insert((self.now + self.link.latency + jitter, self.seq), pkt);
+    }
+
+    /// xorshift64*: deterministic, good enough for loss and jitter draws.
+    fn next_f64(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

@@ -1,0 +1,38 @@
+//! # media-plane
+//!
+//! A thread-per-core RTP/RTCP relay driven over gRPC (`media.v1.MediaPlane`).
+//!
+//! ```text
+//!             gRPC (tonic, own tokio runtime, not pinned)          api.rs
+//!                  │ commands (crossbeam, bounded)   ▲ events (broadcast)
+//!      ┌───────────┼──────────────────┬──────────────┘
+//!      ▼           ▼                  ▼
+//!   core 0      core 1     …      core N-1          one OS thread per core, pinned   driver/
+//!   ┌───────────────────────┐
+//!   │ Engine (sans-IO)      │  legs, bridges, counters, media timeouts            engine/
+//!   │   ▲ packets │ verdicts│
+//!   │ UdpDriver: mio epoll, │  one socket per port, recvmmsg/sendmmsg batches     driver/udp.rs, sys.rs
+//!   │ recvmmsg → sendmmsg   │
+//!   └───────────────────────┘
+//! ```
+//!
+//! * **Ownership, not locks.** A leg, its ports and its bridge belong to one core; the port range is
+//!   split so a port's core is computed ([`ports::owner`]). Nothing on the packet path locks or allocates.
+//! * **Sans-IO engine.** [`engine::Engine`] is given packets and `now` and returns verdicts
+//!   (forward from port P to address X, or drop with a reason); the driver does the I/O. The same
+//!   engine runs in the virtual-time [`harness`] used by tests.
+//! * **Zero copy.** A forwarded packet leaves from the buffer it arrived in, unchanged.
+//! * **Latching and strict source.** A leg without a remote learns it from its first packet; after
+//!   that, other sources are dropped and counted until the control plane asks it to re-latch.
+//! * **Counted drops.** Malformed, wrong source, no route, muted, send failed: per leg and per core.
+//!
+//! All `unsafe` code is in [`sys`].
+
+pub mod api;
+pub mod config;
+pub mod driver;
+pub mod engine;
+pub mod harness;
+pub mod ports;
+pub mod sys;
+pub mod wire;

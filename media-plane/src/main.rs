@@ -1,0 +1,132 @@
+//! `media-plane`: starts the media cores and serves the gRPC API until SIGINT/SIGTERM.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use media_plane::api::MediaService;
+use media_plane::config::{ConfigError, FileConfig};
+use media_plane::driver;
+use proto::v1::media_plane_server::MediaPlaneServer;
+
+/// Kernel-bypass-ready RTP/RTCP relay, driven over gRPC. Flags override the config file.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// gRPC listen address, e.g. 127.0.0.1:9090.
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    /// Address media sockets bind to.
+    #[arg(long)]
+    media_ip: Option<String>,
+    /// Address announced to clients (when media_ip is behind NAT or a wildcard).
+    #[arg(long)]
+    advertise_ip: Option<String>,
+    /// Media port range, e.g. 30000-39999.
+    #[arg(long)]
+    ports: Option<String>,
+    /// Number of media cores (threads).
+    #[arg(long)]
+    cores: Option<i64>,
+    /// First CPU to pin media cores to.
+    #[arg(long)]
+    first_cpu: Option<i64>,
+    /// Do not pin media cores to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Idle legs are deleted after this many seconds.
+    #[arg(long)]
+    media_timeout_secs: Option<i64>,
+}
+
+fn load(args: &Args) -> Result<media_plane::config::Config, ConfigError> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let flags = FileConfig {
+        grpc_listen: args.grpc_listen.clone(),
+        media_ip: args.media_ip.clone(),
+        advertise_ip: args.advertise_ip.clone(),
+        ports: args.ports.clone(),
+        cores: args.cores,
+        pin_cores: args.no_pin.then_some(false),
+        first_cpu: args.first_cpu,
+        media_timeout_secs: args.media_timeout_secs,
+        ..Default::default()
+    };
+    file.overlay(flags).validate()
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("media-plane: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("media-plane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    let (events, _) = tokio::sync::broadcast::channel(16 * 1024);
+    let cores = driver::spawn_cores(&config, events.clone()).map_err(|e| format!("starting media cores: {e}"))?;
+    let service = MediaService::new(cores, events, config.media_ip, config.advertise_ip);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("grpc")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the gRPC runtime: {e}"))?;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("gRPC reflection: {e}"))?;
+    let svc = service.clone();
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(|e| format!("bind({}) for gRPC failed: {e}", config.grpc_listen))?;
+        tracing::info!(
+            grpc = %config.grpc_listen, media_ip = %config.media_ip, ports = %format!("{}-{}", config.port_min, config.port_max),
+            cores = config.cores, "media plane ready"
+        );
+        tonic::transport::Server::builder()
+            .add_service(MediaPlaneServer::new(svc))
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal())
+            .await
+            .map_err(|e| format!("gRPC server: {e}"))
+    });
+    service.shutdown(Duration::from_secs(2));
+    tracing::info!("media plane stopped");
+    result.map_err(Into::into)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

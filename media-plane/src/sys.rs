@@ -1,0 +1,247 @@
+//! Every `unsafe` block of the media plane: batched UDP I/O with `recvmmsg(2)` / `sendmmsg(2)`.
+//!
+//! Neither std, mio nor socket2 offers multi-message calls, and `quinn-udp` batches by GSO/GRO for
+//! one peer, whereas a relay sends each packet of a batch to a different peer; `nix` wraps the calls
+//! but allocates per call. So the two calls are wrapped here, once, over buffers a [`PacketBatch`]
+//! owns, and everything else in the crate (and the load generator) uses the safe methods.
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+/// Largest datagram a slot holds; longer ones are truncated by the kernel and dropped by us.
+pub const SLOT_LEN: usize = 2048;
+
+/// A fixed set of packet buffers with their lengths and peer addresses, reused for every call.
+pub struct PacketBatch {
+    bufs: Vec<[u8; SLOT_LEN]>,
+    lens: Vec<usize>,
+    truncated: Vec<bool>,
+    peers: Vec<libc::sockaddr_storage>,
+    // Scratch for building the system call arguments; rebuilt on each call, so the batch may move.
+    iov: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    dst: Vec<libc::sockaddr_storage>,
+}
+
+impl std::fmt::Debug for PacketBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketBatch").field("capacity", &self.bufs.len()).finish()
+    }
+}
+
+// SAFETY: the raw pointers inside `iov`/`hdrs` are scratch values rewritten before every system call
+// and never dereferenced by Rust code; the batch owns all memory they point into.
+unsafe impl Send for PacketBatch {}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
+    unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() }
+}
+
+fn empty_hdr() -> libc::mmsghdr {
+    // SAFETY: mmsghdr is plain old data (pointers and integers); all-zero is a valid value.
+    unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() }
+}
+
+impl PacketBatch {
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, 1024);
+        Self {
+            bufs: vec![[0u8; SLOT_LEN]; capacity],
+            lens: vec![0; capacity],
+            truncated: vec![false; capacity],
+            peers: vec![zeroed_storage(); capacity],
+            iov: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; capacity],
+            hdrs: vec![empty_hdr(); capacity],
+            dst: vec![zeroed_storage(); capacity],
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Received bytes of slot `i` (after [`PacketBatch::recv`]), or the bytes to send.
+    pub fn packet(&self, i: usize) -> &[u8] {
+        let len = self.lens.get(i).copied().unwrap_or(0);
+        self.bufs.get(i).map_or(&[][..], |b| &b[..len.min(SLOT_LEN)])
+    }
+
+    /// Whether slot `i` held a datagram longer than [`SLOT_LEN`] (its tail was cut off).
+    pub fn truncated(&self, i: usize) -> bool {
+        self.truncated.get(i).copied().unwrap_or(false)
+    }
+
+    /// Source address of received slot `i`.
+    pub fn peer(&self, i: usize) -> Option<SocketAddr> {
+        self.peers.get(i).and_then(storage_to_addr)
+    }
+
+    /// Fills slot `i` for sending: `fill` writes into the whole slot and returns the length used.
+    pub fn fill(&mut self, i: usize, fill: impl FnOnce(&mut [u8]) -> usize) {
+        if let (Some(buf), Some(len)) = (self.bufs.get_mut(i), self.lens.get_mut(i)) {
+            *len = fill(&mut buf[..]).min(SLOT_LEN);
+        }
+    }
+
+    /// Receives up to `capacity` datagrams from non-blocking socket `fd` in one `recvmmsg` call.
+    /// Returns how many arrived; `Ok(0)` when none was waiting.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.bufs.len();
+        for i in 0..n {
+            self.iov[i] = libc::iovec { iov_base: self.bufs[i].as_mut_ptr().cast(), iov_len: SLOT_LEN };
+            let h = &mut self.hdrs[i];
+            *h = empty_hdr();
+            h.msg_hdr.msg_iov = &mut self.iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_name = (&mut self.peers[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        }
+        // SAFETY: `hdrs[..n]` point at `iov[i]`, `bufs[i]` (SLOT_LEN bytes) and `peers[i]`, all owned by
+        // `self` and alive, unmoved, for the duration of the call; `fd` is a socket the caller owns.
+        let r = unsafe {
+            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+        }
+        let got = r as usize;
+        for i in 0..got {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+            self.truncated[i] = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        }
+        Ok(got)
+    }
+
+    /// Sends slots `items[k].0` to `items[k].1` from socket `fd` with `sendmmsg`, never blocking.
+    /// Returns how many the kernel refused (full buffer, unreachable, bad address); those are dropped.
+    pub fn send(&mut self, fd: RawFd, items: &[(usize, SocketAddr)]) -> usize {
+        let mut failed = 0;
+        let mut start = 0;
+        let items = &items[..items.len().min(self.bufs.len())];
+        let mut count = 0;
+        for (k, &(slot, to)) in items.iter().enumerate() {
+            let Some(buf) = self.bufs.get_mut(slot) else {
+                failed += 1;
+                continue;
+            };
+            let len = self.lens[slot].min(SLOT_LEN);
+            self.iov[count] = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
+            let name_len = addr_to_storage(to, &mut self.dst[count]);
+            let h = &mut self.hdrs[count];
+            *h = empty_hdr();
+            h.msg_hdr.msg_iov = &mut self.iov[count];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_name = (&mut self.dst[count] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = name_len;
+            count += 1;
+            let _ = k;
+        }
+        while start < count {
+            // SAFETY: `hdrs[start..count]` point at `iov`, `dst` and `bufs` entries owned by `self`,
+            // alive and unmoved during the call; `fd` is a socket the caller owns.
+            let r = unsafe {
+                libc::sendmmsg(fd, self.hdrs[start..].as_mut_ptr(), (count - start) as libc::c_uint, libc::MSG_DONTWAIT)
+            };
+            if r <= 0 {
+                // The first remaining message failed: drop it and go on with the rest.
+                failed += 1;
+                start += 1;
+            } else {
+                start += r as usize;
+            }
+        }
+        failed
+    }
+}
+
+fn addr_to_storage(a: SocketAddr, st: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    *st = zeroed_storage();
+    match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>(), sin) };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>(), sin6) };
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+fn storage_to_addr(st: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(st.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in; storage is aligned for it.
+            let sin = unsafe { &*(st as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6; storage is aligned for it.
+            let sin6 = unsafe { &*(st as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(sin6.sin6_port), sin6.sin6_flowinfo, sin6.sin6_scope_id)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn socket_addresses_round_trip_through_storage() {
+        for a in ["127.0.0.1:30000", "[::1]:5004", "[fe80::1%3]:9"] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut st = zeroed_storage();
+            addr_to_storage(a, &mut st);
+            assert_eq!(storage_to_addr(&st), Some(a));
+        }
+    }
+
+    #[test]
+    fn batch_sends_to_many_peers_and_receives_them_in_one_call() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx2 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut b = PacketBatch::new(8);
+        for i in 0..4 {
+            b.fill(i, |buf| {
+                buf[..3].copy_from_slice(&[i as u8; 3]);
+                3
+            });
+        }
+        let to = [rx.local_addr().unwrap(), rx2.local_addr().unwrap()];
+        let items: Vec<_> = (0..4).map(|i| (i, to[i % 2])).collect();
+        assert_eq!(b.send(tx.as_raw_fd(), &items), 0);
+        rx.set_nonblocking(true).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut r = PacketBatch::new(8);
+        assert_eq!(r.recv(rx.as_raw_fd()).unwrap(), 2);
+        assert_eq!((r.packet(0), r.packet(1)), (&[0u8, 0, 0][..], &[2u8, 2, 2][..]));
+        assert_eq!(r.peer(0), Some(tx.local_addr().unwrap()));
+        assert_eq!(r.recv(rx.as_raw_fd()).unwrap(), 0, "nothing more waiting");
+    }
+}
