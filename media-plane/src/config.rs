@@ -103,7 +103,7 @@ impl FileConfig {
         let (port_min, port_max) = parse_port_range(self.ports.as_deref().unwrap_or("30000-39999"))?;
         let available = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cores = self.cores.unwrap_or(1);
-        if cores < 1 || cores > 256 {
+        if !(1..=256).contains(&cores) {
             return Err(invalid("cores", format!("{cores} is out of range 1..=256")));
         }
         let cores = cores as usize;
@@ -111,7 +111,7 @@ impl FileConfig {
         if first_cpu < 0 || first_cpu as usize >= available {
             return Err(invalid("first_cpu", format!("{first_cpu} is not a CPU of this machine (0..{available})")));
         }
-        let pairs = (usize::from(port_max) - usize::from(port_min) + 1) / 2;
+        let pairs = (usize::from(port_max) - usize::from(port_min)).div_ceil(2);
         if pairs < cores {
             return Err(invalid("ports", format!("{pairs} port pairs cannot be shared by {cores} cores")));
         }
@@ -183,7 +183,7 @@ mod tests {
     use super::*;
 
     fn err(toml: &str) -> String {
-        FileConfig::parse(toml).map_err(|e| e).and_then(|f| f.validate().map_err(|e| e.to_string())).unwrap_err()
+        FileConfig::parse(toml).and_then(|f| f.validate().map_err(|e| e.to_string())).unwrap_err()
     }
 
     #[test]
