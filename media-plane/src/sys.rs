@@ -12,6 +12,8 @@ use std::os::fd::RawFd;
 
 /// Largest datagram a slot holds; longer ones are truncated by the kernel and dropped by us.
 pub const SLOT_LEN: usize = 2048;
+/// Ancillary data space per slot (u64 words, for alignment): room for one SCM_TIMESTAMPNS.
+const CONTROL_WORDS: usize = 8;
 
 /// A fixed set of packet buffers with their lengths and peer addresses, reused for every call.
 pub struct PacketBatch {
@@ -19,6 +21,9 @@ pub struct PacketBatch {
     lens: Vec<usize>,
     truncated: Vec<bool>,
     peers: Vec<libc::sockaddr_storage>,
+    /// Kernel receive timestamps (CLOCK_REALTIME, ns), when enabled with [`enable_rx_timestamps`].
+    stamps: Vec<Option<u64>>,
+    control: Vec<[u64; CONTROL_WORDS]>,
     // Scratch for building the system call arguments; rebuilt on each call, so the batch may move.
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -53,6 +58,8 @@ impl PacketBatch {
             lens: vec![0; capacity],
             truncated: vec![false; capacity],
             peers: vec![zeroed_storage(); capacity],
+            stamps: vec![None; capacity],
+            control: vec![[0u64; CONTROL_WORDS]; capacity],
             iov: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; capacity],
             hdrs: vec![empty_hdr(); capacity],
             dst: vec![zeroed_storage(); capacity],
@@ -72,6 +79,11 @@ impl PacketBatch {
     /// Whether slot `i` held a datagram longer than [`SLOT_LEN`] (its tail was cut off).
     pub fn truncated(&self, i: usize) -> bool {
         self.truncated.get(i).copied().unwrap_or(false)
+    }
+
+    /// Kernel arrival time of received slot `i` in ns since the Unix epoch, if timestamps are on.
+    pub fn rx_timestamp_ns(&self, i: usize) -> Option<u64> {
+        self.stamps.get(i).copied().flatten()
     }
 
     /// Source address of received slot `i`.
@@ -98,8 +110,10 @@ impl PacketBatch {
             h.msg_hdr.msg_iovlen = 1;
             h.msg_hdr.msg_name = (&mut self.peers[i] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_control = self.control[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = CONTROL_WORDS * 8;
         }
-        // SAFETY: `hdrs[..n]` point at `iov[i]`, `bufs[i]` (SLOT_LEN bytes) and `peers[i]`, all owned by
+        // SAFETY: `hdrs[..n]` point at `iov[i]`, `bufs[i]` (SLOT_LEN bytes), `control[i]` and `peers[i]`, all owned by
         // `self` and alive, unmoved, for the duration of the call; `fd` is a socket the caller owns.
         let r = unsafe {
             libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
@@ -112,6 +126,7 @@ impl PacketBatch {
         for i in 0..got {
             self.lens[i] = self.hdrs[i].msg_len as usize;
             self.truncated[i] = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.stamps[i] = rx_timestamp(&self.hdrs[i].msg_hdr);
         }
         Ok(got)
     }
@@ -123,7 +138,7 @@ impl PacketBatch {
         let mut start = 0;
         let items = &items[..items.len().min(self.bufs.len())];
         let mut count = 0;
-        for (k, &(slot, to)) in items.iter().enumerate() {
+        for &(slot, to) in items {
             let Some(buf) = self.bufs.get_mut(slot) else {
                 failed += 1;
                 continue;
@@ -138,7 +153,6 @@ impl PacketBatch {
             h.msg_hdr.msg_name = (&mut self.dst[count] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen = name_len;
             count += 1;
-            let _ = k;
         }
         while start < count {
             // SAFETY: `hdrs[start..count]` point at `iov`, `dst` and `bufs` entries owned by `self`,
@@ -156,6 +170,38 @@ impl PacketBatch {
         }
         failed
     }
+}
+
+/// The SCM_TIMESTAMPNS control message of a received message header, if any.
+fn rx_timestamp(h: &libc::msghdr) -> Option<u64> {
+    if h.msg_controllen == 0 || h.msg_control.is_null() {
+        return None;
+    }
+    // SAFETY: `h` was filled by recvmmsg: msg_control points at our control buffer and
+    // msg_controllen is the length the kernel wrote; the CMSG_* macros stay within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+/// Asks the kernel to stamp every datagram received on `fd` with its arrival time (SO_TIMESTAMPNS),
+/// read back with [`PacketBatch::rx_timestamp_ns`]. Used by the load generator to measure latency
+/// without counting its own scheduling delays.
+pub fn enable_rx_timestamps(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int and the length passed is its size; `fd` is a socket the caller owns.
+    let r = unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, (&on as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::other(format!("setsockopt(SO_TIMESTAMPNS): {}", io::Error::last_os_error()))) }
 }
 
 fn addr_to_storage(a: SocketAddr, st: &mut libc::sockaddr_storage) -> libc::socklen_t {
@@ -243,5 +289,20 @@ mod tests {
         assert_eq!((r.packet(0), r.packet(1)), (&[0u8, 0, 0][..], &[2u8, 2, 2][..]));
         assert_eq!(r.peer(0), Some(tx.local_addr().unwrap()));
         assert_eq!(r.recv(rx.as_raw_fd()).unwrap(), 0, "nothing more waiting");
+        assert_eq!(r.rx_timestamp_ns(0), None, "timestamps are off by default");
+    }
+
+    #[test]
+    fn kernel_receive_timestamps_are_reported_when_enabled() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_rx_timestamps(rx.as_raw_fd()).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut r = PacketBatch::new(4);
+        assert_eq!(r.recv(rx.as_raw_fd()).unwrap(), 1);
+        let ts = r.rx_timestamp_ns(0).expect("timestamp present");
+        assert!(ts >= before && ts < before + 1_000_000_000, "{ts} vs {before}");
     }
 }

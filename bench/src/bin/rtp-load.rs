@@ -1,1 +1,258 @@
-fn main(){}
+//! `rtp-load`: RTP load generator and sink for the media plane (see the `bench` crate docs).
+//!
+//! Fixed mode runs N calls; `--search` finds the largest N with 0 loss and p99 below
+//! `--max-p99-us`. Progress goes to stderr, results to stdout as one JSON line per run (search: one
+//! per trial, then a summary line).
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bench::traffic::{self, Call, Endpoints, Params, Report};
+use clap::Parser;
+use proto::v1::media_plane_client::MediaPlaneClient;
+use proto::v1::{CreateBridgeRequest, CreateLegRequest, DeleteLegRequest, Endpoint};
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "RTP load generator and sink driving the media plane's gRPC API")]
+struct Args {
+    /// Media plane gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    grpc: String,
+    /// Concurrent calls (two legs and a bridge each); in --search, the first size tried.
+    #[arg(long, default_value_t = 100)]
+    calls: usize,
+    /// Measured seconds per run (after warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Packets per second per stream.
+    #[arg(long, default_value_t = 50)]
+    rate: u32,
+    /// RTP packet size in bytes, header included (172 = G.711 20 ms: 12 + 160).
+    #[arg(long, default_value_t = 172)]
+    size: usize,
+    /// Local address of the generator's sockets.
+    #[arg(long, default_value = "127.0.0.1")]
+    local_ip: IpAddr,
+    /// Generator sockets (calls share them; each leg's remote is one of them).
+    #[arg(long, default_value_t = 16)]
+    sockets: usize,
+    /// PID of the media plane, for its CPU time.
+    #[arg(long)]
+    relay_pid: Option<u32>,
+    /// CPU to pin the generator to.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Pacing tick in microseconds.
+    #[arg(long, default_value_t = 250)]
+    tick_us: u64,
+    /// Search for the largest call count with 0 loss and p99 under --max-p99-us.
+    #[arg(long)]
+    search: bool,
+    #[arg(long, default_value_t = 1000.0)]
+    max_p99_us: f64,
+    /// Upper bound of the search.
+    #[arg(long, default_value_t = 4000)]
+    max_calls: usize,
+    /// Stop the search once the bracket is narrower than this many calls.
+    #[arg(long, default_value_t = 50)]
+    resolution: usize,
+    /// Label stored in the JSON output (e.g. the backend under test).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("gRPC connect to {0}: {1}")]
+    Connect(String, tonic::transport::Error),
+    #[error("gRPC {0}: {1}")]
+    Rpc(&'static str, tonic::Status),
+    #[error("media plane returned no local address")]
+    NoLocal,
+    #[error("media plane returned a bad local address: {0}")]
+    BadLocal(String),
+    #[error(transparent)]
+    Traffic(#[from] traffic::TrafficError),
+}
+
+struct Setup {
+    calls: Vec<Call>,
+    legs: Vec<u64>,
+}
+
+async fn setup(client: &MediaPlaneClient<Channel>, ep: &Endpoints, n: usize, run_id: u64) -> Result<Setup, LoadError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let chunk = 64;
+    let mut calls = vec![None; n];
+    let mut legs = Vec::with_capacity(2 * n);
+    let mut next = 0;
+    while next < n || !tasks.is_empty() {
+        while next < n && tasks.len() < chunk {
+            let c = next;
+            next += 1;
+            let mut cl = client.clone();
+            let ra = ep.remote(c, 0)?;
+            let rb = ep.remote(c, 1)?;
+            tasks.spawn(async move {
+                let call_id = format!("rtp-load-{run_id}-{c}");
+                let leg = |r: std::net::SocketAddr| CreateLegRequest {
+                    call_id: call_id.clone(),
+                    remote: Some(Endpoint { ip: r.ip().to_string(), port: u32::from(r.port()) }),
+                    ..Default::default()
+                };
+                let a = cl.create_leg(leg(ra)).await.map_err(|e| LoadError::Rpc("CreateLeg", e))?.into_inner();
+                let b = cl.create_leg(leg(rb)).await.map_err(|e| LoadError::Rpc("CreateLeg", e))?.into_inner();
+                cl.create_bridge(CreateBridgeRequest { leg_a: a.leg_id, leg_b: b.leg_id })
+                    .await
+                    .map_err(|e| LoadError::Rpc("CreateBridge", e))?;
+                let addr = |e: Option<Endpoint>| -> Result<std::net::SocketAddr, LoadError> {
+                    let e = e.ok_or(LoadError::NoLocal)?;
+                    let ip: IpAddr = e.ip.parse().map_err(|_| LoadError::BadLocal(e.ip.clone()))?;
+                    Ok(std::net::SocketAddr::new(ip, u16::try_from(e.port).map_err(|_| LoadError::BadLocal(e.port.to_string()))?))
+                };
+                Ok::<_, LoadError>((c, Call { a_local: addr(a.local)?, b_local: addr(b.local)? }, [a.leg_id, b.leg_id]))
+            });
+        }
+        if let Some(done) = tasks.join_next().await {
+            let (c, call, ids) = done.map_err(|e| LoadError::Rpc("task", tonic::Status::internal(e.to_string())))??;
+            calls[c] = Some(call);
+            legs.extend(ids);
+        }
+    }
+    Ok(Setup { calls: calls.into_iter().flatten().collect(), legs })
+}
+
+async fn teardown(client: &MediaPlaneClient<Channel>, legs: Vec<u64>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in legs.chunks(64) {
+        for &leg_id in chunk {
+            let mut cl = client.clone();
+            tasks.spawn(async move { cl.delete_leg(DeleteLegRequest { leg_id }).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+fn print_human(label: &str, r: &Report) {
+    let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |x| format!("{x:.3}{unit}"));
+    eprintln!(
+        "{label}{} calls: offered {:.0} pps, forwarded {:.0} pps, lost {} ({:.4}%), reordered {}, misrouted {}\n  latency µs p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}\n  relay CPU {} ({} µs/pkt, {} of a core), generator CPU {}, steal {}, kernel rcvbuf drops {}",
+        r.calls, r.offered_pps, r.forwarded_pps, r.lost, r.loss_pct, r.reordered, r.misrouted,
+        r.latency_us.p50, r.latency_us.p90, r.latency_us.p99, r.latency_us.p999, r.latency_us.max,
+        opt(r.relay_cpu_s, " s"), opt(r.relay_cpu_us_per_pkt, ""), opt(r.relay_cpu_pct, "%"),
+        opt(r.gen_cpu_s, " s"), opt(r.steal_pct, "%"), r.kernel_rcvbuf_errors.map_or("n/a".into(), |v| v.to_string()),
+    );
+}
+
+fn json_line(label: &str, mode: &str, r: &Report) -> String {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("label".into(), label.into());
+        o.insert("mode".into(), mode.into());
+    }
+    v.to_string()
+}
+
+async fn one_run(args: &Args, client: &MediaPlaneClient<Channel>, n: usize, run_id: u64) -> Result<Report, LoadError> {
+    let mut ep = Endpoints::bind(args.local_ip, args.sockets)?;
+    eprintln!("rtp-load: setting up {n} calls…");
+    let t = std::time::Instant::now();
+    let s = setup(client, &ep, n, run_id).await?;
+    eprintln!("rtp-load: {n} calls set up in {:.2} s; running {:.0}+{:.0} s", t.elapsed().as_secs_f64(), args.warmup, args.duration);
+    let params = Params {
+        rate: args.rate,
+        size: args.size,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        drain: Duration::from_millis(300),
+        tick: Duration::from_micros(args.tick_us.max(20)),
+        relay_pid: args.relay_pid,
+    };
+    let calls = s.calls;
+    let cpu = args.cpu;
+    let report = tokio::task::spawn_blocking(move || {
+        if let Some(cpu) = cpu {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                eprintln!("rtp-load: could not pin to CPU {cpu}");
+            }
+        }
+        traffic::run(&mut ep, &calls, &params, |pr| {
+            eprintln!("  {:>5.1} s  sent {:>9}  received {:>9}", pr.elapsed.as_secs_f64(), pr.sent, pr.received);
+        })
+    })
+    .await
+    .map_err(|e| LoadError::Rpc("traffic thread", tonic::Status::internal(e.to_string())))??;
+    teardown(client, s.legs).await;
+    Ok(report)
+}
+
+async fn main_async(args: Args) -> Result<(), LoadError> {
+    let client = MediaPlaneClient::connect(args.grpc.clone()).await.map_err(|e| LoadError::Connect(args.grpc.clone(), e))?;
+    let label = if args.label.is_empty() { String::new() } else { format!("[{}] ", args.label) };
+    if !args.search {
+        let r = one_run(&args, &client, args.calls.max(1), 0).await?;
+        print_human(&label, &r);
+        println!("{}", json_line(&args.label, "fixed", &r));
+        return Ok(());
+    }
+    // Search: double until a run fails (or the bound), then bisect.
+    let pass = |r: &Report| r.lost == 0 && r.misrouted == 0 && r.latency_us.p99 < args.max_p99_us;
+    let (mut good, mut bad): (Option<(usize, Report)>, Option<usize>) = (None, None);
+    let mut n = args.calls.max(1);
+    let mut run_id = 0;
+    loop {
+        run_id += 1;
+        let r = one_run(&args, &client, n, run_id).await?;
+        let ok = pass(&r);
+        eprintln!("rtp-load: search trial {n} calls: {}", if ok { "pass" } else { "FAIL" });
+        print_human(&label, &r);
+        println!("{}", json_line(&args.label, "search-trial", &r));
+        if ok {
+            good = Some((n, r));
+        } else {
+            bad = Some(n);
+        }
+        let lo = good.as_ref().map_or(0, |g| g.0);
+        let next = match bad {
+            None if n >= args.max_calls => break,
+            None => (n * 2).min(args.max_calls),
+            Some(b) if b.saturating_sub(lo) <= args.resolution => break,
+            Some(b) => (lo + b) / 2,
+        };
+        if next == n || next == 0 {
+            break;
+        }
+        n = next;
+    }
+    match good {
+        Some((n, r)) => {
+            eprintln!("rtp-load: largest passing size: {n} calls ({:.0} pps)", r.forwarded_pps);
+            println!("{}", json_line(&args.label, "search-best", &r));
+        }
+        None => eprintln!("rtp-load: no size passed (smallest tried: {n} calls)"),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rtp-load: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(main_async(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rtp-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on Debian 12: protoc (gRPC code generation), a C toolchain,
+# Python gRPC packages for the external-client test, and Rust (rustup) if cargo is missing.
+set -euo pipefail
+
+need_apt=()
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: installing Rust with rustup"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+
+if [ "${SETUP_PYTHON_GRPC:-0}" = 1 ]; then
+  if ! python3 -c 'import grpc, grpc_tools, grpc_reflection' 2>/dev/null; then
+    echo "setup: pip install grpcio grpcio-tools grpcio-reflection"
+    python3 -m pip install -q grpcio grpcio-tools grpcio-reflection 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages grpcio grpcio-tools grpcio-reflection
+  fi
+fi
