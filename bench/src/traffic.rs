@@ -336,7 +336,7 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
 fn flush(batch: &mut PacketBatch, fd: std::os::fd::RawFd, items: &mut Vec<(usize, SocketAddr)>) {
     if !items.is_empty() {
         // Refused sends show up as loss at the sink.
-        let _ = batch.send(fd, items);
+        let _ = batch.send(fd, items, |_| {});
         items.clear();
     }
 }

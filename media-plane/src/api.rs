@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use proto::v1;
 use tokio::sync::{broadcast, oneshot};
-use tokio_stream::{wrappers::BroadcastStream, Stream, StreamExt};
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::driver::{Command, CoreError, CoreEvent, CoreHandle, CoreReport, SubmitError};
@@ -34,11 +35,29 @@ struct Inner {
     events: broadcast::Sender<CoreEvent>,
     advertise_ip: IpAddr,
     media_ip: IpAddr,
+    /// Set on shutdown: ends every Events stream so graceful shutdown does not wait on them.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl MediaService {
     pub fn new(cores: Vec<CoreHandle>, events: broadcast::Sender<CoreEvent>, media_ip: IpAddr, advertise_ip: IpAddr) -> Self {
-        Self { inner: Arc::new(Inner { cores, next_id: AtomicU64::new(1), round_robin: AtomicUsize::new(0), events, advertise_ip, media_ip }) }
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                cores,
+                next_id: AtomicU64::new(1),
+                round_robin: AtomicUsize::new(0),
+                events,
+                advertise_ip,
+                media_ip,
+                stopping,
+            }),
+        }
+    }
+
+    /// Ends every open Events stream (and refuses new ones), so the server can drain and stop.
+    pub fn begin_shutdown(&self) {
+        self.inner.stopping.send_replace(true);
     }
 
     /// Stops every core (waiting at most `limit` for each).
@@ -260,14 +279,20 @@ impl v1::media_plane_server::MediaPlane for MediaService {
     type EventsStream = EventStream;
 
     async fn events(&self, _req: Request<v1::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        if *self.inner.stopping.borrow() {
+            return Err(Status::unavailable("media plane is shutting down"));
+        }
         let svc = self.clone();
-        let stream = BroadcastStream::new(self.inner.events.subscribe()).filter_map(move |item| match item {
-            Ok((core, ev)) => Some(Ok(svc.event_msg(core, ev))),
+        let events = BroadcastStream::new(self.inner.events.subscribe()).filter_map(move |item| match item {
+            Ok((core, ev)) => Some(Some(Ok(svc.event_msg(core, ev)))),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "event subscriber too slow; events dropped");
                 None
             }
         });
+        // The stream ends (None sentinel) when shutdown begins.
+        let stop = WatchStream::new(self.inner.stopping.subscribe()).filter(|s| *s).map(|_| None);
+        let stream = events.merge(stop).take_while(Option::is_some).filter_map(|x| x);
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -170,8 +170,9 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
     if a < 1024 {
         return Err(invalid("ports", format!("range starts at {a}; ports below 1024 are reserved")));
     }
-    let a = a + (a % 2);
-    let b = if b % 2 == 0 { b - 1 } else { b };
+    // Align to whole pairs: start up to even, end down to odd (checked: ends of u16 are inputs too).
+    let a = a.checked_add(a % 2).ok_or_else(|| invalid("ports", format!("{s:?} holds no RTP/RTCP port pair")))?;
+    let b = if b % 2 == 0 { b.checked_sub(1).unwrap_or(0) } else { b };
     if b <= a {
         return Err(invalid("ports", format!("{s:?} holds no RTP/RTCP port pair")));
     }
@@ -204,6 +205,8 @@ mod tests {
         assert!(err("ports = \"40000-30000\"").starts_with("ports:"));
         assert!(err("ports = \"abc\"").starts_with("ports:"));
         assert!(err("ports = \"80-90\"").contains("below 1024"));
+        assert!(err("ports = \"2000-0\"").starts_with("ports:"));
+        assert!(err("ports = \"65535-65535\"").starts_with("ports:"));
         assert!(err("cores = 0").starts_with("cores:"));
         assert!(err("ports = \"30000-30003\"\ncores = 4").starts_with("ports:"));
         assert!(err("media_ip = \"nope\"").starts_with("media_ip:"));

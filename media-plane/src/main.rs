@@ -44,6 +44,9 @@ struct Args {
     media_timeout_secs: Option<i64>,
 }
 
+/// How long in-flight gRPC requests may take to finish after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 fn load(args: &Args) -> Result<media_plane::config::Config, ConfigError> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
@@ -108,12 +111,27 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
             grpc = %config.grpc_listen, media_ip = %config.media_ip, ports = %format!("{}-{}", config.port_min, config.port_max),
             cores = config.cores, "media plane ready"
         );
-        tonic::transport::Server::builder()
+        let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+        let on_signal = {
+            let (svc, stopping) = (svc.clone(), stopping.clone());
+            async move {
+                shutdown_signal().await;
+                tracing::info!("stopping: draining gRPC requests");
+                svc.begin_shutdown();
+                stopping.notify_one();
+            }
+        };
+        let server = tonic::transport::Server::builder()
             .add_service(MediaPlaneServer::new(svc))
             .add_service(reflection)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal())
-            .await
-            .map_err(|e| format!("gRPC server: {e}"))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), on_signal);
+        tokio::select! {
+            r = server => r.map_err(|e| format!("gRPC server: {e}")),
+            _ = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!("gRPC requests still open after {SHUTDOWN_GRACE:?}; stopping anyway");
+                Ok(())
+            }
+        }
     });
     service.shutdown(Duration::from_secs(2));
     tracing::info!("media plane stopped");

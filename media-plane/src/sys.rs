@@ -28,6 +28,8 @@ pub struct PacketBatch {
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     dst: Vec<libc::sockaddr_storage>,
+    /// Slot of each message built for `sendmmsg`.
+    slot_of: Vec<usize>,
 }
 
 impl std::fmt::Debug for PacketBatch {
@@ -63,6 +65,7 @@ impl PacketBatch {
             iov: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; capacity],
             hdrs: vec![empty_hdr(); capacity],
             dst: vec![zeroed_storage(); capacity],
+            slot_of: vec![0; capacity],
         }
     }
 
@@ -132,37 +135,42 @@ impl PacketBatch {
     }
 
     /// Sends slots `items[k].0` to `items[k].1` from socket `fd` with `sendmmsg`, never blocking.
-    /// Returns how many the kernel refused (full buffer, unreachable, bad address); those are dropped.
-    pub fn send(&mut self, fd: RawFd, items: &[(usize, SocketAddr)]) -> usize {
-        let mut failed = 0;
-        let mut start = 0;
+    /// Calls `on_fail(slot)` for each packet the kernel refused (full buffer, unreachable, bad
+    /// address); those are dropped. Returns how many were refused.
+    pub fn send(&mut self, fd: RawFd, items: &[(usize, SocketAddr)], mut on_fail: impl FnMut(usize)) -> usize {
         let items = &items[..items.len().min(self.bufs.len())];
-        let mut count = 0;
+        let mut failed = 0;
+        // Slot of each message built, to report failures by slot.
+        let mut built = 0;
         for &(slot, to) in items {
             let Some(buf) = self.bufs.get_mut(slot) else {
                 failed += 1;
+                on_fail(slot);
                 continue;
             };
             let len = self.lens[slot].min(SLOT_LEN);
-            self.iov[count] = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
-            let name_len = addr_to_storage(to, &mut self.dst[count]);
-            let h = &mut self.hdrs[count];
+            self.iov[built] = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
+            let name_len = addr_to_storage(to, &mut self.dst[built]);
+            let h = &mut self.hdrs[built];
             *h = empty_hdr();
-            h.msg_hdr.msg_iov = &mut self.iov[count];
+            h.msg_hdr.msg_iov = &mut self.iov[built];
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_name = (&mut self.dst[count] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_name = (&mut self.dst[built] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen = name_len;
-            count += 1;
+            self.slot_of[built] = slot;
+            built += 1;
         }
-        while start < count {
-            // SAFETY: `hdrs[start..count]` point at `iov`, `dst` and `bufs` entries owned by `self`,
+        let mut start = 0;
+        while start < built {
+            // SAFETY: `hdrs[start..built]` point at `iov`, `dst` and `bufs` entries owned by `self`,
             // alive and unmoved during the call; `fd` is a socket the caller owns.
             let r = unsafe {
-                libc::sendmmsg(fd, self.hdrs[start..].as_mut_ptr(), (count - start) as libc::c_uint, libc::MSG_DONTWAIT)
+                libc::sendmmsg(fd, self.hdrs[start..].as_mut_ptr(), (built - start) as libc::c_uint, libc::MSG_DONTWAIT)
             };
             if r <= 0 {
                 // The first remaining message failed: drop it and go on with the rest.
                 failed += 1;
+                on_fail(self.slot_of[start]);
                 start += 1;
             } else {
                 start += r as usize;
@@ -281,7 +289,7 @@ mod tests {
         }
         let to = [rx.local_addr().unwrap(), rx2.local_addr().unwrap()];
         let items: Vec<_> = (0..4).map(|i| (i, to[i % 2])).collect();
-        assert_eq!(b.send(tx.as_raw_fd(), &items), 0);
+        assert_eq!(b.send(tx.as_raw_fd(), &items, |_| panic!("no send fails")), 0);
         rx.set_nonblocking(true).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mut r = PacketBatch::new(8);

@@ -46,6 +46,8 @@ pub struct UdpDriver {
     /// (from_port, slot, destination) of the packets of the current batch to forward.
     forwards: Vec<(u16, usize, SocketAddr)>,
     tx_items: Vec<(usize, SocketAddr)>,
+    /// Slots the kernel refused to send (rare; reused, so no allocation on the fast path).
+    failed: Vec<usize>,
     media_ip: IpAddr,
     socket_buffer: usize,
 }
@@ -68,6 +70,7 @@ impl UdpDriver {
             batch: PacketBatch::new(config.batch),
             forwards: Vec::with_capacity(config.batch),
             tx_items: Vec::with_capacity(config.batch),
+            failed: Vec::with_capacity(config.batch),
             media_ip: config.media_ip,
             socket_buffer: config.socket_buffer,
         })
@@ -145,12 +148,16 @@ impl UdpDriver {
                 self.tx_items.push((self.forwards[k].1, self.forwards[k].2));
                 k += 1;
             }
-            let failed = match self.sockets[usize::from(from_port)].as_ref() {
-                Some(s) => self.batch.send(s.as_raw_fd(), &self.tx_items),
-                None => self.tx_items.len(),
-            };
-            for _ in 0..failed {
-                self.engine.handle_send_failed(from_port);
+            self.failed.clear();
+            let failed = &mut self.failed;
+            match self.sockets[usize::from(from_port)].as_ref() {
+                Some(s) => {
+                    self.batch.send(s.as_raw_fd(), &self.tx_items, |slot| failed.push(slot));
+                }
+                None => failed.extend(self.tx_items.iter().map(|&(slot, _)| slot)),
+            }
+            for &slot in &self.failed {
+                self.engine.handle_send_failed(from_port, self.batch.packet(slot));
             }
         }
     }

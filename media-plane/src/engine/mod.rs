@@ -163,15 +163,21 @@ impl Engine {
         verdict
     }
 
-    /// The driver could not send a packet it was told to forward from `from_port`.
-    pub fn handle_send_failed(&mut self, from_port: u16) {
+    /// The driver could not send `packet`, which it was told to forward from `from_port`: the
+    /// forward is taken back off the counters and counted as a `send_failed` drop on the sending leg.
+    pub fn handle_send_failed(&mut self, from_port: u16, packet: &[u8]) {
         self.counters.drops.add(DropReason::SendFailed);
         self.counters.packets_forwarded = self.counters.packets_forwarded.saturating_sub(1);
-        if let Some((slot, _)) = self.port_owner(from_port) {
-            if let Some(leg) = self.slots.get_mut(slot).and_then(Option::as_mut) {
-                leg.drops.add(DropReason::SendFailed);
-            }
+        let Some((slot, kind)) = self.port_owner(from_port) else { return };
+        let Some(leg) = self.slot_mut(slot) else { return };
+        let is_rtcp = kind == PortKind::Rtcp || (leg.rtcp_mux && wire::is_rtcp_on_muxed_port(packet));
+        if is_rtcp {
+            leg.rtcp_packets_out = leg.rtcp_packets_out.saturating_sub(1);
+        } else {
+            leg.rtp_packets_out = leg.rtp_packets_out.saturating_sub(1);
+            leg.rtp_bytes_out = leg.rtp_bytes_out.saturating_sub(packet.len() as u64);
         }
+        leg.drops.add(DropReason::SendFailed);
     }
 
     /// Runs due timers: removes legs idle for their media timeout.

@@ -342,3 +342,18 @@ proptest! {
         prop_assert_eq!(h.engine.bridge_count(), 0);
     }
 }
+
+#[test]
+fn refused_send_is_taken_off_the_sending_legs_counters() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    let pkt = rtp(1);
+    let v = h.engine.handle_packet(A_PORT, a, &pkt, h.now());
+    assert_eq!(v, Verdict::Forward { from_port: B_PORT, to: b });
+    h.engine.handle_send_failed(B_PORT, &pkt);
+    let st = h.engine.leg_stats(2, h.now()).unwrap();
+    assert_eq!((st.rtp_packets_out, st.rtp_bytes_out, st.drops.send_failed), (0, 0, 1));
+    let c = h.engine.counters();
+    assert_eq!((c.packets_in, c.packets_forwarded, c.drops.send_failed), (1, 0, 1));
+}
