@@ -10,7 +10,11 @@
 //!   socket[2c]   ──RTP──► leg A ─┐ relay ┌─► leg B ──RTP──► socket[2c+1]
 //!   socket[2c]  ◄──RTP── leg A ◄─┘       └── leg B ◄──RTP── socket[2c+1]
 //! ```
+//!
+//! With `--peer rtpengine` the same calls are set up on rtpengine instead, through its ng control
+//! protocol ([`ng`]: offer, answer, delete), so both relays are measured by the same traffic code.
 #![forbid(unsafe_code)]
 
+pub mod ng;
 pub mod procstat;
 pub mod traffic;

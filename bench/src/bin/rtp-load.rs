@@ -1,25 +1,37 @@
 //! `rtp-load`: RTP load generator and sink for the media plane (see the `bench` crate docs).
 //!
+//! `--peer` picks the relay under test: `media-plane` (calls set up through its gRPC API) or
+//! `rtpengine` (calls set up with ng offer/answer, torn down with delete). Only set-up and
+//! tear-down differ; traffic and reporting are the same code for both.
+//!
 //! Fixed mode runs N calls; `--search` finds the largest N with 0 loss and p99 below
 //! `--max-p99-us`. Progress goes to stderr, results to stdout as one JSON line per run (search: one
 //! per trial, then a summary line).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bench::ng::{NgClient, NgError};
 use bench::traffic::{self, Call, Endpoints, Params, Report};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use proto::v1::media_plane_client::MediaPlaneClient;
 use proto::v1::{CreateBridgeRequest, CreateLegRequest, DeleteLegRequest, Endpoint};
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "RTP load generator and sink driving the media plane's gRPC API")]
+#[command(version, about = "RTP load generator and sink driving the media plane's gRPC API or rtpengine's ng protocol")]
 struct Args {
-    /// Media plane gRPC address.
+    /// Relay under test.
+    #[arg(long, value_enum, default_value_t = PeerKind::MediaPlane)]
+    peer: PeerKind,
+    /// Media plane gRPC address (--peer media-plane).
     #[arg(long, default_value = "http://127.0.0.1:9090")]
     grpc: String,
+    /// rtpengine ng control address, UDP (--peer rtpengine).
+    #[arg(long, default_value = "127.0.0.1:2223")]
+    ng: SocketAddr,
     /// Concurrent calls (two legs and a bridge each); in --search, the first size tried.
     #[arg(long, default_value_t = 100)]
     calls: usize,
@@ -41,7 +53,7 @@ struct Args {
     /// Generator sockets (calls share them; each leg's remote is one of them).
     #[arg(long, default_value_t = 16)]
     sockets: usize,
-    /// PID of the media plane, for its CPU time.
+    /// PID of the relay (media plane or rtpengine), for its CPU time.
     #[arg(long)]
     relay_pid: Option<u32>,
     /// CPU to pin the generator to.
@@ -76,31 +88,151 @@ enum LoadError {
     NoLocal,
     #[error("media plane returned a bad local address: {0}")]
     BadLocal(String),
+    #[error("rtpengine ng at {0}: {1}")]
+    Ng(SocketAddr, NgError),
+    #[error("{0}: {1}")]
+    Task(&'static str, String),
     #[error(transparent)]
     Traffic(#[from] traffic::TrafficError),
 }
 
-struct Setup {
-    calls: Vec<Call>,
-    legs: Vec<u64>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PeerKind {
+    MediaPlane,
+    Rtpengine,
 }
 
-async fn setup(client: &MediaPlaneClient<Channel>, ep: &Endpoints, n: usize, run_id: u64) -> Result<Setup, LoadError> {
+impl PeerKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::MediaPlane => "media-plane",
+            Self::Rtpengine => "rtpengine",
+        }
+    }
+}
+
+/// The relay under test: how calls are set up and torn down on it, and what is set up now.
+enum Peer {
+    MediaPlane { client: MediaPlaneClient<Channel>, legs: Vec<u64> },
+    /// The ng client blocks: batches of requests run on a blocking task (see [`on_ng`]).
+    Rtpengine { ng: Arc<Mutex<NgClient>>, call_ids: Vec<String> },
+}
+
+impl Peer {
+    async fn connect(args: &Args) -> Result<Self, LoadError> {
+        match args.peer {
+            PeerKind::MediaPlane => {
+                let client = MediaPlaneClient::connect(args.grpc.clone()).await.map_err(|e| LoadError::Connect(args.grpc.clone(), e))?;
+                Ok(Self::MediaPlane { client, legs: Vec::new() })
+            }
+            PeerKind::Rtpengine => {
+                let ng = Arc::new(Mutex::new(NgClient::new(args.ng).map_err(|e| LoadError::Ng(args.ng, e))?));
+                on_ng(&ng, NgClient::ping).await?.map_err(|e| LoadError::Ng(args.ng, e))?;
+                Ok(Self::Rtpengine { ng, call_ids: Vec::new() })
+            }
+        }
+    }
+
+    /// Sets up `n` calls whose sides have their media on the generator's sockets (see
+    /// [`Endpoints::remote`]); on failure, tears down what was set up.
+    async fn setup(&mut self, ep: &Endpoints, n: usize, run_id: u64) -> Result<Vec<Call>, LoadError> {
+        let remotes = (0..n).map(|c| Ok((ep.remote(c, 0)?, ep.remote(c, 1)?))).collect::<Result<Remotes, traffic::TrafficError>>()?;
+        let result = match self {
+            Self::MediaPlane { client, legs } => setup_media_plane(client, legs, remotes, run_id).await,
+            Self::Rtpengine { ng, call_ids } => setup_rtpengine(ng, call_ids, remotes, run_id).await,
+        };
+        if result.is_err() {
+            self.teardown().await;
+        }
+        result
+    }
+
+    /// Tears down every call set up so far (best effort: failures are reported, not returned).
+    async fn teardown(&mut self) {
+        match self {
+            Self::MediaPlane { client, legs } => {
+                let mut tasks = tokio::task::JoinSet::new();
+                let mut failed = 0;
+                for chunk in std::mem::take(legs).chunks(64) {
+                    for &leg_id in chunk {
+                        let mut cl = client.clone();
+                        tasks.spawn(async move { cl.delete_leg(DeleteLegRequest { leg_id }).await });
+                    }
+                    while let Some(r) = tasks.join_next().await {
+                        failed += usize::from(!matches!(r, Ok(Ok(_))));
+                    }
+                }
+                if failed > 0 {
+                    eprintln!("rtp-load: {failed} legs could not be deleted");
+                }
+            }
+            Self::Rtpengine { ng, call_ids } => {
+                let ids = std::mem::take(call_ids);
+                let server = ng_server(ng);
+                let Ok((failed, first)) = on_ng(ng, move |ng| {
+                    let mut failed = 0;
+                    let mut first = None;
+                    for (i, id) in ids.iter().enumerate() {
+                        match ng.delete_call(id) {
+                            Ok(()) => {}
+                            // rtpengine is gone: do not wait out the timeout once per call.
+                            Err(e @ NgError::Timeout { .. }) => {
+                                failed += ids.len() - i;
+                                first.get_or_insert(e);
+                                break;
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                first.get_or_insert(e);
+                            }
+                        }
+                    }
+                    (failed, first)
+                })
+                .await
+                else {
+                    eprintln!("rtp-load: rtpengine delete task failed");
+                    return;
+                };
+                if let Some(e) = first {
+                    eprintln!("rtp-load: {failed} calls could not be deleted from rtpengine at {server}; first: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f` with the (blocking) ng client on a blocking task, off the async runtime.
+async fn on_ng<T: Send + 'static>(ng: &Arc<Mutex<NgClient>>, f: impl FnOnce(&mut NgClient) -> T + Send + 'static) -> Result<T, LoadError> {
+    let ng = Arc::clone(ng);
+    tokio::task::spawn_blocking(move || f(&mut ng.lock().unwrap_or_else(PoisonError::into_inner)))
+        .await
+        .map_err(|e| LoadError::Task("ng task", e.to_string()))
+}
+
+fn ng_server(ng: &Mutex<NgClient>) -> SocketAddr {
+    ng.lock().unwrap_or_else(PoisonError::into_inner).server()
+}
+
+/// Each side's media address on the generator, per call.
+type Remotes = Vec<(SocketAddr, SocketAddr)>;
+
+async fn setup_media_plane(client: &MediaPlaneClient<Channel>, legs: &mut Vec<u64>, remotes: Remotes, run_id: u64) -> Result<Vec<Call>, LoadError> {
+    let n = remotes.len();
     let mut tasks = tokio::task::JoinSet::new();
     let chunk = 64;
     let mut calls = vec![None; n];
-    let mut legs = Vec::with_capacity(2 * n);
+    legs.reserve(2 * n);
     let mut next = 0;
     while next < n || !tasks.is_empty() {
         while next < n && tasks.len() < chunk {
             let c = next;
             next += 1;
             let mut cl = client.clone();
-            let ra = ep.remote(c, 0)?;
-            let rb = ep.remote(c, 1)?;
+            let (ra, rb) = remotes[c];
             tasks.spawn(async move {
                 let call_id = format!("rtp-load-{run_id}-{c}");
-                let leg = |r: std::net::SocketAddr| CreateLegRequest {
+                let leg = |r: SocketAddr| CreateLegRequest {
                     call_id: call_id.clone(),
                     remote: Some(Endpoint { ip: r.ip().to_string(), port: u32::from(r.port()) }),
                     ..Default::default()
@@ -110,59 +242,77 @@ async fn setup(client: &MediaPlaneClient<Channel>, ep: &Endpoints, n: usize, run
                 cl.create_bridge(CreateBridgeRequest { leg_a: a.leg_id, leg_b: b.leg_id })
                     .await
                     .map_err(|e| LoadError::Rpc("CreateBridge", e))?;
-                let addr = |e: Option<Endpoint>| -> Result<std::net::SocketAddr, LoadError> {
+                let addr = |e: Option<Endpoint>| -> Result<SocketAddr, LoadError> {
                     let e = e.ok_or(LoadError::NoLocal)?;
                     let ip: IpAddr = e.ip.parse().map_err(|_| LoadError::BadLocal(e.ip.clone()))?;
-                    Ok(std::net::SocketAddr::new(ip, u16::try_from(e.port).map_err(|_| LoadError::BadLocal(e.port.to_string()))?))
+                    Ok(SocketAddr::new(ip, u16::try_from(e.port).map_err(|_| LoadError::BadLocal(e.port.to_string()))?))
                 };
                 Ok::<_, LoadError>((c, Call { a_local: addr(a.local)?, b_local: addr(b.local)? }, [a.leg_id, b.leg_id]))
             });
         }
         if let Some(done) = tasks.join_next().await {
-            let (c, call, ids) = done.map_err(|e| LoadError::Rpc("task", tonic::Status::internal(e.to_string())))??;
+            let (c, call, ids) = done.map_err(|e| LoadError::Task("gRPC task", e.to_string()))??;
             calls[c] = Some(call);
             legs.extend(ids);
         }
     }
-    Ok(Setup { calls: calls.into_iter().flatten().collect(), legs })
+    Ok(calls.into_iter().flatten().collect())
 }
 
-async fn teardown(client: &MediaPlaneClient<Channel>, legs: Vec<u64>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for chunk in legs.chunks(64) {
-        for &leg_id in chunk {
-            let mut cl = client.clone();
-            tasks.spawn(async move { cl.delete_leg(DeleteLegRequest { leg_id }).await });
+/// One offer and one answer per call, in sequence (a request takes well under a millisecond on
+/// loopback). Call-IDs carry the process id, so calls left over from an earlier run never clash.
+async fn setup_rtpengine(ng: &Arc<Mutex<NgClient>>, call_ids: &mut Vec<String>, remotes: Remotes, run_id: u64) -> Result<Vec<Call>, LoadError> {
+    let server = ng_server(ng);
+    let prefix = format!("rtp-load-{}-{run_id}", std::process::id());
+    let (calls, ids, err) = on_ng(ng, move |ng| {
+        let mut calls = Vec::with_capacity(remotes.len());
+        let mut ids = Vec::with_capacity(remotes.len());
+        for (c, (a, b)) in remotes.into_iter().enumerate() {
+            let id = format!("{prefix}-{c}");
+            let r = ng.setup_call(&id, a, b, c as u64);
+            // Recorded even on failure: the offer may have created the call.
+            ids.push(id);
+            match r {
+                Ok(call) => calls.push(call),
+                Err(e) => return (calls, ids, Some(e)),
+            }
         }
-        while tasks.join_next().await.is_some() {}
+        (calls, ids, None)
+    })
+    .await?;
+    call_ids.extend(ids);
+    match err {
+        Some(e) => Err(LoadError::Ng(server, e)),
+        None => Ok(calls),
     }
 }
 
-fn print_human(label: &str, r: &Report) {
+fn print_human(label: &str, peer: PeerKind, r: &Report) {
     let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |x| format!("{x:.3}{unit}"));
     eprintln!(
-        "{label}{} calls: offered {:.0} pps, forwarded {:.0} pps, lost {} ({:.4}%), reordered {}, misrouted {}\n  latency µs p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}\n  relay CPU {} ({} µs/pkt, {} of a core), generator CPU {}, steal {}, kernel rcvbuf drops {}",
-        r.calls, r.offered_pps, r.forwarded_pps, r.lost, r.loss_pct, r.reordered, r.misrouted,
+        "{label}{}: {} calls: offered {:.0} pps, forwarded {:.0} pps, lost {} ({:.4}%), reordered {}, misrouted {}\n  latency µs p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}\n  relay CPU {} ({} µs/pkt, {} of a core), generator CPU {}, steal {}, kernel rcvbuf drops {}",
+        peer.name(), r.calls, r.offered_pps, r.forwarded_pps, r.lost, r.loss_pct, r.reordered, r.misrouted,
         r.latency_us.p50, r.latency_us.p90, r.latency_us.p99, r.latency_us.p999, r.latency_us.max,
         opt(r.relay_cpu_s, " s"), opt(r.relay_cpu_us_per_pkt, ""), opt(r.relay_cpu_pct, "%"),
         opt(r.gen_cpu_s, " s"), opt(r.steal_pct, "%"), r.kernel_rcvbuf_errors.map_or("n/a".into(), |v| v.to_string()),
     );
 }
 
-fn json_line(label: &str, mode: &str, r: &Report) -> String {
+fn json_line(label: &str, peer: PeerKind, mode: &str, r: &Report) -> String {
     let mut v = serde_json::to_value(r).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
+        o.insert("peer".into(), peer.name().into());
         o.insert("label".into(), label.into());
         o.insert("mode".into(), mode.into());
     }
     v.to_string()
 }
 
-async fn one_run(args: &Args, client: &MediaPlaneClient<Channel>, n: usize, run_id: u64) -> Result<Report, LoadError> {
+async fn one_run(args: &Args, peer: &mut Peer, n: usize, run_id: u64) -> Result<Report, LoadError> {
     let mut ep = Endpoints::bind(args.local_ip, args.sockets)?;
-    eprintln!("rtp-load: setting up {n} calls…");
+    eprintln!("rtp-load: setting up {n} calls on {}…", args.peer.name());
     let t = std::time::Instant::now();
-    let s = setup(client, &ep, n, run_id).await?;
+    let calls = peer.setup(&ep, n, run_id).await?;
     eprintln!("rtp-load: {n} calls set up in {:.2} s; running {:.0}+{:.0} s", t.elapsed().as_secs_f64(), args.warmup, args.duration);
     let params = Params {
         rate: args.rate,
@@ -173,7 +323,6 @@ async fn one_run(args: &Args, client: &MediaPlaneClient<Channel>, n: usize, run_
         tick: Duration::from_micros(args.tick_us.max(20)),
         relay_pid: args.relay_pid,
     };
-    let calls = s.calls;
     let cpu = args.cpu;
     let report = tokio::task::spawn_blocking(move || {
         if let Some(cpu) = cpu {
@@ -186,18 +335,18 @@ async fn one_run(args: &Args, client: &MediaPlaneClient<Channel>, n: usize, run_
         })
     })
     .await
-    .map_err(|e| LoadError::Rpc("traffic thread", tonic::Status::internal(e.to_string())))??;
-    teardown(client, s.legs).await;
-    Ok(report)
+    .map_err(|e| LoadError::Task("traffic thread", e.to_string()));
+    peer.teardown().await;
+    Ok(report??)
 }
 
 async fn main_async(args: Args) -> Result<(), LoadError> {
-    let client = MediaPlaneClient::connect(args.grpc.clone()).await.map_err(|e| LoadError::Connect(args.grpc.clone(), e))?;
+    let mut peer = Peer::connect(&args).await?;
     let label = if args.label.is_empty() { String::new() } else { format!("[{}] ", args.label) };
     if !args.search {
-        let r = one_run(&args, &client, args.calls.max(1), 0).await?;
-        print_human(&label, &r);
-        println!("{}", json_line(&args.label, "fixed", &r));
+        let r = one_run(&args, &mut peer, args.calls.max(1), 0).await?;
+        print_human(&label, args.peer, &r);
+        println!("{}", json_line(&args.label, args.peer, "fixed", &r));
         return Ok(());
     }
     // Search: double until a run fails (or the bound), then bisect.
@@ -207,11 +356,11 @@ async fn main_async(args: Args) -> Result<(), LoadError> {
     let mut run_id = 0;
     loop {
         run_id += 1;
-        let r = one_run(&args, &client, n, run_id).await?;
+        let r = one_run(&args, &mut peer, n, run_id).await?;
         let ok = pass(&r);
         eprintln!("rtp-load: search trial {n} calls: {}", if ok { "pass" } else { "FAIL" });
-        print_human(&label, &r);
-        println!("{}", json_line(&args.label, "search-trial", &r));
+        print_human(&label, args.peer, &r);
+        println!("{}", json_line(&args.label, args.peer, "search-trial", &r));
         if ok {
             good = Some((n, r));
         } else {
@@ -232,7 +381,7 @@ async fn main_async(args: Args) -> Result<(), LoadError> {
     match good {
         Some((n, r)) => {
             eprintln!("rtp-load: largest passing size: {n} calls ({:.0} pps)", r.forwarded_pps);
-            println!("{}", json_line(&args.label, "search-best", &r));
+            println!("{}", json_line(&args.label, args.peer, "search-best", &r));
         }
         None => eprintln!("rtp-load: no size passed (smallest tried: {n} calls)"),
     }
