@@ -11,6 +11,7 @@
 //! media_timeout_secs = 60          # idle legs are deleted after this (default 60)
 //! batch = 32                       # datagrams per recvmmsg/sendmmsg (default 32)
 //! socket_buffer_kb = 1024          # SO_RCVBUF/SO_SNDBUF per media socket (default 1024; kernel caps apply)
+//! idle_spin_us = 0                 # keep polling this long after a packet before sleeping (default 0)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +49,7 @@ pub struct FileConfig {
     pub media_timeout_secs: Option<i64>,
     pub batch: Option<i64>,
     pub socket_buffer_kb: Option<i64>,
+    pub idle_spin_us: Option<i64>,
 }
 
 impl FileConfig {
@@ -73,6 +75,7 @@ impl FileConfig {
             media_timeout_secs: over.media_timeout_secs.or(self.media_timeout_secs),
             batch: over.batch.or(self.batch),
             socket_buffer_kb: over.socket_buffer_kb.or(self.socket_buffer_kb),
+            idle_spin_us: over.idle_spin_us.or(self.idle_spin_us),
         }
     }
 
@@ -127,6 +130,10 @@ impl FileConfig {
         if !(16..=65_536).contains(&buf) {
             return Err(invalid("socket_buffer_kb", format!("{buf} is out of range 16..=65536")));
         }
+        let spin = self.idle_spin_us.unwrap_or(0);
+        if !(0..=10_000).contains(&spin) {
+            return Err(invalid("idle_spin_us", format!("{spin} is out of range 0..=10000")));
+        }
         Ok(Config {
             grpc_listen,
             media_ip,
@@ -139,6 +146,7 @@ impl FileConfig {
             media_timeout: Duration::from_secs(timeout as u64),
             batch: batch as usize,
             socket_buffer: buf as usize * 1024,
+            idle_spin: Duration::from_micros(spin as u64),
         })
     }
 }
@@ -159,6 +167,7 @@ pub struct Config {
     pub media_timeout: Duration,
     pub batch: usize,
     pub socket_buffer: usize,
+    pub idle_spin: Duration,
 }
 
 /// `"30000-39999"` → (30000, 39999); the start is rounded up to even, the end down to odd.
@@ -215,6 +224,7 @@ mod tests {
         assert!(err("grpc_listen = \"localhost\"").starts_with("grpc_listen:"));
         assert!(err("media_timeout_secs = 0").starts_with("media_timeout_secs:"));
         assert!(err("batch = 5000").starts_with("batch:"));
+        assert!(err("idle_spin_us = -1").starts_with("idle_spin_us:"));
         assert!(err("first_cpu = 100000").starts_with("first_cpu:"));
     }
 

@@ -42,6 +42,9 @@ struct Args {
     /// Idle legs are deleted after this many seconds.
     #[arg(long)]
     media_timeout_secs: Option<i64>,
+    /// After a packet, keep polling this many microseconds before sleeping (0: sleep at once).
+    #[arg(long)]
+    idle_spin_us: Option<i64>,
 }
 
 /// How long in-flight gRPC requests may take to finish after SIGTERM/SIGINT.
@@ -61,6 +64,7 @@ fn load(args: &Args) -> Result<media_plane::config::Config, ConfigError> {
         pin_cores: args.no_pin.then_some(false),
         first_cpu: args.first_cpu,
         media_timeout_secs: args.media_timeout_secs,
+        idle_spin_us: args.idle_spin_us,
         ..Default::default()
     };
     file.overlay(flags).validate()
