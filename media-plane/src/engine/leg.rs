@@ -65,13 +65,6 @@ impl Drops {
     pub fn total(&self) -> u64 {
         self.malformed + self.wrong_source + self.no_route + self.muted + self.send_failed
     }
-    pub fn merge(&mut self, o: &Drops) {
-        self.malformed += o.malformed;
-        self.wrong_source += o.wrong_source;
-        self.no_route += o.no_route;
-        self.muted += o.muted;
-        self.send_failed += o.send_failed;
-    }
 }
 
 /// A remote address and whether packets from elsewhere are refused.
@@ -131,6 +124,14 @@ pub struct LegStats {
     pub latched: bool,
     pub direction: Direction,
     pub bridge: Option<BridgeId>,
+    pub counters: LegCounters,
+    /// Time since the last accepted packet; `None` if none yet.
+    pub idle: Option<Duration>,
+}
+
+/// Packet counters of a leg. "In" is what its endpoint sent, "out" what was sent to its endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LegCounters {
     pub rtp_packets_in: u64,
     pub rtp_bytes_in: u64,
     pub rtp_packets_out: u64,
@@ -138,8 +139,6 @@ pub struct LegStats {
     pub rtcp_packets_in: u64,
     pub rtcp_packets_out: u64,
     pub drops: Drops,
-    /// Time since the last accepted packet; `None` if none yet.
-    pub idle: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,13 +162,7 @@ pub(super) struct Leg {
     /// Last accepted packet, or creation.
     pub last_rx: Instant,
     pub any_rx: bool,
-    pub rtp_packets_in: u64,
-    pub rtp_bytes_in: u64,
-    pub rtp_packets_out: u64,
-    pub rtp_bytes_out: u64,
-    pub rtcp_packets_in: u64,
-    pub rtcp_packets_out: u64,
-    pub drops: Drops,
+    pub counters: LegCounters,
 }
 
 impl Leg {
@@ -186,13 +179,7 @@ impl Leg {
             peer: None,
             last_rx: now,
             any_rx: false,
-            rtp_packets_in: 0,
-            rtp_bytes_in: 0,
-            rtp_packets_out: 0,
-            rtp_bytes_out: 0,
-            rtcp_packets_in: 0,
-            rtcp_packets_out: 0,
-            drops: Drops::default(),
+            counters: LegCounters::default(),
         }
     }
 
@@ -229,13 +216,7 @@ impl Leg {
             latched: self.rtp_remote.locked,
             direction: self.direction,
             bridge: self.bridge,
-            rtp_packets_in: self.rtp_packets_in,
-            rtp_bytes_in: self.rtp_bytes_in,
-            rtp_packets_out: self.rtp_packets_out,
-            rtp_bytes_out: self.rtp_bytes_out,
-            rtcp_packets_in: self.rtcp_packets_in,
-            rtcp_packets_out: self.rtcp_packets_out,
-            drops: self.drops,
+            counters: self.counters,
             idle: self.any_rx.then(|| now.saturating_duration_since(self.last_rx)),
         }
     }

@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-pub use leg::{Direction, DropReason, Drops, LegSpec, LegStats, Remote};
+pub use leg::{Direction, DropReason, Drops, LegCounters, LegSpec, LegStats, Remote};
 use leg::{Leg, PortKind};
 
 use crate::wire::{self, RtcpPacket, RtpPacket};
@@ -172,12 +172,12 @@ impl Engine {
         let Some(leg) = self.slot_mut(slot) else { return };
         let is_rtcp = kind == PortKind::Rtcp || (leg.rtcp_mux && wire::is_rtcp_on_muxed_port(packet));
         if is_rtcp {
-            leg.rtcp_packets_out = leg.rtcp_packets_out.saturating_sub(1);
+            leg.counters.rtcp_packets_out = leg.counters.rtcp_packets_out.saturating_sub(1);
         } else {
-            leg.rtp_packets_out = leg.rtp_packets_out.saturating_sub(1);
-            leg.rtp_bytes_out = leg.rtp_bytes_out.saturating_sub(packet.len() as u64);
+            leg.counters.rtp_packets_out = leg.counters.rtp_packets_out.saturating_sub(1);
+            leg.counters.rtp_bytes_out = leg.counters.rtp_bytes_out.saturating_sub(packet.len() as u64);
         }
-        leg.drops.add(DropReason::SendFailed);
+        leg.counters.drops.add(DropReason::SendFailed);
     }
 
     /// Runs due timers: removes legs idle for their media timeout.
@@ -365,7 +365,7 @@ impl Engine {
         };
         let valid = if is_rtcp { RtcpPacket::new_checked(packet).is_ok() } else { RtpPacket::new_checked(packet).is_ok() };
         if !valid {
-            leg.drops.add(DropReason::Malformed);
+            leg.counters.drops.add(DropReason::Malformed);
             return Verdict::Drop(DropReason::Malformed);
         }
         // Strict source: RTCP arriving on the RTP port (mux) is checked against the RTP remote.
@@ -376,19 +376,19 @@ impl Engine {
                 self.events.push_back(Event::Latched { leg: leg.id, remote: src, rtcp: port_kind == PortKind::Rtcp });
             }
             leg::Accept::WrongSource => {
-                leg.drops.add(DropReason::WrongSource);
+                leg.counters.drops.add(DropReason::WrongSource);
                 return Verdict::Drop(DropReason::WrongSource);
             }
         }
         leg.last_rx = now;
         leg.any_rx = true;
         if is_rtcp {
-            leg.rtcp_packets_in += 1;
+            leg.counters.rtcp_packets_in += 1;
         } else {
-            leg.rtp_packets_in += 1;
-            leg.rtp_bytes_in += packet.len() as u64;
+            leg.counters.rtp_packets_in += 1;
+            leg.counters.rtp_bytes_in += packet.len() as u64;
             if !leg.direction.endpoint_sends() {
-                leg.drops.add(DropReason::Muted);
+                leg.counters.drops.add(DropReason::Muted);
                 return Verdict::Drop(DropReason::Muted);
             }
         }
@@ -401,20 +401,20 @@ impl Engine {
             return self.drop_on(slot, DropReason::NoRoute);
         };
         if is_rtcp {
-            peer.rtcp_packets_out += 1;
+            peer.counters.rtcp_packets_out += 1;
         } else {
             if !peer.direction.endpoint_receives() {
                 return self.drop_on(slot, DropReason::Muted);
             }
-            peer.rtp_packets_out += 1;
-            peer.rtp_bytes_out += packet.len() as u64;
+            peer.counters.rtp_packets_out += 1;
+            peer.counters.rtp_bytes_out += packet.len() as u64;
         }
         Verdict::Forward { from_port, to }
     }
 
     fn drop_on(&mut self, slot: usize, reason: DropReason) -> Verdict {
         if let Some(l) = self.slot_mut(slot) {
-            l.drops.add(reason);
+            l.counters.drops.add(reason);
         }
         Verdict::Drop(reason)
     }

@@ -55,7 +55,7 @@ fn rtp_is_relayed_unchanged_with_sequence_intact() {
     assert!(got.iter().all(|p| p.from_port == B_PORT));
     assert_eq!(got[7].bytes, rtp(7), "payload and header untouched");
     let st = h.engine.leg_stats(2, h.now()).unwrap();
-    assert_eq!((st.rtp_packets_out, st.rtp_bytes_out), (50, 50 * 172));
+    assert_eq!((st.counters.rtp_packets_out, st.counters.rtp_bytes_out), (50, 50 * 172));
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn first_packet_latches_remote_and_reverse_direction_flows_to_it() {
     // Before A has sent anything, media from B has nowhere to go.
     h.send(b, B_PORT, &rtp(1));
     h.advance(Duration::from_millis(5));
-    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().drops.no_route, 1);
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.drops.no_route, 1);
     h.send(a, A_PORT, &rtp(1));
     h.advance(Duration::from_millis(5));
     assert_eq!(h.take_events(), vec![Event::Latched { leg: 1, remote: a, rtcp: false }]);
@@ -86,8 +86,8 @@ fn packets_from_other_source_after_latching_are_dropped_until_relatch() {
     h.send(intruder, B_PORT, &rtp(98)); // B is pinned by the API
     h.advance(Duration::from_millis(5));
     assert_eq!(seqs(&h.take_inbox(b)), vec![1]);
-    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().drops.wrong_source, 1);
-    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().drops.wrong_source, 1);
+    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().counters.drops.wrong_source, 1);
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.drops.wrong_source, 1);
     // The control plane re-latches A (NAT rebinding): the next source wins and is then strict.
     h.engine.update_leg(1, None, None, None, true).unwrap();
     let moved = addr("10.0.0.1:4444");
@@ -97,7 +97,7 @@ fn packets_from_other_source_after_latching_are_dropped_until_relatch() {
     h.advance(Duration::from_millis(5));
     assert_eq!(seqs(&h.take_inbox(b)), vec![2]);
     assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().remote, Some(moved));
-    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().drops.wrong_source, 2);
+    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().counters.drops.wrong_source, 2);
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn idle_leg_times_out_is_removed_with_its_bridge_and_reported() {
         h.advance(Duration::from_secs(1));
     }
     let events = h.take_events();
-    let timed_out: Vec<_> = events.iter().filter_map(|e| match e { Event::TimedOut { leg, stats } => Some((*leg, stats.rtp_packets_in)), _ => None }).collect();
+    let timed_out: Vec<_> = events.iter().filter_map(|e| match e { Event::TimedOut { leg, stats } => Some((*leg, stats.counters.rtp_packets_in)), _ => None }).collect();
     assert_eq!(timed_out, vec![(1, 1)]);
     assert!(!h.engine.has_leg(1));
     assert!(h.engine.has_leg(2), "the active leg stays");
@@ -132,7 +132,7 @@ fn idle_leg_times_out_is_removed_with_its_bridge_and_reported() {
     // A's port is free again and traffic to it is a no-route drop.
     h.send(a, A_PORT, &rtp(1));
     h.advance(Duration::from_millis(5));
-    assert_eq!(h.engine.counters().drops.no_route, 1 + h.engine.leg_stats(2, h.now()).unwrap().drops.no_route);
+    assert_eq!(h.engine.counters().drops.no_route, 1 + h.engine.leg_stats(2, h.now()).unwrap().counters.drops.no_route);
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn rtcp_is_relayed_between_rtcp_ports() {
     assert_eq!(at_a.len(), 1);
     assert_eq!(at_a[0].from_port, A_PORT + 1);
     let st = h.engine.leg_stats(1, h.now()).unwrap();
-    assert_eq!((st.rtcp_packets_in, st.rtcp_packets_out, st.rtp_packets_in), (1, 1, 1));
+    assert_eq!((st.counters.rtcp_packets_in, st.counters.rtcp_packets_out, st.counters.rtp_packets_in), (1, 1, 1));
 }
 
 #[test]
@@ -181,7 +181,7 @@ fn rtcp_mux_legs_relay_rtcp_on_the_rtp_port() {
     assert!(got.iter().all(|p| p.from_port == B_PORT));
     assert_eq!(got[1].bytes, rtcp_sr());
     let st = h.engine.leg_stats(2, h.now()).unwrap();
-    assert_eq!((st.rtp_packets_out, st.rtcp_packets_out), (1, 1));
+    assert_eq!((st.counters.rtp_packets_out, st.counters.rtcp_packets_out), (1, 1));
     // No RTCP port was taken: B_PORT + 1 is free.
     h.engine.create_leg(3, B_PORT + 1, LegSpec { rtcp_mux: true, ..Default::default() }, h.now()).unwrap();
 }
@@ -200,7 +200,7 @@ fn malformed_packets_are_counted_and_dropped() {
     h.advance(Duration::from_millis(5));
     assert!(h.take_inbox(b).is_empty());
     assert!(h.take_events().is_empty(), "malformed packets do not latch");
-    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().drops.malformed, 5);
+    assert_eq!(h.engine.leg_stats(1, h.now()).unwrap().counters.drops.malformed, 5);
     assert_eq!(h.engine.counters().drops.malformed, 5);
 }
 
@@ -219,7 +219,7 @@ fn hold_direction_mutes_rtp_but_not_rtcp() {
     assert_eq!(seqs(&h.take_inbox(b)), vec![1]);
     assert!(h.take_inbox(a).is_empty());
     assert_eq!(h.take_inbox(addr("10.0.0.1:4001")).len(), 1, "RTCP flows on hold");
-    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().drops.muted, 1);
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.drops.muted, 1);
     h.engine.update_leg(2, None, None, Some(Direction::SendRecv), false).unwrap();
     h.send(b, B_PORT, &rtp(3));
     h.advance(Duration::from_millis(5));
@@ -244,7 +244,7 @@ fn lossy_reordering_link_relays_every_surviving_packet_once() {
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), got.len());
-    assert_eq!(st.rtp_packets_in, h.engine.leg_stats(2, h.now()).unwrap().rtp_packets_out);
+    assert_eq!(st.counters.rtp_packets_in, h.engine.leg_stats(2, h.now()).unwrap().counters.rtp_packets_out);
     assert!(got.len() < 500 && got.len() > 300, "link loss applies twice (in and out): {}", got.len());
     assert!(got.windows(2).any(|w| w[0] > w[1]), "jitter reordered something");
 }
@@ -353,7 +353,7 @@ fn refused_send_is_taken_off_the_sending_legs_counters() {
     assert_eq!(v, Verdict::Forward { from_port: B_PORT, to: b });
     h.engine.handle_send_failed(B_PORT, &pkt);
     let st = h.engine.leg_stats(2, h.now()).unwrap();
-    assert_eq!((st.rtp_packets_out, st.rtp_bytes_out, st.drops.send_failed), (0, 0, 1));
+    assert_eq!((st.counters.rtp_packets_out, st.counters.rtp_bytes_out, st.counters.drops.send_failed), (0, 0, 1));
     let c = h.engine.counters();
     assert_eq!((c.packets_in, c.packets_forwarded, c.drops.send_failed), (1, 0, 1));
 }
