@@ -32,6 +32,7 @@ pub mod api;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod frame;
 pub mod harness;
 pub mod ports;
 pub mod sys;
