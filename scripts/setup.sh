@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on Debian 12: protoc (gRPC code generation), a C toolchain,
+# clang and libelf for the XDP program, ip/ethtool/ping for its netns tests,
 # Python gRPC packages for the external-client test, and Rust (rustup) if cargo is missing.
 set -euo pipefail
 
@@ -7,6 +8,19 @@ need_apt=()
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# ebpf/: clang compiles the XDP program (-target bpf) against the kernel's UAPI headers; libbpf-sys
+# builds its vendored libbpf with make and links libelf and zlib. (<bpf/bpf_helpers.h> comes with
+# the vendored libbpf, so libbpf-dev is not needed.)
+command -v clang >/dev/null || need_apt+=(clang)
+command -v make >/dev/null || need_apt+=(make)
+[ -e /usr/include/linux/bpf.h ] || need_apt+=(linux-libc-dev)
+[ -e /usr/include/libelf.h ] || need_apt+=(libelf-dev)
+[ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
+# XDP tests (root): scripts/netns.sh needs ip and ethtool; the tests run ping and setpriv.
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v ethtool >/dev/null || need_apt+=(ethtool)
+command -v ping >/dev/null || need_apt+=(iputils-ping)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 if [ ${#need_apt[@]} -gt 0 ]; then
