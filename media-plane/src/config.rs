@@ -181,7 +181,7 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
     }
     // Align to whole pairs: start up to even, end down to odd (checked: ends of u16 are inputs too).
     let a = a.checked_add(a % 2).ok_or_else(|| invalid("ports", format!("{s:?} holds no RTP/RTCP port pair")))?;
-    let b = if b % 2 == 0 { b.checked_sub(1).unwrap_or(0) } else { b };
+    let b = if b % 2 == 0 { b.saturating_sub(1) } else { b };
     if b <= a {
         return Err(invalid("ports", format!("{s:?} holds no RTP/RTCP port pair")));
     }
