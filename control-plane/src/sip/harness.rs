@@ -20,6 +20,7 @@ use bytes::Bytes;
 use rsip::headers::{self, Header, UntypedHeader};
 use rsip::{Method, Request, SipMessage};
 
+use crate::sip::message::tests::parse_request;
 use crate::sip::message::{generate_branch, parse, response_for, Framing};
 use crate::sip::transaction::{LayerEvent, Peer, TimerConfig, TransactionKey, TransactionLayer};
 
@@ -152,10 +153,7 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
             client = self.client.addr,
             branch = generate_branch().unwrap(),
         );
-        match parse(raw.as_bytes(), Framing::Datagram).unwrap() {
-            SipMessage::Request(request) => request,
-            SipMessage::Response(_) => unreachable!(),
-        }
+        parse_request(raw.as_bytes())
     }
 
     /// Starts a client transaction for `request` now.
@@ -418,6 +416,15 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
             .count()
     }
 
+    /// How many provisional (1xx) responses the client TU saw.
+    pub fn client_tu_provisionals(&self) -> usize {
+        self.client
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, LayerEvent::Response { response, .. } if response.status_code.code() < 200))
+            .count()
+    }
+
     /// When (ms after start) `side` reported a Timeout.
     pub fn timeouts_ms(&self, side: Side) -> Vec<u128> {
         let events = match side {
@@ -439,6 +446,16 @@ mod tests {
 
     fn drop_all_from(side: Side) -> DropFn {
         Box::new(move |from, _, _| from == side)
+    }
+
+    /// Loses the first datagram `side` sends whose first line starts with `prefix`.
+    fn drop_first_from(side: Side, prefix: &'static str) -> DropFn {
+        let mut lost = false;
+        Box::new(move |from, line, _| {
+            let lose = !lost && from == side && line.starts_with(prefix);
+            lost |= lose;
+            lose
+        })
     }
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -492,14 +509,7 @@ mod tests {
     #[test]
     fn a_lost_final_response_is_recovered_by_request_retransmission() {
         // The first 200 OK is lost; the OPTIONS retransmitted at T1 makes the server resend it.
-        let mut first_200 = true;
-        let drop: DropFn = Box::new(move |from, line, _| {
-            let lose = from == Side::Server && line.starts_with("SIP/2.0 200") && first_200;
-            if lose {
-                first_200 = false;
-            }
-            lose
-        });
+        let drop = drop_first_from(Side::Server, "SIP/2.0 200");
         let mut h = Harness::new(rsip::Transport::Udp, Duration::from_millis(30), drop);
         let req = h.request(Method::Options);
         h.start(req);
@@ -512,14 +522,7 @@ mod tests {
 
     #[test]
     fn a_lost_invite_final_response_is_recovered_by_timer_g() {
-        let mut first = true;
-        let drop: DropFn = Box::new(move |from, line, _| {
-            let lose = from == Side::Server && line.starts_with("SIP/2.0 603") && first;
-            if lose {
-                first = false;
-            }
-            lose
-        });
+        let drop = drop_first_from(Side::Server, "SIP/2.0 603");
         let mut h = Harness::new(rsip::Transport::Udp, Duration::from_millis(30), drop);
         h.script = ServerScript {
             provisional: Some((180, Duration::ZERO)),
@@ -609,38 +612,54 @@ mod tests {
         /// that saw the request, and every transaction on both sides ends.
         #[test]
         fn random_loss_never_duplicates_a_request_for_the_tu(s in scenario()) {
-            let loss = s.loss.clone();
-            let mut h = Harness::new(
-                rsip::Transport::Udp,
-                Duration::from_millis(s.delay_ms),
-                Box::new(move |_, _, i| loss.get(i).copied().unwrap_or(false)),
-            );
-            h.script = ServerScript {
-                provisional: s.provisional.then_some((180, Duration::ZERO)),
-                final_response: Some((s.status, Duration::from_millis(s.answer_ms))),
-            };
-            let method = if s.invite { Method::Invite } else { Method::Options };
-            let req = h.request(method);
-            h.start(req);
-            h.run_for(Duration::from_secs(300));
-
-            let seen = h.server_tu_requests(method);
-            prop_assert!(seen <= 1, "server TU saw the request {} times", seen);
-            let finals = h.client_tu_responses(s.status);
-            if s.status >= 300 || !s.invite {
-                prop_assert!(finals <= 1, "client TU saw {} finals", finals);
-            }
-            if finals > 0 {
-                prop_assert_eq!(seen, 1);
-            }
-            // An INVITE that got a provisional response has no transaction timeout (RFC 3261
-            // §17.1.1.2: the TU cancels); if every final copy was lost it may still be waiting.
-            let waiting_for_tu = s.invite && h.client_tu_responses(180) > 0 && finals == 0;
-            let client_timeouts = h.timeouts_ms(Side::Client).len();
-            prop_assert!(finals > 0 || client_timeouts == 1 || waiting_for_tu, "client neither answered nor timed out");
-            prop_assert!(h.client.layer.is_empty() || waiting_for_tu, "client transactions left");
-            prop_assert!(h.server.layer.is_empty(), "server transactions left");
-            prop_assert_eq!(h.client.parse_errors + h.server.parse_errors, 0);
+            check_scenario(&s)?;
         }
+    }
+
+    fn check_scenario(s: &Scenario) -> Result<(), TestCaseError> {
+        let loss = s.loss.clone();
+        let mut h = Harness::new(
+            rsip::Transport::Udp,
+            Duration::from_millis(s.delay_ms),
+            Box::new(move |_, _, i| loss.get(i).copied().unwrap_or(false)),
+        );
+        h.script = ServerScript {
+            provisional: s.provisional.then_some((180, Duration::ZERO)),
+            final_response: Some((s.status, Duration::from_millis(s.answer_ms))),
+        };
+        let method = if s.invite { Method::Invite } else { Method::Options };
+        let req = h.request(method);
+        h.start(req);
+        h.run_for(Duration::from_secs(300));
+
+        let seen = h.server_tu_requests(method);
+        prop_assert!(seen <= 1, "server TU saw the request {} times", seen);
+        let finals = h.client_tu_responses(s.status);
+        if s.status >= 300 || !s.invite {
+            prop_assert!(finals <= 1, "client TU saw {} finals", finals);
+        }
+        if finals > 0 {
+            prop_assert_eq!(seen, 1);
+        }
+        // An INVITE that got any provisional response (the server's own 100 Trying included)
+        // has no transaction timeout (RFC 3261 §17.1.1.2: the TU cancels); if every final copy
+        // was lost it may still be waiting.
+        let waiting_for_tu = s.invite && h.client_tu_provisionals() > 0 && finals == 0;
+        let client_timeouts = h.timeouts_ms(Side::Client).len();
+        prop_assert!(finals > 0 || client_timeouts == 1 || waiting_for_tu, "client neither answered nor timed out");
+        prop_assert!(h.client.layer.is_empty() || waiting_for_tu, "client transactions left");
+        prop_assert!(h.server.layer.is_empty(), "server transactions left");
+        prop_assert_eq!(h.client.parse_errors + h.server.parse_errors, 0);
+        Ok(())
+    }
+
+    /// Pinned from a failing seed: an INVITE whose only surviving answer is the server's own
+    /// 100 Trying stays in Proceeding (no Timer B) and waits for its TU to cancel.
+    #[test]
+    fn invite_answered_only_by_100_trying_then_total_loss_waits_for_the_tu() {
+        let mut loss = vec![false; 4];
+        loss.extend([true; 36]);
+        let s = Scenario { invite: true, delay_ms: 151, answer_ms: 1000, status: 200, provisional: false, loss };
+        check_scenario(&s).unwrap();
     }
 }

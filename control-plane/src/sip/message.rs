@@ -816,6 +816,19 @@ Content-Length: 4\r\n\
 \r\n\
 v=0\n";
 
+    /// Parses a request written by a test (datagram framing); panics if it is not one.
+    pub(crate) fn parse_request(raw: &[u8]) -> Request {
+        match parse(raw, Framing::Datagram).unwrap() {
+            SipMessage::Request(request) => request,
+            SipMessage::Response(_) => panic!("expected a request"),
+        }
+    }
+
+    /// [`INVITE`], parsed.
+    pub(crate) fn invite() -> Request {
+        parse_request(INVITE.as_bytes())
+    }
+
     fn replace(msg: &str, from: &str, to: &str) -> Vec<u8> {
         assert!(msg.contains(from), "test message lacks {from:?}");
         msg.replacen(from, to, 1).into_bytes()
@@ -1081,7 +1094,7 @@ v=0\n";
 
     #[test]
     fn encode_sets_content_length_to_the_body_and_keeps_binary_bodies() {
-        let SipMessage::Request(mut request) = parse(INVITE.as_bytes(), Framing::Datagram).unwrap() else { panic!() };
+        let mut request = invite();
         request.body = vec![0xff, 0x00, b'\n'];
         let wire = encode(&SipMessage::Request(request));
         let reparsed = parse(&wire, Framing::Stream).unwrap();

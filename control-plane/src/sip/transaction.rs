@@ -357,40 +357,25 @@ pub fn response_destination(request: &Request, source: Peer) -> Peer {
     Peer { transport: source.transport, addr: SocketAddr::new(source.addr.ip(), port) }
 }
 
-/// The ACK an INVITE client transaction sends for a non-2xx final response (§17.1.1.3).
+/// The ACK an INVITE client transaction sends for a non-2xx final response (§17.1.1.3): the
+/// INVITE's Request-URI, top Via, Route, From and Call-ID, and the response's To (with its tag).
 pub fn ack_for_non_2xx(invite: &Request, response: &Response) -> Request {
-    let mut out: Vec<Header> = Vec::new();
-    if let Some(via) = invite.headers.iter().find_map(|h| match h {
-        Header::Via(v) => Some(v),
-        _ => None,
-    }) {
-        out.push(Header::Via(headers::Via::new(top_list_value(via.value()))));
-    }
-    for header in invite.headers.iter() {
-        match header {
-            Header::Route(_) | Header::From(_) | Header::CallId(_) => out.push(header.clone()),
-            _ => {}
-        }
-    }
-    if let Some(to) = response.headers.iter().find(|h| matches!(h, Header::To(_))) {
-        out.push(to.clone());
-    }
-    let seq = message::cseq(&invite.headers).map(|c| c.seq).unwrap_or(0);
-    out.push(Header::CSeq(headers::CSeq::new(format!("{seq} ACK"))));
-    out.push(Header::MaxForwards(headers::MaxForwards::new("70")));
-    Request {
-        method: Method::Ack,
-        uri: invite.uri.clone(),
-        version: rsip::Version::V2,
-        headers: out.into(),
-        body: Vec::new(),
-    }
+    let to = response.headers.iter().find(|h| matches!(h, Header::To(_)));
+    like_invite(invite, Method::Ack, |h| matches!(h, Header::Route(_) | Header::From(_) | Header::CallId(_)), to)
 }
 
 /// The CANCEL for an INVITE (§9.1): same Request-URI, Call-ID, From, To, CSeq number and top Via
 /// (so the same branch), and the INVITE's Route headers. Send it through its own client
 /// transaction, and only once a provisional response has arrived.
 pub fn cancel_for(invite: &Request) -> Request {
+    let copied = |h: &Header| matches!(h, Header::Route(_) | Header::From(_) | Header::To(_) | Header::CallId(_));
+    like_invite(invite, Method::Cancel, copied, None)
+}
+
+/// A bodiless `method` request built like `invite` (§9.1, §17.1.1.3): its Request-URI and top Via
+/// (so the same branch), the INVITE headers `copied` picks (in the INVITE's order), then `extra`,
+/// a CSeq with the INVITE's number and `method`, and Max-Forwards 70.
+fn like_invite(invite: &Request, method: Method, copied: impl Fn(&Header) -> bool, extra: Option<&Header>) -> Request {
     let mut out: Vec<Header> = Vec::new();
     if let Some(via) = invite.headers.iter().find_map(|h| match h {
         Header::Via(v) => Some(v),
@@ -398,22 +383,12 @@ pub fn cancel_for(invite: &Request) -> Request {
     }) {
         out.push(Header::Via(headers::Via::new(top_list_value(via.value()))));
     }
-    for header in invite.headers.iter() {
-        match header {
-            Header::Route(_) | Header::From(_) | Header::To(_) | Header::CallId(_) => out.push(header.clone()),
-            _ => {}
-        }
-    }
+    out.extend(invite.headers.iter().filter(|h| copied(h)).cloned());
+    out.extend(extra.cloned());
     let seq = message::cseq(&invite.headers).map(|c| c.seq).unwrap_or(0);
-    out.push(Header::CSeq(headers::CSeq::new(format!("{seq} CANCEL"))));
+    out.push(Header::CSeq(headers::CSeq::new(format!("{seq} {method}"))));
     out.push(Header::MaxForwards(headers::MaxForwards::new("70")));
-    Request {
-        method: Method::Cancel,
-        uri: invite.uri.clone(),
-        version: rsip::Version::V2,
-        headers: out.into(),
-        body: Vec::new(),
-    }
+    Request { method, uri: invite.uri.clone(), version: rsip::Version::V2, headers: out.into(), body: Vec::new() }
 }
 
 /// The first element of a comma-separated header value.
@@ -438,14 +413,14 @@ fn encode_response(response: &Response) -> Bytes {
     message::encode(&SipMessage::Response(response.clone()))
 }
 
-/// Queued outputs of one state machine.
+/// Queued outputs of one state machine, pulled by its `poll_transmit` and `poll_event`.
 #[derive(Debug, Default)]
-struct Output {
+struct Outbox {
     transmits: std::collections::VecDeque<Outgoing>,
     events: std::collections::VecDeque<TransactionEvent>,
 }
 
-impl Output {
+impl Outbox {
     fn send(&mut self, destination: Peer, payload: &Bytes, retransmission: bool) {
         self.transmits.push_back(Outgoing { destination, payload: payload.clone(), retransmission });
     }
@@ -453,14 +428,126 @@ impl Output {
     fn event(&mut self, event: TransactionEvent) {
         self.events.push_back(event);
     }
+
+    fn poll_transmit(&mut self) -> Option<Outgoing> {
+        self.transmits.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<TransactionEvent> {
+        self.events.pop_front()
+    }
 }
 
-/// A repeating timer: next deadline and the interval that produced it.
+/// A retransmission timer (A, E, G): next deadline and the interval that produced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Backoff {
     at: Instant,
     interval: Duration,
 }
+
+impl Backoff {
+    /// Fires `interval` after `now`, and keeps that interval.
+    fn every(interval: Duration, now: Instant) -> Self {
+        Backoff { at: now + interval, interval }
+    }
+
+    /// The timer, if it is due at `now`.
+    fn due(timer: Option<Backoff>, now: Instant) -> Option<Backoff> {
+        timer.filter(|t| t.at <= now)
+    }
+
+    /// The timer after it fired at `now`: the interval doubled, but not beyond `cap`.
+    fn doubled(self, now: Instant, cap: Duration) -> Self {
+        Backoff::every(self.interval.saturating_mul(2).min(cap), now)
+    }
+}
+
+/// A timer field of a state machine: a one-shot deadline, or a retransmission [`Backoff`].
+trait Timer {
+    fn deadline(&self) -> Option<Instant>;
+}
+
+impl Timer for Option<Instant> {
+    fn deadline(&self) -> Option<Instant> {
+        *self
+    }
+}
+
+impl Timer for Option<Backoff> {
+    fn deadline(&self) -> Option<Instant> {
+        self.map(|b| b.at)
+    }
+}
+
+/// The plumbing shared by the four state machines, which is the same whatever the RFC figure:
+/// the getters, `handle_transport_error` (report, then end), `poll_transmit`, `poll_event`,
+/// `poll_timeout` (the earliest of `timers`) and `terminate` (cancel all `timers`, report
+/// Terminated). The machine's struct needs the fields `state`, `key`, `request`, `out: Outbox`
+/// and each of `timers` (an `Option<Instant>` or `Option<Backoff>`). Its figure — `new`,
+/// `handle_message`, `send_response`, `handle_timeout` — stays written out in its own file.
+macro_rules! transaction_plumbing {
+    (state: $state:ident, request: $request_doc:literal, timers: [$($timer:ident),+ $(,)?] $(,)?) => {
+        // ---- getters ----
+
+        /// Current state.
+        pub fn state(&self) -> $state {
+            self.state
+        }
+
+        /// The transaction's key.
+        pub fn key(&self) -> &$crate::sip::transaction::TransactionKey {
+            &self.key
+        }
+
+        #[doc = $request_doc]
+        pub fn request(&self) -> &rsip::Request {
+            &self.request
+        }
+
+        /// Whether the transaction is over.
+        pub fn is_terminated(&self) -> bool {
+            self.state == $state::Terminated
+        }
+
+        /// The transport could not deliver a message of this transaction: reported, and the
+        /// transaction ends.
+        pub fn handle_transport_error(&mut self, _now: std::time::Instant) {
+            if self.state != $state::Terminated {
+                self.out.event($crate::sip::transaction::TransactionEvent::TransportError);
+                self.terminate();
+            }
+        }
+
+        // ---- poll_* ----
+
+        /// Next message to send.
+        #[must_use]
+        pub fn poll_transmit(&mut self) -> Option<$crate::sip::transaction::Outgoing> {
+            self.out.poll_transmit()
+        }
+
+        /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+        #[must_use]
+        pub fn poll_timeout(&self) -> Option<std::time::Instant> {
+            use $crate::sip::transaction::Timer as _;
+            $crate::sip::transaction::earliest(&[$(self.$timer.deadline()),+])
+        }
+
+        /// Next event for the TU.
+        #[must_use]
+        pub fn poll_event(&mut self) -> Option<$crate::sip::transaction::TransactionEvent> {
+            self.out.poll_event()
+        }
+
+        /// Ends the transaction: every timer cancelled, Terminated reported.
+        fn terminate(&mut self) {
+            self.state = $state::Terminated;
+            $(self.$timer = None;)+
+            self.out.event($crate::sip::transaction::TransactionEvent::Terminated);
+        }
+    };
+}
+use transaction_plumbing;
 
 /// The earliest of some optional deadlines.
 fn earliest(deadlines: &[Option<Instant>]) -> Option<Instant> {
@@ -475,13 +562,17 @@ fn due(deadline: Option<Instant>, now: Instant) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse, tests::INVITE, Framing};
+    use crate::sip::message::tests::invite;
+    use crate::sip::message::{parse, Framing};
 
-    fn invite() -> Request {
-        match parse(INVITE.as_bytes(), Framing::Datagram).unwrap() {
-            SipMessage::Request(r) => r,
-            SipMessage::Response(_) => unreachable!(),
-        }
+    /// Alice over UDP: where the test requests come from, so where server transactions answer.
+    pub(super) fn alice() -> Peer {
+        Peer::udp("192.0.2.1:5060".parse().unwrap())
+    }
+
+    /// Bob over UDP: where client transactions send.
+    pub(super) fn bob() -> Peer {
+        Peer::udp("192.0.2.2:5060".parse().unwrap())
     }
 
     #[test]

@@ -20,13 +20,13 @@
 //!                                  └────────────► Terminated ◄─────────┘
 //! ```
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rsip::{Method, Request, Response};
 
 use super::{
-    ack_for_non_2xx, due, earliest, encode_request, Backoff, Outgoing, Output, Peer, TimerConfig, TransactionError,
+    ack_for_non_2xx, due, encode_request, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError,
     TransactionEvent, TransactionKey,
 };
 
@@ -59,7 +59,7 @@ pub struct InviteClient {
     timer_b: Option<Instant>,
     timer_d: Option<Instant>,
     timer_m: Option<Instant>,
-    out: Output,
+    out: Outbox,
 }
 
 impl InviteClient {
@@ -75,9 +75,9 @@ impl InviteClient {
         }
         let key = TransactionKey::for_request(&request)?;
         let encoded = encode_request(&request);
-        let mut out = Output::default();
+        let mut out = Outbox::default();
         out.send(destination, &encoded, false);
-        let timer_a = (!destination.is_reliable()).then(|| Backoff { at: now + config.t1, interval: config.t1 });
+        let timer_a = (!destination.is_reliable()).then(|| Backoff::every(config.t1, now));
         Ok(InviteClient {
             state: InviteClientState::Calling,
             key,
@@ -94,26 +94,10 @@ impl InviteClient {
         })
     }
 
-    // ---- getters ----
-
-    /// Current state.
-    pub fn state(&self) -> InviteClientState {
-        self.state
-    }
-
-    /// The transaction's key.
-    pub fn key(&self) -> &TransactionKey {
-        &self.key
-    }
-
-    /// The INVITE this transaction sends.
-    pub fn request(&self) -> &Request {
-        &self.request
-    }
-
-    /// Whether the transaction is over.
-    pub fn is_terminated(&self) -> bool {
-        self.state == InviteClientState::Terminated
+    transaction_plumbing! {
+        state: InviteClientState,
+        request: "The INVITE this transaction sends.",
+        timers: [timer_a, timer_b, timer_d, timer_m],
     }
 
     // ---- handle_* ----
@@ -175,71 +159,21 @@ impl InviteClient {
             self.terminate();
             return;
         }
-        if let Some(a) = self.timer_a.filter(|a| a.at <= now) {
+        if let Some(a) = Backoff::due(self.timer_a, now) {
             self.out.send(self.destination, &self.encoded, true);
-            let interval = a.interval.saturating_mul(2);
-            self.timer_a = Some(super::Backoff { at: now + interval, interval });
+            self.timer_a = Some(a.doubled(now, Duration::MAX)); // A *= 2, uncapped
         }
         if due(self.timer_d, now) || due(self.timer_m, now) {
             self.terminate();
         }
-    }
-
-    /// The transport could not deliver a message of this transaction.
-    pub fn handle_transport_error(&mut self, _now: Instant) {
-        if self.state != InviteClientState::Terminated {
-            self.out.event(TransactionEvent::TransportError);
-            self.terminate();
-        }
-    }
-
-    // ---- poll_* ----
-
-    /// Next message to send.
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
-        self.out.transmits.pop_front()
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        earliest(&[self.timer_a.map(|a| a.at), self.timer_b, self.timer_d, self.timer_m])
-    }
-
-    /// Next event for the TU.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<TransactionEvent> {
-        self.out.events.pop_front()
-    }
-
-    fn terminate(&mut self) {
-        self.state = InviteClientState::Terminated;
-        self.timer_a = None;
-        self.timer_b = None;
-        self.timer_d = None;
-        self.timer_m = None;
-        self.out.event(TransactionEvent::Terminated);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse, response_for, tests::INVITE, Framing};
-    use rsip::SipMessage;
-    use std::time::Duration;
-
-    fn invite() -> Request {
-        match parse(INVITE.as_bytes(), Framing::Datagram).unwrap() {
-            SipMessage::Request(r) => r,
-            SipMessage::Response(_) => unreachable!(),
-        }
-    }
-
-    fn udp() -> Peer {
-        Peer::udp("192.0.2.2:5060".parse().unwrap())
-    }
+    use crate::sip::message::{response_for, tests::invite};
+    use crate::sip::transaction::{tests::bob, Outgoing};
 
     fn drain(tx: &mut InviteClient) -> (Vec<Outgoing>, Vec<TransactionEvent>) {
         (std::iter::from_fn(|| tx.poll_transmit()).collect(), std::iter::from_fn(|| tx.poll_event()).collect())
@@ -248,7 +182,7 @@ mod tests {
     #[test]
     fn timer_a_doubles_without_cap_until_timer_b_times_out() {
         let t0 = Instant::now();
-        let mut tx = InviteClient::new(invite(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteClient::new(invite(), bob(), TimerConfig::default(), t0).unwrap();
         let mut sent = vec![];
         while let Some(at) = tx.poll_timeout() {
             tx.handle_timeout(at);
@@ -264,7 +198,7 @@ mod tests {
     #[test]
     fn timer_b_reports_timeout_at_64_t1() {
         let t0 = Instant::now();
-        let mut tx = InviteClient::new(invite(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteClient::new(invite(), bob(), TimerConfig::default(), t0).unwrap();
         let mut last = t0;
         while let Some(at) = tx.poll_timeout() {
             tx.handle_timeout(at);
@@ -279,7 +213,7 @@ mod tests {
     fn non_2xx_is_acked_once_per_retransmission_and_reported_once() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx = InviteClient::new(inv.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteClient::new(inv.clone(), bob(), TimerConfig::default(), t0).unwrap();
         drain(&mut tx);
         let busy = response_for(&inv, 486, None, Some("x"));
         tx.handle_message(busy.clone(), t0);
@@ -299,7 +233,7 @@ mod tests {
     fn provisional_stops_retransmissions_and_timer_b() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx = InviteClient::new(inv.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteClient::new(inv.clone(), bob(), TimerConfig::default(), t0).unwrap();
         tx.handle_message(response_for(&inv, 180, None, Some("x")), t0);
         assert_eq!(tx.state(), InviteClientState::Proceeding);
         assert_eq!(tx.poll_timeout(), None);
@@ -309,7 +243,7 @@ mod tests {
     fn every_2xx_passes_up_while_accepted_and_no_ack_is_generated() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx = InviteClient::new(inv.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteClient::new(inv.clone(), bob(), TimerConfig::default(), t0).unwrap();
         drain(&mut tx);
         let ok = response_for(&inv, 200, None, Some("x"));
         tx.handle_message(ok.clone(), t0);
@@ -339,7 +273,7 @@ mod tests {
     #[test]
     fn transport_error_is_reported_and_terminates() {
         let t0 = Instant::now();
-        let mut tx = InviteClient::new(invite(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteClient::new(invite(), bob(), TimerConfig::default(), t0).unwrap();
         tx.handle_transport_error(t0);
         let (_, events) = drain(&mut tx);
         assert_eq!(events, vec![TransactionEvent::TransportError, TransactionEvent::Terminated]);
@@ -351,7 +285,7 @@ mod tests {
         let mut req = invite();
         req.method = Method::Options;
         assert!(matches!(
-            InviteClient::new(req, udp(), TimerConfig::default(), Instant::now()),
+            InviteClient::new(req, bob(), TimerConfig::default(), Instant::now()),
             Err(TransactionError::WrongMethod { .. })
         ));
     }

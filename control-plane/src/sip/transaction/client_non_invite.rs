@@ -26,7 +26,7 @@ use bytes::Bytes;
 use rsip::{Method, Request, Response};
 
 use super::{
-    due, earliest, encode_request, Backoff, Outgoing, Output, Peer, TimerConfig, TransactionError, TransactionEvent,
+    due, encode_request, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent,
     TransactionKey,
 };
 
@@ -55,7 +55,7 @@ pub struct NonInviteClient {
     timer_e: Option<Backoff>,
     timer_f: Option<Instant>,
     timer_k: Option<Instant>,
-    out: Output,
+    out: Outbox,
 }
 
 impl NonInviteClient {
@@ -71,9 +71,9 @@ impl NonInviteClient {
         }
         let key = TransactionKey::for_request(&request)?;
         let encoded = encode_request(&request);
-        let mut out = Output::default();
+        let mut out = Outbox::default();
         out.send(destination, &encoded, false);
-        let timer_e = (!destination.is_reliable()).then(|| Backoff { at: now + config.t1, interval: config.t1 });
+        let timer_e = (!destination.is_reliable()).then(|| Backoff::every(config.t1, now));
         Ok(NonInviteClient {
             state: NonInviteClientState::Trying,
             key,
@@ -88,26 +88,10 @@ impl NonInviteClient {
         })
     }
 
-    // ---- getters ----
-
-    /// Current state.
-    pub fn state(&self) -> NonInviteClientState {
-        self.state
-    }
-
-    /// The transaction's key.
-    pub fn key(&self) -> &TransactionKey {
-        &self.key
-    }
-
-    /// The request this transaction sends.
-    pub fn request(&self) -> &Request {
-        &self.request
-    }
-
-    /// Whether the transaction is over.
-    pub fn is_terminated(&self) -> bool {
-        self.state == NonInviteClientState::Terminated
+    transaction_plumbing! {
+        state: NonInviteClientState,
+        request: "The request this transaction sends.",
+        timers: [timer_e, timer_f, timer_k],
     }
 
     // ---- handle_* ----
@@ -147,74 +131,30 @@ impl NonInviteClient {
             self.terminate();
             return;
         }
-        if let Some(e) = self.timer_e.filter(|e| e.at <= now) {
+        if let Some(e) = Backoff::due(self.timer_e, now) {
             self.out.send(self.destination, &self.encoded, true);
-            let interval = match self.state {
-                NonInviteClientState::Proceeding => self.config.t2,
-                _ => e.interval.saturating_mul(2).min(self.config.t2),
-            };
-            self.timer_e = Some(Backoff { at: now + interval, interval });
+            self.timer_e = Some(match self.state {
+                NonInviteClientState::Proceeding => Backoff::every(self.config.t2, now),
+                _ => e.doubled(now, self.config.t2),
+            });
         }
         if due(self.timer_k, now) {
             self.terminate();
         }
-    }
-
-    /// The transport could not deliver a message of this transaction.
-    pub fn handle_transport_error(&mut self, _now: Instant) {
-        if self.state != NonInviteClientState::Terminated {
-            self.out.event(TransactionEvent::TransportError);
-            self.terminate();
-        }
-    }
-
-    // ---- poll_* ----
-
-    /// Next message to send.
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
-        self.out.transmits.pop_front()
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        earliest(&[self.timer_e.map(|e| e.at), self.timer_f, self.timer_k])
-    }
-
-    /// Next event for the TU.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<TransactionEvent> {
-        self.out.events.pop_front()
-    }
-
-    fn terminate(&mut self) {
-        self.state = NonInviteClientState::Terminated;
-        self.timer_e = None;
-        self.timer_f = None;
-        self.timer_k = None;
-        self.out.event(TransactionEvent::Terminated);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse, response_for, Framing};
-    use rsip::SipMessage;
+    use crate::sip::message::{response_for, tests::parse_request};
+    use crate::sip::transaction::tests::bob;
     use std::time::Duration;
 
     const REGISTER: &str = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKreg1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:alice@example.com>\r\nCall-ID: reg-1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
 
     fn register() -> Request {
-        match parse(REGISTER.as_bytes(), Framing::Datagram).unwrap() {
-            SipMessage::Request(r) => r,
-            SipMessage::Response(_) => unreachable!(),
-        }
-    }
-
-    fn udp() -> Peer {
-        Peer::udp("192.0.2.2:5060".parse().unwrap())
+        parse_request(REGISTER.as_bytes())
     }
 
     fn retransmit_times(tx: &mut NonInviteClient, t0: Instant, until: Duration) -> Vec<u128> {
@@ -233,7 +173,7 @@ mod tests {
     #[test]
     fn timer_e_doubles_from_t1_and_caps_at_t2() {
         let t0 = Instant::now();
-        let mut tx = NonInviteClient::new(register(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = NonInviteClient::new(register(), bob(), TimerConfig::default(), t0).unwrap();
         let times = retransmit_times(&mut tx, t0, Duration::from_secs(20));
         // Intervals 0.5, 1, 2, 4, 4, 4 … s.
         assert_eq!(times, vec![500, 1500, 3500, 7500, 11500, 15500, 19500]);
@@ -243,7 +183,7 @@ mod tests {
     fn proceeding_retransmits_every_t2() {
         let t0 = Instant::now();
         let req = register();
-        let mut tx = NonInviteClient::new(req.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = NonInviteClient::new(req.clone(), bob(), TimerConfig::default(), t0).unwrap();
         tx.handle_message(response_for(&req, 100, None, None), t0 + Duration::from_millis(100));
         let times = retransmit_times(&mut tx, t0, Duration::from_secs(13));
         // The pending 500 ms timer fires, then every T2.
@@ -253,7 +193,7 @@ mod tests {
     #[test]
     fn timer_f_times_out_at_64_t1() {
         let t0 = Instant::now();
-        let mut tx = NonInviteClient::new(register(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = NonInviteClient::new(register(), bob(), TimerConfig::default(), t0).unwrap();
         let mut last = t0;
         while let Some(at) = tx.poll_timeout() {
             tx.handle_timeout(at);
@@ -268,7 +208,7 @@ mod tests {
     fn final_response_is_reported_once_and_timer_k_ends_it() {
         let t0 = Instant::now();
         let req = register();
-        let mut tx = NonInviteClient::new(req.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = NonInviteClient::new(req.clone(), bob(), TimerConfig::default(), t0).unwrap();
         let ok = response_for(&req, 200, None, Some("x"));
         tx.handle_message(ok.clone(), t0);
         tx.handle_message(ok.clone(), t0 + Duration::from_millis(10));
@@ -295,6 +235,6 @@ mod tests {
     fn invite_and_ack_are_refused() {
         let mut req = register();
         req.method = Method::Invite;
-        assert!(NonInviteClient::new(req, udp(), TimerConfig::default(), Instant::now()).is_err());
+        assert!(NonInviteClient::new(req, bob(), TimerConfig::default(), Instant::now()).is_err());
     }
 }

@@ -525,21 +525,12 @@ impl TransactionLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse, response_for, tests::INVITE, Framing};
+    use crate::sip::message::tests::{invite, parse_request, INVITE};
+    use crate::sip::message::{parse, response_for, Framing};
     use crate::sip::transaction::cancel_for;
+    use crate::sip::transaction::tests::{alice, bob};
     use rsip::headers::UntypedHeader;
     use std::time::Duration;
-
-    fn invite() -> Request {
-        match parse(INVITE.as_bytes(), Framing::Datagram).unwrap() {
-            SipMessage::Request(r) => r,
-            SipMessage::Response(_) => unreachable!(),
-        }
-    }
-
-    fn alice() -> Peer {
-        Peer::udp("192.0.2.1:5060".parse().unwrap())
-    }
 
     fn events(layer: &mut TransactionLayer) -> Vec<LayerEvent> {
         std::iter::from_fn(|| layer.poll_event()).collect()
@@ -622,7 +613,7 @@ mod tests {
         let t0 = Instant::now();
         let mut layer = TransactionLayer::new(TimerConfig::default());
         let inv = invite();
-        let key = layer.start_client(inv.clone(), Peer::udp("192.0.2.2:5060".parse().unwrap()), t0).unwrap();
+        let key = layer.start_client(inv.clone(), bob(), t0).unwrap();
         assert!(layer.poll_transmit().unwrap().payload.starts_with(b"INVITE "));
         let ringing = response_for(&inv, 180, None, Some("b"));
         layer.handle_message(SipMessage::Response(ringing.clone()), alice(), t0);
@@ -639,7 +630,7 @@ mod tests {
         let t0 = Instant::now();
         let mut layer = TransactionLayer::new(TimerConfig::default());
         let inv = invite();
-        layer.start_client(inv.clone(), Peer::udp("192.0.2.2:5060".parse().unwrap()), t0).unwrap();
+        layer.start_client(inv.clone(), bob(), t0).unwrap();
         let mut forged = response_for(&inv, 200, None, Some("b"));
         for h in forged.headers.iter_mut() {
             if let rsip::Header::Via(v) = h {
@@ -655,7 +646,7 @@ mod tests {
     fn duplicate_branch_and_ack_are_refused_by_start_client() {
         let t0 = Instant::now();
         let mut layer = TransactionLayer::new(TimerConfig::default());
-        let dest = Peer::udp("192.0.2.2:5060".parse().unwrap());
+        let dest = bob();
         layer.start_client(invite(), dest, t0).unwrap();
         assert_eq!(layer.start_client(invite(), dest, t0), Err(TransactionError::DuplicateBranch));
         let mut ack = invite();
@@ -675,7 +666,7 @@ mod tests {
     fn transport_error_reaches_the_tu_and_removes_the_transaction() {
         let t0 = Instant::now();
         let mut layer = TransactionLayer::new(TimerConfig::default());
-        let key = layer.start_client(invite(), Peer::udp("192.0.2.2:5060".parse().unwrap()), t0).unwrap();
+        let key = layer.start_client(invite(), bob(), t0).unwrap();
         layer.handle_transport_error(Role::Client, &key, t0).unwrap();
         let ev = events(&mut layer);
         assert!(ev.contains(&LayerEvent::TransportError { key: key.clone(), role: Role::Client }));
@@ -690,10 +681,8 @@ mod tests {
         let mut layer = TransactionLayer::new(TimerConfig::default());
         for i in 0..50 {
             let raw = INVITE.replace("z9hG4bK776asdhds", &format!("z9hG4bKmany{i}"));
-            let SipMessage::Request(req) = parse(raw.as_bytes(), Framing::Datagram).unwrap() else { panic!() };
-            layer
-                .start_client(req, Peer::udp("192.0.2.2:5060".parse().unwrap()), t0 + Duration::from_millis(i))
-                .unwrap();
+            let req = parse_request(raw.as_bytes());
+            layer.start_client(req, bob(), t0 + Duration::from_millis(i)).unwrap();
         }
         while let Some(at) = layer.poll_timeout() {
             layer.handle_timeout(at);

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use rsip::{Method, Request, Response};
 
 use super::{
-    due, earliest, encode_response, Backoff, Outgoing, Output, Peer, TimerConfig, TransactionError, TransactionEvent,
+    due, encode_response, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent,
     TransactionKey,
 };
 use crate::sip::message::response_for;
@@ -79,7 +79,7 @@ pub struct InviteServer {
     timer_h: Option<Instant>,
     timer_i: Option<Instant>,
     timer_l: Option<Instant>,
-    out: Output,
+    out: Outbox,
 }
 
 impl InviteServer {
@@ -96,7 +96,7 @@ impl InviteServer {
             return Err(TransactionError::WrongMethod { machine: "INVITE server", method: request.method });
         }
         let key = TransactionKey::for_request(&request)?;
-        let mut out = Output::default();
+        let mut out = Outbox::default();
         out.event(TransactionEvent::Request(request.clone()));
         Ok(InviteServer {
             state: InviteServerState::Proceeding,
@@ -115,26 +115,10 @@ impl InviteServer {
         })
     }
 
-    // ---- getters ----
-
-    /// Current state.
-    pub fn state(&self) -> InviteServerState {
-        self.state
-    }
-
-    /// The transaction's key.
-    pub fn key(&self) -> &TransactionKey {
-        &self.key
-    }
-
-    /// The INVITE that created the transaction.
-    pub fn request(&self) -> &Request {
-        &self.request
-    }
-
-    /// Whether the transaction is over.
-    pub fn is_terminated(&self) -> bool {
-        self.state == InviteServerState::Terminated
+    transaction_plumbing! {
+        state: InviteServerState,
+        request: "The INVITE that created the transaction.",
+        timers: [timer_trying, timer_g, timer_h, timer_i, timer_l],
     }
 
     // ---- handle_* ----
@@ -195,7 +179,7 @@ impl InviteServer {
                 self.state = InviteServerState::Completed;
                 self.timer_trying = None;
                 if !self.destination.is_reliable() {
-                    self.timer_g = Some(Backoff { at: now + self.config.t1, interval: self.config.t1 });
+                    self.timer_g = Some(Backoff::every(self.config.t1, now));
                 }
                 self.timer_h = Some(now + self.config.timeout());
             }
@@ -221,44 +205,15 @@ impl InviteServer {
             self.terminate();
             return;
         }
-        if let Some(g) = self.timer_g.filter(|g| g.at <= now) {
+        if let Some(g) = Backoff::due(self.timer_g, now) {
             if let Some(last) = &self.last_response {
                 self.out.send(self.destination, last, true);
             }
-            let interval = g.interval.saturating_mul(2).min(self.config.t2);
-            self.timer_g = Some(Backoff { at: now + interval, interval });
+            self.timer_g = Some(g.doubled(now, self.config.t2));
         }
         if due(self.timer_i, now) || due(self.timer_l, now) {
             self.terminate();
         }
-    }
-
-    /// The transport could not deliver a response of this transaction.
-    pub fn handle_transport_error(&mut self, _now: Instant) {
-        if self.state != InviteServerState::Terminated {
-            self.out.event(TransactionEvent::TransportError);
-            self.terminate();
-        }
-    }
-
-    // ---- poll_* ----
-
-    /// Next message to send.
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
-        self.out.transmits.pop_front()
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        earliest(&[self.timer_trying, self.timer_g.map(|g| g.at), self.timer_h, self.timer_i, self.timer_l])
-    }
-
-    /// Next event for the TU.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<TransactionEvent> {
-        self.out.events.pop_front()
     }
 
     fn send_trying(&mut self) {
@@ -267,40 +222,19 @@ impl InviteServer {
         self.last_provisional = Some(trying);
         self.timer_trying = None;
     }
-
-    fn terminate(&mut self) {
-        self.state = InviteServerState::Terminated;
-        self.timer_trying = None;
-        self.timer_g = None;
-        self.timer_h = None;
-        self.timer_i = None;
-        self.timer_l = None;
-        self.out.event(TransactionEvent::Terminated);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse, tests::INVITE, Framing};
-    use rsip::SipMessage;
+    use crate::sip::message::tests::invite;
+    use crate::sip::transaction::{tests::alice, Outgoing};
     use std::time::Duration;
-
-    fn invite() -> Request {
-        match parse(INVITE.as_bytes(), Framing::Datagram).unwrap() {
-            SipMessage::Request(r) => r,
-            SipMessage::Response(_) => unreachable!(),
-        }
-    }
 
     fn ack() -> Request {
         let mut ack = invite();
         ack.method = Method::Ack;
         ack
-    }
-
-    fn udp() -> Peer {
-        Peer::udp("192.0.2.1:5060".parse().unwrap())
     }
 
     fn sent(tx: &mut InviteServer) -> Vec<Outgoing> {
@@ -310,7 +244,7 @@ mod tests {
     #[test]
     fn reports_the_invite_once_and_sends_100_trying_after_200_ms() {
         let t0 = Instant::now();
-        let mut tx = InviteServer::new(invite(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteServer::new(invite(), alice(), TimerConfig::default(), t0).unwrap();
         assert!(matches!(tx.poll_event(), Some(TransactionEvent::Request(_))));
         assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_millis(200)));
         tx.handle_timeout(t0 + Duration::from_millis(200));
@@ -327,7 +261,7 @@ mod tests {
     fn no_100_trying_when_the_tu_answers_within_200_ms() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx = InviteServer::new(inv.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteServer::new(inv.clone(), alice(), TimerConfig::default(), t0).unwrap();
         tx.send_response(response_for(&inv, 180, None, Some("x")), t0 + Duration::from_millis(50)).unwrap();
         tx.handle_timeout(t0 + Duration::from_millis(200));
         let out = sent(&mut tx);
@@ -339,7 +273,7 @@ mod tests {
     fn timer_g_retransmits_final_capped_at_t2_until_timer_h() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx = InviteServer::new(inv.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteServer::new(inv.clone(), alice(), TimerConfig::default(), t0).unwrap();
         tx.send_response(response_for(&inv, 486, None, Some("x")), t0).unwrap();
         let _ = sent(&mut tx);
         let mut times = vec![];
@@ -357,7 +291,7 @@ mod tests {
     fn ack_confirms_stops_retransmissions_and_timer_i_absorbs_ack_retransmits() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx = InviteServer::new(inv.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteServer::new(inv.clone(), alice(), TimerConfig::default(), t0).unwrap();
         let _ = tx.poll_event();
         tx.send_response(response_for(&inv, 404, None, Some("x")), t0).unwrap();
         tx.handle_message(ack(), t0 + Duration::from_millis(100));
@@ -375,7 +309,7 @@ mod tests {
     fn invite_retransmission_in_completed_resends_the_final_response() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx = InviteServer::new(inv.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteServer::new(inv.clone(), alice(), TimerConfig::default(), t0).unwrap();
         tx.send_response(response_for(&inv, 486, None, Some("x")), t0).unwrap();
         let _ = sent(&mut tx);
         tx.handle_message(invite(), t0 + Duration::from_millis(10));
@@ -387,7 +321,7 @@ mod tests {
     fn accepted_absorbs_invite_retransmits_passes_ack_and_tu_2xx_retransmits() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx = InviteServer::new(inv.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteServer::new(inv.clone(), alice(), TimerConfig::default(), t0).unwrap();
         let _ = tx.poll_event();
         let ok = response_for(&inv, 200, None, Some("x"));
         tx.send_response(ok.clone(), t0).unwrap();
@@ -406,7 +340,7 @@ mod tests {
     fn second_final_response_is_refused() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx = InviteServer::new(inv.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = InviteServer::new(inv.clone(), alice(), TimerConfig::default(), t0).unwrap();
         tx.send_response(response_for(&inv, 486, None, Some("x")), t0).unwrap();
         assert!(matches!(
             tx.send_response(response_for(&inv, 200, None, Some("x")), t0),

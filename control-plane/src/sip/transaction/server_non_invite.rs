@@ -31,7 +31,7 @@ use bytes::Bytes;
 use rsip::{Method, Request, Response};
 
 use super::{
-    due, earliest, encode_response, Outgoing, Output, Peer, TimerConfig, TransactionError, TransactionEvent,
+    due, encode_response, transaction_plumbing, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent,
     TransactionKey,
 };
 
@@ -70,7 +70,7 @@ pub struct NonInviteServer {
     last_response: Option<Bytes>,
     answer_deadline: Option<Instant>,
     timer_j: Option<Instant>,
-    out: Output,
+    out: Outbox,
 }
 
 impl NonInviteServer {
@@ -86,7 +86,7 @@ impl NonInviteServer {
             return Err(TransactionError::WrongMethod { machine: "non-INVITE server", method: request.method });
         }
         let key = TransactionKey::for_request(&request)?;
-        let mut out = Output::default();
+        let mut out = Outbox::default();
         out.event(TransactionEvent::Request(request.clone()));
         Ok(NonInviteServer {
             state: NonInviteServerState::Trying,
@@ -101,26 +101,10 @@ impl NonInviteServer {
         })
     }
 
-    // ---- getters ----
-
-    /// Current state.
-    pub fn state(&self) -> NonInviteServerState {
-        self.state
-    }
-
-    /// The transaction's key.
-    pub fn key(&self) -> &TransactionKey {
-        &self.key
-    }
-
-    /// The request that created the transaction.
-    pub fn request(&self) -> &Request {
-        &self.request
-    }
-
-    /// Whether the transaction is over.
-    pub fn is_terminated(&self) -> bool {
-        self.state == NonInviteServerState::Terminated
+    transaction_plumbing! {
+        state: NonInviteServerState,
+        request: "The request that created the transaction.",
+        timers: [answer_deadline, timer_j],
     }
 
     // ---- handle_* ----
@@ -176,68 +160,26 @@ impl NonInviteServer {
             self.terminate();
         }
     }
-
-    /// The transport could not deliver a response of this transaction.
-    pub fn handle_transport_error(&mut self, _now: Instant) {
-        if self.state != NonInviteServerState::Terminated {
-            self.out.event(TransactionEvent::TransportError);
-            self.terminate();
-        }
-    }
-
-    // ---- poll_* ----
-
-    /// Next message to send.
-    #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
-        self.out.transmits.pop_front()
-    }
-
-    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        earliest(&[self.answer_deadline, self.timer_j])
-    }
-
-    /// Next event for the TU.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<TransactionEvent> {
-        self.out.events.pop_front()
-    }
-
-    fn terminate(&mut self) {
-        self.state = NonInviteServerState::Terminated;
-        self.answer_deadline = None;
-        self.timer_j = None;
-        self.out.event(TransactionEvent::Terminated);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse, response_for, Framing};
-    use rsip::SipMessage;
+    use crate::sip::message::{response_for, tests::parse_request};
+    use crate::sip::transaction::tests::alice;
     use std::time::Duration;
 
     const OPTIONS: &str = "OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKopt1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:example.com>\r\nCall-ID: opt-1\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n";
 
     fn options() -> Request {
-        match parse(OPTIONS.as_bytes(), Framing::Datagram).unwrap() {
-            SipMessage::Request(r) => r,
-            SipMessage::Response(_) => unreachable!(),
-        }
-    }
-
-    fn udp() -> Peer {
-        Peer::udp("192.0.2.1:5060".parse().unwrap())
+        parse_request(OPTIONS.as_bytes())
     }
 
     #[test]
     fn retransmissions_are_absorbed_in_trying_and_answered_with_the_last_response_later() {
         let t0 = Instant::now();
         let req = options();
-        let mut tx = NonInviteServer::new(req.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = NonInviteServer::new(req.clone(), alice(), TimerConfig::default(), t0).unwrap();
         assert!(matches!(tx.poll_event(), Some(TransactionEvent::Request(_))));
         tx.handle_message(req.clone(), t0);
         assert_eq!(tx.poll_transmit(), None);
@@ -251,10 +193,10 @@ mod tests {
     }
 
     #[test]
-    fn timer_j_keeps_the_final_response_for_64_t1_on_udp() {
+    fn timer_j_keeps_the_final_response_for_64_t1_on_alice() {
         let t0 = Instant::now();
         let req = options();
-        let mut tx = NonInviteServer::new(req.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = NonInviteServer::new(req.clone(), alice(), TimerConfig::default(), t0).unwrap();
         tx.send_response(response_for(&req, 200, None, Some("x")), t0).unwrap();
         assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)));
         tx.handle_timeout(t0 + Duration::from_secs(32));
@@ -276,7 +218,7 @@ mod tests {
     fn a_second_final_response_is_refused() {
         let t0 = Instant::now();
         let req = options();
-        let mut tx = NonInviteServer::new(req.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = NonInviteServer::new(req.clone(), alice(), TimerConfig::default(), t0).unwrap();
         tx.send_response(response_for(&req, 200, None, Some("x")), t0).unwrap();
         assert!(matches!(
             tx.send_response(response_for(&req, 500, None, Some("x")), t0),
@@ -288,7 +230,7 @@ mod tests {
     fn provisional_is_resent_for_retransmissions_while_proceeding() {
         let t0 = Instant::now();
         let req = options();
-        let mut tx = NonInviteServer::new(req.clone(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = NonInviteServer::new(req.clone(), alice(), TimerConfig::default(), t0).unwrap();
         tx.send_response(response_for(&req, 100, None, None), t0).unwrap();
         let _ = tx.poll_transmit();
         tx.handle_message(req, t0);
@@ -298,7 +240,7 @@ mod tests {
     #[test]
     fn an_unanswered_request_times_out_after_64_t1() {
         let t0 = Instant::now();
-        let mut tx = NonInviteServer::new(options(), udp(), TimerConfig::default(), t0).unwrap();
+        let mut tx = NonInviteServer::new(options(), alice(), TimerConfig::default(), t0).unwrap();
         let _ = tx.poll_event();
         tx.handle_timeout(t0 + Duration::from_secs(32));
         assert_eq!(tx.poll_event(), Some(TransactionEvent::Timeout));
