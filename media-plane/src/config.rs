@@ -12,7 +12,12 @@
 //! batch = 32                       # datagrams per recvmmsg/sendmmsg (default 32)
 //! socket_buffer_kb = 1024          # SO_RCVBUF/SO_SNDBUF per media socket (default 1024; kernel caps apply)
 //! idle_spin_us = 0                 # keep polling this long after a packet before sleeping (default 0)
+//! backend = "udp"                  # "udp" (kernel sockets), "xdp" (AF_XDP, needs root) or "auto" (default "udp")
+//! interface = "eth0"               # the NIC AF_XDP binds to; required by "xdp" and "auto" (default: none)
 //! ```
+//!
+//! `auto` tries AF_XDP and, when it cannot be used (no privileges, no such interface, media_ip not on
+//! it, attach refused), logs why and runs the UDP backend.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -50,6 +55,8 @@ pub struct FileConfig {
     pub batch: Option<i64>,
     pub socket_buffer_kb: Option<i64>,
     pub idle_spin_us: Option<i64>,
+    pub backend: Option<String>,
+    pub interface: Option<String>,
 }
 
 impl FileConfig {
@@ -76,6 +83,8 @@ impl FileConfig {
             batch: over.batch.or(self.batch),
             socket_buffer_kb: over.socket_buffer_kb.or(self.socket_buffer_kb),
             idle_spin_us: over.idle_spin_us.or(self.idle_spin_us),
+            backend: over.backend.or(self.backend),
+            interface: over.interface.or(self.interface),
         }
     }
 
@@ -134,7 +143,27 @@ impl FileConfig {
         if !(0..=10_000).contains(&spin) {
             return Err(invalid("idle_spin_us", format!("{spin} is out of range 0..=10000")));
         }
+        let backend = match self.backend.as_deref().unwrap_or("udp") {
+            "udp" => Backend::Udp,
+            "xdp" => Backend::Xdp,
+            "auto" => Backend::Auto,
+            other => return Err(invalid("backend", format!("{other:?} is not one of \"udp\", \"xdp\", \"auto\""))),
+        };
+        let interface = match (backend, self.interface) {
+            (Backend::Udp, Some(_)) => {
+                return Err(invalid("interface", "only used by backend \"xdp\" or \"auto\"; set backend or remove interface"))
+            }
+            (Backend::Xdp | Backend::Auto, None) => {
+                return Err(invalid("interface", "required when backend is \"xdp\" or \"auto\": the NIC to bind AF_XDP sockets to"))
+            }
+            (_, Some(i)) if i.is_empty() || i.len() > 15 || i.contains(['/', ' ', '\0']) => {
+                return Err(invalid("interface", format!("{i:?} is not an interface name (1-15 characters, no '/' or spaces)")))
+            }
+            (_, i) => i,
+        };
         Ok(Config {
+            backend,
+            interface,
             grpc_listen,
             media_ip,
             advertise_ip,
@@ -151,9 +180,23 @@ impl FileConfig {
     }
 }
 
+/// Which datapath the media cores run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Kernel UDP sockets (`driver::udp`).
+    Udp,
+    /// AF_XDP sockets on `interface` (`driver::xdp`); failing to start is an error.
+    Xdp,
+    /// AF_XDP if it can be started, else UDP, with the reason logged.
+    Auto,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub backend: Backend,
+    /// Interface of the AF_XDP backend (set exactly when `backend` is not `Udp`).
+    pub interface: Option<String>,
     pub grpc_listen: SocketAddr,
     pub media_ip: IpAddr,
     pub advertise_ip: IpAddr,
@@ -226,6 +269,11 @@ mod tests {
         assert!(err("batch = 5000").starts_with("batch:"));
         assert!(err("idle_spin_us = -1").starts_with("idle_spin_us:"));
         assert!(err("first_cpu = 100000").starts_with("first_cpu:"));
+        assert!(err("backend = \"dpdk\"").starts_with("backend:"));
+        assert!(err("backend = \"xdp\"").starts_with("interface:"));
+        assert!(err("backend = \"auto\"").starts_with("interface:"));
+        assert!(err("interface = \"eth0\"").starts_with("interface:"));
+        assert!(err("backend = \"xdp\"\ninterface = \"a/b\"").starts_with("interface:"));
     }
 
     #[test]
@@ -233,6 +281,13 @@ mod tests {
         assert!(err("port = \"1-2\"").contains("unknown field `port`"));
         let e = err("cores = \"two\"");
         assert!(e.contains("cores") && e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn xdp_backend_takes_its_interface() {
+        let c = FileConfig::parse("backend = \"auto\"\ninterface = \"eth0\"").unwrap().validate().unwrap();
+        assert_eq!((c.backend, c.interface.as_deref()), (Backend::Auto, Some("eth0")));
+        assert_eq!(FileConfig::default().validate().unwrap().backend, Backend::Udp);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   │   ▲ packets │ verdicts│
 //!   │ UdpDriver: mio epoll, │  one socket per port, recvmmsg/sendmmsg batches     driver/udp.rs, sys.rs
 //!   │ recvmmsg → sendmmsg   │
+//!   │ or XdpDriver: AF_XDP  │  one socket per NIC queue, frames rewritten in      driver/xdp.rs, sys.rs,
+//!   │ RX ring → TX ring     │  place in the UMEM (`--backend xdp|auto`)           frame.rs, neighbour.rs
 //!   └───────────────────────┘
 //! ```
 //!
@@ -21,7 +23,8 @@
 //! * **Sans-IO engine.** [`engine::Engine`] is given packets and `now` and returns verdicts
 //!   (forward from port P to address X, or drop with a reason); the driver does the I/O. The same
 //!   engine runs in the virtual-time [`harness`] used by tests.
-//! * **Zero copy.** A forwarded packet leaves from the buffer it arrived in, unchanged.
+//! * **Zero copy.** A forwarded packet leaves from the buffer it arrived in: unchanged (UDP), or
+//!   with only its Ethernet/IP/UDP headers rewritten (AF_XDP; the XDP program is in the `ebpf` crate).
 //! * **Latching and strict source.** A leg without a remote learns it from its first packet; after
 //!   that, other sources are dropped and counted until the control plane asks it to re-latch.
 //! * **Counted drops.** Malformed, wrong source, no route, muted, send failed: per leg and per core.
@@ -34,6 +37,7 @@ pub mod driver;
 pub mod engine;
 pub mod frame;
 pub mod harness;
+pub mod neighbour;
 pub mod ports;
 pub mod sys;
 pub mod wire;

@@ -45,6 +45,12 @@ struct Args {
     /// After a packet, keep polling this many microseconds before sleeping (0: sleep at once).
     #[arg(long)]
     idle_spin_us: Option<i64>,
+    /// Datapath: udp (kernel sockets), xdp (AF_XDP on --interface) or auto (xdp, else udp).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Network interface of the xdp backend.
+    #[arg(long)]
+    interface: Option<String>,
 }
 
 /// How long in-flight gRPC requests may take to finish after SIGTERM/SIGINT.
@@ -65,6 +71,8 @@ fn load(args: &Args) -> Result<media_plane::config::Config, ConfigError> {
         first_cpu: args.first_cpu,
         media_timeout_secs: args.media_timeout_secs,
         idle_spin_us: args.idle_spin_us,
+        backend: args.backend.clone(),
+        interface: args.interface.clone(),
         ..Default::default()
     };
     file.overlay(flags).validate()
@@ -94,8 +102,11 @@ fn main() -> ExitCode {
 
 fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Error>> {
     let (events, _) = tokio::sync::broadcast::channel(16 * 1024);
-    let cores = driver::spawn_cores(&config, events.clone()).map_err(|e| format!("starting media cores: {e}"))?;
-    let service = MediaService::new(cores, events, config.media_ip, config.advertise_ip);
+    let started = driver::start(&config, events.clone()).map_err(|e| format!("starting media cores: {e}"))?;
+    let backend = started.backend;
+    // Held until the cores have stopped: dropping it detaches the XDP program.
+    let steering = started.steering;
+    let service = MediaService::new(started.cores, events, config.media_ip, config.advertise_ip);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("grpc")
@@ -113,7 +124,7 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
             .map_err(|e| format!("bind({}) for gRPC failed: {e}", config.grpc_listen))?;
         tracing::info!(
             grpc = %config.grpc_listen, media_ip = %config.media_ip, ports = %format!("{}-{}", config.port_min, config.port_max),
-            cores = config.cores, "media plane ready"
+            cores = config.cores, backend, "media plane ready"
         );
         let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
         let on_signal = {
@@ -138,6 +149,7 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
         }
     });
     service.shutdown(Duration::from_secs(2));
+    drop(steering);
     tracing::info!("media plane stopped");
     result.map_err(Into::into)
 }

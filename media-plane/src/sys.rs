@@ -1,4 +1,6 @@
-//! Every `unsafe` block of the media plane: batched UDP I/O with `recvmmsg(2)` / `sendmmsg(2)`.
+//! Every `unsafe` block of the media plane: batched UDP I/O with `recvmmsg(2)` / `sendmmsg(2)`,
+//! and the AF_XDP socket of the `xdp` backend ([`Xsk`]: safe wrappers over the `xdp` crate's
+//! `unsafe fn` ring operations, see the section "AF_XDP" below).
 //!
 //! Neither std, mio nor socket2 offers multi-message calls, and `quinn-udp` batches by GSO/GRO for
 //! one peer, whereas a relay sends each packet of a batch to a different peer; `nix` wraps the calls
@@ -256,6 +258,311 @@ fn storage_to_addr(st: &libc::sockaddr_storage) -> Option<SocketAddr> {
             Some(SocketAddr::V6(SocketAddrV6::new(ip, u16::from_be(sin6.sin6_port), sin6.sin6_flowinfo, sin6.sin6_scope_id)))
         }
         _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AF_XDP
+// ---------------------------------------------------------------------------------------------
+//
+// The `xdp` crate (0.8) maps the UMEM and the four rings; its ring operations are `unsafe fn`
+// because the packets they hand out are raw pointers into the UMEM and the kernel writes into the
+// UMEM for as long as the socket is bound. [`Xsk`] owns all of it in one struct, and never lets a
+// packet out of its methods (callers see `&mut [u8]` for the duration of a callback), so the two
+// conditions the crate states -- "the Umem must outlive the AF_XDP socket" and "packets must not
+// outlive the Umem" -- hold by construction.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use xdp::slab::{HeapSlab, Slab as _};
+use xdp::socket::{SocketError, XdpSocket, XdpSocketBuilder};
+use xdp::umem::{FrameSize, UmemCfgBuilder};
+use xdp::{CompletionRing, RingConfigBuilder, RxRing, Umem, WakableFillRing, WakableTxRing};
+
+/// Sizes of one AF_XDP socket. Ring sizes must be powers of two.
+#[derive(Debug, Clone, Copy)]
+pub struct XskConfig {
+    /// UMEM frames (2 KiB each; a frame holds one packet of up to 1792 bytes after the kernel's headroom).
+    pub frames: u32,
+    /// Entries of each of the fill, RX, TX and completion rings.
+    pub ring: u32,
+    /// Packets taken from the RX ring per batch.
+    pub batch: usize,
+    /// Bind in copy mode (`XDP_COPY`): the kernel copies frames; needed on drivers without
+    /// zero-copy support such as veth. Otherwise the kernel picks (zero-copy where the driver has it).
+    pub force_copy: bool,
+}
+
+/// Why an AF_XDP socket could not be set up or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    // Our input.
+    /// Ring or UMEM sizes the crate or the kernel refuses (not a power of two, zero, too large).
+    #[error("invalid AF_XDP sizes: {0}")]
+    Sizes(String),
+    // The kernel refused.
+    /// mmap of the UMEM failed (memory, RLIMIT_MEMLOCK without CAP_IPC_LOCK).
+    #[error("mmap of the {bytes}-byte UMEM failed: {source}")]
+    UmemMap { bytes: usize, source: io::Error },
+    /// Registering the UMEM was refused for lack of lockable memory: it is charged to
+    /// RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK.
+    #[error(
+        "setsockopt(SOL_XDP, XDP_UMEM_REG) of the {bytes}-byte UMEM failed: {source}; the UMEM is charged to \
+         RLIMIT_MEMLOCK ({memlock}) unless the process has CAP_IPC_LOCK: raise it (`ulimit -l unlimited`, \
+         systemd `LimitMEMLOCK=infinity`)"
+    )]
+    Memlock { bytes: usize, memlock: String, source: io::Error },
+    /// A socket call failed; `call` names it.
+    #[error("{call} failed: {source}")]
+    Socket { call: String, source: io::Error },
+    /// The ring set lacked an RX or TX ring although sizes were non-zero (a bug in us or the crate).
+    #[error("internal error: AF_XDP {0} ring missing after setup")]
+    MissingRing(&'static str),
+}
+
+fn socket_error(e: SocketError) -> XskError {
+    match e {
+        SocketError::SocketCreation(source) => XskError::Socket { call: "socket(AF_XDP)".into(), source },
+        SocketError::SetSockOpt { inner, option } => XskError::Socket { call: format!("setsockopt(SOL_XDP, {option:?})"), source: inner },
+        SocketError::GetSockOpt { inner, option } => XskError::Socket { call: format!("getsockopt(SOL_XDP, {option:?})"), source: inner },
+        SocketError::RingMap { inner, ring } => XskError::Socket { call: format!("mmap({ring:?} ring)"), source: inner },
+        SocketError::Bind(source) => XskError::Socket { call: "bind(AF_XDP)".into(), source },
+    }
+}
+
+/// RLIMIT_MEMLOCK's soft limit, for error messages.
+fn memlock_limit() -> String {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK) {
+        Ok((soft, _)) if soft == nix::sys::resource::RLIM_INFINITY => "unlimited".to_owned(),
+        Ok((soft, _)) => format!("{} KiB", soft / 1024),
+        Err(errno) => format!("unknown: getrlimit: {errno}"),
+    }
+}
+
+/// What the kernel counted for one AF_XDP socket (`getsockopt(XDP_STATISTICS)`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskStats {
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+}
+
+/// One bound AF_XDP socket with its UMEM and rings. See the section comment above.
+pub struct Xsk {
+    // Field order is drop order. Slabs and rings first (the slabs hold only addresses; the rings
+    // are mmaps of the socket), then the socket -- closing it unbinds it, after which the kernel no
+    // longer touches the UMEM -- and the UMEM last. This order is what makes the `xdp` crate's
+    // "the Umem must outlive the AF_XDP socket" true for every use below.
+    /// Packets taken from the RX ring, being handled; empty between calls.
+    rx_slab: HeapSlab,
+    /// Packets to put on the TX ring; empty between calls.
+    tx_slab: HeapSlab,
+    fill: WakableFillRing,
+    rx: RxRing,
+    tx: WakableTxRing,
+    completion: CompletionRing,
+    socket: XdpSocket,
+    umem: Umem,
+    ring_size: usize,
+    /// Frames on the fill ring the kernel has not yet turned into RX descriptors.
+    fill_outstanding: usize,
+    /// Frames on the TX ring not yet returned on the completion ring.
+    tx_in_flight: usize,
+}
+
+impl std::fmt::Debug for Xsk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Xsk")
+            .field("fd", &self.socket.as_raw_fd())
+            .field("fill_outstanding", &self.fill_outstanding)
+            .field("tx_in_flight", &self.tx_in_flight)
+            .finish()
+    }
+}
+
+impl AsFd for Xsk {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor is owned by `self.socket` (an OwnedFd inside XdpSocket), which is
+        // open for as long as `self` lives, and the returned borrow cannot outlive `&self`.
+        unsafe { BorrowedFd::borrow_raw(self.socket.as_raw_fd()) }
+    }
+}
+
+impl Xsk {
+    /// Creates an AF_XDP socket with its own UMEM and binds it to receive queue `queue` of interface
+    /// `ifindex` (in the calling thread's network namespace), with `XDP_USE_NEED_WAKEUP`. The fill
+    /// ring is filled before this returns.
+    pub fn open(ifindex: u32, queue: u32, cfg: &XskConfig) -> Result<Self, XskError> {
+        let umem_cfg = UmemCfgBuilder { frame_size: FrameSize::TwoK, head_room: 0, frame_count: cfg.frames, ..Default::default() }
+            .build()
+            .map_err(|e| XskError::Sizes(e.to_string()))?;
+        let bytes = cfg.frames as usize * 2048;
+        let umem = Umem::map(umem_cfg).map_err(|source| XskError::UmemMap { bytes, source })?;
+        let ring_cfg = RingConfigBuilder { rx_count: cfg.ring, tx_count: cfg.ring, fill_count: cfg.ring, completion_count: cfg.ring }
+            .build()
+            .map_err(|e| XskError::Sizes(e.to_string()))?;
+        let mut builder = XdpSocketBuilder::new().map_err(socket_error)?;
+        let (rings, mut flags) = builder.build_wakable_rings(&umem, ring_cfg).map_err(|e| match e {
+            SocketError::SetSockOpt { inner, option: xdp::socket::OptName::UmemRegion }
+                if matches!(inner.raw_os_error(), Some(libc::ENOBUFS | libc::EPERM | libc::ENOMEM)) =>
+            {
+                XskError::Memlock { bytes, memlock: memlock_limit(), source: inner }
+            }
+            other => socket_error(other),
+        })?;
+        if cfg.force_copy {
+            flags.force_copy();
+        }
+        let socket = builder.bind(xdp::nic::NicIndex::new(ifindex), queue, flags).map_err(socket_error)?;
+        let batch = cfg.batch.max(1);
+        let mut xsk = Self {
+            rx_slab: HeapSlab::with_capacity(batch),
+            tx_slab: HeapSlab::with_capacity(batch),
+            fill: rings.fill_ring,
+            rx: rings.rx_ring.ok_or(XskError::MissingRing("RX"))?,
+            tx: rings.tx_ring.ok_or(XskError::MissingRing("TX"))?,
+            completion: rings.completion_ring,
+            socket,
+            umem,
+            ring_size: cfg.ring as usize,
+            fill_outstanding: 0,
+            tx_in_flight: 0,
+        };
+        xsk.refill().map_err(|source| XskError::Socket { call: "recvfrom (fill ring wakeup)".into(), source })?;
+        Ok(xsk)
+    }
+
+    /// Frames on the TX ring the kernel has not completed yet.
+    pub fn tx_in_flight(&self) -> usize {
+        self.tx_in_flight
+    }
+
+    /// Puts every free UMEM frame the fill ring has room for on the fill ring. Returns how many.
+    pub fn refill(&mut self) -> io::Result<usize> {
+        let room = self.ring_size.saturating_sub(self.fill_outstanding);
+        let n = room.min(self.umem.allocatable());
+        if n == 0 {
+            return Ok(0);
+        }
+        // No wakeup (`recvfrom`) here: in copy mode the kernel reads the fill ring as packets
+        // arrive, and in zero-copy mode the `poll()` the driver sleeps in wakes the driver when the
+        // ring flags ask for it.
+        // SAFETY: the frames come from `self.umem`, which outlives the socket (field order of `Xsk`).
+        let queued = unsafe { self.fill.enqueue(&mut self.umem, n, false) }?;
+        self.fill_outstanding += queued;
+        Ok(queued)
+    }
+
+    /// Takes up to one batch of received frames off the RX ring and calls `handle` on each, in
+    /// arrival order, with the frame's bytes (writable, for in-place rewriting). A frame for which
+    /// `handle` returns `true` is queued, unchanged in length, for transmission by
+    /// [`Xsk::flush_tx`]; the others go back to the UMEM's free frames. Returns how many frames
+    /// were received.
+    pub fn recv_batch(&mut self, mut handle: impl FnMut(&mut [u8]) -> bool) -> usize {
+        // SAFETY: the packets point into `self.umem`. They are only ever held in `self.rx_slab`,
+        // `self.tx_slab` (both dropped before `self.umem`, see the field order), the UMEM's free
+        // list or the TX ring, and `handle` sees them only as a borrowed slice: none outlives the UMEM.
+        let n = unsafe { self.rx.recv(&self.umem, &mut self.rx_slab) };
+        self.fill_outstanding = self.fill_outstanding.saturating_sub(n);
+        while let Some(mut packet) = self.rx_slab.pop_back() {
+            if handle(&mut packet) {
+                if let Some(refused) = self.tx_slab.push_front(packet) {
+                    self.umem.free_packet(refused);
+                }
+            } else {
+                self.umem.free_packet(packet);
+            }
+        }
+        n
+    }
+
+    /// Puts the frames queued by [`Xsk::recv_batch`] on the TX ring and kicks the kernel. Frames
+    /// the ring has no room for even after reaping completions are given to `on_fail` (for
+    /// counting) and freed. Returns how many frames went on the ring.
+    pub fn flush_tx(&mut self, mut on_fail: impl FnMut(&[u8])) -> io::Result<usize> {
+        let mut sent = 0;
+        let mut attempts = 0;
+        let mut result = Ok(());
+        while !self.tx_slab.is_empty() && attempts < 4 {
+            // SAFETY: the queued packets are frames of `self.umem`, which outlives the socket.
+            // Without a wakeup the call makes no system call and cannot fail.
+            let n = unsafe { self.tx.send(&mut self.tx_slab, false) }.unwrap_or(0);
+            self.tx_in_flight += n;
+            sent += n;
+            if n == 0 {
+                // The ring reserves all or nothing: make room, then try again.
+                attempts += 1;
+                if let Err(e) = self.kick() {
+                    result = Err(e);
+                    break;
+                }
+                self.reap();
+            }
+        }
+        while let Some(packet) = self.tx_slab.pop_back() {
+            on_fail(&packet);
+            self.umem.free_packet(packet);
+        }
+        if sent > 0 && result.is_ok() {
+            result = self.kick();
+        }
+        result.map(|()| sent)
+    }
+
+    /// Asks the kernel to transmit what is on the TX ring (`sendto` with no data). In copy mode the
+    /// kernel sends only on this call, a bounded number of frames per call; a busy or full device
+    /// is not an error: the caller kicks again.
+    pub fn kick(&mut self) -> io::Result<()> {
+        if self.tx_in_flight == 0 {
+            return Ok(());
+        }
+        // SAFETY: a zero-length send with null buffer and address is valid for sendto(2); the
+        // descriptor is owned by `self.socket` and open.
+        let r = unsafe { libc::sendto(self.socket.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::EINTR) => Ok(()),
+            _ => Err(io::Error::new(e.kind(), format!("sendto (AF_XDP TX kick): {e}"))),
+        }
+    }
+
+    /// Returns the frames the kernel finished sending to the UMEM. Returns how many.
+    pub fn reap(&mut self) -> usize {
+        let n = self.completion.dequeue(&mut self.umem, self.ring_size);
+        self.tx_in_flight = self.tx_in_flight.saturating_sub(n);
+        n
+    }
+
+    /// Kicks and reaps until the TX ring is empty or `max_kicks` kicks made no progress.
+    pub fn drain_tx(&mut self, max_kicks: usize) -> io::Result<()> {
+        let mut idle = 0;
+        while self.tx_in_flight > 0 && idle < max_kicks {
+            self.kick()?;
+            if self.reap() == 0 {
+                idle += 1;
+                std::hint::spin_loop();
+            } else {
+                idle = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's counters for this socket.
+    pub fn stats(&self) -> Result<XskStats, XskError> {
+        let s = self.socket.statistics().map_err(socket_error)?;
+        Ok(XskStats {
+            rx_dropped: s.rx_dropped,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+        })
     }
 }
 

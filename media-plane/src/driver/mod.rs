@@ -3,18 +3,30 @@
 //! The gRPC layer talks to a core only through its bounded command queue (and a [`mio::Waker`] to
 //! wake it); replies come back on oneshot channels, events on a broadcast channel. A full queue is
 //! refused at once (counted), never waited on.
+//!
+//! What does not depend on the datapath lives here, in [`CoreState`]: the engine, the command
+//! handling, the port pool (each allocated port is held by a bound kernel UDP socket, also under
+//! AF_XDP, so no other process gets it and the kernel sends no ICMP port-unreachable), and engine
+//! events. The drivers ([`udp`], [`xdp`]) only move packets.
 
 pub mod udp;
+pub mod xdp;
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::UdpSocket;
+use mio::{Interest, Token};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::engine::{BridgeId, CommandError, CoreCounters, Direction, Event, LegId, LegSpec, LegStats};
+use crate::config::{Backend, Config};
+use crate::engine::{BridgeId, CommandError, CoreCounters, Direction, Engine, EngineConfig, Event, LegId, LegSpec, LegStats};
+use crate::ports::PortPool;
 
 /// Depth of each core's command queue.
 pub const COMMAND_QUEUE: usize = 4096;
@@ -121,21 +133,245 @@ impl CoreHandle {
     }
 }
 
-/// Starts the media cores of `config`, each pinned when asked to, and returns their handles.
-pub fn spawn_cores(config: &crate::config::Config, events: broadcast::Sender<CoreEvent>) -> std::io::Result<Vec<CoreHandle>> {
+/// Ports tried when the next free one is taken by another process.
+const BIND_ATTEMPTS: usize = 64;
+
+/// What every driver of one core shares: the engine, its ports and their sockets, the command queue
+/// and the event channel. See the module documentation.
+#[derive(Debug)]
+pub struct CoreState {
+    pub core: usize,
+    pub engine: Engine,
+    pool: PortPool,
+    /// Kernel sockets holding the core's ports, indexed by local port.
+    sockets: Vec<Option<UdpSocket>>,
+    /// Where port sockets are registered for readability with token = port (UDP driver); `None`
+    /// when they are only bound to reserve the port (AF_XDP driver: the XDP program steers their
+    /// packets away from them).
+    registry: Option<mio::Registry>,
+    commands: Receiver<Command>,
+    events: broadcast::Sender<CoreEvent>,
+    media_ip: IpAddr,
+    socket_buffer: usize,
+}
+
+impl CoreState {
+    pub fn new(core: usize, config: &Config, commands: Receiver<Command>, events: broadcast::Sender<CoreEvent>, registry: Option<mio::Registry>) -> Self {
+        let mut sockets = Vec::with_capacity(1 << 16);
+        sockets.resize_with(1 << 16, || None);
+        Self {
+            core,
+            engine: Engine::new(EngineConfig { media_timeout: config.media_timeout }),
+            pool: PortPool::for_core(config.port_min, config.port_max, core, config.cores),
+            sockets,
+            registry,
+            commands,
+            events,
+            media_ip: config.media_ip,
+            socket_buffer: config.socket_buffer,
+        }
+    }
+
+    pub fn free_ports(&self) -> usize {
+        self.pool.free()
+    }
+
+    /// The kernel socket bound to `port`, if the port belongs to a leg of this core.
+    pub fn socket(&self, port: u16) -> Option<&UdpSocket> {
+        self.sockets[usize::from(port)].as_ref()
+    }
+
+    /// Runs queued commands; `false` when the core must stop.
+    pub fn drain_commands(&mut self) -> bool {
+        loop {
+            let cmd = match self.commands.try_recv() {
+                Ok(c) => c,
+                Err(crossbeam_channel::TryRecvError::Empty) => return true,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return false,
+            };
+            let now = Instant::now();
+            match cmd {
+                Command::CreateLeg { id, spec, reply } => {
+                    let _ = reply.send(self.create_leg(id, spec, now));
+                }
+                Command::UpdateLeg { id, remote, remote_rtcp, direction, relatch, reply } => {
+                    let r = self.engine.update_leg(id, remote, remote_rtcp, direction, relatch).map_err(CoreError::from);
+                    let _ = reply.send(r);
+                }
+                Command::DeleteLeg { id, reply } => {
+                    let r = self.engine.delete_leg(id, now).map_err(CoreError::from);
+                    if let Ok(stats) = &r {
+                        self.release_ports(stats);
+                    }
+                    let _ = reply.send(r);
+                }
+                Command::CreateBridge { id, a, b, reply } => {
+                    let _ = reply.send(self.engine.create_bridge(id, a, b).map_err(CoreError::from));
+                }
+                Command::DeleteBridge { id, reply } => {
+                    let _ = reply.send(self.engine.delete_bridge(id).map_err(CoreError::from));
+                }
+                Command::Stats { legs, reply } => {
+                    let legs = match legs {
+                        None => self.engine.all_leg_stats(now),
+                        Some(ids) => ids.iter().filter_map(|id| self.engine.leg_stats(*id, now)).collect(),
+                    };
+                    let counters = self.engine.counters();
+                    let _ = reply.send(CoreReport {
+                        core: self.core,
+                        legs,
+                        leg_count: self.engine.leg_count(),
+                        bridge_count: self.engine.bridge_count(),
+                        counters,
+                        free_ports: self.pool.free(),
+                    });
+                }
+                Command::Shutdown => return false,
+            }
+        }
+    }
+
+    /// Passes engine events on, freeing the ports of legs that timed out.
+    pub fn drain_engine_events(&mut self) {
+        while let Some(ev) = self.engine.poll_event() {
+            if let Event::TimedOut { leg, stats } = &ev {
+                tracing::info!(core = self.core, leg, port = stats.local_port, "leg timed out");
+                self.release_ports(stats);
+            }
+            // No subscriber is not an error: events are for whoever listens.
+            let _ = self.events.send((self.core, ev));
+        }
+    }
+
+    fn create_leg(&mut self, id: LegId, spec: LegSpec, now: Instant) -> Result<u16, CoreError> {
+        let mut last_err = None;
+        for _ in 0..BIND_ATTEMPTS.min(self.pool.free()) {
+            let Some(port) = self.pool.take() else { break };
+            match self.open_ports(port, spec.rtcp_mux) {
+                Ok(()) => {}
+                Err(e) => {
+                    self.close_ports(port, spec.rtcp_mux);
+                    self.pool.release(port);
+                    match e {
+                        CoreError::Bind(_, ref io) if io.kind() == io::ErrorKind::AddrInUse => {
+                            last_err = Some(e);
+                            continue;
+                        }
+                        other => return Err(other),
+                    }
+                }
+            }
+            if let Err(e) = self.engine.create_leg(id, port, spec, now) {
+                self.close_ports(port, spec.rtcp_mux);
+                self.pool.release(port);
+                return Err(e.into());
+            }
+            return Ok(port);
+        }
+        Err(last_err.unwrap_or(CoreError::PortsExhausted(self.core)))
+    }
+
+    fn open_ports(&mut self, port: u16, rtcp_mux: bool) -> Result<(), CoreError> {
+        let rtcp_port = if rtcp_mux { None } else { Some(port + 1) };
+        for p in std::iter::once(port).chain(rtcp_port) {
+            let mut s = self.bind(p)?;
+            if let Some(registry) = &self.registry {
+                registry.register(&mut s, Token(usize::from(p)), Interest::READABLE).map_err(|e| CoreError::Register(p, e))?;
+            }
+            self.sockets[usize::from(p)] = Some(s);
+        }
+        Ok(())
+    }
+
+    fn bind(&self, port: u16) -> Result<UdpSocket, CoreError> {
+        let addr = SocketAddr::new(self.media_ip, port);
+        let err = |e| CoreError::Bind(addr, e);
+        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+        sock.set_nonblocking(true).map_err(err)?;
+        // Larger buffers absorb bursts; the kernel caps them at net.core.{r,w}mem_max.
+        let _ = sock.set_recv_buffer_size(self.socket_buffer);
+        let _ = sock.set_send_buffer_size(self.socket_buffer);
+        sock.bind(&addr.into()).map_err(err)?;
+        Ok(UdpSocket::from_std(sock.into()))
+    }
+
+    fn close_ports(&mut self, port: u16, rtcp_mux: bool) {
+        let ports = if rtcp_mux { port..=port } else { port..=port + 1 };
+        for p in ports {
+            if let Some(mut s) = self.sockets[usize::from(p)].take() {
+                if let Some(registry) = &self.registry {
+                    let _ = registry.deregister(&mut s);
+                }
+            }
+        }
+    }
+
+    fn release_ports(&mut self, stats: &LegStats) {
+        self.close_ports(stats.local_port, stats.rtcp_mux);
+        self.pool.release(stats.local_port);
+    }
+}
+
+/// Why the media cores could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The UDP backend failed (epoll, eventfd, thread creation).
+    #[error("UDP backend: {0}")]
+    Udp(#[source] io::Error),
+    /// The AF_XDP backend was asked for and could not be started.
+    #[error("AF_XDP backend: {0}")]
+    Xdp(#[source] xdp::XdpError),
+}
+
+/// The running media cores, and what must live as long as they do.
+#[derive(Debug)]
+pub struct Started {
+    pub cores: Vec<CoreHandle>,
+    /// The backend actually running.
+    pub backend: &'static str,
+    /// The attached XDP program (AF_XDP backend); dropping it detaches the program.
+    pub steering: Option<Arc<ebpf::Steering>>,
+}
+
+/// Starts the media cores with the backend `config` asks for; `auto` falls back to UDP, logging why.
+pub fn start(config: &Config, events: broadcast::Sender<CoreEvent>) -> Result<Started, StartError> {
+    match config.backend {
+        Backend::Udp => Ok(Started { cores: spawn_cores(config, events).map_err(StartError::Udp)?, backend: "udp", steering: None }),
+        Backend::Xdp => xdp::spawn_cores(config, events).map_err(StartError::Xdp),
+        Backend::Auto => match xdp::spawn_cores(config, events.clone()) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                tracing::warn!(reason = %e, "backend auto: AF_XDP unavailable, falling back to the UDP backend");
+                Ok(Started { cores: spawn_cores(config, events).map_err(StartError::Udp)?, backend: "udp", steering: None })
+            }
+        },
+    }
+}
+
+/// CPU that core `core` is pinned to, if pinning is on.
+fn pin_cpu(config: &Config, core: usize) -> Option<core_affinity::CoreId> {
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    if config.pin_cores && !cpus.is_empty() { Some(cpus[(config.first_cpu + core) % cpus.len()]) } else { None }
+}
+
+fn pin_current(core: usize, cpu: Option<core_affinity::CoreId>) {
+    if let Some(cpu) = cpu {
+        if !core_affinity::set_for_current(cpu) {
+            tracing::warn!(core, cpu = cpu.id, "could not pin media core");
+        }
+    }
+}
+
+/// Starts the UDP-backend media cores of `config`, each pinned when asked to, and returns their handles.
+pub fn spawn_cores(config: &crate::config::Config, events: broadcast::Sender<CoreEvent>) -> std::io::Result<Vec<CoreHandle>> {
     let mut handles = Vec::with_capacity(config.cores);
     for core in 0..config.cores {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let driver = udp::UdpDriver::new(core, config, rx, events.clone())?;
         let waker = driver.waker();
-        let cpu = if config.pin_cores && !cpus.is_empty() { Some(cpus[(config.first_cpu + core) % cpus.len()]) } else { None };
+        let cpu = pin_cpu(config, core);
         let thread = std::thread::Builder::new().name(format!("media-core-{core}")).spawn(move || {
-            if let Some(cpu) = cpu {
-                if !core_affinity::set_for_current(cpu) {
-                    tracing::warn!(core, cpu = cpu.id, "could not pin media core");
-                }
-            }
+            pin_current(core, cpu);
             driver.run();
         })?;
         handles.push(CoreHandle { core, tx, waker, queue_full: AtomicU64::new(0), thread: std::sync::Mutex::new(Some(thread)) });

@@ -163,10 +163,11 @@ impl Engine {
         verdict
     }
 
-    /// The driver could not send `packet`, which it was told to forward from `from_port`: the
-    /// forward is taken back off the counters and counted as a `send_failed` drop on the sending leg.
-    pub fn handle_send_failed(&mut self, from_port: u16, packet: &[u8]) {
-        self.counters.drops.add(DropReason::SendFailed);
+    /// The driver could not deliver `packet`, which it was told to forward from `from_port`: the
+    /// kernel refused the send (`SendFailed`), or there is no next hop for it (`NoRoute`). The
+    /// forward is taken back off the counters and counted as a drop for `reason` on the sending leg.
+    pub fn handle_forward_dropped(&mut self, from_port: u16, packet: &[u8], reason: DropReason) {
+        self.counters.drops.add(reason);
         self.counters.packets_forwarded = self.counters.packets_forwarded.saturating_sub(1);
         let Some((slot, kind)) = self.port_owner(from_port) else { return };
         let Some(leg) = self.slot_mut(slot) else { return };
@@ -177,7 +178,7 @@ impl Engine {
             leg.counters.rtp_packets_out = leg.counters.rtp_packets_out.saturating_sub(1);
             leg.counters.rtp_bytes_out = leg.counters.rtp_bytes_out.saturating_sub(packet.len() as u64);
         }
-        leg.counters.drops.add(DropReason::SendFailed);
+        leg.counters.drops.add(reason);
     }
 
     /// Runs due timers: removes legs idle for their media timeout.

@@ -351,7 +351,7 @@ fn refused_send_is_taken_off_the_sending_legs_counters() {
     let pkt = rtp(1);
     let v = h.engine.handle_packet(A_PORT, a, &pkt, h.now());
     assert_eq!(v, Verdict::Forward { from_port: B_PORT, to: b });
-    h.engine.handle_send_failed(B_PORT, &pkt);
+    h.engine.handle_forward_dropped(B_PORT, &pkt, DropReason::SendFailed);
     let st = h.engine.leg_stats(2, h.now()).unwrap();
     assert_eq!((st.counters.rtp_packets_out, st.counters.rtp_bytes_out, st.counters.drops.send_failed), (0, 0, 1));
     let c = h.engine.counters();

@@ -1,0 +1,556 @@
+//! AF_XDP backend: one AF_XDP socket per NIC receive queue, one pinned core thread per socket,
+//! the same [`crate::engine::Engine`] as the UDP backend.
+//!
+//! ```text
+//!  NIC queue q ─► XDP program (ebpf crate: media ports → xsks[q], the rest → kernel)
+//!                     │
+//!                     ▼  RX ring                      fill ring ◄── free UMEM frames
+//!  core q:  frame::parse ─► not UDP to media_ip:ports ─────────────► free (counted)
+//!                       └─► engine.handle_packet(dst port, src, payload, now)
+//!                              ├─ Drop ────────────────────────────► free (engine counted it)
+//!                              └─ Forward { from_port, to }
+//!                                   neighbour MAC of `to` ── unknown ► free, no_route, ARP prompted
+//!                                   frame::rewrite in place (MACs, IPs, ports, TTL, checksums)
+//!                                   └─► TX ring (the same UMEM frame: zero copies) ─► sendto kick
+//!                                         completion ring ─► free UMEM frames
+//! ```
+//!
+//! * **Crate.** Rings and UMEM come from the `xdp` crate 0.8 (Apache-2.0 OR MIT, pure Rust, no
+//!   libbpf/libxdp, written for the Quilkin UDP proxy). Of the candidates the architecture lists,
+//!   `xsk-rs` binds libxdp and pins a libbpf-sys that conflicts with libbpf-rs 0.27, and `xdpilone`
+//!   is EUPL-1.2; `xdp` fits our licence and build. Its ring operations are `unsafe fn`; they are
+//!   wrapped once, in [`crate::sys::Xsk`], which owns socket, rings and UMEM together.
+//! * **Queues.** Core `i` serves receive queue `i`; `cores` must not exceed the interface's queue
+//!   count. A packet RSS puts on the queue of a core that does not own its leg is dropped by that
+//!   core's engine as `no_route` (cross-core hand-off is not done yet), so a multi-core setup needs
+//!   flow steering that matches the port split, or one queue per interface.
+//! * **Ports.** Each leg's ports are still bound by a kernel UDP socket ([`super::CoreState`]) so no
+//!   other process takes them and the kernel sends no port-unreachable for them; the XDP program
+//!   takes their packets before the socket would see them.
+//! * **Copy mode.** The socket is bound with `XDP_COPY` on virtual devices (veth) and under a
+//!   generic-XDP attach; elsewhere the kernel tries zero-copy and falls back to copy by itself. In
+//!   copy mode the kernel copies each frame once in and once out, and transmits only when kicked
+//!   with `sendto`. The `xdp` crate does not expose the rings' need_wakeup flags, so the driver
+//!   kicks after every batch that queued frames (required in copy mode; one call per batch more
+//!   than needed on a zero-copy NIC) and keeps kicking, bounded, until the completion ring has
+//!   returned every frame; frames still in flight make the loop come back within 200 µs.
+//! * **Counters.** Engine drops are in `GetStats` as for UDP. A forward whose next hop has no known
+//!   MAC is handed back to the engine as a `no_route` drop of the sending leg. The driver's own drops (frames not UDP to `media_ip` and the
+//!   port range, TX ring full, rewrite refused) and the kernel's `XDP_STATISTICS` are logged when
+//!   the core stops; `GetStats` does not carry them yet.
+//! * **Sleeping.** When no packet is waiting the thread sleeps in `epoll_wait` (mio) on the socket,
+//!   the command waker and the engine's next timer; it never busy-spins unless `idle_spin_us` asks.
+//! * **IPv4 only** for now: IPv6 media (neighbour discovery) is refused at start with a clear error.
+//!   Generated media (`poll_transmit`) does not exist in the engine yet, so nothing here allocates
+//!   frames for it.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::broadcast;
+
+use super::{Command, CoreEvent, CoreHandle, CoreState, Started, COMMAND_QUEUE};
+use crate::config::Config;
+use crate::engine::{DropReason, Verdict};
+use crate::frame::{self, Rewrite};
+use crate::neighbour::Neighbours;
+use crate::sys::{Xsk, XskConfig, XskError};
+
+const WAKER: Token = Token(0);
+const SOCKET: Token = Token(1);
+/// UMEM frames per socket (2 KiB each: 8 MiB).
+const UMEM_FRAMES: u32 = 4096;
+/// Entries per ring.
+const RING_SIZE: u32 = 2048;
+/// Batches handled before the loop looks at commands and timers again.
+const BATCHES_PER_WAKE: usize = 64;
+/// Kicks without completion progress before the TX drain gives up until the next loop turn.
+const DRAIN_KICKS: usize = 64;
+/// Largest MTU whose frames fit a 2 KiB UMEM frame after the kernel's 256-byte headroom, with an
+/// Ethernet header and one VLAN tag.
+const MAX_MTU: u32 = 2048 - 256 - 14 - 4;
+/// How long a core may take to open its socket and report ready.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the AF_XDP backend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    // Configuration that cannot work.
+    /// IPv6 media is not supported by this backend yet.
+    #[error("media_ip {0} is IPv6: the AF_XDP backend relays IPv4 only for now")]
+    Ipv6Unsupported(IpAddr),
+    /// More cores than the interface has receive queues.
+    #[error("cores = {cores} but {interface} has {queues} receive queue(s); the AF_XDP backend runs one core per queue")]
+    TooManyCores { cores: usize, interface: String, queues: usize },
+
+    // The host.
+    /// The interface does not exist in this network namespace.
+    #[error("no network interface {interface} in this network namespace (if_nametoindex: {source})")]
+    NoSuchInterface { interface: String, source: nix::Error },
+    /// `media_ip` is not configured on the interface.
+    #[error("media_ip {ip} is not an address of {interface} (getifaddrs lists: {found})")]
+    AddressNotOnInterface { ip: IpAddr, interface: String, found: String },
+    /// The interface has no Ethernet address.
+    #[error("{0} has no Ethernet (MAC) address (getifaddrs: no AF_PACKET entry)")]
+    NoMac(String),
+    /// Listing interface addresses failed.
+    #[error("getifaddrs failed: {0}")]
+    Getifaddrs(nix::Error),
+    /// The queue count could not be read.
+    #[error("cannot read the receive queue count of {interface} (readdir {path}: {source})")]
+    QueueCount { interface: String, path: String, source: io::Error },
+    /// Loading or attaching the XDP program, or registering a socket with it, failed.
+    #[error(transparent)]
+    Steer(#[from] ebpf::SteerError),
+    /// An AF_XDP socket could not be created or bound.
+    #[error("AF_XDP socket for {interface} queue {queue}: {source}")]
+    Socket { interface: String, queue: u32, source: XskError },
+    /// epoll setup for a core failed; `call` names the step.
+    #[error("{call} for media core {core} failed: {source}")]
+    Poll { core: usize, call: &'static str, source: io::Error },
+    /// The interface's MTU makes frames larger than a UMEM frame holds.
+    #[error("{interface} has MTU {mtu}; the AF_XDP backend's 2 KiB UMEM frames hold an MTU of at most {MAX_MTU}")]
+    MtuTooLarge { interface: String, mtu: u32 },
+    /// A core thread could not be spawned.
+    #[error("spawning media core thread {core}: {source}")]
+    Thread { core: usize, source: io::Error },
+
+    // Our own bug or a stuck kernel.
+    /// A core did not report ready in time, or its thread died first.
+    #[error("media core {core} did not report ready within {START_TIMEOUT:?}")]
+    StartTimeout { core: usize },
+}
+
+/// What the interface looks like to the backend.
+#[derive(Debug, Clone)]
+struct Interface {
+    name: String,
+    index: u32,
+    mac: [u8; 6],
+}
+
+/// Counters of frames the driver itself dropped, before or after the engine.
+#[derive(Debug, Default, Clone, Copy)]
+struct DriverCounters {
+    /// Frames that were not UDP over IPv4/IPv6 (the program only steers those; counted anyway).
+    not_udp: u64,
+    /// UDP frames not addressed to media_ip and the port range.
+    not_ours: u64,
+    /// Forwards dropped because the next hop's MAC was unknown (ARP prompted).
+    no_neighbour: u64,
+    /// Forwards the TX ring had no room for.
+    tx_full: u64,
+    /// Forwards the rewrite refused (family mismatch: IPv6 destination for an IPv4 relay).
+    rewrite_failed: u64,
+}
+
+/// The AF_XDP driver of one core (one receive queue). See the module documentation.
+#[derive(Debug)]
+pub struct XdpDriver {
+    state: CoreState,
+    poll: Poll,
+    waker: Arc<Waker>,
+    interface: Interface,
+    queue: u32,
+    media_ip: IpAddr,
+    ports: (u16, u16),
+    xsk_config: XskConfig,
+    neighbours: Neighbours,
+    counters: DriverCounters,
+    idle_spin: Duration,
+}
+
+/// Starts one AF_XDP core per receive queue `0..cores` of `config.interface`, after attaching the
+/// XDP program. On any failure, what was started is stopped again and the program detached.
+pub fn spawn_cores(config: &Config, events: broadcast::Sender<CoreEvent>) -> Result<Started, XdpError> {
+    let ifname = config.interface.clone().unwrap_or_default();
+    if config.media_ip.is_ipv6() {
+        return Err(XdpError::Ipv6Unsupported(config.media_ip));
+    }
+    let interface = inspect_interface(&ifname, config.media_ip)?;
+    let queues = rx_queue_count(&ifname)?;
+    if let Some(mtu) = std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu")).ok().and_then(|m| m.trim().parse().ok()) {
+        if mtu > MAX_MTU {
+            return Err(XdpError::MtuTooLarge { interface: ifname, mtu });
+        }
+    }
+    if config.cores > queues {
+        return Err(XdpError::TooManyCores { cores: config.cores, interface: ifname, queues });
+    }
+    let steering = Arc::new(ebpf::Steering::attach(&ifname, config.port_min..=config.port_max, ebpf::XdpMode::Auto)?);
+    match steering.fallback_reason() {
+        Some(why) => tracing::info!(interface = %ifname, mode = %steering.mode(), reason = why, "XDP program attached (native mode refused)"),
+        None => tracing::info!(interface = %ifname, mode = %steering.mode(), "XDP program attached"),
+    }
+    // Zero-copy needs the program in the driver and a driver with AF_XDP zero-copy: virtual devices
+    // (veth has native XDP) never have it. Otherwise the kernel tries zero-copy and falls back to
+    // copy mode by itself.
+    let force_copy = steering.mode() == ebpf::AttachedMode::Generic || is_virtual(&ifname);
+    let xsk_config = XskConfig { frames: UMEM_FRAMES, ring: RING_SIZE, batch: config.batch.min(RING_SIZE as usize / 2), force_copy };
+    let mut handles: Vec<CoreHandle> = Vec::with_capacity(config.cores);
+    for core in 0..config.cores {
+        match spawn_core(core, config, &interface, xsk_config, &steering, events.clone()) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                for h in &handles {
+                    h.shutdown(Duration::from_secs(2));
+                }
+                return Err(e);
+            }
+        }
+    }
+    tracing::info!(interface = %ifname, queues = config.cores, copy_mode = force_copy, "AF_XDP backend running");
+    Ok(Started { cores: handles, backend: "xdp", steering: Some(steering) })
+}
+
+fn spawn_core(
+    core: usize,
+    config: &Config,
+    interface: &Interface,
+    xsk_config: XskConfig,
+    steering: &Arc<ebpf::Steering>,
+    events: broadcast::Sender<CoreEvent>,
+) -> Result<CoreHandle, XdpError> {
+    let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+    let driver = XdpDriver::new(core, config, interface.clone(), xsk_config, rx, events)?;
+    let waker = Arc::clone(&driver.waker);
+    let cpu = super::pin_cpu(config, core);
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let steering = Arc::clone(steering);
+    let thread = std::thread::Builder::new()
+        .name(format!("media-core-{core}"))
+        .spawn(move || {
+            super::pin_current(core, cpu);
+            driver.run(&steering, ready_tx);
+        })
+        .map_err(|source| XdpError::Thread { core, source })?;
+    let handle = CoreHandle { core, tx, waker, queue_full: AtomicU64::new(0), thread: std::sync::Mutex::new(Some(thread)) };
+    match ready_rx.recv_timeout(START_TIMEOUT) {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            handle.shutdown(Duration::from_secs(1));
+            Err(XdpError::StartTimeout { core })
+        }
+    }
+}
+
+fn inspect_interface(name: &str, media_ip: IpAddr) -> Result<Interface, XdpError> {
+    let index = nix::net::if_::if_nametoindex(name).map_err(|source| XdpError::NoSuchInterface { interface: name.to_owned(), source })?;
+    let mut mac = None;
+    let mut found = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(XdpError::Getifaddrs)? {
+        if ifa.interface_name != name {
+            continue;
+        }
+        let Some(addr) = ifa.address else { continue };
+        if let Some(link) = addr.as_link_addr() {
+            mac = link.addr().filter(|m| *m != [0; 6]);
+        } else if let Some(v4) = addr.as_sockaddr_in() {
+            found.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            found.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    if !found.contains(&media_ip) {
+        let found = if found.is_empty() { "no address".to_owned() } else { found.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") };
+        return Err(XdpError::AddressNotOnInterface { ip: media_ip, interface: name.to_owned(), found });
+    }
+    let mac = mac.ok_or_else(|| XdpError::NoMac(name.to_owned()))?;
+    Ok(Interface { name: name.to_owned(), index, mac })
+}
+
+/// Receive queues of `name`: the `rx-N` entries of /sys/class/net/NAME/queues (sysfs shows the
+/// namespace it was mounted in; `ip netns exec` mounts the right one).
+fn rx_queue_count(name: &str) -> Result<usize, XdpError> {
+    let path = format!("/sys/class/net/{name}/queues");
+    let entries = std::fs::read_dir(&path).map_err(|source| XdpError::QueueCount { interface: name.to_owned(), path: path.clone(), source })?;
+    Ok(entries.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count().max(1))
+}
+
+/// Whether `name` is a virtual device (veth, bridge, …): those have no zero-copy AF_XDP.
+fn is_virtual(name: &str) -> bool {
+    std::path::Path::new(&format!("/sys/devices/virtual/net/{name}")).exists()
+}
+
+impl XdpDriver {
+    fn new(
+        core: usize,
+        config: &Config,
+        interface: Interface,
+        xsk_config: XskConfig,
+        commands: Receiver<Command>,
+        events: broadcast::Sender<CoreEvent>,
+    ) -> Result<Self, XdpError> {
+        let poll = Poll::new().map_err(|source| XdpError::Poll { core, call: "epoll_create1", source })?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|source| XdpError::Poll { core, call: "eventfd", source })?);
+        Ok(Self {
+            state: CoreState::new(core, config, commands, events, None),
+            poll,
+            waker,
+            neighbours: Neighbours::new(&interface.name),
+            queue: core as u32,
+            interface,
+            media_ip: config.media_ip,
+            ports: (config.port_min, config.port_max),
+            xsk_config,
+            counters: DriverCounters::default(),
+            idle_spin: config.idle_spin,
+        })
+    }
+
+    /// Opens the queue's socket, registers it with the XDP program, reports on `ready`, then runs
+    /// the core until [`Command::Shutdown`] or until the gRPC side is gone.
+    fn run(mut self, steering: &ebpf::Steering, ready: crossbeam_channel::Sender<Result<(), XdpError>>) {
+        let core = self.state.core;
+        let mut xsk = match self.open(steering) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        tracing::debug!(core, queue = self.queue, free_ports = self.state.free_ports(), "AF_XDP media core running");
+        let mut events = Events::with_capacity(64);
+        let mut last_packet = Instant::now().checked_sub(self.idle_spin).unwrap_or_else(Instant::now);
+        let mut more = false;
+        loop {
+            let now = Instant::now();
+            let timeout = if more || now.saturating_duration_since(last_packet) < self.idle_spin {
+                Some(Duration::ZERO)
+            } else if xsk.tx_in_flight() > 0 {
+                // Frames still on the TX ring: come back soon to kick and reap them.
+                Some(Duration::from_micros(200))
+            } else {
+                self.state.engine.poll_timeout().map(|t| t.saturating_duration_since(now))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(core, error = %e, "epoll_wait failed; media core stops");
+                    break;
+                }
+            }
+            if events.iter().any(|ev| ev.token() == WAKER) && !self.state.drain_commands() {
+                break;
+            }
+            // The socket is registered edge-triggered: drain the RX ring before sleeping again.
+            more = true;
+            for _ in 0..BATCHES_PER_WAKE {
+                if self.rx_batch(&mut xsk) == 0 {
+                    more = false;
+                    break;
+                }
+                last_packet = Instant::now();
+                // Frames back to the fill ring as soon as they are free, so it never runs dry
+                // while a burst is being handled.
+                xsk.reap();
+                if let Err(e) = xsk.refill() {
+                    tracing::warn!(core, error = %e, "AF_XDP fill ring wakeup failed");
+                }
+            }
+            if let Err(e) = xsk.drain_tx(DRAIN_KICKS) {
+                tracing::warn!(core, error = %e, "AF_XDP transmit failed");
+            }
+            if let Err(e) = xsk.refill() {
+                tracing::warn!(core, error = %e, "AF_XDP fill ring wakeup failed");
+            }
+            self.state.engine.handle_timeout(Instant::now());
+            self.state.drain_engine_events();
+        }
+        if let Err(e) = steering.unregister_xsk(self.queue) {
+            tracing::warn!(core, error = %e, "unregistering the AF_XDP socket");
+        }
+        let kernel = xsk.stats().map_err(|e| tracing::debug!(core, error = %e, "XDP_STATISTICS")).ok();
+        tracing::info!(core, queue = self.queue, counters = ?self.counters, kernel = ?kernel, "AF_XDP media core stopped");
+    }
+
+    fn open(&mut self, steering: &ebpf::Steering) -> Result<Xsk, XdpError> {
+        let sock_err = |source| XdpError::Socket { interface: self.interface.name.clone(), queue: self.queue, source };
+        let xsk = Xsk::open(self.interface.index, self.queue, &self.xsk_config).map_err(sock_err)?;
+        let fd = xsk.as_fd().as_raw_fd();
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)
+            .map_err(|source| XdpError::Poll { core: self.state.core, call: "epoll_ctl(EPOLL_CTL_ADD, AF_XDP socket)", source })?;
+        steering.register_xsk(self.queue, &xsk)?;
+        Ok(xsk)
+    }
+
+    /// Handles one batch from the RX ring and transmits its forwards. Returns the frames received.
+    fn rx_batch(&mut self, xsk: &mut Xsk) -> usize {
+        let now = Instant::now();
+        let Self { state, neighbours, counters, media_ip, ports, interface, .. } = self;
+        let n = xsk.recv_batch(|bytes| {
+            relay_frame(bytes, now, state, neighbours, counters, *media_ip, *ports, interface.mac)
+        });
+        if n == 0 {
+            return 0;
+        }
+        let result = xsk.flush_tx(|bytes| {
+            counters.tx_full += 1;
+            if let Ok(p) = frame::parse(bytes) {
+                let payload = bytes.get(p.payload..p.payload + p.payload_len).unwrap_or_default();
+                state.engine.handle_forward_dropped(p.src.port(), payload, DropReason::SendFailed);
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!(core = state.core, error = %e, "AF_XDP transmit failed");
+        }
+        n
+    }
+}
+
+/// The per-frame path: parse, route through the engine, rewrite in place. `true`: transmit the
+/// (rewritten) frame; `false`: free it. Every `false` is counted, by the engine or the driver.
+fn relay_frame(
+    bytes: &mut [u8],
+    now: Instant,
+    state: &mut CoreState,
+    neighbours: &mut Neighbours,
+    counters: &mut DriverCounters,
+    media_ip: IpAddr,
+    ports: (u16, u16),
+    mac: [u8; 6],
+) -> bool {
+    let Ok(parsed) = frame::parse(bytes) else {
+        counters.not_udp += 1;
+        return false;
+    };
+    let dst_port = parsed.dst.port();
+    if parsed.dst.ip() != media_ip || dst_port < ports.0 || dst_port > ports.1 {
+        counters.not_ours += 1;
+        return false;
+    }
+    let payload_range = parsed.payload..parsed.payload + parsed.payload_len;
+    let Some(payload) = bytes.get(payload_range.clone()) else {
+        counters.not_udp += 1;
+        return false;
+    };
+    let Verdict::Forward { from_port, to } = state.engine.handle_packet(dst_port, parsed.src, payload, now) else {
+        return false;
+    };
+    let dst_mac = match neighbours.lookup(to.ip(), now) {
+        Ok(m) => m,
+        Err(e) => {
+            counters.no_neighbour += 1;
+            state.engine.handle_forward_dropped(from_port, payload, DropReason::NoRoute);
+            tracing::trace!(error = %e, "forward dropped: no next hop");
+            return false;
+        }
+    };
+    let rewrite = Rewrite { src_mac: mac, dst_mac, src: SocketAddr::new(media_ip, from_port), dst: to };
+    if frame::rewrite(bytes, &parsed, &rewrite).is_err() {
+        counters.rewrite_failed += 1;
+        let payload = bytes.get(payload_range).unwrap_or_default();
+        state.engine.handle_forward_dropped(from_port, payload, DropReason::SendFailed);
+        return false;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+    use crate::engine::{LegSpec, Remote};
+
+    const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+    const A_PORT: u16 = 30000;
+    const B_PORT: u16 = 30002;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A core with legs A (latching) and B (remote 10.0.0.3:5000) bridged, media_ip 10.0.0.2.
+    fn bridged_core() -> CoreState {
+        let config = FileConfig { media_ip: Some("10.0.0.2".into()), ports: Some("30000-30099".into()), ..Default::default() }.validate().unwrap();
+        let (_tx, rx) = crossbeam_channel::bounded(1);
+        let (events, _) = broadcast::channel(4);
+        let mut state = CoreState::new(0, &config, rx, events, None);
+        let now = Instant::now();
+        state.engine.create_leg(1, A_PORT, LegSpec { rtcp_mux: true, ..Default::default() }, now).unwrap();
+        let spec = LegSpec { remote: Remote::locked(addr("10.0.0.3:5000")), rtcp_mux: true, ..Default::default() };
+        state.engine.create_leg(2, B_PORT, spec, now).unwrap();
+        state.engine.create_bridge(1, 1, 2).unwrap();
+        state
+    }
+
+    fn rtp_payload() -> Vec<u8> {
+        let mut p = vec![0x80, 0x00, 0x00, 0x07, 0, 0, 0, 160, 0, 0, 0, 42];
+        p.extend((0..160u16).map(|i| i as u8));
+        p
+    }
+
+    /// A frame from the peer's endpoint 10.0.0.1:4000 to `dst`.
+    fn inbound(dst: &str, payload: &[u8]) -> Vec<u8> {
+        let r = Rewrite { src_mac: PEER_MAC, dst_mac: OUR_MAC, src: addr("10.0.0.1:4000"), dst: addr(dst) };
+        let mut buf = vec![0u8; 2048];
+        let n = frame::build(&mut buf, &r, payload).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    fn relay(state: &mut CoreState, n: &mut Neighbours, c: &mut DriverCounters, bytes: &mut [u8]) -> bool {
+        relay_frame(bytes, Instant::now(), state, n, c, "10.0.0.2".parse().unwrap(), (30000, 30099), OUR_MAC)
+    }
+
+    #[test]
+    fn a_forwarded_frame_is_rewritten_in_place_and_its_payload_is_untouched() {
+        let mut state = bridged_core();
+        let mut n = Neighbours::new("test0");
+        n.insert_for_test("10.0.0.3".parse().unwrap(), PEER_MAC, Instant::now());
+        let mut c = DriverCounters::default();
+        let payload = rtp_payload();
+        let mut f = inbound("10.0.0.2:30000", &payload);
+        assert!(relay(&mut state, &mut n, &mut c, &mut f));
+        let p = frame::parse(&f).unwrap();
+        assert_eq!((p.src, p.dst), (addr("10.0.0.2:30002"), addr("10.0.0.3:5000")));
+        assert_eq!((&f[0..6], &f[6..12]), (&PEER_MAC[..], &OUR_MAC[..]));
+        assert_eq!(&f[p.payload..p.payload + p.payload_len], &payload[..]);
+        // The checksum the rewrite wrote verifies: recomputing over the zeroed field gives it back.
+        let sum = u16::from_be_bytes([f[p.l4 + 6], f[p.l4 + 7]]);
+        let mut udp = f[p.l4..p.payload + p.payload_len].to_vec();
+        udp[6..8].fill(0);
+        assert_eq!(frame::udp_checksum(p.src.ip(), p.dst.ip(), &udp), sum);
+        assert_eq!(state.engine.counters().packets_forwarded, 1);
+    }
+
+    #[test]
+    fn frames_not_for_the_media_address_and_ports_are_dropped_and_counted() {
+        let mut state = bridged_core();
+        let mut n = Neighbours::new("test0");
+        let mut c = DriverCounters::default();
+        let payload = rtp_payload();
+        assert!(!relay(&mut state, &mut n, &mut c, &mut inbound("10.0.0.9:30000", &payload)));
+        assert!(!relay(&mut state, &mut n, &mut c, &mut inbound("10.0.0.2:5060", &payload)));
+        let mut arp = inbound("10.0.0.2:30000", &payload);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(!relay(&mut state, &mut n, &mut c, &mut arp));
+        assert!(!relay(&mut state, &mut n, &mut c, &mut [0u8; 10]));
+        assert_eq!((c.not_ours, c.not_udp), (2, 2));
+        assert_eq!(state.engine.counters().packets_in, 0, "the engine never saw them");
+    }
+
+    #[test]
+    fn a_forward_to_an_unresolved_neighbour_is_dropped_as_no_route() {
+        let mut state = bridged_core();
+        // No route or ARP entry for 10.0.0.3 on an interface that does not exist here.
+        let mut n = Neighbours::new("mp-test-none0");
+        let mut c = DriverCounters::default();
+        assert!(!relay(&mut state, &mut n, &mut c, &mut inbound("10.0.0.2:30000", &rtp_payload())));
+        assert_eq!(c.no_neighbour, 1);
+        let counters = state.engine.counters();
+        assert_eq!((counters.packets_in, counters.packets_forwarded, counters.drops.no_route), (1, 0, 1));
+        assert_eq!(counters.drops.send_failed, 0);
+    }
+}
