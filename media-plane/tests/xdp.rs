@@ -155,12 +155,7 @@ impl Dut {
 
 impl Drop for Dut {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("media-plane log ({}):\n{}", self.log.display(), self.log());
-        }
-        let _ = std::fs::remove_file(&self.log);
+        common::reap(&mut self.child, &self.log);
     }
 }
 

@@ -161,13 +161,20 @@ impl MediaPlane {
 
 impl Drop for MediaPlane {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("media-plane log ({}):\n{}", self.log.display(), self.log());
-        }
-        let _ = std::fs::remove_file(&self.log);
+        reap(&mut self.child, &self.log);
     }
+}
+
+/// Kills and waits for a media-plane child, prints its stderr log if the test is failing, and
+/// removes the log.
+pub fn reap(child: &mut std::process::Child, log: &std::path::Path) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if std::thread::panicking() {
+        let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+        eprintln!("media-plane log ({}):\n{text}", log.display());
+    }
+    let _ = std::fs::remove_file(log);
 }
 
 /// Runs the binary with `args` (nothing added) and waits at most 10 s for it to exit; returns its
