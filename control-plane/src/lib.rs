@@ -28,4 +28,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod b2bua;
+pub mod config;
+pub mod driver;
+pub mod media;
+pub mod registrar;
+pub mod sdp;
+pub mod service;
 pub mod sip;
+pub mod store;

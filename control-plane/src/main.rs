@@ -1,11 +1,228 @@
 //! `control-plane`: the SIP server (registrar with digest auth, B2BUA) that anchors every call's
 //! media in a media plane through the `media.v1` gRPC API.
 //!
-//! Not built yet: this binary only says so and exits non-zero, so nothing mistakes it for a
-//! working SIP server. The design it will follow is in ARCHITECTURE.md ("Control plane").
+//! ```text
+//! control-plane --config control-plane.toml            # run the server
+//! control-plane subscriber add --config F --user alice --domain sip.test --password secret
+//! control-plane subscriber import --config F --domain sip.test users.csv   # user;password lines
+//! control-plane subscriber list --config F
+//! control-plane subscriber remove --config F --user alice --domain sip.test
+//! ```
+//!
+//! Exit codes: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad configuration or usage.
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!("control-plane: the SIP control plane is not implemented in this release");
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use control_plane::config::Config;
+use control_plane::service::{ControlPlane, Now};
+use control_plane::store::{SqliteStore, Store, Subscriber};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "SIP registrar and B2BUA anchoring media in the media plane")]
+struct Cli {
+    /// TOML configuration (see the README for every key).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage subscribers in the configured store.
+    Subscriber {
+        #[command(subcommand)]
+        action: SubscriberAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubscriberAction {
+    /// Add one subscriber.
+    Add {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        password: String,
+    },
+    /// Add subscribers from a file of `user;password` lines (sipp's CSV format; a first line
+    /// SEQUENTIAL/RANDOM and lines starting with # are skipped).
+    Import {
+        #[arg(long)]
+        domain: String,
+        file: PathBuf,
+    },
+    /// List subscribers.
+    List,
+    /// Remove a subscriber and its registrations.
+    Remove {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        domain: String,
+    },
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    let result = match path {
+        Some(p) => Config::load(p),
+        None => Config::parse("[sip]\ndomains = [\"localhost\"]\n"),
+    };
+    result.map_err(|e| {
+        eprintln!("control-plane: configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "control_plane=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match load_config(cli.config.as_ref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut store = match SqliteStore::open(&config.store_path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("control-plane: store {}: {e}", config.store_path.display());
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Some(Command::Subscriber { action }) => subscriber(action, &config, &mut store),
+        None => serve(config, store),
+    }
+}
+
+fn subscriber(action: SubscriberAction, config: &Config, store: &mut SqliteStore) -> ExitCode {
+    let result = match action {
+        SubscriberAction::Add { user, domain, password } => {
+            store.add_subscriber(&Subscriber::with_password(&user, &domain, &config.realm, &password)).map(|()| {
+                println!("added {user}@{domain}");
+            })
+        }
+        SubscriberAction::Import { domain, file } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("control-plane: {}: {e}", file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let mut added = 0usize;
+            let mut result = Ok(());
+            for line in text.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') || matches!(line, "SEQUENTIAL" | "RANDOM" | "USER") {
+                    continue;
+                }
+                let mut fields = line.split(';');
+                let (Some(user), Some(password)) = (fields.next(), fields.next()) else {
+                    eprintln!("control-plane: {}: line {line:?} is not user;password", file.display());
+                    return ExitCode::from(2);
+                };
+                match store.add_subscriber(&Subscriber::with_password(user, &domain, &config.realm, password)) {
+                    Ok(()) => added += 1,
+                    Err(control_plane::store::StoreError::AlreadyExists(_)) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            result.map(|()| println!("imported {added} subscribers into {domain}"))
+        }
+        SubscriberAction::List => store.subscribers().map(|all| {
+            for s in all {
+                println!("{}@{}", s.user, s.domain);
+            }
+        }),
+        SubscriberAction::Remove { user, domain } => store.remove_subscriber(&user, &domain).map(|found| {
+            if found {
+                println!("removed {user}@{domain}");
+            } else {
+                println!("no subscriber {user}@{domain}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(control_plane::store::StoreError::AlreadyExists(who)) => {
+            eprintln!("control-plane: subscriber {who} already exists");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("control-plane: store: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(config: Config, mut store: SqliteStore) -> ExitCode {
+    let config = Arc::new(config);
+    let mut core = match ControlPlane::new(config.clone(), None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("control-plane: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match store.bindings() {
+        Ok(stored) => {
+            let restored = core.registrar_mut().restore(stored, Now::system().unix());
+            tracing::info!(restored, "registrations loaded");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot load registrations"),
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("control-plane: tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        control_plane::driver::run(config, core, Box::new(store), shutdown).await
+    });
+    match result {
+        Ok(stats) => {
+            println!(
+                "{{\"registrations\":{},\"calls_started\":{},\"calls_answered\":{},\"calls_completed\":{},\"calls_failed\":{},\"calls_cancelled\":{},\"media_allocations\":{},\"media_releases\":{},\"malformed\":{}}}",
+                stats.registrations,
+                stats.calls_started,
+                stats.calls_answered,
+                stats.calls_completed,
+                stats.calls_failed,
+                stats.calls_cancelled,
+                stats.media_allocations,
+                stats.media_releases,
+                stats.malformed
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("control-plane: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,1012 @@
+//! B2BUA calls with media anchored in the media plane (sans-IO; part of [`ControlPlane`]).
+//!
+//! ```text
+//!  A ──INVITE(offer)──► [auth 407] ─► route (registered user / trunk) ─► Allocate (2 legs + bridge per stream)
+//!                                                                                │
+//!  A ◄─1xx/2xx(answer @ port_a)── B2BUA ◄─1xx/2xx(answer)── B ◄──INVITE(offer @ port_b)──┘
+//!  A ──ACK──► (B was ACKed on its 2xx)     BYE either side ─► 200, BYE other side, Release
+//! ```
+//!
+//! Every call that got an allocation releases it exactly once, whichever way it ends (answered and
+//! hung up, refused, cancelled, timed out, allocation answered after the caller gave up); the
+//! counters `media_allocations`/`media_releases` and the media plane's leg count prove it in tests.
+//! Two dialogs per call: A's (the caller's Call-ID, our To tag) and B's (our Call-ID and From
+//! tag). In-dialog requests are relayed to the other side with SDP anchored; re-INVITEs
+//! (hold, resume) update the sender's legs' remote and direction.
+//!
+//! Not yet: forking to several registered contacts (the best-q contact is called), delayed-offer
+//! INVITEs and re-INVITEs (488), early-dialog UPDATE, redirects (3xx maps to 480), trunk
+//! authentication (a 401/407 from the callee maps to 403).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rsip::headers::UntypedHeader;
+use rsip::{Header, Method, Request, Response, SipMessage};
+
+use crate::config::{CallerIdPolicy, Destination};
+use crate::media::{Allocation, MediaReply, MediaRequest, StreamRequest};
+use crate::sdp::Sdp;
+use crate::service::{call_id, from_value, header, tag_of, to_value, uri_of, user_host, ControlPlane, Now};
+use crate::sip::message::{self, response_for, Framing};
+use crate::sip::transaction::{cancel_for, Outgoing, Peer, Role, TransactionKey};
+use crate::store::Store;
+
+/// Which side of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller.
+    A,
+    /// The callee.
+    B,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the media plane.
+    Allocating,
+    /// INVITE sent to B.
+    Calling,
+    /// B answered; 2xx sent to A, waiting for A's ACK.
+    Answered,
+    /// A ACKed.
+    Confirmed,
+    /// A cancelled (or the no-answer timer fired); waiting for B's final response.
+    Cancelled,
+}
+
+/// One dialog of a call, as we present ourselves in it.
+#[derive(Debug, Clone)]
+struct Dialog {
+    call_id: String,
+    /// Our From (B side) or To (A side) value, with our tag.
+    local: String,
+    /// Their value, with their tag once known.
+    remote: String,
+    /// Where in-dialog requests go (their Contact).
+    target: String,
+    /// The flow to them.
+    peer: Peer,
+    /// Our CSeq in this dialog.
+    cseq: u32,
+}
+
+#[derive(Debug)]
+struct Retransmit {
+    side: Side,
+    payload: Bytes,
+    next: Instant,
+    interval: Duration,
+    until: Instant,
+}
+
+#[derive(Debug)]
+struct Call {
+    state: State,
+    a: Dialog,
+    b: Dialog,
+    invite_a: Request,
+    invite_a_key: TransactionKey,
+    invite_b: Option<Request>,
+    offer: Sdp,
+    media: Option<Allocation>,
+    policy: CallerIdPolicy,
+    caller: Option<String>,
+    b_provisional: bool,
+    cancel_on_provisional: bool,
+    ring_deadline: Option<Instant>,
+    retransmit: Option<Retransmit>,
+    /// The ACK sent for B's 2xx, re-sent when B retransmits its 2xx.
+    ack_b: Option<Bytes>,
+    reinvite_pending: bool,
+}
+
+impl Call {
+    fn dialog(&self, side: Side) -> &Dialog {
+        match side {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        }
+    }
+
+    fn dialog_mut(&mut self, side: Side) -> &mut Dialog {
+        match side {
+            Side::A => &mut self.a,
+            Side::B => &mut self.b,
+        }
+    }
+
+    /// Media-plane ports facing `side`, one per `m=` line of `sdp` (None for inactive lines).
+    fn ports_for(&self, side: Side, sdp: &Sdp) -> Vec<Option<u16>> {
+        let Some(media) = &self.media else { return Vec::new() };
+        let mut anchored = media.streams.iter();
+        sdp.streams()
+            .iter()
+            .map(|s| {
+                if !s.is_active() {
+                    return None;
+                }
+                anchored.next().map(|a| if side == Side::A { a.port_a } else { a.port_b })
+            })
+            .collect()
+    }
+
+    /// Anchored SDP for `side`, built from `sdp`.
+    fn anchored(&self, side: Side, sdp: &Sdp) -> Option<String> {
+        let media = self.media.as_ref()?;
+        Some(sdp.anchor(media.ip, &self.ports_for(side, sdp)))
+    }
+
+    /// Points the legs facing `side` at the endpoints and directions in `sdp`.
+    fn updates_for(&self, side: Side, sdp: &Sdp) -> Vec<MediaRequest> {
+        let Some(media) = &self.media else { return Vec::new() };
+        sdp.streams()
+            .iter()
+            .filter(|s| s.is_active())
+            .zip(&media.streams)
+            .map(|(s, a)| MediaRequest::Update {
+                leg: if side == Side::A { a.leg_a } else { a.leg_b },
+                remote: s.address.map(|ip| SocketAddr::new(ip, s.port)),
+                direction: s.direction,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Purpose {
+    Invite,
+    Cancel,
+    Bye,
+    /// An in-dialog request relayed from `from`; its answer goes back through `origin`.
+    Relay { origin: TransactionKey, from: Side, request: Box<Request> },
+}
+
+/// The table of calls.
+#[derive(Debug, Default)]
+pub struct Calls {
+    calls: HashMap<u64, Call>,
+    by_call_id: HashMap<String, (u64, Side)>,
+    by_invite: HashMap<TransactionKey, u64>,
+    clients: HashMap<TransactionKey, (u64, Purpose)>,
+    next_id: u64,
+}
+
+impl Calls {
+    /// Calls in progress.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Earliest call timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.calls
+            .values()
+            .flat_map(|c| [c.ring_deadline, c.retransmit.as_ref().map(|r| r.next)])
+            .flatten()
+            .min()
+    }
+}
+
+fn reason_of(response: &Response) -> String {
+    match &response.status_code {
+        rsip::StatusCode::Other(_, reason) => reason.clone(),
+        other => message::default_reason_phrase(other.code()).to_owned(),
+    }
+}
+
+fn content_type(headers: &rsip::Headers) -> Option<String> {
+    headers.iter().find_map(|h| match h {
+        Header::ContentType(c) => Some(c.value().trim().to_owned()),
+        _ => None,
+    })
+}
+
+fn contact_uri(headers: &rsip::Headers) -> Option<String> {
+    headers.iter().find_map(|h| match h {
+        Header::Contact(c) => Some(uri_of(c.value()).to_owned()),
+        _ => None,
+    })
+}
+
+fn is_sdp(headers: &rsip::Headers, body: &[u8]) -> bool {
+    !body.is_empty() && content_type(headers).is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"))
+}
+
+/// Status sent to the caller for the callee's final failure.
+fn caller_status(callee_status: u16) -> u16 {
+    match callee_status {
+        300..=399 => 480,
+        401 | 407 => 403,
+        s => s,
+    }
+}
+
+fn our_contact(advertise: &str, peer: &Peer) -> String {
+    match peer.transport {
+        rsip::Transport::Tcp => format!("<sip:b2bua@{advertise};transport=tcp>"),
+        _ => format!("<sip:b2bua@{advertise}>"),
+    }
+}
+
+fn without_tag(value: &str) -> String {
+    match value.rfind('>') {
+        Some(end) => value.get(..=end).unwrap_or(value).to_owned(),
+        None => value.split(';').next().unwrap_or(value).to_owned(),
+    }
+}
+
+impl ControlPlane {
+    fn via_transport(peer: &Peer) -> &'static str {
+        match peer.transport {
+            rsip::Transport::Tcp => "TCP",
+            _ => "UDP",
+        }
+    }
+
+
+    /// Builds an in-dialog (or initial) request; `None` only if our own text does not parse
+    /// (an internal bug, logged).
+    fn build_request(
+        config: &crate::config::Config,
+        method: &str,
+        dialog: &Dialog,
+        cseq: u32,
+        extra: &str,
+        body: Option<(&str, &[u8])>,
+    ) -> Option<Request> {
+        let branch = message::generate_branch().ok()?;
+        let mut text = format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {advertise};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}",
+            target = dialog.target,
+            transport = Self::via_transport(&dialog.peer),
+            advertise = config.advertise,
+            from = dialog.local,
+            to = dialog.remote,
+            call_id = dialog.call_id,
+        );
+        let mut bytes = Vec::new();
+        if let Some((ctype, body)) = body {
+            text.push_str(&format!("Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", body.len()));
+            bytes.extend_from_slice(text.as_bytes());
+            bytes.extend_from_slice(body);
+        } else {
+            text.push_str("Content-Length: 0\r\n\r\n");
+            bytes.extend_from_slice(text.as_bytes());
+        }
+        match message::parse(&bytes, Framing::Datagram) {
+            Ok(SipMessage::Request(r)) => Some(r),
+            other => {
+                tracing::error!(?other, "built an unparsable {method}");
+                None
+            }
+        }
+    }
+
+    /// Starts a client transaction for `request` to `peer` and indexes it.
+    fn send_client(&mut self, id: u64, request: Request, peer: Peer, purpose: Purpose, now: Now) -> bool {
+        match self.layer.start_client(request, peer, now.instant) {
+            Ok(key) => {
+                self.calls.clients.insert(key, (id, purpose));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start client transaction");
+                false
+            }
+        }
+    }
+
+    /// Sends a request in `side`'s dialog of call `id`.
+    fn send_in_dialog(
+        &mut self,
+        id: u64,
+        side: Side,
+        method: &str,
+        extra: &str,
+        body: Option<(&str, &[u8])>,
+        purpose: Purpose,
+        now: Now,
+    ) {
+        let Some(call) = self.calls.calls.get_mut(&id) else { return };
+        let dialog = call.dialog_mut(side);
+        dialog.cseq += 1;
+        let (dialog, cseq) = (dialog.clone(), dialog.cseq);
+        if let Some(request) = Self::build_request(&self.config, method, &dialog, cseq, extra, body) {
+            self.send_client(id, request, dialog.peer, purpose, now);
+        }
+    }
+
+    // ---- new calls ----
+
+    pub(crate) fn on_invite(
+        &mut self,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        now: Now,
+        store: &mut dyn Store,
+    ) {
+        if message::max_forwards(&request.headers).is_ok_and(|m| m == 0) {
+            self.reply(&key, &request, 483, now);
+            return;
+        }
+        let Some((from_user, from_domain)) = from_value(&request.headers).map(uri_of).and_then(user_host) else {
+            self.reply(&key, &request, 400, now);
+            return;
+        };
+        let caller = if self.config.trusted.contains(&source.addr.ip()) {
+            None
+        } else {
+            let Some(user) = self.authenticate(&key, &request, &from_domain, true, now, store) else { return };
+            if user != from_user || !self.config.is_local_domain(&from_domain) {
+                self.stats.auth_failures += 1;
+                self.reply(&key, &request, 403, now);
+                return;
+            }
+            Some(format!("{user}@{}", from_domain.to_ascii_lowercase()))
+        };
+        if !is_sdp(&request.headers, &request.body) {
+            let response = response_for(&request, 488, Some("Offer Required"), message::generate_tag().ok().as_deref());
+            self.respond(&key, response, now);
+            return;
+        }
+        let offer = match Sdp::parse(&request.body) {
+            Ok(sdp) if sdp.streams().iter().any(|s| s.is_active()) => sdp,
+            _ => {
+                self.reply(&key, &request, 488, now);
+                return;
+            }
+        };
+        let Some((target, peer, policy)) = self.resolve_target(&key, &request, now, store) else { return };
+
+        let (Ok(tag_a), Ok(tag_b), Ok(call_id_b)) =
+            (message::generate_tag(), message::generate_tag(), message::generate_tag())
+        else {
+            self.reply(&key, &request, 500, now);
+            return;
+        };
+        let (Some(a_call_id), Some(a_from), Some(a_to)) =
+            (call_id(&request.headers), from_value(&request.headers), to_value(&request.headers))
+        else {
+            self.reply(&key, &request, 400, now);
+            return;
+        };
+        let a = Dialog {
+            call_id: a_call_id.to_owned(),
+            local: format!("{};tag={tag_a}", a_to.trim()),
+            remote: a_from.trim().to_owned(),
+            target: contact_uri(&request.headers).unwrap_or_else(|| uri_of(a_from).to_owned()),
+            peer: source,
+            cseq: 0,
+        };
+        let b_from = match policy {
+            CallerIdPolicy::Strip => "\"Anonymous\" <sip:anonymous@anonymous.invalid>".to_owned(),
+            _ => without_tag(a_from.trim()),
+        };
+        let b = Dialog {
+            call_id: format!("{call_id_b}-b2b"),
+            local: format!("{b_from};tag={tag_b}"),
+            remote: format!("<{target}>"),
+            target,
+            peer,
+            cseq: 0,
+        };
+        let streams = offer
+            .streams()
+            .iter()
+            .filter(|s| s.is_active())
+            .filter_map(|s| {
+                Some(StreamRequest {
+                    caller: SocketAddr::new(s.address?, s.port),
+                    direction: s.direction,
+                    rtcp_mux: s.rtcp_mux,
+                })
+            })
+            .collect();
+
+        let id = self.calls.next_id;
+        self.calls.next_id += 1;
+        self.stats.calls_started += 1;
+        self.reply(&key, &request, 100, now);
+        self.calls.by_call_id.insert(a.call_id.clone(), (id, Side::A));
+        self.calls.by_call_id.insert(b.call_id.clone(), (id, Side::B));
+        self.calls.by_invite.insert(key.clone(), id);
+        self.media_request(id, MediaRequest::Allocate { call_id: a.call_id.clone(), streams });
+        self.calls.calls.insert(
+            id,
+            Call {
+                state: State::Allocating,
+                a,
+                b,
+                invite_a: request,
+                invite_a_key: key,
+                invite_b: None,
+                offer,
+                media: None,
+                policy,
+                caller,
+                b_provisional: false,
+                cancel_on_provisional: false,
+                ring_deadline: None,
+                retransmit: None,
+                ack_b: None,
+                reinvite_pending: false,
+            },
+        );
+    }
+
+    /// Where an INVITE goes: (Request-URI, flow, caller-ID policy). Answers the caller itself
+    /// (404, 480) and returns `None` when there is nowhere to go.
+    fn resolve_target(
+        &mut self,
+        key: &TransactionKey,
+        request: &Request,
+        now: Now,
+        store: &mut dyn Store,
+    ) -> Option<(String, Peer, CallerIdPolicy)> {
+        let user = request.uri.user().unwrap_or_default().to_owned();
+        let host = request.uri.host_with_port.host.to_string();
+        let advertised_host = self.config.advertise.rsplit_once(':').map_or(self.config.advertise.as_str(), |(h, _)| h);
+        let ours = self.config.is_local_domain(&host)
+            || host == advertised_host
+            || self.config.listen.iter().any(|l| l.addr.ip().to_string() == host);
+        let local_domain = if self.config.is_local_domain(&host) { host.clone() } else { self.config.domains[0].clone() };
+        if !ours {
+            self.reply(key, request, 404, now);
+            return None;
+        }
+        let subscriber = match store.subscriber(&user, &local_domain) {
+            Ok(s) => s,
+            Err(_) => {
+                self.stats.store_errors += 1;
+                self.reply(key, request, 500, now);
+                return None;
+            }
+        };
+        let (local_user, policy) = if subscriber.is_some() {
+            (user, CallerIdPolicy::Passthrough)
+        } else {
+            match self.config.route_for(&user).cloned() {
+                None => {
+                    self.reply(key, request, 404, now);
+                    return None;
+                }
+                Some(route) => match &route.destination {
+                    Destination::Trunk(uri) => {
+                        let rewritten = route.rewrite(&user);
+                        let port = uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060);
+                        let Ok(ip) = uri.host_with_port.host.to_string().parse() else {
+                            self.reply(key, request, 502, now);
+                            return None;
+                        };
+                        let addr = SocketAddr::new(ip, port);
+                        let peer = match uri.transport() {
+                            Some(rsip::Transport::Tcp) => Peer::tcp(addr),
+                            _ => Peer::udp(addr),
+                        };
+                        return Some((format!("sip:{rewritten}@{addr}"), peer, route.caller_id));
+                    }
+                    Destination::Local => (route.rewrite(&user), route.caller_id),
+                },
+            }
+        };
+        let aor = format!("{local_user}@{local_domain}");
+        let Some(binding) = self.registrar.lookup(&aor, now.unix()).into_iter().next() else {
+            self.reply(key, request, 480, now);
+            return None;
+        };
+        Some((binding.contact, binding.flow, policy))
+    }
+
+    pub(crate) fn on_media_reply(&mut self, id: u64, reply: MediaReply, now: Now) {
+        let MediaReply::Allocated(result) = reply;
+        let Some(call) = self.calls.calls.get_mut(&id) else {
+            if let Ok(allocation) = result {
+                self.media_request(id, allocation.release());
+            }
+            return;
+        };
+        match result {
+            Err(error) => {
+                tracing::warn!(%error, "media allocation failed");
+                if call.state == State::Allocating {
+                    let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+                    self.reply(&key, &invite, 503, now);
+                    self.stats.calls_failed += 1;
+                }
+                self.finish(id);
+            }
+            Ok(allocation) => {
+                call.media = Some(allocation);
+                if call.state != State::Allocating {
+                    // The caller gave up while the media plane was working.
+                    self.finish(id);
+                    return;
+                }
+                self.send_invite_b(id, now);
+            }
+        }
+    }
+
+    fn send_invite_b(&mut self, id: u64, now: Now) {
+        let Some(call) = self.calls.calls.get_mut(&id) else { return };
+        let Some(sdp) = call.anchored(Side::B, &call.offer) else { return };
+        call.b.cseq = 1;
+        let mut extra = String::new();
+        extra.push_str(&format!("Contact: {}\r\n", our_contact(&self.config.advertise, &call.b.peer)));
+        extra.push_str(&format!("Allow: {}\r\n", crate::service::ALLOW));
+        let copied = ["P-Asserted-Identity", "Remote-Party-ID", "Privacy"];
+        match call.policy {
+            CallerIdPolicy::Passthrough => {
+                for name in copied {
+                    if let Some(v) = header(&call.invite_a.headers, name) {
+                        extra.push_str(&format!("{name}: {v}\r\n"));
+                    }
+                }
+            }
+            CallerIdPolicy::Assert => {
+                for name in ["Remote-Party-ID", "Privacy"] {
+                    if let Some(v) = header(&call.invite_a.headers, name) {
+                        extra.push_str(&format!("{name}: {v}\r\n"));
+                    }
+                }
+                let asserted = match &call.caller {
+                    Some(aor) => format!("<sip:{aor}>"),
+                    None => uri_of(&call.a.remote).to_owned(),
+                };
+                extra.push_str(&format!("P-Asserted-Identity: {asserted}\r\n"));
+            }
+            CallerIdPolicy::Strip => {}
+        }
+        let dialog = call.b.clone();
+        let ring = now.instant + self.config.no_answer_timeout;
+        let Some(request) = Self::build_request(&self.config, "INVITE", &dialog, 1, &extra, Some(("application/sdp", sdp.as_bytes())))
+        else {
+            let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+            self.reply(&key, &invite, 500, now);
+            self.finish(id);
+            return;
+        };
+        call.invite_b = Some(request.clone());
+        call.state = State::Calling;
+        call.ring_deadline = Some(ring);
+        if !self.send_client(id, request, dialog.peer, Purpose::Invite, now) {
+            if let Some(call) = self.calls.calls.get(&id) {
+                let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+                self.reply(&key, &invite, 500, now);
+            }
+            self.finish(id);
+        }
+    }
+
+    // ---- responses ----
+
+    pub(crate) fn on_response(&mut self, key: &TransactionKey, response: Response, now: Now) {
+        let Some((id, purpose)) = self.calls.clients.get(key).cloned() else { return };
+        if !self.calls.calls.contains_key(&id) {
+            // The call is over; a late 2xx to our INVITE still needs ACK and BYE.
+            return;
+        }
+        match purpose {
+            Purpose::Invite => self.on_invite_response(id, response, now),
+            Purpose::Relay { origin, from, request } => self.on_relay_response(id, &origin, from, &request, response, now),
+            Purpose::Cancel | Purpose::Bye => {}
+        }
+    }
+
+    /// A response to our response `to` A's `request`, with `status` and B's body re-anchored.
+    fn response_to(&self, call: &Call, to: Side, request: &Request, response: &Response, status: u16) -> Response {
+        let tag = tag_of(&call.dialog(to).local).map(str::to_owned);
+        let reason = reason_of(response);
+        let mut out = response_for(request, status, Some(&reason), tag.as_deref());
+        if (101..300).contains(&status) {
+            out.headers.push(Header::Contact(rsip::headers::Contact::new(our_contact(&self.config.advertise, &call.dialog(to).peer))));
+        }
+        if is_sdp(&response.headers, &response.body) {
+            if let Some(body) = Sdp::parse(&response.body).ok().and_then(|sdp| call.anchored(to, &sdp)) {
+                out.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
+                out.body = body.into_bytes();
+            }
+        } else if !response.body.is_empty() {
+            if let Some(ctype) = content_type(&response.headers) {
+                out.headers.push(Header::ContentType(rsip::headers::ContentType::new(ctype)));
+                out.body = response.body.clone();
+            }
+        }
+        out
+    }
+
+    fn update_from_body(&mut self, id: u64, side: Side, headers: &rsip::Headers, body: &[u8]) {
+        if !is_sdp(headers, body) {
+            return;
+        }
+        let Ok(sdp) = Sdp::parse(body) else { return };
+        let Some(call) = self.calls.calls.get(&id) else { return };
+        for update in call.updates_for(side, &sdp) {
+            self.media_request(id, update);
+        }
+    }
+
+    fn on_invite_response(&mut self, id: u64, response: Response, now: Now) {
+        let status = response.status_code.code();
+        let Some(call) = self.calls.calls.get_mut(&id) else { return };
+        match status {
+            100 => {}
+            101..=199 => {
+                call.b_provisional = true;
+                if call.state == State::Cancelled {
+                    if std::mem::take(&mut call.cancel_on_provisional) {
+                        self.cancel_b(id, now);
+                    }
+                    return;
+                }
+                self.update_from_body(id, Side::B, &response.headers, &response.body);
+                let Some(call) = self.calls.calls.get(&id) else { return };
+                let out = self.response_to(call, Side::A, &call.invite_a, &response, status);
+                let key = call.invite_a_key.clone();
+                self.respond(&key, out, now);
+            }
+            200..=299 => {
+                if let Some(ack) = call.ack_b.clone() {
+                    // B retransmitted its 2xx: our ACK was lost.
+                    self.transmits.push_back(Outgoing { destination: call.b.peer, payload: ack, retransmission: true });
+                    return;
+                }
+                if let Some(to) = to_value(&response.headers) {
+                    call.b.remote = to.trim().to_owned();
+                }
+                if let Some(target) = contact_uri(&response.headers) {
+                    call.b.target = target;
+                }
+                let dialog = call.b.clone();
+                let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
+                if let Some(ack) = Self::build_request(&self.config, "ACK", &dialog, cseq, "", None) {
+                    let payload = message::encode(&SipMessage::Request(ack));
+                    self.transmits.push_back(Outgoing { destination: dialog.peer, payload: payload.clone(), retransmission: false });
+                    if let Some(call) = self.calls.calls.get_mut(&id) {
+                        call.ack_b = Some(payload);
+                    }
+                }
+                let Some(call) = self.calls.calls.get_mut(&id) else { return };
+                if call.state == State::Cancelled {
+                    // Answered after the caller gave up: hang B up.
+                    self.send_in_dialog(id, Side::B, "BYE", "", None, Purpose::Bye, now);
+                    self.finish(id);
+                    return;
+                }
+                call.state = State::Answered;
+                call.ring_deadline = None;
+                self.stats.calls_answered += 1;
+                self.update_from_body(id, Side::B, &response.headers, &response.body);
+                let Some(call) = self.calls.calls.get(&id) else { return };
+                let out = self.response_to(call, Side::A, &call.invite_a, &response, status);
+                let key = call.invite_a_key.clone();
+                let retransmit = (!call.a.peer.is_reliable()).then(|| message::encode(&SipMessage::Response(out.clone())));
+                self.respond(&key, out, now);
+                if let (Some(payload), Some(call)) = (retransmit, self.calls.calls.get_mut(&id)) {
+                    let t1 = self.layer.config().t1;
+                    call.retransmit = Some(Retransmit {
+                        side: Side::A,
+                        payload,
+                        next: now.instant + t1,
+                        interval: t1,
+                        until: now.instant + 64 * t1,
+                    });
+                }
+            }
+            _ => {
+                if call.state != State::Cancelled {
+                    let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+                    let out = response_for(
+                        &invite,
+                        caller_status(status),
+                        Some(&reason_of(&response)),
+                        tag_of(&call.a.local),
+                    );
+                    self.respond(&key, out, now);
+                    self.stats.calls_failed += 1;
+                }
+                self.finish(id);
+            }
+        }
+    }
+
+    fn on_relay_response(
+        &mut self,
+        id: u64,
+        origin: &TransactionKey,
+        from: Side,
+        request: &Request,
+        response: Response,
+        now: Now,
+    ) {
+        let status = response.status_code.code();
+        if status < 200 {
+            return;
+        }
+        let to = from.other();
+        let is_invite = request.method == Method::Invite;
+        if is_invite && status < 300 {
+            if let Some(call) = self.calls.calls.get(&id) {
+                let dialog = call.dialog(to).clone();
+                let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
+                if let Some(ack) = Self::build_request(&self.config, "ACK", &dialog, cseq, "", None) {
+                    self.layer.send_stateless(&SipMessage::Request(ack), dialog.peer);
+                }
+            }
+        }
+        if status < 300 {
+            self.update_from_body(id, to, &response.headers, &response.body);
+        }
+        let Some(call) = self.calls.calls.get_mut(&id) else { return };
+        if is_invite {
+            call.reinvite_pending = false;
+        }
+        let Some(call) = self.calls.calls.get(&id) else { return };
+        let out = self.response_to(call, from, request, &response, status);
+        let retransmit = (is_invite && status < 300 && !call.dialog(from).peer.is_reliable())
+            .then(|| message::encode(&SipMessage::Response(out.clone())));
+        self.respond(origin, out, now);
+        if let (Some(payload), Some(call)) = (retransmit, self.calls.calls.get_mut(&id)) {
+            let t1 = self.layer.config().t1;
+            call.retransmit =
+                Some(Retransmit { side: from, payload, next: now.instant + t1, interval: t1, until: now.instant + 64 * t1 });
+        }
+    }
+
+    pub(crate) fn on_stray_response(&mut self, response: &Response, _source: Peer) {
+        // A 2xx retransmission after our INVITE transaction ended: re-send the ACK.
+        if !(200..300).contains(&response.status_code.code()) {
+            return;
+        }
+        let Some(&(id, Side::B)) = call_id(&response.headers).and_then(|c| self.calls.by_call_id.get(c)) else { return };
+        if let Some(call) = self.calls.calls.get(&id) {
+            if let Some(ack) = call.ack_b.clone() {
+                self.transmits.push_back(Outgoing { destination: call.b.peer, payload: ack, retransmission: true });
+            }
+        }
+    }
+
+    pub(crate) fn on_transaction_failed(&mut self, key: &TransactionKey, role: Role, now: Now) {
+        if role != Role::Client {
+            return;
+        }
+        let Some((id, purpose)) = self.calls.clients.get(key).cloned() else { return };
+        match purpose {
+            Purpose::Invite => {
+                let Some(call) = self.calls.calls.get(&id) else { return };
+                if call.state == State::Calling {
+                    let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+                    self.reply(&key, &invite, 408, now);
+                    self.stats.calls_failed += 1;
+                }
+                self.finish(id);
+            }
+            Purpose::Relay { origin, request, .. } => {
+                if request.method == Method::Invite {
+                    if let Some(call) = self.calls.calls.get_mut(&id) {
+                        call.reinvite_pending = false;
+                    }
+                }
+                self.reply(&origin, &request, 408, now);
+            }
+            Purpose::Cancel | Purpose::Bye => {}
+        }
+    }
+
+    pub(crate) fn on_transaction_terminated(&mut self, key: &TransactionKey, role: Role) {
+        if role == Role::Client {
+            self.calls.clients.remove(key);
+        }
+    }
+
+    // ---- requests from the caller or callee ----
+
+    pub(crate) fn on_caller_cancel(&mut self, invite: &TransactionKey, now: Now) {
+        let Some(&id) = self.calls.by_invite.get(invite) else { return };
+        if self.layer.invite_server_state(invite) != Some(crate::sip::transaction::InviteServerState::Proceeding) {
+            return;
+        }
+        let Some(call) = self.calls.calls.get(&id) else { return };
+        if !matches!(call.state, State::Allocating | State::Calling) {
+            return;
+        }
+        let (key, request) = (call.invite_a_key.clone(), call.invite_a.clone());
+        self.reply(&key, &request, 487, now);
+        self.stats.calls_cancelled += 1;
+        self.abandon(id, now);
+    }
+
+    /// The caller will not get this call: cancel B (now or on its first provisional), release
+    /// media now, keep the call until B's final response.
+    fn abandon(&mut self, id: u64, now: Now) {
+        let Some(call) = self.calls.calls.get_mut(&id) else { return };
+        let was = call.state;
+        call.state = State::Cancelled;
+        call.ring_deadline = None;
+        if let Some(allocation) = call.media.take() {
+            self.media_request(id, allocation.release());
+        }
+        match was {
+            State::Allocating => {} // the allocation reply finishes the call
+            _ => {
+                let Some(call) = self.calls.calls.get_mut(&id) else { return };
+                if call.b_provisional {
+                    self.cancel_b(id, now);
+                } else {
+                    call.cancel_on_provisional = true;
+                }
+            }
+        }
+    }
+
+    fn cancel_b(&mut self, id: u64, now: Now) {
+        let Some(call) = self.calls.calls.get(&id) else { return };
+        let Some(invite) = &call.invite_b else { return };
+        let (cancel, peer) = (cancel_for(invite), call.b.peer);
+        self.send_client(id, cancel, peer, Purpose::Cancel, now);
+    }
+
+    pub(crate) fn on_ack(&mut self, request: &Request, _now: Now) {
+        let Some(&(id, side)) = call_id(&request.headers).and_then(|c| self.calls.by_call_id.get(c)) else { return };
+        let Some(call) = self.calls.calls.get_mut(&id) else { return };
+        if call.retransmit.as_ref().is_some_and(|r| r.side == side) {
+            call.retransmit = None;
+        }
+        if side == Side::A && call.state == State::Answered {
+            call.state = State::Confirmed;
+        }
+    }
+
+    pub(crate) fn on_in_dialog(&mut self, key: TransactionKey, request: Request, now: Now) {
+        let Some(&(id, side)) = call_id(&request.headers).and_then(|c| self.calls.by_call_id.get(c)) else {
+            self.stats.no_dialog += 1;
+            self.reply(&key, &request, 481, now);
+            return;
+        };
+        let Some(call) = self.calls.calls.get(&id) else {
+            self.reply(&key, &request, 481, now);
+            return;
+        };
+        let established = matches!(call.state, State::Answered | State::Confirmed);
+        let (state, reinvite_pending) = (call.state, call.reinvite_pending);
+        let (invite_key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+        match request.method {
+            Method::Bye => {
+                self.reply(&key, &request, 200, now);
+                if established {
+                    self.stats.calls_completed += 1;
+                    self.send_in_dialog(id, side.other(), "BYE", "", None, Purpose::Bye, now);
+                    self.finish(id);
+                } else if side == Side::B {
+                    // The callee hung up before answering.
+                    let key = invite_key;
+                    if state != State::Cancelled {
+                        self.reply(&key, &invite, 480, now);
+                        self.stats.calls_failed += 1;
+                    }
+                    self.finish(id);
+                }
+            }
+            _ if !established => self.reply(&key, &request, 491, now),
+            Method::Invite if reinvite_pending => self.reply(&key, &request, 491, now),
+            _ => {
+                let has_sdp = is_sdp(&request.headers, &request.body);
+                if request.method == Method::Invite && !has_sdp {
+                    let response = response_for(&request, 488, Some("Offer Required"), None);
+                    self.respond(&key, response, now);
+                    return;
+                }
+                let body = if has_sdp {
+                    let Ok(sdp) = Sdp::parse(&request.body) else {
+                        self.reply(&key, &request, 488, now);
+                        return;
+                    };
+                    let anchored = self.calls.calls.get(&id).and_then(|call| call.anchored(side.other(), &sdp));
+                    self.update_from_body(id, side, &request.headers, &request.body);
+                    anchored.map(|s| ("application/sdp".to_owned(), s.into_bytes()))
+                } else {
+                    content_type(&request.headers).map(|c| (c, request.body.clone())).filter(|(_, b)| !b.is_empty())
+                };
+                let method = request.method.to_string();
+                let mut extra = String::new();
+                if request.method == Method::Invite {
+                    if let Some(call) = self.calls.calls.get_mut(&id) {
+                        call.reinvite_pending = true;
+                        extra = format!("Contact: {}\r\n", our_contact(&self.config.advertise, &call.dialog(side.other()).peer));
+                    }
+                }
+                for name in ["Event", "Subscription-State", "Info-Package", "Reason"] {
+                    if let Some(v) = header(&request.headers, name) {
+                        extra.push_str(&format!("{name}: {v}\r\n"));
+                    }
+                }
+                let purpose = Purpose::Relay { origin: key, from: side, request: Box::new(request) };
+                self.send_in_dialog(
+                    id,
+                    side.other(),
+                    &method,
+                    &extra,
+                    body.as_ref().map(|(c, b)| (c.as_str(), b.as_slice())),
+                    purpose,
+                    now,
+                );
+            }
+        }
+    }
+
+    // ---- timers and teardown ----
+
+    pub(crate) fn on_call_timers(&mut self, now: Now) {
+        let t2 = self.layer.config().t2;
+        let mut no_answer = Vec::new();
+        let mut no_ack = Vec::new();
+        for (&id, call) in self.calls.calls.iter_mut() {
+            if call.ring_deadline.is_some_and(|d| d <= now.instant) {
+                call.ring_deadline = None;
+                no_answer.push(id);
+            }
+            if let Some(r) = &mut call.retransmit {
+                if r.next <= now.instant {
+                    if now.instant >= r.until {
+                        call.retransmit = None;
+                        no_ack.push(id);
+                    } else {
+                        let peer = if r.side == Side::A { call.a.peer } else { call.b.peer };
+                        self.transmits.push_back(Outgoing { destination: peer, payload: r.payload.clone(), retransmission: true });
+                        r.interval = (r.interval * 2).min(t2);
+                        r.next = now.instant + r.interval;
+                    }
+                }
+            }
+        }
+        for id in no_answer {
+            let Some(call) = self.calls.calls.get(&id) else { continue };
+            if call.state != State::Calling {
+                continue;
+            }
+            let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+            self.reply(&key, &invite, 408, now);
+            self.stats.calls_failed += 1;
+            self.abandon(id, now);
+        }
+        for id in no_ack {
+            // RFC 3261 §13.3.1.4: no ACK for our 2xx within 64·T1 — end the session on both sides.
+            let Some(call) = self.calls.calls.get(&id) else { continue };
+            if matches!(call.state, State::Answered | State::Confirmed) {
+                self.send_in_dialog(id, Side::A, "BYE", "", None, Purpose::Bye, now);
+                self.send_in_dialog(id, Side::B, "BYE", "", None, Purpose::Bye, now);
+                self.finish(id);
+            }
+        }
+    }
+
+    /// Removes call `id`, releasing its media (once).
+    fn finish(&mut self, id: u64) {
+        let Some(mut call) = self.calls.calls.remove(&id) else { return };
+        if let Some(allocation) = call.media.take() {
+            self.media_request(id, allocation.release());
+        }
+        self.calls.by_call_id.remove(&call.a.call_id);
+        self.calls.by_call_id.remove(&call.b.call_id);
+        self.calls.by_invite.remove(&call.invite_a_key);
+    }
+}

@@ -1,0 +1,467 @@
+//! Configuration: a TOML file, validated once at start into [`Config`]. Every key, its default and
+//! its meaning:
+//!
+//! ```toml
+//! [sip]
+//! listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]  # transports and addresses (default: these two)
+//! domains = ["sip.test"]          # domains this server is registrar for (required, at least one)
+//! realm = "sip.test"              # digest realm (default: the first domain)
+//! advertise = "127.0.0.1:5060"    # host:port written in our Via/Contact (default: first listen address)
+//! trusted = ["192.0.2.10"]        # sources (trunks) whose INVITEs are not challenged (default: none)
+//! no_answer_timeout_s = 120       # a callee that rings this long gets CANCEL; caller gets 408 (default 120)
+//!
+//! [auth]
+//! algorithms = ["SHA-256", "MD5"] # challenge order, one WWW-/Proxy-Authenticate each (default: this)
+//! nonce_ttl_s = 300               # nonces older than this get stale=true (default 300)
+//!
+//! [registrar]
+//! min_expires = 60                # shorter Expires get 423 Interval Too Brief (default 60)
+//! max_expires = 3600              # longer Expires are cut to this (default 3600)
+//! default_expires = 3600          # when the REGISTER gives none (default 3600)
+//! max_contacts = 10               # contacts per address-of-record (default 10)
+//!
+//! [media]
+//! grpc = "http://127.0.0.1:9190"  # media plane gRPC endpoint (default: this)
+//! media_timeout_ms = 60000        # legs without RTP this long are deleted by the media plane (default 60000)
+//! rpc_timeout_ms = 2000           # a media-plane call slower than this fails the call with 503 (default 2000)
+//!
+//! [store]
+//! path = "control-plane.db"       # SQLite file for subscribers and registrations (default: this)
+//!
+//! [[route]]                       # dialled numbers not owned by a local subscriber; longest prefix wins
+//! prefix = "00"                   # matched against the Request-URI user part ("" matches all)
+//! destination = "sip:gw.example.net:5060"   # "local" (a registered subscriber) or a SIP URI (trunk)
+//! strip = 2                       # leading characters removed before sending (default 0)
+//! prepend = "+"                   # text put in front after stripping (default "")
+//! caller_id = "passthrough"       # passthrough | assert | strip (default passthrough)
+//! ```
+//!
+//! Calls to a user of a local domain who is a subscriber always go to that subscriber's
+//! registrations (policy `passthrough`); routes are for everything else.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::digest::Algorithm;
+
+/// A configuration error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type.
+    #[error("{0}")]
+    Syntax(String),
+    /// A value of the right type that is not allowed.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, dotted (`registrar.min_expires`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    sip: RawSip,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    registrar: RawRegistrar,
+    #[serde(default)]
+    media: RawMedia,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    listen: Option<Vec<String>>,
+    domains: Option<Vec<String>>,
+    realm: Option<String>,
+    advertise: Option<String>,
+    trusted: Option<Vec<String>>,
+    no_answer_timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    algorithms: Option<Vec<String>>,
+    nonce_ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistrar {
+    min_expires: Option<u32>,
+    max_expires: Option<u32>,
+    default_expires: Option<u32>,
+    max_contacts: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    grpc: Option<String>,
+    media_timeout_ms: Option<u32>,
+    rpc_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    prefix: String,
+    destination: String,
+    strip: Option<usize>,
+    prepend: Option<String>,
+    caller_id: Option<String>,
+}
+
+/// A transport and address to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    /// UDP or TCP.
+    pub transport: rsip::Transport,
+    /// Address.
+    pub addr: SocketAddr,
+}
+
+/// What the B2BUA does with the caller's identity on the outgoing leg (seed: 主叫号码透传,
+/// caller-ID passthrough).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallerIdPolicy {
+    /// From display name and user, P-Asserted-Identity and Remote-Party-ID copied as received.
+    #[default]
+    Passthrough,
+    /// As passthrough, and P-Asserted-Identity set to the authenticated subscriber (network
+    /// asserted identity, RFC 3325) replacing whatever the caller sent.
+    Assert,
+    /// Anonymous: From becomes `"Anonymous" <sip:anonymous@anonymous.invalid>`, P-Asserted-Identity
+    /// and Remote-Party-ID removed.
+    Strip,
+}
+
+/// Where a route sends calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A registered subscriber of the first local domain.
+    Local,
+    /// A trunk: the request goes to this URI's host and port with the (rewritten) user.
+    Trunk(rsip::Uri),
+}
+
+/// A dialled-prefix route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Prefix of the Request-URI user part.
+    pub prefix: String,
+    /// Where matching calls go.
+    pub destination: Destination,
+    /// Characters removed from the front of the user part.
+    pub strip: usize,
+    /// Text put in front after stripping.
+    pub prepend: String,
+    /// Caller-ID handling.
+    pub caller_id: CallerIdPolicy,
+}
+
+impl Route {
+    /// The user part to send for `dialled`.
+    pub fn rewrite(&self, dialled: &str) -> String {
+        let rest = dialled.get(self.strip.min(dialled.len())..).unwrap_or_default();
+        format!("{}{}", self.prepend, rest)
+    }
+}
+
+/// Registrar limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrarConfig {
+    /// Shortest accepted expiry, seconds.
+    pub min_expires: u32,
+    /// Longest granted expiry, seconds.
+    pub max_expires: u32,
+    /// Expiry when the request gives none.
+    pub default_expires: u32,
+    /// Contacts per address-of-record.
+    pub max_contacts: usize,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig { min_expires: 60, max_expires: 3600, default_expires: 3600, max_contacts: 10 }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening transports.
+    pub listen: Vec<Listen>,
+    /// Local domains (lower case).
+    pub domains: Vec<String>,
+    /// Digest realm.
+    pub realm: String,
+    /// host:port for our Via and Contact headers.
+    pub advertise: String,
+    /// Sources whose INVITEs are not challenged.
+    pub trusted: HashSet<IpAddr>,
+    /// How long a callee may ring.
+    pub no_answer_timeout: Duration,
+    /// Challenge algorithms in order.
+    pub algorithms: Vec<Algorithm>,
+    /// Nonce lifetime.
+    pub nonce_ttl: Duration,
+    /// Registrar limits.
+    pub registrar: RegistrarConfig,
+    /// Media plane gRPC endpoint.
+    pub media_grpc: String,
+    /// Media timeout given to each leg.
+    pub media_timeout_ms: u32,
+    /// Deadline of each media-plane RPC.
+    pub rpc_timeout: Duration,
+    /// SQLite file.
+    pub store_path: PathBuf,
+    /// Routes, longest prefix first.
+    pub routes: Vec<Route>,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text)
+    }
+
+    /// Validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen_text =
+            raw.sip.listen.unwrap_or_else(|| vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()]);
+        if listen_text.is_empty() {
+            return Err(invalid("sip.listen", "needs at least one address"));
+        }
+        let mut listen = Vec::new();
+        for text in &listen_text {
+            let (transport, addr) = text
+                .split_once(':')
+                .ok_or_else(|| invalid("sip.listen", format!("{text:?}: expected udp:IP:PORT or tcp:IP:PORT")))?;
+            let transport = match transport.to_ascii_lowercase().as_str() {
+                "udp" => rsip::Transport::Udp,
+                "tcp" => rsip::Transport::Tcp,
+                other => return Err(invalid("sip.listen", format!("{text:?}: transport {other:?} is not udp or tcp"))),
+            };
+            let addr: SocketAddr =
+                addr.parse().map_err(|_| invalid("sip.listen", format!("{text:?}: {addr:?} is not IP:PORT")))?;
+            listen.push(Listen { transport, addr });
+        }
+        let domains: Vec<String> = raw.sip.domains.unwrap_or_default().iter().map(|d| d.to_ascii_lowercase()).collect();
+        if domains.is_empty() {
+            return Err(invalid("sip.domains", "needs at least one domain"));
+        }
+        if let Some(bad) = domains.iter().find(|d| d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '@')) {
+            return Err(invalid("sip.domains", format!("{bad:?} is not a domain")));
+        }
+        let realm = raw.sip.realm.unwrap_or_else(|| domains[0].clone());
+        if realm.is_empty() || realm.contains('"') {
+            return Err(invalid("sip.realm", "must be non-empty and without quotes"));
+        }
+        let advertise = match raw.sip.advertise {
+            Some(a) if a.is_empty() || a.contains(|c: char| c.is_whitespace()) => {
+                return Err(invalid("sip.advertise", format!("{a:?} is not host:port")))
+            }
+            Some(a) => a,
+            None => listen[0].addr.to_string(),
+        };
+        let mut trusted = HashSet::new();
+        for ip in raw.sip.trusted.unwrap_or_default() {
+            trusted.insert(ip.parse().map_err(|_| invalid("sip.trusted", format!("{ip:?} is not an IP address")))?);
+        }
+        let no_answer_timeout_s = raw.sip.no_answer_timeout_s.unwrap_or(120);
+        if no_answer_timeout_s == 0 {
+            return Err(invalid("sip.no_answer_timeout_s", "must be greater than 0"));
+        }
+
+        let mut algorithms = Vec::new();
+        for name in raw.auth.algorithms.unwrap_or_else(|| vec!["SHA-256".into(), "MD5".into()]) {
+            let algorithm = Algorithm::from_token(&name).ok_or_else(|| {
+                invalid("auth.algorithms", format!("{name:?} is not MD5, SHA-256 or SHA-512-256 (optionally -sess)"))
+            })?;
+            if !algorithms.contains(&algorithm) {
+                algorithms.push(algorithm);
+            }
+        }
+        if algorithms.is_empty() {
+            return Err(invalid("auth.algorithms", "needs at least one algorithm"));
+        }
+        let nonce_ttl_s = raw.auth.nonce_ttl_s.unwrap_or(300);
+        if nonce_ttl_s == 0 {
+            return Err(invalid("auth.nonce_ttl_s", "must be greater than 0"));
+        }
+
+        let d = RegistrarConfig::default();
+        let registrar = RegistrarConfig {
+            min_expires: raw.registrar.min_expires.unwrap_or(d.min_expires),
+            max_expires: raw.registrar.max_expires.unwrap_or(d.max_expires),
+            default_expires: raw.registrar.default_expires.unwrap_or(d.default_expires),
+            max_contacts: raw.registrar.max_contacts.unwrap_or(d.max_contacts),
+        };
+        if registrar.min_expires == 0 {
+            return Err(invalid("registrar.min_expires", "must be greater than 0"));
+        }
+        if registrar.max_expires < registrar.min_expires {
+            return Err(invalid("registrar.max_expires", "must be at least registrar.min_expires"));
+        }
+        if !(registrar.min_expires..=registrar.max_expires).contains(&registrar.default_expires) {
+            return Err(invalid("registrar.default_expires", "must lie between min_expires and max_expires"));
+        }
+        if registrar.max_contacts == 0 {
+            return Err(invalid("registrar.max_contacts", "must be greater than 0"));
+        }
+
+        let media_grpc = raw.media.grpc.unwrap_or_else(|| "http://127.0.0.1:9190".into());
+        if !(media_grpc.starts_with("http://") || media_grpc.starts_with("https://")) {
+            return Err(invalid("media.grpc", format!("{media_grpc:?} must start with http:// or https://")));
+        }
+        let rpc_timeout_ms = raw.media.rpc_timeout_ms.unwrap_or(2000);
+        if rpc_timeout_ms == 0 {
+            return Err(invalid("media.rpc_timeout_ms", "must be greater than 0"));
+        }
+
+        let mut routes = Vec::new();
+        for (i, r) in raw.route.into_iter().enumerate() {
+            let key = |k: &str| format!("route[{i}].{k}");
+            let destination = if r.destination.eq_ignore_ascii_case("local") {
+                Destination::Local
+            } else {
+                let uri = rsip::Uri::try_from(r.destination.as_str())
+                    .map_err(|_| invalid(key("destination"), format!("{:?} is not \"local\" or a SIP URI", r.destination)))?;
+                Destination::Trunk(uri)
+            };
+            let caller_id = match r.caller_id.as_deref().unwrap_or("passthrough") {
+                "passthrough" => CallerIdPolicy::Passthrough,
+                "assert" => CallerIdPolicy::Assert,
+                "strip" => CallerIdPolicy::Strip,
+                other => {
+                    return Err(invalid(key("caller_id"), format!("{other:?} is not passthrough, assert or strip")))
+                }
+            };
+            routes.push(Route {
+                prefix: r.prefix,
+                destination,
+                strip: r.strip.unwrap_or(0),
+                prepend: r.prepend.unwrap_or_default(),
+                caller_id,
+            });
+        }
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+
+        Ok(Config {
+            listen,
+            domains,
+            realm,
+            advertise,
+            trusted,
+            no_answer_timeout: Duration::from_secs(no_answer_timeout_s),
+            algorithms,
+            nonce_ttl: Duration::from_secs(nonce_ttl_s),
+            registrar,
+            media_grpc,
+            media_timeout_ms: raw.media.media_timeout_ms.unwrap_or(60_000),
+            rpc_timeout: Duration::from_millis(rpc_timeout_ms),
+            store_path: raw.store.path.unwrap_or_else(|| PathBuf::from("control-plane.db")),
+            routes,
+        })
+    }
+
+    /// Whether `domain` is one of ours.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// The longest-prefix route for a dialled user part.
+    pub fn route_for(&self, user: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| user.starts_with(&r.prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse("[sip]\ndomains = [\"SIP.test\"]\n").unwrap();
+        assert_eq!(c.domains, vec!["sip.test"]);
+        assert_eq!(c.realm, "sip.test");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.advertise, "127.0.0.1:5060");
+        assert_eq!(c.algorithms, vec![Algorithm::Sha256, Algorithm::Md5]);
+        assert_eq!(c.registrar, RegistrarConfig::default());
+        assert_eq!(c.media_grpc, "http://127.0.0.1:9190");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases = [
+            ("[sip]\ndomains = []", "sip.domains"),
+            ("[sip]\ndomains = [\"a\"]\nlisten = [\"sctp:1.2.3.4:5\"]", "sip.listen"),
+            ("[sip]\ndomains = [\"a\"]\ntrusted = [\"x\"]", "sip.trusted"),
+            ("[sip]\ndomains = [\"a\"]\n[auth]\nalgorithms = [\"SHA-1\"]", "auth.algorithms"),
+            ("[sip]\ndomains = [\"a\"]\n[registrar]\nmin_expires = 100\nmax_expires = 50", "registrar.max_expires"),
+            ("[sip]\ndomains = [\"a\"]\n[media]\ngrpc = \"127.0.0.1:9190\"", "media.grpc"),
+            ("[sip]\ndomains = [\"a\"]\n[[route]]\nprefix = \"0\"\ndestination = \"nonsense uri\"", "route[0].destination"),
+            ("[sip]\ndomains = [\"a\"]\n[[route]]\nprefix = \"0\"\ndestination = \"local\"\ncaller_id = \"x\"", "route[0].caller_id"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} gave {err:?}, expected it to name {key}");
+        }
+        let err = Config::parse("[sip]\ndomains = [\"a\"]\nlisen = []").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn longest_prefix_route_wins_and_rewrites_the_user() {
+        let c = Config::parse(
+            "[sip]\ndomains = [\"a\"]\n[[route]]\nprefix = \"0\"\ndestination = \"sip:gw1.test\"\n\
+             [[route]]\nprefix = \"00\"\ndestination = \"sip:gw2.test:5070\"\nstrip = 2\nprepend = \"+\"\n",
+        )
+        .unwrap();
+        let r = c.route_for("0049301234").unwrap();
+        assert_eq!(r.rewrite("0049301234"), "+49301234");
+        assert!(matches!(&r.destination, Destination::Trunk(u) if u.to_string().contains("gw2")));
+        assert!(c.route_for("12345").is_none());
+    }
+}

@@ -1,0 +1,531 @@
+//! [`ControlPlane`]: the sans-IO core of the SIP server. Bytes and media-plane answers go in with
+//! the time; messages to send, media-plane requests and counters come out.
+//!
+//! ```text
+//!  handle_datagram / handle_stream_message ─► parse (400 / drop + count) ─► TransactionLayer
+//!        ─► REGISTER: digest (401/403) ─► Registrar ─► Store (write-through)
+//!        ─► INVITE / in-dialog / CANCEL: the B2BUA (`b2bua.rs`) ─► poll_media ─► media plane
+//!        ─► OPTIONS: 200; anything else out of dialog: 405
+//!  poll_transmit ◄─ layer transmissions + the B2BUA's own (ACK for 2xx, 2xx retransmissions)
+//! ```
+//!
+//! The store is passed in by `&mut dyn Store` on each call rather than owned, so tests run the
+//! same core over [`MemoryStore`](crate::store::MemoryStore) and the binary over SQLite.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rsip::headers::UntypedHeader;
+use rsip::{Header, Method, Request, Response, SipMessage};
+
+use crate::auth::digest::{Authenticator, DigestConfig, DigestError, HashFn};
+use crate::b2bua::Calls;
+use crate::config::Config;
+use crate::media::{MediaReply, MediaRequest};
+use crate::registrar::{Registrar, RegisterError};
+use crate::sip::message::{self, response_for, Framing};
+use crate::sip::transaction::{LayerEvent, Outgoing, Peer, TimerConfig, TransactionKey, TransactionLayer};
+use crate::store::Store;
+
+/// The two clocks the core needs: monotonic for timers, wall for nonces and registrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Wall-clock time.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// The current time.
+    pub fn system() -> Self {
+        Now { instant: Instant::now(), wall: SystemTime::now() }
+    }
+
+    /// UNIX seconds.
+    pub fn unix(&self) -> u64 {
+        self.wall.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+
+    /// This time advanced by `d` on both clocks.
+    pub fn plus(&self, d: std::time::Duration) -> Self {
+        Now { instant: self.instant + d, wall: self.wall + d }
+    }
+}
+
+/// Counters of the core (exported by the driver).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages that did not parse (answered 400 when possible, else dropped).
+    pub malformed: u64,
+    /// 400s sent for them.
+    pub bad_requests_sent: u64,
+    /// REGISTERs accepted.
+    pub registrations: u64,
+    /// REGISTERs refused after authentication (423, 400, 403, 500).
+    pub registrations_refused: u64,
+    /// Challenges sent (401/407).
+    pub challenges: u64,
+    /// Credentials refused with 403.
+    pub auth_failures: u64,
+    /// Store errors (the request got 500).
+    pub store_errors: u64,
+    /// INVITEs that started a call.
+    pub calls_started: u64,
+    /// Calls answered (2xx relayed to the caller).
+    pub calls_answered: u64,
+    /// Calls that ended with an error response to the caller.
+    pub calls_failed: u64,
+    /// Calls cancelled by the caller.
+    pub calls_cancelled: u64,
+    /// Calls that ended after being answered.
+    pub calls_completed: u64,
+    /// Media allocations asked for.
+    pub media_allocations: u64,
+    /// Media releases asked for (each allocation is released exactly once).
+    pub media_releases: u64,
+    /// Requests answered 481 (no such dialog/transaction).
+    pub no_dialog: u64,
+}
+
+/// The core.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub(crate) config: Arc<Config>,
+    pub(crate) layer: TransactionLayer,
+    pub(crate) auth: Authenticator,
+    pub(crate) registrar: Registrar,
+    pub(crate) calls: Calls,
+    pub(crate) transmits: VecDeque<Outgoing>,
+    pub(crate) media: VecDeque<(u64, MediaRequest)>,
+    pub(crate) stats: Stats,
+    next_sweep: Option<Instant>,
+}
+
+/// Why the core could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Digest settings refused.
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::digest::DigestConfigError),
+    /// No randomness for the nonce secret.
+    #[error("getrandom: {0}")]
+    Random(getrandom::Error),
+}
+
+/// The value of the first header named `name` (case-insensitive; for headers rsip keeps untyped).
+pub fn header<'a>(headers: &'a rsip::Headers, name: &str) -> Option<&'a str> {
+    headers.iter().find_map(|h| match h {
+        Header::Other(n, v) if n.eq_ignore_ascii_case(name) => Some(v.as_str()),
+        _ => None,
+    })
+}
+
+/// The Call-ID.
+pub fn call_id(headers: &rsip::Headers) -> Option<&str> {
+    headers.iter().find_map(|h| match h {
+        Header::CallId(c) => Some(c.value()),
+        _ => None,
+    })
+}
+
+/// The From header value.
+pub fn from_value(headers: &rsip::Headers) -> Option<&str> {
+    headers.iter().find_map(|h| match h {
+        Header::From(v) => Some(v.value()),
+        _ => None,
+    })
+}
+
+/// The To header value.
+pub fn to_value(headers: &rsip::Headers) -> Option<&str> {
+    headers.iter().find_map(|h| match h {
+        Header::To(v) => Some(v.value()),
+        _ => None,
+    })
+}
+
+/// The `tag` parameter of a From/To value (outside the URI's angle brackets).
+pub fn tag_of(value: &str) -> Option<&str> {
+    let params = match value.rfind('>') {
+        Some(end) => value.get(end + 1..)?,
+        None => value,
+    };
+    params.split(';').skip(1).find_map(|p| {
+        let (name, v) = p.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("tag").then(|| v.trim())
+    })
+}
+
+/// The URI inside a name-addr (`"Bob" <sip:bob@h>;tag=x` → `sip:bob@h`) or an addr-spec.
+pub fn uri_of(value: &str) -> &str {
+    if let (Some(start), Some(end)) = (value.find('<'), value.rfind('>')) {
+        if start < end {
+            return value.get(start + 1..end).unwrap_or_default().trim();
+        }
+    }
+    value.split(';').next().unwrap_or_default().trim()
+}
+
+/// User and host of a SIP URI text (`sip:bob@h:5060;x` → (`bob`, `h`)).
+pub fn user_host(uri: &str) -> Option<(String, String)> {
+    let parsed = rsip::Uri::try_from(uri).ok()?;
+    let user = parsed.user().unwrap_or_default().to_owned();
+    let host = parsed.host_with_port.host.to_string();
+    Some((user, host))
+}
+
+impl ControlPlane {
+    /// A core for `config`. `secret` keys the nonces (share it between instances that must accept
+    /// each other's nonces); `None` draws a random one.
+    pub fn new(config: Arc<Config>, secret: Option<[u8; 32]>) -> Result<Self, StartError> {
+        let secret = match secret {
+            Some(s) => s,
+            None => {
+                let mut s = [0u8; 32];
+                getrandom::fill(&mut s).map_err(StartError::Random)?;
+                s
+            }
+        };
+        let mut digest = DigestConfig::new(config.realm.clone());
+        digest.algorithms = config.algorithms.clone();
+        digest.nonce_ttl = config.nonce_ttl;
+        let auth = Authenticator::new(digest, secret)?;
+        Ok(ControlPlane {
+            layer: TransactionLayer::new(TimerConfig::default()),
+            auth,
+            registrar: Registrar::new(config.registrar),
+            calls: Calls::default(),
+            transmits: VecDeque::new(),
+            media: VecDeque::new(),
+            stats: Stats::default(),
+            next_sweep: None,
+            config,
+        })
+    }
+
+    // ---- getters ----
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Transaction counters.
+    pub fn transaction_stats(&self) -> crate::sip::transaction::LayerStats {
+        self.layer.stats()
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The registrar (lookups, restore at start).
+    pub fn registrar_mut(&mut self) -> &mut Registrar {
+        &mut self.registrar
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ---- handle_* ----
+
+    /// A UDP datagram from `source`.
+    pub fn handle_datagram(&mut self, bytes: &[u8], source: Peer, now: Now, store: &mut dyn Store) {
+        self.handle_bytes(bytes, Framing::Datagram, source, now, store);
+    }
+
+    /// One framed message from a stream connection ([`message::next_frame`]).
+    pub fn handle_stream_message(&mut self, bytes: &[u8], source: Peer, now: Now, store: &mut dyn Store) {
+        self.handle_bytes(bytes, Framing::Stream, source, now, store);
+    }
+
+    fn handle_bytes(&mut self, bytes: &[u8], framing: Framing, source: Peer, now: Now, store: &mut dyn Store) {
+        match message::parse(bytes, framing) {
+            Ok(parsed) => {
+                self.layer.handle_message(parsed, source, now.instant);
+                self.drain_layer(now, store);
+            }
+            Err(error) => {
+                self.stats.malformed += 1;
+                tracing::debug!(%error, from = %source.addr, "malformed SIP");
+                if let Some(answer) = message::bad_request(bytes, &error) {
+                    self.stats.bad_requests_sent += 1;
+                    self.transmits.push_back(Outgoing {
+                        destination: source,
+                        payload: bytes::Bytes::from(answer),
+                        retransmission: false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The media plane answered `call`'s request.
+    pub fn handle_media_reply(&mut self, call: u64, reply: MediaReply, now: Now, store: &mut dyn Store) {
+        self.on_media_reply(call, reply, now);
+        self.drain_layer(now, store);
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Now, store: &mut dyn Store) {
+        self.layer.handle_timeout(now.instant);
+        self.on_call_timers(now);
+        if self.next_sweep.is_none_or(|t| t <= now.instant) {
+            self.next_sweep = Some(now.instant + std::time::Duration::from_secs(10));
+            let changes = self.registrar.sweep(now.unix());
+            if let Err(e) = store.apply(&changes) {
+                self.stats.store_errors += 1;
+                tracing::warn!(error = %e, "cannot persist expired registrations");
+            }
+        }
+        self.drain_layer(now, store);
+    }
+
+    // ---- poll_* ----
+
+    /// Next message to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
+        self.transmits.pop_front().or_else(|| self.layer.poll_transmit())
+    }
+
+    /// Next media-plane request, with the call it belongs to.
+    #[must_use]
+    pub fn poll_media(&mut self) -> Option<(u64, MediaRequest)> {
+        self.media.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next run.
+    #[must_use]
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        [self.layer.poll_timeout(), self.calls.next_deadline(), self.next_sweep].into_iter().flatten().min()
+    }
+
+    // ---- internals ----
+
+    pub(crate) fn drain_layer(&mut self, now: Now, store: &mut dyn Store) {
+        while let Some(event) = self.layer.poll_event() {
+            match event {
+                LayerEvent::Request { key, request, source, cancels } => {
+                    self.on_request(key, request, source, cancels, now, store)
+                }
+                LayerEvent::Ack { request, .. } => self.on_ack(&request, now),
+                LayerEvent::Stray { message: SipMessage::Request(request), .. } => self.on_ack(&request, now),
+                LayerEvent::Stray { message: SipMessage::Response(response), source } => {
+                    self.on_stray_response(&response, source)
+                }
+                LayerEvent::Response { key, response } => self.on_response(&key, response, now),
+                LayerEvent::Timeout { key, role } | LayerEvent::TransportError { key, role } => {
+                    self.on_transaction_failed(&key, role, now)
+                }
+                LayerEvent::Terminated { key, role } => self.on_transaction_terminated(&key, role),
+            }
+        }
+    }
+
+    /// Sends a response through the server transaction `key`.
+    pub(crate) fn respond(&mut self, key: &TransactionKey, response: Response, now: Now) {
+        if let Err(e) = self.layer.send_response(key, response, now.instant) {
+            tracing::debug!(error = %e, "response not sent");
+        }
+    }
+
+    /// A bodiless `status` response to `request` (To tag added for non-100).
+    pub(crate) fn reply(&mut self, key: &TransactionKey, request: &Request, status: u16, now: Now) {
+        let tag = message::generate_tag().ok();
+        let response = response_for(request, status, None, if status == 100 { None } else { tag.as_deref() });
+        self.respond(key, response, now);
+    }
+
+    fn on_request(
+        &mut self,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        cancels: Option<TransactionKey>,
+        now: Now,
+        store: &mut dyn Store,
+    ) {
+        let in_dialog = to_value(&request.headers).and_then(tag_of).is_some();
+        match request.method {
+            Method::Register => self.on_register(&key, &request, source, now, store),
+            Method::Cancel => self.on_cancel(&key, &request, cancels, now),
+            Method::Invite if !in_dialog => self.on_invite(key, request, source, now, store),
+            Method::Options if !in_dialog => {
+                let mut response = response_for(&request, 200, None, message::generate_tag().ok().as_deref());
+                response.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOW)));
+                response.headers.push(Header::Accept(rsip::headers::Accept::new("application/sdp")));
+                self.respond(&key, response, now);
+            }
+            _ if in_dialog => self.on_in_dialog(key, request, now),
+            _ => {
+                let mut response = response_for(&request, 405, None, message::generate_tag().ok().as_deref());
+                response.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOW)));
+                self.respond(&key, response, now);
+            }
+        }
+    }
+
+    /// Checks `Authorization`/`Proxy-Authorization` against the store. `Ok(Some(user))` when
+    /// valid; `Ok(None)` after sending a challenge or a refusal.
+    pub(crate) fn authenticate(
+        &mut self,
+        key: &TransactionKey,
+        request: &Request,
+        domain: &str,
+        proxy: bool,
+        now: Now,
+        store: &mut dyn Store,
+    ) -> Option<String> {
+        let header_value = request.headers.iter().find_map(|h| match (h, proxy) {
+            (Header::Authorization(a), false) => Some(a.value().to_owned()),
+            (Header::ProxyAuthorization(a), true) => Some(a.value().to_owned()),
+            (Header::Other(n, v), false) if n.eq_ignore_ascii_case("Authorization") => Some(v.clone()),
+            (Header::Other(n, v), true) if n.eq_ignore_ascii_case("Proxy-Authorization") => Some(v.clone()),
+            _ => None,
+        });
+        let Some(value) = header_value else {
+            self.challenge(key, request, proxy, false, now);
+            return None;
+        };
+        // The digest `uri` must name the Request-URI; compare parsed forms so that rsip's
+        // re-rendering of the Request-URI cannot fail a correct response.
+        let request_uri = match crate::auth::digest::parse_credentials(&value) {
+            Ok(c) if rsip::Uri::try_from(c.uri.as_str()).ok().as_ref() == Some(&request.uri) => c.uri,
+            _ => request.uri.to_string(),
+        };
+        let mut store_failed = false;
+        let lookup = |user: &str, _realm: &str, hash: HashFn| match store.subscriber(user, domain) {
+            Ok(s) => s.map(|s| s.ha1(hash).to_owned()),
+            Err(_) => {
+                store_failed = true;
+                None
+            }
+        };
+        let verified = self.auth.verify(&value, request.method.to_string().as_str(), &request_uri, now.wall, lookup);
+        if store_failed {
+            self.stats.store_errors += 1;
+            self.reply(key, request, 500, now);
+            return None;
+        }
+        match verified {
+            Ok(v) => Some(v.username),
+            Err(DigestError::StaleNonce) => {
+                self.challenge(key, request, proxy, true, now);
+                None
+            }
+            Err(e) if e.is_malformed() => {
+                self.stats.malformed += 1;
+                let response = response_for(request, 400, Some("Bad Credentials"), message::generate_tag().ok().as_deref());
+                self.respond(key, response, now);
+                None
+            }
+            Err(DigestError::WrongResponse | DigestError::UnknownUser) => {
+                self.stats.auth_failures += 1;
+                self.reply(key, request, 403, now);
+                None
+            }
+            Err(_) => {
+                self.challenge(key, request, proxy, false, now);
+                None
+            }
+        }
+    }
+
+    fn challenge(&mut self, key: &TransactionKey, request: &Request, proxy: bool, stale: bool, now: Now) {
+        let mut random = [0u8; 16];
+        if getrandom::fill(&mut random).is_err() {
+            self.reply(key, request, 500, now);
+            return;
+        }
+        self.stats.challenges += 1;
+        let status = if proxy { 407 } else { 401 };
+        let mut response = response_for(request, status, None, message::generate_tag().ok().as_deref());
+        for value in self.auth.challenges(now.wall, random, stale) {
+            response.headers.push(if proxy {
+                Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(value))
+            } else {
+                Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(value))
+            });
+        }
+        self.respond(key, response, now);
+    }
+
+    fn on_register(&mut self, key: &TransactionKey, request: &Request, source: Peer, now: Now, store: &mut dyn Store) {
+        let domain = request.uri.host_with_port.host.to_string();
+        if !self.config.is_local_domain(&domain) {
+            self.reply(key, request, 404, now);
+            return;
+        }
+        let Some((to_user, to_domain)) = to_value(&request.headers).map(uri_of).and_then(user_host) else {
+            self.reply(key, request, 400, now);
+            return;
+        };
+        let Some(user) = self.authenticate(key, request, &to_domain, false, now, store) else { return };
+        if user != to_user || !to_domain.eq_ignore_ascii_case(&domain) {
+            // Authenticated as someone else: may not register this address-of-record.
+            self.stats.auth_failures += 1;
+            self.reply(key, request, 403, now);
+            return;
+        }
+        let aor = format!("{to_user}@{}", to_domain.to_ascii_lowercase());
+        match self.registrar.handle_register(&aor, request, source, now.unix()) {
+            Ok(registered) => {
+                if let Err(e) = store.apply(&registered.changes) {
+                    self.stats.store_errors += 1;
+                    tracing::warn!(error = %e, "cannot persist registration");
+                    self.reply(key, request, 500, now);
+                    return;
+                }
+                self.stats.registrations += 1;
+                let mut response = response_for(request, 200, None, message::generate_tag().ok().as_deref());
+                let unix = now.unix();
+                for b in &registered.bindings {
+                    let expires = b.expires_unix.saturating_sub(unix);
+                    let q = if b.q_milli == 1000 { String::new() } else { format!(";q={}.{:03}", b.q_milli / 1000, b.q_milli % 1000) };
+                    response
+                        .headers
+                        .push(Header::Contact(rsip::headers::Contact::new(format!("<{}>;expires={expires}{q}", b.contact))));
+                }
+                self.respond(key, response, now);
+            }
+            Err(error) => {
+                self.stats.registrations_refused += 1;
+                let mut response =
+                    response_for(request, error.status(), None, message::generate_tag().ok().as_deref());
+                if let RegisterError::IntervalTooBrief(min) = error {
+                    response.headers.push(Header::MinExpires(rsip::headers::MinExpires::new(min.to_string())));
+                }
+                self.respond(key, response, now);
+            }
+        }
+    }
+
+    fn on_cancel(&mut self, key: &TransactionKey, request: &Request, cancels: Option<TransactionKey>, now: Now) {
+        let Some(invite) = cancels else {
+            self.stats.no_dialog += 1;
+            self.reply(key, request, 481, now);
+            return;
+        };
+        self.reply(key, request, 200, now);
+        self.on_caller_cancel(&invite, now);
+    }
+
+    /// Queues a media request for `call`.
+    pub(crate) fn media_request(&mut self, call: u64, request: MediaRequest) {
+        match &request {
+            MediaRequest::Allocate { .. } => self.stats.media_allocations += 1,
+            MediaRequest::Release { .. } => self.stats.media_releases += 1,
+            MediaRequest::Update { .. } => {}
+        }
+        self.media.push_back((call, request));
+    }
+}
+
+/// Methods we answer (Allow header).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";

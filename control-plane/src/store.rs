@@ -1,0 +1,373 @@
+//! Subscribers and registrations behind the [`Store`] trait.
+//!
+//! [`SqliteStore`] is the default: an embedded SQLite file (WAL journal, `synchronous=NORMAL`,
+//! prepared statements cached), nothing to install. Registrations are written through on every
+//! REGISTER so a restart reloads them ([`Store::bindings`]); the registrar serves lookups from
+//! memory. [`MemoryStore`] holds the same in maps, for tests and throwaway set-ups. A PostgreSQL
+//! store for several control planes sharing subscribers implements the same trait.
+//!
+//! Passwords are never stored: a subscriber row holds HA1 = H(user:realm:password) for each
+//! digest hash.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::auth::digest::{ha1, HashFn};
+
+/// A subscriber account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    /// User part (`alice`).
+    pub user: String,
+    /// Domain (`sip.test`).
+    pub domain: String,
+    /// HA1 for MD5.
+    pub ha1_md5: String,
+    /// HA1 for SHA-256.
+    pub ha1_sha256: String,
+    /// HA1 for SHA-512-256.
+    pub ha1_sha512_256: String,
+}
+
+impl Subscriber {
+    /// A subscriber with HA1s computed from `password` in `realm`.
+    pub fn with_password(user: &str, domain: &str, realm: &str, password: &str) -> Self {
+        Subscriber {
+            user: user.to_owned(),
+            domain: domain.to_ascii_lowercase(),
+            ha1_md5: ha1(HashFn::Md5, user, realm, password),
+            ha1_sha256: ha1(HashFn::Sha256, user, realm, password),
+            ha1_sha512_256: ha1(HashFn::Sha512_256, user, realm, password),
+        }
+    }
+
+    /// The HA1 for `hash`.
+    pub fn ha1(&self, hash: HashFn) -> &str {
+        match hash {
+            HashFn::Md5 => &self.ha1_md5,
+            HashFn::Sha256 => &self.ha1_sha256,
+            HashFn::Sha512_256 => &self.ha1_sha512_256,
+        }
+    }
+}
+
+/// A registration as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBinding {
+    /// Address-of-record, `user@domain`.
+    pub aor: String,
+    /// Contact URI.
+    pub contact: String,
+    /// Expiry, UNIX seconds.
+    pub expires_unix: u64,
+    /// q-value ×1000.
+    pub q_milli: u16,
+    /// Call-ID of the REGISTER.
+    pub call_id: String,
+    /// CSeq of the REGISTER.
+    pub cseq: u32,
+    /// The flow it arrived on: `udp:IP:PORT` / `tcp:IP:PORT`.
+    pub flow: String,
+}
+
+/// A change to the stored registrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocationChange {
+    /// Insert or replace the binding (aor, contact).
+    Upsert(StoredBinding),
+    /// Remove one binding.
+    Remove {
+        /// Address-of-record.
+        aor: String,
+        /// Contact URI.
+        contact: String,
+    },
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// Adding a subscriber that exists.
+    #[error("subscriber {0} already exists")]
+    AlreadyExists(String),
+}
+
+/// Subscribers and registrations.
+pub trait Store: Send {
+    /// The subscriber `user@domain`, if any.
+    fn subscriber(&mut self, user: &str, domain: &str) -> Result<Option<Subscriber>, StoreError>;
+    /// Adds a subscriber.
+    fn add_subscriber(&mut self, subscriber: &Subscriber) -> Result<(), StoreError>;
+    /// Removes a subscriber and its registrations; whether it existed.
+    fn remove_subscriber(&mut self, user: &str, domain: &str) -> Result<bool, StoreError>;
+    /// Every subscriber, ordered by domain then user.
+    fn subscribers(&mut self) -> Result<Vec<Subscriber>, StoreError>;
+    /// Applies registration changes atomically.
+    fn apply(&mut self, changes: &[LocationChange]) -> Result<(), StoreError>;
+    /// Every stored registration.
+    fn bindings(&mut self) -> Result<Vec<StoredBinding>, StoreError>;
+}
+
+/// The SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    db: rusqlite::Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subscriber (
+    user TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    ha1_md5 TEXT NOT NULL,
+    ha1_sha256 TEXT NOT NULL,
+    ha1_sha512_256 TEXT NOT NULL,
+    PRIMARY KEY (user, domain)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS location (
+    aor TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    q INTEGER NOT NULL,
+    call_id TEXT NOT NULL,
+    cseq INTEGER NOT NULL,
+    flow TEXT NOT NULL,
+    PRIMARY KEY (aor, contact)
+) WITHOUT ROWID;
+";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = rusqlite::Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(SCHEMA)?;
+        db.set_prepared_statement_cache_capacity(32);
+        Ok(SqliteStore { db })
+    }
+
+    /// An in-memory SQLite database (tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = rusqlite::Connection::open_in_memory()?;
+        db.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { db })
+    }
+}
+
+fn subscriber_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Subscriber> {
+    Ok(Subscriber {
+        user: row.get(0)?,
+        domain: row.get(1)?,
+        ha1_md5: row.get(2)?,
+        ha1_sha256: row.get(3)?,
+        ha1_sha512_256: row.get(4)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn subscriber(&mut self, user: &str, domain: &str) -> Result<Option<Subscriber>, StoreError> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT user, domain, ha1_md5, ha1_sha256, ha1_sha512_256 FROM subscriber WHERE user = ?1 AND domain = ?2",
+        )?;
+        let mut rows = stmt.query_map(rusqlite::params![user, domain.to_ascii_lowercase()], subscriber_row)?;
+        Ok(rows.next().transpose()?)
+    }
+
+    fn add_subscriber(&mut self, s: &Subscriber) -> Result<(), StoreError> {
+        let result = self.db.execute(
+            "INSERT INTO subscriber (user, domain, ha1_md5, ha1_sha256, ha1_sha512_256) VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![s.user, s.domain, s.ha1_md5, s.ha1_sha256, s.ha1_sha512_256],
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(StoreError::AlreadyExists(format!("{}@{}", s.user, s.domain)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn remove_subscriber(&mut self, user: &str, domain: &str) -> Result<bool, StoreError> {
+        let tx = self.db.transaction()?;
+        let n = tx.execute("DELETE FROM subscriber WHERE user = ?1 AND domain = ?2", rusqlite::params![user, domain])?;
+        tx.execute("DELETE FROM location WHERE aor = ?1", rusqlite::params![format!("{user}@{domain}")])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    fn subscribers(&mut self) -> Result<Vec<Subscriber>, StoreError> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT user, domain, ha1_md5, ha1_sha256, ha1_sha512_256 FROM subscriber ORDER BY domain, user",
+        )?;
+        let rows = stmt.query_map([], subscriber_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn apply(&mut self, changes: &[LocationChange]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.transaction()?;
+        for change in changes {
+            match change {
+                LocationChange::Upsert(b) => {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO location (aor, contact, expires, q, call_id, cseq, flow) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
+                    stmt.execute(rusqlite::params![
+                        b.aor,
+                        b.contact,
+                        i64::try_from(b.expires_unix).unwrap_or(i64::MAX),
+                        b.q_milli,
+                        b.call_id,
+                        b.cseq,
+                        b.flow
+                    ])?;
+                }
+                LocationChange::Remove { aor, contact } => {
+                    let mut stmt = tx.prepare_cached("DELETE FROM location WHERE aor = ?1 AND contact = ?2")?;
+                    stmt.execute(rusqlite::params![aor, contact])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn bindings(&mut self) -> Result<Vec<StoredBinding>, StoreError> {
+        let mut stmt =
+            self.db.prepare_cached("SELECT aor, contact, expires, q, call_id, cseq, flow FROM location ORDER BY aor")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(StoredBinding {
+                aor: row.get(0)?,
+                contact: row.get(1)?,
+                expires_unix: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                q_milli: row.get(3)?,
+                call_id: row.get(4)?,
+                cseq: row.get(5)?,
+                flow: row.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Subscribers and registrations in maps.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    subscribers: HashMap<(String, String), Subscriber>,
+    bindings: HashMap<(String, String), StoredBinding>,
+}
+
+impl Store for MemoryStore {
+    fn subscriber(&mut self, user: &str, domain: &str) -> Result<Option<Subscriber>, StoreError> {
+        Ok(self.subscribers.get(&(user.to_owned(), domain.to_ascii_lowercase())).cloned())
+    }
+
+    fn add_subscriber(&mut self, s: &Subscriber) -> Result<(), StoreError> {
+        let key = (s.user.clone(), s.domain.clone());
+        if self.subscribers.contains_key(&key) {
+            return Err(StoreError::AlreadyExists(format!("{}@{}", s.user, s.domain)));
+        }
+        self.subscribers.insert(key, s.clone());
+        Ok(())
+    }
+
+    fn remove_subscriber(&mut self, user: &str, domain: &str) -> Result<bool, StoreError> {
+        let aor = format!("{user}@{domain}");
+        self.bindings.retain(|(a, _), _| *a != aor);
+        Ok(self.subscribers.remove(&(user.to_owned(), domain.to_owned())).is_some())
+    }
+
+    fn subscribers(&mut self) -> Result<Vec<Subscriber>, StoreError> {
+        let mut all: Vec<Subscriber> = self.subscribers.values().cloned().collect();
+        all.sort_by(|a, b| (&a.domain, &a.user).cmp(&(&b.domain, &b.user)));
+        Ok(all)
+    }
+
+    fn apply(&mut self, changes: &[LocationChange]) -> Result<(), StoreError> {
+        for change in changes {
+            match change {
+                LocationChange::Upsert(b) => {
+                    self.bindings.insert((b.aor.clone(), b.contact.clone()), b.clone());
+                }
+                LocationChange::Remove { aor, contact } => {
+                    self.bindings.remove(&(aor.clone(), contact.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn bindings(&mut self) -> Result<Vec<StoredBinding>, StoreError> {
+        Ok(self.bindings.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(contact: &str, expires: u64) -> StoredBinding {
+        StoredBinding {
+            aor: "alice@sip.test".into(),
+            contact: contact.into(),
+            expires_unix: expires,
+            q_milli: 1000,
+            call_id: "c1".into(),
+            cseq: 1,
+            flow: "udp:127.0.0.1:5070".into(),
+        }
+    }
+
+    fn exercise(store: &mut dyn Store) {
+        let alice = Subscriber::with_password("alice", "SIP.test", "sip.test", "secret");
+        store.add_subscriber(&alice).unwrap();
+        assert!(matches!(store.add_subscriber(&alice), Err(StoreError::AlreadyExists(_))));
+        let found = store.subscriber("alice", "sip.test").unwrap().unwrap();
+        assert_eq!(found.ha1(HashFn::Md5), ha1(HashFn::Md5, "alice", "sip.test", "secret"));
+        assert!(store.subscriber("bob", "sip.test").unwrap().is_none());
+
+        store.apply(&[LocationChange::Upsert(binding("sip:a@1", 10)), LocationChange::Upsert(binding("sip:a@2", 20))]).unwrap();
+        store.apply(&[LocationChange::Upsert(binding("sip:a@1", 30))]).unwrap();
+        store.apply(&[LocationChange::Remove { aor: "alice@sip.test".into(), contact: "sip:a@2".into() }]).unwrap();
+        assert_eq!(store.bindings().unwrap(), vec![binding("sip:a@1", 30)]);
+
+        assert!(store.remove_subscriber("alice", "sip.test").unwrap());
+        assert!(!store.remove_subscriber("alice", "sip.test").unwrap());
+        assert!(store.bindings().unwrap().is_empty(), "removing a subscriber removes its registrations");
+        assert!(store.subscribers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn sqlite_store_keeps_subscribers_and_bindings() {
+        exercise(&mut SqliteStore::in_memory().unwrap());
+    }
+
+    #[test]
+    fn memory_store_behaves_like_sqlite() {
+        exercise(&mut MemoryStore::default());
+    }
+
+    #[test]
+    fn sqlite_file_survives_reopen() {
+        let dir = std::env::temp_dir().join(format!("cp-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            s.add_subscriber(&Subscriber::with_password("bob", "sip.test", "sip.test", "pw")).unwrap();
+            s.apply(&[LocationChange::Upsert(binding("sip:b@1", 99))]).unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.subscribers().unwrap().len(), 1);
+        assert_eq!(s.bindings().unwrap().len(), 1);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
