@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on Debian 12: protoc (gRPC code generation), a C toolchain,
 # clang and libelf for the XDP program, ip/ethtool/ping for its netns tests,
-# Python gRPC packages for the external-client test, and Rust (rustup) if cargo is missing.
+# sipp for the SIP tests, Python gRPC packages for the external-client test, and Rust (rustup) if cargo is missing.
 set -euo pipefail
 
 need_apt=()
@@ -23,6 +23,9 @@ command -v ping >/dev/null || need_apt+=(iputils-ping)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+# control-plane integration tests drive the SIP server with sipp (Debian's sip-tester, built with
+# RTP streaming).
+command -v sipp >/dev/null || need_apt+=(sip-tester)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -30,7 +30,8 @@
 //!
 //! [[route]]                       # dialled numbers not owned by a local subscriber; longest prefix wins
 //! prefix = "00"                   # matched against the Request-URI user part ("" matches all)
-//! destination = "sip:gw.example.net:5060"   # "local" (a registered subscriber) or a SIP URI (trunk)
+//! destination = "sip:192.0.2.20:5060"      # "local" (a registered subscriber) or a trunk: a sip: URI whose
+//!                                 # host is an IP address (names are not resolved); ;transport=tcp for TCP
 //! strip = 2                       # leading characters removed before sending (default 0)
 //! prepend = "+"                   # text put in front after stripping (default "")
 //! caller_id = "passthrough"       # passthrough | assert | strip (default passthrough)
@@ -365,8 +366,19 @@ impl Config {
             let destination = if r.destination.eq_ignore_ascii_case("local") {
                 Destination::Local
             } else {
-                let uri = rsip::Uri::try_from(r.destination.as_str())
-                    .map_err(|_| invalid(key("destination"), format!("{:?} is not \"local\" or a SIP URI", r.destination)))?;
+                let bad = || {
+                    invalid(
+                        key("destination"),
+                        format!("{:?} is not \"local\" or a sip: URI with an IP address host", r.destination),
+                    )
+                };
+                if !r.destination.to_ascii_lowercase().starts_with("sip:") {
+                    return Err(bad());
+                }
+                let uri = rsip::Uri::try_from(r.destination.as_str()).map_err(|_| bad())?;
+                if !matches!(uri.host_with_port.host, rsip::Host::IpAddr(_)) {
+                    return Err(bad());
+                }
                 Destination::Trunk(uri)
             };
             let caller_id = match r.caller_id.as_deref().unwrap_or("passthrough") {
@@ -455,13 +467,13 @@ mod tests {
     #[test]
     fn longest_prefix_route_wins_and_rewrites_the_user() {
         let c = Config::parse(
-            "[sip]\ndomains = [\"a\"]\n[[route]]\nprefix = \"0\"\ndestination = \"sip:gw1.test\"\n\
-             [[route]]\nprefix = \"00\"\ndestination = \"sip:gw2.test:5070\"\nstrip = 2\nprepend = \"+\"\n",
+            "[sip]\ndomains = [\"a\"]\n[[route]]\nprefix = \"0\"\ndestination = \"sip:192.0.2.1\"\n\
+             [[route]]\nprefix = \"00\"\ndestination = \"sip:192.0.2.2:5070\"\nstrip = 2\nprepend = \"+\"\n",
         )
         .unwrap();
         let r = c.route_for("0049301234").unwrap();
         assert_eq!(r.rewrite("0049301234"), "+49301234");
-        assert!(matches!(&r.destination, Destination::Trunk(u) if u.to_string().contains("gw2")));
+        assert!(matches!(&r.destination, Destination::Trunk(u) if u.to_string().contains("192.0.2.2")));
         assert!(c.route_for("12345").is_none());
     }
 }

@@ -1,0 +1,466 @@
+//! End-to-end tests of the real `control-plane` binary (and the real `media-plane` for calls):
+//! digest registration from our own SHA-256 client and from sipp (MD5), calls between two sipp
+//! instances with RTP relayed by the media plane, failure paths (busy, cancel, not registered,
+//! unknown), and malformed SIP.
+//!
+//! sipp tests skip with a message when `sipp` is not installed, unless `REQUIRE_SIPP=1` (CI sets
+//! it, after `scripts/setup.sh` installed sip-tester), in which case they fail.
+//! Every test uses its own "slot" of ports (SIP 21000+, RTP 22000+, sipp 24000+), so they run in
+//! parallel.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control_plane::auth::digest::{authorization, ha1, parse_challenge, Algorithm};
+use proto::v1;
+
+const BIN: &str = env!("CARGO_BIN_EXE_control-plane");
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct Proc {
+    child: Child,
+    name: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The media-plane binary next to ours (cargo builds it for the workspace's tests); built here
+/// if a single-package test run left it out.
+fn media_plane_bin() -> PathBuf {
+    let path = Path::new(BIN).with_file_name("media-plane");
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "media-plane", "--bin", "media-plane"])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build -p media-plane");
+        assert!(status.success(), "building media-plane failed");
+    }
+    path
+}
+
+fn temp_dir(slot: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cp-test-{}-{slot}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+struct Stack {
+    cp: Option<Proc>,
+    _mp: Option<Proc>,
+    sip: SocketAddr,
+    grpc: SocketAddr,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Stack {
+    /// Starts a control plane on SIP port 21000+10·slot (UDP and TCP), with alice, bob, carol
+    /// (password `secret`), and a media plane when `media` is set.
+    fn start(slot: u16, media: bool) -> Stack {
+        let dir = temp_dir(slot);
+        let sip: SocketAddr = format!("127.0.0.1:{}", 21_000 + slot * 10).parse().expect("addr");
+        let grpc: SocketAddr = format!("127.0.0.1:{}", 21_005 + slot * 10).parse().expect("addr");
+        let config = dir.join("cp.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[sip]\nlisten = [\"udp:{sip}\", \"tcp:{sip}\"]\ndomains = [\"sip.test\"]\nno_answer_timeout_s = 30\n\
+                 [auth]\nalgorithms = [\"MD5\", \"SHA-256\"]\n[media]\ngrpc = \"http://{grpc}\"\n\
+                 [store]\npath = \"{}\"\n",
+                dir.join("cp.db").display()
+            ),
+        )
+        .expect("write config");
+        for user in ["alice", "bob", "carol"] {
+            let out = Command::new(BIN)
+                .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
+                .args(["--domain", "sip.test", "--password", "secret"])
+                .output()
+                .expect("run subscriber add");
+            assert!(out.status.success(), "subscriber add: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mp = media.then(|| {
+            let first = 22_000 + slot * 100;
+            let child = Command::new(media_plane_bin())
+                .args(["--grpc-listen", &grpc.to_string(), "--ports", &format!("{first}-{}", first + 99), "--no-pin"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("mp.log")).expect("log file"))
+                .spawn()
+                .expect("start media-plane");
+            Proc { child, name: "media-plane" }
+        });
+        let child = Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path")])
+            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log file"))
+            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log file"))
+            .spawn()
+            .expect("start control-plane");
+        let stack = Stack { cp: Some(Proc { child, name: "control-plane" }), _mp: mp, sip, grpc, dir, config };
+        stack.wait_ready();
+        stack
+    }
+
+    fn wait_ready(&self) {
+        let socket = udp_socket();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let options = request("OPTIONS", "sip:sip.test", &socket, "ready", 1, "");
+            socket.send_to(options.as_bytes(), self.sip).expect("send OPTIONS");
+            socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+            let mut buf = [0u8; 4096];
+            if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 200") {
+                    return;
+                }
+            }
+        }
+        panic!("control-plane did not answer OPTIONS within 10 s; log: {}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("cp.log")).unwrap_or_default()
+    }
+
+    /// Stops the control plane with SIGTERM and returns its final counters line.
+    fn stop(&mut self) -> String {
+        if let Some(mut p) = self.cp.take() {
+            let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if p.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(p.child.try_wait().ok().flatten().is_some(), "{} did not stop on SIGTERM", p.name);
+        }
+        std::fs::read_to_string(self.dir.join("cp.out")).unwrap_or_default()
+    }
+
+    /// The media plane's totals: (legs, packets forwarded), summed over cores.
+    fn media_totals(&self) -> (u32, u64) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let mut client = v1::media_plane_client::MediaPlaneClient::connect(format!("http://{}", self.grpc))
+                .await
+                .expect("connect to media plane");
+            let stats = client
+                .get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: true })
+                .await
+                .expect("GetStats")
+                .into_inner();
+            stats.cores.iter().fold((0, 0), |(l, p), c| (l + c.legs, p + c.packets_forwarded))
+        })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.cp.take();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn udp_socket() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s
+}
+
+fn request(method: &str, uri: &str, socket: &UdpSocket, call_id: &str, cseq: u32, extra: &str) -> String {
+    let local = socket.local_addr().expect("local addr");
+    format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id}{cseq};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@sip.test>;tag=t{call_id}\r\nTo: <sip:alice@sip.test>\r\n\
+         Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Sends `message` and returns the first final response.
+fn exchange(socket: &UdpSocket, to: SocketAddr, message: &str) -> String {
+    socket.send_to(message.as_bytes(), to).expect("send");
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (n, _) = socket.recv_from(&mut buf).expect("no SIP response within the timeout");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if !text.starts_with("SIP/2.0 1") {
+            return text;
+        }
+    }
+}
+
+fn status(response: &str) -> u16 {
+    response.get(8..11).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn header_values<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
+    response
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// REGISTERs alice with `password` answering the challenge of `algorithm`; returns the status.
+fn register_with(stack: &Stack, algorithm: Algorithm, password: &str, call_id: &str) -> (u16, String) {
+    let socket = udp_socket();
+    let contact = format!("Contact: <sip:alice@{}>\r\nExpires: 600\r\n", socket.local_addr().expect("addr"));
+    let first = exchange(&socket, stack.sip, &request("REGISTER", "sip:sip.test", &socket, call_id, 1, &contact));
+    assert_eq!(status(&first), 401, "unauthenticated REGISTER: {first}");
+    let challenge = header_values(&first, "WWW-Authenticate")
+        .into_iter()
+        .filter_map(|v| parse_challenge(v).ok())
+        .find(|c| c.algorithm == algorithm)
+        .unwrap_or_else(|| panic!("no {} challenge in {first}", algorithm.name()));
+    let stored = ha1(algorithm.hash(), "alice", &challenge.realm, password);
+    let credentials = authorization(&challenge, "alice", &stored, "REGISTER", "sip:sip.test", "0a4f113b", 1);
+    let extra = format!("{contact}Authorization: {credentials}\r\n");
+    let second = exchange(&socket, stack.sip, &request("REGISTER", "sip:sip.test", &socket, call_id, 2, &extra));
+    (status(&second), second)
+}
+
+#[test]
+fn sha256_digest_register_from_own_client_and_wrong_password_gets_403() {
+    let stack = Stack::start(0, false);
+    let (code, response) = register_with(&stack, Algorithm::Sha256, "secret", "sha256ok");
+    assert_eq!(code, 200, "{response}");
+    assert!(header_values(&response, "Contact").iter().any(|c| c.contains("expires=600")), "{response}");
+    let (code, _) = register_with(&stack, Algorithm::Md5, "secret", "md5ok");
+    assert_eq!(code, 200);
+    let (code, response) = register_with(&stack, Algorithm::Sha256, "wrong", "sha256bad");
+    assert_eq!(code, 403, "{response}");
+}
+
+#[test]
+fn register_over_tcp_is_challenged_on_the_same_connection() {
+    use std::io::{Read, Write};
+    let stack = Stack::start(1, false);
+    let mut stream = std::net::TcpStream::connect(stack.sip).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let local = stream.local_addr().expect("addr");
+    let message = format!(
+        "REGISTER sip:sip.test SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcp1\r\nMax-Forwards: 70\r\n\
+         From: <sip:bob@sip.test>;tag=1\r\nTo: <sip:bob@sip.test>\r\nCall-ID: tcp1\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:bob@{local};transport=tcp>\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(message.as_bytes()).expect("write");
+    let mut buf = vec![0u8; 8192];
+    let n = stream.read(&mut buf).expect("read a response over the same connection");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("SIP/2.0 401"), "{text}");
+}
+
+#[test]
+fn expires_below_minimum_gets_423_with_min_expires() {
+    let stack = Stack::start(2, false);
+    let socket = udp_socket();
+    let contact = "Contact: <sip:alice@127.0.0.1:9>\r\nExpires: 5\r\n";
+    let first = exchange(&socket, stack.sip, &request("REGISTER", "sip:sip.test", &socket, "brief", 1, contact));
+    let challenge = header_values(&first, "WWW-Authenticate")
+        .into_iter()
+        .find_map(|v| parse_challenge(v).ok())
+        .expect("a challenge");
+    let stored = ha1(challenge.algorithm.hash(), "alice", &challenge.realm, "secret");
+    let credentials = authorization(&challenge, "alice", &stored, "REGISTER", "sip:sip.test", "c", 1);
+    let extra = format!("{contact}Authorization: {credentials}\r\n");
+    let second = exchange(&socket, stack.sip, &request("REGISTER", "sip:sip.test", &socket, "brief", 2, &extra));
+    assert_eq!(status(&second), 423, "{second}");
+    assert_eq!(header_values(&second, "Min-Expires"), vec!["60"]);
+}
+
+#[test]
+fn malformed_sip_is_answered_400_or_dropped_and_the_server_keeps_serving() {
+    let mut stack = Stack::start(3, false);
+    let socket = udp_socket();
+    socket.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    let local = socket.local_addr().expect("addr");
+    let via = format!("Via: SIP/2.0/UDP {local};branch=z9hG4bKbad");
+    // (message, whether a 400 is expected: a request with Via, From, To, Call-ID and CSeq to copy;
+    // without them no valid response can be built, so it is dropped and counted)
+    let cases: Vec<(String, bool)> = vec![
+        (format!("OPTIONS sip:sip.test SIP/2.0\r\n{via}1\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"), false),
+        (format!("OPTIONS sip:sip.test SIP/2.0\r\n{via}2\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 999\r\n\r\n"), true),
+        (format!("OPTIONS sip:sip.test SIP/2.0\r\n{via}3\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: abc OPTIONS\r\nContent-Length: 0\r\n\r\n"), true),
+        (format!("OPTIONS sip:sip.test SIP/2.0\r\n{via}4\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"), true),
+        ("garbage\r\n\r\n".to_owned(), false),
+        ("\u{0}\u{1}\u{2}\u{ff}".to_owned(), false),
+        ("SIP/2.0 200 OK\r\n\r\n".to_owned(), false),
+        (format!("INVITE sip:bob@sip.test SIP/2.0\r\n{via}5\r\n{}\r\n\r\n", "X: y\r\n".repeat(2000)), false),
+    ];
+    let mut answered = 0;
+    for (message, expect_400) in &cases {
+        socket.send_to(message.as_bytes(), stack.sip).expect("send");
+        let mut buf = vec![0u8; 65_535];
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(text.starts_with("SIP/2.0 400"), "unexpected answer to {message:?}: {text}");
+                answered += 1;
+            }
+            Err(_) => assert!(!expect_400, "no 400 for {message:?}"),
+        }
+    }
+    assert!(answered >= 3, "only {answered} 400s");
+    // Still serving.
+    let options = request("OPTIONS", "sip:sip.test", &socket, "after", 1, "");
+    socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    assert_eq!(status(&exchange(&socket, stack.sip, &options)), 200);
+    let counters = stack.stop();
+    let malformed: u64 = counters
+        .split("\"malformed\":")
+        .nth(1)
+        .and_then(|s| s.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .unwrap_or(0);
+    assert!(malformed >= cases.len() as u64 - 1, "malformed counter {malformed} in {counters}");
+}
+
+// ---- sipp ----
+
+fn sipp_available() -> bool {
+    let found = Command::new("sipp").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !found {
+        assert!(std::env::var("REQUIRE_SIPP").as_deref() != Ok("1"), "REQUIRE_SIPP=1 but sipp is not installed");
+        eprintln!("SKIP: sipp is not installed (apt-get install sip-tester, or bash scripts/setup.sh)");
+    }
+    found
+}
+
+/// Runs sipp from scripts/sipp against the stack; returns its exit status.
+fn sipp(stack: &Stack, args: &[&str], limit: Duration) -> std::process::ExitStatus {
+    let mut child = spawn_sipp(stack, args);
+    wait_bounded(&mut child, limit)
+}
+
+fn spawn_sipp(stack: &Stack, args: &[&str]) -> Child {
+    Command::new("sipp")
+        .arg(stack.sip.to_string())
+        .args(args)
+        .args(["-nostdin", "-timeout", "40s", "-timeout_error"])
+        .current_dir(repo_root().join("scripts/sipp"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sipp")
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait sipp") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sipp did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn register_callee(stack: &Stack, csv: &str, port: u16) {
+    let port = port.to_string();
+    let status = sipp(stack, &["-sf", "register.xml", "-inf", csv, "-auth_uri", "sip.test", "-p", &port, "-m", "1"], Duration::from_secs(20));
+    assert!(status.success(), "sipp register.xml {csv} failed: {status:?}");
+}
+
+#[test]
+fn sipp_registers_with_md5_digest_and_a_wrong_password_is_refused() {
+    if !sipp_available() {
+        return;
+    }
+    let stack = Stack::start(4, false);
+    register_callee(&stack, "csv/alice.csv", 24_040);
+    let status = sipp(
+        &stack,
+        &["-sf", "register-wrong-password.xml", "-inf", "csv/alice-wrong-password.csv", "-auth_uri", "sip.test", "-p", "24041", "-m", "1"],
+        Duration::from_secs(20),
+    );
+    assert!(status.success(), "register-wrong-password.xml expected 401/403: {status:?}");
+}
+
+#[test]
+fn sipp_call_relays_rtp_both_ways_through_the_media_plane_and_releases_its_legs() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(5, true);
+    register_callee(&stack, "csv/bob.csv", 24_050);
+    let mut uas = spawn_sipp(&stack, &["-sf", "uas-answer.xml", "-p", "24050", "-mp", "24060", "-rtp_echo", "-m", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let uac = sipp(
+        &stack,
+        &["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-p", "24051", "-mp", "24070", "-d", "2000", "-m", "1"],
+        Duration::from_secs(40),
+    );
+    let uas = wait_bounded(&mut uas, Duration::from_secs(20));
+    assert!(uac.success() && uas.success(), "caller {uac:?}, callee {uas:?}; log: {}", stack.log());
+    let (legs, forwarded) = stack.media_totals();
+    assert!(forwarded >= 100, "the media plane forwarded only {forwarded} packets for a 2 s call");
+    assert_eq!(legs, 0, "legs left in the media plane after the call");
+    let counters = stack.stop();
+    assert!(counters.contains("\"calls_completed\":1"), "{counters}");
+    assert!(counters.contains("\"media_allocations\":1,\"media_releases\":1"), "{counters}");
+}
+
+#[test]
+fn busy_cancelled_unregistered_and_unknown_callees_fail_cleanly_without_leaking_legs() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(6, true);
+    register_callee(&stack, "csv/bob.csv", 24_060);
+
+    // Busy: 486 relayed.
+    let mut uas = spawn_sipp(&stack, &["-sf", "uas-busy.xml", "-p", "24060", "-m", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let uac = sipp(
+        &stack,
+        &["-sf", "uac-call-fail.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-set", "expect", "486", "-p", "24061", "-m", "1"],
+        Duration::from_secs(30),
+    );
+    assert!(uac.success() && wait_bounded(&mut uas, Duration::from_secs(20)).success(), "busy; log: {}", stack.log());
+
+    // Cancel while ringing: 487, and the callee sees the CANCEL.
+    let mut uas = spawn_sipp(&stack, &["-sf", "uas-noanswer.xml", "-p", "24060", "-m", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let uac = sipp(
+        &stack,
+        &["-sf", "uac-cancel.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "500", "-p", "24062", "-m", "1"],
+        Duration::from_secs(30),
+    );
+    assert!(uac.success() && wait_bounded(&mut uas, Duration::from_secs(20)).success(), "cancel; log: {}", stack.log());
+
+    // carol is a subscriber but not registered: 480. nobody is unknown: 404.
+    for (csv, uri, code) in [("csv/alice-calls-carol.csv", "carol@sip.test", "480"), ("csv/alice-calls-nobody.csv", "nobody@sip.test", "404")] {
+        let uac = sipp(
+            &stack,
+            &["-sf", "uac-call-fail.xml", "-inf", csv, "-auth_uri", uri, "-set", "expect", code, "-p", "24063", "-m", "1"],
+            Duration::from_secs(30),
+        );
+        assert!(uac.success(), "{uri} expected {code}; log: {}", stack.log());
+    }
+
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    let counters = stack.stop();
+    assert!(counters.contains("\"media_allocations\":2,\"media_releases\":2"), "{counters}");
+    assert!(counters.contains("\"calls_cancelled\":1"), "{counters}");
+    let _ = &stack.config;
+}
