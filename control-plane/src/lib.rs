@@ -37,3 +37,6 @@ pub mod sdp;
 pub mod service;
 pub mod sip;
 pub mod store;
+
+#[cfg(test)]
+mod service_tests;

@@ -192,7 +192,8 @@ impl Sdp {
             if let Some(rest) = line.strip_prefix("m=") {
                 let i = index.map_or(0, |i| i + 1);
                 index = Some(i);
-                let mut parts: Vec<&str> = rest.split(' ').collect();
+                // Tokenised as `parse` does, so the port replaced is the port that was read.
+                let mut parts: Vec<&str> = rest.split_ascii_whitespace().collect();
                 let port = ports.get(i).copied().flatten();
                 let rendered;
                 if let (Some(port), Some(slot)) = (port, parts.get_mut(1)) {

@@ -1,0 +1,316 @@
+//! Virtual-time tests of the B2BUA inside [`ControlPlane`]: the caller and callee are byte
+//! strings, the media plane is a test double answering allocations by hand, and time only moves
+//! when a test moves it, so timers (2xx retransmission, no-answer) run in microseconds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rsip::headers::UntypedHeader;
+use rsip::{Header, SipMessage};
+
+use crate::config::Config;
+use crate::media::{AnchoredStream, Allocation, MediaReply, MediaRequest};
+use crate::sdp::Direction;
+use crate::service::{ControlPlane, Now};
+use crate::sip::message::{encode, parse, response_for, Framing};
+use crate::sip::transaction::Peer;
+use crate::store::{MemoryStore, Store, StoredBinding, Subscriber};
+
+const CALLER: &str = "192.0.2.1:5060";
+const CALLEE: &str = "192.0.2.2:5062";
+
+struct World {
+    core: ControlPlane,
+    store: MemoryStore,
+    now: Now,
+    sent: Vec<(Peer, String)>,
+    media: Vec<MediaRequest>,
+}
+
+fn peer(addr: &str) -> Peer {
+    Peer::udp(addr.parse().expect("addr"))
+}
+
+fn offer(port: u16, direction: &str) -> String {
+    format!("v=0\r\no=a 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na={direction}\r\n")
+}
+
+impl World {
+    fn new() -> World {
+        let config = Config::parse(
+            "[sip]\nlisten = [\"udp:192.0.2.100:5060\"]\ndomains = [\"sip.test\"]\ntrusted = [\"192.0.2.1\"]\n\
+             no_answer_timeout_s = 30\n[auth]\nalgorithms = [\"MD5\"]\n",
+        )
+        .expect("config");
+        let mut core = ControlPlane::new(Arc::new(config), Some([7; 32])).expect("core");
+        let mut store = MemoryStore::default();
+        store.add_subscriber(&Subscriber::with_password("bob", "sip.test", "sip.test", "pw")).expect("add");
+        let now = Now::system();
+        core.registrar_mut().restore(
+            vec![StoredBinding {
+                aor: "bob@sip.test".into(),
+                contact: format!("sip:bob@{CALLEE}"),
+                expires_unix: now.unix() + 3600,
+                q_milli: 1000,
+                call_id: "r".into(),
+                cseq: 1,
+                flow: format!("udp:{CALLEE}"),
+            }],
+            now.unix(),
+        );
+        World { core, store, now, sent: Vec::new(), media: Vec::new() }
+    }
+
+    fn pump(&mut self) {
+        while let Some(out) = self.core.poll_transmit() {
+            self.sent.push((out.destination, String::from_utf8_lossy(&out.payload).into_owned()));
+        }
+        while let Some((_, request)) = self.core.poll_media() {
+            self.media.push(request);
+        }
+    }
+
+    fn receive(&mut self, from: &str, text: &str) {
+        self.core.handle_datagram(text.as_bytes(), peer(from), self.now, &mut self.store);
+        self.pump();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now.plus(d);
+        while let Some(at) = self.core.poll_timeout() {
+            if at > end.instant {
+                break;
+            }
+            self.now = Now { instant: at, wall: end.wall };
+            self.core.handle_timeout(self.now, &mut self.store);
+            self.pump();
+        }
+        self.now = end;
+    }
+
+    fn allocate(&mut self) {
+        assert!(matches!(self.media.last(), Some(MediaRequest::Allocate { .. })), "{:?}", self.media);
+        let allocation = Allocation {
+            ip: "198.51.100.9".parse().expect("ip"),
+            streams: vec![AnchoredStream { leg_a: 11, port_a: 30000, leg_b: 12, port_b: 30002, bridge: 21 }],
+        };
+        self.core.handle_media_reply(0, MediaReply::Allocated(Ok(allocation)), self.now, &mut self.store);
+        self.pump();
+    }
+
+    /// Messages sent to `to` whose first line starts with `start`, consumed.
+    fn take(&mut self, to: &str, start: &str) -> Vec<String> {
+        let to = peer(to);
+        let (hit, rest): (Vec<_>, Vec<_>) = self.sent.drain(..).partition(|(p, m)| *p == to && m.starts_with(start));
+        self.sent = rest;
+        hit.into_iter().map(|(_, m)| m).collect()
+    }
+
+    fn take_one(&mut self, to: &str, start: &str) -> String {
+        let mut hits = self.take(to, start);
+        assert_eq!(hits.len(), 1, "expected one {start:?} to {to}, got {hits:?}; other traffic {:?}", self.sent);
+        hits.remove(0)
+    }
+
+    fn releases(&self) -> usize {
+        self.media.iter().filter(|m| matches!(m, MediaRequest::Release { .. })).count()
+    }
+}
+
+fn invite(call_id: &str, body: &str) -> String {
+    format!(
+        "INVITE sip:bob@sip.test SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{call_id}i\r\nMax-Forwards: 70\r\n\
+         From: \"Alice\" <sip:alice@sip.test>;tag=a1\r\nTo: <sip:bob@sip.test>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@{CALLER}>\r\nP-Asserted-Identity: <sip:+4930123@sip.test>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn in_dialog(method: &str, call_id: &str, cseq: u32, to_tag: &str, body: Option<&str>) -> String {
+    let (ctype, body) = match body {
+        Some(b) => ("Content-Type: application/sdp\r\n", b),
+        None => ("", ""),
+    };
+    format!(
+        "{method} sip:b2bua@192.0.2.100:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{call_id}{method}{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: \"Alice\" <sip:alice@sip.test>;tag=a1\r\nTo: <sip:bob@sip.test>;tag={to_tag}\r\n\
+         Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The callee's response to a request we sent it.
+fn answer(request: &str, status: u16, body: Option<&str>) -> String {
+    let Ok(SipMessage::Request(request)) = parse(request.as_bytes(), Framing::Datagram) else { panic!("not a request") };
+    let mut response = response_for(&request, status, None, Some("b1"));
+    response.headers.push(Header::Contact(rsip::headers::Contact::new(format!("<sip:bob@{CALLEE}>"))));
+    if let Some(body) = body {
+        response.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
+        response.body = body.as_bytes().to_vec();
+    }
+    String::from_utf8_lossy(&encode(&SipMessage::Response(response))).into_owned()
+}
+
+fn to_tag(response: &str) -> String {
+    response
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .and_then(|l| l.split(";tag=").nth(1))
+        .expect("To tag")
+        .trim()
+        .to_owned()
+}
+
+/// Runs a call up to the caller's 200; returns the INVITE the callee got and the 200 A got.
+fn answered_call(w: &mut World) -> (String, String) {
+    w.receive(CALLER, &invite("call1", &offer(4000, "sendrecv")));
+    assert_eq!(w.take(CALLER, "SIP/2.0 100").len(), 1);
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    w.receive(CALLEE, &answer(&invite_b, 180, None));
+    w.take_one(CALLER, "SIP/2.0 180");
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
+    let ok = w.take_one(CALLER, "SIP/2.0 200");
+    (invite_b, ok)
+}
+
+#[test]
+fn answered_call_is_anchored_on_both_sides_and_2xx_is_retransmitted_until_ack() {
+    let mut w = World::new();
+    let (invite_b, ok) = answered_call(&mut w);
+    assert!(invite_b.contains("c=IN IP4 198.51.100.9") && invite_b.contains("m=audio 30002 "), "{invite_b}");
+    assert!(invite_b.contains("From: \"Alice\" <sip:alice@sip.test>;tag="), "display name passes through");
+    assert!(invite_b.contains("P-Asserted-Identity: <sip:+4930123@sip.test>"), "PAI passes through");
+    assert!(!invite_b.contains("Call-ID: call1"), "the callee's dialog has its own Call-ID");
+    assert!(ok.contains("c=IN IP4 198.51.100.9") && ok.contains("m=audio 30000 "), "{ok}");
+    assert!(w.media.contains(&MediaRequest::Update {
+        leg: 12,
+        remote: Some("192.0.2.2:5000".parse::<SocketAddr>().expect("addr")),
+        direction: Direction::SendRecv
+    }));
+    // No ACK yet: the 200 goes again at T1, 2·T1, …
+    w.advance(Duration::from_millis(1600));
+    assert_eq!(w.take(CALLER, "SIP/2.0 200").len(), 2, "retransmitted at T1 and 3·T1 (0.5 s, 1.5 s)");
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("branch=z9hG4bKcall1ACK1", "branch=z9hG4bKack"));
+    w.advance(Duration::from_secs(10));
+    assert!(w.take(CALLER, "SIP/2.0 200").is_empty(), "the ACK stops retransmissions");
+
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &tag, None));
+    w.take_one(CALLER, "SIP/2.0 200");
+    w.take_one(CALLEE, "BYE sip:bob@192.0.2.2:5062");
+    assert_eq!(w.releases(), 1);
+    assert!(w.media.contains(&MediaRequest::Release { bridges: vec![21], legs: vec![11, 12] }));
+    assert_eq!(w.core.active_calls(), 0);
+    let stats = w.core.stats();
+    assert_eq!((stats.calls_answered, stats.calls_completed, stats.media_releases), (1, 1, 1));
+}
+
+#[test]
+fn hold_reinvite_updates_the_callers_leg_and_is_relayed_with_anchored_sdp() {
+    let mut w = World::new();
+    let (_, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 2, &tag, Some(&offer(4000, "sendonly"))));
+    assert!(w.media.contains(&MediaRequest::Update {
+        leg: 11,
+        remote: Some("192.0.2.1:4000".parse::<SocketAddr>().expect("addr")),
+        direction: Direction::SendOnly
+    }));
+    let reinvite = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    assert!(reinvite.contains("a=sendonly") && reinvite.contains("m=audio 30002 "), "{reinvite}");
+    assert!(reinvite.contains("CSeq: 2 INVITE"), "{reinvite}");
+    w.receive(CALLEE, &answer(&reinvite, 200, Some(&offer(5000, "recvonly").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLEE, "ACK");
+    let relayed = w.take_one(CALLER, "SIP/2.0 200");
+    assert!(relayed.contains("a=recvonly") && relayed.contains("m=audio 30000 "), "{relayed}");
+}
+
+#[test]
+fn cancel_while_the_media_plane_is_allocating_releases_the_late_allocation() {
+    let mut w = World::new();
+    w.receive(CALLER, &invite("call2", &offer(4000, "sendrecv")));
+    let cancel = invite("call2", "").replace("INVITE sip:bob", "CANCEL sip:bob").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = cancel.split("Content-Type").next().expect("head").to_owned() + "Content-Length: 0\r\n\r\n";
+    w.receive(CALLER, &cancel);
+    w.take_one(CALLER, "SIP/2.0 487");
+    w.allocate();
+    assert!(w.take(CALLEE, "INVITE").is_empty(), "the callee is never called");
+    assert_eq!(w.releases(), 1);
+    assert_eq!(w.core.active_calls(), 0);
+}
+
+#[test]
+fn callee_answering_after_cancel_is_acked_and_hung_up() {
+    let mut w = World::new();
+    w.receive(CALLER, &invite("call3", &offer(4000, "sendrecv")));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&invite_b, 180, None));
+    let cancel = invite("call3", "").replace("INVITE sip:bob", "CANCEL sip:bob").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = cancel.split("Content-Type").next().expect("head").to_owned() + "Content-Length: 0\r\n\r\n";
+    w.receive(CALLER, &cancel);
+    w.take_one(CALLER, "SIP/2.0 487");
+    w.take_one(CALLEE, "CANCEL");
+    assert_eq!(w.releases(), 1, "media released as soon as the caller gave up");
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&offer(5000, "sendrecv"))));
+    w.take_one(CALLEE, "ACK");
+    w.take_one(CALLEE, "BYE");
+    assert_eq!(w.releases(), 1, "released exactly once");
+    assert_eq!(w.core.active_calls(), 0);
+}
+
+#[test]
+fn unanswered_callee_is_cancelled_after_the_no_answer_timeout_and_caller_gets_408() {
+    let mut w = World::new();
+    w.receive(CALLER, &invite("call4", &offer(4000, "sendrecv")));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&invite_b, 180, None));
+    w.advance(Duration::from_secs(29));
+    assert!(w.take(CALLEE, "CANCEL").is_empty());
+    w.advance(Duration::from_secs(2));
+    assert!(!w.take(CALLER, "SIP/2.0 408").is_empty(), "408 to the caller (retransmitted until its ACK)");
+    assert!(!w.take(CALLEE, "CANCEL").is_empty(), "CANCEL to the callee");
+    w.receive(CALLEE, &answer(&invite_b, 487, None));
+    assert_eq!(w.core.active_calls(), 0);
+    assert_eq!(w.releases(), 1);
+}
+
+#[test]
+fn callee_that_never_responds_gets_the_caller_a_408_and_is_dropped_after_timer_b() {
+    let mut w = World::new();
+    w.receive(CALLER, &invite("call5", &offer(4000, "sendrecv")));
+    w.allocate();
+    w.advance(Duration::from_secs(33));
+    assert!(!w.take(CALLER, "SIP/2.0 408").is_empty(), "408 after Timer B (64·T1)");
+    assert_eq!(w.core.active_calls(), 0);
+    assert_eq!(w.releases(), 1);
+}
+
+#[test]
+fn failed_allocation_answers_503_and_untrusted_callers_are_challenged() {
+    let mut w = World::new();
+    w.receive(CALLER, &invite("call6", &offer(4000, "sendrecv")));
+    w.core.handle_media_reply(0, MediaReply::Allocated(Err("no ports".into())), w.now, &mut w.store);
+    w.pump();
+    w.take_one(CALLER, "SIP/2.0 503");
+    assert_eq!(w.core.active_calls(), 0);
+    assert_eq!(w.releases(), 0, "nothing was allocated");
+
+    let untrusted = invite("call7", &offer(4000, "sendrecv")).replace(CALLER, "192.0.2.50:5060");
+    w.receive("192.0.2.50:5060", &untrusted);
+    let challenge = w.take_one("192.0.2.50:5060", "SIP/2.0 407");
+    assert!(challenge.contains("Proxy-Authenticate: Digest realm=\"sip.test\""), "{challenge}");
+}
+
+#[test]
+fn in_dialog_request_for_an_unknown_dialog_gets_481() {
+    let mut w = World::new();
+    w.receive(CALLER, &in_dialog("BYE", "nosuchcall", 2, "x", None));
+    w.take_one(CALLER, "SIP/2.0 481");
+}
