@@ -18,7 +18,8 @@
 //! INVITEs and re-INVITEs (488), early-dialog UPDATE, redirects (3xx maps to 480), trunk
 //! authentication (a 401/407 from the callee maps to 403).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -113,6 +114,10 @@ struct Call {
 }
 
 impl Call {
+    fn holds_deadline(&self, at: Instant) -> bool {
+        self.ring_deadline == Some(at) || self.retransmit.as_ref().is_some_and(|r| r.next == at)
+    }
+
     fn dialog(&self, side: Side) -> &Dialog {
         match side {
             Side::A => &self.a,
@@ -180,6 +185,9 @@ pub struct Calls {
     by_call_id: HashMap<String, (u64, Side)>,
     by_invite: HashMap<TransactionKey, u64>,
     clients: HashMap<TransactionKey, (u64, Purpose)>,
+    /// Call timers (ring deadline, 2xx retransmission), lazily deleted: an entry is live only
+    /// while the call still holds that deadline.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
     next_id: u64,
 }
 
@@ -195,12 +203,33 @@ impl Calls {
     }
 
     /// Earliest call timer.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.calls
-            .values()
-            .flat_map(|c| [c.ring_deadline, c.retransmit.as_ref().map(|r| r.next)])
-            .flatten()
-            .min()
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if self.calls.get(&id).is_some_and(|c| c.holds_deadline(at)) {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    fn schedule(&mut self, at: Instant, id: u64) {
+        self.timers.push(Reverse((at, id)));
+    }
+
+    /// Calls with a timer due at `now`, each once.
+    fn due(&mut self, now: Instant) -> Vec<u64> {
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if !due.contains(&id) {
+                due.push(id);
+            }
+        }
+        due
     }
 }
 
@@ -588,6 +617,7 @@ impl ControlPlane {
         call.invite_b = Some(request.clone());
         call.state = State::Calling;
         call.ring_deadline = Some(ring);
+        self.calls.schedule(ring, id);
         if !self.send_client(id, request, dialog.peer, Purpose::Invite, now) {
             if let Some(call) = self.calls.calls.get(&id) {
                 let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
@@ -710,6 +740,7 @@ impl ControlPlane {
                         interval: t1,
                         until: now.instant + 64 * t1,
                     });
+                    self.calls.schedule(now.instant + t1, id);
                 }
             }
             _ => {
@@ -769,6 +800,7 @@ impl ControlPlane {
             let t1 = self.layer.config().t1;
             call.retransmit =
                 Some(Retransmit { side: from, payload, next: now.instant + t1, interval: t1, until: now.instant + 64 * t1 });
+            self.calls.schedule(now.instant + t1, id);
         }
     }
 
@@ -959,7 +991,8 @@ impl ControlPlane {
         let t2 = self.layer.config().t2;
         let mut no_answer = Vec::new();
         let mut no_ack = Vec::new();
-        for (&id, call) in self.calls.calls.iter_mut() {
+        for id in self.calls.due(now.instant) {
+            let Some(call) = self.calls.calls.get_mut(&id) else { continue };
             if call.ring_deadline.is_some_and(|d| d <= now.instant) {
                 call.ring_deadline = None;
                 no_answer.push(id);
@@ -974,6 +1007,7 @@ impl ControlPlane {
                         self.transmits.push_back(Outgoing { destination: peer, payload: r.payload.clone(), retransmission: true });
                         r.interval = (r.interval * 2).min(t2);
                         r.next = now.instant + r.interval;
+                        self.calls.timers.push(Reverse((r.next, id)));
                     }
                 }
             }
