@@ -599,7 +599,7 @@ impl ControlPlane {
                 }
                 let asserted = match &call.caller {
                     Some(aor) => format!("<sip:{aor}>"),
-                    None => uri_of(&call.a.remote).to_owned(),
+                    None => format!("<{}>", uri_of(&call.a.remote)),
                 };
                 extra.push_str(&format!("P-Asserted-Identity: {asserted}\r\n"));
             }

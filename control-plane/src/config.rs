@@ -397,7 +397,7 @@ impl Config {
                 caller_id,
             });
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
         Ok(Config {
             listen,

@@ -38,10 +38,14 @@ fn offer(port: u16, direction: &str) -> String {
 
 impl World {
     fn new() -> World {
-        let config = Config::parse(
+        World::with_routes("")
+    }
+
+    fn with_routes(routes: &str) -> World {
+        let config = Config::parse(&format!(
             "[sip]\nlisten = [\"udp:192.0.2.100:5060\"]\ndomains = [\"sip.test\"]\ntrusted = [\"192.0.2.1\"]\n\
-             no_answer_timeout_s = 30\n[auth]\nalgorithms = [\"MD5\"]\n",
-        )
+             no_answer_timeout_s = 30\n[auth]\nalgorithms = [\"MD5\"]\n{routes}"
+        ))
         .expect("config");
         let mut core = ControlPlane::new(Arc::new(config), Some([7; 32])).expect("core");
         let mut store = MemoryStore::default();
@@ -313,4 +317,30 @@ fn in_dialog_request_for_an_unknown_dialog_gets_481() {
     let mut w = World::new();
     w.receive(CALLER, &in_dialog("BYE", "nosuchcall", 2, "x", None));
     w.take_one(CALLER, "SIP/2.0 481");
+}
+
+#[test]
+fn dialled_prefix_routes_to_the_trunk_with_caller_id_stripped() {
+    let mut w = World::with_routes(
+        "[[route]]\nprefix = \"00\"\ndestination = \"sip:192.0.2.30:5070\"\nstrip = 2\nprepend = \"+\"\ncaller_id = \"strip\"\n",
+    );
+    w.receive(CALLER, &invite("call8", &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:0049301234@sip.test SIP/2.0"));
+    w.allocate();
+    let trunk = w.take_one("192.0.2.30:5070", "INVITE sip:+49301234@192.0.2.30:5070 SIP/2.0");
+    assert!(trunk.contains("From: \"Anonymous\" <sip:anonymous@anonymous.invalid>;tag="), "{trunk}");
+    assert!(!trunk.contains("P-Asserted-Identity") && !trunk.contains("Alice"), "{trunk}");
+}
+
+#[test]
+fn assert_policy_sets_p_asserted_identity_and_unrouted_numbers_get_404() {
+    let mut w = World::with_routes(
+        "[[route]]\nprefix = \"9\"\ndestination = \"sip:192.0.2.31\"\ncaller_id = \"assert\"\n",
+    );
+    w.receive(CALLER, &invite("call9", &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:9123@sip.test SIP/2.0"));
+    w.allocate();
+    let trunk = w.take_one("192.0.2.31:5060", "INVITE sip:9123@192.0.2.31:5060");
+    assert!(trunk.contains("P-Asserted-Identity: <sip:alice@sip.test>"), "trusted caller: its From is asserted; {trunk}");
+    assert!(!trunk.contains("+4930123"), "the caller's own PAI is replaced");
+    w.receive(CALLER, &invite("call10", &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:555@sip.test SIP/2.0"));
+    w.take_one(CALLER, "SIP/2.0 404");
 }
