@@ -11,7 +11,11 @@
 //! no_answer_timeout_s = 120       # a callee that rings this long gets CANCEL; caller gets 408 (default 120)
 //!
 //! [auth]
-//! algorithms = ["SHA-256", "MD5"] # challenge order, one WWW-/Proxy-Authenticate each (default: this)
+//! algorithms = ["MD5", "SHA-256"] # challenge order, one WWW-/Proxy-Authenticate each (default: this).
+//!                                 # MD5 first because many phones and sipp 3.6.1 read only the first
+//!                                 # challenge and give up on one they cannot do; clients that scan
+//!                                 # all of them (RFC 8760) still find SHA-256. Put "SHA-256" first,
+//!                                 # or alone, when every client supports it.
 //! nonce_ttl_s = 300               # nonces older than this get stale=true (default 300)
 //!
 //! [registrar]
@@ -315,7 +319,7 @@ impl Config {
         }
 
         let mut algorithms = Vec::new();
-        for name in raw.auth.algorithms.unwrap_or_else(|| vec!["SHA-256".into(), "MD5".into()]) {
+        for name in raw.auth.algorithms.unwrap_or_else(|| vec!["MD5".into(), "SHA-256".into()]) {
             let algorithm = Algorithm::from_token(&name).ok_or_else(|| {
                 invalid("auth.algorithms", format!("{name:?} is not MD5, SHA-256 or SHA-512-256 (optionally -sess)"))
             })?;
@@ -439,7 +443,7 @@ mod tests {
         assert_eq!(c.realm, "sip.test");
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.advertise, "127.0.0.1:5060");
-        assert_eq!(c.algorithms, vec![Algorithm::Sha256, Algorithm::Md5]);
+        assert_eq!(c.algorithms, vec![Algorithm::Md5, Algorithm::Sha256]);
         assert_eq!(c.registrar, RegistrarConfig::default());
         assert_eq!(c.media_grpc, "http://127.0.0.1:9190");
     }

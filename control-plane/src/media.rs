@@ -53,12 +53,9 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    /// Every bridge and leg, for [`MediaRequest::Release`].
+    /// Every leg, for [`MediaRequest::Release`] (the media plane deletes a leg's bridge with it).
     pub fn release(&self) -> MediaRequest {
-        MediaRequest::Release {
-            bridges: self.streams.iter().map(|s| s.bridge).collect(),
-            legs: self.streams.iter().flat_map(|s| [s.leg_a, s.leg_b]).collect(),
-        }
+        MediaRequest::Release { legs: self.streams.iter().flat_map(|s| [s.leg_a, s.leg_b]).collect() }
     }
 }
 
@@ -81,10 +78,8 @@ pub enum MediaRequest {
         /// The endpoint's direction.
         direction: Direction,
     },
-    /// Delete bridges, then legs.
+    /// Delete legs; DeleteLeg also deletes the leg's bridge, so one call per leg is all it takes.
     Release {
-        /// Bridges.
-        bridges: Vec<u64>,
         /// Legs.
         legs: Vec<u64>,
     },
@@ -176,21 +171,25 @@ impl MediaClient {
                 }
                 None
             }
-            MediaRequest::Release { bridges, legs } => {
-                self.release(&bridges, &legs).await;
+            MediaRequest::Release { legs } => {
+                self.release(&legs).await;
                 None
             }
         }
     }
 
-    async fn release(&self, bridges: &[u64], legs: &[u64]) {
-        let mut client = self.client.clone();
+    async fn release(&self, legs: &[u64]) {
+        // All deletes in flight at once (tonic sends a request when its task first runs).
+        let deletes: Vec<_> = legs
+            .iter()
+            .map(|&leg_id| {
+                let mut client = self.client.clone();
+                tokio::spawn(async move { client.delete_leg(v1::DeleteLegRequest { leg_id }).await.is_err() })
+            })
+            .collect();
         let mut failed = false;
-        for &bridge_id in bridges {
-            failed |= client.delete_bridge(v1::DeleteBridgeRequest { bridge_id }).await.is_err();
-        }
-        for &leg_id in legs {
-            failed |= client.delete_leg(v1::DeleteLegRequest { leg_id }).await.is_err();
+        for delete in deletes {
+            failed |= delete.await.unwrap_or(true);
         }
         let counter = if failed { &self.counters.release_failures } else { &self.counters.releases };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -210,30 +209,33 @@ impl MediaClient {
         let mut partial_legs = Vec::new();
         let result: Result<(), String> = async {
             for s in streams {
-                let (leg_a, port_a, ip) = self
-                    .create_leg(v1::CreateLegRequest {
-                        call_id: call_id.to_owned(),
-                        remote: Some(endpoint(s.caller)),
-                        remote_rtcp: None,
-                        rtcp_mux: s.rtcp_mux,
-                        direction: direction(s.direction),
-                        media_timeout_ms: self.media_timeout_ms,
-                        latch: true,
-                    })
-                    .await?;
-                partial_legs.push(leg_a);
-                let (leg_b, port_b, _) = self
-                    .create_leg(v1::CreateLegRequest {
-                        call_id: call_id.to_owned(),
-                        remote: None,
-                        remote_rtcp: None,
-                        rtcp_mux: s.rtcp_mux,
-                        direction: direction(Direction::SendRecv),
-                        media_timeout_ms: self.media_timeout_ms,
-                        latch: true,
-                    })
-                    .await?;
-                partial_legs.push(leg_b);
+                // Both legs at once: one round trip instead of two.
+                let leg_a = self.create_leg(v1::CreateLegRequest {
+                    call_id: call_id.to_owned(),
+                    remote: Some(endpoint(s.caller)),
+                    remote_rtcp: None,
+                    rtcp_mux: s.rtcp_mux,
+                    direction: direction(s.direction),
+                    media_timeout_ms: self.media_timeout_ms,
+                    latch: true,
+                });
+                let leg_b = self.create_leg(v1::CreateLegRequest {
+                    call_id: call_id.to_owned(),
+                    remote: None,
+                    remote_rtcp: None,
+                    rtcp_mux: s.rtcp_mux,
+                    direction: direction(Direction::SendRecv),
+                    media_timeout_ms: self.media_timeout_ms,
+                    latch: true,
+                });
+                let (a, b) = tokio::join!(leg_a, leg_b);
+                if let Ok((leg, _, _)) = &a {
+                    partial_legs.push(*leg);
+                }
+                if let Ok((leg, _, _)) = &b {
+                    partial_legs.push(*leg);
+                }
+                let ((leg_a, port_a, ip), (leg_b, port_b, _)) = (a?, b?);
                 let bridge = self
                     .client
                     .clone()
@@ -252,9 +254,9 @@ impl MediaClient {
         match result {
             Ok(()) => Ok(done),
             Err(e) => {
-                let MediaRequest::Release { bridges, mut legs } = done.release() else { return Err(e) };
+                let MediaRequest::Release { mut legs } = done.release() else { return Err(e) };
                 legs.extend(partial_legs);
-                self.release(&bridges, &legs).await;
+                self.release(&legs).await;
                 Err(e)
             }
         }
