@@ -301,9 +301,12 @@ impl ControlPlane {
         body: Option<(&str, &[u8])>,
     ) -> Option<Request> {
         let branch = message::generate_branch().ok()?;
+        // The initial INVITE carries the caller's Max-Forwards minus one in `extra`, so a route
+        // that loops back to us runs out of hops (483) instead of ringing forever.
+        let max_forwards = if extra.contains("Max-Forwards:") { "" } else { "Max-Forwards: 70\r\n" };
         let mut text = format!(
             "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {advertise};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}",
+             {max_forwards}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}",
             target = dialog.target,
             transport = Self::via_transport(&dialog.peer),
             advertise = config.advertise,
@@ -580,6 +583,8 @@ impl ControlPlane {
         let Some(sdp) = call.anchored(Side::B, &call.offer) else { return };
         call.b.cseq = 1;
         let mut extra = String::new();
+        let hops = message::max_forwards(&call.invite_a.headers).unwrap_or(70).saturating_sub(1);
+        extra.push_str(&format!("Max-Forwards: {hops}\r\n"));
         extra.push_str(&format!("Contact: {}\r\n", our_contact(&self.config.advertise, &call.b.peer)));
         extra.push_str(&format!("Allow: {}\r\n", crate::service::ALLOW));
         let copied = ["P-Asserted-Identity", "Remote-Party-ID", "Privacy"];

@@ -189,6 +189,7 @@ fn answered_call_is_anchored_on_both_sides_and_2xx_is_retransmitted_until_ack() 
     assert!(invite_b.contains("From: \"Alice\" <sip:alice@sip.test>;tag="), "display name passes through");
     assert!(invite_b.contains("P-Asserted-Identity: <sip:+4930123@sip.test>"), "PAI passes through");
     assert!(!invite_b.contains("Call-ID: call1"), "the callee's dialog has its own Call-ID");
+    assert!(invite_b.contains("Max-Forwards: 69\r\n"), "one hop spent: {invite_b}");
     assert!(ok.contains("c=IN IP4 198.51.100.9") && ok.contains("m=audio 30000 "), "{ok}");
     assert!(w.media.contains(&MediaRequest::Update {
         leg: 12,

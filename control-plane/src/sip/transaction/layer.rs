@@ -186,7 +186,10 @@ type ClientIndex = (String, u8);
 #[derive(Debug)]
 pub struct TransactionLayer {
     config: TimerConfig,
-    entries: HashMap<u64, Entry>,
+    /// Boxed: a transaction holds its request and timers (hundreds of bytes), and at thousands of
+    /// requests a second Timer J keeps ~64·T1 worth of them alive; growing a table of inline
+    /// entries copied tens of megabytes into fresh pages and stalled the loop for tens of ms.
+    entries: HashMap<u64, Box<Entry>>,
     servers: HashMap<TransactionKey, u64>,
     clients: HashMap<ClientIndex, u64>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -460,7 +463,7 @@ impl TransactionLayer {
     fn insert(&mut self, entry: Entry) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.entries.insert(id, entry);
+        self.entries.insert(id, Box::new(entry));
         id
     }
 
