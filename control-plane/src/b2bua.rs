@@ -500,7 +500,11 @@ impl ControlPlane {
         let ours = self.config.is_local_domain(&host)
             || host == advertised_host
             || self.config.listen.iter().any(|l| l.addr.ip().to_string() == host);
-        let local_domain = if self.config.is_local_domain(&host) { host.clone() } else { self.config.domains[0].clone() };
+        let local_domain = if self.config.is_local_domain(&host) {
+            host.clone()
+        } else {
+            self.config.domains.first().cloned().unwrap_or_default()
+        };
         if !ours {
             self.reply(key, request, 404, now);
             return None;

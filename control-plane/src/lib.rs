@@ -1,30 +1,29 @@
-//! `control-plane`: the SIP side of the media server. This crate is being built up from its
-//! foundation; what exists today:
+//! `control-plane`: the SIP side of the media server: a registrar with digest authentication and
+//! a B2BUA that anchors every call's media in the media plane over the `media.v1` gRPC API.
 //!
 //! ```text
-//!   bytes from UDP/TCP ──► sip::message::parse ──► sip::transaction::TransactionLayer ──► TU
-//!        (driver)            (rsip + RFC 3261        (RFC 3261 §17 state machines,      (registrar, B2BUA:
-//!                             checks; 400s)           sans-IO, virtual-time tested)       not yet written)
-//!                                                                                           │
-//!                                                      auth::digest::Authenticator ◄───────┘
-//!                                                      (RFC 7616/8760 challenges and checks)
+//!   UDP/TCP (driver) ──► sip::message::parse ──► sip::transaction::TransactionLayer ──► service::ControlPlane
+//!                          (rsip + RFC 3261       (RFC 3261 §17 state machines,          ├─ auth::digest (401/407/403)
+//!                           checks; 400s)          sans-IO, virtual-time tested)          ├─ registrar ─► store (SQLite)
+//!                                                                                         └─ b2bua ─► media requests
+//!                                                      media::MediaClient (tonic) ◄────────────┘   (sdp: anchoring)
 //! ```
 //!
-//! - [`sip::message`]: parsing with `rsip` plus what it leaves out (Content-Length framing,
-//!   required headers, Via branch cookie, compact names, folding), stateless 400s, stream
-//!   framing, wire encoding.
-//! - [`sip::transaction`]: INVITE and non-INVITE client and server transactions with timers
-//!   A–M, and the [`TransactionLayer`](sip::transaction::TransactionLayer) that routes to them.
-//!   Like the media plane's engine, they never read a clock or a socket: the caller passes `now`
-//!   in and polls transmissions, timeouts and events out (quinn-proto's shape), so a
-//!   virtual-time harness (`sip::harness`, tests only) runs a 32-second timeout in microseconds
-//!   over a lossy simulated link.
-//! - [`auth::digest`]: Digest authentication with MD5, SHA-256 and SHA-512-256, stateless HMAC
-//!   nonces, replay protection and constant-time checks; credentials stored as HA1 only.
+//! - [`sip::message`], [`sip::transaction`]: SIP syntax and checks; INVITE and non-INVITE client
+//!   and server transactions with timers A–M and the layer that routes to them.
+//! - [`auth::digest`]: Digest with MD5, SHA-256 and SHA-512-256, stateless HMAC nonces, replay
+//!   protection, constant-time checks; credentials stored as HA1 only.
+//! - [`service`]: [`ControlPlane`](service::ControlPlane), the sans-IO core: bytes, time and
+//!   media-plane replies in; transmissions, media-plane requests and counters out.
+//! - [`registrar`]: the location table (RFC 3261 §10.3); [`store`]: subscribers and registrations
+//!   behind a trait, SQLite by default.
+//! - [`b2bua`]: calls (two dialogs, media anchored, every allocation released once); [`sdp`]: the
+//!   SDP reading and rewriting it needs; [`media`]: the requests and the tonic client.
+//! - [`config`]: the TOML file; [`driver`]: tokio sockets, timers and the media client around the core.
 //!
-//! Still to come (issue 3): UDP/TCP drivers, registrar and location store (SQLite), B2BUA calls
-//! anchored in the media plane over gRPC, configuration, sipp scenarios. Until then the
-//! `control-plane` binary says it is not implemented and exits 2.
+//! Like the media plane's engine, the core never reads a clock or a socket, so the transaction
+//! harness (`sip::harness`) and the B2BUA tests (`service_tests`) run minutes of SIP timers in
+//! microseconds.
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -132,6 +132,12 @@ fn invite(call_id: &str, body: &str) -> String {
     )
 }
 
+/// The caller's CANCEL of `invite(call_id, …)`: same branch, CSeq number and headers, no body.
+fn cancel(call_id: &str) -> String {
+    let head = invite(call_id, "").replace("INVITE sip:bob", "CANCEL sip:bob").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    head.split("Content-Type").next().expect("head").to_owned() + "Content-Length: 0\r\n\r\n"
+}
+
 fn in_dialog(method: &str, call_id: &str, cseq: u32, to_tag: &str, body: Option<&str>) -> String {
     let (ctype, body) = match body {
         Some(b) => ("Content-Type: application/sdp\r\n", b),
@@ -239,9 +245,7 @@ fn hold_reinvite_updates_the_callers_leg_and_is_relayed_with_anchored_sdp() {
 fn cancel_while_the_media_plane_is_allocating_releases_the_late_allocation() {
     let mut w = World::new();
     w.receive(CALLER, &invite("call2", &offer(4000, "sendrecv")));
-    let cancel = invite("call2", "").replace("INVITE sip:bob", "CANCEL sip:bob").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
-    let cancel = cancel.split("Content-Type").next().expect("head").to_owned() + "Content-Length: 0\r\n\r\n";
-    w.receive(CALLER, &cancel);
+    w.receive(CALLER, &cancel("call2"));
     w.take_one(CALLER, "SIP/2.0 487");
     w.allocate();
     assert!(w.take(CALLEE, "INVITE").is_empty(), "the callee is never called");
@@ -256,9 +260,7 @@ fn callee_answering_after_cancel_is_acked_and_hung_up() {
     w.allocate();
     let invite_b = w.take_one(CALLEE, "INVITE");
     w.receive(CALLEE, &answer(&invite_b, 180, None));
-    let cancel = invite("call3", "").replace("INVITE sip:bob", "CANCEL sip:bob").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
-    let cancel = cancel.split("Content-Type").next().expect("head").to_owned() + "Content-Length: 0\r\n\r\n";
-    w.receive(CALLER, &cancel);
+    w.receive(CALLER, &cancel("call3"));
     w.take_one(CALLER, "SIP/2.0 487");
     w.take_one(CALLEE, "CANCEL");
     assert_eq!(w.releases(), 1, "media released as soon as the caller gave up");
