@@ -478,6 +478,26 @@ impl Xsk {
         n
     }
 
+    /// Queues a copy of `bytes` (a whole frame) for transmission by [`Xsk::flush_tx`], in a free
+    /// UMEM frame: for packets that did not arrive on this socket (cross-core hand-off). `false`
+    /// when no frame is free, `bytes` does not fit one, or a batch is already queued in full.
+    pub fn queue_copy(&mut self, bytes: &[u8]) -> bool {
+        // SAFETY: the frame comes from `self.umem`; it is only ever held in `self.tx_slab`, the TX
+        // ring or the UMEM's free list, none of which outlives the UMEM (field order of `Xsk`).
+        let Some(mut packet) = (unsafe { self.umem.alloc() }) else { return false };
+        if packet.append(bytes).is_err() {
+            self.umem.free_packet(packet);
+            return false;
+        }
+        match self.tx_slab.push_front(packet) {
+            None => true,
+            Some(refused) => {
+                self.umem.free_packet(refused);
+                false
+            }
+        }
+    }
+
     /// Puts the frames queued by [`Xsk::recv_batch`] on the TX ring and kicks the kernel. Frames
     /// the ring has no room for even after reaping completions are given to `on_fail` (for
     /// counting) and freed. Returns how many frames went on the ring.

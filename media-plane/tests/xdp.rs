@@ -51,6 +51,11 @@ struct Topology {
 
 impl Topology {
     fn up(tag: &str) -> Option<Self> {
+        Self::up_queues(tag, "1")
+    }
+
+    /// The topology with `queues` receive and transmit queues on each veth end.
+    fn up_queues(tag: &str, queues: &str) -> Option<Self> {
         if !is_root() {
             eprintln!("{SKIP}");
             return None;
@@ -66,11 +71,11 @@ impl Topology {
             must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         let (pif, dif) = (t.peer_if(), t.dut_if());
-        // One queue each way: with one AF_XDP socket (queue 0), a second queue would hand some
-        // flows to the kernel socket instead (see driver/xdp.rs, "Queues").
+        // As many queues as media cores: each queue has its AF_XDP socket (a queue without one
+        // would leave its flows to the kernel socket).
         must(&[
-            "ip", "-n", &dut, "link", "add", &dif, "numrxqueues", "1", "numtxqueues", "1", "type", "veth", "peer", "name", &pif, "netns",
-            &peer, "numrxqueues", "1", "numtxqueues", "1",
+            "ip", "-n", &dut, "link", "add", &dif, "numrxqueues", queues, "numtxqueues", queues, "type", "veth", "peer", "name", &pif,
+            "netns", &peer, "numrxqueues", queues, "numtxqueues", queues,
         ]);
         must(&["ip", "-n", &dut, "addr", "add", &format!("{DUT}/24"), "dev", &dif]);
         must(&["ip", "-n", &peer, "addr", "add", &format!("{PEER_A}/24"), "dev", &pif]);
@@ -121,12 +126,16 @@ struct Dut {
 
 impl Dut {
     fn start(t: &Topology, extra: &[&str]) -> Self {
+        Self::start_cores(t, "1", extra)
+    }
+
+    fn start_cores(t: &Topology, cores: &str, extra: &[&str]) -> Self {
         let log = temp_path("xdp-stderr.log");
         let stderr = File::create(&log).expect("create log file");
         let child = Command::new("ip")
             .args(["netns", "exec", &t.dut(), BIN])
             .args(["--interface", &t.dut_if(), "--media-ip", DUT, "--grpc-listen", &format!("{DUT}:{GRPC_PORT}")])
-            .args(["--ports", PORTS, "--cores", "1", "--no-pin"])
+            .args(["--ports", PORTS, "--cores", cores, "--no-pin"])
             .args(extra)
             .env("RUST_LOG", "info,media_plane=debug")
             .stdin(Stdio::null())
@@ -305,6 +314,96 @@ fn af_xdp_relays_rtp_between_two_endpoints_exactly_and_the_kernel_keeps_arp_and_
     for line in log.lines().filter(|l| l.contains("XDP program attached") || l.contains("AF_XDP media core stopped")) {
         eprintln!("{line}");
     }
+}
+
+/// Sums `name: N` over the "AF_XDP media core stopped" log lines (the driver's counters).
+fn driver_counter(log: &str, name: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("AF_XDP media core stopped"))
+        .filter_map(|l| l.split(&format!("{name}: ")).nth(1))
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn two_af_xdp_cores_hand_each_other_packets_for_their_ports_and_lose_none() {
+    let Some(t) = Topology::up_queues("h", "2") else { return };
+    let mut dut = Dut::start_cores(&t, "2", &["--backend", "xdp"]);
+    // Many flows: the peer's veth spreads them over both queues by hash, so with 16 calls some
+    // land on the queue of the core that does not own their port (all on the right one: p = 2^-16).
+    const CALLS: usize = 16;
+    const N: u16 = 200;
+    in_netns(&t.peer(), || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        rt.block_on(async {
+            let mut c = connect(&mut dut).await;
+            let mut calls = Vec::new();
+            for i in 0..CALLS {
+                let (sock_a, sock_b) = (bind(PEER_A), bind(PEER_B));
+                let call_id = format!("handoff-{i}");
+                let a = simple_leg(&mut c, &call_id, None).await;
+                let b = simple_leg(&mut c, &call_id, Some(sock_b.local_addr().expect("local_addr"))).await;
+                bridge(&mut c, &a, &b).await;
+                calls.push((sock_a, sock_b, a, b));
+            }
+            // Warm-up: each core resolves the next hop by itself (ARP), one packet at a time.
+            for (sock_a, sock_b, a, _) in &calls {
+                sock_b.set_read_timeout(Some(Duration::from_millis(100))).expect("set_read_timeout");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                let mut buf = [0u8; 2048];
+                loop {
+                    assert!(Instant::now() < deadline, "no packet relayed within 5 s");
+                    sock_a.send_to(&rtp(0, SSRC, PAYLOAD), a.local).expect("send");
+                    if sock_b.recv_from(&mut buf).is_ok() {
+                        break;
+                    }
+                }
+                while sock_b.recv_from(&mut buf).is_ok() {}
+            }
+            // Measured: N packets per call, interleaved across calls, paced; exact counts.
+            for (_, sock_b, _, _) in &calls {
+                sock_b.set_read_timeout(Some(Duration::from_secs(2))).expect("set_read_timeout");
+            }
+            let receivers: Vec<_> = calls
+                .iter()
+                .map(|(_, sock_b, _, b)| {
+                    let sock_b = sock_b.try_clone().expect("clone socket");
+                    let from_b = b.local;
+                    std::thread::spawn(move || {
+                        let mut got = Vec::new();
+                        let mut buf = [0u8; 2048];
+                        while got.len() < usize::from(N) {
+                            match sock_b.recv_from(&mut buf) {
+                                Ok((n, from)) if from == from_b => got.push(seq_of(&buf[..n])),
+                                Ok(_) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        got
+                    })
+                })
+                .collect();
+            for seq in 1..=N {
+                for (sock_a, _, a, _) in &calls {
+                    sock_a.send_to(&rtp(seq, SSRC, PAYLOAD), a.local).expect("send");
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            for (i, r) in receivers.into_iter().enumerate() {
+                let got = r.join().expect("receiver thread");
+                assert_eq!(got.len(), usize::from(N), "call {i}: every packet relayed exactly once");
+                assert_eq!(got, (1..=N).collect::<Vec<_>>(), "call {i}: in sequence");
+            }
+        });
+    });
+    let status = dut.stop().expect("media-plane did not exit within 10 s of SIGTERM");
+    assert!(status.success(), "media-plane exit: {status}; log:\n{}", dut.log());
+    let log = dut.log();
+    let (out, inn, full) =
+        (driver_counter(&log, "handoff_out"), driver_counter(&log, "handoff_in"), driver_counter(&log, "handoff_full"));
+    eprintln!("hand-offs: out {out}, in {inn}, full {full}");
+    assert!(out > 0, "no packet landed on the wrong core's queue; log:\n{log}");
+    assert_eq!((inn, full), (out, 0), "every packet handed off was handled by its owner");
 }
 
 #[test]

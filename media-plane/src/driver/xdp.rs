@@ -20,10 +20,14 @@
 //!   `xsk-rs` binds libxdp and pins a libbpf-sys that conflicts with libbpf-rs 0.27, and `xdpilone`
 //!   is EUPL-1.2; `xdp` fits our licence and build. Its ring operations are `unsafe fn`; they are
 //!   wrapped once, in [`crate::sys::Xsk`], which owns socket, rings and UMEM together.
-//! * **Queues.** Core `i` serves receive queue `i`; `cores` must not exceed the interface's queue
-//!   count. A packet RSS puts on the queue of a core that does not own its leg is dropped by that
-//!   core's engine as `no_route` (cross-core hand-off is not done yet), so a multi-core setup needs
-//!   flow steering that matches the port split, or one queue per interface.
+//! * **Queues and hand-off.** Core `i` serves receive queue `i`; `cores` must not exceed the
+//!   interface's queue count. RSS does not know which core owns a media port, so a packet can land
+//!   on another core's queue. That core copies its UDP payload into a [`Handoff`] and passes it over
+//!   the owner's bounded crossbeam queue ([`HANDOFF_QUEUE`]), waking the owner once per batch; it
+//!   never blocks (a full queue drops the packet and counts `handoff_full`). The owner runs it
+//!   through its engine like a packet of its own and transmits a frame it builds in its own UMEM
+//!   (one copy: hand-off is the exception path; flow steering that matches the port split avoids
+//!   it). Counted as `handoff_out` / `handoff_in` per core.
 //! * **Ports.** Each leg's ports are still bound by a kernel UDP socket ([`super::CoreState`]) so no
 //!   other process takes them and the kernel sends no port-unreachable for them; the XDP program
 //!   takes their packets before the socket would see them.
@@ -76,6 +80,8 @@ const DRAIN_KICKS: usize = 64;
 /// Largest MTU whose frames fit a 2 KiB UMEM frame after the kernel's 256-byte headroom, with an
 /// Ethernet header and one VLAN tag.
 const MAX_MTU: u32 = 2048 - 256 - 14 - 4;
+/// Packets waiting in each core's hand-off queue before more are dropped (`handoff_full`).
+pub const HANDOFF_QUEUE: usize = 4096;
 /// How long a core may take to open its socket and report ready.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -149,6 +155,39 @@ struct DriverCounters {
     tx_full: u64,
     /// Forwards the rewrite refused (family mismatch: IPv6 destination for an IPv4 relay).
     rewrite_failed: u64,
+    /// Packets for another core's port, passed to it.
+    handoff_out: u64,
+    /// Packets for another core's port dropped because its hand-off queue was full.
+    handoff_full: u64,
+    /// Packets received from other cores and run through this core's engine.
+    handoff_in: u64,
+}
+
+/// A packet that arrived on another core's queue for a port this core owns.
+#[derive(Debug)]
+pub struct Handoff {
+    dst_port: u16,
+    src: SocketAddr,
+    payload: Vec<u8>,
+}
+
+/// How a core reaches another: its hand-off queue and the waker of its loop.
+#[derive(Debug, Clone)]
+struct HandoffPeer {
+    tx: crossbeam_channel::Sender<Handoff>,
+    waker: Arc<Waker>,
+}
+
+/// The cross-core side of one core's driver.
+#[derive(Debug)]
+struct CrossCore {
+    /// Packets other cores passed to this one.
+    inbox: Receiver<Handoff>,
+    /// Every core's queue, indexed by core (this core's own entry is unused).
+    peers: Vec<HandoffPeer>,
+    /// Cores handed something since their last wake-up.
+    to_wake: Vec<bool>,
+    cores: usize,
 }
 
 /// The AF_XDP driver of one core (one receive queue). See the module documentation.
@@ -165,6 +204,7 @@ pub struct XdpDriver {
     neighbours: Neighbours,
     counters: DriverCounters,
     idle_spin: Duration,
+    cross: CrossCore,
 }
 
 /// Starts one AF_XDP core per receive queue `0..cores` of `config.interface`, after attaching the
@@ -194,9 +234,21 @@ pub fn spawn_cores(config: &Config, events: broadcast::Sender<CoreEvent>) -> Res
     // copy mode by itself.
     let force_copy = steering.mode() == ebpf::AttachedMode::Generic || is_virtual(&ifname);
     let xsk_config = XskConfig { frames: UMEM_FRAMES, ring: RING_SIZE, batch: config.batch.min(RING_SIZE as usize / 2), force_copy };
-    let mut handles: Vec<CoreHandle> = Vec::with_capacity(config.cores);
+    // Every driver first, so each can be given every core's hand-off queue and waker.
+    let mut drivers = Vec::with_capacity(config.cores);
+    let mut peers = Vec::with_capacity(config.cores);
     for core in 0..config.cores {
-        match spawn_core(core, config, &interface, xsk_config, &steering, events.clone()) {
+        let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+        let (handoff_tx, inbox) = crossbeam_channel::bounded(HANDOFF_QUEUE);
+        let cross = CrossCore { inbox, peers: Vec::new(), to_wake: vec![false; config.cores], cores: config.cores };
+        let driver = XdpDriver::new(core, config, interface.clone(), xsk_config, rx, events.clone(), cross)?;
+        peers.push(HandoffPeer { tx: handoff_tx, waker: Arc::clone(&driver.waker) });
+        drivers.push((driver, tx));
+    }
+    let mut handles: Vec<CoreHandle> = Vec::with_capacity(config.cores);
+    for (core, (mut driver, tx)) in drivers.into_iter().enumerate() {
+        driver.cross.peers = peers.clone();
+        match spawn_core(core, config, driver, tx, &steering) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 for h in &handles {
@@ -213,13 +265,10 @@ pub fn spawn_cores(config: &Config, events: broadcast::Sender<CoreEvent>) -> Res
 fn spawn_core(
     core: usize,
     config: &Config,
-    interface: &Interface,
-    xsk_config: XskConfig,
+    driver: XdpDriver,
+    tx: crossbeam_channel::Sender<Command>,
     steering: &Arc<ebpf::Steering>,
-    events: broadcast::Sender<CoreEvent>,
 ) -> Result<CoreHandle, XdpError> {
-    let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
-    let driver = XdpDriver::new(core, config, interface.clone(), xsk_config, rx, events)?;
     let waker = Arc::clone(&driver.waker);
     let cpu = super::pin_cpu(config, core);
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
@@ -288,6 +337,7 @@ impl XdpDriver {
         xsk_config: XskConfig,
         commands: Receiver<Command>,
         events: broadcast::Sender<CoreEvent>,
+        cross: CrossCore,
     ) -> Result<Self, XdpError> {
         let poll = Poll::new().map_err(|source| XdpError::Poll { core, call: "epoll_create1", source })?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|source| XdpError::Poll { core, call: "eventfd", source })?);
@@ -303,6 +353,7 @@ impl XdpDriver {
             xsk_config,
             counters: DriverCounters::default(),
             idle_spin: config.idle_spin,
+            cross,
         })
     }
 
@@ -324,7 +375,7 @@ impl XdpDriver {
         let mut more = false;
         loop {
             let now = Instant::now();
-            let timeout = if more || now.saturating_duration_since(last_packet) < self.idle_spin {
+            let timeout = if more || !self.cross.inbox.is_empty() || now.saturating_duration_since(last_packet) < self.idle_spin {
                 Some(Duration::ZERO)
             } else if xsk.tx_in_flight() > 0 {
                 // Frames still on the TX ring: come back soon to kick and reap them.
@@ -356,6 +407,8 @@ impl XdpDriver {
                     tracing::warn!(core, error = %e, "AF_XDP fill ring wakeup failed");
                 }
             }
+            self.wake_peers();
+            self.drain_handoffs(&mut xsk);
             if let Err(e) = xsk.drain_tx(DRAIN_KICKS) {
                 tracing::warn!(core, error = %e, "AF_XDP transmit failed");
             }
@@ -387,9 +440,9 @@ impl XdpDriver {
     /// Handles one batch from the RX ring and transmits its forwards. Returns the frames received.
     fn rx_batch(&mut self, xsk: &mut Xsk) -> usize {
         let now = Instant::now();
-        let Self { state, neighbours, counters, media_ip, ports, interface, .. } = self;
+        let Self { state, neighbours, counters, media_ip, ports, interface, cross, .. } = self;
         let n = xsk.recv_batch(|bytes| {
-            relay_frame(bytes, now, state, neighbours, counters, *media_ip, *ports, interface.mac)
+            relay_frame(bytes, now, state, neighbours, counters, cross, *media_ip, *ports, interface.mac)
         });
         if n == 0 {
             return 0;
@@ -408,6 +461,97 @@ impl XdpDriver {
     }
 }
 
+impl XdpDriver {
+    /// Wakes the cores this one handed packets to since the last call (one eventfd write each).
+    fn wake_peers(&mut self) {
+        for (peer, wake) in self.cross.peers.iter().zip(self.cross.to_wake.iter_mut()) {
+            if std::mem::take(wake) {
+                let _ = peer.waker.wake();
+            }
+        }
+    }
+
+    /// Runs packets other cores passed here through the engine and transmits the forwards from
+    /// this core's UMEM, at most one TX batch per call.
+    fn drain_handoffs(&mut self, xsk: &mut Xsk) {
+        let now = Instant::now();
+        let mut queued = 0;
+        let mut frame_buf = [0u8; 2048];
+        for _ in 0..HANDOFF_BATCH {
+            let Ok(h) = self.cross.inbox.try_recv() else { break };
+            self.counters.handoff_in += 1;
+            let Some((len, from_port)) = relay_handoff(
+                &h,
+                now,
+                &mut self.state,
+                &mut self.neighbours,
+                &mut self.counters,
+                self.media_ip,
+                self.interface.mac,
+                &mut frame_buf,
+            ) else {
+                continue;
+            };
+            let frame = frame_buf.get(..len).unwrap_or_default();
+            if xsk.queue_copy(frame) {
+                queued += 1;
+            } else {
+                self.counters.tx_full += 1;
+                self.state.engine.handle_forward_dropped(from_port, &h.payload, DropReason::SendFailed);
+            }
+        }
+        if queued == 0 {
+            return;
+        }
+        let Self { state, counters, .. } = self;
+        let result = xsk.flush_tx(|bytes| {
+            counters.tx_full += 1;
+            if let Ok(p) = frame::parse(bytes) {
+                let payload = bytes.get(p.payload..p.payload + p.payload_len).unwrap_or_default();
+                state.engine.handle_forward_dropped(p.src.port(), payload, DropReason::SendFailed);
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!(core = state.core, error = %e, "AF_XDP transmit failed");
+        }
+    }
+}
+
+/// Hand-offs handled per loop turn (bounded so commands and the own queue are not starved).
+const HANDOFF_BATCH: usize = 32;
+
+/// The owner's side of a hand-off: the engine's verdict, and for a forward the whole frame built
+/// into `buf`. Returns the frame length and the sending leg's port; `None` when dropped (counted
+/// by the engine or here).
+fn relay_handoff(
+    h: &Handoff,
+    now: Instant,
+    state: &mut CoreState,
+    neighbours: &mut Neighbours,
+    counters: &mut DriverCounters,
+    media_ip: IpAddr,
+    mac: [u8; 6],
+    buf: &mut [u8],
+) -> Option<(usize, u16)> {
+    let Verdict::Forward { from_port, to } = state.engine.handle_packet(h.dst_port, h.src, &h.payload, now) else {
+        return None;
+    };
+    let Ok(dst_mac) = neighbours.lookup(to.ip(), now) else {
+        counters.no_neighbour += 1;
+        state.engine.handle_forward_dropped(from_port, &h.payload, DropReason::NoRoute);
+        return None;
+    };
+    let rewrite = Rewrite { src_mac: mac, dst_mac, src: SocketAddr::new(media_ip, from_port), dst: to };
+    match frame::build(buf, &rewrite, &h.payload) {
+        Ok(len) => Some((len, from_port)),
+        Err(_) => {
+            counters.rewrite_failed += 1;
+            state.engine.handle_forward_dropped(from_port, &h.payload, DropReason::SendFailed);
+            None
+        }
+    }
+}
+
 /// The per-frame path: parse, route through the engine, rewrite in place. `true`: transmit the
 /// (rewritten) frame; `false`: free it. Every `false` is counted, by the engine or the driver.
 fn relay_frame(
@@ -416,6 +560,7 @@ fn relay_frame(
     state: &mut CoreState,
     neighbours: &mut Neighbours,
     counters: &mut DriverCounters,
+    cross: &mut CrossCore,
     media_ip: IpAddr,
     ports: (u16, u16),
     mac: [u8; 6],
@@ -434,6 +579,23 @@ fn relay_frame(
         counters.not_udp += 1;
         return false;
     };
+    if let Some(owner) = crate::ports::owner(dst_port, ports.0, ports.1, cross.cores).filter(|&o| o != state.core) {
+        let Some(peer) = cross.peers.get(owner) else {
+            counters.not_ours += 1;
+            return false;
+        };
+        let handoff = Handoff { dst_port, src: parsed.src, payload: payload.to_vec() };
+        match peer.tx.try_send(handoff) {
+            Ok(()) => {
+                counters.handoff_out += 1;
+                if let Some(wake) = cross.to_wake.get_mut(owner) {
+                    *wake = true;
+                }
+            }
+            Err(_) => counters.handoff_full += 1,
+        }
+        return false;
+    }
     let Verdict::Forward { from_port, to } = state.engine.handle_packet(dst_port, parsed.src, payload, now) else {
         return false;
     };
@@ -500,8 +662,14 @@ mod tests {
         buf
     }
 
+    /// A single-core hand-off context (nothing to hand off to).
+    fn alone() -> CrossCore {
+        let (_tx, inbox) = crossbeam_channel::bounded(1);
+        CrossCore { inbox, peers: Vec::new(), to_wake: vec![false], cores: 1 }
+    }
+
     fn relay(state: &mut CoreState, n: &mut Neighbours, c: &mut DriverCounters, bytes: &mut [u8]) -> bool {
-        relay_frame(bytes, Instant::now(), state, n, c, "10.0.0.2".parse().unwrap(), (30000, 30099), OUR_MAC)
+        relay_frame(bytes, Instant::now(), state, n, c, &mut alone(), "10.0.0.2".parse().unwrap(), (30000, 30099), OUR_MAC)
     }
 
     #[test]
@@ -552,5 +720,57 @@ mod tests {
         let counters = state.engine.counters();
         assert_eq!((counters.packets_in, counters.packets_forwarded, counters.drops.no_route), (1, 0, 1));
         assert_eq!(counters.drops.send_failed, 0);
+    }
+
+    #[test]
+    fn a_packet_on_the_wrong_core_is_handed_to_the_owner_which_relays_it_in_a_frame_of_its_own() {
+        // Two cores: port 30002 (pair 1) and 30006 (pair 3) belong to core 1.
+        let config = FileConfig { media_ip: Some("10.0.0.2".into()), ports: Some("30000-30099".into()), cores: Some(2), ..Default::default() }
+            .validate()
+            .unwrap();
+        let (events, _) = broadcast::channel(4);
+        let (_c0, r0) = crossbeam_channel::bounded(1);
+        let (_c1, r1) = crossbeam_channel::bounded(1);
+        let mut core0 = CoreState::new(0, &config, r0, events.clone(), None);
+        let mut core1 = CoreState::new(1, &config, r1, events, None);
+        let now = Instant::now();
+        core1.engine.create_leg(1, 30002, LegSpec { rtcp_mux: true, ..Default::default() }, now).unwrap();
+        let spec = LegSpec { remote: Remote::locked(addr("10.0.0.3:5000")), rtcp_mux: true, ..Default::default() };
+        core1.engine.create_leg(2, 30006, spec, now).unwrap();
+        core1.engine.create_bridge(1, 1, 2).unwrap();
+
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+        let (tx0, inbox0) = crossbeam_channel::bounded(HANDOFF_QUEUE);
+        let (tx1, inbox1) = crossbeam_channel::bounded(2);
+        let peers = vec![HandoffPeer { tx: tx0, waker: Arc::clone(&waker) }, HandoffPeer { tx: tx1, waker }];
+        let mut cross0 = CrossCore { inbox: inbox0, peers, to_wake: vec![false; 2], cores: 2 };
+        let mut n = Neighbours::new("test0");
+        n.insert_for_test("10.0.0.3".parse().unwrap(), PEER_MAC, now);
+        let (mut c0, mut c1) = (DriverCounters::default(), DriverCounters::default());
+        let payload = rtp_payload();
+        let ip = "10.0.0.2".parse().unwrap();
+
+        for _ in 0..3 {
+            let mut f = inbound("10.0.0.2:30002", &payload);
+            assert!(!relay_frame(&mut f, now, &mut core0, &mut n, &mut c0, &mut cross0, ip, (30000, 30099), OUR_MAC), "core 0 frees the frame");
+        }
+        assert_eq!((c0.handoff_out, c0.handoff_full), (2, 1), "queue of 2: the third is dropped and counted, never waited for");
+        assert_eq!(cross0.to_wake, vec![false, true], "core 1 is woken");
+        assert_eq!(core0.engine.poll_event(), None);
+
+        let h = inbox1.try_recv().unwrap();
+        let mut buf = [0u8; 2048];
+        let (len, from_port) = relay_handoff(&h, now, &mut core1, &mut n, &mut c1, ip, OUR_MAC, &mut buf).expect("forwarded");
+        assert_eq!(from_port, 30006);
+        let f = &buf[..len];
+        let p = frame::parse(f).unwrap();
+        assert_eq!((p.src, p.dst), (addr("10.0.0.2:30006"), addr("10.0.0.3:5000")));
+        assert_eq!((&f[0..6], &f[6..12]), (&PEER_MAC[..], &OUR_MAC[..]));
+        assert_eq!(&f[p.payload..p.payload + p.payload_len], &payload[..]);
+        let mut udp = f[p.l4..].to_vec();
+        let sent = u16::from_be_bytes([udp[6], udp[7]]);
+        udp[6..8].fill(0);
+        assert_eq!(frame::udp_checksum(p.src.ip(), p.dst.ip(), &udp), sent, "UDP checksum verifies");
     }
 }
