@@ -271,6 +271,16 @@ impl v1::media_plane_server::MediaPlane for MediaService {
                 drops: Some(drops_msg(&rep.counters.drops)),
                 command_queue_full: self.inner.cores[rep.core].queue_full(),
                 free_ports: rep.free_ports as u32,
+                driver: Some(v1::DriverCounters {
+                    not_udp: rep.driver.not_udp,
+                    not_ours: rep.driver.not_ours,
+                    no_neighbour: rep.driver.no_neighbour,
+                    tx_full: rep.driver.tx_full,
+                    rewrite_failed: rep.driver.rewrite_failed,
+                    handoff_out: rep.driver.handoff_out,
+                    handoff_full: rep.driver.handoff_full,
+                    handoff_in: rep.driver.handoff_in,
+                }),
             });
         }
         Ok(Response::new(resp))

@@ -394,6 +394,13 @@ fn two_af_xdp_cores_hand_each_other_packets_for_their_ports_and_lose_none() {
                 assert_eq!(got.len(), usize::from(N), "call {i}: every packet relayed exactly once");
                 assert_eq!(got, (1..=N).collect::<Vec<_>>(), "call {i}: in sequence");
             }
+            // GetStats carries the drivers' counters.
+            let drivers: Vec<_> = core_stats(&mut c).await.into_iter().map(|s| s.driver.expect("driver counters")).collect();
+            let out: u64 = drivers.iter().map(|d| d.handoff_out).sum();
+            let inn: u64 = drivers.iter().map(|d| d.handoff_in).sum();
+            eprintln!("GetStats hand-offs: out {out}, in {inn}");
+            assert!(out > 0, "no packet reported as handed off in GetStats: {drivers:?}");
+            assert_eq!(inn, out, "GetStats: every hand-off handled: {drivers:?}");
         });
     });
     let status = dut.stop().expect("media-plane did not exit within 10 s of SIGTERM");

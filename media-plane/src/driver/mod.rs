@@ -75,6 +75,29 @@ pub struct CoreReport {
     pub bridge_count: usize,
     pub counters: CoreCounters,
     pub free_ports: usize,
+    pub driver: DriverCounters,
+}
+
+/// Frames a backend driver dropped itself, before or after the engine, and cross-core
+/// hand-offs. The AF_XDP driver keeps them; the UDP driver has none (the kernel demultiplexes).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DriverCounters {
+    /// Frames that were not UDP over IPv4/IPv6 (the XDP program only steers those; counted anyway).
+    pub not_udp: u64,
+    /// UDP frames not addressed to media_ip and the port range.
+    pub not_ours: u64,
+    /// Forwards dropped because the next hop's MAC was unknown (ARP prompted).
+    pub no_neighbour: u64,
+    /// Forwards the TX ring or the UMEM had no room for.
+    pub tx_full: u64,
+    /// Forwards the rewrite refused (family mismatch: IPv6 destination for an IPv4 relay).
+    pub rewrite_failed: u64,
+    /// Packets for another core's port, passed to it.
+    pub handoff_out: u64,
+    /// Packets for another core's port dropped because its hand-off queue was full.
+    pub handoff_full: u64,
+    /// Packets received from other cores and run through this core's engine.
+    pub handoff_in: u64,
 }
 
 /// An engine event tagged with the core it came from.
@@ -153,6 +176,8 @@ pub struct CoreState {
     events: broadcast::Sender<CoreEvent>,
     media_ip: IpAddr,
     socket_buffer: usize,
+    /// The driver's counters as of its last loop turn (reported by [`Command::Stats`]).
+    pub driver: DriverCounters,
 }
 
 impl CoreState {
@@ -169,6 +194,7 @@ impl CoreState {
             events,
             media_ip: config.media_ip,
             socket_buffer: config.socket_buffer,
+            driver: DriverCounters::default(),
         }
     }
 
@@ -224,6 +250,7 @@ impl CoreState {
                         bridge_count: self.engine.bridge_count(),
                         counters,
                         free_ports: self.pool.free(),
+                        driver: self.driver,
                     });
                 }
                 Command::Shutdown => return false,

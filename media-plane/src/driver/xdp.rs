@@ -39,9 +39,10 @@
 //!   than needed on a zero-copy NIC) and keeps kicking, bounded, until the completion ring has
 //!   returned every frame; frames still in flight make the loop come back within 200 µs.
 //! * **Counters.** Engine drops are in `GetStats` as for UDP. A forward whose next hop has no known
-//!   MAC is handed back to the engine as a `no_route` drop of the sending leg. The driver's own drops (frames not UDP to `media_ip` and the
-//!   port range, TX ring full, rewrite refused) and the kernel's `XDP_STATISTICS` are logged when
-//!   the core stops; `GetStats` does not carry them yet.
+//!   MAC is handed back to the engine as a `no_route` drop of the sending leg. The driver's own
+//!   counters (frames not UDP to `media_ip` and the port range, TX ring full, rewrite refused,
+//!   hand-offs) are in `GetStats` (`CoreStats.driver`, as of the core's last loop turn); the
+//!   kernel's `XDP_STATISTICS` are logged when the core stops.
 //! * **Sleeping.** When no packet is waiting the thread sleeps in `epoll_wait` (mio) on the socket,
 //!   the command waker and the engine's next timer; it never busy-spins unless `idle_spin_us` asks.
 //! * **IPv4 only** for now: IPv6 media (neighbour discovery) is refused at start with a clear error.
@@ -60,7 +61,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::broadcast;
 
-use super::{Command, CoreEvent, CoreHandle, CoreState, Started, COMMAND_QUEUE};
+use super::{Command, CoreEvent, CoreHandle, CoreState, DriverCounters, Started, COMMAND_QUEUE};
 use crate::config::Config;
 use crate::engine::{DropReason, Verdict};
 use crate::frame::{self, Rewrite};
@@ -140,27 +141,6 @@ struct Interface {
     name: String,
     index: u32,
     mac: [u8; 6],
-}
-
-/// Counters of frames the driver itself dropped, before or after the engine.
-#[derive(Debug, Default, Clone, Copy)]
-struct DriverCounters {
-    /// Frames that were not UDP over IPv4/IPv6 (the program only steers those; counted anyway).
-    not_udp: u64,
-    /// UDP frames not addressed to media_ip and the port range.
-    not_ours: u64,
-    /// Forwards dropped because the next hop's MAC was unknown (ARP prompted).
-    no_neighbour: u64,
-    /// Forwards the TX ring had no room for.
-    tx_full: u64,
-    /// Forwards the rewrite refused (family mismatch: IPv6 destination for an IPv4 relay).
-    rewrite_failed: u64,
-    /// Packets for another core's port, passed to it.
-    handoff_out: u64,
-    /// Packets for another core's port dropped because its hand-off queue was full.
-    handoff_full: u64,
-    /// Packets received from other cores and run through this core's engine.
-    handoff_in: u64,
 }
 
 /// A packet that arrived on another core's queue for a port this core owns.
@@ -417,6 +397,7 @@ impl XdpDriver {
             }
             self.state.engine.handle_timeout(Instant::now());
             self.state.drain_engine_events();
+            self.state.driver = self.counters;
         }
         if let Err(e) = steering.unregister_xsk(self.queue) {
             tracing::warn!(core, error = %e, "unregistering the AF_XDP socket");
