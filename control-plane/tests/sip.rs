@@ -464,3 +464,15 @@ fn busy_cancelled_unregistered_and_unknown_callees_fail_cleanly_without_leaking_
     assert!(counters.contains("\"calls_cancelled\":1"), "{counters}");
     let _ = &stack.config;
 }
+
+#[test]
+fn a_bad_configuration_value_stops_the_start_with_exit_2_naming_the_key() {
+    let dir = temp_dir(7);
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, "[sip]\ndomains = [\"sip.test\"]\n[registrar]\nmin_expires = 600\nmax_expires = 60\n").expect("write");
+    let out = Command::new(BIN).args(["--config", config.to_str().expect("utf8 path")]).output().expect("run control-plane");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("registrar.max_expires"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
