@@ -428,17 +428,23 @@ impl XdpDriver {
         if n == 0 {
             return 0;
         }
-        let result = xsk.flush_tx(|bytes| {
-            counters.tx_full += 1;
-            if let Ok(p) = frame::parse(bytes) {
-                let payload = bytes.get(p.payload..p.payload + p.payload_len).unwrap_or_default();
-                state.engine.handle_forward_dropped(p.src.port(), payload, DropReason::SendFailed);
-            }
-        });
-        if let Err(e) = result {
-            tracing::warn!(core = state.core, error = %e, "AF_XDP transmit failed");
-        }
+        flush(xsk, state, counters);
         n
+    }
+}
+
+/// Puts the queued frames on the TX ring; frames it has no room for are counted (`tx_full`) and
+/// handed back to the engine as `send_failed` drops of their sending leg.
+fn flush(xsk: &mut Xsk, state: &mut CoreState, counters: &mut DriverCounters) {
+    let result = xsk.flush_tx(|bytes| {
+        counters.tx_full += 1;
+        if let Ok(p) = frame::parse(bytes) {
+            let payload = bytes.get(p.payload..p.payload + p.payload_len).unwrap_or_default();
+            state.engine.handle_forward_dropped(p.src.port(), payload, DropReason::SendFailed);
+        }
+    });
+    if let Err(e) = result {
+        tracing::warn!(core = state.core, error = %e, "AF_XDP transmit failed");
     }
 }
 
@@ -481,19 +487,8 @@ impl XdpDriver {
                 self.state.engine.handle_forward_dropped(from_port, &h.payload, DropReason::SendFailed);
             }
         }
-        if queued == 0 {
-            return;
-        }
-        let Self { state, counters, .. } = self;
-        let result = xsk.flush_tx(|bytes| {
-            counters.tx_full += 1;
-            if let Ok(p) = frame::parse(bytes) {
-                let payload = bytes.get(p.payload..p.payload + p.payload_len).unwrap_or_default();
-                state.engine.handle_forward_dropped(p.src.port(), payload, DropReason::SendFailed);
-            }
-        });
-        if let Err(e) = result {
-            tracing::warn!(core = state.core, error = %e, "AF_XDP transmit failed");
+        if queued > 0 {
+            flush(xsk, &mut self.state, &mut self.counters);
         }
     }
 }
