@@ -393,12 +393,9 @@ impl ControlPlane {
             self.challenge(key, request, proxy, false, now);
             return None;
         };
-        // The digest `uri` must name the Request-URI; compare parsed forms so that rsip's
-        // re-rendering of the Request-URI cannot fail a correct response.
-        let request_uri = match crate::auth::digest::parse_credentials(&value) {
-            Ok(c) if rsip::Uri::try_from(c.uri.as_str()).ok().as_ref() == Some(&request.uri) => c.uri,
-            _ => request.uri.to_string(),
-        };
+        // The digest `uri` must name the Request-URI; compared parsed, so that how rsip renders
+        // the Request-URI again cannot fail a correct response.
+        let uri_matches = |uri: &str| rsip::Uri::try_from(uri).ok().as_ref() == Some(&request.uri);
         let mut store_failed = false;
         let lookup = |user: &str, _realm: &str, hash: HashFn| match store.subscriber(user, domain) {
             Ok(s) => s.map(|s| s.ha1(hash).to_owned()),
@@ -407,7 +404,7 @@ impl ControlPlane {
                 None
             }
         };
-        let verified = self.auth.verify(&value, request.method.to_string().as_str(), &request_uri, now.wall, lookup);
+        let verified = self.auth.verify_matching(&value, request.method.to_string().as_str(), uri_matches, now.wall, lookup);
         if store_failed {
             self.stats.store_errors += 1;
             self.reply(key, request, 500, now);

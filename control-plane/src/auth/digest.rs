@@ -633,7 +633,8 @@ impl Authenticator {
             .collect()
     }
 
-    /// Checks credentials against a request's method and Request-URI.
+    /// Checks credentials against a request's method and Request-URI (the digest `uri` must be
+    /// exactly `request_uri`).
     ///
     /// `lookup(username, realm, hash)` returns the stored HA1 in hex, if the user exists.
     /// On success the nonce's `nc` is recorded, so the same credentials cannot pass twice.
@@ -642,6 +643,20 @@ impl Authenticator {
         header_value: &str,
         method: &str,
         request_uri: &str,
+        now: SystemTime,
+        lookup: impl FnOnce(&str, &str, HashFn) -> Option<String>,
+    ) -> Result<Verified, DigestError> {
+        self.verify_matching(header_value, method, |uri| uri == request_uri, now, lookup)
+    }
+
+    /// [`verify`](Self::verify) with the Request-URI check left to `uri_matches`, which is given
+    /// the digest `uri`: for a caller holding the Request-URI parsed, where text equality would
+    /// depend on how the URI is re-rendered.
+    pub fn verify_matching(
+        &mut self,
+        header_value: &str,
+        method: &str,
+        uri_matches: impl FnOnce(&str) -> bool,
         now: SystemTime,
         lookup: impl FnOnce(&str, &str, HashFn) -> Option<String>,
     ) -> Result<Verified, DigestError> {
@@ -662,7 +677,7 @@ impl Authenticator {
         if credentials.realm != self.config.realm {
             return Err(DigestError::RealmMismatch);
         }
-        if credentials.uri != request_uri {
+        if !uri_matches(&credentials.uri) {
             return Err(DigestError::UriMismatch);
         }
         let issued = self.check_nonce(&credentials.nonce, now)?;
