@@ -30,8 +30,8 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use crate::config::{CallerIdPolicy, Destination};
 use crate::media::{Allocation, MediaReply, MediaRequest, StreamRequest};
 use crate::sdp::Sdp;
-use crate::service::{call_id, from_value, header, tag_of, to_value, uri_of, user_host, ControlPlane, Now};
-use crate::sip::message::{self, response_for, Framing};
+use crate::service::{call_id, from_value, header, to_value, uri_of, user_host, ControlPlane, Now};
+use crate::sip::message::{self, response_for, tag_of, Framing};
 use crate::sip::transaction::{cancel_for, Outgoing, Peer, Role, TransactionKey};
 use crate::store::Store;
 

@@ -78,30 +78,6 @@ pub struct Registrar {
     location: HashMap<String, Vec<Binding>>,
 }
 
-/// Splits a header value at commas outside quotes and angle brackets.
-fn split_list(value: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut quoted, mut angle, mut start) = (false, false, 0);
-    let mut escaped = false;
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                parts.push(value.get(start..i).unwrap_or_default().trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(value.get(start..).unwrap_or_default().trim());
-    parts.retain(|p| !p.is_empty());
-    parts
-}
-
 struct RequestedContact {
     contact: String,
     expires: u32,
@@ -187,7 +163,7 @@ impl Registrar {
         let mut requested = Vec::new();
         for header in request.headers.iter() {
             let Header::Contact(value) = header else { continue };
-            for item in split_list(value.value()) {
+            for item in crate::sip::message::split_list(value.value()) {
                 if item == "*" {
                     wildcard = true;
                     continue;
@@ -446,6 +422,7 @@ mod tests {
 
     #[test]
     fn list_splitting_respects_quotes_and_brackets() {
-        assert_eq!(split_list("\"a, b\" <sip:x@y;p=1,2>, <sip:z>"), vec!["\"a, b\" <sip:x@y;p=1,2>", "<sip:z>"]);
+        let items: Vec<&str> = crate::sip::message::split_list("\"a, b\" <sip:x@y;p=1,2>, <sip:z>, ").collect();
+        assert_eq!(items, vec!["\"a, b\" <sip:x@y;p=1,2>", "<sip:z>"]);
     }
 }

@@ -24,7 +24,7 @@ use crate::b2bua::Calls;
 use crate::config::Config;
 use crate::media::{MediaReply, MediaRequest};
 use crate::registrar::{Registrar, RegisterError};
-use crate::sip::message::{self, response_for, Framing};
+use crate::sip::message::{self, response_for, tag_of, Framing};
 use crate::sip::transaction::{LayerEvent, Outgoing, Peer, TimerConfig, TransactionKey, TransactionLayer};
 use crate::store::Store;
 
@@ -143,18 +143,6 @@ pub fn to_value(headers: &rsip::Headers) -> Option<&str> {
     headers.iter().find_map(|h| match h {
         Header::To(v) => Some(v.value()),
         _ => None,
-    })
-}
-
-/// The `tag` parameter of a From/To value (outside the URI's angle brackets).
-pub fn tag_of(value: &str) -> Option<&str> {
-    let params = match value.rfind('>') {
-        Some(end) => value.get(end + 1..)?,
-        None => value,
-    };
-    params.split(';').skip(1).find_map(|p| {
-        let (name, v) = p.split_once('=')?;
-        name.trim().eq_ignore_ascii_case("tag").then(|| v.trim())
     })
 }
 

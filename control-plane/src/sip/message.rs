@@ -450,24 +450,49 @@ pub fn max_forwards(headers: &rsip::Headers) -> Result<u8, ParseError> {
 
 /// The part of a header value before the first comma outside quotes and angle brackets.
 fn first_list_element(value: &str) -> &str {
-    let mut quoted = false;
-    let mut escaped = false;
-    let mut angle = false;
-    for (i, c) in value.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
+    split_list(value).next().unwrap_or_default()
+}
+
+/// The elements of a comma-separated header value (`Contact: <a>, "x, y" <b>`), split at commas
+/// outside quotes and angle brackets, trimmed, empty ones skipped.
+pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || loop {
+        let current = rest?;
+        let (mut quoted, mut escaped, mut angle) = (false, false, false);
+        let mut end = None;
+        for (i, c) in current.char_indices() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match c {
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                '<' if !quoted => angle = true,
+                '>' if !quoted => angle = false,
+                ',' if !quoted && !angle => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
         }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => return value.get(..i).unwrap_or(value).trim(),
-            _ => {}
+        let element = match end {
+            Some(i) => {
+                rest = current.get(i + 1..);
+                current.get(..i).unwrap_or_default()
+            }
+            None => {
+                rest = None;
+                current
+            }
+        };
+        let element = element.trim();
+        if !element.is_empty() {
+            return Some(element);
         }
-    }
-    value.trim()
+    })
 }
 
 /// Cuts the next message out of a stream transport's receive buffer.
@@ -605,11 +630,20 @@ fn is_token_byte(b: u8) -> bool {
 
 /// Whether a From/To value carries a `tag` parameter (outside its URI's angle brackets).
 fn has_tag(value: &str) -> bool {
+    tag_of(value).is_some()
+}
+
+/// The `tag` parameter of a From/To value (outside the URI's angle brackets); `Some("")` for a
+/// `tag` without a value.
+pub fn tag_of(value: &str) -> Option<&str> {
     let params = match value.rfind('>') {
-        Some(end) => value.get(end + 1..).unwrap_or_default(),
+        Some(end) => value.get(end + 1..)?,
         None => value,
     };
-    params.split(';').skip(1).any(|p| p.trim().split('=').next().is_some_and(|n| n.trim().eq_ignore_ascii_case("tag")))
+    params.split(';').skip(1).find_map(|p| {
+        let (name, v) = p.split_once('=').unwrap_or((p, ""));
+        name.trim().eq_ignore_ascii_case("tag").then(|| v.trim())
+    })
 }
 
 /// A To tag that is a pure function of the request, so stateless answers to retransmissions match.
