@@ -30,8 +30,8 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use crate::config::{CallerIdPolicy, Destination};
 use crate::media::{Allocation, MediaReply, MediaRequest, StreamRequest};
 use crate::sdp::Sdp;
-use crate::service::{call_id, from_value, header, to_value, uri_of, user_host, ControlPlane, Now};
-use crate::sip::message::{self, response_for, tag_of, Framing};
+use crate::service::{ControlPlane, Now};
+use crate::sip::message::{self, call_id, from_value, header, response_for, tag_of, to_value, uri_of, user_host, Framing};
 use crate::sip::transaction::{cancel_for, Outgoing, Peer, Role, TransactionKey};
 use crate::store::Store;
 

@@ -149,14 +149,7 @@ impl Registrar {
         now_unix: u64,
     ) -> Result<Registered, RegisterError> {
         let header_expires = expires_header(request);
-        let call_id = request
-            .headers
-            .iter()
-            .find_map(|h| match h {
-                Header::CallId(c) => Some(c.value().to_owned()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let call_id = crate::sip::message::call_id(&request.headers).unwrap_or_default().to_owned();
         let cseq = crate::sip::message::cseq(&request.headers).map(|c| c.seq).unwrap_or(0);
 
         let mut wildcard = false;

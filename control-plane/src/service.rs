@@ -24,7 +24,7 @@ use crate::b2bua::Calls;
 use crate::config::Config;
 use crate::media::{MediaReply, MediaRequest};
 use crate::registrar::{Registrar, RegisterError};
-use crate::sip::message::{self, response_for, tag_of, Framing};
+use crate::sip::message::{self, response_for, tag_of, to_value, uri_of, user_host, Framing};
 use crate::sip::transaction::{LayerEvent, Outgoing, Peer, TimerConfig, TransactionKey, TransactionLayer};
 use crate::store::Store;
 
@@ -112,56 +112,6 @@ pub enum StartError {
     /// No randomness for the nonce secret.
     #[error("getrandom: {0}")]
     Random(getrandom::Error),
-}
-
-/// The value of the first header named `name` (case-insensitive; for headers rsip keeps untyped).
-pub fn header<'a>(headers: &'a rsip::Headers, name: &str) -> Option<&'a str> {
-    headers.iter().find_map(|h| match h {
-        Header::Other(n, v) if n.eq_ignore_ascii_case(name) => Some(v.as_str()),
-        _ => None,
-    })
-}
-
-/// The Call-ID.
-pub fn call_id(headers: &rsip::Headers) -> Option<&str> {
-    headers.iter().find_map(|h| match h {
-        Header::CallId(c) => Some(c.value()),
-        _ => None,
-    })
-}
-
-/// The From header value.
-pub fn from_value(headers: &rsip::Headers) -> Option<&str> {
-    headers.iter().find_map(|h| match h {
-        Header::From(v) => Some(v.value()),
-        _ => None,
-    })
-}
-
-/// The To header value.
-pub fn to_value(headers: &rsip::Headers) -> Option<&str> {
-    headers.iter().find_map(|h| match h {
-        Header::To(v) => Some(v.value()),
-        _ => None,
-    })
-}
-
-/// The URI inside a name-addr (`"Bob" <sip:bob@h>;tag=x` → `sip:bob@h`) or an addr-spec.
-pub fn uri_of(value: &str) -> &str {
-    if let (Some(start), Some(end)) = (value.find('<'), value.rfind('>')) {
-        if start < end {
-            return value.get(start + 1..end).unwrap_or_default().trim();
-        }
-    }
-    value.split(';').next().unwrap_or_default().trim()
-}
-
-/// User and host of a SIP URI text (`sip:bob@h:5060;x` → (`bob`, `h`)).
-pub fn user_host(uri: &str) -> Option<(String, String)> {
-    let parsed = rsip::Uri::try_from(uri).ok()?;
-    let user = parsed.user().unwrap_or_default().to_owned();
-    let host = parsed.host_with_port.host.to_string();
-    Some((user, host))
 }
 
 impl ControlPlane {

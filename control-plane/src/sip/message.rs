@@ -646,6 +646,56 @@ pub fn tag_of(value: &str) -> Option<&str> {
     })
 }
 
+/// The value of the first header named `name` (case-insensitive; for headers rsip keeps untyped).
+pub fn header<'a>(headers: &'a rsip::Headers, name: &str) -> Option<&'a str> {
+    headers.iter().find_map(|h| match h {
+        Header::Other(n, v) if n.eq_ignore_ascii_case(name) => Some(v.as_str()),
+        _ => None,
+    })
+}
+
+/// The Call-ID.
+pub fn call_id(headers: &rsip::Headers) -> Option<&str> {
+    headers.iter().find_map(|h| match h {
+        Header::CallId(c) => Some(c.value()),
+        _ => None,
+    })
+}
+
+/// The From header value.
+pub fn from_value(headers: &rsip::Headers) -> Option<&str> {
+    headers.iter().find_map(|h| match h {
+        Header::From(v) => Some(v.value()),
+        _ => None,
+    })
+}
+
+/// The To header value.
+pub fn to_value(headers: &rsip::Headers) -> Option<&str> {
+    headers.iter().find_map(|h| match h {
+        Header::To(v) => Some(v.value()),
+        _ => None,
+    })
+}
+
+/// The URI inside a name-addr (`"Bob" <sip:bob@h>;tag=x` → `sip:bob@h`) or an addr-spec.
+pub fn uri_of(value: &str) -> &str {
+    if let (Some(start), Some(end)) = (value.find('<'), value.rfind('>')) {
+        if start < end {
+            return value.get(start + 1..end).unwrap_or_default().trim();
+        }
+    }
+    value.split(';').next().unwrap_or_default().trim()
+}
+
+/// User and host of a SIP URI text (`sip:bob@h:5060;x` → (`bob`, `h`)).
+pub fn user_host(uri: &str) -> Option<(String, String)> {
+    let parsed = rsip::Uri::try_from(uri).ok()?;
+    let user = parsed.user().unwrap_or_default().to_owned();
+    let host = parsed.host_with_port.host.to_string();
+    Some((user, host))
+}
+
 /// A To tag that is a pure function of the request, so stateless answers to retransmissions match.
 fn stateless_tag(head: &str) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
