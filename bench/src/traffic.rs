@@ -45,7 +45,7 @@ pub struct Params {
     pub duration: Duration,
     /// How long to keep receiving after the last packet was sent.
     pub drain: Duration,
-    /// Pacing granularity.
+    /// Pacing granularity: the longest sleep between sends; zero never sleeps (busy pacing).
     pub tick: Duration,
     /// Relay process to measure the CPU of.
     pub relay_pid: Option<u32>,

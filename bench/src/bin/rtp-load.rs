@@ -59,7 +59,10 @@ struct Args {
     /// CPU to pin the generator to.
     #[arg(long)]
     cpu: Option<usize>,
-    /// Pacing tick in microseconds.
+    /// Pacing tick in microseconds: the most the generator sleeps between two sends (at least 20).
+    /// 0 = busy pacing: never sleep, send every packet as it falls due. Pacing is then exact and
+    /// the generator's CPU never idles (its vCPU is never halted and woken late), at the price of
+    /// a whole core, so its own CPU figure then says nothing.
     #[arg(long, default_value_t = 250)]
     tick_us: u64,
     /// Search for the largest call count with 0 loss and p99 under --max-p99-us.
@@ -320,7 +323,10 @@ async fn one_run(args: &Args, peer: &mut Peer, n: usize, run_id: u64) -> Result<
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.duration),
         drain: Duration::from_millis(300),
-        tick: Duration::from_micros(args.tick_us.max(20)),
+        tick: match args.tick_us {
+            0 => Duration::ZERO,
+            t => Duration::from_micros(t.max(20)),
+        },
         relay_pid: args.relay_pid,
     };
     let cpu = args.cpu;
