@@ -7,6 +7,7 @@
 #
 #   bash scripts/bench.sh                      # fixed rates, DURATION=10 s each
 #   SEARCH=1 CALLS_LIST="1000" bash scripts/bench.sh
+#   GEN_ARGS="--tick-us 0" bash scripts/bench.sh   # extra rtp-load arguments for every run (here: busy pacing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -15,6 +16,7 @@ CALLS_LIST=${CALLS_LIST:-"100 500 1000"}
 DURATION=${DURATION:-10}
 REPEAT=${REPEAT:-1}
 SEARCH=${SEARCH:-0}
+read -r -a GEN_ARGS <<<"${GEN_ARGS:-}"
 OUT=${OUT:-target/bench/relay-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 GRPC=127.0.0.1:9190
 mkdir -p "$(dirname "$OUT")"
@@ -25,11 +27,11 @@ run_media_plane() { # args: rtp-load args…
   local relay=$!
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9190) 2>/dev/null && break; sleep 0.1; done
   taskset -c 0 target/release/rtp-load --grpc "http://$GRPC" --relay-pid "$relay" --cpu 0 --sockets 2 \
-    --duration "$DURATION" --label media-plane-udp "$@" | tee -a "$OUT" || true
+    --duration "$DURATION" --label media-plane-udp "${GEN_ARGS[@]}" "$@" | tee -a "$OUT" || true
   kill $relay; wait $relay 2>/dev/null || true
 }
 run_rtpengine() { # args: rtp-load args…
-  NO_BUILD=1 DURATION="$DURATION" bash scripts/bench-rtpengine.sh "$@" | tee -a "$OUT" || true
+  NO_BUILD=1 DURATION="$DURATION" bash scripts/bench-rtpengine.sh "${GEN_ARGS[@]}" "$@" | tee -a "$OUT" || true
 }
 
 for r in $(seq 1 "$REPEAT"); do
