@@ -45,6 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("could not pin to CPU {cpu}").into());
         }
     }
+    if !args.seconds.is_finite() || args.seconds <= 0.0 {
+        return Err(format!("--seconds must be a positive number, not {}", args.seconds).into());
+    }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let window = Duration::from_secs_f64(args.seconds.clamp(0.1, 3600.0));
     let start = Instant::now();
