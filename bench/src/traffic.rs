@@ -61,6 +61,14 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Latency {
+    /// The percentiles of a histogram of nanoseconds.
+    pub fn from_ns(hist: &Histogram<u64>) -> Self {
+        let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        Self { p50: us(0.5), p90: us(0.9), p99: us(0.99), p999: us(0.999), max: hist.max() as f64 / 1000.0 }
+    }
+}
+
 /// What one run measured (the measured window only, after warm-up).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -307,7 +315,6 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
         (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => Some((s1 - s0) as f64 * 100.0 / (t1 - t0) as f64),
         _ => None,
     };
-    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let lost = sent.saturating_sub(received);
     Ok(Report {
         calls: calls.len(),
@@ -323,7 +330,7 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
         loss_pct: if sent == 0 { 0.0 } else { lost as f64 * 100.0 / sent as f64 },
         reordered,
         misrouted,
-        latency_us: Latency { p50: us(0.5), p90: us(0.9), p99: us(0.99), p999: us(0.999), max: hist.max() as f64 / 1000.0 },
+        latency_us: Latency::from_ns(&hist),
         relay_cpu_s: relay_cpu,
         relay_cpu_us_per_pkt: relay_cpu.filter(|_| received > 0).map(|c| c * 1e6 / received as f64),
         relay_cpu_pct: relay_cpu.map(|c| c * 100.0 / secs),

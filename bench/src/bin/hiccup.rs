@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use bench::traffic::Latency;
 use hdrhistogram::Histogram;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -82,7 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let us = Latency::from_ns(&hist);
     let over_1ms = hist.count_between(1_000_000, u64::MAX);
     let (what, n) = match args.mode {
         Mode::Sleep => ("wake-ups, lateness", hist.len()),
@@ -92,11 +93,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hiccup {:?} on CPU {}: {n} {what} µs p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}; {over_1ms} over 1 ms; stalled {:.2}% of {:.1} s",
         args.mode,
         args.cpu.map_or("any".into(), |c| c.to_string()),
-        us(0.5),
-        us(0.9),
-        us(0.99),
-        us(0.999),
-        hist.max() as f64 / 1000.0,
+        us.p50,
+        us.p90,
+        us.p99,
+        us.p999,
+        us.max,
         stalled.as_secs_f64() * 100.0 / window.as_secs_f64(),
         window.as_secs_f64(),
     );
@@ -106,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cpu": args.cpu,
         "seconds": window.as_secs_f64(),
         "count": n,
-        "us": { "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999), "max": hist.max() as f64 / 1000.0 },
+        "us": us,
         "over_1ms": over_1ms,
         "stalled_pct": stalled.as_secs_f64() * 100.0 / window.as_secs_f64(),
     });
