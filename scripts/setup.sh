@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on Debian 12: protoc (gRPC code generation), a C toolchain,
 # clang and libelf for the XDP program, ip/ethtool/ping for its netns tests,
-# sipp for the SIP tests, Python gRPC packages for the external-client test, and Rust (rustup) if cargo is missing.
+# sipp for the SIP tests, baresip for the phone tests (SETUP_PHONES=1), Python gRPC packages for the external-client test, and Rust (rustup) if cargo is missing.
 set -euo pipefail
 
 need_apt=()
@@ -26,6 +26,11 @@ command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 # control-plane integration tests drive the SIP server with sipp (Debian's sip-tester, built with
 # RTP streaming).
 command -v sipp >/dev/null || need_apt+=(sip-tester)
+# The phone tests (control-plane/tests/phones.rs) call through both planes with baresip; its core
+# package has the modules they use (g711, ausine, aubridge, sndfile, ctrl_tcp) without a desktop.
+if [ "${SETUP_PHONES:-0}" = 1 ]; then
+  command -v baresip >/dev/null || need_apt+=(baresip-core)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then runs every test of the workspace
 # (unit, virtual-time engine and SIP transactions, integration tests against the real binaries,
-# sipp calls through control plane and media plane, the Python gRPC client).
+# sipp calls and baresip phones through control plane and media plane, the Python gRPC client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETUP_PYTHON_GRPC=1 source scripts/setup.sh
+SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 source scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # The Python external-client test must run here, not skip.
 export REQUIRE_PYTHON_GRPC=1
 # So must the sipp registration and call tests of the control plane.
 export REQUIRE_SIPP=1
+# And the baresip phones calling through both planes.
+export REQUIRE_BARESIP=1
 cargo test --workspace --locked "$@"

@@ -387,7 +387,7 @@ impl ControlPlane {
         let caller = if self.config.trusted.contains(&source.addr.ip()) {
             None
         } else {
-            let Some(user) = self.authenticate(&key, &request, &from_domain, true, now, store) else { return };
+            let Some(user) = self.authenticate(&key, &request, &from_user, &from_domain, true, now, store) else { return };
             if user != from_user || !self.config.is_local_domain(&from_domain) {
                 self.stats.auth_failures += 1;
                 self.reply(&key, &request, 403, now);
@@ -554,6 +554,13 @@ impl ControlPlane {
 
     pub(crate) fn on_media_reply(&mut self, id: u64, reply: MediaReply, now: Now) {
         let MediaReply::Allocated(result) = reply;
+        match &result {
+            Ok(_) => self.stats.media_allocations += 1,
+            Err(error) => {
+                self.stats.media_allocation_failures += 1;
+                tracing::warn!(%error, media_plane = %self.config.media_grpc, "media allocation failed");
+            }
+        }
         let Some(call) = self.calls.calls.get_mut(&id) else {
             if let Ok(allocation) = result {
                 self.media_request(id, allocation.release());
@@ -561,8 +568,7 @@ impl ControlPlane {
             return;
         };
         match result {
-            Err(error) => {
-                tracing::warn!(%error, "media allocation failed");
+            Err(_) => {
                 if call.state == State::Allocating {
                     let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
                     self.reply(&key, &invite, 503, now);

@@ -11,12 +11,18 @@
 //! no_answer_timeout_s = 120       # a callee that rings this long gets CANCEL; caller gets 408 (default 120)
 //!
 //! [auth]
-//! algorithms = ["MD5", "SHA-256"] # challenge order, one WWW-/Proxy-Authenticate each (default: this).
-//!                                 # MD5 first because many phones and sipp 3.6.1 read only the first
-//!                                 # challenge and give up on one they cannot do; clients that scan
-//!                                 # all of them (RFC 8760) still find SHA-256. Put "SHA-256" first,
-//!                                 # or alone, when every client supports it.
+//! algorithms = ["MD5", "SHA-256"] # algorithms accepted, preferred first (default: this). Any of MD5,
+//!                                 # SHA-256, SHA-512-256, optionally -sess.
+//! challenge = "one"               # "one" (default): each 401/407 carries a single challenge: the
+//!                                 # algorithm of the credentials the client already sent if it is
+//!                                 # accepted, else the first above. baresip, sipp 3.6.1 and many
+//!                                 # phones fail on a challenge they cannot compute instead of
+//!                                 # skipping it. "all": one challenge per algorithm (RFC 8760).
 //! nonce_ttl_s = 300               # nonces older than this get stale=true (default 300)
+//!
+//! [auth.domains]                  # per-domain algorithm: the only one challenged and accepted for
+//! "secure.example.net" = "SHA-256" # that domain's subscribers (default: none). A subscriber's own
+//!                                 # setting (`subscriber set-auth`) takes precedence over it.
 //!
 //! [registrar]
 //! min_expires = 60                # shorter Expires get 423 Interval Too Brief (default 60)
@@ -25,7 +31,7 @@
 //! max_contacts = 10               # contacts per address-of-record (default 10)
 //!
 //! [media]
-//! grpc = "http://127.0.0.1:9190"  # media plane gRPC endpoint (default: this)
+//! grpc = "http://127.0.0.1:9090"  # media plane gRPC endpoint (default: the media plane's own default)
 //! media_timeout_ms = 60000        # legs without RTP this long are deleted by the media plane (default 60000)
 //! rpc_timeout_ms = 2000           # a media-plane call slower than this fails the call with 503 (default 2000)
 //!
@@ -52,6 +58,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::digest::Algorithm;
+use crate::auth::policy::{AuthPolicy, ChallengeMode};
 
 /// A configuration error; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +83,10 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+/// Where the media plane's gRPC API listens when neither side is configured (its `grpc_listen`
+/// default), so the two binaries work together out of the box.
+pub const DEFAULT_MEDIA_GRPC: &str = "http://127.0.0.1:9090";
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
@@ -113,7 +124,9 @@ struct RawSip {
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     algorithms: Option<Vec<String>>,
+    challenge: Option<String>,
     nonce_ttl_s: Option<u64>,
+    domains: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,8 +252,8 @@ pub struct Config {
     pub trusted: HashSet<IpAddr>,
     /// How long a callee may ring.
     pub no_answer_timeout: Duration,
-    /// Challenge algorithms in order.
-    pub algorithms: Vec<Algorithm>,
+    /// Digest algorithms: accepted, challenged, per domain.
+    pub auth: AuthPolicy,
     /// Nonce lifetime.
     pub nonce_ttl: Duration,
     /// Registrar limits.
@@ -330,6 +343,24 @@ impl Config {
         if algorithms.is_empty() {
             return Err(invalid("auth.algorithms", "needs at least one algorithm"));
         }
+        let mode = match raw.auth.challenge.as_deref().unwrap_or("one") {
+            "one" => ChallengeMode::One,
+            "all" => ChallengeMode::All,
+            other => return Err(invalid("auth.challenge", format!("{other:?} is not \"one\" or \"all\""))),
+        };
+        let mut per_domain = Vec::new();
+        for (domain, name) in raw.auth.domains.unwrap_or_default() {
+            let key = format!("auth.domains.{domain}");
+            let domain = domain.to_ascii_lowercase();
+            if !domains.contains(&domain) {
+                return Err(invalid(key, "is not one of sip.domains"));
+            }
+            let algorithm = Algorithm::from_token(&name).ok_or_else(|| {
+                invalid(key, format!("{name:?} is not MD5, SHA-256 or SHA-512-256 (optionally -sess)"))
+            })?;
+            per_domain.push((domain, algorithm));
+        }
+        let auth = AuthPolicy { algorithms, mode, domains: per_domain };
         let nonce_ttl_s = raw.auth.nonce_ttl_s.unwrap_or(300);
         if nonce_ttl_s == 0 {
             return Err(invalid("auth.nonce_ttl_s", "must be greater than 0"));
@@ -355,7 +386,7 @@ impl Config {
             return Err(invalid("registrar.max_contacts", "must be greater than 0"));
         }
 
-        let media_grpc = raw.media.grpc.unwrap_or_else(|| "http://127.0.0.1:9190".into());
+        let media_grpc = raw.media.grpc.unwrap_or_else(|| DEFAULT_MEDIA_GRPC.into());
         if !(media_grpc.starts_with("http://") || media_grpc.starts_with("https://")) {
             return Err(invalid("media.grpc", format!("{media_grpc:?} must start with http:// or https://")));
         }
@@ -410,7 +441,7 @@ impl Config {
             advertise,
             trusted,
             no_answer_timeout: Duration::from_secs(no_answer_timeout_s),
-            algorithms,
+            auth,
             nonce_ttl: Duration::from_secs(nonce_ttl_s),
             registrar,
             media_grpc,
@@ -443,9 +474,11 @@ mod tests {
         assert_eq!(c.realm, "sip.test");
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.advertise, "127.0.0.1:5060");
-        assert_eq!(c.algorithms, vec![Algorithm::Md5, Algorithm::Sha256]);
+        assert_eq!(c.auth.algorithms, vec![Algorithm::Md5, Algorithm::Sha256]);
+        assert_eq!(c.auth.mode, ChallengeMode::One);
+        assert!(c.auth.domains.is_empty());
         assert_eq!(c.registrar, RegistrarConfig::default());
-        assert_eq!(c.media_grpc, "http://127.0.0.1:9190");
+        assert_eq!(c.media_grpc, "http://127.0.0.1:9090");
     }
 
     #[test]
@@ -455,6 +488,9 @@ mod tests {
             ("[sip]\ndomains = [\"a\"]\nlisten = [\"sctp:1.2.3.4:5\"]", "sip.listen"),
             ("[sip]\ndomains = [\"a\"]\ntrusted = [\"x\"]", "sip.trusted"),
             ("[sip]\ndomains = [\"a\"]\n[auth]\nalgorithms = [\"SHA-1\"]", "auth.algorithms"),
+            ("[sip]\ndomains = [\"a\"]\n[auth]\nchallenge = \"some\"", "auth.challenge"),
+            ("[sip]\ndomains = [\"a\"]\n[auth.domains]\nb = \"SHA-256\"", "auth.domains.b"),
+            ("[sip]\ndomains = [\"a\"]\n[auth.domains]\na = \"SHA-1\"", "auth.domains.a"),
             ("[sip]\ndomains = [\"a\"]\n[registrar]\nmin_expires = 100\nmax_expires = 50", "registrar.max_expires"),
             ("[sip]\ndomains = [\"a\"]\n[media]\ngrpc = \"127.0.0.1:9190\"", "media.grpc"),
             ("[sip]\ndomains = [\"a\"]\n[[route]]\nprefix = \"0\"\ndestination = \"nonsense uri\"", "route[0].destination"),

@@ -6,6 +6,7 @@
 //! control-plane subscriber add --config F --user alice --domain sip.test --password secret
 //! control-plane subscriber import --config F --domain sip.test users.csv   # user;password lines
 //! control-plane subscriber list --config F
+//! control-plane subscriber set-auth --config F --user alice --domain sip.test --algorithm SHA-256   # or default
 //! control-plane subscriber remove --config F --user alice --domain sip.test
 //! ```
 //!
@@ -17,6 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use control_plane::auth::digest::Algorithm;
 use control_plane::config::Config;
 use control_plane::service::{ControlPlane, Now};
 use control_plane::store::{SqliteStore, Store, Subscriber};
@@ -55,6 +57,19 @@ enum SubscriberAction {
         domain: String,
         #[arg(long)]
         password: String,
+        /// The only digest algorithm this subscriber is challenged with and may use (MD5,
+        /// SHA-256, SHA-512-256, optionally -sess); default: the domain's or server's setting.
+        #[arg(long)]
+        auth_algorithm: Option<String>,
+    },
+    /// Set a subscriber's digest algorithm (`default` clears it).
+    SetAuth {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        algorithm: String,
     },
     /// Add subscribers from a file of `user;password` lines (sipp's CSV format; a first line
     /// SEQUENTIAL/RANDOM and lines starting with # are skipped).
@@ -81,6 +96,17 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
     };
     result.map_err(|e| {
         eprintln!("control-plane: configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// A digest algorithm token from the command line; `default` is none.
+fn parse_algorithm(text: &str) -> Result<Option<Algorithm>, ExitCode> {
+    if text.eq_ignore_ascii_case("default") {
+        return Ok(None);
+    }
+    Algorithm::from_token(text).map(Some).ok_or_else(|| {
+        eprintln!("control-plane: algorithm {text:?} is not MD5, SHA-256, SHA-512-256 (optionally -sess) or default");
         ExitCode::from(2)
     })
 }
@@ -112,8 +138,13 @@ fn main() -> ExitCode {
 
 fn subscriber(action: SubscriberAction, config: &Config, store: &mut SqliteStore) -> ExitCode {
     let result = match action {
-        SubscriberAction::Add { user, domain, password } => {
-            store.add_subscriber(&Subscriber::with_password(&user, &domain, &config.realm, &password)).map(|()| {
+        SubscriberAction::Add { user, domain, password, auth_algorithm } => {
+            let mut subscriber = Subscriber::with_password(&user, &domain, &config.realm, &password);
+            match auth_algorithm.as_deref().map(parse_algorithm).transpose() {
+                Ok(a) => subscriber.auth_algorithm = a.flatten(),
+                Err(code) => return code,
+            }
+            store.add_subscriber(&subscriber).map(|()| {
                 println!("added {user}@{domain}");
             })
         }
@@ -147,12 +178,30 @@ fn subscriber(action: SubscriberAction, config: &Config, store: &mut SqliteStore
             }
             result.map(|()| println!("imported {added} subscribers into {domain}"))
         }
+        SubscriberAction::SetAuth { user, domain, algorithm } => {
+            let algorithm = match parse_algorithm(&algorithm) {
+                Ok(a) => a,
+                Err(code) => return code,
+            };
+            store.set_auth_algorithm(&user, &domain, algorithm).and_then(|found| {
+                if found {
+                    println!("{user}@{domain}: {}", algorithm.map_or("default", |a| a.name()));
+                    Ok(())
+                } else {
+                    Err(control_plane::store::StoreError::NotFound(format!("{user}@{domain}")))
+                }
+            })
+        }
         SubscriberAction::List => store.subscribers().map(|all| {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
             for s in all {
                 // A closed pipe (`| head`) ends the listing quietly.
-                if writeln!(out, "{}@{}", s.user, s.domain).is_err() {
+                let line = match s.auth_algorithm {
+                    Some(a) => writeln!(out, "{}@{}\t{}", s.user, s.domain, a.name()),
+                    None => writeln!(out, "{}@{}", s.user, s.domain),
+                };
+                if line.is_err() {
                     break;
                 }
             }
@@ -169,6 +218,10 @@ fn subscriber(action: SubscriberAction, config: &Config, store: &mut SqliteStore
         Ok(()) => ExitCode::SUCCESS,
         Err(control_plane::store::StoreError::AlreadyExists(who)) => {
             eprintln!("control-plane: subscriber {who} already exists");
+            ExitCode::from(2)
+        }
+        Err(control_plane::store::StoreError::NotFound(who)) => {
+            eprintln!("control-plane: no subscriber {who}");
             ExitCode::from(2)
         }
         Err(e) => {
@@ -217,7 +270,7 @@ fn serve(config: Config, mut store: SqliteStore) -> ExitCode {
     match result {
         Ok(stats) => {
             println!(
-                "{{\"registrations\":{},\"calls_started\":{},\"calls_answered\":{},\"calls_completed\":{},\"calls_failed\":{},\"calls_cancelled\":{},\"media_allocations\":{},\"media_releases\":{},\"malformed\":{}}}",
+                "{{\"registrations\":{},\"calls_started\":{},\"calls_answered\":{},\"calls_completed\":{},\"calls_failed\":{},\"calls_cancelled\":{},\"media_allocations\":{},\"media_allocation_failures\":{},\"media_releases\":{},\"challenges\":{},\"auth_failures\":{},\"malformed\":{}}}",
                 stats.registrations,
                 stats.calls_started,
                 stats.calls_answered,
@@ -225,7 +278,10 @@ fn serve(config: Config, mut store: SqliteStore) -> ExitCode {
                 stats.calls_failed,
                 stats.calls_cancelled,
                 stats.media_allocations,
+                stats.media_allocation_failures,
                 stats.media_releases,
+                stats.challenges,
+                stats.auth_failures,
                 stats.malformed
             );
             ExitCode::SUCCESS

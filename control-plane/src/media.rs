@@ -125,6 +125,7 @@ fn endpoint(addr: SocketAddr) -> v1::Endpoint {
 #[derive(Debug, Clone)]
 pub struct MediaClient {
     client: MediaPlaneClient<Channel>,
+    uri: String,
     media_timeout_ms: u32,
     rpc_timeout: Duration,
     /// Counters.
@@ -142,6 +143,7 @@ impl MediaClient {
             .connect_lazy();
         Ok(MediaClient {
             client: MediaPlaneClient::new(channel),
+            uri: uri.to_owned(),
             media_timeout_ms,
             rpc_timeout,
             counters: Arc::new(MediaCounters::default()),
@@ -152,7 +154,8 @@ impl MediaClient {
     pub async fn execute(&self, request: MediaRequest) -> Option<MediaReply> {
         match request {
             MediaRequest::Allocate { call_id, streams } => {
-                let result = self.allocate(&call_id, &streams).await;
+                let result =
+                    self.allocate(&call_id, &streams).await.map_err(|e| format!("media plane {}: {e}", self.uri));
                 let counter =
                     if result.is_ok() { &self.counters.allocations } else { &self.counters.allocation_failures };
                 counter.fetch_add(1, Ordering::Relaxed);

@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use rsip::headers::UntypedHeader;
 use rsip::{Header, Method, Request, Response, SipMessage};
 
-use crate::auth::digest::{Authenticator, DigestConfig, DigestError, HashFn};
+use crate::auth::digest::{parse_credentials, Algorithm, Authenticator, DigestConfig, DigestError, HashFn};
 use crate::b2bua::Calls;
 use crate::config::Config;
 use crate::media::{MediaReply, MediaRequest};
@@ -69,6 +69,12 @@ pub struct Stats {
     pub challenges: u64,
     /// Credentials refused with 403.
     pub auth_failures: u64,
+    /// Right credentials on an expired nonce (re-challenged with stale=true).
+    pub auth_stale: u64,
+    /// Credentials whose nonce count was already used (replays; re-challenged).
+    pub auth_replays: u64,
+    /// Credentials in an algorithm the subscriber or domain may not use (re-challenged).
+    pub auth_wrong_algorithm: u64,
     /// Store errors (the request got 500).
     pub store_errors: u64,
     /// INVITEs that started a call.
@@ -81,8 +87,10 @@ pub struct Stats {
     pub calls_cancelled: u64,
     /// Calls that ended after being answered.
     pub calls_completed: u64,
-    /// Media allocations asked for.
+    /// Media allocations the media plane completed.
     pub media_allocations: u64,
+    /// Media allocations that failed (the call got 503; nothing stays allocated).
+    pub media_allocation_failures: u64,
     /// Media releases asked for (each allocation is released exactly once).
     pub media_releases: u64,
     /// Requests answered 481 (no such dialog/transaction).
@@ -127,7 +135,9 @@ impl ControlPlane {
             }
         };
         let mut digest = DigestConfig::new(config.realm.clone());
-        digest.algorithms = config.algorithms.clone();
+        // Every algorithm is verifiable; which ones a request may use is the policy's choice
+        // (per subscriber, per domain), checked before verification.
+        digest.algorithms = ALL_ALGORITHMS.to_vec();
         digest.nonce_ttl = config.nonce_ttl;
         let auth = Authenticator::new(digest, secret)?;
         Ok(ControlPlane {
@@ -309,12 +319,14 @@ impl ControlPlane {
         }
     }
 
-    /// Checks `Authorization`/`Proxy-Authorization` against the store. `Ok(Some(user))` when
-    /// valid; `Ok(None)` after sending a challenge or a refusal.
+    /// Checks `Authorization`/`Proxy-Authorization` against the store for a request that claims
+    /// to come from `user@domain`. `Ok(Some(user))` when valid; `None` after sending a challenge
+    /// or a refusal. The algorithms offered and accepted follow [`AuthPolicy`](crate::auth::policy::AuthPolicy).
     pub(crate) fn authenticate(
         &mut self,
         key: &TransactionKey,
         request: &Request,
+        user: &str,
         domain: &str,
         proxy: bool,
         now: Now,
@@ -327,20 +339,44 @@ impl ControlPlane {
             (Header::Other(n, v), true) if n.eq_ignore_ascii_case("Proxy-Authorization") => Some(v.clone()),
             _ => None,
         });
+        let claimed = match store.subscriber(user, domain) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "subscriber lookup failed");
+                self.stats.store_errors += 1;
+                self.reply(key, request, 500, now);
+                return None;
+            }
+        };
+        let answered = header_value.as_deref().and_then(|v| parse_credentials(v).ok());
+        let offer = self.config.auth.offer(
+            domain,
+            claimed.as_ref().and_then(|s| s.auth_algorithm),
+            answered.as_ref().map(|c| c.algorithm),
+        );
         let Some(value) = header_value else {
-            self.challenge(key, request, proxy, false, now);
+            self.challenge(key, request, proxy, &offer.challenge, false, now);
             return None;
         };
+        if answered.as_ref().is_some_and(|c| !offer.accept.contains(&c.algorithm)) {
+            // Well-formed credentials in an algorithm this subscriber may not use: offer the right one.
+            self.stats.auth_wrong_algorithm += 1;
+            self.challenge(key, request, proxy, &offer.challenge, false, now);
+            return None;
+        }
         // The digest `uri` must name the Request-URI; compared parsed, so that how rsip renders
         // the Request-URI again cannot fail a correct response.
         let uri_matches = |uri: &str| rsip::Uri::try_from(uri).ok().as_ref() == Some(&request.uri);
         let mut store_failed = false;
-        let lookup = |user: &str, _realm: &str, hash: HashFn| match store.subscriber(user, domain) {
-            Ok(s) => s.map(|s| s.ha1(hash).to_owned()),
-            Err(_) => {
-                store_failed = true;
-                None
-            }
+        let lookup = |name: &str, _realm: &str, hash: HashFn| match &claimed {
+            Some(s) if s.user == name => Some(s.ha1(hash).to_owned()),
+            _ => match store.subscriber(name, domain) {
+                Ok(s) => s.map(|s| s.ha1(hash).to_owned()),
+                Err(_) => {
+                    store_failed = true;
+                    None
+                }
+            },
         };
         let verified = self.auth.verify_matching(&value, request.method.to_string().as_str(), uri_matches, now.wall, lookup);
         if store_failed {
@@ -351,7 +387,8 @@ impl ControlPlane {
         match verified {
             Ok(v) => Some(v.username),
             Err(DigestError::StaleNonce) => {
-                self.challenge(key, request, proxy, true, now);
+                self.stats.auth_stale += 1;
+                self.challenge(key, request, proxy, &offer.challenge, true, now);
                 None
             }
             Err(e) if e.is_malformed() => {
@@ -365,14 +402,27 @@ impl ControlPlane {
                 self.reply(key, request, 403, now);
                 None
             }
+            Err(DigestError::Replay) => {
+                self.stats.auth_replays += 1;
+                self.challenge(key, request, proxy, &offer.challenge, false, now);
+                None
+            }
             Err(_) => {
-                self.challenge(key, request, proxy, false, now);
+                self.challenge(key, request, proxy, &offer.challenge, false, now);
                 None
             }
         }
     }
 
-    fn challenge(&mut self, key: &TransactionKey, request: &Request, proxy: bool, stale: bool, now: Now) {
+    fn challenge(
+        &mut self,
+        key: &TransactionKey,
+        request: &Request,
+        proxy: bool,
+        algorithms: &[Algorithm],
+        stale: bool,
+        now: Now,
+    ) {
         let mut random = [0u8; 16];
         if getrandom::fill(&mut random).is_err() {
             self.reply(key, request, 500, now);
@@ -381,7 +431,7 @@ impl ControlPlane {
         self.stats.challenges += 1;
         let status = if proxy { 407 } else { 401 };
         let mut response = response_for(request, status, None, message::generate_tag().ok().as_deref());
-        for value in self.auth.challenges(now.wall, random, stale) {
+        for value in self.auth.challenges_for(algorithms, now.wall, random, stale) {
             response.headers.push(if proxy {
                 Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(value))
             } else {
@@ -401,7 +451,7 @@ impl ControlPlane {
             self.reply(key, request, 400, now);
             return;
         };
-        let Some(user) = self.authenticate(key, request, &to_domain, false, now, store) else { return };
+        let Some(user) = self.authenticate(key, request, &to_user, &to_domain, false, now, store) else { return };
         if user != to_user || !to_domain.eq_ignore_ascii_case(&domain) {
             // Authenticated as someone else: may not register this address-of-record.
             self.stats.auth_failures += 1;
@@ -453,14 +503,22 @@ impl ControlPlane {
 
     /// Queues a media request for `call`.
     pub(crate) fn media_request(&mut self, call: u64, request: MediaRequest) {
-        match &request {
-            MediaRequest::Allocate { .. } => self.stats.media_allocations += 1,
-            MediaRequest::Release { .. } => self.stats.media_releases += 1,
-            MediaRequest::Update { .. } => {}
+        if let MediaRequest::Release { .. } = &request {
+            self.stats.media_releases += 1;
         }
         self.media.push_back((call, request));
     }
 }
+
+/// Every digest algorithm the server can verify.
+const ALL_ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::Md5,
+    Algorithm::Md5Sess,
+    Algorithm::Sha256,
+    Algorithm::Sha256Sess,
+    Algorithm::Sha512_256,
+    Algorithm::Sha512_256Sess,
+];
 
 /// Methods we answer (Allow header).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";

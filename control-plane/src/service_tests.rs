@@ -42,9 +42,14 @@ impl World {
     }
 
     fn with_routes(routes: &str) -> World {
+        World::with_config(&format!("[auth]\nalgorithms = [\"MD5\"]\n{routes}"))
+    }
+
+    /// A world whose configuration ends with `rest` (sections after `[sip]`).
+    fn with_config(rest: &str) -> World {
         let config = Config::parse(&format!(
             "[sip]\nlisten = [\"udp:192.0.2.100:5060\"]\ndomains = [\"sip.test\"]\ntrusted = [\"192.0.2.1\"]\n\
-             no_answer_timeout_s = 30\n[auth]\nalgorithms = [\"MD5\"]\n{routes}"
+             no_answer_timeout_s = 30\n{rest}"
         ))
         .expect("config");
         let mut core = ControlPlane::new(Arc::new(config), Some([7; 32])).expect("core");
@@ -308,6 +313,8 @@ fn failed_allocation_answers_503_and_untrusted_callers_are_challenged() {
     w.take_one(CALLER, "SIP/2.0 503");
     assert_eq!(w.core.active_calls(), 0);
     assert_eq!(w.releases(), 0, "nothing was allocated");
+    let stats = w.core.stats();
+    assert_eq!((stats.media_allocations, stats.media_allocation_failures), (0, 1), "a failure is not an allocation");
 
     let untrusted = invite("call7", &offer(4000, "sendrecv")).replace(CALLER, "192.0.2.50:5060");
     w.receive("192.0.2.50:5060", &untrusted);
@@ -346,4 +353,118 @@ fn assert_policy_sets_p_asserted_identity_and_unrouted_numbers_get_404() {
     assert!(!trunk.contains("+4930123"), "the caller's own PAI is replaced");
     w.receive(CALLER, &invite("call10", &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:555@sip.test SIP/2.0"));
     w.take_one(CALLER, "SIP/2.0 404");
+}
+
+// ---- digest authentication of REGISTER: what real phones need ----
+
+const PHONE: &str = "192.0.2.7:5060";
+
+fn register(cseq: u32, authorization: Option<&str>) -> String {
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    format!(
+        "REGISTER sip:sip.test SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKreg{cseq}\r\nMax-Forwards: 70\r\n\
+         From: <sip:bob@sip.test>;tag=r1\r\nTo: <sip:bob@sip.test>\r\nCall-ID: reg-1\r\nCSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:bob@{PHONE}>\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The `WWW-Authenticate` values of a 401.
+fn challenges_of(response: &str) -> Vec<crate::auth::digest::Challenge> {
+    response
+        .lines()
+        .filter_map(|l| l.strip_prefix("WWW-Authenticate: "))
+        .map(|v| crate::auth::digest::parse_challenge(v).expect("challenge parses"))
+        .collect()
+}
+
+/// Bob's credentials (password `pw`) answering `challenge` with `algorithm` and nonce count `nc`.
+fn bob_answers(challenge: &crate::auth::digest::Challenge, algorithm: crate::auth::digest::Algorithm, nc: u32) -> String {
+    use crate::auth::digest::{authorization, ha1};
+    let mut challenge = challenge.clone();
+    challenge.algorithm = algorithm;
+    authorization(&challenge, "bob", &ha1(algorithm.hash(), "bob", "sip.test", "pw"), "REGISTER", "sip:sip.test", "c0ffee", nc)
+}
+
+#[test]
+fn default_challenge_is_a_single_md5_digest_with_qop_auth() {
+    use crate::auth::digest::Algorithm;
+    let mut w = World::with_config("");
+    w.receive(PHONE, &register(1, None));
+    let challenges = challenges_of(&w.take_one(PHONE, "SIP/2.0 401"));
+    assert_eq!(challenges.len(), 1, "one challenge per response: {challenges:?}");
+    assert_eq!(challenges[0].algorithm, Algorithm::Md5);
+    assert!(challenges[0].qop_auth && !challenges[0].stale);
+    w.receive(PHONE, &register(2, Some(&bob_answers(&challenges[0], Algorithm::Md5, 1))));
+    w.take_one(PHONE, "SIP/2.0 200");
+    assert_eq!(w.core.stats().registrations, 1);
+}
+
+#[test]
+fn replayed_nonce_count_is_rechallenged_and_a_higher_one_passes() {
+    use crate::auth::digest::Algorithm;
+    let mut w = World::with_config("");
+    w.receive(PHONE, &register(1, None));
+    let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
+    let first = bob_answers(&challenge, Algorithm::Md5, 1);
+    w.receive(PHONE, &register(2, Some(&first)));
+    w.take_one(PHONE, "SIP/2.0 200");
+    // The same credentials again (a captured REGISTER replayed by someone else).
+    w.receive(PHONE, &register(3, Some(&first)));
+    w.take_one(PHONE, "SIP/2.0 401");
+    assert_eq!((w.core.stats().registrations, w.core.stats().auth_replays), (1, 1));
+    w.receive(PHONE, &register(4, Some(&bob_answers(&challenge, Algorithm::Md5, 2))));
+    w.take_one(PHONE, "SIP/2.0 200");
+    assert_eq!(w.core.stats().registrations, 2);
+}
+
+#[test]
+fn client_answering_sha256_is_rechallenged_in_sha256_with_stale_after_the_nonce_expires() {
+    use crate::auth::digest::Algorithm;
+    let mut w = World::with_config("[auth]\nnonce_ttl_s = 30\n");
+    w.receive(PHONE, &register(1, None));
+    let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
+    // A client that can do SHA-256 answers the nonce in SHA-256 (as if it had registered before).
+    w.receive(PHONE, &register(2, Some(&bob_answers(&challenge, Algorithm::Sha256, 1))));
+    w.take_one(PHONE, "SIP/2.0 200");
+    w.advance(Duration::from_secs(31));
+    w.receive(PHONE, &register(3, Some(&bob_answers(&challenge, Algorithm::Sha256, 2))));
+    let again = challenges_of(&w.take_one(PHONE, "SIP/2.0 401"));
+    assert_eq!(again.len(), 1);
+    assert!(again[0].stale, "right password on an expired nonce: stale=true, no prompt for the password");
+    assert_eq!(again[0].algorithm, Algorithm::Sha256, "the client showed it does SHA-256");
+    assert_eq!((w.core.stats().auth_stale, w.core.stats().auth_failures), (1, 0));
+    w.receive(PHONE, &register(4, Some(&bob_answers(&again[0], Algorithm::Sha256, 1))));
+    w.take_one(PHONE, "SIP/2.0 200");
+}
+
+#[test]
+fn subscriber_pinned_to_sha256_is_challenged_in_sha256_and_cannot_downgrade_to_md5() {
+    use crate::auth::digest::Algorithm;
+    let mut w = World::with_config("");
+    assert!(w.store.set_auth_algorithm("bob", "sip.test", Some(Algorithm::Sha256)).expect("store"));
+    w.receive(PHONE, &register(1, None));
+    let challenges = challenges_of(&w.take_one(PHONE, "SIP/2.0 401"));
+    assert_eq!(challenges.iter().map(|c| c.algorithm).collect::<Vec<_>>(), vec![Algorithm::Sha256]);
+    // The right password in MD5 is not enough for this subscriber.
+    w.receive(PHONE, &register(2, Some(&bob_answers(&challenges[0], Algorithm::Md5, 1))));
+    let again = challenges_of(&w.take_one(PHONE, "SIP/2.0 401"));
+    assert_eq!(again[0].algorithm, Algorithm::Sha256);
+    assert_eq!((w.core.stats().registrations, w.core.stats().auth_wrong_algorithm), (0, 1));
+    w.receive(PHONE, &register(3, Some(&bob_answers(&again[0], Algorithm::Sha256, 1))));
+    w.take_one(PHONE, "SIP/2.0 200");
+}
+
+#[test]
+fn domain_setting_and_challenge_all_shape_the_challenge() {
+    use crate::auth::digest::Algorithm;
+    let mut w = World::with_config("[auth.domains]\n\"sip.test\" = \"SHA-512-256\"\n");
+    w.receive(PHONE, &register(1, None));
+    let challenges = challenges_of(&w.take_one(PHONE, "SIP/2.0 401"));
+    assert_eq!(challenges.iter().map(|c| c.algorithm).collect::<Vec<_>>(), vec![Algorithm::Sha512_256]);
+
+    let mut w = World::with_config("[auth]\nalgorithms = [\"SHA-256\", \"MD5\"]\nchallenge = \"all\"\n");
+    w.receive(PHONE, &register(1, None));
+    let challenges = challenges_of(&w.take_one(PHONE, "SIP/2.0 401"));
+    assert_eq!(challenges.iter().map(|c| c.algorithm).collect::<Vec<_>>(), vec![Algorithm::Sha256, Algorithm::Md5]);
+    assert_eq!(challenges[0].nonce, challenges[1].nonce, "one nonce shared by the challenges");
 }

@@ -7,12 +7,13 @@
 //! store for several control planes sharing subscribers implements the same trait.
 //!
 //! Passwords are never stored: a subscriber row holds HA1 = H(user:realm:password) for each
-//! digest hash.
+//! digest hash, and optionally the one digest algorithm the subscriber must use
+//! (`auth_algorithm`, NULL = the domain's or server's default; see [`crate::config`] `[auth]`).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::auth::digest::{ha1, HashFn};
+use crate::auth::digest::{ha1, Algorithm, HashFn};
 
 /// A subscriber account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,9 @@ pub struct Subscriber {
     pub ha1_sha256: String,
     /// HA1 for SHA-512-256.
     pub ha1_sha512_256: String,
+    /// The only digest algorithm this subscriber is challenged with and may answer with
+    /// (`None`: the domain's setting, else the server's default).
+    pub auth_algorithm: Option<Algorithm>,
 }
 
 impl Subscriber {
@@ -38,6 +42,7 @@ impl Subscriber {
             ha1_md5: ha1(HashFn::Md5, user, realm, password),
             ha1_sha256: ha1(HashFn::Sha256, user, realm, password),
             ha1_sha512_256: ha1(HashFn::Sha512_256, user, realm, password),
+            auth_algorithm: None,
         }
     }
 
@@ -93,6 +98,9 @@ pub enum StoreError {
     /// Adding a subscriber that exists.
     #[error("subscriber {0} already exists")]
     AlreadyExists(String),
+    /// Changing a subscriber that does not exist.
+    #[error("no subscriber {0}")]
+    NotFound(String),
 }
 
 /// Subscribers and registrations.
@@ -101,6 +109,8 @@ pub trait Store: Send {
     fn subscriber(&mut self, user: &str, domain: &str) -> Result<Option<Subscriber>, StoreError>;
     /// Adds a subscriber.
     fn add_subscriber(&mut self, subscriber: &Subscriber) -> Result<(), StoreError>;
+    /// Sets (or clears) a subscriber's digest algorithm; whether the subscriber exists.
+    fn set_auth_algorithm(&mut self, user: &str, domain: &str, algorithm: Option<Algorithm>) -> Result<bool, StoreError>;
     /// Removes a subscriber and its registrations; whether it existed.
     fn remove_subscriber(&mut self, user: &str, domain: &str) -> Result<bool, StoreError>;
     /// Every subscriber, ordered by domain then user.
@@ -124,6 +134,7 @@ CREATE TABLE IF NOT EXISTS subscriber (
     ha1_md5 TEXT NOT NULL,
     ha1_sha256 TEXT NOT NULL,
     ha1_sha512_256 TEXT NOT NULL,
+    auth_algorithm TEXT,
     PRIMARY KEY (user, domain)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS location (
@@ -146,6 +157,7 @@ impl SqliteStore {
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
+        migrate(&db)?;
         db.set_prepared_statement_cache_capacity(32);
         Ok(SqliteStore { db })
     }
@@ -158,29 +170,44 @@ impl SqliteStore {
     }
 }
 
+/// Brings a database made by an older release up to [`SCHEMA`] (columns added since).
+fn migrate(db: &rusqlite::Connection) -> Result<(), StoreError> {
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('subscriber')")?;
+    let columns: Vec<String> = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    if !columns.iter().any(|c| c == "auth_algorithm") {
+        db.execute_batch("ALTER TABLE subscriber ADD COLUMN auth_algorithm TEXT")?;
+    }
+    Ok(())
+}
+
+const SUBSCRIBER_COLUMNS: &str = "user, domain, ha1_md5, ha1_sha256, ha1_sha512_256, auth_algorithm";
+
 fn subscriber_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Subscriber> {
+    let algorithm: Option<String> = row.get(5)?;
     Ok(Subscriber {
         user: row.get(0)?,
         domain: row.get(1)?,
         ha1_md5: row.get(2)?,
         ha1_sha256: row.get(3)?,
         ha1_sha512_256: row.get(4)?,
+        // An unknown token (edited by hand) means no setting, not a failed lookup.
+        auth_algorithm: algorithm.as_deref().and_then(Algorithm::from_token),
     })
 }
 
 impl Store for SqliteStore {
     fn subscriber(&mut self, user: &str, domain: &str) -> Result<Option<Subscriber>, StoreError> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT user, domain, ha1_md5, ha1_sha256, ha1_sha512_256 FROM subscriber WHERE user = ?1 AND domain = ?2",
-        )?;
+        let mut stmt = self
+            .db
+            .prepare_cached(&format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscriber WHERE user = ?1 AND domain = ?2"))?;
         let mut rows = stmt.query_map(rusqlite::params![user, domain.to_ascii_lowercase()], subscriber_row)?;
         Ok(rows.next().transpose()?)
     }
 
     fn add_subscriber(&mut self, s: &Subscriber) -> Result<(), StoreError> {
         let result = self.db.execute(
-            "INSERT INTO subscriber (user, domain, ha1_md5, ha1_sha256, ha1_sha512_256) VALUES (?1, ?2, ?3, ?4, ?5)",
-            rusqlite::params![s.user, s.domain, s.ha1_md5, s.ha1_sha256, s.ha1_sha512_256],
+            &format!("INSERT INTO subscriber ({SUBSCRIBER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            rusqlite::params![s.user, s.domain, s.ha1_md5, s.ha1_sha256, s.ha1_sha512_256, s.auth_algorithm.map(Algorithm::name)],
         );
         match result {
             Ok(_) => Ok(()),
@@ -189,6 +216,14 @@ impl Store for SqliteStore {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn set_auth_algorithm(&mut self, user: &str, domain: &str, algorithm: Option<Algorithm>) -> Result<bool, StoreError> {
+        let n = self.db.execute(
+            "UPDATE subscriber SET auth_algorithm = ?3 WHERE user = ?1 AND domain = ?2",
+            rusqlite::params![user, domain.to_ascii_lowercase(), algorithm.map(Algorithm::name)],
+        )?;
+        Ok(n > 0)
     }
 
     fn remove_subscriber(&mut self, user: &str, domain: &str) -> Result<bool, StoreError> {
@@ -200,9 +235,8 @@ impl Store for SqliteStore {
     }
 
     fn subscribers(&mut self) -> Result<Vec<Subscriber>, StoreError> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT user, domain, ha1_md5, ha1_sha256, ha1_sha512_256 FROM subscriber ORDER BY domain, user",
-        )?;
+        let mut stmt =
+            self.db.prepare_cached(&format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscriber ORDER BY domain, user"))?;
         let rows = stmt.query_map([], subscriber_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -278,6 +312,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn set_auth_algorithm(&mut self, user: &str, domain: &str, algorithm: Option<Algorithm>) -> Result<bool, StoreError> {
+        match self.subscribers.get_mut(&(user.to_owned(), domain.to_ascii_lowercase())) {
+            Some(s) => {
+                s.auth_algorithm = algorithm;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     fn remove_subscriber(&mut self, user: &str, domain: &str) -> Result<bool, StoreError> {
         let aor = format!("{user}@{domain}");
         self.bindings.retain(|(a, _), _| *a != aor);
@@ -332,6 +376,10 @@ mod tests {
         let found = store.subscriber("alice", "sip.test").unwrap().unwrap();
         assert_eq!(found.ha1(HashFn::Md5), ha1(HashFn::Md5, "alice", "sip.test", "secret"));
         assert!(store.subscriber("bob", "sip.test").unwrap().is_none());
+        assert_eq!(found.auth_algorithm, None);
+        assert!(store.set_auth_algorithm("alice", "SIP.test", Some(Algorithm::Sha256)).unwrap());
+        assert_eq!(store.subscriber("alice", "sip.test").unwrap().unwrap().auth_algorithm, Some(Algorithm::Sha256));
+        assert!(!store.set_auth_algorithm("bob", "sip.test", None).unwrap(), "no such subscriber");
 
         store.apply(&[LocationChange::Upsert(binding("sip:a@1", 10)), LocationChange::Upsert(binding("sip:a@2", 20))]).unwrap();
         store.apply(&[LocationChange::Upsert(binding("sip:a@1", 30))]).unwrap();
@@ -367,6 +415,29 @@ mod tests {
         let mut s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.subscribers().unwrap().len(), 1);
         assert_eq!(s.bindings().unwrap().len(), 1);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn database_of_an_older_release_gains_the_auth_algorithm_column() {
+        let dir = std::env::temp_dir().join(format!("cp-store-migrate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.db");
+        {
+            let db = rusqlite::Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE subscriber (user TEXT NOT NULL, domain TEXT NOT NULL, ha1_md5 TEXT NOT NULL, \
+                 ha1_sha256 TEXT NOT NULL, ha1_sha512_256 TEXT NOT NULL, PRIMARY KEY (user, domain)) WITHOUT ROWID;\
+                 INSERT INTO subscriber VALUES ('carol', 'sip.test', 'a', 'b', 'c');",
+            )
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let carol = s.subscriber("carol", "sip.test").unwrap().unwrap();
+        assert_eq!((carol.ha1_md5.as_str(), carol.auth_algorithm), ("a", None));
+        assert!(s.set_auth_algorithm("carol", "sip.test", Some(Algorithm::Sha512_256)).unwrap());
+        assert_eq!(s.subscriber("carol", "sip.test").unwrap().unwrap().auth_algorithm, Some(Algorithm::Sha512_256));
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -9,53 +9,15 @@
 //! parallel.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use control_plane::auth::digest::{authorization, ha1, parse_challenge, Algorithm};
 use proto::v1;
 
-const BIN: &str = env!("CARGO_BIN_EXE_control-plane");
-const IO_TIMEOUT: Duration = Duration::from_secs(3);
-
-struct Proc {
-    child: Child,
-    name: &'static str,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-/// The media-plane binary next to ours (cargo builds it for the workspace's tests); built here
-/// if a single-package test run left it out.
-fn media_plane_bin() -> PathBuf {
-    let path = Path::new(BIN).with_file_name("media-plane");
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "media-plane", "--bin", "media-plane"])
-            .current_dir(repo_root())
-            .status()
-            .expect("run cargo build -p media-plane");
-        assert!(status.success(), "building media-plane failed");
-    }
-    path
-}
-
-fn temp_dir(slot: u16) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cp-test-{}-{slot}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
+mod common;
+use common::{media_plane_bin, repo_root, temp_dir, terminate, Proc, BIN, IO_TIMEOUT};
 
 struct Stack {
     cp: Option<Proc>,
@@ -70,7 +32,7 @@ impl Stack {
     /// Starts a control plane on SIP port 21000+10·slot (UDP and TCP), with alice, bob, carol
     /// (password `secret`), and a media plane when `media` is set.
     fn start(slot: u16, media: bool) -> Stack {
-        let dir = temp_dir(slot);
+        let dir = temp_dir(&slot.to_string());
         let sip: SocketAddr = format!("127.0.0.1:{}", 21_000 + slot * 10).parse().expect("addr");
         let grpc: SocketAddr = format!("127.0.0.1:{}", 21_005 + slot * 10).parse().expect("addr");
         let config = dir.join("cp.toml");
@@ -78,7 +40,7 @@ impl Stack {
             &config,
             format!(
                 "[sip]\nlisten = [\"udp:{sip}\", \"tcp:{sip}\"]\ndomains = [\"sip.test\"]\nno_answer_timeout_s = 30\n\
-                 [auth]\nalgorithms = [\"MD5\", \"SHA-256\"]\n[media]\ngrpc = \"http://{grpc}\"\n\
+                 [media]\ngrpc = \"http://{grpc}\"\n\
                  [store]\npath = \"{}\"\n",
                 dir.join("cp.db").display()
             ),
@@ -137,15 +99,7 @@ impl Stack {
     /// Stops the control plane with SIGTERM and returns its final counters line.
     fn stop(&mut self) -> String {
         if let Some(mut p) = self.cp.take() {
-            let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if p.child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            assert!(p.child.try_wait().ok().flatten().is_some(), "{} did not stop on SIGTERM", p.name);
+            terminate(&mut p);
         }
         std::fs::read_to_string(self.dir.join("cp.out")).unwrap_or_default()
     }
@@ -217,34 +171,52 @@ fn header_values<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// REGISTERs alice with `password` answering the challenge of `algorithm`; returns the status.
+/// REGISTERs alice with `password`, answering the one challenge, which must be of `algorithm`;
+/// returns the status and the final response.
 fn register_with(stack: &Stack, algorithm: Algorithm, password: &str, call_id: &str) -> (u16, String) {
     let socket = udp_socket();
     let contact = format!("Contact: <sip:alice@{}>\r\nExpires: 600\r\n", socket.local_addr().expect("addr"));
     let first = exchange(&socket, stack.sip, &request("REGISTER", "sip:sip.test", &socket, call_id, 1, &contact));
     assert_eq!(status(&first), 401, "unauthenticated REGISTER: {first}");
-    let challenge = header_values(&first, "WWW-Authenticate")
-        .into_iter()
-        .filter_map(|v| parse_challenge(v).ok())
-        .find(|c| c.algorithm == algorithm)
-        .unwrap_or_else(|| panic!("no {} challenge in {first}", algorithm.name()));
+    let challenges: Vec<_> =
+        header_values(&first, "WWW-Authenticate").into_iter().filter_map(|v| parse_challenge(v).ok()).collect();
+    assert_eq!(challenges.len(), 1, "one challenge per 401: {first}");
+    let challenge = &challenges[0];
+    assert_eq!(challenge.algorithm, algorithm, "{first}");
     let stored = ha1(algorithm.hash(), "alice", &challenge.realm, password);
-    let credentials = authorization(&challenge, "alice", &stored, "REGISTER", "sip:sip.test", "0a4f113b", 1);
+    let credentials = authorization(challenge, "alice", &stored, "REGISTER", "sip:sip.test", "0a4f113b", 1);
     let extra = format!("{contact}Authorization: {credentials}\r\n");
     let second = exchange(&socket, stack.sip, &request("REGISTER", "sip:sip.test", &socket, call_id, 2, &extra));
     (status(&second), second)
 }
 
+/// Runs `control-plane subscriber …` against the stack's store.
+fn subscriber_cli(stack: &Stack, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--config", stack.config.to_str().expect("utf8 path"), "subscriber"])
+        .args(args)
+        .output()
+        .expect("run control-plane subscriber")
+}
+
 #[test]
-fn sha256_digest_register_from_own_client_and_wrong_password_gets_403() {
+fn md5_is_challenged_by_default_and_a_subscriber_set_to_sha256_registers_with_sha256_own_client() {
+    // sipp 3.6.1 computes MD5 only, so SHA-256 is exercised with our own client.
     let stack = Stack::start(0, false);
-    let (code, response) = register_with(&stack, Algorithm::Sha256, "secret", "sha256ok");
+    let (code, response) = register_with(&stack, Algorithm::Md5, "secret", "md5ok");
     assert_eq!(code, 200, "{response}");
     assert!(header_values(&response, "Contact").iter().any(|c| c.contains("expires=600")), "{response}");
-    let (code, _) = register_with(&stack, Algorithm::Md5, "secret", "md5ok");
-    assert_eq!(code, 200);
+
+    let out = subscriber_cli(&stack, &["set-auth", "--user", "alice", "--domain", "sip.test", "--algorithm", "SHA-256"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = subscriber_cli(&stack, &["list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("alice@sip.test\tSHA-256"), "{list:?}");
+    let (code, response) = register_with(&stack, Algorithm::Sha256, "secret", "sha256ok");
+    assert_eq!(code, 200, "{response}");
     let (code, response) = register_with(&stack, Algorithm::Sha256, "wrong", "sha256bad");
     assert_eq!(code, 403, "{response}");
+    let out = subscriber_cli(&stack, &["set-auth", "--user", "nobody", "--domain", "sip.test", "--algorithm", "MD5"]);
+    assert_eq!(out.status.code(), Some(2), "unknown subscriber");
 }
 
 #[test]
@@ -416,7 +388,7 @@ fn sipp_call_relays_rtp_both_ways_through_the_media_plane_and_releases_its_legs(
     assert_eq!(legs, 0, "legs left in the media plane after the call");
     let counters = stack.stop();
     assert!(counters.contains("\"calls_completed\":1"), "{counters}");
-    assert!(counters.contains("\"media_allocations\":1,\"media_releases\":1"), "{counters}");
+    assert!(counters.contains("\"media_allocations\":1,\"media_allocation_failures\":0,\"media_releases\":1"), "{counters}");
 }
 
 #[test]
@@ -460,14 +432,14 @@ fn busy_cancelled_unregistered_and_unknown_callees_fail_cleanly_without_leaking_
     let (legs, _) = stack.media_totals();
     assert_eq!(legs, 0, "legs left in the media plane");
     let counters = stack.stop();
-    assert!(counters.contains("\"media_allocations\":2,\"media_releases\":2"), "{counters}");
+    assert!(counters.contains("\"media_allocations\":2,\"media_allocation_failures\":0,\"media_releases\":2"), "{counters}");
     assert!(counters.contains("\"calls_cancelled\":1"), "{counters}");
     let _ = &stack.config;
 }
 
 #[test]
 fn a_bad_configuration_value_stops_the_start_with_exit_2_naming_the_key() {
-    let dir = temp_dir(7);
+    let dir = temp_dir("7");
     let config = dir.join("bad.toml");
     std::fs::write(&config, "[sip]\ndomains = [\"sip.test\"]\n[registrar]\nmin_expires = 600\nmax_expires = 60\n").expect("write");
     let out = Command::new(BIN).args(["--config", config.to_str().expect("utf8 path")]).output().expect("run control-plane");

@@ -7,9 +7,10 @@
 //!   challenges ([`parse_challenge`]): `name=token` and `name="quoted string"` pairs with
 //!   backslash escapes, duplicate parameters refused, `nc` exactly 8 hex digits. Nothing panics
 //!   on any input (property-tested).
-//! - **Challenge** ([`Authenticator::challenges`]): one `WWW-Authenticate` /
-//!   `Proxy-Authenticate` value per configured algorithm (SHA-512-256, SHA-256, MD5, each
-//!   optionally `-sess`), `qop="auth"`, the same nonce in each (RFC 8760 §2.4).
+//! - **Challenge** ([`Authenticator::challenges_for`]): one `WWW-Authenticate` /
+//!   `Proxy-Authenticate` value per algorithm asked for (SHA-512-256, SHA-256, MD5, each
+//!   optionally `-sess`), `qop="auth"`, the same nonce in each (RFC 8760 §2.4). Which algorithms a
+//!   request is offered is [`policy`](super::policy)'s choice (one, by default).
 //! - **Stateless nonces**: `base64(timestamp ‖ random ‖ HMAC-SHA-256(secret, timestamp ‖ random))`.
 //!   Any instance holding the secret can check a nonce without shared state; a nonce older than
 //!   the TTL whose response is otherwise right yields [`DigestError::StaleNonce`] so the
@@ -614,9 +615,20 @@ impl Authenticator {
     /// Challenge header values, one per configured algorithm sharing one nonce, for a
     /// `WWW-Authenticate` (401) or `Proxy-Authenticate` (407) header each.
     pub fn challenges(&self, now: SystemTime, random: [u8; NONCE_RANDOM], stale: bool) -> Vec<String> {
+        self.challenges_for(&self.config.algorithms, now, random, stale)
+    }
+
+    /// Challenge header values for `algorithms` (chosen per request, see
+    /// [`policy`](super::policy)), sharing one nonce.
+    pub fn challenges_for(
+        &self,
+        algorithms: &[Algorithm],
+        now: SystemTime,
+        random: [u8; NONCE_RANDOM],
+        stale: bool,
+    ) -> Vec<String> {
         let nonce = self.nonce(now, random);
-        self.config
-            .algorithms
+        algorithms
             .iter()
             .map(|algorithm| {
                 let mut value = format!(

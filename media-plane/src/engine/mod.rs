@@ -254,11 +254,15 @@ impl Engine {
             leg.rtp_remote.unlock();
             leg.rtcp_remote.unlock();
         }
+        // A new remote with `relatch` is where to send until the endpoint's first packet arrives,
+        // whose source then becomes the remote (an SDP address behind NAT is often not the
+        // source the packets come from); without `relatch` it is the only accepted source.
+        let remote_for = |r| if relatch { Remote::latching(Some(r)) } else { Remote::locked(r) };
         if let Some(r) = remote {
-            leg.rtp_remote = Remote::locked(r);
+            leg.rtp_remote = remote_for(r);
         }
         if let Some(r) = remote_rtcp {
-            leg.rtcp_remote = Remote::locked(r);
+            leg.rtcp_remote = remote_for(r);
         }
         if let Some(d) = direction {
             leg.direction = d;

@@ -113,6 +113,27 @@ fn update_leg_remote_redirects_media_and_pins_source() {
 }
 
 #[test]
+fn update_with_remote_and_relatch_sends_to_the_new_remote_then_latches_on_the_real_source() {
+    // An endpoint behind NAT: its SDP says 10.0.0.3, its packets come from 192.0.2.9.
+    let (a, b, sdp_b, nat_b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"), addr("10.0.0.3:5000"), addr("192.0.2.9:6000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    h.engine.update_leg(2, Some(sdp_b), None, None, true).unwrap();
+    h.send(a, A_PORT, &rtp(1));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(seqs(&h.take_inbox(sdp_b)), vec![1], "sent to the new remote until B speaks");
+    h.send(nat_b, B_PORT, &rtp(7));
+    h.send(a, A_PORT, &rtp(2));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(seqs(&h.take_inbox(nat_b)), vec![2], "latched onto B's real source");
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.drops.wrong_source, 0);
+    // Latched: another source is now refused.
+    h.send(sdp_b, B_PORT, &rtp(8));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.drops.wrong_source, 1);
+}
+
+#[test]
 fn idle_leg_times_out_is_removed_with_its_bridge_and_reported() {
     let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
     let mut h = Harness::new(cfg(), Link::default(), 1);

@@ -1,0 +1,63 @@
+//! What the integration tests of the real binaries share: the binaries, child processes that
+//! are killed when dropped, temporary directories.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_control-plane");
+pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A child process, killed and reaped when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The media-plane binary next to ours (cargo builds it for the workspace's tests); built here
+/// if a single-package test run left it out.
+pub fn media_plane_bin() -> PathBuf {
+    let path = Path::new(BIN).with_file_name("media-plane");
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "media-plane", "--bin", "media-plane"])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build -p media-plane");
+        assert!(status.success(), "building media-plane failed");
+    }
+    path
+}
+
+/// A fresh directory for one test, named by `tag`.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cp-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Stops `p` with SIGTERM, waiting up to 5 s; panics if it does not exit.
+pub fn terminate(p: &mut Proc) {
+    let _ = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if p.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} did not stop on SIGTERM", p.name);
+}

@@ -1,0 +1,333 @@
+//! Real phones against the shipped defaults: two baresip instances (Debian's baresip 1.0) register
+//! with the control plane and call each other; the audio flows through the media plane.
+//!
+//! Both binaries run with no settings but the required ones (the control plane's `sip.domains`
+//! and store file; the media plane with none at all), so this proves the defaults fit together:
+//! SIP on 127.0.0.1:5060, the media plane's gRPC API on 127.0.0.1:9090, media ports
+//! 30000-39999, one MD5 challenge per 401/407. Nothing else in the test suite uses those ports.
+//!
+//! baresip is driven through its `ctrl_tcp` module (netstring-framed JSON commands and events).
+//! Its audio source is a sine tone (`ausine`); its `sndfile` module writes what it decoded from
+//! the far end to a WAV file, which the test checks for the other phone's tone.
+//!
+//! Skips with a message when baresip is not installed, unless `REQUIRE_BARESIP=1` (the README's
+//! test command sets it after installing baresip-core), in which case it fails.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::v1;
+
+mod common;
+use common::{media_plane_bin, temp_dir, terminate, Proc, BIN};
+
+const SIP: &str = "127.0.0.1:5060";
+const GRPC: &str = "http://127.0.0.1:9090";
+
+fn baresip_available() -> bool {
+    let found = Command::new("baresip").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !found {
+        assert!(
+            std::env::var("REQUIRE_BARESIP").as_deref() != Ok("1"),
+            "REQUIRE_BARESIP=1 but baresip is not installed"
+        );
+        eprintln!("SKIP: baresip is not installed (apt-get install baresip-core, or SETUP_PHONES=1 bash scripts/setup.sh)");
+    }
+    found
+}
+
+/// One baresip instance with its control connection.
+struct Phone {
+    _proc: Proc,
+    ctrl: TcpStream,
+    buffer: Vec<u8>,
+    /// Messages received and not yet waited for.
+    events: Vec<serde_json::Value>,
+    dir: PathBuf,
+    name: &'static str,
+}
+
+impl Phone {
+    /// Starts `user`'s phone: SIP on `sip_port`, control on `ctrl_port`, sending a `tone_hz` sine.
+    fn start(root: &Path, user: &'static str, sip_port: u16, ctrl_port: u16, rtp_ports: &str, tone_hz: u32) -> Phone {
+        let dir = root.join(user);
+        std::fs::create_dir_all(&dir).expect("phone dir");
+        let config = format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nsip_transports udp\n\
+             call_local_timeout 120\ncall_max_calls 4\n\
+             audio_player aubridge,nowhere\naudio_source ausine,{tone_hz}\naudio_alert aubridge,nowhere\n\
+             ausrc_srate 48000\nausrc_channels 2\nauplay_srate 8000\nauplay_channels 1\nrtp_ports {rtp_ports}\nrtcp_mux no\njitter_buffer_delay 2-10\n\
+             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule aubridge.so\n\
+             module sndfile.so\nsnd_path {}\n\
+             module_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
+            dir.display()
+        );
+        std::fs::write(dir.join("config"), config).expect("write config");
+        // The phone's own domain is the server's; the outbound proxy is the server's address.
+        std::fs::write(
+            dir.join("accounts"),
+            format!(
+                "<sip:{user}@sip.test>;auth_pass=secret;outbound=\"sip:{SIP}\";regint=600;answermode=auto;audio_codecs=PCMU\n"
+            ),
+        )
+        .expect("write accounts");
+        std::fs::write(dir.join("contacts"), "").expect("write contacts");
+        let child = Command::new("baresip")
+            .args(["-f", dir.to_str().expect("utf8 path")])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("baresip.log")).expect("log"))
+            .stderr(std::fs::File::create(dir.join("baresip.err")).expect("log"))
+            .spawn()
+            .expect("start baresip");
+        let proc = Proc { child, name: user };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ctrl = loop {
+            match TcpStream::connect(("127.0.0.1", ctrl_port)) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("{user}'s baresip control port: {e}; log: {}", read(&dir.join("baresip.log"))),
+            }
+        };
+        ctrl.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        Phone { _proc: proc, ctrl, buffer: Vec::new(), events: Vec::new(), dir, name: user }
+    }
+
+    /// Sends a command (`dial`, `hangup`, …).
+    fn command(&mut self, command: &str, params: &str) {
+        let json = serde_json::json!({ "command": command, "params": params, "token": command }).to_string();
+        self.ctrl.write_all(format!("{}:{json},", json.len()).as_bytes()).expect("send command");
+    }
+
+    /// Waits for an event of `kind` (`CALL_ESTABLISHED`, …), seen before or after this call.
+    fn wait_event(&mut self, kind: &str, limit: Duration) -> serde_json::Value {
+        let is_it = |m: &serde_json::Value| {
+            m.get("event").and_then(|e| e.as_bool()) == Some(true) && m.get("type").and_then(|t| t.as_str()) == Some(kind)
+        };
+        self.wait_for(is_it, kind, limit)
+    }
+
+    /// Sends `command` and returns its response's `data`.
+    fn request(&mut self, command: &str) -> String {
+        self.command(command, "");
+        let is_it = |m: &serde_json::Value| {
+            m.get("response").and_then(|e| e.as_bool()) == Some(true) && m.get("token").and_then(|t| t.as_str()) == Some(command)
+        };
+        let response = self.wait_for(is_it, command, Duration::from_secs(5));
+        response.get("data").and_then(|d| d.as_str()).unwrap_or_default().to_owned()
+    }
+
+    /// Waits until registered (baresip registers at start, possibly before the control
+    /// connection is up, so its REGISTER_OK event may have been missed: ask instead).
+    fn wait_registered(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let info = self.request("reginfo");
+            if info.contains("200 OK") || info.contains("OK") && !info.contains("ERR") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not register within {limit:?}: {info}", self.name);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The first message (kept or new) that `matches`, removed from those kept.
+    fn wait_for(&mut self, matches: impl Fn(&serde_json::Value) -> bool, what: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            while let Some(message) = self.next_message() {
+                self.events.push(message);
+            }
+            if let Some(i) = self.events.iter().position(&matches) {
+                return self.events.remove(i);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {what} within {limit:?}; messages {:?}; log: {}",
+                self.name,
+                self.events,
+                read(&self.dir.join("baresip.log"))
+            );
+            let mut chunk = [0u8; 4096];
+            match self.ctrl.read(&mut chunk) {
+                Ok(0) => panic!("{}: baresip closed its control connection; log: {}", self.name, read(&self.dir.join("baresip.log"))),
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The next complete netstring in the buffer, parsed.
+    fn next_message(&mut self) -> Option<serde_json::Value> {
+        let colon = self.buffer.iter().position(|&b| b == b':')?;
+        let len: usize = std::str::from_utf8(&self.buffer[..colon]).ok()?.parse().ok()?;
+        if self.buffer.len() < colon + 1 + len + 1 {
+            return None;
+        }
+        let body = self.buffer[colon + 1..colon + 1 + len].to_vec();
+        self.buffer.drain(..colon + 1 + len + 1);
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// The WAV file of audio this phone decoded from the far end.
+    fn decoded_wav(&self) -> Option<PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("dump-") && n.ends_with("-dec.wav")))
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A 16-bit PCM WAV file: its sample rate and its samples mixed down to mono.
+fn wav_mono(path: &Path) -> (u32, Vec<i16>) {
+    let bytes = std::fs::read(path).expect("read wav");
+    let (mut rate, mut channels) = (8000u32, 1usize);
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let len = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]) as usize;
+        let start = at + 8;
+        if id == b"fmt " && start + 8 <= bytes.len() {
+            channels = usize::from(u16::from_le_bytes([bytes[start + 2], bytes[start + 3]])).max(1);
+            rate = u32::from_le_bytes([bytes[start + 4], bytes[start + 5], bytes[start + 6], bytes[start + 7]]);
+        }
+        if id == b"data" {
+            let end = (start + len).min(bytes.len());
+            let samples: Vec<i16> = bytes[start..end].chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+            let mono = samples
+                .chunks_exact(channels)
+                .map(|frame| (frame.iter().map(|&x| i32::from(x)).sum::<i32>() / channels as i32) as i16)
+                .collect();
+            return (rate, mono);
+        }
+        at = start + len + (len & 1);
+    }
+    (rate, Vec::new())
+}
+
+/// The strongest frequency of `samples` at `rate` among 100..=3000 Hz in 10 Hz steps (Goertzel).
+fn dominant_hz(rate: u32, samples: &[i16]) -> u32 {
+    let power = |hz: u32| {
+        let w = 2.0 * std::f64::consts::PI * f64::from(hz) / f64::from(rate);
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for &x in samples {
+            let s = f64::from(x) + 2.0 * w.cos() * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2
+    };
+    (10..=300).map(|i| i * 10).max_by(|&a, &b| power(a).total_cmp(&power(b))).unwrap_or(0)
+}
+
+/// The media plane's per-leg counters: (leg id, packets in, packets out), and the legs as text.
+fn leg_packets() -> Vec<(u64, u64, u64)> {
+    leg_stats().iter().map(|l| (l.leg_id, l.rtp_packets_in, l.rtp_packets_out)).collect()
+}
+
+fn leg_stats() -> Vec<v1::LegStats> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut client = v1::media_plane_client::MediaPlaneClient::connect(GRPC).await.expect("connect to the media plane");
+        let stats = client
+            .get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: false })
+            .await
+            .expect("GetStats")
+            .into_inner();
+        stats.legs
+    })
+}
+
+#[test]
+fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_defaults() {
+    if !baresip_available() {
+        return;
+    }
+    let dir = temp_dir("phones");
+    let config = dir.join("cp.toml");
+    std::fs::write(&config, format!("[sip]\ndomains = [\"sip.test\"]\n[store]\npath = \"{}\"\n", dir.join("cp.db").display()))
+        .expect("write config");
+    for user in ["alice", "bob"] {
+        let out = Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
+            .args(["--domain", "sip.test", "--password", "secret"])
+            .output()
+            .expect("subscriber add");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _media = Proc {
+        child: Command::new(media_plane_bin())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mp.log")).expect("log"))
+            .spawn()
+            .expect("start media-plane"),
+        name: "media-plane",
+    };
+    let mut cp = Proc {
+        child: Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path")])
+            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log"))
+            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
+            .spawn()
+            .expect("start control-plane"),
+        name: "control-plane",
+    };
+    let cp_log = || read(&dir.join("cp.log"));
+
+    let mut alice = Phone::start(&dir, "alice", 25_060, 25_090, "25100-25199", 440);
+    let mut bob = Phone::start(&dir, "bob", 25_070, 25_091, "25200-25299", 1000);
+    alice.wait_registered(Duration::from_secs(10));
+    bob.wait_registered(Duration::from_secs(10));
+
+    alice.command("dial", "sip:bob@sip.test");
+    bob.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    alice.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+
+    let legs = leg_stats();
+    assert_eq!(legs.len(), 2, "one leg facing each phone: {legs:?}; log: {}", cp_log());
+    for leg in &legs {
+        // 50 packets/s each way; allow for call set-up within the 3 s.
+        assert!(leg.rtp_packets_in >= 100 && leg.rtp_packets_out >= 100, "{leg:?}");
+    }
+
+    alice.command("hangup", "");
+    bob.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    alice.wait_event("CALL_CLOSED", Duration::from_secs(10));
+
+    // Each phone decoded the other's tone, relayed by the media plane.
+    for (phone, far_hz) in [(&alice, 1000), (&bob, 440)] {
+        let wav = phone.decoded_wav().unwrap_or_else(|| panic!("{}: no decoded-audio file in {}", phone.name, phone.dir.display()));
+        let (rate, samples) = wav_mono(&wav);
+        let second = rate as usize;
+        assert!(samples.len() >= 2 * second, "{}: only {} samples at {rate} Hz decoded", phone.name, samples.len());
+        // Skip the first half second (set-up, jitter buffer fill).
+        let heard = dominant_hz(rate, &samples[second / 2..]);
+        assert!(heard.abs_diff(far_hz) <= 20, "{} heard {heard} Hz, expected the far end's {far_hz} Hz", phone.name);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !leg_packets().is_empty() {
+        assert!(Instant::now() < deadline, "legs left in the media plane after the call: {:?}", leg_packets());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    terminate(&mut cp);
+    let counters = read(&dir.join("cp.out"));
+    for expected in [
+        "\"registrations\":2",
+        "\"calls_answered\":1",
+        "\"calls_completed\":1",
+        "\"media_allocations\":1,\"media_allocation_failures\":0,\"media_releases\":1",
+        "\"auth_failures\":0",
+    ] {
+        assert!(counters.contains(expected), "{expected} not in {counters}");
+    }
+    drop((alice, bob));
+    let _ = std::fs::remove_dir_all(&dir);
+}
