@@ -258,6 +258,27 @@ fn is_sdp(headers: &rsip::Headers, body: &[u8]) -> bool {
     !body.is_empty() && content_type(headers).is_some_and(|c| c.to_ascii_lowercase().starts_with("application/sdp"))
 }
 
+/// Whether the request's `Accept` (if any) admits `application/sdp` (RFC 3261 §20.1: absent
+/// means application/sdp).
+fn accepts_sdp(headers: &rsip::Headers) -> bool {
+    let mut values = headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::Accept(a) => Some(a.value().to_owned()),
+            _ => None,
+        })
+        .peekable();
+    if values.peek().is_none() {
+        return true;
+    }
+    values.any(|v| {
+        v.split(',').any(|range| {
+            let media = range.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+            media.is_empty() || media == "application/sdp" || media == "application/*" || media == "*/*"
+        })
+    })
+}
+
 /// Status sent to the caller for the callee's final failure.
 fn caller_status(callee_status: u16) -> u16 {
     match callee_status {
@@ -395,6 +416,19 @@ impl ControlPlane {
             }
             Some(format!("{user}@{}", from_domain.to_ascii_lowercase()))
         };
+        // Content negotiation (RFC 3261 §8.2.3, §21.4.7): the answer will be SDP, so the caller
+        // must accept it (406); the offer must be SDP (415, with Accept); there must be an offer
+        // (delayed offer is not supported: 488).
+        if !accepts_sdp(&request.headers) {
+            self.reply(&key, &request, 406, now);
+            return;
+        }
+        if !request.body.is_empty() && !is_sdp(&request.headers, &request.body) {
+            let mut response = response_for(&request, 415, None, message::generate_tag().ok().as_deref());
+            response.headers.push(Header::Accept(rsip::headers::Accept::new("application/sdp")));
+            self.respond(&key, response, now);
+            return;
+        }
         if !is_sdp(&request.headers, &request.body) {
             let response = response_for(&request, 488, Some("Offer Required"), message::generate_tag().ok().as_deref());
             self.respond(&key, response, now);

@@ -39,3 +39,5 @@ pub mod store;
 
 #[cfg(test)]
 mod service_tests;
+#[cfg(test)]
+mod torture_tests;

@@ -95,6 +95,8 @@ pub struct Stats {
     pub media_releases: u64,
     /// Requests answered 481 (no such dialog/transaction).
     pub no_dialog: u64,
+    /// Requests refused with 420 for a `Require` option this server does not support.
+    pub unsupported_required: u64,
 }
 
 /// The core.
@@ -300,6 +302,17 @@ impl ControlPlane {
         store: &mut dyn Store,
     ) {
         let in_dialog = to_value(&request.headers).and_then(tag_of).is_some();
+        if !matches!(request.method, Method::Ack | Method::Cancel) {
+            let unsupported = unsupported_requirements(&request.headers);
+            if !unsupported.is_empty() {
+                // RFC 3261 §8.2.2.3: refuse what the client requires and we do not do, and say what.
+                self.stats.unsupported_required += 1;
+                let mut response = response_for(&request, 420, None, message::generate_tag().ok().as_deref());
+                response.headers.push(Header::Unsupported(rsip::headers::Unsupported::new(unsupported.join(", "))));
+                self.respond(&key, response, now);
+                return;
+            }
+        }
         match request.method {
             Method::Register => self.on_register(&key, &request, source, now, store),
             Method::Cancel => self.on_cancel(&key, &request, cancels, now),
@@ -348,6 +361,10 @@ impl ControlPlane {
                 return None;
             }
         };
+        // Credentials of another scheme (RFC 4475 §3.3.7) are no credentials: challenge.
+        let header_value = header_value.filter(|v| {
+            v.trim_start().get(..6).is_some_and(|scheme| scheme.eq_ignore_ascii_case("Digest"))
+        });
         let answered = header_value.as_deref().and_then(|v| parse_credentials(v).ok());
         let offer = self.config.auth.offer(
             domain,
@@ -508,6 +525,24 @@ impl ControlPlane {
         }
         self.media.push_back((call, request));
     }
+}
+
+/// Option tags (RFC 3261 §19.2) this server supports in `Require`; a request requiring any other
+/// gets 420. None yet: 100rel, timer, replaces, outbound and path are not implemented.
+pub const SUPPORTED_OPTIONS: &[&str] = &[];
+
+/// The `Require` option tags of a request this server does not support, in order.
+fn unsupported_requirements(headers: &rsip::Headers) -> Vec<String> {
+    headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::Require(r) => Some(r.value().to_owned()),
+            Header::Other(n, v) if n.eq_ignore_ascii_case("Require") => Some(v.clone()),
+            _ => None,
+        })
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_owned()).collect::<Vec<_>>())
+        .filter(|t| !t.is_empty() && !SUPPORTED_OPTIONS.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .collect()
 }
 
 /// Every digest algorithm the server can verify.

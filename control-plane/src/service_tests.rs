@@ -20,12 +20,12 @@ use crate::store::{MemoryStore, Store, StoredBinding, Subscriber};
 const CALLER: &str = "192.0.2.1:5060";
 const CALLEE: &str = "192.0.2.2:5062";
 
-struct World {
-    core: ControlPlane,
-    store: MemoryStore,
-    now: Now,
-    sent: Vec<(Peer, String)>,
-    media: Vec<MediaRequest>,
+pub(crate) struct World {
+    pub(crate) core: ControlPlane,
+    pub(crate) store: MemoryStore,
+    pub(crate) now: Now,
+    pub(crate) sent: Vec<(Peer, String)>,
+    pub(crate) media: Vec<MediaRequest>,
 }
 
 fn peer(addr: &str) -> Peer {
@@ -46,7 +46,7 @@ impl World {
     }
 
     /// A world whose configuration ends with `rest` (sections after `[sip]`).
-    fn with_config(rest: &str) -> World {
+    pub(crate) fn with_config(rest: &str) -> World {
         let config = Config::parse(&format!(
             "[sip]\nlisten = [\"udp:192.0.2.100:5060\"]\ndomains = [\"sip.test\"]\ntrusted = [\"192.0.2.1\"]\n\
              no_answer_timeout_s = 30\n{rest}"
@@ -80,8 +80,12 @@ impl World {
         }
     }
 
-    fn receive(&mut self, from: &str, text: &str) {
-        self.core.handle_datagram(text.as_bytes(), peer(from), self.now, &mut self.store);
+    pub(crate) fn receive(&mut self, from: &str, text: &str) {
+        self.receive_bytes(from, text.as_bytes());
+    }
+
+    pub(crate) fn receive_bytes(&mut self, from: &str, bytes: &[u8]) {
+        self.core.handle_datagram(bytes, peer(from), self.now, &mut self.store);
         self.pump();
     }
 
@@ -109,7 +113,7 @@ impl World {
     }
 
     /// Messages sent to `to` whose first line starts with `start`, consumed.
-    fn take(&mut self, to: &str, start: &str) -> Vec<String> {
+    pub(crate) fn take(&mut self, to: &str, start: &str) -> Vec<String> {
         let to = peer(to);
         let (hit, rest): (Vec<_>, Vec<_>) = self.sent.drain(..).partition(|(p, m)| *p == to && m.starts_with(start));
         self.sent = rest;

@@ -8,8 +8,21 @@
 //!   mismatch is [`ParseError::BadContentLength`].
 //! - **Required headers** (§8.1.1): `Via`, `From`, `To`, `Call-ID`, `CSeq`, and `Max-Forwards` on
 //!   requests; a missing one is [`ParseError::MissingHeader`] naming it.
-//! - **Transaction identity** (§17.2.3): the top `Via` must parse and carry a `branch` starting
-//!   with the magic cookie `z9hG4bK`. RFC 2543 peers without the cookie are not supported.
+//! - **Request-Line** (§25.1, RFC 4475 §3.1.2.7-11, §3.3.2-3): single spaces between method,
+//!   Request-URI and version, no `<>` or whitespace in the URI, no `?headers` in a SIP
+//!   Request-URI, `SIP/2.0` only ([`ParseError::UnsupportedVersion`], answered 505), `sip:`/`sips:`
+//!   only ([`ParseError::UnsupportedUriScheme`], answered 416). A `;` in the Request-URI's user
+//!   part (RFC 4475 §3.1.1.9) is passed to `rsip` escaped, which RFC 3261 §19.1.4 makes equivalent.
+//! - **Transaction identity** (§17.2.3): the top `Via` must parse. A request whose branch lacks
+//!   the magic cookie `z9hG4bK` comes from an RFC 2543 peer and is matched the RFC 2543 way (see
+//!   [`TransactionKey::for_request`](crate::sip::transaction::TransactionKey::for_request));
+//!   responses must carry the cookie (every branch we send does). Missing `Max-Forwards` (RFC
+//!   2543) counts as 70.
+//! - **Header syntax rsip lets through** (RFC 4475 §3.1.2, §3.3.8): single-value headers given
+//!   twice or with several values, unbalanced quotes, a display name that is neither a token list
+//!   nor a quoted string, whitespace inside `<>`, empty parameters (`;;`), an unbracketed Contact
+//!   URI with `?` or `,`: [`ParseError::MalformedHeader`] naming the header. LWS inside `Via`
+//!   (`SIP / 2.0 / UDP`, `branch = x`) is removed first: it is legal, and `rsip` rejects it.
 //! - **Compact header names** (§7.3.3: `v`, `f`, `t`, `i`, `l`, `m`, …) and folded header lines
 //!   (§7.3.1), which `rsip` 0.4 does not understand, are normalised before and after `rsip` runs.
 //!
@@ -59,6 +72,8 @@ pub enum HeaderName {
     CSeq,
     /// `Max-Forwards`.
     MaxForwards,
+    /// `Contact` (compact `m`).
+    Contact,
 }
 
 impl HeaderName {
@@ -71,6 +86,7 @@ impl HeaderName {
             HeaderName::CallId => "Call-ID",
             HeaderName::CSeq => "CSeq",
             HeaderName::MaxForwards => "Max-Forwards",
+            HeaderName::Contact => "Contact",
         }
     }
 }
@@ -151,9 +167,15 @@ pub enum ParseError {
     /// `CSeq` names another method than the request line (RFC 4475 §3.1.2.16).
     #[error("CSeq method does not match the request method")]
     CSeqMethodMismatch,
-    /// Only SIP/2.0 is spoken.
+    /// Only SIP/2.0 is spoken (answered 505).
     #[error("SIP version is not 2.0")]
     UnsupportedVersion,
+    /// The Request-Line is not `Method SP Request-URI SP SIP-Version`.
+    #[error("malformed Request-Line: {0}")]
+    BadRequestLine(&'static str),
+    /// The Request-URI is not a `sip:` or `sips:` URI (answered 416).
+    #[error("Request-URI scheme is not sip or sips")]
+    UnsupportedUriScheme,
 }
 
 impl ParseError {
@@ -169,6 +191,8 @@ impl ParseError {
             ParseError::BranchWithoutCookie => "branch_without_cookie",
             ParseError::CSeqMethodMismatch => "cseq_method_mismatch",
             ParseError::UnsupportedVersion => "unsupported_version",
+            ParseError::BadRequestLine(_) => "bad_request_line",
+            ParseError::UnsupportedUriScheme => "unsupported_uri_scheme",
         }
     }
 
@@ -183,6 +207,8 @@ impl ParseError {
             ParseError::BranchWithoutCookie => "Invalid Via Branch".into(),
             ParseError::CSeqMethodMismatch => "CSeq Method Mismatch".into(),
             ParseError::UnsupportedVersion => "SIP Version Not Supported".into(),
+            ParseError::BadRequestLine(_) => "Malformed Request-Line".into(),
+            ParseError::UnsupportedUriScheme => "Unsupported URI Scheme".into(),
         }
     }
 }
@@ -198,6 +224,10 @@ pub fn parse(bytes: &[u8], framing: Framing) -> Result<SipMessage, ParseError> {
     let head_len = header_section_len(bytes).ok_or(ParseError::Truncated)?;
     let (head, body) = bytes.split_at(head_len);
     let head = normalise_head(head);
+    let head = match check_request_line(&head)? {
+        Some(rewritten) => std::borrow::Cow::Owned(rewritten),
+        None => head,
+    };
 
     let mut message = SipMessage::try_from(head.as_ref()).map_err(|e| {
         // rsip's messages quote the offending input; keep log lines bounded.
@@ -208,6 +238,7 @@ pub fn parse(bytes: &[u8], framing: Framing) -> Result<SipMessage, ParseError> {
         ParseError::Syntax(text)
     })?;
     normalise_compact_names(message.headers_mut());
+    normalise_vias(message.headers_mut());
     if *message.version() != rsip::Version::V2 {
         return Err(ParseError::UnsupportedVersion);
     }
@@ -365,10 +396,15 @@ fn check_required_headers(message: &SipMessage) -> Result<(), ParseError> {
     let has = |pred: fn(&Header) -> bool| headers.iter().any(pred);
     // Via is checked through `top_via` below, which reports it missing.
     let top = top_via(headers)?;
-    match top.branch() {
-        Some(branch) if branch.value().starts_with(BRANCH_COOKIE) && branch.value().len() > BRANCH_COOKIE.len() => {}
-        _ => return Err(ParseError::BranchWithoutCookie),
+    // Requests without the cookie are RFC 2543 requests, matched the old way; a response must
+    // answer one of our requests, whose branches all carry it.
+    if let SipMessage::Response(_) = message {
+        match top.branch() {
+            Some(branch) if branch.value().starts_with(BRANCH_COOKIE) && branch.value().len() > BRANCH_COOKIE.len() => {}
+            _ => return Err(ParseError::BranchWithoutCookie),
+        }
     }
+    check_header_syntax(headers)?;
     if !has(|h| matches!(h, Header::From(_))) {
         return Err(ParseError::MissingHeader(HeaderName::From));
     }
@@ -390,7 +426,11 @@ fn check_required_headers(message: &SipMessage) -> Result<(), ParseError> {
         if cseq.method != request.method {
             return Err(ParseError::CSeqMethodMismatch);
         }
-        max_forwards(headers)?;
+        // RFC 2543 requests may lack Max-Forwards (counted as 70); a present one must be valid.
+        match max_forwards(headers) {
+            Ok(_) | Err(ParseError::MissingHeader(HeaderName::MaxForwards)) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -406,10 +446,7 @@ pub fn top_via(headers: &rsip::Headers) -> Result<rsip::typed::Via, ParseError> 
         })
         .ok_or(ParseError::MissingHeader(HeaderName::Via))?;
     let value = first_list_element(first.value());
-    headers::Via::new(value).typed().map_err(|_| ParseError::MalformedHeader {
-        header: HeaderName::Via,
-        reason: "unparsable sent-protocol, sent-by or parameters",
-    })
+    headers::Via::new(value).typed().map_err(|_| ParseError::MalformedHeader { header: HeaderName::Via, reason: TOP_VIA_UNPARSABLE })
 }
 
 /// The typed `CSeq`, with the sequence number limit of RFC 3261 §8.1.1.5 (below 2^31).
@@ -441,11 +478,237 @@ pub fn max_forwards(headers: &rsip::Headers) -> Result<u8, ParseError> {
         })
         .ok_or(ParseError::MissingHeader(HeaderName::MaxForwards))?;
     let text = value.value().trim();
-    if text.is_empty() || text.len() > 3 || !text.bytes().all(|b| b.is_ascii_digit()) {
+    // Leading zeros are allowed (`0068`, RFC 4475 §3.1.1.1); 10 digits bound the parse.
+    if text.is_empty() || text.len() > 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ParseError::MalformedHeader { header: HeaderName::MaxForwards, reason: "not an integer 0-255" });
     }
-    text.parse::<u8>()
-        .map_err(|_| ParseError::MalformedHeader { header: HeaderName::MaxForwards, reason: "not an integer 0-255" })
+    text.parse::<u64>()
+        .ok()
+        .and_then(|n| u8::try_from(n).ok())
+        .ok_or(ParseError::MalformedHeader { header: HeaderName::MaxForwards, reason: "not an integer 0-255" })
+}
+
+/// Why a top Via cannot be used: nothing to send a response to.
+const TOP_VIA_UNPARSABLE: &str = "unparsable sent-protocol, sent-by or parameters";
+
+/// Checks a request's Request-Line (responses pass untouched) and returns the header section
+/// rewritten when the Request-URI's user part holds a `;` that `rsip` cannot parse.
+fn check_request_line(head: &[u8]) -> Result<Option<Vec<u8>>, ParseError> {
+    let line_end = head.windows(2).position(|w| w == b"\r\n").unwrap_or(head.len());
+    let line = head.get(..line_end).unwrap_or_default();
+    if line.starts_with(b"SIP/") {
+        return Ok(None);
+    }
+    let line = std::str::from_utf8(line).map_err(|_| ParseError::BadRequestLine("not UTF-8"))?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(ParseError::BadRequestLine("elements not separated by single spaces"));
+    };
+    if method.is_empty() || !method.bytes().all(is_token_byte) {
+        return Err(ParseError::BadRequestLine("method is not a token"));
+    }
+    if version != "SIP/2.0" {
+        let numbered = version
+            .strip_prefix("SIP/")
+            .and_then(|v| v.split_once('.'))
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && (a.bytes().chain(b.bytes())).all(|c| c.is_ascii_digit()));
+        return Err(if numbered { ParseError::UnsupportedVersion } else { ParseError::BadRequestLine("bad SIP-Version") });
+    }
+    if uri.is_empty() || uri.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>' || b == b'"') {
+        return Err(ParseError::BadRequestLine("Request-URI with whitespace, quotes or angle brackets"));
+    }
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return Err(ParseError::BadRequestLine("Request-URI without a scheme"));
+    };
+    let scheme_ok = scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if !scheme_ok {
+        return Err(ParseError::BadRequestLine("Request-URI without a scheme"));
+    }
+    if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+        return Err(ParseError::UnsupportedUriScheme);
+    }
+    // userinfo may hold `?`, `;` and `,` (unescaped user characters); what follows the host may not
+    // hold `?headers` (forbidden in a Request-URI, RFC 3261 §19.1.1).
+    let (user, host_part) = match rest.rfind('@') {
+        Some(at) => (rest.get(..at), rest.get(at + 1..).unwrap_or_default()),
+        None => (None, rest),
+    };
+    if host_part.contains('?') {
+        return Err(ParseError::BadRequestLine("headers in the Request-URI"));
+    }
+    let Some(user) = user.filter(|u| u.contains(';')) else { return Ok(None) };
+    let mut rewritten = Vec::with_capacity(head.len() + 8);
+    rewritten.extend_from_slice(format!("{method} {scheme}:{}@{host_part} {version}", user.replace(';', "%3B")).as_bytes());
+    rewritten.extend_from_slice(head.get(line_end..).unwrap_or_default());
+    Ok(Some(rewritten))
+}
+
+/// Removes the LWS RFC 3261 allows inside `Via` (`SIP / 2.0 / UDP`, `; branch = x`), which
+/// `rsip` rejects, keeping one space between sent-protocol and sent-by. Values with quoted
+/// strings are left alone.
+fn normalise_vias(headers: &mut rsip::Headers) {
+    for header in headers.iter_mut() {
+        let Header::Via(via) = header else { continue };
+        let value = via.value();
+        if value.contains('"') || !value.contains([' ', '\t']) {
+            continue;
+        }
+        let mut out = String::with_capacity(value.len());
+        let mut pending_space = false;
+        for c in value.trim().chars() {
+            if c == ' ' || c == '\t' {
+                pending_space = true;
+                continue;
+            }
+            let tight = |x: char| matches!(x, '/' | ';' | '=' | ',');
+            if pending_space && !tight(c) && !out.ends_with(tight) {
+                out.push(' ');
+            }
+            pending_space = false;
+            out.push(c);
+        }
+        *header = Header::Via(headers::Via::new(out));
+    }
+}
+
+/// The header syntax `rsip` lets through (see the module documentation).
+fn check_header_syntax(headers: &rsip::Headers) -> Result<(), ParseError> {
+    let malformed = |header, reason| ParseError::MalformedHeader { header, reason };
+    let (mut from, mut to, mut call_id, mut cseq, mut max_forwards) = (0, 0, 0, 0, 0);
+    for h in headers.iter() {
+        match h {
+            Header::From(v) => {
+                from += 1;
+                check_name_addr(v.value()).map_err(|r| malformed(HeaderName::From, r))?;
+            }
+            Header::To(v) => {
+                to += 1;
+                check_name_addr(v.value()).map_err(|r| malformed(HeaderName::To, r))?;
+            }
+            Header::CallId(v) => {
+                call_id += 1;
+                if v.value().trim().contains(|c: char| c.is_whitespace() || c == ',') {
+                    return Err(malformed(HeaderName::CallId, "several values"));
+                }
+            }
+            Header::CSeq(_) => cseq += 1,
+            Header::MaxForwards(_) => max_forwards += 1,
+            Header::Contact(v) if v.value().trim() != "*" => {
+                for element in split_list_raw(v.value()) {
+                    let element = element.trim();
+                    if element.is_empty() {
+                        return Err(malformed(HeaderName::Contact, "empty value"));
+                    }
+                    check_name_addr(element).map_err(|r| malformed(HeaderName::Contact, r))?;
+                    if !element.contains('<') && uri_of(element).contains(['?', ',']) {
+                        return Err(malformed(HeaderName::Contact, "URI with ? or , not enclosed in <>"));
+                    }
+                }
+            }
+            Header::Via(v) => {
+                for element in split_list_raw(v.value()) {
+                    let element = element.trim();
+                    if element.is_empty() || element.split(';').skip(1).any(|p| p.trim().is_empty()) {
+                        return Err(malformed(HeaderName::Via, "empty value or parameter"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (count, header) in [
+        (from, HeaderName::From),
+        (to, HeaderName::To),
+        (call_id, HeaderName::CallId),
+        (cseq, HeaderName::CSeq),
+        (max_forwards, HeaderName::MaxForwards),
+    ] {
+        if count > 1 {
+            return Err(malformed(header, "given more than once"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a `name-addr` or `addr-spec` with header parameters (From, To, one Contact): quotes
+/// balanced, a display name that is a quoted string or tokens, no whitespace inside `<>`, one
+/// value only, no empty parameters.
+fn check_name_addr(value: &str) -> Result<(), &'static str> {
+    let value = value.trim();
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut angle_open = None;
+    let mut angle_close = None;
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted && angle_open.is_none() => angle_open = Some(i),
+            '>' if !quoted && angle_open.is_some() && angle_close.is_none() => angle_close = Some(i),
+            ',' if !quoted && (angle_open.is_none() || angle_close.is_some()) => return Err("several values"),
+            _ => {}
+        }
+    }
+    if quoted {
+        return Err("unterminated quoted string");
+    }
+    let params = match (angle_open, angle_close) {
+        (Some(open), Some(close)) => {
+            let display = value.get(..open).unwrap_or_default().trim();
+            let is_quoted = display.len() >= 2 && display.starts_with('"') && display.ends_with('"');
+            let is_tokens = display.split([' ', '\t']).all(|t| t.bytes().all(is_token_byte));
+            if !(display.is_empty() || is_quoted || is_tokens) {
+                return Err("display name is neither a quoted string nor tokens");
+            }
+            if value.get(open + 1..close).unwrap_or_default().contains(|c: char| c.is_whitespace()) {
+                return Err("whitespace inside <>");
+            }
+            value.get(close + 1..).unwrap_or_default()
+        }
+        (Some(_), None) => return Err("unterminated <"),
+        _ => {
+            if value.contains('"') {
+                return Err("quoted display name without <>");
+            }
+            value.find(';').and_then(|i| value.get(i..)).unwrap_or_default()
+        }
+    };
+    if params.split(';').skip(1).any(|p| p.trim().is_empty()) {
+        return Err("empty parameter");
+    }
+    Ok(())
+}
+
+/// The comma-separated elements of a header value, split outside quotes and angle brackets,
+/// keeping empty ones (for syntax checks; [`split_list`] skips them).
+fn split_list_raw(value: &str) -> Vec<&str> {
+    let (mut quoted, mut escaped, mut angle) = (false, false, false);
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                out.push(value.get(start..i).unwrap_or_default());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value.get(start..).unwrap_or_default());
+    out
 }
 
 /// The part of a header value before the first comma outside quotes and angle brackets.
@@ -553,7 +816,7 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
 /// request, so a retransmitted bad request gets a byte-identical answer.
 pub fn bad_request(raw: &[u8], error: &ParseError) -> Option<Vec<u8>> {
     if matches!(error, ParseError::TooLarge(_) | ParseError::MissingHeader(HeaderName::Via))
-        || matches!(error, ParseError::MalformedHeader { header: HeaderName::Via, .. })
+        || matches!(error, ParseError::MalformedHeader { header: HeaderName::Via, reason } if *reason == TOP_VIA_UNPARSABLE)
     {
         return None;
     }
@@ -562,12 +825,11 @@ pub fn bad_request(raw: &[u8], error: &ParseError) -> Option<Vec<u8>> {
     let head = std::str::from_utf8(&head).ok()?;
     let mut lines = head.split("\r\n");
     let start = lines.next()?;
-    let mut parts = start.split(' ');
+    // Tolerant of the Request-Line errors being answered (extra spaces, LWS in the URI).
+    let mut parts = start.split_whitespace();
     let method = parts.next()?;
-    let _uri = parts.next()?;
-    let version = parts.next()?;
-    if parts.next().is_some() || !version.starts_with("SIP/") || method.is_empty() || !method.bytes().all(is_token_byte)
-    {
+    let version = parts.next_back()?;
+    if !version.starts_with("SIP/") || method.is_empty() || !method.bytes().all(is_token_byte) {
         return None;
     }
     if method.eq_ignore_ascii_case("ACK") {
@@ -596,16 +858,22 @@ pub fn bad_request(raw: &[u8], error: &ParseError) -> Option<Vec<u8>> {
             cseq.get_or_insert(value);
         }
     }
-    let (from, to, call_id, cseq) = (from?, to?, call_id?, cseq?);
+    // Via routes the answer and CSeq names the transaction; From, To and Call-ID are copied
+    // when present (RFC 4475 §3.3.1: a request missing them still deserves its 400).
+    let cseq = cseq?;
     if vias.is_empty() {
         return None;
     }
 
     // rsip only knows RFC methods, so an extension method fails as `Syntax`; RFC 3261 §8.2.1
-    // answers a method the server does not implement with 501, not 400.
+    // answers a method the server does not implement with 501, not 400, unless the request is
+    // malformed anyway (its CSeq names another method, RFC 4475 §3.1.2.18).
     let known_method = method.parse::<rsip::Method>().is_ok();
+    let cseq_method = cseq.split_whitespace().nth(1).unwrap_or_default();
     let (code, reason) = match error {
         ParseError::UnsupportedVersion => (505, error.reason_phrase()),
+        ParseError::UnsupportedUriScheme => (416, error.reason_phrase()),
+        ParseError::Syntax(_) if !known_method && cseq_method != method => (400, "CSeq Method Mismatch".to_owned()),
         ParseError::Syntax(_) if !known_method => (501, "Not Implemented".to_owned()),
         _ => (400, error.reason_phrase()),
     };
@@ -613,13 +881,18 @@ pub fn bad_request(raw: &[u8], error: &ParseError) -> Option<Vec<u8>> {
     for via in &vias {
         out.push_str(&format!("Via: {via}\r\n"));
     }
-    out.push_str(&format!("From: {from}\r\n"));
-    if has_tag(to) {
-        out.push_str(&format!("To: {to}\r\n"));
-    } else {
-        out.push_str(&format!("To: {to};tag={}\r\n", stateless_tag(head)));
+    if let Some(from) = from {
+        out.push_str(&format!("From: {from}\r\n"));
     }
-    out.push_str(&format!("Call-ID: {call_id}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"));
+    match to {
+        Some(to) if has_tag(to) => out.push_str(&format!("To: {to}\r\n")),
+        Some(to) => out.push_str(&format!("To: {to};tag={}\r\n", stateless_tag(head))),
+        None => {}
+    }
+    if let Some(call_id) = call_id {
+        out.push_str(&format!("Call-ID: {call_id}\r\n"));
+    }
+    out.push_str(&format!("CSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"));
     Some(out.into_bytes())
 }
 
@@ -983,7 +1256,6 @@ v=0\n";
             ("To: Bob <sip:bob@biloxi.example.com>\r\n", HeaderName::To),
             ("Call-ID: a84b4c76e66710@pc33.atlanta.example.com\r\n", HeaderName::CallId),
             ("CSeq: 314159 INVITE\r\n", HeaderName::CSeq),
-            ("Max-Forwards: 70\r\n", HeaderName::MaxForwards),
         ];
         for (line, name) in cases {
             let raw = replace(INVITE, line, "");
@@ -1004,11 +1276,20 @@ v=0\n";
     }
 
     #[test]
-    fn branch_without_magic_cookie_is_rejected() {
+    fn rfc2543_request_without_cookie_or_max_forwards_is_accepted_but_a_response_is_not() {
         for via in ["branch=776asdhds", "branch=z9hG4bK", "received=1.2.3.4"] {
             let raw = replace(INVITE, "branch=z9hG4bK776asdhds", via);
-            assert_eq!(parse(&raw, Framing::Datagram), Err(ParseError::BranchWithoutCookie), "{via}");
+            assert!(parse(&raw, Framing::Datagram).is_ok(), "{via}");
+            let response = format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;{via}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>;tag=2\r\n\
+                 Call-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            );
+            assert_eq!(parse(response.as_bytes(), Framing::Datagram), Err(ParseError::BranchWithoutCookie), "{via}");
         }
+        let raw = replace(INVITE, "Max-Forwards: 70\r\n", "");
+        assert!(parse(&raw, Framing::Datagram).is_ok());
+        let raw = replace(INVITE, "Max-Forwards: 70", "Max-Forwards: 0068");
+        assert_eq!(max_forwards(parse(&raw, Framing::Datagram).unwrap().headers()), Ok(68));
     }
 
     #[test]
@@ -1073,7 +1354,7 @@ v=0\n";
     #[test]
     fn message_without_blank_line_is_truncated_and_garbage_is_syntax() {
         assert_eq!(parse(b"INVITE sip:a@b SIP/2.0\r\nVia: x\r\n", Framing::Datagram), Err(ParseError::Truncated));
-        assert!(matches!(parse(b"\x16\x03\x01 hello\r\n\r\n", Framing::Datagram), Err(ParseError::Syntax(_))));
+        assert!(matches!(parse(b"\x16\x03\x01 hello\r\n\r\n", Framing::Datagram), Err(ParseError::BadRequestLine(_))));
         assert!(matches!(parse(b"FOO", Framing::Datagram), Err(ParseError::Truncated)));
     }
 
@@ -1094,11 +1375,11 @@ v=0\n";
 
     #[test]
     fn bad_request_copies_dialog_headers_and_names_the_problem() {
-        let raw = replace(INVITE, "Max-Forwards: 70\r\n", "");
+        let raw = replace(INVITE, "Max-Forwards: 70\r\n", "Max-Forwards: seventy\r\n");
         let err = parse(&raw, Framing::Datagram).unwrap_err();
         let answer = bad_request(&raw, &err).unwrap();
         let text = String::from_utf8(answer.clone()).unwrap();
-        assert!(text.starts_with("SIP/2.0 400 Missing Max-Forwards Header\r\n"), "{text}");
+        assert!(text.starts_with("SIP/2.0 400 Malformed Max-Forwards Header\r\n"), "{text}");
         let response = parse(&answer, Framing::Stream).unwrap();
         let SipMessage::Response(response) = response else { panic!("not a response") };
         assert_eq!(response.status_code.code(), 400);
@@ -1235,7 +1516,7 @@ v=0\n";
             replace(INVITE, "CSeq: 314159 INVITE", "CSeq: INVITE"),
             replace(INVITE, "Via: SIP/2.0/UDP pc33", "Via: SIP/2.0/UDP"),
             replace(INVITE, "Max-Forwards: 70", "Max-Forwards: seventy"),
-            replace(INVITE, "branch=z9hG4bK776asdhds", "branch=1"),
+            replace(INVITE, "branch=z9hG4bK776asdhds", "branch=z9hG4bK776asdhds;;"),
             replace(INVITE, ": ", ":\0"),
             INVITE.as_bytes()[..INVITE.len() / 2].to_vec(),
         ];
@@ -1243,11 +1524,13 @@ v=0\n";
             let err = parse(&raw, Framing::Datagram).expect_err(&String::from_utf8_lossy(&raw));
             if let Some(answer) = bad_request(&raw, &err) {
                 let reparsed = parse(&answer, Framing::Stream);
-                // A malformed copied header (CSeq, or a Via without the cookie) is echoed as
-                // RFC 3261 §8.2.6.2 asks, so only then may the answer itself fail our checks.
+                // A malformed copied header (CSeq, Via) is echoed as RFC 3261 §8.2.6.2 asks, and a
+                // missing one stays missing, so only then may the answer itself fail our checks.
                 let echoes_bad_header = matches!(
                     err,
-                    ParseError::MalformedHeader { header: HeaderName::CSeq, .. } | ParseError::BranchWithoutCookie
+                    ParseError::MalformedHeader { header: HeaderName::CSeq | HeaderName::Via, .. }
+                        | ParseError::BranchWithoutCookie
+                        | ParseError::MissingHeader(_)
                 );
                 assert!(echoes_bad_header || matches!(reparsed, Ok(SipMessage::Response(_))), "{err}: {reparsed:?}");
             }
@@ -1293,7 +1576,7 @@ v=0\n";
                     let reparsed = parse(&answer, Framing::Stream);
                     // Copied headers may themselves be unparsable by rsip; the answer must then
                     // still be well framed so the peer can at least read the status.
-                    prop_assert!(answer.starts_with(b"SIP/2.0 400 ") || answer.starts_with(b"SIP/2.0 501 ") || answer.starts_with(b"SIP/2.0 505 "));
+                    prop_assert!([&b"SIP/2.0 400 "[..], b"SIP/2.0 416 ", b"SIP/2.0 501 ", b"SIP/2.0 505 "].iter().any(|s| answer.starts_with(s)));
                     prop_assert!(answer.ends_with(b"\r\n\r\n"));
                     if let Ok(msg) = reparsed {
                         prop_assert!(msg.is_response());

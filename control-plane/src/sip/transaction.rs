@@ -299,12 +299,40 @@ pub(crate) fn method_index(method: Method) -> u8 {
 
 impl TransactionKey {
     /// The key of the server transaction a request belongs to (ACK → its INVITE's).
+    ///
+    /// A request whose top Via branch lacks the magic cookie (or is only the cookie) comes from
+    /// an RFC 2543 peer: its key's branch is made from what RFC 3261 §17.2.3 matches such
+    /// requests by: Request-URI, From tag, Call-ID, CSeq number, top Via, and the To tag except
+    /// for INVITE/ACK/CANCEL (an ACK carries the To tag of our response, which its INVITE had
+    /// not). Such branches start with `2543;`, which no cookie branch can.
     pub fn for_request(request: &Request) -> Result<Self, ParseError> {
         let method = match request.method {
             Method::Ack => Method::Invite,
             other => other,
         };
-        Self::from_via(&request.headers, method)
+        match Self::from_via(&request.headers, method) {
+            Err(ParseError::BranchWithoutCookie) => {
+                let mut key = Self::from_via_with_branch(&request.headers, method, String::new())?;
+                let headers = &request.headers;
+                let via = headers
+                    .iter()
+                    .find_map(|h| match h {
+                        rsip::Header::Via(v) => Some(message::split_list(v.value()).next().unwrap_or_default()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let from_tag = message::from_value(headers).and_then(message::tag_of).unwrap_or_default();
+                let to_tag = match method {
+                    Method::Invite | Method::Cancel => "",
+                    _ => message::to_value(headers).and_then(message::tag_of).unwrap_or_default(),
+                };
+                let seq = message::cseq(headers)?.seq;
+                let call_id = message::call_id(headers).unwrap_or_default();
+                key.branch = format!("2543;{};{from_tag};{to_tag};{call_id};{seq};{via}", request.uri);
+                Ok(key)
+            }
+            other => other,
+        }
     }
 
     /// The key of the client transaction a response belongs to (method from CSeq).
@@ -318,8 +346,13 @@ impl TransactionKey {
         let branch = via
             .branch()
             .map(|b| b.value().to_owned())
-            .filter(|b| b.starts_with(message::BRANCH_COOKIE))
+            .filter(|b| b.starts_with(message::BRANCH_COOKIE) && b.len() > message::BRANCH_COOKIE.len())
             .ok_or(ParseError::BranchWithoutCookie)?;
+        Self::from_via_with_branch(headers, method, branch)
+    }
+
+    fn from_via_with_branch(headers: &rsip::Headers, method: Method, branch: String) -> Result<Self, ParseError> {
+        let via = message::top_via(headers)?;
         let hp = &via.uri.host_with_port;
         let default_port = match via.transport {
             rsip::Transport::Tls | rsip::Transport::TlsSctp | rsip::Transport::Wss => 5061,
