@@ -20,9 +20,10 @@
 //!
 //! * **Ownership, not locks.** A leg, its ports and its bridge belong to one core; the port range is
 //!   split so a port's core is computed ([`ports::owner`]). Nothing on the packet path locks or allocates.
-//! * **Sans-IO engine.** [`engine::Engine`] is given packets and `now` and returns verdicts
-//!   (forward from port P to address X, or drop with a reason); the driver does the I/O. The same
-//!   engine runs in the virtual-time [`harness`] used by tests.
+//! * **Sans-IO engine.** [`engine::Engine`] (crate `media-engine`, which depends on no runtime or
+//!   socket crate) is given packets and `now` and returns verdicts (forward from port P to address
+//!   X, or drop with a reason); the driver does the I/O. The same engine runs in the virtual-time
+//!   [`harness`] used by tests.
 //! * **Zero copy.** A forwarded packet leaves from the buffer it arrived in: unchanged (UDP), or
 //!   with only its Ethernet/IP/UDP headers rewritten (AF_XDP; the XDP program is in the `ebpf` crate).
 //! * **Latching and strict source.** A leg without a remote learns it from its first packet; after
@@ -34,10 +35,9 @@
 pub mod api;
 pub mod config;
 pub mod driver;
-pub mod engine;
-pub mod frame;
-pub mod harness;
 pub mod neighbour;
-pub mod ports;
 pub mod sys;
-pub mod wire;
+
+// The sans-IO core lives in its own crate (no runtime or socket dependency); re-exported under
+// the names the drivers and tools have always used.
+pub use media_engine::{engine, frame, harness, ports, wire};

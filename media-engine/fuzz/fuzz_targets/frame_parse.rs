@@ -2,7 +2,7 @@
 //! frame it accepted never panics either.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use media_plane::frame::{parse, rewrite, Rewrite};
+use media_engine::frame::{parse, rewrite, Rewrite};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = data.to_vec();

@@ -1,7 +1,7 @@
 //! The RTP/RTCP packet views accept any bytes without panicking.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use media_plane::wire::{is_rtcp_on_muxed_port, RtcpPacket, RtpPacket};
+use media_engine::wire::{is_rtcp_on_muxed_port, RtcpPacket, RtpPacket};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(p) = RtpPacket::new_checked(data) {

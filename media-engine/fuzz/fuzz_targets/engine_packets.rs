@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use media_plane::engine::{Engine, EngineConfig, LegSpec, Remote};
+use media_engine::engine::{Engine, EngineConfig, LegSpec, Remote};
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();

@@ -1,0 +1,35 @@
+//! # media-engine
+//!
+//! The media plane's sans-IO core: everything that decides what happens to a packet, and nothing
+//! that reads a socket or a clock. This crate depends on no runtime, socket or gRPC crate, so the
+//! build itself keeps it pure; the `media-plane` crate wraps it in drivers (UDP, AF_XDP), threads
+//! and the gRPC server.
+//!
+//! ```text
+//!          driver (media-plane: udp | xdp)              tests (harness: virtual time, lossy links)
+//!               │ packets + now         ▲ verdicts, transmits, events
+//!               ▼                       │
+//!   ┌──────────────────────────────────────────────┐
+//!   │ engine::Engine            one per core        │  legs, bridges, latching, counters,
+//!   │   handle_packet(port, src, bytes, now)        │  media timeouts
+//!   │     → Verdict::Forward  (same bytes, zero copy)│
+//!   │     → Verdict::Drop(reason)                    │
+//!   │   handle_timeout / poll_timeout / poll_event   │
+//!   └──────────────────────────────────────────────┘
+//!        wire: RTP/RTCP views    frame: Ethernet/IP/UDP parse + in-place rewrite
+//!        ports: which core owns a port (computed, no table)
+//! ```
+//!
+//! * [`engine`]: the relay state of one core (see its documentation for the fast path).
+//! * [`wire`]: zero-copy, checked views of RTP and RTCP packets.
+//! * [`frame`]: Ethernet/IPv4/IPv6/UDP frames as the AF_XDP driver sees them, parsed and rewritten
+//!   in place (addresses, ports, checksums).
+//! * [`ports`]: the media port range split between cores.
+//! * [`harness`]: an in-memory network with a virtual clock around one engine, for tests.
+#![forbid(unsafe_code)]
+
+pub mod engine;
+pub mod frame;
+pub mod harness;
+pub mod ports;
+pub mod wire;
