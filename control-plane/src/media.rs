@@ -221,6 +221,8 @@ impl MediaClient {
                     direction: direction(s.direction),
                     media_timeout_ms: self.media_timeout_ms,
                     latch: true,
+                    // Placed by the SIP Call-ID: both legs of a call relay on one core.
+                    group: String::new(),
                 });
                 let leg_b = self.create_leg(v1::CreateLegRequest {
                     call_id: call_id.to_owned(),
@@ -230,6 +232,8 @@ impl MediaClient {
                     direction: direction(Direction::SendRecv),
                     media_timeout_ms: self.media_timeout_ms,
                     latch: true,
+                    // Placed by the SIP Call-ID: both legs of a call relay on one core.
+                    group: String::new(),
                 });
                 let (a, b) = tokio::join!(leg_a, leg_b);
                 if let Ok((leg, _, _)) = &a {

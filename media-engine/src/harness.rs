@@ -1,8 +1,10 @@
-//! In-memory, virtual-time network around one [`Engine`], for tests.
+//! In-memory, virtual-time network around the engines of a media plane's cores, for tests.
 //!
 //! Endpoints are plain socket addresses. Packets they send cross a simulated link (fixed latency,
-//! jitter that reorders, random loss from a seeded generator) to the engine; what the engine
-//! forwards lands in the destination endpoint's inbox, after the same link. Time only moves when a
+//! jitter that reorders, random loss from a seeded generator) to the engine that has a leg on the
+//! destination port; what an engine forwards or transmits lands in the destination endpoint's
+//! inbox, after the same link. Hand-offs between cores and their unlink messages are delivered at
+//! once, as the drivers' bounded queues do between two loop turns. Time only moves when a
 //! test calls [`Harness::advance`], so timeouts of minutes run in microseconds and every run with
 //! the same seed is identical.
 
@@ -10,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Engine, EngineConfig, Event, Verdict};
+use crate::engine::{CrossMessage, Engine, EngineConfig, Event, Verdict, MAX_TRANSMIT};
 
 /// Link behaviour between endpoints and the engine.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +49,10 @@ enum InFlight {
 /// The harness. See the module documentation.
 #[derive(Debug)]
 pub struct Harness {
+    /// Core 0's engine.
     pub engine: Engine,
+    /// The engines of cores 1.. (empty for a one-core harness).
+    pub others: Vec<Engine>,
     pub link: Link,
     start: Instant,
     now: Instant,
@@ -60,9 +65,16 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(config: EngineConfig, link: Link, seed: u64) -> Self {
+        Self::with_cores(config, link, seed, 1)
+    }
+
+    /// A harness of `cores` engines (core numbers 0..cores); legs are created on the engine of the
+    /// test's choice ([`Harness::core`]).
+    pub fn with_cores(config: EngineConfig, link: Link, seed: u64, cores: usize) -> Self {
         let start = Instant::now();
         Self {
-            engine: Engine::new(config),
+            engine: Engine::new(EngineConfig { core: 0, ..config }),
+            others: (1..cores.max(1)).map(|core| Engine::new(EngineConfig { core, ..config })).collect(),
             link,
             start,
             now: start,
@@ -72,6 +84,18 @@ impl Harness {
             inboxes: HashMap::new(),
             events: Vec::new(),
         }
+    }
+
+    /// The engine of core `core` (0 is [`Harness::engine`]).
+    pub fn core(&mut self, core: usize) -> &mut Engine {
+        match core.checked_sub(1) {
+            None => &mut self.engine,
+            Some(i) => &mut self.others[i],
+        }
+    }
+
+    fn engines(&mut self) -> impl Iterator<Item = &mut Engine> {
+        std::iter::once(&mut self.engine).chain(self.others.iter_mut())
     }
 
     /// Virtual now.
@@ -90,15 +114,20 @@ impl Harness {
 
     /// Moves virtual time forward by `d`, delivering packets and running engine timers on the way.
     pub fn advance(&mut self, d: Duration) {
+        // What commands run since the last call queued (transmits, unlinks) goes first.
+        self.settle();
         let end = self.now + d;
         loop {
             let next_packet = self.in_flight.keys().next().map(|k| k.0);
-            let next_timer = self.engine.poll_timeout();
+            let next_timer = self.engines().filter_map(|e| e.poll_timeout()).min();
             let next = [next_packet, next_timer].into_iter().flatten().filter(|t| *t <= end).min();
             let Some(t) = next else { break };
             self.now = self.now.max(t);
-            if next_timer.is_some_and(|nt| nt <= self.now) {
-                self.engine.handle_timeout(self.now);
+            let now = self.now;
+            for e in self.engines() {
+                if e.poll_timeout().is_some_and(|nt| nt <= now) {
+                    e.handle_timeout(now);
+                }
             }
             while let Some(entry) = self.in_flight.first_entry() {
                 if entry.key().0 > self.now {
@@ -107,9 +136,7 @@ impl Harness {
                 let pkt = entry.remove();
                 self.deliver(pkt);
             }
-            while let Some(e) = self.engine.poll_event() {
-                self.events.push(e);
-            }
+            self.settle();
         }
         self.now = end;
     }
@@ -127,14 +154,55 @@ impl Harness {
     fn deliver(&mut self, pkt: InFlight) {
         match pkt {
             InFlight::ToEngine { src, port, bytes } => {
-                if let Verdict::Forward { from_port, to } = self.engine.handle_packet(port, src, &bytes, self.now) {
-                    self.schedule(InFlight::ToEndpoint { dst: to, from_port, bytes });
+                let now = self.now;
+                let Some(engine) = self.engines().find(|e| e.owns_port(port)) else {
+                    // No leg anywhere: core 0 counts it, as a driver's port owner would.
+                    let _ = self.engine.handle_packet(port, src, &bytes, now);
+                    return;
+                };
+                match engine.handle_packet(port, src, &bytes, now) {
+                    Verdict::Forward { from_port, to } => self.schedule(InFlight::ToEndpoint { dst: to, from_port, bytes }),
+                    Verdict::Handoff { core, handoff } => {
+                        if core < 1 + self.others.len() {
+                            let _ = self.core(core).handle_handoff(&handoff, &bytes, now);
+                        }
+                    }
+                    Verdict::Drop(_) => {}
                 }
+                self.settle();
             }
             InFlight::ToEndpoint { dst, from_port, bytes } => {
                 self.inboxes.entry(dst).or_default().push(Received { from_port, at: self.now, bytes });
             }
         }
+    }
+
+    /// Sends what the engines queued, passes cross-core messages on and collects events.
+    fn settle(&mut self) {
+        let mut buf = vec![0u8; MAX_TRANSMIT];
+        let mut out = Vec::new();
+        let mut cross = Vec::new();
+        let mut events = Vec::new();
+        for e in self.engines() {
+            while let Some(t) = e.poll_transmit(&mut buf) {
+                out.push(InFlight::ToEndpoint { dst: t.to, from_port: t.from_port, bytes: buf[..t.len].to_vec() });
+            }
+            while let Some(m) = e.poll_cross() {
+                cross.push(m);
+            }
+            while let Some(ev) = e.poll_event() {
+                events.push(ev);
+            }
+        }
+        for pkt in out {
+            self.schedule(pkt);
+        }
+        for CrossMessage::Unlink { core, leg, bridge } in cross {
+            if core < 1 + self.others.len() {
+                self.core(core).handle_unlink(leg, bridge);
+            }
+        }
+        self.events.extend(events);
     }
 
     fn schedule(&mut self, pkt: InFlight) {

@@ -13,8 +13,12 @@
 //!   │ engine::Engine            one per core        │  legs, bridges, latching, counters,
 //!   │   handle_packet(port, src, bytes, now)        │  media timeouts
 //!   │     → Verdict::Forward  (same bytes, zero copy)│
+//!   │     → Verdict::Handoff  (peer on another core) │
 //!   │     → Verdict::Drop(reason)                    │
+//!   │   handle_handoff(handoff, bytes, now)          │  the far half of a cross-core bridge
+//!   │   poll_transmit(buf) → packets it queued       │  (hand-offs; later generated media)
 //!   │   handle_timeout / poll_timeout / poll_event   │
+//!   │   poll_cross / handle_unlink                   │  bridge halves on other cores
 //!   └──────────────────────────────────────────────┘
 //!        wire: RTP/RTCP views    frame: Ethernet/IP/UDP parse + in-place rewrite
 //!        ports: which core owns a port (computed, no table)

@@ -2,6 +2,9 @@
 //! maps the answers back. It runs on its own small tokio runtime, off the media cores.
 //!
 //! Leg and bridge ids carry their core in the top byte, so a request finds its core without a table.
+//! A leg is placed by hashing its `group` (else its `call_id`). A bridge between legs of two
+//! cores is made in two halves, one command to each core; if the second core refuses, the first
+//! half is deleted again (which tells the second core, through the cores' own queues).
 
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -75,13 +78,15 @@ impl MediaService {
         self.inner.cores.get((id >> CORE_SHIFT) as usize).ok_or_else(|| Status::not_found(format!("{what} {id} does not exist")))
     }
 
-    fn pick_core(&self, call_id: &str) -> usize {
+    /// The core for a leg of placement key `key` (its group, else its call id); an empty key
+    /// spreads legs round-robin.
+    fn pick_core(&self, key: &str) -> usize {
         let n = self.inner.cores.len();
-        if call_id.is_empty() {
+        if key.is_empty() {
             return self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % n;
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        call_id.hash(&mut h);
+        key.hash(&mut h);
         (h.finish() % n as u64) as usize
     }
 
@@ -139,7 +144,14 @@ fn endpoint_msg(a: SocketAddr) -> v1::Endpoint {
 }
 
 fn drops_msg(d: &Drops) -> v1::Drops {
-    v1::Drops { malformed: d.malformed, wrong_source: d.wrong_source, no_route: d.no_route, muted: d.muted, send_failed: d.send_failed }
+    v1::Drops {
+        malformed: d.malformed,
+        wrong_source: d.wrong_source,
+        no_route: d.no_route,
+        muted: d.muted,
+        send_failed: d.send_failed,
+        queue_full: d.queue_full,
+    }
 }
 
 fn direction_msg(d: Direction) -> v1::Direction {
@@ -172,7 +184,7 @@ fn submit_status(e: SubmitError) -> Status {
 fn core_status(e: CoreError) -> Status {
     match &e {
         CoreError::Command(CommandError::NoSuchLeg(_) | CommandError::NoSuchBridge(_)) => Status::not_found(e.to_string()),
-        CoreError::Command(CommandError::LegExists(_)) => Status::already_exists(e.to_string()),
+        CoreError::Command(CommandError::LegExists(_) | CommandError::BridgeExists(_)) => Status::already_exists(e.to_string()),
         CoreError::Command(CommandError::AlreadyBridged(..) | CommandError::SelfBridge | CommandError::PortInUse(_)) => {
             Status::failed_precondition(e.to_string())
         }
@@ -202,7 +214,7 @@ impl v1::media_plane_server::MediaPlane for MediaService {
             direction: direction_from(r.direction)?.unwrap_or_default(),
             media_timeout: (r.media_timeout_ms > 0).then(|| Duration::from_millis(u64::from(r.media_timeout_ms))),
         };
-        let core = self.pick_core(&r.call_id);
+        let core = self.pick_core(if r.group.is_empty() { &r.call_id } else { &r.group });
         let id = self.new_id(core);
         let handle = &self.inner.cores[core];
         let port = self.ask(handle, |reply| Command::CreateLeg { id, spec, reply }).await?;
@@ -234,17 +246,22 @@ impl v1::media_plane_server::MediaPlane for MediaService {
 
     async fn create_bridge(&self, req: Request<v1::CreateBridgeRequest>) -> Result<Response<v1::CreateBridgeResponse>, Status> {
         let r = req.into_inner();
-        let core_a = self.core_of(r.leg_a, "leg")?;
-        let core_b = self.core_of(r.leg_b, "leg")?;
-        if core_a.core != core_b.core {
-            return Err(Status::failed_precondition(format!(
-                "legs {} and {} are on cores {} and {}: create both legs with the same call_id",
-                r.leg_a, r.leg_b, core_a.core, core_b.core
-            )));
-        }
+        let core_a = self.core_of(r.leg_a, "leg_a")?;
+        let core_b = self.core_of(r.leg_b, "leg_b")?;
         let id = self.new_id(core_a.core);
         let (a, b) = (r.leg_a, r.leg_b);
-        self.ask(core_a, |reply| Command::CreateBridge { id, a, b, reply }).await?;
+        if core_a.core == core_b.core {
+            self.ask(core_a, |reply| Command::CreateBridge { id, a, b, reply }).await?;
+            return Ok(Response::new(v1::CreateBridgeResponse { bridge_id: id }));
+        }
+        // Two halves: A's (primary, it holds the id's core) first, then B's; B refusing undoes A's.
+        let (ca, cb) = (core_a.core, core_b.core);
+        self.ask(core_a, |reply| Command::LinkRemote { id, leg: a, peer_core: cb, peer_leg: b, primary: true, reply }).await?;
+        if let Err(status) = self.ask(core_b, |reply| Command::LinkRemote { id, leg: b, peer_core: ca, peer_leg: a, primary: false, reply }).await {
+            let _ = self.ask(core_a, |reply| Command::DeleteBridge { id, reply }).await;
+            return Err(status);
+        }
+        tracing::debug!(bridge = id, leg_a = a, core_a = ca, leg_b = b, core_b = cb, "cross-core bridge created");
         Ok(Response::new(v1::CreateBridgeResponse { bridge_id: id }))
     }
 
@@ -268,6 +285,7 @@ impl v1::media_plane_server::MediaPlane for MediaService {
                 bridges: rep.bridge_count as u32,
                 packets_in: rep.counters.packets_in,
                 packets_forwarded: rep.counters.packets_forwarded,
+                packets_handed_off: rep.counters.packets_handed_off,
                 drops: Some(drops_msg(&rep.counters.drops)),
                 command_queue_full: self.inner.cores[rep.core].queue_full(),
                 free_ports: rep.free_ports as u32,

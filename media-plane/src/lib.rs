@@ -18,11 +18,14 @@
 //!   └───────────────────────┘
 //! ```
 //!
-//! * **Ownership, not locks.** A leg, its ports and its bridge belong to one core; the port range is
-//!   split so a port's core is computed ([`ports::owner`]). Nothing on the packet path locks or allocates.
+//! * **Ownership, not locks.** A leg and its ports belong to one core; the port range is split so a
+//!   port's core is computed ([`ports::owner`]). Legs are placed by their `group` (else `call_id`),
+//!   so a call's bridge relays in place; a bridge between legs of two cores relays over the cores'
+//!   bounded hand-off queues (one copy). Nothing on the packet path locks; only hand-offs allocate.
 //! * **Sans-IO engine.** [`engine::Engine`] (crate `media-engine`, which depends on no runtime or
 //!   socket crate) is given packets and `now` and returns verdicts (forward from port P to address
-//!   X, or drop with a reason); the driver does the I/O. The same engine runs in the virtual-time
+//!   X, hand off to the core owning the bridged leg, or drop with a reason) and the packets it
+//!   queued itself (`poll_transmit`); the driver does the I/O. The same engine runs in the virtual-time
 //!   [`harness`] used by tests.
 //! * **Zero copy.** A forwarded packet leaves from the buffer it arrived in: unchanged (UDP), or
 //!   with only its Ethernet/IP/UDP headers rewritten (AF_XDP; the XDP program is in the `ebpf` crate).

@@ -27,6 +27,7 @@ const SLOT_FREE_PORTS: u16 = 9;
 const SLOT_EXHAUSTED: u16 = 10;
 const SLOT_SIGTERM: u16 = 11;
 const SLOT_SIGTERM_EVENTS: u16 = 12;
+const SLOT_GROUP: u16 = 13;
 
 const SSRC_A: u32 = 0x0A0A_0A0A;
 const SSRC_B: u32 = 0x0B0B_0B0B;
@@ -355,43 +356,86 @@ fn port_ranges_at_the_ends_of_u16_are_rejected_not_overflowed() {
 }
 
 #[tokio::test]
-async fn bridging_legs_on_different_cores_is_failed_precondition() {
+async fn legs_of_different_calls_on_different_cores_are_bridged_and_relay_both_ways() {
     let (_mp, mut c) = MediaPlane::start(SLOT_CROSS_CORE).await;
-    let first = simple_leg(&mut c, "cross-0", None).await;
-    let mut other = None;
-    for i in 1..20 {
-        let leg = simple_leg(&mut c, &format!("cross-{i}"), None).await;
-        if leg.core != first.core {
-            other = Some(leg);
+    let (sock_a, sock_b) = (udp(), udp());
+    // A call's leg, and a leg of another call (a transfer target, say) that hashed to the other core.
+    let a = simple_leg(&mut c, "cross-0", None).await;
+    let mut b = None;
+    for i in 1..40 {
+        let leg = simple_leg(&mut c, &format!("cross-{i}"), Some(local(&sock_b))).await;
+        if leg.core != a.core {
+            b = Some(leg);
             break;
         }
         c.delete_leg(v1::DeleteLegRequest { leg_id: leg.id }).await.expect("DeleteLeg");
     }
-    let other = other.expect("20 call_ids all hashed to the same core");
-    let s = expect_code(
-        c.create_bridge(v1::CreateBridgeRequest { leg_a: first.id, leg_b: other.id }).await,
-        Code::FailedPrecondition,
-        "bridge across cores",
-    );
-    assert!(s.message().contains("call_id"), "the message says how to fix it: {s:?}");
+    let b = b.expect("40 call_ids all hashed to the same core");
+    let bridge_id = bridge(&mut c, &a, &b).await;
 
-    // Same-core misuse is refused too, and leaves the legs usable.
-    let peer = simple_leg(&mut c, "cross-0", None).await;
-    assert_eq!(peer.core, first.core, "same call_id, same core");
+    let forward: Vec<u16> = (0..100).collect();
+    let bytes_ab = relay_rtp(&sock_a, a.local, &sock_b, b.local, &forward, SSRC_A);
+    let reverse: Vec<u16> = (500..600).collect();
+    let bytes_ba = relay_rtp(&sock_b, b.local, &sock_a, a.local, &reverse, SSRC_B);
+
+    let sa = leg_stats(&mut c, a.id).await.expect("leg A");
+    let sb = leg_stats(&mut c, b.id).await.expect("leg B");
+    assert_eq!((sa.rtp_packets_in, sa.rtp_packets_out, sa.rtp_bytes_out), (100, 100, bytes_ba));
+    assert_eq!((sb.rtp_packets_in, sb.rtp_packets_out, sb.rtp_bytes_out), (100, 100, bytes_ab));
+    assert_eq!((sa.bridge_id, sb.bridge_id), (bridge_id, bridge_id));
+    assert_eq!((drops(&sa), drops(&sb)), (v1::Drops::default(), v1::Drops::default()));
+    let cores = core_stats(&mut c).await;
+    let (ca, cb) = (&cores[a.core as usize], &cores[b.core as usize]);
+    assert_eq!((ca.packets_in, ca.packets_handed_off, ca.packets_forwarded), (100, 100, 100), "core A: A's in, handed over; B's sent");
+    assert_eq!((cb.packets_in, cb.packets_handed_off, cb.packets_forwarded), (100, 100, 100));
+    let (da, db) = (ca.driver.unwrap_or_default(), cb.driver.unwrap_or_default());
+    assert_eq!((da.handoff_out, da.handoff_in, da.handoff_full), (100, 100, 0));
+    assert_eq!((db.handoff_out, db.handoff_in, db.handoff_full), (100, 100, 0));
+    assert_eq!(cores.iter().map(|c| c.bridges).sum::<u32>(), 1, "a cross-core bridge counts once");
+
+    // Deleting A's leg takes the bridge with it on both cores: B can be bridged again.
+    c.delete_leg(v1::DeleteLegRequest { leg_id: a.id }).await.expect("DeleteLeg A");
+    let deadline = std::time::Instant::now() + POLL_TIMEOUT;
+    while leg_stats(&mut c, b.id).await.expect("leg B").bridge_id != 0 {
+        assert!(std::time::Instant::now() < deadline, "B's half of the bridge was not undone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c2 = simple_leg(&mut c, "cross-0", None).await;
+    bridge(&mut c, &c2, &b).await;
+}
+
+#[tokio::test]
+async fn legs_of_one_group_share_a_core_and_bridge_misuse_is_refused() {
+    let (_mp, mut c) = MediaPlane::start(SLOT_GROUP).await;
+    let group_leg = |call: String| v1::CreateLegRequest { call_id: call, group: "conference-7".into(), ..Default::default() };
+    let first = create_leg(&mut c, group_leg("call-0".into())).await;
+    for i in 1..12 {
+        let leg = create_leg(&mut c, group_leg(format!("call-{i}"))).await;
+        assert_eq!(leg.core, first.core, "one group, one core, whatever the call ids");
+    }
+    let peer = simple_leg(&mut c, "misuse", None).await;
     expect_code(
         c.create_bridge(v1::CreateBridgeRequest { leg_a: first.id, leg_b: first.id }).await,
         Code::FailedPrecondition,
         "self bridge",
     );
     bridge(&mut c, &first, &peer).await;
-    let third = simple_leg(&mut c, "cross-0", None).await;
+    let third = simple_leg(&mut c, "misuse-3", None).await;
     expect_code(
         c.create_bridge(v1::CreateBridgeRequest { leg_a: third.id, leg_b: peer.id }).await,
         Code::FailedPrecondition,
         "leg already bridged",
     );
+    expect_code(
+        c.create_bridge(v1::CreateBridgeRequest { leg_a: peer.id, leg_b: third.id }).await,
+        Code::FailedPrecondition,
+        "leg already bridged, as the first leg",
+    );
     let cores = core_stats(&mut c).await;
-    assert_eq!(cores.iter().map(|c| c.bridges).sum::<u32>(), 1);
+    assert_eq!(cores.iter().map(|c| c.bridges).sum::<u32>(), 1, "refused bridges leave nothing behind");
+    // The refused legs are still free to bridge.
+    let fourth = simple_leg(&mut c, "misuse-4", None).await;
+    bridge(&mut c, &third, &fourth).await;
 }
 
 #[tokio::test]

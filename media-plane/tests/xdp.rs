@@ -326,7 +326,7 @@ fn driver_counter(log: &str, name: &str) -> u64 {
 }
 
 #[test]
-fn two_af_xdp_cores_hand_each_other_packets_for_their_ports_and_lose_none() {
+fn two_af_xdp_cores_hand_each_other_packets_for_their_ports_and_bridged_legs_and_lose_none() {
     let Some(t) = Topology::up_queues("h", "2") else { return };
     let mut dut = Dut::start_cores(&t, "2", &["--backend", "xdp"]);
     // Many flows: the peer's veth spreads them over both queues by hash, so with 16 calls some
@@ -340,12 +340,16 @@ fn two_af_xdp_cores_hand_each_other_packets_for_their_ports_and_lose_none() {
             let mut calls = Vec::new();
             for i in 0..CALLS {
                 let (sock_a, sock_b) = (bind(PEER_A), bind(PEER_B));
-                let call_id = format!("handoff-{i}");
-                let a = simple_leg(&mut c, &call_id, None).await;
-                let b = simple_leg(&mut c, &call_id, Some(sock_b.local_addr().expect("local_addr"))).await;
+                // Legs of two call ids: some bridges join legs of the two cores (cross-core
+                // bridges, relayed through the hand-off queues and the engine's transmit queue).
+                let a = simple_leg(&mut c, &format!("handoff-{i}-a"), None).await;
+                let b = simple_leg(&mut c, &format!("handoff-{i}-b"), Some(sock_b.local_addr().expect("local_addr"))).await;
                 bridge(&mut c, &a, &b).await;
                 calls.push((sock_a, sock_b, a, b));
             }
+            let cross_core = calls.iter().filter(|(_, _, a, b)| a.core != b.core).count();
+            eprintln!("{cross_core} of {CALLS} bridges join legs of different cores");
+            assert!(cross_core > 0, "every call's legs hashed to one core");
             // Warm-up: each core resolves the next hop by itself (ARP), one packet at a time.
             for (sock_a, sock_b, a, _) in &calls {
                 sock_b.set_read_timeout(Some(Duration::from_millis(100))).expect("set_read_timeout");

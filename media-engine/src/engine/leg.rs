@@ -5,6 +5,14 @@ use std::time::{Duration, Instant};
 
 use super::{BridgeId, LegId};
 
+/// The other end of a leg's bridge: a leg of this core (its slot), or a leg of another core,
+/// reached over the drivers' cross-core hand-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Peer {
+    Local(usize),
+    Remote { core: usize, leg: LegId },
+}
+
 /// Media direction, as the endpoint states it in its SDP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Direction {
@@ -39,6 +47,9 @@ pub enum DropReason {
     Muted,
     /// The kernel refused the send.
     SendFailed,
+    /// A queue on the way was full: the engine's transmit queue, or the hand-off queue to the
+    /// core that owns the peer leg.
+    QueueFull,
 }
 
 /// Drop counters by reason.
@@ -49,6 +60,7 @@ pub struct Drops {
     pub no_route: u64,
     pub muted: u64,
     pub send_failed: u64,
+    pub queue_full: u64,
 }
 
 impl Drops {
@@ -59,11 +71,12 @@ impl Drops {
             DropReason::NoRoute => &mut self.no_route,
             DropReason::Muted => &mut self.muted,
             DropReason::SendFailed => &mut self.send_failed,
+            DropReason::QueueFull => &mut self.queue_full,
         };
         *c += 1;
     }
     pub fn total(&self) -> u64 {
-        self.malformed + self.wrong_source + self.no_route + self.muted + self.send_failed
+        self.malformed + self.wrong_source + self.no_route + self.muted + self.send_failed + self.queue_full
     }
 }
 
@@ -157,8 +170,8 @@ pub(super) struct Leg {
     pub direction: Direction,
     pub media_timeout: Duration,
     pub bridge: Option<BridgeId>,
-    /// Slot of the bridged leg.
-    pub peer: Option<usize>,
+    /// The bridged leg.
+    pub peer: Option<Peer>,
     /// Last accepted packet, or creation.
     pub last_rx: Instant,
     pub any_rx: bool,

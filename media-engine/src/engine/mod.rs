@@ -1,19 +1,32 @@
 //! The sans-IO relay engine of one core.
 //!
 //! An [`Engine`] owns the legs and bridges of its core. It never reads a clock or touches a socket:
-//! drivers (UDP here, AF_XDP later, the virtual-time [`crate::harness`] in tests) hand it packets
-//! with the time they arrived and act on what it returns.
+//! drivers (UDP, AF_XDP, the virtual-time [`crate::harness`] in tests) hand it packets with the
+//! time they arrived and act on what it returns.
 //!
 //! ```text
 //!   driver ── handle_packet(port, src, bytes, now) ──► Verdict::Forward { from_port, to }  (send the same bytes)
+//!          │                                           Verdict::Handoff { core, handoff }  (copy to that core)
 //!          │                                           Verdict::Drop(reason)              (counted here)
-//!          ├─ create_leg / update_leg / delete_leg / create_bridge / delete_bridge / stats  (commands)
-//!          ├─ handle_timeout(now) at poll_timeout()   (media timeouts, once a second)
-//!          └─ poll_event()                             (latched, timed out: the driver frees ports)
+//!          ├─ handle_handoff(handoff, bytes, now)      the far half of a cross-core bridge: queues a transmit
+//!          ├─ poll_transmit(buf)                       packets the engine made (hand-offs today; later
+//!          │                                           transcoded, DTMF, RTCP reports, mixed, played)
+//!          ├─ create_leg / update_leg / delete_leg / create_bridge / link_remote / delete_bridge / stats
+//!          ├─ handle_timeout(now) at poll_timeout()    (media timeouts, once a second)
+//!          ├─ poll_event()                             (latched, timed out: the driver frees ports)
+//!          └─ poll_cross() / handle_unlink()           (bridge halves on other cores to undo)
 //! ```
 //!
+//! **Bridges across cores.** A leg belongs to the core that owns its port. Two legs on one core
+//! are bridged in place (the fast path: two array lookups, the received buffer sent on). Legs on
+//! two cores are joined by a bridge in two halves, one per core ([`Engine::link_remote`]): a
+//! packet for the far leg comes back as [`Verdict::Handoff`]; the driver copies it over a bounded
+//! queue to the owning core, whose engine checks the pairing, counts it and queues it for sending
+//! ([`Engine::handle_handoff`], [`Engine::poll_transmit`]). When a half goes (bridge or leg
+//! deleted, media timeout), [`Engine::poll_cross`] says which half on which core to undo.
+//!
 //! Lookup on the fast path is two array indexations: local port → leg slot, leg → peer slot. Nothing
-//! on it allocates.
+//! on it allocates; the transmit queue reuses its buffers.
 
 mod leg;
 
@@ -22,7 +35,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use leg::{Direction, DropReason, Drops, LegCounters, LegSpec, LegStats, Remote};
-use leg::{Leg, PortKind};
+use leg::{Leg, Peer, PortKind};
 
 use crate::wire::{self, RtcpPacket, RtpPacket};
 
@@ -34,14 +47,56 @@ pub type BridgeId = u64;
 /// How often legs are checked for media timeout: timeouts fire within this much of their deadline.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Longest packet the engine queues for sending (hand-offs, generated media).
+pub const MAX_TRANSMIT: usize = 2048;
+/// Packets the transmit queue holds before more are dropped (`queue_full`).
+pub const TRANSMIT_QUEUE: usize = 4096;
+
 /// What the driver does with a packet it handed to [`Engine::handle_packet`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum Verdict {
     /// Send the packet, unchanged, from local port `from_port` to `to`.
     Forward { from_port: u16, to: SocketAddr },
+    /// The bridged leg lives on core `core`: copy the packet there with `handoff`, for that core's
+    /// [`Engine::handle_handoff`]. If the copy cannot be queued, call
+    /// [`Engine::handle_handoff_dropped`].
+    Handoff { core: usize, handoff: Handoff },
     /// Drop it; the engine has counted it.
     Drop(DropReason),
+}
+
+/// A packet crossing from one core's leg to its bridged leg on another core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handoff {
+    /// The leg the packet is for (on the receiving core).
+    pub to_leg: LegId,
+    /// The leg it arrived on, and its core.
+    pub from_leg: LegId,
+    pub from_core: usize,
+    /// The bridge joining them.
+    pub bridge: BridgeId,
+    /// RTCP (else RTP).
+    pub rtcp: bool,
+}
+
+/// A packet the engine made, copied into the driver's buffer by [`Engine::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Send from this local port (a leg's RTP or RTCP port)...
+    pub from_port: u16,
+    /// ...to this address.
+    pub to: SocketAddr,
+    /// Bytes written at the start of the buffer.
+    pub len: usize,
+}
+
+/// Work for another core, from [`Engine::poll_cross`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossMessage {
+    /// This core's half of `bridge` is gone: core `core` must drop its half, on its leg `leg`
+    /// ([`Engine::handle_unlink`]).
+    Unlink { core: usize, leg: LegId, bridge: BridgeId },
 }
 
 /// Something the control plane (and the driver) must learn about.
@@ -69,13 +124,18 @@ pub enum CommandError {
     AlreadyBridged(LegId, BridgeId),
     #[error("a leg cannot be bridged to itself")]
     SelfBridge,
+    #[error("bridge {0} already exists")]
+    BridgeExists(BridgeId),
 }
 
 /// Counters of one core, beyond those of its legs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CoreCounters {
     pub packets_in: u64,
+    /// Packets sent: forwarded in place, and hand-offs from other cores sent on.
     pub packets_forwarded: u64,
+    /// Packets passed to the core that owns their bridged leg (that core counts them forwarded).
+    pub packets_handed_off: u64,
     /// Drops of packets that reached a leg, plus packets to ports without a leg (as `no_route`).
     pub drops: Drops,
 }
@@ -85,12 +145,26 @@ pub struct CoreCounters {
 pub struct EngineConfig {
     /// Media timeout for legs that do not set their own.
     pub media_timeout: Duration,
+    /// This engine's core number (named in the hand-offs it makes).
+    pub core: usize,
 }
 
+/// A bridge as this core holds it: its local leg `a`, and the other end.
 #[derive(Debug, Clone, Copy)]
 struct Bridge {
     a: usize,
-    b: usize,
+    b: Peer,
+    /// For a cross-core bridge, whether this core holds the half the bridge id was made on (it
+    /// alone counts the bridge in [`Engine::bridge_count`]).
+    primary: bool,
+}
+
+/// A queued transmission; its buffer returns to the spare list once the driver has copied it.
+#[derive(Debug)]
+struct Pending {
+    from_port: u16,
+    to: SocketAddr,
+    bytes: Vec<u8>,
 }
 
 /// The relay state of one core. See the module documentation.
@@ -105,6 +179,10 @@ pub struct Engine {
     by_port: Vec<u32>,
     bridges: HashMap<BridgeId, Bridge>,
     events: VecDeque<Event>,
+    cross: VecDeque<CrossMessage>,
+    transmits: VecDeque<Pending>,
+    /// Buffers of sent transmissions, reused so the steady state does not allocate.
+    spare: Vec<Vec<u8>>,
     counters: CoreCounters,
     next_sweep: Option<Instant>,
 }
@@ -119,6 +197,9 @@ impl Engine {
             by_port: vec![0; 1 << 16],
             bridges: HashMap::new(),
             events: VecDeque::new(),
+            cross: VecDeque::new(),
+            transmits: VecDeque::new(),
+            spare: Vec::new(),
             counters: CoreCounters::default(),
             next_sweep: None,
         }
@@ -129,14 +210,19 @@ impl Engine {
     pub fn leg_count(&self) -> usize {
         self.by_id.len()
     }
+    /// Bridges on this core; a cross-core bridge counts on the core its id was made on.
     pub fn bridge_count(&self) -> usize {
-        self.bridges.len()
+        self.bridges.values().filter(|b| b.primary).count()
     }
     pub fn counters(&self) -> CoreCounters {
         self.counters
     }
     pub fn has_leg(&self, id: LegId) -> bool {
         self.by_id.contains_key(&id)
+    }
+    /// Whether a leg of this engine uses `port` (RTP or RTCP).
+    pub fn owns_port(&self, port: u16) -> bool {
+        self.by_port[usize::from(port)] != 0
     }
 
     /// Stats of one leg, `None` if it does not exist.
@@ -158,14 +244,71 @@ impl Engine {
         let verdict = self.route(local_port, src, packet, now);
         match verdict {
             Verdict::Forward { .. } => self.counters.packets_forwarded += 1,
+            Verdict::Handoff { .. } => self.counters.packets_handed_off += 1,
             Verdict::Drop(reason) => self.counters.drops.add(reason),
         }
         verdict
     }
 
+    /// The receiving core's half of a cross-core bridge: a packet another core's engine handed
+    /// off for leg `handoff.to_leg`. Checks that the leg is still bridged to the sender, applies
+    /// its direction and queues the packet for sending ([`poll_transmit`](Self::poll_transmit)).
+    /// Returns whether it was queued; otherwise the drop is counted.
+    pub fn handle_handoff(&mut self, handoff: &Handoff, packet: &[u8], _now: Instant) -> bool {
+        let expected = Peer::Remote { core: handoff.from_core, leg: handoff.from_leg };
+        let slot = self.by_id.get(&handoff.to_leg).copied();
+        let paired = slot.and_then(|s| self.slot(s)).is_some_and(|l| l.peer == Some(expected) && l.bridge == Some(handoff.bridge));
+        let Some(slot) = slot.filter(|_| paired) else {
+            // The bridge went away while the packet crossed: nothing to send it to.
+            self.counters.drops.add(DropReason::NoRoute);
+            return false;
+        };
+        match self.egress(slot, handoff.rtcp, packet.len()) {
+            Ok((from_port, to)) => {
+                if self.queue_transmit(from_port, to, packet) {
+                    self.counters.packets_forwarded += 1;
+                    true
+                } else {
+                    self.take_back_out(slot, handoff.rtcp, packet.len());
+                    self.count_drop(slot, DropReason::QueueFull);
+                    false
+                }
+            }
+            Err(reason) => {
+                self.count_drop(slot, reason);
+                false
+            }
+        }
+    }
+
+    /// The driver could not pass a [`Verdict::Handoff`] to the other core (its queue was full):
+    /// counted as a `queue_full` drop of the leg the packet arrived on.
+    pub fn handle_handoff_dropped(&mut self, handoff: &Handoff) {
+        self.counters.packets_handed_off = self.counters.packets_handed_off.saturating_sub(1);
+        match self.by_id.get(&handoff.from_leg).copied() {
+            Some(slot) => self.count_drop(slot, DropReason::QueueFull),
+            None => self.counters.drops.add(DropReason::QueueFull),
+        }
+    }
+
+    /// Another core dropped its half of `bridge` (see [`CrossMessage::Unlink`]): drop ours, on
+    /// leg `leg`. Unknown or already-gone halves are ignored (the message may cross a deletion).
+    pub fn handle_unlink(&mut self, leg: LegId, bridge: BridgeId) {
+        let Some(&slot) = self.by_id.get(&leg) else { return };
+        let ours = self.bridges.get(&bridge).is_some_and(|b| b.a == slot && matches!(b.b, Peer::Remote { .. }));
+        if ours {
+            self.bridges.remove(&bridge);
+            if let Some(l) = self.slot_mut(slot) {
+                l.bridge = None;
+                l.peer = None;
+            }
+        }
+    }
+
     /// The driver could not deliver `packet`, which it was told to forward from `from_port`: the
     /// kernel refused the send (`SendFailed`), or there is no next hop for it (`NoRoute`). The
     /// forward is taken back off the counters and counted as a drop for `reason` on the sending leg.
+    /// The same applies to a [`Transmit`] the driver could not send.
     pub fn handle_forward_dropped(&mut self, from_port: u16, packet: &[u8], reason: DropReason) {
         self.counters.drops.add(reason);
         self.counters.packets_forwarded = self.counters.packets_forwarded.saturating_sub(1);
@@ -290,32 +433,55 @@ impl Engine {
         if a == b {
             return Err(CommandError::SelfBridge);
         }
-        let sa = *self.by_id.get(&a).ok_or(CommandError::NoSuchLeg(a))?;
-        let sb = *self.by_id.get(&b).ok_or(CommandError::NoSuchLeg(b))?;
-        for (slot, leg) in [(sa, a), (sb, b)] {
-            if let Some(existing) = self.slot(slot).and_then(|l| l.bridge) {
-                return Err(CommandError::AlreadyBridged(leg, existing));
+        if self.bridges.contains_key(&id) {
+            return Err(CommandError::BridgeExists(id));
+        }
+        let sa = self.unbridged_slot(a)?;
+        let sb = self.unbridged_slot(b)?;
+        for (slot, peer) in [(sa, sb), (sb, sa)] {
+            if let Some(l) = self.slot_mut(slot) {
+                l.bridge = Some(id);
+                l.peer = Some(Peer::Local(peer));
             }
         }
-        if let Some(l) = self.slot_mut(sa) {
-            l.bridge = Some(id);
-            l.peer = Some(sb);
-        }
-        if let Some(l) = self.slot_mut(sb) {
-            l.bridge = Some(id);
-            l.peer = Some(sa);
-        }
-        self.bridges.insert(id, Bridge { a: sa, b: sb });
+        self.bridges.insert(id, Bridge { a: sa, b: Peer::Local(sb), primary: true });
         Ok(())
     }
 
+    /// This core's half of a cross-core bridge: media from `leg` goes to `peer_leg` on core
+    /// `peer_core` (as [`Verdict::Handoff`]), and hand-offs from it are accepted for `leg`. The
+    /// other core links its half the same way; `primary` is set on the core the id was made on.
+    pub fn link_remote(&mut self, id: BridgeId, leg: LegId, peer_core: usize, peer_leg: LegId, primary: bool) -> Result<(), CommandError> {
+        if peer_core == self.config.core && peer_leg == leg {
+            return Err(CommandError::SelfBridge);
+        }
+        if self.bridges.contains_key(&id) {
+            return Err(CommandError::BridgeExists(id));
+        }
+        let slot = self.unbridged_slot(leg)?;
+        let peer = Peer::Remote { core: peer_core, leg: peer_leg };
+        if let Some(l) = self.slot_mut(slot) {
+            l.bridge = Some(id);
+            l.peer = Some(peer);
+        }
+        self.bridges.insert(id, Bridge { a: slot, b: peer, primary });
+        Ok(())
+    }
+
+    /// Removes a bridge (or this core's half of a cross-core one, telling the other core through
+    /// [`poll_cross`](Self::poll_cross)).
     pub fn delete_bridge(&mut self, id: BridgeId) -> Result<(), CommandError> {
         let br = self.bridges.remove(&id).ok_or(CommandError::NoSuchBridge(id))?;
-        for s in [br.a, br.b] {
-            if let Some(l) = self.slot_mut(s) {
+        let clear = |engine: &mut Self, slot| {
+            if let Some(l) = engine.slot_mut(slot) {
                 l.bridge = None;
                 l.peer = None;
             }
+        };
+        clear(self, br.a);
+        match br.b {
+            Peer::Local(b) => clear(self, b),
+            Peer::Remote { core, leg } => self.cross.push_back(CrossMessage::Unlink { core, leg, bridge: id }),
         }
         Ok(())
     }
@@ -336,6 +502,31 @@ impl Engine {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Next packet the engine made, copied into `buf` (give it [`MAX_TRANSMIT`] bytes; a longer
+    /// packet is cut to `buf`). Send it from `from_port` to `to`; if that fails, tell
+    /// [`handle_forward_dropped`](Self::handle_forward_dropped).
+    #[must_use]
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let p = self.transmits.pop_front()?;
+        let len = p.bytes.len().min(buf.len());
+        buf.get_mut(..len)?.copy_from_slice(p.bytes.get(..len)?);
+        let mut bytes = p.bytes;
+        bytes.clear();
+        self.spare.push(bytes);
+        Some(Transmit { from_port: p.from_port, to: p.to, len })
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has something.
+    pub fn has_transmit(&self) -> bool {
+        !self.transmits.is_empty()
+    }
+
+    /// Next message for another core (see [`CrossMessage`]).
+    #[must_use]
+    pub fn poll_cross(&mut self) -> Option<CrossMessage> {
+        self.cross.pop_front()
     }
 
     // ---- internals ----
@@ -397,24 +588,76 @@ impl Engine {
                 return Verdict::Drop(DropReason::Muted);
             }
         }
-        let peer_slot = leg.peer;
-        let Some(peer) = peer_slot.and_then(|p| self.slots.get_mut(p)).and_then(Option::as_mut) else {
-            return self.drop_on(slot, DropReason::NoRoute);
-        };
+        let (leg_id, bridge) = (leg.id, leg.bridge.unwrap_or_default());
+        match leg.peer {
+            None => self.drop_on(slot, DropReason::NoRoute),
+            Some(Peer::Local(peer)) => match self.egress(peer, is_rtcp, packet.len()) {
+                Ok((from_port, to)) => Verdict::Forward { from_port, to },
+                Err(reason) => self.drop_on(slot, reason),
+            },
+            Some(Peer::Remote { core, leg: to_leg }) => Verdict::Handoff {
+                core,
+                handoff: Handoff { to_leg, from_leg: leg_id, from_core: self.config.core, bridge, rtcp: is_rtcp },
+            },
+        }
+    }
+
+    /// The sending half of a relay: where the leg in `slot` sends a packet of `len` bytes, its
+    /// out counters moved; or why it cannot (counted by the caller).
+    fn egress(&mut self, slot: usize, is_rtcp: bool, len: usize) -> Result<(u16, SocketAddr), DropReason> {
+        let peer = self.slot_mut(slot).ok_or(DropReason::NoRoute)?;
         let out = if is_rtcp { peer.rtcp_destination() } else { peer.rtp_destination() };
-        let Some((from_port, to)) = out else {
-            return self.drop_on(slot, DropReason::NoRoute);
-        };
+        let (from_port, to) = out.ok_or(DropReason::NoRoute)?;
         if is_rtcp {
             peer.counters.rtcp_packets_out += 1;
         } else {
             if !peer.direction.endpoint_receives() {
-                return self.drop_on(slot, DropReason::Muted);
+                return Err(DropReason::Muted);
             }
             peer.counters.rtp_packets_out += 1;
-            peer.counters.rtp_bytes_out += packet.len() as u64;
+            peer.counters.rtp_bytes_out += len as u64;
         }
-        Verdict::Forward { from_port, to }
+        Ok((from_port, to))
+    }
+
+    /// Undoes [`egress`](Self::egress)'s counting when the packet did not leave after all.
+    fn take_back_out(&mut self, slot: usize, is_rtcp: bool, len: usize) {
+        let Some(l) = self.slot_mut(slot) else { return };
+        if is_rtcp {
+            l.counters.rtcp_packets_out = l.counters.rtcp_packets_out.saturating_sub(1);
+        } else {
+            l.counters.rtp_packets_out = l.counters.rtp_packets_out.saturating_sub(1);
+            l.counters.rtp_bytes_out = l.counters.rtp_bytes_out.saturating_sub(len as u64);
+        }
+    }
+
+    /// Counts a drop on the leg in `slot` and on the core.
+    fn count_drop(&mut self, slot: usize, reason: DropReason) {
+        self.counters.drops.add(reason);
+        if let Some(l) = self.slot_mut(slot) {
+            l.counters.drops.add(reason);
+        }
+    }
+
+    /// Queues a copy of `bytes` for [`poll_transmit`](Self::poll_transmit); `false` if the queue
+    /// is full or the packet too long.
+    fn queue_transmit(&mut self, from_port: u16, to: SocketAddr, bytes: &[u8]) -> bool {
+        if self.transmits.len() >= TRANSMIT_QUEUE || bytes.len() > MAX_TRANSMIT {
+            return false;
+        }
+        let mut buf = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(MAX_TRANSMIT));
+        buf.extend_from_slice(bytes);
+        self.transmits.push_back(Pending { from_port, to, bytes: buf });
+        true
+    }
+
+    /// The slot of leg `id` if it exists and is in no bridge.
+    fn unbridged_slot(&self, id: LegId) -> Result<usize, CommandError> {
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        if let Some(existing) = self.slot(slot).and_then(|l| l.bridge) {
+            return Err(CommandError::AlreadyBridged(id, existing));
+        }
+        Ok(slot)
     }
 
     fn drop_on(&mut self, slot: usize, reason: DropReason) -> Verdict {

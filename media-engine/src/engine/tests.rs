@@ -11,7 +11,7 @@ const A_PORT: u16 = 30000;
 const B_PORT: u16 = 30002;
 
 fn cfg() -> EngineConfig {
-    EngineConfig { media_timeout: Duration::from_secs(30) }
+    EngineConfig { media_timeout: Duration::from_secs(30), core: 0 }
 }
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -131,6 +131,120 @@ fn update_with_remote_and_relatch_sends_to_the_new_remote_then_latches_on_the_re
     h.send(sdp_b, B_PORT, &rtp(8));
     h.advance(Duration::from_millis(5));
     assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.drops.wrong_source, 1);
+}
+
+/// Leg 1 on core 0 (port A) and leg 2 on core 1 (port B), joined by cross-core bridge 9.
+fn cross_core_call(h: &mut Harness, b_remote: SocketAddr) {
+    let now = h.now();
+    h.core(0).create_leg(1, A_PORT, LegSpec::default(), now).unwrap();
+    let spec = LegSpec { remote: Remote::locked(b_remote), ..Default::default() };
+    h.core(1).create_leg(2, B_PORT, spec, now).unwrap();
+    h.core(0).link_remote(9, 1, 1, 2, true).unwrap();
+    h.core(1).link_remote(9, 2, 0, 1, false).unwrap();
+}
+
+#[test]
+fn legs_on_two_cores_are_bridged_through_handoff_both_ways() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::with_cores(cfg(), Link::default(), 1, 2);
+    cross_core_call(&mut h, b);
+    for seq in 0..20 {
+        h.send(a, A_PORT, &rtp(seq));
+        h.send(b, B_PORT, &rtp(100 + seq));
+        h.advance(Duration::from_millis(20));
+    }
+    h.send(a, A_PORT + 1, &rtcp_sr());
+    h.advance(Duration::from_millis(20));
+    let to_b = h.take_inbox(b);
+    assert_eq!(seqs(&to_b), (0..20).collect::<Vec<_>>());
+    assert!(to_b.iter().all(|p| p.from_port == B_PORT), "sent from B's port");
+    let rtcp_to_b = h.take_inbox(addr("10.0.0.2:5001"));
+    assert_eq!((rtcp_to_b.len(), rtcp_to_b[0].from_port), (1, B_PORT + 1), "RTCP crosses too, from B's RTCP port");
+    assert_eq!(rtcp_to_b[0].bytes, rtcp_sr());
+    assert_eq!(to_b[3].bytes, rtp(3), "bytes unchanged");
+    // A's first packet (sent just before B's) latched A, so all of B's media reaches it.
+    assert_eq!(seqs(&h.take_inbox(a)), (100..120).collect::<Vec<_>>());
+    let now = h.now();
+    let (c0, c1) = (h.core(0).counters(), h.core(1).counters());
+    assert_eq!((c0.packets_in, c0.packets_handed_off), (21, 21), "core 0: A's 20 RTP and 1 RTCP crossed");
+    assert_eq!((c1.packets_in, c1.packets_handed_off), (20, 20));
+    assert_eq!((c0.packets_forwarded, c1.packets_forwarded), (20, 21), "each core counts what it sent");
+    assert_eq!(h.core(1).leg_stats(2, now).unwrap().counters.rtp_packets_out, 20);
+    assert_eq!((h.core(0).bridge_count(), h.core(1).bridge_count()), (1, 0), "a cross-core bridge counts once");
+}
+
+#[test]
+fn deleting_one_half_of_a_cross_core_bridge_unlinks_the_other_core() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::with_cores(cfg(), Link::default(), 1, 2);
+    cross_core_call(&mut h, b);
+    let now = h.now();
+    h.core(0).delete_leg(1, now).unwrap();
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.core(1).leg_stats(2, now).unwrap().bridge, None, "core 1's half went with leg 1");
+    // Leg 2 can be bridged again, and media for it has nowhere to go meanwhile.
+    h.send(b, B_PORT, &rtp(1));
+    h.advance(Duration::from_millis(5));
+    let now = h.now();
+    assert_eq!(h.core(1).leg_stats(2, now).unwrap().counters.drops.no_route, 1);
+    h.core(1).create_leg(3, B_PORT + 2, LegSpec::default(), now).unwrap();
+    h.core(1).create_bridge(10, 2, 3).unwrap();
+    let _ = a;
+}
+
+#[test]
+fn handoff_for_a_leg_no_longer_paired_is_dropped_and_counted() {
+    let b = addr("10.0.0.2:5000");
+    let mut h = Harness::with_cores(cfg(), Link::default(), 1, 2);
+    cross_core_call(&mut h, b);
+    let now = h.now();
+    let stale = Handoff { to_leg: 2, from_leg: 1, from_core: 0, bridge: 8, rtcp: false };
+    assert!(!h.core(1).handle_handoff(&stale, &rtp(1), now), "wrong bridge id");
+    let stranger = Handoff { to_leg: 2, from_leg: 5, from_core: 0, bridge: 9, rtcp: false };
+    assert!(!h.core(1).handle_handoff(&stranger, &rtp(1), now), "not the paired leg");
+    assert_eq!(h.core(1).counters().drops.no_route, 2);
+    assert!(!h.core(1).has_transmit());
+    let good = Handoff { to_leg: 2, from_leg: 1, from_core: 0, bridge: 9, rtcp: false };
+    assert!(h.core(1).handle_handoff(&good, &rtp(1), now));
+    let mut buf = [0u8; MAX_TRANSMIT];
+    let t = h.core(1).poll_transmit(&mut buf).expect("queued");
+    assert_eq!((t.from_port, t.to, &buf[..t.len]), (B_PORT, b, &rtp(1)[..]));
+}
+
+#[test]
+fn full_transmit_queue_drops_as_queue_full_without_growing() {
+    let b = addr("10.0.0.2:5000");
+    let mut e = Engine::new(EngineConfig { core: 1, ..cfg() });
+    let now = Harness::new(cfg(), Link::default(), 1).now(); // a virtual epoch
+    e.create_leg(2, B_PORT, LegSpec { remote: Remote::locked(b), ..Default::default() }, now).unwrap();
+    e.link_remote(9, 2, 0, 1, false).unwrap();
+    let h = Handoff { to_leg: 2, from_leg: 1, from_core: 0, bridge: 9, rtcp: false };
+    for _ in 0..TRANSMIT_QUEUE + 5 {
+        let _ = e.handle_handoff(&h, &rtp(1), now);
+    }
+    let st = e.leg_stats(2, now).unwrap();
+    assert_eq!(st.counters.drops.queue_full, 5);
+    assert_eq!(st.counters.rtp_packets_out, TRANSMIT_QUEUE as u64, "dropped packets are not counted as sent");
+    let mut buf = [0u8; MAX_TRANSMIT];
+    let mut n = 0;
+    while e.poll_transmit(&mut buf).is_some() {
+        n += 1;
+    }
+    assert_eq!(n, TRANSMIT_QUEUE);
+}
+
+#[test]
+fn cross_core_link_refuses_a_bridged_leg_and_a_duplicate_bridge_id() {
+    let mut e = Engine::new(cfg());
+    let now = Harness::new(cfg(), Link::default(), 1).now(); // a virtual epoch
+    e.create_leg(1, A_PORT, LegSpec::default(), now).unwrap();
+    e.create_leg(3, A_PORT + 4, LegSpec::default(), now).unwrap();
+    e.link_remote(9, 1, 1, 2, true).unwrap();
+    assert_eq!(e.link_remote(10, 1, 1, 4, true), Err(CommandError::AlreadyBridged(1, 9)));
+    assert_eq!(e.link_remote(9, 3, 1, 4, true), Err(CommandError::BridgeExists(9)));
+    assert_eq!(e.create_bridge(9, 3, 1), Err(CommandError::BridgeExists(9)));
+    e.delete_bridge(9).unwrap();
+    assert_eq!(e.poll_cross(), Some(CrossMessage::Unlink { core: 1, leg: 2, bridge: 9 }));
 }
 
 #[test]
@@ -324,7 +438,7 @@ proptest! {
     #[test]
     fn counters_balance_under_arbitrary_operation_sequences(ops in proptest::collection::vec(op(), 1..120), seed in 1..u64::MAX) {
         let link = Link { latency: Duration::from_millis(1), jitter: Duration::from_millis(3), loss: 0.0 };
-        let mut h = Harness::new(EngineConfig { media_timeout: Duration::from_secs(3) }, link, seed);
+        let mut h = Harness::new(EngineConfig { media_timeout: Duration::from_secs(3), core: 0 }, link, seed);
         let mut delivered = 0u64;
         for op in ops {
             let now = h.now();

@@ -6,8 +6,16 @@
 //!
 //! What does not depend on the datapath lives here, in [`CoreState`]: the engine, the command
 //! handling, the port pool (each allocated port is held by a bound kernel UDP socket, also under
-//! AF_XDP, so no other process gets it and the kernel sends no ICMP port-unreachable), and engine
-//! events. The drivers ([`udp`], [`xdp`]) only move packets.
+//! AF_XDP, so no other process gets it and the kernel sends no ICMP port-unreachable), engine
+//! events, and the cross-core queues ([`CrossCore`]). The drivers ([`udp`], [`xdp`]) only move
+//! packets.
+//!
+//! **Cross-core.** Every core has one bounded inbox of [`CrossPacket`]s and the sender of every
+//! other core's. A bridge between legs of two cores sends each packet over it (the engine's
+//! `Verdict::Handoff`; the receiving engine queues it and the driver sends it from its
+//! `poll_transmit`), bridge halves are undone over it, and the AF_XDP driver passes on packets
+//! RSS put on the wrong queue. Sending never blocks: a full inbox is a counted drop
+//! (`handoff_full`); the receiver is woken once per batch.
 
 pub mod udp;
 pub mod xdp;
@@ -25,7 +33,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::config::{Backend, Config};
-use crate::engine::{BridgeId, CommandError, CoreCounters, Direction, Engine, EngineConfig, Event, LegId, LegSpec, LegStats};
+use crate::engine::{BridgeId, CommandError, CoreCounters, CrossMessage, Direction, Engine, EngineConfig, Event, Handoff, LegId, LegSpec, LegStats};
 use crate::ports::PortPool;
 
 /// Depth of each core's command queue.
@@ -60,6 +68,8 @@ pub enum Command {
     },
     DeleteLeg { id: LegId, reply: Reply<LegStats> },
     CreateBridge { id: BridgeId, a: LegId, b: LegId, reply: Reply<()> },
+    /// This core's half of a bridge to leg `peer_leg` of core `peer_core`.
+    LinkRemote { id: BridgeId, leg: LegId, peer_core: usize, peer_leg: LegId, primary: bool, reply: Reply<()> },
     DeleteBridge { id: BridgeId, reply: Reply<()> },
     /// `legs: None` = every leg; `Some(ids)` = only those (empty: totals only).
     Stats { legs: Option<Vec<LegId>>, reply: oneshot::Sender<CoreReport> },
@@ -92,12 +102,107 @@ pub struct DriverCounters {
     pub tx_full: u64,
     /// Forwards the rewrite refused (family mismatch: IPv6 destination for an IPv4 relay).
     pub rewrite_failed: u64,
-    /// Packets for another core's port, passed to it.
+    /// Packets passed to another core: for a port it owns (AF_XDP), or for a bridged leg it owns.
     pub handoff_out: u64,
-    /// Packets for another core's port dropped because its hand-off queue was full.
+    /// Of those, dropped because that core's queue was full.
     pub handoff_full: u64,
     /// Packets received from other cores and run through this core's engine.
     pub handoff_in: u64,
+}
+
+/// What one core passes to another over its bounded cross-core queue.
+#[derive(Debug)]
+pub enum CrossPacket {
+    /// A packet that arrived on this core for a port the other core owns (AF_XDP: RSS put it on
+    /// the wrong queue); the owner runs it through its engine as its own.
+    Port { dst_port: u16, src: SocketAddr, payload: Vec<u8> },
+    /// A packet for the bridged leg the other core owns (the engine's `Verdict::Handoff`).
+    Peer { handoff: Handoff, payload: Vec<u8> },
+    /// Drop your half of a cross-core bridge (the engine's `CrossMessage::Unlink`).
+    Unlink { leg: LegId, bridge: BridgeId },
+}
+
+/// Packets waiting in each core's cross-core queue before more are dropped (`handoff_full`).
+pub const CROSS_QUEUE: usize = 4096;
+
+/// How a core reaches another: its cross-core queue and the waker of its loop.
+#[derive(Debug, Clone)]
+pub struct CorePeer {
+    pub tx: Sender<CrossPacket>,
+    pub waker: Arc<mio::Waker>,
+}
+
+/// The cross-core side of one core (see the module documentation).
+#[derive(Debug)]
+pub struct CrossCore {
+    /// Packets other cores passed to this one.
+    inbox: Receiver<CrossPacket>,
+    /// Every core's queue, indexed by core (this core's own entry is unused).
+    peers: Vec<CorePeer>,
+    /// Cores sent something since their last wake-up.
+    to_wake: Vec<bool>,
+    /// Number of media cores.
+    pub cores: usize,
+}
+
+impl CrossCore {
+    /// A core's side with its `inbox`; [`CrossCore::set_peers`] completes it once every core's
+    /// waker exists.
+    pub fn new(inbox: Receiver<CrossPacket>, cores: usize) -> Self {
+        Self { inbox, peers: Vec::new(), to_wake: vec![false; cores], cores }
+    }
+
+    /// A one-core media plane's side: nothing to send to.
+    pub fn alone() -> Self {
+        let (_tx, inbox) = crossbeam_channel::bounded(1);
+        Self::new(inbox, 1)
+    }
+
+    /// Every core's queue and waker, indexed by core.
+    pub fn set_peers(&mut self, peers: Vec<CorePeer>) {
+        self.to_wake = vec![false; peers.len()];
+        self.cores = peers.len().max(1);
+        self.peers = peers;
+    }
+
+    /// Queues `packet` for `core` without waiting; `false` (counted) when its queue is full or
+    /// the core is gone. The core is woken by the next [`CrossCore::wake_peers`].
+    pub fn send(&mut self, core: usize, packet: CrossPacket, counters: &mut DriverCounters) -> bool {
+        let sent = self.peers.get(core).is_some_and(|p| p.tx.try_send(packet).is_ok());
+        if sent {
+            counters.handoff_out += 1;
+            if let Some(w) = self.to_wake.get_mut(core) {
+                *w = true;
+            }
+        } else {
+            counters.handoff_full += 1;
+        }
+        sent
+    }
+
+    /// Wakes the cores sent something since the last call (one eventfd write each).
+    pub fn wake_peers(&mut self) {
+        for (peer, wake) in self.peers.iter().zip(self.to_wake.iter_mut()) {
+            if std::mem::take(wake) {
+                let _ = peer.waker.wake();
+            }
+        }
+    }
+
+    /// The next packet another core passed here.
+    pub fn recv(&self) -> Option<CrossPacket> {
+        self.inbox.try_recv().ok()
+    }
+
+    /// Whether nothing is waiting in the inbox.
+    pub fn is_empty(&self) -> bool {
+        self.inbox.is_empty()
+    }
+
+    /// Which cores were marked for waking (tests).
+    pub fn pending_wakes(&self) -> &[bool] {
+        &self.to_wake
+    }
 }
 
 /// An engine event tagged with the core it came from.
@@ -176,17 +281,26 @@ pub struct CoreState {
     events: broadcast::Sender<CoreEvent>,
     media_ip: IpAddr,
     socket_buffer: usize,
-    /// The driver's counters as of its last loop turn (reported by [`Command::Stats`]).
+    /// The driver's counters (reported by [`Command::Stats`]).
     pub driver: DriverCounters,
+    /// Queues to and from the other cores.
+    pub cross: CrossCore,
 }
 
 impl CoreState {
-    pub fn new(core: usize, config: &Config, commands: Receiver<Command>, events: broadcast::Sender<CoreEvent>, registry: Option<mio::Registry>) -> Self {
+    pub fn new(
+        core: usize,
+        config: &Config,
+        commands: Receiver<Command>,
+        events: broadcast::Sender<CoreEvent>,
+        registry: Option<mio::Registry>,
+        cross: CrossCore,
+    ) -> Self {
         let mut sockets = Vec::with_capacity(1 << 16);
         sockets.resize_with(1 << 16, || None);
         Self {
             core,
-            engine: Engine::new(EngineConfig { media_timeout: config.media_timeout }),
+            engine: Engine::new(EngineConfig { media_timeout: config.media_timeout, core }),
             pool: PortPool::for_core(config.port_min, config.port_max, core, config.cores),
             sockets,
             registry,
@@ -195,6 +309,7 @@ impl CoreState {
             media_ip: config.media_ip,
             socket_buffer: config.socket_buffer,
             driver: DriverCounters::default(),
+            cross,
         }
     }
 
@@ -234,6 +349,9 @@ impl CoreState {
                 Command::CreateBridge { id, a, b, reply } => {
                     let _ = reply.send(self.engine.create_bridge(id, a, b).map_err(CoreError::from));
                 }
+                Command::LinkRemote { id, leg, peer_core, peer_leg, primary, reply } => {
+                    let _ = reply.send(self.engine.link_remote(id, leg, peer_core, peer_leg, primary).map_err(CoreError::from));
+                }
                 Command::DeleteBridge { id, reply } => {
                     let _ = reply.send(self.engine.delete_bridge(id).map_err(CoreError::from));
                 }
@@ -258,7 +376,8 @@ impl CoreState {
         }
     }
 
-    /// Passes engine events on, freeing the ports of legs that timed out.
+    /// Passes engine events on, freeing the ports of legs that timed out, and sends the engine's
+    /// messages for other cores.
     pub fn drain_engine_events(&mut self) {
         while let Some(ev) = self.engine.poll_event() {
             if let Event::TimedOut { leg, stats } = &ev {
@@ -267,6 +386,41 @@ impl CoreState {
             }
             // No subscriber is not an error: events are for whoever listens.
             let _ = self.events.send((self.core, ev));
+        }
+        while let Some(CrossMessage::Unlink { core, leg, bridge }) = self.engine.poll_cross() {
+            if !self.cross.send(core, CrossPacket::Unlink { leg, bridge }, &mut self.driver) {
+                // The far half stays until its own leg goes; its packets to us are dropped as no_route.
+                tracing::warn!(core = self.core, peer_core = core, bridge, "could not tell the other core to drop its bridge half");
+            }
+        }
+    }
+
+    /// Passes a packet of this core's bridged leg to the core that owns the other leg; a full
+    /// queue is counted on the leg it arrived on.
+    pub fn hand_off(&mut self, core: usize, handoff: Handoff, payload: &[u8]) {
+        let packet = CrossPacket::Peer { handoff, payload: payload.to_vec() };
+        if !self.cross.send(core, packet, &mut self.driver) {
+            self.engine.handle_handoff_dropped(&handoff);
+        }
+    }
+
+    /// Runs what other cores sent, up to `limit` packets. Bridge hand-offs end up in the engine's
+    /// transmit queue and unlinks in its bridges; packets for this core's ports (AF_XDP's RSS
+    /// misses) are handed to `port_packet`.
+    pub fn drain_cross(&mut self, limit: usize, now: Instant, mut port_packet: impl FnMut(&mut Self, u16, SocketAddr, &[u8])) {
+        for _ in 0..limit {
+            let Some(packet) = self.cross.recv() else { return };
+            match packet {
+                CrossPacket::Peer { handoff, payload } => {
+                    self.driver.handoff_in += 1;
+                    let _ = self.engine.handle_handoff(&handoff, &payload, now);
+                }
+                CrossPacket::Unlink { leg, bridge } => self.engine.handle_unlink(leg, bridge),
+                CrossPacket::Port { dst_port, src, payload } => {
+                    self.driver.handoff_in += 1;
+                    port_packet(self, dst_port, src, &payload);
+                }
+            }
         }
     }
 
@@ -391,10 +545,19 @@ fn pin_current(core: usize, cpu: Option<core_affinity::CoreId>) {
 
 /// Starts the UDP-backend media cores of `config`, each pinned when asked to, and returns their handles.
 pub fn spawn_cores(config: &crate::config::Config, events: broadcast::Sender<CoreEvent>) -> std::io::Result<Vec<CoreHandle>> {
-    let mut handles = Vec::with_capacity(config.cores);
+    // Every driver first, so each can be given every core's cross-core queue and waker.
+    let mut drivers = Vec::with_capacity(config.cores);
+    let mut peers = Vec::with_capacity(config.cores);
     for core in 0..config.cores {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
-        let driver = udp::UdpDriver::new(core, config, rx, events.clone())?;
+        let (cross_tx, inbox) = crossbeam_channel::bounded(CROSS_QUEUE);
+        let driver = udp::UdpDriver::new(core, config, rx, events.clone(), CrossCore::new(inbox, config.cores))?;
+        peers.push(CorePeer { tx: cross_tx, waker: driver.waker() });
+        drivers.push((driver, tx));
+    }
+    let mut handles = Vec::with_capacity(config.cores);
+    for (core, (mut driver, tx)) in drivers.into_iter().enumerate() {
+        driver.set_peers(peers.clone());
         let waker = driver.waker();
         let cpu = pin_cpu(config, core);
         let thread = std::thread::Builder::new().name(format!("media-core-{core}")).spawn(move || {

@@ -5,7 +5,13 @@
 //! `sendmmsg` per outgoing socket. A read that returns fewer datagrams than asked means the socket is
 //! drained: Linux queues a new edge-triggered event for every datagram that arrives after it, so the
 //! second `recvmmsg` that would only return `EAGAIN` is skipped (one system call per wake saved).
-//! When idle the thread sleeps in `epoll_wait` until a packet, a command or the next engine timer.
+//! When idle the thread sleeps in `epoll_wait` until a packet, a command, another core's hand-off
+//! or the next engine timer.
+//!
+//! A packet for a bridged leg on another core is copied over that core's cross-core queue
+//! ([`super::CrossCore`]); packets other cores hand here go through the engine, which queues
+//! them, and leave with one `sendto` each from the engine's `poll_transmit` (the exception path:
+//! legs placed in one group share a core and take the zero-copy path).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,9 +23,9 @@ use crossbeam_channel::Receiver;
 use mio::{Events, Poll, Token, Waker};
 use tokio::sync::broadcast;
 
-use super::{Command, CoreEvent, CoreState};
+use super::{Command, CoreEvent, CorePeer, CoreState, CrossCore};
 use crate::config::Config;
-use crate::engine::{DropReason, Verdict};
+use crate::engine::{DropReason, Verdict, MAX_TRANSMIT};
 use crate::sys::PacketBatch;
 
 /// Token of the command waker; socket tokens are their port numbers (< 65536).
@@ -41,15 +47,26 @@ pub struct UdpDriver {
     /// saves the sleep/wake-up cost per packet at high rates, costs CPU while traffic is sparse.
     /// Zero (the default) sleeps as soon as nothing is ready.
     idle_spin: std::time::Duration,
+    /// Where the engine's transmissions are copied to be sent.
+    tx_buf: Vec<u8>,
 }
 
+/// Cross-core packets handled per loop turn (bounded so the own sockets are not starved).
+const CROSS_BATCH: usize = 256;
+
 impl UdpDriver {
-    pub fn new(core: usize, config: &Config, commands: Receiver<Command>, events: broadcast::Sender<CoreEvent>) -> io::Result<Self> {
+    pub fn new(
+        core: usize,
+        config: &Config,
+        commands: Receiver<Command>,
+        events: broadcast::Sender<CoreEvent>,
+        cross: CrossCore,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let registry = poll.registry().try_clone()?;
         Ok(Self {
-            state: CoreState::new(core, config, commands, events, Some(registry)),
+            state: CoreState::new(core, config, commands, events, Some(registry), cross),
             poll,
             waker,
             batch: PacketBatch::new(config.batch),
@@ -57,11 +74,17 @@ impl UdpDriver {
             tx_items: Vec::with_capacity(config.batch),
             failed: Vec::with_capacity(config.batch),
             idle_spin: config.idle_spin,
+            tx_buf: vec![0; MAX_TRANSMIT],
         })
     }
 
     pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
+    }
+
+    /// Every core's cross-core queue and waker (see [`super::spawn_cores`]).
+    pub fn set_peers(&mut self, peers: Vec<CorePeer>) {
+        self.state.cross.set_peers(peers);
     }
 
     /// The core's loop; returns on [`Command::Shutdown`] or when the gRPC side is gone.
@@ -71,8 +94,8 @@ impl UdpDriver {
         let mut last_packet = Instant::now();
         loop {
             let now = Instant::now();
-            let timeout = if now.saturating_duration_since(last_packet) < self.idle_spin {
-                // Traffic just flowed: poll without sleeping for a little longer (see `idle_spin`).
+            let timeout = if !self.state.cross.is_empty() || now.saturating_duration_since(last_packet) < self.idle_spin {
+                // Hand-offs waiting, or traffic just flowed: poll without sleeping (see `idle_spin`).
                 Some(std::time::Duration::ZERO)
             } else {
                 self.state.engine.poll_timeout().map(|t| t.saturating_duration_since(now))
@@ -95,8 +118,24 @@ impl UdpDriver {
                     last_packet = Instant::now();
                 }
             }
+            self.state.cross.wake_peers();
+            // The waker also carries other cores' hand-offs; the inbox is drained every turn.
+            self.state.drain_cross(CROSS_BATCH, Instant::now(), |_, _, _, _| {});
+            self.send_transmits();
             self.state.engine.handle_timeout(Instant::now());
             self.state.drain_engine_events();
+            self.state.cross.wake_peers();
+        }
+    }
+
+    /// Sends what the engine queued (hand-offs from other cores), one `sendto` each.
+    fn send_transmits(&mut self) {
+        while let Some(t) = self.state.engine.poll_transmit(&mut self.tx_buf) {
+            let bytes = self.tx_buf.get(..t.len).unwrap_or_default();
+            let sent = self.state.socket(t.from_port).is_some_and(|s| s.send_to(bytes, t.to).is_ok());
+            if !sent {
+                self.state.engine.handle_forward_dropped(t.from_port, bytes, DropReason::SendFailed);
+            }
         }
     }
 
@@ -119,8 +158,10 @@ impl UdpDriver {
                 let Some(src) = self.batch.peer(i) else { continue };
                 // A datagram longer than a slot reaches the engine empty and is counted malformed.
                 let bytes = if self.batch.truncated(i) { &[][..] } else { self.batch.packet(i) };
-                if let Verdict::Forward { from_port, to } = self.state.engine.handle_packet(port, src, bytes, now) {
-                    self.forwards.push((from_port, i, to));
+                match self.state.engine.handle_packet(port, src, bytes, now) {
+                    Verdict::Forward { from_port, to } => self.forwards.push((from_port, i, to)),
+                    Verdict::Handoff { core, handoff } => self.state.hand_off(core, handoff, bytes),
+                    Verdict::Drop(_) => {}
                 }
             }
             self.send_forwards();

@@ -22,12 +22,14 @@
 //!   wrapped once, in [`crate::sys::Xsk`], which owns socket, rings and UMEM together.
 //! * **Queues and hand-off.** Core `i` serves receive queue `i`; `cores` must not exceed the
 //!   interface's queue count. RSS does not know which core owns a media port, so a packet can land
-//!   on another core's queue. That core copies its UDP payload into a [`Handoff`] and passes it over
-//!   the owner's bounded crossbeam queue ([`HANDOFF_QUEUE`]), waking the owner once per batch; it
-//!   never blocks (a full queue drops the packet and counts `handoff_full`). The owner runs it
-//!   through its engine like a packet of its own and transmits a frame it builds in its own UMEM
-//!   (one copy: hand-off is the exception path; flow steering that matches the port split avoids
-//!   it). Counted as `handoff_out` / `handoff_in` per core.
+//!   on another core's queue. That core copies its UDP payload into a [`CrossPacket::Port`] and
+//!   passes it over the owner's bounded cross-core queue ([`super::CrossCore`]), waking the owner
+//!   once per batch; it never blocks (a full queue drops the packet and counts `handoff_full`).
+//!   The owner runs it through its engine like a packet of its own and transmits a frame it
+//!   builds in its own UMEM (one copy: hand-off is the exception path; flow steering that matches
+//!   the port split avoids it). Counted as `handoff_out` / `handoff_in` per core. A bridge
+//!   between legs of two cores crosses the same queues ([`CrossPacket::Peer`]); the receiving
+//!   engine queues the packet and this driver builds its frame from `poll_transmit`.
 //! * **Ports.** Each leg's ports are still bound by a kernel UDP socket ([`super::CoreState`]) so no
 //!   other process takes them and the kernel sends no port-unreachable for them; the XDP program
 //!   takes their packets before the socket would see them.
@@ -46,8 +48,8 @@
 //! * **Sleeping.** When no packet is waiting the thread sleeps in `epoll_wait` (mio) on the socket,
 //!   the command waker and the engine's next timer; it never busy-spins unless `idle_spin_us` asks.
 //! * **IPv4 only** for now: IPv6 media (neighbour discovery) is refused at start with a clear error.
-//!   Generated media (`poll_transmit`) does not exist in the engine yet, so nothing here allocates
-//!   frames for it.
+//! * **Engine transmissions** (`poll_transmit`: hand-offs from other cores today, generated media
+//!   later) are copied into UMEM frames with headers built for them ([`frame::build`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -61,9 +63,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::broadcast;
 
-use super::{Command, CoreEvent, CoreHandle, CoreState, DriverCounters, Started, COMMAND_QUEUE};
+use super::{Command, CoreEvent, CoreHandle, CorePeer, CoreState, CrossCore, CrossPacket, Started, COMMAND_QUEUE, CROSS_QUEUE};
 use crate::config::Config;
-use crate::engine::{DropReason, Verdict};
+use crate::engine::{DropReason, Verdict, MAX_TRANSMIT};
 use crate::frame::{self, Rewrite};
 use crate::neighbour::Neighbours;
 use crate::sys::{Xsk, XskConfig, XskError};
@@ -81,8 +83,6 @@ const DRAIN_KICKS: usize = 64;
 /// Largest MTU whose frames fit a 2 KiB UMEM frame after the kernel's 256-byte headroom, with an
 /// Ethernet header and one VLAN tag.
 const MAX_MTU: u32 = 2048 - 256 - 14 - 4;
-/// Packets waiting in each core's hand-off queue before more are dropped (`handoff_full`).
-pub const HANDOFF_QUEUE: usize = 4096;
 /// How long a core may take to open its socket and report ready.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -143,33 +143,6 @@ struct Interface {
     mac: [u8; 6],
 }
 
-/// A packet that arrived on another core's queue for a port this core owns.
-#[derive(Debug)]
-pub struct Handoff {
-    dst_port: u16,
-    src: SocketAddr,
-    payload: Vec<u8>,
-}
-
-/// How a core reaches another: its hand-off queue and the waker of its loop.
-#[derive(Debug, Clone)]
-struct HandoffPeer {
-    tx: crossbeam_channel::Sender<Handoff>,
-    waker: Arc<Waker>,
-}
-
-/// The cross-core side of one core's driver.
-#[derive(Debug)]
-struct CrossCore {
-    /// Packets other cores passed to this one.
-    inbox: Receiver<Handoff>,
-    /// Every core's queue, indexed by core (this core's own entry is unused).
-    peers: Vec<HandoffPeer>,
-    /// Cores handed something since their last wake-up.
-    to_wake: Vec<bool>,
-    cores: usize,
-}
-
 /// The AF_XDP driver of one core (one receive queue). See the module documentation.
 #[derive(Debug)]
 pub struct XdpDriver {
@@ -182,9 +155,7 @@ pub struct XdpDriver {
     ports: (u16, u16),
     xsk_config: XskConfig,
     neighbours: Neighbours,
-    counters: DriverCounters,
     idle_spin: Duration,
-    cross: CrossCore,
 }
 
 /// Starts one AF_XDP core per receive queue `0..cores` of `config.interface`, after attaching the
@@ -219,15 +190,15 @@ pub fn spawn_cores(config: &Config, events: broadcast::Sender<CoreEvent>) -> Res
     let mut peers = Vec::with_capacity(config.cores);
     for core in 0..config.cores {
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
-        let (handoff_tx, inbox) = crossbeam_channel::bounded(HANDOFF_QUEUE);
-        let cross = CrossCore { inbox, peers: Vec::new(), to_wake: vec![false; config.cores], cores: config.cores };
+        let (cross_tx, inbox) = crossbeam_channel::bounded(CROSS_QUEUE);
+        let cross = CrossCore::new(inbox, config.cores);
         let driver = XdpDriver::new(core, config, interface.clone(), xsk_config, rx, events.clone(), cross)?;
-        peers.push(HandoffPeer { tx: handoff_tx, waker: Arc::clone(&driver.waker) });
+        peers.push(CorePeer { tx: cross_tx, waker: Arc::clone(&driver.waker) });
         drivers.push((driver, tx));
     }
     let mut handles: Vec<CoreHandle> = Vec::with_capacity(config.cores);
     for (core, (mut driver, tx)) in drivers.into_iter().enumerate() {
-        driver.cross.peers = peers.clone();
+        driver.state.cross.set_peers(peers.clone());
         match spawn_core(core, config, driver, tx, &steering) {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -322,7 +293,7 @@ impl XdpDriver {
         let poll = Poll::new().map_err(|source| XdpError::Poll { core, call: "epoll_create1", source })?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|source| XdpError::Poll { core, call: "eventfd", source })?);
         Ok(Self {
-            state: CoreState::new(core, config, commands, events, None),
+            state: CoreState::new(core, config, commands, events, None, cross),
             poll,
             waker,
             neighbours: Neighbours::new(&interface.name),
@@ -331,9 +302,7 @@ impl XdpDriver {
             media_ip: config.media_ip,
             ports: (config.port_min, config.port_max),
             xsk_config,
-            counters: DriverCounters::default(),
             idle_spin: config.idle_spin,
-            cross,
         })
     }
 
@@ -355,7 +324,7 @@ impl XdpDriver {
         let mut more = false;
         loop {
             let now = Instant::now();
-            let timeout = if more || !self.cross.inbox.is_empty() || now.saturating_duration_since(last_packet) < self.idle_spin {
+            let timeout = if more || !self.state.cross.is_empty() || now.saturating_duration_since(last_packet) < self.idle_spin {
                 Some(Duration::ZERO)
             } else if xsk.tx_in_flight() > 0 {
                 // Frames still on the TX ring: come back soon to kick and reap them.
@@ -387,8 +356,8 @@ impl XdpDriver {
                     tracing::warn!(core, error = %e, "AF_XDP fill ring wakeup failed");
                 }
             }
-            self.wake_peers();
-            self.drain_handoffs(&mut xsk);
+            self.state.cross.wake_peers();
+            self.drain_cross(&mut xsk);
             if let Err(e) = xsk.drain_tx(DRAIN_KICKS) {
                 tracing::warn!(core, error = %e, "AF_XDP transmit failed");
             }
@@ -397,13 +366,13 @@ impl XdpDriver {
             }
             self.state.engine.handle_timeout(Instant::now());
             self.state.drain_engine_events();
-            self.state.driver = self.counters;
+            self.state.cross.wake_peers();
         }
         if let Err(e) = steering.unregister_xsk(self.queue) {
             tracing::warn!(core, error = %e, "unregistering the AF_XDP socket");
         }
         let kernel = xsk.stats().map_err(|e| tracing::debug!(core, error = %e, "XDP_STATISTICS")).ok();
-        tracing::info!(core, queue = self.queue, counters = ?self.counters, kernel = ?kernel, "AF_XDP media core stopped");
+        tracing::info!(core, queue = self.queue, counters = ?self.state.driver, kernel = ?kernel, "AF_XDP media core stopped");
     }
 
     fn open(&mut self, steering: &ebpf::Steering) -> Result<Xsk, XdpError> {
@@ -421,23 +390,21 @@ impl XdpDriver {
     /// Handles one batch from the RX ring and transmits its forwards. Returns the frames received.
     fn rx_batch(&mut self, xsk: &mut Xsk) -> usize {
         let now = Instant::now();
-        let Self { state, neighbours, counters, media_ip, ports, interface, cross, .. } = self;
-        let n = xsk.recv_batch(|bytes| {
-            relay_frame(bytes, now, state, neighbours, counters, cross, *media_ip, *ports, interface.mac)
-        });
+        let Self { state, neighbours, media_ip, ports, interface, .. } = self;
+        let n = xsk.recv_batch(|bytes| relay_frame(bytes, now, state, neighbours, *media_ip, *ports, interface.mac));
         if n == 0 {
             return 0;
         }
-        flush(xsk, state, counters);
+        flush(xsk, state);
         n
     }
 }
 
 /// Puts the queued frames on the TX ring; frames it has no room for are counted (`tx_full`) and
 /// handed back to the engine as `send_failed` drops of their sending leg.
-fn flush(xsk: &mut Xsk, state: &mut CoreState, counters: &mut DriverCounters) {
+fn flush(xsk: &mut Xsk, state: &mut CoreState) {
     let result = xsk.flush_tx(|bytes| {
-        counters.tx_full += 1;
+        state.driver.tx_full += 1;
         if let Ok(p) = frame::parse(bytes) {
             let payload = bytes.get(p.payload..p.payload + p.payload_len).unwrap_or_default();
             state.engine.handle_forward_dropped(p.src.port(), payload, DropReason::SendFailed);
@@ -449,80 +416,78 @@ fn flush(xsk: &mut Xsk, state: &mut CoreState, counters: &mut DriverCounters) {
 }
 
 impl XdpDriver {
-    /// Wakes the cores this one handed packets to since the last call (one eventfd write each).
-    fn wake_peers(&mut self) {
-        for (peer, wake) in self.cross.peers.iter().zip(self.cross.to_wake.iter_mut()) {
-            if std::mem::take(wake) {
-                let _ = peer.waker.wake();
-            }
-        }
-    }
-
-    /// Runs packets other cores passed here through the engine and transmits the forwards from
-    /// this core's UMEM, at most one TX batch per call.
-    fn drain_handoffs(&mut self, xsk: &mut Xsk) {
+    /// Runs what other cores sent (at most [`CROSS_BATCH`] packets) and transmits the results
+    /// from this core's UMEM, with the engine's other transmissions.
+    fn drain_cross(&mut self, xsk: &mut Xsk) {
         let now = Instant::now();
-        let mut queued = 0;
         let mut frame_buf = [0u8; 2048];
-        for _ in 0..HANDOFF_BATCH {
-            let Ok(h) = self.cross.inbox.try_recv() else { break };
-            self.counters.handoff_in += 1;
-            let Some((len, from_port)) = relay_handoff(
-                &h,
-                now,
-                &mut self.state,
-                &mut self.neighbours,
-                &mut self.counters,
-                self.media_ip,
-                self.interface.mac,
-                &mut frame_buf,
-            ) else {
+        let mut queued = 0;
+        let Self { state, neighbours, media_ip, interface, .. } = self;
+        let (media_ip, mac) = (*media_ip, interface.mac);
+        state.drain_cross(CROSS_BATCH, now, |state, dst_port, src, payload| {
+            // A packet RSS put on another core's queue: ours to run, in a frame of our own (or,
+            // for a leg bridged to a third core's, passed on again).
+            let (from_port, to) = match state.engine.handle_packet(dst_port, src, payload, now) {
+                Verdict::Forward { from_port, to } => (from_port, to),
+                Verdict::Handoff { core, handoff } => return state.hand_off(core, handoff, payload),
+                Verdict::Drop(_) => return,
+            };
+            if let Some(len) = build_frame(state, neighbours, media_ip, mac, from_port, to, payload, now, &mut frame_buf) {
+                if xsk.queue_copy(frame_buf.get(..len).unwrap_or_default()) {
+                    queued += 1;
+                } else {
+                    state.driver.tx_full += 1;
+                    state.engine.handle_forward_dropped(from_port, payload, DropReason::SendFailed);
+                }
+            }
+        });
+        let mut packet = [0u8; MAX_TRANSMIT];
+        while let Some(t) = state.engine.poll_transmit(&mut packet) {
+            let payload = packet.get(..t.len).unwrap_or_default();
+            let Some(len) = build_frame(state, neighbours, media_ip, mac, t.from_port, t.to, payload, now, &mut frame_buf) else {
                 continue;
             };
-            let frame = frame_buf.get(..len).unwrap_or_default();
-            if xsk.queue_copy(frame) {
+            if xsk.queue_copy(frame_buf.get(..len).unwrap_or_default()) {
                 queued += 1;
             } else {
-                self.counters.tx_full += 1;
-                self.state.engine.handle_forward_dropped(from_port, &h.payload, DropReason::SendFailed);
+                state.driver.tx_full += 1;
+                state.engine.handle_forward_dropped(t.from_port, payload, DropReason::SendFailed);
             }
         }
         if queued > 0 {
-            flush(xsk, &mut self.state, &mut self.counters);
+            flush(xsk, state);
         }
     }
 }
 
-/// Hand-offs handled per loop turn (bounded so commands and the own queue are not starved).
-const HANDOFF_BATCH: usize = 32;
+/// Cross-core packets handled per loop turn (bounded so commands and the own queue are not starved).
+const CROSS_BATCH: usize = 32;
 
-/// The owner's side of a hand-off: the engine's verdict, and for a forward the whole frame built
-/// into `buf`. Returns the frame length and the sending leg's port; `None` when dropped (counted
-/// by the engine or here).
-fn relay_handoff(
-    h: &Handoff,
-    now: Instant,
+/// A whole frame in `buf` carrying `payload` from `media_ip:from_port` to `to`. Returns its
+/// length; `None` when it cannot be built (no next-hop MAC, or a refused rewrite), counted here
+/// and on the sending leg.
+fn build_frame(
     state: &mut CoreState,
     neighbours: &mut Neighbours,
-    counters: &mut DriverCounters,
     media_ip: IpAddr,
     mac: [u8; 6],
+    from_port: u16,
+    to: SocketAddr,
+    payload: &[u8],
+    now: Instant,
     buf: &mut [u8],
-) -> Option<(usize, u16)> {
-    let Verdict::Forward { from_port, to } = state.engine.handle_packet(h.dst_port, h.src, &h.payload, now) else {
-        return None;
-    };
+) -> Option<usize> {
     let Ok(dst_mac) = neighbours.lookup(to.ip(), now) else {
-        counters.no_neighbour += 1;
-        state.engine.handle_forward_dropped(from_port, &h.payload, DropReason::NoRoute);
+        state.driver.no_neighbour += 1;
+        state.engine.handle_forward_dropped(from_port, payload, DropReason::NoRoute);
         return None;
     };
     let rewrite = Rewrite { src_mac: mac, dst_mac, src: SocketAddr::new(media_ip, from_port), dst: to };
-    match frame::build(buf, &rewrite, &h.payload) {
-        Ok(len) => Some((len, from_port)),
+    match frame::build(buf, &rewrite, payload) {
+        Ok(len) => Some(len),
         Err(_) => {
-            counters.rewrite_failed += 1;
-            state.engine.handle_forward_dropped(from_port, &h.payload, DropReason::SendFailed);
+            state.driver.rewrite_failed += 1;
+            state.engine.handle_forward_dropped(from_port, payload, DropReason::SendFailed);
             None
         }
     }
@@ -535,50 +500,41 @@ fn relay_frame(
     now: Instant,
     state: &mut CoreState,
     neighbours: &mut Neighbours,
-    counters: &mut DriverCounters,
-    cross: &mut CrossCore,
     media_ip: IpAddr,
     ports: (u16, u16),
     mac: [u8; 6],
 ) -> bool {
     let Ok(parsed) = frame::parse(bytes) else {
-        counters.not_udp += 1;
+        state.driver.not_udp += 1;
         return false;
     };
     let dst_port = parsed.dst.port();
     if parsed.dst.ip() != media_ip || dst_port < ports.0 || dst_port > ports.1 {
-        counters.not_ours += 1;
+        state.driver.not_ours += 1;
         return false;
     }
     let payload_range = parsed.payload..parsed.payload + parsed.payload_len;
     let Some(payload) = bytes.get(payload_range.clone()) else {
-        counters.not_udp += 1;
+        state.driver.not_udp += 1;
         return false;
     };
-    if let Some(owner) = crate::ports::owner(dst_port, ports.0, ports.1, cross.cores).filter(|&o| o != state.core) {
-        let Some(peer) = cross.peers.get(owner) else {
-            counters.not_ours += 1;
-            return false;
-        };
-        let handoff = Handoff { dst_port, src: parsed.src, payload: payload.to_vec() };
-        match peer.tx.try_send(handoff) {
-            Ok(()) => {
-                counters.handoff_out += 1;
-                if let Some(wake) = cross.to_wake.get_mut(owner) {
-                    *wake = true;
-                }
-            }
-            Err(_) => counters.handoff_full += 1,
-        }
+    if let Some(owner) = crate::ports::owner(dst_port, ports.0, ports.1, state.cross.cores).filter(|&o| o != state.core) {
+        let packet = CrossPacket::Port { dst_port, src: parsed.src, payload: payload.to_vec() };
+        let _ = state.cross.send(owner, packet, &mut state.driver);
         return false;
     }
-    let Verdict::Forward { from_port, to } = state.engine.handle_packet(dst_port, parsed.src, payload, now) else {
-        return false;
+    let (from_port, to) = match state.engine.handle_packet(dst_port, parsed.src, payload, now) {
+        Verdict::Forward { from_port, to } => (from_port, to),
+        Verdict::Handoff { core, handoff } => {
+            state.hand_off(core, handoff, payload);
+            return false;
+        }
+        Verdict::Drop(_) => return false,
     };
     let dst_mac = match neighbours.lookup(to.ip(), now) {
         Ok(m) => m,
         Err(e) => {
-            counters.no_neighbour += 1;
+            state.driver.no_neighbour += 1;
             state.engine.handle_forward_dropped(from_port, payload, DropReason::NoRoute);
             tracing::trace!(error = %e, "forward dropped: no next hop");
             return false;
@@ -586,7 +542,7 @@ fn relay_frame(
     };
     let rewrite = Rewrite { src_mac: mac, dst_mac, src: SocketAddr::new(media_ip, from_port), dst: to };
     if frame::rewrite(bytes, &parsed, &rewrite).is_err() {
-        counters.rewrite_failed += 1;
+        state.driver.rewrite_failed += 1;
         let payload = bytes.get(payload_range).unwrap_or_default();
         state.engine.handle_forward_dropped(from_port, payload, DropReason::SendFailed);
         return false;
@@ -614,7 +570,7 @@ mod tests {
         let config = FileConfig { media_ip: Some("10.0.0.2".into()), ports: Some("30000-30099".into()), ..Default::default() }.validate().unwrap();
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let (events, _) = broadcast::channel(4);
-        let mut state = CoreState::new(0, &config, rx, events, None);
+        let mut state = CoreState::new(0, &config, rx, events, None, CrossCore::alone());
         let now = Instant::now();
         state.engine.create_leg(1, A_PORT, LegSpec { rtcp_mux: true, ..Default::default() }, now).unwrap();
         let spec = LegSpec { remote: Remote::locked(addr("10.0.0.3:5000")), rtcp_mux: true, ..Default::default() };
@@ -638,14 +594,8 @@ mod tests {
         buf
     }
 
-    /// A single-core hand-off context (nothing to hand off to).
-    fn alone() -> CrossCore {
-        let (_tx, inbox) = crossbeam_channel::bounded(1);
-        CrossCore { inbox, peers: Vec::new(), to_wake: vec![false], cores: 1 }
-    }
-
-    fn relay(state: &mut CoreState, n: &mut Neighbours, c: &mut DriverCounters, bytes: &mut [u8]) -> bool {
-        relay_frame(bytes, Instant::now(), state, n, c, &mut alone(), "10.0.0.2".parse().unwrap(), (30000, 30099), OUR_MAC)
+    fn relay(state: &mut CoreState, n: &mut Neighbours, bytes: &mut [u8]) -> bool {
+        relay_frame(bytes, Instant::now(), state, n, "10.0.0.2".parse().unwrap(), (30000, 30099), OUR_MAC)
     }
 
     #[test]
@@ -653,10 +603,9 @@ mod tests {
         let mut state = bridged_core();
         let mut n = Neighbours::new("test0");
         n.insert_for_test("10.0.0.3".parse().unwrap(), PEER_MAC, Instant::now());
-        let mut c = DriverCounters::default();
         let payload = rtp_payload();
         let mut f = inbound("10.0.0.2:30000", &payload);
-        assert!(relay(&mut state, &mut n, &mut c, &mut f));
+        assert!(relay(&mut state, &mut n, &mut f));
         let p = frame::parse(&f).unwrap();
         assert_eq!((p.src, p.dst), (addr("10.0.0.2:30002"), addr("10.0.0.3:5000")));
         assert_eq!((&f[0..6], &f[6..12]), (&PEER_MAC[..], &OUR_MAC[..]));
@@ -673,15 +622,14 @@ mod tests {
     fn frames_not_for_the_media_address_and_ports_are_dropped_and_counted() {
         let mut state = bridged_core();
         let mut n = Neighbours::new("test0");
-        let mut c = DriverCounters::default();
         let payload = rtp_payload();
-        assert!(!relay(&mut state, &mut n, &mut c, &mut inbound("10.0.0.9:30000", &payload)));
-        assert!(!relay(&mut state, &mut n, &mut c, &mut inbound("10.0.0.2:5060", &payload)));
+        assert!(!relay(&mut state, &mut n, &mut inbound("10.0.0.9:30000", &payload)));
+        assert!(!relay(&mut state, &mut n, &mut inbound("10.0.0.2:5060", &payload)));
         let mut arp = inbound("10.0.0.2:30000", &payload);
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert!(!relay(&mut state, &mut n, &mut c, &mut arp));
-        assert!(!relay(&mut state, &mut n, &mut c, &mut [0u8; 10]));
-        assert_eq!((c.not_ours, c.not_udp), (2, 2));
+        assert!(!relay(&mut state, &mut n, &mut arp));
+        assert!(!relay(&mut state, &mut n, &mut [0u8; 10]));
+        assert_eq!((state.driver.not_ours, state.driver.not_udp), (2, 2));
         assert_eq!(state.engine.counters().packets_in, 0, "the engine never saw them");
     }
 
@@ -690,63 +638,117 @@ mod tests {
         let mut state = bridged_core();
         // No route or ARP entry for 10.0.0.3 on an interface that does not exist here.
         let mut n = Neighbours::new("mp-test-none0");
-        let mut c = DriverCounters::default();
-        assert!(!relay(&mut state, &mut n, &mut c, &mut inbound("10.0.0.2:30000", &rtp_payload())));
-        assert_eq!(c.no_neighbour, 1);
+        assert!(!relay(&mut state, &mut n, &mut inbound("10.0.0.2:30000", &rtp_payload())));
+        assert_eq!(state.driver.no_neighbour, 1);
         let counters = state.engine.counters();
         assert_eq!((counters.packets_in, counters.packets_forwarded, counters.drops.no_route), (1, 0, 1));
         assert_eq!(counters.drops.send_failed, 0);
     }
 
-    #[test]
-    fn a_packet_on_the_wrong_core_is_handed_to_the_owner_which_relays_it_in_a_frame_of_its_own() {
-        // Two cores: port 30002 (pair 1) and 30006 (pair 3) belong to core 1.
+    /// Two cores sharing cross-core queues (core 1's holding `depth`), as `spawn_cores` wires them.
+    fn two_cores(depth: usize) -> (CoreState, CoreState) {
         let config = FileConfig { media_ip: Some("10.0.0.2".into()), ports: Some("30000-30099".into()), cores: Some(2), ..Default::default() }
             .validate()
             .unwrap();
         let (events, _) = broadcast::channel(4);
         let (_c0, r0) = crossbeam_channel::bounded(1);
         let (_c1, r1) = crossbeam_channel::bounded(1);
-        let mut core0 = CoreState::new(0, &config, r0, events.clone(), None);
-        let mut core1 = CoreState::new(1, &config, r1, events, None);
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+        let (tx0, inbox0) = crossbeam_channel::bounded(CROSS_QUEUE);
+        let (tx1, inbox1) = crossbeam_channel::bounded(depth);
+        let peers = vec![CorePeer { tx: tx0, waker: Arc::clone(&waker) }, CorePeer { tx: tx1, waker }];
+        let mut cross0 = CrossCore::new(inbox0, 2);
+        let mut cross1 = CrossCore::new(inbox1, 2);
+        cross0.set_peers(peers.clone());
+        cross1.set_peers(peers);
+        (CoreState::new(0, &config, r0, events.clone(), None, cross0), CoreState::new(1, &config, r1, events, None, cross1))
+    }
+
+    /// Runs core `state`'s cross-core inbox the way the driver does; returns the frames built.
+    fn drain(state: &mut CoreState, n: &mut Neighbours, now: Instant) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 2048];
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        state.drain_cross(CROSS_BATCH, now, |state, dst_port, src, payload| match state.engine.handle_packet(dst_port, src, payload, now) {
+            Verdict::Forward { from_port, to } => {
+                let len = build_frame(state, n, ip, OUR_MAC, from_port, to, payload, now, &mut buf).expect("frame");
+                frames.push(buf[..len].to_vec());
+            }
+            Verdict::Handoff { core, handoff } => state.hand_off(core, handoff, payload),
+            Verdict::Drop(_) => {}
+        });
+        let mut packet = [0u8; MAX_TRANSMIT];
+        while let Some(t) = state.engine.poll_transmit(&mut packet) {
+            let len = build_frame(state, n, ip, OUR_MAC, t.from_port, t.to, &packet[..t.len], now, &mut buf).expect("frame");
+            frames.push(buf[..len].to_vec());
+        }
+        frames
+    }
+
+    fn check_frame(f: &[u8], src: &str, dst: &str, payload: &[u8]) {
+        let p = frame::parse(f).unwrap();
+        assert_eq!((p.src, p.dst), (addr(src), addr(dst)));
+        assert_eq!((&f[0..6], &f[6..12]), (&PEER_MAC[..], &OUR_MAC[..]));
+        assert_eq!(&f[p.payload..p.payload + p.payload_len], payload);
+        let mut udp = f[p.l4..].to_vec();
+        let sent = u16::from_be_bytes([udp[6], udp[7]]);
+        udp[6..8].fill(0);
+        assert_eq!(frame::udp_checksum(p.src.ip(), p.dst.ip(), &udp), sent, "UDP checksum verifies");
+    }
+
+    #[test]
+    fn a_packet_on_the_wrong_core_is_handed_to_the_owner_which_relays_it_in_a_frame_of_its_own() {
+        // Two cores: port 30002 (pair 1) and 30006 (pair 3) belong to core 1.
+        let (mut core0, mut core1) = two_cores(2);
         let now = Instant::now();
         core1.engine.create_leg(1, 30002, LegSpec { rtcp_mux: true, ..Default::default() }, now).unwrap();
         let spec = LegSpec { remote: Remote::locked(addr("10.0.0.3:5000")), rtcp_mux: true, ..Default::default() };
         core1.engine.create_leg(2, 30006, spec, now).unwrap();
         core1.engine.create_bridge(1, 1, 2).unwrap();
-
-        let poll = Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
-        let (tx0, inbox0) = crossbeam_channel::bounded(HANDOFF_QUEUE);
-        let (tx1, inbox1) = crossbeam_channel::bounded(2);
-        let peers = vec![HandoffPeer { tx: tx0, waker: Arc::clone(&waker) }, HandoffPeer { tx: tx1, waker }];
-        let mut cross0 = CrossCore { inbox: inbox0, peers, to_wake: vec![false; 2], cores: 2 };
         let mut n = Neighbours::new("test0");
         n.insert_for_test("10.0.0.3".parse().unwrap(), PEER_MAC, now);
-        let (mut c0, mut c1) = (DriverCounters::default(), DriverCounters::default());
         let payload = rtp_payload();
-        let ip = "10.0.0.2".parse().unwrap();
 
         for _ in 0..3 {
             let mut f = inbound("10.0.0.2:30002", &payload);
-            assert!(!relay_frame(&mut f, now, &mut core0, &mut n, &mut c0, &mut cross0, ip, (30000, 30099), OUR_MAC), "core 0 frees the frame");
+            assert!(!relay(&mut core0, &mut n, &mut f), "core 0 frees the frame");
         }
-        assert_eq!((c0.handoff_out, c0.handoff_full), (2, 1), "queue of 2: the third is dropped and counted, never waited for");
-        assert_eq!(cross0.to_wake, vec![false, true], "core 1 is woken");
+        assert_eq!((core0.driver.handoff_out, core0.driver.handoff_full), (2, 1), "queue of 2: the third is dropped and counted, never waited for");
+        assert_eq!(core0.cross.pending_wakes(), &[false, true], "core 1 is woken");
         assert_eq!(core0.engine.poll_event(), None);
 
-        let h = inbox1.try_recv().unwrap();
-        let mut buf = [0u8; 2048];
-        let (len, from_port) = relay_handoff(&h, now, &mut core1, &mut n, &mut c1, ip, OUR_MAC, &mut buf).expect("forwarded");
-        assert_eq!(from_port, 30006);
-        let f = &buf[..len];
-        let p = frame::parse(f).unwrap();
-        assert_eq!((p.src, p.dst), (addr("10.0.0.2:30006"), addr("10.0.0.3:5000")));
-        assert_eq!((&f[0..6], &f[6..12]), (&PEER_MAC[..], &OUR_MAC[..]));
-        assert_eq!(&f[p.payload..p.payload + p.payload_len], &payload[..]);
-        let mut udp = f[p.l4..].to_vec();
-        let sent = u16::from_be_bytes([udp[6], udp[7]]);
-        udp[6..8].fill(0);
-        assert_eq!(frame::udp_checksum(p.src.ip(), p.dst.ip(), &udp), sent, "UDP checksum verifies");
+        let frames = drain(&mut core1, &mut n, now);
+        assert_eq!((frames.len(), core1.driver.handoff_in), (2, 2));
+        check_frame(&frames[0], "10.0.0.2:30006", "10.0.0.3:5000", &payload);
+    }
+
+    #[test]
+    fn a_bridge_between_legs_of_two_cores_relays_through_the_cross_core_queue_and_is_unlinked_with_its_leg() {
+        // Leg 1 on core 0 (port 30000, pair 0), leg 2 on core 1 (port 30002, pair 1), bridge 7.
+        let (mut core0, mut core1) = two_cores(CROSS_QUEUE);
+        let now = Instant::now();
+        core0.engine.create_leg(1, 30000, LegSpec { rtcp_mux: true, ..Default::default() }, now).unwrap();
+        let spec = LegSpec { remote: Remote::locked(addr("10.0.0.3:5000")), rtcp_mux: true, ..Default::default() };
+        core1.engine.create_leg(2, 30002, spec, now).unwrap();
+        core0.engine.link_remote(7, 1, 1, 2, true).unwrap();
+        core1.engine.link_remote(7, 2, 0, 1, false).unwrap();
+        let mut n = Neighbours::new("test0");
+        n.insert_for_test("10.0.0.3".parse().unwrap(), PEER_MAC, now);
+        let payload = rtp_payload();
+
+        let mut f = inbound("10.0.0.2:30000", &payload);
+        assert!(!relay(&mut core0, &mut n, &mut f), "the frame is freed: a copy crosses");
+        assert_eq!((core0.engine.counters().packets_handed_off, core0.driver.handoff_out), (1, 1));
+        let frames = drain(&mut core1, &mut n, now);
+        assert_eq!(frames.len(), 1);
+        check_frame(&frames[0], "10.0.0.2:30002", "10.0.0.3:5000", &payload);
+        assert_eq!(core1.engine.counters().packets_forwarded, 1);
+
+        // Deleting leg 1 on core 0 unlinks core 1's half over the same queues.
+        core0.engine.delete_leg(1, now).unwrap();
+        core0.drain_engine_events();
+        drain(&mut core1, &mut n, now);
+        assert_eq!(core1.engine.leg_stats(2, now).unwrap().bridge, None);
     }
 }
