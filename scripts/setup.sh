@@ -16,6 +16,8 @@ command -v make >/dev/null || need_apt+=(make)
 [ -e /usr/include/linux/bpf.h ] || need_apt+=(linux-libc-dev)
 [ -e /usr/include/libelf.h ] || need_apt+=(libelf-dev)
 [ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
+# media-codecs links the system's libopus (the Opus codec).
+[ -e /usr/include/opus/opus.h ] || need_apt+=(libopus-dev)
 # XDP tests (root): scripts/netns.sh needs ip and ethtool; the tests run ping and setpriv.
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v ethtool >/dev/null || need_apt+=(ethtool)
