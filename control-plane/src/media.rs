@@ -223,6 +223,8 @@ impl MediaClient {
                     latch: true,
                     // Placed by the SIP Call-ID: both legs of a call relay on one core.
                     group: String::new(),
+                    // SDP is rewritten by the control plane for now; the media plane relays.
+                    codec: None,
                 });
                 let leg_b = self.create_leg(v1::CreateLegRequest {
                     call_id: call_id.to_owned(),
@@ -234,6 +236,8 @@ impl MediaClient {
                     latch: true,
                     // Placed by the SIP Call-ID: both legs of a call relay on one core.
                     group: String::new(),
+                    // SDP is rewritten by the control plane for now; the media plane relays.
+                    codec: None,
                 });
                 let (a, b) = tokio::join!(leg_a, leg_b);
                 if let Ok((leg, _, _)) = &a {

@@ -127,7 +127,7 @@ impl crate::Encoder for Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testsignal::{snr_db, speech_like};
+    use crate::signal::{snr_db, speech_like};
 
     #[test]
     fn reference_code_points_of_both_laws() {

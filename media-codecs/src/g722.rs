@@ -79,7 +79,7 @@ impl crate::Encoder for Encoder {
 
 #[cfg(test)]
 mod tests {
-    use crate::testsignal::{best_lag, snr_db, speech_like};
+    use crate::signal::{best_lag, snr_db, speech_like};
     use crate::{decoder, encoder, CodecKind, CodecParams};
     use proptest::prelude::*;
 

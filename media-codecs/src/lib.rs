@@ -26,7 +26,9 @@
 //! not G.711 Appendix I's pitch-synchronous PLC.
 //!
 //! Nothing here panics on any payload: a payload a codec cannot decode is [`CodecError::Corrupt`].
-//! Nothing reads a clock or touches I/O.
+//! Nothing reads a clock or touches I/O. [`signal`] has the test signals and quality measures
+//! (speech-like source, waveform and spectral SNR) the tests of this crate and of the media
+//! plane judge transcoding with.
 #![forbid(unsafe_code)]
 
 mod g711;
@@ -274,5 +276,4 @@ impl RepeatConcealer {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testsignal;
+pub mod signal;

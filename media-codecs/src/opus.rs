@@ -163,7 +163,7 @@ impl crate::Encoder for Encoder {
 
 #[cfg(test)]
 mod tests {
-    use crate::testsignal::{best_lag, rms, spectral_snr_db, speech_like};
+    use crate::signal::{best_lag, rms, spectral_snr_db, speech_like};
     use crate::{decoder, encoder, CodecError, CodecKind, CodecParams, OpusSettings};
     use proptest::prelude::*;
 

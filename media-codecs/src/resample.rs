@@ -103,7 +103,7 @@ impl Resampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testsignal::{rms, sine};
+    use crate::signal::{rms, sine};
 
     /// Gain in dB of a `hz` tone through `from` → `to`, measured after the filter settles.
     fn gain_db(from: u32, to: u32, hz: f64) -> f64 {

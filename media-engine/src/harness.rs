@@ -167,7 +167,7 @@ impl Harness {
                             let _ = self.core(core).handle_handoff(&handoff, &bytes, now);
                         }
                     }
-                    Verdict::Drop(_) => {}
+                    Verdict::Consumed | Verdict::Drop(_) => {}
                 }
                 self.settle();
             }

@@ -14,6 +14,7 @@
 //!   │   handle_packet(port, src, bytes, now)        │  media timeouts
 //!   │     → Verdict::Forward  (same bytes, zero copy)│
 //!   │     → Verdict::Handoff  (peer on another core) │
+//!   │     → Verdict::Consumed (transcoding bridge)   │
 //!   │     → Verdict::Drop(reason)                    │
 //!   │   handle_handoff(handoff, bytes, now)          │  the far half of a cross-core bridge
 //!   │   poll_transmit(buf) → packets it queued       │  (hand-offs; later generated media)
@@ -24,7 +25,9 @@
 //!        ports: which core owns a port (computed, no table)
 //! ```
 //!
-//! * [`engine`]: the relay state of one core (see its documentation for the fast path).
+//! * [`engine`]: the relay state of one core (see its documentation for the fast path), and
+//!   [`engine::transcode`]: one direction of a bridge between legs of different codecs
+//!   (decode, resample, encode with the `media-codecs` crate; the media plane's own RTP stream).
 //! * [`wire`]: zero-copy, checked views of RTP and RTCP packets.
 //! * [`frame`]: Ethernet/IPv4/IPv6/UDP frames as the AF_XDP driver sees them, parsed and rewritten
 //!   in place (addresses, ports, checksums).

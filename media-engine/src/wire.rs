@@ -16,6 +16,8 @@ pub enum WireError {
     Truncated(usize),
     #[error("version {0}, expected 2")]
     BadVersion(u8),
+    #[error("CSRC list, header extension or padding longer than the packet")]
+    BadLength,
 }
 
 /// A read-only RTP packet view.
@@ -52,6 +54,27 @@ impl<T: AsRef<[u8]>> RtpPacket<T> {
     /// Bytes after the fixed header (CSRCs and extensions included; the relay does not parse them).
     pub fn after_header(&self) -> &[u8] {
         &self.b()[RTP_HEADER_LEN..]
+    }
+
+    /// The payload: after the CSRC list and any header extension, before any padding (RFC 3550
+    /// §5.1, §5.3.1). Lengths that run past the packet are [`WireError::BadLength`].
+    pub fn payload(&self) -> Result<&[u8], WireError> {
+        let b = self.b();
+        let csrcs = usize::from(b[0] & 0x0f);
+        let mut start = RTP_HEADER_LEN + 4 * csrcs;
+        if b[0] & 0x10 != 0 {
+            let ext = b.get(start + 2..start + 4).ok_or(WireError::BadLength)?;
+            start += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
+        }
+        let mut end = b.len();
+        if b[0] & 0x20 != 0 {
+            let pad = usize::from(*b.last().ok_or(WireError::BadLength)?);
+            end = end.checked_sub(pad).ok_or(WireError::BadLength)?;
+        }
+        if start > end {
+            return Err(WireError::BadLength);
+        }
+        b.get(start..end).ok_or(WireError::BadLength)
     }
 }
 
@@ -115,6 +138,26 @@ mod tests {
     }
 
     #[test]
+    fn payload_skips_csrcs_and_extension_and_drops_padding() {
+        let mut b = vec![0u8; 12];
+        write_rtp_header(&mut b, 0, 1, 2, 3).unwrap();
+        b[0] |= 0x01 | 0x10 | 0x20; // one CSRC, an extension, padding
+        b.extend_from_slice(&[9, 9, 9, 9]); // CSRC
+        b.extend_from_slice(&[0xbe, 0xde, 0, 1, 7, 7, 7, 7]); // extension header + one word
+        b.extend_from_slice(b"voice");
+        b.extend_from_slice(&[0, 0, 3]); // 3 bytes of padding
+        assert_eq!(RtpPacket::new_checked(&b[..]).unwrap().payload(), Ok(&b"voice"[..]));
+        let mut overrun = b.clone();
+        overrun[15] = 40; // extension longer than the packet
+        overrun[0] &= !0x10;
+        overrun[0] |= 0x0f; // fifteen CSRCs
+        assert_eq!(RtpPacket::new_checked(&overrun[..]).unwrap().payload(), Err(WireError::BadLength));
+        let mut pad = b.clone();
+        *pad.last_mut().unwrap() = 200;
+        assert_eq!(RtpPacket::new_checked(&pad[..]).unwrap().payload(), Err(WireError::BadLength));
+    }
+
+    #[test]
     fn short_and_wrong_version_packets_are_rejected() {
         assert_eq!(RtpPacket::new_checked(&[0x80u8; 11][..]).unwrap_err(), WireError::Truncated(11));
         assert_eq!(RtpPacket::new_checked(&[0x40u8; 12][..]).unwrap_err(), WireError::BadVersion(1));
@@ -134,7 +177,7 @@ mod tests {
         #[test]
         fn views_never_panic_on_arbitrary_bytes(b in proptest::collection::vec(any::<u8>(), 0..64)) {
             if let Ok(p) = RtpPacket::new_checked(&b[..]) {
-                let _ = (p.marker(), p.payload_type(), p.sequence_number(), p.timestamp(), p.ssrc(), p.after_header());
+                let _ = (p.marker(), p.payload_type(), p.sequence_number(), p.timestamp(), p.ssrc(), p.after_header(), p.payload());
             }
             if let Ok(p) = RtcpPacket::new_checked(&b[..]) { let _ = p.packet_type(); }
             let _ = is_rtcp_on_muxed_port(&b);

@@ -20,7 +20,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::driver::{Command, CoreError, CoreEvent, CoreHandle, CoreReport, SubmitError};
-use crate::engine::{CommandError, Direction, Drops, Event, LegSpec, LegStats, Remote};
+use crate::engine::{CommandError, Direction, Drops, Event, LegCodec, LegSpec, LegStats, Remote};
 
 const CORE_SHIFT: u32 = 56;
 
@@ -135,7 +135,61 @@ impl MediaService {
             core: core as u32,
             bridge_id: s.bridge.unwrap_or(0),
             direction: direction_msg(s.direction) as i32,
+            codec: s.codec.as_ref().map(codec_msg),
+            transcoded: s.transcoded.map(|t| v1::TranscodeStats { decoded: t.decoded, concealed: t.concealed, encoded: t.encoded }),
         }
+    }
+}
+
+/// A `Codec` from the API, validated: errors name the field.
+fn codec_from(c: &v1::Codec) -> Result<LegCodec, Status> {
+    use media_codecs::{CodecKind, CodecParams, OpusSettings};
+    let bad = |field: &str, why: String| Status::invalid_argument(format!("codec.{field}: {why}"));
+    let kind = CodecKind::from_name(&c.name)
+        .ok_or_else(|| bad("name", format!("{:?} is not PCMU, PCMA, L16, G722 or opus", c.name)))?;
+    let payload_type = u8::try_from(c.payload_type).ok().filter(|pt| *pt < 128).ok_or_else(|| bad("payload_type", format!("{} is not 0-127", c.payload_type)))?;
+    let rate = if c.rate == 0 { 48_000 } else { c.rate };
+    let mut params = CodecParams::new(kind, rate);
+    params.channels = match c.channels {
+        0 | 1 => 1,
+        2 => 2,
+        n => return Err(bad("channels", format!("{n} is not 1 or 2"))),
+    };
+    if let Some(o) = &c.opus {
+        let small = |field: &str, v: u32| u8::try_from(v).map_err(|_| bad(field, format!("{v} is too large")));
+        params.opus = OpusSettings {
+            bitrate: (o.bitrate > 0).then_some(o.bitrate),
+            fec: o.fec,
+            expected_loss_pct: small("opus.expected_loss_pct", o.expected_loss_pct)?,
+            dtx: o.dtx,
+            complexity: if o.complexity == 0 { OpusSettings::default().complexity } else { small("opus.complexity", o.complexity)? },
+        };
+    }
+    let ptime_ms = match c.ptime_ms {
+        0 => 20,
+        p @ (10 | 20 | 30 | 40 | 60) => p as u16,
+        p => return Err(bad("ptime_ms", format!("{p} is not 10, 20, 30, 40 or 60"))),
+    };
+    // Made once here so a bad combination (an Opus rate, a complexity) is refused at CreateLeg.
+    media_codecs::decoder(&params).map_err(|e| bad("name", e.to_string()))?;
+    Ok(LegCodec { payload_type, params, ptime_ms })
+}
+
+fn codec_msg(c: &LegCodec) -> v1::Codec {
+    let p = &c.params;
+    v1::Codec {
+        payload_type: u32::from(c.payload_type),
+        name: p.kind.name().to_owned(),
+        rate: p.rate,
+        channels: u32::from(p.channels),
+        ptime_ms: u32::from(c.ptime_ms),
+        opus: (p.kind == media_codecs::CodecKind::Opus).then(|| v1::OpusSettings {
+            bitrate: p.opus.bitrate.unwrap_or(0),
+            fec: p.opus.fec,
+            expected_loss_pct: u32::from(p.opus.expected_loss_pct),
+            dtx: p.opus.dtx,
+            complexity: u32::from(p.opus.complexity),
+        }),
     }
 }
 
@@ -151,6 +205,9 @@ fn drops_msg(d: &Drops) -> v1::Drops {
         muted: d.muted,
         send_failed: d.send_failed,
         queue_full: d.queue_full,
+        unknown_payload_type: d.unknown_payload_type,
+        undecodable: d.undecodable,
+        late: d.late,
     }
 }
 
@@ -185,9 +242,9 @@ fn core_status(e: CoreError) -> Status {
     match &e {
         CoreError::Command(CommandError::NoSuchLeg(_) | CommandError::NoSuchBridge(_)) => Status::not_found(e.to_string()),
         CoreError::Command(CommandError::LegExists(_) | CommandError::BridgeExists(_)) => Status::already_exists(e.to_string()),
-        CoreError::Command(CommandError::AlreadyBridged(..) | CommandError::SelfBridge | CommandError::PortInUse(_)) => {
-            Status::failed_precondition(e.to_string())
-        }
+        CoreError::Command(
+            CommandError::AlreadyBridged(..) | CommandError::SelfBridge | CommandError::PortInUse(_) | CommandError::Transcode(_),
+        ) => Status::failed_precondition(e.to_string()),
         CoreError::PortsExhausted(_) => Status::resource_exhausted(e.to_string()),
         CoreError::Bind(..) | CoreError::Register(..) => Status::internal(e.to_string()),
     }
@@ -213,6 +270,7 @@ impl v1::media_plane_server::MediaPlane for MediaService {
             rtcp_mux: r.rtcp_mux,
             direction: direction_from(r.direction)?.unwrap_or_default(),
             media_timeout: (r.media_timeout_ms > 0).then(|| Duration::from_millis(u64::from(r.media_timeout_ms))),
+            codec: r.codec.as_ref().map(codec_from).transpose()?,
         };
         let core = self.pick_core(if r.group.is_empty() { &r.call_id } else { &r.group });
         let id = self.new_id(core);
@@ -255,9 +313,16 @@ impl v1::media_plane_server::MediaPlane for MediaService {
             return Ok(Response::new(v1::CreateBridgeResponse { bridge_id: id }));
         }
         // Two halves: A's (primary, it holds the id's core) first, then B's; B refusing undoes A's.
+        // Each core transcodes towards its own leg, so each is told the other leg's codec.
         let (ca, cb) = (core_a.core, core_b.core);
-        self.ask(core_a, |reply| Command::LinkRemote { id, leg: a, peer_core: cb, peer_leg: b, primary: true, reply }).await?;
-        if let Err(status) = self.ask(core_b, |reply| Command::LinkRemote { id, leg: b, peer_core: ca, peer_leg: a, primary: false, reply }).await {
+        let codec_a = self.ask(core_a, |reply| Command::LegCodec { id: a, reply }).await?;
+        let codec_b = self.ask(core_b, |reply| Command::LegCodec { id: b, reply }).await?;
+        self.ask(core_a, |reply| Command::LinkRemote { id, leg: a, peer_core: cb, peer_leg: b, peer_codec: codec_b, primary: true, reply })
+            .await?;
+        if let Err(status) = self
+            .ask(core_b, |reply| Command::LinkRemote { id, leg: b, peer_core: ca, peer_leg: a, peer_codec: codec_a, primary: false, reply })
+            .await
+        {
             let _ = self.ask(core_a, |reply| Command::DeleteBridge { id, reply }).await;
             return Err(status);
         }
@@ -286,6 +351,7 @@ impl v1::media_plane_server::MediaPlane for MediaService {
                 packets_in: rep.counters.packets_in,
                 packets_forwarded: rep.counters.packets_forwarded,
                 packets_handed_off: rep.counters.packets_handed_off,
+                packets_consumed: rep.counters.packets_consumed,
                 drops: Some(drops_msg(&rep.counters.drops)),
                 command_queue_full: self.inner.cores[rep.core].queue_full(),
                 free_ports: rep.free_ports as u32,

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::transcode::{LegCodec, TranscodeCounters, Transcoder};
 use super::{BridgeId, LegId};
 
 /// The other end of a leg's bridge: a leg of this core (its slot), or a leg of another core,
@@ -50,6 +51,12 @@ pub enum DropReason {
     /// A queue on the way was full: the engine's transmit queue, or the hand-off queue to the
     /// core that owns the peer leg.
     QueueFull,
+    /// Transcoding: a payload type that is not the leg's codec.
+    UnknownPayloadType,
+    /// Transcoding: a payload the codec cannot decode.
+    Undecodable,
+    /// Transcoding: behind a packet already decoded.
+    Late,
 }
 
 /// Drop counters by reason.
@@ -61,6 +68,9 @@ pub struct Drops {
     pub muted: u64,
     pub send_failed: u64,
     pub queue_full: u64,
+    pub unknown_payload_type: u64,
+    pub undecodable: u64,
+    pub late: u64,
 }
 
 impl Drops {
@@ -72,11 +82,22 @@ impl Drops {
             DropReason::Muted => &mut self.muted,
             DropReason::SendFailed => &mut self.send_failed,
             DropReason::QueueFull => &mut self.queue_full,
+            DropReason::UnknownPayloadType => &mut self.unknown_payload_type,
+            DropReason::Undecodable => &mut self.undecodable,
+            DropReason::Late => &mut self.late,
         };
         *c += 1;
     }
     pub fn total(&self) -> u64 {
-        self.malformed + self.wrong_source + self.no_route + self.muted + self.send_failed + self.queue_full
+        self.malformed
+            + self.wrong_source
+            + self.no_route
+            + self.muted
+            + self.send_failed
+            + self.queue_full
+            + self.unknown_payload_type
+            + self.undecodable
+            + self.late
     }
 }
 
@@ -124,6 +145,9 @@ pub struct LegSpec {
     pub direction: Direction,
     /// `None`: the engine's default.
     pub media_timeout: Option<Duration>,
+    /// What the endpoint sends and receives; a bridge to a leg of another codec transcodes.
+    /// `None`: unknown, relayed as it is.
+    pub codec: Option<LegCodec>,
 }
 
 /// Counters and addresses of a leg, as reported by GetStats and events.
@@ -140,6 +164,9 @@ pub struct LegStats {
     pub counters: LegCounters,
     /// Time since the last accepted packet; `None` if none yet.
     pub idle: Option<Duration>,
+    pub codec: Option<LegCodec>,
+    /// Transcoding of the media sent to this leg (when its bridge joins another codec).
+    pub transcoded: Option<TranscodeCounters>,
 }
 
 /// Packet counters of a leg. "In" is what its endpoint sent, "out" what was sent to its endpoint.
@@ -172,6 +199,9 @@ pub(super) struct Leg {
     pub bridge: Option<BridgeId>,
     /// The bridged leg.
     pub peer: Option<Peer>,
+    pub codec: Option<LegCodec>,
+    /// Turns the peer's media into this leg's codec, when they differ.
+    pub transcoder: Option<Box<Transcoder>>,
     /// Last accepted packet, or creation.
     pub last_rx: Instant,
     pub any_rx: bool,
@@ -190,6 +220,8 @@ impl Leg {
             media_timeout,
             bridge: None,
             peer: None,
+            codec: spec.codec,
+            transcoder: None,
             last_rx: now,
             any_rx: false,
             counters: LegCounters::default(),
@@ -231,6 +263,8 @@ impl Leg {
             bridge: self.bridge,
             counters: self.counters,
             idle: self.any_rx.then(|| now.saturating_duration_since(self.last_rx)),
+            codec: self.codec,
+            transcoded: self.transcoder.as_ref().map(|t| t.counters),
         }
     }
 }

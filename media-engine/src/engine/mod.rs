@@ -29,6 +29,7 @@
 //! on it allocates; the transmit queue reuses its buffers.
 
 mod leg;
+pub mod transcode;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ use std::time::{Duration, Instant};
 
 pub use leg::{Direction, DropReason, Drops, LegCounters, LegSpec, LegStats, Remote};
 use leg::{Leg, Peer, PortKind};
+pub use transcode::{LegCodec, TranscodeCounters, TranscodeError};
+use transcode::{Rejected, Transcoder};
 
 use crate::wire::{self, RtcpPacket, RtpPacket};
 
@@ -62,6 +65,9 @@ pub enum Verdict {
     /// [`Engine::handle_handoff`]. If the copy cannot be queued, call
     /// [`Engine::handle_handoff_dropped`].
     Handoff { core: usize, handoff: Handoff },
+    /// The engine took the packet (transcoding: what it makes of it comes out of
+    /// [`Engine::poll_transmit`]); nothing to send now.
+    Consumed,
     /// Drop it; the engine has counted it.
     Drop(DropReason),
 }
@@ -105,7 +111,7 @@ pub enum Event {
     /// The leg learnt its remote address from a packet.
     Latched { leg: LegId, remote: SocketAddr, rtcp: bool },
     /// The leg was idle for its media timeout and has been removed; the driver frees its ports.
-    TimedOut { leg: LegId, stats: LegStats },
+    TimedOut { leg: LegId, stats: Box<LegStats> },
 }
 
 /// Misuse of the command API (unknown ids, conflicting state). The fast path has no errors: it
@@ -126,6 +132,8 @@ pub enum CommandError {
     SelfBridge,
     #[error("bridge {0} already exists")]
     BridgeExists(BridgeId),
+    #[error("cannot transcode between the legs' codecs: {0}")]
+    Transcode(#[from] TranscodeError),
 }
 
 /// Counters of one core, beyond those of its legs.
@@ -136,6 +144,9 @@ pub struct CoreCounters {
     pub packets_forwarded: u64,
     /// Packets passed to the core that owns their bridged leg (that core counts them forwarded).
     pub packets_handed_off: u64,
+    /// Packets taken in by a transcoding bridge (what it encodes is counted per leg) and RTCP
+    /// ended there (a transcoding bridge does not relay RTCP).
+    pub packets_consumed: u64,
     /// Drops of packets that reached a leg, plus packets to ports without a leg (as `no_route`).
     pub drops: Drops,
 }
@@ -147,6 +158,9 @@ pub struct EngineConfig {
     pub media_timeout: Duration,
     /// This engine's core number (named in the hand-offs it makes).
     pub core: usize,
+    /// Seed of the engine's random numbers (SSRCs, initial sequence numbers and timestamps of
+    /// the streams it makes); the driver draws it.
+    pub seed: u64,
 }
 
 /// A bridge as this core holds it: its local leg `a`, and the other end.
@@ -185,6 +199,7 @@ pub struct Engine {
     spare: Vec<Vec<u8>>,
     counters: CoreCounters,
     next_sweep: Option<Instant>,
+    rng: u64,
 }
 
 impl Engine {
@@ -202,6 +217,7 @@ impl Engine {
             spare: Vec::new(),
             counters: CoreCounters::default(),
             next_sweep: None,
+            rng: config.seed | 1,
         }
     }
 
@@ -225,6 +241,12 @@ impl Engine {
         self.by_port[usize::from(port)] != 0
     }
 
+    /// The codec leg `id` was created with (`Ok(None)`: none given).
+    pub fn leg_codec(&self, id: LegId) -> Result<Option<LegCodec>, CommandError> {
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        Ok(self.slot(slot).and_then(|l| l.codec))
+    }
+
     /// Stats of one leg, `None` if it does not exist.
     pub fn leg_stats(&self, id: LegId, now: Instant) -> Option<LegStats> {
         let slot = *self.by_id.get(&id)?;
@@ -245,6 +267,7 @@ impl Engine {
         match verdict {
             Verdict::Forward { .. } => self.counters.packets_forwarded += 1,
             Verdict::Handoff { .. } => self.counters.packets_handed_off += 1,
+            Verdict::Consumed => self.counters.packets_consumed += 1,
             Verdict::Drop(reason) => self.counters.drops.add(reason),
         }
         verdict
@@ -263,6 +286,18 @@ impl Engine {
             self.counters.drops.add(DropReason::NoRoute);
             return false;
         };
+        if self.slot(slot).is_some_and(|l| l.transcoder.is_some()) {
+            return match self.transcode_into(slot, handoff.rtcp, packet) {
+                Ok(()) => {
+                    self.counters.packets_consumed += 1;
+                    true
+                }
+                Err(reason) => {
+                    self.count_drop(slot, reason);
+                    false
+                }
+            };
+        }
         match self.egress(slot, handoff.rtcp, packet.len()) {
             Ok((from_port, to)) => {
                 if self.queue_transmit(from_port, to, packet) {
@@ -301,6 +336,7 @@ impl Engine {
             if let Some(l) = self.slot_mut(slot) {
                 l.bridge = None;
                 l.peer = None;
+                l.transcoder = None;
             }
         }
     }
@@ -339,7 +375,7 @@ impl Engine {
             .collect();
         for id in expired {
             if let Ok(stats) = self.delete_leg(id, now) {
-                self.events.push_back(Event::TimedOut { leg: id, stats });
+                self.events.push_back(Event::TimedOut { leg: id, stats: Box::new(stats) });
             }
         }
         self.next_sweep = if self.by_id.is_empty() { None } else { Some(now + SWEEP_INTERVAL) };
@@ -438,6 +474,15 @@ impl Engine {
         }
         let sa = self.unbridged_slot(a)?;
         let sb = self.unbridged_slot(b)?;
+        let codec_of = |e: &Self, s| e.slot(s).and_then(|l| l.codec);
+        let (ca, cb) = (codec_of(self, sa), codec_of(self, sb));
+        let to_a = self.transcoder_between(cb, ca)?;
+        let to_b = self.transcoder_between(ca, cb)?;
+        for (slot, t) in [(sa, to_a), (sb, to_b)] {
+            if let Some(l) = self.slot_mut(slot) {
+                l.transcoder = t;
+            }
+        }
         for (slot, peer) in [(sa, sb), (sb, sa)] {
             if let Some(l) = self.slot_mut(slot) {
                 l.bridge = Some(id);
@@ -451,7 +496,18 @@ impl Engine {
     /// This core's half of a cross-core bridge: media from `leg` goes to `peer_leg` on core
     /// `peer_core` (as [`Verdict::Handoff`]), and hand-offs from it are accepted for `leg`. The
     /// other core links its half the same way; `primary` is set on the core the id was made on.
-    pub fn link_remote(&mut self, id: BridgeId, leg: LegId, peer_core: usize, peer_leg: LegId, primary: bool) -> Result<(), CommandError> {
+    ///
+    /// `peer_codec` is the far leg's codec: when it differs from this leg's, the media this core
+    /// receives from the far leg is transcoded here (each core transcodes towards its own leg).
+    pub fn link_remote(
+        &mut self,
+        id: BridgeId,
+        leg: LegId,
+        peer_core: usize,
+        peer_leg: LegId,
+        peer_codec: Option<LegCodec>,
+        primary: bool,
+    ) -> Result<(), CommandError> {
         if peer_core == self.config.core && peer_leg == leg {
             return Err(CommandError::SelfBridge);
         }
@@ -459,10 +515,13 @@ impl Engine {
             return Err(CommandError::BridgeExists(id));
         }
         let slot = self.unbridged_slot(leg)?;
+        let own = self.slot(slot).and_then(|l| l.codec);
+        let transcoder = self.transcoder_between(peer_codec, own)?;
         let peer = Peer::Remote { core: peer_core, leg: peer_leg };
         if let Some(l) = self.slot_mut(slot) {
             l.bridge = Some(id);
             l.peer = Some(peer);
+            l.transcoder = transcoder;
         }
         self.bridges.insert(id, Bridge { a: slot, b: peer, primary });
         Ok(())
@@ -476,6 +535,7 @@ impl Engine {
             if let Some(l) = engine.slot_mut(slot) {
                 l.bridge = None;
                 l.peer = None;
+                l.transcoder = None;
             }
         };
         clear(self, br.a);
@@ -588,9 +648,15 @@ impl Engine {
                 return Verdict::Drop(DropReason::Muted);
             }
         }
-        let (leg_id, bridge) = (leg.id, leg.bridge.unwrap_or_default());
-        match leg.peer {
+        let (leg_id, bridge, peer) = (leg.id, leg.bridge.unwrap_or_default(), leg.peer);
+        match peer {
             None => self.drop_on(slot, DropReason::NoRoute),
+            Some(Peer::Local(peer)) if self.slot(peer).is_some_and(|l| l.transcoder.is_some()) => {
+                match self.transcode_into(peer, is_rtcp, packet) {
+                    Ok(()) => Verdict::Consumed,
+                    Err(reason) => self.drop_on(slot, reason),
+                }
+            }
             Some(Peer::Local(peer)) => match self.egress(peer, is_rtcp, packet.len()) {
                 Ok((from_port, to)) => Verdict::Forward { from_port, to },
                 Err(reason) => self.drop_on(slot, reason),
@@ -620,6 +686,64 @@ impl Engine {
         Ok((from_port, to))
     }
 
+    /// Runs a packet through the transcoder of the leg in `slot` (media towards it), queueing
+    /// what it completes. RTCP ends here: the far side's reports describe another stream.
+    fn transcode_into(&mut self, slot: usize, is_rtcp: bool, packet: &[u8]) -> Result<(), DropReason> {
+        if is_rtcp {
+            return Ok(());
+        }
+        let view = RtpPacket::new_checked(packet).map_err(|_| DropReason::Malformed)?;
+        let Self { slots, transmits, spare, .. } = self;
+        let leg = slots.get_mut(slot).and_then(Option::as_mut).ok_or(DropReason::NoRoute)?;
+        if !leg.direction.endpoint_receives() {
+            return Err(DropReason::Muted);
+        }
+        let (from_port, to) = leg.rtp_destination().ok_or(DropReason::NoRoute)?;
+        let Some(transcoder) = leg.transcoder.as_mut() else { return Err(DropReason::NoRoute) };
+        let (mut sent, mut bytes, mut full) = (0u64, 0u64, 0u64);
+        let result = transcoder.push(&view, |out| {
+            if push_transmit(transmits, spare, from_port, to, out) {
+                sent += 1;
+                bytes += out.len() as u64;
+            } else {
+                full += 1;
+            }
+        });
+        leg.counters.rtp_packets_out += sent;
+        leg.counters.rtp_bytes_out += bytes;
+        for _ in 0..full {
+            leg.counters.drops.add(DropReason::QueueFull);
+        }
+        match result {
+            Ok(_) => Ok(()),
+            Err(Rejected::UnknownPayloadType) => Err(DropReason::UnknownPayloadType),
+            Err(Rejected::Undecodable) => Err(DropReason::Undecodable),
+            Err(Rejected::Late) => Err(DropReason::Late),
+        }
+    }
+
+    /// The transcoder for media from a leg of codec `from` to a leg of codec `to`: none when
+    /// either is unknown or they relay as they are.
+    fn transcoder_between(&mut self, from: Option<LegCodec>, to: Option<LegCodec>) -> Result<Option<Box<Transcoder>>, CommandError> {
+        let (Some(from), Some(to)) = (from, to) else { return Ok(None) };
+        if from.relays_to(&to) {
+            return Ok(None);
+        }
+        let r = self.next_random();
+        let t = Transcoder::new(&from, &to, r as u32, (r >> 32) as u16, (r >> 16) as u32)?;
+        Ok(Some(Box::new(t)))
+    }
+
+    /// xorshift64*, seeded by the driver ([`EngineConfig::seed`]).
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
     /// Undoes [`egress`](Self::egress)'s counting when the packet did not leave after all.
     fn take_back_out(&mut self, slot: usize, is_rtcp: bool, len: usize) {
         let Some(l) = self.slot_mut(slot) else { return };
@@ -642,13 +766,7 @@ impl Engine {
     /// Queues a copy of `bytes` for [`poll_transmit`](Self::poll_transmit); `false` if the queue
     /// is full or the packet too long.
     fn queue_transmit(&mut self, from_port: u16, to: SocketAddr, bytes: &[u8]) -> bool {
-        if self.transmits.len() >= TRANSMIT_QUEUE || bytes.len() > MAX_TRANSMIT {
-            return false;
-        }
-        let mut buf = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(MAX_TRANSMIT));
-        buf.extend_from_slice(bytes);
-        self.transmits.push_back(Pending { from_port, to, bytes: buf });
-        true
+        push_transmit(&mut self.transmits, &mut self.spare, from_port, to, bytes)
     }
 
     /// The slot of leg `id` if it exists and is in no bridge.
@@ -666,6 +784,18 @@ impl Engine {
         }
         Verdict::Drop(reason)
     }
+}
+
+/// Queues a copy of `bytes` in `transmits`, reusing a buffer from `spare`; `false` if the queue
+/// is full or the packet too long.
+fn push_transmit(transmits: &mut VecDeque<Pending>, spare: &mut Vec<Vec<u8>>, from_port: u16, to: SocketAddr, bytes: &[u8]) -> bool {
+    if transmits.len() >= TRANSMIT_QUEUE || bytes.len() > MAX_TRANSMIT {
+        return false;
+    }
+    let mut buf = spare.pop().unwrap_or_else(|| Vec::with_capacity(MAX_TRANSMIT));
+    buf.extend_from_slice(bytes);
+    transmits.push_back(Pending { from_port, to, bytes: buf });
+    true
 }
 
 #[cfg(test)]

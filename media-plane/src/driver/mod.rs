@@ -33,7 +33,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::config::{Backend, Config};
-use crate::engine::{BridgeId, CommandError, CoreCounters, CrossMessage, Direction, Engine, EngineConfig, Event, Handoff, LegId, LegSpec, LegStats};
+use crate::engine::{
+    BridgeId, CommandError, CoreCounters, CrossMessage, Direction, Engine, EngineConfig, Event, Handoff, LegCodec, LegId, LegSpec, LegStats,
+};
 use crate::ports::PortPool;
 
 /// Depth of each core's command queue.
@@ -68,8 +70,10 @@ pub enum Command {
     },
     DeleteLeg { id: LegId, reply: Reply<LegStats> },
     CreateBridge { id: BridgeId, a: LegId, b: LegId, reply: Reply<()> },
-    /// This core's half of a bridge to leg `peer_leg` of core `peer_core`.
-    LinkRemote { id: BridgeId, leg: LegId, peer_core: usize, peer_leg: LegId, primary: bool, reply: Reply<()> },
+    /// This core's half of a bridge to leg `peer_leg` (of codec `peer_codec`) of core `peer_core`.
+    LinkRemote { id: BridgeId, leg: LegId, peer_core: usize, peer_leg: LegId, peer_codec: Option<LegCodec>, primary: bool, reply: Reply<()> },
+    /// The codec a leg was created with.
+    LegCodec { id: LegId, reply: Reply<Option<LegCodec>> },
     DeleteBridge { id: BridgeId, reply: Reply<()> },
     /// `legs: None` = every leg; `Some(ids)` = only those (empty: totals only).
     Stats { legs: Option<Vec<LegId>>, reply: oneshot::Sender<CoreReport> },
@@ -300,7 +304,7 @@ impl CoreState {
         sockets.resize_with(1 << 16, || None);
         Self {
             core,
-            engine: Engine::new(EngineConfig { media_timeout: config.media_timeout, core }),
+            engine: Engine::new(EngineConfig { media_timeout: config.media_timeout, core, seed: random_seed(core) }),
             pool: PortPool::for_core(config.port_min, config.port_max, core, config.cores),
             sockets,
             registry,
@@ -349,8 +353,12 @@ impl CoreState {
                 Command::CreateBridge { id, a, b, reply } => {
                     let _ = reply.send(self.engine.create_bridge(id, a, b).map_err(CoreError::from));
                 }
-                Command::LinkRemote { id, leg, peer_core, peer_leg, primary, reply } => {
-                    let _ = reply.send(self.engine.link_remote(id, leg, peer_core, peer_leg, primary).map_err(CoreError::from));
+                Command::LinkRemote { id, leg, peer_core, peer_leg, peer_codec, primary, reply } => {
+                    let r = self.engine.link_remote(id, leg, peer_core, peer_leg, peer_codec, primary);
+                    let _ = reply.send(r.map_err(CoreError::from));
+                }
+                Command::LegCodec { id, reply } => {
+                    let _ = reply.send(self.engine.leg_codec(id).map_err(CoreError::from));
                 }
                 Command::DeleteBridge { id, reply } => {
                     let _ = reply.send(self.engine.delete_bridge(id).map_err(CoreError::from));
@@ -491,6 +499,15 @@ impl CoreState {
         self.close_ports(stats.local_port, stats.rtcp_mux);
         self.pool.release(stats.local_port);
     }
+}
+
+/// A seed for a core's engine (the SSRCs and initial sequence numbers of the streams it makes):
+/// std's per-process random hash keys (drawn from the OS), mixed with the core number.
+fn random_seed(core: usize) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(core);
+    h.finish()
 }
 
 /// Why the media cores could not be started.

@@ -161,7 +161,8 @@ impl UdpDriver {
                 match self.state.engine.handle_packet(port, src, bytes, now) {
                     Verdict::Forward { from_port, to } => self.forwards.push((from_port, i, to)),
                     Verdict::Handoff { core, handoff } => self.state.hand_off(core, handoff, bytes),
-                    Verdict::Drop(_) => {}
+                    // Transcoded: what it makes leaves through send_transmits.
+                    Verdict::Consumed | Verdict::Drop(_) => {}
                 }
             }
             self.send_forwards();

@@ -430,7 +430,7 @@ impl XdpDriver {
             let (from_port, to) = match state.engine.handle_packet(dst_port, src, payload, now) {
                 Verdict::Forward { from_port, to } => (from_port, to),
                 Verdict::Handoff { core, handoff } => return state.hand_off(core, handoff, payload),
-                Verdict::Drop(_) => return,
+                Verdict::Consumed | Verdict::Drop(_) => return,
             };
             if let Some(len) = build_frame(state, neighbours, media_ip, mac, from_port, to, payload, now, &mut frame_buf) {
                 if xsk.queue_copy(frame_buf.get(..len).unwrap_or_default()) {
@@ -529,7 +529,8 @@ fn relay_frame(
             state.hand_off(core, handoff, payload);
             return false;
         }
-        Verdict::Drop(_) => return false,
+        // Transcoded: what it makes leaves through the engine's transmit queue.
+        Verdict::Consumed | Verdict::Drop(_) => return false,
     };
     let dst_mac = match neighbours.lookup(to.ip(), now) {
         Ok(m) => m,
@@ -676,7 +677,7 @@ mod tests {
                 frames.push(buf[..len].to_vec());
             }
             Verdict::Handoff { core, handoff } => state.hand_off(core, handoff, payload),
-            Verdict::Drop(_) => {}
+            Verdict::Consumed | Verdict::Drop(_) => {}
         });
         let mut packet = [0u8; MAX_TRANSMIT];
         while let Some(t) = state.engine.poll_transmit(&mut packet) {
@@ -731,8 +732,8 @@ mod tests {
         core0.engine.create_leg(1, 30000, LegSpec { rtcp_mux: true, ..Default::default() }, now).unwrap();
         let spec = LegSpec { remote: Remote::locked(addr("10.0.0.3:5000")), rtcp_mux: true, ..Default::default() };
         core1.engine.create_leg(2, 30002, spec, now).unwrap();
-        core0.engine.link_remote(7, 1, 1, 2, true).unwrap();
-        core1.engine.link_remote(7, 2, 0, 1, false).unwrap();
+        core0.engine.link_remote(7, 1, 1, 2, None, true).unwrap();
+        core1.engine.link_remote(7, 2, 0, 1, None, false).unwrap();
         let mut n = Neighbours::new("test0");
         n.insert_for_test("10.0.0.3".parse().unwrap(), PEER_MAC, now);
         let payload = rtp_payload();

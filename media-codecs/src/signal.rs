@@ -1,4 +1,5 @@
-//! Test signals and measures for the codec tests.
+//! Test signals and quality measures: a deterministic speech-like source and sines, RMS,
+//! waveform SNR with delay search, and a phase-blind spectral SNR for perceptual codecs.
 
 /// A sine of `hz` at `rate`, `seconds` long, peak `amplitude`.
 pub fn sine(rate: u32, hz: f64, seconds: f64, amplitude: f64) -> Vec<i16> {

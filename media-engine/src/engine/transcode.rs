@@ -1,0 +1,375 @@
+//! One direction of a transcoding bridge: RTP of the source leg's codec in, RTP of the
+//! destination leg's codec out.
+//!
+//! ```text
+//!  RTP (from_pt) ─► payload ─► Decoder ─► PCM ─► Resampler ─► frame buffer ─► Encoder ─► RTP (to_pt)
+//!                   seq gap: conceal the missing frames        whole ptime frames    own SSRC, seq, ts
+//! ```
+//!
+//! The outgoing stream is the media plane's own: its SSRC, sequence number and timestamp start
+//! from values drawn when the bridge is made and advance by one packet and one ptime at the
+//! destination's clock, continuously, whatever the source does (loss, reordering, a new SSRC,
+//! other packet sizes: repacketised to the destination's ptime). Losses of up to
+//! [`MAX_CONCEALED`] packets are concealed by the decoder; longer gaps, a new source SSRC or a
+//! timestamp jump resynchronise without filling. Late packets (behind the last one decoded) are
+//! dropped and counted.
+
+use media_codecs::{CodecError, CodecKind, CodecParams, Decoder, Encoder, Resampler};
+
+use crate::wire::{write_rtp_header, RtpPacket, RTP_HEADER_LEN};
+
+/// Most consecutive lost packets concealed before the stream is resynchronised instead.
+pub const MAX_CONCEALED: u16 = 5;
+
+/// What an endpoint sends and receives on a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegCodec {
+    /// RTP payload type the endpoint uses for it.
+    pub payload_type: u8,
+    /// The codec and its parameters.
+    pub params: CodecParams,
+    /// Packet duration in milliseconds (10, 20, 30, 40 or 60).
+    pub ptime_ms: u16,
+}
+
+impl LegCodec {
+    /// Whether media between legs of these codecs can be relayed as it is.
+    pub fn relays_to(&self, other: &LegCodec) -> bool {
+        self == other
+    }
+
+    /// RTP clock of the codec.
+    pub fn rtp_clock(&self) -> u32 {
+        self.params.kind.rtp_clock(&self.params)
+    }
+}
+
+/// Why a transcoder could not be made (bad codec settings from the API).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranscodeError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("ptime {0} ms is not 10, 20, 30, 40 or 60")]
+    Ptime(u16),
+}
+
+/// Counters of one transcoding direction, reported with the destination leg.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TranscodeCounters {
+    /// Source packets decoded.
+    pub decoded: u64,
+    /// Lost source packets concealed.
+    pub concealed: u64,
+    /// Packets encoded and sent.
+    pub encoded: u64,
+    /// Source packets the decoder refused (undecodable), dropped.
+    pub undecodable: u64,
+    /// Source packets of a payload type that is not the source codec's, dropped.
+    pub unknown_payload_type: u64,
+    /// Source packets that arrived after a later one was decoded, dropped.
+    pub late: u64,
+}
+
+/// Why a source packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// Not the source codec's payload type.
+    UnknownPayloadType,
+    /// The codec could not decode it.
+    Undecodable,
+    /// Behind the last packet decoded.
+    Late,
+}
+
+/// One direction of a transcoding bridge (see the module documentation).
+pub struct Transcoder {
+    from_pt: u8,
+    to_pt: u8,
+    decoder: Box<dyn Decoder>,
+    resampler: Option<Resampler>,
+    encoder: Box<dyn Encoder>,
+    channels: usize,
+    /// Samples per channel of one outgoing packet, at the encoder's rate.
+    frame: usize,
+    /// RTP timestamp advance per outgoing packet.
+    ts_step: u32,
+    /// Decoded samples per channel of the last source packet (the size of a concealed one).
+    last_frame: usize,
+    last_seq: Option<u16>,
+    last_ssrc: Option<u32>,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    decoded: Vec<i16>,
+    resampled: Vec<i16>,
+    pending: Vec<i16>,
+    packet: Vec<u8>,
+    pub counters: TranscodeCounters,
+}
+
+impl std::fmt::Debug for Transcoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transcoder")
+            .field("from_pt", &self.from_pt)
+            .field("to_pt", &self.to_pt)
+            .field("decoder", &self.decoder)
+            .field("encoder", &self.encoder)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transcoder {
+    /// A transcoder from `from` to `to`; the outgoing stream starts at `ssrc`, `seq`, `ts`
+    /// (random values the caller draws).
+    pub fn new(from: &LegCodec, to: &LegCodec, ssrc: u32, seq: u16, ts: u32) -> Result<Self, TranscodeError> {
+        for c in [from, to] {
+            if ![10, 20, 30, 40, 60].contains(&c.ptime_ms) {
+                return Err(TranscodeError::Ptime(c.ptime_ms));
+            }
+        }
+        let decoder = media_codecs::decoder(&from.params)?;
+        // Same channel count on both sides: the decoder is asked for the destination's layout
+        // where it can (Opus downmixes itself); otherwise the channel counts must agree.
+        if from.params.channels != to.params.channels {
+            return Err(TranscodeError::Codec(CodecError::Unsupported {
+                codec: to.params.kind.name(),
+                field: "channels",
+                value: u32::from(to.params.channels),
+                allowed: "the source's channel count",
+            }));
+        }
+        let encoder = media_codecs::encoder(&to.params)?;
+        let resampler = (decoder.sample_rate() != encoder.sample_rate())
+            .then(|| Resampler::new(decoder.sample_rate(), encoder.sample_rate(), to.params.channels))
+            .transpose()?;
+        let frame = encoder.sample_rate() as usize * usize::from(to.ptime_ms) / 1000;
+        let ts_step = to.rtp_clock() * u32::from(to.ptime_ms) / 1000;
+        let last_frame = decoder.sample_rate() as usize * usize::from(from.ptime_ms) / 1000;
+        Ok(Transcoder {
+            from_pt: from.payload_type,
+            to_pt: to.payload_type,
+            channels: usize::from(to.params.channels),
+            decoder,
+            resampler,
+            encoder,
+            frame,
+            ts_step,
+            last_frame,
+            last_seq: None,
+            last_ssrc: None,
+            ssrc,
+            seq,
+            ts,
+            decoded: Vec::new(),
+            resampled: Vec::new(),
+            pending: Vec::new(),
+            packet: Vec::with_capacity(1500),
+            counters: TranscodeCounters::default(),
+        })
+    }
+
+    /// Takes one source RTP packet and calls `out` with every packet it completes (zero, one or
+    /// more, depending on the ptimes). A dropped packet is counted and reported.
+    pub fn push(&mut self, rtp: &RtpPacket<&[u8]>, mut out: impl FnMut(&[u8])) -> Result<usize, Rejected> {
+        if rtp.payload_type() != self.from_pt {
+            self.counters.unknown_payload_type += 1;
+            return Err(Rejected::UnknownPayloadType);
+        }
+        let Ok(payload) = rtp.payload() else {
+            self.counters.undecodable += 1;
+            return Err(Rejected::Undecodable);
+        };
+        let seq = rtp.sequence_number();
+        let same_source = self.last_ssrc == Some(rtp.ssrc());
+        self.decoded.clear();
+        if let (true, Some(last)) = (same_source, self.last_seq) {
+            let gap = seq.wrapping_sub(last);
+            if gap == 0 || gap > 0x8000 {
+                self.counters.late += 1;
+                return Err(Rejected::Late);
+            }
+            if (2..=MAX_CONCEALED + 1).contains(&gap) {
+                for _ in 1..gap {
+                    // Opus rebuilds the frame right before this packet from its FEC; the rest
+                    // are concealed.
+                    let result = if gap == 2 {
+                        self.decoder.decode_fec(payload, self.last_frame, &mut self.decoded)
+                    } else {
+                        self.decoder.conceal(self.last_frame, &mut self.decoded)
+                    };
+                    if result.is_ok() {
+                        self.counters.concealed += 1;
+                    }
+                }
+            }
+        }
+        let before = self.decoded.len();
+        match self.decoder.decode(payload, &mut self.decoded) {
+            Ok(n) => {
+                self.counters.decoded += 1;
+                if n > 0 {
+                    self.last_frame = n;
+                }
+            }
+            Err(_) => {
+                self.decoded.truncate(before);
+                self.counters.undecodable += 1;
+                return Err(Rejected::Undecodable);
+            }
+        }
+        self.last_seq = Some(seq);
+        self.last_ssrc = Some(rtp.ssrc());
+        let pcm: &[i16] = match &mut self.resampler {
+            Some(r) => {
+                self.resampled.clear();
+                // A resampler error leaves this packet's audio out; the stream goes on.
+                let _ = r.process(&self.decoded, &mut self.resampled);
+                &self.resampled
+            }
+            None => &self.decoded,
+        };
+        self.pending.extend_from_slice(pcm);
+        let mut sent = 0;
+        let chunk = self.frame * self.channels;
+        while self.pending.len() >= chunk {
+            self.packet.clear();
+            self.packet.resize(RTP_HEADER_LEN, 0);
+            let encoded = self.encoder.encode(self.pending.get(..chunk).unwrap_or_default(), &mut self.packet);
+            self.pending.drain(..chunk);
+            if encoded.is_err() {
+                continue;
+            }
+            let _ = write_rtp_header(&mut self.packet, self.to_pt, self.seq, self.ts, self.ssrc);
+            self.seq = self.seq.wrapping_add(1);
+            self.ts = self.ts.wrapping_add(self.ts_step);
+            self.counters.encoded += 1;
+            sent += 1;
+            out(&self.packet);
+        }
+        Ok(sent)
+    }
+}
+
+/// The codec a payload type number names statically (RFC 3551), for clients that give only one.
+pub fn static_payload_type(pt: u8) -> Option<CodecKind> {
+    match pt {
+        0 => Some(CodecKind::Pcmu),
+        8 => Some(CodecKind::Pcma),
+        9 => Some(CodecKind::G722),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use media_codecs::signal::{best_lag, snr_db, spectral_snr_db, speech_like};
+
+    fn codec(pt: u8, kind: CodecKind, rate: u32, ptime_ms: u16) -> LegCodec {
+        LegCodec { payload_type: pt, params: CodecParams::new(kind, rate), ptime_ms }
+    }
+
+    /// Encodes `signal` (at `from`'s rate) into RTP of `from`, runs it through a transcoder to
+    /// `to`, skipping the packets in `lost`, and decodes what comes out.
+    fn run(from: LegCodec, to: LegCodec, signal: &[i16], lost: &[u16]) -> (Vec<i16>, Vec<Vec<u8>>, TranscodeCounters) {
+        let mut enc = media_codecs::encoder(&from.params).unwrap();
+        let mut t = Transcoder::new(&from, &to, 0x5151_5151, 1000, 90_000).unwrap();
+        let frame = from.params.rate as usize * usize::from(from.ptime_ms) / 1000;
+        let mut out_packets = Vec::new();
+        for (i, chunk) in signal.chunks_exact(frame).enumerate() {
+            let seq = 40_000u16.wrapping_add(i as u16);
+            let mut pkt = vec![0u8; 12];
+            write_rtp_header(&mut pkt, from.payload_type, seq, (i * frame) as u32, 0xabcd).unwrap();
+            enc.encode(chunk, &mut pkt).unwrap();
+            if lost.contains(&(i as u16)) {
+                continue;
+            }
+            let view = RtpPacket::new_checked(&pkt[..]).unwrap();
+            t.push(&view, |p| out_packets.push(p.to_vec())).unwrap();
+        }
+        let mut dec = media_codecs::decoder(&to.params).unwrap();
+        let mut pcm = Vec::new();
+        for p in &out_packets {
+            dec.decode(RtpPacket::new_checked(&p[..]).unwrap().payload().unwrap(), &mut pcm).unwrap();
+        }
+        (pcm, out_packets, t.counters)
+    }
+
+    #[test]
+    fn pcmu_to_pcma_keeps_the_waveform_and_numbers_its_own_stream() {
+        let signal = speech_like(8000, 1.0);
+        let (pcm, packets, counters) = run(codec(0, CodecKind::Pcmu, 8000, 20), codec(8, CodecKind::Pcma, 8000, 20), &signal, &[]);
+        assert_eq!((counters.decoded, counters.encoded), (50, 50));
+        let snr = snr_db(&signal, &pcm, 0);
+        assert!(snr >= 25.0, "PCMU→PCMA SNR {snr:.1} dB");
+        let first = RtpPacket::new_checked(&packets[0][..]).unwrap();
+        assert_eq!((first.payload_type(), first.ssrc(), first.sequence_number(), first.timestamp()), (8, 0x5151_5151, 1000, 90_000));
+        let last = RtpPacket::new_checked(&packets[49][..]).unwrap();
+        assert_eq!((last.sequence_number(), last.timestamp()), (1049, 90_000 + 49 * 160));
+    }
+
+    #[test]
+    fn pcmu_to_opus_and_g722_to_pcma_resample_and_keep_the_speech() {
+        let narrow = speech_like(8000, 1.0);
+        let (pcm, packets, _) = run(codec(0, CodecKind::Pcmu, 8000, 20), codec(111, CodecKind::Opus, 48_000, 20), &narrow, &[]);
+        let ts_step = RtpPacket::new_checked(&packets[1][..]).unwrap().timestamp().wrapping_sub(RtpPacket::new_checked(&packets[0][..]).unwrap().timestamp());
+        assert_eq!(ts_step, 960, "Opus RTP clock is 48 kHz");
+        // Judge at 8 kHz: bring the 48 kHz result back down.
+        let mut down = Resampler::new(48_000, 8000, 1).unwrap();
+        let mut back = Vec::new();
+        down.process(&pcm, &mut back).unwrap();
+        let lag = best_lag(&narrow, &back, 400);
+        let snr = spectral_snr_db(&narrow[1600..], &back[1600..], lag, 8000, 3800.0);
+        assert!(snr >= 8.0, "PCMU→Opus spectral SNR {snr:.1} dB at lag {lag}");
+
+        let wide = speech_like(16_000, 1.0);
+        let (pcm, _, _) = run(codec(9, CodecKind::G722, 16_000, 20), codec(8, CodecKind::Pcma, 8000, 20), &wide, &[]);
+        let mut narrow_ref = Vec::new();
+        Resampler::new(16_000, 8000, 1).unwrap().process(&wide, &mut narrow_ref).unwrap();
+        let lag = best_lag(&narrow_ref, &pcm, 200);
+        let snr = snr_db(&narrow_ref[800..], &pcm[800..], lag);
+        assert!(snr >= 10.0, "G.722→PCMA SNR {snr:.1} dB at lag {lag}");
+    }
+
+    #[test]
+    fn ptime_30_source_is_repacketised_to_20_ms() {
+        let signal = speech_like(8000, 1.2);
+        let (_, packets, counters) = run(codec(0, CodecKind::Pcmu, 8000, 30), codec(0, CodecKind::Pcmu, 8000, 20), &signal, &[]);
+        assert_eq!(counters.decoded, 40);
+        assert_eq!(packets.len(), 60, "1.2 s in 20 ms packets");
+        assert!(packets.iter().all(|p| p.len() == 12 + 160));
+    }
+
+    #[test]
+    fn lost_packets_are_concealed_so_the_outgoing_stream_stays_continuous() {
+        let signal = speech_like(8000, 1.0);
+        let (pcm, packets, counters) = run(codec(0, CodecKind::Pcmu, 8000, 20), codec(8, CodecKind::Pcma, 8000, 20), &signal, &[10, 20, 21]);
+        assert_eq!((counters.decoded, counters.concealed), (47, 3));
+        assert_eq!(packets.len(), 50, "every 20 ms has its packet");
+        assert_eq!(pcm.len(), signal.len());
+        let seqs: Vec<u16> = packets.iter().map(|p| RtpPacket::new_checked(&p[..]).unwrap().sequence_number()).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "no gap in the outgoing sequence");
+    }
+
+    #[test]
+    fn foreign_payload_types_late_and_undecodable_packets_are_counted_drops() {
+        let from = codec(0, CodecKind::Pcmu, 8000, 20);
+        let mut t = Transcoder::new(&from, &codec(96, CodecKind::L16, 8000, 20), 1, 1, 1).unwrap();
+        let packet = |pt: u8, seq: u16| {
+            let mut p = vec![0u8; 12 + 160];
+            write_rtp_header(&mut p, pt, seq, 0, 7).unwrap();
+            p
+        };
+        let push = |t: &mut Transcoder, p: &[u8]| t.push(&RtpPacket::new_checked(p).unwrap(), |_| {});
+        assert_eq!(push(&mut t, &packet(101, 1)), Err(Rejected::UnknownPayloadType));
+        assert_eq!(push(&mut t, &packet(0, 5)), Ok(1));
+        assert_eq!(push(&mut t, &packet(0, 4)), Err(Rejected::Late));
+        let mut bad = packet(0, 6);
+        bad.truncate(12 + 20);
+        bad[0] |= 0x0f; // fifteen CSRCs (60 bytes) in a 20-byte remainder
+        assert_eq!(push(&mut t, &bad), Err(Rejected::Undecodable));
+        assert_eq!((t.counters.unknown_payload_type, t.counters.late, t.counters.undecodable), (1, 1, 1));
+        assert!(matches!(Transcoder::new(&from, &codec(8, CodecKind::Pcma, 8000, 25), 1, 1, 1), Err(TranscodeError::Ptime(25))));
+    }
+}

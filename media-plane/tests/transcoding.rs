@@ -1,0 +1,157 @@
+//! Transcoding through the running media plane: legs of different codecs bridged, speech-like
+//! audio sent as RTP from loopback sockets, what comes out decoded and compared with the source.
+//!
+//! Quality bounds (stated here, measured by `media_codecs::signal`): the waveform codecs (G.711,
+//! G.722) by waveform SNR after aligning the codec delay; Opus, which keeps the spectrum and not
+//! the waveform, by the spectral SNR of 20 ms frames (phase-blind).
+
+use std::net::{SocketAddr, UdpSocket};
+
+use media_codecs::signal::{best_lag, snr_db, spectral_snr_db, speech_like};
+use media_codecs::{CodecKind, CodecParams, Resampler};
+use proto::v1;
+
+mod common;
+use common::*;
+
+const SLOT_PCMU_OPUS: u16 = 14;
+const SLOT_G722_PCMA: u16 = 15;
+
+fn codec(pt: u32, name: &str, rate: u32) -> Option<v1::Codec> {
+    Some(v1::Codec { payload_type: pt, name: name.into(), rate, channels: 1, ptime_ms: 20, opus: None })
+}
+
+/// Encodes `signal` (at `params.rate`) as 20 ms RTP packets of payload type `pt`.
+fn rtp_packets(params: CodecParams, pt: u8, signal: &[i16], ssrc: u32) -> Vec<Vec<u8>> {
+    let mut enc = media_codecs::encoder(&params).expect("encoder");
+    let frame = params.rate as usize / 50;
+    signal
+        .chunks_exact(frame)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut p = vec![0x80, pt];
+            p.extend_from_slice(&(i as u16).to_be_bytes());
+            p.extend_from_slice(&((i * 160) as u32).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            enc.encode(chunk, &mut p).expect("encode");
+            p
+        })
+        .collect()
+}
+
+/// Sends `packets` from `tx` to `to` in bursts of 10, receiving what comes out at `rx` from
+/// `from`; returns the payloads received, in order, checking their payload type.
+fn exchange(tx: &UdpSocket, to: SocketAddr, rx: &UdpSocket, from: SocketAddr, packets: &[Vec<u8>], out_pt: u8) -> Vec<Vec<u8>> {
+    let mut payloads = Vec::new();
+    for burst in packets.chunks(10) {
+        for p in burst {
+            send(tx, p, to);
+        }
+        for _ in burst {
+            let (got, src) = recv(rx, "transcoded RTP");
+            assert_eq!(src, from, "leaves from the leg's own port");
+            assert_eq!(got[1] & 0x7f, out_pt, "the destination leg's payload type");
+            payloads.push(got[12..].to_vec());
+        }
+    }
+    payloads
+}
+
+fn decode(params: CodecParams, payloads: &[Vec<u8>]) -> Vec<i16> {
+    let mut dec = media_codecs::decoder(&params).expect("decoder");
+    let mut pcm = Vec::new();
+    for p in payloads {
+        dec.decode(p, &mut pcm).expect("decodes");
+    }
+    pcm
+}
+
+fn resample(pcm: &[i16], from: u32, to: u32) -> Vec<i16> {
+    let mut out = Vec::new();
+    Resampler::new(from, to, 1).expect("resampler").process(pcm, &mut out).expect("resample");
+    out
+}
+
+#[tokio::test]
+async fn pcmu_and_opus_legs_talk_through_a_transcoding_bridge_both_ways() {
+    let (_mp, mut c) = MediaPlane::start(SLOT_PCMU_OPUS).await;
+    let (sock_a, sock_b) = (udp(), udp());
+    let a = create_leg(&mut c, v1::CreateLegRequest { call_id: "tc".into(), codec: codec(0, "PCMU", 8000), ..Default::default() }).await;
+    let b = create_leg(
+        &mut c,
+        v1::CreateLegRequest { call_id: "tc".into(), remote: Some(endpoint(local(&sock_b))), codec: codec(111, "opus", 48_000), ..Default::default() },
+    )
+    .await;
+    bridge(&mut c, &a, &b).await;
+
+    // A (PCMU, 8 kHz) → B (Opus, 48 kHz).
+    let narrow = speech_like(8000, 2.0);
+    let pcmu = CodecParams::new(CodecKind::Pcmu, 8000);
+    let opus = CodecParams::new(CodecKind::Opus, 48_000);
+    let at_b = exchange(&sock_a, a.local, &sock_b, b.local, &rtp_packets(pcmu, 0, &narrow, 0xA), 111);
+    assert_eq!(at_b.len(), 100);
+    let heard = resample(&decode(opus, &at_b), 48_000, 8000);
+    let lag = best_lag(&narrow, &heard, 480);
+    let snr = spectral_snr_db(&narrow[2000..], &heard[2000..], lag, 8000, 3800.0);
+    assert!(snr >= 8.0, "PCMU→Opus: spectral SNR {snr:.1} dB (bound 8 dB) at lag {lag}");
+
+    // B (Opus) → A (PCMU), to the address A latched onto.
+    let wide = speech_like(48_000, 2.0);
+    let at_a = exchange(&sock_b, b.local, &sock_a, a.local, &rtp_packets(opus, 111, &wide, 0xB), 0);
+    let heard = decode(pcmu, &at_a);
+    let reference = resample(&wide, 48_000, 8000);
+    let lag = best_lag(&reference, &heard, 480);
+    let snr = spectral_snr_db(&reference[2000..], &heard[2000..], lag, 8000, 3800.0);
+    assert!(snr >= 8.0, "Opus→PCMU: spectral SNR {snr:.1} dB (bound 8 dB) at lag {lag}");
+
+    let sb = leg_stats(&mut c, b.id).await.expect("leg B");
+    let t = sb.transcoded.expect("B receives transcoded media");
+    assert_eq!((t.decoded, t.encoded), (100, 100));
+    assert_eq!(sb.codec.map(|c| c.name), Some("opus".into()));
+    let cores = core_stats(&mut c).await;
+    assert_eq!(cores.iter().map(|c| c.packets_consumed).sum::<u64>(), 200);
+}
+
+#[tokio::test]
+async fn g722_and_pcma_legs_talk_through_a_transcoding_bridge_and_bad_codecs_name_the_field() {
+    let (_mp, mut c) = MediaPlane::start(SLOT_G722_PCMA).await;
+    let (sock_a, sock_b) = (udp(), udp());
+    let a = create_leg(&mut c, v1::CreateLegRequest { call_id: "wb".into(), codec: codec(9, "G722", 16_000), ..Default::default() }).await;
+    let b = create_leg(
+        &mut c,
+        v1::CreateLegRequest { call_id: "wb".into(), remote: Some(endpoint(local(&sock_b))), codec: codec(8, "PCMA", 8000), ..Default::default() },
+    )
+    .await;
+    bridge(&mut c, &a, &b).await;
+
+    let wide = speech_like(16_000, 2.0);
+    let g722 = CodecParams::new(CodecKind::G722, 16_000);
+    let pcma = CodecParams::new(CodecKind::Pcma, 8000);
+    let at_b = exchange(&sock_a, a.local, &sock_b, b.local, &rtp_packets(g722, 9, &wide, 0xA), 8);
+    let heard = decode(pcma, &at_b);
+    let reference = resample(&wide, 16_000, 8000);
+    let lag = best_lag(&reference, &heard, 200);
+    let snr = snr_db(&reference[2000..], &heard[2000..], lag);
+    assert!(snr >= 10.0, "G.722→PCMA: SNR {snr:.1} dB (bound 10 dB) at lag {lag}");
+
+    let narrow = speech_like(8000, 2.0);
+    let at_a = exchange(&sock_b, b.local, &sock_a, a.local, &rtp_packets(pcma, 8, &narrow, 0xB), 9);
+    let heard = resample(&decode(g722, &at_a), 16_000, 8000);
+    let lag = best_lag(&narrow, &heard, 200);
+    let snr = snr_db(&narrow[2000..], &heard[2000..], lag);
+    assert!(snr >= 10.0, "PCMA→G.722: SNR {snr:.1} dB (bound 10 dB) at lag {lag}");
+
+    for (bad, field) in [
+        (v1::Codec { payload_type: 0, name: "G729".into(), ..Default::default() }, "codec.name"),
+        (v1::Codec { payload_type: 200, name: "PCMU".into(), ..Default::default() }, "codec.payload_type"),
+        (v1::Codec { payload_type: 0, name: "PCMU".into(), ptime_ms: 25, ..Default::default() }, "codec.ptime_ms"),
+        (v1::Codec { payload_type: 96, name: "opus".into(), rate: 44_100, ..Default::default() }, "codec.name"),
+    ] {
+        let err = c
+            .create_leg(v1::CreateLegRequest { codec: Some(bad.clone()), ..Default::default() })
+            .await
+            .expect_err("a bad codec is refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        assert!(err.message().contains(field), "{bad:?}: {}", err.message());
+    }
+}
