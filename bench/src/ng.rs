@@ -283,6 +283,18 @@ pub fn audio_sdp(addr: SocketAddr, session_id: u64) -> String {
     s
 }
 
+/// An audio SDP offering one codec: payload type `pt` with `a=rtpmap:pt rtpmap`.
+pub fn codec_sdp(addr: SocketAddr, pt: u8, rtpmap: &str, session_id: u64) -> String {
+    let (family, ip) = match addr.ip() {
+        IpAddr::V4(ip) => ("IP4", ip.to_string()),
+        IpAddr::V6(ip) => ("IP6", ip.to_string()),
+    };
+    format!(
+        "v=0\r\no=- {session_id} 1 IN {family} {ip}\r\ns=rtp-load\r\nc=IN {family} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}\r\na=rtpmap:{pt} {rtpmap}\r\na=ptime:20\r\na=sendrecv\r\n",
+        port = addr.port()
+    )
+}
+
 /// The media address of the first `m=audio` stream: its port, and the `c=` line of that media
 /// section or, failing that, of the session.
 pub fn sdp_audio_addr(sdp: &str) -> Result<SocketAddr, NgError> {
@@ -468,6 +480,18 @@ impl NgClient {
     }
 
     fn sdp_command(&mut self, command: &str, call_id: &str, from_tag: &str, to_tag: Option<&str>, sdp: &str) -> Result<String, NgError> {
+        self.sdp_command_with(command, call_id, from_tag, to_tag, sdp, &[])
+    }
+
+    fn sdp_command_with(
+        &mut self,
+        command: &str,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: Option<&str>,
+        sdp: &str,
+        extra: &[(&str, Value)],
+    ) -> Result<String, NgError> {
         let mut items = vec![
             ("command", Value::str(command)),
             ("call-id", Value::str(call_id)),
@@ -479,6 +503,7 @@ impl NgClient {
         if let Some(t) = to_tag {
             items.push(("to-tag", Value::str(t)));
         }
+        items.extend(extra.iter().cloned());
         let reply = self.request(&Value::dict(items))?;
         reply.get("sdp").and_then(Value::as_str).map(str::to_string).ok_or_else(|| NgError::BadReply(command.to_string()))
     }
@@ -495,6 +520,26 @@ impl NgClient {
         let to_b = self.offer(call_id, from_tag, &audio_sdp(a_remote, session_id))?;
         let b_local = sdp_audio_addr(&to_b)?;
         let to_a = self.answer(call_id, from_tag, to_tag, &audio_sdp(b_remote, session_id))?;
+        let a_local = sdp_audio_addr(&to_a)?;
+        Ok(Call { a_local, b_local })
+    }
+
+    /// A transcoded call: side A offers only its codec (`(address, payload type, rtpmap)`) and
+    /// asks rtpengine to add B's (`codec: {transcode: [B]}`); B answers with its codec alone, so
+    /// rtpengine transcodes between them.
+    pub fn setup_transcoded_call(
+        &mut self,
+        call_id: &str,
+        a: (SocketAddr, u8, &str),
+        b: (SocketAddr, u8, &str),
+        session_id: u64,
+    ) -> Result<Call, NgError> {
+        let (from_tag, to_tag) = ("rtp-load-a", "rtp-load-b");
+        let b_name = b.2.split('/').next().unwrap_or_default();
+        let flags = [("codec", Value::dict([("transcode", Value::strs([b_name]))]))];
+        let to_b = self.sdp_command_with("offer", call_id, from_tag, None, &codec_sdp(a.0, a.1, a.2, session_id), &flags)?;
+        let b_local = sdp_audio_addr(&to_b)?;
+        let to_a = self.sdp_command_with("answer", call_id, from_tag, Some(to_tag), &codec_sdp(b.0, b.1, b.2, session_id), &[])?;
         let a_local = sdp_audio_addr(&to_a)?;
         Ok(Call { a_local, b_local })
     }

@@ -5,6 +5,14 @@
 //! out with one `sendmmsg` per generator socket. Each packet carries its stream (SSRC), a 32-bit
 //! counter and its send time; the sink takes the kernel's receive timestamp (SO_TIMESTAMPNS), so
 //! the measured latency is the relay's (plus loopback), not the generator's polling delay.
+//!
+//! **Transcoding** ([`Params::transcode`]): each side sends real codec frames (pre-encoded speech,
+//! cycled), and what comes out is the relay's own stream (its SSRC, sequence numbers, codec), so
+//! nothing can be carried in the packet. A stream is then known by the relay address it leaves
+//! from; its packets are numbered by their sequence number from the first one received, which is
+//! anchored to the last packet sent on that stream when it arrives (one packet in, one out when
+//! both sides use the same ptime). The send times of the last 256 packets per stream are kept, so
+//! latency is the transcoding relay's added delay as long as it stays under 256 packets.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -49,6 +57,28 @@ pub struct Params {
     pub tick: Duration,
     /// Relay process to measure the CPU of.
     pub relay_pid: Option<u32>,
+    /// Codec frames to send instead of marked packets, for transcoding relays.
+    pub transcode: Option<TranscodeLoad>,
+}
+
+/// What each side of a transcoded call sends.
+#[derive(Debug, Clone)]
+pub struct TranscodeLoad {
+    /// Payloads side A (index 0) and side B (1) send, cycled (20 ms frames of their codecs).
+    pub payloads: [Vec<Vec<u8>>; 2],
+    /// Their RTP payload types.
+    pub payload_types: [u8; 2],
+}
+
+/// Send records kept per stream in transcoding mode.
+const RING: usize = 256;
+
+/// A sent packet, for matching the relay's output to it in transcoding mode.
+#[derive(Debug, Default, Clone, Copy)]
+struct SendRecord {
+    counter: u32,
+    sent_ns: u64,
+    measured: bool,
 }
 
 /// Latency percentiles in microseconds.
@@ -151,6 +181,8 @@ struct Stream {
     next: u32,
     received: u64,
     last: Option<u32>,
+    /// Transcoding mode: (first sequence number received, the counter it was anchored to).
+    anchor: Option<(u16, u32)>,
 }
 
 fn unix_ns() -> u64 {
@@ -176,6 +208,10 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
     let mut tx_items: Vec<Vec<(usize, SocketAddr)>> = vec![Vec::with_capacity(BATCH); k];
     let mut rx = PacketBatch::new(BATCH);
     let mut streams = vec![Stream::default(); n];
+    // Transcoding mode: which stream leaves the relay from which address, and the send records.
+    let by_source: std::collections::HashMap<SocketAddr, usize> =
+        calls.iter().enumerate().flat_map(|(c, call)| [(call.b_local, 2 * c), (call.a_local, 2 * c + 1)]).collect();
+    let mut rings = if p.transcode.is_some() { vec![[SendRecord::default(); RING]; n] } else { Vec::new() };
     let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|e| TrafficError::Histogram(e.to_string()))?;
     let (mut sent, mut received, mut reordered, mut misrouted) = (0u64, 0u64, 0u64, 0u64);
     let mut events = Events::with_capacity(256);
@@ -221,14 +257,29 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
                 st.next = st.next.wrapping_add(1);
                 let slot = tx_items[sock].len();
                 let size = p.size;
-                tx[sock].fill(slot, |buf| {
-                    let _ = write_rtp_header(buf, 0, counter as u16, counter.wrapping_mul(160), s as u32);
-                    buf[SENT_AT..COUNTER].copy_from_slice(&unix_ns().to_le_bytes());
-                    buf[COUNTER..MEASURED].copy_from_slice(&counter.to_le_bytes());
-                    buf[MEASURED] = u8::from(measuring);
-                    buf[MEASURED + 1..size].fill(0xd5);
-                    size
-                });
+                match &p.transcode {
+                    Some(t) => {
+                        let side = s % 2;
+                        let frames = &t.payloads[side];
+                        let payload = frames.get(counter as usize % frames.len().max(1)).map_or(&[][..], |f| &f[..]);
+                        let pt = t.payload_types[side];
+                        tx[sock].fill(slot, |buf| {
+                            let _ = write_rtp_header(buf, pt, counter as u16, counter.wrapping_mul(160), s as u32);
+                            let end = (12 + payload.len()).min(buf.len());
+                            buf[12..end].copy_from_slice(&payload[..end - 12]);
+                            end
+                        });
+                        rings[s][counter as usize % RING] = SendRecord { counter, sent_ns: unix_ns(), measured: measuring };
+                    }
+                    None => tx[sock].fill(slot, |buf| {
+                        let _ = write_rtp_header(buf, 0, counter as u16, counter.wrapping_mul(160), s as u32);
+                        buf[SENT_AT..COUNTER].copy_from_slice(&unix_ns().to_le_bytes());
+                        buf[COUNTER..MEASURED].copy_from_slice(&counter.to_le_bytes());
+                        buf[MEASURED] = u8::from(measuring);
+                        buf[MEASURED + 1..size].fill(0xd5);
+                        size
+                    }),
+                }
                 tx_items[sock].push((slot, to));
                 if measuring {
                     sent += 1;
@@ -252,6 +303,30 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
                         misrouted += 1;
                         continue;
                     };
+                    if p.transcode.is_some() {
+                        let Some(&s) = rx.peer(i).and_then(|from| by_source.get(&from)) else {
+                            misrouted += 1;
+                            continue;
+                        };
+                        let st = &mut streams[s];
+                        let seq = rtp.sequence_number();
+                        let (first_seq, first_counter) = *st.anchor.get_or_insert((seq, st.next.wrapping_sub(1)));
+                        let counter = first_counter.wrapping_add(u32::from(seq.wrapping_sub(first_seq)));
+                        let record = rings[s][counter as usize % RING];
+                        if record.counter != counter || !record.measured {
+                            continue;
+                        }
+                        if st.last.is_some_and(|l| counter <= l) {
+                            reordered += 1;
+                        } else {
+                            st.last = Some(counter);
+                        }
+                        st.received += 1;
+                        received += 1;
+                        let arrived = rx.rx_timestamp_ns(i).unwrap_or_else(unix_ns);
+                        let _ = hist.record(arrived.saturating_sub(record.sent_ns).max(1));
+                        continue;
+                    }
                     let s = rtp.ssrc() as usize;
                     if s >= n || pkt.len() < MIN_SIZE || (s ^ 1) % k != sock {
                         misrouted += 1;

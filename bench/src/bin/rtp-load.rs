@@ -5,7 +5,10 @@
 //! tear-down differ; traffic and reporting are the same code for both.
 //!
 //! Fixed mode runs N calls; `--search` finds the largest N with 0 loss and p99 below
-//! `--max-p99-us`. Progress goes to stderr, results to stdout as one JSON line per run (search: one
+//! `--max-p99-us`. `--codec-a`/`--codec-b` make every call a transcoded one: side A sends 20 ms
+//! frames of its codec (speech, encoded once at start), side B of its own; the media plane is
+//! given each leg's codec, rtpengine is offered side A's codec with `codec-transcode` of B's and
+//! answered with B's alone. Progress goes to stderr, results to stdout as one JSON line per run (search: one
 //! per trial, then a summary line).
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bench::ng::{NgClient, NgError};
-use bench::traffic::{self, Call, Endpoints, Params, Report};
+use bench::traffic::{self, Call, Endpoints, Params, Report, TranscodeLoad};
+use media_codecs::{CodecKind, CodecParams};
 use clap::{Parser, ValueEnum};
 use proto::v1::media_plane_client::MediaPlaneClient;
 use proto::v1::{CreateBridgeRequest, CreateLegRequest, DeleteLegRequest, Endpoint};
@@ -79,6 +83,81 @@ struct Args {
     /// Label stored in the JSON output (e.g. the backend under test).
     #[arg(long, default_value = "")]
     label: String,
+    /// Transcoded calls: the codec side A sends and receives (needs --codec-b).
+    #[arg(long, value_enum, requires = "codec_b")]
+    codec_a: Option<LoadCodec>,
+    /// The codec side B sends and receives.
+    #[arg(long, value_enum, requires = "codec_a")]
+    codec_b: Option<LoadCodec>,
+    /// Opus encoder complexity given to the media plane (0-10; 10 is libopus's default, what
+    /// rtpengine's encoder runs with).
+    #[arg(long, default_value_t = 10)]
+    opus_complexity: u32,
+}
+
+/// Codecs of transcoded load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LoadCodec {
+    Pcmu,
+    Pcma,
+    G722,
+    Opus,
+}
+
+impl LoadCodec {
+    fn kind(self) -> CodecKind {
+        match self {
+            Self::Pcmu => CodecKind::Pcmu,
+            Self::Pcma => CodecKind::Pcma,
+            Self::G722 => CodecKind::G722,
+            Self::Opus => CodecKind::Opus,
+        }
+    }
+    /// Payload type used for it (static ones, 111 for Opus as browsers do).
+    fn payload_type(self) -> u8 {
+        match self {
+            Self::Pcmu => 0,
+            Self::Pcma => 8,
+            Self::G722 => 9,
+            Self::Opus => 111,
+        }
+    }
+    /// `a=rtpmap` encoding (RFC 7587: opus/48000/2 whatever the channels).
+    fn rtpmap(self) -> &'static str {
+        match self {
+            Self::Pcmu => "PCMU/8000",
+            Self::Pcma => "PCMA/8000",
+            Self::G722 => "G722/8000",
+            Self::Opus => "opus/48000/2",
+        }
+    }
+    fn params(self) -> CodecParams {
+        CodecParams::new(self.kind(), 48_000)
+    }
+    /// One second of speech as 20 ms payloads (cycled by the generator).
+    fn payloads(self) -> Vec<Vec<u8>> {
+        let params = self.params();
+        let Ok(mut enc) = media_codecs::encoder(&params) else { return Vec::new() };
+        let signal = media_codecs::signal::speech_like(params.rate, 1.0);
+        signal
+            .chunks_exact(params.rate as usize / 50)
+            .filter_map(|frame| {
+                let mut out = Vec::new();
+                enc.encode(frame, &mut out).ok().map(|_| out)
+            })
+            .collect()
+    }
+    /// The leg codec for the media plane's API.
+    fn api(self, complexity: u32) -> proto::v1::Codec {
+        proto::v1::Codec {
+            payload_type: u32::from(self.payload_type()),
+            name: self.kind().name().into(),
+            rate: self.params().rate,
+            channels: 1,
+            ptime_ms: 20,
+            opus: (self == Self::Opus).then_some(proto::v1::OpusSettings { complexity, ..Default::default() }),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,11 +217,11 @@ impl Peer {
 
     /// Sets up `n` calls whose sides have their media on the generator's sockets (see
     /// [`Endpoints::remote`]); on failure, tears down what was set up.
-    async fn setup(&mut self, ep: &Endpoints, n: usize, run_id: u64) -> Result<Vec<Call>, LoadError> {
+    async fn setup(&mut self, ep: &Endpoints, n: usize, run_id: u64, codecs: Option<Codecs>) -> Result<Vec<Call>, LoadError> {
         let remotes = (0..n).map(|c| Ok((ep.remote(c, 0)?, ep.remote(c, 1)?))).collect::<Result<Remotes, traffic::TrafficError>>()?;
         let result = match self {
-            Self::MediaPlane { client, legs } => setup_media_plane(client, legs, remotes, run_id).await,
-            Self::Rtpengine { ng, call_ids } => setup_rtpengine(ng, call_ids, remotes, run_id).await,
+            Self::MediaPlane { client, legs } => setup_media_plane(client, legs, remotes, run_id, codecs).await,
+            Self::Rtpengine { ng, call_ids } => setup_rtpengine(ng, call_ids, remotes, run_id, codecs).await,
         };
         if result.is_err() {
             self.teardown().await;
@@ -220,7 +299,21 @@ fn ng_server(ng: &Mutex<NgClient>) -> SocketAddr {
 /// Each side's media address on the generator, per call.
 type Remotes = Vec<(SocketAddr, SocketAddr)>;
 
-async fn setup_media_plane(client: &MediaPlaneClient<Channel>, legs: &mut Vec<u64>, remotes: Remotes, run_id: u64) -> Result<Vec<Call>, LoadError> {
+/// Codecs of sides A and B, and the Opus complexity for the media plane.
+#[derive(Debug, Clone, Copy)]
+struct Codecs {
+    a: LoadCodec,
+    b: LoadCodec,
+    opus_complexity: u32,
+}
+
+async fn setup_media_plane(
+    client: &MediaPlaneClient<Channel>,
+    legs: &mut Vec<u64>,
+    remotes: Remotes,
+    run_id: u64,
+    codecs: Option<Codecs>,
+) -> Result<Vec<Call>, LoadError> {
     let n = remotes.len();
     let mut tasks = tokio::task::JoinSet::new();
     let chunk = 64;
@@ -235,13 +328,18 @@ async fn setup_media_plane(client: &MediaPlaneClient<Channel>, legs: &mut Vec<u6
             let (ra, rb) = remotes[c];
             tasks.spawn(async move {
                 let call_id = format!("rtp-load-{run_id}-{c}");
-                let leg = |r: SocketAddr| CreateLegRequest {
+                let leg = |r: SocketAddr, codec: Option<proto::v1::Codec>| CreateLegRequest {
                     call_id: call_id.clone(),
                     remote: Some(Endpoint { ip: r.ip().to_string(), port: u32::from(r.port()) }),
+                    codec,
                     ..Default::default()
                 };
-                let a = cl.create_leg(leg(ra)).await.map_err(|e| LoadError::Rpc("CreateLeg", e))?.into_inner();
-                let b = cl.create_leg(leg(rb)).await.map_err(|e| LoadError::Rpc("CreateLeg", e))?.into_inner();
+                let (codec_a, codec_b) = match codecs {
+                    Some(c) => (Some(c.a.api(c.opus_complexity)), Some(c.b.api(c.opus_complexity))),
+                    None => (None, None),
+                };
+                let a = cl.create_leg(leg(ra, codec_a)).await.map_err(|e| LoadError::Rpc("CreateLeg", e))?.into_inner();
+                let b = cl.create_leg(leg(rb, codec_b)).await.map_err(|e| LoadError::Rpc("CreateLeg", e))?.into_inner();
                 cl.create_bridge(CreateBridgeRequest { leg_a: a.leg_id, leg_b: b.leg_id })
                     .await
                     .map_err(|e| LoadError::Rpc("CreateBridge", e))?;
@@ -264,7 +362,13 @@ async fn setup_media_plane(client: &MediaPlaneClient<Channel>, legs: &mut Vec<u6
 
 /// One offer and one answer per call, in sequence (a request takes well under a millisecond on
 /// loopback). Call-IDs carry the process id, so calls left over from an earlier run never clash.
-async fn setup_rtpengine(ng: &Arc<Mutex<NgClient>>, call_ids: &mut Vec<String>, remotes: Remotes, run_id: u64) -> Result<Vec<Call>, LoadError> {
+async fn setup_rtpengine(
+    ng: &Arc<Mutex<NgClient>>,
+    call_ids: &mut Vec<String>,
+    remotes: Remotes,
+    run_id: u64,
+    codecs: Option<Codecs>,
+) -> Result<Vec<Call>, LoadError> {
     let server = ng_server(ng);
     let prefix = format!("rtp-load-{}-{run_id}", std::process::id());
     let (calls, ids, err) = on_ng(ng, move |ng| {
@@ -272,7 +376,15 @@ async fn setup_rtpengine(ng: &Arc<Mutex<NgClient>>, call_ids: &mut Vec<String>, 
         let mut ids = Vec::with_capacity(remotes.len());
         for (c, (a, b)) in remotes.into_iter().enumerate() {
             let id = format!("{prefix}-{c}");
-            let r = ng.setup_call(&id, a, b, c as u64);
+            let r = match codecs {
+                None => ng.setup_call(&id, a, b, c as u64),
+                Some(cs) => ng.setup_transcoded_call(
+                    &id,
+                    (a, cs.a.payload_type(), cs.a.rtpmap()),
+                    (b, cs.b.payload_type(), cs.b.rtpmap()),
+                    c as u64,
+                ),
+            };
             // Recorded even on failure: the offer may have created the call.
             ids.push(id);
             match r {
@@ -315,7 +427,11 @@ async fn one_run(args: &Args, peer: &mut Peer, n: usize, run_id: u64) -> Result<
     let mut ep = Endpoints::bind(args.local_ip, args.sockets)?;
     eprintln!("rtp-load: setting up {n} calls on {}…", args.peer.name());
     let t = std::time::Instant::now();
-    let calls = peer.setup(&ep, n, run_id).await?;
+    let codecs = match (args.codec_a, args.codec_b) {
+        (Some(a), Some(b)) => Some(Codecs { a, b, opus_complexity: args.opus_complexity }),
+        _ => None,
+    };
+    let calls = peer.setup(&ep, n, run_id, codecs).await?;
     eprintln!("rtp-load: {n} calls set up in {:.2} s; running {:.0}+{:.0} s", t.elapsed().as_secs_f64(), args.warmup, args.duration);
     let params = Params {
         rate: args.rate,
@@ -328,6 +444,10 @@ async fn one_run(args: &Args, peer: &mut Peer, n: usize, run_id: u64) -> Result<
             t => Duration::from_micros(t.max(20)),
         },
         relay_pid: args.relay_pid,
+        transcode: codecs.map(|c| TranscodeLoad {
+            payloads: [c.a.payloads(), c.b.payloads()],
+            payload_types: [c.a.payload_type(), c.b.payload_type()],
+        }),
     };
     let cpu = args.cpu;
     let report = tokio::task::spawn_blocking(move || {
