@@ -128,7 +128,19 @@ impl Transcoder {
                 return Err(TranscodeError::Ptime(c.ptime_ms));
             }
         }
-        let decoder = media_codecs::decoder(&from.params)?;
+        // Opus is decoded straight to the rate the other side needs, and encoded from the rate
+        // the other side delivers (libopus works at 8-48 kHz): a PCMU↔Opus bridge then neither
+        // resamples nor codes more bandwidth than G.711 carries.
+        let opus_rate = |other: u32| if [8000, 12_000, 16_000, 24_000, 48_000].contains(&other) { other } else { 48_000 };
+        let mut from_params = from.params;
+        let mut to_params = to.params;
+        if from.params.kind == CodecKind::Opus && to.params.kind != CodecKind::Opus {
+            from_params.rate = opus_rate(to.params.rate);
+        }
+        if to.params.kind == CodecKind::Opus && from.params.kind != CodecKind::Opus {
+            to_params.rate = opus_rate(from.params.rate);
+        }
+        let decoder = media_codecs::decoder(&from_params)?;
         // Same channel count on both sides: the decoder is asked for the destination's layout
         // where it can (Opus downmixes itself); otherwise the channel counts must agree.
         if from.params.channels != to.params.channels {
@@ -139,7 +151,7 @@ impl Transcoder {
                 allowed: "the source's channel count",
             }));
         }
-        let encoder = media_codecs::encoder(&to.params)?;
+        let encoder = media_codecs::encoder(&to_params)?;
         let resampler = (decoder.sample_rate() != encoder.sample_rate())
             .then(|| Resampler::new(decoder.sample_rate(), encoder.sample_rate(), to.params.channels))
             .transpose()?;
