@@ -1,15 +1,17 @@
 //! Sample-rate conversion between 8, 16, 24, 32 and 48 kHz with speexdsp's resampler (the
 //! polyphase windowed-sinc filter of libspeexdsp, ported to Rust by the `speexdsp-resampler`
-//! crate), fed 20 ms chunks as they come. Quality 5 of 10 (speexdsp's desktop default): a
-//! passband flat to within 0.5 dB up to 90 % of the lower Nyquist frequency, and images and
-//! aliases attenuated by at least 40 dB (both checked by the tests below).
+//! crate), fed 20 ms chunks as they come. Quality 4 of 10 (between speexdsp's VoIP default, 3,
+//! which droops 1 dB at 3.4 kHz when going down to 8 kHz, and its desktop default, 5, which costs
+//! a quarter more): a passband flat to within 0.5 dB up to 3.4 kHz at 8 kHz, and images and
+//! aliases attenuated by at least 40 dB (both checked by the tests below). This filter is most of
+//! the cost of a G.711⇄G.722 bridge (docs/benchmarks.md).
 
 use speexdsp_resampler::State;
 
 use crate::CodecError;
 
-/// speexdsp quality (0–10).
-const QUALITY: usize = 5;
+/// speexdsp quality (0–10); see the module documentation.
+const QUALITY: usize = 4;
 
 /// A resampler for one stream (mono or interleaved stereo), keeping its filter state between
 /// chunks.
