@@ -185,6 +185,20 @@ struct Stream {
     anchor: Option<(u16, u32)>,
 }
 
+impl Stream {
+    /// Counts packet `counter` of this stream as received (and as reordered if it is not past
+    /// the latest one).
+    fn count(&mut self, counter: u32, received: &mut u64, reordered: &mut u64) {
+        if self.last.is_some_and(|l| counter <= l) {
+            *reordered += 1;
+        } else {
+            self.last = Some(counter);
+        }
+        self.received += 1;
+        *received += 1;
+    }
+}
+
 fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
@@ -316,14 +330,8 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
                         if record.counter != counter || !record.measured {
                             continue;
                         }
-                        if st.last.is_some_and(|l| counter <= l) {
-                            reordered += 1;
-                        } else {
-                            st.last = Some(counter);
-                        }
-                        st.received += 1;
-                        received += 1;
                         let arrived = rx.rx_timestamp_ns(i).unwrap_or_else(unix_ns);
+                        st.count(counter, &mut received, &mut reordered);
                         let _ = hist.record(arrived.saturating_sub(record.sent_ns).max(1));
                         continue;
                     }
@@ -347,15 +355,8 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
                     let mut b4 = [0u8; 4];
                     b4.copy_from_slice(&pkt[COUNTER..MEASURED]);
                     let counter = u32::from_le_bytes(b4);
-                    let st = &mut streams[s];
-                    if st.last.is_some_and(|l| counter <= l) {
-                        reordered += 1;
-                    } else {
-                        st.last = Some(counter);
-                    }
-                    st.received += 1;
-                    received += 1;
                     let arrived = rx.rx_timestamp_ns(i).unwrap_or_else(unix_ns);
+                    streams[s].count(counter, &mut received, &mut reordered);
                     let _ = hist.record(arrived.saturating_sub(sent_at).max(1));
                 }
                 if got < rx.capacity() {

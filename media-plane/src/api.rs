@@ -136,7 +136,13 @@ impl MediaService {
             bridge_id: s.bridge.unwrap_or(0),
             direction: direction_msg(s.direction) as i32,
             codec: s.codec.as_ref().map(codec_msg),
-            transcoded: s.transcoded.map(|t| v1::TranscodeStats { decoded: t.decoded, concealed: t.concealed, encoded: t.encoded }),
+            transcoded: s.transcoded.map(|t| v1::TranscodeStats {
+                decoded: t.decoded,
+                concealed: t.concealed,
+                encoded: t.encoded,
+                events: t.events,
+                events_not_carried: t.events_not_carried,
+            }),
         }
     }
 }
@@ -170,9 +176,14 @@ fn codec_from(c: &v1::Codec) -> Result<LegCodec, Status> {
         p @ (10 | 20 | 30 | 40 | 60) => p as u16,
         p => return Err(bad("ptime_ms", format!("{p} is not 10, 20, 30, 40 or 60"))),
     };
+    let telephone_event = c
+        .telephone_event
+        .map(|pt| u8::try_from(pt).ok().filter(|pt| *pt < 128 && *pt != payload_type))
+        .map(|pt| pt.ok_or_else(|| bad("telephone_event", "is not 0-127 or is the codec's own payload type".into())))
+        .transpose()?;
     // Made once here so a bad combination (an Opus rate, a complexity) is refused at CreateLeg.
     media_codecs::decoder(&params).map_err(|e| bad("name", e.to_string()))?;
-    Ok(LegCodec { payload_type, params, ptime_ms })
+    Ok(LegCodec { payload_type, params, ptime_ms, telephone_event })
 }
 
 fn codec_msg(c: &LegCodec) -> v1::Codec {
@@ -190,6 +201,7 @@ fn codec_msg(c: &LegCodec) -> v1::Codec {
             dtx: p.opus.dtx,
             complexity: u32::from(p.opus.complexity),
         }),
+        telephone_event: c.telephone_event.map(u32::from),
     }
 }
 
@@ -397,6 +409,10 @@ impl MediaService {
             Event::Latched { leg, remote, rtcp } => v1::Event {
                 leg_id: leg,
                 kind: Some(v1::event::Kind::Latched(v1::Latched { remote: Some(endpoint_msg(remote)), rtcp })),
+            },
+            Event::Dtmf { leg, digit, duration_ms } => v1::Event {
+                leg_id: leg,
+                kind: Some(v1::event::Kind::Dtmf(v1::Dtmf { digit: digit.to_string(), duration_ms })),
             },
             Event::TimedOut { leg, stats } => v1::Event {
                 leg_id: leg,

@@ -16,9 +16,10 @@ use common::*;
 
 const SLOT_PCMU_OPUS: u16 = 14;
 const SLOT_G722_PCMA: u16 = 15;
+const SLOT_DTMF: u16 = 16;
 
 fn codec(pt: u32, name: &str, rate: u32) -> Option<v1::Codec> {
-    Some(v1::Codec { payload_type: pt, name: name.into(), rate, channels: 1, ptime_ms: 20, opus: None })
+    Some(v1::Codec { payload_type: pt, name: name.into(), rate, channels: 1, ptime_ms: 20, opus: None, telephone_event: None })
 }
 
 /// Encodes `signal` (at `params.rate`) as 20 ms RTP packets of payload type `pt`.
@@ -154,4 +155,57 @@ async fn g722_and_pcma_legs_talk_through_a_transcoding_bridge_and_bad_codecs_nam
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
         assert!(err.message().contains(field), "{bad:?}: {}", err.message());
     }
+}
+
+#[tokio::test]
+async fn dtmf_digits_are_reported_on_the_events_stream_and_cross_a_transcoding_bridge() {
+    let (_mp, mut c) = MediaPlane::start(SLOT_DTMF).await;
+    let mut events = c.events(v1::EventsRequest {}).await.expect("Events").into_inner();
+    let (sock_a, sock_b) = (udp(), udp());
+    let with_events = |codec: Option<v1::Codec>, pt: u32| codec.map(|c| v1::Codec { telephone_event: Some(pt), ..c });
+    let a = create_leg(&mut c, v1::CreateLegRequest { call_id: "dtmf".into(), codec: with_events(codec(0, "PCMU", 8000), 101), ..Default::default() }).await;
+    let b = create_leg(
+        &mut c,
+        v1::CreateLegRequest {
+            call_id: "dtmf".into(),
+            remote: Some(endpoint(local(&sock_b))),
+            codec: with_events(codec(111, "opus", 48_000), 110),
+            ..Default::default()
+        },
+    )
+    .await;
+    bridge(&mut c, &a, &b).await;
+    // Key 7 held for 100 ms: three progress packets, then the End packet three times.
+    let event = |seq: u16, end: bool, duration: u16| {
+        let mut p = vec![0x80, 101];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&8000u32.to_be_bytes());
+        p.extend_from_slice(&0xAu32.to_be_bytes());
+        p.extend_from_slice(&[7, if end { 0x8a } else { 0x0a }]);
+        p.extend_from_slice(&duration.to_be_bytes());
+        p
+    };
+    for (i, (end, d)) in [(false, 160), (false, 320), (false, 480), (true, 800), (true, 800), (true, 800)].into_iter().enumerate() {
+        send(&sock_a, &event(i as u16, end, d), a.local);
+    }
+    let mut carried = Vec::new();
+    for _ in 0..6 {
+        let (p, from) = recv(&sock_b, "telephone-event at B");
+        assert_eq!(from, b.local);
+        carried.push(p);
+    }
+    assert!(carried.iter().all(|p| p[1] & 0x7f == 110), "B's telephone-event payload type");
+    let last = &carried[5];
+    assert_eq!((last[12], last[13] & 0x80, u16::from_be_bytes([last[14], last[15]])), (7, 0x80, 4800), "key 7, End, 100 ms at 48 kHz");
+    // A latches on its first packet (a Latched event) and reports the digit once.
+    let mut digits = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while digits.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ev = tokio::time::timeout(left, events.message()).await.expect("the digit within 3 s").expect("Events stream").expect("an event");
+        if let Some(v1::event::Kind::Dtmf(d)) = ev.kind {
+            digits.push((ev.leg_id, d.digit, d.duration_ms));
+        }
+    }
+    assert_eq!(digits, vec![(a.id, "7".to_owned(), 100)]);
 }

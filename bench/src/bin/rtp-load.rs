@@ -156,6 +156,7 @@ impl LoadCodec {
             channels: 1,
             ptime_ms: 20,
             opus: (self == Self::Opus).then_some(proto::v1::OpusSettings { complexity, ..Default::default() }),
+            telephone_event: None,
         }
     }
 }

@@ -687,9 +687,20 @@ fn check_name_addr(value: &str) -> Result<(), &'static str> {
 /// The comma-separated elements of a header value, split outside quotes and angle brackets,
 /// keeping empty ones (for syntax checks; [`split_list`] skips them).
 fn split_list_raw(value: &str) -> Vec<&str> {
-    let (mut quoted, mut escaped, mut angle) = (false, false, false);
     let mut out = Vec::new();
-    let mut start = 0;
+    let mut rest = value;
+    while let Some(i) = top_level_comma(rest) {
+        out.push(rest.get(..i).unwrap_or_default());
+        rest = rest.get(i + 1..).unwrap_or_default();
+    }
+    out.push(rest);
+    out
+}
+
+/// The index of the first comma of `value` outside quoted strings (with their backslash
+/// escapes) and angle brackets.
+fn top_level_comma(value: &str) -> Option<usize> {
+    let (mut quoted, mut escaped, mut angle) = (false, false, false);
     for (i, c) in value.char_indices() {
         if escaped {
             escaped = false;
@@ -700,15 +711,11 @@ fn split_list_raw(value: &str) -> Vec<&str> {
             '"' => quoted = !quoted,
             '<' if !quoted => angle = true,
             '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                out.push(value.get(start..i).unwrap_or_default());
-                start = i + 1;
-            }
+            ',' if !quoted && !angle => return Some(i),
             _ => {}
         }
     }
-    out.push(value.get(start..).unwrap_or_default());
-    out
+    None
 }
 
 /// The part of a header value before the first comma outside quotes and angle brackets.
@@ -722,26 +729,7 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(value);
     std::iter::from_fn(move || loop {
         let current = rest?;
-        let (mut quoted, mut escaped, mut angle) = (false, false, false);
-        let mut end = None;
-        for (i, c) in current.char_indices() {
-            if escaped {
-                escaped = false;
-                continue;
-            }
-            match c {
-                '\\' if quoted => escaped = true,
-                '"' => quoted = !quoted,
-                '<' if !quoted => angle = true,
-                '>' if !quoted => angle = false,
-                ',' if !quoted && !angle => {
-                    end = Some(i);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let element = match end {
+        let element = match top_level_comma(current) {
             Some(i) => {
                 rest = current.get(i + 1..);
                 current.get(..i).unwrap_or_default()

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::dtmf::{DtmfDetector, TelephoneEvent};
 use super::transcode::{LegCodec, TranscodeCounters, Transcoder};
+use crate::wire::RtpPacket;
 use super::{BridgeId, LegId};
 
 /// The other end of a leg's bridge: a leg of this core (its slot), or a leg of another core,
@@ -202,6 +204,7 @@ pub(super) struct Leg {
     pub codec: Option<LegCodec>,
     /// Turns the peer's media into this leg's codec, when they differ.
     pub transcoder: Option<Box<Transcoder>>,
+    pub dtmf: DtmfDetector,
     /// Last accepted packet, or creation.
     pub last_rx: Instant,
     pub any_rx: bool,
@@ -222,10 +225,25 @@ impl Leg {
             peer: None,
             codec: spec.codec,
             transcoder: None,
+            dtmf: DtmfDetector::default(),
             last_rx: now,
             any_rx: false,
             counters: LegCounters::default(),
         }
+    }
+
+    /// A DTMF digit (and its duration in ms) completed by this RTP packet from the endpoint, if
+    /// its codec names a telephone-event payload type and the packet is one.
+    pub fn detect_dtmf(&mut self, packet: &[u8]) -> Option<(char, u32)> {
+        let codec = self.codec?;
+        let rtp = RtpPacket::new_checked(packet).ok()?;
+        if Some(rtp.payload_type()) != codec.telephone_event {
+            return None;
+        }
+        let event = TelephoneEvent::parse(rtp.payload().ok()?)?;
+        let (digit, duration) = self.dtmf.push(rtp.ssrc(), rtp.timestamp(), event)?;
+        let ms = u64::from(duration) * 1000 / u64::from(codec.rtp_clock().max(1));
+        Some((digit, u32::try_from(ms).unwrap_or(u32::MAX)))
     }
 
     /// Local port and remote address for RTP sent to this leg's endpoint.

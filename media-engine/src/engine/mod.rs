@@ -28,6 +28,7 @@
 //! Lookup on the fast path is two array indexations: local port → leg slot, leg → peer slot. Nothing
 //! on it allocates; the transmit queue reuses its buffers.
 
+pub mod dtmf;
 mod leg;
 pub mod transcode;
 
@@ -112,6 +113,8 @@ pub enum Event {
     Latched { leg: LegId, remote: SocketAddr, rtcp: bool },
     /// The leg was idle for its media timeout and has been removed; the driver frees its ports.
     TimedOut { leg: LegId, stats: Box<LegStats> },
+    /// The leg's endpoint sent a DTMF digit (RFC 4733), lasting `duration_ms`.
+    Dtmf { leg: LegId, digit: char, duration_ms: u32 },
 }
 
 /// Misuse of the command API (unknown ids, conflicting state). The fast path has no errors: it
@@ -646,6 +649,9 @@ impl Engine {
             if !leg.direction.endpoint_sends() {
                 leg.counters.drops.add(DropReason::Muted);
                 return Verdict::Drop(DropReason::Muted);
+            }
+            if let Some((digit, duration_ms)) = leg.detect_dtmf(packet) {
+                self.events.push_back(Event::Dtmf { leg: leg.id, digit, duration_ms });
             }
         }
         let (leg_id, bridge, peer) = (leg.id, leg.bridge.unwrap_or_default(), leg.peer);

@@ -248,7 +248,7 @@ fn cross_core_link_refuses_a_bridged_leg_and_a_duplicate_bridge_id() {
 }
 
 fn leg_codec(pt: u8, kind: media_codecs::CodecKind, rate: u32) -> LegCodec {
-    LegCodec { payload_type: pt, params: media_codecs::CodecParams::new(kind, rate), ptime_ms: 20 }
+    LegCodec { payload_type: pt, params: media_codecs::CodecParams::new(kind, rate), ptime_ms: 20, telephone_event: None }
 }
 
 /// 20 ms PCMU packets of a speech-like signal.
@@ -310,6 +310,32 @@ fn bridge_between_pcmu_and_opus_legs_transcodes_and_equal_codecs_relay() {
     h.advance(Duration::from_millis(5));
     assert_eq!(h.take_inbox(b)[0].bytes, p, "relayed byte for byte");
     assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().transcoded, None);
+}
+
+#[test]
+fn dtmf_digits_of_a_leg_with_telephone_events_are_reported_once_each() {
+    use media_codecs::CodecKind;
+    use crate::engine::dtmf::TelephoneEvent;
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    let now = h.now();
+    let pcmu = LegCodec { telephone_event: Some(101), ..leg_codec(0, CodecKind::Pcmu, 8000) };
+    h.engine.create_leg(1, A_PORT, LegSpec { codec: Some(pcmu), ..Default::default() }, now).unwrap();
+    h.engine.create_leg(2, B_PORT, LegSpec { remote: Remote::locked(b), codec: Some(pcmu), ..Default::default() }, now).unwrap();
+    h.engine.create_bridge(7, 1, 2).unwrap();
+    let event = |seq: u16, ts: u32, key: u8, end: bool, duration: u16| {
+        let mut p = vec![0u8; 12];
+        write_rtp_header(&mut p, 101, seq, ts, 9).unwrap();
+        p.extend_from_slice(&TelephoneEvent { event: key, end, volume: 10, duration }.to_bytes());
+        p
+    };
+    for (i, (ts, key, end, d)) in [(800, 1, false, 160), (800, 1, true, 640), (800, 1, true, 640), (800, 1, true, 640), (4000, 11, true, 960)].into_iter().enumerate() {
+        h.send(a, A_PORT, &event(i as u16, ts, key, end, d));
+        h.advance(Duration::from_millis(20));
+    }
+    let digits: Vec<_> = h.take_events().into_iter().filter_map(|e| match e { Event::Dtmf { leg, digit, duration_ms } => Some((leg, digit, duration_ms)), _ => None }).collect();
+    assert_eq!(digits, vec![(1, '1', 80), (1, '#', 120)]);
+    assert_eq!(h.take_inbox(b).len(), 5, "relayed as they are");
 }
 
 #[test]

@@ -16,6 +16,7 @@
 
 use media_codecs::{CodecError, CodecKind, CodecParams, Decoder, Encoder, Resampler};
 
+use super::dtmf::TelephoneEvent;
 use crate::wire::{write_rtp_header, RtpPacket, RTP_HEADER_LEN};
 
 /// Most consecutive lost packets concealed before the stream is resynchronised instead.
@@ -30,6 +31,9 @@ pub struct LegCodec {
     pub params: CodecParams,
     /// Packet duration in milliseconds (10, 20, 30, 40 or 60).
     pub ptime_ms: u16,
+    /// RTP payload type of RFC 4733 telephone-events (DTMF), at the codec's RTP clock, if the
+    /// endpoint uses them.
+    pub telephone_event: Option<u8>,
 }
 
 impl LegCodec {
@@ -68,6 +72,11 @@ pub struct TranscodeCounters {
     pub unknown_payload_type: u64,
     /// Source packets that arrived after a later one was decoded, dropped.
     pub late: u64,
+    /// RFC 4733 event packets carried across (payload type, SSRC, sequence and timestamp
+    /// rewritten into the outgoing stream).
+    pub events: u64,
+    /// Event packets dropped because the destination leg takes no telephone-events.
+    pub events_not_carried: u64,
 }
 
 /// Why a source packet was dropped.
@@ -85,6 +94,14 @@ pub enum Rejected {
 pub struct Transcoder {
     from_pt: u8,
     to_pt: u8,
+    /// Telephone-event payload types of the source and destination, and how the destination's
+    /// RTP clock relates to the source's (durations are scaled by `to_clock / from_clock`).
+    from_event_pt: Option<u8>,
+    to_event_pt: Option<u8>,
+    from_clock: u32,
+    to_clock: u32,
+    /// The source timestamp of the event being carried, and the outgoing timestamp it maps to.
+    event_ts: Option<(u32, u32)>,
     decoder: Box<dyn Decoder>,
     resampler: Option<Resampler>,
     encoder: Box<dyn Encoder>,
@@ -161,6 +178,11 @@ impl Transcoder {
         Ok(Transcoder {
             from_pt: from.payload_type,
             to_pt: to.payload_type,
+            from_event_pt: from.telephone_event,
+            to_event_pt: to.telephone_event,
+            from_clock: from.rtp_clock(),
+            to_clock: to.rtp_clock(),
+            event_ts: None,
             channels: usize::from(to.params.channels),
             decoder,
             resampler,
@@ -184,6 +206,9 @@ impl Transcoder {
     /// Takes one source RTP packet and calls `out` with every packet it completes (zero, one or
     /// more, depending on the ptimes). A dropped packet is counted and reported.
     pub fn push(&mut self, rtp: &RtpPacket<&[u8]>, mut out: impl FnMut(&[u8])) -> Result<usize, Rejected> {
+        if Some(rtp.payload_type()) == self.from_event_pt {
+            return Ok(self.carry_event(rtp, out));
+        }
         if rtp.payload_type() != self.from_pt {
             self.counters.unknown_payload_type += 1;
             return Err(Rejected::UnknownPayloadType);
@@ -263,6 +288,39 @@ impl Transcoder {
     }
 }
 
+impl Transcoder {
+    /// An RFC 4733 event packet into the outgoing stream: the destination's event payload type,
+    /// the outgoing SSRC and next sequence number, the outgoing timestamp current when the event
+    /// began (kept for all its packets), its duration in the destination's clock.
+    fn carry_event(&mut self, rtp: &RtpPacket<&[u8]>, mut out: impl FnMut(&[u8])) -> usize {
+        // Events share the source's sequence space with its audio: not a loss to conceal.
+        if self.last_ssrc == Some(rtp.ssrc()) {
+            self.last_seq = Some(rtp.sequence_number());
+        }
+        let (Some(to_pt), Some(event)) = (self.to_event_pt, rtp.payload().ok().and_then(TelephoneEvent::parse)) else {
+            self.counters.events_not_carried += 1;
+            return 0;
+        };
+        let out_ts = match self.event_ts {
+            Some((src, mapped)) if src == rtp.timestamp() => mapped,
+            _ => {
+                self.event_ts = Some((rtp.timestamp(), self.ts));
+                self.ts
+            }
+        };
+        let duration = u64::from(event.duration) * u64::from(self.to_clock) / u64::from(self.from_clock.max(1));
+        let event = TelephoneEvent { duration: u16::try_from(duration).unwrap_or(u16::MAX), ..event };
+        self.packet.clear();
+        self.packet.resize(RTP_HEADER_LEN, 0);
+        let _ = write_rtp_header(&mut self.packet, to_pt, self.seq, out_ts, self.ssrc);
+        self.packet.extend_from_slice(&event.to_bytes());
+        self.seq = self.seq.wrapping_add(1);
+        self.counters.events += 1;
+        out(&self.packet);
+        1
+    }
+}
+
 /// The codec a payload type number names statically (RFC 3551), for clients that give only one.
 pub fn static_payload_type(pt: u8) -> Option<CodecKind> {
     match pt {
@@ -279,7 +337,42 @@ mod tests {
     use media_codecs::signal::{best_lag, snr_db, spectral_snr_db, speech_like};
 
     fn codec(pt: u8, kind: CodecKind, rate: u32, ptime_ms: u16) -> LegCodec {
-        LegCodec { payload_type: pt, params: CodecParams::new(kind, rate), ptime_ms }
+        LegCodec { payload_type: pt, params: CodecParams::new(kind, rate), ptime_ms, telephone_event: None }
+    }
+
+    #[test]
+    fn dtmf_events_cross_into_the_outgoing_stream_with_its_numbering_and_clock() {
+        let from = LegCodec { telephone_event: Some(101), ..codec(0, CodecKind::Pcmu, 8000, 20) };
+        let to = LegCodec { telephone_event: Some(110), ..codec(111, CodecKind::Opus, 48_000, 20) };
+        let mut t = Transcoder::new(&from, &to, 0x77, 500, 9600).unwrap();
+        let mut sent = Vec::new();
+        let audio = |seq: u16| {
+            let mut p = vec![0u8; 12];
+            write_rtp_header(&mut p, 0, seq, u32::from(seq) * 160, 5).unwrap();
+            p.extend_from_slice(&[0xff; 160]);
+            p
+        };
+        let event = |seq: u16, end: bool, duration: u16| {
+            let mut p = vec![0u8; 12];
+            write_rtp_header(&mut p, 101, seq, 1600, 5).unwrap();
+            p.extend_from_slice(&TelephoneEvent { event: 3, end, volume: 10, duration }.to_bytes());
+            p
+        };
+        for p in [audio(9), event(10, false, 160), event(11, true, 320), event(12, true, 320), audio(13)] {
+            t.push(&RtpPacket::new_checked(&p[..]).unwrap(), |o| sent.push(o.to_vec())).unwrap();
+        }
+        let views: Vec<_> = sent.iter().map(|p| RtpPacket::new_checked(&p[..]).unwrap()).collect();
+        assert_eq!(views.iter().map(|v| v.payload_type()).collect::<Vec<_>>(), vec![111, 110, 110, 110, 111]);
+        assert!(views.iter().all(|v| v.ssrc() == 0x77));
+        assert_eq!(views.iter().map(|v| v.sequence_number()).collect::<Vec<_>>(), vec![500, 501, 502, 503, 504], "one sequence");
+        assert!(views[1..4].iter().all(|v| v.timestamp() == 9600 + 960), "the event keeps the timestamp current when it began");
+        let e = TelephoneEvent::parse(views[2].payload().unwrap()).unwrap();
+        assert_eq!((e.event, e.end, e.duration), (3, true, 320 * 6), "duration in the 48 kHz clock");
+        assert_eq!(t.counters.events, 3);
+        // A destination without telephone-events: not carried, counted.
+        let mut t = Transcoder::new(&from, &codec(8, CodecKind::Pcma, 8000, 20), 1, 1, 1).unwrap();
+        assert_eq!(t.push(&RtpPacket::new_checked(&event(1, true, 320)[..]).unwrap(), |_| {}), Ok(0));
+        assert_eq!(t.counters.events_not_carried, 1);
     }
 
     /// Encodes `signal` (at `from`'s rate) into RTP of `from`, runs it through a transcoder to
