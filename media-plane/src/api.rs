@@ -143,6 +143,15 @@ impl MediaService {
                 events: t.events,
                 events_not_carried: t.events_not_carried,
             }),
+            quality: Some(v1::RtpQuality {
+                expected: s.quality.expected,
+                lost: s.quality.lost,
+                jitter_us: s.quality.jitter_us,
+                remote_fraction_lost: s.quality.remote_fraction_lost.map(u32::from),
+                remote_lost: s.quality.remote_lost,
+                remote_jitter_us: s.quality.remote_jitter_us,
+                rtt_us: s.quality.rtt_us,
+            }),
         }
     }
 }

@@ -128,10 +128,31 @@ async fn rtcp_is_relayed_on_port_plus_one_without_mux() {
         assert_eq!((got, from), (sr, a.local_rtcp()));
     }
 
+    // B answers A's sender report with a receiver report naming it (LSR) after holding it 10 ms
+    // (DLSR): the media plane measures the round trip to B.
+    let sr = rtcp_sr(SSRC_A, 0x1234_5678);
+    send(&a_rtcp, &sr, a.local_rtcp());
+    let (got, _) = recv(&b_rtcp, "SR at B");
+    let lsr = u32::from_be_bytes([got[10], got[11], got[12], got[13]]);
+    let mut rr = vec![0x81, 201, 0, 7];
+    rr.extend_from_slice(&SSRC_B.to_be_bytes());
+    rr.extend_from_slice(&SSRC_A.to_be_bytes());
+    rr.extend_from_slice(&[26, 0, 0, 3, 0, 0, 0, 7, 0, 0, 0, 40]); // 10 % lost, 3 in all, jitter 40
+    rr.extend_from_slice(&lsr.to_be_bytes());
+    rr.extend_from_slice(&655u32.to_be_bytes()); // 10 ms in 1/65536 s
+    send(&b_rtcp, &rr, b.local_rtcp());
+    recv(&a_rtcp, "RR at A");
+
     let sa = leg_stats(&mut c, a.id).await.expect("leg A");
     let sb = leg_stats(&mut c, b.id).await.expect("leg B");
-    assert_eq!((sa.rtcp_packets_in, sa.rtcp_packets_out, sa.rtp_packets_in), (10, 10, 1));
-    assert_eq!((sb.rtcp_packets_in, sb.rtcp_packets_out, sb.rtp_packets_out), (10, 10, 1));
+    let qb = sb.quality.expect("quality");
+    assert_eq!((qb.remote_fraction_lost, qb.remote_lost, qb.remote_jitter_us), (Some(26), Some(3), None), "B sent no RTP: its clock rate is not known yet");
+    let rtt = qb.rtt_us.expect("round trip to B");
+    assert!(rtt < 500_000, "loopback round trip {rtt} µs");
+    let qa = sa.quality.expect("quality");
+    assert_eq!((qa.expected, qa.lost), (1, 0), "A sent one RTP packet");
+    assert_eq!((sa.rtcp_packets_in, sa.rtcp_packets_out, sa.rtp_packets_in), (11, 11, 1));
+    assert_eq!((sb.rtcp_packets_in, sb.rtcp_packets_out, sb.rtp_packets_out), (11, 11, 1));
     assert_eq!(addr_of(sa.remote_rtcp.as_ref()), local(&a_rtcp));
     assert_eq!(addr_of(sb.remote_rtcp.as_ref()), local(&b_rtcp));
     assert_eq!((drops(&sa), drops(&sb)), (v1::Drops::default(), v1::Drops::default()));

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::dtmf::{DtmfDetector, TelephoneEvent};
+use super::quality::{Quality, QualityStats};
 use super::transcode::{LegCodec, TranscodeCounters, Transcoder};
 use crate::wire::RtpPacket;
 use super::{BridgeId, LegId};
@@ -169,6 +170,8 @@ pub struct LegStats {
     pub codec: Option<LegCodec>,
     /// Transcoding of the media sent to this leg (when its bridge joins another codec).
     pub transcoded: Option<TranscodeCounters>,
+    /// RTP loss and jitter of what the endpoint sends, its reports, round-trip time.
+    pub quality: QualityStats,
 }
 
 /// Packet counters of a leg. "In" is what its endpoint sent, "out" what was sent to its endpoint.
@@ -205,6 +208,7 @@ pub(super) struct Leg {
     /// Turns the peer's media into this leg's codec, when they differ.
     pub transcoder: Option<Box<Transcoder>>,
     pub dtmf: DtmfDetector,
+    pub quality: Quality,
     /// Last accepted packet, or creation.
     pub last_rx: Instant,
     pub any_rx: bool,
@@ -226,9 +230,24 @@ impl Leg {
             codec: spec.codec,
             transcoder: None,
             dtmf: DtmfDetector::default(),
+            quality: Quality::default(),
             last_rx: now,
             any_rx: false,
             counters: LegCounters::default(),
+        }
+    }
+
+    /// The RTP clock of payload type `pt` from this endpoint: its codec's (or telephone-event's)
+    /// if it has one, else the static payload types' (RFC 3551), else unknown.
+    pub fn rtp_clock(&self, pt: u8) -> Option<u32> {
+        match self.codec {
+            Some(c) if c.payload_type == pt || c.telephone_event == Some(pt) => Some(c.rtp_clock()),
+            _ => match pt {
+                0 | 3 | 4 | 5 | 7 | 8 | 9 | 12 | 13 | 15 | 18 => Some(8000),
+                6 => Some(16_000),
+                10 | 11 => Some(44_100),
+                _ => None,
+            },
         }
     }
 
@@ -283,6 +302,7 @@ impl Leg {
             idle: self.any_rx.then(|| now.saturating_duration_since(self.last_rx)),
             codec: self.codec,
             transcoded: self.transcoder.as_ref().map(|t| t.counters),
+            quality: self.quality.stats(),
         }
     }
 }

@@ -30,6 +30,7 @@
 
 pub mod dtmf;
 mod leg;
+pub mod quality;
 pub mod transcode;
 
 use std::collections::{HashMap, VecDeque};
@@ -203,6 +204,8 @@ pub struct Engine {
     counters: CoreCounters,
     next_sweep: Option<Instant>,
     rng: u64,
+    /// A fixed instant (the first packet's arrival) that jitter arrival times count from.
+    epoch: Option<Instant>,
 }
 
 impl Engine {
@@ -221,6 +224,7 @@ impl Engine {
             counters: CoreCounters::default(),
             next_sweep: None,
             rng: config.seed | 1,
+            epoch: None,
         }
     }
 
@@ -301,7 +305,7 @@ impl Engine {
                 }
             };
         }
-        match self.egress(slot, handoff.rtcp, packet.len()) {
+        match self.egress(slot, handoff.rtcp, packet, _now) {
             Ok((from_port, to)) => {
                 if self.queue_transmit(from_port, to, packet) {
                     self.counters.packets_forwarded += 1;
@@ -641,9 +645,15 @@ impl Engine {
         }
         leg.last_rx = now;
         leg.any_rx = true;
+        let epoch = *self.epoch.get_or_insert(now);
         if is_rtcp {
             leg.counters.rtcp_packets_in += 1;
+            leg.quality.on_rtcp_from_endpoint(packet, now);
         } else {
+            if let Ok(view) = RtpPacket::new_checked(packet) {
+                let clock = leg.rtp_clock(view.payload_type());
+                leg.quality.on_rtp(&view, now, epoch, clock);
+            }
             leg.counters.rtp_packets_in += 1;
             leg.counters.rtp_bytes_in += packet.len() as u64;
             if !leg.direction.endpoint_sends() {
@@ -663,7 +673,7 @@ impl Engine {
                     Err(reason) => self.drop_on(slot, reason),
                 }
             }
-            Some(Peer::Local(peer)) => match self.egress(peer, is_rtcp, packet.len()) {
+            Some(Peer::Local(peer)) => match self.egress(peer, is_rtcp, packet, now) {
                 Ok((from_port, to)) => Verdict::Forward { from_port, to },
                 Err(reason) => self.drop_on(slot, reason),
             },
@@ -676,12 +686,14 @@ impl Engine {
 
     /// The sending half of a relay: where the leg in `slot` sends a packet of `len` bytes, its
     /// out counters moved; or why it cannot (counted by the caller).
-    fn egress(&mut self, slot: usize, is_rtcp: bool, len: usize) -> Result<(u16, SocketAddr), DropReason> {
+    fn egress(&mut self, slot: usize, is_rtcp: bool, packet: &[u8], now: Instant) -> Result<(u16, SocketAddr), DropReason> {
+        let len = packet.len();
         let peer = self.slot_mut(slot).ok_or(DropReason::NoRoute)?;
         let out = if is_rtcp { peer.rtcp_destination() } else { peer.rtp_destination() };
         let (from_port, to) = out.ok_or(DropReason::NoRoute)?;
         if is_rtcp {
             peer.counters.rtcp_packets_out += 1;
+            peer.quality.on_rtcp_to_endpoint(packet, now);
         } else {
             if !peer.direction.endpoint_receives() {
                 return Err(DropReason::Muted);
