@@ -25,6 +25,8 @@ command -v ping >/dev/null || need_apt+=(iputils-ping)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
+# The SIP-over-TLS tests make their certificates with openssl.
+command -v openssl >/dev/null || need_apt+=(openssl)
 # control-plane integration tests drive the SIP server with sipp (Debian's sip-tester, built with
 # RTP streaming).
 command -v sipp >/dev/null || need_apt+=(sip-tester)

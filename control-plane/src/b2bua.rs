@@ -291,6 +291,7 @@ fn caller_status(callee_status: u16) -> u16 {
 fn our_contact(advertise: &str, peer: &Peer) -> String {
     match peer.transport {
         rsip::Transport::Tcp => format!("<sip:b2bua@{advertise};transport=tcp>"),
+        rsip::Transport::Tls => format!("<sip:b2bua@{advertise};transport=tls>"),
         _ => format!("<sip:b2bua@{advertise}>"),
     }
 }
@@ -306,6 +307,7 @@ impl ControlPlane {
     fn via_transport(peer: &Peer) -> &'static str {
         match peer.transport {
             rsip::Transport::Tcp => "TCP",
+            rsip::Transport::Tls => "TLS",
             _ => "UDP",
         }
     }

@@ -3,12 +3,19 @@
 //!
 //! ```toml
 //! [sip]
-//! listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]  # transports and addresses (default: these two)
+//! listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]  # transports and addresses (default: these two);
+//!                                 # "tls:IP:PORT" adds SIP over TLS (needs [sip.tls])
 //! domains = ["sip.test"]          # domains this server is registrar for (required, at least one)
 //! realm = "sip.test"              # digest realm (default: the first domain)
 //! advertise = "127.0.0.1:5060"    # host:port written in our Via/Contact (default: first listen address)
 //! trusted = ["192.0.2.10"]        # sources (trunks) whose INVITEs are not challenged (default: none)
 //! no_answer_timeout_s = 120       # a callee that rings this long gets CANCEL; caller gets 408 (default 120)
+//!
+//! [sip.tls]                       # required by a tls: listener
+//! certificate = "/etc/control-plane/cert.pem"  # PEM certificate chain, leaf first
+//! key = "/etc/control-plane/key.pem"           # PEM private key (PKCS#8, PKCS#1 or SEC1)
+//!                                 # Only connections phones and trunks open are served: requests
+//!                                 # to a TLS contact go over the connection it registered on.
 //!
 //! [auth]
 //! algorithms = ["MD5", "SHA-256"] # algorithms accepted, preferred first (default: this). Any of MD5,
@@ -118,6 +125,39 @@ struct RawSip {
     advertise: Option<String>,
     trusted: Option<Vec<String>>,
     no_answer_timeout_s: Option<u64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    key: PathBuf,
+}
+
+/// The TLS listener's certificate and key files (checked readable and parsable at load).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The chain and key, parsed; errors name the key.
+    pub fn load(&self) -> Result<(Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>), ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(&self.certificate)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| invalid("sip.tls.certificate", format!("{}: {e}", self.certificate.display())))?;
+        if certs.is_empty() {
+            return Err(invalid("sip.tls.certificate", format!("{}: no certificate in it", self.certificate.display())));
+        }
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| invalid("sip.tls.key", format!("{}: {e}", self.key.display())))?;
+        Ok((certs, key))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +282,8 @@ impl Default for RegistrarConfig {
 pub struct Config {
     /// Listening transports.
     pub listen: Vec<Listen>,
+    /// Certificate and key of the TLS listener(s).
+    pub tls: Option<TlsFiles>,
     /// Local domains (lower case).
     pub domains: Vec<String>,
     /// Digest realm.
@@ -294,15 +336,26 @@ impl Config {
         for text in &listen_text {
             let (transport, addr) = text
                 .split_once(':')
-                .ok_or_else(|| invalid("sip.listen", format!("{text:?}: expected udp:IP:PORT or tcp:IP:PORT")))?;
+                .ok_or_else(|| invalid("sip.listen", format!("{text:?}: expected udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT")))?;
             let transport = match transport.to_ascii_lowercase().as_str() {
                 "udp" => rsip::Transport::Udp,
                 "tcp" => rsip::Transport::Tcp,
-                other => return Err(invalid("sip.listen", format!("{text:?}: transport {other:?} is not udp or tcp"))),
+                "tls" => rsip::Transport::Tls,
+                other => return Err(invalid("sip.listen", format!("{text:?}: transport {other:?} is not udp, tcp or tls"))),
             };
             let addr: SocketAddr =
                 addr.parse().map_err(|_| invalid("sip.listen", format!("{text:?}: {addr:?} is not IP:PORT")))?;
             listen.push(Listen { transport, addr });
+        }
+        let tls = raw.sip.tls.map(|t| TlsFiles { certificate: t.certificate, key: t.key });
+        match &tls {
+            Some(files) => {
+                files.load()?;
+            }
+            None if listen.iter().any(|l| l.transport == rsip::Transport::Tls) => {
+                return Err(invalid("sip.tls", "a tls: listener needs [sip.tls] certificate and key"));
+            }
+            None => {}
         }
         let domains: Vec<String> = raw.sip.domains.unwrap_or_default().iter().map(|d| d.to_ascii_lowercase()).collect();
         if domains.is_empty() {
@@ -436,6 +489,7 @@ impl Config {
 
         Ok(Config {
             listen,
+            tls,
             domains,
             realm,
             advertise,
@@ -487,6 +541,8 @@ mod tests {
             ("[sip]\ndomains = []", "sip.domains"),
             ("[sip]\ndomains = [\"a\"]\nlisten = [\"sctp:1.2.3.4:5\"]", "sip.listen"),
             ("[sip]\ndomains = [\"a\"]\ntrusted = [\"x\"]", "sip.trusted"),
+            ("[sip]\ndomains = [\"a\"]\nlisten = [\"tls:127.0.0.1:5061\"]", "sip.tls"),
+            ("[sip]\ndomains = [\"a\"]\n[sip.tls]\ncertificate = \"/nonexistent.pem\"\nkey = \"/nonexistent.pem\"", "sip.tls.certificate"),
             ("[sip]\ndomains = [\"a\"]\n[auth]\nalgorithms = [\"SHA-1\"]", "auth.algorithms"),
             ("[sip]\ndomains = [\"a\"]\n[auth]\nchallenge = \"some\"", "auth.challenge"),
             ("[sip]\ndomains = [\"a\"]\n[auth.domains]\nb = \"SHA-256\"", "auth.domains.b"),

@@ -1,5 +1,9 @@
-//! The I/O around [`ControlPlane`]: UDP sockets, TCP listeners and connections, the clock, and
-//! the media-plane client, on a tokio runtime.
+//! The I/O around [`ControlPlane`]: UDP sockets, TCP and TLS listeners and connections, the
+//! clock, and the media-plane client, on a tokio runtime.
+//!
+//! TLS (rustls, ring provider) serves the connections clients open; responses and requests to a
+//! TLS peer (a phone registered over TLS) go over its connection. Opening TLS connections
+//! ourselves (trunks over TLS) is not done yet: such a send is counted as a send error.
 //!
 //! One task owns the core and the store and is the only one touching them; socket readers,
 //! connection writers and media-plane calls are separate tasks talking to it over a channel.
@@ -11,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -24,6 +28,8 @@ use crate::store::Store;
 
 /// Largest SIP message read from a stream before the connection is closed.
 const MAX_STREAM_BUFFER: usize = 256 * 1024;
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug)]
 enum Input {
@@ -53,6 +59,26 @@ pub enum RunError {
     /// The media client could not be built.
     #[error("{0}")]
     Media(String),
+    /// The TLS certificate or key was refused.
+    #[error("sip.tls: {0}")]
+    Tls(String),
+}
+
+fn tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, RunError> {
+    let files = config.tls.as_ref().ok_or_else(|| RunError::Tls("no certificate and key configured".into()))?;
+    let (certs, key) = files.load().map_err(|e| RunError::Tls(e.to_string()))?;
+    // ring rather than aws-lc-rs (rustls' default, deprecated ring's provider for lacking
+    // post-quantum key exchange): no cmake/aws-lc build, and SIP phones do not negotiate
+    // post-quantum groups yet.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RunError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| RunError::Tls(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -80,7 +106,14 @@ pub async fn run(
                 let listener = TcpListener::bind(listen.addr)
                     .await
                     .map_err(|source| RunError::Bind { transport: "tcp", addr: listen.addr, source })?;
-                tokio::spawn(accept_loop(listener, tx.clone()));
+                tokio::spawn(accept_loop(listener, None, tx.clone()));
+            }
+            rsip::Transport::Tls => {
+                let acceptor = tls_acceptor(&config)?;
+                let listener = TcpListener::bind(listen.addr)
+                    .await
+                    .map_err(|source| RunError::Bind { transport: "tls", addr: listen.addr, source })?;
+                tokio::spawn(accept_loop(listener, Some(acceptor), tx.clone()));
             }
             _ => {
                 let socket = Arc::new(
@@ -157,14 +190,19 @@ fn send(
     errors: &mut u64,
 ) {
     match out.destination.transport {
-        rsip::Transport::Tcp => match connections.get(&out.destination.addr) {
+        rsip::Transport::Tcp | rsip::Transport::Tls => match connections.get(&out.destination.addr) {
             Some(writer) => {
                 if writer.try_send(out.payload).is_err() {
                     *errors += 1;
                 }
             }
-            None => {
+            None if out.destination.transport == rsip::Transport::Tcp => {
                 tokio::spawn(connect(out.destination.addr, out.payload, tx.clone()));
+            }
+            None => {
+                // Its connection is gone, and TLS connections are not opened from here.
+                *errors += 1;
+                tracing::debug!(peer = %out.destination.addr, "no TLS connection to send on");
             }
         },
         _ => {
@@ -191,12 +229,28 @@ async fn udp_loop(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Input>) {
+async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, tx: mpsc::Sender<Input>) {
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
                 let _ = stream.set_nodelay(true);
-                serve_connection(stream, from, tx.clone());
+                match &tls {
+                    None => {
+                        serve_connection(stream, Peer::tcp(from), tx.clone());
+                    }
+                    Some(acceptor) => {
+                        let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => {
+                                    serve_connection(stream, Peer::tls(from), tx);
+                                }
+                                Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%from, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tcp accept");
@@ -210,7 +264,7 @@ async fn connect(addr: SocketAddr, first: Bytes, tx: mpsc::Sender<Input>) {
     match tokio::time::timeout(std::time::Duration::from_secs(5), TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            if let Some(writer) = serve_connection(stream, addr, tx) {
+            if let Some(writer) = serve_connection(stream, Peer::tcp(addr), tx) {
                 let _ = writer.send(first).await;
             }
         }
@@ -218,16 +272,22 @@ async fn connect(addr: SocketAddr, first: Bytes, tx: mpsc::Sender<Input>) {
     }
 }
 
-/// Starts the reader and writer tasks of a connection and registers it with the core.
-fn serve_connection(stream: TcpStream, peer: SocketAddr, tx: mpsc::Sender<Input>) -> Option<mpsc::Sender<Bytes>> {
-    let (mut reader, mut writer) = stream.into_split();
+/// Starts the reader and writer tasks of a connection (TCP, or TLS once the handshake is done)
+/// and registers it with the core.
+fn serve_connection<S>(stream: S, peer: Peer, tx: mpsc::Sender<Input>) -> Option<mpsc::Sender<Bytes>>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (transport, peer) = (peer, peer.addr);
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(1024);
     if tx.try_send(Input::Opened(peer, out_tx.clone())).is_err() {
         return None;
     }
     tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
+            // TLS buffers records until flushed; for TCP the flush is free.
+            if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
                 break;
             }
         }
@@ -249,7 +309,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, tx: mpsc::Sender<Input>
                         if message.is_empty() {
                             continue;
                         }
-                        if tx.send(Input::Stream(message, Peer::tcp(peer))).await.is_err() {
+                        if tx.send(Input::Stream(message, transport)).await.is_err() {
                             break 'read;
                         }
                     }

@@ -277,10 +277,11 @@ impl Registrar {
     }
 }
 
-/// `udp:IP:PORT` / `tcp:IP:PORT`.
+/// `udp:IP:PORT` / `tcp:IP:PORT` / `tls:IP:PORT`.
 pub fn format_flow(flow: &Peer) -> String {
     let transport = match flow.transport {
         rsip::Transport::Tcp => "tcp",
+        rsip::Transport::Tls => "tls",
         _ => "udp",
     };
     format!("{transport}:{}", flow.addr)
@@ -293,6 +294,7 @@ pub fn parse_flow(text: &str) -> Option<Peer> {
     match transport {
         "udp" => Some(Peer::udp(addr)),
         "tcp" => Some(Peer::tcp(addr)),
+        "tls" => Some(Peer::tls(addr)),
         _ => None,
     }
 }

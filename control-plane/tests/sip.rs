@@ -9,7 +9,7 @@
 //! parallel.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -447,4 +447,129 @@ fn a_bad_configuration_value_stops_the_start_with_exit_2_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("registrar.max_expires"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- TLS ----
+
+/// A self-signed certificate for 127.0.0.1 (openssl), written into `dir`: (cert, key) paths.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=sip.test", "-addext", "subjectAltName=IP:127.0.0.1,DNS:sip.test"])
+        // An end-entity certificate (not a CA), for a server: what a client's verifier accepts.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+#[test]
+fn register_over_tls_is_challenged_and_accepted_on_the_same_connection() {
+    use std::io::{Read, Write};
+    let dir = temp_dir("tls");
+    let (cert, key) = self_signed(&dir);
+    let sip: SocketAddr = "127.0.0.1:21095".parse().expect("addr");
+    let config = dir.join("cp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:21094\", \"tls:{sip}\"]\ndomains = [\"sip.test\"]\n\
+             [sip.tls]\ncertificate = \"{}\"\nkey = \"{}\"\n[store]\npath = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            dir.join("cp.db").display()
+        ),
+    )
+    .expect("write config");
+    let add = Command::new(BIN)
+        .args(["--config", config.to_str().expect("utf8"), "subscriber", "add", "--user", "alice", "--domain", "sip.test", "--password", "secret"])
+        .output()
+        .expect("subscriber add");
+    assert!(add.status.success());
+    let mut cp = Proc {
+        child: Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
+            .spawn()
+            .expect("start control-plane"),
+        name: "control-plane",
+    };
+    // A client that trusts only the server's certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read_to_string(&cert).expect("read cert");
+    let der: Vec<u8> = {
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64_decode(&b64)
+    };
+    roots.add(rustls::pki_types::CertificateDer::from(der)).expect("add root");
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tcp = loop {
+        match std::net::TcpStream::connect(sip) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("connect {sip}: {e}; log: {}", std::fs::read_to_string(dir.join("cp.log")).unwrap_or_default()),
+        }
+    };
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let local = tcp.local_addr().expect("addr");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(client), server_name).expect("client");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let register = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:sip.test SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKtls{cseq}\r\nMax-Forwards: 70\r\n\
+             From: <sips:alice@sip.test>;tag=1\r\nTo: <sips:alice@sip.test>\r\nCall-ID: tls1\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sips:alice@{local};transport=tls>\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    let read_response = |tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>| {
+        let mut buf = vec![0u8; 8192];
+        let n = tls.read(&mut buf).expect("a response over the TLS connection");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    tls.write_all(register(1, "").as_bytes()).expect("write");
+    let first = read_response(&mut tls);
+    assert!(first.starts_with("SIP/2.0 401"), "{first}");
+    let challenge = header_values(&first, "WWW-Authenticate").into_iter().find_map(|v| parse_challenge(v).ok()).expect("challenge");
+    let stored = ha1(challenge.algorithm.hash(), "alice", &challenge.realm, "secret");
+    let credentials = authorization(&challenge, "alice", &stored, "REGISTER", "sip:sip.test", "0a4f113b", 1);
+    tls.write_all(register(2, &format!("Authorization: {credentials}\r\n")).as_bytes()).expect("write");
+    let second = read_response(&mut tls);
+    assert!(second.starts_with("SIP/2.0 200"), "{second}");
+    terminate(&mut cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Standard base64 (the certificate's PEM body), for the test's trust store.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).map(value).collect();
+    bytes
+        .chunks(4)
+        .flat_map(|c| {
+            let n = c.iter().enumerate().fold(0u32, |acc, (i, &v)| acc | (u32::from(v) << (18 - 6 * i)));
+            let out = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.into_iter().take(c.len().saturating_sub(1))
+        })
+        .collect()
 }

@@ -161,6 +161,11 @@ impl Peer {
         Peer { transport: rsip::Transport::Tcp, addr }
     }
 
+    /// A TLS peer.
+    pub fn tls(addr: SocketAddr) -> Self {
+        Peer { transport: rsip::Transport::Tls, addr }
+    }
+
     /// Whether the transport delivers reliably, which turns retransmissions off and Timers D, I,
     /// J and K to zero.
     pub fn is_reliable(&self) -> bool {
