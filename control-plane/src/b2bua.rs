@@ -27,7 +27,7 @@ use bytes::Bytes;
 use rsip::headers::UntypedHeader;
 use rsip::{Header, Method, Request, Response, SipMessage};
 
-use crate::config::{CallerIdPolicy, Destination};
+use crate::config::{CallerIdPolicy, Config, Destination};
 use crate::media::{Allocation, MediaReply, MediaRequest, StreamRequest};
 use crate::sdp::Sdp;
 use crate::service::{ControlPlane, Now};
@@ -288,7 +288,8 @@ fn caller_status(callee_status: u16) -> u16 {
     }
 }
 
-fn our_contact(advertise: &str, peer: &Peer) -> String {
+fn our_contact(config: &Config, peer: &Peer) -> String {
+    let advertise = config.advertise_for(peer.transport);
     match peer.transport {
         rsip::Transport::Tcp => format!("<sip:b2bua@{advertise};transport=tcp>"),
         rsip::Transport::Tls => format!("<sip:b2bua@{advertise};transport=tls>"),
@@ -332,7 +333,7 @@ impl ControlPlane {
              {max_forwards}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}",
             target = dialog.target,
             transport = Self::via_transport(&dialog.peer),
-            advertise = config.advertise,
+            advertise = config.advertise_for(dialog.peer.transport),
             from = dialog.local,
             to = dialog.remote,
             call_id = dialog.call_id,
@@ -631,7 +632,7 @@ impl ControlPlane {
         let mut extra = String::new();
         let hops = message::max_forwards(&call.invite_a.headers).unwrap_or(70).saturating_sub(1);
         extra.push_str(&format!("Max-Forwards: {hops}\r\n"));
-        extra.push_str(&format!("Contact: {}\r\n", our_contact(&self.config.advertise, &call.b.peer)));
+        extra.push_str(&format!("Contact: {}\r\n", our_contact(&self.config, &call.b.peer)));
         extra.push_str(&format!("Allow: {}\r\n", crate::service::ALLOW));
         let copied = ["P-Asserted-Identity", "Remote-Party-ID", "Privacy"];
         match call.policy {
@@ -699,7 +700,7 @@ impl ControlPlane {
         let reason = reason_of(response);
         let mut out = response_for(request, status, Some(&reason), tag.as_deref());
         if (101..300).contains(&status) {
-            out.headers.push(Header::Contact(rsip::headers::Contact::new(our_contact(&self.config.advertise, &call.dialog(to).peer))));
+            out.headers.push(Header::Contact(rsip::headers::Contact::new(our_contact(&self.config, &call.dialog(to).peer))));
         }
         if is_sdp(&response.headers, &response.body) {
             if let Some(body) = Sdp::parse(&response.body).ok().and_then(|sdp| call.anchored(to, &sdp)) {
@@ -1014,7 +1015,7 @@ impl ControlPlane {
                 if request.method == Method::Invite {
                     if let Some(call) = self.calls.calls.get_mut(&id) {
                         call.reinvite_pending = true;
-                        extra = format!("Contact: {}\r\n", our_contact(&self.config.advertise, &call.dialog(side.other()).peer));
+                        extra = format!("Contact: {}\r\n", our_contact(&self.config, &call.dialog(side.other()).peer));
                     }
                 }
                 for name in ["Event", "Subscription-State", "Info-Package", "Reason"] {

@@ -506,6 +506,18 @@ impl Config {
         })
     }
 
+    /// host:port to write in our Via and Contact for messages on `transport`: the advertised
+    /// host, with the port of our listener of that transport (phones answer a TLS dialog at the
+    /// TLS port, not at the advertised UDP one); the advertised port when no listener of that
+    /// transport exists.
+    pub fn advertise_for(&self, transport: rsip::Transport) -> String {
+        let host = self.advertise.rsplit_once(':').map_or(self.advertise.as_str(), |(h, _)| h);
+        match self.listen.iter().find(|l| l.transport == transport) {
+            Some(l) if self.listen.first().is_some_and(|first| first.transport != transport) => format!("{host}:{}", l.addr.port()),
+            _ => self.advertise.clone(),
+        }
+    }
+
     /// Whether `domain` is one of ours.
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
@@ -558,6 +570,16 @@ mod tests {
         }
         let err = Config::parse("[sip]\ndomains = [\"a\"]\nlisen = []").unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn contact_for_a_transport_uses_that_listeners_port() {
+        let c = Config::parse("[sip]\ndomains = [\"a\"]\nlisten = [\"udp:0.0.0.0:5060\", \"tcp:0.0.0.0:5060\"]\nadvertise = \"203.0.113.5:5060\"\n").unwrap();
+        assert_eq!(c.advertise_for(rsip::Transport::Udp), "203.0.113.5:5060");
+        assert_eq!(c.advertise_for(rsip::Transport::Tcp), "203.0.113.5:5060");
+        let mut c = c;
+        c.listen.push(Listen { transport: rsip::Transport::Tls, addr: "0.0.0.0:5061".parse().unwrap() });
+        assert_eq!(c.advertise_for(rsip::Transport::Tls), "203.0.113.5:5061");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use proto::v1;
 
 mod common;
-use common::{media_plane_bin, temp_dir, terminate, Proc, BIN};
+use common::{media_plane_bin, self_signed, temp_dir, terminate, Proc, BIN};
 
 const SIP: &str = "127.0.0.1:5060";
 const GRPC: &str = "http://127.0.0.1:9090";
@@ -51,18 +51,31 @@ struct Phone {
 }
 
 impl Phone {
-    /// Starts `user`'s phone: SIP on `sip_port`, control on `ctrl_port`, sending a `tone_hz` sine.
-    fn start(root: &Path, user: &'static str, sip_port: u16, ctrl_port: u16, rtp_ports: &str, tone_hz: u32) -> Phone {
+    /// Starts `user`'s phone: SIP on `sip_port`, control on `ctrl_port`, sending a `tone_hz` sine,
+    /// registering through `server` (an outbound proxy URI: `sip:127.0.0.1:5060`, or with
+    /// `;transport=tls` and the CA file to trust).
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        root: &Path,
+        user: &'static str,
+        sip_port: u16,
+        ctrl_port: u16,
+        rtp_ports: &str,
+        tone_hz: u32,
+        server: &str,
+        cafile: Option<&Path>,
+    ) -> Phone {
         let dir = root.join(user);
         std::fs::create_dir_all(&dir).expect("phone dir");
         let config = format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nsip_transports udp\n\
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\n{}\
              call_local_timeout 120\ncall_max_calls 4\n\
              audio_player aubridge,nowhere\naudio_source ausine,{tone_hz}\naudio_alert aubridge,nowhere\n\
              ausrc_srate 48000\nausrc_channels 2\nauplay_srate 8000\nauplay_channels 1\nrtp_ports {rtp_ports}\nrtcp_mux no\njitter_buffer_delay 2-10\n\
              module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule aubridge.so\n\
              module sndfile.so\nsnd_path {}\n\
              module_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
+            cafile.map_or(String::new(), |ca| format!("sip_cafile {}\n", ca.display())),
             dir.display()
         );
         std::fs::write(dir.join("config"), config).expect("write config");
@@ -70,7 +83,7 @@ impl Phone {
         std::fs::write(
             dir.join("accounts"),
             format!(
-                "<sip:{user}@sip.test>;auth_pass=secret;outbound=\"sip:{SIP}\";regint=600;answermode=auto;audio_codecs=PCMU\n"
+                "<sip:{user}@sip.test>;auth_pass=secret;outbound=\"{server}\";regint=600;answermode=auto;audio_codecs=PCMU\n"
             ),
         )
         .expect("write accounts");
@@ -227,14 +240,14 @@ fn dominant_hz(rate: u32, samples: &[i16]) -> u32 {
 }
 
 /// The media plane's per-leg counters: (leg id, packets in, packets out), and the legs as text.
-fn leg_packets() -> Vec<(u64, u64, u64)> {
-    leg_stats().iter().map(|l| (l.leg_id, l.rtp_packets_in, l.rtp_packets_out)).collect()
+fn leg_packets(grpc: &'static str) -> Vec<(u64, u64, u64)> {
+    leg_stats(grpc).iter().map(|l| (l.leg_id, l.rtp_packets_in, l.rtp_packets_out)).collect()
 }
 
-fn leg_stats() -> Vec<v1::LegStats> {
+fn leg_stats(grpc: &'static str) -> Vec<v1::LegStats> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let mut client = v1::media_plane_client::MediaPlaneClient::connect(GRPC).await.expect("connect to the media plane");
+        let mut client = v1::media_plane_client::MediaPlaneClient::connect(grpc).await.expect("connect to the media plane");
         let stats = client
             .get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: false })
             .await
@@ -280,8 +293,9 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     };
     let cp_log = || read(&dir.join("cp.log"));
 
-    let mut alice = Phone::start(&dir, "alice", 25_060, 25_090, "25100-25199", 440);
-    let mut bob = Phone::start(&dir, "bob", 25_070, 25_091, "25200-25299", 1000);
+    let server = format!("sip:{SIP}");
+    let mut alice = Phone::start(&dir, "alice", 25_060, 25_090, "25100-25199", 440, &server, None);
+    let mut bob = Phone::start(&dir, "bob", 25_070, 25_091, "25200-25299", 1000, &server, None);
     alice.wait_registered(Duration::from_secs(10));
     bob.wait_registered(Duration::from_secs(10));
 
@@ -290,7 +304,7 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     alice.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(3));
 
-    let legs = leg_stats();
+    let legs = leg_stats(GRPC);
     assert_eq!(legs.len(), 2, "one leg facing each phone: {legs:?}; log: {}", cp_log());
     for leg in &legs {
         // 50 packets/s each way; allow for call set-up within the 3 s.
@@ -313,8 +327,8 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     }
 
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !leg_packets().is_empty() {
-        assert!(Instant::now() < deadline, "legs left in the media plane after the call: {:?}", leg_packets());
+    while !leg_packets(GRPC).is_empty() {
+        assert!(Instant::now() < deadline, "legs left in the media plane after the call: {:?}", leg_packets(GRPC));
         std::thread::sleep(Duration::from_millis(100));
     }
     terminate(&mut cp);
@@ -328,6 +342,75 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     ] {
         assert!(counters.contains(expected), "{expected} not in {counters}");
     }
+    drop((alice, bob));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn baresip_phones_register_and_call_over_tls() {
+    if !baresip_available() {
+        return;
+    }
+    const TLS_GRPC: &str = "http://127.0.0.1:25390";
+    let dir = temp_dir("phones-tls");
+    let (cert, key) = self_signed(&dir);
+    let config = dir.join("cp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:25360\", \"tls:127.0.0.1:25361\"]\ndomains = [\"sip.test\"]\n\
+             [sip.tls]\ncertificate = \"{}\"\nkey = \"{}\"\n[media]\ngrpc = \"{TLS_GRPC}\"\n[store]\npath = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            dir.join("cp.db").display()
+        ),
+    )
+    .expect("write config");
+    for user in ["alice", "bob"] {
+        let out = Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
+            .args(["--domain", "sip.test", "--password", "secret"])
+            .output()
+            .expect("subscriber add");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _media = Proc {
+        child: Command::new(media_plane_bin())
+            .args(["--grpc-listen", "127.0.0.1:25390", "--ports", "25400-25499", "--no-pin"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mp.log")).expect("log"))
+            .spawn()
+            .expect("start media-plane"),
+        name: "media-plane",
+    };
+    let mut cp = Proc {
+        child: Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path")])
+            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log"))
+            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
+            .spawn()
+            .expect("start control-plane"),
+        name: "control-plane",
+    };
+    let server = "sip:127.0.0.1:25361;transport=tls";
+    let mut alice = Phone::start(&dir, "alice", 25_560, 25_590, "25600-25699", 440, server, Some(&cert));
+    let mut bob = Phone::start(&dir, "bob", 25_570, 25_591, "25700-25799", 1000, server, Some(&cert));
+    alice.wait_registered(Duration::from_secs(10));
+    bob.wait_registered(Duration::from_secs(10));
+    alice.command("dial", "sip:bob@sip.test");
+    bob.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    alice.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let legs = leg_stats(TLS_GRPC);
+    assert_eq!(legs.len(), 2, "{legs:?}; log: {}", read(&dir.join("cp.log")));
+    for leg in &legs {
+        assert!(leg.rtp_packets_in >= 50 && leg.rtp_packets_out >= 50, "{leg:?}");
+    }
+    alice.command("hangup", "");
+    bob.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    terminate(&mut cp);
+    let counters = read(&dir.join("cp.out"));
+    assert!(counters.contains("\"calls_completed\":1"), "{counters}");
     drop((alice, bob));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@
 //! parallel.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use control_plane::auth::digest::{authorization, ha1, parse_challenge, Algorithm
 use proto::v1;
 
 mod common;
-use common::{media_plane_bin, repo_root, temp_dir, terminate, Proc, BIN, IO_TIMEOUT};
+use common::{media_plane_bin, repo_root, self_signed, temp_dir, terminate, Proc, BIN, IO_TIMEOUT};
 
 struct Stack {
     cp: Option<Proc>,
@@ -450,24 +450,6 @@ fn a_bad_configuration_value_stops_the_start_with_exit_2_naming_the_key() {
 }
 
 // ---- TLS ----
-
-/// A self-signed certificate for 127.0.0.1 (openssl), written into `dir`: (cert, key) paths.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=sip.test", "-addext", "subjectAltName=IP:127.0.0.1,DNS:sip.test"])
-        // An end-entity certificate (not a CA), for a server: what a client's verifier accepts.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    (cert, key)
-}
 
 #[test]
 fn register_over_tls_is_challenged_and_accepted_on_the_same_connection() {

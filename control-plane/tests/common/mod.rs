@@ -61,3 +61,22 @@ pub fn terminate(p: &mut Proc) {
     }
     panic!("{} did not stop on SIGTERM", p.name);
 }
+
+/// A self-signed certificate for 127.0.0.1 (openssl), written into `dir`: (cert, key) paths.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=sip.test", "-addext", "subjectAltName=IP:127.0.0.1,DNS:sip.test"])
+        // An end-entity certificate (not a CA), for a server: what a client's verifier accepts.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
