@@ -284,6 +284,7 @@ where
     if tx.try_send(Input::Opened(peer, out_tx.clone())).is_err() {
         return None;
     }
+    let pong = out_tx.clone();
     tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
             // TLS buffers records until flushed; for TCP the flush is free.
@@ -301,6 +302,11 @@ where
                 Ok(n) => n,
             };
             buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            // RFC 5626 §3.5.1: a double CRLF between messages is a ping, answered with a CRLF pong.
+            while buf.starts_with(b"\r\n\r\n") {
+                buf.drain(..4);
+                let _ = pong.try_send(Bytes::from_static(b"\r\n"));
+            }
             loop {
                 match next_frame(&buf) {
                     Ok(Some((skip, len))) => {

@@ -97,6 +97,8 @@ pub struct Stats {
     pub no_dialog: u64,
     /// Requests refused with 420 for a `Require` option this server does not support.
     pub unsupported_required: u64,
+    /// Keep-alives received on UDP (STUN Binding requests, bare CRLFs).
+    pub keepalives: u64,
 }
 
 /// The core.
@@ -184,8 +186,21 @@ impl ControlPlane {
 
     // ---- handle_* ----
 
-    /// A UDP datagram from `source`.
+    /// A UDP datagram from `source`. Keep-alives are answered here: a STUN Binding request
+    /// with the source's address (RFC 5626 §4.4.2), a bare CRLF pair ignored (RFC 5626 §3.5.1
+    /// is for streams, but phones send it over UDP too).
     pub fn handle_datagram(&mut self, bytes: &[u8], source: Peer, now: Now, store: &mut dyn Store) {
+        if crate::sip::stun::is_stun(bytes) {
+            self.stats.keepalives += 1;
+            if let Some(answer) = crate::sip::stun::binding_response(bytes, source.addr) {
+                self.transmits.push_back(Outgoing { destination: source, payload: bytes::Bytes::from(answer), retransmission: false });
+            }
+            return;
+        }
+        if !bytes.is_empty() && bytes.iter().all(|&b| b == b'\r' || b == b'\n') {
+            self.stats.keepalives += 1;
+            return;
+        }
         self.handle_bytes(bytes, Framing::Datagram, source, now, store);
     }
 

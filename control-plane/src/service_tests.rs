@@ -472,3 +472,20 @@ fn domain_setting_and_challenge_all_shape_the_challenge() {
     assert_eq!(challenges.iter().map(|c| c.algorithm).collect::<Vec<_>>(), vec![Algorithm::Sha256, Algorithm::Md5]);
     assert_eq!(challenges[0].nonce, challenges[1].nonce, "one nonce shared by the challenges");
 }
+
+#[test]
+fn stun_binding_keepalive_is_answered_and_crlf_keepalive_is_ignored() {
+    let mut w = World::with_config("");
+    let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[9; 12]);
+    w.receive_bytes(PHONE, &stun);
+    let sent: Vec<_> = w.sent.drain(..).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, peer(PHONE));
+    let answer = sent[0].1.as_bytes();
+    assert_eq!(&answer[..2], &[0x01, 0x01], "Binding success");
+    w.receive(PHONE, "\r\n\r\n");
+    assert!(w.sent.is_empty());
+    let stats = w.core.stats();
+    assert_eq!((stats.keepalives, stats.malformed), (2, 0));
+}

@@ -236,6 +236,10 @@ fn register_over_tcp_is_challenged_on_the_same_connection() {
     let n = stream.read(&mut buf).expect("read a response over the same connection");
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("SIP/2.0 401"), "{text}");
+    // RFC 5626 keep-alive: a double-CRLF ping gets a CRLF pong on the same connection.
+    stream.write_all(b"\r\n\r\n").expect("ping");
+    let n = stream.read(&mut buf).expect("pong");
+    assert_eq!(&buf[..n], b"\r\n");
 }
 
 #[test]
