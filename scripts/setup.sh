@@ -23,6 +23,8 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v ethtool >/dev/null || need_apt+=(ethtool)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+# The NAT test of the control plane (root) masquerades in a namespace with nftables.
+command -v nft >/dev/null || need_apt+=(nftables)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 # The SIP-over-TLS tests make their certificates with openssl.

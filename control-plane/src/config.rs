@@ -10,6 +10,10 @@
 //! advertise = "127.0.0.1:5060"    # host:port written in our Via/Contact (default: first listen address)
 //! trusted = ["192.0.2.10"]        # sources (trunks) whose INVITEs are not challenged (default: none)
 //! no_answer_timeout_s = 120       # a callee that rings this long gets CANCEL; caller gets 408 (default 120)
+//! symmetric_responses = true      # answer UDP requests at their source address and port even
+//!                                 # without ;rport (default true: phones behind NAT, whose Via names
+//!                                 # a private port, get their responses; false: RFC 3261 §18.2.2
+//!                                 # to the letter, responses to the Via port)
 //!
 //! [sip.tls]                       # required by a tls: listener
 //! certificate = "/etc/control-plane/cert.pem"  # PEM certificate chain, leaf first
@@ -125,6 +129,7 @@ struct RawSip {
     advertise: Option<String>,
     trusted: Option<Vec<String>>,
     no_answer_timeout_s: Option<u64>,
+    symmetric_responses: Option<bool>,
     tls: Option<RawTls>,
 }
 
@@ -294,6 +299,8 @@ pub struct Config {
     pub trusted: HashSet<IpAddr>,
     /// How long a callee may ring.
     pub no_answer_timeout: Duration,
+    /// UDP responses to the source port even without rport.
+    pub symmetric_responses: bool,
     /// Digest algorithms: accepted, challenged, per domain.
     pub auth: AuthPolicy,
     /// Nonce lifetime.
@@ -495,6 +502,7 @@ impl Config {
             advertise,
             trusted,
             no_answer_timeout: Duration::from_secs(no_answer_timeout_s),
+            symmetric_responses: raw.sip.symmetric_responses.unwrap_or(true),
             auth,
             nonce_ttl: Duration::from_secs(nonce_ttl_s),
             registrar,

@@ -144,8 +144,10 @@ impl ControlPlane {
         digest.algorithms = ALL_ALGORITHMS.to_vec();
         digest.nonce_ttl = config.nonce_ttl;
         let auth = Authenticator::new(digest, secret)?;
+        let mut layer = TransactionLayer::new(TimerConfig::default());
+        layer.set_symmetric_responses(config.symmetric_responses);
         Ok(ControlPlane {
-            layer: TransactionLayer::new(TimerConfig::default()),
+            layer,
             auth,
             registrar: Registrar::new(config.registrar),
             calls: Calls::default(),

@@ -197,6 +197,9 @@ pub struct TransactionLayer {
     transmits: VecDeque<Outgoing>,
     events: VecDeque<LayerEvent>,
     stats: LayerStats,
+    /// Answer UDP requests at their source port even without `rport` (see
+    /// [`response_destination`]).
+    symmetric_responses: bool,
 }
 
 impl TransactionLayer {
@@ -212,7 +215,14 @@ impl TransactionLayer {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: LayerStats::default(),
+            symmetric_responses: false,
         }
+    }
+
+    /// Sends UDP responses to the request's source port even when its Via has no `rport`, as
+    /// an SBC does for phones behind NAT (off: RFC 3261 §18.2.2 to the letter).
+    pub fn set_symmetric_responses(&mut self, on: bool) {
+        self.symmetric_responses = on;
     }
 
     // ---- getters ----
@@ -284,7 +294,7 @@ impl TransactionLayer {
         // RFC 3261 §18.2.1 / RFC 3581: record where the request really came from, so responses
         // built from it echo `received` and `rport`.
         let _ = message::stamp_received(&mut request, source.addr);
-        let destination = response_destination(&request, source);
+        let destination = if self.symmetric_responses { source } else { response_destination(&request, source) };
         let cancels = key.cancelled_invite().filter(|k| self.servers.contains_key(k));
         let machine = if request.method == Method::Invite {
             InviteServer::new(request, destination, self.config, now).map(Machine::InviteServer)
