@@ -79,6 +79,10 @@ struct Dialog {
     target: String,
     /// The flow to them.
     peer: Peer,
+    /// Route set (RFC 3261 §12.1): the Record-Route of the dialog-forming request (A side, in
+    /// order) or of the 2xx (B side, reversed); before the 2xx, the callee's registered Path.
+    /// Loose routing only: the Request-URI stays the remote target and the request goes to `peer`.
+    route: Vec<String>,
     /// Our CSeq in this dialog.
     cseq: u32,
 }
@@ -247,6 +251,19 @@ fn content_type(headers: &rsip::Headers) -> Option<String> {
     })
 }
 
+/// The Record-Route entries of a message, top first.
+fn record_route(headers: &rsip::Headers) -> Vec<String> {
+    headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::RecordRoute(rr) => Some(rr.value()),
+            _ => None,
+        })
+        .flat_map(message::split_list)
+        .map(str::to_owned)
+        .collect()
+}
+
 fn contact_uri(headers: &rsip::Headers) -> Option<String> {
     headers.iter().find_map(|h| match h {
         Header::Contact(c) => Some(uri_of(c.value()).to_owned()),
@@ -328,9 +345,10 @@ impl ControlPlane {
         // The initial INVITE carries the caller's Max-Forwards minus one in `extra`, so a route
         // that loops back to us runs out of hops (483) instead of ringing forever.
         let max_forwards = if extra.contains("Max-Forwards:") { "" } else { "Max-Forwards: 70\r\n" };
+        let routes: String = dialog.route.iter().map(|r| format!("Route: {r}\r\n")).collect();
         let mut text = format!(
             "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{transport} {advertise};branch={branch};rport\r\n\
-             {max_forwards}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}",
+             {max_forwards}{routes}From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{extra}",
             target = dialog.target,
             transport = Self::via_transport(&dialog.peer),
             advertise = config.advertise_for(dialog.peer.transport),
@@ -444,7 +462,7 @@ impl ControlPlane {
                 return;
             }
         };
-        let Some((target, peer, policy)) = self.resolve_target(&key, &request, now, store) else { return };
+        let Some((target, peer, route, policy)) = self.resolve_target(&key, &request, now, store) else { return };
 
         let (Ok(tag_a), Ok(tag_b), Ok(call_id_b)) =
             (message::generate_tag(), message::generate_tag(), message::generate_tag())
@@ -464,6 +482,7 @@ impl ControlPlane {
             remote: a_from.trim().to_owned(),
             target: contact_uri(&request.headers).unwrap_or_else(|| uri_of(a_from).to_owned()),
             peer: source,
+            route: record_route(&request.headers),
             cseq: 0,
         };
         let b_from = match policy {
@@ -476,6 +495,7 @@ impl ControlPlane {
             remote: format!("<{target}>"),
             target,
             peer,
+            route,
             cseq: 0,
         };
         let streams = offer
@@ -522,7 +542,7 @@ impl ControlPlane {
         );
     }
 
-    /// Where an INVITE goes: (Request-URI, flow, caller-ID policy). Answers the caller itself
+    /// Where an INVITE goes: (Request-URI, flow, Route set, caller-ID policy). Answers the caller itself
     /// (404, 480) and returns `None` when there is nowhere to go.
     fn resolve_target(
         &mut self,
@@ -530,7 +550,7 @@ impl ControlPlane {
         request: &Request,
         now: Now,
         store: &mut dyn Store,
-    ) -> Option<(String, Peer, CallerIdPolicy)> {
+    ) -> Option<(String, Peer, Vec<String>, CallerIdPolicy)> {
         let user = request.uri.user().unwrap_or_default().to_owned();
         let host = request.uri.host_with_port.host.to_string();
         let advertised_host = self.config.advertise.rsplit_once(':').map_or(self.config.advertise.as_str(), |(h, _)| h);
@@ -575,7 +595,7 @@ impl ControlPlane {
                             Some(rsip::Transport::Tcp) => Peer::tcp(addr),
                             _ => Peer::udp(addr),
                         };
-                        return Some((format!("sip:{rewritten}@{addr}"), peer, route.caller_id));
+                        return Some((format!("sip:{rewritten}@{addr}"), peer, Vec::new(), route.caller_id));
                     }
                     Destination::Local => (route.rewrite(&user), route.caller_id),
                 },
@@ -586,7 +606,7 @@ impl ControlPlane {
             self.reply(key, request, 480, now);
             return None;
         };
-        Some((binding.contact, binding.flow, policy))
+        Some((binding.contact, binding.flow, binding.path, policy))
     }
 
     pub(crate) fn on_media_reply(&mut self, id: u64, reply: MediaReply, now: Now) {
@@ -701,6 +721,15 @@ impl ControlPlane {
         let mut out = response_for(request, status, Some(&reason), tag.as_deref());
         if (101..300).contains(&status) {
             out.headers.push(Header::Contact(rsip::headers::Contact::new(our_contact(&self.config, &call.dialog(to).peer))));
+            // §12.1.1: the UAS copies the request's Record-Route into dialog-forming responses so
+            // the proxies that asked stay on the path of the caller's in-dialog requests.
+            if request.method == rsip::Method::Invite {
+                for h in request.headers.iter() {
+                    if let Header::RecordRoute(rr) = h {
+                        out.headers.push(Header::RecordRoute(rr.clone()));
+                    }
+                }
+            }
         }
         if is_sdp(&response.headers, &response.body) {
             if let Some(body) = Sdp::parse(&response.body).ok().and_then(|sdp| call.anchored(to, &sdp)) {
@@ -757,6 +786,10 @@ impl ControlPlane {
                 }
                 if let Some(target) = contact_uri(&response.headers) {
                     call.b.target = target;
+                }
+                let recorded = record_route(&response.headers);
+                if !recorded.is_empty() {
+                    call.b.route = recorded.into_iter().rev().collect();
                 }
                 let dialog = call.b.clone();
                 let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);

@@ -36,7 +36,7 @@ enum Input {
     Datagram(Vec<u8>, Peer),
     Stream(Vec<u8>, Peer),
     Opened(SocketAddr, mpsc::Sender<Bytes>),
-    Closed(SocketAddr),
+    Closed(Peer),
     Media(u64, MediaReply),
 }
 
@@ -161,7 +161,10 @@ pub async fn run(
                     Input::Datagram(bytes, peer) => core.handle_datagram(&bytes, peer, now, store.as_mut()),
                     Input::Stream(bytes, peer) => core.handle_stream_message(&bytes, peer, now, store.as_mut()),
                     Input::Opened(addr, writer) => { connections.insert(addr, writer); }
-                    Input::Closed(addr) => { connections.remove(&addr); }
+                    Input::Closed(flow) => {
+                        connections.remove(&flow.addr);
+                        core.handle_flow_closed(flow, now, store.as_mut());
+                    }
                     Input::Media(call, reply) => core.handle_media_reply(call, reply, now, store.as_mut()),
                 }
             }
@@ -326,7 +329,7 @@ where
                 }
             }
         }
-        let _ = tx.send(Input::Closed(peer)).await;
+        let _ = tx.send(Input::Closed(transport)).await;
     });
     Some(out_tx)
 }

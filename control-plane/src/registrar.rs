@@ -5,6 +5,15 @@
 //! the [`Store`](crate::store::Store) to persist. Time is UNIX seconds passed in, because
 //! registrations outlive the process. Lookups ([`Registrar::lookup`]) are served from memory,
 //! best q first; [`Registrar::sweep`] drops expired bindings.
+//!
+//! Edge proxies and phones behind NAT (RFC 3327 Path, RFC 5626 SIP outbound):
+//! - The Path vector of a REGISTER is kept with its bindings, echoed in the 200 when the phone
+//!   supports `path`, and becomes the Route set of requests sent to those contacts.
+//! - With `Supported: outbound` and a Contact carrying `+sip.instance` and `reg-id`, the binding
+//!   is keyed by (instance, reg-id) instead of the Contact URI, the 200 carries
+//!   `Require: outbound`, only the most recently refreshed flow of an instance is used, and the
+//!   binding ends when its TCP/TLS connection closes ([`Registrar::flow_closed`]). A REGISTER
+//!   that came through a proxy not marked `ob` in Path gets 439.
 
 use std::collections::HashMap;
 
@@ -29,8 +38,22 @@ pub struct Binding {
     /// Its CSeq.
     pub cseq: u32,
     /// The flow the REGISTER arrived on; requests for this contact are sent there, which is what
-    /// lets phones behind NAT be reached (the contact's own address is often private).
+    /// lets phones behind NAT be reached (the contact's own address is often private). With a
+    /// Path it is the connection to the edge proxy.
     pub flow: Peer,
+    /// The REGISTER's Path header values, in order (RFC 3327): the Route set towards the contact.
+    pub path: Vec<String>,
+    /// Set when the binding was made under SIP outbound (RFC 5626).
+    pub outbound: Option<Outbound>,
+}
+
+/// The key of a SIP outbound binding.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Outbound {
+    /// `+sip.instance`, without its quotes (`<urn:uuid:…>`).
+    pub instance: String,
+    /// `reg-id` (1 or more).
+    pub reg_id: u32,
 }
 
 /// Why a REGISTER is refused; each maps to a status code.
@@ -48,6 +71,10 @@ pub enum RegisterError {
     /// 403: more contacts than allowed.
     #[error("too many contacts")]
     TooManyContacts,
+    /// 439 (RFC 5626 §6): an outbound registration through a proxy that did not mark itself
+    /// `ob` in Path, so the flow to the phone is not kept open by anyone.
+    #[error("first hop lacks outbound support")]
+    FirstHopLacksOutbound,
 }
 
 impl RegisterError {
@@ -58,6 +85,7 @@ impl RegisterError {
             RegisterError::IntervalTooBrief(_) => 423,
             RegisterError::OutOfOrder => 500,
             RegisterError::TooManyContacts => 403,
+            RegisterError::FirstHopLacksOutbound => 439,
         }
     }
 }
@@ -69,6 +97,10 @@ pub struct Registered {
     pub bindings: Vec<Binding>,
     /// What to persist.
     pub changes: Vec<LocationChange>,
+    /// The REGISTER's Path, to echo in the 200 when the phone supports `path`.
+    pub path: Vec<String>,
+    /// Whether a binding was made under SIP outbound (the 200 then carries `Require: outbound`).
+    pub outbound: bool,
 }
 
 /// The location table.
@@ -82,6 +114,41 @@ struct RequestedContact {
     contact: String,
     expires: u32,
     q_milli: u16,
+    outbound: Option<Outbound>,
+}
+
+impl RequestedContact {
+    /// Whether `b` is the binding this contact refreshes or removes: same (instance, reg-id)
+    /// under outbound, else the same Contact URI.
+    fn matches(&self, b: &Binding) -> bool {
+        match (&self.outbound, &b.outbound) {
+            (Some(key), Some(existing)) => key == existing,
+            _ => b.contact == self.contact,
+        }
+    }
+}
+
+/// Whether the request's Supported header lists `option`.
+pub fn supports(request: &Request, option: &str) -> bool {
+    request.headers.iter().any(|h| match h {
+        Header::Supported(s) => crate::sip::message::split_list(s.value()).any(|o| o.eq_ignore_ascii_case(option)),
+        Header::Other(name, value) if name.eq_ignore_ascii_case("k") => {
+            crate::sip::message::split_list(value).any(|o| o.eq_ignore_ascii_case(option))
+        }
+        _ => false,
+    })
+}
+
+/// Number of Via entries (headers and comma-separated values).
+fn via_count(request: &Request) -> usize {
+    request
+        .headers
+        .iter()
+        .map(|h| match h {
+            Header::Via(v) => crate::sip::message::split_list(v.value()).count(),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// The Expires header of a request, if present and numeric.
@@ -111,6 +178,10 @@ impl Registrar {
                 continue;
             }
             let Some(flow) = parse_flow(&b.flow) else { continue };
+            let outbound = match (b.instance, b.reg_id) {
+                (Some(instance), reg_id) if reg_id > 0 => Some(Outbound { instance, reg_id }),
+                _ => None,
+            };
             self.location.entry(b.aor).or_default().push(Binding {
                 contact: b.contact,
                 q_milli: b.q_milli,
@@ -118,6 +189,8 @@ impl Registrar {
                 call_id: b.call_id,
                 cseq: b.cseq,
                 flow,
+                path: crate::sip::message::split_list(&b.path).map(str::to_owned).collect(),
+                outbound,
             });
             restored += 1;
         }
@@ -129,7 +202,9 @@ impl Registrar {
         self.location.len()
     }
 
-    /// Live bindings of `aor`, best q first, then most recently refreshed.
+    /// Live bindings of `aor`, best q first, then most recently refreshed; of several outbound
+    /// flows of one instance only the most recently refreshed (RFC 5626 §5.3: one flow at a time,
+    /// the others are backups).
     pub fn lookup(&self, aor: &str, now_unix: u64) -> Vec<Binding> {
         let mut out: Vec<Binding> = self
             .location
@@ -137,7 +212,26 @@ impl Registrar {
             .map(|v| v.iter().filter(|b| b.expires_unix > now_unix).cloned().collect())
             .unwrap_or_default();
         out.sort_by(|a, b| b.q_milli.cmp(&a.q_milli).then(b.expires_unix.cmp(&a.expires_unix)));
+        let mut instances = std::collections::HashSet::new();
+        out.retain(|b| b.outbound.as_ref().is_none_or(|o| instances.insert(o.instance.clone())));
         out
+    }
+
+    /// A TCP/TLS connection closed: the outbound bindings that used it end (RFC 5626 §5.3; the
+    /// phone registers again over a new flow). Returns what to delete from the store.
+    pub fn flow_closed(&mut self, flow: Peer) -> Vec<LocationChange> {
+        let mut changes = Vec::new();
+        self.location.retain(|aor, bindings| {
+            bindings.retain(|b| {
+                let gone = b.outbound.is_some() && b.flow == flow;
+                if gone {
+                    changes.push(remove_change(aor, b));
+                }
+                !gone
+            });
+            !bindings.is_empty()
+        });
+        changes
     }
 
     /// Applies a REGISTER for `aor` that arrived on `flow` (§10.3 steps 6–8).
@@ -152,6 +246,8 @@ impl Registrar {
         let call_id = crate::sip::message::call_id(&request.headers).unwrap_or_default().to_owned();
         let cseq = crate::sip::message::cseq(&request.headers).map(|c| c.seq).unwrap_or(0);
 
+        let outbound_supported = supports(request, "outbound");
+        let path: Vec<String> = crate::sip::message::header_list(&request.headers, "Path").map(str::to_owned).collect();
         let mut wildcard = false;
         let mut requested = Vec::new();
         for header in request.headers.iter() {
@@ -161,26 +257,36 @@ impl Registrar {
                     wildcard = true;
                     continue;
                 }
-                let typed = rsip::headers::Contact::new(item)
+                // Header parameters are read here, not by the URI parser: `+sip.instance` carries
+                // a quoted `<urn:…>` that the typed Contact parser refuses.
+                let typed = rsip::headers::Contact::new(crate::sip::message::without_header_params(item))
                     .typed()
                     .map_err(|_| RegisterError::BadContact(item.chars().take(80).collect()))?;
                 let mut expires = header_expires;
-                let mut q_milli = 1000;
-                for param in &typed.params {
-                    match param {
-                        rsip::Param::Expires(e) => {
-                            expires = Some(
-                                e.value().trim().parse().map_err(|_| RegisterError::BadContact("expires".into()))?,
-                            )
-                        }
-                        rsip::Param::Q(q) => {
-                            q_milli = parse_q(q.value()).ok_or_else(|| RegisterError::BadContact("q".into()))?
-                        }
-                        _ => {}
-                    }
+                if let Some(e) = crate::sip::message::header_param(item, "expires") {
+                    expires = Some(e.parse().map_err(|_| RegisterError::BadContact("expires".into()))?);
                 }
+                let q_milli = match crate::sip::message::header_param(item, "q") {
+                    Some(q) => parse_q(q).ok_or_else(|| RegisterError::BadContact("q".into()))?,
+                    None => 1000,
+                };
                 let expires = expires.unwrap_or(self.config.default_expires);
-                requested.push(RequestedContact { contact: typed.uri.to_string(), expires, q_milli });
+                let instance = crate::sip::message::header_param(item, "+sip.instance")
+                    .map(|i| i.trim_matches('"').to_owned())
+                    .filter(|i| !i.is_empty());
+                let reg_id = match crate::sip::message::header_param(item, "reg-id") {
+                    None => None,
+                    Some(text) => match text.parse::<u32>() {
+                        Ok(id) if id > 0 => Some(id),
+                        _ => return Err(RegisterError::BadContact("reg-id".into())),
+                    },
+                };
+                // reg-id counts only with an instance and a phone that supports outbound.
+                let outbound = match (instance, reg_id) {
+                    (Some(instance), Some(reg_id)) if outbound_supported => Some(Outbound { instance, reg_id }),
+                    _ => None,
+                };
+                requested.push(RequestedContact { contact: typed.uri.to_string(), expires, q_milli, outbound });
             }
         }
 
@@ -197,10 +303,23 @@ impl Registrar {
                 return Err(RegisterError::OutOfOrder);
             }
             for b in existing.drain(..) {
-                changes.push(LocationChange::Remove { aor: aor.to_owned(), contact: b.contact });
+                changes.push(remove_change(aor, &b));
             }
             self.location.remove(aor);
-            return Ok(Registered { bindings: Vec::new(), changes });
+            return Ok(Registered { bindings: Vec::new(), changes, path, outbound: false });
+        }
+
+        // RFC 5626 §6: one outbound contact per REGISTER, and a proxy in between must be the
+        // one keeping the flow (`ob` in its Path entry).
+        let outbound = requested.iter().filter(|r| r.outbound.is_some() && r.expires != 0).count();
+        if requested.iter().filter(|r| r.outbound.is_some()).count() > 1 {
+            return Err(RegisterError::BadContact("more than one Contact with reg-id".into()));
+        }
+        if outbound > 0
+            && via_count(request) > 1
+            && path.first().is_none_or(|first| !crate::sip::message::uri_of(first).split(';').any(|p| p.eq_ignore_ascii_case("ob")))
+        {
+            return Err(RegisterError::FirstHopLacksOutbound);
         }
 
         // Check everything before changing anything: a refused REGISTER changes nothing.
@@ -208,56 +327,67 @@ impl Registrar {
             if r.expires != 0 && r.expires < self.config.min_expires {
                 return Err(RegisterError::IntervalTooBrief(self.config.min_expires));
             }
-            if let Some(b) = existing.iter().find(|b| b.contact == r.contact) {
+            if let Some(b) = existing.iter().find(|b| r.matches(b)) {
                 if b.call_id == call_id && cseq <= b.cseq {
                     return Err(RegisterError::OutOfOrder);
                 }
             }
         }
-        let added = requested
-            .iter()
-            .filter(|r| r.expires != 0 && !existing.iter().any(|b| b.contact == r.contact))
-            .count();
-        let removed = requested.iter().filter(|r| r.expires == 0 && existing.iter().any(|b| b.contact == r.contact)).count();
+        let added = requested.iter().filter(|r| r.expires != 0 && !existing.iter().any(|b| r.matches(b))).count();
+        let removed = existing.iter().filter(|b| requested.iter().any(|r| r.expires == 0 && r.matches(b))).count();
         if existing.len() + added - removed > self.config.max_contacts {
             return Err(RegisterError::TooManyContacts);
         }
 
         for r in requested {
             if r.expires == 0 {
-                if let Some(pos) = existing.iter().position(|b| b.contact == r.contact) {
-                    existing.remove(pos);
-                    changes.push(LocationChange::Remove { aor: aor.to_owned(), contact: r.contact });
-                }
+                existing.retain(|b| {
+                    let remove = r.matches(b);
+                    if remove {
+                        changes.push(remove_change(aor, b));
+                    }
+                    !remove
+                });
                 continue;
             }
             let binding = Binding {
-                contact: r.contact,
+                contact: r.contact.clone(),
                 q_milli: r.q_milli,
                 expires_unix: now_unix + u64::from(r.expires.min(self.config.max_expires)),
                 call_id: call_id.clone(),
                 cseq,
                 flow,
+                path: path.clone(),
+                outbound: r.outbound.clone(),
             };
+            match existing.iter_mut().find(|b| r.matches(b)) {
+                Some(slot) => {
+                    // The stored row is keyed by (contact, reg-id): a key change is a move.
+                    if slot.contact != binding.contact || slot.outbound.as_ref().map(|o| o.reg_id) != binding.outbound.as_ref().map(|o| o.reg_id) {
+                        changes.push(remove_change(aor, slot));
+                    }
+                    *slot = binding.clone();
+                }
+                None => existing.push(binding.clone()),
+            }
             changes.push(LocationChange::Upsert(StoredBinding {
                 aor: aor.to_owned(),
-                contact: binding.contact.clone(),
+                contact: binding.contact,
                 expires_unix: binding.expires_unix,
                 q_milli: binding.q_milli,
-                call_id: binding.call_id.clone(),
+                call_id: binding.call_id,
                 cseq,
                 flow: format_flow(&flow),
+                path: path.join(", "),
+                instance: binding.outbound.as_ref().map(|o| o.instance.clone()),
+                reg_id: binding.outbound.as_ref().map_or(0, |o| o.reg_id),
             }));
-            match existing.iter_mut().find(|b| b.contact == binding.contact) {
-                Some(slot) => *slot = binding,
-                None => existing.push(binding),
-            }
         }
         let bindings = existing.clone();
         if existing.is_empty() {
             self.location.remove(aor);
         }
-        Ok(Registered { bindings, changes })
+        Ok(Registered { bindings, changes, path, outbound: outbound > 0 })
     }
 
     /// Removes expired bindings; returns what to delete from the store.
@@ -267,13 +397,22 @@ impl Registrar {
             bindings.retain(|b| {
                 let live = b.expires_unix > now_unix;
                 if !live {
-                    changes.push(LocationChange::Remove { aor: aor.clone(), contact: b.contact.clone() });
+                    changes.push(remove_change(aor, b));
                 }
                 live
             });
             !bindings.is_empty()
         });
         changes
+    }
+}
+
+/// The store change deleting `b`.
+fn remove_change(aor: &str, b: &Binding) -> LocationChange {
+    LocationChange::Remove {
+        aor: aor.to_owned(),
+        contact: b.contact.clone(),
+        reg_id: b.outbound.as_ref().map_or(0, |o| o.reg_id),
     }
 }
 
@@ -329,6 +468,88 @@ mod tests {
 
     fn registrar() -> Registrar {
         Registrar::new(RegistrarConfig { min_expires: 60, max_expires: 3600, default_expires: 600, max_contacts: 3 })
+    }
+
+    /// A REGISTER with extra header lines (`Supported`, `Path`, more `Via`s) inserted.
+    fn register_with(contact: &str, extra: &str, call_id: &str, cseq: u32) -> Request {
+        let text = format!(
+            "REGISTER sip:sip.test SIP/2.0\r\n{extra}Via: SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK{cseq}{call_id}\r\n\
+             From: <sip:alice@sip.test>;tag=1\r\nTo: <sip:alice@sip.test>\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\nContact: {contact}\r\nExpires: 300\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        match parse(text.as_bytes(), Framing::Datagram).unwrap() {
+            rsip::SipMessage::Request(r) => r,
+            rsip::SipMessage::Response(_) => unreachable!(),
+        }
+    }
+
+    const INSTANCE: &str = "<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>";
+
+    fn tcp(port: u16) -> Peer {
+        Peer::tcp(std::net::SocketAddr::from(([192, 0, 2, 7], port)))
+    }
+
+    #[test]
+    fn outbound_flows_are_keyed_by_instance_and_reg_id_and_end_with_their_connection() {
+        let mut r = registrar();
+        let contact = |reg_id| format!("<sip:alice@10.0.0.1:5070;transport=tcp>;+sip.instance=\"{INSTANCE}\";reg-id={reg_id}");
+        let supported = "Supported: path, outbound\r\n";
+        let first = r.handle_register("alice@sip.test", &register_with(&contact(1), supported, "c", 1), tcp(1111), 0).unwrap();
+        assert!(first.outbound, "the 200 must carry Require: outbound");
+        let second = r.handle_register("alice@sip.test", &register_with(&contact(2), supported, "c", 2), tcp(2222), 10).unwrap();
+        assert_eq!(second.bindings.len(), 2, "same Contact, two reg-ids: two flows");
+        let found = r.lookup("alice@sip.test", 20);
+        assert_eq!(found.len(), 1, "one flow per instance is used");
+        assert_eq!(found[0].flow, tcp(2222), "the most recently refreshed flow");
+
+        // A refresh of reg-id 1 over a new connection replaces that flow, not the other one.
+        let refreshed = r.handle_register("alice@sip.test", &register_with(&contact(1), supported, "c", 3), tcp(3333), 30).unwrap();
+        assert_eq!(refreshed.bindings.len(), 2);
+        assert_eq!(r.lookup("alice@sip.test", 40)[0].flow, tcp(3333));
+
+        let changes = r.flow_closed(tcp(3333));
+        assert!(matches!(&changes[..], [LocationChange::Remove { reg_id: 1, .. }]), "{changes:?}");
+        assert_eq!(r.lookup("alice@sip.test", 40)[0].flow, tcp(2222), "the backup flow takes over");
+        assert!(r.flow_closed(tcp(9999)).is_empty());
+    }
+
+    #[test]
+    fn reg_id_without_outbound_support_is_an_ordinary_binding() {
+        let mut r = registrar();
+        let contact = format!("<sip:alice@10.0.0.1:5070>;+sip.instance=\"{INSTANCE}\";reg-id=1");
+        let out = r.handle_register("alice@sip.test", &register_with(&contact, "", "c", 1), tcp(1111), 0).unwrap();
+        assert!(!out.outbound);
+        assert!(r.flow_closed(tcp(1111)).is_empty(), "a plain binding outlives its connection");
+        assert_eq!(r.lookup("alice@sip.test", 1).len(), 1);
+    }
+
+    #[test]
+    fn outbound_through_a_proxy_without_ob_gets_439() {
+        let mut r = registrar();
+        let contact = format!("<sip:alice@10.0.0.1:5070>;+sip.instance=\"{INSTANCE}\";reg-id=1");
+        let proxied = "Supported: outbound\r\nVia: SIP/2.0/UDP 192.0.2.50;branch=z9hG4bKedge\r\n";
+        let err = r.handle_register("alice@sip.test", &register_with(&contact, proxied, "c", 1), tcp(1), 0).unwrap_err();
+        assert_eq!(err.status(), 439);
+        let with_ob = format!("{proxied}Path: <sip:192.0.2.50;lr;ob>\r\n");
+        assert!(r.handle_register("alice@sip.test", &register_with(&contact, &with_ob, "c", 2), tcp(1), 0).unwrap().outbound);
+        let bad = format!("{contact}, <sip:alice@10.0.0.2>;+sip.instance=\"{INSTANCE}\";reg-id=2");
+        let err = r.handle_register("alice@sip.test", &register_with(&bad, "Supported: outbound\r\n", "d", 1), tcp(1), 0);
+        assert_eq!(err.unwrap_err().status(), 400, "one reg-id Contact per REGISTER");
+    }
+
+    #[test]
+    fn path_is_kept_with_the_binding_persisted_and_restored() {
+        let mut r = registrar();
+        let extra = "Path: <sip:edge1.test;lr>, <sip:edge2.test;lr>\r\nPath: <sip:core.test;lr>\r\n";
+        let out = r.handle_register("alice@sip.test", &register_with("<sip:alice@10.0.0.1>", extra, "c", 1), flow(), 0).unwrap();
+        let expected = vec!["<sip:edge1.test;lr>".to_owned(), "<sip:edge2.test;lr>".to_owned(), "<sip:core.test;lr>".to_owned()];
+        assert_eq!(out.path, expected);
+        assert_eq!(r.lookup("alice@sip.test", 1)[0].path, expected);
+        let LocationChange::Upsert(stored) = &out.changes[0] else { panic!("{:?}", out.changes) };
+        let mut restarted = registrar();
+        assert_eq!(restarted.restore(vec![stored.clone()], 1), 1);
+        assert_eq!(restarted.lookup("alice@sip.test", 1)[0].path, expected, "Path survives a restart");
     }
 
     #[test]
@@ -410,6 +631,9 @@ mod tests {
             call_id: "c".into(),
             cseq: 1,
             flow: "tcp:127.0.0.1:9".into(),
+            path: String::new(),
+            instance: None,
+            reg_id: 0,
         };
         assert_eq!(r.restore(vec![b("sip:a@1", 50), b("sip:a@2", 500)], 100), 1);
         assert_eq!(r.lookup("alice@sip.test", 100)[0].flow, Peer::tcp("127.0.0.1:9".parse().unwrap()));

@@ -63,8 +63,10 @@ pub struct Stats {
     pub bad_requests_sent: u64,
     /// REGISTERs accepted.
     pub registrations: u64,
-    /// REGISTERs refused after authentication (423, 400, 403, 500).
+    /// REGISTERs refused after authentication (423, 400, 403, 439, 500).
     pub registrations_refused: u64,
+    /// SIP outbound registrations ended because their connection closed.
+    pub outbound_flows_closed: u64,
     /// Challenges sent (401/407).
     pub challenges: u64,
     /// Credentials refused with 403.
@@ -235,6 +237,20 @@ impl ControlPlane {
     /// The media plane answered `call`'s request.
     pub fn handle_media_reply(&mut self, call: u64, reply: MediaReply, now: Now, store: &mut dyn Store) {
         self.on_media_reply(call, reply, now);
+        self.drain_layer(now, store);
+    }
+
+    /// A TCP/TLS connection closed: SIP outbound registrations that used it end.
+    pub fn handle_flow_closed(&mut self, flow: Peer, now: Now, store: &mut dyn Store) {
+        let changes = self.registrar.flow_closed(flow);
+        if changes.is_empty() {
+            return;
+        }
+        self.stats.outbound_flows_closed += changes.len() as u64;
+        if let Err(e) = store.apply(&changes) {
+            self.stats.store_errors += 1;
+            tracing::warn!(error = %e, "cannot persist registrations of a closed flow");
+        }
         self.drain_layer(now, store);
     }
 
@@ -507,9 +523,22 @@ impl ControlPlane {
                 for b in &registered.bindings {
                     let expires = b.expires_unix.saturating_sub(unix);
                     let q = if b.q_milli == 1000 { String::new() } else { format!(";q={}.{:03}", b.q_milli / 1000, b.q_milli % 1000) };
-                    response
-                        .headers
-                        .push(Header::Contact(rsip::headers::Contact::new(format!("<{}>;expires={expires}{q}", b.contact))));
+                    let outbound = b
+                        .outbound
+                        .as_ref()
+                        .map(|o| format!(";+sip.instance=\"{}\";reg-id={}", o.instance, o.reg_id))
+                        .unwrap_or_default();
+                    response.headers.push(Header::Contact(rsip::headers::Contact::new(format!(
+                        "<{}>;expires={expires}{q}{outbound}",
+                        b.contact
+                    ))));
+                }
+                if registered.outbound {
+                    response.headers.push(Header::Require(rsip::headers::Require::new("outbound")));
+                }
+                // RFC 3327 §5.3: the Path is echoed only to a phone that said it understands it.
+                if !registered.path.is_empty() && crate::registrar::supports(request, "path") {
+                    response.headers.push(Header::Other("Path".into(), registered.path.join(", ")));
                 }
                 self.respond(key, response, now);
             }

@@ -65,6 +65,9 @@ impl World {
                 call_id: "r".into(),
                 cseq: 1,
                 flow: format!("udp:{CALLEE}"),
+                path: String::new(),
+                instance: None,
+                reg_id: 0,
             }],
             now.unix(),
         );
@@ -488,4 +491,88 @@ fn stun_binding_keepalive_is_answered_and_crlf_keepalive_is_ignored() {
     assert!(w.sent.is_empty());
     let stats = w.core.stats();
     assert_eq!((stats.keepalives, stats.malformed), (2, 0));
+}
+
+// ---- edge proxies and SIP outbound (RFC 3327, RFC 5626) ----
+
+const EDGE: &str = "192.0.2.7:5060";
+
+/// Carol's REGISTER relayed by an edge proxy that keeps her TCP flow (`ob` in its Path entry).
+fn register_via_edge(cseq: u32, authorization: Option<&str>) -> String {
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    format!(
+        "REGISTER sip:sip.test SIP/2.0\r\nVia: SIP/2.0/TCP {EDGE};branch=z9hG4bKedge{cseq}\r\n\
+         Via: SIP/2.0/TCP 10.1.1.5:5060;branch=z9hG4bKphone{cseq}\r\nMax-Forwards: 69\r\n\
+         From: <sip:carol@sip.test>;tag=r1\r\nTo: <sip:carol@sip.test>\r\nCall-ID: reg-carol\r\nCSeq: {cseq} REGISTER\r\n\
+         Supported: path, outbound\r\nPath: <sip:{EDGE};transport=tcp;lr;ob>\r\n\
+         Contact: <sip:carol@10.1.1.5:5060;transport=tcp>;+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\";reg-id=1\r\n\
+         Expires: 3600\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn phone_behind_an_edge_proxy_is_reached_through_its_path_until_its_outbound_flow_closes() {
+    use crate::auth::digest::{authorization, ha1, Algorithm};
+    let mut w = World::with_config("");
+    w.store.add_subscriber(&Subscriber::with_password("carol", "sip.test", "sip.test", "pw")).expect("add");
+    let edge = Peer::tcp(EDGE.parse().expect("addr"));
+    let from_edge = |w: &mut World, text: &str| {
+        w.core.handle_stream_message(text.as_bytes(), edge, w.now, &mut w.store);
+        w.pump();
+        let (to_edge, rest): (Vec<_>, Vec<_>) = w.sent.drain(..).partition(|(p, _)| *p == edge);
+        w.sent = rest;
+        to_edge.into_iter().map(|(_, m)| m).collect::<Vec<_>>()
+    };
+    let challenge = challenges_of(&from_edge(&mut w, &register_via_edge(1, None))[0]).remove(0);
+    let credentials =
+        authorization(&challenge, "carol", &ha1(Algorithm::Md5.hash(), "carol", "sip.test", "pw"), "REGISTER", "sip:sip.test", "c0ffee", 1);
+    let ok = from_edge(&mut w, &register_via_edge(2, Some(&credentials))).remove(0);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert!(ok.contains("Require: outbound\r\n"), "{ok}");
+    assert!(ok.contains(&format!("Path: <sip:{EDGE};transport=tcp;lr;ob>\r\n")), "Path echoed: {ok}");
+    assert!(ok.contains(";reg-id=1"), "{ok}");
+
+    // A call to Carol goes down the edge proxy's flow with the Path as its Route.
+    w.receive(CALLER, &invite("call-carol", &offer(4000, "sendrecv")).replace("bob@sip.test", "carol@sip.test"));
+    w.allocate();
+    let invites = from_edge(&mut w, "");
+    assert_eq!(invites.len(), 1, "{invites:?} / {:?}", w.sent);
+    assert!(invites[0].to_ascii_lowercase().starts_with("invite sip:carol@10.1.1.5:5060;transport=tcp sip/2.0"), "{}", invites[0]);
+    assert!(invites[0].contains(&format!("Route: <sip:{EDGE};transport=tcp;lr;ob>\r\n")), "{}", invites[0]);
+
+    // The edge's connection drops: Carol's outbound registration ends with it.
+    w.core.handle_flow_closed(edge, w.now, &mut w.store);
+    assert_eq!(w.core.stats().outbound_flows_closed, 1);
+    assert!(w.store.bindings().expect("bindings").iter().all(|b| !b.aor.starts_with("carol")), "store updated");
+    w.receive(CALLER, &invite("call-carol-2", &offer(4002, "sendrecv")).replace("bob@sip.test", "carol@sip.test"));
+    w.take_one(CALLER, "SIP/2.0 480");
+}
+
+#[test]
+fn record_route_of_the_caller_is_echoed_and_routes_our_bye() {
+    let mut w = World::new();
+    let with_rr = invite("call-rr", &offer(4000, "sendrecv"))
+        .replace("Contact: ", "Record-Route: <sip:192.0.2.1;lr;ftag=a1>\r\nContact: ");
+    w.receive(CALLER, &with_rr);
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    assert!(!invite_b.contains("Route:"), "no route set towards a directly registered phone");
+    let ok_b = answer(&invite_b, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2")))
+        .replace("Contact: ", "Record-Route: <sip:192.0.2.60;lr>, <sip:192.0.2.61;lr>\r\nContact: ");
+    w.receive(CALLEE, &ok_b);
+    let ack = w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
+    assert!(ack.contains("Route: <sip:192.0.2.61;lr>\r\nRoute: <sip:192.0.2.60;lr>\r\n"), "reversed Record-Route: {ack}");
+    let ok_a = w.take_one(CALLER, "SIP/2.0 200");
+    assert!(ok_a.contains("Record-Route: <sip:192.0.2.1;lr;ftag=a1>\r\n"), "{ok_a}");
+    // The callee hangs up: our BYE to the caller follows the caller's Record-Route.
+    let tag = to_tag(&ok_b);
+    let bye = format!(
+        "BYE sip:b2bua@192.0.2.100:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKbyeb\r\nMax-Forwards: 70\r\n\
+         From: <sip:bob@192.0.2.2:5062>;tag={tag}\r\n{to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        to = invite_b.lines().find(|l| l.starts_with("From:")).expect("from").replacen("From:", "To:", 1),
+        call_id = invite_b.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("call-id"),
+    );
+    w.receive(CALLEE, &bye);
+    let bye_a = w.take_one(CALLER, "BYE sip:alice@192.0.2.1:5060");
+    assert!(bye_a.contains("Route: <sip:192.0.2.1;lr;ftag=a1>\r\n"), "{bye_a}");
 }

@@ -73,6 +73,13 @@ pub struct StoredBinding {
     pub cseq: u32,
     /// The flow it arrived on: `udp:IP:PORT` / `tcp:IP:PORT`.
     pub flow: String,
+    /// The REGISTER's Path values joined with `, ` (empty: none).
+    pub path: String,
+    /// `+sip.instance` of an outbound binding.
+    pub instance: Option<String>,
+    /// `reg-id` of an outbound binding; 0 for a binding without outbound. Part of the key, so
+    /// one phone can hold two flows with the same Contact.
+    pub reg_id: u32,
 }
 
 /// A change to the stored registrations.
@@ -86,6 +93,8 @@ pub enum LocationChange {
         aor: String,
         /// Contact URI.
         contact: String,
+        /// Its reg-id (0: none).
+        reg_id: u32,
     },
 }
 
@@ -145,7 +154,10 @@ CREATE TABLE IF NOT EXISTS location (
     call_id TEXT NOT NULL,
     cseq INTEGER NOT NULL,
     flow TEXT NOT NULL,
-    PRIMARY KEY (aor, contact)
+    path TEXT NOT NULL DEFAULT '',
+    instance TEXT,
+    reg_id INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (aor, contact, reg_id)
 ) WITHOUT ROWID;
 ";
 
@@ -176,6 +188,26 @@ fn migrate(db: &rusqlite::Connection) -> Result<(), StoreError> {
     let columns: Vec<String> = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
     if !columns.iter().any(|c| c == "auth_algorithm") {
         db.execute_batch("ALTER TABLE subscriber ADD COLUMN auth_algorithm TEXT")?;
+    }
+    // Path and SIP outbound: three columns and a key that includes reg-id. SQLite cannot change
+    // a primary key in place, so the table is rebuilt (registrations are few, this is quick).
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('location')")?;
+    let columns: Vec<String> = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    if !columns.iter().any(|c| c == "reg_id") {
+        db.execute_batch(
+            "BEGIN;
+             ALTER TABLE location RENAME TO location_old;
+             CREATE TABLE location (
+                 aor TEXT NOT NULL, contact TEXT NOT NULL, expires INTEGER NOT NULL, q INTEGER NOT NULL,
+                 call_id TEXT NOT NULL, cseq INTEGER NOT NULL, flow TEXT NOT NULL,
+                 path TEXT NOT NULL DEFAULT '', instance TEXT, reg_id INTEGER NOT NULL DEFAULT 0,
+                 PRIMARY KEY (aor, contact, reg_id)
+             ) WITHOUT ROWID;
+             INSERT INTO location (aor, contact, expires, q, call_id, cseq, flow)
+                 SELECT aor, contact, expires, q, call_id, cseq, flow FROM location_old;
+             DROP TABLE location_old;
+             COMMIT;",
+        )?;
     }
     Ok(())
 }
@@ -250,8 +282,9 @@ impl Store for SqliteStore {
             match change {
                 LocationChange::Upsert(b) => {
                     let mut stmt = tx.prepare_cached(
-                        "INSERT OR REPLACE INTO location (aor, contact, expires, q, call_id, cseq, flow) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        "INSERT OR REPLACE INTO location \
+                         (aor, contact, expires, q, call_id, cseq, flow, path, instance, reg_id) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     )?;
                     stmt.execute(rusqlite::params![
                         b.aor,
@@ -260,12 +293,16 @@ impl Store for SqliteStore {
                         b.q_milli,
                         b.call_id,
                         b.cseq,
-                        b.flow
+                        b.flow,
+                        b.path,
+                        b.instance,
+                        b.reg_id
                     ])?;
                 }
-                LocationChange::Remove { aor, contact } => {
-                    let mut stmt = tx.prepare_cached("DELETE FROM location WHERE aor = ?1 AND contact = ?2")?;
-                    stmt.execute(rusqlite::params![aor, contact])?;
+                LocationChange::Remove { aor, contact, reg_id } => {
+                    let mut stmt =
+                        tx.prepare_cached("DELETE FROM location WHERE aor = ?1 AND contact = ?2 AND reg_id = ?3")?;
+                    stmt.execute(rusqlite::params![aor, contact, reg_id])?;
                 }
             }
         }
@@ -275,7 +312,9 @@ impl Store for SqliteStore {
 
     fn bindings(&mut self) -> Result<Vec<StoredBinding>, StoreError> {
         let mut stmt =
-            self.db.prepare_cached("SELECT aor, contact, expires, q, call_id, cseq, flow FROM location ORDER BY aor")?;
+            self.db.prepare_cached(
+                "SELECT aor, contact, expires, q, call_id, cseq, flow, path, instance, reg_id FROM location ORDER BY aor",
+            )?;
         let rows = stmt.query_map([], |row| {
             Ok(StoredBinding {
                 aor: row.get(0)?,
@@ -285,6 +324,9 @@ impl Store for SqliteStore {
                 call_id: row.get(4)?,
                 cseq: row.get(5)?,
                 flow: row.get(6)?,
+                path: row.get(7)?,
+                instance: row.get(8)?,
+                reg_id: row.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -295,7 +337,7 @@ impl Store for SqliteStore {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     subscribers: HashMap<(String, String), Subscriber>,
-    bindings: HashMap<(String, String), StoredBinding>,
+    bindings: HashMap<(String, String, u32), StoredBinding>,
 }
 
 impl Store for MemoryStore {
@@ -324,7 +366,7 @@ impl Store for MemoryStore {
 
     fn remove_subscriber(&mut self, user: &str, domain: &str) -> Result<bool, StoreError> {
         let aor = format!("{user}@{domain}");
-        self.bindings.retain(|(a, _), _| *a != aor);
+        self.bindings.retain(|(a, _, _), _| *a != aor);
         Ok(self.subscribers.remove(&(user.to_owned(), domain.to_owned())).is_some())
     }
 
@@ -338,10 +380,10 @@ impl Store for MemoryStore {
         for change in changes {
             match change {
                 LocationChange::Upsert(b) => {
-                    self.bindings.insert((b.aor.clone(), b.contact.clone()), b.clone());
+                    self.bindings.insert((b.aor.clone(), b.contact.clone(), b.reg_id), b.clone());
                 }
-                LocationChange::Remove { aor, contact } => {
-                    self.bindings.remove(&(aor.clone(), contact.clone()));
+                LocationChange::Remove { aor, contact, reg_id } => {
+                    self.bindings.remove(&(aor.clone(), contact.clone(), *reg_id));
                 }
             }
         }
@@ -366,6 +408,9 @@ mod tests {
             call_id: "c1".into(),
             cseq: 1,
             flow: "udp:127.0.0.1:5070".into(),
+            path: String::new(),
+            instance: None,
+            reg_id: 0,
         }
     }
 
@@ -383,8 +428,20 @@ mod tests {
 
         store.apply(&[LocationChange::Upsert(binding("sip:a@1", 10)), LocationChange::Upsert(binding("sip:a@2", 20))]).unwrap();
         store.apply(&[LocationChange::Upsert(binding("sip:a@1", 30))]).unwrap();
-        store.apply(&[LocationChange::Remove { aor: "alice@sip.test".into(), contact: "sip:a@2".into() }]).unwrap();
+        store.apply(&[LocationChange::Remove { aor: "alice@sip.test".into(), contact: "sip:a@2".into(), reg_id: 0 }]).unwrap();
         assert_eq!(store.bindings().unwrap(), vec![binding("sip:a@1", 30)]);
+        // Two outbound flows of one phone share a Contact and differ by reg-id.
+        let flow = |reg_id| StoredBinding {
+            path: "<sip:edge.test;lr;ob>".into(),
+            instance: Some("<urn:uuid:00000000-0000-0000-0000-000000000001>".into()),
+            reg_id,
+            ..binding("sip:a@9", 40)
+        };
+        store.apply(&[LocationChange::Upsert(flow(1)), LocationChange::Upsert(flow(2))]).unwrap();
+        store.apply(&[LocationChange::Remove { aor: "alice@sip.test".into(), contact: "sip:a@9".into(), reg_id: 1 }]).unwrap();
+        let mut left = store.bindings().unwrap();
+        left.sort_by_key(|b| b.reg_id);
+        assert_eq!(left, vec![binding("sip:a@1", 30), flow(2)]);
 
         assert!(store.remove_subscriber("alice", "sip.test").unwrap());
         assert!(!store.remove_subscriber("alice", "sip.test").unwrap());
@@ -420,7 +477,7 @@ mod tests {
     }
 
     #[test]
-    fn database_of_an_older_release_gains_the_auth_algorithm_column() {
+    fn database_of_an_older_release_gains_the_new_columns_and_keeps_its_rows() {
         let dir = std::env::temp_dir().join(format!("cp-store-migrate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("old.db");
@@ -429,7 +486,11 @@ mod tests {
             db.execute_batch(
                 "CREATE TABLE subscriber (user TEXT NOT NULL, domain TEXT NOT NULL, ha1_md5 TEXT NOT NULL, \
                  ha1_sha256 TEXT NOT NULL, ha1_sha512_256 TEXT NOT NULL, PRIMARY KEY (user, domain)) WITHOUT ROWID;\
-                 INSERT INTO subscriber VALUES ('carol', 'sip.test', 'a', 'b', 'c');",
+                 INSERT INTO subscriber VALUES ('carol', 'sip.test', 'a', 'b', 'c');\
+                 CREATE TABLE location (aor TEXT NOT NULL, contact TEXT NOT NULL, expires INTEGER NOT NULL, \
+                 q INTEGER NOT NULL, call_id TEXT NOT NULL, cseq INTEGER NOT NULL, flow TEXT NOT NULL, \
+                 PRIMARY KEY (aor, contact)) WITHOUT ROWID;\
+                 INSERT INTO location VALUES ('alice@sip.test', 'sip:a@1', 30, 1000, 'c1', 1, 'udp:127.0.0.1:5070');",
             )
             .unwrap();
         }
@@ -438,6 +499,7 @@ mod tests {
         assert_eq!((carol.ha1_md5.as_str(), carol.auth_algorithm), ("a", None));
         assert!(s.set_auth_algorithm("carol", "sip.test", Some(Algorithm::Sha512_256)).unwrap());
         assert_eq!(s.subscriber("carol", "sip.test").unwrap().unwrap().auth_algorithm, Some(Algorithm::Sha512_256));
+        assert_eq!(s.bindings().unwrap(), vec![binding("sip:a@1", 30)], "registrations survive the location rebuild");
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }

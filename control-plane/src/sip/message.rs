@@ -897,14 +897,75 @@ fn has_tag(value: &str) -> bool {
 /// The `tag` parameter of a From/To value (outside the URI's angle brackets); `Some("")` for a
 /// `tag` without a value.
 pub fn tag_of(value: &str) -> Option<&str> {
-    let params = match value.rfind('>') {
-        Some(end) => value.get(end + 1..)?,
-        None => value,
-    };
-    params.split(';').skip(1).find_map(|p| {
-        let (name, v) = p.split_once('=').unwrap_or((p, ""));
-        name.trim().eq_ignore_ascii_case("tag").then(|| v.trim())
-    })
+    header_param(value, "tag")
+}
+
+/// The header parameters of a name-addr or addr-spec value (`"A" <sip:a@h;uri-param>;p=1;q` →
+/// `;p=1;q`): after the `>` closing the URI, or from the first `;` of an addr-spec. Quoted
+/// display names and quoted parameter values may contain `<`, `>` and `;`.
+fn header_params_part(value: &str) -> &str {
+    let (mut quoted, mut escaped, mut angle) = (false, false, false);
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted && angle => return value.get(i + 1..).unwrap_or_default(),
+            ';' if !quoted && !angle => return value.get(i..).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    ""
+}
+
+/// A name-addr or addr-spec value without its header parameters (`<sip:a@h;lr>;q=1` →
+/// `<sip:a@h;lr>`).
+pub fn without_header_params(value: &str) -> &str {
+    let params = header_params_part(value);
+    value.get(..value.len() - params.len()).unwrap_or(value).trim_end()
+}
+
+/// The value of header parameter `name` of a name-addr or addr-spec value (case-insensitive
+/// name; `Some("")` when it has no value; quotes kept: `+sip.instance="<urn:…>"`).
+pub fn header_param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    let params = header_params_part(value);
+    let mut rest = params;
+    while let Some(start) = rest.find(';').and_then(|i| rest.get(i + 1..)) {
+        // The parameter runs to the next `;` outside quotes.
+        let mut quoted = false;
+        let end = start
+            .char_indices()
+            .find(|&(_, c)| {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                c == ';' && !quoted
+            })
+            .map_or(start.len(), |(i, _)| i);
+        let param = start.get(..end).unwrap_or_default();
+        let (n, v) = param.split_once('=').unwrap_or((param, ""));
+        if n.trim().eq_ignore_ascii_case(name) {
+            return Some(v.trim());
+        }
+        rest = start.get(end..).unwrap_or_default();
+    }
+    None
+}
+
+/// Every value of the headers named `name` (untyped in rsip: `Path`, `Supported`, `Require`, …)
+/// split into list elements.
+pub fn header_list<'a>(headers: &'a rsip::Headers, name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .iter()
+        .filter_map(move |h| match h {
+            Header::Other(n, v) if n.eq_ignore_ascii_case(name) => Some(v.as_str()),
+            _ => None,
+        })
+        .flat_map(split_list)
 }
 
 /// The value of the first header named `name` (case-insensitive; for headers rsip keeps untyped).
@@ -1147,6 +1208,19 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use rsip::message::HeadersExt;
+
+    #[test]
+    fn header_params_are_found_past_quoted_brackets_and_semicolons() {
+        let contact = r#""A;<b>" <sip:a@h;transport=tcp>;+sip.instance="<urn:uuid:1;x>";reg-id=2;ob"#;
+        assert_eq!(header_param(contact, "+sip.instance"), Some(r#""<urn:uuid:1;x>""#));
+        assert_eq!(header_param(contact, "REG-ID"), Some("2"));
+        assert_eq!(header_param(contact, "ob"), Some(""));
+        assert_eq!(header_param(contact, "transport"), None, "a URI parameter is not a header parameter");
+        assert_eq!(header_param("sip:a@h;tag=x", "tag"), Some("x"));
+        assert_eq!(header_param("<sip:a@h>", "tag"), None);
+        assert_eq!(without_header_params(contact), r#""A;<b>" <sip:a@h;transport=tcp>"#);
+        assert_eq!(without_header_params("sip:a@h;tag=x"), "sip:a@h");
+    }
 
     pub(crate) const INVITE: &str = "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n\
