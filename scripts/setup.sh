@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on Debian 12: protoc (gRPC code generation), a C toolchain,
 # clang and libelf for the XDP program, ip/ethtool/ping for its netns tests,
-# sipp for the SIP tests, baresip for the phone tests (SETUP_PHONES=1), Python gRPC packages for the external-client test, and Rust (rustup) if cargo is missing.
+# sipp for the SIP tests, baresip for the phone tests (SETUP_PHONES=1), Kamailio as an edge proxy
+# (SETUP_SIP_PEERS=1), Python gRPC packages for the external-client test, and Rust (rustup) if cargo is missing.
 set -euo pipefail
 
 need_apt=()
@@ -36,6 +37,11 @@ command -v sipp >/dev/null || need_apt+=(sip-tester)
 # package has the modules they use (g711, ausine, aubridge, sndfile, ctrl_tcp) without a desktop.
 if [ "${SETUP_PHONES:-0}" = 1 ]; then
   command -v baresip >/dev/null || need_apt+=(baresip-core)
+fi
+# The edge-proxy test (control-plane/tests/sip.rs) puts Kamailio in front of the registrar
+# (SETUP_SIP_PEERS=1).
+if [ "${SETUP_SIP_PEERS:-0}" = 1 ]; then
+  command -v kamailio >/dev/null || need_apt+=(kamailio)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"

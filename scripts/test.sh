@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then runs every test of the workspace
 # (unit, virtual-time engine and SIP transactions, integration tests against the real binaries,
-# sipp calls and baresip phones through control plane and media plane, the Python gRPC client).
+# sipp calls and baresip phones through control plane and media plane, a Kamailio edge proxy in
+# front of the registrar, the Python gRPC client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 source scripts/setup.sh
+SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 SETUP_SIP_PEERS=1 source scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # The Python external-client test must run here, not skip.
 export REQUIRE_PYTHON_GRPC=1
@@ -12,4 +13,6 @@ export REQUIRE_PYTHON_GRPC=1
 export REQUIRE_SIPP=1
 # And the baresip phones calling through both planes.
 export REQUIRE_BARESIP=1
+# And Kamailio as the edge proxy in front of the registrar.
+export REQUIRE_KAMAILIO=1
 cargo test --workspace --locked "$@"

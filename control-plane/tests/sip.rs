@@ -17,7 +17,7 @@ use control_plane::auth::digest::{authorization, ha1, parse_challenge, Algorithm
 use proto::v1;
 
 mod common;
-use common::{media_plane_bin, repo_root, self_signed, temp_dir, terminate, Proc, BIN, IO_TIMEOUT};
+use common::{media_plane_bin, repo_root, self_signed, temp_dir, terminate, Proc, ProcGroup, BIN, IO_TIMEOUT};
 
 struct Stack {
     cp: Option<Proc>,
@@ -378,11 +378,11 @@ fn sipp_call_relays_rtp_both_ways_through_the_media_plane_and_releases_its_legs(
     }
     let mut stack = Stack::start(5, true);
     register_callee(&stack, "csv/bob.csv", 24_050);
-    let mut uas = spawn_sipp(&stack, &["-sf", "uas-answer.xml", "-p", "24050", "-mp", "24060", "-rtp_echo", "-m", "1"]);
+    let mut uas = spawn_sipp(&stack, &["-sf", "uas-answer.xml", "-p", "24050", "-mp", "24052", "-rtp_echo", "-m", "1"]);
     std::thread::sleep(Duration::from_millis(300));
     let uac = sipp(
         &stack,
-        &["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-p", "24051", "-mp", "24070", "-d", "2000", "-m", "1"],
+        &["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-p", "24051", "-mp", "24056", "-d", "2000", "-m", "1"],
         Duration::from_secs(40),
     );
     let uas = wait_bounded(&mut uas, Duration::from_secs(20));
@@ -558,4 +558,88 @@ fn base64_decode(text: &str) -> Vec<u8> {
             out.into_iter().take(c.len().saturating_sub(1))
         })
         .collect()
+}
+
+// ---- an edge proxy in front of the registrar (RFC 3327 Path) ----
+
+/// Kamailio is needed for this test; it skips with a message when missing, unless
+/// `REQUIRE_KAMAILIO=1`.
+fn kamailio_available() -> bool {
+    let found = Command::new("kamailio").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !found {
+        assert!(std::env::var("REQUIRE_KAMAILIO").as_deref() != Ok("1"), "REQUIRE_KAMAILIO=1 but kamailio is not installed");
+        eprintln!("SKIP: kamailio is not installed (apt-get install kamailio, or bash scripts/setup.sh)");
+    }
+    found
+}
+
+#[test]
+fn phone_registered_through_a_kamailio_edge_proxy_is_called_through_it_by_its_path() {
+    if !sipp_available() || !kamailio_available() {
+        return;
+    }
+    let mut stack = Stack::start(7, true);
+    let edge = "127.0.0.1:24090";
+    let run_dir = stack.dir.join("kamailio");
+    std::fs::create_dir_all(&run_dir).expect("run dir");
+    let mut kamailio = ProcGroup::spawn(
+        Command::new("kamailio")
+            .args(["-f", repo_root().join("scripts/kamailio/edge.cfg").to_str().expect("utf8"), "-DD", "-E", "-m", "32", "-M", "8"])
+            .args(["-Y", run_dir.to_str().expect("utf8"), "-w", run_dir.to_str().expect("utf8")])
+            .args(["-l", &format!("udp:{edge}"), "-A", &format!("REGISTRAR=\"sip:{}\"", stack.sip)])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stack.dir.join("kamailio.log")).expect("log file"))
+    )
+    .expect("start kamailio");
+    let edge_log = || std::fs::read_to_string(stack.dir.join("kamailio.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Its UDP socket is bound once it has sized the receive buffer.
+    while !edge_log().contains("SO_RCVBUF is finally") {
+        assert!(kamailio.child.try_wait().expect("wait kamailio").is_none(), "kamailio stopped: {}", edge_log());
+        assert!(Instant::now() < deadline, "kamailio did not start within 10 s: {}", edge_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // bob registers through the edge proxy, which adds itself in Path.
+    let status = wait_bounded(
+        &mut Command::new("sipp")
+            .arg(edge)
+            .args(["-sf", "register.xml", "-inf", "csv/bob.csv", "-auth_uri", "sip.test", "-p", "24091", "-m", "1"])
+            .args(["-nostdin", "-timeout", "20s", "-timeout_error"])
+            .current_dir(repo_root().join("scripts/sipp"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sipp"),
+        Duration::from_secs(25),
+    );
+    assert!(status.success(), "bob's REGISTER through the edge: {status:?}; edge log: {}", edge_log());
+
+    // alice calls bob at the control plane; the edge refuses any initial request that does not
+    // carry a Route naming it, so the call connects only if the registrar routed it by the Path.
+    let mut uas = Command::new("sipp")
+        .arg(edge)
+        .args(["-sf", "uas-answer.xml", "-p", "24091", "-mp", "24094", "-rtp_echo", "-m", "1"])
+        .args(["-nostdin", "-timeout", "40s", "-timeout_error"])
+        .current_dir(repo_root().join("scripts/sipp"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sipp");
+    std::thread::sleep(Duration::from_millis(300));
+    let uac = sipp(
+        &stack,
+        &["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-p", "24092", "-mp", "24084", "-d", "2000", "-m", "1"],
+        Duration::from_secs(40),
+    );
+    let uas = wait_bounded(&mut uas, Duration::from_secs(20));
+    let log = edge_log();
+    assert!(uac.success() && uas.success(), "caller {uac:?}, callee {uas:?}; control plane: {}; edge: {log}", stack.log());
+    assert!(log.contains("edge: INVITE routed via Path"), "the INVITE did not come through the edge's Path route: {log}");
+    assert!(!log.contains("without Route refused"), "{log}");
+    let (legs, forwarded) = stack.media_totals();
+    assert!(forwarded >= 100, "the media plane forwarded only {forwarded} packets for a 2 s call");
+    assert_eq!(legs, 0, "legs left in the media plane after the call");
+    let counters = stack.stop();
+    assert!(counters.contains("\"calls_completed\":1"), "{counters}");
 }

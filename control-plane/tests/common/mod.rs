@@ -22,6 +22,27 @@ impl Drop for Proc {
     }
 }
 
+/// A daemon that forks workers (Kamailio), started in a process group of its own so that the
+/// whole group is killed when dropped: killing only its main process would orphan the workers.
+pub struct ProcGroup {
+    pub child: Child,
+}
+
+impl ProcGroup {
+    /// Starts `cmd` as the leader of a new process group.
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<ProcGroup> {
+        use std::os::unix::process::CommandExt;
+        Ok(ProcGroup { child: cmd.process_group(0).spawn()? })
+    }
+}
+
+impl Drop for ProcGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
