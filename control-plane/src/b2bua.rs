@@ -429,7 +429,7 @@ impl ControlPlane {
         let caller = if self.config.trusted.contains(&source.addr.ip()) {
             None
         } else {
-            let Some(user) = self.authenticate(&key, &request, &from_user, &from_domain, true, now, store) else { return };
+            let Some(user) = self.authenticate(&key, &request, source.addr.ip(), &from_user, &from_domain, true, now, store) else { return };
             if user != from_user || !self.config.is_local_domain(&from_domain) {
                 self.stats.auth_failures += 1;
                 self.reply(&key, &request, 403, now);

@@ -49,6 +49,20 @@
 //! [store]
 //! path = "control-plane.db"       # SQLite file for subscribers and registrations (default: this)
 //!
+//! [limits]                        # abuse limits (see crate::limits); sip.trusted is always exempt
+//! requests_per_second = 100       # messages per second per source IP; 0 = no limit (default 100)
+//! burst = 200                     # messages at once above that rate (default 200)
+//! ban_s = 60                      # a source over its rate is ignored this long (default 60)
+//! auth_failures_per_source = 20   # refused credentials from one IP that ban it; 0 = off (default 20)
+//! auth_failures_per_user = 50     # refused credentials for one user that lock it; 0 = off (default 50)
+//! auth_window_s = 300             # window the failures are counted in (default 300)
+//! lockout_s = 300                 # ban / lock time after too many failures (default 300)
+//! exempt = ["127.0.0.1", "::1"]   # sources never limited (default: these, for local tools such as sipp)
+//! drop_user_agents = ["friendly-scanner", "sipvicious", "sipcli", "sip-scan", "VaxSIPUserAgent"]
+//!                                 # requests whose User-Agent contains one of these (any case) are
+//!                                 # dropped unanswered (default: these; [] keeps all)
+//! max_sources = 100000            # sources (and users) tracked at once (default 100000)
+//!
 //! [[route]]                       # dialled numbers not owned by a local subscriber; longest prefix wins
 //! prefix = "00"                   # matched against the Request-URI user part ("" matches all)
 //! destination = "sip:192.0.2.20:5060"      # "local" (a registered subscriber) or a trunk: a sip: URI whose
@@ -117,7 +131,24 @@ struct RawConfig {
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    requests_per_second: Option<u32>,
+    burst: Option<u32>,
+    ban_s: Option<u64>,
+    auth_failures_per_source: Option<u32>,
+    auth_failures_per_user: Option<u32>,
+    auth_window_s: Option<u64>,
+    lockout_s: Option<u64>,
+    exempt: Option<Vec<String>>,
+    drop_user_agents: Option<Vec<String>>,
+    max_sources: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -317,6 +348,8 @@ pub struct Config {
     pub store_path: PathBuf,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
+    /// Abuse limits (trusted sources included in `exempt`).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Config {
@@ -494,6 +527,8 @@ impl Config {
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
+        let limits = Config::limits(raw.limits, &trusted)?;
+
         Ok(Config {
             listen,
             tls,
@@ -511,6 +546,47 @@ impl Config {
             rpc_timeout: Duration::from_millis(rpc_timeout_ms),
             store_path: raw.store.path.unwrap_or_else(|| PathBuf::from("control-plane.db")),
             routes,
+            limits,
+        })
+    }
+
+    fn limits(raw: RawLimits, trusted: &HashSet<IpAddr>) -> Result<crate::limits::LimitsConfig, ConfigError> {
+        let defaults = crate::limits::LimitsConfig::default();
+        let mut exempt = match raw.exempt {
+            None => defaults.exempt,
+            Some(list) => list
+                .iter()
+                .map(|ip| ip.parse().map_err(|_| invalid("limits.exempt", format!("{ip:?} is not an IP address"))))
+                .collect::<Result<HashSet<IpAddr>, _>>()?,
+        };
+        exempt.extend(trusted.iter().copied());
+        let burst = raw.burst.unwrap_or(defaults.burst);
+        if burst == 0 {
+            return Err(invalid("limits.burst", "must be greater than 0"));
+        }
+        let max_sources = raw.max_sources.unwrap_or(defaults.max_sources);
+        if max_sources == 0 {
+            return Err(invalid("limits.max_sources", "must be greater than 0"));
+        }
+        let seconds = |v: Option<u64>, d: Duration, key: &str| match v {
+            Some(0) => Err(invalid(key, "must be greater than 0")),
+            Some(s) => Ok(Duration::from_secs(s)),
+            None => Ok(d),
+        };
+        Ok(crate::limits::LimitsConfig {
+            requests_per_second: raw.requests_per_second.unwrap_or(defaults.requests_per_second),
+            burst,
+            ban: seconds(raw.ban_s, defaults.ban, "limits.ban_s")?,
+            auth_failures_per_source: raw.auth_failures_per_source.unwrap_or(defaults.auth_failures_per_source),
+            auth_failures_per_user: raw.auth_failures_per_user.unwrap_or(defaults.auth_failures_per_user),
+            auth_window: seconds(raw.auth_window_s, defaults.auth_window, "limits.auth_window_s")?,
+            lockout: seconds(raw.lockout_s, defaults.lockout, "limits.lockout_s")?,
+            exempt,
+            drop_user_agents: raw
+                .drop_user_agents
+                .map(|v| v.iter().map(|s| s.to_ascii_lowercase()).collect())
+                .unwrap_or(defaults.drop_user_agents),
+            max_sources,
         })
     }
 
@@ -561,6 +637,9 @@ mod tests {
             ("[sip]\ndomains = []", "sip.domains"),
             ("[sip]\ndomains = [\"a\"]\nlisten = [\"sctp:1.2.3.4:5\"]", "sip.listen"),
             ("[sip]\ndomains = [\"a\"]\ntrusted = [\"x\"]", "sip.trusted"),
+            ("[sip]\ndomains = [\"a\"]\n[limits]\nexempt = [\"nope\"]", "limits.exempt"),
+            ("[sip]\ndomains = [\"a\"]\n[limits]\nburst = 0", "limits.burst"),
+            ("[sip]\ndomains = [\"a\"]\n[limits]\nban_s = 0", "limits.ban_s"),
             ("[sip]\ndomains = [\"a\"]\nlisten = [\"tls:127.0.0.1:5061\"]", "sip.tls"),
             ("[sip]\ndomains = [\"a\"]\n[sip.tls]\ncertificate = \"/nonexistent.pem\"\nkey = \"/nonexistent.pem\"", "sip.tls.certificate"),
             ("[sip]\ndomains = [\"a\"]\n[auth]\nalgorithms = [\"SHA-1\"]", "auth.algorithms"),

@@ -30,6 +30,7 @@ pub mod auth;
 pub mod b2bua;
 pub mod config;
 pub mod driver;
+pub mod limits;
 pub mod media;
 pub mod registrar;
 pub mod sdp;

@@ -67,6 +67,8 @@ pub struct Stats {
     pub registrations_refused: u64,
     /// SIP outbound registrations ended because their connection closed.
     pub outbound_flows_closed: u64,
+    /// Abuse limits: rate-limited messages, bans, scanners, locked users.
+    pub limits: crate::limits::LimitStats,
     /// Challenges sent (401/407).
     pub challenges: u64,
     /// Credentials refused with 403.
@@ -110,6 +112,8 @@ pub struct ControlPlane {
     pub(crate) layer: TransactionLayer,
     pub(crate) auth: Authenticator,
     pub(crate) registrar: Registrar,
+    /// Abuse limits (rates, password guessing, scanners).
+    pub(crate) limits: crate::limits::Limits,
     pub(crate) calls: Calls,
     pub(crate) transmits: VecDeque<Outgoing>,
     pub(crate) media: VecDeque<(u64, MediaRequest)>,
@@ -152,6 +156,7 @@ impl ControlPlane {
             layer,
             auth,
             registrar: Registrar::new(config.registrar),
+            limits: crate::limits::Limits::new(config.limits.clone()),
             calls: Calls::default(),
             transmits: VecDeque::new(),
             media: VecDeque::new(),
@@ -165,7 +170,7 @@ impl ControlPlane {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats { limits: self.limits.stats(), ..self.stats }
     }
 
     /// Transaction counters.
@@ -194,6 +199,9 @@ impl ControlPlane {
     /// with the source's address (RFC 5626 §4.4.2), a bare CRLF pair ignored (RFC 5626 §3.5.1
     /// is for streams, but phones send it over UDP too).
     pub fn handle_datagram(&mut self, bytes: &[u8], source: Peer, now: Now, store: &mut dyn Store) {
+        if !self.limits.admit(source.addr.ip(), now.instant) {
+            return;
+        }
         if crate::sip::stun::is_stun(bytes) {
             self.stats.keepalives += 1;
             if let Some(answer) = crate::sip::stun::binding_response(bytes, source.addr) {
@@ -210,12 +218,26 @@ impl ControlPlane {
 
     /// One framed message from a stream connection ([`message::next_frame`]).
     pub fn handle_stream_message(&mut self, bytes: &[u8], source: Peer, now: Now, store: &mut dyn Store) {
+        if !self.limits.admit(source.addr.ip(), now.instant) {
+            return;
+        }
         self.handle_bytes(bytes, Framing::Stream, source, now, store);
     }
 
     fn handle_bytes(&mut self, bytes: &[u8], framing: Framing, source: Peer, now: Now, store: &mut dyn Store) {
         match message::parse(bytes, framing) {
             Ok(parsed) => {
+                // Scanners are dropped before any transaction exists: no answer, nothing kept.
+                if let SipMessage::Request(request) = &parsed {
+                    let agent = request.headers.iter().find_map(|h| match h {
+                        Header::UserAgent(ua) => Some(ua.value()),
+                        _ => None,
+                    });
+                    if agent.is_some_and(|ua| self.limits.is_scanner(ua)) {
+                        tracing::debug!(from = %source.addr, "scanner dropped");
+                        return;
+                    }
+                }
                 self.layer.handle_message(parsed, source, now.instant);
                 self.drain_layer(now, store);
             }
@@ -260,6 +282,7 @@ impl ControlPlane {
         self.on_call_timers(now);
         if self.next_sweep.is_none_or(|t| t <= now.instant) {
             self.next_sweep = Some(now.instant + std::time::Duration::from_secs(10));
+            self.limits.sweep(now.instant);
             let changes = self.registrar.sweep(now.unix());
             if let Err(e) = store.apply(&changes) {
                 self.stats.store_errors += 1;
@@ -372,6 +395,7 @@ impl ControlPlane {
         &mut self,
         key: &TransactionKey,
         request: &Request,
+        source: std::net::IpAddr,
         user: &str,
         domain: &str,
         proxy: bool,
@@ -408,6 +432,14 @@ impl ControlPlane {
             self.challenge(key, request, proxy, &offer.challenge, false, now);
             return None;
         };
+        // A user locked after too many refused credentials is refused without checking: guessing
+        // must not pay off, even from many addresses.
+        let account = format!("{user}@{}", domain.to_ascii_lowercase());
+        if self.limits.user_locked(&account, now.instant) {
+            self.stats.auth_failures += 1;
+            self.reply(key, request, 403, now);
+            return None;
+        }
         if answered.as_ref().is_some_and(|c| !offer.accept.contains(&c.algorithm)) {
             // Well-formed credentials in an algorithm this subscriber may not use: offer the right one.
             self.stats.auth_wrong_algorithm += 1;
@@ -449,6 +481,7 @@ impl ControlPlane {
             }
             Err(DigestError::WrongResponse | DigestError::UnknownUser) => {
                 self.stats.auth_failures += 1;
+                self.limits.auth_failed(source, &account, now.instant);
                 self.reply(key, request, 403, now);
                 None
             }
@@ -501,7 +534,7 @@ impl ControlPlane {
             self.reply(key, request, 400, now);
             return;
         };
-        let Some(user) = self.authenticate(key, request, &to_user, &to_domain, false, now, store) else { return };
+        let Some(user) = self.authenticate(key, request, source.addr.ip(), &to_user, &to_domain, false, now, store) else { return };
         if user != to_user || !to_domain.eq_ignore_ascii_case(&domain) {
             // Authenticated as someone else: may not register this address-of-record.
             self.stats.auth_failures += 1;

@@ -576,3 +576,72 @@ fn record_route_of_the_caller_is_echoed_and_routes_our_bye() {
     let bye_a = w.take_one(CALLER, "BYE sip:alice@192.0.2.1:5060");
     assert!(bye_a.contains("Route: <sip:192.0.2.1;lr;ftag=a1>\r\n"), "{bye_a}");
 }
+
+// ---- abuse limits ----
+
+#[test]
+fn scanner_user_agents_are_dropped_unanswered_before_any_transaction() {
+    let mut w = World::with_config("");
+    let options = "OPTIONS sip:100@sip.test SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.66:5060;branch=z9hG4bKscan\r\n\
+                   Max-Forwards: 70\r\nFrom: <sip:100@sip.test>;tag=s\r\nTo: <sip:100@sip.test>\r\nCall-ID: scan\r\n\
+                   CSeq: 1 OPTIONS\r\nUser-Agent: friendly-scanner\r\nContent-Length: 0\r\n\r\n";
+    w.receive("192.0.2.66:5060", options);
+    assert!(w.take("192.0.2.66:5060", "").is_empty(), "no answer to a scanner");
+    assert_eq!(w.core.stats().limits.scanners_dropped, 1);
+    assert_eq!(w.core.transaction_stats().server_transactions, 0, "{:?}", w.core.transaction_stats());
+    w.receive("192.0.2.66:5060", &options.replace("friendly-scanner", "Acme Phone 1.0"));
+    w.take_one("192.0.2.66:5060", "SIP/2.0 200");
+}
+
+#[test]
+fn password_guessing_bans_the_source_while_other_phones_still_register() {
+    use crate::auth::digest::Algorithm;
+    let mut w = World::with_config("[limits]\nauth_failures_per_source = 3\n");
+    let wrong = |w: &mut World, cseq: u32| {
+        w.receive(PHONE, &register(cseq, None));
+        let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
+        let mut guess = bob_answers(&challenge, Algorithm::Md5, 1);
+        guess = guess.replacen("response=\"", "response=\"0", 1);
+        w.receive(PHONE, &register(cseq + 1, Some(&guess)));
+    };
+    for i in 0..3 {
+        wrong(&mut w, 10 * i + 1);
+        w.take_one(PHONE, "SIP/2.0 403");
+    }
+    // Banned: even a correct REGISTER from there is not answered now.
+    w.receive(PHONE, &register(100, None));
+    assert!(w.take(PHONE, "").is_empty(), "a banned source gets no answer");
+    assert_eq!((w.core.stats().limits.sources_banned, w.core.stats().limits.rate_limited), (1, 1));
+    // Another phone of the same user, elsewhere, registers.
+    let other = "192.0.2.8:5060";
+    w.receive(other, &register(200, None).replace(PHONE, other));
+    let challenge = challenges_of(&w.take_one(other, "SIP/2.0 401")).remove(0);
+    w.receive(other, &register(201, Some(&bob_answers(&challenge, Algorithm::Md5, 1))).replace(PHONE, other));
+    w.take_one(other, "SIP/2.0 200");
+}
+
+#[test]
+fn a_user_locked_by_guessing_from_many_addresses_is_refused_even_with_the_right_password() {
+    use crate::auth::digest::Algorithm;
+    let mut w = World::with_config("[limits]\nauth_failures_per_source = 0\nauth_failures_per_user = 4\n");
+    for i in 0..4u8 {
+        let from = format!("192.0.2.{}:5060", 70 + i);
+        w.receive(&from, &register(1, None).replace(PHONE, &from));
+        let challenge = challenges_of(&w.take_one(&from, "SIP/2.0 401")).remove(0);
+        let guess = bob_answers(&challenge, Algorithm::Md5, 1).replacen("response=\"", "response=\"0", 1);
+        w.receive(&from, &register(2, Some(&guess)).replace(PHONE, &from));
+        w.take_one(&from, "SIP/2.0 403");
+    }
+    assert_eq!(w.core.stats().limits.users_locked, 1);
+    w.receive(PHONE, &register(3, None));
+    let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
+    w.receive(PHONE, &register(4, Some(&bob_answers(&challenge, Algorithm::Md5, 1))));
+    w.take_one(PHONE, "SIP/2.0 403");
+    assert_eq!(w.core.stats().registrations, 0);
+    // After the lockout the right password works again.
+    w.advance(Duration::from_secs(301));
+    w.receive(PHONE, &register(5, None));
+    let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
+    w.receive(PHONE, &register(6, Some(&bob_answers(&challenge, Algorithm::Md5, 1))));
+    w.take_one(PHONE, "SIP/2.0 200");
+}

@@ -32,6 +32,11 @@ impl Stack {
     /// Starts a control plane on SIP port 21000+10·slot (UDP and TCP), with alice, bob, carol
     /// (password `secret`), and a media plane when `media` is set.
     fn start(slot: u16, media: bool) -> Stack {
+        Stack::start_with(slot, media, "")
+    }
+
+    /// [`Stack::start`] with `extra` appended to the configuration file.
+    fn start_with(slot: u16, media: bool, extra: &str) -> Stack {
         let dir = temp_dir(&slot.to_string());
         let sip: SocketAddr = format!("127.0.0.1:{}", 21_000 + slot * 10).parse().expect("addr");
         let grpc: SocketAddr = format!("127.0.0.1:{}", 21_005 + slot * 10).parse().expect("addr");
@@ -41,7 +46,7 @@ impl Stack {
             format!(
                 "[sip]\nlisten = [\"udp:{sip}\", \"tcp:{sip}\"]\ndomains = [\"sip.test\"]\nno_answer_timeout_s = 30\n\
                  [media]\ngrpc = \"http://{grpc}\"\n\
-                 [store]\npath = \"{}\"\n",
+                 [store]\npath = \"{}\"\n{extra}",
                 dir.join("cp.db").display()
             ),
         )
@@ -641,5 +646,102 @@ fn phone_registered_through_a_kamailio_edge_proxy_is_called_through_it_by_its_pa
     assert!(forwarded >= 100, "the media plane forwarded only {forwarded} packets for a 2 s call");
     assert_eq!(legs, 0, "legs left in the media plane after the call");
     let counters = stack.stop();
+    assert!(counters.contains("\"calls_completed\":1"), "{counters}");
+}
+
+// ---- abuse limits ----
+
+/// CPU seconds (user + system) of process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+#[test]
+fn a_register_flood_from_one_source_is_cut_off_while_another_sources_call_succeeds() {
+    if !sipp_available() {
+        return;
+    }
+    // Nothing exempt: the phones below are limited like anyone, at their own modest rate.
+    let mut stack = Stack::start_with(8, true, "[limits]\nexempt = []\n");
+    let cp_pid = stack.cp.as_ref().map(|p| p.child.id()).expect("control plane");
+
+    // 20,000 REGISTER/s for 2 s from 127.0.0.2 (bounded: 40,000 messages), counting answers.
+    let flooder = UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    flooder.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    let target = stack.sip;
+    let receiver = flooder.try_clone().expect("clone");
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answers = {
+        let flooding = flooding.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut answers = 0u64;
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                if receiver.recv_from(&mut buf).is_ok() {
+                    answers += 1;
+                }
+            }
+            answers
+        })
+    };
+    let cpu_before = cpu_seconds(cp_pid);
+    let flood = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut sent = 0u32;
+        while sent < 40_000 && start.elapsed() < Duration::from_secs(4) {
+            // 200 every 10 ms.
+            for _ in 0..200 {
+                let register = format!(
+                    "REGISTER sip:sip.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5999;branch=z9hG4bKflood{sent}\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:alice@sip.test>;tag=f\r\nTo: <sip:alice@sip.test>\r\n\
+                     Call-ID: flood-{sent}\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@127.0.0.2:5999>\r\n\
+                     Content-Length: 0\r\n\r\n"
+                );
+                let _ = flooder.send_to(register.as_bytes(), target);
+                sent += 1;
+            }
+            let next = start + Duration::from_millis(u64::from(sent / 200) * 10);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        (sent, start.elapsed())
+    });
+
+    // Meanwhile bob registers from 127.0.0.3 and alice calls him from 127.0.0.4.
+    let status = sipp(
+        &stack,
+        &["-sf", "register.xml", "-inf", "csv/bob.csv", "-auth_uri", "sip.test", "-i", "127.0.0.3", "-p", "24080", "-m", "1"],
+        Duration::from_secs(20),
+    );
+    assert!(status.success(), "bob's REGISTER during the flood: {status:?}");
+    let mut uas = spawn_sipp(&stack, &["-sf", "uas-answer.xml", "-i", "127.0.0.3", "-p", "24080", "-mp", "24082", "-rtp_echo", "-m", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let uac = sipp(
+        &stack,
+        &["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-i", "127.0.0.4", "-p", "24081", "-mp", "24086", "-d", "1000", "-m", "1"],
+        Duration::from_secs(40),
+    );
+    let uas = wait_bounded(&mut uas, Duration::from_secs(20));
+    let (sent, elapsed) = flood.join().expect("flood thread");
+    let cpu = cpu_seconds(cp_pid) - cpu_before;
+    std::thread::sleep(Duration::from_millis(200));
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let answered = answers.join().expect("receiver thread");
+    assert!(uac.success() && uas.success(), "the call during the flood: caller {uac:?}, callee {uas:?}; log: {}", stack.log());
+    let counters = stack.stop();
+    eprintln!(
+        "flood: {sent} REGISTERs in {:.2} s ({:.0}/s), {answered} answered; control plane CPU {cpu:.2} s; {counters}",
+        elapsed.as_secs_f64(),
+        f64::from(sent) / elapsed.as_secs_f64()
+    );
+    // The burst (200) is answered (401), then nothing: the source is banned.
+    assert!(answered <= 250, "{answered} of the flood's {sent} REGISTERs were answered");
+    let number = |key: &str| -> u64 {
+        counters.split(&format!("\"{key}\":")).nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    assert!(number("rate_limited") + 250 >= u64::from(sent), "{counters}");
+    assert_eq!(number("sources_banned"), 1, "only the flooder is banned: {counters}");
     assert!(counters.contains("\"calls_completed\":1"), "{counters}");
 }
