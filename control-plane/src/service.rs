@@ -147,7 +147,7 @@ impl ControlPlane {
         let mut digest = DigestConfig::new(config.realm.clone());
         // Every algorithm is verifiable; which ones a request may use is the policy's choice
         // (per subscriber, per domain), checked before verification.
-        digest.algorithms = ALL_ALGORITHMS.to_vec();
+        digest.algorithms = Algorithm::ALL.to_vec();
         digest.nonce_ttl = config.nonce_ttl;
         let auth = Authenticator::new(digest, secret)?;
         let mut layer = TransactionLayer::new(TimerConfig::default());
@@ -624,15 +624,6 @@ fn unsupported_requirements(headers: &rsip::Headers) -> Vec<String> {
         .collect()
 }
 
-/// Every digest algorithm the server can verify.
-const ALL_ALGORITHMS: [Algorithm; 6] = [
-    Algorithm::Md5,
-    Algorithm::Md5Sess,
-    Algorithm::Sha256,
-    Algorithm::Sha256Sess,
-    Algorithm::Sha512_256,
-    Algorithm::Sha512_256Sess,
-];
 
 /// Methods we answer (Allow header).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";

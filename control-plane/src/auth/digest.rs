@@ -106,6 +106,16 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, MD5 first.
+    pub const ALL: [Algorithm; 6] = [
+        Algorithm::Md5,
+        Algorithm::Md5Sess,
+        Algorithm::Sha256,
+        Algorithm::Sha256Sess,
+        Algorithm::Sha512_256,
+        Algorithm::Sha512_256Sess,
+    ];
+
     /// The token written in headers.
     pub fn name(self) -> &'static str {
         match self {
@@ -120,16 +130,7 @@ impl Algorithm {
 
     /// Parses a token, case-insensitively.
     pub fn from_token(token: &str) -> Option<Self> {
-        [
-            Algorithm::Md5,
-            Algorithm::Md5Sess,
-            Algorithm::Sha256,
-            Algorithm::Sha256Sess,
-            Algorithm::Sha512_256,
-            Algorithm::Sha512_256Sess,
-        ]
-        .into_iter()
-        .find(|a| a.name().eq_ignore_ascii_case(token))
+        Algorithm::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(token))
     }
 
     /// The hash function.

@@ -697,25 +697,39 @@ fn split_list_raw(value: &str) -> Vec<&str> {
     out
 }
 
-/// The index of the first comma of `value` outside quoted strings (with their backslash
-/// escapes) and angle brackets.
-fn top_level_comma(value: &str) -> Option<usize> {
+/// Walks `value` skipping quoted strings (with their backslash escapes) and returns the index of
+/// the first character outside quotes for which `stop(c, inside_angle_brackets)` holds.
+fn find_unquoted(value: &str, mut stop: impl FnMut(char, bool) -> bool) -> Option<usize> {
     let (mut quoted, mut escaped, mut angle) = (false, false, false);
     for (i, c) in value.char_indices() {
         if escaped {
             escaped = false;
             continue;
         }
+        if quoted {
+            match c {
+                '\\' => escaped = true,
+                '"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        if stop(c, angle) {
+            return Some(i);
+        }
         match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => return Some(i),
+            '"' => quoted = true,
+            '<' => angle = true,
+            '>' => angle = false,
             _ => {}
         }
     }
     None
+}
+
+/// The index of the first comma of `value` outside quoted strings and angle brackets.
+fn top_level_comma(value: &str) -> Option<usize> {
+    find_unquoted(value, |c, angle| c == ',' && !angle)
 }
 
 /// The part of a header value before the first comma outside quotes and angle brackets.
@@ -904,22 +918,11 @@ pub fn tag_of(value: &str) -> Option<&str> {
 /// `;p=1;q`): after the `>` closing the URI, or from the first `;` of an addr-spec. Quoted
 /// display names and quoted parameter values may contain `<`, `>` and `;`.
 fn header_params_part(value: &str) -> &str {
-    let (mut quoted, mut escaped, mut angle) = (false, false, false);
-    for (i, c) in value.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted && angle => return value.get(i + 1..).unwrap_or_default(),
-            ';' if !quoted && !angle => return value.get(i..).unwrap_or_default(),
-            _ => {}
-        }
+    match find_unquoted(value, |c, angle| (c == '>' && angle) || (c == ';' && !angle)) {
+        Some(i) if value.get(i..).is_some_and(|rest| rest.starts_with('>')) => value.get(i + 1..).unwrap_or_default(),
+        Some(i) => value.get(i..).unwrap_or_default(),
+        None => "",
     }
-    ""
 }
 
 /// A name-addr or addr-spec value without its header parameters (`<sip:a@h;lr>;q=1` →
