@@ -292,6 +292,7 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
         name: "control-plane",
     };
     let cp_log = || read(&dir.join("cp.log"));
+    wait_listening(SIP, &dir);
 
     let server = format!("sip:{SIP}");
     let mut alice = Phone::start(&dir, "alice", 25_060, 25_090, "25100-25199", 440, &server, None);
@@ -346,6 +347,17 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Waits until the control plane accepts TCP connections on `addr` (its listeners are bound
+/// together, UDP first). A phone whose first REGISTER is refused (ICMP or RST) waits long before
+/// retrying, so the phones start only then.
+fn wait_listening(addr: &str, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "control plane not listening on {addr}: {}", read(&dir.join("cp.log")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn baresip_phones_register_and_call_over_tls() {
     if !baresip_available() {
@@ -392,6 +404,7 @@ fn baresip_phones_register_and_call_over_tls() {
             .expect("start control-plane"),
         name: "control-plane",
     };
+    wait_listening("127.0.0.1:25361", &dir);
     let server = "sip:127.0.0.1:25361;transport=tls";
     let mut alice = Phone::start(&dir, "alice", 25_560, 25_590, "25600-25699", 440, server, Some(&cert));
     let mut bob = Phone::start(&dir, "bob", 25_570, 25_591, "25700-25799", 1000, server, Some(&cert));
