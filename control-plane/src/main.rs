@@ -270,7 +270,7 @@ fn serve(config: Config, mut store: SqliteStore) -> ExitCode {
     match result {
         Ok(stats) => {
             println!(
-                "{{\"registrations\":{},\"calls_started\":{},\"calls_answered\":{},\"calls_completed\":{},\"calls_failed\":{},\"calls_cancelled\":{},\"media_allocations\":{},\"media_allocation_failures\":{},\"media_releases\":{},\"challenges\":{},\"auth_failures\":{},\"malformed\":{},\"rate_limited\":{},\"sources_banned\":{},\"scanners_dropped\":{},\"users_locked\":{}}}",
+                "{{\"registrations\":{},\"calls_started\":{},\"calls_answered\":{},\"calls_completed\":{},\"calls_failed\":{},\"calls_cancelled\":{},\"media_allocations\":{},\"media_allocation_failures\":{},\"media_releases\":{},\"challenges\":{},\"auth_failures\":{},\"malformed\":{},\"rate_limited\":{},\"sources_banned\":{},\"scanners_dropped\":{},\"users_locked\":{},\"outbound_flows_closed\":{}}}",
                 stats.registrations,
                 stats.calls_started,
                 stats.calls_answered,
@@ -286,7 +286,8 @@ fn serve(config: Config, mut store: SqliteStore) -> ExitCode {
                 stats.limits.rate_limited,
                 stats.limits.sources_banned,
                 stats.limits.scanners_dropped,
-                stats.limits.users_locked
+                stats.limits.users_locked,
+                stats.outbound_flows_closed
             );
             ExitCode::SUCCESS
         }

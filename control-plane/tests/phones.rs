@@ -53,7 +53,8 @@ struct Phone {
 impl Phone {
     /// Starts `user`'s phone: SIP on `sip_port`, control on `ctrl_port`, sending a `tone_hz` sine,
     /// registering through `server` (an outbound proxy URI: `sip:127.0.0.1:5060`, or with
-    /// `;transport=tls` and the CA file to trust).
+    /// `;transport=tls` and the CA file to trust), with `account_extra` (`;sipnat=outbound`)
+    /// appended to its account line.
     #[allow(clippy::too_many_arguments)]
     fn start(
         root: &Path,
@@ -64,6 +65,7 @@ impl Phone {
         tone_hz: u32,
         server: &str,
         cafile: Option<&Path>,
+        account_extra: &str,
     ) -> Phone {
         let dir = root.join(user);
         std::fs::create_dir_all(&dir).expect("phone dir");
@@ -74,7 +76,7 @@ impl Phone {
              ausrc_srate 48000\nausrc_channels 2\nauplay_srate 8000\nauplay_channels 1\nrtp_ports {rtp_ports}\nrtcp_mux no\njitter_buffer_delay 2-10\n\
              module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule aubridge.so\n\
              module sndfile.so\nsnd_path {}\n\
-             module_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
+             module_tmp uuid.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
             cafile.map_or(String::new(), |ca| format!("sip_cafile {}\n", ca.display())),
             dir.display()
         );
@@ -83,7 +85,7 @@ impl Phone {
         std::fs::write(
             dir.join("accounts"),
             format!(
-                "<sip:{user}@sip.test>;auth_pass=secret;outbound=\"{server}\";regint=600;answermode=auto;audio_codecs=PCMU\n"
+                "<sip:{user}@sip.test>;auth_pass=secret;outbound=\"{server}\";regint=600;answermode=auto;audio_codecs=PCMU{account_extra}\n"
             ),
         )
         .expect("write accounts");
@@ -295,8 +297,8 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     wait_listening(SIP, &dir);
 
     let server = format!("sip:{SIP}");
-    let mut alice = Phone::start(&dir, "alice", 25_060, 25_090, "25100-25199", 440, &server, None);
-    let mut bob = Phone::start(&dir, "bob", 25_070, 25_091, "25200-25299", 1000, &server, None);
+    let mut alice = Phone::start(&dir, "alice", 25_060, 25_090, "25100-25199", 440, &server, None, "");
+    let mut bob = Phone::start(&dir, "bob", 25_070, 25_091, "25200-25299", 1000, &server, None, "");
     alice.wait_registered(Duration::from_secs(10));
     bob.wait_registered(Duration::from_secs(10));
 
@@ -406,8 +408,8 @@ fn baresip_phones_register_and_call_over_tls() {
     };
     wait_listening("127.0.0.1:25361", &dir);
     let server = "sip:127.0.0.1:25361;transport=tls";
-    let mut alice = Phone::start(&dir, "alice", 25_560, 25_590, "25600-25699", 440, server, Some(&cert));
-    let mut bob = Phone::start(&dir, "bob", 25_570, 25_591, "25700-25799", 1000, server, Some(&cert));
+    let mut alice = Phone::start(&dir, "alice", 25_560, 25_590, "25600-25699", 440, server, Some(&cert), "");
+    let mut bob = Phone::start(&dir, "bob", 25_570, 25_591, "25700-25799", 1000, server, Some(&cert), "");
     alice.wait_registered(Duration::from_secs(10));
     bob.wait_registered(Duration::from_secs(10));
     alice.command("dial", "sip:bob@sip.test");
@@ -425,5 +427,65 @@ fn baresip_phones_register_and_call_over_tls() {
     let counters = read(&dir.join("cp.out"));
     assert!(counters.contains("\"calls_completed\":1"), "{counters}");
     drop((alice, bob));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn baresip_outbound_registration_ends_when_its_tcp_connection_closes() {
+    if !baresip_available() {
+        return;
+    }
+    let dir = temp_dir("phones-outbound");
+    let config = dir.join("cp.toml");
+    // No media plane: the only call here must be refused before media is set up.
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:25860\", \"tcp:127.0.0.1:25860\"]\ndomains = [\"sip.test\"]\n\
+             [media]\ngrpc = \"http://127.0.0.1:25890\"\n[store]\npath = \"{}\"\n",
+            dir.join("cp.db").display()
+        ),
+    )
+    .expect("write config");
+    for user in ["alice", "bob"] {
+        let out = Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
+            .args(["--domain", "sip.test", "--password", "secret"])
+            .output()
+            .expect("subscriber add");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut cp = Proc {
+        child: Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path")])
+            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log"))
+            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
+            .spawn()
+            .expect("start control-plane"),
+        name: "control-plane",
+    };
+    wait_listening("127.0.0.1:25860", &dir);
+    let server = "sip:127.0.0.1:25860;transport=tcp";
+    let mut alice = Phone::start(&dir, "alice", 25_870, 25_891, "25900-25949", 440, server, None, "");
+    // bob's phone uses SIP outbound (RFC 5626): +sip.instance and reg-id on a TCP flow.
+    let mut bob = Phone::start(&dir, "bob", 25_880, 25_892, "25950-25999", 1000, server, None, ";sipnat=outbound");
+    alice.wait_registered(Duration::from_secs(10));
+    bob.wait_registered(Duration::from_secs(10));
+    drop(bob);
+
+    // bob's connection closed with his phone: his binding is gone, so alice's call is refused
+    // at once (480) instead of being sent to a dead address until the transaction times out.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    alice.command("dial", "sip:bob@sip.test");
+    let closed = alice.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    let reason = closed.get("param").and_then(|p| p.as_str()).unwrap_or_default().to_owned();
+    assert!(reason.contains("480"), "alice's call to a phone that went away: {closed}");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused only after {:?}", started.elapsed());
+    terminate(&mut cp);
+    let counters = read(&dir.join("cp.out"));
+    assert!(counters.contains("\"outbound_flows_closed\":1"), "{counters}; log: {}", read(&dir.join("cp.log")));
+    assert!(counters.contains("\"registrations\":2"), "{counters}");
+    drop(alice);
     let _ = std::fs::remove_dir_all(&dir);
 }
