@@ -195,6 +195,31 @@ impl Phone {
     }
 }
 
+/// Adds alice and bob (password `secret`, domain sip.test) to the store of `config`.
+fn add_phones(config: &Path) {
+    for user in ["alice", "bob"] {
+        let out = Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
+            .args(["--domain", "sip.test", "--password", "secret"])
+            .output()
+            .expect("subscriber add");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Starts the control plane with `config`, its counters to dir/cp.out and its log to dir/cp.log.
+fn start_control_plane(dir: &Path, config: &Path) -> Proc {
+    Proc {
+        child: Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path")])
+            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log"))
+            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
+            .spawn()
+            .expect("start control-plane"),
+        name: "control-plane",
+    }
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -268,14 +293,7 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     let config = dir.join("cp.toml");
     std::fs::write(&config, format!("[sip]\ndomains = [\"sip.test\"]\n[store]\npath = \"{}\"\n", dir.join("cp.db").display()))
         .expect("write config");
-    for user in ["alice", "bob"] {
-        let out = Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
-            .args(["--domain", "sip.test", "--password", "secret"])
-            .output()
-            .expect("subscriber add");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    add_phones(&config);
     let _media = Proc {
         child: Command::new(media_plane_bin())
             .stdout(Stdio::null())
@@ -284,15 +302,7 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
             .expect("start media-plane"),
         name: "media-plane",
     };
-    let mut cp = Proc {
-        child: Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8 path")])
-            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log"))
-            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
-            .spawn()
-            .expect("start control-plane"),
-        name: "control-plane",
-    };
+    let mut cp = start_control_plane(&dir, &config);
     let cp_log = || read(&dir.join("cp.log"));
     wait_listening(SIP, &dir);
 
@@ -380,14 +390,7 @@ fn baresip_phones_register_and_call_over_tls() {
         ),
     )
     .expect("write config");
-    for user in ["alice", "bob"] {
-        let out = Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
-            .args(["--domain", "sip.test", "--password", "secret"])
-            .output()
-            .expect("subscriber add");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    add_phones(&config);
     let _media = Proc {
         child: Command::new(media_plane_bin())
             .args(["--grpc-listen", "127.0.0.1:25390", "--ports", "25400-25499", "--no-pin"])
@@ -397,15 +400,7 @@ fn baresip_phones_register_and_call_over_tls() {
             .expect("start media-plane"),
         name: "media-plane",
     };
-    let mut cp = Proc {
-        child: Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8 path")])
-            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log"))
-            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
-            .spawn()
-            .expect("start control-plane"),
-        name: "control-plane",
-    };
+    let mut cp = start_control_plane(&dir, &config);
     wait_listening("127.0.0.1:25361", &dir);
     let server = "sip:127.0.0.1:25361;transport=tls";
     let mut alice = Phone::start(&dir, "alice", 25_560, 25_590, "25600-25699", 440, server, Some(&cert), "");
@@ -447,23 +442,8 @@ fn baresip_outbound_registration_ends_when_its_tcp_connection_closes() {
         ),
     )
     .expect("write config");
-    for user in ["alice", "bob"] {
-        let out = Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
-            .args(["--domain", "sip.test", "--password", "secret"])
-            .output()
-            .expect("subscriber add");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let mut cp = Proc {
-        child: Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8 path")])
-            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log"))
-            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
-            .spawn()
-            .expect("start control-plane"),
-        name: "control-plane",
-    };
+    add_phones(&config);
+    let mut cp = start_control_plane(&dir, &config);
     wait_listening("127.0.0.1:25860", &dir);
     let server = "sip:127.0.0.1:25860;transport=tcp";
     let mut alice = Phone::start(&dir, "alice", 25_870, 25_891, "25900-25949", 440, server, None, "");
