@@ -172,8 +172,11 @@ impl Limits {
     /// Whether a request with this `User-Agent` is a scanner's (then it is counted and should be
     /// dropped).
     pub fn is_scanner(&mut self, user_agent: &str) -> bool {
-        let lower = user_agent.to_ascii_lowercase();
-        let hit = self.config.drop_user_agents.iter().any(|s| !s.is_empty() && lower.contains(s.as_str()));
+        let agent = user_agent.as_bytes();
+        // The fragments are lower case (config); compared without allocating per request.
+        let hit = self.config.drop_user_agents.iter().any(|s| {
+            !s.is_empty() && agent.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+        });
         if hit {
             self.stats.scanners_dropped += 1;
         }

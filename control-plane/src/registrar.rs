@@ -128,13 +128,11 @@ impl RequestedContact {
     }
 }
 
-/// Whether the request's Supported header lists `option`.
+/// Whether the request's Supported header (compact `k` is normalised by the parser) lists
+/// `option`.
 pub fn supports(request: &Request, option: &str) -> bool {
     request.headers.iter().any(|h| match h {
         Header::Supported(s) => crate::sip::message::split_list(s.value()).any(|o| o.eq_ignore_ascii_case(option)),
-        Header::Other(name, value) if name.eq_ignore_ascii_case("k") => {
-            crate::sip::message::split_list(value).any(|o| o.eq_ignore_ascii_case(option))
-        }
         _ => false,
     })
 }

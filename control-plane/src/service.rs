@@ -607,8 +607,9 @@ impl ControlPlane {
 }
 
 /// Option tags (RFC 3261 §19.2) this server supports in `Require`; a request requiring any other
-/// gets 420. None yet: 100rel, timer, replaces, outbound and path are not implemented.
-pub const SUPPORTED_OPTIONS: &[&str] = &[];
+/// gets 420: SIP outbound (RFC 5626) and Path (RFC 3327) at the registrar; 100rel, timer and
+/// replaces are not implemented.
+pub const SUPPORTED_OPTIONS: &[&str] = &["outbound", "path"];
 
 /// The `Require` option tags of a request this server does not support, in order.
 fn unsupported_requirements(headers: &rsip::Headers) -> Vec<String> {

@@ -645,3 +645,18 @@ fn a_user_locked_by_guessing_from_many_addresses_is_refused_even_with_the_right_
     w.receive(PHONE, &register(6, Some(&bob_answers(&challenge, Algorithm::Md5, 1))));
     w.take_one(PHONE, "SIP/2.0 200");
 }
+
+#[test]
+fn register_requiring_path_or_outbound_is_accepted_and_other_options_get_420() {
+    use crate::auth::digest::Algorithm;
+    let mut w = World::with_config("");
+    let requiring = |cseq, auth: Option<&str>, tags: &str| {
+        register(cseq, auth).replace("Expires: 600\r\n", &format!("Expires: 600\r\nRequire: {tags}\r\n"))
+    };
+    w.receive(PHONE, &requiring(1, None, "100rel"));
+    assert!(w.take_one(PHONE, "SIP/2.0 420").contains("Unsupported: 100rel"));
+    w.receive(PHONE, &requiring(2, None, "path, outbound"));
+    let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
+    w.receive(PHONE, &requiring(3, Some(&bob_answers(&challenge, Algorithm::Md5, 1)), "path, outbound"));
+    w.take_one(PHONE, "SIP/2.0 200");
+}
