@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{media_plane_bin, repo_root, temp_dir, terminate, Proc, BIN};
+use common::{counter, media_plane_bin, repo_root, temp_dir, terminate, Proc, BIN};
 
 const SKIP: &str = "skipped: needs root (network namespaces, nftables)";
 const SERVER: &str = "10.89.2.1";
@@ -200,9 +200,7 @@ fn phone_behind_a_port_rewriting_nat_keeps_receiving_calls_with_audio_both_ways(
         .output()
         .expect("media-stats");
     let text = String::from_utf8_lossy(&stats.stdout);
-    let number = |key: &str| -> u64 {
-        text.split(&format!("\"{key}\":")).nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(0)
-    };
+    let number = |key: &str| counter(&text, key);
     assert!(number("packets_forwarded") >= 350, "media plane totals: {text}");
     assert_eq!(number("wrong_source"), 0, "the phone's audio was refused: {text}");
     assert_eq!(number("legs"), 0, "{text}");

@@ -195,6 +195,16 @@ impl Phone {
     }
 }
 
+/// Waits until both phones are registered, then alice calls bob (who answers automatically)
+/// and both see the call established.
+fn registered_call(alice: &mut Phone, bob: &mut Phone) {
+    alice.wait_registered(Duration::from_secs(10));
+    bob.wait_registered(Duration::from_secs(10));
+    alice.command("dial", "sip:bob@sip.test");
+    bob.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    alice.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+}
+
 /// Adds alice and bob (password `secret`, domain sip.test) to the store of `config`.
 fn add_phones(config: &Path) {
     for user in ["alice", "bob"] {
@@ -309,12 +319,7 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     let server = format!("sip:{SIP}");
     let mut alice = Phone::start(&dir, "alice", 25_060, 25_090, "25100-25199", 440, &server, None, "");
     let mut bob = Phone::start(&dir, "bob", 25_070, 25_091, "25200-25299", 1000, &server, None, "");
-    alice.wait_registered(Duration::from_secs(10));
-    bob.wait_registered(Duration::from_secs(10));
-
-    alice.command("dial", "sip:bob@sip.test");
-    bob.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
-    alice.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    registered_call(&mut alice, &mut bob);
     std::thread::sleep(Duration::from_secs(3));
 
     let legs = leg_stats(GRPC);
@@ -405,11 +410,7 @@ fn baresip_phones_register_and_call_over_tls() {
     let server = "sip:127.0.0.1:25361;transport=tls";
     let mut alice = Phone::start(&dir, "alice", 25_560, 25_590, "25600-25699", 440, server, Some(&cert), "");
     let mut bob = Phone::start(&dir, "bob", 25_570, 25_591, "25700-25799", 1000, server, Some(&cert), "");
-    alice.wait_registered(Duration::from_secs(10));
-    bob.wait_registered(Duration::from_secs(10));
-    alice.command("dial", "sip:bob@sip.test");
-    bob.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
-    alice.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    registered_call(&mut alice, &mut bob);
     std::thread::sleep(Duration::from_secs(2));
     let legs = leg_stats(TLS_GRPC);
     assert_eq!(legs.len(), 2, "{legs:?}; log: {}", read(&dir.join("cp.log")));

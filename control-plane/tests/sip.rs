@@ -17,7 +17,7 @@ use control_plane::auth::digest::{authorization, ha1, parse_challenge, Algorithm
 use proto::v1;
 
 mod common;
-use common::{media_plane_bin, repo_root, self_signed, temp_dir, terminate, Proc, ProcGroup, BIN, IO_TIMEOUT};
+use common::{counter, media_plane_bin, repo_root, self_signed, temp_dir, terminate, Proc, ProcGroup, BIN, IO_TIMEOUT};
 
 struct Stack {
     cp: Option<Proc>,
@@ -303,12 +303,7 @@ fn malformed_sip_is_answered_400_or_dropped_and_the_server_keeps_serving() {
     socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     assert_eq!(status(&exchange(&socket, stack.sip, &options)), 200);
     let counters = stack.stop();
-    let malformed: u64 = counters
-        .split("\"malformed\":")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let malformed = counter(&counters, "malformed");
     assert!(malformed >= cases.len() as u64 - 1, "malformed counter {malformed} in {counters}");
 }
 
@@ -739,9 +734,7 @@ fn a_register_flood_from_one_source_is_cut_off_while_another_sources_call_succee
     );
     // The burst (200) is answered (401), then nothing: the source is banned.
     assert!(answered <= 250, "{answered} of the flood's {sent} REGISTERs were answered");
-    let number = |key: &str| -> u64 {
-        counters.split(&format!("\"{key}\":")).nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(0)
-    };
+    let number = |key: &str| counter(&counters, key);
     assert!(number("rate_limited") + 250 >= u64::from(sent), "{counters}");
     assert_eq!(number("sources_banned"), 1, "only the flooder is banned: {counters}");
     assert!(counters.contains("\"calls_completed\":1"), "{counters}");

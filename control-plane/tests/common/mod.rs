@@ -43,6 +43,15 @@ impl Drop for ProcGroup {
     }
 }
 
+/// The number after `"key":` in a one-line JSON counters text (0 when absent).
+pub fn counter(text: &str, key: &str) -> u64 {
+    text.split(&format!("\"{key}\":"))
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
