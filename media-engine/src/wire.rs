@@ -94,6 +94,21 @@ impl<T: AsRef<[u8]>> RtcpPacket<T> {
     }
 }
 
+/// The packets of a compound RTCP packet: (packet type, count field, body after the 4-byte
+/// header), stopping at the first malformed length.
+pub fn rtcp_compound(mut b: &[u8]) -> impl Iterator<Item = (u8, u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let header = b.get(..4)?;
+        if header[0] >> 6 != 2 {
+            return None;
+        }
+        let len = (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1) * 4;
+        let packet = b.get(..len)?;
+        b = b.get(len..).unwrap_or_default();
+        Some((header[1], header[0] & 0x1f, packet.get(4..).unwrap_or_default()))
+    })
+}
+
 fn check_header(b: &[u8], min: usize) -> Result<(), WireError> {
     if b.len() < min {
         return Err(WireError::Truncated(b.len()));
@@ -163,6 +178,20 @@ mod tests {
         assert_eq!(RtpPacket::new_checked(&[0x40u8; 12][..]).unwrap_err(), WireError::BadVersion(1));
         assert_eq!(RtcpPacket::new_checked(&[0x80u8; 7][..]).unwrap_err(), WireError::Truncated(7));
         assert!(RtcpPacket::new_checked(&[0x80u8, 200, 0, 1, 0, 0, 0, 0][..]).is_ok());
+    }
+
+    #[test]
+    fn compound_rtcp_is_split_into_its_packets_and_stops_at_a_bad_length() {
+        // An SR (1 report block: 4 + 24 + 24 bytes) followed by an SDES of 2 words, then a
+        // header claiming more bytes than remain.
+        let mut b = vec![0x81, 200, 0, 12];
+        b.extend([0u8; 48]);
+        b.extend([0x81, 202, 0, 1, 1, 2, 3, 4]);
+        b.extend([0x80, 203, 0, 9]);
+        let parts: Vec<(u8, u8, usize)> = rtcp_compound(&b).map(|(pt, count, body)| (pt, count, body.len())).collect();
+        assert_eq!(parts, vec![(200, 1, 48), (202, 1, 4)]);
+        assert_eq!(rtcp_compound(&[0x40, 200, 0, 0]).count(), 0, "not version 2");
+        assert_eq!(rtcp_compound(&[]).count(), 0);
     }
 
     #[test]

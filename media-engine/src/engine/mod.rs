@@ -752,14 +752,9 @@ impl Engine {
         Ok(Some(Box::new(t)))
     }
 
-    /// xorshift64*, seeded by the driver ([`EngineConfig::seed`]).
+    /// Seeded by the driver ([`EngineConfig::seed`]).
     fn next_random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        xorshift64star(&mut self.rng)
     }
 
     /// Undoes [`egress`](Self::egress)'s counting when the packet did not leave after all.
@@ -814,6 +809,17 @@ fn push_transmit(transmits: &mut VecDeque<Pending>, spare: &mut Vec<Vec<u8>>, fr
     buf.extend_from_slice(bytes);
     transmits.push_back(Pending { from_port, to, bytes: buf });
     true
+}
+
+/// xorshift64*: advances `state` (never 0) and returns the next value. Deterministic, for the
+/// engine's SSRCs and sequence numbers and the harness's loss and jitter draws; not for secrets.
+pub(crate) fn xorshift64star(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ impl Quality {
     /// Reads the endpoint's RTCP (a compound packet): its report on the stream sent to it, and
     /// the RTT when the report names a sender report this leg sent on.
     pub fn on_rtcp_from_endpoint(&mut self, packet: &[u8], now: Instant) {
-        for (pt, count, body) in rtcp_packets(packet) {
+        for (pt, count, body) in crate::wire::rtcp_compound(packet) {
             let blocks = match pt {
                 200 => body.get(24..),
                 201 => body.get(4..),
@@ -133,7 +133,7 @@ impl Quality {
 
     /// Notes a sender report this leg sends on to its endpoint (for the RTT of its answer).
     pub fn on_rtcp_to_endpoint(&mut self, packet: &[u8], now: Instant) {
-        if let Some((200, _, body)) = rtcp_packets(packet).next() {
+        if let Some((200, _, body)) = crate::wire::rtcp_compound(packet).next() {
             if let Some(ntp) = body.get(4..12) {
                 let mid = u32::from_be_bytes([ntp[2], ntp[3], ntp[4], ntp[5]]);
                 self.sent_srs[self.next_sr % SR_HISTORY] = (mid, Some(now));
@@ -152,21 +152,6 @@ impl Quality {
             ..self.stats
         }
     }
-}
-
-/// The packets of a compound RTCP packet: (packet type, count field, body after the 4-byte
-/// header), stopping at the first malformed length.
-fn rtcp_packets(mut b: &[u8]) -> impl Iterator<Item = (u8, u8, &[u8])> {
-    std::iter::from_fn(move || {
-        let header = b.get(..4)?;
-        if header[0] >> 6 != 2 {
-            return None;
-        }
-        let len = (usize::from(u16::from_be_bytes([header[2], header[3]])) + 1) * 4;
-        let packet = b.get(..len)?;
-        b = b.get(len..).unwrap_or_default();
-        Some((header[1], header[0] & 0x1f, packet.get(4..).unwrap_or_default()))
-    })
 }
 
 #[cfg(test)]
