@@ -108,6 +108,10 @@ pub struct Registered {
 pub struct Registrar {
     config: RegistrarConfig,
     location: HashMap<String, Vec<Binding>>,
+    /// The AoRs with outbound bindings on each TCP/TLS flow, so that a closed connection costs a
+    /// lookup, not a scan of every registration. Entries may outlive their bindings (expiry,
+    /// unregister); they go when the connection closes.
+    outbound_flows: HashMap<Peer, std::collections::HashSet<String>>,
 }
 
 struct RequestedContact {
@@ -165,10 +169,12 @@ fn parse_q(text: &str) -> Option<u16> {
 impl Registrar {
     /// An empty table.
     pub fn new(config: RegistrarConfig) -> Self {
-        Registrar { config, location: HashMap::new() }
+        Registrar { config, location: HashMap::new(), outbound_flows: HashMap::new() }
     }
 
-    /// Loads persisted bindings (at start), skipping expired ones and unparsable flows.
+    /// Loads persisted bindings (at start), skipping expired ones, unparsable flows, and outbound
+    /// bindings on TCP/TLS flows (their connections ended with the previous process; the phone
+    /// registers again on a new one).
     pub fn restore(&mut self, stored: Vec<StoredBinding>, now_unix: u64) -> usize {
         let mut restored = 0;
         for b in stored {
@@ -180,6 +186,9 @@ impl Registrar {
                 (Some(instance), reg_id) if reg_id > 0 => Some(Outbound { instance, reg_id }),
                 _ => None,
             };
+            if outbound.is_some() && is_stream(flow) {
+                continue;
+            }
             self.location.entry(b.aor).or_default().push(Binding {
                 contact: b.contact,
                 q_milli: b.q_milli,
@@ -219,16 +228,19 @@ impl Registrar {
     /// phone registers again over a new flow). Returns what to delete from the store.
     pub fn flow_closed(&mut self, flow: Peer) -> Vec<LocationChange> {
         let mut changes = Vec::new();
-        self.location.retain(|aor, bindings| {
+        for aor in self.outbound_flows.remove(&flow).unwrap_or_default() {
+            let Some(bindings) = self.location.get_mut(&aor) else { continue };
             bindings.retain(|b| {
                 let gone = b.outbound.is_some() && b.flow == flow;
                 if gone {
-                    changes.push(remove_change(aor, b));
+                    changes.push(remove_change(&aor, b));
                 }
                 !gone
             });
-            !bindings.is_empty()
-        });
+            if bindings.is_empty() {
+                self.location.remove(&aor);
+            }
+        }
         changes
     }
 
@@ -358,6 +370,9 @@ impl Registrar {
                 path: path.clone(),
                 outbound: r.outbound.clone(),
             };
+            if binding.outbound.is_some() && is_stream(flow) {
+                self.outbound_flows.entry(flow).or_default().insert(aor.to_owned());
+            }
             match existing.iter_mut().find(|b| r.matches(b)) {
                 Some(slot) => {
                     // The stored row is keyed by (contact, reg-id): a key change is a move.
@@ -403,6 +418,11 @@ impl Registrar {
         });
         changes
     }
+}
+
+/// Whether `flow` is a connection (TCP or TLS), which can close.
+fn is_stream(flow: Peer) -> bool {
+    matches!(flow.transport, rsip::Transport::Tcp | rsip::Transport::Tls)
 }
 
 /// The store change deleting `b`.
@@ -510,6 +530,18 @@ mod tests {
         assert!(matches!(&changes[..], [LocationChange::Remove { reg_id: 1, .. }]), "{changes:?}");
         assert_eq!(r.lookup("alice@sip.test", 40)[0].flow, tcp(2222), "the backup flow takes over");
         assert!(r.flow_closed(tcp(9999)).is_empty());
+    }
+
+    #[test]
+    fn outbound_bindings_on_connections_are_not_restored_after_a_restart() {
+        let mut r = registrar();
+        let contact = format!("<sip:alice@10.0.0.1:5070;transport=tcp>;+sip.instance=\"{INSTANCE}\";reg-id=1");
+        let out = r.handle_register("alice@sip.test", &register_with(&contact, "Supported: outbound\r\n", "c", 1), tcp(1111), 0).unwrap();
+        let LocationChange::Upsert(stored) = &out.changes[0] else { panic!("{:?}", out.changes) };
+        let udp = StoredBinding { flow: "udp:192.0.2.7:40000".into(), ..stored.clone() };
+        let mut restarted = registrar();
+        assert_eq!(restarted.restore(vec![stored.clone(), udp], 1), 1, "the TCP flow died with the old process");
+        assert_eq!(restarted.lookup("alice@sip.test", 1)[0].flow, flow(), "a UDP flow survives");
     }
 
     #[test]
