@@ -32,6 +32,7 @@
 //! * [`frame`]: Ethernet/IPv4/IPv6/UDP frames as the AF_XDP driver sees them, parsed and rewritten
 //!   in place (addresses, ports, checksums).
 //! * [`ports`]: the media port range split between cores.
+//! * [`sdp`]: SDP offer/answer for anchored legs, with codec policies (strip, mask, transcode).
 //! * [`harness`]: an in-memory network with a virtual clock around one engine, for tests.
 #![forbid(unsafe_code)]
 
@@ -39,4 +40,5 @@ pub mod engine;
 pub mod frame;
 pub mod harness;
 pub mod ports;
+pub mod sdp;
 pub mod wire;

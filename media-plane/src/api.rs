@@ -20,7 +20,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::driver::{Command, CoreError, CoreEvent, CoreHandle, CoreReport, SubmitError};
-use crate::engine::{CommandError, Direction, Drops, Event, LegCodec, LegSpec, LegStats, Remote};
+use crate::engine::{CommandError, Direction, Drops, Event, LegCodec, LegMedia, LegSpec, LegStats, Remote};
+use crate::sdp;
 
 const CORE_SHIFT: u32 = 56;
 
@@ -108,6 +109,46 @@ impl MediaService {
         Ok(out)
     }
 
+    /// One leg's stats; `field` names it in the error.
+    async fn leg(&self, id: u64, field: &str) -> Result<LegStats, Status> {
+        let core = self.core_of(id, field)?;
+        self.ask(core, |reply| Command::Leg { id, reply }).await.map_err(|s| Status::new(s.code(), format!("{field}: {}", s.message())))
+    }
+
+    /// Applies one side of an offer/answer to its leg (`remote`: `None` keeps the current one).
+    async fn set_media(&self, id: u64, side: &sdp::Endpoint, remote: Option<SocketAddr>, codec: Option<LegCodec>) -> Result<(), Status> {
+        let core = self.core_of(id, "leg")?;
+        let media = LegMedia { remote, remote_rtcp: remote.and(side.rtcp), rtcp_mux: side.rtcp_mux, direction: side.direction, codec };
+        self.ask(core, |reply| Command::SetMedia { id, media, reply }).await
+    }
+
+    /// Bridges legs `a` and `b` (named `fields` in errors), on one core or across two.
+    async fn bridge_legs(&self, a: u64, b: u64, fields: (&str, &str)) -> Result<u64, Status> {
+        let core_a = self.core_of(a, fields.0)?;
+        let core_b = self.core_of(b, fields.1)?;
+        let id = self.new_id(core_a.core);
+        if core_a.core == core_b.core {
+            self.ask(core_a, |reply| Command::CreateBridge { id, a, b, reply }).await?;
+            return Ok(id);
+        }
+        // Two halves: A's (primary, it holds the id's core) first, then B's; B refusing undoes A's.
+        // Each core transcodes towards its own leg, so each is told the other leg's codec.
+        let (ca, cb) = (core_a.core, core_b.core);
+        let codec_a = self.ask(core_a, |reply| Command::LegCodec { id: a, reply }).await?;
+        let codec_b = self.ask(core_b, |reply| Command::LegCodec { id: b, reply }).await?;
+        self.ask(core_a, |reply| Command::LinkRemote { id, leg: a, peer_core: cb, peer_leg: b, peer_codec: codec_b, primary: true, reply })
+            .await?;
+        if let Err(status) = self
+            .ask(core_b, |reply| Command::LinkRemote { id, leg: b, peer_core: ca, peer_leg: a, peer_codec: codec_a, primary: false, reply })
+            .await
+        {
+            let _ = self.ask(core_a, |reply| Command::DeleteBridge { id, reply }).await;
+            return Err(status);
+        }
+        tracing::debug!(bridge = id, leg_a = a, core_a = ca, leg_b = b, core_b = cb, "cross-core bridge created");
+        Ok(id)
+    }
+
     fn endpoint(&self, field: &str, e: &v1::Endpoint) -> Result<SocketAddr, Status> {
         let ip: IpAddr = e.ip.parse().map_err(|_| Status::invalid_argument(format!("{field}.ip: {:?} is not an IP address", e.ip)))?;
         let port = u16::try_from(e.port).ok().filter(|p| *p != 0).ok_or_else(|| Status::invalid_argument(format!("{field}.port: {} is not a port", e.port)))?;
@@ -193,6 +234,25 @@ fn codec_from(c: &v1::Codec) -> Result<LegCodec, Status> {
     // Made once here so a bad combination (an Opus rate, a complexity) is refused at CreateLeg.
     media_codecs::decoder(&params).map_err(|e| bad("name", e.to_string()))?;
     Ok(LegCodec { payload_type, params, ptime_ms, telephone_event })
+}
+
+/// The legs of an Offer or Answer, validated.
+fn stream_legs(streams: &[v1::StreamLegs]) -> Result<Vec<(u64, u64)>, Status> {
+    if streams.is_empty() {
+        return Err(Status::invalid_argument("streams: at least one is needed (one per m= line)"));
+    }
+    if let Some(i) = streams.iter().position(|s| s.offerer_leg == s.answerer_leg) {
+        return Err(Status::invalid_argument(format!("streams[{i}]: offerer_leg and answerer_leg are the same leg")));
+    }
+    Ok(streams.iter().map(|s| (s.offerer_leg, s.answerer_leg)).collect())
+}
+
+/// An SDP or policy error as the API answers it.
+fn sdp_status(e: sdp::SdpError) -> Status {
+    match e {
+        sdp::SdpError::Policy(why) => Status::invalid_argument(format!("policy: {why}")),
+        other => Status::invalid_argument(format!("sdp: {other}")),
+    }
 }
 
 fn codec_msg(c: &LegCodec) -> v1::Codec {
@@ -325,30 +385,83 @@ impl v1::media_plane_server::MediaPlane for MediaService {
 
     async fn create_bridge(&self, req: Request<v1::CreateBridgeRequest>) -> Result<Response<v1::CreateBridgeResponse>, Status> {
         let r = req.into_inner();
-        let core_a = self.core_of(r.leg_a, "leg_a")?;
-        let core_b = self.core_of(r.leg_b, "leg_b")?;
-        let id = self.new_id(core_a.core);
-        let (a, b) = (r.leg_a, r.leg_b);
-        if core_a.core == core_b.core {
-            self.ask(core_a, |reply| Command::CreateBridge { id, a, b, reply }).await?;
-            return Ok(Response::new(v1::CreateBridgeResponse { bridge_id: id }));
+        let bridge_id = self.bridge_legs(r.leg_a, r.leg_b, ("leg_a", "leg_b")).await?;
+        Ok(Response::new(v1::CreateBridgeResponse { bridge_id }))
+    }
+
+    async fn offer(&self, req: Request<v1::OfferRequest>) -> Result<Response<v1::OfferResponse>, Status> {
+        let r = req.into_inner();
+        let legs = stream_legs(&r.streams)?;
+        let (mut offerers, mut to_answerer) = (Vec::with_capacity(legs.len()), Vec::with_capacity(legs.len()));
+        for (i, (offerer, answerer)) in legs.iter().enumerate() {
+            offerers.push(self.leg(*offerer, &format!("streams[{i}].offerer_leg")).await?);
+            to_answerer.push(Some(self.leg(*answerer, &format!("streams[{i}].answerer_leg")).await?.local_port));
         }
-        // Two halves: A's (primary, it holds the id's core) first, then B's; B refusing undoes A's.
-        // Each core transcodes towards its own leg, so each is told the other leg's codec.
-        let (ca, cb) = (core_a.core, core_b.core);
-        let codec_a = self.ask(core_a, |reply| Command::LegCodec { id: a, reply }).await?;
-        let codec_b = self.ask(core_b, |reply| Command::LegCodec { id: b, reply }).await?;
-        self.ask(core_a, |reply| Command::LinkRemote { id, leg: a, peer_core: cb, peer_leg: b, peer_codec: codec_b, primary: true, reply })
-            .await?;
-        if let Err(status) = self
-            .ask(core_b, |reply| Command::LinkRemote { id, leg: b, peer_core: ca, peer_leg: a, peer_codec: codec_a, primary: false, reply })
-            .await
-        {
-            let _ = self.ask(core_a, |reply| Command::DeleteBridge { id, reply }).await;
-            return Err(status);
+        let policy = r.policy.unwrap_or_default();
+        let policy = sdp::CodecPolicy { strip: policy.strip, mask: policy.mask, transcode: policy.transcode };
+        let anchor = sdp::Anchor { ip: self.inner.advertise_ip, ports: to_answerer };
+        let offer = sdp::offer(r.sdp.as_bytes(), &policy, &anchor).map_err(sdp_status)?;
+        // The offerer is sent to where it said it receives (latching corrects it behind NAT).
+        for (leg, side) in offerers.iter().zip(offer.state.offerer()) {
+            let Some(side) = side else { continue };
+            self.set_media(leg.id, side, side.rtp, leg.codec).await?;
         }
-        tracing::debug!(bridge = id, leg_a = a, core_a = ca, leg_b = b, core_b = cb, "cross-core bridge created");
-        Ok(Response::new(v1::CreateBridgeResponse { bridge_id: id }))
+        let sdp = offer.sdp;
+        let pending = Box::new(sdp::PendingOffer { legs: legs.clone(), state: offer.state });
+        let (_, first_answerer) = legs[0];
+        let core = self.core_of(first_answerer, "streams[0].answerer_leg")?;
+        self.ask(core, |reply| Command::PutOffer { id: first_answerer, offer: Some(pending), reply }).await?;
+        Ok(Response::new(v1::OfferResponse { sdp }))
+    }
+
+    async fn answer(&self, req: Request<v1::AnswerRequest>) -> Result<Response<v1::AnswerResponse>, Status> {
+        let r = req.into_inner();
+        let legs = stream_legs(&r.streams)?;
+        let (_, first_answerer) = legs[0];
+        let core = self.core_of(first_answerer, "streams[0].answerer_leg")?;
+        let pending = self
+            .ask(core, |reply| Command::GetOffer { id: first_answerer, reply })
+            .await?
+            .filter(|p| p.legs == legs)
+            .ok_or_else(|| Status::failed_precondition("streams: no offer was made for these legs"))?;
+        let mut to_offerer = Vec::with_capacity(legs.len());
+        for (i, (offerer, _)) in legs.iter().enumerate() {
+            to_offerer.push(Some(self.leg(*offerer, &format!("streams[{i}].offerer_leg")).await?.local_port));
+        }
+        let anchor = sdp::Anchor { ip: self.inner.advertise_ip, ports: to_offerer };
+        let answer = sdp::answer(&pending.state, r.sdp.as_bytes(), &anchor).map_err(sdp_status)?;
+        let mut streams = Vec::with_capacity(answer.streams.len());
+        for (i, ((a, b), negotiated)) in legs.iter().zip(&answer.streams).enumerate() {
+            let Some(n) = negotiated else {
+                streams.push(v1::NegotiatedStream::default());
+                continue;
+            };
+            let (leg_a, leg_b) = (self.leg(*a, "offerer_leg").await?, self.leg(*b, "answerer_leg").await?);
+            let mut bridge = match (leg_a.bridge, leg_b.bridge) {
+                (Some(x), Some(y)) if x == y => Some(x),
+                (None, None) => None,
+                _ => return Err(Status::failed_precondition(format!("streams[{i}]: a leg is bridged to another leg"))),
+            };
+            if let Some(id) = bridge.filter(|_| leg_a.codec != n.offerer_codec || leg_b.codec != n.answerer_codec) {
+                // The codecs changed (a new offer/answer mid-call): the bridge is made again for them.
+                let core = self.core_of(id, "bridge")?;
+                self.ask(core, |reply| Command::DeleteBridge { id, reply }).await?;
+                bridge = None;
+            }
+            self.set_media(*a, &n.offerer, None, n.offerer_codec).await?;
+            self.set_media(*b, &n.answerer, n.answerer.rtp, n.answerer_codec).await?;
+            let bridge_id = match bridge {
+                Some(id) => id,
+                None => self.bridge_legs(*a, *b, ("offerer_leg", "answerer_leg")).await?,
+            };
+            streams.push(v1::NegotiatedStream {
+                offerer_codec: n.offerer_codec.as_ref().map(codec_msg),
+                answerer_codec: n.answerer_codec.as_ref().map(codec_msg),
+                transcoded: n.transcoded,
+                bridge_id,
+            });
+        }
+        Ok(Response::new(v1::AnswerResponse { sdp: answer.sdp, streams }))
     }
 
     async fn delete_bridge(&self, req: Request<v1::DeleteBridgeRequest>) -> Result<Response<v1::DeleteBridgeResponse>, Status> {

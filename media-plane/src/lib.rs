@@ -43,4 +43,4 @@ pub mod sys;
 
 // The sans-IO core lives in its own crate (no runtime or socket dependency); re-exported under
 // the names the drivers and tools have always used.
-pub use media_engine::{engine, frame, harness, ports, wire};
+pub use media_engine::{engine, frame, harness, ports, sdp, wire};

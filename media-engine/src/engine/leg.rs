@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::dtmf::{DtmfDetector, TelephoneEvent};
 use super::quality::{Quality, QualityStats};
 use super::transcode::{LegCodec, TranscodeCounters, Transcoder};
+use crate::sdp::PendingOffer;
 use crate::wire::RtpPacket;
 use super::{BridgeId, LegId};
 
@@ -153,6 +154,19 @@ pub struct LegSpec {
     pub codec: Option<LegCodec>,
 }
 
+/// What an SDP offer/answer settled for a leg ([`super::Engine::set_leg_media`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegMedia {
+    /// Where the endpoint said it receives RTP (`None`: keep the current remote).
+    pub remote: Option<SocketAddr>,
+    /// ...and RTCP.
+    pub remote_rtcp: Option<SocketAddr>,
+    pub rtcp_mux: bool,
+    pub direction: Direction,
+    /// What the endpoint sends and receives (`None`: relayed as it is).
+    pub codec: Option<LegCodec>,
+}
+
 /// Counters and addresses of a leg, as reported by GetStats and events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegStats {
@@ -209,6 +223,8 @@ pub(super) struct Leg {
     pub transcoder: Option<Box<Transcoder>>,
     pub dtmf: DtmfDetector,
     pub quality: Quality,
+    /// The SDP offer this leg's endpoint was sent, until its answer ([`crate::sdp`]).
+    pub offer: Option<Box<PendingOffer>>,
     /// Last accepted packet, or creation.
     pub last_rx: Instant,
     pub any_rx: bool,
@@ -231,6 +247,7 @@ impl Leg {
             transcoder: None,
             dtmf: DtmfDetector::default(),
             quality: Quality::default(),
+            offer: None,
             last_rx: now,
             any_rx: false,
             counters: LegCounters::default(),

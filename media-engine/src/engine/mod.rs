@@ -37,11 +37,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-pub use leg::{Direction, DropReason, Drops, LegCounters, LegSpec, LegStats, Remote};
+pub use leg::{Direction, DropReason, Drops, LegCounters, LegMedia, LegSpec, LegStats, Remote};
 use leg::{Leg, Peer, PortKind};
 pub use transcode::{LegCodec, TranscodeCounters, TranscodeError};
 use transcode::{Rejected, Transcoder};
 
+use crate::sdp::PendingOffer;
 use crate::wire::{self, RtcpPacket, RtpPacket};
 
 /// Identifies a leg across the whole media plane (the owning core is in the top byte).
@@ -454,6 +455,51 @@ impl Engine {
             leg.direction = d;
         }
         Ok(())
+    }
+
+    /// Applies what an SDP offer/answer settled for a leg ([`crate::sdp`]): where its endpoint
+    /// receives (latching still corrects it behind NAT), rtcp-mux, direction and codec. A codec
+    /// can change only while the leg is not bridged (the bridge's transcoders are made for the
+    /// codecs it joined): delete the bridge, set the codecs, bridge again.
+    pub fn set_leg_media(&mut self, id: LegId, media: LegMedia) -> Result<(), CommandError> {
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        let leg = self.slot(slot).ok_or(CommandError::NoSuchLeg(id))?;
+        if let (Some(bridge), true) = (leg.bridge, leg.codec != media.codec) {
+            return Err(CommandError::AlreadyBridged(id, bridge));
+        }
+        let port = leg.local_port;
+        let rtcp_port = usize::from(port) + 1;
+        if leg.rtcp_mux && !media.rtcp_mux && self.by_port.get(rtcp_port).is_none_or(|t| *t != 0) {
+            return Err(CommandError::PortInUse(port.saturating_add(1)));
+        }
+        // RTCP's own port is listened on only without rtcp-mux.
+        if let Some(tag) = self.by_port.get_mut(rtcp_port) {
+            *tag = if media.rtcp_mux { 0 } else { ((slot as u32 + 1) << 1) | 1 };
+        }
+        let leg = self.slot_mut(slot).ok_or(CommandError::NoSuchLeg(id))?;
+        leg.rtcp_mux = media.rtcp_mux;
+        if let Some(r) = media.remote {
+            leg.rtp_remote = Remote::latching(Some(r));
+        }
+        if let Some(r) = media.remote_rtcp {
+            leg.rtcp_remote = Remote::latching(Some(r));
+        }
+        leg.direction = media.direction;
+        leg.codec = media.codec;
+        Ok(())
+    }
+
+    /// Keeps an SDP offer on leg `id` until its answer (it goes with the leg).
+    pub fn set_offer(&mut self, id: LegId, offer: Option<Box<PendingOffer>>) -> Result<(), CommandError> {
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        self.slot_mut(slot).ok_or(CommandError::NoSuchLeg(id))?.offer = offer;
+        Ok(())
+    }
+
+    /// The SDP offer kept on leg `id`, if any.
+    pub fn offer(&self, id: LegId) -> Result<Option<Box<PendingOffer>>, CommandError> {
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        Ok(self.slot(slot).ok_or(CommandError::NoSuchLeg(id))?.offer.clone())
     }
 
     /// Removes a leg (and the bridge it is in) and returns its final stats; the caller frees its ports.

@@ -34,8 +34,10 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::config::{Backend, Config};
 use crate::engine::{
-    BridgeId, CommandError, CoreCounters, CrossMessage, Direction, Engine, EngineConfig, Event, Handoff, LegCodec, LegId, LegSpec, LegStats,
+    BridgeId, CommandError, CoreCounters, CrossMessage, Direction, Engine, EngineConfig, Event, Handoff, LegCodec, LegId, LegMedia, LegSpec,
+    LegStats,
 };
+use crate::sdp::PendingOffer;
 use crate::ports::PortPool;
 
 /// Depth of each core's command queue.
@@ -74,6 +76,14 @@ pub enum Command {
     LinkRemote { id: BridgeId, leg: LegId, peer_core: usize, peer_leg: LegId, peer_codec: Option<LegCodec>, primary: bool, reply: Reply<()> },
     /// The codec a leg was created with.
     LegCodec { id: LegId, reply: Reply<Option<LegCodec>> },
+    /// One leg's stats (ports, bridge, codec).
+    Leg { id: LegId, reply: Reply<LegStats> },
+    /// What an SDP offer/answer settled for a leg (opens or closes its RTCP port on a change of
+    /// rtcp-mux).
+    SetMedia { id: LegId, media: LegMedia, reply: Reply<()> },
+    /// Keeps (or clears) an SDP offer on a leg until its answer.
+    PutOffer { id: LegId, offer: Option<Box<PendingOffer>>, reply: Reply<()> },
+    GetOffer { id: LegId, reply: Reply<Option<Box<PendingOffer>>> },
     DeleteBridge { id: BridgeId, reply: Reply<()> },
     /// `legs: None` = every leg; `Some(ids)` = only those (empty: totals only).
     Stats { legs: Option<Vec<LegId>>, reply: oneshot::Sender<CoreReport> },
@@ -360,6 +370,18 @@ impl CoreState {
                 Command::LegCodec { id, reply } => {
                     let _ = reply.send(self.engine.leg_codec(id).map_err(CoreError::from));
                 }
+                Command::Leg { id, reply } => {
+                    let _ = reply.send(self.engine.leg_stats(id, now).ok_or(CoreError::Command(CommandError::NoSuchLeg(id))));
+                }
+                Command::SetMedia { id, media, reply } => {
+                    let _ = reply.send(self.set_leg_media(id, media, now));
+                }
+                Command::PutOffer { id, offer, reply } => {
+                    let _ = reply.send(self.engine.set_offer(id, offer).map_err(CoreError::from));
+                }
+                Command::GetOffer { id, reply } => {
+                    let _ = reply.send(self.engine.offer(id).map_err(CoreError::from));
+                }
                 Command::DeleteBridge { id, reply } => {
                     let _ = reply.send(self.engine.delete_bridge(id).map_err(CoreError::from));
                 }
@@ -463,11 +485,45 @@ impl CoreState {
     fn open_ports(&mut self, port: u16, rtcp_mux: bool) -> Result<(), CoreError> {
         let rtcp_port = if rtcp_mux { None } else { Some(port + 1) };
         for p in std::iter::once(port).chain(rtcp_port) {
-            let mut s = self.bind(p)?;
+            self.open_port(p)?;
+        }
+        Ok(())
+    }
+
+    fn open_port(&mut self, p: u16) -> Result<(), CoreError> {
+        let mut s = self.bind(p)?;
+        if let Some(registry) = &self.registry {
+            registry.register(&mut s, Token(usize::from(p)), Interest::READABLE).map_err(|e| CoreError::Register(p, e))?;
+        }
+        self.sockets[usize::from(p)] = Some(s);
+        Ok(())
+    }
+
+    fn close_port(&mut self, p: u16) {
+        if let Some(mut s) = self.sockets[usize::from(p)].take() {
             if let Some(registry) = &self.registry {
-                registry.register(&mut s, Token(usize::from(p)), Interest::READABLE).map_err(|e| CoreError::Register(p, e))?;
+                let _ = registry.deregister(&mut s);
             }
-            self.sockets[usize::from(p)] = Some(s);
+        }
+    }
+
+    /// [`Engine::set_leg_media`], with the leg's RTCP port opened when rtcp-mux is turned off
+    /// and closed when it is turned on.
+    fn set_leg_media(&mut self, id: LegId, media: LegMedia, now: Instant) -> Result<(), CoreError> {
+        let leg = self.engine.leg_stats(id, now).ok_or(CoreError::Command(CommandError::NoSuchLeg(id)))?;
+        let rtcp_port = leg.local_port + 1;
+        let opening = leg.rtcp_mux && !media.rtcp_mux;
+        if opening {
+            self.open_port(rtcp_port)?;
+        }
+        if let Err(e) = self.engine.set_leg_media(id, media) {
+            if opening {
+                self.close_port(rtcp_port);
+            }
+            return Err(e.into());
+        }
+        if !leg.rtcp_mux && media.rtcp_mux {
+            self.close_port(rtcp_port);
         }
         Ok(())
     }
@@ -487,11 +543,7 @@ impl CoreState {
     fn close_ports(&mut self, port: u16, rtcp_mux: bool) {
         let ports = if rtcp_mux { port..=port } else { port..=port + 1 };
         for p in ports {
-            if let Some(mut s) = self.sockets[usize::from(p)].take() {
-                if let Some(registry) = &self.registry {
-                    let _ = registry.deregister(&mut s);
-                }
-            }
+            self.close_port(p);
         }
     }
 

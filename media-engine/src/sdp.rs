@@ -1,0 +1,656 @@
+//! SDP offer/answer (RFC 3264) for anchored media: what the media plane tells each side, and
+//! which codec each of its legs speaks.
+//!
+//! The media plane sits between two endpoints. An offer from one (the *offerer*) is rewritten for
+//! the other (the *answerer*) with the media plane's address and the answerer-facing leg's port;
+//! the answer is rewritten back with the offerer-facing leg's port. On the way, a per-leg
+//! [`CodecPolicy`] (in the spirit of rtpengine's codec flags) removes codecs and adds codecs the
+//! media plane can transcode to, so two endpoints with no codec in common still connect:
+//!
+//! ```text
+//!  offerer ── offer: PCMU 101(te/8000) ──► offer() ── PCMU opus te/8000 te/48000 ──► answerer
+//!                                            │ OfferState (what was offered, what was added)
+//!  offerer ◄── answer: PCMU te/8000 ──────── answer() ◄── answer: opus te/48000 ──── answerer
+//!                                            └─► Negotiated: offerer leg PCMU, answerer leg opus
+//! ```
+//!
+//! When the answerer picks a codec the offerer offered, both legs get the same codec and the
+//! bridge relays without touching the payload; when it picks one the media plane added, the
+//! offerer leg gets the offerer's first codec the media plane can decode and the bridge
+//! transcodes. RFC 4733 telephone-events are offered at each codec's clock and carried across.
+//!
+//! Parsing and writing are the `sdp-types` crate's (RFC 8866, lax about line order, never
+//! panics); this module only reads and rewrites its structures: `c=` and `o=` addresses, `m=`
+//! ports and format lists, `a=rtpmap`/`a=fmtp`/`a=rtcp-fb` of removed formats, `a=rtcp`,
+//! `a=rtcp-mux`, `a=ptime`, and ICE attributes (removed: the media plane is the only candidate).
+//! Every other line passes through as the endpoint wrote it.
+
+use std::net::{IpAddr, SocketAddr};
+
+use media_codecs::{CodecKind, CodecParams, OpusSettings};
+use sdp_types::{Attribute, Connection, Media, Session};
+
+use crate::engine::{Direction, LegCodec};
+
+/// Longest SDP body accepted.
+pub const MAX_SDP: usize = 16 * 1024;
+
+/// Why a description or a policy cannot be used. The text names the line, stream or field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    /// Larger than [`MAX_SDP`].
+    #[error("larger than {MAX_SDP} bytes")]
+    TooLarge,
+    /// Not SDP (the parser's reason, with its line number).
+    #[error("{0}")]
+    Syntax(String),
+    /// One `m=` section is unusable.
+    #[error("stream {stream}: {why}")]
+    Stream { stream: usize, why: String },
+    /// The answer does not have the offer's `m=` sections.
+    #[error("the answer has {answer} m= lines, the offer had {offer}")]
+    StreamCount { offer: usize, answer: usize },
+    /// A codec named in a [`CodecPolicy`] that cannot be parsed or made.
+    #[error("codec policy: {0}")]
+    Policy(String),
+}
+
+fn stream_error(stream: usize, why: impl Into<String>) -> SdpError {
+    SdpError::Stream { stream, why: why.into() }
+}
+
+/// A payload format of an `m=` line: its number and its `a=rtpmap`/`a=fmtp` (or the RFC 3551
+/// static assignment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format {
+    pub pt: u8,
+    /// Encoding name as written (compared without case).
+    pub name: String,
+    /// RTP clock rate.
+    pub clock: u32,
+    /// Channels (1 unless the rtpmap says otherwise).
+    pub channels: u8,
+    /// `a=fmtp` parameters, if any.
+    pub fmtp: Option<String>,
+}
+
+impl Format {
+    fn named(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+
+    /// RFC 4733 `telephone-event`.
+    pub fn is_telephone_event(&self) -> bool {
+        self.named("telephone-event")
+    }
+
+    /// Audio codecs, as opposed to telephone-event and comfort noise.
+    fn is_codec(&self) -> bool {
+        !self.is_telephone_event() && !self.named("CN")
+    }
+
+    /// The media plane's codec for this format, if it can decode and encode it.
+    pub fn kind(&self) -> Option<CodecKind> {
+        let kind = CodecKind::from_name(&self.name)?;
+        let fits = match kind {
+            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => self.clock == 8000 && self.channels == 1,
+            CodecKind::Opus => self.clock == 48_000,
+            CodecKind::L16 => matches!(self.clock, 8000 | 16_000 | 48_000) && self.channels <= 2,
+        };
+        fits.then_some(kind)
+    }
+
+    fn fmtp_param(&self, key: &str) -> Option<&str> {
+        self.fmtp.as_deref()?.split(';').find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim().eq_ignore_ascii_case(key).then(|| v.trim())
+        })
+    }
+
+    fn rtpmap(&self) -> String {
+        match self.channels {
+            1 => format!("{} {}/{}", self.pt, self.name, self.clock),
+            n => format!("{} {}/{}/{}", self.pt, self.name, self.clock, n),
+        }
+    }
+
+    fn same_codec(&self, other: &Format) -> bool {
+        self.named(&other.name) && self.clock == other.clock && self.channels == other.channels
+    }
+}
+
+/// RFC 3551's static payload types (those a phone may use without an rtpmap).
+fn static_format(pt: u8) -> Option<(&'static str, u32)> {
+    Some(match pt {
+        0 => ("PCMU", 8000),
+        3 => ("GSM", 8000),
+        4 => ("G723", 8000),
+        8 => ("PCMA", 8000),
+        9 => ("G722", 8000),
+        13 => ("CN", 8000),
+        18 => ("G729", 8000),
+        _ => return None,
+    })
+}
+
+/// A codec named in a policy: `name[/clock[/channels]]`, or `all`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CodecSpec {
+    name: String,
+    clock: Option<u32>,
+    channels: Option<u8>,
+}
+
+impl CodecSpec {
+    fn parse(s: &str) -> Result<Self, SdpError> {
+        let bad = || SdpError::Policy(format!("{s:?} is not name[/clock[/channels]]"));
+        let mut parts = s.trim().split('/');
+        let name = parts.next().filter(|n| !n.is_empty()).ok_or_else(bad)?.to_owned();
+        let clock = parts.next().map(|c| c.parse().map_err(|_| bad())).transpose()?;
+        let channels = parts.next().map(|c| c.parse().map_err(|_| bad())).transpose()?;
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(CodecSpec { name, clock, channels })
+    }
+
+    fn matches(&self, f: &Format) -> bool {
+        (self.name.eq_ignore_ascii_case("all") && f.is_codec())
+            || (f.named(&self.name)
+                && self.clock.is_none_or(|c| c == f.clock)
+                && self.channels.is_none_or(|c| c == f.channels))
+    }
+
+    /// The format the media plane offers for this codec (payload type filled in later).
+    fn to_format(&self) -> Result<Format, SdpError> {
+        let kind = CodecKind::from_name(&self.name)
+            .ok_or_else(|| SdpError::Policy(format!("{:?} is not PCMU, PCMA, G722, L16 or opus", self.name)))?;
+        let (clock, channels, fmtp) = match kind {
+            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => (8000, 1, None),
+            // RFC 7587: always opus/48000/2; FEC asked of the far encoder.
+            CodecKind::Opus => (48_000, 2, Some("useinbandfec=1".to_owned())),
+            CodecKind::L16 => (self.clock.unwrap_or(16_000), self.channels.unwrap_or(1), None),
+        };
+        let format = Format { pt: 0, name: kind.name().to_owned(), clock, channels, fmtp };
+        format.kind().map(|_| format).ok_or_else(|| SdpError::Policy(format!("{:?} has a clock or channel count the media plane does not make", self.name)))
+    }
+}
+
+/// What a leg does to the codecs of an offer it forwards (names are `name[/clock[/channels]]`,
+/// case-insensitive; `all` matches every codec but telephone-event and comfort noise).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CodecPolicy {
+    /// Removed from the offer: neither side uses them.
+    pub strip: Vec<String>,
+    /// Hidden from the answerer, but the offerer may still send them: the media plane transcodes.
+    pub mask: Vec<String>,
+    /// Added to the offer (if absent): if the answerer picks one, the media plane transcodes.
+    /// `mask: ["all"]` with `transcode: [X]` forces transcoding to X.
+    pub transcode: Vec<String>,
+}
+
+struct ParsedPolicy {
+    strip: Vec<CodecSpec>,
+    mask: Vec<CodecSpec>,
+    transcode: Vec<Format>,
+}
+
+impl CodecPolicy {
+    fn parse(&self) -> Result<ParsedPolicy, SdpError> {
+        let specs = |names: &[String]| names.iter().map(|n| CodecSpec::parse(n)).collect::<Result<Vec<_>, _>>();
+        Ok(ParsedPolicy {
+            strip: specs(&self.strip)?,
+            mask: specs(&self.mask)?,
+            transcode: specs(&self.transcode)?.iter().map(CodecSpec::to_format).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// Where the media plane receives, for the description it writes: its address and, per `m=`
+/// line in order, the facing leg's port (`None`: the stream is refused, port 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub ip: IpAddr,
+    pub ports: Vec<Option<u16>>,
+}
+
+/// What one endpoint's description says about its stream: where it receives and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// RTP address (`None`: held with `c=0.0.0.0`, or no address).
+    pub rtp: Option<SocketAddr>,
+    /// RTCP address (`a=rtcp`, else RTP port + 1; `None` with rtcp-mux).
+    pub rtcp: Option<SocketAddr>,
+    pub rtcp_mux: bool,
+    pub direction: Direction,
+    /// `a=ptime`, or 20.
+    pub ptime_ms: u16,
+}
+
+/// One offered stream, kept for its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Offered {
+    /// The offerer's formats that survived `strip` (masked ones included: it may send them).
+    usable: Vec<Format>,
+    /// What went to the answerer.
+    sent: Vec<Format>,
+    /// Payload types in `sent` the media plane added (answering with one means transcoding).
+    added: Vec<u8>,
+    /// The offerer's side of the stream.
+    offerer: Endpoint,
+    /// Not an RTP stream (e.g. T.38 over UDPTL): relayed, formats untouched.
+    opaque: bool,
+}
+
+/// The offer as the media plane rewrote it, kept until the answer comes (an answer may come
+/// more than once: 183 then 200).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferState {
+    streams: Vec<Option<Offered>>,
+}
+
+impl OfferState {
+    /// The offerer's side of each stream (`None`: refused or disabled).
+    pub fn offerer(&self) -> impl Iterator<Item = Option<&Endpoint>> {
+        self.streams.iter().map(|s| s.as_ref().map(|o| &o.offerer))
+    }
+}
+
+/// An offer kept with the legs it was made for, until its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingOffer {
+    /// Per `m=` line: (offerer-facing leg, answerer-facing leg).
+    pub legs: Vec<(u64, u64)>,
+    pub state: OfferState,
+}
+
+/// The result of [`offer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrittenOffer {
+    /// The description for the answerer.
+    pub sdp: String,
+    pub state: OfferState,
+}
+
+/// One negotiated stream: each leg's endpoint and codec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub offerer: Endpoint,
+    pub answerer: Endpoint,
+    /// Codec of the offerer-facing leg (`None`: a format the media plane does not decode,
+    /// relayed as it is).
+    pub offerer_codec: Option<LegCodec>,
+    /// Codec of the answerer-facing leg.
+    pub answerer_codec: Option<LegCodec>,
+    /// The legs' codecs differ: the bridge transcodes.
+    pub transcoded: bool,
+}
+
+/// The result of [`answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrittenAnswer {
+    /// The description for the offerer.
+    pub sdp: String,
+    /// Per `m=` line: the negotiated stream, or `None` when refused.
+    pub streams: Vec<Option<Negotiated>>,
+}
+
+/// Parses a body (at most [`MAX_SDP`] bytes).
+pub fn parse(body: &[u8]) -> Result<Session, SdpError> {
+    if body.len() > MAX_SDP {
+        return Err(SdpError::TooLarge);
+    }
+    Session::parse(body).map_err(|e| SdpError::Syntax(e.to_string()))
+}
+
+fn write(session: &Session) -> String {
+    session.to_string()
+}
+
+fn is_rtp(m: &Media) -> bool {
+    m.proto.to_ascii_uppercase().contains("RTP/")
+}
+
+/// The formats of an RTP `m=` line in its order (tokens that are not payload types are skipped).
+pub fn formats(m: &Media) -> Vec<Format> {
+    let mut out = Vec::new();
+    for token in m.fmt.split_ascii_whitespace() {
+        let Some(pt) = token.parse::<u8>().ok().filter(|pt| *pt < 128) else { continue };
+        let mut format = match static_format(pt) {
+            Some((name, clock)) => Format { pt, name: name.to_owned(), clock, channels: 1, fmtp: None },
+            None => Format { pt, name: String::new(), clock: 0, channels: 1, fmtp: None },
+        };
+        for a in &m.attributes {
+            let Some(value) = a.value.as_deref() else { continue };
+            let Some((apt, rest)) = value.split_once(' ') else { continue };
+            if apt.trim().parse::<u8>().ok() != Some(pt) {
+                continue;
+            }
+            if a.attribute.eq_ignore_ascii_case("rtpmap") {
+                let mut enc = rest.trim().split('/');
+                let (Some(name), Some(clock)) = (enc.next(), enc.next().and_then(|c| c.parse().ok())) else { continue };
+                format.name = name.to_owned();
+                format.clock = clock;
+                format.channels = enc.next().and_then(|c| c.parse().ok()).filter(|c| *c > 0).unwrap_or(1);
+            } else if a.attribute.eq_ignore_ascii_case("fmtp") {
+                format.fmtp = Some(rest.trim().to_owned());
+            }
+        }
+        out.push(format);
+    }
+    out
+}
+
+fn direction_of(attributes: &[Attribute]) -> Option<Direction> {
+    attributes.iter().rev().find_map(|a| match a.attribute.as_str() {
+        "sendrecv" => Some(Direction::SendRecv),
+        "sendonly" => Some(Direction::SendOnly),
+        "recvonly" => Some(Direction::RecvOnly),
+        "inactive" => Some(Direction::Inactive),
+        _ => None,
+    })
+}
+
+fn attribute<'a>(m: &'a Media, name: &str) -> Option<&'a str> {
+    m.attributes.iter().find(|a| a.attribute.eq_ignore_ascii_case(name)).map(|a| a.value.as_deref().unwrap_or(""))
+}
+
+fn connection_ip(c: &Connection) -> Option<IpAddr> {
+    c.connection_address.split('/').next()?.parse().ok()
+}
+
+/// The endpoint side of stream `index` of `session`.
+fn endpoint(session: &Session, m: &Media, index: usize) -> Result<Endpoint, SdpError> {
+    let connection = m.connections.first().or(session.connection.as_ref());
+    let ip = match connection {
+        Some(c) => Some(connection_ip(c).ok_or_else(|| stream_error(index, format!("c= address {:?} is not an IP address", c.connection_address)))?),
+        None => return Err(stream_error(index, "no c= line for the stream or the session")),
+    };
+    // RFC 3264 §8.4: 0.0.0.0 is the old way to put a stream on hold; no address to send to.
+    let ip = ip.filter(|ip| !ip.is_unspecified());
+    let rtcp_mux = attribute(m, "rtcp-mux").is_some();
+    let rtcp_port = match attribute(m, "rtcp") {
+        Some(v) => Some(
+            v.split_ascii_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .ok_or_else(|| stream_error(index, format!("a=rtcp:{v} has no port")))?,
+        ),
+        None => m.port.checked_add(1),
+    };
+    let rtcp_ip = attribute(m, "rtcp").and_then(|v| v.split_ascii_whitespace().nth(3)).and_then(|a| a.parse().ok());
+    let ptime_ms = attribute(m, "ptime")
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .filter(|p| matches!(p, 10 | 20 | 30 | 40 | 60))
+        .unwrap_or(20);
+    Ok(Endpoint {
+        rtp: ip.map(|ip| SocketAddr::new(ip, m.port)),
+        rtcp: if rtcp_mux { None } else { rtcp_port.and_then(|p| Some(SocketAddr::new(rtcp_ip.or(ip)?, p))) },
+        rtcp_mux,
+        direction: direction_of(&m.attributes).or(direction_of(&session.attributes)).unwrap_or_default(),
+        ptime_ms,
+    })
+}
+
+fn is_ice(name: &str) -> bool {
+    matches!(name, "candidate" | "end-of-candidates" | "remote-candidates") || name.starts_with("ice-")
+}
+
+fn addrtype(ip: IpAddr) -> sdp_types::AddrType {
+    if ip.is_ipv4() {
+        sdp_types::AddrType::Ip4
+    } else {
+        sdp_types::AddrType::Ip6
+    }
+}
+
+/// Puts the media plane's address in `o=` and the session-level `c=`.
+fn anchor_session(session: &mut Session, ip: IpAddr) {
+    session.origin.unicast_address = ip.to_string();
+    session.origin.addrtype = addrtype(ip);
+    if session.connection.is_some() {
+        session.connection = Some(Connection::from_ip_addr(ip));
+    }
+    session.attributes.retain(|a| !is_ice(&a.attribute));
+}
+
+/// Points stream `m` at `port` (0: refused) on `ip`, and sets its formats to `formats` (`None`:
+/// untouched), dropping the lines of removed payload types and adding those of new ones.
+fn anchor_media(m: &mut Media, ip: IpAddr, port: Option<u16>, formats: Option<&[Format]>) {
+    m.port = port.unwrap_or(0);
+    m.num_ports = None;
+    m.connections = vec![Connection::from_ip_addr(ip)];
+    m.attributes.retain(|a| !is_ice(&a.attribute));
+    for a in &mut m.attributes {
+        if a.attribute.eq_ignore_ascii_case("rtcp") {
+            a.value = Some(u32::from(m.port).saturating_add(1).to_string());
+        }
+    }
+    let Some(formats) = formats else { return };
+    m.fmt = formats.iter().map(|f| f.pt.to_string()).collect::<Vec<_>>().join(" ");
+    let keep = |a: &Attribute| {
+        let per_pt = ["rtpmap", "fmtp", "rtcp-fb"].iter().any(|n| a.attribute.eq_ignore_ascii_case(n));
+        let pt = a.value.as_deref().and_then(|v| v.split_ascii_whitespace().next()).and_then(|p| p.parse::<u8>().ok());
+        !per_pt || pt.is_some_and(|pt| formats.iter().any(|f| f.pt == pt))
+    };
+    m.attributes.retain(keep);
+    // Every kept or added format gets its rtpmap (and fmtp) so the far side needs no table.
+    let mut at = m.attributes.iter().position(|a| !a.attribute.eq_ignore_ascii_case("rtpmap") && !a.attribute.eq_ignore_ascii_case("fmtp")).unwrap_or(m.attributes.len());
+    for f in formats {
+        if f.clock == 0 {
+            continue;
+        }
+        let pt = f.pt.to_string();
+        let has = |attributes: &[Attribute], name: &str| {
+            attributes.iter().any(|a| {
+                a.attribute.eq_ignore_ascii_case(name)
+                    && a.value.as_deref().and_then(|v| v.split_ascii_whitespace().next()) == Some(pt.as_str())
+            })
+        };
+        if !has(&m.attributes, "rtpmap") {
+            m.attributes.insert(at.min(m.attributes.len()), Attribute { attribute: "rtpmap".into(), value: Some(f.rtpmap()) });
+            at += 1;
+        }
+        if let (Some(fmtp), false) = (&f.fmtp, has(&m.attributes, "fmtp")) {
+            m.attributes.insert(at.min(m.attributes.len()), Attribute { attribute: "fmtp".into(), value: Some(format!("{} {fmtp}", f.pt)) });
+            at += 1;
+        }
+    }
+}
+
+fn set_attribute(m: &mut Media, name: &str, value: Option<String>, present: bool) {
+    m.attributes.retain(|a| !a.attribute.eq_ignore_ascii_case(name));
+    if present {
+        m.attributes.push(Attribute { attribute: name.to_owned(), value });
+    }
+}
+
+/// The lowest dynamic payload type (96–127) not in `used`.
+fn free_pt(used: &[Format]) -> Option<u8> {
+    (96..128).find(|pt| !used.iter().any(|f| f.pt == *pt))
+}
+
+/// Adds `f` to `list` with its static payload type or a free dynamic one; false if none is free.
+fn add_format(list: &mut Vec<Format>, mut f: Format) -> bool {
+    let static_pt = (0..35u8).find(|pt| static_format(*pt).is_some_and(|(n, c)| f.name.eq_ignore_ascii_case(n) && f.clock == c));
+    let pt = match static_pt {
+        Some(pt) if !list.iter().any(|x| x.pt == pt) => Some(pt),
+        _ => free_pt(list),
+    };
+    let Some(pt) = pt else { return false };
+    f.pt = pt;
+    list.push(f);
+    true
+}
+
+/// Rewrites an offer for the answerer (see the module documentation).
+pub fn offer(body: &[u8], policy: &CodecPolicy, to_answerer: &Anchor) -> Result<RewrittenOffer, SdpError> {
+    let policy = policy.parse()?;
+    let mut session = parse(body)?;
+    let mut streams = Vec::with_capacity(session.medias.len());
+    let original = session.clone();
+    for (index, m) in session.medias.iter_mut().enumerate() {
+        let port = to_answerer.ports.get(index).copied().flatten();
+        if m.port == 0 || port.is_none() {
+            anchor_media(m, to_answerer.ip, None, None);
+            streams.push(None);
+            continue;
+        }
+        let offerer = endpoint(&original, &original.medias[index], index)?;
+        if !is_rtp(m) {
+            anchor_media(m, to_answerer.ip, port, None);
+            streams.push(Some(Offered { usable: Vec::new(), sent: Vec::new(), added: Vec::new(), offerer, opaque: true }));
+            continue;
+        }
+        let all = formats(m);
+        let usable: Vec<Format> = all.iter().filter(|f| !policy.strip.iter().any(|s| s.matches(f))).cloned().collect();
+        let mut sent: Vec<Format> = usable.iter().filter(|f| !policy.mask.iter().any(|s| s.matches(f))).cloned().collect();
+        let mut added = Vec::new();
+        // Transcoding needs a codec of the offerer's the media plane can decode.
+        if usable.iter().any(|f| f.is_codec() && f.kind().is_some()) {
+            let offerer_events = usable.iter().any(Format::is_telephone_event);
+            for f in &policy.transcode {
+                if sent.iter().any(|s| s.same_codec(f)) {
+                    continue;
+                }
+                let clock = f.clock;
+                if add_format(&mut sent, f.clone()) {
+                    added.extend(sent.last().map(|f| f.pt));
+                }
+                // DTMF crosses at the added codec's clock if the offerer sends telephone-events.
+                let has_events = sent.iter().any(|s| s.is_telephone_event() && s.clock == clock);
+                if offerer_events && !has_events {
+                    let te = Format { pt: 0, name: "telephone-event".into(), clock, channels: 1, fmtp: Some("0-16".into()) };
+                    if add_format(&mut sent, te) {
+                        added.extend(sent.last().map(|f| f.pt));
+                    }
+                }
+            }
+        }
+        if !sent.iter().any(Format::is_codec) && !all.is_empty() {
+            return Err(stream_error(index, "no codec left to offer after the codec policy"));
+        }
+        anchor_media(m, to_answerer.ip, port, Some(&sent));
+        streams.push(Some(Offered { usable, sent, added, offerer, opaque: false }));
+    }
+    anchor_session(&mut session, to_answerer.ip);
+    Ok(RewrittenOffer { sdp: write(&session), state: OfferState { streams } })
+}
+
+/// The leg codec for format `f` of an endpoint sending every `ptime_ms`, with its
+/// telephone-event payload type; `pcm_rate` is the PCM rate Opus decodes to and encodes from.
+fn leg_codec(f: &Format, ptime_ms: u16, events: Option<u8>, pcm_rate: u32) -> Option<LegCodec> {
+    let kind = f.kind()?;
+    let mut params = CodecParams::new(kind, if kind == CodecKind::L16 { f.clock } else { pcm_rate });
+    params.channels = if kind == CodecKind::L16 { f.channels } else { 1 };
+    if kind == CodecKind::Opus {
+        params.channels = if f.fmtp_param("stereo") == Some("1") { 2 } else { 1 };
+        params.opus = OpusSettings {
+            bitrate: f.fmtp_param("maxaveragebitrate").and_then(|b| b.parse().ok()).filter(|b| (6000..=510_000).contains(b)),
+            fec: f.fmtp_param("useinbandfec") == Some("1"),
+            dtx: f.fmtp_param("usedtx") == Some("1"),
+            ..OpusSettings::default()
+        };
+    }
+    Some(LegCodec { payload_type: f.pt, params, ptime_ms, telephone_event: events })
+}
+
+/// The PCM rate a codec decodes to (what Opus on the other side is run at).
+fn pcm_rate(f: &Format) -> u32 {
+    match f.kind() {
+        Some(CodecKind::Pcmu | CodecKind::Pcma) => 8000,
+        Some(CodecKind::G722) => 16_000,
+        Some(CodecKind::L16) => f.clock,
+        _ => 48_000,
+    }
+}
+
+fn events_at(list: &[Format], clock: u32) -> Option<&Format> {
+    list.iter().find(|f| f.is_telephone_event() && f.clock == clock)
+}
+
+/// Rewrites the answer to `state`'s offer for the offerer, and says which codec each leg speaks.
+pub fn answer(state: &OfferState, body: &[u8], to_offerer: &Anchor) -> Result<RewrittenAnswer, SdpError> {
+    let mut session = parse(body)?;
+    if session.medias.len() != state.streams.len() {
+        return Err(SdpError::StreamCount { offer: state.streams.len(), answer: session.medias.len() });
+    }
+    let original = session.clone();
+    let mut out = Vec::with_capacity(state.streams.len());
+    for (index, m) in session.medias.iter_mut().enumerate() {
+        let port = to_offerer.ports.get(index).copied().flatten();
+        let Some(offered) = state.streams.get(index).and_then(Option::as_ref).filter(|_| m.port != 0 && port.is_some()) else {
+            anchor_media(m, to_offerer.ip, None, None);
+            out.push(None);
+            continue;
+        };
+        let answerer = endpoint(&original, &original.medias[index], index)?;
+        if offered.opaque || !is_rtp(m) {
+            anchor_media(m, to_offerer.ip, port, None);
+            out.push(Some(Negotiated { offerer: offered.offerer, answerer, offerer_codec: None, answerer_codec: None, transcoded: false }));
+            continue;
+        }
+        // The answerer's formats, matched to what it was offered (by payload type, else by codec).
+        let answered: Vec<Format> = formats(m)
+            .into_iter()
+            .filter_map(|f| {
+                offered.sent.iter().find(|s| s.pt == f.pt && (f.clock == 0 || s.same_codec(&f))).or_else(|| offered.sent.iter().find(|s| s.same_codec(&f))).map(|s| Format { pt: f.pt, ..s.clone() })
+            })
+            .collect();
+        let chosen = answered
+            .iter()
+            .find(|f| f.is_codec())
+            .ok_or_else(|| stream_error(index, "the answer names no codec that was offered"))?;
+        let added = |f: &Format| offered.sent.iter().any(|s| s.same_codec(f) && offered.added.contains(&s.pt));
+        let relayed = !added(chosen);
+        let (offerer_format, answer_formats): (Format, Vec<Format>) = if relayed {
+            let offerer_format = offered.usable.iter().find(|u| u.same_codec(chosen)).cloned().unwrap_or_else(|| chosen.clone());
+            // What the answerer accepted of the offerer's own formats, in its order.
+            let formats = answered.iter().filter(|f| !added(f)).filter_map(|f| offered.usable.iter().find(|u| u.same_codec(f)).cloned()).collect();
+            (offerer_format, formats)
+        } else {
+            let offerer_format = offered
+                .usable
+                .iter()
+                .find(|u| u.is_codec() && u.kind().is_some())
+                .cloned()
+                .ok_or_else(|| stream_error(index, "the offerer has no codec the media plane decodes"))?;
+            let mut formats = vec![offerer_format.clone()];
+            if events_at(&answered, chosen.clock).is_some() {
+                formats.extend(events_at(&offered.usable, offerer_format.clock).cloned());
+            }
+            (offerer_format, formats)
+        };
+        let offerer_events = events_at(&answer_formats, offerer_format.clock).map(|f| f.pt);
+        let answerer_events = events_at(&answered, chosen.clock).map(|f| f.pt);
+        let (mut offerer_codec, mut answerer_codec) = if relayed {
+            // One codec on both legs: the bridge relays (telephone-events pass as they are).
+            let codec = leg_codec(chosen, offered.offerer.ptime_ms, answerer_events.filter(|pt| Some(*pt) == offerer_events), 48_000);
+            (codec.map(|c| LegCodec { payload_type: offerer_format.pt, ..c }), codec)
+        } else {
+            (
+                leg_codec(&offerer_format, offered.offerer.ptime_ms, offerer_events, pcm_rate(chosen)),
+                leg_codec(chosen, answerer.ptime_ms, answerer_events, pcm_rate(&offerer_format)),
+            )
+        };
+        if relayed && offerer_codec != answerer_codec {
+            // The answerer renumbered the codec: the media plane rewrites, so both need a codec.
+            offerer_codec = leg_codec(&offerer_format, offered.offerer.ptime_ms, offerer_events, 48_000);
+            answerer_codec = leg_codec(chosen, answerer.ptime_ms, answerer_events, 48_000);
+        }
+        anchor_media(m, to_offerer.ip, port, Some(&answer_formats));
+        set_attribute(m, "rtcp-mux", None, offered.offerer.rtcp_mux);
+        if !relayed {
+            let ptime = attribute(&original.medias[index], "ptime").is_some().then(|| offered.offerer.ptime_ms.to_string());
+            let has_ptime = ptime.is_some();
+            set_attribute(m, "ptime", ptime, has_ptime);
+        }
+        let transcoded = offerer_codec != answerer_codec;
+        out.push(Some(Negotiated { offerer: offered.offerer, answerer, offerer_codec, answerer_codec, transcoded }));
+    }
+    anchor_session(&mut session, to_offerer.ip);
+    Ok(RewrittenAnswer { sdp: write(&session), streams: out })
+}
+
+#[cfg(test)]
+mod tests;

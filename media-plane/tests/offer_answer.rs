@@ -1,0 +1,227 @@
+//! SDP offer/answer through the running media plane: the descriptions it returns, the codecs it
+//! gives the legs, and the media that then flows between loopback "phones".
+
+use std::net::{SocketAddr, UdpSocket};
+
+use media_codecs::signal::{best_lag, spectral_snr_db, speech_like};
+use media_codecs::{CodecKind, CodecParams, Resampler};
+use proto::v1;
+use tonic::Code;
+
+mod common;
+use common::*;
+
+const SLOT_TRANSCODE: u16 = 17;
+const SLOT_RELAY: u16 = 18;
+
+/// A phone's description: RTP at `at`, formats `fmt` with their `a=` lines.
+fn phone_sdp(at: SocketAddr, fmt: &str, attributes: &str) -> String {
+    format!(
+        "v=0\r\no=- 7 7 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {fmt}\r\n{attributes}",
+        ip = at.ip(),
+        port = at.port()
+    )
+}
+
+/// The port and payload types of the first `m=` line of `sdp`.
+fn media_line(sdp: &str) -> (u16, Vec<u8>) {
+    let line = sdp.lines().find(|l| l.starts_with("m=audio ")).unwrap_or_else(|| panic!("no m=audio in {sdp}"));
+    let mut parts = line.split_ascii_whitespace().skip(1);
+    let port = parts.next().and_then(|p| p.parse().ok()).expect("port");
+    (port, parts.skip(1).map(|pt| pt.parse().expect("payload type")).collect())
+}
+
+/// The payload type `sdp` maps to `encoding` (e.g. "opus/48000/2").
+fn pt_of(sdp: &str, encoding: &str) -> u8 {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=rtpmap:").filter(|r| r.ends_with(encoding)).and_then(|r| r.split(' ').next()?.parse().ok()))
+        .unwrap_or_else(|| panic!("no rtpmap for {encoding} in {sdp}"))
+}
+
+fn streams(a: &Leg, b: &Leg) -> Vec<v1::StreamLegs> {
+    vec![v1::StreamLegs { offerer_leg: a.id, answerer_leg: b.id }]
+}
+
+/// 20 ms RTP packets of `signal` in `params` with payload type `pt`.
+fn rtp_packets(params: CodecParams, pt: u8, signal: &[i16], ssrc: u32) -> Vec<Vec<u8>> {
+    let mut enc = media_codecs::encoder(&params).expect("encoder");
+    let step = media_codecs::CodecKind::rtp_clock(params.kind, &params) / 50;
+    signal
+        .chunks_exact(params.rate as usize / 50)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut p = vec![0x80, pt];
+            p.extend_from_slice(&(i as u16).to_be_bytes());
+            p.extend_from_slice(&(i as u32 * step).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            enc.encode(chunk, &mut p).expect("encode");
+            p
+        })
+        .collect()
+}
+
+/// Sends `packets` from `tx` to `to` ten at a time and returns what reaches `rx`, checking the
+/// payload type.
+fn exchange(tx: &UdpSocket, to: SocketAddr, rx: &UdpSocket, packets: &[Vec<u8>], out_pt: u8) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for burst in packets.chunks(10) {
+        for p in burst {
+            send(tx, p, to);
+        }
+        for _ in burst {
+            let (got, _) = recv(rx, "media through the bridge");
+            assert_eq!(got[1] & 0x7f, out_pt, "the receiving side's payload type");
+            out.push(got);
+        }
+    }
+    out
+}
+
+fn decode(params: CodecParams, packets: &[Vec<u8>]) -> Vec<i16> {
+    let mut dec = media_codecs::decoder(&params).expect("decoder");
+    let mut pcm = Vec::new();
+    for p in packets {
+        dec.decode(&p[12..], &mut pcm).expect("decodes");
+    }
+    pcm
+}
+
+fn resample(pcm: &[i16], from: u32, to: u32) -> Vec<i16> {
+    let mut out = Vec::new();
+    Resampler::new(from, to, 1).expect("resampler").process(pcm, &mut out).expect("resample");
+    out
+}
+
+/// A leg of a call other than `other`'s, on another core if one of 16 call ids lands there.
+async fn leg_of_another_call(c: &mut Client, other: &Leg) -> Leg {
+    let mut leg = simple_leg(c, "other-call-0", None).await;
+    for i in 1..16 {
+        if leg.core != other.core {
+            break;
+        }
+        c.delete_leg(v1::DeleteLegRequest { leg_id: leg.id }).await.expect("DeleteLeg");
+        leg = simple_leg(c, &format!("other-call-{i}"), None).await;
+    }
+    leg
+}
+
+#[tokio::test]
+async fn an_offer_answer_transcodes_a_pcmu_phone_to_an_opus_app_on_legs_of_different_calls() {
+    let (_mp, mut c) = MediaPlane::start(SLOT_TRANSCODE).await;
+    let (phone, app) = (udp(), udp());
+    let a = simple_leg(&mut c, "call-of-the-phone", None).await;
+    let b = leg_of_another_call(&mut c, &a).await;
+    assert_ne!(a.core, b.core, "the two calls' legs are on different cores");
+
+    // The phone offers PCMU and DTMF; the policy adds Opus for the app.
+    let offer = phone_sdp(local(&phone), "0 101", "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n");
+    let policy = v1::CodecPolicy { transcode: vec!["opus".into()], ..Default::default() };
+    let to_app = c
+        .offer(v1::OfferRequest { sdp: offer, streams: streams(&a, &b), policy: Some(policy) })
+        .await
+        .expect("Offer")
+        .into_inner()
+        .sdp;
+    let (port, pts) = media_line(&to_app);
+    assert_eq!(port, b.local.port(), "the app is sent to its own leg: {to_app}");
+    let (opus_pt, opus_events) = (pt_of(&to_app, "opus/48000/2"), pt_of(&to_app, "telephone-event/48000"));
+    assert_eq!(pts, [0, 101, opus_pt, opus_events]);
+    assert!(to_app.contains(&format!("c=IN IP4 {}", b.local.ip())));
+
+    // The app takes only Opus.
+    let answer = phone_sdp(
+        local(&app),
+        &format!("{opus_pt} {opus_events}"),
+        &format!("a=rtpmap:{opus_pt} opus/48000/2\r\na=rtpmap:{opus_events} telephone-event/48000\r\n"),
+    );
+    let r = c.answer(v1::AnswerRequest { sdp: answer, streams: streams(&a, &b) }).await.expect("Answer").into_inner();
+    let (port, pts) = media_line(&r.sdp);
+    assert_eq!(port, a.local.port(), "the phone is sent to its own leg: {}", r.sdp);
+    assert_eq!(pts, [0, 101], "the phone hears only its own codec and events");
+    let n = &r.streams[0];
+    assert!(n.transcoded);
+    assert_ne!(n.bridge_id, 0);
+    assert_eq!(n.offerer_codec.as_ref().map(|c| c.name.as_str()), Some("PCMU"));
+    assert_eq!(n.answerer_codec.as_ref().map(|c| (c.name.as_str(), c.telephone_event)), Some(("opus", Some(u32::from(opus_events)))));
+
+    // Speech both ways, each side in its own codec, to the addresses the descriptions gave.
+    let pcmu = CodecParams::new(CodecKind::Pcmu, 8000);
+    let opus = CodecParams::new(CodecKind::Opus, 48_000);
+    let narrow = speech_like(8000, 2.0);
+    let at_app = exchange(&phone, a.local, &app, &rtp_packets(pcmu, 0, &narrow, 0xA), opus_pt);
+    let heard = resample(&decode(opus, &at_app), 48_000, 8000);
+    let lag = best_lag(&narrow, &heard, 480);
+    let snr = spectral_snr_db(&narrow[2000..], &heard[2000..], lag, 8000, 3800.0);
+    assert!(snr >= 8.0, "PCMU→Opus: spectral SNR {snr:.1} dB (bound 8 dB)");
+    let wide = speech_like(48_000, 2.0);
+    let at_phone = exchange(&app, b.local, &phone, &rtp_packets(opus, opus_pt, &wide, 0xB), 0);
+    let reference = resample(&wide, 48_000, 8000);
+    let heard = decode(pcmu, &at_phone);
+    let lag = best_lag(&reference, &heard, 480);
+    let snr = spectral_snr_db(&reference[2000..], &heard[2000..], lag, 8000, 3800.0);
+    assert!(snr >= 8.0, "Opus→PCMU: spectral SNR {snr:.1} dB (bound 8 dB)");
+
+    // A digit from the phone reaches the app as a telephone-event at Opus's clock.
+    for (i, end) in [(0u16, false), (1, false), (2, true), (3, true)] {
+        let mut p = vec![0x80, 101];
+        p.extend_from_slice(&(200 + i).to_be_bytes());
+        p.extend_from_slice(&16_000u32.to_be_bytes());
+        p.extend_from_slice(&0xAu32.to_be_bytes());
+        p.extend_from_slice(&[5, if end { 0x8a } else { 0x0a }, 0x01, 0x40]);
+        send(&phone, &p, a.local);
+    }
+    let (event, _) = recv(&app, "the digit at the app");
+    assert_eq!(event[1] & 0x7f, opus_events);
+    assert_eq!(event[12], 5, "digit 5");
+}
+
+#[tokio::test]
+async fn an_offer_answer_relays_a_common_codec_and_a_reoffer_that_changes_it_rebridges() {
+    let (_mp, mut c) = MediaPlane::start(SLOT_RELAY).await;
+    let (phone_a, phone_b) = (udp(), udp());
+    let a = simple_leg(&mut c, "relay", None).await;
+    let b = simple_leg(&mut c, "relay", None).await;
+
+    // Errors name what is wrong.
+    let early = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "0", ""), streams: streams(&a, &b) }).await.unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    let bad = c.offer(v1::OfferRequest { sdp: "hello".into(), streams: streams(&a, &b), policy: None }).await.unwrap_err();
+    assert!(bad.code() == Code::InvalidArgument && bad.message().starts_with("sdp:"), "{bad:?}");
+    let policy = v1::CodecPolicy { transcode: vec!["AMR-WB".into()], ..Default::default() };
+    let bad = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: streams(&a, &b), policy: Some(policy) }).await.unwrap_err();
+    assert!(bad.code() == Code::InvalidArgument && bad.message().starts_with("policy:"), "{bad:?}");
+    let none = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: vec![], policy: None }).await.unwrap_err();
+    assert!(none.message().starts_with("streams"), "{none:?}");
+
+    // Both phones do PCMA: relayed, the payload untouched.
+    let to_b = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0 8", ""), streams: streams(&a, &b), policy: None }).await.expect("Offer").into_inner().sdp;
+    assert_eq!(media_line(&to_b), (b.local.port(), vec![0, 8]));
+    let r = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "8", ""), streams: streams(&a, &b) }).await.expect("Answer").into_inner();
+    assert!(!r.streams[0].transcoded);
+    let relay_bridge = r.streams[0].bridge_id;
+    let mut packet = vec![0x80, 8, 0, 1, 0, 0, 0, 160, 0, 0, 0, 0xA];
+    packet.extend_from_slice(&[0xd5; 160]);
+    send(&phone_a, &packet, a.local);
+    assert_eq!(recv(&phone_b, "relayed PCMA").0, packet, "relayed as it was sent");
+    // The answer repeated (a 183 then the 200) keeps the bridge.
+    let again = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "8", ""), streams: streams(&a, &b) }).await.expect("Answer").into_inner();
+    assert_eq!(again.streams[0].bridge_id, relay_bridge);
+
+    // B re-offers mid-call with only G.722; A's side adds PCMU and A takes it: transcoded now.
+    let policy = v1::CodecPolicy { transcode: vec!["PCMU".into()], ..Default::default() };
+    let reoffer = c
+        .offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_b), "9", ""), streams: streams(&b, &a), policy: Some(policy) })
+        .await
+        .expect("re-Offer")
+        .into_inner()
+        .sdp;
+    assert_eq!(media_line(&reoffer), (a.local.port(), vec![9, 0]));
+    let r = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: streams(&b, &a) }).await.expect("re-Answer").into_inner();
+    assert!(r.streams[0].transcoded);
+    assert_ne!(r.streams[0].bridge_id, relay_bridge, "a new bridge for the new codecs");
+    let g722 = CodecParams::new(CodecKind::G722, 16_000);
+    let at_a = exchange(&phone_b, b.local, &phone_a, &rtp_packets(g722, 9, &speech_like(16_000, 0.2), 0xB), 0);
+    assert_eq!(at_a.len(), 10);
+    let stats = stats(&mut c).await;
+    assert_eq!(stats.cores.iter().map(|c| c.bridges).sum::<u32>(), 1, "the relay bridge was replaced, not leaked");
+}
