@@ -19,6 +19,9 @@ command -v make >/dev/null || need_apt+=(make)
 [ -e /usr/include/zlib.h ] || need_apt+=(zlib1g-dev)
 # media-codecs links the system's libopus (the Opus codec).
 [ -e /usr/include/opus/opus.h ] || need_apt+=(libopus-dev)
+# media-engine's SRTP is libsrtp2 (with its OpenSSL-backed AES-GCM); bindgen reads its headers.
+[ -e /usr/include/srtp2/srtp.h ] || need_apt+=(libsrtp2-dev)
+[ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 # XDP tests (root): scripts/netns.sh needs ip and ethtool; the tests run ping and setpriv.
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v ethtool >/dev/null || need_apt+=(ethtool)

@@ -163,8 +163,9 @@ impl Harness {
                 match engine.handle_packet(port, src, &bytes, now) {
                     Verdict::Forward { from_port, to } => self.schedule(InFlight::ToEndpoint { dst: to, from_port, bytes }),
                     Verdict::Handoff { core, handoff } => {
+                        let payload = engine.handoff_payload(&bytes).to_vec();
                         if core < 1 + self.others.len() {
-                            let _ = self.core(core).handle_handoff(&handoff, &bytes, now);
+                            let _ = self.core(core).handle_handoff(&handoff, &payload, now);
                         }
                     }
                     Verdict::Consumed | Verdict::Drop(_) => {}

@@ -32,6 +32,7 @@
 //! * [`frame`]: Ethernet/IPv4/IPv6/UDP frames as the AF_XDP driver sees them, parsed and rewritten
 //!   in place (addresses, ports, checksums).
 //! * [`ports`]: the media port range split between cores.
+//! * [`srtp`]: SRTP/SRTCP per leg (libsrtp2), SDES keys.
 //! * [`sdp`]: SDP offer/answer for anchored legs, with codec policies (strip, mask, transcode).
 //! * [`harness`]: an in-memory network with a virtual clock around one engine, for tests.
 #![forbid(unsafe_code)]
@@ -41,4 +42,5 @@ pub mod frame;
 pub mod harness;
 pub mod ports;
 pub mod sdp;
+pub mod srtp;
 pub mod wire;

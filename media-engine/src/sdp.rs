@@ -31,6 +31,7 @@ use media_codecs::{CodecKind, CodecParams, OpusSettings};
 use sdp_types::{Attribute, Connection, Media, Session};
 
 use crate::engine::{Direction, LegCodec};
+use crate::srtp::{SdesError, SdesKey, SrtpKeys, SrtpSuite};
 
 /// Longest SDP body accepted.
 pub const MAX_SDP: usize = 16 * 1024;
@@ -215,7 +216,7 @@ pub struct Anchor {
 }
 
 /// What one endpoint's description says about its stream: where it receives and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// RTP address (`None`: held with `c=0.0.0.0`, or no address).
     pub rtp: Option<SocketAddr>,
@@ -225,6 +226,9 @@ pub struct Endpoint {
     pub direction: Direction,
     /// `a=ptime`, or 20.
     pub ptime_ms: u16,
+    /// SDES-SRTP keys of the leg facing this endpoint: its own (from its `a=crypto`) and the
+    /// media plane's (sent back to it); `None` for plain RTP.
+    pub srtp: Option<SrtpKeys>,
 }
 
 /// One offered stream, kept for its answer.
@@ -240,6 +244,10 @@ struct Offered {
     offerer: Endpoint,
     /// Not an RTP stream (e.g. T.38 over UDPTL): relayed, formats untouched.
     opaque: bool,
+    /// The offerer's transport protocol (`RTP/AVP`, `RTP/SAVP`, ...), used in its answer.
+    offerer_proto: String,
+    /// The media plane's keys offered to the answerer, one per suite (empty: plain RTP offered).
+    answerer_keys: Vec<SdesKey>,
 }
 
 /// The offer as the media plane rewrote it, kept until the answer comes (an answer may come
@@ -293,6 +301,72 @@ pub struct RewrittenAnswer {
     pub sdp: String,
     /// Per `m=` line: the negotiated stream, or `None` when refused.
     pub streams: Vec<Option<Negotiated>>,
+}
+
+/// The transport the answerer is offered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// What the offerer uses.
+    #[default]
+    Same,
+    /// Plain RTP (`RTP/AVP`): SRTP from the offerer is ended in the media plane.
+    Rtp,
+    /// SDES-SRTP (`RTP/SAVP`) with the media plane's own keys.
+    Srtp,
+}
+
+impl Transport {
+    /// From an rtpengine-style `transport-protocol` value (`RTP/AVP`, `RTP/SAVP`, `RTP/AVPF`,
+    /// `RTP/SAVPF`; empty: [`Transport::Same`]).
+    pub fn from_protocol(p: &str) -> Result<Self, SdpError> {
+        match p.to_ascii_uppercase().as_str() {
+            "" => Ok(Transport::Same),
+            "RTP/AVP" | "RTP/AVPF" => Ok(Transport::Rtp),
+            "RTP/SAVP" | "RTP/SAVPF" => Ok(Transport::Srtp),
+            _ => Err(SdpError::Policy(format!("transport {p:?} is not RTP/AVP(F) or RTP/SAVP(F)"))),
+        }
+    }
+}
+
+/// Whether a transport protocol is SRTP; DTLS-SRTP is refused (SDES only).
+fn is_secure(index: usize, proto: &str) -> Result<bool, SdpError> {
+    let upper = proto.to_ascii_uppercase();
+    if upper.contains("TLS") {
+        return Err(stream_error(index, format!("{proto} (DTLS-SRTP) is not supported; SDES-SRTP is")));
+    }
+    Ok(upper.contains("SAVP"))
+}
+
+/// `proto` with its SRTP profile turned on or off (`RTP/AVP` ⇄ `RTP/SAVP`, keeping the `F`).
+fn with_security(proto: &str, secure: bool) -> String {
+    let feedback = proto.to_ascii_uppercase().ends_with('F');
+    let base = if secure { "RTP/SAVP" } else { "RTP/AVP" };
+    if feedback {
+        format!("{base}F")
+    } else {
+        base.to_owned()
+    }
+}
+
+/// The usable SDES keys of a stream, in its order (lines of unknown suites are skipped; a line of
+/// a known suite that does not parse is an error).
+fn sdes_keys(m: &Media, index: usize) -> Result<Vec<SdesKey>, SdpError> {
+    let mut keys = Vec::new();
+    for a in m.attributes.iter().filter(|a| a.attribute.eq_ignore_ascii_case("crypto")) {
+        match SdesKey::parse(a.value.as_deref().unwrap_or("")) {
+            Ok(k) => keys.push(k),
+            Err(SdesError::Suite(_)) => {}
+            Err(e) => return Err(stream_error(index, e.to_string())),
+        }
+    }
+    Ok(keys)
+}
+
+fn set_crypto(m: &mut Media, keys: &[SdesKey]) {
+    m.attributes.retain(|a| !a.attribute.eq_ignore_ascii_case("crypto"));
+    for k in keys {
+        m.attributes.push(Attribute { attribute: "crypto".into(), value: Some(k.to_attribute()) });
+    }
 }
 
 /// Parses a body (at most [`MAX_SDP`] bytes).
@@ -389,6 +463,7 @@ fn endpoint(session: &Session, m: &Media, index: usize) -> Result<Endpoint, SdpE
         rtcp_mux,
         direction: direction_of(&m.attributes).or(direction_of(&session.attributes)).unwrap_or_default(),
         ptime_ms,
+        srtp: None,
     })
 }
 
@@ -483,8 +558,15 @@ fn add_format(list: &mut Vec<Format>, mut f: Format) -> bool {
     true
 }
 
-/// Rewrites an offer for the answerer (see the module documentation).
-pub fn offer(body: &[u8], policy: &CodecPolicy, to_answerer: &Anchor) -> Result<RewrittenOffer, SdpError> {
+/// Rewrites an offer for the answerer (see the module documentation). `transport` is what the
+/// answerer is offered; SRTP keys are drawn from `random`.
+pub fn offer(
+    body: &[u8],
+    policy: &CodecPolicy,
+    transport: Transport,
+    to_answerer: &Anchor,
+    random: &mut dyn FnMut(&mut [u8]),
+) -> Result<RewrittenOffer, SdpError> {
     let policy = policy.parse()?;
     let mut session = parse(body)?;
     let mut streams = Vec::with_capacity(session.medias.len());
@@ -496,12 +578,39 @@ pub fn offer(body: &[u8], policy: &CodecPolicy, to_answerer: &Anchor) -> Result<
             streams.push(None);
             continue;
         }
-        let offerer = endpoint(&original, &original.medias[index], index)?;
+        let mut offerer = endpoint(&original, &original.medias[index], index)?;
+        let offerer_proto = m.proto.clone();
         if !is_rtp(m) {
             anchor_media(m, to_answerer.ip, port, None);
-            streams.push(Some(Offered { usable: Vec::new(), sent: Vec::new(), added: Vec::new(), offerer, opaque: true }));
+            let opaque = Offered { usable: Vec::new(), sent: Vec::new(), added: Vec::new(), offerer, opaque: true, offerer_proto, answerer_keys: Vec::new() };
+            streams.push(Some(opaque));
             continue;
         }
+        // SRTP: the offerer's first key of a suite the media plane speaks, answered later with a
+        // key of the media plane's own of that suite and tag.
+        let offerer_secure = is_secure(index, &m.proto)?;
+        let offerer_keys = if offerer_secure { sdes_keys(m, index)? } else { Vec::new() };
+        if offerer_secure {
+            let Some(theirs) = offerer_keys.first().cloned() else {
+                return Err(stream_error(index, "SRTP without an a=crypto line of a supported suite (AES_CM_128_HMAC_SHA1_80/32, AEAD_AES_128_GCM)"));
+            };
+            let ours = SdesKey::generate(theirs.tag, theirs.suite, random);
+            offerer.srtp = Some(SrtpKeys { remote: theirs, local: ours });
+        }
+        let answerer_secure = match transport {
+            Transport::Same => offerer_secure,
+            Transport::Rtp => false,
+            Transport::Srtp => true,
+        };
+        let answerer_keys: Vec<SdesKey> = if answerer_secure {
+            let suites: Vec<SrtpSuite> =
+                if offerer_keys.is_empty() { SrtpSuite::ALL.to_vec() } else { offerer_keys.iter().map(|k| k.suite).collect() };
+            suites.into_iter().enumerate().map(|(i, suite)| SdesKey::generate(i as u32 + 1, suite, random)).collect()
+        } else {
+            Vec::new()
+        };
+        m.proto = with_security(&m.proto, answerer_secure);
+        set_crypto(m, &answerer_keys);
         let all = formats(m);
         let usable: Vec<Format> = all.iter().filter(|f| !policy.strip.iter().any(|s| s.matches(f))).cloned().collect();
         let mut sent: Vec<Format> = usable.iter().filter(|f| !policy.mask.iter().any(|s| s.matches(f))).cloned().collect();
@@ -531,7 +640,7 @@ pub fn offer(body: &[u8], policy: &CodecPolicy, to_answerer: &Anchor) -> Result<
             return Err(stream_error(index, "no codec left to offer after the codec policy"));
         }
         anchor_media(m, to_answerer.ip, port, Some(&sent));
-        streams.push(Some(Offered { usable, sent, added, offerer, opaque: false }));
+        streams.push(Some(Offered { usable, sent, added, offerer, opaque: false, offerer_proto, answerer_keys }));
     }
     anchor_session(&mut session, to_answerer.ip);
     Ok(RewrittenOffer { sdp: write(&session), state: OfferState { streams } })
@@ -584,12 +693,31 @@ pub fn answer(state: &OfferState, body: &[u8], to_offerer: &Anchor) -> Result<Re
             out.push(None);
             continue;
         };
-        let answerer = endpoint(&original, &original.medias[index], index)?;
+        let mut answerer = endpoint(&original, &original.medias[index], index)?;
         if offered.opaque || !is_rtp(m) {
             anchor_media(m, to_offerer.ip, port, None);
-            out.push(Some(Negotiated { offerer: offered.offerer, answerer, offerer_codec: None, answerer_codec: None, transcoded: false }));
+            out.push(Some(Negotiated { offerer: offered.offerer.clone(), answerer, offerer_codec: None, answerer_codec: None, transcoded: false }));
             continue;
         }
+        if !offered.answerer_keys.is_empty() {
+            let refused = || stream_error(index, "the answer refuses the SRTP it was offered");
+            if !is_secure(index, &m.proto)? {
+                return Err(refused());
+            }
+            let theirs = sdes_keys(m, index)?.into_iter().next().ok_or_else(refused)?;
+            let ours = offered
+                .answerer_keys
+                .iter()
+                .find(|k| k.tag == theirs.tag && k.suite == theirs.suite)
+                .cloned()
+                .ok_or_else(|| stream_error(index, format!("a=crypto tag {} was not offered with that suite", theirs.tag)))?;
+            answerer.srtp = Some(SrtpKeys { remote: theirs, local: ours });
+        } else if is_secure(index, &m.proto)? {
+            return Err(stream_error(index, "the answer is SRTP but plain RTP was offered"));
+        }
+        m.proto.clone_from(&offered.offerer_proto);
+        let ours: Vec<SdesKey> = offered.offerer.srtp.iter().map(|k| k.local.clone()).collect();
+        set_crypto(m, &ours);
         // The answerer's formats, matched to what it was offered (by payload type, else by codec).
         let answered: Vec<Format> = formats(m)
             .into_iter()
@@ -646,7 +774,7 @@ pub fn answer(state: &OfferState, body: &[u8], to_offerer: &Anchor) -> Result<Re
             set_attribute(m, "ptime", ptime, has_ptime);
         }
         let transcoded = offerer_codec != answerer_codec;
-        out.push(Some(Negotiated { offerer: offered.offerer, answerer, offerer_codec, answerer_codec, transcoded }));
+        out.push(Some(Negotiated { offerer: offered.offerer.clone(), answerer, offerer_codec, answerer_codec, transcoded }));
     }
     anchor_session(&mut session, to_offerer.ip);
     Ok(RewrittenAnswer { sdp: write(&session), streams: out })

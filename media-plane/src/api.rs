@@ -118,7 +118,14 @@ impl MediaService {
     /// Applies one side of an offer/answer to its leg (`remote`: `None` keeps the current one).
     async fn set_media(&self, id: u64, side: &sdp::Endpoint, remote: Option<SocketAddr>, codec: Option<LegCodec>) -> Result<(), Status> {
         let core = self.core_of(id, "leg")?;
-        let media = LegMedia { remote, remote_rtcp: remote.and(side.rtcp), rtcp_mux: side.rtcp_mux, direction: side.direction, codec };
+        let media = LegMedia {
+            remote,
+            remote_rtcp: remote.and(side.rtcp),
+            rtcp_mux: side.rtcp_mux,
+            direction: side.direction,
+            codec,
+            srtp: side.srtp.clone(),
+        };
         self.ask(core, |reply| Command::SetMedia { id, media, reply }).await
     }
 
@@ -289,6 +296,9 @@ fn drops_msg(d: &Drops) -> v1::Drops {
         unknown_payload_type: d.unknown_payload_type,
         undecodable: d.undecodable,
         late: d.late,
+        srtp_auth: d.srtp_auth,
+        srtp_replay: d.srtp_replay,
+        srtp_other: d.srtp_other,
     }
 }
 
@@ -326,6 +336,7 @@ fn core_status(e: CoreError) -> Status {
         CoreError::Command(
             CommandError::AlreadyBridged(..) | CommandError::SelfBridge | CommandError::PortInUse(_) | CommandError::Transcode(_),
         ) => Status::failed_precondition(e.to_string()),
+        CoreError::Command(CommandError::Srtp(_)) => Status::invalid_argument(e.to_string()),
         CoreError::PortsExhausted(_) => Status::resource_exhausted(e.to_string()),
         CoreError::Bind(..) | CoreError::Register(..) => Status::internal(e.to_string()),
     }
@@ -399,8 +410,19 @@ impl v1::media_plane_server::MediaPlane for MediaService {
         }
         let policy = r.policy.unwrap_or_default();
         let policy = sdp::CodecPolicy { strip: policy.strip, mask: policy.mask, transcode: policy.transcode };
+        let transport = sdp::Transport::from_protocol(&r.transport_protocol)
+            .map_err(|_| Status::invalid_argument(format!("transport_protocol: {:?} is not RTP/AVP, RTP/SAVP, RTP/AVPF or RTP/SAVPF", r.transport_protocol)))?;
         let anchor = sdp::Anchor { ip: self.inner.advertise_ip, ports: to_answerer };
-        let offer = sdp::offer(r.sdp.as_bytes(), &policy, &anchor).map_err(sdp_status)?;
+        let mut no_entropy = None;
+        let mut random = |buf: &mut [u8]| {
+            if let Err(e) = getrandom::fill(buf) {
+                no_entropy = Some(e);
+            }
+        };
+        let offer = sdp::offer(r.sdp.as_bytes(), &policy, transport, &anchor, &mut random).map_err(sdp_status)?;
+        if let Some(e) = no_entropy {
+            return Err(Status::internal(format!("no random bytes for SRTP keys: {e}")));
+        }
         // The offerer is sent to where it said it receives (latching corrects it behind NAT).
         for (leg, side) in offerers.iter().zip(offer.state.offerer()) {
             let Some(side) = side else { continue };

@@ -13,6 +13,7 @@ use common::*;
 
 const SLOT_TRANSCODE: u16 = 17;
 const SLOT_RELAY: u16 = 18;
+const SLOT_SRTP: u16 = 19;
 
 /// A phone's description: RTP at `at`, formats `fmt` with their `a=` lines.
 fn phone_sdp(at: SocketAddr, fmt: &str, attributes: &str) -> String {
@@ -117,7 +118,7 @@ async fn an_offer_answer_transcodes_a_pcmu_phone_to_an_opus_app_on_legs_of_diffe
     let offer = phone_sdp(local(&phone), "0 101", "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n");
     let policy = v1::CodecPolicy { transcode: vec!["opus".into()], ..Default::default() };
     let to_app = c
-        .offer(v1::OfferRequest { sdp: offer, streams: streams(&a, &b), policy: Some(policy) })
+        .offer(v1::OfferRequest { sdp: offer, streams: streams(&a, &b), policy: Some(policy), ..Default::default() })
         .await
         .expect("Offer")
         .into_inner()
@@ -185,16 +186,16 @@ async fn an_offer_answer_relays_a_common_codec_and_a_reoffer_that_changes_it_reb
     // Errors name what is wrong.
     let early = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "0", ""), streams: streams(&a, &b) }).await.unwrap_err();
     assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
-    let bad = c.offer(v1::OfferRequest { sdp: "hello".into(), streams: streams(&a, &b), policy: None }).await.unwrap_err();
+    let bad = c.offer(v1::OfferRequest { sdp: "hello".into(), streams: streams(&a, &b), policy: None, ..Default::default() }).await.unwrap_err();
     assert!(bad.code() == Code::InvalidArgument && bad.message().starts_with("sdp:"), "{bad:?}");
     let policy = v1::CodecPolicy { transcode: vec!["AMR-WB".into()], ..Default::default() };
-    let bad = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: streams(&a, &b), policy: Some(policy) }).await.unwrap_err();
+    let bad = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: streams(&a, &b), policy: Some(policy), ..Default::default() }).await.unwrap_err();
     assert!(bad.code() == Code::InvalidArgument && bad.message().starts_with("policy:"), "{bad:?}");
-    let none = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: vec![], policy: None }).await.unwrap_err();
+    let none = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: vec![], policy: None, ..Default::default() }).await.unwrap_err();
     assert!(none.message().starts_with("streams"), "{none:?}");
 
     // Both phones do PCMA: relayed, the payload untouched.
-    let to_b = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0 8", ""), streams: streams(&a, &b), policy: None }).await.expect("Offer").into_inner().sdp;
+    let to_b = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0 8", ""), streams: streams(&a, &b), policy: None, ..Default::default() }).await.expect("Offer").into_inner().sdp;
     assert_eq!(media_line(&to_b), (b.local.port(), vec![0, 8]));
     let r = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "8", ""), streams: streams(&a, &b) }).await.expect("Answer").into_inner();
     assert!(!r.streams[0].transcoded);
@@ -210,7 +211,7 @@ async fn an_offer_answer_relays_a_common_codec_and_a_reoffer_that_changes_it_reb
     // B re-offers mid-call with only G.722; A's side adds PCMU and A takes it: transcoded now.
     let policy = v1::CodecPolicy { transcode: vec!["PCMU".into()], ..Default::default() };
     let reoffer = c
-        .offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_b), "9", ""), streams: streams(&b, &a), policy: Some(policy) })
+        .offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_b), "9", ""), streams: streams(&b, &a), policy: Some(policy), ..Default::default() })
         .await
         .expect("re-Offer")
         .into_inner()
@@ -224,4 +225,82 @@ async fn an_offer_answer_relays_a_common_codec_and_a_reoffer_that_changes_it_reb
     assert_eq!(at_a.len(), 10);
     let stats = stats(&mut c).await;
     assert_eq!(stats.cores.iter().map(|c| c.bridges).sum::<u32>(), 1, "the relay bridge was replaced, not leaked");
+}
+
+/// An SRTP session of the test's phone (libsrtp, like the media plane; AES_CM_128_HMAC_SHA1_80).
+fn srtp_session(key: &[u8], outbound: bool) -> srtp::Session {
+    let policy = srtp::StreamPolicy {
+        rtp: srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80(),
+        rtcp: srtp::CryptoPolicy::aes_cm_128_hmac_sha1_80(),
+        key,
+        ..Default::default()
+    };
+    if outbound { srtp::Session::with_outbound_template(policy) } else { srtp::Session::with_inbound_template(policy) }.expect("libsrtp session")
+}
+
+#[tokio::test]
+async fn an_srtp_phone_talks_to_a_plain_rtp_phone_through_legs_on_different_cores() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (_mp, mut c) = MediaPlane::start(SLOT_SRTP).await;
+    let ((phone, phone_rtcp), (trunk, trunk_rtcp)) = (udp_pair(), udp_pair());
+    let a = simple_leg(&mut c, "srtp-phone", None).await;
+    let b = leg_of_another_call(&mut c, &a).await;
+    assert_ne!(a.core, b.core);
+
+    let phone_key: Vec<u8> = (100..130).collect();
+    let offer = phone_sdp(local(&phone), "0", &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n", b64.encode(&phone_key)))
+        .replace("RTP/AVP", "RTP/SAVP");
+    let to_trunk = c
+        .offer(v1::OfferRequest { sdp: offer, streams: streams(&a, &b), transport_protocol: "RTP/AVP".into(), ..Default::default() })
+        .await
+        .expect("Offer")
+        .into_inner()
+        .sdp;
+    assert!(to_trunk.contains(" RTP/AVP 0") && !to_trunk.contains("crypto"), "the trunk gets plain RTP: {to_trunk}");
+    let answer = phone_sdp(local(&trunk), "0", "");
+    let back = c.answer(v1::AnswerRequest { sdp: answer, streams: streams(&a, &b) }).await.expect("Answer").into_inner().sdp;
+    assert!(back.contains(" RTP/SAVP 0"), "{back}");
+    let line = back.lines().find_map(|l| l.strip_prefix("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:")).expect("the media plane's key");
+    let media_plane_key = b64.decode(line.trim()).expect("base64 key");
+    assert_ne!(media_plane_key, phone_key, "the media plane keys its own direction");
+
+    // Phone → trunk: decrypted on the phone's core, handed to the trunk's core in the clear.
+    let mut to_mp = srtp_session(&phone_key, true);
+    let mut sent = Vec::new();
+    for seq in 0..10u16 {
+        let plain = rtp(seq, 0xA1, 160);
+        let mut packet = plain.clone();
+        to_mp.protect(&mut packet).expect("protect");
+        send(&phone, &packet, a.local);
+        assert_eq!(recv(&trunk, "RTP at the trunk").0, plain, "the trunk hears the phone's RTP as it was before encryption");
+        sent.push(packet);
+    }
+    let mut report = rtcp_sr(0xA1, 7);
+    let plain_report = report.clone();
+    to_mp.protect_rtcp(&mut report).expect("protect_rtcp");
+    send(&phone_rtcp, &report, a.local_rtcp());
+    assert_eq!(recv(&trunk_rtcp, "RTCP at the trunk").0, plain_report);
+
+    // Trunk → phone: encrypted with the media plane's key.
+    let mut from_mp = srtp_session(&media_plane_key, false);
+    for seq in 0..10u16 {
+        let plain = rtp(seq, 0xB2, 160);
+        send(&trunk, &plain, b.local);
+        let (mut got, _) = recv(&phone, "SRTP at the phone");
+        assert_eq!(got.len(), plain.len() + 10, "an 80-bit tag");
+        from_mp.unprotect(&mut got).expect("the phone's libsrtp accepts it");
+        assert_eq!(got, plain);
+    }
+
+    // A tampered packet and a replayed one are counted and go nowhere.
+    let mut tampered = rtp(50, 0xA1, 160);
+    to_mp.protect(&mut tampered).expect("protect");
+    tampered[20] ^= 0x40;
+    send(&phone, &tampered, a.local);
+    send(&phone, &sent[3], a.local);
+    let stats = leg_until(&mut c, a.id, "the SRTP drops", |l| drops(l).srtp_auth + drops(l).srtp_replay == 2).await;
+    assert_eq!((drops(&stats).srtp_auth, drops(&stats).srtp_replay), (1, 1));
+    trunk.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("timeout");
+    assert!(trunk.recv_from(&mut [0u8; 2048]).is_err(), "nothing reached the trunk");
 }

@@ -7,6 +7,7 @@ use super::dtmf::{DtmfDetector, TelephoneEvent};
 use super::quality::{Quality, QualityStats};
 use super::transcode::{LegCodec, TranscodeCounters, Transcoder};
 use crate::sdp::PendingOffer;
+use crate::srtp::{SrtpContext, SrtpKeys};
 use crate::wire::RtpPacket;
 use super::{BridgeId, LegId};
 
@@ -61,6 +62,13 @@ pub enum DropReason {
     Undecodable,
     /// Transcoding: behind a packet already decoded.
     Late,
+    /// SRTP/SRTCP whose authentication tag does not match (tampered, or the wrong key).
+    SrtpAuth,
+    /// SRTP/SRTCP replayed, or older than the replay window.
+    SrtpReplay,
+    /// SRTP that could not be protected or unprotected otherwise: key lifetime used up, a
+    /// packet too short to be SRTP.
+    SrtpOther,
 }
 
 /// Drop counters by reason.
@@ -75,6 +83,9 @@ pub struct Drops {
     pub unknown_payload_type: u64,
     pub undecodable: u64,
     pub late: u64,
+    pub srtp_auth: u64,
+    pub srtp_replay: u64,
+    pub srtp_other: u64,
 }
 
 impl Drops {
@@ -89,6 +100,9 @@ impl Drops {
             DropReason::UnknownPayloadType => &mut self.unknown_payload_type,
             DropReason::Undecodable => &mut self.undecodable,
             DropReason::Late => &mut self.late,
+            DropReason::SrtpAuth => &mut self.srtp_auth,
+            DropReason::SrtpReplay => &mut self.srtp_replay,
+            DropReason::SrtpOther => &mut self.srtp_other,
         };
         *c += 1;
     }
@@ -102,6 +116,9 @@ impl Drops {
             + self.unknown_payload_type
             + self.undecodable
             + self.late
+            + self.srtp_auth
+            + self.srtp_replay
+            + self.srtp_other
     }
 }
 
@@ -155,7 +172,7 @@ pub struct LegSpec {
 }
 
 /// What an SDP offer/answer settled for a leg ([`super::Engine::set_leg_media`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegMedia {
     /// Where the endpoint said it receives RTP (`None`: keep the current remote).
     pub remote: Option<SocketAddr>,
@@ -165,6 +182,8 @@ pub struct LegMedia {
     pub direction: Direction,
     /// What the endpoint sends and receives (`None`: relayed as it is).
     pub codec: Option<LegCodec>,
+    /// SDES keys when the endpoint speaks SRTP (`None`: plain RTP).
+    pub srtp: Option<SrtpKeys>,
 }
 
 /// Counters and addresses of a leg, as reported by GetStats and events.
@@ -223,6 +242,8 @@ pub(super) struct Leg {
     pub transcoder: Option<Box<Transcoder>>,
     pub dtmf: DtmfDetector,
     pub quality: Quality,
+    /// SRTP towards and from the endpoint, when it uses it.
+    pub srtp: Option<Box<SrtpContext>>,
     /// The SDP offer this leg's endpoint was sent, until its answer ([`crate::sdp`]).
     pub offer: Option<Box<PendingOffer>>,
     /// Last accepted packet, or creation.
@@ -247,6 +268,7 @@ impl Leg {
             transcoder: None,
             dtmf: DtmfDetector::default(),
             quality: Quality::default(),
+            srtp: None,
             offer: None,
             last_rx: now,
             any_rx: false,

@@ -43,6 +43,7 @@ pub use transcode::{LegCodec, TranscodeCounters, TranscodeError};
 use transcode::{Rejected, Transcoder};
 
 use crate::sdp::PendingOffer;
+use crate::srtp::{SrtpContext, SrtpFailure, SrtpSetupError};
 use crate::wire::{self, RtcpPacket, RtpPacket};
 
 /// Identifies a leg across the whole media plane (the owning core is in the top byte).
@@ -139,6 +140,8 @@ pub enum CommandError {
     BridgeExists(BridgeId),
     #[error("cannot transcode between the legs' codecs: {0}")]
     Transcode(#[from] TranscodeError),
+    #[error("{0}")]
+    Srtp(#[from] SrtpSetupError),
 }
 
 /// Counters of one core, beyond those of its legs.
@@ -207,6 +210,10 @@ pub struct Engine {
     rng: u64,
     /// A fixed instant (the first packet's arrival) that jitter arrival times count from.
     epoch: Option<Instant>,
+    /// The last packet received on an SRTP leg, decrypted; a hand-off of it carries these bytes
+    /// ([`Engine::handoff_payload`]).
+    plain: Vec<u8>,
+    plain_valid: bool,
 }
 
 impl Engine {
@@ -226,6 +233,8 @@ impl Engine {
             next_sweep: None,
             rng: config.seed | 1,
             epoch: None,
+            plain: Vec::with_capacity(MAX_TRANSMIT),
+            plain_valid: false,
         }
     }
 
@@ -271,6 +280,7 @@ impl Engine {
     /// Classifies a packet received on `local_port` from `src` and says where it goes.
     pub fn handle_packet(&mut self, local_port: u16, src: SocketAddr, packet: &[u8], now: Instant) -> Verdict {
         self.counters.packets_in += 1;
+        self.plain_valid = false;
         let verdict = self.route(local_port, src, packet, now);
         match verdict {
             Verdict::Forward { .. } => self.counters.packets_forwarded += 1,
@@ -279,6 +289,17 @@ impl Engine {
             Verdict::Drop(reason) => self.counters.drops.add(reason),
         }
         verdict
+    }
+
+    /// The bytes a [`Verdict::Handoff`] of `received` carries to the other core: `received`
+    /// itself, or its decryption when it arrived on an SRTP leg (each core does its own legs'
+    /// SRTP).
+    pub fn handoff_payload<'a>(&'a self, received: &'a [u8]) -> &'a [u8] {
+        if self.plain_valid {
+            &self.plain
+        } else {
+            received
+        }
     }
 
     /// The receiving core's half of a cross-core bridge: a packet another core's engine handed
@@ -307,16 +328,17 @@ impl Engine {
             };
         }
         match self.egress(slot, handoff.rtcp, packet, _now) {
-            Ok((from_port, to)) => {
-                if self.queue_transmit(from_port, to, packet) {
+            Ok((from_port, to)) => match self.queue_to(slot, from_port, to, packet, handoff.rtcp) {
+                Ok(()) => {
                     self.counters.packets_forwarded += 1;
                     true
-                } else {
+                }
+                Err(reason) => {
                     self.take_back_out(slot, handoff.rtcp, packet.len());
-                    self.count_drop(slot, DropReason::QueueFull);
+                    self.count_drop(slot, reason);
                     false
                 }
-            }
+            },
             Err(reason) => {
                 self.count_drop(slot, reason);
                 false
@@ -486,6 +508,11 @@ impl Engine {
         }
         leg.direction = media.direction;
         leg.codec = media.codec;
+        // New keys make a new context; the same keys (a re-INVITE) keep its rollover counter
+        // and replay window.
+        if leg.srtp.as_ref().map(|c| c.keys()) != media.srtp.as_ref() {
+            leg.srtp = media.srtp.map(SrtpContext::new).transpose()?.map(Box::new);
+        }
         Ok(())
     }
 
@@ -691,6 +718,34 @@ impl Engine {
         }
         leg.last_rx = now;
         leg.any_rx = true;
+        // SRTP is checked and decrypted before anything reads past the RTP header.
+        let mut plain = std::mem::take(&mut self.plain);
+        let decrypted = match leg.srtp.as_mut() {
+            None => false,
+            Some(ctx) => {
+                plain.clear();
+                plain.extend_from_slice(packet);
+                if let Err(failure) = ctx.unprotect(&mut plain, is_rtcp) {
+                    let reason = srtp_drop(failure);
+                    leg.counters.drops.add(reason);
+                    self.plain = plain;
+                    return Verdict::Drop(reason);
+                }
+                true
+            }
+        };
+        let verdict = self.relay(slot, is_rtcp, if decrypted { &plain } else { packet }, packet.len(), decrypted, now);
+        self.plain = plain;
+        self.plain_valid = decrypted && matches!(verdict, Verdict::Handoff { .. });
+        verdict
+    }
+
+    /// The rest of [`route`](Self::route), on the packet as RTP/RTCP (`decrypted`: it arrived as
+    /// SRTP, `wire_len` bytes long, so the bytes sent on cannot be the received ones).
+    fn relay(&mut self, slot: usize, is_rtcp: bool, packet: &[u8], wire_len: usize, decrypted: bool, now: Instant) -> Verdict {
+        let Some(leg) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
         let epoch = *self.epoch.get_or_insert(now);
         if is_rtcp {
             leg.counters.rtcp_packets_in += 1;
@@ -701,7 +756,7 @@ impl Engine {
                 leg.quality.on_rtp(&view, now, epoch, clock);
             }
             leg.counters.rtp_packets_in += 1;
-            leg.counters.rtp_bytes_in += packet.len() as u64;
+            leg.counters.rtp_bytes_in += wire_len as u64;
             if !leg.direction.endpoint_sends() {
                 leg.counters.drops.add(DropReason::Muted);
                 return Verdict::Drop(DropReason::Muted);
@@ -720,7 +775,18 @@ impl Engine {
                 }
             }
             Some(Peer::Local(peer)) => match self.egress(peer, is_rtcp, packet, now) {
-                Ok((from_port, to)) => Verdict::Forward { from_port, to },
+                // The fast path: the received bytes go out as they are.
+                Ok((from_port, to)) if !decrypted && self.slot(peer).is_some_and(|l| l.srtp.is_none()) => {
+                    Verdict::Forward { from_port, to }
+                }
+                // SRTP on either side: the bytes change, so they go out as a transmit.
+                Ok((from_port, to)) => match self.queue_to(peer, from_port, to, packet, is_rtcp) {
+                    Ok(()) => Verdict::Consumed,
+                    Err(reason) => {
+                        self.take_back_out(peer, is_rtcp, packet.len());
+                        self.drop_on(slot, reason)
+                    }
+                },
                 Err(reason) => self.drop_on(slot, reason),
             },
             Some(Peer::Remote { core, leg: to_leg }) => Verdict::Handoff {
@@ -764,19 +830,20 @@ impl Engine {
         }
         let (from_port, to) = leg.rtp_destination().ok_or(DropReason::NoRoute)?;
         let Some(transcoder) = leg.transcoder.as_mut() else { return Err(DropReason::NoRoute) };
-        let (mut sent, mut bytes, mut full) = (0u64, 0u64, 0u64);
-        let result = transcoder.push(&view, |out| {
-            if push_transmit(transmits, spare, from_port, to, out) {
+        let mut srtp = leg.srtp.as_deref_mut();
+        let (mut sent, mut bytes) = (0u64, 0u64);
+        let mut failed = Vec::new();
+        let result = transcoder.push(&view, |out| match push_transmit(transmits, spare, srtp.as_deref_mut(), from_port, to, out, false) {
+            Ok(()) => {
                 sent += 1;
                 bytes += out.len() as u64;
-            } else {
-                full += 1;
             }
+            Err(reason) => failed.push(reason),
         });
         leg.counters.rtp_packets_out += sent;
         leg.counters.rtp_bytes_out += bytes;
-        for _ in 0..full {
-            leg.counters.drops.add(DropReason::QueueFull);
+        for reason in failed {
+            leg.counters.drops.add(reason);
         }
         match result {
             Ok(_) => Ok(()),
@@ -822,10 +889,12 @@ impl Engine {
         }
     }
 
-    /// Queues a copy of `bytes` for [`poll_transmit`](Self::poll_transmit); `false` if the queue
-    /// is full or the packet too long.
-    fn queue_transmit(&mut self, from_port: u16, to: SocketAddr, bytes: &[u8]) -> bool {
-        push_transmit(&mut self.transmits, &mut self.spare, from_port, to, bytes)
+    /// Queues `bytes` for the leg in `slot` ([`poll_transmit`](Self::poll_transmit)), encrypted
+    /// if the leg speaks SRTP.
+    fn queue_to(&mut self, slot: usize, from_port: u16, to: SocketAddr, bytes: &[u8], rtcp: bool) -> Result<(), DropReason> {
+        let Self { slots, transmits, spare, .. } = self;
+        let srtp = slots.get_mut(slot).and_then(Option::as_mut).and_then(|l| l.srtp.as_deref_mut());
+        push_transmit(transmits, spare, srtp, from_port, to, bytes, rtcp)
     }
 
     /// The slot of leg `id` if it exists and is in no bridge.
@@ -845,16 +914,45 @@ impl Engine {
     }
 }
 
-/// Queues a copy of `bytes` in `transmits`, reusing a buffer from `spare`; `false` if the queue
-/// is full or the packet too long.
-fn push_transmit(transmits: &mut VecDeque<Pending>, spare: &mut Vec<Vec<u8>>, from_port: u16, to: SocketAddr, bytes: &[u8]) -> bool {
-    if transmits.len() >= TRANSMIT_QUEUE || bytes.len() > MAX_TRANSMIT {
-        return false;
+/// Longest SRTP trailer (the GCM tag; no MKI).
+const SRTP_TRAILER: usize = 16;
+
+/// Queues a copy of `bytes` in `transmits`, reusing a buffer from `spare`, encrypted first with
+/// `srtp` if given. Refused when the queue is full or the packet too long (`QueueFull`), or when
+/// SRTP refuses it.
+fn push_transmit(
+    transmits: &mut VecDeque<Pending>,
+    spare: &mut Vec<Vec<u8>>,
+    srtp: Option<&mut SrtpContext>,
+    from_port: u16,
+    to: SocketAddr,
+    bytes: &[u8],
+    rtcp: bool,
+) -> Result<(), DropReason> {
+    let room = if srtp.is_some() { MAX_TRANSMIT - SRTP_TRAILER } else { MAX_TRANSMIT };
+    if transmits.len() >= TRANSMIT_QUEUE || bytes.len() > room {
+        return Err(DropReason::QueueFull);
     }
     let mut buf = spare.pop().unwrap_or_else(|| Vec::with_capacity(MAX_TRANSMIT));
+    buf.clear();
     buf.extend_from_slice(bytes);
+    if let Some(ctx) = srtp {
+        if let Err(failure) = ctx.protect(&mut buf, rtcp) {
+            spare.push(buf);
+            return Err(srtp_drop(failure));
+        }
+    }
     transmits.push_back(Pending { from_port, to, bytes: buf });
-    true
+    Ok(())
+}
+
+/// The drop an SRTP failure counts as.
+fn srtp_drop(failure: SrtpFailure) -> DropReason {
+    match failure {
+        SrtpFailure::Auth => DropReason::SrtpAuth,
+        SrtpFailure::Replay => DropReason::SrtpReplay,
+        SrtpFailure::KeyExpired | SrtpFailure::Invalid => DropReason::SrtpOther,
+    }
 }
 
 /// xorshift64*: advances `state` (never 0) and returns the next value. Deterministic, for the

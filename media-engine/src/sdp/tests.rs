@@ -4,6 +4,18 @@ const PHONE_A: &str = "v=0\r\no=alice 2890844526 2890844526 IN IP4 10.0.0.5\r\ns
 t=0 0\r\nm=audio 49170 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n\
 a=rtcp:49171\r\na=candidate:1 1 UDP 2130706431 10.0.0.5 49170 typ host\r\na=ptime:20\r\na=sendrecv\r\n";
 
+/// Deterministic "randomness" for the media plane's keys.
+fn counting(buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+}
+
+/// An offer with the offerer's transport (most tests are about codecs).
+fn offer(body: &[u8], policy: &CodecPolicy, anchor: &Anchor) -> Result<RewrittenOffer, SdpError> {
+    super::offer(body, policy, Transport::Same, anchor, &mut counting)
+}
+
 fn media_plane(port: u16) -> Anchor {
     Anchor { ip: "203.0.113.9".parse().unwrap(), ports: vec![Some(port)] }
 }
@@ -28,7 +40,7 @@ fn offer_points_the_answerer_at_the_media_plane_and_drops_ice() {
     assert!(out.sdp.contains("a=sendrecv\r\n"));
     assert!(!out.sdp.contains("candidate"));
     assert!(!out.sdp.contains("10.0.0.5"));
-    let a = out.state.offerer().next().flatten().copied().unwrap();
+    let a = out.state.offerer().next().flatten().cloned().unwrap();
     assert_eq!(a.rtp, Some("10.0.0.5:49170".parse().unwrap()));
     assert_eq!(a.rtcp, Some("10.0.0.5:49171".parse().unwrap()));
     assert_eq!(a.direction, Direction::SendRecv);
@@ -155,7 +167,7 @@ fn rtcp_mux_is_answered_to_the_offerer_whatever_the_answerer_does() {
     let muxed = PHONE_A.replace("a=rtcp:49171\r\n", "a=rtcp-mux\r\n");
     let offered = offer(muxed.as_bytes(), &CodecPolicy::default(), &media_plane(30_000)).unwrap();
     assert!(offered.sdp.contains("a=rtcp-mux\r\n"));
-    let a = offered.state.offerer().next().flatten().copied().unwrap();
+    let a = offered.state.offerer().next().flatten().cloned().unwrap();
     assert!(a.rtcp_mux);
     assert_eq!(a.rtcp, None);
     let b = answer_from_b("m=audio 5004 RTP/AVP 0\r\n");
@@ -203,6 +215,60 @@ fn bad_descriptions_and_policies_are_refused_with_what_is_wrong() {
     assert!(matches!(offer(PHONE_A.as_bytes(), &policy, &media_plane(1)), Err(SdpError::Stream { stream: 0, .. })));
     let policy = CodecPolicy { strip: vec!["PCMU/8000/1/9".into()], ..Default::default() };
     assert!(matches!(offer(PHONE_A.as_bytes(), &policy, &media_plane(1)), Err(SdpError::Policy(_))));
+}
+
+const SRTP_PHONE: &str = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\n\
+m=audio 49170 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5QUJDREUwMTIzNDU2Nzg5QUJjZGVm\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm|2^31\r\n";
+
+#[test]
+fn an_srtp_offerer_is_answered_with_the_media_planes_key_and_the_answerer_gets_plain_rtp() {
+    let out = super::offer(SRTP_PHONE.as_bytes(), &CodecPolicy::default(), Transport::Rtp, &media_plane(30_000), &mut counting).unwrap();
+    assert!(out.sdp.contains("m=audio 30000 RTP/AVP 0\r\n"), "{}", out.sdp);
+    assert!(!out.sdp.contains("crypto"));
+    let keys = out.state.offerer().next().flatten().unwrap().srtp.clone().expect("the offerer leg is SRTP");
+    assert_eq!((keys.remote.tag, keys.remote.suite), (2, crate::srtp::SrtpSuite::AesCm128HmacSha1_80), "the first supported line");
+    assert_eq!(keys.remote.lifetime, Some(1 << 31));
+    assert_eq!((keys.local.tag, keys.local.suite), (2, keys.remote.suite));
+    let b = answer_from_b("m=audio 5004 RTP/AVP 0\r\n");
+    let back = answer(&out.state, b.as_bytes(), &media_plane(30_002)).unwrap();
+    assert!(back.sdp.contains("m=audio 30002 RTP/SAVP 0\r\n"), "{}", back.sdp);
+    assert!(back.sdp.contains(&format!("a=crypto:{}\r\n", keys.local.to_attribute())));
+    let n = only(&back.streams);
+    assert_eq!(n.offerer.srtp, Some(keys));
+    assert_eq!(n.answerer.srtp, None);
+}
+
+#[test]
+fn a_plain_offerer_gets_the_answerer_srtp_of_the_suite_it_picks() {
+    let out = super::offer(PHONE_A.as_bytes(), &CodecPolicy::default(), Transport::Srtp, &media_plane(30_000), &mut counting).unwrap();
+    assert!(out.sdp.contains("m=audio 30000 RTP/SAVP 0 8 101\r\n"), "{}", out.sdp);
+    assert_eq!(out.sdp.matches("a=crypto:").count(), 3, "one key per suite: {}", out.sdp);
+    assert!(out.sdp.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"));
+    let b = answer_from_b("m=audio 5004 RTP/SAVP 0\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n");
+    let back = answer(&out.state, b.as_bytes(), &media_plane(30_002)).unwrap();
+    assert!(back.sdp.contains("m=audio 30002 RTP/AVP 0\r\n"), "{}", back.sdp);
+    assert!(!back.sdp.contains("crypto"));
+    let keys = only(&back.streams).answerer.srtp.clone().expect("the answerer leg is SRTP");
+    assert_eq!((keys.remote.suite, keys.local.tag), (crate::srtp::SrtpSuite::AesCm128HmacSha1_32, 2));
+    assert_eq!(keys.local.key, (0..30).collect::<Vec<u8>>(), "the key the media plane offered with tag 2");
+    // An answerer that drops to plain RTP, or names a tag never offered, is refused.
+    let plain = answer_from_b("m=audio 5004 RTP/AVP 0\r\n");
+    assert!(matches!(answer(&out.state, plain.as_bytes(), &media_plane(30_002)), Err(SdpError::Stream { stream: 0, .. })));
+    let unknown = answer_from_b("m=audio 5004 RTP/SAVP 0\r\na=crypto:9 AES_CM_128_HMAC_SHA1_32 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n");
+    assert!(matches!(answer(&out.state, unknown.as_bytes(), &media_plane(30_002)), Err(SdpError::Stream { why, .. }) if why.contains("tag 9")));
+}
+
+#[test]
+fn srtp_the_media_plane_cannot_key_is_refused() {
+    let dtls = SRTP_PHONE.replace("RTP/SAVP", "UDP/TLS/RTP/SAVPF");
+    assert!(matches!(offer(dtls.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("DTLS")));
+    let no_key = SRTP_PHONE.lines().filter(|l| !l.contains("AES_CM")).collect::<Vec<_>>().join("\r\n");
+    assert!(matches!(offer(no_key.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("a=crypto")));
+    let mki = SRTP_PHONE.replace("|2^31", "|2^31|1:4");
+    assert!(matches!(offer(mki.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("MKI")));
+    assert!(Transport::from_protocol("RTP/SAVPF").is_ok_and(|t| t == Transport::Srtp));
+    assert!(matches!(Transport::from_protocol("UDP/TLS/RTP/SAVP"), Err(SdpError::Policy(_))));
 }
 
 mod properties {

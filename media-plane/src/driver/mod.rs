@@ -427,8 +427,10 @@ impl CoreState {
 
     /// Passes a packet of this core's bridged leg to the core that owns the other leg; a full
     /// queue is counted on the leg it arrived on.
-    pub fn hand_off(&mut self, core: usize, handoff: Handoff, payload: &[u8]) {
-        let packet = CrossPacket::Peer { handoff, payload: payload.to_vec() };
+    /// `received` is the packet as it arrived (the engine hands off its decryption if it was
+    /// SRTP).
+    pub fn hand_off(&mut self, core: usize, handoff: Handoff, received: &[u8]) {
+        let packet = CrossPacket::Peer { handoff, payload: self.engine.handoff_payload(received).to_vec() };
         if !self.cross.send(core, packet, &mut self.driver) {
             self.engine.handle_handoff_dropped(&handoff);
         }
@@ -512,7 +514,7 @@ impl CoreState {
     fn set_leg_media(&mut self, id: LegId, media: LegMedia, now: Instant) -> Result<(), CoreError> {
         let leg = self.engine.leg_stats(id, now).ok_or(CoreError::Command(CommandError::NoSuchLeg(id)))?;
         let rtcp_port = leg.local_port + 1;
-        let opening = leg.rtcp_mux && !media.rtcp_mux;
+        let (opening, closing) = (leg.rtcp_mux && !media.rtcp_mux, !leg.rtcp_mux && media.rtcp_mux);
         if opening {
             self.open_port(rtcp_port)?;
         }
@@ -522,7 +524,7 @@ impl CoreState {
             }
             return Err(e.into());
         }
-        if !leg.rtcp_mux && media.rtcp_mux {
+        if closing {
             self.close_port(rtcp_port);
         }
         Ok(())
