@@ -132,3 +132,22 @@ fn sdes_lines_parse_and_print_and_bad_ones_say_why() {
     assert_eq!(fresh.key.len(), 28);
     assert!(fresh.to_attribute().starts_with("2 AEAD_AES_128_GCM inline:"));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn unprotecting_any_bytes_never_panics_and_accepts_no_forgery(bytes in proptest::collection::vec(any::<u8>(), 0..200), rtcp: bool) {
+            let mut c = context(SrtpSuite::AesCm128HmacSha1_80, &AES_CM_KEY);
+            let mut buf = bytes;
+            prop_assert!(c.unprotect(&mut buf, rtcp).is_err());
+        }
+
+        #[test]
+        fn any_crypto_line_parses_or_says_why(line in "[ -~]{0,80}") {
+            let _ = SdesKey::parse(&line);
+        }
+    }
+}
