@@ -276,4 +276,5 @@ impl RepeatConcealer {
     }
 }
 
+pub mod dtmf;
 pub mod signal;
