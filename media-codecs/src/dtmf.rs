@@ -166,8 +166,7 @@ impl DtmfDetector {
         let ok = row_amp >= MIN_AMPLITUDE
             && col_amp >= MIN_AMPLITUDE
             && row_share + col_share >= MIN_TONE_SHARE
-            && twist <= REVERSE_TWIST_DB
-            && twist >= -NORMAL_TWIST_DB
+            && (-NORMAL_TWIST_DB..=REVERSE_TWIST_DB).contains(&twist)
             && 2.0 * db(row_amp / row2.max(1e-6)) >= NEIGHBOUR_DB
             && 2.0 * db(col_amp / col2.max(1e-6)) >= NEIGHBOUR_DB;
         ok.then(|| KEYS[r][c])

@@ -17,7 +17,9 @@
 //! When the answerer picks a codec the offerer offered, both legs get the same codec and the
 //! bridge relays without touching the payload; when it picks one the media plane added, the
 //! offerer leg gets the offerer's first codec the media plane can decode and the bridge
-//! transcodes. RFC 4733 telephone-events are offered at each codec's clock and carried across.
+//! transcodes. RFC 4733 telephone-events are offered at each codec's clock and carried across;
+//! on a transcoded stream the offerer keeps its events even when the answerer has none (they
+//! become in-band tones, and tones become events).
 //!
 //! Parsing and writing are the `sdp-types` crate's (RFC 8866, lax about line order, never
 //! panics); this module only reads and rewrites its structures: `c=` and `o=` addresses, `m=`
@@ -743,10 +745,10 @@ pub fn answer(state: &OfferState, body: &[u8], to_offerer: &Anchor) -> Result<Re
                 .find(|u| u.is_codec() && u.kind().is_some())
                 .cloned()
                 .ok_or_else(|| stream_error(index, "the offerer has no codec the media plane decodes"))?;
+            // The offerer keeps its telephone-events even if the answerer has none: the
+            // transcoder turns them into tones and tones into them.
             let mut formats = vec![offerer_format.clone()];
-            if events_at(&answered, chosen.clock).is_some() {
-                formats.extend(events_at(&offered.usable, offerer_format.clock).cloned());
-            }
+            formats.extend(events_at(&offered.usable, offerer_format.clock).cloned());
             (offerer_format, formats)
         };
         let offerer_events = events_at(&answer_formats, offerer_format.clock).map(|f| f.pt);

@@ -190,6 +190,8 @@ impl MediaService {
                 encoded: t.encoded,
                 events: t.events,
                 events_not_carried: t.events_not_carried,
+                digits_to_tones: t.digits_to_tones,
+                tones_to_digits: t.tones_to_digits,
             }),
             quality: Some(v1::RtpQuality {
                 expected: s.quality.expected,

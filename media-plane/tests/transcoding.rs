@@ -209,3 +209,83 @@ async fn dtmf_digits_are_reported_on_the_events_stream_and_cross_a_transcoding_b
     }
     assert_eq!(digits, vec![(a.id, "7".to_owned(), 100)]);
 }
+
+const SLOT_INBAND: u16 = 21;
+
+#[tokio::test]
+async fn dtmf_crosses_between_rfc4733_and_in_band_tones_both_ways() {
+    use media_codecs::dtmf::{Detection, DtmfDetector, ToneGenerator};
+    let (_mp, mut c) = MediaPlane::start(SLOT_INBAND).await;
+    let mut events = c.events(v1::EventsRequest {}).await.expect("Events").into_inner();
+    let (sock_a, sock_b) = (udp(), udp());
+    // A sends and takes RFC 4733 events; B (a PSTN gateway, say) only audio.
+    let pcmu_events = codec(0, "PCMU", 8000).map(|c| v1::Codec { telephone_event: Some(101), ..c });
+    let a = create_leg(&mut c, v1::CreateLegRequest { call_id: "inband".into(), codec: pcmu_events, ..Default::default() }).await;
+    let b = create_leg(
+        &mut c,
+        v1::CreateLegRequest { call_id: "inband".into(), remote: Some(endpoint(local(&sock_b))), codec: codec(8, "PCMA", 8000), ..Default::default() },
+    )
+    .await;
+    bridge(&mut c, &a, &b).await;
+    let pcma = CodecParams::new(CodecKind::Pcma, 8000);
+
+    // A → B: key 4 as events (100 ms, End three times) becomes tones in B's audio.
+    let event = |seq: u16, end: bool, duration: u16| {
+        let mut p = vec![0x80, 101];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&8000u32.to_be_bytes());
+        p.extend_from_slice(&0xAu32.to_be_bytes());
+        p.extend_from_slice(&[4, if end { 0x8a } else { 0x0a }]);
+        p.extend_from_slice(&duration.to_be_bytes());
+        p
+    };
+    for (i, (end, d)) in [(false, 160), (false, 320), (false, 480), (false, 640), (true, 800), (true, 800), (true, 800)].into_iter().enumerate() {
+        send(&sock_a, &event(i as u16, end, d), a.local);
+    }
+    let mut heard = Vec::new();
+    for _ in 0..5 {
+        let (p, _) = recv(&sock_b, "tone frames at B");
+        assert_eq!(p[1] & 0x7f, 8, "PCMA audio, no events");
+        heard.push(p[12..].to_vec());
+    }
+    let mut pcm = decode(pcma, &heard);
+    pcm.extend(std::iter::repeat_n(0, 400));
+    let mut found = Vec::new();
+    DtmfDetector::new(8000).push(&pcm, |d| found.push(d));
+    assert!(matches!(found.as_slice(), [Detection::Began('4'), Detection::Ended('4', 90..=110)]), "B hears key 4 for 100 ms: {found:?}");
+
+    // B → A: key 9 played as tones (100 ms, then 100 ms of silence) reaches A as events.
+    let mut tone = Vec::new();
+    ToneGenerator::new(8000, -7.0).tone('9', 800, &mut tone);
+    tone.extend(std::iter::repeat_n(0, 800));
+    let packets = rtp_packets(pcma, 8, &tone, 0xB);
+    for p in &packets {
+        send(&sock_b, p, b.local);
+    }
+    let mut at_a = Vec::new();
+    while at_a.iter().filter(|p: &&Vec<u8>| p[1] & 0x7f == 101 && p[13] & 0x80 != 0).count() < 3 {
+        at_a.push(recv(&sock_a, "RTP at A").0);
+    }
+    let events_at_a: Vec<&Vec<u8>> = at_a.iter().filter(|p| p[1] & 0x7f == 101).collect();
+    assert!(events_at_a.iter().all(|p| p[12] == 9), "key 9");
+    assert_eq!(events_at_a[0][1] & 0x80, 0x80, "the first event packet has the marker bit");
+    let ts: Vec<u32> = events_at_a.iter().map(|p| u32::from_be_bytes([p[4], p[5], p[6], p[7]])).collect();
+    assert!(ts.iter().all(|t| *t == ts[0]), "one event: one timestamp");
+    let last = events_at_a.last().expect("end packets");
+    let duration = u16::from_be_bytes([last[14], last[15]]);
+    assert!((720..=880).contains(&duration), "about 100 ms at 8 kHz: {duration}");
+
+    let mut digits = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while digits.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ev = tokio::time::timeout(left, events.message()).await.expect("the digits within 3 s").expect("Events stream").expect("an event");
+        if let Some(v1::event::Kind::Dtmf(d)) = ev.kind {
+            digits.push((ev.leg_id, d.digit));
+        }
+    }
+    assert_eq!(digits, vec![(a.id, "4".to_owned()), (b.id, "9".to_owned())], "each digit reported on the leg of the endpoint that keyed it");
+    let sa = leg_stats(&mut c, a.id).await.expect("leg A").transcoded.expect("A receives transcoded media");
+    let sb = leg_stats(&mut c, b.id).await.expect("leg B").transcoded.expect("B receives transcoded media");
+    assert_eq!((sb.digits_to_tones, sa.tones_to_digits), (1, 1));
+}

@@ -829,6 +829,7 @@ impl Engine {
             return Err(DropReason::Muted);
         }
         let (from_port, to) = leg.rtp_destination().ok_or(DropReason::NoRoute)?;
+        let peer = leg.peer;
         let Some(transcoder) = leg.transcoder.as_mut() else { return Err(DropReason::NoRoute) };
         let mut srtp = leg.srtp.as_deref_mut();
         let (mut sent, mut bytes) = (0u64, 0u64);
@@ -840,10 +841,20 @@ impl Engine {
             }
             Err(reason) => failed.push(reason),
         });
+        let heard = transcoder.take_heard_digit();
         leg.counters.rtp_packets_out += sent;
         leg.counters.rtp_bytes_out += bytes;
         for reason in failed {
             leg.counters.drops.add(reason);
+        }
+        // A digit the far endpoint played as tones: reported as that endpoint's leg's.
+        let source = match peer {
+            Some(Peer::Local(s)) => slots.get(s).and_then(Option::as_ref).map(|l| l.id),
+            Some(Peer::Remote { leg, .. }) => Some(leg),
+            None => None,
+        };
+        if let (Some((digit, duration_ms)), Some(leg)) = (heard, source) {
+            self.events.push_back(Event::Dtmf { leg, digit, duration_ms });
         }
         match result {
             Ok(_) => Ok(()),

@@ -14,6 +14,7 @@
 //! timestamp jump resynchronise without filling. Late packets (behind the last one decoded) are
 //! dropped and counted.
 
+use media_codecs::dtmf::{Detection, DtmfDetector, ToneGenerator};
 use media_codecs::{CodecError, CodecKind, CodecParams, Decoder, Encoder, Resampler};
 
 use super::dtmf::TelephoneEvent;
@@ -77,6 +78,10 @@ pub struct TranscodeCounters {
     pub events: u64,
     /// Event packets dropped because the destination leg takes no telephone-events.
     pub events_not_carried: u64,
+    /// Digits of RFC 4733 events played as in-band tones (the destination takes no events).
+    pub digits_to_tones: u64,
+    /// Digits heard as in-band tones and sent on as RFC 4733 events.
+    pub tones_to_digits: u64,
 }
 
 /// Why a source packet was dropped.
@@ -121,7 +126,47 @@ pub struct Transcoder {
     resampled: Vec<i16>,
     pending: Vec<i16>,
     packet: Vec<u8>,
+    /// RFC 4733 events from the source played as tones (the destination takes no events).
+    tones: Option<TonesOut>,
+    /// In-band tones in the source's audio, found to be sent on as events.
+    detector: Option<DtmfDetector>,
+    event_out: Option<EventOut>,
+    /// A digit heard in the source's audio and finished, for the engine's event stream.
+    heard: Option<(char, u32)>,
     pub counters: TranscodeCounters,
+}
+
+/// An RFC 4733 event being played as tones into the outgoing audio.
+#[derive(Debug)]
+struct TonesOut {
+    generator: ToneGenerator,
+    digit: char,
+    /// The event's source timestamp (all its packets share it).
+    source_ts: u32,
+    /// Samples of it made so far, at the encoder's rate.
+    made: usize,
+    ended: bool,
+}
+
+/// An event being sent for a digit heard in the source's audio.
+#[derive(Debug, Clone, Copy)]
+struct EventOut {
+    event: u8,
+    /// Outgoing timestamp when it began (all its packets carry it) and samples since, at the
+    /// destination's RTP clock.
+    ts: u32,
+    first: bool,
+}
+
+/// The RFC 4733 event code of a DTMF digit.
+fn event_code(digit: char) -> Option<u8> {
+    match digit {
+        '0'..='9' => digit.to_digit(10).map(|d| d as u8),
+        '*' => Some(10),
+        '#' => Some(11),
+        'A'..='D' => Some(12 + (digit as u8 - b'A')),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Transcoder {
@@ -199,6 +244,12 @@ impl Transcoder {
             resampled: Vec::new(),
             pending: Vec::new(),
             packet: Vec::with_capacity(1500),
+            tones: None,
+            // Digits sent as tones by a source without events are found for a destination that
+            // takes events.
+            detector: (from.telephone_event.is_none() && to.telephone_event.is_some()).then(|| DtmfDetector::new(from_params.rate)),
+            event_out: None,
+            heard: None,
             counters: TranscodeCounters::default(),
         })
     }
@@ -257,6 +308,15 @@ impl Transcoder {
         }
         self.last_seq = Some(seq);
         self.last_ssrc = Some(rtp.ssrc());
+        let mut sent = self.detect_tones(&mut out);
+        if self.tones.as_ref().is_some_and(|t| !t.ended) {
+            // An event from the source is being played as tones: its audio waits.
+            return Ok(sent);
+        }
+        if self.event_out.is_some() {
+            // A digit heard in the audio goes as events: the audio carries silence meanwhile.
+            self.decoded.iter_mut().for_each(|s| *s = 0);
+        }
         let pcm: &[i16] = match &mut self.resampler {
             Some(r) => {
                 self.resampled.clear();
@@ -267,6 +327,12 @@ impl Transcoder {
             None => &self.decoded,
         };
         self.pending.extend_from_slice(pcm);
+        sent += self.encode_pending(&mut out);
+        Ok(sent)
+    }
+
+    /// Encodes every whole frame of `pending` and sends it on; returns how many.
+    fn encode_pending(&mut self, out: &mut impl FnMut(&[u8])) -> usize {
         let mut sent = 0;
         let chunk = self.frame * self.channels;
         while self.pending.len() >= chunk {
@@ -284,7 +350,108 @@ impl Transcoder {
             sent += 1;
             out(&self.packet);
         }
-        Ok(sent)
+        sent
+    }
+
+    /// A digit the source played as tones and that has ended (taken once), with its length.
+    pub fn take_heard_digit(&mut self) -> Option<(char, u32)> {
+        self.heard.take()
+    }
+
+    /// Runs the in-band detector on the packet just decoded, sending RFC 4733 packets for what
+    /// it finds: the first with the marker bit when a digit begins, one per source packet while
+    /// it lasts, three with the end bit when it ends (RFC 4733 §2.5.1). Returns packets sent.
+    fn detect_tones(&mut self, out: &mut impl FnMut(&[u8])) -> usize {
+        let Some(detector) = self.detector.as_mut() else { return 0 };
+        let mut found = [None, None];
+        let mut n = 0;
+        detector.push(&self.decoded, |d| {
+            if let Some(slot) = found.get_mut(n) {
+                *slot = Some(d);
+                n += 1;
+            }
+        });
+        let mut sent = 0;
+        for d in found.into_iter().flatten() {
+            match d {
+                Detection::Began(digit) => {
+                    if let Some(event) = event_code(digit) {
+                        self.event_out = Some(EventOut { event, ts: self.ts, first: true });
+                    }
+                }
+                Detection::Ended(digit, ms) => {
+                    if let Some(e) = self.event_out.take() {
+                        let duration = ms * self.to_clock / 1000;
+                        for _ in 0..3 {
+                            sent += self.send_event(e, duration, true, out);
+                        }
+                        self.counters.tones_to_digits += 1;
+                        self.heard = Some((digit, ms));
+                    }
+                }
+            }
+        }
+        if let Some(e) = self.event_out.as_mut() {
+            let duration = self.ts.wrapping_sub(e.ts).wrapping_add(self.ts_step);
+            let current = *e;
+            e.first = false;
+            sent += self.send_event(current, duration, false, out);
+        }
+        sent
+    }
+
+    /// One RFC 4733 packet of `e` lasting `duration` (destination clock).
+    fn send_event(&mut self, e: EventOut, duration: u32, end: bool, out: &mut impl FnMut(&[u8])) -> usize {
+        let Some(pt) = self.to_event_pt else { return 0 };
+        let event = TelephoneEvent { event: e.event, end, volume: 10, duration: u16::try_from(duration).unwrap_or(u16::MAX) };
+        self.packet.clear();
+        self.packet.resize(RTP_HEADER_LEN, 0);
+        let _ = write_rtp_header(&mut self.packet, pt, self.seq, e.ts, self.ssrc);
+        if e.first && !end {
+            if let Some(b) = self.packet.get_mut(1) {
+                *b |= 0x80;
+            }
+        }
+        self.packet.extend_from_slice(&event.to_bytes());
+        self.seq = self.seq.wrapping_add(1);
+        self.counters.events += 1;
+        out(&self.packet);
+        1
+    }
+
+    /// An RFC 4733 event for a destination without events: its digit played as tones, as much
+    /// as the event's duration says so far (the sender's packets pace it), the rest of a frame
+    /// filled when it ends.
+    fn play_event(&mut self, rtp: &RtpPacket<&[u8]>, event: TelephoneEvent, out: &mut impl FnMut(&[u8])) -> usize {
+        let Some(digit) = event.digit() else {
+            self.counters.events_not_carried += 1;
+            return 0;
+        };
+        let rate = self.encoder.sample_rate();
+        let fresh = self.tones.as_ref().is_none_or(|t| t.source_ts != rtp.timestamp());
+        if fresh {
+            self.tones = Some(TonesOut { generator: ToneGenerator::new(rate, -7.0), digit, source_ts: rtp.timestamp(), made: 0, ended: false });
+            self.counters.digits_to_tones += 1;
+        }
+        let frame = self.frame;
+        let Some(t) = self.tones.as_mut().filter(|t| !t.ended) else { return 0 };
+        let mut target = u64::from(event.duration) * u64::from(rate) / u64::from(self.from_clock.max(1));
+        if event.end {
+            t.ended = true;
+            // The tone ends on a frame boundary: no half frame waits for audio that follows.
+            let total = (self.pending.len() / self.channels.max(1)) as u64 + target.saturating_sub(t.made as u64);
+            target += (frame as u64 - total % frame as u64) % frame as u64;
+        }
+        // At most a second at a time (a bogus duration must not allocate without bound).
+        let more = (target.saturating_sub(t.made as u64) as usize).min(rate as usize);
+        let before = self.pending.len();
+        t.generator.tone(t.digit, more, &mut self.pending);
+        if self.channels == 2 {
+            let mono: Vec<i16> = self.pending.drain(before..).collect();
+            self.pending.extend(mono.iter().flat_map(|s| [*s, *s]));
+        }
+        t.made += more;
+        self.encode_pending(out)
     }
 }
 
@@ -297,9 +464,12 @@ impl Transcoder {
         if self.last_ssrc == Some(rtp.ssrc()) {
             self.last_seq = Some(rtp.sequence_number());
         }
-        let (Some(to_pt), Some(event)) = (self.to_event_pt, rtp.payload().ok().and_then(TelephoneEvent::parse)) else {
+        let Some(event) = rtp.payload().ok().and_then(TelephoneEvent::parse) else {
             self.counters.events_not_carried += 1;
             return 0;
+        };
+        let Some(to_pt) = self.to_event_pt else {
+            return self.play_event(rtp, event, &mut out);
         };
         let out_ts = match self.event_ts {
             Some((src, mapped)) if src == rtp.timestamp() => mapped,
@@ -369,10 +539,12 @@ mod tests {
         let e = TelephoneEvent::parse(views[2].payload().unwrap()).unwrap();
         assert_eq!((e.event, e.end, e.duration), (3, true, 320 * 6), "duration in the 48 kHz clock");
         assert_eq!(t.counters.events, 3);
-        // A destination without telephone-events: not carried, counted.
+        // A destination without telephone-events: the digit is played as 40 ms of tones (two
+        // 20 ms frames); the repeated End adds nothing.
         let mut t = Transcoder::new(&from, &codec(8, CodecKind::Pcma, 8000, 20), 1, 1, 1).unwrap();
-        assert_eq!(t.push(&RtpPacket::new_checked(&event(1, true, 320)[..]).unwrap(), |_| {}), Ok(0));
-        assert_eq!(t.counters.events_not_carried, 1);
+        assert_eq!(t.push(&RtpPacket::new_checked(&event(1, true, 320)[..]).unwrap(), |_| {}), Ok(2));
+        assert_eq!(t.push(&RtpPacket::new_checked(&event(2, true, 320)[..]).unwrap(), |_| {}), Ok(0));
+        assert_eq!((t.counters.digits_to_tones, t.counters.events_not_carried), (1, 0));
     }
 
     /// Encodes `signal` (at `from`'s rate) into RTP of `from`, runs it through a transcoder to

@@ -90,6 +90,18 @@ fn an_added_codec_the_answerer_picks_is_transcoded_with_dtmf_at_its_clock() {
 }
 
 #[test]
+fn a_transcoded_offerer_keeps_its_telephone_events_when_the_answerer_has_none() {
+    let policy = CodecPolicy { transcode: vec!["PCMA".into()], strip: vec!["PCMA".into()], ..Default::default() };
+    let offered = offer(PHONE_A.as_bytes(), &policy, &media_plane(30_000)).unwrap();
+    assert!(offered.sdp.contains("m=audio 30000 RTP/AVP 0 101 8\r\n"), "{}", offered.sdp);
+    let b = answer_from_b("m=audio 5004 RTP/AVP 8\r\n");
+    let out = answer(&offered.state, b.as_bytes(), &media_plane(30_002)).unwrap();
+    assert!(out.sdp.contains("m=audio 30002 RTP/AVP 0 101\r\n"), "{}", out.sdp);
+    let n = only(&out.streams);
+    assert_eq!((n.offerer_codec.unwrap().telephone_event, n.answerer_codec.unwrap().telephone_event), (Some(101), None));
+}
+
+#[test]
 fn stripped_codecs_are_neither_offered_nor_accepted() {
     let policy = CodecPolicy { strip: vec!["PCMA".into()], ..Default::default() };
     let offered = offer(PHONE_A.as_bytes(), &policy, &media_plane(30_000)).unwrap();
