@@ -1,9 +1,11 @@
 //! B2BUA calls with media anchored in the media plane (sans-IO; part of [`ControlPlane`]).
 //!
 //! ```text
-//!  A ──INVITE(offer)──► [auth 407] ─► route (registered user / trunk) ─► Allocate (2 legs + bridge per stream)
+//!  A ──INVITE(offer)──► [auth 407] ─► route (registered user / trunk) ─► Allocate (2 legs per stream
+//!                                                                           + Offer: the media plane
+//!                                                                           rewrites A's offer for B)
 //!                                                                                │
-//!  A ◄─1xx/2xx(answer @ port_a)── B2BUA ◄─1xx/2xx(answer)── B ◄──INVITE(offer @ port_b)──┘
+//!  A ◄─1xx/2xx(answer for A)── Answer ◄─1xx/2xx(answer)── B ◄──INVITE(offer for B)──┘
 //!  A ──ACK──► (B was ACKed on its 2xx)     BYE either side ─► 200, BYE other side, Release
 //! ```
 //!
@@ -11,15 +13,19 @@
 //! hung up, refused, cancelled, timed out, allocation answered after the caller gave up); the
 //! counters `media_allocations`/`media_releases` and the media plane's leg count prove it in tests.
 //! Two dialogs per call: A's (the caller's Call-ID, our To tag) and B's (our Call-ID and From
-//! tag). In-dialog requests are relayed to the other side with SDP anchored; re-INVITEs
-//! (hold, resume) update the sender's legs' remote and direction.
+//! tag). In-dialog requests are relayed to the other side; an SDP offer in one (re-INVITE, UPDATE:
+//! hold, resume, a codec change) goes through the media plane's Offer first, and the answer in
+//! its response through Answer. The media plane writes every description the endpoints get (its
+//! address and ports, the codecs of the configured policy, SRTP per side), and bridges the legs
+//! with transcoding where the two sides share no codec. Responses carrying an answer wait for
+//! it in order: a 200 never overtakes the 183 whose answer is still in the media plane.
 //!
 //! Not yet: forking to several registered contacts (the best-q contact is called), delayed-offer
 //! INVITEs and re-INVITEs (488), early-dialog UPDATE, redirects (3xx maps to 480), trunk
 //! authentication (a 401/407 from the callee maps to 403).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -28,7 +34,7 @@ use rsip::headers::UntypedHeader;
 use rsip::{Header, Method, Request, Response, SipMessage};
 
 use crate::config::{CallerIdPolicy, Config, Destination};
-use crate::media::{Allocation, MediaReply, MediaRequest, StreamRequest};
+use crate::media::{Allocation, MediaError, MediaReply, MediaRequest};
 use crate::sdp::Sdp;
 use crate::service::{ControlPlane, Now};
 use crate::sip::message::{self, call_id, from_value, header, response_for, tag_of, to_value, uri_of, user_host, Framing};
@@ -104,8 +110,15 @@ struct Call {
     invite_a: Request,
     invite_a_key: TransactionKey,
     invite_b: Option<Request>,
-    offer: Sdp,
     media: Option<Allocation>,
+    /// The (offerer, answerer) legs of the last offer, which its answer goes over.
+    offer_legs: Vec<(u64, u64)>,
+    /// An Offer or Answer is in the media plane: responses wait in `forwards`.
+    negotiating: bool,
+    /// Responses to pass to the other side, in order (the head may wait for its answer).
+    forwards: VecDeque<Forward>,
+    /// An in-dialog request with an offer, waiting for the media plane's rewrite of it.
+    relay_offer: Option<RelayOffer>,
     policy: CallerIdPolicy,
     caller: Option<String>,
     b_provisional: bool,
@@ -136,41 +149,28 @@ impl Call {
         }
     }
 
-    /// Media-plane ports facing `side`, one per `m=` line of `sdp` (None for inactive lines).
-    fn ports_for(&self, side: Side, sdp: &Sdp) -> Vec<Option<u16>> {
-        let Some(media) = &self.media else { return Vec::new() };
-        let mut anchored = media.streams.iter();
-        sdp.streams()
-            .iter()
-            .map(|s| {
-                if !s.is_active() {
-                    return None;
-                }
-                anchored.next().map(|a| if side == Side::A { a.port_a } else { a.port_b })
-            })
-            .collect()
-    }
+}
 
-    /// Anchored SDP for `side`, built from `sdp`.
-    fn anchored(&self, side: Side, sdp: &Sdp) -> Option<String> {
-        let media = self.media.as_ref()?;
-        Some(sdp.anchor(media.ip, &self.ports_for(side, sdp)))
-    }
+/// A response from one side for the other (to a request we relayed, or the callee's to the
+/// caller's INVITE).
+#[derive(Debug)]
+struct Forward {
+    to: Side,
+    origin: TransactionKey,
+    /// The request being answered, as the `to` side sent it.
+    request: Request,
+    response: Response,
+    /// The request carried an offer: an SDP body in this response is its answer.
+    answers_offer: bool,
+}
 
-    /// Points the legs facing `side` at the endpoints and directions in `sdp`.
-    fn updates_for(&self, side: Side, sdp: &Sdp) -> Vec<MediaRequest> {
-        let Some(media) = &self.media else { return Vec::new() };
-        sdp.streams()
-            .iter()
-            .filter(|s| s.is_active())
-            .zip(&media.streams)
-            .map(|(s, a)| MediaRequest::Update {
-                leg: if side == Side::A { a.leg_a } else { a.leg_b },
-                remote: s.address.map(|ip| SocketAddr::new(ip, s.port)),
-                direction: s.direction,
-            })
-            .collect()
-    }
+/// An in-dialog request with an SDP offer, relayed once the media plane has rewritten it.
+#[derive(Debug)]
+struct RelayOffer {
+    key: TransactionKey,
+    from: Side,
+    request: Request,
+    extra: String,
 }
 
 #[derive(Debug, Clone)]
@@ -178,8 +178,9 @@ enum Purpose {
     Invite,
     Cancel,
     Bye,
-    /// An in-dialog request relayed from `from`; its answer goes back through `origin`.
-    Relay { origin: TransactionKey, from: Side, request: Box<Request> },
+    /// An in-dialog request relayed from `from`; its answer goes back through `origin`. `offer`:
+    /// it carried an SDP offer (the media plane answers the response's SDP).
+    Relay { origin: TransactionKey, from: Side, request: Box<Request>, offer: bool },
 }
 
 /// The table of calls.
@@ -498,18 +499,8 @@ impl ControlPlane {
             route,
             cseq: 0,
         };
-        let streams = offer
-            .streams()
-            .iter()
-            .filter(|s| s.is_active())
-            .filter_map(|s| {
-                Some(StreamRequest {
-                    caller: SocketAddr::new(s.address?, s.port),
-                    direction: s.direction,
-                    rtcp_mux: s.rtcp_mux,
-                })
-            })
-            .collect();
+        let active = offer.streams().iter().map(|s| s.is_active()).collect();
+        let offer_text = String::from_utf8_lossy(&request.body).into_owned();
 
         let id = self.calls.next_id;
         self.calls.next_id += 1;
@@ -518,7 +509,8 @@ impl ControlPlane {
         self.calls.by_call_id.insert(a.call_id.clone(), (id, Side::A));
         self.calls.by_call_id.insert(b.call_id.clone(), (id, Side::B));
         self.calls.by_invite.insert(key.clone(), id);
-        self.media_request(id, MediaRequest::Allocate { call_id: a.call_id.clone(), streams });
+        let policy_media = self.config.codec_policy.clone();
+        self.media_request(id, MediaRequest::Allocate { call_id: a.call_id.clone(), offer: offer_text, active, policy: policy_media });
         self.calls.calls.insert(
             id,
             Call {
@@ -528,8 +520,11 @@ impl ControlPlane {
                 invite_a: request,
                 invite_a_key: key,
                 invite_b: None,
-                offer,
                 media: None,
+                offer_legs: Vec::new(),
+                negotiating: false,
+                forwards: VecDeque::new(),
+                relay_offer: None,
                 policy,
                 caller,
                 b_provisional: false,
@@ -610,7 +605,14 @@ impl ControlPlane {
     }
 
     pub(crate) fn on_media_reply(&mut self, id: u64, reply: MediaReply, now: Now) {
-        let MediaReply::Allocated(result) = reply;
+        match reply {
+            MediaReply::Allocated(result) => self.on_allocated(id, result, now),
+            MediaReply::Offered(result) => self.on_offered(id, result, now),
+            MediaReply::Answered(result) => self.on_answered(id, result, now),
+        }
+    }
+
+    fn on_allocated(&mut self, id: u64, result: Result<Allocation, MediaError>, now: Now) {
         match &result {
             Ok(_) => self.stats.media_allocations += 1,
             Err(error) => {
@@ -625,15 +627,19 @@ impl ControlPlane {
             return;
         };
         match result {
-            Err(_) => {
+            Err(error) => {
                 if call.state == State::Allocating {
                     let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
-                    self.reply(&key, &invite, 503, now);
+                    // An offer the media plane cannot take (no usable codec or crypto) is the
+                    // caller's to fix; anything else is ours.
+                    let status = if matches!(error, MediaError::NotAcceptable(_)) { 488 } else { 503 };
+                    self.reply(&key, &invite, status, now);
                     self.stats.calls_failed += 1;
                 }
                 self.finish(id);
             }
             Ok(allocation) => {
+                call.offer_legs = allocation.legs(true);
                 call.media = Some(allocation);
                 if call.state != State::Allocating {
                     // The caller gave up while the media plane was working.
@@ -645,9 +651,109 @@ impl ControlPlane {
         }
     }
 
+    /// The media plane rewrote an in-dialog offer: relay the request with it.
+    fn on_offered(&mut self, id: u64, result: Result<String, MediaError>, now: Now) {
+        let Some(call) = self.calls.calls.get_mut(&id) else { return };
+        call.negotiating = false;
+        let Some(RelayOffer { key, from, request, extra }) = call.relay_offer.take() else { return };
+        match result {
+            Ok(sdp) => {
+                let method = request.method.to_string();
+                let purpose = Purpose::Relay { origin: key, from, request: Box::new(request), offer: true };
+                self.send_in_dialog(id, from.other(), &method, &extra, Some(("application/sdp", sdp.as_bytes())), purpose, now);
+            }
+            Err(error) => {
+                tracing::info!(%error, "an in-dialog offer was refused by the media plane");
+                if let Some(call) = self.calls.calls.get_mut(&id) {
+                    call.reinvite_pending = false;
+                }
+                let status = if matches!(error, MediaError::NotAcceptable(_)) { 488 } else { 500 };
+                self.reply(&key, &request, status, now);
+            }
+        }
+        self.pump_forwards(id, now);
+    }
+
+    /// The media plane rewrote the answer at the head of the call's forwards.
+    fn on_answered(&mut self, id: u64, result: Result<String, MediaError>, now: Now) {
+        let Some(call) = self.calls.calls.get_mut(&id) else { return };
+        call.negotiating = false;
+        let Some(forward) = call.forwards.pop_front() else { return };
+        let status = forward.response.status_code.code();
+        match result {
+            Ok(sdp) => self.deliver(id, forward, Some(sdp), now),
+            Err(error) if status >= 200 => {
+                // The answer cannot be used: the session the offerer asked for does not exist.
+                tracing::info!(%error, "an answer was refused by the media plane");
+                if forward.request.method == Method::Invite {
+                    let out = response_for(&forward.request, 488, None, tag_of(&call.dialog(forward.to).local));
+                    let initial = call.invite_a_key == forward.origin;
+                    self.respond(&forward.origin, out, now);
+                    if initial {
+                        // The callee answered the call itself: it is hung up.
+                        self.stats.calls_failed += 1;
+                        self.send_in_dialog(id, Side::B, "BYE", "", None, Purpose::Bye, now);
+                        self.finish(id);
+                        return;
+                    }
+                } else {
+                    self.reply(&forward.origin, &forward.request, 488, now);
+                }
+            }
+            // A provisional response goes on without its answer.
+            Err(_) => self.deliver(id, forward, None, now),
+        }
+        self.pump_forwards(id, now);
+    }
+
+    /// Queues a response for the other side; it goes once the answers before it (and its own)
+    /// are back from the media plane.
+    fn forward(&mut self, id: u64, forward: Forward, now: Now) {
+        let Some(call) = self.calls.calls.get_mut(&id) else { return };
+        call.forwards.push_back(forward);
+        self.pump_forwards(id, now);
+    }
+
+    fn pump_forwards(&mut self, id: u64, now: Now) {
+        loop {
+            let Some(call) = self.calls.calls.get_mut(&id) else { return };
+            if call.negotiating {
+                return;
+            }
+            let Some(head) = call.forwards.front() else { return };
+            let status = head.response.status_code.code();
+            let has_answer = head.answers_offer && status < 300 && is_sdp(&head.response.headers, &head.response.body);
+            if has_answer && call.media.is_some() {
+                call.negotiating = true;
+                let request = MediaRequest::Answer { legs: call.offer_legs.clone(), sdp: String::from_utf8_lossy(&head.response.body).into_owned() };
+                self.media_request(id, request);
+                return;
+            }
+            let Some(forward) = call.forwards.pop_front() else { return };
+            self.deliver(id, forward, None, now);
+        }
+    }
+
+    /// Sends a forwarded response on, with `answer` as its body (else any non-SDP body it had);
+    /// a 2xx to an INVITE over UDP is retransmitted until its ACK.
+    fn deliver(&mut self, id: u64, forward: Forward, answer: Option<String>, now: Now) {
+        let Some(call) = self.calls.calls.get(&id) else { return };
+        let status = forward.response.status_code.code();
+        let out = self.response_to(call, forward.to, &forward.request, &forward.response, status, answer);
+        let retransmit = (forward.request.method == Method::Invite && (200..300).contains(&status) && !call.dialog(forward.to).peer.is_reliable())
+            .then(|| message::encode(&SipMessage::Response(out.clone())));
+        self.respond(&forward.origin, out, now);
+        if let (Some(payload), Some(call)) = (retransmit, self.calls.calls.get_mut(&id)) {
+            let t1 = self.layer.config().t1;
+            call.retransmit =
+                Some(Retransmit { side: forward.to, payload, next: now.instant + t1, interval: t1, until: now.instant + 64 * t1 });
+            self.calls.schedule(now.instant + t1, id);
+        }
+    }
+
     fn send_invite_b(&mut self, id: u64, now: Now) {
         let Some(call) = self.calls.calls.get_mut(&id) else { return };
-        let Some(sdp) = call.anchored(Side::B, &call.offer) else { return };
+        let Some(sdp) = call.media.as_ref().map(|m| m.offer_for_b.clone()) else { return };
         call.b.cseq = 1;
         let mut extra = String::new();
         let hops = message::max_forwards(&call.invite_a.headers).unwrap_or(70).saturating_sub(1);
@@ -709,13 +815,14 @@ impl ControlPlane {
         }
         match purpose {
             Purpose::Invite => self.on_invite_response(id, response, now),
-            Purpose::Relay { origin, from, request } => self.on_relay_response(id, &origin, from, &request, response, now),
+            Purpose::Relay { origin, from, request, offer } => self.on_relay_response(id, &origin, from, &request, offer, response, now),
             Purpose::Cancel | Purpose::Bye => {}
         }
     }
 
-    /// A response to our response `to` A's `request`, with `status` and B's body re-anchored.
-    fn response_to(&self, call: &Call, to: Side, request: &Request, response: &Response, status: u16) -> Response {
+    /// Our response `to` that side's `request`, from the other side's `response`, with `status`
+    /// and `answer` (the media plane's) as its SDP.
+    fn response_to(&self, call: &Call, to: Side, request: &Request, response: &Response, status: u16, answer: Option<String>) -> Response {
         let tag = tag_of(&call.dialog(to).local).map(str::to_owned);
         let reason = reason_of(response);
         let mut out = response_for(request, status, Some(&reason), tag.as_deref());
@@ -731,29 +838,16 @@ impl ControlPlane {
                 }
             }
         }
-        if is_sdp(&response.headers, &response.body) {
-            if let Some(body) = Sdp::parse(&response.body).ok().and_then(|sdp| call.anchored(to, &sdp)) {
-                out.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
-                out.body = body.into_bytes();
-            }
-        } else if !response.body.is_empty() {
+        if let Some(body) = answer {
+            out.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
+            out.body = body.into_bytes();
+        } else if !response.body.is_empty() && !is_sdp(&response.headers, &response.body) {
             if let Some(ctype) = content_type(&response.headers) {
                 out.headers.push(Header::ContentType(rsip::headers::ContentType::new(ctype)));
                 out.body = response.body.clone();
             }
         }
         out
-    }
-
-    fn update_from_body(&mut self, id: u64, side: Side, headers: &rsip::Headers, body: &[u8]) {
-        if !is_sdp(headers, body) {
-            return;
-        }
-        let Ok(sdp) = Sdp::parse(body) else { return };
-        let Some(call) = self.calls.calls.get(&id) else { return };
-        for update in call.updates_for(side, &sdp) {
-            self.media_request(id, update);
-        }
     }
 
     fn on_invite_response(&mut self, id: u64, response: Response, now: Now) {
@@ -769,11 +863,9 @@ impl ControlPlane {
                     }
                     return;
                 }
-                self.update_from_body(id, Side::B, &response.headers, &response.body);
-                let Some(call) = self.calls.calls.get(&id) else { return };
-                let out = self.response_to(call, Side::A, &call.invite_a, &response, status);
-                let key = call.invite_a_key.clone();
-                self.respond(&key, out, now);
+                let forward =
+                    Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
+                self.forward(id, forward, now);
             }
             200..=299 => {
                 if let Some(ack) = call.ack_b.clone() {
@@ -810,23 +902,9 @@ impl ControlPlane {
                 call.state = State::Answered;
                 call.ring_deadline = None;
                 self.stats.calls_answered += 1;
-                self.update_from_body(id, Side::B, &response.headers, &response.body);
-                let Some(call) = self.calls.calls.get(&id) else { return };
-                let out = self.response_to(call, Side::A, &call.invite_a, &response, status);
-                let key = call.invite_a_key.clone();
-                let retransmit = (!call.a.peer.is_reliable()).then(|| message::encode(&SipMessage::Response(out.clone())));
-                self.respond(&key, out, now);
-                if let (Some(payload), Some(call)) = (retransmit, self.calls.calls.get_mut(&id)) {
-                    let t1 = self.layer.config().t1;
-                    call.retransmit = Some(Retransmit {
-                        side: Side::A,
-                        payload,
-                        next: now.instant + t1,
-                        interval: t1,
-                        until: now.instant + 64 * t1,
-                    });
-                    self.calls.schedule(now.instant + t1, id);
-                }
+                let forward =
+                    Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
+                self.forward(id, forward, now);
             }
             _ => {
                 if call.state != State::Cancelled {
@@ -851,6 +929,7 @@ impl ControlPlane {
         origin: &TransactionKey,
         from: Side,
         request: &Request,
+        offer: bool,
         response: Response,
         now: Now,
     ) {
@@ -869,24 +948,12 @@ impl ControlPlane {
                 }
             }
         }
-        if status < 300 {
-            self.update_from_body(id, to, &response.headers, &response.body);
-        }
         let Some(call) = self.calls.calls.get_mut(&id) else { return };
         if is_invite {
             call.reinvite_pending = false;
         }
-        let Some(call) = self.calls.calls.get(&id) else { return };
-        let out = self.response_to(call, from, request, &response, status);
-        let retransmit = (is_invite && status < 300 && !call.dialog(from).peer.is_reliable())
-            .then(|| message::encode(&SipMessage::Response(out.clone())));
-        self.respond(origin, out, now);
-        if let (Some(payload), Some(call)) = (retransmit, self.calls.calls.get_mut(&id)) {
-            let t1 = self.layer.config().t1;
-            call.retransmit =
-                Some(Retransmit { side: from, payload, next: now.instant + t1, interval: t1, until: now.instant + 64 * t1 });
-            self.calls.schedule(now.instant + t1, id);
-        }
+        let forward = Forward { to: from, origin: origin.clone(), request: request.clone(), response, answers_offer: offer };
+        self.forward(id, forward, now);
     }
 
     pub(crate) fn on_stray_response(&mut self, response: &Response, _source: Peer) {
@@ -1032,14 +1099,12 @@ impl ControlPlane {
                     self.respond(&key, response, now);
                     return;
                 }
+                if has_sdp && Sdp::parse(&request.body).is_err() {
+                    self.reply(&key, &request, 488, now);
+                    return;
+                }
                 let body = if has_sdp {
-                    let Ok(sdp) = Sdp::parse(&request.body) else {
-                        self.reply(&key, &request, 488, now);
-                        return;
-                    };
-                    let anchored = self.calls.calls.get(&id).and_then(|call| call.anchored(side.other(), &sdp));
-                    self.update_from_body(id, side, &request.headers, &request.body);
-                    anchored.map(|s| ("application/sdp".to_owned(), s.into_bytes()))
+                    None
                 } else {
                     content_type(&request.headers).map(|c| (c, request.body.clone())).filter(|(_, b)| !b.is_empty())
                 };
@@ -1056,7 +1121,26 @@ impl ControlPlane {
                         extra.push_str(&format!("{name}: {v}\r\n"));
                     }
                 }
-                let purpose = Purpose::Relay { origin: key, from: side, request: Box::new(request) };
+                if has_sdp {
+                    // The offer goes through the media plane first; `on_offered` relays it.
+                    let Some(call) = self.calls.calls.get_mut(&id) else { return };
+                    let Some(legs) = call.media.as_ref().map(|m| m.legs(side == Side::A)) else {
+                        self.reply(&key, &request, 488, now);
+                        return;
+                    };
+                    if call.negotiating || call.relay_offer.is_some() {
+                        self.reply(&key, &request, 491, now);
+                        return;
+                    }
+                    call.offer_legs.clone_from(&legs);
+                    call.negotiating = true;
+                    let sdp = String::from_utf8_lossy(&request.body).into_owned();
+                    call.relay_offer = Some(RelayOffer { key, from: side, request, extra });
+                    let policy = self.config.codec_policy.clone();
+                    self.media_request(id, MediaRequest::Offer { legs, sdp, policy });
+                    return;
+                }
+                let purpose = Purpose::Relay { origin: key, from: side, request: Box::new(request), offer: false };
                 self.send_in_dialog(
                     id,
                     side.other(),

@@ -45,6 +45,13 @@
 //! grpc = "http://127.0.0.1:9090"  # media plane gRPC endpoint (default: the media plane's own default)
 //! media_timeout_ms = 60000        # legs without RTP this long are deleted by the media plane (default 60000)
 //! rpc_timeout_ms = 2000           # a media-plane call slower than this fails the call with 503 (default 2000)
+//! # Codecs of the offers the media plane passes on (names "opus", "PCMA", "L16/16000"; "all"):
+//! transcode = ["PCMU", "PCMA"]    # added to every offer: a callee with none of the caller's codecs
+//!                                 # is transcoded to (default: G.711, which every gateway has)
+//! strip = []                      # removed from offers (default none)
+//! mask = []                       # hidden from callees, still accepted from callers (default none)
+//! transport = ""                  # "RTP/AVP" (SRTP ends in the media plane), "RTP/SAVP" (SDES-SRTP
+//!                                 # to callees) or "" (as the caller offers; default)
 //!
 //! [store]
 //! path = "control-plane.db"       # SQLite file for subscribers and registrations (default: this)
@@ -84,6 +91,7 @@ use serde::Deserialize;
 
 use crate::auth::digest::Algorithm;
 use crate::auth::policy::{AuthPolicy, ChallengeMode};
+use crate::media::CodecPolicy;
 
 /// A configuration error; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +228,10 @@ struct RawMedia {
     grpc: Option<String>,
     media_timeout_ms: Option<u32>,
     rpc_timeout_ms: Option<u64>,
+    transcode: Option<Vec<String>>,
+    strip: Option<Vec<String>>,
+    mask: Option<Vec<String>>,
+    transport: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -344,6 +356,8 @@ pub struct Config {
     pub media_timeout_ms: u32,
     /// Deadline of each media-plane RPC.
     pub rpc_timeout: Duration,
+    /// What the media plane does to the codecs and transport of offers.
+    pub codec_policy: CodecPolicy,
     /// SQLite file.
     pub store_path: PathBuf,
     /// Routes, longest prefix first.
@@ -487,6 +501,21 @@ impl Config {
         if rpc_timeout_ms == 0 {
             return Err(invalid("media.rpc_timeout_ms", "must be greater than 0"));
         }
+        let transport = raw.media.transport.unwrap_or_default();
+        if !["", "RTP/AVP", "RTP/SAVP", "RTP/AVPF", "RTP/SAVPF"].contains(&transport.to_ascii_uppercase().as_str()) {
+            return Err(invalid("media.transport", format!("{transport:?} is not \"RTP/AVP\", \"RTP/SAVP\" or \"\"")));
+        }
+        for (key, names) in [("media.transcode", &raw.media.transcode), ("media.strip", &raw.media.strip), ("media.mask", &raw.media.mask)] {
+            if let Some(bad) = names.iter().flatten().find(|n| n.trim().is_empty() || n.split('/').count() > 3) {
+                return Err(invalid(key, format!("{bad:?} is not name[/clock[/channels]]")));
+            }
+        }
+        let codec_policy = CodecPolicy {
+            transcode: raw.media.transcode.unwrap_or_else(|| vec!["PCMU".into(), "PCMA".into()]),
+            strip: raw.media.strip.unwrap_or_default(),
+            mask: raw.media.mask.unwrap_or_default(),
+            transport,
+        };
 
         let mut routes = Vec::new();
         for (i, r) in raw.route.into_iter().enumerate() {
@@ -543,6 +572,7 @@ impl Config {
             registrar,
             media_grpc,
             media_timeout_ms: raw.media.media_timeout_ms.unwrap_or(60_000),
+            codec_policy,
             rpc_timeout: Duration::from_millis(rpc_timeout_ms),
             store_path: raw.store.path.unwrap_or_else(|| PathBuf::from("control-plane.db")),
             routes,

@@ -1,12 +1,16 @@
 //! What the call logic asks of the media plane ([`MediaRequest`]) and what comes back
 //! ([`MediaReply`]), plus [`MediaClient`], the tonic driver that turns requests into gRPC calls.
 //!
-//! The call logic is sans-IO: it queues `(call, MediaRequest)` pairs and is told the outcome of an
-//! allocation later with [`MediaReply`]. Updates and releases need no answer: the client counts
-//! their failures. An allocation that fails half-way deletes what it created before it answers,
-//! so nothing leaks on either side.
+//! The media plane does the SDP: the B2BUA hands it each offer and answer as the endpoints sent
+//! them (`Offer`/`Answer` RPCs) and sends on what comes back, with the media plane's address and
+//! ports, the codecs of the call's [`CodecPolicy`] (so endpoints without a common codec are
+//! transcoded) and SRTP ended or begun per side.
+//!
+//! The call logic is sans-IO: it queues `(call, MediaRequest)` pairs and is told the outcome
+//! later with [`MediaReply`]. Releases need no answer: the client counts their failures. An
+//! allocation that fails half-way deletes what it created before it answers, so nothing leaks
+//! on either side.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,69 +19,73 @@ use proto::v1;
 use proto::v1::media_plane_client::MediaPlaneClient;
 use tonic::transport::Channel;
 
-use crate::sdp::Direction;
-
-/// One stream to anchor: the caller side is known from its offer, the callee side is not yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamRequest {
-    /// Where the caller wants RTP (its SDP; latching corrects it behind NAT).
-    pub caller: SocketAddr,
-    /// The caller's direction.
-    pub direction: Direction,
-    /// RTCP multiplexed on the RTP port (both sides).
-    pub rtcp_mux: bool,
+/// What the media plane does to the codecs and transport of offers (see `media.v1.CodecPolicy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CodecPolicy {
+    /// Codecs removed from offers.
+    pub strip: Vec<String>,
+    /// Codecs hidden from the answerer (the offerer may still send them: transcoded).
+    pub mask: Vec<String>,
+    /// Codecs added to offers; an answerer that takes one is transcoded to.
+    pub transcode: Vec<String>,
+    /// Transport offered to the answerer: `RTP/AVP`, `RTP/SAVP` or empty (the offerer's).
+    pub transport: String,
 }
 
-/// One anchored stream: a leg facing each side and the bridge between them.
+/// The two legs of one `m=` line: facing the caller (A) and the callee (B).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AnchoredStream {
-    /// Leg facing the caller (A).
+pub struct StreamLegs {
     pub leg_a: u64,
-    /// Its media-plane port, written in the SDP sent to A.
-    pub port_a: u16,
-    /// Leg facing the callee (B).
     pub leg_b: u64,
-    /// Its port, written in the SDP sent to B.
-    pub port_b: u16,
-    /// The bridge.
-    pub bridge: u64,
 }
 
 /// A call's media in the media plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
-    /// The address to advertise in SDP.
-    pub ip: IpAddr,
-    /// One per active stream of the offer, in order.
-    pub streams: Vec<AnchoredStream>,
+    /// Per `m=` line of the caller's offer: its legs, or `None` for a disabled line.
+    pub streams: Vec<Option<StreamLegs>>,
+    /// The caller's offer as the media plane rewrote it for the callee.
+    pub offer_for_b: String,
 }
 
 impl Allocation {
     /// Every leg, for [`MediaRequest::Release`] (the media plane deletes a leg's bridge with it).
     pub fn release(&self) -> MediaRequest {
-        MediaRequest::Release { legs: self.streams.iter().flat_map(|s| [s.leg_a, s.leg_b]).collect() }
+        MediaRequest::Release { legs: self.streams.iter().flatten().flat_map(|s| [s.leg_a, s.leg_b]).collect() }
+    }
+
+    /// The (offerer, answerer) legs per `m=` line for an offer from `caller_offers` side.
+    pub fn legs(&self, caller_offers: bool) -> Vec<(u64, u64)> {
+        self.streams
+            .iter()
+            .map(|s| match s {
+                Some(s) if caller_offers => (s.leg_a, s.leg_b),
+                Some(s) => (s.leg_b, s.leg_a),
+                None => (0, 0),
+            })
+            .collect()
     }
 }
 
 /// A request for the media plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaRequest {
-    /// Create both legs of each stream and bridge them; answered with [`MediaReply::Allocated`].
+    /// Create both legs of each active `m=` line and have the media plane rewrite the caller's
+    /// offer for the callee; answered with [`MediaReply::Allocated`].
     Allocate {
         /// The SIP Call-ID (the media plane keeps a call's legs on one core).
         call_id: String,
-        /// The streams.
-        streams: Vec<StreamRequest>,
+        /// The caller's offer, as it sent it.
+        offer: String,
+        /// Per `m=` line: whether it is active (port not 0).
+        active: Vec<bool>,
+        policy: CodecPolicy,
     },
-    /// Point a leg at a new remote and/or direction (answer SDP, re-INVITE, hold).
-    Update {
-        /// The leg.
-        leg: u64,
-        /// The endpoint's RTP address, when its SDP gave one.
-        remote: Option<SocketAddr>,
-        /// The endpoint's direction.
-        direction: Direction,
-    },
+    /// A new offer mid-call (re-INVITE, UPDATE) over legs `legs` ((offerer, answerer) per `m=`
+    /// line, `(0, 0)` for a disabled one); answered with [`MediaReply::Offered`].
+    Offer { legs: Vec<(u64, u64)>, sdp: String, policy: CodecPolicy },
+    /// The answer to the last offer over `legs`; answered with [`MediaReply::Answered`].
+    Answer { legs: Vec<(u64, u64)>, sdp: String },
     /// Delete legs; DeleteLeg also deletes the leg's bridge, so one call per leg is all it takes.
     Release {
         /// Legs.
@@ -85,11 +93,42 @@ pub enum MediaRequest {
     },
 }
 
-/// The answer to [`MediaRequest::Allocate`].
+/// Why the media plane did not do an offer or answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaError {
+    /// The description (or the policy) is not usable: the endpoint gets 488.
+    NotAcceptable(String),
+    /// The media plane failed or is unreachable: the call gets 503.
+    Unavailable(String),
+}
+
+impl MediaError {
+    /// The same error, naming the media plane it came from.
+    fn naming_plane(self, uri: &str) -> Self {
+        match self {
+            MediaError::NotAcceptable(why) => MediaError::NotAcceptable(format!("media plane {uri}: {why}")),
+            MediaError::Unavailable(why) => MediaError::Unavailable(format!("media plane {uri}: {why}")),
+        }
+    }
+}
+
+impl std::fmt::Display for MediaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MediaError::NotAcceptable(why) | MediaError::Unavailable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The answers to [`MediaRequest`]s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaReply {
     /// The allocation, or why it failed.
-    Allocated(Result<Allocation, String>),
+    Allocated(Result<Allocation, MediaError>),
+    /// The offer for the other side.
+    Offered(Result<String, MediaError>),
+    /// The answer for the offerer.
+    Answered(Result<String, MediaError>),
 }
 
 /// Counters of the media client.
@@ -99,26 +138,29 @@ pub struct MediaCounters {
     pub allocations: AtomicU64,
     /// Allocations that failed.
     pub allocation_failures: AtomicU64,
-    /// Updates that failed.
-    pub update_failures: AtomicU64,
+    /// Offers and answers the media plane refused or failed.
+    pub negotiation_failures: AtomicU64,
     /// Releases done.
     pub releases: AtomicU64,
     /// Deletes that failed (the media plane's media timeout reclaims those legs).
     pub release_failures: AtomicU64,
 }
 
-fn direction(d: Direction) -> i32 {
-    let d = match d {
-        Direction::SendRecv => v1::Direction::Sendrecv,
-        Direction::SendOnly => v1::Direction::Sendonly,
-        Direction::RecvOnly => v1::Direction::Recvonly,
-        Direction::Inactive => v1::Direction::Inactive,
-    };
-    d as i32
+fn media_error(rpc: &str, s: &tonic::Status) -> MediaError {
+    let why = format!("{rpc}: {}", s.message());
+    if s.code() == tonic::Code::InvalidArgument {
+        MediaError::NotAcceptable(why)
+    } else {
+        MediaError::Unavailable(why)
+    }
 }
 
-fn endpoint(addr: SocketAddr) -> v1::Endpoint {
-    v1::Endpoint { ip: addr.ip().to_string(), port: u32::from(addr.port()) }
+fn policy_msg(p: &CodecPolicy) -> v1::CodecPolicy {
+    v1::CodecPolicy { strip: p.strip.clone(), mask: p.mask.clone(), transcode: p.transcode.clone() }
+}
+
+fn stream_legs(legs: &[(u64, u64)]) -> Vec<v1::StreamLegs> {
+    legs.iter().map(|&(offerer_leg, answerer_leg)| v1::StreamLegs { offerer_leg, answerer_leg }).collect()
 }
 
 /// The gRPC driver.
@@ -150,35 +192,39 @@ impl MediaClient {
         })
     }
 
-    /// Executes `request`; allocations return their reply.
+    /// Executes `request`; all but releases return their reply.
     pub async fn execute(&self, request: MediaRequest) -> Option<MediaReply> {
         match request {
-            MediaRequest::Allocate { call_id, streams } => {
-                let result =
-                    self.allocate(&call_id, &streams).await.map_err(|e| format!("media plane {}: {e}", self.uri));
-                let counter =
-                    if result.is_ok() { &self.counters.allocations } else { &self.counters.allocation_failures };
+            MediaRequest::Allocate { call_id, offer, active, policy } => {
+                let result = self.allocate(&call_id, &offer, &active, &policy).await.map_err(|e| e.naming_plane(&self.uri));
+                let counter = if result.is_ok() { &self.counters.allocations } else { &self.counters.allocation_failures };
                 counter.fetch_add(1, Ordering::Relaxed);
                 Some(MediaReply::Allocated(result))
             }
-            MediaRequest::Update { leg, remote, direction: d } => {
-                let request = v1::UpdateLegRequest {
-                    leg_id: leg,
-                    remote: remote.map(endpoint),
-                    remote_rtcp: None,
-                    direction: direction(d),
-                    relatch: remote.is_some(),
-                };
-                if self.client.clone().update_leg(request).await.is_err() {
-                    self.counters.update_failures.fetch_add(1, Ordering::Relaxed);
+            MediaRequest::Offer { legs, sdp, policy } => Some(MediaReply::Offered(self.offer(&legs, sdp, &policy).await)),
+            MediaRequest::Answer { legs, sdp } => {
+                let request = v1::AnswerRequest { sdp, streams: stream_legs(&legs) };
+                let result = self.client.clone().answer(request).await.map(|r| r.into_inner().sdp).map_err(|s| media_error("Answer", &s));
+                if result.is_err() {
+                    self.counters.negotiation_failures.fetch_add(1, Ordering::Relaxed);
                 }
-                None
+                Some(MediaReply::Answered(result))
             }
             MediaRequest::Release { legs } => {
                 self.release(&legs).await;
                 None
             }
         }
+    }
+
+    async fn offer(&self, legs: &[(u64, u64)], sdp: String, policy: &CodecPolicy) -> Result<String, MediaError> {
+        let request =
+            v1::OfferRequest { sdp, streams: stream_legs(legs), policy: Some(policy_msg(policy)), transport_protocol: policy.transport.clone() };
+        let result = self.client.clone().offer(request).await.map(|r| r.into_inner().sdp).map_err(|s| media_error("Offer", &s));
+        if result.is_err() {
+            self.counters.negotiation_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 
     async fn release(&self, legs: &[u64]) {
@@ -198,67 +244,36 @@ impl MediaClient {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn create_leg(&self, request: v1::CreateLegRequest) -> Result<(u64, u16, IpAddr), String> {
-        let response = self.client.clone().create_leg(request).await.map_err(|s| format!("CreateLeg: {}", s.message()))?;
-        let r = response.into_inner();
-        let local = r.local.ok_or("CreateLeg: no local endpoint")?;
-        let ip: IpAddr = local.ip.parse().map_err(|_| format!("CreateLeg: bad local ip {:?}", local.ip))?;
-        let port = u16::try_from(local.port).map_err(|_| "CreateLeg: bad local port".to_owned())?;
-        Ok((r.leg_id, port, ip))
+    async fn create_leg(&self, call_id: &str) -> Result<u64, MediaError> {
+        let request = v1::CreateLegRequest {
+            call_id: call_id.to_owned(),
+            media_timeout_ms: self.media_timeout_ms,
+            // The offer and answer give the remotes; latching corrects them behind NAT.
+            latch: true,
+            // Placed by the SIP Call-ID: both legs of a call relay on one core.
+            ..Default::default()
+        };
+        let response = self.client.clone().create_leg(request).await.map_err(|s| media_error("CreateLeg", &s))?;
+        Ok(response.into_inner().leg_id)
     }
 
-    async fn allocate(&self, call_id: &str, streams: &[StreamRequest]) -> Result<Allocation, String> {
-        let mut done = Allocation { ip: IpAddr::from([0, 0, 0, 0]), streams: Vec::new() };
+    async fn allocate(&self, call_id: &str, offer: &str, active: &[bool], policy: &CodecPolicy) -> Result<Allocation, MediaError> {
+        let mut done = Allocation { streams: Vec::with_capacity(active.len()), offer_for_b: String::new() };
         let mut partial_legs = Vec::new();
-        let result: Result<(), String> = async {
-            for s in streams {
+        let result: Result<(), MediaError> = async {
+            for &on in active {
+                if !on {
+                    done.streams.push(None);
+                    continue;
+                }
                 // Both legs at once: one round trip instead of two.
-                let leg_a = self.create_leg(v1::CreateLegRequest {
-                    call_id: call_id.to_owned(),
-                    remote: Some(endpoint(s.caller)),
-                    remote_rtcp: None,
-                    rtcp_mux: s.rtcp_mux,
-                    direction: direction(s.direction),
-                    media_timeout_ms: self.media_timeout_ms,
-                    latch: true,
-                    // Placed by the SIP Call-ID: both legs of a call relay on one core.
-                    group: String::new(),
-                    // SDP is rewritten by the control plane for now; the media plane relays.
-                    codec: None,
-                });
-                let leg_b = self.create_leg(v1::CreateLegRequest {
-                    call_id: call_id.to_owned(),
-                    remote: None,
-                    remote_rtcp: None,
-                    rtcp_mux: s.rtcp_mux,
-                    direction: direction(Direction::SendRecv),
-                    media_timeout_ms: self.media_timeout_ms,
-                    latch: true,
-                    // Placed by the SIP Call-ID: both legs of a call relay on one core.
-                    group: String::new(),
-                    // SDP is rewritten by the control plane for now; the media plane relays.
-                    codec: None,
-                });
-                let (a, b) = tokio::join!(leg_a, leg_b);
-                if let Ok((leg, _, _)) = &a {
-                    partial_legs.push(*leg);
-                }
-                if let Ok((leg, _, _)) = &b {
-                    partial_legs.push(*leg);
-                }
-                let ((leg_a, port_a, ip), (leg_b, port_b, _)) = (a?, b?);
-                let bridge = self
-                    .client
-                    .clone()
-                    .create_bridge(v1::CreateBridgeRequest { leg_a, leg_b })
-                    .await
-                    .map_err(|s| format!("CreateBridge: {}", s.message()))?
-                    .into_inner()
-                    .bridge_id;
+                let (a, b) = tokio::join!(self.create_leg(call_id), self.create_leg(call_id));
+                partial_legs.extend(a.iter().chain(b.iter()).copied());
+                let (leg_a, leg_b) = (a?, b?);
                 partial_legs.clear();
-                done.ip = ip;
-                done.streams.push(AnchoredStream { leg_a, port_a, leg_b, port_b, bridge });
+                done.streams.push(Some(StreamLegs { leg_a, leg_b }));
             }
+            done.offer_for_b = self.offer(&done.legs(true), offer.to_owned(), policy).await?;
             Ok(())
         }
         .await;

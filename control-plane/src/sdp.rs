@@ -1,12 +1,11 @@
-//! The parts of SDP (RFC 8866) the B2BUA reads and rewrites to anchor media.
+//! The parts of SDP (RFC 8866) the B2BUA reads before it hands a description to the media plane.
 //!
-//! [`Sdp::parse`] reads, per `m=` section: media type, port, connection address (media-level
-//! `c=` or the session's), direction attribute (media-level or session-level) and `a=rtcp-mux`.
-//! [`Sdp::anchor`] writes the description back with every `c=` and the origin address replaced by
-//! the media plane's address, each `m=` port replaced by the media plane's port for that stream,
-//! `a=rtcp:` pointed at port+1, and ICE attributes removed (the media plane is the only
-//! candidate). Every other line passes through untouched, in order, so codecs, ptime, DTMF and
-//! unknown attributes reach the other side as sent. Nothing panics on any input (fuzzed).
+//! The media plane does the offer/answer itself (its `Offer` and `Answer` RPCs rewrite every
+//! description the endpoints get). The B2BUA only checks that a body is SDP with at least one
+//! active stream (else 488 at once, without a media-plane round trip) and learns which `m=`
+//! lines are active, to allocate a pair of legs for each. [`Sdp::parse`] reads, per `m=`
+//! section: media type, port, connection address (media-level `c=` or the session's),
+//! direction attribute and `a=rtcp-mux`. Nothing panics on any input (fuzzed).
 
 use std::net::IpAddr;
 
@@ -84,10 +83,9 @@ impl Stream {
     }
 }
 
-/// A parsed session description that keeps its text for rewriting.
+/// The streams of a parsed session description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sdp {
-    lines: Vec<String>,
     streams: Vec<Stream>,
 }
 
@@ -103,18 +101,6 @@ fn parse_connection(line: &str) -> Result<IpAddr, SdpError> {
         ("IP4", IpAddr::V4(_)) | ("IP6", IpAddr::V6(_)) => Ok(ip),
         _ => Err(SdpError::BadConnection),
     }
-}
-
-fn ip_kind(ip: IpAddr) -> &'static str {
-    if ip.is_ipv4() {
-        "IP4"
-    } else {
-        "IP6"
-    }
-}
-
-fn is_ice(line: &str) -> bool {
-    ["a=candidate:", "a=ice-", "a=end-of-candidates", "a=remote-candidates"].iter().any(|p| line.starts_with(p))
 }
 
 impl Sdp {
@@ -172,7 +158,7 @@ impl Sdp {
                 return Err(SdpError::NoConnection);
             }
         }
-        Ok(Sdp { lines, streams })
+        Ok(Sdp { streams })
     }
 
     /// The `m=` sections in order.
@@ -180,53 +166,6 @@ impl Sdp {
         &self.streams
     }
 
-    /// The description with media anchored at `address`: `ports[i]` replaces the port of the i-th
-    /// `m=` line (`None` keeps it, e.g. a rejected stream's 0). See the module documentation.
-    pub fn anchor(&self, address: IpAddr, ports: &[Option<u16>]) -> String {
-        let mut out = String::with_capacity(self.lines.iter().map(|l| l.len() + 2).sum::<usize>() + 32);
-        let mut index: Option<usize> = None;
-        for line in &self.lines {
-            if is_ice(line) {
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("m=") {
-                let i = index.map_or(0, |i| i + 1);
-                index = Some(i);
-                // Tokenised as `parse` does, so the port replaced is the port that was read.
-                let mut parts: Vec<&str> = rest.split_ascii_whitespace().collect();
-                let port = ports.get(i).copied().flatten();
-                let rendered;
-                if let (Some(port), Some(slot)) = (port, parts.get_mut(1)) {
-                    rendered = port.to_string();
-                    *slot = &rendered;
-                    out.push_str("m=");
-                    out.push_str(&parts.join(" "));
-                } else {
-                    out.push_str(line);
-                }
-            } else if line.starts_with("c=") {
-                out.push_str(&format!("c=IN {} {address}", ip_kind(address)));
-            } else if let Some(rest) = line.strip_prefix("o=") {
-                // o=<user> <sess-id> <sess-version> IN IP4 <address>
-                let parts: Vec<&str> = rest.split_ascii_whitespace().collect();
-                match parts.get(..3) {
-                    Some(head) if parts.len() == 6 => {
-                        out.push_str(&format!("o={} IN {} {address}", head.join(" "), ip_kind(address)))
-                    }
-                    _ => out.push_str(line),
-                }
-            } else if line.starts_with("a=rtcp:") {
-                match index.and_then(|i| ports.get(i).copied().flatten()) {
-                    Some(port) => out.push_str(&format!("a=rtcp:{}", u32::from(port) + 1)),
-                    None => out.push_str(line),
-                }
-            } else {
-                out.push_str(line);
-            }
-            out.push_str("\r\n");
-        }
-        out
-    }
 }
 
 #[cfg(test)]
@@ -249,29 +188,10 @@ a=candidate:1 1 UDP 2130706431 10.0.0.5 49170 typ host\r\na=sendonly\r\nm=video 
     }
 
     #[test]
-    fn anchor_rewrites_addresses_ports_and_rtcp_and_drops_ice() {
-        let sdp = Sdp::parse(OFFER.as_bytes()).unwrap();
-        let out = sdp.anchor("203.0.113.9".parse().unwrap(), &[Some(30000), None]);
-        assert!(out.contains("c=IN IP4 203.0.113.9\r\n"));
-        assert!(out.contains("o=alice 2890844526 2890844526 IN IP4 203.0.113.9\r\n"));
-        assert!(out.contains("m=audio 30000 RTP/AVP 0 8 101\r\n"));
-        assert!(out.contains("a=rtcp:30001\r\n"));
-        assert!(out.contains("m=video 0 RTP/AVP 96\r\n"));
-        assert!(out.contains("a=rtpmap:101 telephone-event/8000\r\n"), "codec lines pass through");
-        assert!(out.contains("a=sendonly"), "direction passes through");
-        assert!(!out.contains("candidate"));
-        assert!(!out.contains("10.0.0.5"));
-        let again = Sdp::parse(out.as_bytes()).unwrap();
-        assert_eq!(again.streams()[0].port, 30000);
-    }
-
-    #[test]
     fn session_level_connection_and_direction_apply_to_streams() {
         let sdp = Sdp::parse(b"v=0\nc=IN IP6 2001:db8::1\na=inactive\nm=audio 4000 RTP/AVP 0\n").unwrap();
         assert_eq!(sdp.streams()[0].address, Some("2001:db8::1".parse().unwrap()));
         assert_eq!(sdp.streams()[0].direction, Direction::Inactive);
-        let out = sdp.anchor("2001:db8::9".parse().unwrap(), &[Some(5000)]);
-        assert!(out.contains("c=IN IP6 2001:db8::9"));
     }
 
     #[test]

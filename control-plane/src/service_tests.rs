@@ -1,8 +1,8 @@
 //! Virtual-time tests of the B2BUA inside [`ControlPlane`]: the caller and callee are byte
-//! strings, the media plane is a test double answering allocations by hand, and time only moves
-//! when a test moves it, so timers (2xx retransmission, no-answer) run in microseconds.
+//! strings, the media plane is a test double (allocations answered by hand; offers and answers
+//! rewritten at once by the media plane's own SDP code, unless a test holds them), and time only
+//! moves when a test moves it, so timers (2xx retransmission, no-answer) run in microseconds.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +10,11 @@ use rsip::headers::UntypedHeader;
 use rsip::{Header, SipMessage};
 
 use crate::config::Config;
-use crate::media::{AnchoredStream, Allocation, MediaReply, MediaRequest};
-use crate::sdp::Direction;
+use std::collections::HashMap;
+
+use media_engine::sdp::{self, Anchor, OfferState, Transport};
+
+use crate::media::{Allocation, CodecPolicy, MediaError, MediaReply, MediaRequest, StreamLegs};
 use crate::service::{ControlPlane, Now};
 use crate::sip::message::{encode, parse, response_for, Framing};
 use crate::sip::transaction::Peer;
@@ -26,6 +29,30 @@ pub(crate) struct World {
     pub(crate) now: Now,
     pub(crate) sent: Vec<(Peer, String)>,
     pub(crate) media: Vec<MediaRequest>,
+    /// Offers and answers the media plane double has not answered yet (all of them while
+    /// `hold_media` is set).
+    held: Vec<(u64, MediaRequest)>,
+    hold_media: bool,
+    /// The call of the last Allocate.
+    allocating: u64,
+    /// The media plane double's pending offers, by their legs.
+    offers: HashMap<Vec<(u64, u64)>, OfferState>,
+}
+
+/// The media plane double's address and the ports of its legs (caller side 11, callee side 12).
+const MEDIA_IP: &str = "198.51.100.9";
+
+fn port_of(leg: u64) -> Option<u16> {
+    match leg {
+        11 => Some(30000),
+        12 => Some(30002),
+        _ => None,
+    }
+}
+
+fn engine_policy(p: &CodecPolicy) -> (sdp::CodecPolicy, Transport) {
+    let policy = sdp::CodecPolicy { strip: p.strip.clone(), mask: p.mask.clone(), transcode: p.transcode.clone() };
+    (policy, Transport::from_protocol(&p.transport).expect("transport"))
 }
 
 fn peer(addr: &str) -> Peer {
@@ -71,15 +98,58 @@ impl World {
             }],
             now.unix(),
         );
-        World { core, store, now, sent: Vec::new(), media: Vec::new() }
+        World { core, store, now, sent: Vec::new(), media: Vec::new(), held: Vec::new(), hold_media: false, allocating: 0, offers: HashMap::new() }
     }
 
     fn pump(&mut self) {
-        while let Some(out) = self.core.poll_transmit() {
-            self.sent.push((out.destination, String::from_utf8_lossy(&out.payload).into_owned()));
+        loop {
+            while let Some(out) = self.core.poll_transmit() {
+                self.sent.push((out.destination, String::from_utf8_lossy(&out.payload).into_owned()));
+            }
+            while let Some((call, request)) = self.core.poll_media() {
+                match request {
+                    MediaRequest::Offer { .. } | MediaRequest::Answer { .. } => self.held.push((call, request.clone())),
+                    MediaRequest::Allocate { .. } => self.allocating = call,
+                    MediaRequest::Release { .. } => {}
+                }
+                self.media.push(request);
+            }
+            if self.hold_media || self.held.is_empty() {
+                return;
+            }
+            self.release_media();
         }
-        while let Some((_, request)) = self.core.poll_media() {
-            self.media.push(request);
+    }
+
+    /// Answers the held offers and answers, in order.
+    fn release_media(&mut self) {
+        for (call, request) in std::mem::take(&mut self.held) {
+            let reply = self.negotiate(&request);
+            self.core.handle_media_reply(call, reply, self.now, &mut self.store);
+        }
+    }
+
+    /// What the media plane answers to an Offer or Answer.
+    fn negotiate(&mut self, request: &MediaRequest) -> MediaReply {
+        let anchor = |legs: &[(u64, u64)], offerer: bool| Anchor {
+            ip: MEDIA_IP.parse().expect("ip"),
+            ports: legs.iter().map(|(o, a)| port_of(if offerer { *o } else { *a })).collect(),
+        };
+        let refused = |e: sdp::SdpError| MediaError::NotAcceptable(e.to_string());
+        match request {
+            MediaRequest::Offer { legs, sdp: body, policy } => {
+                let (policy, transport) = engine_policy(policy);
+                let result = sdp::offer(body.as_bytes(), &policy, transport, &anchor(legs, false), &mut |b| b.fill(7)).map(|o| {
+                    self.offers.insert(legs.clone(), o.state);
+                    o.sdp
+                });
+                MediaReply::Offered(result.map_err(refused))
+            }
+            MediaRequest::Answer { legs, sdp: body } => {
+                let Some(state) = self.offers.get(legs) else { return MediaReply::Answered(Err(MediaError::NotAcceptable("no offer".into()))) };
+                MediaReply::Answered(sdp::answer(state, body.as_bytes(), &anchor(legs, true)).map(|a| a.sdp).map_err(refused))
+            }
+            other => panic!("not an offer or answer: {other:?}"),
         }
     }
 
@@ -105,13 +175,21 @@ impl World {
         self.now = end;
     }
 
+    /// Answers the Allocate: legs 11 and 12 for the first `m=` line, the offer rewritten by the
+    /// media plane's SDP code.
     fn allocate(&mut self) {
-        assert!(matches!(self.media.last(), Some(MediaRequest::Allocate { .. })), "{:?}", self.media);
-        let allocation = Allocation {
-            ip: "198.51.100.9".parse().expect("ip"),
-            streams: vec![AnchoredStream { leg_a: 11, port_a: 30000, leg_b: 12, port_b: 30002, bridge: 21 }],
+        let Some(MediaRequest::Allocate { offer, active, policy, .. }) = self.media.last().cloned() else {
+            panic!("no Allocate last: {:?}", self.media)
         };
-        self.core.handle_media_reply(0, MediaReply::Allocated(Ok(allocation)), self.now, &mut self.store);
+        let streams: Vec<Option<StreamLegs>> =
+            active.iter().enumerate().map(|(i, on)| (*on && i == 0).then_some(StreamLegs { leg_a: 11, leg_b: 12 })).collect();
+        let mut allocation = Allocation { streams, offer_for_b: String::new() };
+        let legs = allocation.legs(true);
+        match self.negotiate(&MediaRequest::Offer { legs, sdp: offer, policy }) {
+            MediaReply::Offered(Ok(sdp)) => allocation.offer_for_b = sdp,
+            other => panic!("the offer was refused: {other:?}"),
+        }
+        self.core.handle_media_reply(self.allocating, MediaReply::Allocated(Ok(allocation)), self.now, &mut self.store);
         self.pump();
     }
 
@@ -209,11 +287,11 @@ fn answered_call_is_anchored_on_both_sides_and_2xx_is_retransmitted_until_ack() 
     assert!(!invite_b.contains("Call-ID: call1"), "the callee's dialog has its own Call-ID");
     assert!(invite_b.contains("Max-Forwards: 69\r\n"), "one hop spent: {invite_b}");
     assert!(ok.contains("c=IN IP4 198.51.100.9") && ok.contains("m=audio 30000 "), "{ok}");
-    assert!(w.media.contains(&MediaRequest::Update {
-        leg: 12,
-        remote: Some("192.0.2.2:5000".parse::<SocketAddr>().expect("addr")),
-        direction: Direction::SendRecv
-    }));
+    assert!(
+        w.media.iter().any(|m| matches!(m, MediaRequest::Answer { legs, sdp } if legs == &[(11, 12)] && sdp.contains("192.0.2.2"))),
+        "the callee's answer went to the media plane: {:?}",
+        w.media
+    );
     // No ACK yet: the 200 goes again at T1, 2·T1, …
     w.advance(Duration::from_millis(1600));
     assert_eq!(w.take(CALLER, "SIP/2.0 200").len(), 2, "retransmitted at T1 and 3·T1 (0.5 s, 1.5 s)");
@@ -239,11 +317,11 @@ fn hold_reinvite_updates_the_callers_leg_and_is_relayed_with_anchored_sdp() {
     let tag = to_tag(&ok);
     w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
     w.receive(CALLER, &in_dialog("INVITE", "call1", 2, &tag, Some(&offer(4000, "sendonly"))));
-    assert!(w.media.contains(&MediaRequest::Update {
-        leg: 11,
-        remote: Some("192.0.2.1:4000".parse::<SocketAddr>().expect("addr")),
-        direction: Direction::SendOnly
-    }));
+    assert!(
+        w.media.iter().any(|m| matches!(m, MediaRequest::Offer { legs, sdp, .. } if legs == &[(11, 12)] && sdp.contains("a=sendonly"))),
+        "the caller's new offer went to the media plane: {:?}",
+        w.media
+    );
     let reinvite = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
     assert!(reinvite.contains("a=sendonly") && reinvite.contains("m=audio 30002 "), "{reinvite}");
     assert!(reinvite.contains("CSeq: 2 INVITE"), "{reinvite}");
@@ -315,7 +393,7 @@ fn callee_that_never_responds_gets_the_caller_a_408_and_is_dropped_after_timer_b
 fn failed_allocation_answers_503_and_untrusted_callers_are_challenged() {
     let mut w = World::new();
     w.receive(CALLER, &invite("call6", &offer(4000, "sendrecv")));
-    w.core.handle_media_reply(0, MediaReply::Allocated(Err("no ports".into())), w.now, &mut w.store);
+    w.core.handle_media_reply(0, MediaReply::Allocated(Err(MediaError::Unavailable("no ports".into()))), w.now, &mut w.store);
     w.pump();
     w.take_one(CALLER, "SIP/2.0 503");
     assert_eq!(w.core.active_calls(), 0);
@@ -659,4 +737,63 @@ fn register_requiring_path_or_outbound_is_accepted_and_other_options_get_420() {
     let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
     w.receive(PHONE, &requiring(3, Some(&bob_answers(&challenge, Algorithm::Md5, 1)), "path, outbound"));
     w.take_one(PHONE, "SIP/2.0 200");
+}
+
+#[test]
+fn a_200_waits_for_the_media_planes_answer_to_the_183_before_it() {
+    let mut w = World::new();
+    w.hold_media = true;
+    w.receive(CALLER, &invite("order", &offer(4000, "sendrecv")));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    let callee_sdp = offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2");
+    w.receive(CALLEE, &answer(&invite_b, 183, Some(&callee_sdp)));
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&callee_sdp)));
+    w.take_one(CALLEE, "ACK");
+    assert!(w.take(CALLER, "SIP/2.0 1").len() <= 1 && w.take(CALLER, "SIP/2.0 2").is_empty(), "nothing overtakes the 183's answer");
+    assert_eq!(w.held.len(), 1, "one answer at a time in the media plane");
+    w.release_media();
+    w.pump();
+    let early = w.take_one(CALLER, "SIP/2.0 183");
+    assert!(early.contains("m=audio 30000 "), "{early}");
+    assert!(w.take(CALLER, "SIP/2.0 200").is_empty(), "the 200's own answer is still in the media plane");
+    w.release_media();
+    w.pump();
+    let ok = w.take_one(CALLER, "SIP/2.0 200");
+    assert!(ok.contains("m=audio 30000 ") && ok.contains("c=IN IP4 198.51.100.9"), "{ok}");
+}
+
+#[test]
+fn an_offer_the_media_plane_cannot_take_gets_488_and_so_does_an_unusable_answer() {
+    let mut w = World::new();
+    w.receive(CALLER, &invite("bad-offer", &offer(4000, "sendrecv")));
+    let refused = MediaError::NotAcceptable("sdp: stream 0: no codec left".into());
+    w.core.handle_media_reply(0, MediaReply::Allocated(Err(refused)), w.now, &mut w.store);
+    w.pump();
+    w.take_one(CALLER, "SIP/2.0 488");
+    assert_eq!(w.core.active_calls(), 0);
+
+    // The callee answers with a codec it was never offered: the caller gets 488, the callee a BYE.
+    w.receive(CALLER, &invite("bad-answer", &offer(4000, "sendrecv")));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    let wrong = offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2").replace("RTP/AVP 0", "RTP/AVP 18");
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&wrong)));
+    w.take_one(CALLEE, "ACK");
+    w.take_one(CALLER, "SIP/2.0 488");
+    w.take_one(CALLEE, "BYE");
+    assert_eq!(w.core.active_calls(), 0);
+    assert_eq!(w.releases(), 1, "the call's legs are released");
+}
+
+#[test]
+fn the_configured_codec_policy_reaches_the_media_plane() {
+    let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[media]\ntranscode = [\"opus\"]\nstrip = [\"PCMA\"]\ntransport = \"RTP/SAVP\"\n");
+    w.receive(CALLER, &invite("policy", &offer(4000, "sendrecv")));
+    let Some(MediaRequest::Allocate { policy, active, .. }) = w.media.last().cloned() else { panic!("{:?}", w.media) };
+    assert_eq!(active, [true]);
+    assert_eq!((policy.transcode, policy.strip, policy.transport.as_str()), (vec!["opus".to_owned()], vec!["PCMA".to_owned()], "RTP/SAVP"));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    assert!(invite_b.contains("RTP/SAVP 0 96") && invite_b.contains("opus/48000/2") && invite_b.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"), "{invite_b}");
 }

@@ -53,8 +53,9 @@ struct Phone {
 impl Phone {
     /// Starts `user`'s phone: SIP on `sip_port`, control on `ctrl_port`, sending a `tone_hz` sine,
     /// registering through `server` (an outbound proxy URI: `sip:127.0.0.1:5060`, or with
-    /// `;transport=tls` and the CA file to trust), with `account_extra` (`;sipnat=outbound`)
-    /// appended to its account line.
+    /// `;transport=tls` and the CA file to trust), with `account_extra` (`;sipnat=outbound`,
+    /// `;audio_codecs=opus`, `;mediaenc=srtp-mand`) appended to its account line; its codec is
+    /// PCMU unless `account_extra` names others.
     #[allow(clippy::too_many_arguments)]
     fn start(
         root: &Path,
@@ -74,7 +75,7 @@ impl Phone {
              call_local_timeout 120\ncall_max_calls 4\n\
              audio_player aubridge,nowhere\naudio_source ausine,{tone_hz}\naudio_alert aubridge,nowhere\n\
              ausrc_srate 48000\nausrc_channels 2\nauplay_srate 8000\nauplay_channels 1\nrtp_ports {rtp_ports}\nrtcp_mux no\njitter_buffer_delay 2-10\n\
-             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule aubridge.so\n\
+             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule opus.so\nmodule srtp.so\nmodule ausine.so\nmodule aubridge.so\n\
              module sndfile.so\nsnd_path {}\n\
              module_tmp uuid.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
             cafile.map_or(String::new(), |ca| format!("sip_cafile {}\n", ca.display())),
@@ -85,7 +86,8 @@ impl Phone {
         std::fs::write(
             dir.join("accounts"),
             format!(
-                "<sip:{user}@sip.test>;auth_pass=secret;outbound=\"{server}\";regint=600;answermode=auto;audio_codecs=PCMU{account_extra}\n"
+                "<sip:{user}@sip.test>;auth_pass=secret;outbound=\"{server}\";regint=600;answermode=auto{}{account_extra}\n",
+                if account_extra.contains("audio_codecs=") { "" } else { ";audio_codecs=PCMU" }
             ),
         )
         .expect("write accounts");
@@ -468,5 +470,69 @@ fn baresip_outbound_registration_ends_when_its_tcp_connection_closes() {
     assert!(counters.contains("\"outbound_flows_closed\":1"), "{counters}; log: {}", read(&dir.join("cp.log")));
     assert!(counters.contains("\"registrations\":2"), "{counters}");
     drop(alice);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn baresip_phones_without_a_common_codec_or_transport_talk_through_the_media_plane() {
+    if !baresip_available() {
+        return;
+    }
+    // alice: PCMU and SDES-SRTP only. bob: Opus over plain RTP only. The control plane's policy
+    // has the media plane add Opus to offers and end SRTP towards callees.
+    const MIX_GRPC: &str = "http://127.0.0.1:26090";
+    let dir = temp_dir("phones-mix");
+    let config = dir.join("cp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:26060\", \"tcp:127.0.0.1:26060\"]\ndomains = [\"sip.test\"]\n\
+             [media]\ngrpc = \"{MIX_GRPC}\"\ntranscode = [\"opus\"]\ntransport = \"RTP/AVP\"\n[store]\npath = \"{}\"\n",
+            dir.join("cp.db").display()
+        ),
+    )
+    .expect("write config");
+    add_phones(&config);
+    let _media = Proc {
+        child: Command::new(media_plane_bin())
+            .args(["--grpc-listen", "127.0.0.1:26090", "--ports", "26400-26499", "--no-pin"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mp.log")).expect("log"))
+            .spawn()
+            .expect("start media-plane"),
+        name: "media-plane",
+    };
+    let mut cp = start_control_plane(&dir, &config);
+    wait_listening("127.0.0.1:26060", &dir);
+    let server = "sip:127.0.0.1:26060";
+    let mut alice = Phone::start(&dir, "alice", 26_160, 26_190, "26600-26699", 440, server, None, ";audio_codecs=PCMU;mediaenc=srtp-mand");
+    let mut bob = Phone::start(&dir, "bob", 26_170, 26_191, "26700-26799", 1000, server, None, ";audio_codecs=opus/48000/2");
+    registered_call(&mut alice, &mut bob);
+    std::thread::sleep(Duration::from_secs(3));
+
+    let legs = leg_stats(MIX_GRPC);
+    assert_eq!(legs.len(), 2, "{legs:?}; log: {}", read(&dir.join("cp.log")));
+    let codecs: Vec<String> = legs.iter().filter_map(|l| l.codec.as_ref().map(|c| c.name.clone())).collect();
+    assert!(codecs.contains(&"PCMU".to_owned()) && codecs.contains(&"opus".to_owned()), "a PCMU leg and an Opus leg: {legs:?}");
+    for leg in &legs {
+        assert!(leg.rtp_packets_in >= 100 && leg.rtp_packets_out >= 100, "{leg:?}");
+        let drops = leg.drops.unwrap_or_default();
+        assert_eq!((drops.srtp_auth, drops.srtp_replay, drops.undecodable), (0, 0, 0), "{leg:?}");
+    }
+    alice.command("hangup", "");
+    bob.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    alice.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    // Each phone decoded the other's tone: alice's SRTP was ended, both ways transcoded.
+    for (phone, far_hz) in [(&alice, 1000), (&bob, 440)] {
+        let wav = phone.decoded_wav().unwrap_or_else(|| panic!("{}: no decoded-audio file in {}", phone.name, phone.dir.display()));
+        let (rate, samples) = wav_mono(&wav);
+        assert!(samples.len() >= 2 * rate as usize, "{}: only {} samples at {rate} Hz decoded", phone.name, samples.len());
+        let heard = dominant_hz(rate, &samples[rate as usize / 2..]);
+        assert!(heard.abs_diff(far_hz) <= 20, "{} heard {heard} Hz, expected the far end's {far_hz} Hz", phone.name);
+    }
+    terminate(&mut cp);
+    let counters = read(&dir.join("cp.out"));
+    assert!(counters.contains("\"calls_completed\":1"), "{counters}");
+    drop((alice, bob));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -220,7 +220,7 @@ impl SrtpContext {
 fn failure(e: srtp::Error) -> SrtpFailure {
     if e == srtp::Error::AUTH_FAIL {
         SrtpFailure::Auth
-    } else if e == srtp::Error::REPLAY_FAIL || e == srtp::Error::REPLAY_OLD {
+    } else if e == srtp::Error::REPLAY_FAIL || e == srtp::Error::REPLAY_OLD || e == srtp::Error::PKT_IDX_OLD {
         SrtpFailure::Replay
     } else if e == srtp::Error::KEY_EXPIRED {
         SrtpFailure::KeyExpired

@@ -245,15 +245,32 @@ fn codec_from(c: &v1::Codec) -> Result<LegCodec, Status> {
     Ok(LegCodec { payload_type, params, ptime_ms, telephone_event })
 }
 
-/// The legs of an Offer or Answer, validated.
-fn stream_legs(streams: &[v1::StreamLegs]) -> Result<Vec<(u64, u64)>, Status> {
+/// The legs of an Offer or Answer, validated: `None` for an `m=` line without legs (0 and 0).
+fn stream_legs(streams: &[v1::StreamLegs]) -> Result<Vec<Option<(u64, u64)>>, Status> {
     if streams.is_empty() {
         return Err(Status::invalid_argument("streams: at least one is needed (one per m= line)"));
     }
-    if let Some(i) = streams.iter().position(|s| s.offerer_leg == s.answerer_leg) {
-        return Err(Status::invalid_argument(format!("streams[{i}]: offerer_leg and answerer_leg are the same leg")));
-    }
-    Ok(streams.iter().map(|s| (s.offerer_leg, s.answerer_leg)).collect())
+    streams
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match (s.offerer_leg, s.answerer_leg) {
+            (0, 0) => Ok(None),
+            (a, b) if a == b || a == 0 || b == 0 => {
+                Err(Status::invalid_argument(format!("streams[{i}]: two different legs are needed (or 0 and 0 for no stream)")))
+            }
+            (a, b) => Ok(Some((a, b))),
+        })
+        .collect()
+}
+
+/// The legs as kept with a pending offer (0 and 0 for no stream).
+fn pairs(legs: &[Option<(u64, u64)>]) -> Vec<(u64, u64)> {
+    legs.iter().map(|p| p.unwrap_or((0, 0))).collect()
+}
+
+/// The answerer leg of the first stream that has legs: it keeps the pending offer.
+fn first_answerer(legs: &[Option<(u64, u64)>]) -> Result<u64, Status> {
+    legs.iter().flatten().map(|(_, b)| *b).next().ok_or_else(|| Status::invalid_argument("streams: every stream is 0 and 0"))
 }
 
 /// An SDP or policy error as the API answers it.
@@ -406,8 +423,13 @@ impl v1::media_plane_server::MediaPlane for MediaService {
         let r = req.into_inner();
         let legs = stream_legs(&r.streams)?;
         let (mut offerers, mut to_answerer) = (Vec::with_capacity(legs.len()), Vec::with_capacity(legs.len()));
-        for (i, (offerer, answerer)) in legs.iter().enumerate() {
-            offerers.push(self.leg(*offerer, &format!("streams[{i}].offerer_leg")).await?);
+        for (i, pair) in legs.iter().enumerate() {
+            let Some((offerer, answerer)) = pair else {
+                offerers.push(None);
+                to_answerer.push(None);
+                continue;
+            };
+            offerers.push(Some(self.leg(*offerer, &format!("streams[{i}].offerer_leg")).await?));
             to_answerer.push(Some(self.leg(*answerer, &format!("streams[{i}].answerer_leg")).await?.local_port));
         }
         let policy = r.policy.unwrap_or_default();
@@ -427,13 +449,13 @@ impl v1::media_plane_server::MediaPlane for MediaService {
         }
         // The offerer is sent to where it said it receives (latching corrects it behind NAT).
         for (leg, side) in offerers.iter().zip(offer.state.offerer()) {
-            let Some(side) = side else { continue };
+            let (Some(leg), Some(side)) = (leg, side) else { continue };
             self.set_media(leg.id, side, side.rtp, leg.codec).await?;
         }
         let sdp = offer.sdp;
-        let pending = Box::new(sdp::PendingOffer { legs: legs.clone(), state: offer.state });
-        let (_, first_answerer) = legs[0];
-        let core = self.core_of(first_answerer, "streams[0].answerer_leg")?;
+        let first_answerer = first_answerer(&legs)?;
+        let pending = Box::new(sdp::PendingOffer { legs: pairs(&legs), state: offer.state });
+        let core = self.core_of(first_answerer, "streams.answerer_leg")?;
         self.ask(core, |reply| Command::PutOffer { id: first_answerer, offer: Some(pending), reply }).await?;
         Ok(Response::new(v1::OfferResponse { sdp }))
     }
@@ -441,22 +463,25 @@ impl v1::media_plane_server::MediaPlane for MediaService {
     async fn answer(&self, req: Request<v1::AnswerRequest>) -> Result<Response<v1::AnswerResponse>, Status> {
         let r = req.into_inner();
         let legs = stream_legs(&r.streams)?;
-        let (_, first_answerer) = legs[0];
-        let core = self.core_of(first_answerer, "streams[0].answerer_leg")?;
+        let first_answerer = first_answerer(&legs)?;
+        let core = self.core_of(first_answerer, "streams.answerer_leg")?;
         let pending = self
             .ask(core, |reply| Command::GetOffer { id: first_answerer, reply })
             .await?
-            .filter(|p| p.legs == legs)
+            .filter(|p| p.legs == pairs(&legs))
             .ok_or_else(|| Status::failed_precondition("streams: no offer was made for these legs"))?;
         let mut to_offerer = Vec::with_capacity(legs.len());
-        for (i, (offerer, _)) in legs.iter().enumerate() {
-            to_offerer.push(Some(self.leg(*offerer, &format!("streams[{i}].offerer_leg")).await?.local_port));
+        for (i, pair) in legs.iter().enumerate() {
+            to_offerer.push(match pair {
+                Some((offerer, _)) => Some(self.leg(*offerer, &format!("streams[{i}].offerer_leg")).await?.local_port),
+                None => None,
+            });
         }
         let anchor = sdp::Anchor { ip: self.inner.advertise_ip, ports: to_offerer };
         let answer = sdp::answer(&pending.state, r.sdp.as_bytes(), &anchor).map_err(sdp_status)?;
         let mut streams = Vec::with_capacity(answer.streams.len());
-        for (i, ((a, b), negotiated)) in legs.iter().zip(&answer.streams).enumerate() {
-            let Some(n) = negotiated else {
+        for (i, (pair, negotiated)) in legs.iter().zip(&answer.streams).enumerate() {
+            let (Some((a, b)), Some(n)) = (pair, negotiated) else {
                 streams.push(v1::NegotiatedStream::default());
                 continue;
             };
