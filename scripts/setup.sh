@@ -22,6 +22,8 @@ command -v make >/dev/null || need_apt+=(make)
 # media-engine's SRTP is libsrtp2 (with its OpenSSL-backed AES-GCM); bindgen reads its headers.
 [ -e /usr/include/srtp2/srtp.h ] || need_apt+=(libsrtp2-dev)
 [ -e /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+# G.729 (the g729 cargo feature, tested by scripts/test.sh) links Debian's bcg729.
+[ -e /usr/include/bcg729/encoder.h ] || need_apt+=(libbcg729-dev)
 # XDP tests (root): scripts/netns.sh needs ip and ethtool; the tests run ping and setpriv.
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v ethtool >/dev/null || need_apt+=(ethtool)

@@ -16,3 +16,6 @@ export REQUIRE_BARESIP=1
 # And Kamailio as the edge proxy in front of the registrar.
 export REQUIRE_KAMAILIO=1
 cargo test --workspace --locked "$@"
+# G.729 (bcg729, GPL) is a cargo feature, off by default: its codec and transcoding tests run
+# in a second, small build of the two crates that have it.
+cargo test --locked -p media-codecs -p media-engine --features media-engine/g729 --lib "$@"

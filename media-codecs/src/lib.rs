@@ -16,9 +16,11 @@
 //! | L16 | its rate | its rate | written here: big-endian samples |
 //! | G.722 | 8000 (RFC 3551) | 16000 | `ezk-g722` (spandsp's public-domain G.722, in Rust) |
 //! | Opus | 48000 (RFC 7587) | 8, 12, 16, 24 or 48 kHz, mono or stereo | libopus through `opusic-c` |
+//! | G.729 (Annex A) | 8000 | 8000 | Debian's bcg729 (GPL), only with the `g729` cargo feature |
 //!
-//! G.729 (Debian's bcg729, GPL) is not built: it will come behind a cargo feature, off by default,
-//! so the default build stays free of GPL code.
+//! G.729 is off by default so the default build has no GPL code: a build with `--features g729`
+//! links bcg729 and is GPL as a whole when distributed. Without the feature, `G729` is not a
+//! codec name this crate knows (offers keep it for relaying; nothing transcodes to or from it).
 //!
 //! **Loss concealment.** Opus conceals with libopus's own PLC (and in-band FEC when the next
 //! packet carries it: [`Decoder::decode_fec`]). For the waveform codecs, a lost frame repeats the
@@ -29,10 +31,13 @@
 //! Nothing reads a clock or touches I/O. [`signal`] has the test signals and quality measures
 //! (speech-like source, waveform and spectral SNR) the tests of this crate and of the media
 //! plane judge transcoding with.
-#![forbid(unsafe_code)]
+// Unsafe code only in `g729::ffi` (bcg729's C API), with the feature on.
+#![deny(unsafe_code)]
 
 mod g711;
 mod g722;
+#[cfg(feature = "g729")]
+mod g729;
 mod l16;
 mod opus;
 mod resample;
@@ -52,6 +57,8 @@ pub enum CodecKind {
     G722,
     /// Opus (RFC 6716, RTP payload RFC 7587).
     Opus,
+    /// G.729 Annex A (with the `g729` feature).
+    G729,
 }
 
 impl CodecKind {
@@ -63,21 +70,27 @@ impl CodecKind {
             CodecKind::L16 => "L16",
             CodecKind::G722 => "G722",
             CodecKind::Opus => "opus",
+            CodecKind::G729 => "G729",
         }
     }
 
     /// The codec named `name` in an `a=rtpmap`, if supported.
     pub fn from_name(name: &str) -> Option<Self> {
-        [CodecKind::Pcmu, CodecKind::Pcma, CodecKind::L16, CodecKind::G722, CodecKind::Opus]
-            .into_iter()
-            .find(|k| k.name().eq_ignore_ascii_case(name))
+        Self::BUILT.iter().copied().find(|k| k.name().eq_ignore_ascii_case(name))
     }
+
+    /// The codecs this build decodes and encodes.
+    #[cfg(feature = "g729")]
+    pub const BUILT: &'static [CodecKind] = &[CodecKind::Pcmu, CodecKind::Pcma, CodecKind::L16, CodecKind::G722, CodecKind::Opus, CodecKind::G729];
+    /// The codecs this build decodes and encodes.
+    #[cfg(not(feature = "g729"))]
+    pub const BUILT: &'static [CodecKind] = &[CodecKind::Pcmu, CodecKind::Pcma, CodecKind::L16, CodecKind::G722, CodecKind::Opus];
 
     /// The RTP timestamp clock of the codec (`rtpmap` rate): what one PCM sample per channel
     /// advances the RTP timestamp by is `clock_rate / sample_rate`.
     pub fn rtp_clock(self, params: &CodecParams) -> u32 {
         match self {
-            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => 8000,
+            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 | CodecKind::G729 => 8000,
             CodecKind::L16 => params.rate,
             CodecKind::Opus => 48_000,
         }
@@ -124,7 +137,7 @@ impl CodecParams {
     /// `rate` (Opus decoded straight to the rate the other side needs avoids a resampling).
     pub fn new(kind: CodecKind, rate: u32) -> Self {
         let rate = match kind {
-            CodecKind::Pcmu | CodecKind::Pcma => 8000,
+            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G729 => 8000,
             CodecKind::G722 => 16_000,
             CodecKind::L16 | CodecKind::Opus => rate,
         };
@@ -207,6 +220,10 @@ pub fn decoder(params: &CodecParams) -> Result<Box<dyn Decoder>, CodecError> {
         CodecKind::L16 => Box::new(l16::Decoder::new(params.rate, params.channels)),
         CodecKind::G722 => Box::new(g722::Decoder::new()),
         CodecKind::Opus => Box::new(opus::Decoder::new(params)?),
+        #[cfg(feature = "g729")]
+        CodecKind::G729 => Box::new(g729::Decoder::new()?),
+        #[cfg(not(feature = "g729"))]
+        CodecKind::G729 => return Err(not_built()),
     })
 }
 
@@ -219,20 +236,29 @@ pub fn encoder(params: &CodecParams) -> Result<Box<dyn Encoder>, CodecError> {
         CodecKind::L16 => Box::new(l16::Encoder::new(params.rate, params.channels)),
         CodecKind::G722 => Box::new(g722::Encoder::new()),
         CodecKind::Opus => Box::new(opus::Encoder::new(params)?),
+        #[cfg(feature = "g729")]
+        CodecKind::G729 => Box::new(g729::Encoder::new()?),
+        #[cfg(not(feature = "g729"))]
+        CodecKind::G729 => return Err(not_built()),
     })
+}
+
+#[cfg(not(feature = "g729"))]
+fn not_built() -> CodecError {
+    CodecError::Unsupported { codec: "G729", field: "build", value: 0, allowed: "a media plane built with the g729 feature" }
 }
 
 fn check(params: &CodecParams) -> Result<(), CodecError> {
     let codec = params.kind.name();
     let unsupported = |field, value, allowed| Err(CodecError::Unsupported { codec, field, value, allowed });
     match params.kind {
-        CodecKind::Pcmu | CodecKind::Pcma if params.rate != 8000 => unsupported("rate", params.rate, "8000"),
+        CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G729 if params.rate != 8000 => unsupported("rate", params.rate, "8000"),
         CodecKind::G722 if params.rate != 16_000 => unsupported("rate", params.rate, "16000"),
         CodecKind::L16 if !(8000..=48_000).contains(&params.rate) => unsupported("rate", params.rate, "8000-48000"),
         CodecKind::Opus if ![8000, 12_000, 16_000, 24_000, 48_000].contains(&params.rate) => {
             unsupported("rate", params.rate, "8000, 12000, 16000, 24000 or 48000")
         }
-        CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 if params.channels != 1 => {
+        CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 | CodecKind::G729 if params.channels != 1 => {
             unsupported("channels", u32::from(params.channels), "1")
         }
         _ if !(1..=2).contains(&params.channels) => unsupported("channels", u32::from(params.channels), "1 or 2"),

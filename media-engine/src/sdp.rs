@@ -96,7 +96,7 @@ impl Format {
     pub fn kind(&self) -> Option<CodecKind> {
         let kind = CodecKind::from_name(&self.name)?;
         let fits = match kind {
-            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => self.clock == 8000 && self.channels == 1,
+            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 | CodecKind::G729 => self.clock == 8000 && self.channels == 1,
             CodecKind::Opus => self.clock == 48_000,
             CodecKind::L16 => matches!(self.clock, 8000 | 16_000 | 48_000) && self.channels <= 2,
         };
@@ -167,9 +167,11 @@ impl CodecSpec {
     /// The format the media plane offers for this codec (payload type filled in later).
     fn to_format(&self) -> Result<Format, SdpError> {
         let kind = CodecKind::from_name(&self.name)
-            .ok_or_else(|| SdpError::Policy(format!("{:?} is not PCMU, PCMA, G722, L16 or opus", self.name)))?;
+            .ok_or_else(|| SdpError::Policy(format!("{:?} is not a codec this media plane makes (PCMU, PCMA, G722, L16, opus; G729 when built with it)", self.name)))?;
         let (clock, channels, fmtp) = match kind {
             CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => (8000, 1, None),
+            // Annex B (VAD/CNG) is not made: the encoder sends every frame.
+            CodecKind::G729 => (8000, 1, Some("annexb=no".to_owned())),
             // RFC 7587: always opus/48000/2; FEC asked of the far encoder.
             CodecKind::Opus => (48_000, 2, Some("useinbandfec=1".to_owned())),
             CodecKind::L16 => (self.clock.unwrap_or(16_000), self.channels.unwrap_or(1), None),
@@ -669,7 +671,7 @@ fn leg_codec(f: &Format, ptime_ms: u16, events: Option<u8>, pcm_rate: u32) -> Op
 /// The PCM rate a codec decodes to (what Opus on the other side is run at).
 fn pcm_rate(f: &Format) -> u32 {
     match f.kind() {
-        Some(CodecKind::Pcmu | CodecKind::Pcma) => 8000,
+        Some(CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G729) => 8000,
         Some(CodecKind::G722) => 16_000,
         Some(CodecKind::L16) => f.clock,
         _ => 48_000,

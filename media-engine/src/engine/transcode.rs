@@ -573,6 +573,23 @@ mod tests {
         (pcm, out_packets, t.counters)
     }
 
+    #[cfg(feature = "g729")]
+    #[test]
+    fn g729_and_pcmu_transcode_both_ways_with_20_ms_of_two_frames() {
+        use media_codecs::signal::{best_lag, spectral_snr_db};
+        let signal = speech_like(8000, 1.0);
+        let (pcm, packets, _) = run(codec(0, CodecKind::Pcmu, 8000, 20), codec(18, CodecKind::G729, 8000, 20), &signal, &[]);
+        assert!(packets.iter().all(|p| p.len() == 12 + 20), "two 10-byte G.729 frames per packet");
+        let lag = best_lag(&signal, &pcm, 200);
+        let snr = spectral_snr_db(&signal[1000..], &pcm[1000..], lag, 8000, 3400.0);
+        assert!(snr >= 10.0, "PCMU→G.729 spectral SNR {snr:.1} dB (bound 10 dB)");
+        let (pcm, _, counters) = run(codec(18, CodecKind::G729, 8000, 20), codec(0, CodecKind::Pcmu, 8000, 20), &signal, &[10]);
+        assert_eq!(counters.concealed, 1, "a lost G.729 packet is concealed by the decoder");
+        let lag = best_lag(&signal, &pcm, 200);
+        let snr = spectral_snr_db(&signal[1000..], &pcm[1000..], lag, 8000, 3400.0);
+        assert!(snr >= 8.0, "G.729→PCMU with a loss: spectral SNR {snr:.1} dB (bound 8 dB)");
+    }
+
     #[test]
     fn pcmu_to_pcma_keeps_the_waveform_and_numbers_its_own_stream() {
         let signal = speech_like(8000, 1.0);

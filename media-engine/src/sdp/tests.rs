@@ -204,15 +204,15 @@ fn a_stream_that_is_not_rtp_is_relayed_untouched() {
 
 #[test]
 fn codecs_the_media_plane_does_not_make_are_relayed_without_a_codec() {
-    let g729 = PHONE_A.replace("0 8 101", "18 101");
-    let offered = offer(g729.as_bytes(), &CodecPolicy::default(), &media_plane(30_000)).unwrap();
-    let b = answer_from_b("m=audio 5004 RTP/AVP 18 101\r\na=rtpmap:101 telephone-event/8000\r\n");
+    let gsm = PHONE_A.replace("0 8 101", "3 101");
+    let offered = offer(gsm.as_bytes(), &CodecPolicy::default(), &media_plane(30_000)).unwrap();
+    let b = answer_from_b("m=audio 5004 RTP/AVP 3 101\r\na=rtpmap:101 telephone-event/8000\r\n");
     let n = answer(&offered.state, b.as_bytes(), &media_plane(30_002)).unwrap().streams.remove(0).unwrap();
     assert_eq!((n.offerer_codec, n.answerer_codec, n.transcoded), (None, None, false));
     // Nothing to transcode from: the added codec is not offered.
     let policy = CodecPolicy { transcode: vec!["PCMU".into()], ..Default::default() };
-    let offered = offer(g729.as_bytes(), &policy, &media_plane(30_000)).unwrap();
-    assert!(offered.sdp.contains("m=audio 30000 RTP/AVP 18 101\r\n"), "{}", offered.sdp);
+    let offered = offer(gsm.as_bytes(), &policy, &media_plane(30_000)).unwrap();
+    assert!(offered.sdp.contains("m=audio 30000 RTP/AVP 3 101\r\n"), "{}", offered.sdp);
 }
 
 #[test]
@@ -281,6 +281,18 @@ fn srtp_the_media_plane_cannot_key_is_refused() {
     assert!(matches!(offer(mki.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("MKI")));
     assert!(Transport::from_protocol("RTP/SAVPF").is_ok_and(|t| t == Transport::Srtp));
     assert!(matches!(Transport::from_protocol("UDP/TLS/RTP/SAVP"), Err(SdpError::Policy(_))));
+}
+
+#[test]
+fn g729_is_offered_for_transcoding_only_by_a_media_plane_built_with_it() {
+    let policy = CodecPolicy { transcode: vec!["G729".into()], ..Default::default() };
+    let out = offer(PHONE_A.as_bytes(), &policy, &media_plane(30_000));
+    if cfg!(feature = "g729") {
+        let out = out.unwrap();
+        assert!(out.sdp.contains("m=audio 30000 RTP/AVP 0 8 101 18\r\n") && out.sdp.contains("a=fmtp:18 annexb=no\r\n"), "{}", out.sdp);
+    } else {
+        assert!(matches!(out, Err(SdpError::Policy(why)) if why.contains("G729")));
+    }
 }
 
 mod properties {
