@@ -20,7 +20,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::driver::{Command, CoreError, CoreEvent, CoreHandle, CoreReport, SubmitError};
-use crate::engine::{CommandError, Direction, Drops, Event, LegCodec, LegMedia, LegSpec, LegStats, Remote};
+use crate::engine::{CommandError, Direction, Drops, Event, LegCodec, LegMedia, LegSpec, LegStats, QualityAlarm, Remote};
 use crate::sdp;
 
 const CORE_SHIFT: u32 = 56;
@@ -382,6 +382,10 @@ impl v1::media_plane_server::MediaPlane for MediaService {
             direction: direction_from(r.direction)?.unwrap_or_default(),
             media_timeout: (r.media_timeout_ms > 0).then(|| Duration::from_millis(u64::from(r.media_timeout_ms))),
             codec: r.codec.as_ref().map(codec_from).transpose()?,
+            alarm: r.quality_alarm.map_or_else(QualityAlarm::default, |q| QualityAlarm {
+                loss_permille: (q.loss_permille > 0).then_some(q.loss_permille),
+                jitter_us: (q.jitter_ms > 0).then(|| u64::from(q.jitter_ms) * 1000),
+            }),
         };
         let core = self.pick_core(if r.group.is_empty() { &r.call_id } else { &r.group });
         let id = self.new_id(core);
@@ -585,6 +589,9 @@ impl MediaService {
                 leg_id: leg,
                 kind: Some(v1::event::Kind::Dtmf(v1::Dtmf { digit: digit.to_string(), duration_ms })),
             },
+            Event::Quality { leg, alarm, loss_permille, jitter_us } => {
+                v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Quality(v1::Quality { alarm, loss_permille, jitter_us })) }
+            }
             Event::TimedOut { leg, stats } => v1::Event {
                 leg_id: leg,
                 kind: Some(v1::event::Kind::TimedOut(v1::LegTimedOut { stats: Some(self.leg_stats(core, &stats)) })),

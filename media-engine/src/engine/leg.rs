@@ -169,6 +169,18 @@ pub struct LegSpec {
     /// What the endpoint sends and receives; a bridge to a leg of another codec transcodes.
     /// `None`: unknown, relayed as it is.
     pub codec: Option<LegCodec>,
+    /// When to raise a quality alarm on the stream the endpoint sends.
+    pub alarm: QualityAlarm,
+}
+
+/// Thresholds of a leg's quality alarm ([`super::Event::Quality`]), judged every second over the
+/// packets of the last second or more (at least 50 expected); `None`: not watched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QualityAlarm {
+    /// Loss above this, in 1/1000 of the packets expected.
+    pub loss_permille: Option<u32>,
+    /// Interarrival jitter above this.
+    pub jitter_us: Option<u64>,
 }
 
 /// What an SDP offer/answer settled for a leg ([`super::Engine::set_leg_media`]).
@@ -244,6 +256,12 @@ pub(super) struct Leg {
     pub quality: Quality,
     /// SRTP towards and from the endpoint, when it uses it.
     pub srtp: Option<Box<SrtpContext>>,
+    /// When the media plane's next own RTCP report is due (legs where it ends RTCP).
+    pub next_report: Option<Instant>,
+    pub alarm: QualityAlarm,
+    /// The alarm is raised; expected and lost when it was last judged.
+    pub alarm_on: bool,
+    pub alarm_prior: (u64, u64),
     /// The SDP offer this leg's endpoint was sent, until its answer ([`crate::sdp`]).
     pub offer: Option<Box<PendingOffer>>,
     /// Last accepted packet, or creation.
@@ -269,6 +287,10 @@ impl Leg {
             dtmf: DtmfDetector::default(),
             quality: Quality::default(),
             srtp: None,
+            next_report: None,
+            alarm: spec.alarm,
+            alarm_on: false,
+            alarm_prior: (0, 0),
             offer: None,
             last_rx: now,
             any_rx: false,

@@ -37,7 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-pub use leg::{Direction, DropReason, Drops, LegCounters, LegMedia, LegSpec, LegStats, Remote};
+pub use leg::{Direction, DropReason, Drops, LegCounters, LegMedia, LegSpec, LegStats, QualityAlarm, Remote};
 use leg::{Leg, Peer, PortKind};
 pub use transcode::{LegCodec, TranscodeCounters, TranscodeError};
 use transcode::{Rejected, Transcoder};
@@ -116,8 +116,12 @@ pub enum Event {
     Latched { leg: LegId, remote: SocketAddr, rtcp: bool },
     /// The leg was idle for its media timeout and has been removed; the driver frees its ports.
     TimedOut { leg: LegId, stats: Box<LegStats> },
-    /// The leg's endpoint sent a DTMF digit (RFC 4733), lasting `duration_ms`.
+    /// The leg's endpoint sent a DTMF digit (RFC 4733, or tones heard on a transcoded leg),
+    /// lasting `duration_ms`.
     Dtmf { leg: LegId, digit: char, duration_ms: u32 },
+    /// The stream the leg's endpoint sends crossed its quality thresholds (`alarm`: now above
+    /// them; else back under), with the loss and jitter of the last judged interval.
+    Quality { leg: LegId, alarm: bool, loss_permille: u32, jitter_us: u64 },
 }
 
 /// Misuse of the command API (unknown ids, conflicting state). The fast path has no errors: it
@@ -169,7 +173,15 @@ pub struct EngineConfig {
     /// Seed of the engine's random numbers (SSRCs, initial sequence numbers and timestamps of
     /// the streams it makes); the driver draws it.
     pub seed: u64,
+    /// The wall clock at one instant, as an NTP timestamp (RFC 3550 §4: seconds since 1900 in
+    /// 32.32 fixed point), for the sender reports the engine makes; it adds the monotonic time
+    /// since. `None`: NTP time counts from the engine's first packet (tests).
+    pub wall: Option<(Instant, u64)>,
 }
+
+/// Mean interval of the media plane's own RTCP reports on legs where it ends RTCP (RFC 3550
+/// §6.2's minimum of 5 s; each interval is drawn between 0.5 and 1.5 times this).
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A bridge as this core holds it: its local leg `a`, and the other end.
 #[derive(Debug, Clone, Copy)]
@@ -408,7 +420,74 @@ impl Engine {
                 self.events.push_back(Event::TimedOut { leg: id, stats: Box::new(stats) });
             }
         }
+        self.send_reports(now);
+        self.judge_quality();
         self.next_sweep = if self.by_id.is_empty() { None } else { Some(now + SWEEP_INTERVAL) };
+    }
+
+    /// Raises or clears the quality alarms of legs that have thresholds, over the packets since
+    /// they were last judged (at least 50 expected).
+    fn judge_quality(&mut self) {
+        for leg in self.slots.iter_mut().flatten() {
+            let alarm = leg.alarm;
+            if alarm == QualityAlarm::default() {
+                continue;
+            }
+            let stats = leg.quality.stats();
+            let expected = stats.expected.saturating_sub(leg.alarm_prior.0);
+            if expected < 50 {
+                continue;
+            }
+            let lost = stats.lost.saturating_sub(leg.alarm_prior.1);
+            leg.alarm_prior = (stats.expected, stats.lost);
+            let loss_permille = (lost * 1000 / expected) as u32;
+            let jitter_us = stats.jitter_us.unwrap_or(0);
+            let bad = alarm.loss_permille.is_some_and(|t| loss_permille > t) || alarm.jitter_us.is_some_and(|t| jitter_us > t);
+            if bad != leg.alarm_on {
+                leg.alarm_on = bad;
+                self.events.push_back(Event::Quality { leg: leg.id, alarm: bad, loss_permille, jitter_us });
+            }
+        }
+    }
+
+    /// Sends the media plane's own RTCP on legs where it ends RTCP (media towards them is
+    /// transcoded): a sender report on the stream it makes for the leg, with a report block on
+    /// the stream the leg's endpoint sends, and an SDES CNAME; SRTCP on SRTP legs.
+    fn send_reports(&mut self, now: Instant) {
+        let due: Vec<usize> = (0..self.slots.len())
+            .filter(|&slot| self.slot(slot).is_some_and(|l| l.transcoder.is_some() && l.next_report.is_none_or(|t| t <= now)))
+            .collect();
+        for slot in due {
+            let jitter = self.next_random() % 1000;
+            let ntp = self.ntp(now);
+            let cname = format!("core{}@media-plane", self.config.core);
+            let Some(leg) = self.slot_mut(slot) else { continue };
+            // RFC 3550 §6.3.1: an interval drawn from [0.5, 1.5] times the mean.
+            let next = now + REPORT_INTERVAL / 2 + REPORT_INTERVAL * jitter as u32 / 1000;
+            let first = leg.next_report.is_none();
+            leg.next_report = Some(next);
+            if first {
+                continue;
+            }
+            let (Some(t), Some((from_port, to))) = (leg.transcoder.as_ref(), leg.rtcp_destination()) else { continue };
+            let (ssrc, packets, octets, ts) = t.sender_info();
+            let block = leg.quality.report_block(now);
+            let mut buf = [0u8; 256];
+            let Some(len) = sender_report(ssrc, ntp, ts, packets, octets, block, &cname, &mut buf) else { continue };
+            let report = &buf[..len];
+            leg.quality.on_rtcp_to_endpoint(report, now);
+            leg.counters.rtcp_packets_out += 1;
+            if let Err(reason) = self.queue_to(slot, from_port, to, report, true) {
+                self.count_drop(slot, reason);
+            }
+        }
+    }
+
+    /// The NTP time (32.32) at `now`.
+    fn ntp(&mut self, now: Instant) -> u64 {
+        let (at, base) = self.config.wall.unwrap_or((*self.epoch.get_or_insert(now), 0));
+        let since = now.saturating_duration_since(at);
+        base.wrapping_add((since.as_secs() << 32) | ((u64::from(since.subsec_nanos()) << 32) / 1_000_000_000))
     }
 
     // ---- commands ----
@@ -923,6 +1002,25 @@ impl Engine {
         }
         Verdict::Drop(reason)
     }
+}
+
+/// Writes an RTCP compound packet (SR with `block`, SDES CNAME) into `buf`; its length.
+fn sender_report(ssrc: u32, ntp: u64, ts: u32, packets: u32, octets: u32, block: Option<quality::ReportBlock>, cname: &str, buf: &mut [u8]) -> Option<usize> {
+    use rtcp_types::{Compound, ReportBlock, RtcpPacketWriterExt, Sdes, SdesChunk, SdesItem, SenderReport};
+    let mut sr = SenderReport::builder(ssrc).ntp_timestamp(ntp).rtp_timestamp(ts).packet_count(packets).octet_count(octets);
+    if let Some(b) = block {
+        sr = sr.add_report_block(
+            ReportBlock::builder(b.ssrc)
+                .fraction_lost(b.fraction_lost)
+                .cumulative_lost(b.cumulative_lost)
+                .extended_sequence_number(b.extended_highest_seq)
+                .interarrival_jitter(b.jitter)
+                .last_sender_report_timestamp(b.lsr)
+                .delay_since_last_sender_report_timestamp(b.dlsr),
+        );
+    }
+    let sdes = Sdes::builder().add_chunk(SdesChunk::builder(ssrc).add_item(SdesItem::builder(SdesItem::CNAME, cname)));
+    Compound::builder().add_packet(sr).add_packet(sdes).write_into(buf).ok()
 }
 
 /// Longest SRTP trailer (the GCM tag; no MKI).

@@ -56,6 +56,29 @@ pub struct Quality {
     sent_srs: [(u32, Option<Instant>); SR_HISTORY],
     next_sr: usize,
     stats: QualityStats,
+    /// The endpoint's SSRC, and its last sender report (middle 32 bits of its NTP time, when it
+    /// came), for the media plane's own receiver reports.
+    ssrc: Option<u32>,
+    last_sr: Option<(u32, Instant)>,
+    /// Expected and received at the last report block made (RFC 3550 §A.3's interval loss).
+    prior: (u64, u64),
+}
+
+/// A report block (RFC 3550 §6.4.1) about the stream an endpoint sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportBlock {
+    pub ssrc: u32,
+    /// Lost since the last block, in 1/256.
+    pub fraction_lost: u8,
+    /// Cumulative lost, clamped to 24 bits.
+    pub cumulative_lost: u32,
+    pub extended_highest_seq: u32,
+    /// Interarrival jitter in RTP clock units.
+    pub jitter: u32,
+    /// Middle 32 bits of the endpoint's last sender report's NTP time, and the delay since it
+    /// came in 1/65536 s (0 and 0 without one).
+    pub lsr: u32,
+    pub dlsr: u32,
 }
 
 impl Quality {
@@ -91,6 +114,7 @@ impl Quality {
             }
         }
         self.received += 1;
+        self.ssrc = Some(rtp.ssrc());
         if let Some(clock) = clock.filter(|c| *c > 0) {
             self.clock = clock;
             let arrival = (now.saturating_duration_since(epoch).as_nanos() * u128::from(clock) / 1_000_000_000) as u32;
@@ -108,6 +132,9 @@ impl Quality {
     /// the RTT when the report names a sender report this leg sent on.
     pub fn on_rtcp_from_endpoint(&mut self, packet: &[u8], now: Instant) {
         for (pt, count, body) in crate::wire::rtcp_compound(packet) {
+            if let (200, Some(ntp)) = (pt, body.get(4..12)) {
+                self.last_sr = Some((u32::from_be_bytes([ntp[2], ntp[3], ntp[4], ntp[5]]), now));
+            }
             let blocks = match pt {
                 200 => body.get(24..),
                 201 => body.get(4..),
@@ -142,6 +169,31 @@ impl Quality {
         }
     }
 
+    /// A report block on the endpoint's stream for a report the media plane sends at `now`
+    /// (`None` before its first packet). Starts the next interval of the fraction lost.
+    pub fn report_block(&mut self, now: Instant) -> Option<ReportBlock> {
+        let ssrc = self.ssrc?;
+        let stats = self.stats();
+        let (expected, received) = (stats.expected, self.received);
+        let expected_interval = expected.saturating_sub(self.prior.0);
+        let lost_interval = expected_interval.saturating_sub(received.saturating_sub(self.prior.1));
+        self.prior = (expected, received);
+        let fraction_lost = (lost_interval << 8).checked_div(expected_interval).map_or(0, |f| f.min(255) as u8);
+        let (lsr, dlsr) = match self.last_sr {
+            Some((mid, at)) => (mid, (now.saturating_duration_since(at).as_micros() * 65_536 / 1_000_000).min(u128::from(u32::MAX)) as u32),
+            None => (0, 0),
+        };
+        Some(ReportBlock {
+            ssrc,
+            fraction_lost,
+            cumulative_lost: stats.lost.min(0x7f_ffff) as u32,
+            extended_highest_seq: self.cycles.wrapping_add(u32::from(self.max_seq)),
+            jitter: (self.jitter_x16 >> 4).min(u64::from(u32::MAX)) as u32,
+            lsr,
+            dlsr,
+        })
+    }
+
     /// The statistics now.
     pub fn stats(&self) -> QualityStats {
         let expected = self.base_seq.map_or(0, |base| u64::from(self.cycles + u32::from(self.max_seq)) + 1 - u64::from(base));
@@ -167,7 +219,7 @@ mod tests {
 
     #[test]
     fn loss_is_counted_across_the_sequence_wrap_and_reordering_is_not_loss() {
-        let epoch = crate::harness::Harness::new(crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1 }, Default::default(), 1).now();
+        let epoch = crate::harness::Harness::new(crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1, wall: None }, Default::default(), 1).now();
         let mut q = Quality::default();
         let mut feed = |seqs: &[u16]| {
             for (i, &s) in seqs.iter().enumerate() {
@@ -181,7 +233,7 @@ mod tests {
 
     #[test]
     fn jitter_grows_with_uneven_arrival_as_rfc3550_defines_it() {
-        let epoch = crate::harness::Harness::new(crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1 }, Default::default(), 1).now();
+        let epoch = crate::harness::Harness::new(crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1, wall: None }, Default::default(), 1).now();
         let mut q = Quality::default();
         for i in 0..200u16 {
             // Every other packet 10 ms late: |D| alternates 80 and 80 clock units.
@@ -195,7 +247,7 @@ mod tests {
 
     #[test]
     fn receiver_report_gives_remote_loss_jitter_and_rtt_of_a_sender_report_sent_on() {
-        let epoch = crate::harness::Harness::new(crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1 }, Default::default(), 1).now();
+        let epoch = crate::harness::Harness::new(crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1, wall: None }, Default::default(), 1).now();
         let mut q = Quality::default();
         q.on_rtp(&RtpPacket::new_checked(&rtp(1, 160)[..]).unwrap(), epoch, epoch, Some(8000));
         // A sender report (NTP middle bits 0x1234_5678) goes out to the endpoint at t = 100 ms.

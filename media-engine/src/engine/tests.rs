@@ -11,7 +11,7 @@ const A_PORT: u16 = 30000;
 const B_PORT: u16 = 30002;
 
 fn cfg() -> EngineConfig {
-    EngineConfig { media_timeout: Duration::from_secs(30), core: 0, seed: 7 }
+    EngineConfig { media_timeout: Duration::from_secs(30), core: 0, seed: 7, wall: None }
 }
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -569,7 +569,7 @@ proptest! {
     #[test]
     fn counters_balance_under_arbitrary_operation_sequences(ops in proptest::collection::vec(op(), 1..120), seed in 1..u64::MAX) {
         let link = Link { latency: Duration::from_millis(1), jitter: Duration::from_millis(3), loss: 0.0 };
-        let mut h = Harness::new(EngineConfig { media_timeout: Duration::from_secs(3), core: 0, seed: 7 }, link, seed);
+        let mut h = Harness::new(EngineConfig { media_timeout: Duration::from_secs(3), core: 0, seed: 7, wall: None }, link, seed);
         let mut delivered = 0u64;
         for op in ops {
             let now = h.now();
@@ -622,4 +622,74 @@ fn refused_send_is_taken_off_the_sending_legs_counters() {
     assert_eq!((st.counters.rtp_packets_out, st.counters.rtp_bytes_out, st.counters.drops.send_failed), (0, 0, 1));
     let c = h.engine.counters();
     assert_eq!((c.packets_in, c.packets_forwarded, c.drops.send_failed), (1, 0, 1));
+}
+
+#[test]
+fn a_transcoded_leg_gets_the_media_planes_own_sender_reports_with_a_block_on_its_stream() {
+    use media_codecs::CodecKind;
+    use rtcp_types::{Compound, Packet};
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let b_rtcp = addr("10.0.0.2:5001");
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    let now = h.now();
+    let pcmu = LegSpec { remote: Remote::locked(a), codec: Some(leg_codec(0, CodecKind::Pcmu, 8000)), ..Default::default() };
+    let pcma = LegSpec { remote: Remote::locked(b), codec: Some(leg_codec(8, CodecKind::Pcma, 8000)), ..Default::default() };
+    h.engine.create_leg(1, A_PORT, pcmu, now).unwrap();
+    h.engine.create_leg(2, B_PORT, pcma, now).unwrap();
+    h.engine.create_bridge(7, 1, 2).unwrap();
+    // A sends 12 s of audio with every tenth packet lost; B sends nothing.
+    for (i, p) in pcmu_packets(600).iter().enumerate() {
+        if i % 10 != 9 {
+            h.send(a, A_PORT, p);
+        }
+        h.advance(Duration::from_millis(20));
+    }
+    h.advance(Duration::from_millis(100));
+    let rtp_to_b = h.take_inbox(b);
+    let ssrc_to_b = crate::wire::RtpPacket::new_checked(&rtp_to_b[0].bytes[..]).unwrap().ssrc();
+    let reports = h.take_inbox(b_rtcp);
+    assert!((1..=3).contains(&reports.len()), "a report every 2.5-7.5 s after the first interval: {}", reports.len());
+    let last = &reports[reports.len() - 1];
+    assert_eq!(last.from_port, B_PORT + 1, "from the leg's RTCP port");
+    let compound = Compound::parse(&last.bytes).expect("a valid compound packet");
+    let mut packets = compound.map(|p| p.expect("packet"));
+    let Packet::Sr(sr) = packets.next().expect("SR first") else { panic!("not an SR first") };
+    assert_eq!(sr.ssrc(), ssrc_to_b, "the sender is the stream the media plane makes for B");
+    assert!(sr.packet_count() >= 400 && sr.octet_count() == sr.packet_count() * 160, "{} packets, {} octets", sr.packet_count(), sr.octet_count());
+    // B sends nothing, so there is no block; leg 1's report to A has one on A's stream.
+    assert_eq!(sr.report_blocks().count(), 0);
+    assert!(matches!(packets.next(), Some(Packet::Sdes(_))), "SDES CNAME second");
+    let to_a = h.take_inbox(addr("10.0.0.1:4001"));
+    let report = Compound::parse(&to_a.last().expect("a report to A").bytes).unwrap().next().unwrap().unwrap();
+    let Packet::Sr(sr) = report else { panic!("not an SR") };
+    let block = sr.report_blocks().next().expect("a block on A's stream");
+    assert_eq!(block.ssrc(), 0x1234);
+    assert!(block.cumulative_lost() >= 40, "{} lost", block.cumulative_lost());
+    assert!((20..=30).contains(&block.fraction_lost()), "10 % is 25/256: {}", block.fraction_lost());
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.rtcp_packets_out, reports.len() as u64);
+}
+
+#[test]
+fn a_quality_alarm_is_raised_when_loss_crosses_the_threshold_and_cleared_when_it_recovers() {
+    let a = addr("10.0.0.1:4000");
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    let now = h.now();
+    let spec = LegSpec { alarm: QualityAlarm { loss_permille: Some(50), jitter_us: None }, ..Default::default() };
+    h.engine.create_leg(1, A_PORT, spec, now).unwrap();
+    let packets = pcmu_packets(500);
+    // 4 s with 10 % loss, then 6 s without.
+    for (i, p) in packets.iter().enumerate() {
+        if i >= 200 || i % 10 != 3 {
+            h.send(a, A_PORT, p);
+        }
+        h.advance(Duration::from_millis(20));
+    }
+    let alarms: Vec<(bool, u32)> = h
+        .take_events()
+        .into_iter()
+        .filter_map(|e| if let Event::Quality { leg: 1, alarm, loss_permille, .. } = e { Some((alarm, loss_permille)) } else { None })
+        .collect();
+    assert_eq!(alarms.len(), 2, "raised once, cleared once: {alarms:?}");
+    assert!(alarms[0].0 && (80..=120).contains(&alarms[0].1), "raised at about 100 per mille: {alarms:?}");
+    assert!(!alarms[1].0 && alarms[1].1 == 0, "cleared with no loss: {alarms:?}");
 }

@@ -67,6 +67,8 @@ pub struct TranscodeCounters {
     pub concealed: u64,
     /// Packets encoded and sent.
     pub encoded: u64,
+    /// Payload bytes of the packets sent (audio and events), for sender reports.
+    pub octets: u64,
     /// Source packets the decoder refused (undecodable), dropped.
     pub undecodable: u64,
     /// Source packets of a payload type that is not the source codec's, dropped.
@@ -347,10 +349,18 @@ impl Transcoder {
             self.seq = self.seq.wrapping_add(1);
             self.ts = self.ts.wrapping_add(self.ts_step);
             self.counters.encoded += 1;
+            self.counters.octets += (self.packet.len() - RTP_HEADER_LEN) as u64;
             sent += 1;
             out(&self.packet);
         }
         sent
+    }
+
+    /// The outgoing stream for a sender report: SSRC, packets and payload octets sent, and the
+    /// RTP timestamp of the next packet (the report's time: the stream is continuous).
+    pub fn sender_info(&self) -> (u32, u32, u32, u32) {
+        let packets = self.counters.encoded + self.counters.events;
+        (self.ssrc, packets as u32, self.counters.octets as u32, self.ts)
     }
 
     /// A digit the source played as tones and that has ended (taken once), with its length.
@@ -415,6 +425,7 @@ impl Transcoder {
         self.packet.extend_from_slice(&event.to_bytes());
         self.seq = self.seq.wrapping_add(1);
         self.counters.events += 1;
+        self.counters.octets += 4;
         out(&self.packet);
         1
     }
@@ -486,6 +497,7 @@ impl Transcoder {
         self.packet.extend_from_slice(&event.to_bytes());
         self.seq = self.seq.wrapping_add(1);
         self.counters.events += 1;
+        self.counters.octets += 4;
         out(&self.packet);
         1
     }

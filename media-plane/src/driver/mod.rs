@@ -314,7 +314,7 @@ impl CoreState {
         sockets.resize_with(1 << 16, || None);
         Self {
             core,
-            engine: Engine::new(EngineConfig { media_timeout: config.media_timeout, core, seed: random_seed(core) }),
+            engine: Engine::new(EngineConfig { media_timeout: config.media_timeout, core, seed: random_seed(core), wall: Some(wall_clock()) }),
             pool: PortPool::for_core(config.port_min, config.port_max, core, config.cores),
             sockets,
             registry,
@@ -553,6 +553,16 @@ impl CoreState {
         self.close_ports(stats.local_port, stats.rtcp_mux);
         self.pool.release(stats.local_port);
     }
+}
+
+/// Now, on the monotonic clock and as NTP time (RFC 3550 §4), for the engine's sender reports.
+fn wall_clock() -> (Instant, u64) {
+    // Seconds from 1900 (NTP's era) to 1970 (Unix's).
+    const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+    let now = Instant::now();
+    let since_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let ntp = ((since_unix.as_secs() + NTP_UNIX_OFFSET) << 32) | ((u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000);
+    (now, ntp)
 }
 
 /// A seed for a core's engine (the SSRCs and initial sequence numbers of the streams it makes):
