@@ -192,6 +192,7 @@ impl MediaService {
                 events_not_carried: t.events_not_carried,
                 digits_to_tones: t.digits_to_tones,
                 tones_to_digits: t.tones_to_digits,
+                digits_injected: t.digits_injected,
             }),
             quality: Some(v1::RtpQuality {
                 expected: s.quality.expected,
@@ -355,7 +356,8 @@ fn core_status(e: CoreError) -> Status {
         CoreError::Command(
             CommandError::AlreadyBridged(..) | CommandError::SelfBridge | CommandError::PortInUse(_) | CommandError::Transcode(_),
         ) => Status::failed_precondition(e.to_string()),
-        CoreError::Command(CommandError::Srtp(_)) => Status::invalid_argument(e.to_string()),
+        CoreError::Command(CommandError::Srtp(_) | CommandError::NoDigits(_)) => Status::invalid_argument(e.to_string()),
+        CoreError::Command(CommandError::NoCodec(_)) => Status::failed_precondition(e.to_string()),
         CoreError::PortsExhausted(_) => Status::resource_exhausted(e.to_string()),
         CoreError::Bind(..) | CoreError::Register(..) => Status::internal(e.to_string()),
     }
@@ -515,6 +517,35 @@ impl v1::media_plane_server::MediaPlane for MediaService {
             });
         }
         Ok(Response::new(v1::AnswerResponse { sdp: answer.sdp, streams }))
+    }
+
+    async fn inject_dtmf(&self, req: Request<v1::InjectDtmfRequest>) -> Result<Response<v1::InjectDtmfResponse>, Status> {
+        let r = req.into_inner();
+        let bad = |field: &str, why: String| Status::invalid_argument(format!("{field}: {why}"));
+        let on = match r.duration_ms {
+            0 => 100,
+            d @ 40..=5000 => d,
+            d => return Err(bad("duration_ms", format!("{d} is not 40-5000"))),
+        };
+        let pause = match r.pause_ms {
+            0 => 60,
+            p @ 1..=5000 => p,
+            p => return Err(bad("pause_ms", format!("{p} is not 0-5000"))),
+        };
+        if let Some(c) = r.digits.chars().find(|c| media_codecs::dtmf::frequencies(*c).is_none()) {
+            return Err(bad("digits", format!("{c:?} is not 0-9, *, #, A-D")));
+        }
+        if r.digits.is_empty() || r.digits.len() > media_engine::engine::transcode::MAX_INJECTED {
+            return Err(bad("digits", format!("{} digits; 1-{} at a time", r.digits.len(), media_engine::engine::transcode::MAX_INJECTED)));
+        }
+        let core = self.core_of(r.leg_id, "leg_id")?;
+        let (id, digits) = (r.leg_id, r.digits);
+        let (on, pause) = (Duration::from_millis(u64::from(on)), Duration::from_millis(u64::from(pause)));
+        let queued = self
+            .ask(core, |reply| Command::InjectDtmf { id, digits, on, pause, reply })
+            .await
+            .map_err(|s| Status::new(s.code(), format!("leg_id: {}", s.message())))?;
+        Ok(Response::new(v1::InjectDtmfResponse { queued: queued as u32 }))
     }
 
     async fn delete_bridge(&self, req: Request<v1::DeleteBridgeRequest>) -> Result<Response<v1::DeleteBridgeResponse>, Status> {

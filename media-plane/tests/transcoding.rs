@@ -289,3 +289,63 @@ async fn dtmf_crosses_between_rfc4733_and_in_band_tones_both_ways() {
     let sb = leg_stats(&mut c, b.id).await.expect("leg B").transcoded.expect("B receives transcoded media");
     assert_eq!((sb.digits_to_tones, sa.tones_to_digits), (1, 1));
 }
+
+const SLOT_INJECT: u16 = 22;
+
+#[tokio::test]
+async fn injected_digits_reach_a_leg_as_events_or_tones_and_bad_requests_name_the_field() {
+    use media_codecs::dtmf::{Detection, DtmfDetector};
+    let (_mp, mut c) = MediaPlane::start(SLOT_INJECT).await;
+    let (sock_a, sock_b) = (udp(), udp());
+    let pcmu_events = codec(0, "PCMU", 8000).map(|c| v1::Codec { telephone_event: Some(101), ..c });
+    let with_remote = |s: &UdpSocket, codec| v1::CreateLegRequest { call_id: "inject".into(), remote: Some(endpoint(local(s))), codec, ..Default::default() };
+    let a = create_leg(&mut c, with_remote(&sock_a, pcmu_events)).await;
+    // B relays with A (same codec but no events: a transcoding bridge carries DTMF across).
+    let b = create_leg(&mut c, with_remote(&sock_b, codec(0, "PCMU", 8000))).await;
+    bridge(&mut c, &a, &b).await;
+
+    // To A, which takes events: RFC 4733 packets, 3 End packets per digit.
+    let r = c.inject_dtmf(v1::InjectDtmfRequest { leg_id: a.id, digits: "12".into(), duration_ms: 100, pause_ms: 60 }).await.expect("InjectDtmf");
+    assert_eq!(r.into_inner().queued, 2);
+    let mut ends = Vec::new();
+    while ends.len() < 6 {
+        let (p, _) = recv(&sock_a, "injected events at A");
+        if p[1] & 0x7f == 101 && p[13] & 0x80 != 0 {
+            ends.push((p[12], u16::from_be_bytes([p[14], p[15]])));
+        }
+    }
+    assert_eq!(ends, vec![(1, 800), (1, 800), (1, 800), (2, 800), (2, 800), (2, 800)], "keys 1 and 2, 100 ms each at 8 kHz");
+
+    // To B, which takes no events: tones in its PCMU.
+    c.inject_dtmf(v1::InjectDtmfRequest { leg_id: b.id, digits: "7#".into(), ..Default::default() }).await.expect("InjectDtmf");
+    let mut heard = Vec::new();
+    for _ in 0..16 {
+        let (p, _) = recv(&sock_b, "injected tones at B");
+        assert_eq!(p[1] & 0x7f, 0);
+        heard.push(p[12..].to_vec());
+    }
+    let mut pcm = decode(CodecParams::new(CodecKind::Pcmu, 8000), &heard);
+    pcm.extend(std::iter::repeat_n(0, 400));
+    let mut found = Vec::new();
+    DtmfDetector::new(8000).push(&pcm, |d| {
+        if let Detection::Ended(digit, _) = d {
+            found.push(digit);
+        }
+    });
+    assert_eq!(found, vec!['7', '#']);
+    let sb = leg_stats(&mut c, b.id).await.expect("leg B").transcoded.expect("B's stream is the media plane's");
+    assert_eq!(sb.digits_injected, 2);
+
+    // What is wrong is named.
+    for (req, field) in [
+        (v1::InjectDtmfRequest { leg_id: a.id, digits: "1x".into(), ..Default::default() }, "digits"),
+        (v1::InjectDtmfRequest { leg_id: a.id, digits: "1".into(), duration_ms: 10, ..Default::default() }, "duration_ms"),
+        (v1::InjectDtmfRequest { leg_id: 0xdead, digits: "1".into(), ..Default::default() }, "leg_id"),
+    ] {
+        let e = c.inject_dtmf(req).await.unwrap_err();
+        assert!(e.message().contains(field), "{field}: {e:?}");
+    }
+    let plain = simple_leg(&mut c, "inject", None).await;
+    let e = c.inject_dtmf(v1::InjectDtmfRequest { leg_id: plain.id, digits: "1".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "a leg without a codec: {e:?}");
+}

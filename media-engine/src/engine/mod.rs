@@ -146,6 +146,10 @@ pub enum CommandError {
     Transcode(#[from] TranscodeError),
     #[error("{0}")]
     Srtp(#[from] SrtpSetupError),
+    #[error("leg {0} has no codec: digits are injected into the stream the media plane makes for a leg of a known codec")]
+    NoCodec(LegId),
+    #[error("no DTMF digit (0-9, *, #, A-D) in {0:?}")]
+    NoDigits(String),
 }
 
 /// Counters of one core, beyond those of its legs.
@@ -226,6 +230,8 @@ pub struct Engine {
     /// ([`Engine::handoff_payload`]).
     plain: Vec<u8>,
     plain_valid: bool,
+    /// Legs with injected digits playing, and when each one's next packet time is.
+    injecting: Vec<(usize, Instant)>,
 }
 
 impl Engine {
@@ -247,6 +253,7 @@ impl Engine {
             epoch: None,
             plain: Vec::with_capacity(MAX_TRANSMIT),
             plain_valid: false,
+            injecting: Vec::new(),
         }
     }
 
@@ -404,6 +411,7 @@ impl Engine {
 
     /// Runs due timers: removes legs idle for their media timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.play_injected(now);
         match self.next_sweep {
             Some(t) if now >= t => {}
             _ => return,
@@ -595,6 +603,78 @@ impl Engine {
         Ok(())
     }
 
+    /// Plays `digits` to leg `id`'s endpoint: into the stream the media plane makes for it, as
+    /// RFC 4733 events if the leg takes them, else as tones, each `on` long with `pause` after.
+    /// A relayed leg gets a transcoder of its own codec first (the stream becomes the media
+    /// plane's: its SSRC and numbering), which stays for the rest of the bridge.
+    pub fn inject_dtmf(&mut self, id: LegId, digits: &str, on: Duration, pause: Duration, now: Instant) -> Result<usize, CommandError> {
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(id))?;
+        if self.slot(slot).is_some_and(|l| l.transcoder.is_none()) {
+            let r = self.next_random();
+            let t = Transcoder::new(&codec, &codec, r as u32, (r >> 32) as u16, (r >> 16) as u32)?;
+            if let Some(l) = self.slot_mut(slot) {
+                l.transcoder = Some(Box::new(t));
+            }
+        }
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let queued = self
+            .slot_mut(slot)
+            .and_then(|l| l.transcoder.as_mut())
+            .map_or(0, |t| t.inject(digits, ms(on), ms(pause), codec.ptime_ms));
+        if queued == 0 {
+            return Err(CommandError::NoDigits(digits.to_owned()));
+        }
+        if !self.injecting.iter().any(|(s, _)| *s == slot) {
+            self.injecting.push((slot, now));
+        }
+        Ok(queued)
+    }
+
+    /// Plays the packet times of injected digits that are due (at most 5 behind per leg: a
+    /// late core sends a short burst, not a flood).
+    fn play_injected(&mut self, now: Instant) {
+        let mut i = 0;
+        while let Some(&(slot, mut at)) = self.injecting.get(i) {
+            let Self { slots, transmits, spare, .. } = self;
+            let Some(leg) = slots.get_mut(slot).and_then(Option::as_mut) else {
+                self.injecting.swap_remove(i);
+                continue;
+            };
+            let ptime = Duration::from_millis(u64::from(leg.codec.map_or(20, |c| c.ptime_ms)));
+            let destination = leg.rtp_destination();
+            let mut srtp = leg.srtp.as_deref_mut();
+            let Some(t) = leg.transcoder.as_mut().filter(|t| t.injecting()) else {
+                self.injecting.swap_remove(i);
+                continue;
+            };
+            let (mut sent, mut bytes) = (0u64, 0u64);
+            for _ in 0..5 {
+                if at > now || !t.injecting() {
+                    break;
+                }
+                t.tick(|packet| {
+                    if let Some((from_port, to)) = destination {
+                        if push_transmit(transmits, spare, srtp.as_deref_mut(), from_port, to, packet, false).is_ok() {
+                            sent += 1;
+                            bytes += packet.len() as u64;
+                        }
+                    }
+                });
+                at += ptime;
+            }
+            let more = t.injecting();
+            leg.counters.rtp_packets_out += sent;
+            leg.counters.rtp_bytes_out += bytes;
+            if more {
+                self.injecting[i].1 = now.checked_sub(ptime).map_or(at, |floor| at.max(floor));
+                i += 1;
+            } else {
+                self.injecting.swap_remove(i);
+            }
+        }
+    }
+
     /// Keeps an SDP offer on leg `id` until its answer (it goes with the leg).
     pub fn set_offer(&mut self, id: LegId, offer: Option<Box<PendingOffer>>) -> Result<(), CommandError> {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
@@ -714,7 +794,7 @@ impl Engine {
     /// When [`Engine::handle_timeout`] must next be called; `None` when there is nothing to time.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_sweep
+        self.injecting.iter().map(|(_, at)| *at).chain(self.next_sweep).min()
     }
 
     /// Next event for the control plane and the driver.

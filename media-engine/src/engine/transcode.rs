@@ -84,6 +84,8 @@ pub struct TranscodeCounters {
     pub digits_to_tones: u64,
     /// Digits heard as in-band tones and sent on as RFC 4733 events.
     pub tones_to_digits: u64,
+    /// Digits injected over the API (as events or tones).
+    pub digits_injected: u64,
 }
 
 /// Why a source packet was dropped.
@@ -135,8 +137,33 @@ pub struct Transcoder {
     event_out: Option<EventOut>,
     /// A digit heard in the source's audio and finished, for the engine's event stream.
     heard: Option<(char, u32)>,
+    /// Digits asked for over the API, played into the outgoing stream one frame per
+    /// [`tick`](Self::tick) (the source's audio waits meanwhile).
+    injected: std::collections::VecDeque<Injected>,
+    injecting: Option<Injecting>,
     pub counters: TranscodeCounters,
 }
+
+/// A digit to play: frames of tone (or events), then frames of silence.
+#[derive(Debug, Clone, Copy)]
+struct Injected {
+    digit: char,
+    on_frames: u32,
+    pause_frames: u32,
+}
+
+/// The digit being played.
+#[derive(Debug)]
+struct Injecting {
+    digit: Injected,
+    frame: u32,
+    /// Outgoing timestamp of its first frame (its RFC 4733 packets all carry it).
+    event_ts: u32,
+    generator: ToneGenerator,
+}
+
+/// Most digits queued at once for injection.
+pub const MAX_INJECTED: usize = 64;
 
 /// An RFC 4733 event being played as tones into the outgoing audio.
 #[derive(Debug)]
@@ -252,6 +279,8 @@ impl Transcoder {
             detector: (from.telephone_event.is_none() && to.telephone_event.is_some()).then(|| DtmfDetector::new(from_params.rate)),
             event_out: None,
             heard: None,
+            injected: std::collections::VecDeque::new(),
+            injecting: None,
             counters: TranscodeCounters::default(),
         })
     }
@@ -311,8 +340,9 @@ impl Transcoder {
         self.last_seq = Some(seq);
         self.last_ssrc = Some(rtp.ssrc());
         let mut sent = self.detect_tones(&mut out);
-        if self.tones.as_ref().is_some_and(|t| !t.ended) {
-            // An event from the source is being played as tones: its audio waits.
+        if self.tones.as_ref().is_some_and(|t| !t.ended) || self.injecting() {
+            // An event from the source is being played as tones, or injected digits: the
+            // source's audio waits.
             return Ok(sent);
         }
         if self.event_out.is_some() {
@@ -352,6 +382,72 @@ impl Transcoder {
             self.counters.octets += (self.packet.len() - RTP_HEADER_LEN) as u64;
             sent += 1;
             out(&self.packet);
+        }
+        sent
+    }
+
+    /// Queues `digits` to play into the outgoing stream, each `on_ms` of tone (or RFC 4733 events
+    /// when the destination takes them) and `pause_ms` of silence. Returns how many were queued
+    /// (unknown characters are skipped; at most [`MAX_INJECTED`] wait).
+    pub fn inject(&mut self, digits: &str, on_ms: u32, pause_ms: u32, ptime_ms: u16) -> usize {
+        let frames = |ms: u32| ms.div_ceil(u32::from(ptime_ms.max(1))).max(1);
+        let mut queued = 0;
+        for digit in digits.chars().filter(|d| media_codecs::dtmf::frequencies(*d).is_some()) {
+            if self.injected.len() >= MAX_INJECTED {
+                break;
+            }
+            self.injected.push_back(Injected { digit: digit.to_ascii_uppercase(), on_frames: frames(on_ms), pause_frames: frames(pause_ms) });
+            queued += 1;
+        }
+        queued
+    }
+
+    /// Whether injected digits are playing or waiting.
+    pub fn injecting(&self) -> bool {
+        self.injecting.is_some() || !self.injected.is_empty()
+    }
+
+    /// Plays one packet time of the injected digits: a tone frame, an RFC 4733 packet (three
+    /// with the end bit on a digit's last frame) or a silence frame. Returns packets sent.
+    pub fn tick(&mut self, mut out: impl FnMut(&[u8])) -> usize {
+        if self.injecting.is_none() {
+            let Some(digit) = self.injected.pop_front() else { return 0 };
+            let generator = ToneGenerator::new(self.encoder.sample_rate(), -7.0);
+            self.injecting = Some(Injecting { digit, frame: 0, event_ts: self.ts, generator });
+        }
+        let Some(mut now) = self.injecting.take() else { return 0 };
+        let (d, frame) = (now.digit, now.frame);
+        let mut sent = 0;
+        if frame < d.on_frames && self.to_event_pt.is_some() {
+            let end = frame + 1 == d.on_frames;
+            let duration = (frame + 1) * self.ts_step;
+            if let Some(event) = event_code(d.digit) {
+                let e = EventOut { event, ts: now.event_ts, first: frame == 0 };
+                for _ in 0..if end { 3 } else { 1 } {
+                    sent += self.send_event(e, duration, end, &mut out);
+                }
+            }
+            // The stream's clock runs on under the event.
+            self.ts = self.ts.wrapping_add(self.ts_step);
+        } else {
+            let samples = self.frame;
+            let before = self.pending.len();
+            if frame < d.on_frames {
+                now.generator.tone(d.digit, samples, &mut self.pending);
+            } else {
+                self.pending.extend(std::iter::repeat_n(0, samples));
+            }
+            if self.channels == 2 {
+                let mono: Vec<i16> = self.pending.drain(before..).collect();
+                self.pending.extend(mono.iter().flat_map(|s| [*s, *s]));
+            }
+            sent += self.encode_pending(&mut out);
+        }
+        now.frame += 1;
+        if now.frame < d.on_frames + d.pause_frames {
+            self.injecting = Some(now);
+        } else {
+            self.counters.digits_injected += 1;
         }
         sent
     }

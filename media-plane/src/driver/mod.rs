@@ -84,6 +84,8 @@ pub enum Command {
     /// Keeps (or clears) an SDP offer on a leg until its answer.
     PutOffer { id: LegId, offer: Option<Box<PendingOffer>>, reply: Reply<()> },
     GetOffer { id: LegId, reply: Reply<Option<Box<PendingOffer>>> },
+    /// Plays DTMF digits to a leg's endpoint; answers how many were queued.
+    InjectDtmf { id: LegId, digits: String, on: Duration, pause: Duration, reply: Reply<usize> },
     DeleteBridge { id: BridgeId, reply: Reply<()> },
     /// `legs: None` = every leg; `Some(ids)` = only those (empty: totals only).
     Stats { legs: Option<Vec<LegId>>, reply: oneshot::Sender<CoreReport> },
@@ -378,6 +380,9 @@ impl CoreState {
                 }
                 Command::PutOffer { id, offer, reply } => {
                     let _ = reply.send(self.engine.set_offer(id, offer).map_err(CoreError::from));
+                }
+                Command::InjectDtmf { id, digits, on, pause, reply } => {
+                    let _ = reply.send(self.engine.inject_dtmf(id, &digits, on, pause, now).map_err(CoreError::from));
                 }
                 Command::GetOffer { id, reply } => {
                     let _ = reply.send(self.engine.offer(id).map_err(CoreError::from));

@@ -121,8 +121,9 @@ impl UdpDriver {
             self.state.cross.wake_peers();
             // The waker also carries other cores' hand-offs; the inbox is drained every turn.
             self.state.drain_cross(CROSS_BATCH, Instant::now(), |_, _, _, _| {});
-            self.send_transmits();
+            // Timers first: what they make (reports, injected digits) leaves in this turn.
             self.state.engine.handle_timeout(Instant::now());
+            self.send_transmits();
             self.state.drain_engine_events();
             self.state.cross.wake_peers();
         }

@@ -357,6 +357,8 @@ impl XdpDriver {
                 }
             }
             self.state.cross.wake_peers();
+            // Timers first: what they make (reports, injected digits) leaves in this turn.
+            self.state.engine.handle_timeout(Instant::now());
             self.drain_cross(&mut xsk);
             if let Err(e) = xsk.drain_tx(DRAIN_KICKS) {
                 tracing::warn!(core, error = %e, "AF_XDP transmit failed");
@@ -364,7 +366,6 @@ impl XdpDriver {
             if let Err(e) = xsk.refill() {
                 tracing::warn!(core, error = %e, "AF_XDP fill ring wakeup failed");
             }
-            self.state.engine.handle_timeout(Instant::now());
             self.state.drain_engine_events();
             self.state.cross.wake_peers();
         }
