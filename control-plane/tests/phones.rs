@@ -236,6 +236,32 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// Starts the media plane with `args`, its log to dir/mp.log.
+fn start_media_plane(dir: &Path, args: &[&str]) -> Proc {
+    Proc {
+        child: Command::new(media_plane_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mp.log")).expect("log"))
+            .spawn()
+            .expect("start media-plane"),
+        name: "media-plane",
+    }
+}
+
+/// Asserts each phone decoded the far end's tone (`far_hz`), skipping the first half second
+/// (set-up, jitter buffer fill).
+fn assert_hears(phones: [(&Phone, u32); 2]) {
+    for (phone, far_hz) in phones {
+        let wav = phone.decoded_wav().unwrap_or_else(|| panic!("{}: no decoded-audio file in {}", phone.name, phone.dir.display()));
+        let (rate, samples) = wav_mono(&wav);
+        let second = rate as usize;
+        assert!(samples.len() >= 2 * second, "{}: only {} samples at {rate} Hz decoded", phone.name, samples.len());
+        let heard = dominant_hz(rate, &samples[second / 2..]);
+        assert!(heard.abs_diff(far_hz) <= 20, "{} heard {heard} Hz, expected the far end's {far_hz} Hz", phone.name);
+    }
+}
+
 /// A 16-bit PCM WAV file: its sample rate and its samples mixed down to mono.
 fn wav_mono(path: &Path) -> (u32, Vec<i16>) {
     let bytes = std::fs::read(path).expect("read wav");
@@ -306,14 +332,7 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     std::fs::write(&config, format!("[sip]\ndomains = [\"sip.test\"]\n[store]\npath = \"{}\"\n", dir.join("cp.db").display()))
         .expect("write config");
     add_phones(&config);
-    let _media = Proc {
-        child: Command::new(media_plane_bin())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("mp.log")).expect("log"))
-            .spawn()
-            .expect("start media-plane"),
-        name: "media-plane",
-    };
+    let _media = start_media_plane(&dir, &[]);
     let mut cp = start_control_plane(&dir, &config);
     let cp_log = || read(&dir.join("cp.log"));
     wait_listening(SIP, &dir);
@@ -336,15 +355,7 @@ fn baresip_phones_register_and_talk_through_both_planes_with_the_shipped_default
     alice.wait_event("CALL_CLOSED", Duration::from_secs(10));
 
     // Each phone decoded the other's tone, relayed by the media plane.
-    for (phone, far_hz) in [(&alice, 1000), (&bob, 440)] {
-        let wav = phone.decoded_wav().unwrap_or_else(|| panic!("{}: no decoded-audio file in {}", phone.name, phone.dir.display()));
-        let (rate, samples) = wav_mono(&wav);
-        let second = rate as usize;
-        assert!(samples.len() >= 2 * second, "{}: only {} samples at {rate} Hz decoded", phone.name, samples.len());
-        // Skip the first half second (set-up, jitter buffer fill).
-        let heard = dominant_hz(rate, &samples[second / 2..]);
-        assert!(heard.abs_diff(far_hz) <= 20, "{} heard {heard} Hz, expected the far end's {far_hz} Hz", phone.name);
-    }
+    assert_hears([(&alice, 1000), (&bob, 440)]);
 
     let deadline = Instant::now() + Duration::from_secs(5);
     while !leg_packets(GRPC).is_empty() {
@@ -398,15 +409,7 @@ fn baresip_phones_register_and_call_over_tls() {
     )
     .expect("write config");
     add_phones(&config);
-    let _media = Proc {
-        child: Command::new(media_plane_bin())
-            .args(["--grpc-listen", "127.0.0.1:25390", "--ports", "25400-25499", "--no-pin"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("mp.log")).expect("log"))
-            .spawn()
-            .expect("start media-plane"),
-        name: "media-plane",
-    };
+    let _media = start_media_plane(&dir, &["--grpc-listen", "127.0.0.1:25390", "--ports", "25400-25499", "--no-pin"]);
     let mut cp = start_control_plane(&dir, &config);
     wait_listening("127.0.0.1:25361", &dir);
     let server = "sip:127.0.0.1:25361;transport=tls";
@@ -493,15 +496,7 @@ fn baresip_phones_without_a_common_codec_or_transport_talk_through_the_media_pla
     )
     .expect("write config");
     add_phones(&config);
-    let _media = Proc {
-        child: Command::new(media_plane_bin())
-            .args(["--grpc-listen", "127.0.0.1:26090", "--ports", "26400-26499", "--no-pin"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("mp.log")).expect("log"))
-            .spawn()
-            .expect("start media-plane"),
-        name: "media-plane",
-    };
+    let _media = start_media_plane(&dir, &["--grpc-listen", "127.0.0.1:26090", "--ports", "26400-26499", "--no-pin"]);
     let mut cp = start_control_plane(&dir, &config);
     wait_listening("127.0.0.1:26060", &dir);
     let server = "sip:127.0.0.1:26060";
@@ -523,13 +518,7 @@ fn baresip_phones_without_a_common_codec_or_transport_talk_through_the_media_pla
     bob.wait_event("CALL_CLOSED", Duration::from_secs(10));
     alice.wait_event("CALL_CLOSED", Duration::from_secs(10));
     // Each phone decoded the other's tone: alice's SRTP was ended, both ways transcoded.
-    for (phone, far_hz) in [(&alice, 1000), (&bob, 440)] {
-        let wav = phone.decoded_wav().unwrap_or_else(|| panic!("{}: no decoded-audio file in {}", phone.name, phone.dir.display()));
-        let (rate, samples) = wav_mono(&wav);
-        assert!(samples.len() >= 2 * rate as usize, "{}: only {} samples at {rate} Hz decoded", phone.name, samples.len());
-        let heard = dominant_hz(rate, &samples[rate as usize / 2..]);
-        assert!(heard.abs_diff(far_hz) <= 20, "{} heard {heard} Hz, expected the far end's {far_hz} Hz", phone.name);
-    }
+    assert_hears([(&alice, 1000), (&bob, 440)]);
     terminate(&mut cp);
     let counters = read(&dir.join("cp.out"));
     assert!(counters.contains("\"calls_completed\":1"), "{counters}");

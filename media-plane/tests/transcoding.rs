@@ -8,7 +8,7 @@
 use std::net::{SocketAddr, UdpSocket};
 
 use media_codecs::signal::{best_lag, snr_db, spectral_snr_db, speech_like};
-use media_codecs::{CodecKind, CodecParams, Resampler};
+use media_codecs::{CodecKind, CodecParams};
 use proto::v1;
 
 mod common;
@@ -20,24 +20,6 @@ const SLOT_DTMF: u16 = 16;
 
 fn codec(pt: u32, name: &str, rate: u32) -> Option<v1::Codec> {
     Some(v1::Codec { payload_type: pt, name: name.into(), rate, channels: 1, ptime_ms: 20, opus: None, telephone_event: None })
-}
-
-/// Encodes `signal` (at `params.rate`) as 20 ms RTP packets of payload type `pt`.
-fn rtp_packets(params: CodecParams, pt: u8, signal: &[i16], ssrc: u32) -> Vec<Vec<u8>> {
-    let mut enc = media_codecs::encoder(&params).expect("encoder");
-    let frame = params.rate as usize / 50;
-    signal
-        .chunks_exact(frame)
-        .enumerate()
-        .map(|(i, chunk)| {
-            let mut p = vec![0x80, pt];
-            p.extend_from_slice(&(i as u16).to_be_bytes());
-            p.extend_from_slice(&((i * 160) as u32).to_be_bytes());
-            p.extend_from_slice(&ssrc.to_be_bytes());
-            enc.encode(chunk, &mut p).expect("encode");
-            p
-        })
-        .collect()
 }
 
 /// Sends `packets` from `tx` to `to` in bursts of 10, receiving what comes out at `rx` from
@@ -56,21 +38,6 @@ fn exchange(tx: &UdpSocket, to: SocketAddr, rx: &UdpSocket, from: SocketAddr, pa
         }
     }
     payloads
-}
-
-fn decode(params: CodecParams, payloads: &[Vec<u8>]) -> Vec<i16> {
-    let mut dec = media_codecs::decoder(&params).expect("decoder");
-    let mut pcm = Vec::new();
-    for p in payloads {
-        dec.decode(p, &mut pcm).expect("decodes");
-    }
-    pcm
-}
-
-fn resample(pcm: &[i16], from: u32, to: u32) -> Vec<i16> {
-    let mut out = Vec::new();
-    Resampler::new(from, to, 1).expect("resampler").process(pcm, &mut out).expect("resample");
-    out
 }
 
 #[tokio::test]
@@ -176,15 +143,7 @@ async fn dtmf_digits_are_reported_on_the_events_stream_and_cross_a_transcoding_b
     .await;
     bridge(&mut c, &a, &b).await;
     // Key 7 held for 100 ms: three progress packets, then the End packet three times.
-    let event = |seq: u16, end: bool, duration: u16| {
-        let mut p = vec![0x80, 101];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&8000u32.to_be_bytes());
-        p.extend_from_slice(&0xAu32.to_be_bytes());
-        p.extend_from_slice(&[7, if end { 0x8a } else { 0x0a }]);
-        p.extend_from_slice(&duration.to_be_bytes());
-        p
-    };
+    let event = |seq: u16, end: bool, duration: u16| telephone_event(101, seq, 8000, 0xA, 7, end, duration);
     for (i, (end, d)) in [(false, 160), (false, 320), (false, 480), (true, 800), (true, 800), (true, 800)].into_iter().enumerate() {
         send(&sock_a, &event(i as u16, end, d), a.local);
     }
@@ -230,15 +189,7 @@ async fn dtmf_crosses_between_rfc4733_and_in_band_tones_both_ways() {
     let pcma = CodecParams::new(CodecKind::Pcma, 8000);
 
     // A → B: key 4 as events (100 ms, End three times) becomes tones in B's audio.
-    let event = |seq: u16, end: bool, duration: u16| {
-        let mut p = vec![0x80, 101];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&8000u32.to_be_bytes());
-        p.extend_from_slice(&0xAu32.to_be_bytes());
-        p.extend_from_slice(&[4, if end { 0x8a } else { 0x0a }]);
-        p.extend_from_slice(&duration.to_be_bytes());
-        p
-    };
+    let event = |seq: u16, end: bool, duration: u16| telephone_event(101, seq, 8000, 0xA, 4, end, duration);
     for (i, (end, d)) in [(false, 160), (false, 320), (false, 480), (false, 640), (true, 800), (true, 800), (true, 800)].into_iter().enumerate() {
         send(&sock_a, &event(i as u16, end, d), a.local);
     }

@@ -385,3 +385,51 @@ pub fn recv(s: &UdpSocket, what: &str) -> (Vec<u8>, SocketAddr) {
         Err(e) => panic!("{what}: nothing received on {} within {IO_TIMEOUT:?} ({e})", local(s)),
     }
 }
+
+/// 20 ms RTP packets (sequence from 0, timestamps at the codec's RTP clock) of `signal`, at
+/// `params.rate`, encoded in `params`' codec with payload type `pt`.
+pub fn rtp_packets(params: media_codecs::CodecParams, pt: u8, signal: &[i16], ssrc: u32) -> Vec<Vec<u8>> {
+    let mut enc = media_codecs::encoder(&params).expect("encoder");
+    let step = params.kind.rtp_clock(&params) / 50;
+    signal
+        .chunks_exact(params.rate as usize / 50)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut p = vec![0x80, pt];
+            p.extend_from_slice(&(i as u16).to_be_bytes());
+            p.extend_from_slice(&(i as u32 * step).to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            enc.encode(chunk, &mut p).expect("encode");
+            p
+        })
+        .collect()
+}
+
+/// Decodes RTP payloads of `params`' codec into PCM.
+pub fn decode(params: media_codecs::CodecParams, payloads: &[Vec<u8>]) -> Vec<i16> {
+    let mut dec = media_codecs::decoder(&params).expect("decoder");
+    let mut pcm = Vec::new();
+    for p in payloads {
+        dec.decode(p, &mut pcm).expect("decodes");
+    }
+    pcm
+}
+
+/// `pcm` from `from` Hz to `to` Hz (mono).
+pub fn resample(pcm: &[i16], from: u32, to: u32) -> Vec<i16> {
+    let mut out = Vec::new();
+    media_codecs::Resampler::new(from, to, 1).expect("resampler").process(pcm, &mut out).expect("resample");
+    out
+}
+
+/// An RFC 4733 telephone-event packet: event `code` (0-9 digits, 10 `*`, 11 `#`), `end` bit,
+/// volume 10, `duration` in RTP clock units.
+pub fn telephone_event(pt: u8, seq: u16, ts: u32, ssrc: u32, code: u8, end: bool, duration: u16) -> Vec<u8> {
+    let mut p = vec![0x80, pt];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&[code, if end { 0x8a } else { 0x0a }]);
+    p.extend_from_slice(&duration.to_be_bytes());
+    p
+}
