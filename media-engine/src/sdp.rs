@@ -682,6 +682,89 @@ fn events_at(list: &[Format], clock: u32) -> Option<&Format> {
     list.iter().find(|f| f.is_telephone_event() && f.clock == clock)
 }
 
+/// The SRTP keys of the answerer's leg: its `a=crypto` line, matched by tag and suite to the key
+/// the media plane offered it; `None` when plain RTP was offered (and answered).
+fn answer_keys(offered: &Offered, m: &Media, index: usize) -> Result<Option<SrtpKeys>, SdpError> {
+    if offered.answerer_keys.is_empty() {
+        return if is_secure(index, &m.proto)? { Err(stream_error(index, "the answer is SRTP but plain RTP was offered")) } else { Ok(None) };
+    }
+    let refused = || stream_error(index, "the answer refuses the SRTP it was offered");
+    if !is_secure(index, &m.proto)? {
+        return Err(refused());
+    }
+    let theirs = sdes_keys(m, index)?.into_iter().next().ok_or_else(refused)?;
+    let ours = offered
+        .answerer_keys
+        .iter()
+        .find(|k| k.tag == theirs.tag && k.suite == theirs.suite)
+        .cloned()
+        .ok_or_else(|| stream_error(index, format!("a=crypto tag {} was not offered with that suite", theirs.tag)))?;
+    Ok(Some(SrtpKeys { remote: theirs, local: ours }))
+}
+
+/// What an answer settles for one stream.
+struct Choice {
+    /// The formats the offerer is answered with.
+    answer_formats: Vec<Format>,
+    offerer_codec: Option<LegCodec>,
+    answerer_codec: Option<LegCodec>,
+    /// The answerer took one of the offerer's codecs.
+    relayed: bool,
+}
+
+/// Each leg's codec from the answerer's `answered` formats (see the module documentation).
+fn choose(offered: &Offered, answered: &[Format], answerer_ptime: u16, index: usize) -> Result<Choice, SdpError> {
+    // The answerer's formats, matched to what it was offered (by payload type, else by codec).
+    let answered: Vec<Format> = answered
+        .iter()
+        .filter_map(|f| {
+            let same = |s: &&Format| s.pt == f.pt && (f.clock == 0 || s.same_codec(f));
+            let sent = offered.sent.iter().find(same).or_else(|| offered.sent.iter().find(|s| s.same_codec(f)));
+            sent.map(|s| Format { pt: f.pt, ..s.clone() })
+        })
+        .collect();
+    let chosen = answered.iter().find(|f| f.is_codec()).ok_or_else(|| stream_error(index, "the answer names no codec that was offered"))?;
+    let added = |f: &Format| offered.sent.iter().any(|s| s.same_codec(f) && offered.added.contains(&s.pt));
+    let relayed = !added(chosen);
+    let (offerer_format, answer_formats): (Format, Vec<Format>) = if relayed {
+        let offerer_format = offered.usable.iter().find(|u| u.same_codec(chosen)).cloned().unwrap_or_else(|| chosen.clone());
+        // What the answerer accepted of the offerer's own formats, in its order.
+        let formats = answered.iter().filter(|f| !added(f)).filter_map(|f| offered.usable.iter().find(|u| u.same_codec(f)).cloned()).collect();
+        (offerer_format, formats)
+    } else {
+        let offerer_format = offered
+            .usable
+            .iter()
+            .find(|u| u.is_codec() && u.kind().is_some())
+            .cloned()
+            .ok_or_else(|| stream_error(index, "the offerer has no codec the media plane decodes"))?;
+        // The offerer keeps its telephone-events even if the answerer has none: the transcoder
+        // turns them into tones and tones into them.
+        let mut formats = vec![offerer_format.clone()];
+        formats.extend(events_at(&offered.usable, offerer_format.clock).cloned());
+        (offerer_format, formats)
+    };
+    let offerer_events = events_at(&answer_formats, offerer_format.clock).map(|f| f.pt);
+    let answerer_events = events_at(&answered, chosen.clock).map(|f| f.pt);
+    let offerer_ptime = offered.offerer.ptime_ms;
+    let (mut offerer_codec, mut answerer_codec) = if relayed {
+        // One codec on both legs: the bridge relays (telephone-events pass as they are).
+        let codec = leg_codec(chosen, offerer_ptime, answerer_events.filter(|pt| Some(*pt) == offerer_events), 48_000);
+        (codec.map(|c| LegCodec { payload_type: offerer_format.pt, ..c }), codec)
+    } else {
+        (
+            leg_codec(&offerer_format, offerer_ptime, offerer_events, pcm_rate(chosen)),
+            leg_codec(chosen, answerer_ptime, answerer_events, pcm_rate(&offerer_format)),
+        )
+    };
+    if relayed && offerer_codec != answerer_codec {
+        // The answerer renumbered the codec: the media plane rewrites, so both need a codec.
+        offerer_codec = leg_codec(&offerer_format, offerer_ptime, offerer_events, 48_000);
+        answerer_codec = leg_codec(chosen, answerer_ptime, answerer_events, 48_000);
+    }
+    Ok(Choice { answer_formats, offerer_codec, answerer_codec, relayed })
+}
+
 /// Rewrites the answer to `state`'s offer for the offerer, and says which codec each leg speaks.
 pub fn answer(state: &OfferState, body: &[u8], to_offerer: &Anchor) -> Result<RewrittenAnswer, SdpError> {
     let mut session = parse(body)?;
@@ -703,73 +786,11 @@ pub fn answer(state: &OfferState, body: &[u8], to_offerer: &Anchor) -> Result<Re
             out.push(Some(Negotiated { offerer: offered.offerer.clone(), answerer, offerer_codec: None, answerer_codec: None, transcoded: false }));
             continue;
         }
-        if !offered.answerer_keys.is_empty() {
-            let refused = || stream_error(index, "the answer refuses the SRTP it was offered");
-            if !is_secure(index, &m.proto)? {
-                return Err(refused());
-            }
-            let theirs = sdes_keys(m, index)?.into_iter().next().ok_or_else(refused)?;
-            let ours = offered
-                .answerer_keys
-                .iter()
-                .find(|k| k.tag == theirs.tag && k.suite == theirs.suite)
-                .cloned()
-                .ok_or_else(|| stream_error(index, format!("a=crypto tag {} was not offered with that suite", theirs.tag)))?;
-            answerer.srtp = Some(SrtpKeys { remote: theirs, local: ours });
-        } else if is_secure(index, &m.proto)? {
-            return Err(stream_error(index, "the answer is SRTP but plain RTP was offered"));
-        }
+        answerer.srtp = answer_keys(offered, m, index)?;
         m.proto.clone_from(&offered.offerer_proto);
         let ours: Vec<SdesKey> = offered.offerer.srtp.iter().map(|k| k.local.clone()).collect();
         set_crypto(m, &ours);
-        // The answerer's formats, matched to what it was offered (by payload type, else by codec).
-        let answered: Vec<Format> = formats(m)
-            .into_iter()
-            .filter_map(|f| {
-                offered.sent.iter().find(|s| s.pt == f.pt && (f.clock == 0 || s.same_codec(&f))).or_else(|| offered.sent.iter().find(|s| s.same_codec(&f))).map(|s| Format { pt: f.pt, ..s.clone() })
-            })
-            .collect();
-        let chosen = answered
-            .iter()
-            .find(|f| f.is_codec())
-            .ok_or_else(|| stream_error(index, "the answer names no codec that was offered"))?;
-        let added = |f: &Format| offered.sent.iter().any(|s| s.same_codec(f) && offered.added.contains(&s.pt));
-        let relayed = !added(chosen);
-        let (offerer_format, answer_formats): (Format, Vec<Format>) = if relayed {
-            let offerer_format = offered.usable.iter().find(|u| u.same_codec(chosen)).cloned().unwrap_or_else(|| chosen.clone());
-            // What the answerer accepted of the offerer's own formats, in its order.
-            let formats = answered.iter().filter(|f| !added(f)).filter_map(|f| offered.usable.iter().find(|u| u.same_codec(f)).cloned()).collect();
-            (offerer_format, formats)
-        } else {
-            let offerer_format = offered
-                .usable
-                .iter()
-                .find(|u| u.is_codec() && u.kind().is_some())
-                .cloned()
-                .ok_or_else(|| stream_error(index, "the offerer has no codec the media plane decodes"))?;
-            // The offerer keeps its telephone-events even if the answerer has none: the
-            // transcoder turns them into tones and tones into them.
-            let mut formats = vec![offerer_format.clone()];
-            formats.extend(events_at(&offered.usable, offerer_format.clock).cloned());
-            (offerer_format, formats)
-        };
-        let offerer_events = events_at(&answer_formats, offerer_format.clock).map(|f| f.pt);
-        let answerer_events = events_at(&answered, chosen.clock).map(|f| f.pt);
-        let (mut offerer_codec, mut answerer_codec) = if relayed {
-            // One codec on both legs: the bridge relays (telephone-events pass as they are).
-            let codec = leg_codec(chosen, offered.offerer.ptime_ms, answerer_events.filter(|pt| Some(*pt) == offerer_events), 48_000);
-            (codec.map(|c| LegCodec { payload_type: offerer_format.pt, ..c }), codec)
-        } else {
-            (
-                leg_codec(&offerer_format, offered.offerer.ptime_ms, offerer_events, pcm_rate(chosen)),
-                leg_codec(chosen, answerer.ptime_ms, answerer_events, pcm_rate(&offerer_format)),
-            )
-        };
-        if relayed && offerer_codec != answerer_codec {
-            // The answerer renumbered the codec: the media plane rewrites, so both need a codec.
-            offerer_codec = leg_codec(&offerer_format, offered.offerer.ptime_ms, offerer_events, 48_000);
-            answerer_codec = leg_codec(chosen, answerer.ptime_ms, answerer_events, 48_000);
-        }
+        let Choice { answer_formats, offerer_codec, answerer_codec, relayed } = choose(offered, &formats(m), answerer.ptime_ms, index)?;
         anchor_media(m, to_offerer.ip, port, Some(&answer_formats));
         set_attribute(m, "rtcp-mux", None, offered.offerer.rtcp_mux);
         if !relayed {

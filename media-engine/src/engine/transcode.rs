@@ -437,10 +437,7 @@ impl Transcoder {
             } else {
                 self.pending.extend(std::iter::repeat_n(0, samples));
             }
-            if self.channels == 2 {
-                let mono: Vec<i16> = self.pending.drain(before..).collect();
-                self.pending.extend(mono.iter().flat_map(|s| [*s, *s]));
-            }
+            self.widen_pending(before);
             sent += self.encode_pending(&mut out);
         }
         now.frame += 1;
@@ -457,6 +454,15 @@ impl Transcoder {
     pub fn sender_info(&self) -> (u32, u32, u32, u32) {
         let packets = self.counters.encoded + self.counters.events;
         (self.ssrc, packets as u32, self.counters.octets as u32, self.ts)
+    }
+
+    /// Makes the mono samples made into `pending` from `from` on (tones, silence) the stream's
+    /// channel count.
+    fn widen_pending(&mut self, from: usize) {
+        if self.channels == 2 {
+            let mono: Vec<i16> = self.pending.drain(from..).collect();
+            self.pending.extend(mono.iter().flat_map(|s| [*s, *s]));
+        }
     }
 
     /// A digit the source played as tones and that has ended (taken once), with its length.
@@ -553,11 +559,8 @@ impl Transcoder {
         let more = (target.saturating_sub(t.made as u64) as usize).min(rate as usize);
         let before = self.pending.len();
         t.generator.tone(t.digit, more, &mut self.pending);
-        if self.channels == 2 {
-            let mono: Vec<i16> = self.pending.drain(before..).collect();
-            self.pending.extend(mono.iter().flat_map(|s| [*s, *s]));
-        }
         t.made += more;
+        self.widen_pending(before);
         self.encode_pending(out)
     }
 }
