@@ -303,4 +303,5 @@ impl RepeatConcealer {
 }
 
 pub mod dtmf;
+pub mod prompt;
 pub mod signal;

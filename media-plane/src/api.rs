@@ -6,6 +6,7 @@
 //! cores is made in two halves, one command to each core; if the second core refuses, the first
 //! half is deleted again (which tells the second core, through the cores' own queues).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -41,7 +42,18 @@ struct Inner {
     media_ip: IpAddr,
     /// Set on shutdown: ends every Events stream so graceful shutdown does not wait on them.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Where Play's files are, and the prompts read so far, by (source, PCM rate).
+    prompt_dir: std::path::PathBuf,
+    prompts: std::sync::Mutex<PromptCache>,
 }
+
+/// Decoded prompts by (source, PCM rate).
+type PromptCache = HashMap<(String, u32), Arc<[i16]>>;
+
+/// Prompts kept decoded (a full cache is emptied: prompt sets are small, music on hold one file).
+const PROMPT_CACHE: usize = 256;
+/// Largest WAV file Play reads.
+const MAX_PROMPT_BYTES: u64 = 32 * 1024 * 1024;
 
 impl MediaService {
     pub fn new(cores: Vec<CoreHandle>, events: broadcast::Sender<CoreEvent>, media_ip: IpAddr, advertise_ip: IpAddr) -> Self {
@@ -55,8 +67,66 @@ impl MediaService {
                 advertise_ip,
                 media_ip,
                 stopping,
+                prompt_dir: std::path::PathBuf::from("prompts"),
+                prompts: std::sync::Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The same service, reading Play's files from `dir`.
+    pub fn with_prompt_dir(self, dir: std::path::PathBuf) -> Self {
+        let inner = Arc::try_unwrap(self.inner).map(|mut i| {
+            i.prompt_dir = dir;
+            i
+        });
+        match inner {
+            Ok(i) => Self { inner: Arc::new(i) },
+            Err(shared) => Self { inner: shared },
+        }
+    }
+
+    /// The PCM (mono, at `rate`) of a Play source, read and kept, and its source text; errors
+    /// name the field.
+    fn prompt(&self, source: &v1::play_request::Source, rate: u32) -> Result<Arc<[i16]>, Status> {
+        let key = match source {
+            v1::play_request::Source::File(f) => format!("file:{f}"),
+            v1::play_request::Source::Tone(t) => format!("tone:{t}"),
+        };
+        if let Some(pcm) = self.inner.prompts.lock().ok().and_then(|c| c.get(&(key.clone(), rate)).cloned()) {
+            return Ok(pcm);
+        }
+        let pcm: Vec<i16> = match source {
+            v1::play_request::Source::Tone(t) => match (media_codecs::prompt::Tone::from_name(t), t.strip_prefix("dtmf:")) {
+                (Some(tone), _) => tone.cycle(rate),
+                (None, Some(digits)) if !digits.is_empty() && digits.chars().all(|c| media_codecs::dtmf::frequencies(c).is_some()) => {
+                    media_codecs::prompt::dtmf_sequence(digits, rate)
+                }
+                _ => return Err(Status::invalid_argument(format!("tone: {t:?} is not ringback, busy, congestion (or -us), or dtmf:<digits>"))),
+            },
+            v1::play_request::Source::File(f) => {
+                let rel = std::path::Path::new(f);
+                let inside = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                if f.is_empty() || !inside {
+                    return Err(Status::invalid_argument(format!("file: {f:?} must be a relative path inside the prompt directory")));
+                }
+                let path = self.inner.prompt_dir.join(rel);
+                let too_big = std::fs::metadata(&path).map(|m| m.len() > MAX_PROMPT_BYTES).unwrap_or(false);
+                if too_big {
+                    return Err(Status::invalid_argument(format!("file: {f:?} is larger than {MAX_PROMPT_BYTES} bytes")));
+                }
+                let bytes = std::fs::read(&path).map_err(|e| Status::not_found(format!("file: {}: {e}", path.display())))?;
+                let (from, pcm) = media_codecs::prompt::read_wav(&bytes).map_err(|e| Status::invalid_argument(format!("file: {f:?}: {e}")))?;
+                media_codecs::prompt::resample_all(&pcm, from, rate).map_err(|e| Status::invalid_argument(format!("file: {f:?}: {e}")))?
+            }
+        };
+        let pcm: Arc<[i16]> = pcm.into();
+        if let Ok(mut cache) = self.inner.prompts.lock() {
+            if cache.len() >= PROMPT_CACHE {
+                cache.clear();
+            }
+            cache.insert((key, rate), pcm.clone());
+        }
+        Ok(pcm)
     }
 
     /// Ends every open Events stream (and refuses new ones), so the server can drain and stop.
@@ -519,6 +589,32 @@ impl v1::media_plane_server::MediaPlane for MediaService {
         Ok(Response::new(v1::AnswerResponse { sdp: answer.sdp, streams }))
     }
 
+    async fn play(&self, req: Request<v1::PlayRequest>) -> Result<Response<v1::PlayResponse>, Status> {
+        let r = req.into_inner();
+        let source = r.source.ok_or_else(|| Status::invalid_argument("source: a file or a tone is needed"))?;
+        let core = self.core_of(r.leg_id, "leg_id")?;
+        let id = r.leg_id;
+        let named = |s: Status| Status::new(s.code(), format!("leg_id: {}", s.message()));
+        let rate = self.ask(core, |reply| Command::PlayRate { id, reply }).await.map_err(named)?;
+        // Reading and resampling a file is blocking work: off the async threads.
+        let service = self.clone();
+        let pcm = tokio::task::spawn_blocking(move || service.prompt(&source, rate))
+            .await
+            .map_err(|e| Status::internal(format!("reading the prompt: {e}")))??;
+        let play = self.new_id(core.core);
+        let duration_ms = (pcm.len() as u64 * 1000 / u64::from(rate.max(1))) as u32;
+        let looped = r.r#loop;
+        self.ask(core, |reply| Command::Play { id, play, pcm, looped, reply }).await.map_err(named)?;
+        Ok(Response::new(v1::PlayResponse { play_id: play, duration_ms }))
+    }
+
+    async fn stop_play(&self, req: Request<v1::StopPlayRequest>) -> Result<Response<v1::StopPlayResponse>, Status> {
+        let id = req.into_inner().leg_id;
+        let core = self.core_of(id, "leg_id")?;
+        let stopped = self.ask(core, |reply| Command::StopPlay { id, reply }).await?;
+        Ok(Response::new(v1::StopPlayResponse { stopped }))
+    }
+
     async fn inject_dtmf(&self, req: Request<v1::InjectDtmfRequest>) -> Result<Response<v1::InjectDtmfResponse>, Status> {
         let r = req.into_inner();
         let bad = |field: &str, why: String| Status::invalid_argument(format!("{field}: {why}"));
@@ -620,6 +716,9 @@ impl MediaService {
                 leg_id: leg,
                 kind: Some(v1::event::Kind::Dtmf(v1::Dtmf { digit: digit.to_string(), duration_ms })),
             },
+            Event::PlayFinished { leg, play, stopped } => {
+                v1::Event { leg_id: leg, kind: Some(v1::event::Kind::PlayFinished(v1::PlayFinished { play_id: play, stopped })) }
+            }
             Event::Quality { leg, alarm, loss_permille, jitter_us } => {
                 v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Quality(v1::Quality { alarm, loss_permille, jitter_us })) }
             }

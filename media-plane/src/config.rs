@@ -14,6 +14,8 @@
 //! idle_spin_us = 0                 # keep polling this long after a packet before sleeping (default 0)
 //! backend = "udp"                  # "udp" (kernel sockets), "xdp" (AF_XDP, needs root) or "auto" (default "udp")
 //! interface = "eth0"               # the NIC AF_XDP binds to; required by "xdp" and "auto" (default: none)
+//! prompt_dir = "/usr/share/media-plane/prompts"  # where Play's files are (default "prompts"); Play
+//!                                  # reads nothing outside it
 //! ```
 //!
 //! `auto` tries AF_XDP and, when it cannot be used (no privileges, no such interface, media_ip not on
@@ -57,6 +59,7 @@ pub struct FileConfig {
     pub idle_spin_us: Option<i64>,
     pub backend: Option<String>,
     pub interface: Option<String>,
+    pub prompt_dir: Option<String>,
 }
 
 impl FileConfig {
@@ -85,6 +88,7 @@ impl FileConfig {
             idle_spin_us: over.idle_spin_us.or(self.idle_spin_us),
             backend: over.backend.or(self.backend),
             interface: over.interface.or(self.interface),
+            prompt_dir: over.prompt_dir.or(self.prompt_dir),
         }
     }
 
@@ -161,9 +165,14 @@ impl FileConfig {
             }
             (_, i) => i,
         };
+        let prompt_dir = std::path::PathBuf::from(self.prompt_dir.unwrap_or_else(|| "prompts".into()));
+        if prompt_dir.as_os_str().is_empty() {
+            return Err(invalid("prompt_dir", "is empty"));
+        }
         Ok(Config {
             backend,
             interface,
+            prompt_dir,
             grpc_listen,
             media_ip,
             advertise_ip,
@@ -197,6 +206,8 @@ pub struct Config {
     pub backend: Backend,
     /// Interface of the AF_XDP backend (set exactly when `backend` is not `Udp`).
     pub interface: Option<String>,
+    /// The directory Play reads its files from (and nothing outside it).
+    pub prompt_dir: std::path::PathBuf,
     pub grpc_listen: SocketAddr,
     pub media_ip: IpAddr,
     pub advertise_ip: IpAddr,

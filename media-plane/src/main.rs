@@ -51,6 +51,9 @@ struct Args {
     /// Network interface of the xdp backend.
     #[arg(long)]
     interface: Option<String>,
+    /// Directory of the files Play may read.
+    #[arg(long)]
+    prompt_dir: Option<String>,
 }
 
 /// How long in-flight gRPC requests may take to finish after SIGTERM/SIGINT.
@@ -73,6 +76,7 @@ fn load(args: &Args) -> Result<media_plane::config::Config, ConfigError> {
         idle_spin_us: args.idle_spin_us,
         backend: args.backend.clone(),
         interface: args.interface.clone(),
+        prompt_dir: args.prompt_dir.clone(),
         ..Default::default()
     };
     file.overlay(flags).validate()
@@ -106,7 +110,7 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
     let backend = started.backend;
     // Held until the cores have stopped: dropping it detaches the XDP program.
     let steering = started.steering;
-    let service = MediaService::new(started.cores, events, config.media_ip, config.advertise_ip);
+    let service = MediaService::new(started.cores, events, config.media_ip, config.advertise_ip).with_prompt_dir(config.prompt_dir.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("grpc")

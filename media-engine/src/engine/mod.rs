@@ -119,6 +119,9 @@ pub enum Event {
     /// The leg's endpoint sent a DTMF digit (RFC 4733, or tones heard on a transcoded leg),
     /// lasting `duration_ms`.
     Dtmf { leg: LegId, digit: char, duration_ms: u32 },
+    /// Play `play` to the leg ended: it reached its end, or (`stopped`) it was stopped or
+    /// replaced.
+    PlayFinished { leg: LegId, play: u64, stopped: bool },
     /// The stream the leg's endpoint sends crossed its quality thresholds (`alarm`: now above
     /// them; else back under), with the loss and jitter of the last judged interval.
     Quality { leg: LegId, alarm: bool, loss_permille: u32, jitter_us: u64 },
@@ -230,8 +233,9 @@ pub struct Engine {
     /// ([`Engine::handoff_payload`]).
     plain: Vec<u8>,
     plain_valid: bool,
-    /// Legs with injected digits playing, and when each one's next packet time is.
-    injecting: Vec<(usize, Instant)>,
+    /// Legs whose outgoing stream the engine generates (injected digits, plays), and when each
+    /// one's next packet time is.
+    generating: Vec<(usize, Instant)>,
 }
 
 impl Engine {
@@ -253,7 +257,7 @@ impl Engine {
             epoch: None,
             plain: Vec::with_capacity(MAX_TRANSMIT),
             plain_valid: false,
-            injecting: Vec::new(),
+            generating: Vec::new(),
         }
     }
 
@@ -411,7 +415,7 @@ impl Engine {
 
     /// Runs due timers: removes legs idle for their media timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.play_injected(now);
+        self.play_generated(now);
         match self.next_sweep {
             Some(t) if now >= t => {}
             _ => return,
@@ -605,9 +609,54 @@ impl Engine {
 
     /// Plays `digits` to leg `id`'s endpoint: into the stream the media plane makes for it, as
     /// RFC 4733 events if the leg takes them, else as tones, each `on` long with `pause` after.
-    /// A relayed leg gets a transcoder of its own codec first (the stream becomes the media
-    /// plane's: its SSRC and numbering), which stays for the rest of the bridge.
     pub fn inject_dtmf(&mut self, id: LegId, digits: &str, on: Duration, pause: Duration, now: Instant) -> Result<usize, CommandError> {
+        let (slot, codec) = self.own_stream(id)?;
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let queued = self
+            .slot_mut(slot)
+            .and_then(|l| l.transcoder.as_mut())
+            .map_or(0, |t| t.inject(digits, ms(on), ms(pause), codec.ptime_ms));
+        if queued == 0 {
+            return Err(CommandError::NoDigits(digits.to_owned()));
+        }
+        self.start_generating(slot, now);
+        Ok(queued)
+    }
+
+    /// The PCM rate audio played to leg `id` must have (mono).
+    pub fn play_rate(&mut self, id: LegId) -> Result<u32, CommandError> {
+        let (slot, _) = self.own_stream(id)?;
+        Ok(self.slot(slot).and_then(|l| l.transcoder.as_ref()).map_or(8000, |t| t.play_rate()))
+    }
+
+    /// Plays `pcm` (mono, at [`play_rate`](Self::play_rate)) to leg `id`'s endpoint instead of
+    /// its bridge's audio, once or `looped`, as play `play`; a play already going is replaced
+    /// (its [`Event::PlayFinished`] says so). When it ends, the bridge's audio resumes in the
+    /// same stream (continuous SSRC, sequence numbers and timestamps).
+    pub fn play(&mut self, id: LegId, play: u64, pcm: std::sync::Arc<[i16]>, looped: bool, now: Instant) -> Result<(), CommandError> {
+        let (slot, _) = self.own_stream(id)?;
+        let replaced = self.slot_mut(slot).and_then(|l| l.transcoder.as_mut()).and_then(|t| t.play(play, pcm, looped));
+        if let Some(replaced) = replaced {
+            self.events.push_back(Event::PlayFinished { leg: id, play: replaced, stopped: true });
+        }
+        self.start_generating(slot, now);
+        Ok(())
+    }
+
+    /// Stops leg `id`'s play; whether one was going.
+    pub fn stop_play(&mut self, id: LegId) -> Result<bool, CommandError> {
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        let stopped = self.slot_mut(slot).and_then(|l| l.transcoder.as_mut()).and_then(|t| t.stop_play());
+        if let Some(play) = stopped {
+            self.events.push_back(Event::PlayFinished { leg: id, play, stopped: true });
+        }
+        Ok(stopped.is_some())
+    }
+
+    /// Leg `id`'s slot and codec, with a transcoder making its outgoing stream: a relayed leg
+    /// gets one of its own codec first (the stream becomes the media plane's: its SSRC and
+    /// numbering), which stays for the rest of the bridge.
+    fn own_stream(&mut self, id: LegId) -> Result<(usize, LegCodec), CommandError> {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
         let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(id))?;
         if self.slot(slot).is_some_and(|l| l.transcoder.is_none()) {
@@ -617,40 +666,35 @@ impl Engine {
                 l.transcoder = Some(Box::new(t));
             }
         }
-        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-        let queued = self
-            .slot_mut(slot)
-            .and_then(|l| l.transcoder.as_mut())
-            .map_or(0, |t| t.inject(digits, ms(on), ms(pause), codec.ptime_ms));
-        if queued == 0 {
-            return Err(CommandError::NoDigits(digits.to_owned()));
-        }
-        if !self.injecting.iter().any(|(s, _)| *s == slot) {
-            self.injecting.push((slot, now));
-        }
-        Ok(queued)
+        Ok((slot, codec))
     }
 
-    /// Plays the packet times of injected digits that are due (at most 5 behind per leg: a
+    fn start_generating(&mut self, slot: usize, now: Instant) {
+        if !self.generating.iter().any(|(s, _)| *s == slot) {
+            self.generating.push((slot, now));
+        }
+    }
+
+    /// Plays the packet times of generated streams that are due (at most 5 behind per leg: a
     /// late core sends a short burst, not a flood).
-    fn play_injected(&mut self, now: Instant) {
+    fn play_generated(&mut self, now: Instant) {
         let mut i = 0;
-        while let Some(&(slot, mut at)) = self.injecting.get(i) {
-            let Self { slots, transmits, spare, .. } = self;
+        while let Some(&(slot, mut at)) = self.generating.get(i) {
+            let Self { slots, transmits, spare, events, .. } = self;
             let Some(leg) = slots.get_mut(slot).and_then(Option::as_mut) else {
-                self.injecting.swap_remove(i);
+                self.generating.swap_remove(i);
                 continue;
             };
             let ptime = Duration::from_millis(u64::from(leg.codec.map_or(20, |c| c.ptime_ms)));
-            let destination = leg.rtp_destination();
+            let destination = leg.rtp_destination().filter(|_| leg.direction.endpoint_receives());
             let mut srtp = leg.srtp.as_deref_mut();
-            let Some(t) = leg.transcoder.as_mut().filter(|t| t.injecting()) else {
-                self.injecting.swap_remove(i);
+            let Some(t) = leg.transcoder.as_mut().filter(|t| t.generating()) else {
+                self.generating.swap_remove(i);
                 continue;
             };
             let (mut sent, mut bytes) = (0u64, 0u64);
             for _ in 0..5 {
-                if at > now || !t.injecting() {
+                if at > now || !t.generating() {
                     break;
                 }
                 t.tick(|packet| {
@@ -663,14 +707,17 @@ impl Engine {
                 });
                 at += ptime;
             }
-            let more = t.injecting();
+            if let Some(play) = t.take_finished() {
+                events.push_back(Event::PlayFinished { leg: leg.id, play, stopped: false });
+            }
+            let more = t.generating();
             leg.counters.rtp_packets_out += sent;
             leg.counters.rtp_bytes_out += bytes;
             if more {
-                self.injecting[i].1 = now.checked_sub(ptime).map_or(at, |floor| at.max(floor));
+                self.generating[i].1 = now.checked_sub(ptime).map_or(at, |floor| at.max(floor));
                 i += 1;
             } else {
-                self.injecting.swap_remove(i);
+                self.generating.swap_remove(i);
             }
         }
     }
@@ -794,7 +841,7 @@ impl Engine {
     /// When [`Engine::handle_timeout`] must next be called; `None` when there is nothing to time.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.injecting.iter().map(|(_, at)| *at).chain(self.next_sweep).min()
+        self.generating.iter().map(|(_, at)| *at).chain(self.next_sweep).min()
     }
 
     /// Next event for the control plane and the driver.

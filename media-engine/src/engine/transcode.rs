@@ -141,7 +141,20 @@ pub struct Transcoder {
     /// [`tick`](Self::tick) (the source's audio waits meanwhile).
     injected: std::collections::VecDeque<Injected>,
     injecting: Option<Injecting>,
+    /// Audio played into the outgoing stream instead of the source's (prompts, music on hold,
+    /// tones), and the play that finished last, for the engine's event.
+    playing: Option<Playing>,
+    finished: Option<u64>,
     pub counters: TranscodeCounters,
+}
+
+/// Audio being played: PCM at the encoder's rate, mono.
+#[derive(Debug)]
+struct Playing {
+    id: u64,
+    pcm: std::sync::Arc<[i16]>,
+    at: usize,
+    looped: bool,
 }
 
 /// A digit to play: frames of tone (or events), then frames of silence.
@@ -281,6 +294,8 @@ impl Transcoder {
             heard: None,
             injected: std::collections::VecDeque::new(),
             injecting: None,
+            playing: None,
+            finished: None,
             counters: TranscodeCounters::default(),
         })
     }
@@ -340,7 +355,7 @@ impl Transcoder {
         self.last_seq = Some(seq);
         self.last_ssrc = Some(rtp.ssrc());
         let mut sent = self.detect_tones(&mut out);
-        if self.tones.as_ref().is_some_and(|t| !t.ended) || self.injecting() {
+        if self.tones.as_ref().is_some_and(|t| !t.ended) || self.generating() {
             // An event from the source is being played as tones, or injected digits: the
             // source's audio waits.
             return Ok(sent);
@@ -407,9 +422,44 @@ impl Transcoder {
         self.injecting.is_some() || !self.injected.is_empty()
     }
 
-    /// Plays one packet time of the injected digits: a tone frame, an RFC 4733 packet (three
-    /// with the end bit on a digit's last frame) or a silence frame. Returns packets sent.
+    /// The PCM rate audio to [`play`](Self::play) must have.
+    pub fn play_rate(&self) -> u32 {
+        self.encoder.sample_rate()
+    }
+
+    /// Plays `pcm` (mono, at [`play_rate`](Self::play_rate)) into the outgoing stream instead of
+    /// the source's audio, once or `looped`; returns the play it replaced.
+    pub fn play(&mut self, id: u64, pcm: std::sync::Arc<[i16]>, looped: bool) -> Option<u64> {
+        let replaced = self.playing.take().map(|p| p.id);
+        if !pcm.is_empty() {
+            self.playing = Some(Playing { id, pcm, at: 0, looped });
+        }
+        replaced
+    }
+
+    /// Stops the play, if any; returns its id.
+    pub fn stop_play(&mut self) -> Option<u64> {
+        self.playing.take().map(|p| p.id)
+    }
+
+    /// The play that reached its end since the last call (taken once).
+    pub fn take_finished(&mut self) -> Option<u64> {
+        self.finished.take()
+    }
+
+    /// Whether the outgoing stream is made here (injected digits, a play) rather than from
+    /// the source's audio.
+    pub fn generating(&self) -> bool {
+        self.injecting() || self.playing.is_some()
+    }
+
+    /// Plays one packet time of what is generated: injected digits first (a tone frame, an RFC
+    /// 4733 packet, three with the end bit on a digit's last frame, or a silence frame), else a
+    /// frame of the play. Returns packets sent.
     pub fn tick(&mut self, mut out: impl FnMut(&[u8])) -> usize {
+        if !self.injecting() {
+            return self.play_frame(&mut out);
+        }
         if self.injecting.is_none() {
             let Some(digit) = self.injected.pop_front() else { return 0 };
             let generator = ToneGenerator::new(self.encoder.sample_rate(), -7.0);
@@ -445,6 +495,34 @@ impl Transcoder {
             self.injecting = Some(now);
         } else {
             self.counters.digits_injected += 1;
+        }
+        sent
+    }
+
+    /// One frame of the play (silence after its end, which finishes it unless it loops).
+    fn play_frame(&mut self, out: &mut impl FnMut(&[u8])) -> usize {
+        let Some(mut p) = self.playing.take() else { return 0 };
+        let before = self.pending.len();
+        let mut need = self.frame;
+        while need > 0 {
+            let take = need.min(p.pcm.len() - p.at);
+            self.pending.extend_from_slice(&p.pcm[p.at..p.at + take]);
+            p.at += take;
+            need -= take;
+            if p.at == p.pcm.len() {
+                if !p.looped {
+                    self.pending.extend(std::iter::repeat_n(0, need));
+                    break;
+                }
+                p.at = 0;
+            }
+        }
+        self.widen_pending(before);
+        let sent = self.encode_pending(out);
+        if p.at == p.pcm.len() && !p.looped {
+            self.finished = Some(p.id);
+        } else {
+            self.playing = Some(p);
         }
         sent
     }

@@ -84,6 +84,10 @@ pub enum Command {
     /// Keeps (or clears) an SDP offer on a leg until its answer.
     PutOffer { id: LegId, offer: Option<Box<PendingOffer>>, reply: Reply<()> },
     GetOffer { id: LegId, reply: Reply<Option<Box<PendingOffer>>> },
+    /// The PCM rate a play to the leg must have.
+    PlayRate { id: LegId, reply: Reply<u32> },
+    Play { id: LegId, play: u64, pcm: std::sync::Arc<[i16]>, looped: bool, reply: Reply<()> },
+    StopPlay { id: LegId, reply: Reply<bool> },
     /// Plays DTMF digits to a leg's endpoint; answers how many were queued.
     InjectDtmf { id: LegId, digits: String, on: Duration, pause: Duration, reply: Reply<usize> },
     DeleteBridge { id: BridgeId, reply: Reply<()> },
@@ -380,6 +384,15 @@ impl CoreState {
                 }
                 Command::PutOffer { id, offer, reply } => {
                     let _ = reply.send(self.engine.set_offer(id, offer).map_err(CoreError::from));
+                }
+                Command::PlayRate { id, reply } => {
+                    let _ = reply.send(self.engine.play_rate(id).map_err(CoreError::from));
+                }
+                Command::Play { id, play, pcm, looped, reply } => {
+                    let _ = reply.send(self.engine.play(id, play, pcm, looped, now).map_err(CoreError::from));
+                }
+                Command::StopPlay { id, reply } => {
+                    let _ = reply.send(self.engine.stop_play(id).map_err(CoreError::from));
                 }
                 Command::InjectDtmf { id, digits, on, pause, reply } => {
                     let _ = reply.send(self.engine.inject_dtmf(id, &digits, on, pause, now).map_err(CoreError::from));

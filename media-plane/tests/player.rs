@@ -1,0 +1,147 @@
+//! The player through the running media plane: music on hold from a WAV file of its prompt
+//! directory played to a leg over its bridge's audio, stopped, and the bridge's audio resumed in
+//! the same stream; tones played once; what is wrong with a request named.
+
+use std::time::Duration;
+
+use media_codecs::{CodecKind, CodecParams};
+use proto::v1;
+use tonic::Code;
+
+mod common;
+use common::*;
+
+const SLOT_PLAYER: u16 = 23;
+
+/// A 16 kHz mono 16-bit WAV file of a `hz` tone lasting `seconds`.
+fn tone_wav(hz: f64, seconds: f64) -> Vec<u8> {
+    let samples = media_codecs::signal::sine(16_000, hz, seconds, 8000.0);
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut w = b"RIFF".to_vec();
+    w.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt \x10\0\0\0\x01\0\x01\0");
+    w.extend_from_slice(&16_000u32.to_le_bytes());
+    w.extend_from_slice(&32_000u32.to_le_bytes());
+    w.extend_from_slice(b"\x02\0\x10\0data");
+    w.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    w.extend_from_slice(&data);
+    w
+}
+
+/// The strongest of `candidates` (Hz) in `pcm` at 8 kHz.
+fn strongest(pcm: &[i16], candidates: &[f64]) -> f64 {
+    let power = |hz: f64| {
+        let c = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for &x in pcm {
+            let s = f64::from(x) + c * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        s1 * s1 + s2 * s2 - c * s1 * s2
+    };
+    candidates.iter().copied().max_by(|a, b| power(*a).total_cmp(&power(*b))).unwrap_or(0.0)
+}
+
+fn rtp_header(p: &[u8]) -> (u32, u16, u32) {
+    (u32::from_be_bytes([p[8], p[9], p[10], p[11]]), u16::from_be_bytes([p[2], p[3]]), u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+}
+
+#[tokio::test]
+async fn music_on_hold_plays_over_the_bridge_and_the_bridge_resumes_in_the_same_stream() {
+    let dir = temp_path("prompts");
+    std::fs::create_dir_all(&dir).expect("prompt dir");
+    std::fs::write(dir.join("moh.wav"), tone_wav(600.0, 0.5)).expect("write moh.wav");
+    let (_mp, mut c) = MediaPlane::start_with(SLOT_PLAYER, &["--prompt-dir", dir.to_str().expect("utf8")]).await;
+    let mut events = c.events(v1::EventsRequest {}).await.expect("Events").into_inner();
+    let (held, other) = (udp(), udp());
+    let pcmu = Some(v1::Codec { payload_type: 0, name: "PCMU".into(), rate: 8000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
+    let leg = |s: &std::net::UdpSocket| v1::CreateLegRequest { call_id: "moh".into(), remote: Some(endpoint(local(s))), codec: pcmu.clone(), ..Default::default() };
+    let a = create_leg(&mut c, leg(&held)).await;
+    let b = create_leg(&mut c, leg(&other)).await;
+    bridge(&mut c, &a, &b).await;
+    let pcmu_params = CodecParams::new(CodecKind::Pcmu, 8000);
+    // The other side talks (a 1 kHz tone) all along, 20 ms at a time.
+    let talk = rtp_packets(pcmu_params, 0, &media_codecs::signal::sine(8000, 1000.0, 4.0, 8000.0), 0xB);
+    let mut talk = talk.iter();
+    let step = |talk: &mut std::slice::Iter<'_, Vec<u8>>, n: usize| -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            send(&other, talk.next().expect("talk"), b.local);
+            got.push(recv(&held, "RTP at the held side").0);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        got
+    };
+    let before = step(&mut talk, 5);
+    assert_eq!(rtp_header(&before[0]).0, 0xB, "relayed as it is before any play");
+
+    let play = c
+        .play(v1::PlayRequest { leg_id: a.id, source: Some(v1::play_request::Source::File("moh.wav".into())), r#loop: true })
+        .await
+        .expect("Play")
+        .into_inner();
+    assert_eq!(play.duration_ms, 500);
+    // 1.2 s of music on hold: longer than the file, so it looped; the other side's voice is held back.
+    let mut on_hold = Vec::new();
+    for _ in 0..60 {
+        send(&other, talk.next().expect("talk"), b.local);
+        let (p, _) = recv(&held, "music on hold");
+        on_hold.push(p);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ssrc = rtp_header(&on_hold[0]).0;
+    assert_ne!(ssrc, 0xB, "the media plane's own stream");
+    let payloads: Vec<Vec<u8>> = on_hold.iter().map(|p| p[12..].to_vec()).collect();
+    let heard = decode(pcmu_params, &payloads);
+    assert_eq!(strongest(&heard[800..], &[600.0, 1000.0]), 600.0, "the held side hears the music, not the other side");
+    assert!(heard.len() >= 8000, "at least a second of it: looped");
+
+    let stop = c.stop_play(v1::StopPlayRequest { leg_id: a.id }).await.expect("StopPlay").into_inner();
+    assert!(stop.stopped);
+    // Music packets sent before the stop took effect.
+    held.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = held.recv_from(&mut buf) {
+        on_hold.push(buf[..n].to_vec());
+    }
+    held.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let after = step(&mut talk, 10);
+    let (ssrc_after, seq_after, ts_after) = rtp_header(&after[0]);
+    let (_, seq_last, ts_last) = rtp_header(on_hold.last().expect("music"));
+    assert_eq!(ssrc_after, ssrc, "the bridge resumes in the same stream");
+    assert_eq!(seq_after, seq_last.wrapping_add(1), "sequence numbers continue");
+    assert_eq!(ts_after, ts_last.wrapping_add(160), "timestamps continue");
+    let resumed: Vec<Vec<u8>> = after.iter().map(|p| p[12..].to_vec()).collect();
+    assert_eq!(strongest(&decode(pcmu_params, &resumed), &[600.0, 1000.0]), 1000.0, "the other side is heard again");
+
+    // A tone once: it ends by itself.
+    let busy = c
+        .play(v1::PlayRequest { leg_id: a.id, source: Some(v1::play_request::Source::Tone("busy".into())), r#loop: false })
+        .await
+        .expect("Play busy")
+        .into_inner();
+    assert_eq!(busy.duration_ms, 1000);
+    let mut finished = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while finished.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ev = tokio::time::timeout(left, events.message()).await.expect("the play events within 4 s").expect("Events").expect("an event");
+        if let Some(v1::event::Kind::PlayFinished(f)) = ev.kind {
+            finished.push((ev.leg_id, f.play_id, f.stopped));
+        }
+    }
+    assert_eq!(finished, vec![(a.id, play.play_id, true), (a.id, busy.play_id, false)]);
+
+    // What is wrong is named.
+    for (source, code, field) in [
+        (v1::play_request::Source::File("../moh.wav".into()), Code::InvalidArgument, "file"),
+        (v1::play_request::Source::File("/etc/passwd".into()), Code::InvalidArgument, "file"),
+        (v1::play_request::Source::File("missing.wav".into()), Code::NotFound, "file"),
+        (v1::play_request::Source::Tone("dial".into()), Code::InvalidArgument, "tone"),
+    ] {
+        let e = c.play(v1::PlayRequest { leg_id: a.id, source: Some(source), r#loop: false }).await.unwrap_err();
+        assert!(e.code() == code && e.message().starts_with(field), "{field}: {e:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
