@@ -55,6 +55,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The player's prompts and music on hold (prompts/), rendered with espeak-ng and sox.
+if [ "${SETUP_PROMPTS:-0}" = 1 ] && [ ! -e prompts/music-on-hold.wav ]; then
+  bash scripts/make-prompts.sh prompts
+fi
+
 if ! command -v cargo >/dev/null; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"

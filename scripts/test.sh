@@ -5,7 +5,7 @@
 # front of the registrar, the Python gRPC client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 SETUP_SIP_PEERS=1 source scripts/setup.sh
+SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 SETUP_SIP_PEERS=1 SETUP_PROMPTS=1 source scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # The Python external-client test must run here, not skip.
 export REQUIRE_PYTHON_GRPC=1
@@ -15,6 +15,8 @@ export REQUIRE_SIPP=1
 export REQUIRE_BARESIP=1
 # And Kamailio as the edge proxy in front of the registrar.
 export REQUIRE_KAMAILIO=1
+# And the shipped prompts through the player.
+export REQUIRE_PROMPTS=1
 cargo test --workspace --locked "$@"
 # G.729 (bcg729, GPL) is a cargo feature, off by default: its codec and transcoding tests run
 # in a second, small build of the two crates that have it.

@@ -145,3 +145,35 @@ async fn music_on_hold_plays_over_the_bridge_and_the_bridge_resumes_in_the_same_
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const SLOT_SHIPPED: u16 = 24;
+
+#[tokio::test]
+async fn the_shipped_prompts_and_music_on_hold_play() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../prompts");
+    let moh = dir.join("music-on-hold.wav");
+    if !moh.exists() {
+        assert!(std::env::var("REQUIRE_PROMPTS").as_deref() != Ok("1"), "REQUIRE_PROMPTS=1 but {} is missing", moh.display());
+        eprintln!("SKIP: no rendered prompts (bash scripts/make-prompts.sh)");
+        return;
+    }
+    for name in ["music-on-hold", "please-hold", "not-available", "enter-number", "invalid-number", "goodbye", "call-parked"] {
+        let bytes = std::fs::read(dir.join(format!("{name}.wav"))).unwrap_or_else(|e| panic!("{name}.wav: {e}"));
+        let (rate, pcm) = media_codecs::prompt::read_wav(&bytes).unwrap_or_else(|e| panic!("{name}.wav: {e}"));
+        assert_eq!(rate, 16_000, "{name}");
+        assert!(pcm.len() >= 16_000 && pcm.iter().any(|s| s.abs() > 2000), "{name}: at least a second, not silent");
+    }
+    let (_mp, mut c) = MediaPlane::start_with(SLOT_SHIPPED, &["--prompt-dir", dir.to_str().expect("utf8")]).await;
+    let listener = udp();
+    let g722 = Some(v1::Codec { payload_type: 9, name: "G722".into(), rate: 16_000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
+    let leg = create_leg(&mut c, v1::CreateLegRequest { call_id: "shipped".into(), remote: Some(endpoint(local(&listener))), codec: g722, ..Default::default() }).await;
+    let r = c
+        .play(v1::PlayRequest { leg_id: leg.id, source: Some(v1::play_request::Source::File("music-on-hold.wav".into())), r#loop: true })
+        .await
+        .expect("Play")
+        .into_inner();
+    assert_eq!(r.duration_ms, 16_000);
+    let payloads: Vec<Vec<u8>> = (0..25).map(|_| recv(&listener, "music on hold in G.722").0[12..].to_vec()).collect();
+    let pcm = decode(CodecParams::new(CodecKind::G722, 16_000), &payloads);
+    assert!(pcm.iter().any(|s| s.abs() > 500), "half a second of music, not silence");
+}
