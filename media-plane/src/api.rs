@@ -179,6 +179,27 @@ impl MediaService {
         Ok(out)
     }
 
+    /// Adds or updates a conference member.
+    async fn participant(&self, r: v1::ParticipantRequest, add: bool) -> Result<Response<v1::ParticipantResponse>, Status> {
+        let core = self.conference_core(r.conference_id, r.leg_id)?;
+        let (conference, leg, muted, deaf) = (r.conference_id, r.leg_id, r.muted, r.deaf);
+        self.ask(core, |reply| Command::Member { conference, leg, muted, deaf, add, reply }).await?;
+        Ok(Response::new(v1::ParticipantResponse {}))
+    }
+
+    /// The core of a conference, which must be its leg's too.
+    fn conference_core(&self, conference: u64, leg: u64) -> Result<&CoreHandle, Status> {
+        let core = self.core_of(conference, "conference_id")?;
+        let leg_core = self.core_of(leg, "leg_id")?;
+        if core.core != leg_core.core {
+            return Err(Status::failed_precondition(format!(
+                "leg_id: the leg is on core {} and the conference on core {}: create the leg with the conference's group",
+                leg_core.core, core.core
+            )));
+        }
+        Ok(core)
+    }
+
     /// One leg's stats; `field` names it in the error.
     async fn leg(&self, id: u64, field: &str) -> Result<LegStats, Status> {
         let core = self.core_of(id, field)?;
@@ -427,7 +448,12 @@ fn core_status(e: CoreError) -> Status {
             CommandError::AlreadyBridged(..) | CommandError::SelfBridge | CommandError::PortInUse(_) | CommandError::Transcode(_),
         ) => Status::failed_precondition(e.to_string()),
         CoreError::Command(CommandError::Srtp(_) | CommandError::NoDigits(_)) => Status::invalid_argument(e.to_string()),
-        CoreError::Command(CommandError::NoCodec(_)) => Status::failed_precondition(e.to_string()),
+        CoreError::Command(CommandError::NoCodec(_) | CommandError::InConference(..) | CommandError::NotMember(..)) => {
+            Status::failed_precondition(e.to_string())
+        }
+        CoreError::Command(CommandError::NoSuchConference(_)) => Status::not_found(e.to_string()),
+        CoreError::Command(CommandError::ConferenceExists(_)) => Status::already_exists(e.to_string()),
+        CoreError::Command(CommandError::ConferenceRate(_)) => Status::invalid_argument(e.to_string()),
         CoreError::PortsExhausted(_) => Status::resource_exhausted(e.to_string()),
         CoreError::Bind(..) | CoreError::Register(..) => Status::internal(e.to_string()),
     }
@@ -587,6 +613,45 @@ impl v1::media_plane_server::MediaPlane for MediaService {
             });
         }
         Ok(Response::new(v1::AnswerResponse { sdp: answer.sdp, streams }))
+    }
+
+    async fn create_conference(&self, req: Request<v1::CreateConferenceRequest>) -> Result<Response<v1::CreateConferenceResponse>, Status> {
+        let r = req.into_inner();
+        let rate = match r.rate {
+            0 => 16_000,
+            rate @ (8000 | 16_000 | 48_000) => rate,
+            other => return Err(Status::invalid_argument(format!("rate: {other} is not 8000, 16000 or 48000"))),
+        };
+        if r.group.is_empty() {
+            return Err(Status::invalid_argument("group: the conference's legs are placed by it; give one"));
+        }
+        let core = self.pick_core(&r.group);
+        let id = self.new_id(core);
+        self.ask(&self.inner.cores[core], |reply| Command::CreateConference { id, rate, reply }).await?;
+        Ok(Response::new(v1::CreateConferenceResponse { conference_id: id, core: core as u32 }))
+    }
+
+    async fn delete_conference(&self, req: Request<v1::DeleteConferenceRequest>) -> Result<Response<v1::DeleteConferenceResponse>, Status> {
+        let id = req.into_inner().conference_id;
+        let core = self.core_of(id, "conference_id")?;
+        let leg_ids = self.ask(core, |reply| Command::DeleteConference { id, reply }).await?;
+        Ok(Response::new(v1::DeleteConferenceResponse { leg_ids }))
+    }
+
+    async fn add_participant(&self, req: Request<v1::ParticipantRequest>) -> Result<Response<v1::ParticipantResponse>, Status> {
+        self.participant(req.into_inner(), true).await
+    }
+
+    async fn update_participant(&self, req: Request<v1::ParticipantRequest>) -> Result<Response<v1::ParticipantResponse>, Status> {
+        self.participant(req.into_inner(), false).await
+    }
+
+    async fn remove_participant(&self, req: Request<v1::RemoveParticipantRequest>) -> Result<Response<v1::ParticipantResponse>, Status> {
+        let r = req.into_inner();
+        let core = self.conference_core(r.conference_id, r.leg_id)?;
+        let (conference, leg) = (r.conference_id, r.leg_id);
+        self.ask(core, |reply| Command::RemoveMember { conference, leg, reply }).await?;
+        Ok(Response::new(v1::ParticipantResponse {}))
     }
 
     async fn play(&self, req: Request<v1::PlayRequest>) -> Result<Response<v1::PlayResponse>, Status> {

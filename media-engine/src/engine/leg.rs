@@ -258,6 +258,8 @@ pub(super) struct Leg {
     pub srtp: Option<Box<SrtpContext>>,
     /// When the media plane's next own RTCP report is due (legs where it ends RTCP).
     pub next_report: Option<Instant>,
+    /// The conference the leg is in (its media goes into the mix instead of a bridge).
+    pub conference: Option<super::conference::ConferenceId>,
     pub alarm: QualityAlarm,
     /// The alarm is raised; expected and lost when it was last judged.
     pub alarm_on: bool,
@@ -288,6 +290,7 @@ impl Leg {
             quality: Quality::default(),
             srtp: None,
             next_report: None,
+            conference: None,
             alarm: spec.alarm,
             alarm_on: false,
             alarm_prior: (0, 0),

@@ -28,6 +28,7 @@
 //! Lookup on the fast path is two array indexations: local port → leg slot, leg → peer slot. Nothing
 //! on it allocates; the transmit queue reuses its buffers.
 
+pub mod conference;
 pub mod dtmf;
 mod leg;
 pub mod quality;
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 pub use leg::{Direction, DropReason, Drops, LegCounters, LegMedia, LegSpec, LegStats, QualityAlarm, Remote};
 use leg::{Leg, Peer, PortKind};
 pub use transcode::{LegCodec, TranscodeCounters, TranscodeError};
+use conference::{Conference, ConferenceId};
 use transcode::{Rejected, Transcoder};
 
 use crate::sdp::PendingOffer;
@@ -153,6 +155,16 @@ pub enum CommandError {
     NoCodec(LegId),
     #[error("no DTMF digit (0-9, *, #, A-D) in {0:?}")]
     NoDigits(String),
+    #[error("conference {0} does not exist")]
+    NoSuchConference(ConferenceId),
+    #[error("conference {0} already exists")]
+    ConferenceExists(ConferenceId),
+    #[error("leg {0} is in conference {1}")]
+    InConference(LegId, ConferenceId),
+    #[error("leg {0} is not in conference {1}")]
+    NotMember(LegId, ConferenceId),
+    #[error("{0} Hz is not a conference rate (8000, 16000 or 48000)")]
+    ConferenceRate(u32),
 }
 
 /// Counters of one core, beyond those of its legs.
@@ -236,6 +248,7 @@ pub struct Engine {
     /// Legs whose outgoing stream the engine generates (injected digits, plays), and when each
     /// one's next packet time is.
     generating: Vec<(usize, Instant)>,
+    conferences: HashMap<ConferenceId, Conference>,
 }
 
 impl Engine {
@@ -258,6 +271,7 @@ impl Engine {
             plain: Vec::with_capacity(MAX_TRANSMIT),
             plain_valid: false,
             generating: Vec::new(),
+            conferences: HashMap::new(),
         }
     }
 
@@ -416,6 +430,7 @@ impl Engine {
     /// Runs due timers: removes legs idle for their media timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.play_generated(now);
+        self.mix_conferences(now);
         match self.next_sweep {
             Some(t) if now >= t => {}
             _ => return,
@@ -658,6 +673,9 @@ impl Engine {
     /// numbering), which stays for the rest of the bridge.
     fn own_stream(&mut self, id: LegId) -> Result<(usize, LegCodec), CommandError> {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        if let Some(conference) = self.slot(slot).and_then(|l| l.conference) {
+            return Err(CommandError::InConference(id, conference));
+        }
         let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(id))?;
         if self.slot(slot).is_some_and(|l| l.transcoder.is_none()) {
             let r = self.next_random();
@@ -722,6 +740,97 @@ impl Engine {
         }
     }
 
+    /// Makes conference `id`, mixing at `rate` Hz (8000, 16000 or 48000).
+    pub fn create_conference(&mut self, id: ConferenceId, rate: u32, now: Instant) -> Result<(), CommandError> {
+        if ![8000, 16_000, 48_000].contains(&rate) {
+            return Err(CommandError::ConferenceRate(rate));
+        }
+        if self.conferences.contains_key(&id) {
+            return Err(CommandError::ConferenceExists(id));
+        }
+        self.conferences.insert(id, Conference::new(id, rate, now));
+        Ok(())
+    }
+
+    /// Ends conference `id`; its members stay, in no conference. Returns them.
+    pub fn delete_conference(&mut self, id: ConferenceId) -> Result<Vec<LegId>, CommandError> {
+        let c = self.conferences.remove(&id).ok_or(CommandError::NoSuchConference(id))?;
+        let legs: Vec<LegId> = c.members.iter().map(|m| m.leg).collect();
+        for m in &c.members {
+            if let Some(l) = self.slot_mut(m.slot) {
+                l.conference = None;
+            }
+        }
+        Ok(legs)
+    }
+
+    /// Adds leg `leg` (of a known mono codec, in no bridge) to conference `id`: it hears the
+    /// others (unless `deaf`) and they hear it (unless `muted`).
+    pub fn add_member(&mut self, id: ConferenceId, leg: LegId, muted: bool, deaf: bool) -> Result<(), CommandError> {
+        if !self.conferences.contains_key(&id) {
+            return Err(CommandError::NoSuchConference(id));
+        }
+        let slot = self.unbridged_slot(leg)?;
+        let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(leg))?;
+        let r = self.next_random();
+        let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
+        c.add(leg, slot, &codec, muted, deaf, r as u32, (r >> 32) as u16, (r >> 16) as u32)?;
+        if let Some(l) = self.slot_mut(slot) {
+            l.conference = Some(id);
+        }
+        Ok(())
+    }
+
+    /// Mutes or deafens a member.
+    pub fn update_member(&mut self, id: ConferenceId, leg: LegId, muted: bool, deaf: bool) -> Result<(), CommandError> {
+        let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
+        let m = c.member_mut(leg).ok_or(CommandError::NotMember(leg, id))?;
+        m.muted = muted;
+        m.deaf = deaf;
+        Ok(())
+    }
+
+    /// Takes leg `leg` out of conference `id` (it stays, in nothing).
+    pub fn remove_member(&mut self, id: ConferenceId, leg: LegId) -> Result<(), CommandError> {
+        let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
+        if !c.remove(leg) {
+            return Err(CommandError::NotMember(leg, id));
+        }
+        if let Some(slot) = self.by_id.get(&leg).copied() {
+            if let Some(l) = self.slot_mut(slot) {
+                l.conference = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the mixing periods that are due (a core more than five periods late skips ahead
+    /// rather than bursting).
+    fn mix_conferences(&mut self, now: Instant) {
+        let Self { conferences, slots, transmits, spare, .. } = self;
+        for c in conferences.values_mut() {
+            let mut ticks = 0;
+            while c.next_tick <= now && ticks < 5 {
+                c.tick(|slot, packet| {
+                    let Some(leg) = slots.get_mut(slot).and_then(Option::as_mut) else { return };
+                    let Some((from_port, to)) = leg.rtp_destination().filter(|_| leg.direction.endpoint_receives()) else { return };
+                    match push_transmit(transmits, spare, leg.srtp.as_deref_mut(), from_port, to, packet, false) {
+                        Ok(()) => {
+                            leg.counters.rtp_packets_out += 1;
+                            leg.counters.rtp_bytes_out += packet.len() as u64;
+                        }
+                        Err(reason) => leg.counters.drops.add(reason),
+                    }
+                });
+                c.next_tick += conference::TICK;
+                ticks += 1;
+            }
+            if c.next_tick <= now {
+                c.next_tick = now + conference::TICK;
+            }
+        }
+    }
+
     /// Keeps an SDP offer on leg `id` until its answer (it goes with the leg).
     pub fn set_offer(&mut self, id: LegId, offer: Option<Box<PendingOffer>>) -> Result<(), CommandError> {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
@@ -740,6 +849,11 @@ impl Engine {
         let slot = self.by_id.remove(&id).ok_or(CommandError::NoSuchLeg(id))?;
         if let Some(bridge) = self.slot(slot).and_then(|l| l.bridge) {
             let _ = self.delete_bridge(bridge);
+        }
+        if let Some(conference) = self.slot(slot).and_then(|l| l.conference) {
+            if let Some(c) = self.conferences.get_mut(&conference) {
+                c.remove(id);
+            }
         }
         let leg = self.slots[slot].take().ok_or(CommandError::NoSuchLeg(id))?;
         self.by_port[usize::from(leg.local_port)] = 0;
@@ -841,7 +955,7 @@ impl Engine {
     /// When [`Engine::handle_timeout`] must next be called; `None` when there is nothing to time.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.generating.iter().map(|(_, at)| *at).chain(self.next_sweep).min()
+        self.generating.iter().map(|(_, at)| *at).chain(self.conferences.values().map(|c| c.next_tick)).chain(self.next_sweep).min()
     }
 
     /// Next event for the control plane and the driver.
@@ -972,6 +1086,15 @@ impl Engine {
             }
         }
         let (leg_id, bridge, peer) = (leg.id, leg.bridge.unwrap_or_default(), leg.peer);
+        if let Some(conference) = leg.conference {
+            // A member's media goes into the mix; its RTCP ends here.
+            let mixed = is_rtcp
+                || RtpPacket::new_checked(packet)
+                    .ok()
+                    .and_then(|rtp| self.conferences.get_mut(&conference).map(|c| c.push(leg_id, &rtp)))
+                    .unwrap_or(false);
+            return if mixed { Verdict::Consumed } else { self.drop_on(slot, DropReason::Undecodable) };
+        }
         match peer {
             None => self.drop_on(slot, DropReason::NoRoute),
             Some(Peer::Local(peer)) if self.slot(peer).is_some_and(|l| l.transcoder.is_some()) => {
@@ -1119,6 +1242,9 @@ impl Engine {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
         if let Some(existing) = self.slot(slot).and_then(|l| l.bridge) {
             return Err(CommandError::AlreadyBridged(id, existing));
+        }
+        if let Some(conference) = self.slot(slot).and_then(|l| l.conference) {
+            return Err(CommandError::InConference(id, conference));
         }
         Ok(slot)
     }

@@ -693,3 +693,81 @@ fn a_quality_alarm_is_raised_when_loss_crosses_the_threshold_and_cleared_when_it
     assert!(alarms[0].0 && (80..=120).contains(&alarms[0].1), "raised at about 100 per mille: {alarms:?}");
     assert!(!alarms[1].0 && alarms[1].1 == 0, "cleared with no loss: {alarms:?}");
 }
+
+/// Power of `hz` in 8 kHz PCM (Goertzel).
+fn tone_power(pcm: &[i16], hz: f64) -> f64 {
+    let c = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in pcm {
+        let s = f64::from(x) + c * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - c * s1 * s2
+}
+
+#[test]
+fn each_conference_member_hears_the_others_and_not_itself_and_mute_silences_one() {
+    use media_codecs::{CodecKind, CodecParams};
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    let now = h.now();
+    let tones = [440.0, 700.0, 1100.0];
+    let ports = [A_PORT, B_PORT, B_PORT + 2];
+    let endpoints: Vec<SocketAddr> = (0..3).map(|i| addr(&format!("10.0.0.{}:4000", i + 1))).collect();
+    h.engine.create_conference(50, 8000, now).unwrap();
+    for i in 0..3 {
+        let spec = LegSpec { remote: Remote::locked(endpoints[i]), codec: Some(leg_codec(0, CodecKind::Pcmu, 8000)), ..Default::default() };
+        h.engine.create_leg(i as u64 + 1, ports[i], spec, now).unwrap();
+        h.engine.add_member(50, i as u64 + 1, false, false).unwrap();
+    }
+    assert!(matches!(h.engine.create_bridge(9, 1, 2), Err(CommandError::InConference(1, 50))));
+    let params = CodecParams::new(CodecKind::Pcmu, 8000);
+    let signals: Vec<Vec<i16>> = tones.iter().map(|hz| media_codecs::signal::sine(8000, *hz, 2.0, 6000.0)).collect();
+    let mut encoders: Vec<_> = (0..3).map(|_| media_codecs::encoder(&params).unwrap()).collect();
+    let run = |h: &mut Harness, encoders: &mut Vec<Box<dyn media_codecs::Encoder>>, from: usize, to: usize| {
+        for k in from..to {
+            for i in 0..3 {
+                let mut p = vec![0u8; 12];
+                write_rtp_header(&mut p, 0, k as u16, (k * 160) as u32, 0x100 + i as u32).unwrap();
+                encoders[i].encode(&signals[i][k * 160..(k + 1) * 160], &mut p).unwrap();
+                h.send(endpoints[i], ports[i], &p);
+            }
+            h.advance(Duration::from_millis(20));
+        }
+    };
+    let heard = |h: &mut Harness| -> Vec<Vec<i16>> {
+        (0..3)
+            .map(|i| {
+                let mut dec = media_codecs::decoder(&params).unwrap();
+                let mut pcm = Vec::new();
+                for r in h.take_inbox(endpoints[i]) {
+                    dec.decode(crate::wire::RtpPacket::new_checked(&r.bytes[..]).unwrap().payload().unwrap(), &mut pcm).unwrap();
+                }
+                pcm
+            })
+            .collect()
+    };
+    run(&mut h, &mut encoders, 0, 50);
+    let pcm = heard(&mut h);
+    for i in 0..3 {
+        assert!(pcm[i].len() >= 40 * 160, "member {i} got the mix: {} samples", pcm[i].len());
+        let own = tone_power(&pcm[i][1600..], tones[i]);
+        for j in (0..3).filter(|j| *j != i) {
+            let other = tone_power(&pcm[i][1600..], tones[j]);
+            assert!(other > 1000.0 * own.max(1.0), "member {i} hears {} Hz ({other:.0}) far above its own {} Hz ({own:.0})", tones[j], tones[i]);
+        }
+    }
+    // Member 2 (700 Hz) muted: the others stop hearing it.
+    h.engine.update_member(50, 2, true, false).unwrap();
+    run(&mut h, &mut encoders, 50, 100);
+    let pcm = heard(&mut h);
+    for i in [0, 2] {
+        let quiet = tone_power(&pcm[i][800..], 700.0);
+        let loud = tone_power(&pcm[i][800..], tones[2 - i]);
+        assert!(loud > 1000.0 * quiet.max(1.0), "member {i} no longer hears the muted member");
+    }
+    // Deleting a member's leg takes it out; ending the conference frees the rest.
+    h.engine.delete_leg(3, h.now()).unwrap();
+    assert_eq!(h.engine.delete_conference(50).unwrap(), vec![1, 2]);
+    h.engine.create_bridge(9, 1, 2).unwrap();
+}

@@ -84,6 +84,11 @@ pub enum Command {
     /// Keeps (or clears) an SDP offer on a leg until its answer.
     PutOffer { id: LegId, offer: Option<Box<PendingOffer>>, reply: Reply<()> },
     GetOffer { id: LegId, reply: Reply<Option<Box<PendingOffer>>> },
+    CreateConference { id: u64, rate: u32, reply: Reply<()> },
+    DeleteConference { id: u64, reply: Reply<Vec<LegId>> },
+    /// Adds (`add`) or updates a member.
+    Member { conference: u64, leg: LegId, muted: bool, deaf: bool, add: bool, reply: Reply<()> },
+    RemoveMember { conference: u64, leg: LegId, reply: Reply<()> },
     /// The PCM rate a play to the leg must have.
     PlayRate { id: LegId, reply: Reply<u32> },
     Play { id: LegId, play: u64, pcm: std::sync::Arc<[i16]>, looped: bool, reply: Reply<()> },
@@ -384,6 +389,19 @@ impl CoreState {
                 }
                 Command::PutOffer { id, offer, reply } => {
                     let _ = reply.send(self.engine.set_offer(id, offer).map_err(CoreError::from));
+                }
+                Command::CreateConference { id, rate, reply } => {
+                    let _ = reply.send(self.engine.create_conference(id, rate, now).map_err(CoreError::from));
+                }
+                Command::DeleteConference { id, reply } => {
+                    let _ = reply.send(self.engine.delete_conference(id).map_err(CoreError::from));
+                }
+                Command::Member { conference, leg, muted, deaf, add, reply } => {
+                    let r = if add { self.engine.add_member(conference, leg, muted, deaf) } else { self.engine.update_member(conference, leg, muted, deaf) };
+                    let _ = reply.send(r.map_err(CoreError::from));
+                }
+                Command::RemoveMember { conference, leg, reply } => {
+                    let _ = reply.send(self.engine.remove_member(conference, leg).map_err(CoreError::from));
                 }
                 Command::PlayRate { id, reply } => {
                     let _ = reply.send(self.engine.play_rate(id).map_err(CoreError::from));

@@ -1,0 +1,273 @@
+//! A conference: legs of one core mixed together every 20 ms.
+//!
+//! ```text
+//!  member RTP ─► decode ─► resample to the conference rate ─► inbox ─┐
+//!                                                                   │ every 20 ms (tick):
+//!                      top-K talkers by energy, not muted ──────────┤ Σ talkers (i32)
+//!  member RTP ◄─ encode ◄─ resample to the member's codec ◄─ soft limit ◄─ Σ − own (N−1), unless deaf
+//! ```
+//!
+//! Each member hears everyone but itself: the talkers' sum minus its own contribution. Only
+//! the [`TOP_TALKERS`] loudest members are mixed, so noise from many open microphones does not
+//! add up. The sum goes through one soft limiter (linear below −3 dBFS, compressed above, never
+//! clipping hard). Each member's stream is the media plane's own (SSRC, sequence numbers,
+//! timestamps), at its codec and packet time. A member's inbox keeps at most [`MAX_QUEUED`]
+//! frames (older ones are dropped and counted): a fixed, small jitter allowance; the adaptive
+//! jitter buffer is still to come.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use media_codecs::{Decoder, Encoder, Resampler};
+
+use super::transcode::{LegCodec, TranscodeError};
+use super::LegId;
+use crate::wire::{write_rtp_header, RtpPacket, RTP_HEADER_LEN};
+
+/// Identifies a conference across the media plane (its core in the top byte, like legs).
+pub type ConferenceId = u64;
+
+/// Members mixed at once: the loudest ones.
+pub const TOP_TALKERS: usize = 3;
+/// Frames a member's inbox holds before the oldest is dropped.
+pub const MAX_QUEUED: usize = 3;
+/// The mixing period.
+pub const TICK: Duration = Duration::from_millis(20);
+/// Below this mean-square energy per sample a member is not a talker (about −50 dBFS).
+const SILENCE: u64 = 100;
+
+/// Counters of one member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberCounters {
+    /// Packets decoded into the mix.
+    pub decoded: u64,
+    /// Packets the codec refused.
+    pub undecodable: u64,
+    /// Frames dropped because the inbox was full (the member sends faster than the mix runs).
+    pub overflow: u64,
+    /// Ticks without a frame from the member (it is silent in them).
+    pub underrun: u64,
+    /// Packets of the mix sent to the member.
+    pub sent: u64,
+}
+
+/// One leg in a conference.
+pub(super) struct Member {
+    pub leg: LegId,
+    pub slot: usize,
+    pub muted: bool,
+    pub deaf: bool,
+    pt: u8,
+    decoder: Box<dyn Decoder>,
+    /// Codec rate → conference rate, and back.
+    inward: Option<Resampler>,
+    outward: Option<Resampler>,
+    encoder: Box<dyn Encoder>,
+    /// Decoded audio at the conference rate, not yet mixed.
+    inbox: VecDeque<i16>,
+    /// Mixed audio at the encoder's rate, not yet a whole packet.
+    outbox: Vec<i16>,
+    /// Samples per packet at the encoder's rate, and the RTP timestamp step.
+    packet_samples: usize,
+    ts_step: u32,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    /// This tick's frame and its energy.
+    frame: Vec<i16>,
+    energy: u64,
+    scratch: Vec<i16>,
+    packet: Vec<u8>,
+    pub counters: MemberCounters,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member").field("leg", &self.leg).field("muted", &self.muted).field("deaf", &self.deaf).field("counters", &self.counters).finish_non_exhaustive()
+    }
+}
+
+/// A conference of one core.
+#[derive(Debug)]
+pub struct Conference {
+    pub id: ConferenceId,
+    /// The mixing rate (8000, 16000 or 48000).
+    pub rate: u32,
+    pub(super) members: Vec<Member>,
+    /// When the next tick is due.
+    pub next_tick: Instant,
+    sum: Vec<i32>,
+}
+
+/// Compresses above −3 dBFS so the sum of talkers never clips hard.
+fn soft_limit(x: i32) -> i16 {
+    const KNEE: i32 = 23_197;
+    const ROOM: i32 = 32_767 - KNEE;
+    let m = x.abs();
+    if m <= KNEE {
+        return x as i16;
+    }
+    let over = m - KNEE;
+    let y = KNEE + (over as i64 * ROOM as i64 / (over as i64 + ROOM as i64)) as i32;
+    (y * x.signum()) as i16
+}
+
+impl Conference {
+    pub fn new(id: ConferenceId, rate: u32, now: Instant) -> Self {
+        Conference { id, rate, members: Vec::new(), next_tick: now + TICK, sum: Vec::new() }
+    }
+
+    /// Adds a member speaking `codec`; its stream starts at `ssrc`, `seq`, `ts`.
+    pub(super) fn add(&mut self, leg: LegId, slot: usize, codec: &LegCodec, muted: bool, deaf: bool, ssrc: u32, seq: u16, ts: u32) -> Result<(), TranscodeError> {
+        let decoder = media_codecs::decoder(&codec.params)?;
+        let encoder = media_codecs::encoder(&codec.params)?;
+        let channels = usize::from(codec.params.channels);
+        if channels != 1 {
+            return Err(TranscodeError::Codec(media_codecs::CodecError::Unsupported {
+                codec: codec.params.kind.name(),
+                field: "channels",
+                value: channels as u32,
+                allowed: "1 in a conference",
+            }));
+        }
+        let resampler = |from: u32, to: u32| (from != to).then(|| Resampler::new(from, to, 1)).transpose();
+        let inward = resampler(decoder.sample_rate(), self.rate)?;
+        let outward = resampler(self.rate, encoder.sample_rate())?;
+        let packet_samples = encoder.sample_rate() as usize * usize::from(codec.ptime_ms) / 1000;
+        self.members.push(Member {
+            leg,
+            slot,
+            muted,
+            deaf,
+            pt: codec.payload_type,
+            decoder,
+            inward,
+            outward,
+            encoder,
+            inbox: VecDeque::new(),
+            outbox: Vec::new(),
+            packet_samples,
+            ts_step: codec.rtp_clock() * u32::from(codec.ptime_ms) / 1000,
+            ssrc,
+            seq,
+            ts,
+            frame: Vec::new(),
+            energy: 0,
+            scratch: Vec::new(),
+            packet: Vec::with_capacity(1500),
+            counters: MemberCounters::default(),
+        });
+        Ok(())
+    }
+
+    /// Removes leg `leg`; whether it was a member.
+    pub(super) fn remove(&mut self, leg: LegId) -> bool {
+        let before = self.members.len();
+        self.members.retain(|m| m.leg != leg);
+        self.members.len() != before
+    }
+
+    pub(super) fn member_mut(&mut self, leg: LegId) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.leg == leg)
+    }
+
+    /// Decodes a member's RTP packet into its inbox; `false` if the codec refused it (counted).
+    pub(super) fn push(&mut self, leg: LegId, rtp: &RtpPacket<&[u8]>) -> bool {
+        let frame = self.rate as usize / 50;
+        let Some(m) = self.member_mut(leg) else { return false };
+        if rtp.payload_type() != m.pt {
+            // Telephone-events and comfort noise are not mixed.
+            return true;
+        }
+        let Ok(payload) = rtp.payload() else { return false };
+        m.scratch.clear();
+        if m.decoder.decode(payload, &mut m.scratch).is_err() {
+            m.counters.undecodable += 1;
+            return false;
+        }
+        m.counters.decoded += 1;
+        match &mut m.inward {
+            Some(r) => {
+                let mut out = Vec::with_capacity(m.scratch.len() * 6);
+                let _ = r.process(&m.scratch, &mut out);
+                m.inbox.extend(out);
+            }
+            None => m.inbox.extend(m.scratch.iter().copied()),
+        }
+        while m.inbox.len() > MAX_QUEUED * frame {
+            m.inbox.drain(..frame);
+            m.counters.overflow += 1;
+        }
+        true
+    }
+
+    /// One mixing period: each member's frame in, the N−1 mix out; calls `out(slot, packet)` for
+    /// every packet made (in each member's codec and stream).
+    pub(super) fn tick(&mut self, mut out: impl FnMut(usize, &[u8])) {
+        let frame = self.rate as usize / 50;
+        // This tick's frames and energies.
+        for m in &mut self.members {
+            m.frame.clear();
+            if m.inbox.len() >= frame {
+                m.frame.extend(m.inbox.drain(..frame));
+            } else {
+                m.frame.resize(frame, 0);
+                m.counters.underrun += 1;
+            }
+            m.energy = if m.muted { 0 } else { m.frame.iter().map(|&s| i64::from(s).pow(2) as u64).sum::<u64>() / frame as u64 };
+        }
+        // The loudest few talk.
+        let mut order: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].energy > SILENCE).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.members[i].energy));
+        order.truncate(TOP_TALKERS);
+        self.sum.clear();
+        self.sum.resize(frame, 0);
+        for &i in &order {
+            for (acc, &s) in self.sum.iter_mut().zip(&self.members[i].frame) {
+                *acc += i32::from(s);
+            }
+        }
+        for (i, m) in self.members.iter_mut().enumerate() {
+            if m.deaf {
+                continue;
+            }
+            let talking = order.contains(&i);
+            m.scratch.clear();
+            m.scratch.extend(self.sum.iter().zip(&m.frame).map(|(&total, &own)| soft_limit(if talking { total - i32::from(own) } else { total })));
+            match &mut m.outward {
+                Some(r) => {
+                    let _ = r.process(&m.scratch, &mut m.outbox);
+                }
+                None => m.outbox.extend_from_slice(&m.scratch),
+            }
+            while m.outbox.len() >= m.packet_samples {
+                m.packet.clear();
+                m.packet.resize(RTP_HEADER_LEN, 0);
+                let encoded = m.encoder.encode(&m.outbox[..m.packet_samples], &mut m.packet);
+                m.outbox.drain(..m.packet_samples);
+                if encoded.is_err() {
+                    continue;
+                }
+                let _ = write_rtp_header(&mut m.packet, m.pt, m.seq, m.ts, m.ssrc);
+                m.seq = m.seq.wrapping_add(1);
+                m.ts = m.ts.wrapping_add(m.ts_step);
+                m.counters.sent += 1;
+                out(m.slot, &m.packet);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_is_linear_below_its_knee_and_never_clips() {
+        assert_eq!(soft_limit(1000), 1000);
+        assert_eq!(soft_limit(-23_000), -23_000);
+        assert!(soft_limit(40_000) < 32_767 && soft_limit(40_000) > 23_197);
+        assert!(soft_limit(3 * 32_767) > 28_000 && soft_limit(-3 * 32_767) < -28_000, "near full scale, no wrap-around");
+        assert!(soft_limit(30_000) < soft_limit(40_000), "monotonic");
+    }
+}

@@ -1,0 +1,112 @@
+//! A conference through the running media plane: three RTP endpoints, each sending its own
+//! tone, each hearing the other two and not itself; muting one removes its tone.
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use media_codecs::{CodecKind, CodecParams};
+use proto::v1;
+use tonic::Code;
+
+mod common;
+use common::*;
+
+const SLOT_CONFERENCE: u16 = 25;
+const TONES: [f64; 3] = [440.0, 700.0, 1100.0];
+
+/// Power of `hz` in 8 kHz PCM (Goertzel).
+fn power(pcm: &[i16], hz: f64) -> f64 {
+    let c = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in pcm {
+        let s = f64::from(x) + c * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - c * s1 * s2
+}
+
+/// Each endpoint sends its packets of `range`, one every 20 ms; returns what each one decoded
+/// (as many packets as were sent).
+fn talk(sockets: &[UdpSocket], legs: &[Leg], packets: &[Vec<Vec<u8>>], range: std::ops::Range<usize>) -> Vec<Vec<i16>> {
+    let params = CodecParams::new(CodecKind::Pcmu, 8000);
+    // The mix goes on while nobody talks: what came before is dropped, and what the sending
+    // produced is read, no more.
+    let mut stale = [0u8; 2048];
+    for s in sockets {
+        s.set_nonblocking(true).expect("nonblocking");
+        while s.recv_from(&mut stale).is_ok() {}
+        s.set_nonblocking(false).expect("blocking");
+    }
+    let wanted = range.len();
+    for k in range {
+        for i in 0..3 {
+            send(&sockets[i], &packets[i][k], legs[i].local);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    sockets
+        .iter()
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            let mut buf = [0u8; 2048];
+            let mut payloads = Vec::new();
+            while payloads.len() < wanted {
+                let Ok((n, _)) = s.recv_from(&mut buf) else { break };
+                payloads.push(buf[12..n].to_vec());
+            }
+            decode(params, &payloads)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_removes_one() {
+    let (_mp, mut c) = MediaPlane::start(SLOT_CONFERENCE).await;
+    let conf = c.create_conference(v1::CreateConferenceRequest { group: "room-1".into(), rate: 16_000 }).await.expect("CreateConference").into_inner();
+    let pcmu = Some(v1::Codec { payload_type: 0, name: "PCMU".into(), rate: 8000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
+    let sockets: Vec<UdpSocket> = (0..3).map(|_| udp()).collect();
+    let mut legs = Vec::new();
+    for s in &sockets {
+        let leg = create_leg(
+            &mut c,
+            v1::CreateLegRequest { call_id: format!("member-{}", legs.len()), group: "room-1".into(), remote: Some(endpoint(local(s))), codec: pcmu.clone(), ..Default::default() },
+        )
+        .await;
+        assert_eq!(leg.core, conf.core, "placed with the conference by its group");
+        c.add_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: leg.id, muted: false, deaf: false }).await.expect("AddParticipant");
+        legs.push(leg);
+    }
+    let params = CodecParams::new(CodecKind::Pcmu, 8000);
+    let packets: Vec<Vec<Vec<u8>>> = TONES.iter().enumerate().map(|(i, hz)| rtp_packets(params, 0, &media_codecs::signal::sine(8000, *hz, 3.0, 6000.0), 0x100 + i as u32)).collect();
+
+    let heard = tokio::task::block_in_place(|| talk(&sockets, &legs, &packets, 0..60));
+    for i in 0..3 {
+        let pcm = &heard[i];
+        assert!(pcm.len() >= 40 * 160, "member {i} received the mix: {} samples", pcm.len());
+        let own = power(&pcm[1600..], TONES[i]);
+        for j in (0..3).filter(|j| *j != i) {
+            let other = power(&pcm[1600..], TONES[j]);
+            assert!(other > 1000.0 * own.max(1.0), "member {i} hears {} Hz far above its own {} Hz", TONES[j], TONES[i]);
+        }
+    }
+
+    // The second member muted: the others no longer hear 700 Hz.
+    c.update_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: legs[1].id, muted: true, deaf: false }).await.expect("mute");
+    let heard = tokio::task::block_in_place(|| talk(&sockets, &legs, &packets, 60..120));
+    for (i, other) in [(0, 2), (2, 0)] {
+        let muted = power(&heard[i][800..], TONES[1]);
+        let talking = power(&heard[i][800..], TONES[other]);
+        assert!(talking > 1000.0 * muted.max(1.0), "member {i} no longer hears the muted member");
+    }
+
+    // Members cannot be bridged; what is wrong is named; deleting the conference frees them.
+    let e = c.create_bridge(v1::CreateBridgeRequest { leg_a: legs[0].id, leg_b: legs[1].id }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = c.create_conference(v1::CreateConferenceRequest { group: "room-2".into(), rate: 11_025 }).await.unwrap_err();
+    assert!(e.message().starts_with("rate"), "{e:?}");
+    let left = c.delete_conference(v1::DeleteConferenceRequest { conference_id: conf.conference_id }).await.expect("DeleteConference").into_inner();
+    assert_eq!(left.leg_ids.len(), 3);
+    bridge(&mut c, &legs[0], &legs[1]).await;
+}
