@@ -11,15 +11,16 @@
 //! the [`TOP_TALKERS`] loudest members are mixed, so noise from many open microphones does not
 //! add up. The sum goes through one soft limiter (linear below −3 dBFS, compressed above, never
 //! clipping hard). Each member's stream is the media plane's own (SSRC, sequence numbers,
-//! timestamps), at its codec and packet time. A member's inbox keeps at most [`MAX_QUEUED`]
-//! frames (older ones are dropped and counted): a fixed, small jitter allowance; the adaptive
-//! jitter buffer is still to come.
+//! timestamps), at its codec and packet time. A member's packets wait in an adaptive
+//! [`JitterBuffer`] and are decoded one mixing period at a time in sequence order, lost ones
+//! concealed by the decoder.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use media_codecs::{Decoder, Encoder, Resampler};
 
+use super::jitter::{JitterBuffer, JitterCounters, Playout};
 use super::transcode::{LegCodec, TranscodeError};
 use super::LegId;
 use crate::wire::{write_rtp_header, RtpPacket, RTP_HEADER_LEN};
@@ -29,8 +30,6 @@ pub type ConferenceId = u64;
 
 /// Members mixed at once: the loudest ones.
 pub const TOP_TALKERS: usize = 3;
-/// Frames a member's inbox holds before the oldest is dropped.
-pub const MAX_QUEUED: usize = 3;
 /// The mixing period.
 pub const TICK: Duration = Duration::from_millis(20);
 /// Below this mean-square energy per sample a member is not a talker (about −50 dBFS).
@@ -43,8 +42,8 @@ pub struct MemberCounters {
     pub decoded: u64,
     /// Packets the codec refused.
     pub undecodable: u64,
-    /// Frames dropped because the inbox was full (the member sends faster than the mix runs).
-    pub overflow: u64,
+    /// Lost packets concealed by the decoder.
+    pub concealed: u64,
     /// Ticks without a frame from the member (it is silent in them).
     pub underrun: u64,
     /// Packets of the mix sent to the member.
@@ -59,6 +58,11 @@ pub(super) struct Member {
     pub deaf: bool,
     pt: u8,
     decoder: Box<dyn Decoder>,
+    jitter: JitterBuffer,
+    /// RTP clock of the member's codec, and decoded samples of its last packet (a concealed
+    /// packet's size).
+    clock: u32,
+    last_samples: usize,
     /// Codec rate → conference rate, and back.
     inward: Option<Resampler>,
     outward: Option<Resampler>,
@@ -112,6 +116,42 @@ fn soft_limit(x: i32) -> i16 {
     (y * x.signum()) as i16
 }
 
+impl Member {
+    /// Decodes from the jitter buffer until the inbox holds `frame` samples (or it waits).
+    fn fill(&mut self, frame: usize) {
+        while self.inbox.len() < frame {
+            self.scratch.clear();
+            let decoded = match self.jitter.pop() {
+                Playout::Packet(p) => self.decoder.decode(p, &mut self.scratch).inspect(|_| self.counters.decoded += 1),
+                Playout::Lost(next) => {
+                    self.counters.concealed += 1;
+                    match next {
+                        Some(p) => self.decoder.decode_fec(p, self.last_samples, &mut self.scratch),
+                        None => self.decoder.conceal(self.last_samples, &mut self.scratch),
+                    }
+                }
+                Playout::Wait => return,
+            };
+            match decoded {
+                Ok(n) if n > 0 => self.last_samples = n,
+                Ok(_) => {}
+                Err(_) => {
+                    self.counters.undecodable += 1;
+                    continue;
+                }
+            }
+            match &mut self.inward {
+                Some(r) => {
+                    let mut out = Vec::with_capacity(self.scratch.len() * 6);
+                    let _ = r.process(&self.scratch, &mut out);
+                    self.inbox.extend(out);
+                }
+                None => self.inbox.extend(self.scratch.iter().copied()),
+            }
+        }
+    }
+}
+
 impl Conference {
     pub fn new(id: ConferenceId, rate: u32, now: Instant) -> Self {
         Conference { id, rate, members: Vec::new(), next_tick: now + TICK, sum: Vec::new() }
@@ -140,6 +180,9 @@ impl Conference {
             muted,
             deaf,
             pt: codec.payload_type,
+            jitter: JitterBuffer::new(codec.rtp_clock() * u32::from(codec.ptime_ms) / 1000),
+            clock: codec.rtp_clock(),
+            last_samples: decoder.sample_rate() as usize * usize::from(codec.ptime_ms) / 1000,
             decoder,
             inward,
             outward,
@@ -171,34 +214,23 @@ impl Conference {
         self.members.iter_mut().find(|m| m.leg == leg)
     }
 
-    /// Decodes a member's RTP packet into its inbox; `false` if the codec refused it (counted).
-    pub(super) fn push(&mut self, leg: LegId, rtp: &RtpPacket<&[u8]>) -> bool {
-        let frame = self.rate as usize / 50;
+    /// Takes a member's RTP packet into its jitter buffer; `since` is its arrival time from
+    /// any fixed origin.
+    pub(super) fn push(&mut self, leg: LegId, rtp: &RtpPacket<&[u8]>, since: Duration) -> bool {
         let Some(m) = self.member_mut(leg) else { return false };
         if rtp.payload_type() != m.pt {
             // Telephone-events and comfort noise are not mixed.
             return true;
         }
         let Ok(payload) = rtp.payload() else { return false };
-        m.scratch.clear();
-        if m.decoder.decode(payload, &mut m.scratch).is_err() {
-            m.counters.undecodable += 1;
-            return false;
-        }
-        m.counters.decoded += 1;
-        match &mut m.inward {
-            Some(r) => {
-                let mut out = Vec::with_capacity(m.scratch.len() * 6);
-                let _ = r.process(&m.scratch, &mut out);
-                m.inbox.extend(out);
-            }
-            None => m.inbox.extend(m.scratch.iter().copied()),
-        }
-        while m.inbox.len() > MAX_QUEUED * frame {
-            m.inbox.drain(..frame);
-            m.counters.overflow += 1;
-        }
+        let arrival = (since.as_nanos() * u128::from(m.clock) / 1_000_000_000) as u32;
+        m.jitter.insert(rtp.ssrc(), rtp.sequence_number(), rtp.timestamp(), arrival, payload);
         true
+    }
+
+    /// A member's jitter buffer counters.
+    pub fn jitter(&self, leg: LegId) -> Option<JitterCounters> {
+        self.members.iter().find(|m| m.leg == leg).map(|m| m.jitter.counters)
     }
 
     /// One mixing period: each member's frame in, the N−1 mix out; calls `out(slot, packet)` for
@@ -207,6 +239,7 @@ impl Conference {
         let frame = self.rate as usize / 50;
         // This tick's frames and energies.
         for m in &mut self.members {
+            m.fill(frame);
             m.frame.clear();
             if m.inbox.len() >= frame {
                 m.frame.extend(m.inbox.drain(..frame));

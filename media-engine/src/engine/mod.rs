@@ -30,6 +30,7 @@
 
 pub mod conference;
 pub mod dtmf;
+pub mod jitter;
 mod leg;
 pub mod quality;
 pub mod transcode;
@@ -781,6 +782,11 @@ impl Engine {
         Ok(())
     }
 
+    /// A member's jitter-buffer counters.
+    pub fn conference_jitter(&self, id: ConferenceId, leg: LegId) -> Option<jitter::JitterCounters> {
+        self.conferences.get(&id)?.jitter(leg)
+    }
+
     /// Mutes or deafens a member.
     pub fn update_member(&mut self, id: ConferenceId, leg: LegId, muted: bool, deaf: bool) -> Result<(), CommandError> {
         let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
@@ -1088,10 +1094,11 @@ impl Engine {
         let (leg_id, bridge, peer) = (leg.id, leg.bridge.unwrap_or_default(), leg.peer);
         if let Some(conference) = leg.conference {
             // A member's media goes into the mix; its RTCP ends here.
+            let since = now.saturating_duration_since(epoch);
             let mixed = is_rtcp
                 || RtpPacket::new_checked(packet)
                     .ok()
-                    .and_then(|rtp| self.conferences.get_mut(&conference).map(|c| c.push(leg_id, &rtp)))
+                    .and_then(|rtp| self.conferences.get_mut(&conference).map(|c| c.push(leg_id, &rtp, since)))
                     .unwrap_or(false);
             return if mixed { Verdict::Consumed } else { self.drop_on(slot, DropReason::Undecodable) };
         }

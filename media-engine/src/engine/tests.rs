@@ -771,3 +771,47 @@ fn each_conference_member_hears_the_others_and_not_itself_and_mute_silences_one(
     assert_eq!(h.engine.delete_conference(50).unwrap(), vec![1, 2]);
     h.engine.create_bridge(9, 1, 2).unwrap();
 }
+
+#[test]
+fn a_conference_member_is_heard_continuously_through_jitter_reordering_loss_and_duplicates() {
+    use media_codecs::{CodecKind, CodecParams};
+    // 60 ms of jitter (packets reordered), 3 % loss, every tenth packet sent twice.
+    let link = Link { latency: Duration::from_millis(5), jitter: Duration::from_millis(60), loss: 0.03 };
+    let mut h = Harness::new(cfg(), link, 3);
+    let now = h.now();
+    let (talker, listener) = (addr("10.0.0.1:4000"), addr("10.0.0.2:4000"));
+    h.engine.create_conference(60, 8000, now).unwrap();
+    for (id, port, remote) in [(1u64, A_PORT, talker), (2, B_PORT, listener)] {
+        let spec = LegSpec { remote: Remote::locked(remote), codec: Some(leg_codec(0, CodecKind::Pcmu, 8000)), ..Default::default() };
+        h.engine.create_leg(id, port, spec, now).unwrap();
+        h.engine.add_member(60, id, false, false).unwrap();
+    }
+    let params = CodecParams::new(CodecKind::Pcmu, 8000);
+    let signal = media_codecs::signal::sine(8000, 500.0, 4.0, 6000.0);
+    let mut enc = media_codecs::encoder(&params).unwrap();
+    for k in 0..200 {
+        let mut p = vec![0u8; 12];
+        write_rtp_header(&mut p, 0, k as u16, (k * 160) as u32, 0x77).unwrap();
+        enc.encode(&signal[k * 160..(k + 1) * 160], &mut p).unwrap();
+        h.send(talker, A_PORT, &p);
+        if k % 10 == 0 {
+            h.send(talker, A_PORT, &p);
+        }
+        h.advance(Duration::from_millis(20));
+    }
+    h.advance(Duration::from_millis(300));
+    let got = h.take_inbox(listener);
+    assert!(got.len() >= 200, "a packet every 20 ms to the listener: {}", got.len());
+    let mut dec = media_codecs::decoder(&params).unwrap();
+    let mut pcm = Vec::new();
+    for r in &got {
+        dec.decode(crate::wire::RtpPacket::new_checked(&r.bytes[..]).unwrap().payload().unwrap(), &mut pcm).unwrap();
+    }
+    // After the buffer fills, the tone plays in order: in 20 ms windows, at most a few (the
+    // concealed losses, the refills) are not the tone.
+    let windows: Vec<&[i16]> = pcm[4000..pcm.len() - 4000].chunks(160).collect();
+    let tone = windows.iter().filter(|w| tone_power(w, 500.0) > 100.0 * tone_power(w, 1500.0).max(1.0) && tone_power(w, 500.0) > 1e9).count();
+    assert!(tone * 100 >= windows.len() * 90, "{tone} of {} windows carry the tone", windows.len());
+    let c = h.engine.conference_jitter(60, 1).unwrap();
+    assert!(c.duplicates >= 10 && c.concealed >= 1, "{c:?}");
+}
