@@ -168,6 +168,11 @@ impl MediaService {
         rx.await.map_err(|_| Status::unavailable(format!("core {} stopped", core.core)))?.map_err(core_status)
     }
 
+    /// Every core's counters, without per-leg lists (for metrics).
+    pub async fn core_reports(&self) -> Result<Vec<CoreReport>, Status> {
+        self.reports(Some(Vec::new())).await
+    }
+
     async fn reports(&self, legs: Option<Vec<u64>>) -> Result<Vec<CoreReport>, Status> {
         let mut out = Vec::with_capacity(self.inner.cores.len());
         for core in &self.inner.cores {

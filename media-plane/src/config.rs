@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! grpc_listen = "127.0.0.1:9090"   # gRPC API address (default 127.0.0.1:9090)
+//! metrics_listen = "127.0.0.1:9091"  # GET /metrics (Prometheus) address; "" turns it off (default 127.0.0.1:9091)
 //! media_ip = "127.0.0.1"           # address media sockets bind to (default 127.0.0.1)
 //! advertise_ip = "203.0.113.7"     # address given to clients in CreateLeg (default: media_ip)
 //! ports = "30000-39999"            # media port range, inclusive (default 30000-39999)
@@ -60,6 +61,7 @@ pub struct FileConfig {
     pub backend: Option<String>,
     pub interface: Option<String>,
     pub prompt_dir: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 impl FileConfig {
@@ -89,6 +91,7 @@ impl FileConfig {
             backend: over.backend.or(self.backend),
             interface: over.interface.or(self.interface),
             prompt_dir: over.prompt_dir.or(self.prompt_dir),
+            metrics_listen: over.metrics_listen.or(self.metrics_listen),
         }
     }
 
@@ -165,6 +168,10 @@ impl FileConfig {
             }
             (_, i) => i,
         };
+        let metrics_listen = match self.metrics_listen.as_deref().unwrap_or("127.0.0.1:9091") {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| invalid("metrics_listen", "expected IP:port, e.g. 127.0.0.1:9091, or \"\" for none"))?),
+        };
         let prompt_dir = std::path::PathBuf::from(self.prompt_dir.unwrap_or_else(|| "prompts".into()));
         if prompt_dir.as_os_str().is_empty() {
             return Err(invalid("prompt_dir", "is empty"));
@@ -173,6 +180,7 @@ impl FileConfig {
             backend,
             interface,
             prompt_dir,
+            metrics_listen,
             grpc_listen,
             media_ip,
             advertise_ip,
@@ -208,6 +216,8 @@ pub struct Config {
     pub interface: Option<String>,
     /// The directory Play reads its files from (and nothing outside it).
     pub prompt_dir: std::path::PathBuf,
+    /// Where GET /metrics is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub grpc_listen: SocketAddr,
     pub media_ip: IpAddr,
     pub advertise_ip: IpAddr,

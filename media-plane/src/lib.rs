@@ -38,6 +38,7 @@
 pub mod api;
 pub mod config;
 pub mod driver;
+pub mod metrics;
 pub mod neighbour;
 pub mod sys;
 

@@ -54,6 +54,9 @@ struct Args {
     /// Directory of the files Play may read.
     #[arg(long)]
     prompt_dir: Option<String>,
+    /// Address of GET /metrics (Prometheus); "" turns it off.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 /// How long in-flight gRPC requests may take to finish after SIGTERM/SIGINT.
@@ -77,6 +80,7 @@ fn load(args: &Args) -> Result<media_plane::config::Config, ConfigError> {
         backend: args.backend.clone(),
         interface: args.interface.clone(),
         prompt_dir: args.prompt_dir.clone(),
+        metrics_listen: args.metrics_listen.clone(),
         ..Default::default()
     };
     file.overlay(flags).validate()
@@ -131,13 +135,24 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
             cores = config.cores, backend, "media plane ready"
         );
         let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+        let metrics_stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        if let Some(addr) = config.metrics_listen {
+            let (svc, stop) = (svc.clone(), metrics_stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = media_plane::metrics::serve(addr, svc, async move { stop.notified().await }).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            });
+            tracing::info!(metrics = %addr, "metrics at /metrics");
+        }
         let on_signal = {
-            let (svc, stopping) = (svc.clone(), stopping.clone());
+            let (svc, stopping, metrics_stop) = (svc.clone(), stopping.clone(), metrics_stop.clone());
             async move {
                 shutdown_signal().await;
                 tracing::info!("stopping: draining gRPC requests");
                 svc.begin_shutdown();
                 stopping.notify_one();
+                metrics_stop.notify_one();
             }
         };
         let server = tonic::transport::Server::builder()

@@ -952,6 +952,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Legs whose incoming media is transcoded (or generated) by this core.
+    pub fn transcoder_count(&self) -> usize {
+        self.slots.iter().flatten().filter(|l| l.transcoder.is_some()).count()
+    }
+
+    /// Conferences on this core, and their members.
+    pub fn conference_count(&self) -> (usize, usize) {
+        (self.conferences.len(), self.conferences.values().map(|c| c.members.len()).sum())
+    }
+
     pub fn has_bridge(&self, id: BridgeId) -> bool {
         self.bridges.contains_key(&id)
     }

@@ -111,6 +111,9 @@ pub struct CoreReport {
     pub counters: CoreCounters,
     pub free_ports: usize,
     pub driver: DriverCounters,
+    pub transcoders: usize,
+    pub conferences: usize,
+    pub conference_members: usize,
 }
 
 /// Frames a backend driver dropped itself, before or after the engine, and cross-core
@@ -435,6 +438,9 @@ impl CoreState {
                         counters,
                         free_ports: self.pool.free(),
                         driver: self.driver,
+                        transcoders: self.engine.transcoder_count(),
+                        conferences: self.engine.conference_count().0,
+                        conference_members: self.engine.conference_count().1,
                     });
                 }
                 Command::Shutdown => return false,

@@ -86,6 +86,8 @@ impl MediaPlane {
             .args(["--grpc-listen", &grpc.to_string()])
             .args(["--ports", &format!("{}-{}", ports.0, ports.1)])
             .args(["--cores", "2", "--no-pin"])
+            // Tests run many media planes at once: no metrics endpoint unless a test asks.
+            .args(if extra.contains(&"--metrics-listen") { &[][..] } else { &["--metrics-listen", ""][..] })
             .args(extra)
             .env("RUST_LOG", "info,media_plane=debug")
             .stdin(Stdio::null())

@@ -1,0 +1,137 @@
+//! Prometheus metrics of the media plane: `GET /metrics` on `metrics_listen` (the OpenMetrics
+//! text format, through the `prometheus-client` crate).
+//!
+//! Each scrape asks every core for its counters (the same command GetStats uses, without the
+//! per-leg lists) and encodes them, labelled by core: packets in, forwarded, handed off and
+//! consumed; drops by reason; legs, bridges, transcoders, conferences and their members, free
+//! ports; the AF_XDP driver's own counters. `docs/grafana/media-plane.json` is a dashboard of them.
+
+use std::net::SocketAddr;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::api::MediaService;
+use crate::driver::CoreReport;
+
+/// A per-core series: name, help, and how to read it from a core's report.
+type Series = (&'static str, &'static str, fn(&CoreReport) -> u64);
+
+/// The counters of every core at one scrape.
+#[derive(Debug)]
+struct Snapshot(Vec<CoreReport>);
+
+fn family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: impl Iterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in values {
+        let sample = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(sample)?,
+            _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let core = |r: &CoreReport| vec![("core", r.core.to_string())];
+        let per_core = |f: fn(&CoreReport) -> u64| self.0.iter().map(move |r| (core(r), f(r)));
+        let counters: [Series; 4] = [
+            ("media_packets_in", "Packets that reached a media core", |r| r.counters.packets_in),
+            ("media_packets_forwarded", "Packets sent on: relayed in place, and hand-offs from other cores", |r| r.counters.packets_forwarded),
+            ("media_packets_handed_off", "Packets passed to the core that owns their bridged leg", |r| r.counters.packets_handed_off),
+            ("media_packets_consumed", "Packets taken in by transcoding, conferences or SRTP re-encryption", |r| r.counters.packets_consumed),
+        ];
+        for (name, help, f) in counters {
+            family(&mut encoder, name, help, MetricType::Counter, per_core(f))?;
+        }
+        let gauges: [Series; 6] = [
+            ("media_legs", "Legs", |r| r.leg_count as u64),
+            ("media_bridges", "Bridges", |r| r.bridge_count as u64),
+            ("media_transcoders", "Legs whose incoming media is transcoded or generated", |r| r.transcoders as u64),
+            ("media_conferences", "Conferences", |r| r.conferences as u64),
+            ("media_conference_members", "Legs in conferences", |r| r.conference_members as u64),
+            ("media_free_ports", "Media ports free for new legs", |r| r.free_ports as u64),
+        ];
+        for (name, help, f) in gauges {
+            family(&mut encoder, name, help, MetricType::Gauge, per_core(f))?;
+        }
+        let drops = self.0.iter().flat_map(|r| {
+            let d = r.counters.drops;
+            [
+                ("malformed", d.malformed),
+                ("wrong_source", d.wrong_source),
+                ("no_route", d.no_route),
+                ("muted", d.muted),
+                ("send_failed", d.send_failed),
+                ("queue_full", d.queue_full),
+                ("unknown_payload_type", d.unknown_payload_type),
+                ("undecodable", d.undecodable),
+                ("late", d.late),
+                ("srtp_auth", d.srtp_auth),
+                ("srtp_replay", d.srtp_replay),
+                ("srtp_other", d.srtp_other),
+            ]
+            .into_iter()
+            .map(move |(reason, v)| (vec![("core", r.core.to_string()), ("reason", reason.to_string())], v))
+        });
+        family(&mut encoder, "media_drops", "Packets dropped, by reason", MetricType::Counter, drops)?;
+        let driver = self.0.iter().flat_map(|r| {
+            let d = r.driver;
+            [
+                ("not_udp", d.not_udp),
+                ("not_ours", d.not_ours),
+                ("no_neighbour", d.no_neighbour),
+                ("tx_full", d.tx_full),
+                ("rewrite_failed", d.rewrite_failed),
+                ("handoff_out", d.handoff_out),
+                ("handoff_full", d.handoff_full),
+                ("handoff_in", d.handoff_in),
+            ]
+            .into_iter()
+            .map(move |(what, v)| (vec![("core", r.core.to_string()), ("counter", what.to_string())], v))
+        });
+        family(&mut encoder, "media_driver", "The driver's own frame counters and cross-core hand-offs", MetricType::Counter, driver)
+    }
+}
+
+/// The metrics text of `service` now.
+pub async fn render(service: &MediaService) -> Result<String, String> {
+    let reports = service.core_reports().await.map_err(|s| s.message().to_owned())?;
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(reports)));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Serves `GET /metrics` on `addr` until `shutdown` completes.
+pub async fn serve(addr: SocketAddr, service: MediaService, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("bind({addr}) for metrics failed: {e}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let service = service.clone();
+            async move {
+                match render(&service).await {
+                    Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response(),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+                }
+            }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| format!("metrics server: {e}"))
+}
