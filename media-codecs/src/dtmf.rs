@@ -71,6 +71,7 @@ pub struct DtmfDetector {
     candidate: Option<char>,
     /// Steps of the candidate or current digit's envelope, from before its first hit.
     digit_steps: Vec<f32>,
+    steps_beyond: usize,
     current: Option<char>,
     misses: u32,
 }
@@ -87,6 +88,8 @@ const PERIODS: f32 = 18.0;
 const MIN_DIGIT_MS: u32 = 30;
 /// Envelope steps kept from before a digit's first hit (a window's length, and more).
 const LEAD_STEPS: usize = 8;
+/// Envelope steps kept per digit (10 s); a longer tone is counted, not stored.
+const MAX_DIGIT_STEPS: usize = 2000;
 
 fn db(ratio: f32) -> f32 {
     10.0 * ratio.max(1e-12).log10()
@@ -110,6 +113,7 @@ impl DtmfDetector {
             step_energy: 0.0,
             candidate: None,
             digit_steps: Vec::new(),
+            steps_beyond: 0,
             current: None,
             misses: 0,
         }
@@ -153,8 +157,8 @@ impl DtmfDetector {
 
     /// The digit the current windows hold, if it passes every check.
     fn classify(&self) -> Option<char> {
-        let rows: Vec<(f32, f32)> = ROWS.iter().zip(self.row_windows).map(|(f, n)| self.tone(*f, n)).collect();
-        let cols: Vec<(f32, f32)> = COLUMNS.iter().zip(self.col_windows).map(|(f, n)| self.tone(*f, n)).collect();
+        let rows: [(f32, f32); 4] = std::array::from_fn(|i| self.tone(ROWS[i], self.row_windows[i]));
+        let cols: [(f32, f32); 4] = std::array::from_fn(|i| self.tone(COLUMNS[i], self.col_windows[i]));
         let best = |t: &[(f32, f32)]| {
             let (i, top) = t.iter().enumerate().fold((0, (0.0f32, 0.0f32)), |acc, (i, v)| if v.1 > acc.1 .1 { (i, *v) } else { acc });
             let second = t.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v.1).fold(0.0f32, f32::max);
@@ -172,11 +176,20 @@ impl DtmfDetector {
         ok.then(|| KEYS[r][c])
     }
 
-    /// Duration of the digit so far: 5 ms steps of its envelope at half its peak or more.
+    /// Duration of the digit so far: 5 ms steps of its envelope at half its peak or more (the
+    /// steps after the first [`MAX_DIGIT_STEPS`] count as strong: a held key costs no memory).
     fn digit_ms(&self) -> u32 {
         let peak = self.digit_steps.iter().copied().fold(0.0f32, f32::max);
-        let strong = self.digit_steps.iter().filter(|e| **e >= peak / 2.0).count() as f32;
-        (strong * self.hop as f32 * 1000.0 / self.rate).round() as u32
+        let strong = self.digit_steps.iter().filter(|e| **e >= peak / 2.0).count() + self.steps_beyond;
+        (strong as f32 * self.hop as f32 * 1000.0 / self.rate).round() as u32
+    }
+
+    fn note_step(&mut self, energy: f32) {
+        if self.digit_steps.len() < MAX_DIGIT_STEPS {
+            self.digit_steps.push(energy);
+        } else {
+            self.steps_beyond += 1;
+        }
     }
 
     fn step(&mut self, digit: Option<char>, energy: f32, found: &mut impl FnMut(Detection)) {
@@ -184,10 +197,10 @@ impl DtmfDetector {
             (Some(cur), _) => {
                 if digit == Some(cur) {
                     self.misses = 0;
-                    self.digit_steps.push(energy);
+                    self.note_step(energy);
                 } else {
                     self.misses += 1;
-                    self.digit_steps.push(energy);
+                    self.note_step(energy);
                     if self.misses >= 2 {
                         found(Detection::Ended(cur, self.digit_ms()));
                         self.current = None;
@@ -197,7 +210,7 @@ impl DtmfDetector {
                 }
             }
             (None, Some(cand)) if digit == Some(cand) => {
-                self.digit_steps.push(energy);
+                self.note_step(energy);
                 if self.digit_ms() >= MIN_DIGIT_MS {
                     self.current = Some(cand);
                     found(Detection::Began(cand));
@@ -206,6 +219,7 @@ impl DtmfDetector {
             (None, _) => {
                 self.candidate = digit;
                 self.digit_steps.clear();
+                self.steps_beyond = 0;
                 if digit.is_some() {
                     // The tone began before the first window that holds enough of it.
                     self.digit_steps.extend_from_slice(&self.steps);

@@ -1,4 +1,5 @@
-//! What the media plane plays: WAV files (16-bit PCM or G.711, 8-48 kHz, mono or stereo) and
+//! What the media plane plays: WAV files (16-bit PCM or G.711; 8, 12, 16, 24, 32, 44.1 or 48 kHz;
+//! mono or stereo) and
 //! call-progress tones, as mono PCM.
 //!
 //! The WAV reader is written here: it is a few dozen lines over the RIFF chunks, and the common
@@ -23,7 +24,7 @@ pub enum WavError {
     Channels(u16),
     #[error("{0} bits per sample for its format")]
     Bits(u16),
-    #[error("sample rate {0} Hz; 8000-48000 are played")]
+    #[error("sample rate {0} Hz; 8000, 12000, 16000, 24000, 32000, 44100 or 48000 are played")]
     Rate(u32),
 }
 
@@ -49,7 +50,7 @@ pub fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), WavError> {
             if !(1..=2).contains(&channels) {
                 return Err(WavError::Channels(channels));
             }
-            if !(8000..=48_000).contains(&rate) {
+            if ![8000, 12_000, 16_000, 24_000, 32_000, 44_100, 48_000].contains(&rate) {
                 return Err(WavError::Rate(rate));
             }
             let data = bytes.get(start..start.saturating_add(len).min(bytes.len())).unwrap_or_default();

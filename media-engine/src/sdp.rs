@@ -657,7 +657,10 @@ fn leg_codec(f: &Format, ptime_ms: u16, events: Option<u8>, pcm_rate: u32) -> Op
     let mut params = CodecParams::new(kind, if kind == CodecKind::L16 { f.clock } else { pcm_rate });
     params.channels = if kind == CodecKind::L16 { f.channels } else { 1 };
     if kind == CodecKind::Opus {
-        params.channels = if f.fmtp_param("stereo") == Some("1") { 2 } else { 1 };
+        // Mono whatever `stereo=1` asks: libopus decodes a stereo stream to mono and a mono
+        // stream is valid Opus for any receiver, so the leg transcodes to and from G.711 and the
+        // rest (the media plane mixes and transcodes in mono).
+        params.channels = 1;
         params.opus = OpusSettings {
             bitrate: f.fmtp_param("maxaveragebitrate").and_then(|b| b.parse().ok()).filter(|b| (6000..=510_000).contains(b)),
             fec: f.fmtp_param("useinbandfec") == Some("1"),
@@ -720,7 +723,8 @@ fn choose(offered: &Offered, answered: &[Format], answerer_ptime: u16, index: us
         .filter_map(|f| {
             let same = |s: &&Format| s.pt == f.pt && (f.clock == 0 || s.same_codec(f));
             let sent = offered.sent.iter().find(same).or_else(|| offered.sent.iter().find(|s| s.same_codec(f)));
-            sent.map(|s| Format { pt: f.pt, ..s.clone() })
+            // The answerer's own fmtp (its Opus bitrate, DTX, FEC) sets how it is sent to.
+            sent.map(|s| Format { pt: f.pt, fmtp: f.fmtp.clone().or_else(|| s.fmtp.clone()), ..s.clone() })
         })
         .collect();
     let chosen = answered.iter().find(|f| f.is_codec()).ok_or_else(|| stream_error(index, "the answer names no codec that was offered"))?;

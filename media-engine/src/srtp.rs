@@ -181,17 +181,32 @@ impl SrtpContext {
         if keys.remote.suite != keys.local.suite {
             return Err(SrtpSetupError("the two keys are of different suites".into()));
         }
-        let session = |key: &SdesKey, inbound: bool| {
-            let (rtp, rtcp) = key.suite.policies();
-            let policy = srtp::StreamPolicy { rtp, rtcp, key: &key.key, window_size: 128, ..Default::default() };
-            let made = if inbound { srtp::Session::with_inbound_template(policy) } else { srtp::Session::with_outbound_template(policy) };
-            made.map_err(|e| SrtpSetupError(e.to_string()))
-        };
         Ok(SrtpContext { inbound: session(&keys.remote, true)?, outbound: session(&keys.local, false)?, keys, unprotected: 0, protected: 0 })
     }
 
     pub fn keys(&self) -> &SrtpKeys {
         &self.keys
+    }
+
+    /// Takes new keys (a new offer/answer): the inbound session, with its rollover counter and
+    /// replay window, stays when the endpoint's key is the same, the outbound one when ours is.
+    /// Nothing changes if libsrtp refuses a key.
+    pub fn rekey(&mut self, keys: SrtpKeys) -> Result<(), SrtpSetupError> {
+        if keys.remote.suite != keys.local.suite {
+            return Err(SrtpSetupError("the two keys are of different suites".into()));
+        }
+        let inbound = (keys.remote != self.keys.remote).then(|| session(&keys.remote, true)).transpose()?;
+        let outbound = (keys.local != self.keys.local).then(|| session(&keys.local, false)).transpose()?;
+        if let Some(s) = inbound {
+            self.inbound = s;
+            self.unprotected = 0;
+        }
+        if let Some(s) = outbound {
+            self.outbound = s;
+            self.protected = 0;
+        }
+        self.keys = keys;
+        Ok(())
     }
 
     /// Checks and decrypts an SRTP (or SRTCP) packet in place.
@@ -215,6 +230,14 @@ impl SrtpContext {
         self.protected += 1;
         Ok(())
     }
+}
+
+/// A libsrtp session for `key`: inbound (any SSRC the endpoint uses) or outbound.
+fn session(key: &SdesKey, inbound: bool) -> Result<srtp::Session, SrtpSetupError> {
+    let (rtp, rtcp) = key.suite.policies();
+    let policy = srtp::StreamPolicy { rtp, rtcp, key: &key.key, window_size: 128, ..Default::default() };
+    let made = if inbound { srtp::Session::with_inbound_template(policy) } else { srtp::Session::with_outbound_template(policy) };
+    made.map_err(|e| SrtpSetupError(e.to_string()))
 }
 
 fn failure(e: srtp::Error) -> SrtpFailure {

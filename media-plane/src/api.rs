@@ -56,7 +56,8 @@ const PROMPT_CACHE: usize = 256;
 const MAX_PROMPT_BYTES: u64 = 32 * 1024 * 1024;
 
 impl MediaService {
-    pub fn new(cores: Vec<CoreHandle>, events: broadcast::Sender<CoreEvent>, media_ip: IpAddr, advertise_ip: IpAddr) -> Self {
+    /// The service over `cores`; Play reads its files from `prompt_dir` only.
+    pub fn new(cores: Vec<CoreHandle>, events: broadcast::Sender<CoreEvent>, media_ip: IpAddr, advertise_ip: IpAddr, prompt_dir: std::path::PathBuf) -> Self {
         let (stopping, _) = tokio::sync::watch::channel(false);
         Self {
             inner: Arc::new(Inner {
@@ -67,21 +68,9 @@ impl MediaService {
                 advertise_ip,
                 media_ip,
                 stopping,
-                prompt_dir: std::path::PathBuf::from("prompts"),
+                prompt_dir,
                 prompts: std::sync::Mutex::new(HashMap::new()),
             }),
-        }
-    }
-
-    /// The same service, reading Play's files from `dir`.
-    pub fn with_prompt_dir(self, dir: std::path::PathBuf) -> Self {
-        let inner = Arc::try_unwrap(self.inner).map(|mut i| {
-            i.prompt_dir = dir;
-            i
-        });
-        match inner {
-            Ok(i) => Self { inner: Arc::new(i) },
-            Err(shared) => Self { inner: shared },
         }
     }
 
@@ -98,10 +87,14 @@ impl MediaService {
         let pcm: Vec<i16> = match source {
             v1::play_request::Source::Tone(t) => match (media_codecs::prompt::Tone::from_name(t), t.strip_prefix("dtmf:")) {
                 (Some(tone), _) => tone.cycle(rate),
-                (None, Some(digits)) if !digits.is_empty() && digits.chars().all(|c| media_codecs::dtmf::frequencies(c).is_some()) => {
+                (None, Some(digits))
+                    if !digits.is_empty()
+                        && digits.len() <= media_engine::engine::transcode::MAX_INJECTED
+                        && digits.chars().all(|c| media_codecs::dtmf::frequencies(c).is_some()) =>
+                {
                     media_codecs::prompt::dtmf_sequence(digits, rate)
                 }
-                _ => return Err(Status::invalid_argument(format!("tone: {t:?} is not ringback, busy, congestion (or -us), or dtmf:<digits>"))),
+                _ => return Err(Status::invalid_argument(format!("tone: {t:?} is not ringback, busy, congestion (or -us), or dtmf:<1-64 digits>"))),
             },
             v1::play_request::Source::File(f) => {
                 let rel = std::path::Path::new(f);
@@ -116,6 +109,9 @@ impl MediaService {
                 }
                 let bytes = std::fs::read(&path).map_err(|e| Status::not_found(format!("file: {}: {e}", path.display())))?;
                 let (from, pcm) = media_codecs::prompt::read_wav(&bytes).map_err(|e| Status::invalid_argument(format!("file: {f:?}: {e}")))?;
+                if pcm.is_empty() {
+                    return Err(Status::invalid_argument(format!("file: {f:?} has no audio")));
+                }
                 media_codecs::prompt::resample_all(&pcm, from, rate).map_err(|e| Status::invalid_argument(format!("file: {f:?}: {e}")))?
             }
         };
@@ -459,7 +455,7 @@ fn core_status(e: CoreError) -> Status {
         CoreError::Command(CommandError::NoSuchConference(_)) => Status::not_found(e.to_string()),
         CoreError::Command(CommandError::ConferenceExists(_)) => Status::already_exists(e.to_string()),
         CoreError::Command(CommandError::ConferenceRate(_)) => Status::invalid_argument(e.to_string()),
-        CoreError::PortsExhausted(_) => Status::resource_exhausted(e.to_string()),
+        CoreError::PortsExhausted(_) | CoreError::Command(CommandError::DtmfQueueFull(_)) => Status::resource_exhausted(e.to_string()),
         CoreError::Bind(..) | CoreError::Register(..) => Status::internal(e.to_string()),
     }
 }
@@ -529,14 +525,13 @@ impl v1::media_plane_server::MediaPlane for MediaService {
     async fn offer(&self, req: Request<v1::OfferRequest>) -> Result<Response<v1::OfferResponse>, Status> {
         let r = req.into_inner();
         let legs = stream_legs(&r.streams)?;
-        let (mut offerers, mut to_answerer) = (Vec::with_capacity(legs.len()), Vec::with_capacity(legs.len()));
+        let mut to_answerer = Vec::with_capacity(legs.len());
         for (i, pair) in legs.iter().enumerate() {
             let Some((offerer, answerer)) = pair else {
-                offerers.push(None);
                 to_answerer.push(None);
                 continue;
             };
-            offerers.push(Some(self.leg(*offerer, &format!("streams[{i}].offerer_leg")).await?));
+            self.leg(*offerer, &format!("streams[{i}].offerer_leg")).await?;
             to_answerer.push(Some(self.leg(*answerer, &format!("streams[{i}].answerer_leg")).await?.local_port));
         }
         let policy = r.policy.unwrap_or_default();
@@ -554,11 +549,8 @@ impl v1::media_plane_server::MediaPlane for MediaService {
         if let Some(e) = no_entropy {
             return Err(Status::internal(format!("no random bytes for SRTP keys: {e}")));
         }
-        // The offerer is sent to where it said it receives (latching corrects it behind NAT).
-        for (leg, side) in offerers.iter().zip(offer.state.offerer()) {
-            let (Some(leg), Some(side)) = (leg, side) else { continue };
-            self.set_media(leg.id, side, side.rtp, leg.codec).await?;
-        }
+        // The offerer's leg changes only with the answer: an offer may be refused (a failed
+        // re-INVITE leaves the call as it was).
         let sdp = offer.sdp;
         let first_answerer = first_answerer(&legs)?;
         let pending = Box::new(sdp::PendingOffer { legs: pairs(&legs), state: offer.state });
@@ -604,7 +596,8 @@ impl v1::media_plane_server::MediaPlane for MediaService {
                 self.ask(core, |reply| Command::DeleteBridge { id, reply }).await?;
                 bridge = None;
             }
-            self.set_media(*a, &n.offerer, None, n.offerer_codec).await?;
+            // Where the offerer said it receives (latching corrects it behind NAT).
+            self.set_media(*a, &n.offerer, n.offerer.rtp, n.offerer_codec).await?;
             self.set_media(*b, &n.answerer, n.answerer.rtp, n.answerer_codec).await?;
             let bridge_id = match bridge {
                 Some(id) => id,

@@ -114,7 +114,7 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
     let backend = started.backend;
     // Held until the cores have stopped: dropping it detaches the XDP program.
     let steering = started.steering;
-    let service = MediaService::new(started.cores, events, config.media_ip, config.advertise_ip).with_prompt_dir(config.prompt_dir.clone());
+    let service = MediaService::new(started.cores, events, config.media_ip, config.advertise_ip, config.prompt_dir.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("grpc")

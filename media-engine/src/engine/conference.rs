@@ -81,6 +81,7 @@ pub(super) struct Member {
     frame: Vec<i16>,
     energy: u64,
     scratch: Vec<i16>,
+    resampled: Vec<i16>,
     packet: Vec<u8>,
     pub counters: MemberCounters,
 }
@@ -142,9 +143,9 @@ impl Member {
             }
             match &mut self.inward {
                 Some(r) => {
-                    let mut out = Vec::with_capacity(self.scratch.len() * 6);
-                    let _ = r.process(&self.scratch, &mut out);
-                    self.inbox.extend(out);
+                    self.resampled.clear();
+                    let _ = r.process(&self.scratch, &mut self.resampled);
+                    self.inbox.extend(self.resampled.iter().copied());
                 }
                 None => self.inbox.extend(self.scratch.iter().copied()),
             }
@@ -197,6 +198,7 @@ impl Conference {
             frame: Vec::new(),
             energy: 0,
             scratch: Vec::new(),
+            resampled: Vec::new(),
             packet: Vec::with_capacity(1500),
             counters: MemberCounters::default(),
         });
@@ -249,13 +251,19 @@ impl Conference {
             }
             m.energy = if m.muted { 0 } else { m.frame.iter().map(|&s| i64::from(s).pow(2) as u64).sum::<u64>() / frame as u64 };
         }
-        // The loudest few talk.
-        let mut order: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].energy > SILENCE).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(self.members[i].energy));
-        order.truncate(TOP_TALKERS);
+        // The loudest few talk (kept in a fixed array: nothing allocates per tick).
+        let mut talkers = [usize::MAX; TOP_TALKERS];
+        for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.energy > SILENCE) {
+            let quieter = |t: usize| t == usize::MAX || self.members.get(t).is_none_or(|o| o.energy < m.energy);
+            if let Some(at) = talkers.iter().position(|&t| quieter(t)) {
+                talkers[at..].rotate_right(1);
+                talkers[at] = i;
+            }
+        }
+        let order: &[usize] = &talkers[..talkers.iter().position(|&t| t == usize::MAX).unwrap_or(TOP_TALKERS)];
         self.sum.clear();
         self.sum.resize(frame, 0);
-        for &i in &order {
+        for &i in order {
             for (acc, &s) in self.sum.iter_mut().zip(&self.members[i].frame) {
                 *acc += i32::from(s);
             }

@@ -11,12 +11,11 @@
 //! * **Resync**: a new SSRC, or a sequence number or timestamp jump too large to be loss or
 //!   reordering, empties the buffer and starts again.
 
-use std::collections::BTreeMap;
-
 /// Most packet times buffered before playout.
 pub const MAX_DEPTH: u32 = 10;
-/// Packets held at most (beyond this the oldest go: a burst cannot grow the buffer without bound).
-const MAX_HELD: usize = 50;
+/// Packets held at most, in a ring by sequence number (a newer packet that needs a slot still
+/// holding an older one drops it: a burst cannot grow the buffer).
+const SLOTS: usize = 64;
 /// A sequence jump larger than this restarts the stream.
 const MAX_GAP: u64 = 100;
 
@@ -42,10 +41,14 @@ pub enum Playout<'a> {
     Wait,
 }
 
-/// One member's jitter buffer (see the module documentation).
-#[derive(Debug, Default)]
+/// One member's jitter buffer (see the module documentation). Its packet buffers are reused:
+/// nothing allocates once it has seen a few packets.
+#[derive(Debug)]
 pub struct JitterBuffer {
-    held: BTreeMap<u64, Vec<u8>>,
+    /// Slot `ext % SLOTS`: the packet of that extended sequence number, if held.
+    ring: Vec<Option<(u64, Vec<u8>)>>,
+    held: usize,
+    spare: Vec<Vec<u8>>,
     ssrc: Option<u32>,
     /// Extended sequence number of the highest packet seen, and the next one to play.
     highest: Option<u64>,
@@ -65,7 +68,44 @@ pub struct JitterBuffer {
 impl JitterBuffer {
     /// A buffer for packets of `ts_per_packet` RTP clock units each.
     pub fn new(ts_per_packet: u32) -> Self {
-        JitterBuffer { ts_per_packet: ts_per_packet.max(1), ..Default::default() }
+        JitterBuffer {
+            ring: (0..SLOTS).map(|_| None).collect(),
+            held: 0,
+            spare: Vec::new(),
+            ssrc: None,
+            highest: None,
+            next: None,
+            playing: false,
+            jitter_x16: 0,
+            last_transit: None,
+            last_ts: None,
+            ts_per_packet: ts_per_packet.max(1),
+            current: Vec::new(),
+            counters: JitterCounters::default(),
+        }
+    }
+
+    fn slot(ext: u64) -> usize {
+        (ext % SLOTS as u64) as usize
+    }
+
+    /// Takes packet `ext` out, if held.
+    fn take(&mut self, ext: u64) -> Option<Vec<u8>> {
+        let slot = self.ring.get_mut(Self::slot(ext))?;
+        if slot.as_ref().is_some_and(|(e, _)| *e == ext) {
+            self.held -= 1;
+            return slot.take().map(|(_, p)| p);
+        }
+        None
+    }
+
+    fn holds(&self, ext: u64) -> bool {
+        self.ring.get(Self::slot(ext)).is_some_and(|s| s.as_ref().is_some_and(|(e, _)| *e == ext))
+    }
+
+    /// The lowest sequence number held.
+    fn first(&self) -> Option<u64> {
+        self.ring.iter().flatten().map(|(e, _)| *e).min()
     }
 
     /// The depth playout waits for, in packet times.
@@ -76,11 +116,16 @@ impl JitterBuffer {
 
     /// Packets waiting.
     pub fn held(&self) -> usize {
-        self.held.len()
+        self.held
     }
 
     fn reset(&mut self) {
-        self.held.clear();
+        for slot in &mut self.ring {
+            if let Some((_, p)) = slot.take() {
+                self.spare.push(p);
+            }
+        }
+        self.held = 0;
         self.highest = None;
         self.next = None;
         self.playing = false;
@@ -119,7 +164,7 @@ impl JitterBuffer {
             self.counters.late += 1;
             return;
         }
-        if self.held.contains_key(&ext) {
+        if self.holds(ext) {
             self.counters.duplicates += 1;
             return;
         }
@@ -132,37 +177,46 @@ impl JitterBuffer {
         self.last_transit = Some(transit);
         self.last_ts = Some(ts);
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
-        self.held.insert(ext, payload.to_vec());
-        while self.held.len() > MAX_HELD {
-            self.held.pop_first();
-            self.counters.overflow += 1;
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(payload);
+        let Some(slot) = self.ring.get_mut(Self::slot(ext)) else { return };
+        match slot.replace((ext, buf)) {
+            Some((_, old)) => {
+                // An older packet still waiting where this one goes: it has waited too long.
+                self.spare.push(old);
+                self.counters.overflow += 1;
+            }
+            None => self.held += 1,
         }
     }
 
     /// What the next packet time plays.
     pub fn pop(&mut self) -> Playout<'_> {
         if !self.playing {
-            if self.held.len() < self.target_depth() as usize {
+            if self.held < self.target_depth() as usize {
                 return Playout::Wait;
             }
             self.playing = true;
-            self.next = self.held.keys().next().copied();
+            self.next = self.first();
         }
         let Some(next) = self.next else { return Playout::Wait };
-        if let Some(payload) = self.held.remove(&next) {
+        if let Some(payload) = self.take(next) {
             self.next = Some(next + 1);
-            self.current = payload;
+            let played = std::mem::replace(&mut self.current, payload);
+            self.spare.push(played);
             return Playout::Packet(&self.current);
         }
-        if self.held.is_empty() {
+        if self.held == 0 {
             // Run dry: wait for the target depth again before playing on.
             self.playing = false;
             return Playout::Wait;
         }
         self.next = Some(next + 1);
         self.counters.concealed += 1;
-        match self.held.get(&(next + 1)) {
-            Some(p) => {
+        let following = self.ring.get(Self::slot(next + 1)).and_then(|s| s.as_ref()).filter(|(e, _)| *e == next + 1);
+        match following {
+            Some((_, p)) => {
                 self.current.clone_from(p);
                 Playout::Lost(Some(&self.current))
             }

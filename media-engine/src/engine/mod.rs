@@ -156,6 +156,8 @@ pub enum CommandError {
     NoCodec(LegId),
     #[error("no DTMF digit (0-9, *, #, A-D) in {0:?}")]
     NoDigits(String),
+    #[error("leg {0} has as many digits waiting as it takes; try when they have played")]
+    DtmfQueueFull(LegId),
     #[error("conference {0} does not exist")]
     NoSuchConference(ConferenceId),
     #[error("conference {0} already exists")]
@@ -202,6 +204,14 @@ pub struct EngineConfig {
 /// Mean interval of the media plane's own RTCP reports on legs where it ends RTCP (RFC 3550
 /// §6.2's minimum of 5 s; each interval is drawn between 0.5 and 1.5 times this).
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a new offer/answer does to a leg's SRTP.
+enum SrtpChange {
+    Keep,
+    Rekey(crate::srtp::SrtpKeys),
+    New(Box<SrtpContext>),
+    Off,
+}
 
 /// A bridge as this core holds it: its local leg `a`, and the other end.
 #[derive(Debug, Clone, Copy)]
@@ -250,6 +260,8 @@ pub struct Engine {
     /// one's next packet time is.
     generating: Vec<(usize, Instant)>,
     conferences: HashMap<ConferenceId, Conference>,
+    /// The SDES CNAME of the streams this core makes.
+    cname: String,
 }
 
 impl Engine {
@@ -273,6 +285,7 @@ impl Engine {
             plain_valid: false,
             generating: Vec::new(),
             conferences: HashMap::new(),
+            cname: format!("core{}@media-plane", config.core),
         }
     }
 
@@ -401,6 +414,7 @@ impl Engine {
         let ours = self.bridges.get(&bridge).is_some_and(|b| b.a == slot && matches!(b.b, Peer::Remote { .. }));
         if ours {
             self.bridges.remove(&bridge);
+            self.end_generated(slot);
             if let Some(l) = self.slot_mut(slot) {
                 l.bridge = None;
                 l.peer = None;
@@ -462,6 +476,10 @@ impl Engine {
                 continue;
             }
             let stats = leg.quality.stats();
+            if stats.expected < leg.alarm_prior.0 {
+                // The stream restarted: judge it from its new start.
+                leg.alarm_prior = (0, 0);
+            }
             let expected = stats.expected.saturating_sub(leg.alarm_prior.0);
             if expected < 50 {
                 continue;
@@ -488,8 +506,8 @@ impl Engine {
         for slot in due {
             let jitter = self.next_random() % 1000;
             let ntp = self.ntp(now);
-            let cname = format!("core{}@media-plane", self.config.core);
-            let Some(leg) = self.slot_mut(slot) else { continue };
+            let Self { slots, cname, .. } = self;
+            let Some(leg) = slots.get_mut(slot).and_then(Option::as_mut) else { continue };
             // RFC 3550 §6.3.1: an interval drawn from [0.5, 1.5] times the mean.
             let next = now + REPORT_INTERVAL / 2 + REPORT_INTERVAL * jitter as u32 / 1000;
             let first = leg.next_report.is_none();
@@ -501,7 +519,7 @@ impl Engine {
             let (ssrc, packets, octets, ts) = t.sender_info();
             let block = leg.quality.report_block(now);
             let mut buf = [0u8; 256];
-            let Some(len) = sender_report(ssrc, ntp, ts, packets, octets, block, &cname, &mut buf) else { continue };
+            let Some(len) = sender_report(ssrc, ntp, ts, packets, octets, block, cname, &mut buf) else { continue };
             let report = &buf[..len];
             leg.quality.on_rtcp_to_endpoint(report, now);
             leg.counters.rtcp_packets_out += 1;
@@ -593,13 +611,39 @@ impl Engine {
     pub fn set_leg_media(&mut self, id: LegId, media: LegMedia) -> Result<(), CommandError> {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
         let leg = self.slot(slot).ok_or(CommandError::NoSuchLeg(id))?;
-        if let (Some(bridge), true) = (leg.bridge, leg.codec != media.codec) {
+        let codec_changes = leg.codec != media.codec;
+        if let (Some(bridge), true) = (leg.bridge, codec_changes) {
             return Err(CommandError::AlreadyBridged(id, bridge));
+        }
+        if let (Some(conference), true) = (leg.conference, codec_changes) {
+            return Err(CommandError::InConference(id, conference));
         }
         let port = leg.local_port;
         let rtcp_port = usize::from(port) + 1;
         if leg.rtcp_mux && !media.rtcp_mux && self.by_port.get(rtcp_port).is_none_or(|t| *t != 0) {
             return Err(CommandError::PortInUse(port.saturating_add(1)));
+        }
+        // SRTP first (the one step that can fail): nothing changes if it does. The same keys (a
+        // re-INVITE) keep the context; a new local key keeps the inbound session, so its
+        // rollover counter and replay window go on.
+        let srtp = match (&leg.srtp, media.srtp) {
+            (Some(c), Some(keys)) if c.keys() == &keys => SrtpChange::Keep,
+            (Some(_), Some(keys)) => SrtpChange::Rekey(keys),
+            (None, Some(keys)) => SrtpChange::New(Box::new(SrtpContext::new(keys)?)),
+            (_, None) => SrtpChange::Off,
+        };
+        let had_transcoder = leg.transcoder.is_some();
+        if let SrtpChange::Rekey(keys) = &srtp {
+            if let Some(c) = self.slot_mut(slot).and_then(|l| l.srtp.as_deref_mut()) {
+                c.rekey(keys.clone())?;
+            }
+        }
+        if codec_changes && had_transcoder {
+            // A play or injection was made for the old codec.
+            self.end_generated(slot);
+            if let Some(l) = self.slot_mut(slot) {
+                l.transcoder = None;
+            }
         }
         // RTCP's own port is listened on only without rtcp-mux.
         if let Some(tag) = self.by_port.get_mut(rtcp_port) {
@@ -615,34 +659,58 @@ impl Engine {
         }
         leg.direction = media.direction;
         leg.codec = media.codec;
-        // New keys make a new context; the same keys (a re-INVITE) keep its rollover counter
-        // and replay window.
-        if leg.srtp.as_ref().map(|c| c.keys()) != media.srtp.as_ref() {
-            leg.srtp = media.srtp.map(SrtpContext::new).transpose()?.map(Box::new);
+        match srtp {
+            SrtpChange::Keep | SrtpChange::Rekey(_) => {}
+            SrtpChange::New(c) => leg.srtp = Some(c),
+            SrtpChange::Off => leg.srtp = None,
         }
         Ok(())
+    }
+
+    /// A play going to the leg in `slot` ends (its transcoder is about to be replaced or
+    /// dropped): its [`Event::PlayFinished`] says it was stopped.
+    fn end_generated(&mut self, slot: usize) {
+        let Some(leg) = self.slots.get_mut(slot).and_then(Option::as_mut) else { return };
+        if let Some(play) = leg.transcoder.as_mut().and_then(|t| t.stop_play()) {
+            self.events.push_back(Event::PlayFinished { leg: leg.id, play, stopped: true });
+        }
     }
 
     /// Plays `digits` to leg `id`'s endpoint: into the stream the media plane makes for it, as
     /// RFC 4733 events if the leg takes them, else as tones, each `on` long with `pause` after.
     pub fn inject_dtmf(&mut self, id: LegId, digits: &str, on: Duration, pause: Duration, now: Instant) -> Result<usize, CommandError> {
+        if !digits.chars().any(|d| media_codecs::dtmf::frequencies(d).is_some()) {
+            return Err(CommandError::NoDigits(digits.to_owned()));
+        }
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        let room = self.slot(slot).and_then(|l| l.transcoder.as_ref()).map_or(transcode::MAX_INJECTED, |t| t.inject_room());
+        if room < digits.chars().count() {
+            return Err(CommandError::DtmfQueueFull(id));
+        }
         let (slot, codec) = self.own_stream(id)?;
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         let queued = self
             .slot_mut(slot)
             .and_then(|l| l.transcoder.as_mut())
             .map_or(0, |t| t.inject(digits, ms(on), ms(pause), codec.ptime_ms));
-        if queued == 0 {
-            return Err(CommandError::NoDigits(digits.to_owned()));
-        }
         self.start_generating(slot, now);
         Ok(queued)
     }
 
-    /// The PCM rate audio played to leg `id` must have (mono).
-    pub fn play_rate(&mut self, id: LegId) -> Result<u32, CommandError> {
-        let (slot, _) = self.own_stream(id)?;
-        Ok(self.slot(slot).and_then(|l| l.transcoder.as_ref()).map_or(8000, |t| t.play_rate()))
+    /// The PCM rate audio played to leg `id` must have (mono): its outgoing stream's encoder
+    /// rate. Changes nothing.
+    pub fn play_rate(&self, id: LegId) -> Result<u32, CommandError> {
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        let leg = self.slot(slot).ok_or(CommandError::NoSuchLeg(id))?;
+        if let Some(conference) = leg.conference {
+            return Err(CommandError::InConference(id, conference));
+        }
+        match (&leg.transcoder, leg.codec) {
+            (Some(t), _) => Ok(t.play_rate()),
+            // The transcoder a play installs encodes the leg's codec at its parameters' rate.
+            (None, Some(codec)) => Ok(codec.params.rate),
+            (None, None) => Err(CommandError::NoCodec(id)),
+        }
     }
 
     /// Plays `pcm` (mono, at [`play_rate`](Self::play_rate)) to leg `id`'s endpoint instead of
@@ -679,8 +747,8 @@ impl Engine {
         }
         let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(id))?;
         if self.slot(slot).is_some_and(|l| l.transcoder.is_none()) {
-            let r = self.next_random();
-            let t = Transcoder::new(&codec, &codec, r as u32, (r >> 32) as u16, (r >> 16) as u32)?;
+            let (ssrc, seq, ts) = self.stream_start();
+            let t = Transcoder::new(&codec, &codec, ssrc, seq, ts)?;
             if let Some(l) = self.slot_mut(slot) {
                 l.transcoder = Some(Box::new(t));
             }
@@ -707,10 +775,17 @@ impl Engine {
             let ptime = Duration::from_millis(u64::from(leg.codec.map_or(20, |c| c.ptime_ms)));
             let destination = leg.rtp_destination().filter(|_| leg.direction.endpoint_receives());
             let mut srtp = leg.srtp.as_deref_mut();
-            let Some(t) = leg.transcoder.as_mut().filter(|t| t.generating()) else {
+            let Some(t) = leg.transcoder.as_mut() else {
                 self.generating.swap_remove(i);
                 continue;
             };
+            if let Some(play) = t.take_finished() {
+                events.push_back(Event::PlayFinished { leg: leg.id, play, stopped: false });
+            }
+            if !t.generating() {
+                self.generating.swap_remove(i);
+                continue;
+            }
             let (mut sent, mut bytes) = (0u64, 0u64);
             for _ in 0..5 {
                 if at > now || !t.generating() {
@@ -773,9 +848,14 @@ impl Engine {
         }
         let slot = self.unbridged_slot(leg)?;
         let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(leg))?;
-        let r = self.next_random();
+        // The conference makes the member's stream from now on.
+        self.end_generated(slot);
+        if let Some(l) = self.slot_mut(slot) {
+            l.transcoder = None;
+        }
+        let (ssrc, seq, ts) = self.stream_start();
         let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
-        c.add(leg, slot, &codec, muted, deaf, r as u32, (r >> 32) as u16, (r >> 16) as u32)?;
+        c.add(leg, slot, &codec, muted, deaf, ssrc, seq, ts)?;
         if let Some(l) = self.slot_mut(slot) {
             l.conference = Some(id);
         }
@@ -885,6 +965,7 @@ impl Engine {
         let to_a = self.transcoder_between(cb, ca)?;
         let to_b = self.transcoder_between(ca, cb)?;
         for (slot, t) in [(sa, to_a), (sb, to_b)] {
+            self.end_generated(slot);
             if let Some(l) = self.slot_mut(slot) {
                 l.transcoder = t;
             }
@@ -923,6 +1004,7 @@ impl Engine {
         let slot = self.unbridged_slot(leg)?;
         let own = self.slot(slot).and_then(|l| l.codec);
         let transcoder = self.transcoder_between(peer_codec, own)?;
+        self.end_generated(slot);
         let peer = Peer::Remote { core: peer_core, leg: peer_leg };
         if let Some(l) = self.slot_mut(slot) {
             l.bridge = Some(id);
@@ -938,6 +1020,7 @@ impl Engine {
     pub fn delete_bridge(&mut self, id: BridgeId) -> Result<(), CommandError> {
         let br = self.bridges.remove(&id).ok_or(CommandError::NoSuchBridge(id))?;
         let clear = |engine: &mut Self, slot| {
+            engine.end_generated(slot);
             if let Some(l) = engine.slot_mut(slot) {
                 l.bridge = None;
                 l.peer = None;
@@ -1217,14 +1300,20 @@ impl Engine {
         if from.relays_to(&to) {
             return Ok(None);
         }
-        let r = self.next_random();
-        let t = Transcoder::new(&from, &to, r as u32, (r >> 32) as u16, (r >> 16) as u32)?;
+        let (ssrc, seq, ts) = self.stream_start();
+        let t = Transcoder::new(&from, &to, ssrc, seq, ts)?;
         Ok(Some(Box::new(t)))
     }
 
     /// Seeded by the driver ([`EngineConfig::seed`]).
     fn next_random(&mut self) -> u64 {
         xorshift64star(&mut self.rng)
+    }
+
+    /// A random start for a stream the engine makes: SSRC, sequence number, timestamp.
+    fn stream_start(&mut self) -> (u32, u16, u32) {
+        let r = self.next_random();
+        (r as u32, (r >> 32) as u16, (r >> 16) as u32)
     }
 
     /// Undoes [`egress`](Self::egress)'s counting when the packet did not leave after all.
@@ -1293,8 +1382,8 @@ fn sender_report(ssrc: u32, ntp: u64, ts: u32, packets: u32, octets: u32, block:
     Compound::builder().add_packet(sr).add_packet(sdes).write_into(buf).ok()
 }
 
-/// Longest SRTP trailer (the GCM tag; no MKI).
-const SRTP_TRAILER: usize = 16;
+/// Room libsrtp wants after a packet it protects (its largest trailer: tag, SRTCP index, MKI).
+const SRTP_TRAILER: usize = 144;
 
 /// Queues a copy of `bytes` in `transmits`, reusing a buffer from `spare`, encrypted first with
 /// `srtp` if given. Refused when the queue is full or the packet too long (`QueueFull`), or when

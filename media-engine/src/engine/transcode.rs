@@ -138,7 +138,7 @@ pub struct Transcoder {
     /// A digit heard in the source's audio and finished, for the engine's event stream.
     heard: Option<(char, u32)>,
     /// Digits asked for over the API, played into the outgoing stream one frame per
-    /// [`tick`](Self::tick) (the source's audio waits meanwhile).
+    /// [`tick`](Self::tick) (the source's audio is not sent meanwhile).
     injected: std::collections::VecDeque<Injected>,
     injecting: Option<Injecting>,
     /// Audio played into the outgoing stream instead of the source's (prompts, music on hold,
@@ -187,6 +187,8 @@ struct TonesOut {
     source_ts: u32,
     /// Samples of it made so far, at the encoder's rate.
     made: usize,
+    /// Its duration so far in the source's clock (from its last packet).
+    duration: u32,
     ended: bool,
 }
 
@@ -355,9 +357,17 @@ impl Transcoder {
         self.last_seq = Some(seq);
         self.last_ssrc = Some(rtp.ssrc());
         let mut sent = self.detect_tones(&mut out);
+        // A tone whose End packets were all lost ends when the source's audio is past it.
+        let ptime_src = self.last_frame as u32 * self.from_clock / self.decoder.sample_rate().max(1);
+        if let Some(t) = self.tones.as_mut().filter(|t| !t.ended) {
+            let into = rtp.timestamp().wrapping_sub(t.source_ts) as i32;
+            if into > 0 && into as u32 > t.duration.saturating_add(3 * ptime_src) {
+                t.ended = true;
+            }
+        }
         if self.tones.as_ref().is_some_and(|t| !t.ended) || self.generating() {
-            // An event from the source is being played as tones, or injected digits: the
-            // source's audio waits.
+            // An event from the source is being played as tones, or injected digits or a play
+            // make the stream: the source's audio is not sent meanwhile.
             return Ok(sent);
         }
         if self.event_out.is_some() {
@@ -417,6 +427,11 @@ impl Transcoder {
         queued
     }
 
+    /// Room for more injected digits.
+    pub fn inject_room(&self) -> usize {
+        MAX_INJECTED - self.injected.len().min(MAX_INJECTED)
+    }
+
     /// Whether injected digits are playing or waiting.
     pub fn injecting(&self) -> bool {
         self.injecting.is_some() || !self.injected.is_empty()
@@ -431,7 +446,9 @@ impl Transcoder {
     /// the source's audio, once or `looped`; returns the play it replaced.
     pub fn play(&mut self, id: u64, pcm: std::sync::Arc<[i16]>, looped: bool) -> Option<u64> {
         let replaced = self.playing.take().map(|p| p.id);
-        if !pcm.is_empty() {
+        if pcm.is_empty() {
+            self.finished = Some(id);
+        } else {
             self.playing = Some(Playing { id, pcm, at: 0, looped });
         }
         replaced
@@ -571,7 +588,7 @@ impl Transcoder {
                 }
                 Detection::Ended(digit, ms) => {
                     if let Some(e) = self.event_out.take() {
-                        let duration = ms * self.to_clock / 1000;
+                        let duration = (u64::from(ms) * u64::from(self.to_clock) / 1000).min(u64::from(u32::MAX)) as u32;
                         for _ in 0..3 {
                             sent += self.send_event(e, duration, true, out);
                         }
@@ -621,11 +638,12 @@ impl Transcoder {
         let rate = self.encoder.sample_rate();
         let fresh = self.tones.as_ref().is_none_or(|t| t.source_ts != rtp.timestamp());
         if fresh {
-            self.tones = Some(TonesOut { generator: ToneGenerator::new(rate, -7.0), digit, source_ts: rtp.timestamp(), made: 0, ended: false });
+            self.tones = Some(TonesOut { generator: ToneGenerator::new(rate, -7.0), digit, source_ts: rtp.timestamp(), made: 0, duration: 0, ended: false });
             self.counters.digits_to_tones += 1;
         }
         let frame = self.frame;
         let Some(t) = self.tones.as_mut().filter(|t| !t.ended) else { return 0 };
+        t.duration = u32::from(event.duration);
         let mut target = u64::from(event.duration) * u64::from(rate) / u64::from(self.from_clock.max(1));
         if event.end {
             t.ended = true;
@@ -633,8 +651,9 @@ impl Transcoder {
             let total = (self.pending.len() / self.channels.max(1)) as u64 + target.saturating_sub(t.made as u64);
             target += (frame as u64 - total % frame as u64) % frame as u64;
         }
-        // At most a second at a time (a bogus duration must not allocate without bound).
-        let more = (target.saturating_sub(t.made as u64) as usize).min(rate as usize);
+        // At most three packet times per event packet: a burst of event packets, or a bogus
+        // duration, cannot make a burst of encodes.
+        let more = (target.saturating_sub(t.made as u64) as usize).min(3 * frame);
         let before = self.pending.len();
         t.generator.tone(t.digit, more, &mut self.pending);
         t.made += more;
@@ -777,6 +796,26 @@ mod tests {
         let lag = best_lag(&signal, &pcm, 200);
         let snr = spectral_snr_db(&signal[1000..], &pcm[1000..], lag, 8000, 3400.0);
         assert!(snr >= 8.0, "G.729→PCMU with a loss: spectral SNR {snr:.1} dB (bound 8 dB)");
+    }
+
+    #[test]
+    fn a_tone_whose_end_packets_were_lost_ends_when_the_audio_is_past_it() {
+        let from = LegCodec { telephone_event: Some(101), ..codec(0, CodecKind::Pcmu, 8000, 20) };
+        let mut t = Transcoder::new(&from, &codec(8, CodecKind::Pcma, 8000, 20), 1, 1, 1).unwrap();
+        let packet = |pt: u8, seq: u16, ts: u32, body: &[u8]| {
+            let mut p = vec![0u8; 12];
+            write_rtp_header(&mut p, pt, seq, ts, 5).unwrap();
+            p.extend_from_slice(body);
+            p
+        };
+        let audio = |seq: u16| packet(0, seq, u32::from(seq) * 160, &[0xff; 160]);
+        let event = |seq: u16, duration: u16| packet(101, seq, 1600, &TelephoneEvent { event: 5, end: false, volume: 10, duration }.to_bytes());
+        let push = |t: &mut Transcoder, p: Vec<u8>| t.push(&RtpPacket::new_checked(&p[..]).unwrap(), |_| {}).unwrap();
+        push(&mut t, audio(9));
+        push(&mut t, event(10, 320));
+        // No End packet; the source's audio carries on well past the 40 ms event.
+        assert_eq!(push(&mut t, audio(11)), 0, "still within the tone: the audio is held back");
+        assert_eq!(push(&mut t, audio(20)), 1, "past it: the audio goes out again");
     }
 
     #[test]

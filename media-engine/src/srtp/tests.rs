@@ -151,3 +151,21 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn rekeying_with_the_endpoints_key_unchanged_keeps_its_replay_state() {
+    let mut c = context(SrtpSuite::AesCm128HmacSha1_80, &AES_CM_KEY);
+    let mut first = AES_CM_RTP.to_vec();
+    c.unprotect(&mut first, false).unwrap();
+    // A re-INVITE: a new key of ours, the endpoint's the same.
+    let mut ours = key(SrtpSuite::AesCm128HmacSha1_80, &[9; 30]);
+    ours.tag = 2;
+    c.rekey(SrtpKeys { remote: key(SrtpSuite::AesCm128HmacSha1_80, &AES_CM_KEY), local: ours.clone() }).unwrap();
+    let mut again = AES_CM_RTP.to_vec();
+    assert_eq!(c.unprotect(&mut again, false), Err(SrtpFailure::Replay), "the inbound session went on");
+    assert_eq!(c.keys().local, ours);
+    // A key of another suite is refused and changes nothing.
+    let gcm = key(SrtpSuite::AeadAes128Gcm, &GCM_KEY);
+    assert!(c.rekey(SrtpKeys { remote: gcm, local: ours.clone() }).is_err());
+    assert_eq!(c.keys().local, ours);
+}
