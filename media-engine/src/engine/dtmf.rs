@@ -29,6 +29,17 @@ impl TelephoneEvent {
         [self.event, (u8::from(self.end) << 7) | (self.volume & 0x3f), d[0], d[1]]
     }
 
+    /// The event code of a DTMF digit (the inverse of [`digit`](Self::digit)).
+    pub fn code_of(digit: char) -> Option<u8> {
+        match digit.to_ascii_uppercase() {
+            d @ '0'..='9' => d.to_digit(10).map(|n| n as u8),
+            '*' => Some(10),
+            '#' => Some(11),
+            d @ 'A'..='D' => Some(12 + (d as u8 - b'A')),
+            _ => None,
+        }
+    }
+
     /// The DTMF digit of the event code (RFC 4733 §3.2: 0-9, *, #, A-D), if it is one.
     pub fn digit(self) -> Option<char> {
         match self.event {
@@ -43,11 +54,11 @@ impl TelephoneEvent {
 
 /// Reports each digit of a leg once (see the module documentation).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct DtmfDetector {
+pub struct KeyPressTracker {
     last_reported: Option<(u32, u32)>,
 }
 
-impl DtmfDetector {
+impl KeyPressTracker {
     /// Feeds an event packet of stream `ssrc` with RTP timestamp `ts`; returns the digit and its
     /// duration in clock units when this packet completes a new one.
     pub fn push(&mut self, ssrc: u32, ts: u32, event: TelephoneEvent) -> Option<(char, u16)> {
@@ -75,7 +86,7 @@ mod tests {
 
     #[test]
     fn a_digit_is_reported_once_at_its_first_end_packet() {
-        let mut d = DtmfDetector::default();
+        let mut d = KeyPressTracker::default();
         let e = |end, duration| TelephoneEvent { event: 5, end, volume: 10, duration };
         assert_eq!(d.push(1, 800, e(false, 160)), None);
         assert_eq!(d.push(1, 800, e(false, 320)), None);

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::dtmf::{DtmfDetector, TelephoneEvent};
+use super::dtmf::{KeyPressTracker, TelephoneEvent};
 use super::quality::{Quality, QualityStats};
 use super::transcode::{LegCodec, TranscodeCounters, Transcoder};
 use crate::sdp::PendingOffer;
@@ -252,7 +252,7 @@ pub(super) struct Leg {
     pub codec: Option<LegCodec>,
     /// Turns the peer's media into this leg's codec, when they differ.
     pub transcoder: Option<Box<Transcoder>>,
-    pub dtmf: DtmfDetector,
+    pub dtmf: KeyPressTracker,
     pub quality: Quality,
     /// SRTP towards and from the endpoint, when it uses it.
     pub srtp: Option<Box<SrtpContext>>,
@@ -286,7 +286,7 @@ impl Leg {
             peer: None,
             codec: spec.codec,
             transcoder: None,
-            dtmf: DtmfDetector::default(),
+            dtmf: KeyPressTracker::default(),
             quality: Quality::default(),
             srtp: None,
             next_report: None,

@@ -202,17 +202,6 @@ struct EventOut {
     first: bool,
 }
 
-/// The RFC 4733 event code of a DTMF digit.
-fn event_code(digit: char) -> Option<u8> {
-    match digit {
-        '0'..='9' => digit.to_digit(10).map(|d| d as u8),
-        '*' => Some(10),
-        '#' => Some(11),
-        'A'..='D' => Some(12 + (digit as u8 - b'A')),
-        _ => None,
-    }
-}
-
 impl std::fmt::Debug for Transcoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transcoder")
@@ -488,7 +477,7 @@ impl Transcoder {
         if frame < d.on_frames && self.to_event_pt.is_some() {
             let end = frame + 1 == d.on_frames;
             let duration = (frame + 1) * self.ts_step;
-            if let Some(event) = event_code(d.digit) {
+            if let Some(event) = TelephoneEvent::code_of(d.digit) {
                 let e = EventOut { event, ts: now.event_ts, first: frame == 0 };
                 for _ in 0..if end { 3 } else { 1 } {
                     sent += self.send_event(e, duration, end, &mut out);
@@ -582,7 +571,7 @@ impl Transcoder {
         for d in found.into_iter().flatten() {
             match d {
                 Detection::Began(digit) => {
-                    if let Some(event) = event_code(digit) {
+                    if let Some(event) = TelephoneEvent::code_of(digit) {
                         self.event_out = Some(EventOut { event, ts: self.ts, first: true });
                     }
                 }
