@@ -25,9 +25,11 @@
 //!        ports: which core owns a port (computed, no table)
 //! ```
 //!
-//! * [`engine`]: the relay state of one core (see its documentation for the fast path), and
-//!   [`engine::transcode`]: one direction of a bridge between legs of different codecs
-//!   (decode, resample, encode with the `media-codecs` crate; the media plane's own RTP stream).
+//! * [`engine`]: the state of one core (see its documentation for the fast path), with
+//!   [`engine::transcode`] (one direction of a bridge between legs of different codecs, which
+//!   also carries DTMF between RFC 4733 and tones, injects digits and plays prompts),
+//!   [`engine::conference`] and [`engine::jitter`] (the N−1 mixer and its jitter buffers),
+//!   [`engine::quality`] (RFC 3550 statistics and report blocks) and [`engine::dtmf`] (RFC 4733).
 //! * [`wire`]: zero-copy, checked views of RTP and RTCP packets.
 //! * [`frame`]: Ethernet/IPv4/IPv6/UDP frames as the AF_XDP driver sees them, parsed and rewritten
 //!   in place (addresses, ports, checksums).

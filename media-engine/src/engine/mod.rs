@@ -1,19 +1,24 @@
-//! The sans-IO relay engine of one core.
+//! The sans-IO engine of one core: relay, transcoding, SRTP, DTMF, players, conferences.
 //!
-//! An [`Engine`] owns the legs and bridges of its core. It never reads a clock or touches a socket:
+//! An [`Engine`] owns the legs, bridges and conferences of its core. It never reads a clock or touches a socket:
 //! drivers (UDP, AF_XDP, the virtual-time [`crate::harness`] in tests) hand it packets with the
 //! time they arrived and act on what it returns.
 //!
 //! ```text
 //!   driver ── handle_packet(port, src, bytes, now) ──► Verdict::Forward { from_port, to }  (send the same bytes)
-//!          │                                           Verdict::Handoff { core, handoff }  (copy to that core)
+//!          │                                           Verdict::Handoff { core, handoff }  (copy to that core:
+//!          │                                                                 its decryption if it was SRTP)
+//!          │                                           Verdict::Consumed                  (transcoded, mixed,
+//!          │                                                                 re-encrypted: out via poll_transmit)
 //!          │                                           Verdict::Drop(reason)              (counted here)
 //!          ├─ handle_handoff(handoff, bytes, now)      the far half of a cross-core bridge: queues a transmit
-//!          ├─ poll_transmit(buf)                       packets the engine made (hand-offs today; later
-//!          │                                           transcoded, DTMF, RTCP reports, mixed, played)
-//!          ├─ create_leg / update_leg / delete_leg / create_bridge / link_remote / delete_bridge / stats
-//!          ├─ handle_timeout(now) at poll_timeout()    (media timeouts, once a second)
-//!          ├─ poll_event()                             (latched, timed out: the driver frees ports)
+//!          ├─ poll_transmit(buf)                       packets the engine made: hand-offs, transcoded,
+//!          │                                           DTMF, RTCP reports, plays, conference mixes
+//!          ├─ commands: legs, set_leg_media (offer/answer), bridges, conferences, play, inject_dtmf
+//!          ├─ handle_timeout(now) at poll_timeout()    (packet times of plays and injected digits,
+//!          │                                           20 ms conference ticks, 1 s sweeps: media
+//!          │                                           timeouts, RTCP reports, quality alarms)
+//!          ├─ poll_event()                             (latched, timed out, DTMF, play finished, quality)
 //!          └─ poll_cross() / handle_unlink()           (bridge halves on other cores to undo)
 //! ```
 //!
@@ -25,8 +30,9 @@
 //! ([`Engine::handle_handoff`], [`Engine::poll_transmit`]). When a half goes (bridge or leg
 //! deleted, media timeout), [`Engine::poll_cross`] says which half on which core to undo.
 //!
-//! Lookup on the fast path is two array indexations: local port → leg slot, leg → peer slot. Nothing
-//! on it allocates; the transmit queue reuses its buffers.
+//! Lookup on the fast path is two array indexations: local port → leg slot, leg → peer slot. The
+//! relay path does not allocate; the transmit queue, the SRTP scratch buffer and the conference
+//! jitter buffers reuse theirs (a codec may allocate inside; see `media-codecs`).
 
 pub mod conference;
 pub mod dtmf;
