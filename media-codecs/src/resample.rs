@@ -248,7 +248,7 @@ fn speex(state: &mut State, input: &[f32], output: &mut Vec<f32>, capacity: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signal::{rms, sine};
+    use crate::signal::{rms, sine, tone_power};
 
     /// Gain in dB of a `hz` tone through `from` → `to`, measured after the filter settles.
     fn gain_db(from: u32, to: u32, hz: f64) -> f64 {
@@ -292,18 +292,6 @@ mod tests {
         }
     }
 
-    /// Power of `hz` in `x` at `rate` (Goertzel).
-    fn power(x: &[i16], rate: u32, hz: f64) -> f64 {
-        let c = 2.0 * (2.0 * std::f64::consts::PI * hz / f64::from(rate)).cos();
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &v in x {
-            let s = f64::from(v) + c * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        s1 * s1 + s2 * s2 - c * s1 * s2
-    }
-
     #[test]
     fn upsampling_leaves_no_images_and_both_filters_agree_on_the_passband() {
         // A 3 kHz tone from 8 kHz has its image at 5 kHz (and 11, 13 … at 48 kHz).
@@ -314,7 +302,7 @@ mod tests {
                 r.process(chunk, &mut out).unwrap();
             }
             let settled = &out[out.len() / 4..];
-            let rejection = 10.0 * (power(settled, to, 3000.0) / power(settled, to, image)).log10();
+            let rejection = 10.0 * (tone_power(settled, to, 3000.0) / tone_power(settled, to, image)).log10();
             assert!(rejection >= 50.0, "8000->{to}: the {image} Hz image is only {rejection:.1} dB down");
         }
         // 12 kHz goes through speexdsp, 16 kHz through the polyphase filter: same passband.

@@ -52,6 +52,19 @@ pub fn speech_like(rate: u32, seconds: f64) -> Vec<i16> {
 }
 
 /// Root mean square.
+/// The power of the `hz` component of `x` at `rate` (Goertzel): what the tests that look for a
+/// tone in decoded audio compare.
+pub fn tone_power(x: &[i16], rate: u32, hz: f64) -> f64 {
+    let c = 2.0 * (2.0 * std::f64::consts::PI * hz / f64::from(rate)).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &v in x {
+        let s = f64::from(v) + c * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    s1 * s1 + s2 * s2 - c * s1 * s2
+}
+
 pub fn rms(x: &[i16]) -> f64 {
     if x.is_empty() {
         return 0.0;

@@ -4,6 +4,7 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
+use media_codecs::signal::tone_power;
 use media_codecs::{CodecKind, CodecParams};
 use proto::v1;
 use tonic::Code;
@@ -13,18 +14,6 @@ use common::*;
 
 const SLOT_CONFERENCE: u16 = 25;
 const TONES: [f64; 3] = [440.0, 700.0, 1100.0];
-
-/// Power of `hz` in 8 kHz PCM (Goertzel).
-fn power(pcm: &[i16], hz: f64) -> f64 {
-    let c = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &x in pcm {
-        let s = f64::from(x) + c * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    s1 * s1 + s2 * s2 - c * s1 * s2
-}
 
 /// Each endpoint sends its packets of `range`, one every 20 ms; returns what each one decoded
 /// (as many packets as were sent).
@@ -85,9 +74,9 @@ async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_remov
     for i in 0..3 {
         let pcm = &heard[i];
         assert!(pcm.len() >= 40 * 160, "member {i} received the mix: {} samples", pcm.len());
-        let own = power(&pcm[1600..], TONES[i]);
+        let own = tone_power(&pcm[1600..], 8000, TONES[i]);
         for j in (0..3).filter(|j| *j != i) {
-            let other = power(&pcm[1600..], TONES[j]);
+            let other = tone_power(&pcm[1600..], 8000, TONES[j]);
             assert!(other > 1000.0 * own.max(1.0), "member {i} hears {} Hz far above its own {} Hz", TONES[j], TONES[i]);
         }
     }
@@ -96,8 +85,8 @@ async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_remov
     c.update_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: legs[1].id, muted: true, deaf: false }).await.expect("mute");
     let heard = tokio::task::block_in_place(|| talk(&sockets, &legs, &packets, 60..120));
     for (i, other) in [(0, 2), (2, 0)] {
-        let muted = power(&heard[i][800..], TONES[1]);
-        let talking = power(&heard[i][800..], TONES[other]);
+        let muted = tone_power(&heard[i][800..], 8000, TONES[1]);
+        let talking = tone_power(&heard[i][800..], 8000, TONES[other]);
         assert!(talking > 1000.0 * muted.max(1.0), "member {i} no longer hears the muted member");
     }
 

@@ -30,16 +30,7 @@ fn tone_wav(hz: f64, seconds: f64) -> Vec<u8> {
 
 /// The strongest of `candidates` (Hz) in `pcm` at 8 kHz.
 fn strongest(pcm: &[i16], candidates: &[f64]) -> f64 {
-    let power = |hz: f64| {
-        let c = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &x in pcm {
-            let s = f64::from(x) + c * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        s1 * s1 + s2 * s2 - c * s1 * s2
-    };
+    let power = |hz: f64| media_codecs::signal::tone_power(pcm, 8000, hz);
     candidates.iter().copied().max_by(|a, b| power(*a).total_cmp(&power(*b))).unwrap_or(0.0)
 }
 

@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use media_codecs::signal::tone_power;
 use proptest::prelude::*;
 
 use super::*;
@@ -694,18 +695,6 @@ fn a_quality_alarm_is_raised_when_loss_crosses_the_threshold_and_cleared_when_it
     assert!(!alarms[1].0 && alarms[1].1 == 0, "cleared with no loss: {alarms:?}");
 }
 
-/// Power of `hz` in 8 kHz PCM (Goertzel).
-fn tone_power(pcm: &[i16], hz: f64) -> f64 {
-    let c = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &x in pcm {
-        let s = f64::from(x) + c * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    s1 * s1 + s2 * s2 - c * s1 * s2
-}
-
 #[test]
 fn each_conference_member_hears_the_others_and_not_itself_and_mute_silences_one() {
     use media_codecs::{CodecKind, CodecParams};
@@ -751,9 +740,9 @@ fn each_conference_member_hears_the_others_and_not_itself_and_mute_silences_one(
     let pcm = heard(&mut h);
     for i in 0..3 {
         assert!(pcm[i].len() >= 40 * 160, "member {i} got the mix: {} samples", pcm[i].len());
-        let own = tone_power(&pcm[i][1600..], tones[i]);
+        let own = tone_power(&pcm[i][1600..], 8000, tones[i]);
         for j in (0..3).filter(|j| *j != i) {
-            let other = tone_power(&pcm[i][1600..], tones[j]);
+            let other = tone_power(&pcm[i][1600..], 8000, tones[j]);
             assert!(other > 1000.0 * own.max(1.0), "member {i} hears {} Hz ({other:.0}) far above its own {} Hz ({own:.0})", tones[j], tones[i]);
         }
     }
@@ -762,8 +751,8 @@ fn each_conference_member_hears_the_others_and_not_itself_and_mute_silences_one(
     run(&mut h, &mut encoders, 50, 100);
     let pcm = heard(&mut h);
     for i in [0, 2] {
-        let quiet = tone_power(&pcm[i][800..], 700.0);
-        let loud = tone_power(&pcm[i][800..], tones[2 - i]);
+        let quiet = tone_power(&pcm[i][800..], 8000, 700.0);
+        let loud = tone_power(&pcm[i][800..], 8000, tones[2 - i]);
         assert!(loud > 1000.0 * quiet.max(1.0), "member {i} no longer hears the muted member");
     }
     // Deleting a member's leg takes it out; ending the conference frees the rest.
@@ -810,7 +799,7 @@ fn a_conference_member_is_heard_continuously_through_jitter_reordering_loss_and_
     // After the buffer fills, the tone plays in order: in 20 ms windows, at most a few (the
     // concealed losses, the refills) are not the tone.
     let windows: Vec<&[i16]> = pcm[4000..pcm.len() - 4000].chunks(160).collect();
-    let tone = windows.iter().filter(|w| tone_power(w, 500.0) > 100.0 * tone_power(w, 1500.0).max(1.0) && tone_power(w, 500.0) > 1e9).count();
+    let tone = windows.iter().filter(|w| tone_power(w, 8000, 500.0) > 100.0 * tone_power(w, 8000, 1500.0).max(1.0) && tone_power(w, 8000, 500.0) > 1e9).count();
     assert!(tone * 100 >= windows.len() * 90, "{tone} of {} windows carry the tone", windows.len());
     let c = h.engine.conference_jitter(60, 1).unwrap();
     assert!(c.duplicates >= 10 && c.concealed >= 1, "{c:?}");
