@@ -53,6 +53,9 @@
 //! transport = ""                  # "RTP/AVP" (SRTP ends in the media plane), "RTP/SAVP" (SDES-SRTP
 //!                                 # to callees) or "" (as the caller offers; default)
 //!
+//! [metrics]
+//! listen = "127.0.0.1:9092"       # GET /metrics (Prometheus); "" turns it off (default 127.0.0.1:9092)
+//!
 //! [store]
 //! path = "control-plane.db"       # SQLite file for subscribers and registrations (default: this)
 //!
@@ -138,6 +141,8 @@ struct RawConfig {
     media: RawMedia,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -232,6 +237,12 @@ struct RawMedia {
     strip: Option<Vec<String>>,
     mask: Option<Vec<String>>,
     transport: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -358,6 +369,8 @@ pub struct Config {
     pub rpc_timeout: Duration,
     /// What the media plane does to the codecs and transport of offers.
     pub codec_policy: CodecPolicy,
+    /// Where GET /metrics is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// SQLite file.
     pub store_path: PathBuf,
     /// Routes, longest prefix first.
@@ -510,6 +523,10 @@ impl Config {
                 return Err(invalid(key, format!("{bad:?} is not name[/clock[/channels]]")));
             }
         }
+        let metrics_listen = match raw.metrics.listen.as_deref().unwrap_or("127.0.0.1:9092") {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| invalid("metrics.listen", format!("{a:?} is not IP:port (or \"\" for none)")))?),
+        };
         let codec_policy = CodecPolicy {
             transcode: raw.media.transcode.unwrap_or_else(|| vec!["PCMU".into(), "PCMA".into()]),
             strip: raw.media.strip.unwrap_or_default(),
@@ -573,6 +590,7 @@ impl Config {
             media_grpc,
             media_timeout_ms: raw.media.media_timeout_ms.unwrap_or(60_000),
             codec_policy,
+            metrics_listen,
             rpc_timeout: Duration::from_millis(rpc_timeout_ms),
             store_path: raw.store.path.unwrap_or_else(|| PathBuf::from("control-plane.db")),
             routes,

@@ -38,6 +38,8 @@ enum Input {
     Opened(SocketAddr, mpsc::Sender<Bytes>),
     Closed(Peer),
     Media(u64, MediaReply),
+    /// A scrape of GET /metrics, answered with the text.
+    Metrics(tokio::sync::oneshot::Sender<String>),
 }
 
 /// Why the server could not start.
@@ -127,6 +129,16 @@ pub async fn run(
     }
     let udp = udp.ok_or(RunError::NoUdp)?;
     let media = MediaClient::new(&config.media_grpc, config.media_timeout_ms, config.rpc_timeout).map_err(RunError::Media)?;
+    if let Some(addr) = config.metrics_listen {
+        // Without its metrics endpoint the server still serves calls: a bind failure is logged.
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tokio::spawn(serve_metrics(listener, tx.clone()));
+                tracing::info!(%addr, "metrics at /metrics");
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "metrics endpoint not started"),
+        }
+    }
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut send_errors = 0u64;
     tokio::pin!(shutdown);
@@ -166,6 +178,9 @@ pub async fn run(
                         core.handle_flow_closed(flow, now, store.as_mut());
                     }
                     Input::Media(call, reply) => core.handle_media_reply(call, reply, now, store.as_mut()),
+                    Input::Metrics(reply) => {
+                        let _ = reply.send(crate::metrics::render(snapshot(&core, &media)));
+                    }
                 }
             }
         }
@@ -183,6 +198,47 @@ pub async fn run(
         "stopped"
     );
     Ok(stats)
+}
+
+/// What a scrape shows, read from the core and the media client.
+fn snapshot(core: &ControlPlane, media: &MediaClient) -> crate::metrics::Snapshot {
+    let t = core.transaction_stats();
+    crate::metrics::Snapshot {
+        stats: core.stats(),
+        transactions_live: core.live_transactions(),
+        server_transactions: t.server_transactions,
+        client_transactions: t.client_transactions,
+        retransmissions_sent: t.retransmissions_sent,
+        registered_contacts: core.registered_contacts(),
+        calls_active: core.active_calls(),
+        media_negotiation_failures: media.counters.negotiation_failures.load(Ordering::Relaxed),
+        media_release_failures: media.counters.release_failures.load(Ordering::Relaxed),
+    }
+}
+
+/// Serves GET /metrics: each scrape asks the core's loop for the text.
+async fn serve_metrics(listener: TcpListener, tx: mpsc::Sender<Input>) {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let tx = tx.clone();
+            async move {
+                let (reply, text) = tokio::sync::oneshot::channel();
+                if tx.send(Input::Metrics(reply)).await.is_err() {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response();
+                }
+                match text.await {
+                    Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response(),
+                    Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response(),
+                }
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "metrics endpoint stopped");
+    }
 }
 
 fn send(

@@ -32,6 +32,7 @@ pub mod config;
 pub mod driver;
 pub mod limits;
 pub mod media;
+pub mod metrics;
 pub mod registrar;
 pub mod sdp;
 pub mod service;

@@ -212,6 +212,11 @@ impl Registrar {
     /// Live bindings of `aor`, best q first, then most recently refreshed; of several outbound
     /// flows of one instance only the most recently refreshed (RFC 5626 §5.3: one flow at a time,
     /// the others are backups).
+    /// Contacts held (expired ones included until the next sweep).
+    pub fn binding_count(&self) -> usize {
+        self.location.values().map(Vec::len).sum()
+    }
+
     pub fn lookup(&self, aor: &str, now_unix: u64) -> Vec<Binding> {
         let mut out: Vec<Binding> = self
             .location

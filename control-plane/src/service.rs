@@ -103,6 +103,24 @@ pub struct Stats {
     pub unsupported_required: u64,
     /// Keep-alives received on UDP (STUN Binding requests, bare CRLFs).
     pub keepalives: u64,
+    /// Requests received (new transactions, and ACKs), by method: [`METHODS`], then others.
+    pub requests: [u64; METHODS.len() + 1],
+    /// Responses sent, by class (1xx … 6xx).
+    pub responses: [u64; 6],
+}
+
+/// The methods counted by name in [`Stats::requests`].
+pub const METHODS: [&str; 14] =
+    ["INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"];
+
+impl Stats {
+    fn count_request(&mut self, method: &rsip::Method) {
+        let name = method.to_string();
+        let at = METHODS.iter().position(|m| *m == name).unwrap_or(METHODS.len());
+        if let Some(c) = self.requests.get_mut(at) {
+            *c += 1;
+        }
+    }
 }
 
 /// The core.
@@ -171,6 +189,16 @@ impl ControlPlane {
     /// Counters.
     pub fn stats(&self) -> Stats {
         Stats { limits: self.limits.stats(), ..self.stats }
+    }
+
+    /// Live SIP transactions.
+    pub fn live_transactions(&self) -> usize {
+        self.layer.len()
+    }
+
+    /// Registered contacts now.
+    pub fn registered_contacts(&self) -> usize {
+        self.registrar.binding_count()
     }
 
     /// Transaction counters.
@@ -318,9 +346,13 @@ impl ControlPlane {
         while let Some(event) = self.layer.poll_event() {
             match event {
                 LayerEvent::Request { key, request, source, cancels } => {
+                    self.stats.count_request(&request.method);
                     self.on_request(key, request, source, cancels, now, store)
                 }
-                LayerEvent::Ack { request, .. } => self.on_ack(&request, now),
+                LayerEvent::Ack { request, .. } => {
+                    self.stats.count_request(&request.method);
+                    self.on_ack(&request, now)
+                }
                 LayerEvent::Stray { message: SipMessage::Request(request), .. } => self.on_ack(&request, now),
                 LayerEvent::Stray { message: SipMessage::Response(response), source } => {
                     self.on_stray_response(&response, source)
@@ -336,6 +368,10 @@ impl ControlPlane {
 
     /// Sends a response through the server transaction `key`.
     pub(crate) fn respond(&mut self, key: &TransactionKey, response: Response, now: Now) {
+        let class = usize::from(response.status_code.code() / 100).saturating_sub(1);
+        if let Some(c) = self.stats.responses.get_mut(class) {
+            *c += 1;
+        }
         if let Err(e) = self.layer.send_response(key, response, now.instant) {
             tracing::debug!(error = %e, "response not sent");
         }

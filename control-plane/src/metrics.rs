@@ -1,0 +1,95 @@
+//! Prometheus metrics of the control plane: `GET /metrics` on `[metrics] listen` (the
+//! OpenMetrics text format, through the `prometheus-client` crate).
+//!
+//! The HTTP side asks the driver's loop for the text over its input channel, so the counters
+//! are read where the core lives, with no lock and no shared copy: SIP requests received by
+//! method and responses sent by class, transactions, registrations, calls, authentication, abuse
+//! limits, and the media client's outcomes. `docs/grafana/control-plane.json` is a dashboard of
+//! them.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::service::{Stats, METHODS};
+
+/// What one scrape shows.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub stats: Stats,
+    pub transactions_live: usize,
+    pub server_transactions: u64,
+    pub client_transactions: u64,
+    pub retransmissions_sent: u64,
+    pub registered_contacts: usize,
+    pub calls_active: usize,
+    pub media_negotiation_failures: u64,
+    pub media_release_failures: u64,
+}
+
+fn one(encoder: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, value: u64) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, kind)?;
+    match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(metric),
+        _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric),
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.stats;
+        let mut requests = encoder.encode_descriptor("sip_requests_received", "SIP requests received (new transactions and ACKs), by method", None, MetricType::Counter)?;
+        for (i, count) in s.requests.iter().enumerate() {
+            let method = METHODS.get(i).copied().unwrap_or("other");
+            ConstCounter::new(*count).encode(requests.encode_family(&[("method", method)])?)?;
+        }
+        let mut responses = encoder.encode_descriptor("sip_responses_sent", "SIP responses sent, by class", None, MetricType::Counter)?;
+        for (i, count) in s.responses.iter().enumerate() {
+            let class = format!("{}xx", i + 1);
+            ConstCounter::new(*count).encode(responses.encode_family(&[("class", class.as_str())])?)?;
+        }
+        let counters: [(&str, &str, u64); 21] = [
+            ("sip_malformed", "Messages that did not parse", s.malformed),
+            ("sip_server_transactions", "Server transactions created", self.server_transactions),
+            ("sip_client_transactions", "Client transactions started", self.client_transactions),
+            ("sip_retransmissions_sent", "Requests and responses sent again by transactions", self.retransmissions_sent),
+            ("sip_registrations", "REGISTERs accepted", s.registrations),
+            ("sip_registrations_refused", "REGISTERs refused after authentication", s.registrations_refused),
+            ("sip_challenges", "Digest challenges sent (401/407)", s.challenges),
+            ("sip_auth_failures", "Credentials refused (403)", s.auth_failures),
+            ("sip_calls_started", "INVITEs that started a call", s.calls_started),
+            ("sip_calls_answered", "Calls answered", s.calls_answered),
+            ("sip_calls_failed", "Calls that ended with an error response to the caller", s.calls_failed),
+            ("sip_calls_cancelled", "Calls cancelled by the caller", s.calls_cancelled),
+            ("sip_calls_completed", "Calls that ended after being answered", s.calls_completed),
+            ("sip_media_allocations", "Media allocations the media plane completed", s.media_allocations),
+            ("sip_media_allocation_failures", "Media allocations that failed", s.media_allocation_failures),
+            ("sip_media_negotiation_failures", "Offers and answers the media plane refused or failed", self.media_negotiation_failures),
+            ("sip_media_release_failures", "Media releases that failed (the media plane's timeout reclaims them)", self.media_release_failures),
+            ("sip_rate_limited", "Messages dropped by the per-source rate limit", s.limits.rate_limited),
+            ("sip_sources_banned", "Sources banned (rate or refused passwords)", s.limits.sources_banned),
+            ("sip_scanners_dropped", "Requests from known scanners dropped unanswered", s.limits.scanners_dropped),
+            ("sip_users_locked", "Users locked after refused passwords", s.limits.users_locked),
+        ];
+        for (name, help, value) in counters {
+            one(&mut encoder, name, help, MetricType::Counter, value)?;
+        }
+        one(&mut encoder, "sip_transactions_live", "Live SIP transactions", MetricType::Gauge, self.transactions_live as u64)?;
+        one(&mut encoder, "sip_registered_contacts", "Registered contacts", MetricType::Gauge, self.registered_contacts as u64)?;
+        one(&mut encoder, "sip_calls_active", "Calls in progress", MetricType::Gauge, self.calls_active as u64)
+    }
+}
+
+/// The metrics text of `snapshot`.
+pub fn render(snapshot: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &registry) {
+        Ok(()) => out,
+        Err(e) => format!("# encoding failed: {e}\n"),
+    }
+}
