@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use media_codecs::{Decoder, Encoder, Resampler};
 
 use super::jitter::{JitterBuffer, JitterCounters, Playout};
-use super::transcode::{LegCodec, TranscodeError};
+use super::transcode::{LegCodec, RtpStream, TranscodeError};
 use super::LegId;
-use crate::wire::{write_rtp_header, RtpPacket, RTP_HEADER_LEN};
+use crate::wire::RtpPacket;
 
 /// Identifies a conference across the media plane (its core in the top byte, like legs).
 pub type ConferenceId = u64;
@@ -56,7 +56,6 @@ pub(super) struct Member {
     pub slot: usize,
     pub muted: bool,
     pub deaf: bool,
-    pt: u8,
     decoder: Box<dyn Decoder>,
     jitter: JitterBuffer,
     /// RTP clock of the member's codec, and decoded samples of its last packet (a concealed
@@ -71,12 +70,10 @@ pub(super) struct Member {
     inbox: VecDeque<i16>,
     /// Mixed audio at the encoder's rate, not yet a whole packet.
     outbox: Vec<i16>,
-    /// Samples per packet at the encoder's rate, and the RTP timestamp step.
+    /// Samples per packet at the encoder's rate.
     packet_samples: usize,
-    ts_step: u32,
-    ssrc: u32,
-    seq: u16,
-    ts: u32,
+    /// The member's stream (its payload type is also the one its endpoint sends).
+    stream: RtpStream,
     /// This tick's frame and its energy.
     frame: Vec<i16>,
     energy: u64,
@@ -180,7 +177,6 @@ impl Conference {
             slot,
             muted,
             deaf,
-            pt: codec.payload_type,
             jitter: JitterBuffer::new(codec.rtp_clock() * u32::from(codec.ptime_ms) / 1000),
             clock: codec.rtp_clock(),
             last_samples: decoder.sample_rate() as usize * usize::from(codec.ptime_ms) / 1000,
@@ -191,10 +187,7 @@ impl Conference {
             inbox: VecDeque::new(),
             outbox: Vec::new(),
             packet_samples,
-            ts_step: codec.rtp_clock() * u32::from(codec.ptime_ms) / 1000,
-            ssrc,
-            seq,
-            ts,
+            stream: RtpStream { pt: codec.payload_type, ssrc, seq, ts, ts_step: codec.rtp_clock() * u32::from(codec.ptime_ms) / 1000 },
             frame: Vec::new(),
             energy: 0,
             scratch: Vec::new(),
@@ -220,7 +213,7 @@ impl Conference {
     /// any fixed origin.
     pub(super) fn push(&mut self, leg: LegId, rtp: &RtpPacket<&[u8]>, since: Duration) -> bool {
         let Some(m) = self.member_mut(leg) else { return false };
-        if rtp.payload_type() != m.pt {
+        if rtp.payload_type() != m.stream.pt {
             // Telephone-events and comfort noise are not mixed.
             return true;
         }
@@ -281,20 +274,9 @@ impl Conference {
                 }
                 None => m.outbox.extend_from_slice(&m.scratch),
             }
-            while m.outbox.len() >= m.packet_samples {
-                m.packet.clear();
-                m.packet.resize(RTP_HEADER_LEN, 0);
-                let encoded = m.encoder.encode(&m.outbox[..m.packet_samples], &mut m.packet);
-                m.outbox.drain(..m.packet_samples);
-                if encoded.is_err() {
-                    continue;
-                }
-                let _ = write_rtp_header(&mut m.packet, m.pt, m.seq, m.ts, m.ssrc);
-                m.seq = m.seq.wrapping_add(1);
-                m.ts = m.ts.wrapping_add(m.ts_step);
-                m.counters.sent += 1;
-                out(m.slot, &m.packet);
-            }
+            let slot = m.slot;
+            let (sent, _) = m.stream.encode_pending(m.encoder.as_mut(), &mut m.outbox, m.packet_samples, &mut m.packet, &mut |p: &[u8]| out(slot, p));
+            m.counters.sent += sent;
         }
     }
 }

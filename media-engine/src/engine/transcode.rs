@@ -99,10 +99,45 @@ pub enum Rejected {
     Late,
 }
 
+/// A stream the media plane makes (a transcoder's, a conference member's): payload type, SSRC,
+/// and the next sequence number and timestamp, advanced by `ts_step` per packet.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RtpStream {
+    pub pt: u8,
+    pub ssrc: u32,
+    pub seq: u16,
+    pub ts: u32,
+    pub ts_step: u32,
+}
+
+impl RtpStream {
+    /// Encodes every whole `chunk` of `pending` with `encoder` into the next packet of the
+    /// stream (built in `packet`, reused), calling `out` with each; returns packets and payload
+    /// octets sent. A chunk the codec refuses is skipped.
+    pub fn encode_pending(&mut self, encoder: &mut dyn Encoder, pending: &mut Vec<i16>, chunk: usize, packet: &mut Vec<u8>, out: &mut impl FnMut(&[u8])) -> (u64, u64) {
+        let (mut sent, mut octets) = (0, 0);
+        while chunk > 0 && pending.len() >= chunk {
+            packet.clear();
+            packet.resize(RTP_HEADER_LEN, 0);
+            let encoded = encoder.encode(pending.get(..chunk).unwrap_or_default(), packet);
+            pending.drain(..chunk);
+            if encoded.is_err() {
+                continue;
+            }
+            let _ = write_rtp_header(packet, self.pt, self.seq, self.ts, self.ssrc);
+            self.seq = self.seq.wrapping_add(1);
+            self.ts = self.ts.wrapping_add(self.ts_step);
+            sent += 1;
+            octets += (packet.len() - RTP_HEADER_LEN) as u64;
+            out(packet);
+        }
+        (sent, octets)
+    }
+}
+
 /// One direction of a transcoding bridge (see the module documentation).
 pub struct Transcoder {
     from_pt: u8,
-    to_pt: u8,
     /// Telephone-event payload types of the source and destination, and how the destination's
     /// RTP clock relates to the source's (durations are scaled by `to_clock / from_clock`).
     from_event_pt: Option<u8>,
@@ -117,15 +152,13 @@ pub struct Transcoder {
     channels: usize,
     /// Samples per channel of one outgoing packet, at the encoder's rate.
     frame: usize,
-    /// RTP timestamp advance per outgoing packet.
-    ts_step: u32,
     /// Decoded samples per channel of the last source packet (the size of a concealed one).
     last_frame: usize,
     last_seq: Option<u16>,
     last_ssrc: Option<u32>,
-    ssrc: u32,
-    seq: u16,
-    ts: u32,
+    /// The outgoing stream: the destination's payload type, the media plane's SSRC, the next
+    /// sequence number and timestamp.
+    stream: RtpStream,
     decoded: Vec<i16>,
     resampled: Vec<i16>,
     pending: Vec<i16>,
@@ -206,7 +239,7 @@ impl std::fmt::Debug for Transcoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transcoder")
             .field("from_pt", &self.from_pt)
-            .field("to_pt", &self.to_pt)
+            .field("to_pt", &self.stream.pt)
             .field("decoder", &self.decoder)
             .field("encoder", &self.encoder)
             .field("counters", &self.counters)
@@ -255,7 +288,7 @@ impl Transcoder {
         let last_frame = decoder.sample_rate() as usize * usize::from(from.ptime_ms) / 1000;
         Ok(Transcoder {
             from_pt: from.payload_type,
-            to_pt: to.payload_type,
+
             from_event_pt: from.telephone_event,
             to_event_pt: to.telephone_event,
             from_clock: from.rtp_clock(),
@@ -266,13 +299,10 @@ impl Transcoder {
             resampler,
             encoder,
             frame,
-            ts_step,
             last_frame,
             last_seq: None,
             last_ssrc: None,
-            ssrc,
-            seq,
-            ts,
+            stream: RtpStream { pt: to.payload_type, ssrc, seq, ts, ts_step },
             decoded: Vec::new(),
             resampled: Vec::new(),
             pending: Vec::new(),
@@ -379,25 +409,11 @@ impl Transcoder {
 
     /// Encodes every whole frame of `pending` and sends it on; returns how many.
     fn encode_pending(&mut self, out: &mut impl FnMut(&[u8])) -> usize {
-        let mut sent = 0;
         let chunk = self.frame * self.channels;
-        while self.pending.len() >= chunk {
-            self.packet.clear();
-            self.packet.resize(RTP_HEADER_LEN, 0);
-            let encoded = self.encoder.encode(self.pending.get(..chunk).unwrap_or_default(), &mut self.packet);
-            self.pending.drain(..chunk);
-            if encoded.is_err() {
-                continue;
-            }
-            let _ = write_rtp_header(&mut self.packet, self.to_pt, self.seq, self.ts, self.ssrc);
-            self.seq = self.seq.wrapping_add(1);
-            self.ts = self.ts.wrapping_add(self.ts_step);
-            self.counters.encoded += 1;
-            self.counters.octets += (self.packet.len() - RTP_HEADER_LEN) as u64;
-            sent += 1;
-            out(&self.packet);
-        }
-        sent
+        let (sent, octets) = self.stream.encode_pending(self.encoder.as_mut(), &mut self.pending, chunk, &mut self.packet, out);
+        self.counters.encoded += sent;
+        self.counters.octets += octets;
+        sent as usize
     }
 
     /// Queues `digits` to play into the outgoing stream, each `on_ms` of tone (or RFC 4733 events
@@ -469,14 +485,14 @@ impl Transcoder {
         if self.injecting.is_none() {
             let Some(digit) = self.injected.pop_front() else { return 0 };
             let generator = ToneGenerator::new(self.encoder.sample_rate(), -7.0);
-            self.injecting = Some(Injecting { digit, frame: 0, event_ts: self.ts, generator });
+            self.injecting = Some(Injecting { digit, frame: 0, event_ts: self.stream.ts, generator });
         }
         let Some(mut now) = self.injecting.take() else { return 0 };
         let (d, frame) = (now.digit, now.frame);
         let mut sent = 0;
         if frame < d.on_frames && self.to_event_pt.is_some() {
             let end = frame + 1 == d.on_frames;
-            let duration = (frame + 1) * self.ts_step;
+            let duration = (frame + 1) * self.stream.ts_step;
             if let Some(event) = TelephoneEvent::code_of(d.digit) {
                 let e = EventOut { event, ts: now.event_ts, first: frame == 0 };
                 for _ in 0..if end { 3 } else { 1 } {
@@ -484,7 +500,7 @@ impl Transcoder {
                 }
             }
             // The stream's clock runs on under the event.
-            self.ts = self.ts.wrapping_add(self.ts_step);
+            self.stream.ts = self.stream.ts.wrapping_add(self.stream.ts_step);
         } else {
             let samples = self.frame;
             let before = self.pending.len();
@@ -537,7 +553,7 @@ impl Transcoder {
     /// RTP timestamp of the next packet (the report's time: the stream is continuous).
     pub fn sender_info(&self) -> (u32, u32, u32, u32) {
         let packets = self.counters.encoded + self.counters.events;
-        (self.ssrc, packets as u32, self.counters.octets as u32, self.ts)
+        (self.stream.ssrc, packets as u32, self.counters.octets as u32, self.stream.ts)
     }
 
     /// Makes the mono samples made into `pending` from `from` on (tones, silence) the stream's
@@ -572,7 +588,7 @@ impl Transcoder {
             match d {
                 Detection::Began(digit) => {
                     if let Some(event) = TelephoneEvent::code_of(digit) {
-                        self.event_out = Some(EventOut { event, ts: self.ts, first: true });
+                        self.event_out = Some(EventOut { event, ts: self.stream.ts, first: true });
                     }
                 }
                 Detection::Ended(digit, ms) => {
@@ -588,7 +604,7 @@ impl Transcoder {
             }
         }
         if let Some(e) = self.event_out.as_mut() {
-            let duration = self.ts.wrapping_sub(e.ts).wrapping_add(self.ts_step);
+            let duration = self.stream.ts.wrapping_sub(e.ts).wrapping_add(self.stream.ts_step);
             let current = *e;
             e.first = false;
             sent += self.send_event(current, duration, false, out);
@@ -600,16 +616,20 @@ impl Transcoder {
     fn send_event(&mut self, e: EventOut, duration: u32, end: bool, out: &mut impl FnMut(&[u8])) -> usize {
         let Some(pt) = self.to_event_pt else { return 0 };
         let event = TelephoneEvent { event: e.event, end, volume: 10, duration: u16::try_from(duration).unwrap_or(u16::MAX) };
+        self.emit_event(pt, e.ts, event, e.first && !end, out)
+    }
+
+    /// One RFC 4733 packet of `event` in the outgoing stream: payload type `pt`, the event's
+    /// timestamp `ts`, the stream's next sequence number, the marker bit on an event's first.
+    fn emit_event(&mut self, pt: u8, ts: u32, event: TelephoneEvent, marker: bool, out: &mut impl FnMut(&[u8])) -> usize {
         self.packet.clear();
         self.packet.resize(RTP_HEADER_LEN, 0);
-        let _ = write_rtp_header(&mut self.packet, pt, self.seq, e.ts, self.ssrc);
-        if e.first && !end {
-            if let Some(b) = self.packet.get_mut(1) {
-                *b |= 0x80;
-            }
+        let _ = write_rtp_header(&mut self.packet, pt, self.stream.seq, ts, self.stream.ssrc);
+        if let (true, Some(b)) = (marker, self.packet.get_mut(1)) {
+            *b |= 0x80;
         }
         self.packet.extend_from_slice(&event.to_bytes());
-        self.seq = self.seq.wrapping_add(1);
+        self.stream.seq = self.stream.seq.wrapping_add(1);
         self.counters.events += 1;
         self.counters.octets += 4;
         out(&self.packet);
@@ -670,21 +690,13 @@ impl Transcoder {
         let out_ts = match self.event_ts {
             Some((src, mapped)) if src == rtp.timestamp() => mapped,
             _ => {
-                self.event_ts = Some((rtp.timestamp(), self.ts));
-                self.ts
+                self.event_ts = Some((rtp.timestamp(), self.stream.ts));
+                self.stream.ts
             }
         };
         let duration = u64::from(event.duration) * u64::from(self.to_clock) / u64::from(self.from_clock.max(1));
         let event = TelephoneEvent { duration: u16::try_from(duration).unwrap_or(u16::MAX), ..event };
-        self.packet.clear();
-        self.packet.resize(RTP_HEADER_LEN, 0);
-        let _ = write_rtp_header(&mut self.packet, to_pt, self.seq, out_ts, self.ssrc);
-        self.packet.extend_from_slice(&event.to_bytes());
-        self.seq = self.seq.wrapping_add(1);
-        self.counters.events += 1;
-        self.counters.octets += 4;
-        out(&self.packet);
-        1
+        self.emit_event(to_pt, out_ts, event, false, &mut out)
     }
 }
 
