@@ -2,11 +2,10 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{temp_dir, terminate, Proc, BIN};
+use common::{start_control_plane, temp_dir, terminate};
 
 const SIP: &str = "127.0.0.1:27060";
 const METRICS: &str = "127.0.0.1:27092";
@@ -37,15 +36,7 @@ fn metrics_count_sip_requests_by_method_and_responses_by_class() {
         ),
     )
     .expect("config");
-    let mut cp = Proc {
-        child: Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
-            .spawn()
-            .expect("start control-plane"),
-        name: "control-plane",
-    };
+    let mut cp = start_control_plane(&dir, &config);
     let deadline = Instant::now() + Duration::from_secs(10);
     while scrape().is_none() {
         assert!(Instant::now() < deadline, "no /metrics: {}", std::fs::read_to_string(dir.join("cp.log")).unwrap_or_default());

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use proto::v1;
 
 mod common;
-use common::{media_plane_bin, self_signed, temp_dir, terminate, Proc, BIN};
+use common::{media_plane_bin, self_signed, start_control_plane, temp_dir, terminate, Proc, BIN};
 
 const SIP: &str = "127.0.0.1:5060";
 const GRPC: &str = "http://127.0.0.1:9090";
@@ -216,19 +216,6 @@ fn add_phones(config: &Path) {
             .output()
             .expect("subscriber add");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-/// Starts the control plane with `config`, its counters to dir/cp.out and its log to dir/cp.log.
-fn start_control_plane(dir: &Path, config: &Path) -> Proc {
-    Proc {
-        child: Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8 path")])
-            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log"))
-            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
-            .spawn()
-            .expect("start control-plane"),
-        name: "control-plane",
     }
 }
 

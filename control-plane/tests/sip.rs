@@ -17,7 +17,7 @@ use control_plane::auth::digest::{authorization, ha1, parse_challenge, Algorithm
 use proto::v1;
 
 mod common;
-use common::{counter, media_plane_bin, repo_root, self_signed, temp_dir, terminate, Proc, ProcGroup, BIN, IO_TIMEOUT};
+use common::{counter, media_plane_bin, repo_root, self_signed, start_control_plane, temp_dir, terminate, Proc, ProcGroup, BIN, IO_TIMEOUT};
 
 struct Stack {
     cp: Option<Proc>,
@@ -69,13 +69,7 @@ impl Stack {
                 .expect("start media-plane");
             Proc { child, name: "media-plane" }
         });
-        let child = Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8 path")])
-            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log file"))
-            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log file"))
-            .spawn()
-            .expect("start control-plane");
-        let stack = Stack { cp: Some(Proc { child, name: "control-plane" }), _mp: mp, sip, grpc, dir, config };
+        let stack = Stack { cp: Some(start_control_plane(&dir, &config)), _mp: mp, sip, grpc, dir, config };
         stack.wait_ready();
         stack
     }
@@ -479,15 +473,7 @@ fn register_over_tls_is_challenged_and_accepted_on_the_same_connection() {
         .output()
         .expect("subscriber add");
     assert!(add.status.success());
-    let mut cp = Proc {
-        child: Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
-            .spawn()
-            .expect("start control-plane"),
-        name: "control-plane",
-    };
+    let mut cp = start_control_plane(&dir, &config);
     // A client that trusts only the server's certificate.
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read_to_string(&cert).expect("read cert");

@@ -110,3 +110,15 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// Starts the control plane with `config`, its counters to dir/cp.out and its log to dir/cp.log.
+pub fn start_control_plane(dir: &Path, config: &Path) -> Proc {
+    Proc {
+        child: Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path")])
+            .stdout(std::fs::File::create(dir.join("cp.out")).expect("log"))
+            .stderr(std::fs::File::create(dir.join("cp.log")).expect("log"))
+            .spawn()
+            .expect("start control-plane"),
+        name: "control-plane",
+    }
+}
