@@ -37,8 +37,8 @@ use crate::config::{CallerIdPolicy, Config, Destination};
 use crate::media::{Allocation, MediaError, MediaReply, MediaRequest};
 use crate::sdp::Sdp;
 use crate::service::{ControlPlane, Now};
-use crate::sip::message::{self, call_id, from_value, header, response_for, tag_of, to_value, uri_of, user_host, Framing};
-use crate::sip::transaction::{cancel_for, Outgoing, Peer, Role, TransactionKey};
+use sip_core::message::{self, call_id, from_value, header, response_for, tag_of, to_value, uri_of, user_host, Framing};
+use sip_core::transaction::{cancel_for, Outgoing, Peer, Role, TransactionKey};
 use crate::store::Store;
 
 /// Which side of a call.
@@ -336,13 +336,14 @@ impl ControlPlane {
     /// (an internal bug, logged).
     fn build_request(
         config: &crate::config::Config,
+        random: &mut sip_core::Random,
         method: &str,
         dialog: &Dialog,
         cseq: u32,
         extra: &str,
         body: Option<(&str, &[u8])>,
     ) -> Option<Request> {
-        let branch = message::generate_branch().ok()?;
+        let branch = random.branch();
         // The initial INVITE carries the caller's Max-Forwards minus one in `extra`, so a route
         // that loops back to us runs out of hops (483) instead of ringing forever.
         let max_forwards = if extra.contains("Max-Forwards:") { "" } else { "Max-Forwards: 70\r\n" };
@@ -404,7 +405,7 @@ impl ControlPlane {
         let dialog = call.dialog_mut(side);
         dialog.cseq += 1;
         let (dialog, cseq) = (dialog.clone(), dialog.cseq);
-        if let Some(request) = Self::build_request(&self.config, method, &dialog, cseq, extra, body) {
+        if let Some(request) = Self::build_request(&self.config, &mut self.random, method, &dialog, cseq, extra, body) {
             self.send_client(id, request, dialog.peer, purpose, now);
         }
     }
@@ -446,13 +447,13 @@ impl ControlPlane {
             return;
         }
         if !request.body.is_empty() && !is_sdp(&request.headers, &request.body) {
-            let mut response = response_for(&request, 415, None, message::generate_tag().ok().as_deref());
+            let mut response = self.response(&request, 415, None);
             response.headers.push(Header::Accept(rsip::headers::Accept::new("application/sdp")));
             self.respond(&key, response, now);
             return;
         }
         if !is_sdp(&request.headers, &request.body) {
-            let response = response_for(&request, 488, Some("Offer Required"), message::generate_tag().ok().as_deref());
+            let response = self.response(&request, 488, Some("Offer Required"));
             self.respond(&key, response, now);
             return;
         }
@@ -465,12 +466,7 @@ impl ControlPlane {
         };
         let Some((target, peer, route, policy)) = self.resolve_target(&key, &request, now, store) else { return };
 
-        let (Ok(tag_a), Ok(tag_b), Ok(call_id_b)) =
-            (message::generate_tag(), message::generate_tag(), message::generate_tag())
-        else {
-            self.reply(&key, &request, 500, now);
-            return;
-        };
+        let (tag_a, tag_b, call_id_b) = (self.random.tag(), self.random.tag(), self.random.call_id());
         let (Some(a_call_id), Some(a_from), Some(a_to)) =
             (call_id(&request.headers), from_value(&request.headers), to_value(&request.headers))
         else {
@@ -785,7 +781,7 @@ impl ControlPlane {
         }
         let dialog = call.b.clone();
         let ring = now.instant + self.config.no_answer_timeout;
-        let Some(request) = Self::build_request(&self.config, "INVITE", &dialog, 1, &extra, Some(("application/sdp", sdp.as_bytes())))
+        let Some(request) = Self::build_request(&self.config, &mut self.random, "INVITE", &dialog, 1, &extra, Some(("application/sdp", sdp.as_bytes())))
         else {
             let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
             self.reply(&key, &invite, 500, now);
@@ -885,7 +881,7 @@ impl ControlPlane {
                 }
                 let dialog = call.b.clone();
                 let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
-                if let Some(ack) = Self::build_request(&self.config, "ACK", &dialog, cseq, "", None) {
+                if let Some(ack) = Self::build_request(&self.config, &mut self.random, "ACK", &dialog, cseq, "", None) {
                     let payload = message::encode(&SipMessage::Request(ack));
                     self.transmits.push_back(Outgoing { destination: dialog.peer, payload: payload.clone(), retransmission: false });
                     if let Some(call) = self.calls.calls.get_mut(&id) {
@@ -943,7 +939,7 @@ impl ControlPlane {
             if let Some(call) = self.calls.calls.get(&id) {
                 let dialog = call.dialog(to).clone();
                 let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
-                if let Some(ack) = Self::build_request(&self.config, "ACK", &dialog, cseq, "", None) {
+                if let Some(ack) = Self::build_request(&self.config, &mut self.random, "ACK", &dialog, cseq, "", None) {
                     self.layer.send_stateless(&SipMessage::Request(ack), dialog.peer);
                 }
             }
@@ -1006,7 +1002,7 @@ impl ControlPlane {
 
     pub(crate) fn on_caller_cancel(&mut self, invite: &TransactionKey, now: Now) {
         let Some(&id) = self.calls.by_invite.get(invite) else { return };
-        if self.layer.invite_server_state(invite) != Some(crate::sip::transaction::InviteServerState::Proceeding) {
+        if self.layer.invite_server_state(invite) != Some(sip_core::transaction::InviteServerState::Proceeding) {
             return;
         }
         let Some(call) = self.calls.calls.get(&id) else { return };

@@ -92,7 +92,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::digest::Algorithm;
+use sip_core::digest::Algorithm;
 use crate::auth::policy::{AuthPolicy, ChallengeMode};
 use crate::media::CodecPolicy;
 

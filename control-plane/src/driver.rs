@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::media::{MediaClient, MediaReply};
 use crate::service::{ControlPlane, Now};
-use crate::sip::message::next_frame;
-use crate::sip::transaction::{Outgoing, Peer};
+use sip_core::message::next_frame;
+use sip_core::transaction::{Outgoing, Peer};
 use crate::store::Store;
 
 /// Largest SIP message read from a stream before the connection is closed.

@@ -2,17 +2,16 @@
 //! a B2BUA that anchors every call's media in the media plane over the `media.v1` gRPC API.
 //!
 //! ```text
-//!   UDP/TCP (driver) ──► sip::message::parse ──► sip::transaction::TransactionLayer ──► service::ControlPlane
-//!                          (rsip + RFC 3261       (RFC 3261 §17 state machines,          ├─ auth::digest (401/407/403)
+//!   UDP/TCP (driver) ──► sip_core::parse ──► sip_core::transaction::TransactionLayer ──► service::ControlPlane
+//!                          (rsip + RFC 3261       (RFC 3261 §17 state machines,          ├─ sip_core::digest (401/407/403)
 //!                           checks; 400s)          sans-IO, virtual-time tested)          ├─ registrar ─► store (SQLite)
 //!                                                                                         └─ b2bua ─► media requests
 //!                                                      media::MediaClient (tonic) ◄────────────┘   (sdp: anchoring)
 //! ```
 //!
-//! - [`sip::message`], [`sip::transaction`]: SIP syntax and checks; INVITE and non-INVITE client
-//!   and server transactions with timers A–M and the layer that routes to them.
-//! - [`auth::digest`]: Digest with MD5, SHA-256 and SHA-512-256, stateless HMAC nonces, replay
-//!   protection, constant-time checks; credentials stored as HA1 only.
+//! - The SIP protocol itself (messages, transactions, digest, STUN) is the `sip-core` crate, which
+//!   has no I/O; this crate is the server built on it.
+//! - [`auth::policy`]: which digest algorithms a subscriber or domain may use.
 //! - [`service`]: [`ControlPlane`](service::ControlPlane), the sans-IO core: bytes, time and
 //!   media-plane replies in; transmissions, media-plane requests and counters out.
 //! - [`registrar`]: the location table (RFC 3261 §10.3); [`store`]: subscribers and registrations
@@ -22,7 +21,7 @@
 //! - [`config`]: the TOML file; [`driver`]: tokio sockets, timers and the media client around the core.
 //!
 //! Like the media plane's engine, the core never reads a clock or a socket, so the transaction
-//! harness (`sip::harness`) and the B2BUA tests (`service_tests`) run minutes of SIP timers in
+//! harness (in `sip-core`) and the B2BUA tests (`service_tests`) run minutes of SIP timers in
 //! microseconds.
 #![forbid(unsafe_code)]
 
@@ -36,7 +35,6 @@ pub mod metrics;
 pub mod registrar;
 pub mod sdp;
 pub mod service;
-pub mod sip;
 pub mod store;
 
 #[cfg(test)]

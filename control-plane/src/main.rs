@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use control_plane::auth::digest::Algorithm;
+use sip_core::digest::Algorithm;
 use control_plane::config::Config;
 use control_plane::service::{ControlPlane, Now};
 use control_plane::store::{SqliteStore, Store, Subscriber};
@@ -233,7 +233,12 @@ fn subscriber(action: SubscriberAction, config: &Config, store: &mut SqliteStore
 
 fn serve(config: Config, mut store: SqliteStore) -> ExitCode {
     let config = Arc::new(config);
-    let mut core = match ControlPlane::new(config.clone(), None) {
+    let mut seed = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut seed) {
+        eprintln!("control-plane: no randomness from the operating system: {e}");
+        return ExitCode::from(1);
+    }
+    let mut core = match ControlPlane::new(config.clone(), None, seed) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("control-plane: {e}");

@@ -21,7 +21,7 @@ use rsip::headers::{ToTypedHeader, UntypedHeader};
 use rsip::{Header, Request};
 
 use crate::config::RegistrarConfig;
-use crate::sip::transaction::Peer;
+use sip_core::transaction::Peer;
 use crate::store::{LocationChange, StoredBinding};
 
 /// One contact registered for an address-of-record.
@@ -136,7 +136,7 @@ impl RequestedContact {
 /// `option`.
 pub fn supports(request: &Request, option: &str) -> bool {
     request.headers.iter().any(|h| match h {
-        Header::Supported(s) => crate::sip::message::split_list(s.value()).any(|o| o.eq_ignore_ascii_case(option)),
+        Header::Supported(s) => sip_core::message::split_list(s.value()).any(|o| o.eq_ignore_ascii_case(option)),
         _ => false,
     })
 }
@@ -147,7 +147,7 @@ fn via_count(request: &Request) -> usize {
         .headers
         .iter()
         .map(|h| match h {
-            Header::Via(v) => crate::sip::message::split_list(v.value()).count(),
+            Header::Via(v) => sip_core::message::split_list(v.value()).count(),
             _ => 0,
         })
         .sum()
@@ -196,7 +196,7 @@ impl Registrar {
                 call_id: b.call_id,
                 cseq: b.cseq,
                 flow,
-                path: crate::sip::message::split_list(&b.path).map(str::to_owned).collect(),
+                path: sip_core::message::split_list(&b.path).map(str::to_owned).collect(),
                 outbound,
             });
             restored += 1;
@@ -258,38 +258,38 @@ impl Registrar {
         now_unix: u64,
     ) -> Result<Registered, RegisterError> {
         let header_expires = expires_header(request);
-        let call_id = crate::sip::message::call_id(&request.headers).unwrap_or_default().to_owned();
-        let cseq = crate::sip::message::cseq(&request.headers).map(|c| c.seq).unwrap_or(0);
+        let call_id = sip_core::message::call_id(&request.headers).unwrap_or_default().to_owned();
+        let cseq = sip_core::message::cseq(&request.headers).map(|c| c.seq).unwrap_or(0);
 
         let outbound_supported = supports(request, "outbound");
-        let path: Vec<String> = crate::sip::message::header_list(&request.headers, "Path").map(str::to_owned).collect();
+        let path: Vec<String> = sip_core::message::header_list(&request.headers, "Path").map(str::to_owned).collect();
         let mut wildcard = false;
         let mut requested = Vec::new();
         for header in request.headers.iter() {
             let Header::Contact(value) = header else { continue };
-            for item in crate::sip::message::split_list(value.value()) {
+            for item in sip_core::message::split_list(value.value()) {
                 if item == "*" {
                     wildcard = true;
                     continue;
                 }
                 // Header parameters are read here, not by the URI parser: `+sip.instance` carries
                 // a quoted `<urn:…>` that the typed Contact parser refuses.
-                let typed = rsip::headers::Contact::new(crate::sip::message::without_header_params(item))
+                let typed = rsip::headers::Contact::new(sip_core::message::without_header_params(item))
                     .typed()
                     .map_err(|_| RegisterError::BadContact(item.chars().take(80).collect()))?;
                 let mut expires = header_expires;
-                if let Some(e) = crate::sip::message::header_param(item, "expires") {
+                if let Some(e) = sip_core::message::header_param(item, "expires") {
                     expires = Some(e.parse().map_err(|_| RegisterError::BadContact("expires".into()))?);
                 }
-                let q_milli = match crate::sip::message::header_param(item, "q") {
+                let q_milli = match sip_core::message::header_param(item, "q") {
                     Some(q) => parse_q(q).ok_or_else(|| RegisterError::BadContact("q".into()))?,
                     None => 1000,
                 };
                 let expires = expires.unwrap_or(self.config.default_expires);
-                let instance = crate::sip::message::header_param(item, "+sip.instance")
+                let instance = sip_core::message::header_param(item, "+sip.instance")
                     .map(|i| i.trim_matches('"').to_owned())
                     .filter(|i| !i.is_empty());
-                let reg_id = match crate::sip::message::header_param(item, "reg-id") {
+                let reg_id = match sip_core::message::header_param(item, "reg-id") {
                     None => None,
                     Some(text) => match text.parse::<u32>() {
                         Ok(id) if id > 0 => Some(id),
@@ -332,7 +332,7 @@ impl Registrar {
         }
         if outbound > 0
             && via_count(request) > 1
-            && path.first().is_none_or(|first| !crate::sip::message::uri_of(first).split(';').any(|p| p.eq_ignore_ascii_case("ob")))
+            && path.first().is_none_or(|first| !sip_core::message::uri_of(first).split(';').any(|p| p.eq_ignore_ascii_case("ob")))
         {
             return Err(RegisterError::FirstHopLacksOutbound);
         }
@@ -464,7 +464,7 @@ pub fn parse_flow(text: &str) -> Option<Peer> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse, Framing};
+    use sip_core::message::{parse, Framing};
 
     fn register(contacts: &[&str], expires: Option<u32>, call_id: &str, cseq: u32) -> Request {
         let mut text = format!(
@@ -676,7 +676,7 @@ mod tests {
 
     #[test]
     fn list_splitting_respects_quotes_and_brackets() {
-        let items: Vec<&str> = crate::sip::message::split_list("\"a, b\" <sip:x@y;p=1,2>, <sip:z>, ").collect();
+        let items: Vec<&str> = sip_core::message::split_list("\"a, b\" <sip:x@y;p=1,2>, <sip:z>, ").collect();
         assert_eq!(items, vec!["\"a, b\" <sip:x@y;p=1,2>", "<sip:z>"]);
     }
 }

@@ -19,13 +19,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use rsip::headers::UntypedHeader;
 use rsip::{Header, Method, Request, Response, SipMessage};
 
-use crate::auth::digest::{parse_credentials, Algorithm, Authenticator, DigestConfig, DigestError, HashFn};
+use sip_core::digest::{parse_credentials, Algorithm, Authenticator, DigestConfig, DigestError, HashFn};
+use sip_core::Random;
+
 use crate::b2bua::Calls;
 use crate::config::Config;
 use crate::media::{MediaReply, MediaRequest};
 use crate::registrar::{Registrar, RegisterError};
-use crate::sip::message::{self, response_for, tag_of, to_value, uri_of, user_host, Framing};
-use crate::sip::transaction::{LayerEvent, Outgoing, Peer, TimerConfig, TransactionKey, TransactionLayer};
+use sip_core::message::{self, response_for, tag_of, to_value, uri_of, user_host, Framing};
+use sip_core::transaction::{LayerEvent, Outgoing, Peer, TimerConfig, TransactionKey, TransactionLayer};
 use crate::store::Store;
 
 /// The two clocks the core needs: monotonic for timers, wall for nonces and registrations.
@@ -137,6 +139,8 @@ pub struct ControlPlane {
     pub(crate) media: VecDeque<(u64, MediaRequest)>,
     pub(crate) stats: Stats,
     next_sweep: Option<Instant>,
+    /// Tags, branches and nonce salts.
+    pub(crate) random: Random,
 }
 
 /// Why the core could not start.
@@ -144,24 +148,16 @@ pub struct ControlPlane {
 pub enum StartError {
     /// Digest settings refused.
     #[error("auth: {0}")]
-    Auth(#[from] crate::auth::digest::DigestConfigError),
-    /// No randomness for the nonce secret.
-    #[error("getrandom: {0}")]
-    Random(getrandom::Error),
+    Auth(#[from] sip_core::digest::DigestConfigError),
 }
 
 impl ControlPlane {
-    /// A core for `config`. `secret` keys the nonces (share it between instances that must accept
-    /// each other's nonces); `None` draws a random one.
-    pub fn new(config: Arc<Config>, secret: Option<[u8; 32]>) -> Result<Self, StartError> {
-        let secret = match secret {
-            Some(s) => s,
-            None => {
-                let mut s = [0u8; 32];
-                getrandom::fill(&mut s).map_err(StartError::Random)?;
-                s
-            }
-        };
+    /// A core for `config`. `seed` seeds every tag, branch, Call-ID and nonce salt (draw it from
+    /// the operating system). `secret` keys the nonces (share it between instances that must
+    /// accept each other's nonces); `None` draws one from `seed`.
+    pub fn new(config: Arc<Config>, secret: Option<[u8; 32]>, seed: [u8; 32]) -> Result<Self, StartError> {
+        let mut random = Random::from_seed(seed);
+        let secret = secret.unwrap_or_else(|| random.bytes());
         let mut digest = DigestConfig::new(config.realm.clone());
         // Every algorithm is verifiable; which ones a request may use is the policy's choice
         // (per subscriber, per domain), checked before verification.
@@ -180,6 +176,7 @@ impl ControlPlane {
             media: VecDeque::new(),
             stats: Stats::default(),
             next_sweep: None,
+            random,
             config,
         })
     }
@@ -202,7 +199,7 @@ impl ControlPlane {
     }
 
     /// Transaction counters.
-    pub fn transaction_stats(&self) -> crate::sip::transaction::LayerStats {
+    pub fn transaction_stats(&self) -> sip_core::transaction::LayerStats {
         self.layer.stats()
     }
 
@@ -230,9 +227,9 @@ impl ControlPlane {
         if !self.limits.admit(source.addr.ip(), now.instant) {
             return;
         }
-        if crate::sip::stun::is_stun(bytes) {
+        if sip_core::stun::is_stun(bytes) {
             self.stats.keepalives += 1;
-            if let Some(answer) = crate::sip::stun::binding_response(bytes, source.addr) {
+            if let Some(answer) = sip_core::stun::binding_response(bytes, source.addr) {
                 self.transmits.push_back(Outgoing { destination: source, payload: bytes::Bytes::from(answer), retransmission: false });
             }
             return;
@@ -377,10 +374,15 @@ impl ControlPlane {
         }
     }
 
+    /// A bodiless `status` response to `request` with a fresh To tag (kept if it had one).
+    pub(crate) fn response(&mut self, request: &Request, status: u16, reason: Option<&str>) -> Response {
+        let tag = self.random.tag();
+        response_for(request, status, reason, Some(&tag))
+    }
+
     /// A bodiless `status` response to `request` (To tag added for non-100).
     pub(crate) fn reply(&mut self, key: &TransactionKey, request: &Request, status: u16, now: Now) {
-        let tag = message::generate_tag().ok();
-        let response = response_for(request, status, None, if status == 100 { None } else { tag.as_deref() });
+        let response = if status == 100 { response_for(request, 100, None, None) } else { self.response(request, status, None) };
         self.respond(key, response, now);
     }
 
@@ -399,7 +401,7 @@ impl ControlPlane {
             if !unsupported.is_empty() {
                 // RFC 3261 §8.2.2.3: refuse what the client requires and we do not do, and say what.
                 self.stats.unsupported_required += 1;
-                let mut response = response_for(&request, 420, None, message::generate_tag().ok().as_deref());
+                let mut response = self.response(&request, 420, None);
                 response.headers.push(Header::Unsupported(rsip::headers::Unsupported::new(unsupported.join(", "))));
                 self.respond(&key, response, now);
                 return;
@@ -410,14 +412,14 @@ impl ControlPlane {
             Method::Cancel => self.on_cancel(&key, &request, cancels, now),
             Method::Invite if !in_dialog => self.on_invite(key, request, source, now, store),
             Method::Options if !in_dialog => {
-                let mut response = response_for(&request, 200, None, message::generate_tag().ok().as_deref());
+                let mut response = self.response(&request, 200, None);
                 response.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOW)));
                 response.headers.push(Header::Accept(rsip::headers::Accept::new("application/sdp")));
                 self.respond(&key, response, now);
             }
             _ if in_dialog => self.on_in_dialog(key, request, now),
             _ => {
-                let mut response = response_for(&request, 405, None, message::generate_tag().ok().as_deref());
+                let mut response = self.response(&request, 405, None);
                 response.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOW)));
                 self.respond(&key, response, now);
             }
@@ -511,7 +513,7 @@ impl ControlPlane {
             }
             Err(e) if e.is_malformed() => {
                 self.stats.malformed += 1;
-                let response = response_for(request, 400, Some("Bad Credentials"), message::generate_tag().ok().as_deref());
+                let response = self.response(request, 400, Some("Bad Credentials"));
                 self.respond(key, response, now);
                 None
             }
@@ -542,14 +544,10 @@ impl ControlPlane {
         stale: bool,
         now: Now,
     ) {
-        let mut random = [0u8; 16];
-        if getrandom::fill(&mut random).is_err() {
-            self.reply(key, request, 500, now);
-            return;
-        }
+        let random = self.random.bytes::<16>();
         self.stats.challenges += 1;
         let status = if proxy { 407 } else { 401 };
-        let mut response = response_for(request, status, None, message::generate_tag().ok().as_deref());
+        let mut response = self.response(request, status, None);
         for value in self.auth.challenges_for(algorithms, now.wall, random, stale) {
             response.headers.push(if proxy {
                 Header::ProxyAuthenticate(rsip::headers::ProxyAuthenticate::new(value))
@@ -587,7 +585,7 @@ impl ControlPlane {
                     return;
                 }
                 self.stats.registrations += 1;
-                let mut response = response_for(request, 200, None, message::generate_tag().ok().as_deref());
+                let mut response = self.response(request, 200, None);
                 let unix = now.unix();
                 for b in &registered.bindings {
                     let expires = b.expires_unix.saturating_sub(unix);
@@ -614,7 +612,7 @@ impl ControlPlane {
             Err(error) => {
                 self.stats.registrations_refused += 1;
                 let mut response =
-                    response_for(request, error.status(), None, message::generate_tag().ok().as_deref());
+                    self.response(request, error.status(), None);
                 if let RegisterError::IntervalTooBrief(min) = error {
                     response.headers.push(Header::MinExpires(rsip::headers::MinExpires::new(min.to_string())));
                 }

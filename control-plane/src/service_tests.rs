@@ -16,8 +16,8 @@ use media_engine::sdp::{self, Anchor, OfferState, Transport};
 
 use crate::media::{Allocation, CodecPolicy, MediaError, MediaReply, MediaRequest, StreamLegs};
 use crate::service::{ControlPlane, Now};
-use crate::sip::message::{encode, parse, response_for, Framing};
-use crate::sip::transaction::Peer;
+use sip_core::message::{encode, parse, response_for, Framing};
+use sip_core::transaction::Peer;
 use crate::store::{MemoryStore, Store, StoredBinding, Subscriber};
 
 const CALLER: &str = "192.0.2.1:5060";
@@ -79,7 +79,7 @@ impl World {
              no_answer_timeout_s = 30\n{rest}"
         ))
         .expect("config");
-        let mut core = ControlPlane::new(Arc::new(config), Some([7; 32])).expect("core");
+        let mut core = ControlPlane::new(Arc::new(config), Some([7; 32]), [11; 32]).expect("core");
         let mut store = MemoryStore::default();
         store.add_subscriber(&Subscriber::with_password("bob", "sip.test", "sip.test", "pw")).expect("add");
         let now = Now::system();
@@ -454,17 +454,17 @@ fn register(cseq: u32, authorization: Option<&str>) -> String {
 }
 
 /// The `WWW-Authenticate` values of a 401.
-fn challenges_of(response: &str) -> Vec<crate::auth::digest::Challenge> {
+fn challenges_of(response: &str) -> Vec<sip_core::digest::Challenge> {
     response
         .lines()
         .filter_map(|l| l.strip_prefix("WWW-Authenticate: "))
-        .map(|v| crate::auth::digest::parse_challenge(v).expect("challenge parses"))
+        .map(|v| sip_core::digest::parse_challenge(v).expect("challenge parses"))
         .collect()
 }
 
 /// Bob's credentials (password `pw`) answering `challenge` with `algorithm` and nonce count `nc`.
-fn bob_answers(challenge: &crate::auth::digest::Challenge, algorithm: crate::auth::digest::Algorithm, nc: u32) -> String {
-    use crate::auth::digest::{authorization, ha1};
+fn bob_answers(challenge: &sip_core::digest::Challenge, algorithm: sip_core::digest::Algorithm, nc: u32) -> String {
+    use sip_core::digest::{authorization, ha1};
     let mut challenge = challenge.clone();
     challenge.algorithm = algorithm;
     authorization(&challenge, "bob", &ha1(algorithm.hash(), "bob", "sip.test", "pw"), "REGISTER", "sip:sip.test", "c0ffee", nc)
@@ -472,7 +472,7 @@ fn bob_answers(challenge: &crate::auth::digest::Challenge, algorithm: crate::aut
 
 #[test]
 fn default_challenge_is_a_single_md5_digest_with_qop_auth() {
-    use crate::auth::digest::Algorithm;
+    use sip_core::digest::Algorithm;
     let mut w = World::with_config("");
     w.receive(PHONE, &register(1, None));
     let challenges = challenges_of(&w.take_one(PHONE, "SIP/2.0 401"));
@@ -486,7 +486,7 @@ fn default_challenge_is_a_single_md5_digest_with_qop_auth() {
 
 #[test]
 fn replayed_nonce_count_is_rechallenged_and_a_higher_one_passes() {
-    use crate::auth::digest::Algorithm;
+    use sip_core::digest::Algorithm;
     let mut w = World::with_config("");
     w.receive(PHONE, &register(1, None));
     let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
@@ -504,7 +504,7 @@ fn replayed_nonce_count_is_rechallenged_and_a_higher_one_passes() {
 
 #[test]
 fn client_answering_sha256_is_rechallenged_in_sha256_with_stale_after_the_nonce_expires() {
-    use crate::auth::digest::Algorithm;
+    use sip_core::digest::Algorithm;
     let mut w = World::with_config("[auth]\nnonce_ttl_s = 30\n");
     w.receive(PHONE, &register(1, None));
     let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
@@ -524,7 +524,7 @@ fn client_answering_sha256_is_rechallenged_in_sha256_with_stale_after_the_nonce_
 
 #[test]
 fn subscriber_pinned_to_sha256_is_challenged_in_sha256_and_cannot_downgrade_to_md5() {
-    use crate::auth::digest::Algorithm;
+    use sip_core::digest::Algorithm;
     let mut w = World::with_config("");
     assert!(w.store.set_auth_algorithm("bob", "sip.test", Some(Algorithm::Sha256)).expect("store"));
     w.receive(PHONE, &register(1, None));
@@ -541,7 +541,7 @@ fn subscriber_pinned_to_sha256_is_challenged_in_sha256_and_cannot_downgrade_to_m
 
 #[test]
 fn domain_setting_and_challenge_all_shape_the_challenge() {
-    use crate::auth::digest::Algorithm;
+    use sip_core::digest::Algorithm;
     let mut w = World::with_config("[auth.domains]\n\"sip.test\" = \"SHA-512-256\"\n");
     w.receive(PHONE, &register(1, None));
     let challenges = challenges_of(&w.take_one(PHONE, "SIP/2.0 401"));
@@ -590,7 +590,7 @@ fn register_via_edge(cseq: u32, authorization: Option<&str>) -> String {
 
 #[test]
 fn phone_behind_an_edge_proxy_is_reached_through_its_path_until_its_outbound_flow_closes() {
-    use crate::auth::digest::{authorization, ha1, Algorithm};
+    use sip_core::digest::{authorization, ha1, Algorithm};
     let mut w = World::with_config("");
     w.store.add_subscriber(&Subscriber::with_password("carol", "sip.test", "sip.test", "pw")).expect("add");
     let edge = Peer::tcp(EDGE.parse().expect("addr"));
@@ -673,7 +673,7 @@ fn scanner_user_agents_are_dropped_unanswered_before_any_transaction() {
 
 #[test]
 fn password_guessing_bans_the_source_while_other_phones_still_register() {
-    use crate::auth::digest::Algorithm;
+    use sip_core::digest::Algorithm;
     let mut w = World::with_config("[limits]\nauth_failures_per_source = 3\n");
     let wrong = |w: &mut World, cseq: u32| {
         w.receive(PHONE, &register(cseq, None));
@@ -700,7 +700,7 @@ fn password_guessing_bans_the_source_while_other_phones_still_register() {
 
 #[test]
 fn a_user_locked_by_guessing_from_many_addresses_is_refused_even_with_the_right_password() {
-    use crate::auth::digest::Algorithm;
+    use sip_core::digest::Algorithm;
     let mut w = World::with_config("[limits]\nauth_failures_per_source = 0\nauth_failures_per_user = 4\n");
     for i in 0..4u8 {
         let from = format!("192.0.2.{}:5060", 70 + i);
@@ -726,7 +726,7 @@ fn a_user_locked_by_guessing_from_many_addresses_is_refused_even_with_the_right_
 
 #[test]
 fn register_requiring_path_or_outbound_is_accepted_and_other_options_get_420() {
-    use crate::auth::digest::Algorithm;
+    use sip_core::digest::Algorithm;
     let mut w = World::with_config("");
     let requiring = |cseq, auth: Option<&str>, tags: &str| {
         register(cseq, auth).replace("Expires: 600\r\n", &format!("Expires: 600\r\nRequire: {tags}\r\n"))

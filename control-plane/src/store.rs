@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::auth::digest::{ha1, Algorithm, HashFn};
+use sip_core::digest::{ha1, Algorithm, HashFn};
 
 /// A subscriber account.
 #[derive(Debug, Clone, PartialEq, Eq)]

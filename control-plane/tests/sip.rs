@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control_plane::auth::digest::{authorization, ha1, parse_challenge, Algorithm};
+use sip_core::digest::{authorization, ha1, parse_challenge, Algorithm};
 use proto::v1;
 
 mod common;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use control_plane::config::Config;
 use control_plane::service::{ControlPlane, Now};
-use control_plane::sip::transaction::Peer;
+use sip_core::transaction::Peer;
 use control_plane::store::{MemoryStore, Store, Subscriber};
 use libfuzzer_sys::fuzz_target;
 
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         "[sip]\nlisten = [\"udp:192.0.2.100:5060\"]\ndomains = [\"sip.test\"]\ntrusted = [\"192.0.2.1\"]\n",
     )
     .unwrap();
-    let mut core = ControlPlane::new(Arc::new(config), Some([1; 32])).unwrap();
+    let mut core = ControlPlane::new(Arc::new(config), Some([1; 32]), [2; 32]).unwrap();
     let mut store = MemoryStore::default();
     store.add_subscriber(&Subscriber::with_password("bob", "sip.test", "sip.test", "pw")).unwrap();
     let mut now = Now::system();

@@ -2,7 +2,7 @@
 #![no_main]
 use std::time::{Duration, UNIX_EPOCH};
 
-use control_plane::auth::digest::{parse_challenge, parse_credentials, ha1, Authenticator, DigestConfig};
+use sip_core::digest::{parse_challenge, parse_credentials, ha1, Authenticator, DigestConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

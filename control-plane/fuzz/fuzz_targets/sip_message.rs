@@ -4,8 +4,8 @@
 #![no_main]
 use std::time::Instant;
 
-use control_plane::sip::message::{bad_request, encode, next_frame, parse, Framing};
-use control_plane::sip::transaction::{Peer, TimerConfig, TransactionLayer};
+use sip_core::message::{bad_request, encode, next_frame, parse, Framing};
+use sip_core::transaction::{Peer, TimerConfig, TransactionLayer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -15,7 +15,7 @@
 //! With `[auth] challenge = "all"`, cases 3 and 4 instead offer every algorithm of the list, one
 //! header each, for deployments whose clients all scan the challenges.
 
-use super::digest::Algorithm;
+use sip_core::digest::Algorithm;
 
 /// How many challenges a 401/407 carries when no setting pins the algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -172,8 +172,8 @@ impl InviteClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{response_for, tests::invite};
-    use crate::sip::transaction::{tests::bob, Outgoing};
+    use crate::message::{response_for, tests::invite};
+    use crate::transaction::{tests::bob, Outgoing};
 
     fn drain(tx: &mut InviteClient) -> (Vec<Outgoing>, Vec<TransactionEvent>) {
         (std::iter::from_fn(|| tx.poll_transmit()).collect(), std::iter::from_fn(|| tx.poll_event()).collect())

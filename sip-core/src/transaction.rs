@@ -63,7 +63,7 @@ use bytes::Bytes;
 use rsip::headers::{self, Header, UntypedHeader};
 use rsip::{Method, Request, Response, SipMessage};
 
-use crate::sip::message::{self, ParseError};
+use crate::message::{self, ParseError};
 
 pub use client_invite::{InviteClient, InviteClientState};
 pub use client_non_invite::{NonInviteClient, NonInviteClientState};
@@ -533,7 +533,7 @@ macro_rules! transaction_plumbing {
         }
 
         /// The transaction's key.
-        pub fn key(&self) -> &$crate::sip::transaction::TransactionKey {
+        pub fn key(&self) -> &$crate::transaction::TransactionKey {
             &self.key
         }
 
@@ -551,7 +551,7 @@ macro_rules! transaction_plumbing {
         /// transaction ends.
         pub fn handle_transport_error(&mut self, _now: std::time::Instant) {
             if self.state != $state::Terminated {
-                self.out.event($crate::sip::transaction::TransactionEvent::TransportError);
+                self.out.event($crate::transaction::TransactionEvent::TransportError);
                 self.terminate();
             }
         }
@@ -560,20 +560,20 @@ macro_rules! transaction_plumbing {
 
         /// Next message to send.
         #[must_use]
-        pub fn poll_transmit(&mut self) -> Option<$crate::sip::transaction::Outgoing> {
+        pub fn poll_transmit(&mut self) -> Option<$crate::transaction::Outgoing> {
             self.out.poll_transmit()
         }
 
         /// When [`handle_timeout`](Self::handle_timeout) must next be called.
         #[must_use]
         pub fn poll_timeout(&self) -> Option<std::time::Instant> {
-            use $crate::sip::transaction::Timer as _;
-            $crate::sip::transaction::earliest(&[$(self.$timer.deadline()),+])
+            use $crate::transaction::Timer as _;
+            $crate::transaction::earliest(&[$(self.$timer.deadline()),+])
         }
 
         /// Next event for the TU.
         #[must_use]
-        pub fn poll_event(&mut self) -> Option<$crate::sip::transaction::TransactionEvent> {
+        pub fn poll_event(&mut self) -> Option<$crate::transaction::TransactionEvent> {
             self.out.poll_event()
         }
 
@@ -581,7 +581,7 @@ macro_rules! transaction_plumbing {
         fn terminate(&mut self) {
             self.state = $state::Terminated;
             $(self.$timer = None;)+
-            self.out.event($crate::sip::transaction::TransactionEvent::Terminated);
+            self.out.event($crate::transaction::TransactionEvent::Terminated);
         }
     };
 }
@@ -600,8 +600,8 @@ fn due(deadline: Option<Instant>, now: Instant) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::tests::invite;
-    use crate::sip::message::{parse, Framing};
+    use crate::message::tests::invite;
+    use crate::message::{parse, Framing};
 
     /// Alice over UDP: where the test requests come from, so where server transactions answer.
     pub(super) fn alice() -> Peer {

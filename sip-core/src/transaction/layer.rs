@@ -17,7 +17,7 @@ use super::{
     method_index, response_destination, InviteClient, InviteServer, InviteServerState, NonInviteClient,
     NonInviteServer, Outgoing, Peer, Role, TimerConfig, TransactionError, TransactionEvent, TransactionKey,
 };
-use crate::sip::message;
+use crate::message;
 
 /// What the layer reports to the TU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,7 +385,7 @@ impl TransactionLayer {
     // ---- commands ----
 
     /// Starts a client transaction sending `request` to `destination`. The request must carry a
-    /// fresh branch ([`generate_branch`](crate::sip::message::generate_branch)).
+    /// fresh branch ([`generate_branch`](crate::message::generate_branch)).
     pub fn start_client(
         &mut self,
         request: Request,
@@ -538,10 +538,10 @@ impl TransactionLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::tests::{invite, parse_request, INVITE};
-    use crate::sip::message::{parse, response_for, Framing};
-    use crate::sip::transaction::cancel_for;
-    use crate::sip::transaction::tests::{alice, bob};
+    use crate::message::tests::{invite, parse_request, INVITE};
+    use crate::message::{parse, response_for, Framing};
+    use crate::transaction::cancel_for;
+    use crate::transaction::tests::{alice, bob};
     use rsip::headers::UntypedHeader;
     use std::time::Duration;
 

@@ -15,7 +15,7 @@
 //!   part (RFC 4475 §3.1.1.9) is passed to `rsip` escaped, which RFC 3261 §19.1.4 makes equivalent.
 //! - **Transaction identity** (§17.2.3): the top `Via` must parse. A request whose branch lacks
 //!   the magic cookie `z9hG4bK` comes from an RFC 2543 peer and is matched the RFC 2543 way (see
-//!   [`TransactionKey::for_request`](crate::sip::transaction::TransactionKey::for_request));
+//!   [`TransactionKey::for_request`](crate::transaction::TransactionKey::for_request));
 //!   responses must carry the cookie (every branch we send does). Missing `Max-Forwards` (RFC
 //!   2543) counts as 70.
 //! - **Header syntax rsip lets through** (RFC 4475 §3.1.2, §3.3.8): single-value headers given
@@ -1083,24 +1083,6 @@ pub fn encode(message: &SipMessage) -> bytes::Bytes {
     bytes::Bytes::from(out)
 }
 
-/// A fresh RFC 3261 branch: the magic cookie and 96 random bits in hex.
-pub fn generate_branch() -> Result<String, getrandom::Error> {
-    let mut random = [0u8; 12];
-    getrandom::fill(&mut random)?;
-    Ok(format!("{BRANCH_COOKIE}{}", hex(&random)))
-}
-
-/// A fresh From/To tag (RFC 3261 §19.3 asks for at least 32 random bits; this has 64).
-pub fn generate_tag() -> Result<String, getrandom::Error> {
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random)?;
-    Ok(hex(&random))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The reason phrase RFC 3261 §21 (and RFC 3329, 3891, 4412, 5079, 6228) gives a status code.
 pub fn default_reason_phrase(status: u16) -> &'static str {
     match status {
@@ -1537,13 +1519,6 @@ v=0\n";
         let raw = "SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         let msg = parse(raw.as_bytes(), Framing::Stream).unwrap();
         assert!(encode(&msg).starts_with(b"SIP/2.0 486 Busy Here\r\n"));
-    }
-
-    #[test]
-    fn generated_branches_carry_the_cookie_and_differ() {
-        let (a, b) = (generate_branch().unwrap(), generate_branch().unwrap());
-        assert!(a.starts_with(BRANCH_COOKIE) && a.len() == BRANCH_COOKIE.len() + 24);
-        assert_ne!(a, b);
     }
 
     #[test]

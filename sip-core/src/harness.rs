@@ -20,9 +20,15 @@ use bytes::Bytes;
 use rsip::headers::{self, Header, UntypedHeader};
 use rsip::{Method, Request, SipMessage};
 
-use crate::sip::message::tests::parse_request;
-use crate::sip::message::{generate_branch, parse, response_for, Framing};
-use crate::sip::transaction::{LayerEvent, Peer, TimerConfig, TransactionKey, TransactionLayer};
+use crate::message::tests::parse_request;
+use crate::message::{parse, response_for, Framing};
+use crate::transaction::{LayerEvent, Peer, TimerConfig, TransactionKey, TransactionLayer};
+
+/// A branch no other request of the test run has.
+fn next_branch() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!("z9hG4bKharness{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
 
 /// Which endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +157,7 @@ impl Harness {
 From: <sip:alice@example.com>;tag=alice1\r\nTo: <sip:bob@example.com>\r\nCall-ID: {branch}@example.com\r\n\
 CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
             client = self.client.addr,
-            branch = generate_branch().unwrap(),
+            branch = next_branch(),
         );
         parse_request(raw.as_bytes())
     }
@@ -363,7 +369,7 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
         out.push(Header::Via(headers::Via::new(format!(
             "SIP/2.0/{transport} {};branch={}",
             self.client.addr,
-            generate_branch().unwrap()
+            next_branch()
         ))));
         out.push(Header::MaxForwards(headers::MaxForwards::new("70")));
         for h in response.headers.iter() {

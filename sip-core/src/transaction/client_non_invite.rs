@@ -147,8 +147,8 @@ impl NonInviteClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{response_for, tests::parse_request};
-    use crate::sip::transaction::tests::bob;
+    use crate::message::{response_for, tests::parse_request};
+    use crate::transaction::tests::bob;
     use std::time::Duration;
 
     const REGISTER: &str = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKreg1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:alice@example.com>\r\nCall-ID: reg-1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";

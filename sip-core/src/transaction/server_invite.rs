@@ -35,7 +35,7 @@ use super::{
     due, encode_response, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent,
     TransactionKey,
 };
-use crate::sip::message::response_for;
+use crate::message::response_for;
 
 /// States of [`InviteServer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,8 +227,8 @@ impl InviteServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::tests::invite;
-    use crate::sip::transaction::{tests::alice, Outgoing};
+    use crate::message::tests::invite;
+    use crate::transaction::{tests::alice, Outgoing};
     use std::time::Duration;
 
     fn ack() -> Request {

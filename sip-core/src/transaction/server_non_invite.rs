@@ -165,8 +165,8 @@ impl NonInviteServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{response_for, tests::parse_request};
-    use crate::sip::transaction::tests::alice;
+    use crate::message::{response_for, tests::parse_request};
+    use crate::transaction::tests::alice;
     use std::time::Duration;
 
     const OPTIONS: &str = "OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKopt1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a\r\nTo: <sip:example.com>\r\nCall-ID: opt-1\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n";
