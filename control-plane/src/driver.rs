@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::media::{MediaClient, MediaReply};
-use crate::service::{ControlPlane, Now};
+use crate::now::Now;
+use crate::server::ControlPlane;
 use sip_core::message::next_frame;
 use sip_core::transaction::{Outgoing, Peer};
 use crate::store::Store;
@@ -99,7 +100,7 @@ pub async fn run(
     mut core: ControlPlane,
     mut store: Box<dyn Store>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<crate::service::Stats, RunError> {
+) -> Result<crate::server::Stats, RunError> {
     let (tx, mut rx) = mpsc::channel::<Input>(65_536);
     let mut udp: Option<Arc<UdpSocket>> = None;
     for listen in &config.listen {

@@ -2,7 +2,7 @@
 //! a B2BUA that anchors every call's media in the media plane over the `media.v1` gRPC API.
 //!
 //! ```text
-//!   UDP/TCP (driver) ──► sip_core::parse ──► sip_core::transaction::TransactionLayer ──► service::ControlPlane
+//!   UDP/TCP (driver) ──► sip_core::parse ──► sip_core::transaction::TransactionLayer ──► server::ControlPlane
 //!                          (rsip + RFC 3261       (RFC 3261 §17 state machines,          ├─ sip_core::digest (401/407/403)
 //!                           checks; 400s)          sans-IO, virtual-time tested)          ├─ registrar ─► store (SQLite)
 //!                                                                                         └─ b2bua ─► media requests
@@ -12,16 +12,20 @@
 //! - The SIP protocol itself (messages, transactions, digest, STUN) is the `sip-core` crate, which
 //!   has no I/O; this crate is the server built on it.
 //! - [`auth::policy`]: which digest algorithms a subscriber or domain may use.
-//! - [`service`]: [`ControlPlane`](service::ControlPlane), the sans-IO core: bytes, time and
-//!   media-plane replies in; transmissions, media-plane requests and counters out.
+//! - [`server`]: [`ControlPlane`](server::ControlPlane), the sans-IO core: bytes, time and
+//!   media-plane replies in; transmissions, media-plane requests and counters out. It owns the
+//!   transaction layer and hands calls to the B2BUA after authentication and [`routing`].
 //! - [`registrar`]: the location table (RFC 3261 §10.3); [`store`]: subscribers and registrations
 //!   behind a trait, SQLite by default.
-//! - [`b2bua`]: calls (two dialogs, media anchored, every allocation released once); [`sdp`]: the
-//!   SDP reading and rewriting it needs; [`media`]: the requests and the tonic client.
+//! - [`b2bua`]: [`B2bua`](b2bua::B2bua), a state machine of its own: calls (two
+//!   `sip_core::dialog` dialogs each, media anchored, every allocation released once); [`sdp`]:
+//!   the SDP checks it needs; [`media`]: the media-plane requests and the tonic client.
+//! - [`routing`]: where a call goes (registered contacts, trunks by prefix), as branches.
+//! - [`now`]: the clocks handed to the sans-IO parts.
 //! - [`config`]: the TOML file; [`driver`]: tokio sockets, timers and the media client around the core.
 //!
 //! Like the media plane's engine, the core never reads a clock or a socket, so the transaction
-//! harness (in `sip-core`) and the B2BUA tests (`service_tests`) run minutes of SIP timers in
+//! harness (in `sip-core`) and the B2BUA tests (`server_tests`) run minutes of SIP timers in
 //! microseconds.
 #![forbid(unsafe_code)]
 
@@ -32,12 +36,14 @@ pub mod driver;
 pub mod limits;
 pub mod media;
 pub mod metrics;
+pub mod now;
 pub mod registrar;
+pub mod routing;
 pub mod sdp;
-pub mod service;
+pub mod server;
 pub mod store;
 
 #[cfg(test)]
-mod service_tests;
+mod server_tests;
 #[cfg(test)]
 mod torture_tests;

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use sip_core::digest::Algorithm;
 use control_plane::config::Config;
-use control_plane::service::{ControlPlane, Now};
+use control_plane::now::Now;
+use control_plane::server::ControlPlane;
 use control_plane::store::{SqliteStore, Store, Subscriber};
 
 /// mimalloc: SIP messages are parsed into many small strings, and glibc's allocator spent about a

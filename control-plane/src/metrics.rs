@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::service::{Stats, METHODS};
+use crate::server::{Stats, METHODS};
 
 /// What one scrape shows.
 #[derive(Debug, Clone)]

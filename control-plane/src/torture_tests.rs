@@ -10,7 +10,7 @@
 //! Sources: `192.0.2.77` is an untrusted phone (INVITEs are challenged with 407, REGISTERs with
 //! 401); `192.0.2.1` is a trusted trunk (no challenge, so content checks are reached).
 
-use crate::service_tests::World;
+use crate::server_tests::World;
 
 const PHONE: &str = "192.0.2.77:5060";
 const TRUNK: &str = "192.0.2.1:5060";

@@ -22,6 +22,7 @@
 //! (`harness`, tests only) runs minutes of SIP timers in microseconds.
 #![forbid(unsafe_code)]
 
+pub mod dialog;
 pub mod digest;
 pub mod message;
 pub mod random;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use control_plane::config::Config;
-use control_plane::service::{ControlPlane, Now};
+use control_plane::now::Now;
+use control_plane::server::ControlPlane;
 use sip_core::transaction::Peer;
 use control_plane::store::{MemoryStore, Store, Subscriber};
 use libfuzzer_sys::fuzz_target;

@@ -101,6 +101,8 @@ pub struct LayerStats {
     pub unidentifiable: u64,
     /// Transactions that ended with a Timeout event.
     pub timeouts: u64,
+    /// Responses the TU sent through server transactions, by class (1xx … 6xx).
+    pub responses_sent: [u64; 6],
 }
 
 #[derive(Debug)]
@@ -385,7 +387,7 @@ impl TransactionLayer {
     // ---- commands ----
 
     /// Starts a client transaction sending `request` to `destination`. The request must carry a
-    /// fresh branch ([`generate_branch`](crate::message::generate_branch)).
+    /// fresh branch ([`Random::branch`](crate::random::Random::branch)).
     pub fn start_client(
         &mut self,
         request: Request,
@@ -427,6 +429,10 @@ impl TransactionLayer {
         now: Instant,
     ) -> Result<(), TransactionError> {
         let id = self.find(Role::Server, key)?;
+        let class = usize::from(response.status_code.code() / 100).saturating_sub(1);
+        if let Some(count) = self.stats.responses_sent.get_mut(class) {
+            *count += 1;
+        }
         let result = match self.entries.get_mut(&id).map(|e| &mut e.machine) {
             Some(Machine::InviteServer(m)) => m.send_response(response, now),
             Some(Machine::NonInviteServer(m)) => m.send_response(response, now),
@@ -440,6 +446,12 @@ impl TransactionLayer {
     /// retransmissions after the server transaction ended, or a stateless 400.
     pub fn send_stateless(&mut self, message: &SipMessage, destination: Peer) {
         self.transmits.push_back(Outgoing { destination, payload: message::encode(message), retransmission: false });
+    }
+
+    /// Sends bytes the TU encoded and keeps (its ACK for a retransmitted 2xx, its own 2xx
+    /// retransmissions), outside any transaction.
+    pub fn transmit(&mut self, outgoing: Outgoing) {
+        self.transmits.push_back(outgoing);
     }
 
     // ---- poll_* ----

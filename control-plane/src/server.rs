@@ -2,19 +2,26 @@
 //! the time; messages to send, media-plane requests and counters come out.
 //!
 //! ```text
-//!  handle_datagram / handle_stream_message ─► parse (400 / drop + count) ─► TransactionLayer
+//!  handle_datagram / handle_stream_message ─► limits ─► parse (400 / drop + count) ─► TransactionLayer
 //!        ─► REGISTER: digest (401/403) ─► Registrar ─► Store (write-through)
-//!        ─► INVITE / in-dialog / CANCEL: the B2BUA (`b2bua.rs`) ─► poll_media ─► media plane
+//!        ─► INVITE: 483, digest (407/403), offer checks, routing ─► B2bua::handle_invite
+//!        ─► in-dialog, CANCEL, ACK, responses, transaction ends ─► B2bua
 //!        ─► OPTIONS: 200; anything else out of dialog: 405
-//!  poll_transmit ◄─ layer transmissions + the B2BUA's own (ACK for 2xx, 2xx retransmissions)
+//!  B2bua::poll_sip ─► TransactionLayer (responses, client transactions, ACKs, 2xx retransmissions)
+//!  poll_transmit ◄─ layer transmissions + the core's own (STUN answers, stateless 400s)
+//!  poll_media ◄─ B2bua::poll_media
 //! ```
+//!
+//! The server is the layer between the transaction layer and the services: it owns the
+//! transaction layer, and the B2BUA ([`crate::b2bua`]) never reaches into it; routing
+//! ([`crate::routing`]) decides where a call goes before the B2BUA sees it.
 //!
 //! The store is passed in by `&mut dyn Store` on each call rather than owned, so tests run the
 //! same core over [`MemoryStore`](crate::store::MemoryStore) and the binary over SQLite.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use rsip::headers::UntypedHeader;
 use rsip::{Header, Method, Request, Response, SipMessage};
@@ -22,39 +29,15 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use sip_core::digest::{parse_credentials, Algorithm, Authenticator, DigestConfig, DigestError, HashFn};
 use sip_core::Random;
 
-use crate::b2bua::Calls;
+use sip_core::message::{self, from_value, response_for, tag_of, to_value, uri_of, user_host, Framing};
+use sip_core::transaction::{InviteServerState, LayerEvent, Outgoing, Peer, Role, TimerConfig, TransactionKey, TransactionLayer};
+
+use crate::b2bua::{B2bua, OfferProblem, SipOut, ALLOW};
 use crate::config::Config;
 use crate::media::{MediaReply, MediaRequest};
-use crate::registrar::{Registrar, RegisterError};
-use sip_core::message::{self, response_for, tag_of, to_value, uri_of, user_host, Framing};
-use sip_core::transaction::{LayerEvent, Outgoing, Peer, TimerConfig, TransactionKey, TransactionLayer};
+use crate::now::Now;
+use crate::registrar::{RegisterError, Registrar};
 use crate::store::Store;
-
-/// The two clocks the core needs: monotonic for timers, wall for nonces and registrations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    /// Monotonic time.
-    pub instant: Instant,
-    /// Wall-clock time.
-    pub wall: SystemTime,
-}
-
-impl Now {
-    /// The current time.
-    pub fn system() -> Self {
-        Now { instant: Instant::now(), wall: SystemTime::now() }
-    }
-
-    /// UNIX seconds.
-    pub fn unix(&self) -> u64 {
-        self.wall.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-    }
-
-    /// This time advanced by `d` on both clocks.
-    pub fn plus(&self, d: std::time::Duration) -> Self {
-        Now { instant: self.instant + d, wall: self.wall + d }
-    }
-}
 
 /// Counters of the core (exported by the driver).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,6 +66,8 @@ pub struct Stats {
     pub auth_wrong_algorithm: u64,
     /// Store errors (the request got 500).
     pub store_errors: u64,
+    /// Calls that found nowhere to go (404, 480, 502).
+    pub calls_unrouted: u64,
     /// INVITEs that started a call.
     pub calls_started: u64,
     /// Calls answered (2xx relayed to the caller).
@@ -101,6 +86,8 @@ pub struct Stats {
     pub media_releases: u64,
     /// Requests answered 481 (no such dialog/transaction).
     pub no_dialog: u64,
+    /// In-dialog requests with a CSeq lower than one already received (500).
+    pub cseq_out_of_order: u64,
     /// Requests refused with 420 for a `Require` option this server does not support.
     pub unsupported_required: u64,
     /// Keep-alives received on UDP (STUN Binding requests, bare CRLFs).
@@ -128,19 +115,19 @@ impl Stats {
 /// The core.
 #[derive(Debug)]
 pub struct ControlPlane {
-    pub(crate) config: Arc<Config>,
-    pub(crate) layer: TransactionLayer,
-    pub(crate) auth: Authenticator,
-    pub(crate) registrar: Registrar,
+    config: Arc<Config>,
+    layer: TransactionLayer,
+    auth: Authenticator,
+    registrar: Registrar,
     /// Abuse limits (rates, password guessing, scanners).
-    pub(crate) limits: crate::limits::Limits,
-    pub(crate) calls: Calls,
-    pub(crate) transmits: VecDeque<Outgoing>,
-    pub(crate) media: VecDeque<(u64, MediaRequest)>,
-    pub(crate) stats: Stats,
+    limits: crate::limits::Limits,
+    /// Calls.
+    b2bua: B2bua,
+    transmits: VecDeque<Outgoing>,
+    stats: Stats,
     next_sweep: Option<Instant>,
-    /// Tags, branches and nonce salts.
-    pub(crate) random: Random,
+    /// Tags and nonce salts.
+    random: Random,
 }
 
 /// Why the core could not start.
@@ -164,16 +151,16 @@ impl ControlPlane {
         digest.algorithms = Algorithm::ALL.to_vec();
         digest.nonce_ttl = config.nonce_ttl;
         let auth = Authenticator::new(digest, secret)?;
-        let mut layer = TransactionLayer::new(TimerConfig::default());
+        let timers = TimerConfig::default();
+        let mut layer = TransactionLayer::new(timers);
         layer.set_symmetric_responses(config.symmetric_responses);
         Ok(ControlPlane {
             layer,
             auth,
             registrar: Registrar::new(config.registrar),
             limits: crate::limits::Limits::new(config.limits.clone()),
-            calls: Calls::default(),
+            b2bua: B2bua::new(config.clone(), timers, random.split()),
             transmits: VecDeque::new(),
-            media: VecDeque::new(),
             stats: Stats::default(),
             next_sweep: None,
             random,
@@ -185,7 +172,22 @@ impl ControlPlane {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        Stats { limits: self.limits.stats(), ..self.stats }
+        let calls = self.b2bua.stats();
+        Stats {
+            limits: self.limits.stats(),
+            calls_started: calls.calls_started,
+            calls_answered: calls.calls_answered,
+            calls_failed: calls.calls_failed,
+            calls_cancelled: calls.calls_cancelled,
+            calls_completed: calls.calls_completed,
+            media_allocations: calls.media_allocations,
+            media_allocation_failures: calls.media_allocation_failures,
+            media_releases: calls.media_releases,
+            no_dialog: self.stats.no_dialog + calls.no_dialog,
+            cseq_out_of_order: calls.cseq_out_of_order,
+            responses: self.layer.stats().responses_sent,
+            ..self.stats
+        }
     }
 
     /// Live SIP transactions.
@@ -205,7 +207,7 @@ impl ControlPlane {
 
     /// Calls in progress.
     pub fn active_calls(&self) -> usize {
-        self.calls.len()
+        self.b2bua.len()
     }
 
     /// The registrar (lookups, restore at start).
@@ -264,7 +266,7 @@ impl ControlPlane {
                     }
                 }
                 self.layer.handle_message(parsed, source, now.instant);
-                self.drain_layer(now, store);
+                self.drain(now, store);
             }
             Err(error) => {
                 self.stats.malformed += 1;
@@ -283,8 +285,8 @@ impl ControlPlane {
 
     /// The media plane answered `call`'s request.
     pub fn handle_media_reply(&mut self, call: u64, reply: MediaReply, now: Now, store: &mut dyn Store) {
-        self.on_media_reply(call, reply, now);
-        self.drain_layer(now, store);
+        self.b2bua.handle_media_reply(call, reply, now);
+        self.drain(now, store);
     }
 
     /// A TCP/TLS connection closed: SIP outbound registrations that used it end.
@@ -298,13 +300,13 @@ impl ControlPlane {
             self.stats.store_errors += 1;
             tracing::warn!(error = %e, "cannot persist registrations of a closed flow");
         }
-        self.drain_layer(now, store);
+        self.drain(now, store);
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Now, store: &mut dyn Store) {
         self.layer.handle_timeout(now.instant);
-        self.on_call_timers(now);
+        self.b2bua.handle_timeout(now);
         if self.next_sweep.is_none_or(|t| t <= now.instant) {
             self.next_sweep = Some(now.instant + std::time::Duration::from_secs(10));
             self.limits.sweep(now.instant);
@@ -314,7 +316,7 @@ impl ControlPlane {
                 tracing::warn!(error = %e, "cannot persist expired registrations");
             }
         }
-        self.drain_layer(now, store);
+        self.drain(now, store);
     }
 
     // ---- poll_* ----
@@ -328,60 +330,87 @@ impl ControlPlane {
     /// Next media-plane request, with the call it belongs to.
     #[must_use]
     pub fn poll_media(&mut self) -> Option<(u64, MediaRequest)> {
-        self.media.pop_front()
+        self.b2bua.poll_media()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        [self.layer.poll_timeout(), self.calls.next_deadline(), self.next_sweep].into_iter().flatten().min()
+        [self.layer.poll_timeout(), self.b2bua.poll_timeout(), self.next_sweep].into_iter().flatten().min()
     }
 
     // ---- internals ----
 
-    pub(crate) fn drain_layer(&mut self, now: Now, store: &mut dyn Store) {
-        while let Some(event) = self.layer.poll_event() {
-            match event {
-                LayerEvent::Request { key, request, source, cancels } => {
-                    self.stats.count_request(&request.method);
-                    self.on_request(key, request, source, cancels, now, store)
-                }
-                LayerEvent::Ack { request, .. } => {
-                    self.stats.count_request(&request.method);
-                    self.on_ack(&request, now)
-                }
-                LayerEvent::Stray { message: SipMessage::Request(request), .. } => self.on_ack(&request, now),
-                LayerEvent::Stray { message: SipMessage::Response(response), source } => {
-                    self.on_stray_response(&response, source)
-                }
-                LayerEvent::Response { key, response } => self.on_response(&key, response, now),
-                LayerEvent::Timeout { key, role } | LayerEvent::TransportError { key, role } => {
-                    self.on_transaction_failed(&key, role, now)
-                }
-                LayerEvent::Terminated { key, role } => self.on_transaction_terminated(&key, role),
+    /// Runs the B2BUA's output into the transaction layer and the layer's events into the
+    /// services, until neither has more.
+    fn drain(&mut self, now: Now, store: &mut dyn Store) {
+        loop {
+            let mut progressed = false;
+            while let Some(out) = self.b2bua.poll_sip() {
+                progressed = true;
+                self.apply(out, now);
+            }
+            while let Some(event) = self.layer.poll_event() {
+                progressed = true;
+                self.on_event(event, now, store);
+            }
+            if !progressed {
+                return;
             }
         }
     }
 
-    /// Sends a response through the server transaction `key`.
-    pub(crate) fn respond(&mut self, key: &TransactionKey, response: Response, now: Now) {
-        let class = usize::from(response.status_code.code() / 100).saturating_sub(1);
-        if let Some(c) = self.stats.responses.get_mut(class) {
-            *c += 1;
+    fn apply(&mut self, out: SipOut, now: Now) {
+        match out {
+            SipOut::Respond(key, response) => self.respond(&key, response, now),
+            SipOut::Request(request, peer) => {
+                let key = sip_core::transaction::TransactionKey::for_request(&request);
+                if let Err(e) = self.layer.start_client(request, peer, now.instant) {
+                    tracing::error!(error = %e, "cannot start a client transaction");
+                    if let Ok(key) = key {
+                        self.b2bua.handle_transaction_failed(&key, Role::Client, now);
+                    }
+                }
+            }
+            SipOut::Transmit(outgoing) => self.layer.transmit(outgoing),
         }
+    }
+
+    fn on_event(&mut self, event: LayerEvent, now: Now, store: &mut dyn Store) {
+        match event {
+            LayerEvent::Request { key, request, source, cancels } => {
+                self.stats.count_request(&request.method);
+                self.on_request(key, request, source, cancels, now, store)
+            }
+            LayerEvent::Ack { request, .. } => {
+                self.stats.count_request(&request.method);
+                self.b2bua.handle_ack(&request)
+            }
+            LayerEvent::Stray { message: SipMessage::Request(request), .. } => self.b2bua.handle_ack(&request),
+            LayerEvent::Stray { message: SipMessage::Response(response), .. } => self.b2bua.handle_stray_response(&response),
+            LayerEvent::Response { key, response } => self.b2bua.handle_response(&key, response, now),
+            LayerEvent::Timeout { key, role } | LayerEvent::TransportError { key, role } => {
+                self.b2bua.handle_transaction_failed(&key, role, now)
+            }
+            LayerEvent::Terminated { key, role } => self.b2bua.handle_transaction_terminated(&key, role),
+        }
+    }
+
+    /// Sends a response through the server transaction `key`.
+    fn respond(&mut self, key: &TransactionKey, response: Response, now: Now) {
         if let Err(e) = self.layer.send_response(key, response, now.instant) {
             tracing::debug!(error = %e, "response not sent");
         }
     }
 
     /// A bodiless `status` response to `request` with a fresh To tag (kept if it had one).
-    pub(crate) fn response(&mut self, request: &Request, status: u16, reason: Option<&str>) -> Response {
+    fn response(&mut self, request: &Request, status: u16, reason: Option<&str>) -> Response {
         let tag = self.random.tag();
         response_for(request, status, reason, Some(&tag))
     }
 
     /// A bodiless `status` response to `request` (To tag added for non-100).
-    pub(crate) fn reply(&mut self, key: &TransactionKey, request: &Request, status: u16, now: Now) {
+    fn reply(&mut self, key: &TransactionKey, request: &Request, status: u16, now: Now) {
         let response = if status == 100 { response_for(request, 100, None, None) } else { self.response(request, status, None) };
         self.respond(key, response, now);
     }
@@ -417,7 +446,7 @@ impl ControlPlane {
                 response.headers.push(Header::Accept(rsip::headers::Accept::new("application/sdp")));
                 self.respond(&key, response, now);
             }
-            _ if in_dialog => self.on_in_dialog(key, request, now),
+            _ if in_dialog => self.b2bua.handle_in_dialog(key, request, now),
             _ => {
                 let mut response = self.response(&request, 405, None);
                 response.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOW)));
@@ -429,7 +458,7 @@ impl ControlPlane {
     /// Checks `Authorization`/`Proxy-Authorization` against the store for a request that claims
     /// to come from `user@domain`. `Ok(Some(user))` when valid; `None` after sending a challenge
     /// or a refusal. The algorithms offered and accepted follow [`AuthPolicy`](crate::auth::policy::AuthPolicy).
-    pub(crate) fn authenticate(
+    fn authenticate(
         &mut self,
         key: &TransactionKey,
         request: &Request,
@@ -628,15 +657,56 @@ impl ControlPlane {
             return;
         };
         self.reply(key, request, 200, now);
-        self.on_caller_cancel(&invite, now);
+        if self.b2bua.has_invite(&invite) && self.layer.invite_server_state(&invite) == Some(InviteServerState::Proceeding) {
+            self.b2bua.handle_cancel(&invite, now);
+        }
     }
 
-    /// Queues a media request for `call`.
-    pub(crate) fn media_request(&mut self, call: u64, request: MediaRequest) {
-        if let MediaRequest::Release { .. } = &request {
-            self.stats.media_releases += 1;
+    /// An initial INVITE: loop check, the caller's identity (trusted peer or digest), the offer,
+    /// then routing; the B2BUA takes the call from there.
+    fn on_invite(&mut self, key: TransactionKey, request: Request, source: Peer, now: Now, store: &mut dyn Store) {
+        if message::max_forwards(&request.headers).is_ok_and(|m| m == 0) {
+            self.reply(&key, &request, 483, now);
+            return;
         }
-        self.media.push_back((call, request));
+        let Some((from_user, from_domain)) = from_value(&request.headers).map(uri_of).and_then(user_host) else {
+            self.reply(&key, &request, 400, now);
+            return;
+        };
+        let caller = if self.config.trusted.contains(&source.addr.ip()) {
+            None
+        } else {
+            let Some(user) =
+                self.authenticate(&key, &request, source.addr.ip(), &from_user, &from_domain, true, now, store)
+            else {
+                return;
+            };
+            if user != from_user || !self.config.is_local_domain(&from_domain) {
+                self.stats.auth_failures += 1;
+                self.reply(&key, &request, 403, now);
+                return;
+            }
+            Some(format!("{user}@{}", from_domain.to_ascii_lowercase()))
+        };
+        if let Some(problem) = OfferProblem::of(&request) {
+            let (status, reason) = problem.status();
+            let mut response = self.response(&request, status, reason);
+            if problem == OfferProblem::UnsupportedMediaType {
+                response.headers.push(Header::Accept(rsip::headers::Accept::new("application/sdp")));
+            }
+            self.respond(&key, response, now);
+            return;
+        }
+        match crate::routing::route(&request, &self.config, store, &self.registrar, now.unix()) {
+            Ok(route) => self.b2bua.handle_invite(key, request, source, caller, route, now),
+            Err(refusal) => {
+                if refusal == crate::routing::Refusal::Store {
+                    self.stats.store_errors += 1;
+                }
+                self.stats.calls_unrouted += 1;
+                self.reply(&key, &request, refusal.status(), now);
+            }
+        }
     }
 }
 
@@ -658,7 +728,3 @@ fn unsupported_requirements(headers: &rsip::Headers) -> Vec<String> {
         .filter(|t| !t.is_empty() && !SUPPORTED_OPTIONS.iter().any(|s| s.eq_ignore_ascii_case(t)))
         .collect()
 }
-
-
-/// Methods we answer (Allow header).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";

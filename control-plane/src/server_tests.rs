@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use media_engine::sdp::{self, Anchor, OfferState, Transport};
 
 use crate::media::{Allocation, CodecPolicy, MediaError, MediaReply, MediaRequest, StreamLegs};
-use crate::service::{ControlPlane, Now};
+use crate::now::Now;
+use crate::server::ControlPlane;
 use sip_core::message::{encode, parse, response_for, Framing};
 use sip_core::transaction::Peer;
 use crate::store::{MemoryStore, Store, StoredBinding, Subscriber};
@@ -653,6 +654,49 @@ fn record_route_of_the_caller_is_echoed_and_routes_our_bye() {
     w.receive(CALLEE, &bye);
     let bye_a = w.take_one(CALLER, "BYE sip:alice@192.0.2.1:5060");
     assert!(bye_a.contains("Route: <sip:192.0.2.1;lr;ftag=a1>\r\n"), "{bye_a}");
+}
+
+/// The callee's in-dialog `method` with CSeq `cseq` in the call whose INVITE it got was `invite_b`.
+fn callee_request(method: &str, invite_b: &str, b_tag: &str, cseq: u32) -> String {
+    format!(
+        "{method} sip:b2bua@192.0.2.100:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKb{method}{cseq}\r\nMax-Forwards: 70\r\n\
+         From: <sip:bob@192.0.2.2:5062>;tag={b_tag}\r\n{to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+        to = invite_b.lines().find(|l| l.starts_with("From:")).expect("from").replacen("From:", "To:", 1),
+        call_id = invite_b.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("call-id"),
+    )
+}
+
+#[test]
+fn an_in_dialog_request_with_a_lower_cseq_gets_500_and_is_not_relayed() {
+    let mut w = World::new();
+    let (_, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    w.receive(CALLER, &in_dialog("INFO", "call1", 5, &tag, None));
+    w.take_one(CALLEE, "INFO sip:bob@192.0.2.2:5062");
+    w.receive(CALLER, &in_dialog("INFO", "call1", 4, &tag, None));
+    w.take_one(CALLER, "SIP/2.0 500");
+    assert!(w.take(CALLEE, "INFO").is_empty(), "an out-of-order request goes no further");
+    assert_eq!(w.core.stats().cseq_out_of_order, 1);
+}
+
+#[test]
+fn a_reinvite_with_a_new_contact_is_where_the_next_request_in_the_dialog_goes() {
+    let mut w = World::new();
+    let (invite_b, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let moved = in_dialog("INVITE", "call1", 2, &tag, Some(&offer(4000, "sendrecv")))
+        .replace("Call-ID: call1\r\n", "Call-ID: call1\r\nContact: <sip:alice@192.0.2.1:5999>\r\n");
+    w.receive(CALLER, &moved);
+    let reinvite = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    w.receive(CALLEE, &answer(&reinvite, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLER, "SIP/2.0 200");
+    // The callee hangs up: the BYE to the caller has the caller's new Contact as Request-URI.
+    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 2));
+    w.take_one(CALLER, "BYE sip:alice@192.0.2.1:5999");
+    assert_eq!(w.core.active_calls(), 0);
 }
 
 // ---- abuse limits ----
