@@ -25,9 +25,17 @@
 //! hung up, refused, cancelled, timed out, allocation answered after the caller gave up); the
 //! counters `media_allocations`/`media_releases` and the media plane's leg count prove it in tests.
 //!
-//! Not yet: forking to several contacts (the route's first branch is rung), delayed-offer INVITEs
-//! and re-INVITEs (488), early-dialog UPDATE, redirects (3xx maps to 480), trunk authentication (a
-//! 401/407 from the callee maps to 403).
+//! The callee side is rung in **stages** that routing ([`crate::routing`]) plans: each stage's
+//! branches (forks) are INVITEd in parallel, each with its own Call-ID and dialog. The first 2xx
+//! wins: it is ACKed, the other forks are CANCELled (or ACKed and sent BYE if they answer too,
+//! RFC 3261 §13.2.2.4). Early media is taken from the first fork that sends SDP in a provisional
+//! response; the others' provisional responses reach the caller without it. A stage that ends
+//! unanswered (every fork failed, or its timeout) is reported as a [`CallEvent::Unanswered`] with
+//! its [`Outcome`]; the server asks routing what follows and hands it back with
+//! [`B2bua::handle_next`]: another stage, or the caller's final status.
+//!
+//! Not yet: delayed-offer INVITEs and re-INVITEs (488), early-dialog UPDATE, trunk authentication
+//! (a 401/407 from the callee maps to 403).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -45,7 +53,7 @@ use sip_core::Random;
 use crate::config::{CallerIdPolicy, Config};
 use crate::media::{Allocation, MediaError, MediaReply, MediaRequest};
 use crate::now::Now;
-use crate::routing::Route;
+use crate::routing::{outcome_of, Next, Outcome, Plan, RouteState, Stage};
 use crate::sdp::Sdp;
 
 /// Methods the server answers (the Allow header of OPTIONS, 405s and the calls it places).
@@ -61,6 +69,19 @@ pub enum SipOut {
     Request(Request, Peer),
     /// Bytes outside any transaction: ACKs for 2xx, 2xx retransmissions.
     Transmit(Outgoing),
+}
+
+/// What the B2BUA tells the server about its calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    /// A stage of `call` ended without an answer; the server must answer with
+    /// [`B2bua::handle_next`] (routing's decision).
+    Unanswered {
+        /// The call.
+        call: u64,
+        /// How the stage ended.
+        outcome: Outcome,
+    },
 }
 
 /// Counters of calls and their media.
@@ -86,6 +107,10 @@ pub struct CallStats {
     pub no_dialog: u64,
     /// In-dialog requests with a CSeq lower than one already received (500).
     pub cseq_out_of_order: u64,
+    /// INVITEs sent to callees (one per fork).
+    pub forks: u64,
+    /// Forks that answered after another had won (ACKed and sent BYE).
+    pub late_answers: u64,
 }
 
 /// What is wrong with an initial INVITE's body for a call (RFC 3261 §8.2.3, §21.4.7): the answer
@@ -178,11 +203,27 @@ struct Call {
     state: State,
     /// The caller's dialog (we are its UAS).
     a: Dialog,
-    /// The callee's dialog (we are its UAC): trying until B's first response with a To tag.
+    /// The callee's dialog (we are its UAC): the answering fork's; before an answer, the first
+    /// fork's (not used for requests until then).
     b: Dialog,
     invite_a: Request,
     invite_a_key: TransactionKey,
-    invite_b: Option<Request>,
+    /// Every INVITE sent to the callee side, in all stages.
+    forks: Vec<Fork>,
+    /// The stage being rung (forks of older stages no longer decide anything).
+    stage: u32,
+    /// The current stage's forks may still decide its outcome.
+    stage_open: bool,
+    /// The stage to ring once the media plane has allocated.
+    first_stage: Option<Stage>,
+    /// The fork that answered.
+    winner: Option<usize>,
+    /// The fork whose early SDP the caller got.
+    early_from: Option<usize>,
+    /// Routing's state for this call (what follows an unanswered stage).
+    route: RouteState,
+    /// From tag towards the callee side (the same in every fork).
+    tag_b: String,
     media: Option<Allocation>,
     /// The (offerer, answerer) legs of the last offer, which its answer goes over.
     offer_legs: Vec<(u64, u64)>,
@@ -194,18 +235,45 @@ struct Call {
     relay_offer: Option<RelayOffer>,
     policy: CallerIdPolicy,
     caller: Option<String>,
-    b_provisional: bool,
-    cancel_on_provisional: bool,
-    ring_deadline: Option<Instant>,
+    /// When the current stage stops ringing.
+    stage_deadline: Option<Instant>,
     retransmit: Option<Retransmit>,
-    /// The ACK sent for B's 2xx, re-sent when B retransmits its 2xx.
-    ack_b: Option<Bytes>,
     reinvite_pending: bool,
+}
+
+/// One INVITE to the callee side.
+#[derive(Debug)]
+struct Fork {
+    stage: u32,
+    dialog: Dialog,
+    invite: Request,
+    state: ForkState,
+    provisional: bool,
+    /// CANCEL once a provisional response arrives (RFC 3261 §9.1: not before).
+    cancel_on_provisional: bool,
+    /// The ACK sent for its 2xx, sent again when the 2xx is.
+    ack: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForkState {
+    /// No final response yet.
+    Ringing,
+    /// CANCELled (or to be, on its first provisional); no final response yet.
+    Cancelling,
+    /// Its final response (or 408 for a timeout).
+    Done(u16),
+}
+
+impl Fork {
+    fn outstanding(&self) -> bool {
+        matches!(self.state, ForkState::Ringing | ForkState::Cancelling)
+    }
 }
 
 impl Call {
     fn holds_deadline(&self, at: Instant) -> bool {
-        self.ring_deadline == Some(at) || self.retransmit.as_ref().is_some_and(|r| r.next == at)
+        self.stage_deadline == Some(at) || self.retransmit.as_ref().is_some_and(|r| r.next == at)
     }
 
     fn dialog(&self, side: Side) -> &Dialog {
@@ -247,7 +315,8 @@ struct RelayOffer {
 
 #[derive(Debug, Clone)]
 enum Purpose {
-    Invite,
+    /// The INVITE of fork `fork`.
+    Invite { fork: usize },
     Cancel,
     Bye,
     /// An in-dialog request relayed from `from`; its answer goes back through `origin`. `offer`:
@@ -271,6 +340,7 @@ pub struct B2bua {
     next_id: u64,
     sip: VecDeque<SipOut>,
     media: VecDeque<(u64, MediaRequest)>,
+    events: VecDeque<CallEvent>,
     stats: CallStats,
 }
 
@@ -290,6 +360,7 @@ impl B2bua {
             next_id: 0,
             sip: VecDeque::new(),
             media: VecDeque::new(),
+            events: VecDeque::new(),
             stats: CallStats::default(),
         }
     }
@@ -318,37 +389,28 @@ impl B2bua {
 
     /// A new call: `request` (an INVITE the server authenticated, `caller` the AoR it
     /// authenticated as, `None` from a trusted peer; its offer checked by [`OfferProblem`])
-    /// arrived over `source` and goes where `route` says.
+    /// arrived over `source`; routing planned `plan` and keeps `route`.
     pub fn handle_invite(
         &mut self,
         key: TransactionKey,
         request: Request,
         source: Peer,
         caller: Option<String>,
-        route: Route,
+        plan: Plan,
+        route: RouteState,
         now: Now,
     ) {
-        let Some(branch) = route.branches.into_iter().next() else {
+        let Some(first) = plan.stage.branches.first().cloned() else {
             self.reply(&key, &request, 480, now);
             return;
         };
-        let (tag_a, tag_b, call_id_b) = (self.random.tag(), self.random.tag(), self.random.call_id());
+        let (tag_a, tag_b) = (self.random.tag(), self.random.tag());
         let Ok(a) = Dialog::uas(&request, &tag_a, source) else {
             self.reply(&key, &request, 400, now);
             return;
         };
-        let b_from = match route.caller_id {
-            CallerIdPolicy::Strip => "\"Anonymous\" <sip:anonymous@anonymous.invalid>".to_owned(),
-            _ => without_tag(&a.remote),
-        };
-        let b = Dialog::uac(
-            format!("{call_id_b}-b2b"),
-            format!("{b_from};tag={tag_b}"),
-            format!("<{}>", branch.target),
-            branch.target,
-            branch.route,
-            branch.peer,
-        );
+        // Until a fork answers, `b` stands for the callee side (its From is every fork's).
+        let b = Dialog::uac(String::new(), format!("{};tag={tag_b}", Self::b_from(&a, plan.caller_id)), format!("<{}>", first.target), first.target, first.route, first.peer);
         let active = Sdp::parse(&request.body).map(|s| s.active().to_vec()).unwrap_or_default();
         let offer_text = String::from_utf8_lossy(&request.body).into_owned();
 
@@ -357,7 +419,6 @@ impl B2bua {
         self.stats.calls_started += 1;
         self.sip.push_back(SipOut::Respond(key.clone(), response_for(&request, 100, None, None)));
         self.by_call_id.insert(a.call_id.clone(), (id, Side::A));
-        self.by_call_id.insert(b.call_id.clone(), (id, Side::B));
         self.by_invite.insert(key.clone(), id);
         let policy = self.config.codec_policy.clone();
         self.media_request(id, MediaRequest::Allocate { call_id: a.call_id.clone(), offer: offer_text, active, policy });
@@ -369,22 +430,52 @@ impl B2bua {
                 b,
                 invite_a: request,
                 invite_a_key: key,
-                invite_b: None,
+                forks: Vec::new(),
+                stage: 0,
+                stage_open: false,
+                first_stage: Some(plan.stage),
+                winner: None,
+                early_from: None,
+                route,
+                tag_b,
                 media: None,
                 offer_legs: Vec::new(),
                 negotiating: false,
                 forwards: VecDeque::new(),
                 relay_offer: None,
-                policy: route.caller_id,
+                policy: plan.caller_id,
                 caller,
-                b_provisional: false,
-                cancel_on_provisional: false,
-                ring_deadline: None,
+                stage_deadline: None,
                 retransmit: None,
-                ack_b: None,
                 reinvite_pending: false,
             },
         );
+    }
+
+    /// Routing's decision after a [`CallEvent::Unanswered`] of call `id`.
+    pub fn handle_next(&mut self, id: u64, next: Next, now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.state != State::Calling || call.stage_open {
+            return;
+        }
+        match next {
+            Next::Ring(plan) => {
+                call.policy = plan.caller_id;
+                self.ring(id, plan.stage, now);
+            }
+            Next::Fail(status) => {
+                let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+                let out = response_for(&invite, status, None, Some(call.a.local_tag()));
+                self.respond(&key, out);
+                self.stats.calls_failed += 1;
+                self.abandon(id, now);
+            }
+        }
+    }
+
+    /// Routing's state of call `id`, for [`routing::next`](crate::routing::next).
+    pub fn route_state(&mut self, id: u64) -> Option<&mut RouteState> {
+        self.calls.get_mut(&id).map(|c| &mut c.route)
     }
 
     /// The media plane answered call `id`'s request.
@@ -407,6 +498,20 @@ impl B2bua {
             self.reply(&key, &request, 481, now);
             return;
         };
+        if side == Side::B {
+            let fork = call_id(&request.headers).and_then(|c| call.forks.iter().position(|f| f.dialog.call_id == c));
+            if fork.is_some() && fork != call.winner {
+                // A fork that has not (or not first) answered: its BYE ends it, nothing else
+                // is relayed from it.
+                let status = if request.method == Method::Bye { 200 } else { 481 };
+                self.reply(&key, &request, status, now);
+                if let (Method::Bye, Some(fork)) = (&request.method, fork) {
+                    self.fork_final(id, fork, 480, None, now);
+                }
+                return;
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
         if let Err(DialogError::CSeqOutOfOrder { .. }) = call.dialog_mut(side).receive(&request) {
             // RFC 3261 §12.2.2.
             self.stats.cseq_out_of_order += 1;
@@ -414,21 +519,13 @@ impl B2bua {
             return;
         }
         let established = matches!(call.state, State::Answered | State::Confirmed);
-        let (state, reinvite_pending) = (call.state, call.reinvite_pending);
-        let (invite_key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+        let reinvite_pending = call.reinvite_pending;
         match request.method {
             Method::Bye => {
                 self.reply(&key, &request, 200, now);
                 if established {
                     self.stats.calls_completed += 1;
                     self.send_in_dialog(id, side.other(), "BYE", "", None, Purpose::Bye, now);
-                    self.finish(id);
-                } else if side == Side::B {
-                    // The callee hung up before answering.
-                    if state != State::Cancelled {
-                        self.reply(&invite_key, &invite, 480, now);
-                        self.stats.calls_failed += 1;
-                    }
                     self.finish(id);
                 }
             }
@@ -472,7 +569,7 @@ impl B2bua {
             return;
         }
         match purpose {
-            Purpose::Invite => self.on_invite_response(id, response, now),
+            Purpose::Invite { fork } => self.on_invite_response(id, fork, response, now),
             Purpose::Relay { origin, from, request, offer } => {
                 self.on_relay_response(id, &origin, from, &request, offer, response, now)
             }
@@ -486,10 +583,12 @@ impl B2bua {
         if !(200..300).contains(&response.status_code.code()) {
             return;
         }
-        let Some(&(id, Side::B)) = call_id(&response.headers).and_then(|c| self.by_call_id.get(c)) else { return };
-        if let Some(call) = self.calls.get(&id) {
-            if let Some(ack) = call.ack_b.clone() {
-                self.sip.push_back(SipOut::Transmit(Outgoing { destination: call.b.peer, payload: ack, retransmission: true }));
+        let Some(call_id) = call_id(&response.headers) else { return };
+        let Some(&(id, Side::B)) = self.by_call_id.get(call_id) else { return };
+        let Some(call) = self.calls.get(&id) else { return };
+        if let Some(fork) = call.forks.iter().find(|f| f.dialog.call_id == call_id) {
+            if let Some(ack) = fork.ack.clone() {
+                self.sip.push_back(SipOut::Transmit(Outgoing { destination: fork.dialog.peer, payload: ack, retransmission: true }));
             }
         }
     }
@@ -501,15 +600,7 @@ impl B2bua {
         }
         let Some((id, purpose)) = self.clients.get(key).cloned() else { return };
         match purpose {
-            Purpose::Invite => {
-                let Some(call) = self.calls.get(&id) else { return };
-                if call.state == State::Calling {
-                    let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
-                    self.reply(&key, &invite, 408, now);
-                    self.stats.calls_failed += 1;
-                }
-                self.finish(id);
-            }
+            Purpose::Invite { fork } => self.fork_final(id, fork, 408, None, now),
             Purpose::Relay { origin, request, .. } => {
                 if request.method == Method::Invite {
                     if let Some(call) = self.calls.get_mut(&id) {
@@ -536,8 +627,8 @@ impl B2bua {
         let mut no_ack = Vec::new();
         for id in self.due(now.instant) {
             let Some(call) = self.calls.get_mut(&id) else { continue };
-            if call.ring_deadline.is_some_and(|d| d <= now.instant) {
-                call.ring_deadline = None;
+            if call.stage_deadline.is_some_and(|d| d <= now.instant) {
+                call.stage_deadline = None;
                 no_answer.push(id);
             }
             let (peer_a, peer_b) = (call.a.peer, call.b.peer);
@@ -558,13 +649,11 @@ impl B2bua {
         }
         for id in no_answer {
             let Some(call) = self.calls.get(&id) else { continue };
-            if call.state != State::Calling {
+            if call.state != State::Calling || !call.stage_open {
                 continue;
             }
-            let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
-            self.reply(&key, &invite, 408, now);
-            self.stats.calls_failed += 1;
-            self.abandon(id, now);
+            self.cancel_forks(id, None);
+            self.end_stage(id, Outcome::NoAnswer);
         }
         for id in no_ack {
             // RFC 3261 §13.3.1.4: no ACK for our 2xx within 64·T1: end the session on both sides.
@@ -583,6 +672,12 @@ impl B2bua {
     #[must_use]
     pub fn poll_sip(&mut self) -> Option<SipOut> {
         self.sip.pop_front()
+    }
+
+    /// Next event for the server.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<CallEvent> {
+        self.events.pop_front()
     }
 
     /// Next media-plane request, with the call it belongs to.
@@ -685,13 +780,39 @@ impl B2bua {
     fn ack(&mut self, id: u64, side: Side, cseq: u32) -> Option<(Bytes, Peer)> {
         let branch = self.random.branch();
         let dialog = self.calls.get(&id)?.dialog(side);
-        let sent_by = self.config.advertise_for(dialog.peer.transport);
-        match dialog.ack(cseq, &sent_by, &branch) {
+        Self::encode_ack(&self.config, dialog, cseq, &branch)
+    }
+
+    fn encode_ack(config: &Config, dialog: &Dialog, cseq: u32, branch: &str) -> Option<(Bytes, Peer)> {
+        let sent_by = config.advertise_for(dialog.peer.transport);
+        match dialog.ack(cseq, &sent_by, branch) {
             Ok(ack) => Some((message::encode(&SipMessage::Request(ack)), dialog.peer)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot build an ACK");
                 None
             }
+        }
+    }
+
+    /// Sends a request in fork `fork`'s dialog (a BYE to a fork that answered late).
+    fn send_in_fork(&mut self, id: u64, fork: usize, method: &str, purpose: Purpose) {
+        let branch = self.random.branch();
+        let Some(fork) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else { return };
+        let sent_by = self.config.advertise_for(fork.dialog.peer.transport);
+        match fork.dialog.request(method, &sent_by, &branch, "", None) {
+            Ok(request) => {
+                let peer = fork.dialog.peer;
+                self.send_client(id, request, peer, purpose);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot build a request to a fork"),
+        }
+    }
+
+    /// Our From towards the callee side, without tag.
+    fn b_from(a: &Dialog, policy: CallerIdPolicy) -> String {
+        match policy {
+            CallerIdPolicy::Strip => "\"Anonymous\" <sip:anonymous@anonymous.invalid>".to_owned(),
+            _ => without_tag(&a.remote),
         }
     }
 
@@ -731,121 +852,201 @@ impl B2bua {
                     self.finish(id);
                     return;
                 }
-                self.send_invite_b(id, now);
+                call.state = State::Calling;
+                if let Some(stage) = call.first_stage.take() {
+                    self.ring(id, stage, now);
+                }
             }
         }
     }
 
-    fn send_invite_b(&mut self, id: u64, now: Now) {
-        let branch = self.random.branch();
+    /// Rings `stage`: one INVITE per branch, each its own Call-ID and dialog, all with the
+    /// media plane's offer; the stage ends at its timeout if nobody answers.
+    fn ring(&mut self, id: u64, stage: Stage, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some(sdp) = call.media.as_ref().map(|m| m.offer_for_b.clone()) else { return };
-        let mut extra = String::new();
-        let hops = message::max_forwards(&call.invite_a.headers).unwrap_or(70).saturating_sub(1);
+        call.stage += 1;
+        call.stage_open = true;
+        let deadline = now.instant + stage.timeout;
+        call.stage_deadline = Some(deadline);
+        let mut common = String::new();
         // The caller's Max-Forwards minus one, so a route that loops back to us runs out of hops
         // (483) instead of ringing forever.
-        extra.push_str(&format!("Max-Forwards: {hops}\r\n"));
-        extra.push_str(&format!("Contact: {}\r\n", our_contact(&self.config, &call.b.peer)));
-        extra.push_str(&format!("Allow: {ALLOW}\r\n"));
-        let copied = ["P-Asserted-Identity", "Remote-Party-ID", "Privacy"];
+        let hops = message::max_forwards(&call.invite_a.headers).unwrap_or(70).saturating_sub(1);
+        common.push_str(&format!("Max-Forwards: {hops}\r\n"));
+        common.push_str(&format!("Allow: {ALLOW}\r\n"));
         match call.policy {
             CallerIdPolicy::Passthrough => {
-                for name in copied {
+                for name in ["P-Asserted-Identity", "Remote-Party-ID", "Privacy"] {
                     if let Some(v) = header(&call.invite_a.headers, name) {
-                        extra.push_str(&format!("{name}: {v}\r\n"));
+                        common.push_str(&format!("{name}: {v}\r\n"));
                     }
                 }
             }
             CallerIdPolicy::Assert => {
                 for name in ["Remote-Party-ID", "Privacy"] {
                     if let Some(v) = header(&call.invite_a.headers, name) {
-                        extra.push_str(&format!("{name}: {v}\r\n"));
+                        common.push_str(&format!("{name}: {v}\r\n"));
                     }
                 }
                 let asserted = match &call.caller {
                     Some(aor) => format!("<sip:{aor}>"),
                     None => format!("<{}>", uri_of(&call.a.remote)),
                 };
-                extra.push_str(&format!("P-Asserted-Identity: {asserted}\r\n"));
+                common.push_str(&format!("P-Asserted-Identity: {asserted}\r\n"));
             }
             CallerIdPolicy::Strip => {}
         }
-        let sent_by = self.config.advertise_for(call.b.peer.transport);
-        let ring = now.instant + self.config.no_answer_timeout;
-        let request = match call.b.request("INVITE", &sent_by, &branch, &extra, Some(("application/sdp", sdp.as_bytes()))) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the callee's INVITE");
-                let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
-                self.reply(&key, &invite, 500, now);
-                self.finish(id);
-                return;
+        let from = format!("{};tag={}", Self::b_from(&call.a, call.policy), call.tag_b);
+        let stage_number = call.stage;
+        let mut sent = 0;
+        for branch in stage.branches {
+            let call_id = format!("{}-b2b", self.random.call_id());
+            let via_branch = self.random.branch();
+            let mut dialog = Dialog::uac(call_id.clone(), from.clone(), format!("<{}>", branch.target), branch.target, branch.route, branch.peer);
+            let extra = format!("{common}Contact: {}\r\n", our_contact(&self.config, &dialog.peer));
+            let sent_by = self.config.advertise_for(dialog.peer.transport);
+            let request = match dialog.request("INVITE", &sent_by, &via_branch, &extra, Some(("application/sdp", sdp.as_bytes()))) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build a callee's INVITE");
+                    continue;
+                }
+            };
+            let Some(call) = self.calls.get_mut(&id) else { return };
+            if call.forks.is_empty() {
+                call.b = dialog.clone();
             }
-        };
-        let peer = call.b.peer;
-        call.invite_b = Some(request.clone());
-        call.state = State::Calling;
-        call.ring_deadline = Some(ring);
-        self.schedule(ring, id);
-        self.send_client(id, request, peer, Purpose::Invite);
+            let fork = call.forks.len();
+            call.forks.push(Fork {
+                stage: stage_number,
+                dialog,
+                invite: request.clone(),
+                state: ForkState::Ringing,
+                provisional: false,
+                cancel_on_provisional: false,
+                ack: None,
+            });
+            self.by_call_id.insert(call_id, (id, Side::B));
+            self.stats.forks += 1;
+            sent += 1;
+            let peer = branch.peer;
+            self.send_client(id, request, peer, Purpose::Invite { fork });
+        }
+        self.schedule(deadline, id);
+        if sent == 0 {
+            self.end_stage(id, Outcome::Failed(500));
+        }
     }
 
-    fn on_invite_response(&mut self, id: u64, response: Response, now: Now) {
+    fn on_invite_response(&mut self, id: u64, fork: usize, response: Response, now: Now) {
         let status = response.status_code.code();
         let Some(call) = self.calls.get_mut(&id) else { return };
+        let current = call.forks.get(fork).is_some_and(|f| f.stage == call.stage && f.state == ForkState::Ringing);
+        let Some(f) = call.forks.get_mut(fork) else { return };
         match status {
             100 => {}
             101..=199 => {
-                call.b_provisional = true;
-                take_into_dialog(&mut call.b, &response);
-                if call.state == State::Cancelled {
-                    if std::mem::take(&mut call.cancel_on_provisional) {
-                        self.cancel_b(id);
-                    }
+                f.provisional = true;
+                take_into_dialog(&mut f.dialog, &response);
+                if std::mem::take(&mut f.cancel_on_provisional) {
+                    self.cancel_fork(id, fork);
                     return;
                 }
+                if call.state != State::Calling || !current {
+                    return;
+                }
+                // Early media from one fork only: the first that sends SDP.
+                let has_sdp = is_sdp(&response.headers, &response.body);
+                let answers_offer = match call.early_from {
+                    None if has_sdp => {
+                        call.early_from = Some(fork);
+                        true
+                    }
+                    Some(from) => from == fork,
+                    None => true,
+                };
                 let forward =
-                    Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
+                    Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer };
                 self.forward(id, forward, now);
             }
             200..=299 => {
-                if let Some(ack) = call.ack_b.clone() {
-                    // B retransmitted its 2xx: our ACK was lost.
-                    self.sip.push_back(SipOut::Transmit(Outgoing { destination: call.b.peer, payload: ack, retransmission: true }));
+                if let Some(ack) = f.ack.clone() {
+                    // The fork retransmitted its 2xx: our ACK was lost.
+                    self.sip.push_back(SipOut::Transmit(Outgoing { destination: f.dialog.peer, payload: ack, retransmission: true }));
                     return;
                 }
-                take_into_dialog(&mut call.b, &response);
+                take_into_dialog(&mut f.dialog, &response);
+                f.state = ForkState::Done(status);
                 let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
-                if let Some((ack, peer)) = self.ack(id, Side::B, cseq) {
+                let branch = self.random.branch();
+                if let Some((ack, peer)) = Self::encode_ack(&self.config, &f.dialog, cseq, &branch) {
                     self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack.clone(), retransmission: false }));
-                    if let Some(call) = self.calls.get_mut(&id) {
-                        call.ack_b = Some(ack);
-                    }
+                    f.ack = Some(ack);
                 }
-                let Some(call) = self.calls.get_mut(&id) else { return };
-                if call.state == State::Cancelled {
-                    // Answered after the caller gave up: hang B up.
-                    self.send_in_dialog(id, Side::B, "BYE", "", None, Purpose::Bye, now);
-                    self.finish(id);
+                if call.state != State::Calling || call.winner.is_some() {
+                    // Answered after the caller gave up, or after another fork won: hang it up.
+                    self.stats.late_answers += 1;
+                    self.send_in_fork(id, fork, "BYE", Purpose::Bye);
+                    self.settle(id);
                     return;
                 }
+                call.winner = Some(fork);
+                call.b = f.dialog.clone();
                 call.state = State::Answered;
-                call.ring_deadline = None;
+                call.stage_open = false;
+                call.stage_deadline = None;
                 self.stats.calls_answered += 1;
+                self.cancel_forks(id, Some(fork));
+                let Some(call) = self.calls.get_mut(&id) else { return };
                 let forward =
                     Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
                 self.forward(id, forward, now);
             }
-            _ => {
-                if call.state != State::Cancelled {
-                    let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
-                    let out = response_for(&invite, caller_status(status), Some(&reason_of(&response)), Some(call.a.local_tag()));
-                    self.respond(&key, out);
-                    self.stats.calls_failed += 1;
+            _ => self.fork_final(id, fork, status, Some(response), now),
+        }
+    }
+
+    /// Fork `fork` ended without an answer (`status`, or 408 for a timeout). When it was the
+    /// current stage's last, the stage ends with the best of its forks' statuses; a 6xx other
+    /// than 600 ends it at once (RFC 3261 §16.7.5).
+    fn fork_final(&mut self, id: u64, fork: usize, status: u16, _response: Option<Response>, _now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(f) = call.forks.get_mut(fork) else { return };
+        if !f.outstanding() {
+            return;
+        }
+        f.state = ForkState::Done(status);
+        let (stage, open) = (call.stage, call.stage_open && call.state == State::Calling);
+        if open && f.stage == stage {
+            let decline = (601..700).contains(&status);
+            let ringing = call.forks.iter().any(|f| f.stage == stage && f.outstanding());
+            if decline || !ringing {
+                let statuses: Vec<u16> = call
+                    .forks
+                    .iter()
+                    .filter(|f| f.stage == stage)
+                    .filter_map(|f| match f.state {
+                        ForkState::Done(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect();
+                if decline {
+                    self.cancel_forks(id, None);
                 }
-                self.finish(id);
+                let outcome = if decline { Outcome::Failed(status) } else { outcome_of(&statuses) };
+                self.end_stage(id, outcome);
             }
         }
+        self.settle(id);
+    }
+
+    /// The current stage is over without an answer: routing decides what follows.
+    fn end_stage(&mut self, id: u64, outcome: Outcome) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.stage_open = false;
+        call.stage_deadline = None;
+        self.events.push_back(CallEvent::Unanswered { call: id, outcome });
     }
 
     /// An in-dialog request from `side` for the other side: with an SDP offer, through the media
@@ -1044,33 +1245,52 @@ impl B2bua {
 
     // ---- ending ----
 
-    /// The caller will not get this call: cancel B (now or on its first provisional), release
-    /// media now, keep the call until B's final response.
+    /// The caller will not get this call: cancel every fork still ringing, release media now,
+    /// keep the call until every fork has its final response.
     fn abandon(&mut self, id: u64, _now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
-        let was = call.state;
         call.state = State::Cancelled;
-        call.ring_deadline = None;
+        call.stage_open = false;
+        call.stage_deadline = None;
         let allocation = call.media.take();
-        let provisional = call.b_provisional;
-        if was != State::Allocating {
-            // (Allocating: the allocation reply finishes the call.)
-            if provisional {
-                self.cancel_b(id);
-            } else {
-                call.cancel_on_provisional = true;
-            }
-        }
         if let Some(allocation) = allocation {
             self.media_request(id, allocation.release());
         }
+        self.cancel_forks(id, None);
+        self.settle(id);
     }
 
-    fn cancel_b(&mut self, id: u64) {
+    /// CANCELs every fork still ringing but `except` (now if it sent a provisional response,
+    /// else on its first one).
+    fn cancel_forks(&mut self, id: u64, except: Option<usize>) {
         let Some(call) = self.calls.get(&id) else { return };
-        let Some(invite) = &call.invite_b else { return };
-        let (cancel, peer) = (cancel_for(invite), call.b.peer);
-        self.send_client(id, cancel, peer, Purpose::Cancel);
+        let ringing: Vec<usize> =
+            (0..call.forks.len()).filter(|&i| Some(i) != except && call.forks[i].state == ForkState::Ringing).collect();
+        for fork in ringing {
+            self.cancel_fork(id, fork);
+        }
+    }
+
+    fn cancel_fork(&mut self, id: u64, fork: usize) {
+        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else { return };
+        if matches!(f.state, ForkState::Done(_)) {
+            return;
+        }
+        f.state = ForkState::Cancelling;
+        if f.provisional {
+            let (cancel, peer) = (cancel_for(&f.invite), f.dialog.peer);
+            self.send_client(id, cancel, peer, Purpose::Cancel);
+        } else {
+            f.cancel_on_provisional = true;
+        }
+    }
+
+    /// A call the caller no longer waits for ends once no fork is outstanding.
+    fn settle(&mut self, id: u64) {
+        let Some(call) = self.calls.get(&id) else { return };
+        if call.state == State::Cancelled && !call.forks.iter().any(Fork::outstanding) {
+            self.finish(id);
+        }
     }
 
     /// Removes call `id`, releasing its media (once).
@@ -1080,7 +1300,9 @@ impl B2bua {
             self.media_request(id, allocation.release());
         }
         self.by_call_id.remove(&call.a.call_id);
-        self.by_call_id.remove(&call.b.call_id);
+        for fork in &call.forks {
+            self.by_call_id.remove(&fork.dialog.call_id);
+        }
         self.by_invite.remove(&call.invite_a_key);
     }
 }
@@ -1167,15 +1389,6 @@ fn accepts_sdp(headers: &rsip::Headers) -> bool {
             media.is_empty() || media == "application/sdp" || media == "application/*" || media == "*/*"
         })
     })
-}
-
-/// Status sent to the caller for the callee's final failure.
-fn caller_status(callee_status: u16) -> u16 {
-    match callee_status {
-        300..=399 => 480,
-        401 | 407 => 403,
-        s => s,
-    }
 }
 
 fn our_contact(config: &Config, peer: &Peer) -> String {

@@ -53,6 +53,12 @@
 //! transport = ""                  # "RTP/AVP" (SRTP ends in the media plane), "RTP/SAVP" (SDES-SRTP
 //!                                 # to callees) or "" (as the caller offers; default)
 //!
+//! [routing]
+//! fork = "parallel"               # a subscriber's registered contacts: "parallel" (all ring; the first
+//!                                 # to answer wins, the others get CANCEL) or "sequential" (one at a
+//!                                 # time, best q first; a busy or failed one moves on) (default parallel)
+//! branch_timeout_s = 15           # sequential: how long each contact but the last rings (default 15)
+//!
 //! [metrics]
 //! listen = "127.0.0.1:9092"       # GET /metrics (Prometheus); "" turns it off (default 127.0.0.1:9092)
 //!
@@ -146,7 +152,26 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    routing: RawRouting,
+    #[serde(default)]
     route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    fork: Option<String>,
+    branch_timeout_s: Option<u64>,
+}
+
+/// How a subscriber's registered contacts are rung.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForkMode {
+    /// All at once; the first 2xx wins and the others are cancelled.
+    #[default]
+    Parallel,
+    /// One after another by q-value.
+    Sequential,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -353,6 +378,10 @@ pub struct Config {
     pub trusted: HashSet<IpAddr>,
     /// How long a callee may ring.
     pub no_answer_timeout: Duration,
+    /// How a subscriber's contacts are rung.
+    pub fork: ForkMode,
+    /// Sequential forking: how long each contact but the last rings.
+    pub branch_timeout: Duration,
     /// UDP responses to the source port even without rport.
     pub symmetric_responses: bool,
     /// Digest algorithms: accepted, challenged, per domain.
@@ -574,6 +603,15 @@ impl Config {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
         let limits = Config::limits(raw.limits, &trusted)?;
+        let fork = match raw.routing.fork.as_deref() {
+            None | Some("parallel") => ForkMode::Parallel,
+            Some("sequential") => ForkMode::Sequential,
+            Some(other) => return Err(invalid("routing.fork", format!("{other:?} is not parallel or sequential"))),
+        };
+        let branch_timeout_s = raw.routing.branch_timeout_s.unwrap_or(15);
+        if branch_timeout_s == 0 {
+            return Err(invalid("routing.branch_timeout_s", "must be greater than 0"));
+        }
 
         Ok(Config {
             listen,
@@ -583,6 +621,8 @@ impl Config {
             advertise,
             trusted,
             no_answer_timeout: Duration::from_secs(no_answer_timeout_s),
+            fork,
+            branch_timeout: Duration::from_secs(branch_timeout_s),
             symmetric_responses: raw.sip.symmetric_responses.unwrap_or(true),
             auth,
             nonce_ttl: Duration::from_secs(nonce_ttl_s),

@@ -32,7 +32,7 @@ use sip_core::Random;
 use sip_core::message::{self, from_value, response_for, tag_of, to_value, uri_of, user_host, Framing};
 use sip_core::transaction::{InviteServerState, LayerEvent, Outgoing, Peer, Role, TimerConfig, TransactionKey, TransactionLayer};
 
-use crate::b2bua::{B2bua, OfferProblem, SipOut, ALLOW};
+use crate::b2bua::{B2bua, CallEvent, OfferProblem, SipOut, ALLOW};
 use crate::config::Config;
 use crate::media::{MediaReply, MediaRequest};
 use crate::now::Now;
@@ -68,26 +68,10 @@ pub struct Stats {
     pub store_errors: u64,
     /// Calls that found nowhere to go (404, 480, 502).
     pub calls_unrouted: u64,
-    /// INVITEs that started a call.
-    pub calls_started: u64,
-    /// Calls answered (2xx relayed to the caller).
-    pub calls_answered: u64,
-    /// Calls that ended with an error response to the caller.
-    pub calls_failed: u64,
-    /// Calls cancelled by the caller.
-    pub calls_cancelled: u64,
-    /// Calls that ended after being answered.
-    pub calls_completed: u64,
-    /// Media allocations the media plane completed.
-    pub media_allocations: u64,
-    /// Media allocations that failed (the call got 503; nothing stays allocated).
-    pub media_allocation_failures: u64,
-    /// Media releases asked for (each allocation is released exactly once).
-    pub media_releases: u64,
+    /// Calls and their media (the B2BUA's counters).
+    pub calls: crate::b2bua::CallStats,
     /// Requests answered 481 (no such dialog/transaction).
     pub no_dialog: u64,
-    /// In-dialog requests with a CSeq lower than one already received (500).
-    pub cseq_out_of_order: u64,
     /// Requests refused with 420 for a `Require` option this server does not support.
     pub unsupported_required: u64,
     /// Keep-alives received on UDP (STUN Binding requests, bare CRLFs).
@@ -175,16 +159,8 @@ impl ControlPlane {
         let calls = self.b2bua.stats();
         Stats {
             limits: self.limits.stats(),
-            calls_started: calls.calls_started,
-            calls_answered: calls.calls_answered,
-            calls_failed: calls.calls_failed,
-            calls_cancelled: calls.calls_cancelled,
-            calls_completed: calls.calls_completed,
-            media_allocations: calls.media_allocations,
-            media_allocation_failures: calls.media_allocation_failures,
-            media_releases: calls.media_releases,
+            calls,
             no_dialog: self.stats.no_dialog + calls.no_dialog,
-            cseq_out_of_order: calls.cseq_out_of_order,
             responses: self.layer.stats().responses_sent,
             ..self.stats
         }
@@ -354,6 +330,10 @@ impl ControlPlane {
                 progressed = true;
                 self.on_event(event, now, store);
             }
+            while let Some(event) = self.b2bua.poll_event() {
+                progressed = true;
+                self.on_call_event(event, now);
+            }
             if !progressed {
                 return;
             }
@@ -373,6 +353,16 @@ impl ControlPlane {
                 }
             }
             SipOut::Transmit(outgoing) => self.layer.transmit(outgoing),
+        }
+    }
+
+    fn on_call_event(&mut self, event: CallEvent, now: Now) {
+        match event {
+            CallEvent::Unanswered { call, outcome } => {
+                let Some(state) = self.b2bua.route_state(call) else { return };
+                let next = crate::routing::next(state, &outcome);
+                self.b2bua.handle_next(call, next, now);
+            }
         }
     }
 
@@ -698,7 +688,7 @@ impl ControlPlane {
             return;
         }
         match crate::routing::route(&request, &self.config, store, &self.registrar, now.unix()) {
-            Ok(route) => self.b2bua.handle_invite(key, request, source, caller, route, now),
+            Ok((plan, state)) => self.b2bua.handle_invite(key, request, source, caller, plan, state, now),
             Err(refusal) => {
                 if refusal == crate::routing::Refusal::Store {
                     self.stats.store_errors += 1;

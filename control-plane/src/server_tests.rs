@@ -208,6 +208,33 @@ impl World {
         hits.remove(0)
     }
 
+    /// Registers another contact for bob at `addr` with q-value `q_milli`/1000.
+    fn add_contact(&mut self, addr: &str, q_milli: u16) {
+        let now = self.now.unix();
+        self.core.registrar_mut().restore(
+            vec![StoredBinding {
+                aor: "bob@sip.test".into(),
+                contact: format!("sip:bob@{addr}"),
+                expires_unix: now + 3600,
+                q_milli,
+                call_id: format!("r{addr}"),
+                cseq: 1,
+                flow: format!("udp:{addr}"),
+                path: String::new(),
+                instance: None,
+                reg_id: 0,
+            }],
+            now,
+        );
+    }
+
+    /// Like `take_one`, for a message that timers may have sent again: every copy identical.
+    fn take_sent(&mut self, to: &str, start: &str) -> String {
+        let hits = self.take(to, start);
+        assert!(!hits.is_empty() && hits.iter().all(|h| *h == hits[0]), "expected {start:?} to {to} (copies allowed), got {hits:?}");
+        hits[0].clone()
+    }
+
     fn releases(&self) -> usize {
         self.media.iter().filter(|m| matches!(m, MediaRequest::Release { .. })).count()
     }
@@ -244,9 +271,14 @@ fn in_dialog(method: &str, call_id: &str, cseq: u32, to_tag: &str, body: Option<
 
 /// The callee's response to a request we sent it.
 fn answer(request: &str, status: u16, body: Option<&str>) -> String {
+    answer_at(CALLEE, request, status, body)
+}
+
+/// The response of the callee at `contact` to a request we sent it.
+fn answer_at(contact: &str, request: &str, status: u16, body: Option<&str>) -> String {
     let Ok(SipMessage::Request(request)) = parse(request.as_bytes(), Framing::Datagram) else { panic!("not a request") };
     let mut response = response_for(&request, status, None, Some("b1"));
-    response.headers.push(Header::Contact(rsip::headers::Contact::new(format!("<sip:bob@{CALLEE}>"))));
+    response.headers.push(Header::Contact(rsip::headers::Contact::new(format!("<sip:bob@{contact}>"))));
     if let Some(body) = body {
         response.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
         response.body = body.as_bytes().to_vec();
@@ -308,7 +340,7 @@ fn answered_call_is_anchored_on_both_sides_and_2xx_is_retransmitted_until_ack() 
     assert!(w.media.contains(&MediaRequest::Release { legs: vec![11, 12] }));
     assert_eq!(w.core.active_calls(), 0);
     let stats = w.core.stats();
-    assert_eq!((stats.calls_answered, stats.calls_completed, stats.media_releases), (1, 1, 1));
+    assert_eq!((stats.calls.calls_answered, stats.calls.calls_completed, stats.calls.media_releases), (1, 1, 1));
 }
 
 #[test]
@@ -400,7 +432,7 @@ fn failed_allocation_answers_503_and_untrusted_callers_are_challenged() {
     assert_eq!(w.core.active_calls(), 0);
     assert_eq!(w.releases(), 0, "nothing was allocated");
     let stats = w.core.stats();
-    assert_eq!((stats.media_allocations, stats.media_allocation_failures), (0, 1), "a failure is not an allocation");
+    assert_eq!((stats.calls.media_allocations, stats.calls.media_allocation_failures), (0, 1), "a failure is not an allocation");
 
     let untrusted = invite("call7", &offer(4000, "sendrecv")).replace(CALLER, "192.0.2.50:5060");
     w.receive("192.0.2.50:5060", &untrusted);
@@ -677,7 +709,7 @@ fn an_in_dialog_request_with_a_lower_cseq_gets_500_and_is_not_relayed() {
     w.receive(CALLER, &in_dialog("INFO", "call1", 4, &tag, None));
     w.take_one(CALLER, "SIP/2.0 500");
     assert!(w.take(CALLEE, "INFO").is_empty(), "an out-of-order request goes no further");
-    assert_eq!(w.core.stats().cseq_out_of_order, 1);
+    assert_eq!(w.core.stats().calls.cseq_out_of_order, 1);
 }
 
 #[test]
@@ -697,6 +729,106 @@ fn a_reinvite_with_a_new_contact_is_where_the_next_request_in_the_dialog_goes() 
     w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 2));
     w.take_one(CALLER, "BYE sip:alice@192.0.2.1:5999");
     assert_eq!(w.core.active_calls(), 0);
+}
+
+// ---- forking ----
+
+const CALLEE2: &str = "192.0.2.3:5064";
+
+fn call_id_of(message: &str) -> String {
+    message.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("Call-ID").trim().to_owned()
+}
+
+#[test]
+fn parallel_forking_rings_every_contact_and_cancels_the_others_when_one_answers() {
+    let mut w = World::new();
+    w.add_contact(CALLEE2, 500);
+    w.receive(CALLER, &invite("fork1", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_1 = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    let to_2 = w.take_one(CALLEE2, "INVITE sip:bob@192.0.2.3:5064");
+    assert_ne!(call_id_of(&to_1), call_id_of(&to_2), "each fork is its own dialog");
+    w.receive(CALLEE, &answer(&to_1, 180, None));
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_2, 180, None));
+    assert_eq!(w.take(CALLER, "SIP/2.0 180").len(), 2);
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_2, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.3"))));
+    w.take_one(CALLEE2, "ACK sip:bob@192.0.2.3:5064");
+    let cancel = w.take_one(CALLEE, "CANCEL sip:bob@192.0.2.2:5062");
+    assert_eq!(call_id_of(&cancel), call_id_of(&to_1));
+    w.take_one(CALLER, "SIP/2.0 200");
+    w.receive(CALLEE, &answer(&cancel, 200, None));
+    w.receive(CALLEE, &answer(&to_1, 487, None));
+    w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
+    assert!(w.take(CALLER, "SIP/2.0 487").is_empty(), "the losing fork's 487 is not the caller's");
+    assert_eq!(w.core.active_calls(), 1);
+}
+
+#[test]
+fn a_second_fork_that_answers_too_is_acked_and_hung_up() {
+    let mut w = World::new();
+    w.add_contact(CALLEE2, 500);
+    w.receive(CALLER, &invite("fork2", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_1 = w.take_one(CALLEE, "INVITE");
+    let to_2 = w.take_one(CALLEE2, "INVITE");
+    w.receive(CALLEE, &answer(&to_1, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    let ok = w.take_one(CALLER, "SIP/2.0 200");
+    w.take_one(CALLEE, "ACK");
+    assert!(w.take(CALLEE2, "CANCEL").is_empty(), "no CANCEL before a provisional response (RFC 3261 §9.1)");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_2, 180, None));
+    w.take_one(CALLEE2, "CANCEL");
+    // Its 200 crossed our CANCEL (RFC 3261 §13.2.2.4): ACK it, then BYE.
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_2, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.3"))));
+    w.take_one(CALLEE2, "ACK sip:bob@192.0.2.3:5064");
+    let bye = w.take_one(CALLEE2, "BYE sip:bob@192.0.2.3:5064");
+    assert_eq!(call_id_of(&bye), call_id_of(&to_2));
+    assert!(w.take(CALLER, "SIP/2.0 200").is_empty(), "the caller gets one answer");
+    assert_eq!(w.core.stats().calls.late_answers, 1);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "fork2", 1, &tag, None).replace("fork2ACK1", "ackf2"));
+    w.receive(CALLER, &in_dialog("BYE", "fork2", 2, &tag, None));
+    w.take_one(CALLEE, "BYE sip:bob@192.0.2.2:5062");
+    assert!(w.take(CALLEE2, "BYE").is_empty());
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
+#[test]
+fn when_every_fork_is_busy_the_caller_gets_486() {
+    let mut w = World::new();
+    w.add_contact(CALLEE2, 500);
+    w.receive(CALLER, &invite("fork3", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_1 = w.take_one(CALLEE, "INVITE");
+    let to_2 = w.take_one(CALLEE2, "INVITE");
+    w.receive(CALLEE, &answer(&to_1, 486, None));
+    assert!(w.take(CALLER, "SIP/2.0 4").is_empty(), "one fork still rings");
+    w.receive(CALLEE2, &answer(&to_2, 480, None));
+    w.take_one(CALLER, "SIP/2.0 486");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
+#[test]
+fn sequential_forking_moves_on_after_a_busy_contact_and_after_the_branch_timeout() {
+    let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[routing]\nfork = \"sequential\"\nbranch_timeout_s = 5\n");
+    w.add_contact(CALLEE2, 500);
+    w.add_contact("192.0.2.4:5066", 200);
+    w.receive(CALLER, &invite("seq1", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_1 = w.take_one(CALLEE, "INVITE");
+    assert!(w.take(CALLEE2, "INVITE").is_empty(), "best q first, one at a time");
+    w.receive(CALLEE, &answer(&to_1, 486, None));
+    let to_2 = w.take_one(CALLEE2, "INVITE");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_2, 180, None));
+    w.advance(Duration::from_secs(4));
+    assert!(w.take("192.0.2.4:5066", "INVITE").is_empty());
+    w.advance(Duration::from_secs(2));
+    w.take_sent(CALLEE2, "CANCEL");
+    let to_3 = w.take_sent("192.0.2.4:5066", "INVITE");
+    w.receive(CALLEE2, &answer(&to_2, 487, None));
+    assert!(w.take(CALLER, "SIP/2.0 4").is_empty(), "the last contact still rings");
+    w.receive("192.0.2.4:5066", &answer(&to_3, 200, Some(&offer(5004, "sendrecv").replace("192.0.2.1", "192.0.2.4"))));
+    w.take_one(CALLER, "SIP/2.0 200");
+    assert_eq!(w.core.stats().calls.forks, 3);
 }
 
 // ---- abuse limits ----
