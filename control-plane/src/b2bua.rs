@@ -216,6 +216,8 @@ struct Call {
     stage_open: bool,
     /// The stage to ring once the media plane has allocated.
     first_stage: Option<Stage>,
+    /// The first stage is a forward: 181 to the caller with it.
+    announce_first: bool,
     /// The fork that answered.
     winner: Option<usize>,
     /// The fork whose early SDP the caller got.
@@ -434,6 +436,7 @@ impl B2bua {
                 stage: 0,
                 stage_open: false,
                 first_stage: Some(plan.stage),
+                announce_first: plan.forwarded,
                 winner: None,
                 early_from: None,
                 route,
@@ -461,6 +464,9 @@ impl B2bua {
         match next {
             Next::Ring(plan) => {
                 call.policy = plan.caller_id;
+                if plan.forwarded {
+                    self.announce_forward(id, now);
+                }
                 self.ring(id, plan.stage, now);
             }
             Next::Fail(status) => {
@@ -471,6 +477,15 @@ impl B2bua {
                 self.abandon(id, now);
             }
         }
+    }
+
+    /// 181 Call Is Being Forwarded to the caller (RFC 5359 §2.7–2.9), in order with the
+    /// responses already on their way.
+    fn announce_forward(&mut self, id: u64, now: Now) {
+        let Some(call) = self.calls.get(&id) else { return };
+        let response = response_for(&call.invite_a, 181, None, None);
+        let forward = Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: false };
+        self.forward(id, forward, now);
     }
 
     /// Routing's state of call `id`, for [`routing::next`](crate::routing::next).
@@ -853,7 +868,11 @@ impl B2bua {
                     return;
                 }
                 call.state = State::Calling;
+                let announce = std::mem::take(&mut call.announce_first);
                 if let Some(stage) = call.first_stage.take() {
+                    if announce {
+                        self.announce_forward(id, now);
+                    }
                     self.ring(id, stage, now);
                 }
             }
@@ -904,7 +923,7 @@ impl B2bua {
             let call_id = format!("{}-b2b", self.random.call_id());
             let via_branch = self.random.branch();
             let mut dialog = Dialog::uac(call_id.clone(), from.clone(), format!("<{}>", branch.target), branch.target, branch.route, branch.peer);
-            let extra = format!("{common}Contact: {}\r\n", our_contact(&self.config, &dialog.peer));
+            let extra = format!("{common}{}Contact: {}\r\n", stage.headers, our_contact(&self.config, &dialog.peer));
             let sent_by = self.config.advertise_for(dialog.peer.transport);
             let request = match dialog.request("INVITE", &sent_by, &via_branch, &extra, Some(("application/sdp", sdp.as_bytes()))) {
                 Ok(r) => r,

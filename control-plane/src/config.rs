@@ -58,6 +58,8 @@
 //!                                 # to answer wins, the others get CANCEL) or "sequential" (one at a
 //!                                 # time, best q first; a busy or failed one moves on) (default parallel)
 //! branch_timeout_s = 15           # sequential: how long each contact but the last rings (default 15)
+//! max_forwards = 5                # call forwards (settings forward.*) one call may take; more get
+//!                                 # 483, and a forward back to a subscriber already rung gets 482 (default 5)
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9092"       # GET /metrics (Prometheus); "" turns it off (default 127.0.0.1:9092)
@@ -162,6 +164,7 @@ struct RawConfig {
 struct RawRouting {
     fork: Option<String>,
     branch_timeout_s: Option<u64>,
+    max_forwards: Option<u8>,
 }
 
 /// How a subscriber's registered contacts are rung.
@@ -382,6 +385,8 @@ pub struct Config {
     pub fork: ForkMode,
     /// Sequential forking: how long each contact but the last rings.
     pub branch_timeout: Duration,
+    /// Call forwards one call may take.
+    pub max_forwards: u8,
     /// UDP responses to the source port even without rport.
     pub symmetric_responses: bool,
     /// Digest algorithms: accepted, challenged, per domain.
@@ -623,6 +628,7 @@ impl Config {
             no_answer_timeout: Duration::from_secs(no_answer_timeout_s),
             fork,
             branch_timeout: Duration::from_secs(branch_timeout_s),
+            max_forwards: raw.routing.max_forwards.unwrap_or(5),
             symmetric_responses: raw.sip.symmetric_responses.unwrap_or(true),
             auth,
             nonce_ttl: Duration::from_secs(nonce_ttl_s),

@@ -41,6 +41,7 @@ pub mod registrar;
 pub mod routing;
 pub mod sdp;
 pub mod server;
+pub mod settings;
 pub mod store;
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 //! control-plane subscriber list --config F
 //! control-plane subscriber set-auth --config F --user alice --domain sip.test --algorithm SHA-256   # or default
 //! control-plane subscriber remove --config F --user alice --domain sip.test
+//! control-plane settings show --config F alice@sip.test        # call settings as JSON
+//! control-plane settings set --config F alice@sip.test forward.busy=carol forward.no_answer_s=20
+//! control-plane settings clear --config F alice@sip.test       # every setting off
 //! ```
 //!
 //! Exit codes: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad configuration or usage.
@@ -45,6 +48,33 @@ enum Command {
     Subscriber {
         #[command(subcommand)]
         action: SubscriberAction,
+    },
+    /// A subscriber's call settings: forwarding, find-me, screening, E.164, PSTN fallback.
+    Settings {
+        #[command(subcommand)]
+        action: SettingsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SettingsAction {
+    /// Print the settings as JSON.
+    Show {
+        /// user@domain
+        subscriber: String,
+    },
+    /// Change settings: `key=value` pairs (an empty value clears one); all or nothing.
+    Set {
+        /// user@domain
+        subscriber: String,
+        /// e.g. forward.busy=carol, forward.no_answer_s=20, screen.reject=+1900*,anonymous
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Turn every setting off.
+    Clear {
+        /// user@domain
+        subscriber: String,
     },
 }
 
@@ -133,6 +163,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Subscriber { action }) => subscriber(action, &config, &mut store),
+        Some(Command::Settings { action }) => settings(action, &mut store),
         None => serve(config, store),
     }
 }
@@ -224,6 +255,60 @@ fn subscriber(action: SubscriberAction, config: &Config, store: &mut SqliteStore
         Err(control_plane::store::StoreError::NotFound(who)) => {
             eprintln!("control-plane: no subscriber {who}");
             ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("control-plane: store: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn settings(action: SettingsAction, store: &mut SqliteStore) -> ExitCode {
+    let who = match &action {
+        SettingsAction::Show { subscriber } | SettingsAction::Set { subscriber, .. } | SettingsAction::Clear { subscriber } => {
+            subscriber.clone()
+        }
+    };
+    let Some((user, domain)) = who.split_once('@') else {
+        eprintln!("control-plane: {who:?} is not user@domain");
+        return ExitCode::from(2);
+    };
+    let current = match store.settings(user, domain) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("control-plane: no subscriber {who}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("control-plane: store: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let next = match action {
+        SettingsAction::Show { .. } => {
+            println!("{}", current.to_json());
+            return ExitCode::SUCCESS;
+        }
+        SettingsAction::Clear { .. } => control_plane::settings::Settings::default(),
+        SettingsAction::Set { pairs, .. } => {
+            let mut next = current;
+            for pair in &pairs {
+                let Some((key, value)) = pair.split_once('=') else {
+                    eprintln!("control-plane: {pair:?} is not key=value");
+                    return ExitCode::from(2);
+                };
+                if let Err(e) = next.set(key.trim(), value) {
+                    eprintln!("control-plane: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            next
+        }
+    };
+    match store.set_settings(user, domain, &next) {
+        Ok(_) => {
+            println!("{}", next.to_json());
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("control-plane: store: {e}");

@@ -1,30 +1,38 @@
-//! Where a call goes: the routing service. An INVITE's Request-URI names a subscriber of a local
-//! domain (rung at its registered contacts), a number a `[[routes]]` entry sends to a trunk, or a
-//! number it maps to a local user; anything else is refused with the status the caller gets.
+//! Where a call goes: the routing services (RFC 5359 §2.7–2.9, 2.12–2.14, and the operator's
+//! "app when online, else PSTN"). Routing plans the stages the B2BUA rings and decides what
+//! follows a stage that ends unanswered; it reads the store (subscribers and their
+//! [`Settings`]) and the registrar, and holds per call only a small [`RouteState`].
 //!
 //! ```text
-//!  Request-URI ─► ours? (domain, advertised host, listen address) ── no ─► 404
-//!      │ user is a subscriber ─► its contacts ── none registered ─► 480
-//!      │                          parallel: one stage, all contacts, the no-answer timeout
-//!      │                          sequential: one stage per contact, best q first
-//!      └ else [[routes]] by prefix ─► Trunk: one branch to the trunk (502 if unreachable)
-//!                                   └► Local: rewritten user's contacts (as above)
+//!  route(INVITE, caller)
+//!    caller's outgoing screening (settings `block`) ───────────────────────────── 403
+//!    Request-URI ─► a subscriber of ours ─► ring_subscriber ─┐
+//!               └─► [[route]] by prefix ─► trunk (or a local user) ── none ─► 404
+//!  ring_subscriber(aor)
+//!    incoming screening (`screen.*`) ───────────────────────────────────────── 403/603
+//!    forward.always ─► forward(target, unconditional)
+//!    stages: its contacts (parallel, or sequential by q) + find-me targets
+//!    none registered ─► forward.unreachable / PSTN fallback / 480
+//!  next(outcome)  (a stage ended unanswered)
+//!    busy ─► forward.busy / PSTN fallback / 486
+//!    no answer ─► pending stages, then forward.no_answer / PSTN fallback / 408
+//!    failed ─► pending stages, then forward.unreachable / PSTN fallback / the best status
+//!  forward(target, reason): 181 to the caller, Diversion (RFC 5806) and History-Info
+//!    (RFC 7044, with RFC 4458 causes) on the new INVITEs; a target already visited ─► 482,
+//!    more than [routing] max_forwards forwards ─► 483
 //! ```
-//!
-//! Routing answers with a [`Plan`]: the stage to ring now (branches rung in parallel, with a
-//! timeout) and a [`RouteState`] the B2BUA keeps with the call. When a stage ends unanswered the
-//! B2BUA reports an [`Outcome`] and [`next`] decides what follows: the next stage, or the final
-//! status for the caller.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rsip::Request;
+use sip_core::message::{from_value, header, uri_of, user_host};
 use sip_core::transaction::Peer;
 
 use crate::config::{CallerIdPolicy, Config, Destination, ForkMode};
 use crate::registrar::Registrar;
+use crate::settings::{matches_pattern, Settings};
 use crate::store::Store;
 
 /// One place to ring.
@@ -45,6 +53,9 @@ pub struct Stage {
     pub branches: Vec<Branch>,
     /// No answer within this ends the stage ([`Outcome::NoAnswer`]).
     pub timeout: Duration,
+    /// Header lines (each ending in CRLF) added to every INVITE of the stage: Diversion and
+    /// History-Info of a forwarded call.
+    pub headers: String,
 }
 
 /// What to do now.
@@ -54,14 +65,8 @@ pub struct Plan {
     pub stage: Stage,
     /// What the callee sees of the caller.
     pub caller_id: CallerIdPolicy,
-}
-
-/// What routing keeps of a call between stages.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RouteState {
-    /// Stages still to ring (sequential forking).
-    pending: VecDeque<Stage>,
-    caller_id: CallerIdPolicy,
+    /// The call was forwarded to get here: the caller gets 181 Call Is Being Forwarded.
+    pub forwarded: bool,
 }
 
 /// How a stage ended without an answer.
@@ -89,12 +94,20 @@ pub enum Next {
 pub enum Refusal {
     /// Not a domain, user, number or route of ours (404).
     NotFound,
-    /// A subscriber with no registered contact (480).
+    /// A subscriber with no registered contact and nowhere to forward to (480).
     NotRegistered,
     /// The trunk's address is not an IP address (502).
     BadTrunk,
     /// The store could not be read (500).
     Store,
+    /// Refused by the callee's incoming screening (403 or 603).
+    Screened(u16),
+    /// A destination the caller's outgoing screening blocks (403).
+    Blocked,
+    /// Forwarded back to a subscriber already in the chain (482).
+    Loop,
+    /// More forwards than `[routing] max_forwards` (483).
+    TooManyForwards,
 }
 
 impl Refusal {
@@ -105,21 +118,97 @@ impl Refusal {
             Refusal::NotRegistered => 480,
             Refusal::BadTrunk => 502,
             Refusal::Store => 500,
+            Refusal::Screened(status) => status,
+            Refusal::Blocked => 403,
+            Refusal::Loop => 482,
+            Refusal::TooManyForwards => 483,
         }
     }
 }
 
-/// Routes `request` (an initial INVITE) at `now_unix`: the first stage to ring and the state
-/// the call keeps for [`next`].
-pub fn route(
-    request: &Request,
-    config: &Config,
-    store: &mut dyn Store,
-    registrar: &Registrar,
-    now_unix: u64,
-) -> Result<(Plan, RouteState), Refusal> {
+/// Why a call is forwarded (RFC 5806 reason, RFC 4458 cause).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Forwarding unconditional.
+    Unconditional,
+    /// Forwarding on busy.
+    Busy,
+    /// Forwarding on no answer.
+    NoAnswer,
+    /// Forwarding while unreachable.
+    Unavailable,
+}
+
+impl Reason {
+    fn diversion(self) -> &'static str {
+        match self {
+            Reason::Unconditional => "unconditional",
+            Reason::Busy => "user-busy",
+            Reason::NoAnswer => "no-answer",
+            Reason::Unavailable => "unavailable",
+        }
+    }
+
+    fn cause(self) -> u16 {
+        match self {
+            Reason::Unconditional => 302,
+            Reason::Busy => 486,
+            Reason::NoAnswer => 408,
+            Reason::Unavailable => 503,
+        }
+    }
+}
+
+/// What routing keeps of a call between stages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteState {
+    /// Stages still to ring (sequential forking, find-me).
+    pending: VecDeque<Stage>,
+    caller_id: CallerIdPolicy,
+    /// The caller as screening sees it (user part or number, `anonymous`).
+    caller: String,
+    /// Subscribers rung so far (forwarding loops).
+    visited: Vec<String>,
+    /// Forwards so far: (diverted AoR, reason), oldest first.
+    diversions: Vec<(String, Reason)>,
+    /// The subscriber now being called and its conditional forwards.
+    current: Option<Current>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Current {
+    aor: String,
+    busy: Option<String>,
+    no_answer: Option<String>,
+    unreachable: Option<String>,
+    /// The PSTN number to fall back to.
+    fallback: Option<String>,
+}
+
+/// What routing reads.
+pub struct Ctx<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// Subscribers and settings.
+    pub store: &'a mut dyn Store,
+    /// Registered contacts.
+    pub registrar: &'a Registrar,
+    /// UNIX seconds now.
+    pub now_unix: u64,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("now_unix", &self.now_unix).finish_non_exhaustive()
+    }
+}
+
+/// Routes `request` (an initial INVITE; `caller` the AoR it authenticated as): the first stage
+/// to ring and the state the call keeps for [`next`].
+pub fn route(request: &Request, caller: Option<&str>, ctx: &mut Ctx<'_>) -> Result<(Plan, RouteState), Refusal> {
     let user = request.uri.user().unwrap_or_default().to_owned();
     let host = request.uri.host_with_port.host.to_string();
+    let config = ctx.config;
     let advertised_host = config.advertise.rsplit_once(':').map_or(config.advertise.as_str(), |(h, _)| h);
     let ours = config.is_local_domain(&host)
         || host == advertised_host
@@ -127,50 +216,258 @@ pub fn route(
     if !ours {
         return Err(Refusal::NotFound);
     }
-    let local_domain =
-        if config.is_local_domain(&host) { host.clone() } else { config.domains.first().cloned().unwrap_or_default() };
-    let subscriber = store.subscriber(&user, &local_domain).map_err(|_| Refusal::Store)?;
-    let (local_user, caller_id) = if subscriber.is_some() {
-        (user, CallerIdPolicy::Passthrough)
-    } else {
-        let Some(route) = config.route_for(&user) else { return Err(Refusal::NotFound) };
-        match &route.destination {
-            Destination::Trunk(uri) => {
-                let rewritten = route.rewrite(&user);
-                let port = uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060);
-                let ip = uri.host_with_port.host.to_string().parse().map_err(|_| Refusal::BadTrunk)?;
-                let addr = SocketAddr::new(ip, port);
-                let peer = match uri.transport() {
-                    Some(rsip::Transport::Tcp) => Peer::tcp(addr),
-                    _ => Peer::udp(addr),
-                };
-                let branch = Branch { target: format!("sip:{rewritten}@{addr}"), peer, route: Vec::new() };
-                let stage = Stage { branches: vec![branch], timeout: config.no_answer_timeout };
-                let state = RouteState { pending: VecDeque::new(), caller_id: route.caller_id };
-                return Ok((Plan { stage, caller_id: route.caller_id }, state));
-            }
-            Destination::Local => (route.rewrite(&user), route.caller_id),
+    // Outgoing screening (RFC 5359 §2.14): the caller's blocked destination prefixes.
+    if let Some((caller_user, caller_domain)) = caller.and_then(|c| c.split_once('@')) {
+        let settings = ctx.store.settings(caller_user, caller_domain).map_err(|_| Refusal::Store)?;
+        if settings.is_some_and(|s| s.block.iter().any(|p| matches_pattern(&format!("{p}*"), &user))) {
+            return Err(Refusal::Blocked);
         }
-    };
-    let aor = format!("{local_user}@{local_domain}");
-    let mut stages = contact_stages(registrar, &aor, now_unix, config);
-    let Some(stage) = stages.pop_front() else { return Err(Refusal::NotRegistered) };
-    Ok((Plan { stage, caller_id }, RouteState { pending: stages, caller_id }))
+    }
+    let domain = if config.is_local_domain(&host) { host.clone() } else { config.domains.first().cloned().unwrap_or_default() };
+    let mut state = RouteState { caller: caller_identity(request), ..RouteState::default() };
+    match destination(&user, &domain, ctx)? {
+        Target::Subscriber(aor) => {
+            state.caller_id = CallerIdPolicy::Passthrough;
+            let plan = ring_subscriber(&aor, &mut state, ctx)?;
+            Ok((plan, state))
+        }
+        Target::Branch(branch, caller_id) => {
+            state.caller_id = caller_id;
+            let stage = Stage { branches: vec![branch], timeout: config.no_answer_timeout, headers: String::new() };
+            Ok((Plan { stage, caller_id, forwarded: false }, state))
+        }
+    }
 }
 
-/// The stages that ring `aor`'s registered contacts: one stage with all of them (parallel
+/// What follows a stage that ended with `outcome`.
+pub fn next(state: &mut RouteState, outcome: &Outcome, ctx: &mut Ctx<'_>) -> Next {
+    let current = state.current.clone();
+    let (conditional, reason) = match outcome {
+        // A 6xx other than 600 is the callee's final word (RFC 3261 §16.7.5).
+        Outcome::Failed(status) if (600..700).contains(status) => return Next::Fail(*status),
+        Outcome::Busy(_) => (current.as_ref().and_then(|c| c.busy.clone()), Reason::Busy),
+        Outcome::NoAnswer => (current.as_ref().and_then(|c| c.no_answer.clone()), Reason::NoAnswer),
+        Outcome::Failed(_) => (current.as_ref().and_then(|c| c.unreachable.clone()), Reason::Unavailable),
+    };
+    // Busy with a busy forward set: the subscriber is busy, whatever contact said it. Otherwise
+    // the pending stages (the next contact, the find-me list) come first.
+    if conditional.is_none() || !matches!(outcome, Outcome::Busy(_)) {
+        if let Some(stage) = state.pending.pop_front() {
+            return Next::Ring(Plan { stage, caller_id: state.caller_id, forwarded: false });
+        }
+    }
+    state.pending.clear();
+    let fallback = current.and_then(|c| c.fallback);
+    let forwarded = match (conditional, fallback) {
+        (Some(target), _) => forward(&target, reason, state, ctx),
+        (None, Some(number)) => fall_back(&number, reason, state, ctx),
+        (None, None) => {
+            return Next::Fail(match outcome {
+                Outcome::Busy(status) => *status,
+                Outcome::NoAnswer => 408,
+                Outcome::Failed(status) => caller_status(*status),
+            })
+        }
+    };
+    match forwarded {
+        Ok(plan) => Next::Ring(plan),
+        Err(refusal) => Next::Fail(refusal.status()),
+    }
+}
+
+/// Where a user or number of `domain` goes.
+enum Target {
+    /// A subscriber (AoR).
+    Subscriber(String),
+    /// One branch (a trunk, a SIP URI with an IP address), with its caller-ID policy.
+    Branch(Branch, CallerIdPolicy),
+}
+
+fn destination(user: &str, domain: &str, ctx: &mut Ctx<'_>) -> Result<Target, Refusal> {
+    if ctx.store.subscriber(user, domain).map_err(|_| Refusal::Store)?.is_some() {
+        return Ok(Target::Subscriber(format!("{user}@{}", domain.to_ascii_lowercase())));
+    }
+    let Some(route) = ctx.config.route_for(user) else { return Err(Refusal::NotFound) };
+    match &route.destination {
+        Destination::Trunk(uri) => {
+            let rewritten = route.rewrite(user);
+            let port = uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060);
+            let ip: IpAddr = uri.host_with_port.host.to_string().parse().map_err(|_| Refusal::BadTrunk)?;
+            let addr = SocketAddr::new(ip, port);
+            let peer = match uri.transport() {
+                Some(rsip::Transport::Tcp) => Peer::tcp(addr),
+                _ => Peer::udp(addr),
+            };
+            Ok(Target::Branch(Branch { target: format!("sip:{rewritten}@{addr}"), peer, route: Vec::new() }, route.caller_id))
+        }
+        Destination::Local => Ok(Target::Subscriber(format!("{}@{}", route.rewrite(user), domain.to_ascii_lowercase()))),
+    }
+}
+
+/// A forwarding or find-me target (a user, a number, a `sip:` URI of a local domain or with an
+/// IP address) as a [`Target`].
+fn resolve(target: &str, ctx: &mut Ctx<'_>) -> Result<Target, Refusal> {
+    let first_domain = ctx.config.domains.first().cloned().unwrap_or_default();
+    if target.starts_with("sip:") {
+        let (user, host) = user_host(target).ok_or(Refusal::NotFound)?;
+        if ctx.config.is_local_domain(&host) {
+            return destination(&user, &host, ctx);
+        }
+        let uri = rsip::Uri::try_from(target).map_err(|_| Refusal::NotFound)?;
+        let ip: IpAddr = uri.host_with_port.host.to_string().parse().map_err(|_| Refusal::NotFound)?;
+        let addr = SocketAddr::new(ip, uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060));
+        let branch = Branch { target: target.to_owned(), peer: Peer::udp(addr), route: Vec::new() };
+        return Ok(Target::Branch(branch, CallerIdPolicy::Passthrough));
+    }
+    destination(target, &first_domain, ctx)
+}
+
+/// Rings subscriber `aor` (the callee, or a forwarding target): its screening, unconditional
+/// forwarding, contacts and find-me list; remembers its conditional forwards for [`next`].
+fn ring_subscriber(aor: &str, state: &mut RouteState, ctx: &mut Ctx<'_>) -> Result<Plan, Refusal> {
+    if state.visited.iter().any(|v| v == aor) {
+        return Err(Refusal::Loop);
+    }
+    state.visited.push(aor.to_owned());
+    let (user, domain) = aor.split_once('@').unwrap_or((aor, ""));
+    let settings = ctx.store.settings(user, domain).map_err(|_| Refusal::Store)?.unwrap_or_default();
+    if settings.screen.refuses(&state.caller) {
+        return Err(Refusal::Screened(settings.screen.refusal_status()));
+    }
+    if let Some(target) = &settings.forward.always {
+        return forward(target, Reason::Unconditional, state, ctx);
+    }
+    let fallback = settings.pstn_fallback.then(|| settings.e164.clone()).flatten();
+    // How long the contacts ring: until the no-answer forward, or the PSTN fallback.
+    let ring = if settings.forward.no_answer.is_some() {
+        settings.forward.no_answer_s.map_or(ctx.config.no_answer_timeout, |s| Duration::from_secs(s.into()))
+    } else if fallback.is_some() {
+        Duration::from_secs(settings.pstn_fallback_after_s.unwrap_or(20).into())
+    } else {
+        ctx.config.no_answer_timeout
+    };
+    let headers = diversion_headers(state, &format!("sip:{aor}"));
+    let mut stages = contact_stages(ctx.registrar, aor, ctx.now_unix, ctx.config, ring, &headers);
+    find_me(&settings, &mut stages, ring, &headers, ctx);
+    state.current = Some(Current {
+        aor: aor.to_owned(),
+        busy: settings.forward.busy.clone(),
+        no_answer: settings.forward.no_answer.clone(),
+        unreachable: settings.forward.unreachable.clone(),
+        fallback: fallback.clone(),
+    });
+    let forwarded = !state.diversions.is_empty();
+    match stages.pop_front() {
+        Some(stage) => {
+            state.pending = stages;
+            Ok(Plan { stage, caller_id: state.caller_id, forwarded })
+        }
+        None => match (&settings.forward.unreachable, fallback) {
+            (Some(target), _) => forward(target, Reason::Unavailable, state, ctx),
+            (None, Some(number)) => fall_back(&number, Reason::Unavailable, state, ctx),
+            (None, None) => Err(Refusal::NotRegistered),
+        },
+    }
+}
+
+/// Adds the find-me targets (RFC 5359 §2.12): to the contacts' stage (parallel), or each as a
+/// stage of its own after them (sequential).
+fn find_me(settings: &Settings, stages: &mut VecDeque<Stage>, ring: Duration, headers: &str, ctx: &mut Ctx<'_>) {
+    let branch_time = Duration::from_secs(settings.find_me_branch_s.unwrap_or(15).into());
+    for target in &settings.find_me {
+        let branches = match resolve(target, ctx) {
+            Ok(Target::Subscriber(aor)) => contact_branches(ctx.registrar, &aor, ctx.now_unix),
+            Ok(Target::Branch(branch, _)) => vec![branch],
+            Err(_) => {
+                tracing::debug!(target, "a find-me target has nowhere to go");
+                continue;
+            }
+        };
+        if branches.is_empty() {
+            continue;
+        }
+        match stages.front_mut() {
+            Some(first) if settings.find_me_parallel => first.branches.extend(branches),
+            _ => stages.push_back(Stage { branches, timeout: if settings.find_me_parallel { ring } else { branch_time }, headers: headers.to_owned() }),
+        }
+    }
+}
+
+/// Forwards the call to `target` for `reason`.
+fn forward(target: &str, reason: Reason, state: &mut RouteState, ctx: &mut Ctx<'_>) -> Result<Plan, Refusal> {
+    if state.diversions.len() >= usize::from(ctx.config.max_forwards) {
+        return Err(Refusal::TooManyForwards);
+    }
+    let diverted = state.current.as_ref().map(|c| c.aor.clone()).or_else(|| state.visited.last().cloned()).unwrap_or_default();
+    state.diversions.push((diverted, reason));
+    state.pending.clear();
+    match resolve(target, ctx)? {
+        Target::Subscriber(aor) => ring_subscriber(&aor, state, ctx),
+        Target::Branch(branch, caller_id) => {
+            state.current = None;
+            let headers = diversion_headers(state, &branch.target);
+            let stage = Stage { branches: vec![branch], timeout: ctx.config.no_answer_timeout, headers };
+            Ok(Plan { stage, caller_id, forwarded: true })
+        }
+    }
+}
+
+/// The operator's call mode: out through the trunks to the subscriber's own number.
+fn fall_back(number: &str, reason: Reason, state: &mut RouteState, ctx: &mut Ctx<'_>) -> Result<Plan, Refusal> {
+    let Some(route) = ctx.config.route_for(number).filter(|r| matches!(r.destination, Destination::Trunk(_))) else {
+        tracing::warn!(number, "PSTN fallback: no trunk route for the number");
+        return Err(Refusal::NotFound);
+    };
+    let caller_id = route.caller_id;
+    match destination(number, "", ctx)? {
+        Target::Branch(branch, _) => {
+            let diverted = state.current.take().map(|c| c.aor).unwrap_or_default();
+            state.diversions.push((diverted, reason));
+            let headers = diversion_headers(state, &branch.target);
+            let stage = Stage { branches: vec![branch], timeout: ctx.config.no_answer_timeout, headers };
+            Ok(Plan { stage, caller_id, forwarded: true })
+        }
+        Target::Subscriber(_) => Err(Refusal::NotFound),
+    }
+}
+
+/// Diversion (RFC 5806, newest first) and History-Info (RFC 7044: the original target, then
+/// one entry per forward with its RFC 4458 cause, the last naming `target`) for the forwards so
+/// far.
+fn diversion_headers(state: &RouteState, target: &str) -> String {
+    let Some((first, _)) = state.diversions.first() else { return String::new() };
+    let mut out = String::new();
+    for (i, (aor, reason)) in state.diversions.iter().enumerate().rev() {
+        out.push_str(&format!("Diversion: <sip:{aor}>;reason={};counter={}\r\n", reason.diversion(), i + 1));
+    }
+    let mut entries = vec![format!("<sip:{first}>;index=1")];
+    let mut index = String::from("1");
+    for (i, (_, reason)) in state.diversions.iter().enumerate() {
+        let parent = index.clone();
+        index.push_str(".1");
+        let next = state.diversions.get(i + 1).map_or_else(|| target.to_owned(), |(aor, _)| format!("sip:{aor}"));
+        let (uri, params) = next.split_once(';').map_or((next.as_str(), ""), |(u, p)| (u, p));
+        let params = if params.is_empty() { String::new() } else { format!(";{params}") };
+        entries.push(format!("<{uri}{params};cause={}>;index={index};mp={parent}", reason.cause()));
+    }
+    out.push_str(&format!("History-Info: {}\r\n", entries.join(", ")));
+    out
+}
+
+/// `aor`'s registered contacts as branches, best q first.
+fn contact_branches(registrar: &Registrar, aor: &str, now_unix: u64) -> Vec<Branch> {
+    registrar.lookup(aor, now_unix).into_iter().map(|b| Branch { target: b.contact, peer: b.flow, route: b.path }).collect()
+}
+
+/// The stages that ring `aor`'s contacts for `ring`: one stage with all of them (parallel
 /// forking) or one per contact, best q first (sequential). Empty when none is registered.
-fn contact_stages(registrar: &Registrar, aor: &str, now_unix: u64, config: &Config) -> VecDeque<Stage> {
-    let branches: Vec<Branch> = registrar
-        .lookup(aor, now_unix)
-        .into_iter()
-        .map(|b| Branch { target: b.contact, peer: b.flow, route: b.path })
-        .collect();
+fn contact_stages(registrar: &Registrar, aor: &str, now_unix: u64, config: &Config, ring: Duration, headers: &str) -> VecDeque<Stage> {
+    let branches = contact_branches(registrar, aor, now_unix);
     if branches.is_empty() {
         return VecDeque::new();
     }
     match config.fork {
-        ForkMode::Parallel => VecDeque::from([Stage { branches, timeout: config.no_answer_timeout }]),
+        ForkMode::Parallel => VecDeque::from([Stage { branches, timeout: ring, headers: headers.to_owned() }]),
         ForkMode::Sequential => {
             let last = branches.len() - 1;
             branches
@@ -178,25 +475,26 @@ fn contact_stages(registrar: &Registrar, aor: &str, now_unix: u64, config: &Conf
                 .enumerate()
                 .map(|(i, b)| Stage {
                     branches: vec![b],
-                    // The last contact rings for the rest of the call's no-answer time.
-                    timeout: if i == last { config.no_answer_timeout } else { config.branch_timeout },
+                    // The last contact rings for the rest of the call's ring time.
+                    timeout: if i == last { ring } else { config.branch_timeout },
+                    headers: headers.to_owned(),
                 })
                 .collect()
         }
     }
 }
 
-/// What follows a stage that ended with `outcome`: the next pending stage (sequential forking
-/// goes on after a busy or failed contact, RFC 3261 §16.6), else the caller's final status.
-pub fn next(state: &mut RouteState, outcome: &Outcome) -> Next {
-    if let Some(stage) = state.pending.pop_front() {
-        return Next::Ring(Plan { stage, caller_id: state.caller_id });
+/// The caller as screening sees it: the asserted identity's user if there is one, else the
+/// From user; `anonymous` for a withheld identity.
+fn caller_identity(request: &Request) -> String {
+    let from = from_value(&request.headers).map(uri_of).unwrap_or_default();
+    let asserted = header(&request.headers, "P-Asserted-Identity").map(uri_of);
+    let (user, host) = asserted.and_then(user_host).or_else(|| user_host(from)).unwrap_or_default();
+    if user.eq_ignore_ascii_case("anonymous") || host.eq_ignore_ascii_case("anonymous.invalid") {
+        "anonymous".to_owned()
+    } else {
+        user
     }
-    Next::Fail(match outcome {
-        Outcome::Busy(status) => *status,
-        Outcome::NoAnswer => 408,
-        Outcome::Failed(status) => caller_status(*status),
-    })
 }
 
 /// The status the caller gets for a callee's final failure: redirects are not followed yet
@@ -232,13 +530,17 @@ mod tests {
     }
 
     #[test]
-    fn pending_stages_come_before_the_final_status() {
-        let branch = Branch { target: "sip:b@192.0.2.1".into(), peer: Peer::udp(SocketAddr::from(([192, 0, 2, 1], 5060))), route: vec![] };
-        let stage = Stage { branches: vec![branch], timeout: Duration::from_secs(5) };
-        let mut state = RouteState { pending: VecDeque::from([stage.clone()]), caller_id: CallerIdPolicy::Passthrough };
-        assert_eq!(next(&mut state, &Outcome::Busy(486)), Next::Ring(Plan { stage, caller_id: CallerIdPolicy::Passthrough }));
-        assert_eq!(next(&mut state, &Outcome::Busy(486)), Next::Fail(486));
-        assert_eq!(next(&mut state, &Outcome::NoAnswer), Next::Fail(408));
-        assert_eq!(next(&mut state, &Outcome::Failed(407)), Next::Fail(403));
+    fn diversion_and_history_info_name_each_forward_with_its_reason() {
+        let state = RouteState {
+            diversions: vec![("bob@sip.test".into(), Reason::Busy), ("carol@sip.test".into(), Reason::NoAnswer)],
+            ..RouteState::default()
+        };
+        let headers = diversion_headers(&state, "sip:dave@sip.test");
+        assert!(headers.starts_with(
+            "Diversion: <sip:carol@sip.test>;reason=no-answer;counter=2\r\nDiversion: <sip:bob@sip.test>;reason=user-busy;counter=1\r\n"
+        ), "{headers}");
+        assert!(headers.contains(
+            "History-Info: <sip:bob@sip.test>;index=1, <sip:carol@sip.test;cause=486>;index=1.1;mp=1, <sip:dave@sip.test;cause=408>;index=1.1.1;mp=1.1\r\n"
+        ), "{headers}");
     }
 }

@@ -37,6 +37,7 @@ use crate::config::Config;
 use crate::media::{MediaReply, MediaRequest};
 use crate::now::Now;
 use crate::registrar::{RegisterError, Registrar};
+use crate::routing::Ctx;
 use crate::store::Store;
 
 /// Counters of the core (exported by the driver).
@@ -332,7 +333,7 @@ impl ControlPlane {
             }
             while let Some(event) = self.b2bua.poll_event() {
                 progressed = true;
-                self.on_call_event(event, now);
+                self.on_call_event(event, now, store);
             }
             if !progressed {
                 return;
@@ -356,11 +357,12 @@ impl ControlPlane {
         }
     }
 
-    fn on_call_event(&mut self, event: CallEvent, now: Now) {
+    fn on_call_event(&mut self, event: CallEvent, now: Now, store: &mut dyn Store) {
         match event {
             CallEvent::Unanswered { call, outcome } => {
                 let Some(state) = self.b2bua.route_state(call) else { return };
-                let next = crate::routing::next(state, &outcome);
+                let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
+                let next = crate::routing::next(state, &outcome, &mut ctx);
                 self.b2bua.handle_next(call, next, now);
             }
         }
@@ -687,7 +689,8 @@ impl ControlPlane {
             self.respond(&key, response, now);
             return;
         }
-        match crate::routing::route(&request, &self.config, store, &self.registrar, now.unix()) {
+        let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
+        match crate::routing::route(&request, caller.as_deref(), &mut ctx) {
             Ok((plan, state)) => self.b2bua.handle_invite(key, request, source, caller, plan, state, now),
             Err(refusal) => {
                 if refusal == crate::routing::Refusal::Store {

@@ -208,13 +208,34 @@ impl World {
         hits.remove(0)
     }
 
+    /// Adds subscriber `user` (password `pw`), registered at `contact` if given.
+    fn subscriber(&mut self, user: &str, contact: Option<&str>) {
+        self.store.add_subscriber(&Subscriber::with_password(user, "sip.test", "sip.test", "pw")).expect("add");
+        if let Some(addr) = contact {
+            self.add_contact_for(user, addr, 1000);
+        }
+    }
+
+    /// Sets `user`'s call settings.
+    fn settings(&mut self, user: &str, pairs: &[(&str, &str)]) {
+        let mut settings = self.store.settings(user, "sip.test").expect("store").expect("subscriber");
+        for (key, value) in pairs {
+            settings.set(key, value).expect("setting");
+        }
+        assert!(self.store.set_settings(user, "sip.test", &settings).expect("store"));
+    }
+
     /// Registers another contact for bob at `addr` with q-value `q_milli`/1000.
     fn add_contact(&mut self, addr: &str, q_milli: u16) {
+        self.add_contact_for("bob", addr, q_milli);
+    }
+
+    fn add_contact_for(&mut self, user: &str, addr: &str, q_milli: u16) {
         let now = self.now.unix();
         self.core.registrar_mut().restore(
             vec![StoredBinding {
-                aor: "bob@sip.test".into(),
-                contact: format!("sip:bob@{addr}"),
+                aor: format!("{user}@sip.test"),
+                contact: format!("sip:{user}@{addr}"),
                 expires_unix: now + 3600,
                 q_milli,
                 call_id: format!("r{addr}"),
@@ -829,6 +850,211 @@ fn sequential_forking_moves_on_after_a_busy_contact_and_after_the_branch_timeout
     w.receive("192.0.2.4:5066", &answer(&to_3, 200, Some(&offer(5004, "sendrecv").replace("192.0.2.1", "192.0.2.4"))));
     w.take_one(CALLER, "SIP/2.0 200");
     assert_eq!(w.core.stats().calls.forks, 3);
+}
+
+// ---- routing services: forwarding, find-me, screening, PSTN fallback ----
+
+const TRUNK: &str = "192.0.2.30:5070";
+const TRUNK_ROUTE: &str = "[[route]]\nprefix = \"+\"\ndestination = \"sip:192.0.2.30:5070\"\n";
+
+#[test]
+fn unconditional_forwarding_rings_the_target_with_181_diversion_and_history_info() {
+    let mut w = World::new();
+    w.subscriber("carol", Some(CALLEE2));
+    w.settings("bob", &[("forward.always", "carol")]);
+    w.receive(CALLER, &invite("fwd1", &offer(4000, "sendrecv")));
+    w.allocate();
+    assert!(w.take(CALLEE, "INVITE").is_empty(), "bob's phone does not ring");
+    let to_carol = w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
+    assert!(to_carol.contains("Diversion: <sip:bob@sip.test>;reason=unconditional;counter=1\r\n"), "{to_carol}");
+    assert!(to_carol.contains("History-Info: <sip:bob@sip.test>;index=1, <sip:carol@sip.test;cause=302>;index=1.1;mp=1\r\n"), "{to_carol}");
+    w.take_one(CALLER, "SIP/2.0 181 Call Is Being Forwarded");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.3"))));
+    w.take_one(CALLER, "SIP/2.0 200");
+}
+
+#[test]
+fn forwarding_on_busy_follows_the_callees_486() {
+    let mut w = World::new();
+    w.subscriber("carol", Some(CALLEE2));
+    w.settings("bob", &[("forward.busy", "carol")]);
+    w.receive(CALLER, &invite("fwd2", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_bob = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&to_bob, 486, None));
+    w.take_one(CALLEE, "ACK");
+    w.take_one(CALLER, "SIP/2.0 181");
+    assert!(w.take(CALLER, "SIP/2.0 486").is_empty(), "the busy is not the caller's");
+    let to_carol = w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
+    assert!(to_carol.contains("reason=user-busy") && to_carol.contains(";cause=486>"), "{to_carol}");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 486, None));
+    w.take_one(CALLER, "SIP/2.0 486");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
+#[test]
+fn forwarding_on_no_answer_cancels_the_callee_after_its_ring_time() {
+    let mut w = World::new();
+    w.subscriber("carol", Some(CALLEE2));
+    w.settings("bob", &[("forward.no_answer", "sip:carol@sip.test"), ("forward.no_answer_s", "8")]);
+    w.receive(CALLER, &invite("fwd3", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_bob = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&to_bob, 180, None));
+    w.advance(Duration::from_secs(7));
+    assert!(w.take(CALLEE2, "INVITE").is_empty());
+    w.advance(Duration::from_secs(2));
+    w.take_sent(CALLEE, "CANCEL");
+    let to_carol = w.take_sent(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
+    assert!(to_carol.contains("reason=no-answer") && to_carol.contains(";cause=408>"), "{to_carol}");
+    assert!(!w.take(CALLER, "SIP/2.0 181").is_empty());
+    w.receive(CALLEE, &answer(&to_bob, 487, None));
+    assert!(w.take(CALLER, "SIP/2.0 487").is_empty());
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.3"))));
+    w.take_one(CALLER, "SIP/2.0 200");
+}
+
+#[test]
+fn an_unregistered_subscriber_forwards_to_its_unreachable_target_or_gets_480() {
+    let mut w = World::new();
+    w.subscriber("dave", None);
+    w.subscriber("carol", Some(CALLEE2));
+    let to_dave = |id: &str| invite(id, &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:dave@sip.test SIP/2.0");
+    w.receive(CALLER, &to_dave("fwd4"));
+    w.take_one(CALLER, "SIP/2.0 480");
+    w.settings("dave", &[("forward.unreachable", "carol")]);
+    w.receive(CALLER, &to_dave("fwd5"));
+    w.allocate();
+    let to_carol = w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
+    assert!(to_carol.contains("Diversion: <sip:dave@sip.test>;reason=unavailable"), "{to_carol}");
+}
+
+#[test]
+fn forwarding_loops_end_with_482_and_long_chains_with_483() {
+    let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[routing]\nmax_forwards = 2\n");
+    w.subscriber("carol", None);
+    w.subscriber("dave", None);
+    w.settings("bob", &[("forward.always", "carol")]);
+    w.settings("carol", &[("forward.always", "bob")]);
+    w.receive(CALLER, &invite("loop1", &offer(4000, "sendrecv")));
+    w.take_one(CALLER, "SIP/2.0 482");
+    w.settings("carol", &[("forward.always", "dave")]);
+    w.settings("dave", &[("forward.always", "+4930999")]);
+    w.receive(CALLER, &invite("loop2", &offer(4000, "sendrecv")));
+    w.take_one(CALLER, "SIP/2.0 483");
+    assert_eq!(w.core.active_calls(), 0);
+    assert!(w.media.is_empty(), "nothing was allocated for calls that go nowhere");
+}
+
+#[test]
+fn incoming_screening_refuses_listed_callers_and_lets_others_through() {
+    let mut w = World::new();
+    w.settings("bob", &[("screen.reject", "+4930*"), ("screen.status", "403")]);
+    // The caller's P-Asserted-Identity is +4930123.
+    w.receive(CALLER, &invite("scr1", &offer(4000, "sendrecv")));
+    w.take_one(CALLER, "SIP/2.0 403");
+    w.settings("bob", &[("screen.reject", "anonymous"), ("screen.status", "")]);
+    w.receive(CALLER, &invite("scr2", &offer(4000, "sendrecv")));
+    w.allocate();
+    w.take_one(CALLEE, "INVITE");
+    let anonymous = invite("scr3", &offer(4000, "sendrecv"))
+        .replace("From: \"Alice\" <sip:alice@sip.test>", "From: \"Anonymous\" <sip:anonymous@anonymous.invalid>")
+        .replace("P-Asserted-Identity: <sip:+4930123@sip.test>\r\n", "");
+    w.receive(CALLER, &anonymous);
+    w.take_one(CALLER, "SIP/2.0 603");
+}
+
+#[test]
+fn outgoing_screening_refuses_a_subscriber_dialling_a_blocked_prefix() {
+    use sip_core::digest::{authorization, ha1, parse_challenge, Algorithm};
+    let mut w = World::with_routes("[[route]]\nprefix = \"00\"\ndestination = \"sip:192.0.2.30:5070\"\n");
+    w.subscriber("alice", None);
+    w.settings("alice", &[("block", "0090,00882")]);
+    let phone = "192.0.2.50:5060";
+    let call = |id: &str, number: &str, cseq: u32, auth: &str| {
+        invite(id, &offer(4000, "sendrecv"))
+            .replace(CALLER, phone)
+            .replace("sip:bob@sip.test SIP/2.0", &format!("sip:{number}@sip.test SIP/2.0"))
+            .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+            .replace(&format!("branch=z9hG4bK{id}i"), &format!("branch=z9hG4bK{id}i{cseq}"))
+            .replace("Contact:", &format!("{auth}Contact:"))
+    };
+    for (id, number, blocked) in [("out1", "0090555", true), ("out2", "0049301", false)] {
+        w.receive(phone, &call(id, number, 1, ""));
+        let challenge = w.take_one(phone, "SIP/2.0 407");
+        let value = challenge.lines().find_map(|l| l.strip_prefix("Proxy-Authenticate: ")).expect("challenge");
+        let challenge = parse_challenge(value).expect("parses");
+        let credentials = authorization(&challenge, "alice", &ha1(Algorithm::Md5.hash(), "alice", "sip.test", "pw"), "INVITE", &format!("sip:{number}@sip.test"), "c0ffee", 1);
+        w.receive(phone, &call(id, number, 2, &format!("Proxy-Authorization: {credentials}\r\n")));
+        if blocked {
+            w.take_one(phone, "SIP/2.0 403");
+        } else {
+            w.allocate();
+            w.take_one(TRUNK, "INVITE sip:0049301@192.0.2.30:5070");
+        }
+    }
+}
+
+#[test]
+fn sequential_find_me_rings_the_list_after_the_contacts() {
+    let mut w = World::with_routes(TRUNK_ROUTE);
+    w.subscriber("carol", Some(CALLEE2));
+    w.settings("bob", &[("find_me", "carol,+4930555"), ("find_me.branch_s", "5"), ("forward.no_answer", "carol"), ("forward.no_answer_s", "10")]);
+    w.settings("bob", &[("forward.no_answer", "")]);
+    w.receive(CALLER, &invite("fm1", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_bob = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&to_bob, 480, None));
+    let to_carol = w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
+    assert!(!to_carol.contains("Diversion"), "find-me is not forwarding");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 180, None));
+    w.advance(Duration::from_secs(6));
+    w.take_sent(CALLEE2, "CANCEL");
+    let to_pstn = w.take_sent(TRUNK, "INVITE sip:+4930555@192.0.2.30:5070");
+    w.receive(TRUNK, &answer_at(TRUNK, &to_pstn, 200, Some(&offer(5006, "sendrecv").replace("192.0.2.1", "192.0.2.30"))));
+    w.take_one(CALLER, "SIP/2.0 200");
+}
+
+#[test]
+fn parallel_find_me_rings_the_list_with_the_contacts() {
+    let mut w = World::new();
+    w.subscriber("carol", Some(CALLEE2));
+    w.settings("bob", &[("find_me", "carol"), ("find_me.mode", "parallel")]);
+    w.receive(CALLER, &invite("fm2", &offer(4000, "sendrecv")));
+    w.allocate();
+    w.take_one(CALLEE, "INVITE");
+    w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
+}
+
+#[test]
+fn app_else_pstn_goes_out_to_the_number_when_unregistered_busy_or_unanswered() {
+    let mut w = World::with_routes(TRUNK_ROUTE);
+    w.subscriber("erin", None);
+    w.settings("erin", &[("e164", "+4930777"), ("pstn_fallback", "true")]);
+    w.settings("bob", &[("e164", "+4930888"), ("pstn_fallback", "true"), ("pstn_fallback.after_s", "6")]);
+    // Not registered: straight to the trunk.
+    w.receive(CALLER, &invite("pstn1", &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:erin@sip.test SIP/2.0"));
+    w.allocate();
+    let out = w.take_one(TRUNK, "INVITE sip:+4930777@192.0.2.30:5070");
+    assert!(out.contains("Diversion: <sip:erin@sip.test>;reason=unavailable"), "{out}");
+    w.receive(TRUNK, &answer_at(TRUNK, &out, 180, None));
+    // Registered but busy: the trunk.
+    w.receive(CALLER, &invite("pstn2", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_bob = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&to_bob, 486, None));
+    let out = w.take_one(TRUNK, "INVITE sip:+4930888@192.0.2.30:5070");
+    w.receive(TRUNK, &answer_at(TRUNK, &out, 180, None));
+    // Registered, no answer within the app's ring time: the trunk.
+    w.receive(CALLER, &invite("pstn3", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_bob = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&to_bob, 180, None));
+    w.advance(Duration::from_secs(5));
+    assert!(w.take(TRUNK, "INVITE").is_empty());
+    w.advance(Duration::from_secs(2));
+    let out = w.take_sent(TRUNK, "INVITE sip:+4930888@192.0.2.30:5070");
+    assert!(out.contains("reason=no-answer"), "{out}");
 }
 
 // ---- abuse limits ----

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::settings::Settings;
 use sip_core::digest::{ha1, Algorithm, HashFn};
 
 /// A subscriber account.
@@ -110,6 +111,9 @@ pub enum StoreError {
     /// Changing a subscriber that does not exist.
     #[error("no subscriber {0}")]
     NotFound(String),
+    /// Stored settings that no longer read (edited by hand).
+    #[error("settings of {0}: {1}")]
+    BadSettings(String, crate::settings::SettingError),
 }
 
 /// Subscribers and registrations.
@@ -120,6 +124,10 @@ pub trait Store: Send {
     fn add_subscriber(&mut self, subscriber: &Subscriber) -> Result<(), StoreError>;
     /// Sets (or clears) a subscriber's digest algorithm; whether the subscriber exists.
     fn set_auth_algorithm(&mut self, user: &str, domain: &str, algorithm: Option<Algorithm>) -> Result<bool, StoreError>;
+    /// A subscriber's call settings (`None`: no such subscriber).
+    fn settings(&mut self, user: &str, domain: &str) -> Result<Option<Settings>, StoreError>;
+    /// Replaces a subscriber's call settings (checked by the caller); whether the subscriber exists.
+    fn set_settings(&mut self, user: &str, domain: &str, settings: &Settings) -> Result<bool, StoreError>;
     /// Removes a subscriber and its registrations; whether it existed.
     fn remove_subscriber(&mut self, user: &str, domain: &str) -> Result<bool, StoreError>;
     /// Every subscriber, ordered by domain then user.
@@ -144,6 +152,7 @@ CREATE TABLE IF NOT EXISTS subscriber (
     ha1_sha256 TEXT NOT NULL,
     ha1_sha512_256 TEXT NOT NULL,
     auth_algorithm TEXT,
+    settings TEXT,
     PRIMARY KEY (user, domain)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS location (
@@ -188,6 +197,9 @@ fn migrate(db: &rusqlite::Connection) -> Result<(), StoreError> {
     let columns: Vec<String> = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
     if !columns.iter().any(|c| c == "auth_algorithm") {
         db.execute_batch("ALTER TABLE subscriber ADD COLUMN auth_algorithm TEXT")?;
+    }
+    if !columns.iter().any(|c| c == "settings") {
+        db.execute_batch("ALTER TABLE subscriber ADD COLUMN settings TEXT")?;
     }
     // Path and SIP outbound: three columns and a key that includes reg-id. SQLite cannot change
     // a primary key in place, so the table is rebuilt (registrations are few, this is quick).
@@ -254,6 +266,24 @@ impl Store for SqliteStore {
         let n = self.db.execute(
             "UPDATE subscriber SET auth_algorithm = ?3 WHERE user = ?1 AND domain = ?2",
             rusqlite::params![user, domain.to_ascii_lowercase(), algorithm.map(Algorithm::name)],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn settings(&mut self, user: &str, domain: &str) -> Result<Option<Settings>, StoreError> {
+        let mut stmt = self.db.prepare_cached("SELECT settings FROM subscriber WHERE user = ?1 AND domain = ?2")?;
+        let mut rows = stmt.query_map(rusqlite::params![user, domain.to_ascii_lowercase()], |row| row.get::<_, Option<String>>(0))?;
+        match rows.next().transpose()? {
+            None => Ok(None),
+            Some(None) => Ok(Some(Settings::default())),
+            Some(Some(json)) => Settings::from_json(&json).map(Some).map_err(|e| StoreError::BadSettings(format!("{user}@{domain}"), e)),
+        }
+    }
+
+    fn set_settings(&mut self, user: &str, domain: &str, settings: &Settings) -> Result<bool, StoreError> {
+        let n = self.db.execute(
+            "UPDATE subscriber SET settings = ?3 WHERE user = ?1 AND domain = ?2",
+            rusqlite::params![user, domain.to_ascii_lowercase(), settings.to_json()],
         )?;
         Ok(n > 0)
     }
@@ -337,6 +367,7 @@ impl Store for SqliteStore {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     subscribers: HashMap<(String, String), Subscriber>,
+    settings: HashMap<(String, String), Settings>,
     bindings: HashMap<(String, String, u32), StoredBinding>,
 }
 
@@ -364,8 +395,26 @@ impl Store for MemoryStore {
         }
     }
 
+    fn settings(&mut self, user: &str, domain: &str) -> Result<Option<Settings>, StoreError> {
+        let key = (user.to_owned(), domain.to_ascii_lowercase());
+        if !self.subscribers.contains_key(&key) {
+            return Ok(None);
+        }
+        Ok(Some(self.settings.get(&key).cloned().unwrap_or_default()))
+    }
+
+    fn set_settings(&mut self, user: &str, domain: &str, settings: &Settings) -> Result<bool, StoreError> {
+        let key = (user.to_owned(), domain.to_ascii_lowercase());
+        if !self.subscribers.contains_key(&key) {
+            return Ok(false);
+        }
+        self.settings.insert(key, settings.clone());
+        Ok(true)
+    }
+
     fn remove_subscriber(&mut self, user: &str, domain: &str) -> Result<bool, StoreError> {
         let aor = format!("{user}@{domain}");
+        self.settings.remove(&(user.to_owned(), domain.to_owned()));
         self.bindings.retain(|(a, _, _), _| *a != aor);
         Ok(self.subscribers.remove(&(user.to_owned(), domain.to_owned())).is_some())
     }
@@ -425,6 +474,13 @@ mod tests {
         assert!(store.set_auth_algorithm("alice", "SIP.test", Some(Algorithm::Sha256)).unwrap());
         assert_eq!(store.subscriber("alice", "sip.test").unwrap().unwrap().auth_algorithm, Some(Algorithm::Sha256));
         assert!(!store.set_auth_algorithm("bob", "sip.test", None).unwrap(), "no such subscriber");
+        assert_eq!(store.settings("alice", "sip.test").unwrap(), Some(crate::settings::Settings::default()));
+        let mut settings = crate::settings::Settings::default();
+        settings.set("forward.busy", "carol").unwrap();
+        assert!(store.set_settings("alice", "SIP.test", &settings).unwrap());
+        assert_eq!(store.settings("alice", "sip.test").unwrap(), Some(settings.clone()));
+        assert!(!store.set_settings("bob", "sip.test", &settings).unwrap(), "no such subscriber");
+        assert_eq!(store.settings("bob", "sip.test").unwrap(), None);
 
         store.apply(&[LocationChange::Upsert(binding("sip:a@1", 10)), LocationChange::Upsert(binding("sip:a@2", 20))]).unwrap();
         store.apply(&[LocationChange::Upsert(binding("sip:a@1", 30))]).unwrap();
@@ -499,6 +555,7 @@ mod tests {
         assert_eq!((carol.ha1_md5.as_str(), carol.auth_algorithm), ("a", None));
         assert!(s.set_auth_algorithm("carol", "sip.test", Some(Algorithm::Sha512_256)).unwrap());
         assert_eq!(s.subscriber("carol", "sip.test").unwrap().unwrap().auth_algorithm, Some(Algorithm::Sha512_256));
+        assert_eq!(s.settings("carol", "sip.test").unwrap(), Some(crate::settings::Settings::default()), "settings column added");
         assert_eq!(s.bindings().unwrap(), vec![binding("sip:a@1", 30)], "registrations survive the location rebuild");
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
