@@ -50,7 +50,7 @@ use sip_core::message::{self, call_id, header, response_for, tag_of, uri_of};
 use sip_core::transaction::{cancel_for, Outgoing, Peer, Role, TimerConfig, TransactionKey};
 use sip_core::Random;
 
-use crate::config::{CallerIdPolicy, Config};
+use crate::config::{CallerIdPolicy, Config, TrunkCredentials};
 use crate::media::{Allocation, MediaError, MediaReply, MediaRequest};
 use crate::now::Now;
 use crate::routing::{outcome_of, Next, Outcome, Plan, RouteState, Stage};
@@ -255,6 +255,11 @@ struct Fork {
     cancel_on_provisional: bool,
     /// The ACK sent for its 2xx, sent again when the 2xx is.
     ack: Option<Bytes>,
+    /// What to answer its digest challenge with (trunks), and whether it was answered once.
+    credentials: Option<TrunkCredentials>,
+    auth_tried: bool,
+    /// The Contacts of its 3xx.
+    redirects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -920,6 +925,7 @@ impl B2bua {
         let stage_number = call.stage;
         let mut sent = 0;
         for branch in stage.branches {
+            let peer = branch.peer;
             let call_id = format!("{}-b2b", self.random.call_id());
             let via_branch = self.random.branch();
             let mut dialog = Dialog::uac(call_id.clone(), from.clone(), format!("<{}>", branch.target), branch.target, branch.route, branch.peer);
@@ -945,11 +951,13 @@ impl B2bua {
                 provisional: false,
                 cancel_on_provisional: false,
                 ack: None,
+                credentials: branch.credentials,
+                auth_tried: false,
+                redirects: Vec::new(),
             });
             self.by_call_id.insert(call_id, (id, Side::B));
             self.stats.forks += 1;
             sent += 1;
-            let peer = branch.peer;
             self.send_client(id, request, peer, Purpose::Invite { fork });
         }
         self.schedule(deadline, id);
@@ -1022,20 +1030,82 @@ impl B2bua {
                     Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
                 self.forward(id, forward, now);
             }
+            401 | 407 if f.credentials.is_some() && !f.auth_tried && f.state == ForkState::Ringing => {
+                self.authenticate_fork(id, fork, &response, now)
+            }
             _ => self.fork_final(id, fork, status, Some(response), now),
         }
+    }
+
+    /// A trunk challenged fork `fork`'s INVITE: the same INVITE again, with a new branch, the
+    /// next CSeq and the route's credentials (RFC 3261 §22.2); a second challenge fails the fork.
+    fn authenticate_fork(&mut self, id: u64, fork: usize, response: &Response, now: Now) {
+        use sip_core::digest::{authorization, ha1, parse_challenge};
+        let status = response.status_code.code();
+        let value = response.headers.iter().find_map(|h| match h {
+            Header::WwwAuthenticate(v) if status == 401 => Some(v.value().to_owned()),
+            Header::ProxyAuthenticate(v) if status == 407 => Some(v.value().to_owned()),
+            _ => None,
+        });
+        let challenge = value.as_deref().and_then(|v| parse_challenge(v).ok());
+        let (branch, cnonce) = (self.random.branch(), hex_of(&self.random.bytes::<8>()));
+        let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else { return };
+        f.auth_tried = true;
+        let (Some(challenge), Some(credentials)) = (challenge, f.credentials.clone()) else {
+            self.fork_final(id, fork, status, None, now);
+            return;
+        };
+        let secret = ha1(challenge.algorithm.hash(), &credentials.username, &challenge.realm, &credentials.password);
+        let uri = f.invite.uri.to_string();
+        let answer = authorization(&challenge, &credentials.username, &secret, "INVITE", &uri, &cnonce, 1);
+        let seq = message::cseq(&f.invite.headers).map(|c| c.seq).unwrap_or(1) + 1;
+        let sent_by = self.config.advertise_for(f.dialog.peer.transport);
+        let transport = match f.dialog.peer.transport {
+            rsip::Transport::Tcp => "TCP",
+            rsip::Transport::Tls => "TLS",
+            _ => "UDP",
+        };
+        let mut invite = f.invite.clone();
+        for h in invite.headers.iter_mut() {
+            match h {
+                Header::Via(_) => *h = Header::Via(rsip::headers::Via::new(format!("SIP/2.0/{transport} {sent_by};branch={branch};rport"))),
+                Header::CSeq(_) => *h = Header::CSeq(rsip::headers::CSeq::new(format!("{seq} INVITE"))),
+                _ => {}
+            }
+        }
+        invite.headers.push(if status == 401 {
+            Header::Authorization(rsip::headers::Authorization::new(answer))
+        } else {
+            Header::ProxyAuthorization(rsip::headers::ProxyAuthorization::new(answer))
+        });
+        f.dialog.local_cseq = seq;
+        f.invite = invite.clone();
+        let peer = f.dialog.peer;
+        self.send_client(id, invite, peer, Purpose::Invite { fork });
     }
 
     /// Fork `fork` ended without an answer (`status`, or 408 for a timeout). When it was the
     /// current stage's last, the stage ends with the best of its forks' statuses; a 6xx other
     /// than 600 ends it at once (RFC 3261 §16.7.5).
-    fn fork_final(&mut self, id: u64, fork: usize, status: u16, _response: Option<Response>, _now: Now) {
+    fn fork_final(&mut self, id: u64, fork: usize, status: u16, response: Option<Response>, _now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some(f) = call.forks.get_mut(fork) else { return };
         if !f.outstanding() {
             return;
         }
         f.state = ForkState::Done(status);
+        if let (300..=399, Some(response)) = (status, &response) {
+            f.redirects = response
+                .headers
+                .iter()
+                .filter_map(|h| match h {
+                    Header::Contact(c) => Some(c.value().to_owned()),
+                    _ => None,
+                })
+                .flat_map(|v| message::split_list(&v).map(|c| uri_of(c).to_owned()).collect::<Vec<_>>())
+                .filter(|c| !c.is_empty() && c != "*")
+                .collect();
+        }
         let (stage, open) = (call.stage, call.stage_open && call.state == State::Calling);
         if open && f.stage == stage {
             let decline = (601..700).contains(&status);
@@ -1050,10 +1120,11 @@ impl B2bua {
                         _ => None,
                     })
                     .collect();
+                let redirects: Vec<String> = call.forks.iter().filter(|f| f.stage == stage).flat_map(|f| f.redirects.iter().cloned()).collect();
                 if decline {
                     self.cancel_forks(id, None);
                 }
-                let outcome = if decline { Outcome::Failed(status) } else { outcome_of(&statuses) };
+                let outcome = if decline { Outcome::Failed(status) } else { outcome_of(&statuses, &redirects) };
                 self.end_stage(id, outcome);
             }
         }
@@ -1424,4 +1495,8 @@ fn without_tag(value: &str) -> String {
         Some(end) => value.get(..=end).unwrap_or(value).to_owned(),
         None => value.split(';').next().unwrap_or(value).to_owned(),
     }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -88,6 +88,8 @@
 //! strip = 2                       # leading characters removed before sending (default 0)
 //! prepend = "+"                   # text put in front after stripping (default "")
 //! caller_id = "passthrough"       # passthrough | assert | strip (default passthrough)
+//! username = "acct1"              # trunk only: digest credentials for a trunk that answers our
+//! password = "secret"             # INVITE with 401/407 (default none: the caller gets 403)
 //! ```
 //!
 //! Calls to a user of a local domain who is a subscriber always go to that subscriber's
@@ -287,6 +289,23 @@ struct RawRoute {
     strip: Option<usize>,
     prepend: Option<String>,
     caller_id: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// What the server answers a trunk's digest challenge (401/407) with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrunkCredentials {
+    /// Digest username.
+    pub username: String,
+    /// Digest password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for TrunkCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkCredentials").field("username", &self.username).finish_non_exhaustive()
+    }
 }
 
 /// A transport and address to listen on.
@@ -335,6 +354,8 @@ pub struct Route {
     pub prepend: String,
     /// Caller-ID handling.
     pub caller_id: CallerIdPolicy,
+    /// Credentials for a trunk that challenges.
+    pub credentials: Option<TrunkCredentials>,
 }
 
 impl Route {
@@ -597,12 +618,21 @@ impl Config {
                     return Err(invalid(key("caller_id"), format!("{other:?} is not passthrough, assert or strip")))
                 }
             };
+            let credentials = match (r.username, r.password) {
+                (None, None) => None,
+                (Some(username), Some(password)) if matches!(destination, Destination::Trunk(_)) && !username.is_empty() => {
+                    Some(TrunkCredentials { username, password })
+                }
+                (Some(_), Some(_)) => return Err(invalid(key("username"), "credentials are for trunk routes, with a non-empty username")),
+                _ => return Err(invalid(key("password"), "username and password go together")),
+            };
             routes.push(Route {
                 prefix: r.prefix,
                 destination,
                 strip: r.strip.unwrap_or(0),
                 prepend: r.prepend.unwrap_or_default(),
                 caller_id,
+                credentials,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));

@@ -30,7 +30,7 @@ use rsip::Request;
 use sip_core::message::{from_value, header, uri_of, user_host};
 use sip_core::transaction::Peer;
 
-use crate::config::{CallerIdPolicy, Config, Destination, ForkMode};
+use crate::config::{CallerIdPolicy, Config, Destination, ForkMode, TrunkCredentials};
 use crate::registrar::Registrar;
 use crate::settings::{matches_pattern, Settings};
 use crate::store::Store;
@@ -44,6 +44,8 @@ pub struct Branch {
     pub peer: Peer,
     /// Route headers towards it (a registered Path).
     pub route: Vec<String>,
+    /// What to answer its digest challenge with (trunks).
+    pub credentials: Option<TrunkCredentials>,
 }
 
 /// Branches rung together, and how long they may ring.
@@ -78,6 +80,8 @@ pub enum Outcome {
     NoAnswer,
     /// Every branch failed; the best status among them (RFC 3261 §16.7.6).
     Failed(u16),
+    /// A branch redirected (3xx) to these Contact URIs, and none was busy.
+    Redirected(Vec<String>),
 }
 
 /// What follows an unanswered stage.
@@ -137,6 +141,8 @@ pub enum Reason {
     NoAnswer,
     /// Forwarding while unreachable.
     Unavailable,
+    /// A callee or trunk redirected the call (3xx).
+    Deflection,
 }
 
 impl Reason {
@@ -146,6 +152,7 @@ impl Reason {
             Reason::Busy => "user-busy",
             Reason::NoAnswer => "no-answer",
             Reason::Unavailable => "unavailable",
+            Reason::Deflection => "deflection",
         }
     }
 
@@ -155,6 +162,7 @@ impl Reason {
             Reason::Busy => 486,
             Reason::NoAnswer => 408,
             Reason::Unavailable => 503,
+            Reason::Deflection => 302,
         }
     }
 }
@@ -248,6 +256,12 @@ pub fn next(state: &mut RouteState, outcome: &Outcome, ctx: &mut Ctx<'_>) -> Nex
         Outcome::Busy(_) => (current.as_ref().and_then(|c| c.busy.clone()), Reason::Busy),
         Outcome::NoAnswer => (current.as_ref().and_then(|c| c.no_answer.clone()), Reason::NoAnswer),
         Outcome::Failed(_) => (current.as_ref().and_then(|c| c.unreachable.clone()), Reason::Unavailable),
+        Outcome::Redirected(contacts) => {
+            return match redirect(contacts, state, ctx) {
+                Ok(plan) => Next::Ring(plan),
+                Err(refusal) => Next::Fail(refusal.status()),
+            }
+        }
     };
     // Busy with a busy forward set: the subscriber is busy, whatever contact said it. Otherwise
     // the pending stages (the next contact, the find-me list) come first.
@@ -266,6 +280,7 @@ pub fn next(state: &mut RouteState, outcome: &Outcome, ctx: &mut Ctx<'_>) -> Nex
                 Outcome::Busy(status) => *status,
                 Outcome::NoAnswer => 408,
                 Outcome::Failed(status) => caller_status(*status),
+                Outcome::Redirected(_) => 480,
             })
         }
     };
@@ -298,7 +313,8 @@ fn destination(user: &str, domain: &str, ctx: &mut Ctx<'_>) -> Result<Target, Re
                 Some(rsip::Transport::Tcp) => Peer::tcp(addr),
                 _ => Peer::udp(addr),
             };
-            Ok(Target::Branch(Branch { target: format!("sip:{rewritten}@{addr}"), peer, route: Vec::new() }, route.caller_id))
+            let branch = Branch { target: format!("sip:{rewritten}@{addr}"), peer, route: Vec::new(), credentials: route.credentials.clone() };
+            Ok(Target::Branch(branch, route.caller_id))
         }
         Destination::Local => Ok(Target::Subscriber(format!("{}@{}", route.rewrite(user), domain.to_ascii_lowercase()))),
     }
@@ -316,7 +332,7 @@ fn resolve(target: &str, ctx: &mut Ctx<'_>) -> Result<Target, Refusal> {
         let uri = rsip::Uri::try_from(target).map_err(|_| Refusal::NotFound)?;
         let ip: IpAddr = uri.host_with_port.host.to_string().parse().map_err(|_| Refusal::NotFound)?;
         let addr = SocketAddr::new(ip, uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060));
-        let branch = Branch { target: target.to_owned(), peer: Peer::udp(addr), route: Vec::new() };
+        let branch = Branch { target: target.to_owned(), peer: Peer::udp(addr), route: Vec::new(), credentials: None };
         return Ok(Target::Branch(branch, CallerIdPolicy::Passthrough));
     }
     destination(target, &first_domain, ctx)
@@ -412,6 +428,30 @@ fn forward(target: &str, reason: Reason, state: &mut RouteState, ctx: &mut Ctx<'
     }
 }
 
+/// Follows a redirect (3xx, RFC 3261 §16.7.4 and §8.1.3.4): the Contacts become the next
+/// stage, counted against `[routing] max_forwards` like forwards.
+fn redirect(contacts: &[String], state: &mut RouteState, ctx: &mut Ctx<'_>) -> Result<Plan, Refusal> {
+    if state.diversions.len() >= usize::from(ctx.config.max_forwards) {
+        return Err(Refusal::TooManyForwards);
+    }
+    let diverted = state.current.as_ref().map(|c| c.aor.clone()).or_else(|| state.visited.last().cloned()).unwrap_or_default();
+    state.diversions.push((diverted, Reason::Deflection));
+    state.pending.clear();
+    state.current = None;
+    let mut branches = Vec::new();
+    for contact in contacts.iter().take(crate::settings::MAX_LIST) {
+        match resolve(contact, ctx) {
+            Ok(Target::Subscriber(aor)) if !state.visited.contains(&aor) => branches.extend(contact_branches(ctx.registrar, &aor, ctx.now_unix)),
+            Ok(Target::Branch(branch, _)) => branches.push(branch),
+            _ => tracing::debug!(contact, "a redirect's contact has nowhere to go"),
+        }
+    }
+    let Some(first) = branches.first() else { return Err(Refusal::NotRegistered) };
+    let headers = diversion_headers(state, &first.target);
+    let stage = Stage { branches, timeout: ctx.config.no_answer_timeout, headers };
+    Ok(Plan { stage, caller_id: state.caller_id, forwarded: true })
+}
+
 /// The operator's call mode: out through the trunks to the subscriber's own number.
 fn fall_back(number: &str, reason: Reason, state: &mut RouteState, ctx: &mut Ctx<'_>) -> Result<Plan, Refusal> {
     let Some(route) = ctx.config.route_for(number).filter(|r| matches!(r.destination, Destination::Trunk(_))) else {
@@ -456,7 +496,11 @@ fn diversion_headers(state: &RouteState, target: &str) -> String {
 
 /// `aor`'s registered contacts as branches, best q first.
 fn contact_branches(registrar: &Registrar, aor: &str, now_unix: u64) -> Vec<Branch> {
-    registrar.lookup(aor, now_unix).into_iter().map(|b| Branch { target: b.contact, peer: b.flow, route: b.path }).collect()
+    registrar
+        .lookup(aor, now_unix)
+        .into_iter()
+        .map(|b| Branch { target: b.contact, peer: b.flow, route: b.path, credentials: None })
+        .collect()
 }
 
 /// The stages that ring `aor`'s contacts for `ring`: one stage with all of them (parallel
@@ -497,8 +541,8 @@ fn caller_identity(request: &Request) -> String {
     }
 }
 
-/// The status the caller gets for a callee's final failure: redirects are not followed yet
-/// (480), and the callee's own authentication challenge is not the caller's to answer (403).
+/// The status the caller gets for a callee's final failure: a redirect that led nowhere is 480,
+/// and a callee's own authentication challenge is not the caller's to answer (403).
 fn caller_status(callee_status: u16) -> u16 {
     match callee_status {
         300..=399 => 480,
@@ -508,10 +552,14 @@ fn caller_status(callee_status: u16) -> u16 {
 }
 
 /// The best of a stage's final responses (RFC 3261 §16.7.6, simplified): a busy one if any,
-/// else the lowest class (4xx before 5xx), the lowest code within it.
-pub fn outcome_of(statuses: &[u16]) -> Outcome {
+/// else a redirect with its Contacts, else the lowest class (4xx before 5xx), the lowest code
+/// within it.
+pub fn outcome_of(statuses: &[u16], redirects: &[String]) -> Outcome {
     if let Some(&busy) = statuses.iter().find(|&&s| s == 486 || s == 600) {
         return Outcome::Busy(busy);
+    }
+    if !redirects.is_empty() {
+        return Outcome::Redirected(redirects.to_vec());
     }
     let best = statuses.iter().copied().filter(|s| *s >= 300).min_by_key(|s| (s / 100, *s)).unwrap_or(480);
     Outcome::Failed(best)
@@ -523,10 +571,11 @@ mod tests {
 
     #[test]
     fn a_busy_branch_makes_the_stage_busy_and_otherwise_the_lowest_class_wins() {
-        assert_eq!(outcome_of(&[404, 486, 503]), Outcome::Busy(486));
-        assert_eq!(outcome_of(&[503, 480, 404]), Outcome::Failed(404));
-        assert_eq!(outcome_of(&[503, 500]), Outcome::Failed(500));
-        assert_eq!(outcome_of(&[]), Outcome::Failed(480));
+        assert_eq!(outcome_of(&[404, 486, 503], &[]), Outcome::Busy(486));
+        assert_eq!(outcome_of(&[503, 480, 404], &[]), Outcome::Failed(404));
+        assert_eq!(outcome_of(&[503, 500], &[]), Outcome::Failed(500));
+        assert_eq!(outcome_of(&[], &[]), Outcome::Failed(480));
+        assert_eq!(outcome_of(&[302, 404], &["sip:x@192.0.2.9".into()]), Outcome::Redirected(vec!["sip:x@192.0.2.9".into()]));
     }
 
     #[test]

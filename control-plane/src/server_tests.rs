@@ -1057,6 +1057,56 @@ fn app_else_pstn_goes_out_to_the_number_when_unregistered_busy_or_unanswered() {
     assert!(out.contains("reason=no-answer"), "{out}");
 }
 
+#[test]
+fn a_redirect_is_followed_to_its_contacts_with_a_hop_limit() {
+    let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[routing]\nmax_forwards = 1\n");
+    w.subscriber("carol", Some(CALLEE2));
+    w.receive(CALLER, &invite("rdr1", &offer(4000, "sendrecv")));
+    w.allocate();
+    let to_bob = w.take_one(CALLEE, "INVITE");
+    let moved = answer(&to_bob, 302, None).replace("Contact: <sip:bob@192.0.2.2:5062>", "Contact: <sip:carol@sip.test>, <sip:vm@192.0.2.40:5080>");
+    w.receive(CALLEE, &moved);
+    w.take_one(CALLEE, "ACK");
+    let to_carol = w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
+    assert!(to_carol.contains("Diversion: <sip:bob@sip.test>;reason=deflection;counter=1"), "{to_carol}");
+    let to_vm = w.take_one("192.0.2.40:5080", "INVITE sip:vm@192.0.2.40:5080");
+    // Both redirect again: one redirect was allowed.
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 302, None));
+    w.receive("192.0.2.40:5080", &answer_at("192.0.2.40:5080", &to_vm, 480, None));
+    w.take_one(CALLER, "SIP/2.0 483");
+    assert_eq!(w.core.active_calls(), 0);
+}
+
+#[test]
+fn a_trunk_that_challenges_gets_the_routes_credentials_once() {
+    use sip_core::digest::{compute_response, ha1, parse_credentials, Algorithm};
+    let mut w = World::with_routes("[[route]]\nprefix = \"+\"\ndestination = \"sip:192.0.2.30:5070\"\nusername = \"acct1\"\npassword = \"s3cret\"\n");
+    let to_number = |id: &str| invite(id, &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:+4930111@sip.test SIP/2.0");
+    w.receive(CALLER, &to_number("tr1"));
+    w.allocate();
+    let first = w.take_one(TRUNK, "INVITE sip:+4930111@192.0.2.30:5070");
+    let challenge = answer_at(TRUNK, &first, 407, None)
+        .replace("Content-Length: 0", "Proxy-Authenticate: Digest realm=\"trunk.example\", nonce=\"n0nce\", qop=\"auth\"\r\nContent-Length: 0");
+    w.receive(TRUNK, &challenge);
+    w.take_one(TRUNK, "ACK");
+    let second = w.take_one(TRUNK, "INVITE sip:+4930111@192.0.2.30:5070");
+    assert_eq!(call_id_of(&second), call_id_of(&first), "the same dialog-to-be");
+    assert!(second.contains("CSeq: 2 INVITE"), "{second}");
+    let value = second.lines().find_map(|l| l.strip_prefix("Proxy-Authorization: ")).expect("credentials");
+    let c = parse_credentials(value).expect("parses");
+    assert_eq!((c.username.as_str(), c.realm.as_str(), c.uri.as_str()), ("acct1", "trunk.example", "sip:+4930111@192.0.2.30:5070"));
+    let expected = compute_response(Algorithm::Md5, &ha1(Algorithm::Md5.hash(), "acct1", "trunk.example", "s3cret"), "n0nce", c.nc.expect("nc"), c.cnonce.as_deref().expect("cnonce"), "INVITE", &c.uri);
+    assert_eq!(c.response, expected);
+    // Refused again: no third try; the caller gets 403.
+    w.receive(TRUNK, &challenge.replace("CSeq: 1 INVITE", "CSeq: 2 INVITE").replace(&branch_of(&first), &branch_of(&second)));
+    w.take_one(CALLER, "SIP/2.0 403");
+    assert!(w.take(TRUNK, "INVITE").is_empty());
+}
+
+fn branch_of(message: &str) -> String {
+    message.lines().find(|l| l.starts_with("Via:")).and_then(|l| l.split("branch=").nth(1)).and_then(|b| b.split(';').next()).expect("branch").trim().to_owned()
+}
+
 // ---- abuse limits ----
 
 #[test]
