@@ -363,7 +363,13 @@ fn ring_subscriber(aor: &str, state: &mut RouteState, ctx: &mut Ctx<'_>) -> Resu
         ctx.config.no_answer_timeout
     };
     let headers = diversion_headers(state, &format!("sip:{aor}"));
-    let mut stages = contact_stages(ctx.registrar, aor, ctx.now_unix, ctx.config, ring, &headers);
+    // Sequential find-me: the contacts ring one find-me step long, then each target in turn.
+    let contacts_ring = if !settings.find_me.is_empty() && !settings.find_me_parallel {
+        Duration::from_secs(settings.find_me_branch_s.unwrap_or(15).into())
+    } else {
+        ring
+    };
+    let mut stages = contact_stages(ctx.registrar, aor, ctx.now_unix, ctx.config, contacts_ring, &headers);
     find_me(&settings, &mut stages, ring, &headers, ctx);
     state.current = Some(Current {
         aor: aor.to_owned(),
@@ -446,8 +452,11 @@ fn redirect(contacts: &[String], state: &mut RouteState, ctx: &mut Ctx<'_>) -> R
             _ => tracing::debug!(contact, "a redirect's contact has nowhere to go"),
         }
     }
-    let Some(first) = branches.first() else { return Err(Refusal::NotRegistered) };
-    let headers = diversion_headers(state, &first.target);
+    if branches.is_empty() {
+        return Err(Refusal::NotRegistered);
+    }
+    // History-Info names where the redirect pointed (its first Contact), not a registration.
+    let headers = diversion_headers(state, contacts.first().map(String::as_str).unwrap_or_default());
     let stage = Stage { branches, timeout: ctx.config.no_answer_timeout, headers };
     Ok(Plan { stage, caller_id: state.caller_id, forwarded: true })
 }

@@ -2,6 +2,8 @@
 //! are killed when dropped, temporary directories.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod stack;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;

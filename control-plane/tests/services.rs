@@ -1,0 +1,220 @@
+//! The call routing services of RFC 5359 through the real binaries, with sipp on every side:
+//! forking (parallel, sequential), call forwarding (unconditional, busy, no answer), redirects
+//! (3xx), find-me, incoming and outgoing screening, and the operator's app-else-PSTN fallback.
+//! Each test checks the order of the messages the flow of the RFC shows (from sipp's message
+//! logs), the headers the forwarded INVITE carries, and that the media plane is left with no
+//! legs. docs/call-services.md maps each flow to its scenario and test.
+//!
+//! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
+//! Slots 10-18 (SIP 21100+, RTP 23000+, sipp 24100+) keep them apart from tests/sip.rs.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+mod common;
+use common::stack::{register_callee, sipp, sipp_available, spawn_sipp, wait_bounded, Stack};
+use common::BIN;
+
+/// `user@sip.test`'s call settings set through the CLI.
+fn settings(stack: &Stack, user: &str, pairs: &[&str]) {
+    let out = Command::new(BIN)
+        .args(["--config", stack.config.to_str().expect("utf8"), "settings", "set", &format!("{user}@sip.test")])
+        .args(pairs)
+        .output()
+        .expect("run settings set");
+    assert!(out.status.success(), "settings set {pairs:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A sipp callee (`scenario`) on `port` (RTP on `port + 2`) logging its messages to `name`.log.
+fn callee(stack: &Stack, scenario: &str, port: u16, name: &str, extra: &[&str]) -> (Child, PathBuf) {
+    let log = stack.dir.join(format!("{name}.log"));
+    let (p, mp) = (port.to_string(), (port + 2).to_string());
+    let mut args = vec!["-sf", scenario, "-p", &p, "-mp", &mp, "-m", "1", "-trace_msg", "-message_file", log.to_str().expect("utf8")];
+    args.extend_from_slice(extra);
+    let child = spawn_sipp(stack, &args);
+    std::thread::sleep(Duration::from_millis(300));
+    (child, log)
+}
+
+/// alice calls `callee` with `scenario` from `port`; returns whether sipp passed and its message log.
+fn call(stack: &Stack, scenario: &str, callee: &str, port: u16, extra: &[&str]) -> (bool, String) {
+    let log = stack.dir.join(format!("caller-{port}.log"));
+    let (csv, auth) = (format!("csv/alice-calls-{callee}.csv"), format!("{callee}@sip.test"));
+    let (p, mp) = (port.to_string(), (port + 2).to_string());
+    let mut args = vec!["-sf", scenario, "-inf", &csv, "-auth_uri", &auth, "-p", &p, "-mp", &mp, "-m", "1"];
+    args.extend_from_slice(&["-trace_msg", "-message_file", log.to_str().expect("utf8")]);
+    args.extend_from_slice(extra);
+    let status = sipp(stack, &args, Duration::from_secs(40));
+    (status.success(), std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// Where `needle` first appears in `log` (panics naming it when it does not).
+fn at(log: &str, needle: &str) -> usize {
+    log.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the message log:\n{log}"))
+}
+
+/// Waits for the callees, checks that no leg is left, stops the control plane and returns its
+/// counters (the stack's files stay until it is dropped).
+fn finish(stack: &mut Stack, callees: Vec<Child>) -> String {
+    for mut c in callees {
+        assert!(wait_bounded(&mut c, Duration::from_secs(20)).success(), "a callee's scenario failed; log: {}", stack.log());
+    }
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    stack.stop()
+}
+
+#[test]
+fn parallel_forking_rings_both_contacts_and_cancels_the_one_that_did_not_answer() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(10, true);
+    register_callee(&stack, "csv/bob.csv", 24_100);
+    register_callee(&stack, "csv/bob.csv", 24_103);
+    let (answers, _) = callee(&stack, "uas-answer.xml", 24_100, "bob-1", &["-d", "300"]);
+    let (rings, rings_log) = callee(&stack, "uas-noanswer.xml", 24_103, "bob-2", &[]);
+    let (ok, log) = call(&stack, "uac-call-short.xml", "bob", 24_106, &[]);
+    assert!(ok, "caller failed; log: {}", stack.log());
+    assert!(at(&log, "SIP/2.0 180") < at(&log, "SIP/2.0 200"));
+    let counters = finish(&mut stack, vec![answers, rings]);
+    let rings_log = std::fs::read_to_string(rings_log).unwrap_or_default();
+    assert!(at(&rings_log, "INVITE sip:bob@") < at(&rings_log, "CANCEL sip:bob@"), "{rings_log}");
+    assert!(counters.contains("\"calls_completed\":1"), "{counters}");
+}
+
+#[test]
+fn sequential_forking_tries_the_best_q_contact_first_and_moves_on_when_it_is_busy() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start_with(11, true, "[routing]\nfork = \"sequential\"\n");
+    for (port, q) in [(24_110, "1.0"), (24_113, "0.5")] {
+        let p = port.to_string();
+        let status = sipp(&stack, &["-sf", "register-q.xml", "-inf", "csv/bob.csv", "-auth_uri", "sip.test", "-set", "q", q, "-p", &p, "-m", "1"], Duration::from_secs(20));
+        assert!(status.success(), "register-q.xml q={q}");
+    }
+    let (busy, busy_log) = callee(&stack, "uas-busy.xml", 24_110, "bob-busy", &[]);
+    let (answers, answer_log) = callee(&stack, "uas-answer.xml", 24_113, "bob-answers", &[]);
+    let (ok, log) = call(&stack, "uac-call-short.xml", "bob", 24_116, &[]);
+    assert!(ok, "caller failed; log: {}", stack.log());
+    assert!(!log.contains("SIP/2.0 486"), "the busy contact's answer is not the caller's");
+    finish(&mut stack, vec![busy, answers]);
+    let busy_log = std::fs::read_to_string(busy_log).unwrap_or_default();
+    let answer_log = std::fs::read_to_string(answer_log).unwrap_or_default();
+    assert!(busy_log.contains("INVITE sip:bob@") && answer_log.contains("INVITE sip:bob@"));
+}
+
+/// bob forwards to carol for `condition`; bob's phone runs `bob_scenario` (none: not rung)
+/// with `bob_args`.
+fn forwarded_call(slot: u16, condition: &[&str], bob_scenario: Option<&str>, bob_args: &[&str], reason: &str) -> (String, String) {
+    let mut stack = Stack::start(slot, true);
+    let base = 24_000 + slot * 10;
+    settings(&stack, "bob", condition);
+    let mut callees = Vec::new();
+    if let Some(scenario) = bob_scenario {
+        register_callee(&stack, "csv/bob.csv", base);
+        callees.push(callee(&stack, scenario, base, "bob", bob_args).0);
+    }
+    register_callee(&stack, "csv/carol.csv", base + 3);
+    let (carol, carol_log) = callee(&stack, "uas-answer.xml", base + 3, "carol", &[]);
+    callees.push(carol);
+    let (ok, log) = call(&stack, "uac-call-forwarded.xml", "bob", base + 6, &[]);
+    assert!(ok, "caller failed; log: {}", stack.log());
+    // RFC 5359 §2.7-2.9: 181 Call Is Being Forwarded reaches the caller before the answer.
+    assert!(at(&log, "SIP/2.0 181") < at(&log, "SIP/2.0 200"), "{log}");
+    finish(&mut stack, callees);
+    let carol_log = std::fs::read_to_string(carol_log).unwrap_or_default();
+    let diversion = format!("Diversion: <sip:bob@sip.test>;reason={reason};counter=1");
+    assert!(carol_log.contains(&diversion), "{diversion:?} not in carol's INVITE:\n{carol_log}");
+    assert!(carol_log.contains("History-Info: <sip:bob@sip.test>;index=1, <sip:carol@sip.test;cause="), "{carol_log}");
+    (log, carol_log)
+}
+
+#[test]
+fn unconditional_forwarding_rings_the_target_not_the_subscriber() {
+    if !sipp_available() {
+        return;
+    }
+    forwarded_call(12, &["forward.always=carol"], None, &[], "unconditional");
+}
+
+#[test]
+fn forwarding_on_busy_rings_the_target_after_the_subscribers_486() {
+    if !sipp_available() {
+        return;
+    }
+    let (log, _) = forwarded_call(13, &["forward.busy=carol"], Some("uas-busy.xml"), &[], "user-busy");
+    assert!(!log.contains("SIP/2.0 486"), "{log}");
+}
+
+#[test]
+fn forwarding_on_no_answer_cancels_the_subscriber_and_rings_the_target() {
+    if !sipp_available() {
+        return;
+    }
+    let (log, _) = forwarded_call(14, &["forward.no_answer=carol", "forward.no_answer_s=2"], Some("uas-noanswer.xml"), &[], "no-answer");
+    // The subscriber's own ringing came first (RFC 5359 §2.9).
+    assert!(at(&log, "SIP/2.0 180") < at(&log, "SIP/2.0 181"), "{log}");
+}
+
+#[test]
+fn a_redirect_from_the_callee_is_followed_to_its_contact() {
+    if !sipp_available() {
+        return;
+    }
+    // bob's own settings play no part: the redirect comes from his phone.
+    forwarded_call(15, &["e164=+4930111"], Some("uas-redirect.xml"), &["-set", "target", "carol@sip.test"], "deflection");
+}
+
+#[test]
+fn find_me_rings_the_list_after_the_subscribers_own_phone() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(16, true);
+    settings(&stack, "bob", &["find_me=carol", "find_me.branch_s=2"]);
+    register_callee(&stack, "csv/bob.csv", 24_160);
+    register_callee(&stack, "csv/carol.csv", 24_163);
+    let (bob, bob_log) = callee(&stack, "uas-noanswer.xml", 24_160, "bob", &[]);
+    let (carol, carol_log) = callee(&stack, "uas-answer.xml", 24_163, "carol", &[]);
+    let (ok, _) = call(&stack, "uac-call-short.xml", "bob", 24_166, &[]);
+    assert!(ok, "caller failed; log: {}", stack.log());
+    finish(&mut stack, vec![bob, carol]);
+    let bob_log = std::fs::read_to_string(bob_log).unwrap_or_default();
+    let carol_log = std::fs::read_to_string(carol_log).unwrap_or_default();
+    assert!(bob_log.contains("CANCEL sip:bob@"), "bob rang first, then was cancelled: {bob_log}");
+    assert!(carol_log.contains("INVITE sip:carol@") && !carol_log.contains("Diversion:"), "find-me is not forwarding: {carol_log}");
+}
+
+#[test]
+fn screening_refuses_a_listed_caller_and_a_blocked_destination() {
+    if !sipp_available() {
+        return;
+    }
+    let stack = Stack::start_with(17, false, "[[route]]\nprefix = \"00\"\ndestination = \"sip:127.0.0.1:24179\"\n");
+    settings(&stack, "bob", &["screen.reject=alice"]);
+    settings(&stack, "alice", &["block=0090,0049"]);
+    for (callee, code, port) in [("bob", "603", 24_170), ("0049301", "403", 24_173)] {
+        let (ok, log) = call(&stack, "uac-call-fail.xml", callee, port, &["-set", "expect", code]);
+        assert!(ok, "alice → {callee} expected {code}: {log}");
+    }
+}
+
+#[test]
+fn app_else_pstn_sends_an_unregistered_subscribers_call_out_to_its_number() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start_with(18, true, "[[route]]\nprefix = \"+\"\ndestination = \"sip:127.0.0.1:24180\"\n");
+    settings(&stack, "bob", &["e164=+4930555", "pstn_fallback=true"]);
+    let (trunk, trunk_log) = callee(&stack, "uas-answer.xml", 24_180, "trunk", &[]);
+    let (ok, log) = call(&stack, "uac-call-forwarded.xml", "bob", 24_186, &[]);
+    assert!(ok, "caller failed; log: {}", stack.log());
+    assert!(at(&log, "SIP/2.0 181") < at(&log, "SIP/2.0 200"), "{log}");
+    finish(&mut stack, vec![trunk]);
+    let trunk_log = std::fs::read_to_string(trunk_log).unwrap_or_default();
+    assert!(trunk_log.contains("INVITE sip:+4930555@127.0.0.1:24180"), "{trunk_log}");
+    assert!(trunk_log.contains("Diversion: <sip:bob@sip.test>;reason=unavailable"), "{trunk_log}");
+}
