@@ -114,16 +114,14 @@ pub struct CallStats {
 }
 
 /// What is wrong with an initial INVITE's body for a call (RFC 3261 §8.2.3, §21.4.7): the answer
-/// will be SDP, so the caller must accept it; the offer must be SDP with an active stream
-/// (delayed offer is not supported yet).
+/// (or, for an INVITE without a body, the offer) will be SDP, so the caller must accept it; a
+/// body must be SDP with an active stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfferProblem {
     /// The caller does not accept application/sdp (406).
     NotAcceptable,
     /// The body is not SDP (415, with Accept).
     UnsupportedMediaType,
-    /// No SDP offer (488 "Offer Required").
-    OfferRequired,
     /// SDP without an active stream, or unreadable (488).
     BadOffer,
 }
@@ -137,8 +135,9 @@ impl OfferProblem {
         if !request.body.is_empty() && !is_sdp(&request.headers, &request.body) {
             return Some(OfferProblem::UnsupportedMediaType);
         }
-        if !is_sdp(&request.headers, &request.body) {
-            return Some(OfferProblem::OfferRequired);
+        if request.body.is_empty() {
+            // Delayed offer (RFC 3261 §13.2.1): the offer comes in the callee's 2xx.
+            return None;
         }
         match Sdp::parse(&request.body) {
             Ok(sdp) if sdp.any_active() => None,
@@ -151,7 +150,6 @@ impl OfferProblem {
         match self {
             OfferProblem::NotAcceptable => (406, None),
             OfferProblem::UnsupportedMediaType => (415, None),
-            OfferProblem::OfferRequired => (488, Some("Offer Required")),
             OfferProblem::BadOffer => (488, None),
         }
     }
@@ -224,6 +222,15 @@ struct Call {
     early_from: Option<usize>,
     /// Routing's state for this call (what follows an unanswered stage).
     route: RouteState,
+    /// Delayed offer: the caller's INVITE had no SDP, the callee's 2xx makes the offer and the
+    /// caller's ACK the answer.
+    delayed: bool,
+    /// Delayed offer: the callee's 2xx, sent on to the caller once the media plane has rewritten
+    /// its offer.
+    delayed_answer: Option<Forward>,
+    /// Delayed offer: the caller's ACK brought the answer, which is in the media plane; the
+    /// callee's ACK carries it when it is back.
+    ack_answer_pending: bool,
     /// From tag towards the callee side (the same in every fork).
     tag_b: String,
     media: Option<Allocation>,
@@ -418,6 +425,7 @@ impl B2bua {
         };
         // Until a fork answers, `b` stands for the callee side (its From is every fork's).
         let b = Dialog::uac(String::new(), format!("{};tag={tag_b}", Self::b_from(&a, plan.caller_id)), format!("<{}>", first.target), first.target, first.route, first.peer);
+        let delayed = request.body.is_empty();
         let active = Sdp::parse(&request.body).map(|s| s.active().to_vec()).unwrap_or_default();
         let offer_text = String::from_utf8_lossy(&request.body).into_owned();
 
@@ -427,12 +435,14 @@ impl B2bua {
         self.sip.push_back(SipOut::Respond(key.clone(), response_for(&request, 100, None, None)));
         self.by_call_id.insert(a.call_id.clone(), (id, Side::A));
         self.by_invite.insert(key.clone(), id);
-        let policy = self.config.codec_policy.clone();
-        self.media_request(id, MediaRequest::Allocate { call_id: a.call_id.clone(), offer: offer_text, active, policy });
+        if !delayed {
+            let policy = self.config.codec_policy.clone();
+            self.media_request(id, MediaRequest::Allocate { call_id: a.call_id.clone(), offer: offer_text, callee_offers: false, active, policy });
+        }
         self.calls.insert(
             id,
             Call {
-                state: State::Allocating,
+                state: if delayed { State::Calling } else { State::Allocating },
                 a,
                 b,
                 invite_a: request,
@@ -445,6 +455,9 @@ impl B2bua {
                 winner: None,
                 early_from: None,
                 route,
+                delayed,
+                delayed_answer: None,
+                ack_answer_pending: false,
                 tag_b,
                 media: None,
                 offer_legs: Vec::new(),
@@ -458,6 +471,15 @@ impl B2bua {
                 reinvite_pending: false,
             },
         );
+        if delayed {
+            // Nothing to allocate before the callee's offer: ring now, without a body.
+            if let Some(stage) = self.calls.get_mut(&id).and_then(|c| c.first_stage.take()) {
+                if plan.forwarded {
+                    self.announce_forward(id, now);
+                }
+                self.ring(id, stage, now);
+            }
+        }
     }
 
     /// Routing's decision after a [`CallEvent::Unanswered`] of call `id`.
@@ -570,14 +592,27 @@ impl B2bua {
     }
 
     /// An ACK (to a 2xx: it has no transaction).
-    pub fn handle_ack(&mut self, request: &Request) {
+    pub fn handle_ack(&mut self, request: &Request, now: Now) {
         let Some(&(id, side)) = call_id(&request.headers).and_then(|c| self.by_call_id.get(c)) else { return };
         let Some(call) = self.calls.get_mut(&id) else { return };
         if call.retransmit.as_ref().is_some_and(|r| r.side == side) {
             call.retransmit = None;
         }
-        if side == Side::A && call.state == State::Answered {
-            call.state = State::Confirmed;
+        if side != Side::A || call.state != State::Answered {
+            return;
+        }
+        call.state = State::Confirmed;
+        if !call.delayed {
+            return;
+        }
+        // Delayed offer: this ACK carries the caller's answer, for the callee's ACK.
+        if is_sdp(&request.headers, &request.body) {
+            call.ack_answer_pending = true;
+            let answer = MediaRequest::Answer { legs: call.offer_legs.clone(), sdp: String::from_utf8_lossy(&request.body).into_owned() };
+            self.media_request(id, answer);
+        } else {
+            tracing::info!("a delayed-offer ACK without the answer: the call ends");
+            self.end_both(id, now);
         }
     }
 
@@ -800,12 +835,12 @@ impl B2bua {
     fn ack(&mut self, id: u64, side: Side, cseq: u32) -> Option<(Bytes, Peer)> {
         let branch = self.random.branch();
         let dialog = self.calls.get(&id)?.dialog(side);
-        Self::encode_ack(&self.config, dialog, cseq, &branch)
+        Self::encode_ack(&self.config, dialog, cseq, &branch, None)
     }
 
-    fn encode_ack(config: &Config, dialog: &Dialog, cseq: u32, branch: &str) -> Option<(Bytes, Peer)> {
+    fn encode_ack(config: &Config, dialog: &Dialog, cseq: u32, branch: &str, answer: Option<&str>) -> Option<(Bytes, Peer)> {
         let sent_by = config.advertise_for(dialog.peer.transport);
-        match dialog.ack(cseq, &sent_by, branch) {
+        match dialog.ack(cseq, &sent_by, branch, answer.map(|sdp| ("application/sdp", sdp.as_bytes()))) {
             Ok(ack) => Some((message::encode(&SipMessage::Request(ack)), dialog.peer)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot build an ACK");
@@ -852,6 +887,10 @@ impl B2bua {
             }
             return;
         };
+        if call.delayed {
+            self.on_delayed_allocated(id, result, now);
+            return;
+        }
         match result {
             Err(error) => {
                 if call.state == State::Allocating {
@@ -884,11 +923,42 @@ impl B2bua {
         }
     }
 
+    /// Delayed offer: the legs exist and the callee's offer is rewritten for the caller, who gets
+    /// the 2xx with it; the caller's ACK brings the answer.
+    fn on_delayed_allocated(&mut self, id: u64, result: Result<Allocation, MediaError>, now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let forward = call.delayed_answer.take();
+        match (result, forward) {
+            (Ok(allocation), Some(forward)) if call.state == State::Answered => {
+                call.offer_legs = allocation.legs(false);
+                let offer = allocation.offer.clone();
+                call.media = Some(allocation);
+                self.deliver(id, forward, Some(offer), now);
+            }
+            (result, forward) => {
+                if let Ok(allocation) = result {
+                    self.media_request(id, allocation.release());
+                }
+                if let (Some(forward), Some(call)) = (forward, self.calls.get(&id)) {
+                    let out = response_for(&forward.request, 503, None, Some(call.a.local_tag()));
+                    self.respond(&forward.origin, out);
+                    self.stats.calls_failed += 1;
+                }
+                self.hang_up_winner(id, None);
+                self.finish(id);
+            }
+        }
+    }
+
     /// Rings `stage`: one INVITE per branch, each its own Call-ID and dialog, all with the
     /// media plane's offer; the stage ends at its timeout if nobody answers.
     fn ring(&mut self, id: u64, stage: Stage, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
-        let Some(sdp) = call.media.as_ref().map(|m| m.offer_for_b.clone()) else { return };
+        let sdp = match (&call.media, call.delayed) {
+            (Some(m), false) => Some(m.offer.clone()),
+            (None, true) => None,
+            _ => return,
+        };
         call.stage += 1;
         call.stage_open = true;
         let deadline = now.instant + stage.timeout;
@@ -931,7 +1001,8 @@ impl B2bua {
             let mut dialog = Dialog::uac(call_id.clone(), from.clone(), format!("<{}>", branch.target), branch.target, branch.route, branch.peer);
             let extra = format!("{common}{}Contact: {}\r\n", stage.headers, our_contact(&self.config, &dialog.peer));
             let sent_by = self.config.advertise_for(dialog.peer.transport);
-            let request = match dialog.request("INVITE", &sent_by, &via_branch, &extra, Some(("application/sdp", sdp.as_bytes()))) {
+            let body = sdp.as_deref().map(|sdp| ("application/sdp", sdp.as_bytes()));
+            let request = match dialog.request("INVITE", &sent_by, &via_branch, &extra, body) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot build a callee's INVITE");
@@ -998,20 +1069,28 @@ impl B2bua {
                 self.forward(id, forward, now);
             }
             200..=299 => {
-                if let Some(ack) = f.ack.clone() {
-                    // The fork retransmitted its 2xx: our ACK was lost.
-                    self.sip.push_back(SipOut::Transmit(Outgoing { destination: f.dialog.peer, payload: ack, retransmission: true }));
+                if matches!(f.state, ForkState::Done(s) if (200..300).contains(&s)) {
+                    // The fork retransmitted its 2xx: our ACK was lost (or, with a delayed
+                    // offer, is not sent yet).
+                    if let Some(ack) = f.ack.clone() {
+                        self.sip.push_back(SipOut::Transmit(Outgoing { destination: f.dialog.peer, payload: ack, retransmission: true }));
+                    }
                     return;
                 }
                 take_into_dialog(&mut f.dialog, &response);
                 f.state = ForkState::Done(status);
                 let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
-                let branch = self.random.branch();
-                if let Some((ack, peer)) = Self::encode_ack(&self.config, &f.dialog, cseq, &branch) {
-                    self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack.clone(), retransmission: false }));
-                    f.ack = Some(ack);
+                let wins = call.state == State::Calling && call.winner.is_none();
+                // A delayed-offer 2xx carries the callee's offer: its ACK waits for the caller's
+                // answer. Any other 2xx is ACKed now.
+                if !(wins && call.delayed) {
+                    let branch = self.random.branch();
+                    if let Some((ack, peer)) = Self::encode_ack(&self.config, &f.dialog, cseq, &branch, None) {
+                        self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack.clone(), retransmission: false }));
+                        f.ack = Some(ack);
+                    }
                 }
-                if call.state != State::Calling || call.winner.is_some() {
+                if !wins {
                     // Answered after the caller gave up, or after another fork won: hang it up.
                     self.stats.late_answers += 1;
                     self.send_in_fork(id, fork, "BYE", Purpose::Bye);
@@ -1026,9 +1105,14 @@ impl B2bua {
                 self.stats.calls_answered += 1;
                 self.cancel_forks(id, Some(fork));
                 let Some(call) = self.calls.get_mut(&id) else { return };
+                let delayed = call.delayed;
                 let forward =
-                    Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
-                self.forward(id, forward, now);
+                    Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: !delayed };
+                if delayed {
+                    self.delayed_offer(id, forward, now);
+                } else {
+                    self.forward(id, forward, now);
+                }
             }
             401 | 407 if f.credentials.is_some() && !f.auth_tried && f.state == ForkState::Ringing => {
                 self.authenticate_fork(id, fork, &response, now)
@@ -1082,6 +1166,51 @@ impl B2bua {
         f.invite = invite.clone();
         let peer = f.dialog.peer;
         self.send_client(id, invite, peer, Purpose::Invite { fork });
+    }
+
+    /// Delayed offer: the callee's 2xx made the offer. The media plane allocates the legs with
+    /// it and rewrites it for the caller; the 2xx goes on when it is back
+    /// ([`on_allocated`](Self::on_allocated)).
+    fn delayed_offer(&mut self, id: u64, forward: Forward, now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let sdp = is_sdp(&forward.response.headers, &forward.response.body).then(|| String::from_utf8_lossy(&forward.response.body).into_owned());
+        let Some(sdp) = sdp.filter(|s| Sdp::parse(s.as_bytes()).is_ok_and(|s| s.any_active())) else {
+            // No usable offer where RFC 3261 §13.2.1 requires one: end both sides.
+            let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+            tracing::info!("a delayed-offer 2xx without a usable offer");
+            self.reply(&key, &invite, 502, now);
+            self.stats.calls_failed += 1;
+            self.hang_up_winner(id, None);
+            self.finish(id);
+            return;
+        };
+        let active = Sdp::parse(sdp.as_bytes()).map(|s| s.active().to_vec()).unwrap_or_default();
+        call.delayed_answer = Some(forward);
+        let request = MediaRequest::Allocate {
+            call_id: call.a.call_id.clone(),
+            offer: sdp,
+            callee_offers: true,
+            active,
+            policy: self.config.codec_policy.clone(),
+        };
+        self.media_request(id, request);
+    }
+
+    /// ACKs the answering fork's 2xx (with `answer` when it made the offer) if not done yet, then
+    /// hangs it up.
+    fn hang_up_winner(&mut self, id: u64, answer: Option<&str>) {
+        let branch = self.random.branch();
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(fork) = call.winner else { return };
+        let Some(f) = call.forks.get_mut(fork) else { return };
+        if f.ack.is_none() {
+            let cseq = message::cseq(&f.invite.headers).map(|c| c.seq).unwrap_or(1);
+            if let Some((ack, peer)) = Self::encode_ack(&self.config, &f.dialog, cseq, &branch, answer) {
+                self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack.clone(), retransmission: false }));
+                f.ack = Some(ack);
+            }
+        }
+        self.send_in_fork(id, fork, "BYE", Purpose::Bye);
     }
 
     /// Fork `fork` ended without an answer (`status`, or 408 for a timeout). When it was the
@@ -1252,9 +1381,28 @@ impl B2bua {
         self.pump_forwards(id, now);
     }
 
-    /// The media plane rewrote the answer at the head of the call's forwards.
+    /// The media plane rewrote the answer at the head of the call's forwards (or, with a delayed
+    /// offer, the caller's answer in its ACK).
     fn on_answered(&mut self, id: u64, result: Result<String, MediaError>, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
+        if std::mem::take(&mut call.ack_answer_pending) {
+            match result {
+                Ok(sdp) => {
+                    let branch = self.random.branch();
+                    let Some(f) = call.winner.and_then(|w| call.forks.get_mut(w)) else { return };
+                    let cseq = message::cseq(&f.invite.headers).map(|c| c.seq).unwrap_or(1);
+                    if let Some((ack, peer)) = Self::encode_ack(&self.config, &f.dialog, cseq, &branch, Some(&sdp)) {
+                        self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack.clone(), retransmission: false }));
+                        f.ack = Some(ack);
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(%error, "the caller's answer in its ACK was refused by the media plane");
+                    self.end_both(id, now);
+                }
+            }
+            return;
+        }
         call.negotiating = false;
         let Some(forward) = call.forwards.pop_front() else { return };
         let status = forward.response.status_code.code();
@@ -1334,6 +1482,14 @@ impl B2bua {
     }
 
     // ---- ending ----
+
+    /// Ends an answered call on both sides: BYE to the caller, the callee ACKed (if it was not)
+    /// and sent BYE.
+    fn end_both(&mut self, id: u64, now: Now) {
+        self.send_in_dialog(id, Side::A, "BYE", "", None, Purpose::Bye, now);
+        self.hang_up_winner(id, None);
+        self.finish(id);
+    }
 
     /// The caller will not get this call: cancel every fork still ringing, release media now,
     /// keep the call until every fork has its final response.

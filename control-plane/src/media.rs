@@ -44,8 +44,9 @@ pub struct StreamLegs {
 pub struct Allocation {
     /// Per `m=` line of the caller's offer: its legs, or `None` for a disabled line.
     pub streams: Vec<Option<StreamLegs>>,
-    /// The caller's offer as the media plane rewrote it for the callee.
-    pub offer_for_b: String,
+    /// The offer as the media plane rewrote it for the answerer: the caller's for the callee,
+    /// or (delayed offer) the callee's for the caller.
+    pub offer: String,
 }
 
 impl Allocation {
@@ -70,13 +71,16 @@ impl Allocation {
 /// A request for the media plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaRequest {
-    /// Create both legs of each active `m=` line and have the media plane rewrite the caller's
-    /// offer for the callee; answered with [`MediaReply::Allocated`].
+    /// Create both legs of each active `m=` line and have the media plane rewrite the offer for
+    /// the other side; answered with [`MediaReply::Allocated`].
     Allocate {
         /// The SIP Call-ID (the media plane keeps a call's legs on one core).
         call_id: String,
-        /// The caller's offer, as it sent it.
+        /// The offer, as its sender sent it: the caller's, or with `callee_offers` the callee's
+        /// (a delayed-offer call, whose INVITE had no SDP).
         offer: String,
+        /// The callee made the offer.
+        callee_offers: bool,
         /// Per `m=` line: whether it is active (port not 0).
         active: Vec<bool>,
         policy: CodecPolicy,
@@ -195,8 +199,8 @@ impl MediaClient {
     /// Executes `request`; all but releases return their reply.
     pub async fn execute(&self, request: MediaRequest) -> Option<MediaReply> {
         match request {
-            MediaRequest::Allocate { call_id, offer, active, policy } => {
-                let result = self.allocate(&call_id, &offer, &active, &policy).await.map_err(|e| e.naming_plane(&self.uri));
+            MediaRequest::Allocate { call_id, offer, callee_offers, active, policy } => {
+                let result = self.allocate(&call_id, &offer, callee_offers, &active, &policy).await.map_err(|e| e.naming_plane(&self.uri));
                 let counter = if result.is_ok() { &self.counters.allocations } else { &self.counters.allocation_failures };
                 counter.fetch_add(1, Ordering::Relaxed);
                 Some(MediaReply::Allocated(result))
@@ -257,8 +261,8 @@ impl MediaClient {
         Ok(response.into_inner().leg_id)
     }
 
-    async fn allocate(&self, call_id: &str, offer: &str, active: &[bool], policy: &CodecPolicy) -> Result<Allocation, MediaError> {
-        let mut done = Allocation { streams: Vec::with_capacity(active.len()), offer_for_b: String::new() };
+    async fn allocate(&self, call_id: &str, offer: &str, callee_offers: bool, active: &[bool], policy: &CodecPolicy) -> Result<Allocation, MediaError> {
+        let mut done = Allocation { streams: Vec::with_capacity(active.len()), offer: String::new() };
         let mut partial_legs = Vec::new();
         let result: Result<(), MediaError> = async {
             for &on in active {
@@ -273,7 +277,7 @@ impl MediaClient {
                 partial_legs.clear();
                 done.streams.push(Some(StreamLegs { leg_a, leg_b }));
             }
-            done.offer_for_b = self.offer(&done.legs(true), offer.to_owned(), policy).await?;
+            done.offer = self.offer(&done.legs(!callee_offers), offer.to_owned(), policy).await?;
             Ok(())
         }
         .await;

@@ -376,9 +376,9 @@ impl ControlPlane {
             }
             LayerEvent::Ack { request, .. } => {
                 self.stats.count_request(&request.method);
-                self.b2bua.handle_ack(&request)
+                self.b2bua.handle_ack(&request, now)
             }
-            LayerEvent::Stray { message: SipMessage::Request(request), .. } => self.b2bua.handle_ack(&request),
+            LayerEvent::Stray { message: SipMessage::Request(request), .. } => self.b2bua.handle_ack(&request, now),
             LayerEvent::Stray { message: SipMessage::Response(response), .. } => self.b2bua.handle_stray_response(&response),
             LayerEvent::Response { key, response } => self.b2bua.handle_response(&key, response, now),
             LayerEvent::Timeout { key, role } | LayerEvent::TransportError { key, role } => {

@@ -179,15 +179,15 @@ impl World {
     /// Answers the Allocate: legs 11 and 12 for the first `m=` line, the offer rewritten by the
     /// media plane's SDP code.
     fn allocate(&mut self) {
-        let Some(MediaRequest::Allocate { offer, active, policy, .. }) = self.media.last().cloned() else {
+        let Some(MediaRequest::Allocate { offer, callee_offers, active, policy, .. }) = self.media.last().cloned() else {
             panic!("no Allocate last: {:?}", self.media)
         };
         let streams: Vec<Option<StreamLegs>> =
             active.iter().enumerate().map(|(i, on)| (*on && i == 0).then_some(StreamLegs { leg_a: 11, leg_b: 12 })).collect();
-        let mut allocation = Allocation { streams, offer_for_b: String::new() };
-        let legs = allocation.legs(true);
+        let mut allocation = Allocation { streams, offer: String::new() };
+        let legs = allocation.legs(!callee_offers);
         match self.negotiate(&MediaRequest::Offer { legs, sdp: offer, policy }) {
-            MediaReply::Offered(Ok(sdp)) => allocation.offer_for_b = sdp,
+            MediaReply::Offered(Ok(sdp)) => allocation.offer = sdp,
             other => panic!("the offer was refused: {other:?}"),
         }
         self.core.handle_media_reply(self.allocating, MediaReply::Allocated(Ok(allocation)), self.now, &mut self.store);
@@ -1105,6 +1105,47 @@ fn a_trunk_that_challenges_gets_the_routes_credentials_once() {
 
 fn branch_of(message: &str) -> String {
     message.lines().find(|l| l.starts_with("Via:")).and_then(|l| l.split("branch=").nth(1)).and_then(|b| b.split(';').next()).expect("branch").trim().to_owned()
+}
+
+#[test]
+fn delayed_offer_takes_the_offer_from_the_callees_200_and_the_answer_from_the_callers_ack() {
+    let mut w = World::new();
+    let bodiless = invite("late1", "").replace("Content-Type: application/sdp\r\n", "");
+    w.receive(CALLER, &bodiless);
+    assert!(!w.media.iter().any(|m| matches!(m, MediaRequest::Allocate { .. })), "nothing to allocate before the offer");
+    let to_bob = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    assert!(to_bob.ends_with("Content-Length: 0\r\n\r\n") && !to_bob.contains("application/sdp"), "{to_bob}");
+    w.receive(CALLEE, &answer(&to_bob, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    assert!(w.take(CALLEE, "ACK").is_empty(), "the callee's ACK waits for the caller's answer");
+    assert!(matches!(w.media.last(), Some(MediaRequest::Allocate { callee_offers: true, .. })), "{:?}", w.media);
+    w.allocate();
+    let ok = w.take_one(CALLER, "SIP/2.0 200");
+    assert!(ok.contains("c=IN IP4 198.51.100.9") && ok.contains("m=audio 30000 "), "the callee's offer, anchored: {ok}");
+    // The callee retransmits its 200 meanwhile: still no ACK without an answer.
+    w.receive(CALLEE, &answer(&to_bob, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    assert!(w.take(CALLEE, "ACK").is_empty());
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "late1", 1, &tag, Some(&offer(4000, "sendrecv"))).replace("late1ACK1", "ackl1"));
+    let ack = w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
+    assert!(ack.contains("application/sdp") && ack.contains("c=IN IP4 198.51.100.9") && ack.contains("m=audio 30002 "), "the caller's answer, anchored: {ack}");
+    w.receive(CALLER, &in_dialog("BYE", "late1", 2, &tag, None));
+    w.take_one(CALLEE, "BYE");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
+#[test]
+fn a_delayed_offer_ack_without_the_answer_ends_the_call_on_both_sides() {
+    let mut w = World::new();
+    w.receive(CALLER, &invite("late2", "").replace("Content-Type: application/sdp\r\n", ""));
+    let to_bob = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&to_bob, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.allocate();
+    let ok = w.take_one(CALLER, "SIP/2.0 200");
+    w.receive(CALLER, &in_dialog("ACK", "late2", 1, &to_tag(&ok), None).replace("late2ACK1", "ackl2"));
+    w.take_one(CALLER, "BYE");
+    w.take_one(CALLEE, "ACK");
+    w.take_one(CALLEE, "BYE");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
 }
 
 // ---- abuse limits ----

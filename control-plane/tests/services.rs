@@ -1,20 +1,21 @@
 //! The call routing services of RFC 5359 through the real binaries, with sipp on every side:
 //! forking (parallel, sequential), call forwarding (unconditional, busy, no answer), redirects
-//! (3xx), find-me, incoming and outgoing screening, and the operator's app-else-PSTN fallback.
+//! (3xx), find-me, incoming and outgoing screening, the operator's app-else-PSTN fallback, and
+//! delayed offer.
 //! Each test checks the order of the messages the flow of the RFC shows (from sipp's message
 //! logs), the headers the forwarded INVITE carries, and that the media plane is left with no
 //! legs. docs/call-services.md maps each flow to its scenario and test.
 //!
 //! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
-//! Slots 10-18 (SIP 21100+, RTP 23000+, sipp 24100+) keep them apart from tests/sip.rs.
+//! Slots 10-19 (SIP 21100+, RTP 23000+, sipp 24100+) keep them apart from tests/sip.rs.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
 use common::stack::{register_callee, sipp, sipp_available, spawn_sipp, wait_bounded, Stack};
-use common::BIN;
+use common::{Proc, BIN};
 
 /// `user@sip.test`'s call settings set through the CLI.
 fn settings(stack: &Stack, user: &str, pairs: &[&str]) {
@@ -27,12 +28,12 @@ fn settings(stack: &Stack, user: &str, pairs: &[&str]) {
 }
 
 /// A sipp callee (`scenario`) on `port` (RTP on `port + 2`) logging its messages to `name`.log.
-fn callee(stack: &Stack, scenario: &str, port: u16, name: &str, extra: &[&str]) -> (Child, PathBuf) {
+fn callee(stack: &Stack, scenario: &str, port: u16, name: &str, extra: &[&str]) -> (Proc, PathBuf) {
     let log = stack.dir.join(format!("{name}.log"));
     let (p, mp) = (port.to_string(), (port + 2).to_string());
     let mut args = vec!["-sf", scenario, "-p", &p, "-mp", &mp, "-m", "1", "-trace_msg", "-message_file", log.to_str().expect("utf8")];
     args.extend_from_slice(extra);
-    let child = spawn_sipp(stack, &args);
+    let child = Proc { child: spawn_sipp(stack, &args), name: "sipp" };
     std::thread::sleep(Duration::from_millis(300));
     (child, log)
 }
@@ -56,9 +57,9 @@ fn at(log: &str, needle: &str) -> usize {
 
 /// Waits for the callees, checks that no leg is left, stops the control plane and returns its
 /// counters (the stack's files stay until it is dropped).
-fn finish(stack: &mut Stack, callees: Vec<Child>) -> String {
+fn finish(stack: &mut Stack, callees: Vec<Proc>) -> String {
     for mut c in callees {
-        assert!(wait_bounded(&mut c, Duration::from_secs(20)).success(), "a callee's scenario failed; log: {}", stack.log());
+        assert!(wait_bounded(&mut c.child, Duration::from_secs(20)).success(), "a callee's scenario failed; log: {}", stack.log());
     }
     let (legs, _) = stack.media_totals();
     assert_eq!(legs, 0, "legs left in the media plane");
@@ -217,4 +218,25 @@ fn app_else_pstn_sends_an_unregistered_subscribers_call_out_to_its_number() {
     let trunk_log = std::fs::read_to_string(trunk_log).unwrap_or_default();
     assert!(trunk_log.contains("INVITE sip:+4930555@127.0.0.1:24180"), "{trunk_log}");
     assert!(trunk_log.contains("Diversion: <sip:bob@sip.test>;reason=unavailable"), "{trunk_log}");
+}
+
+#[test]
+fn a_delayed_offer_call_gets_the_offer_in_the_200_and_answers_in_the_ack() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(19, true);
+    register_callee(&stack, "csv/bob.csv", 24_190);
+    let (bob, bob_log) = callee(&stack, "uas-answer.xml", 24_190, "bob", &[]);
+    let (ok, log) = call(&stack, "uac-call-delayed.xml", "bob", 24_196, &[]);
+    assert!(ok, "caller failed; log: {}", stack.log());
+    finish(&mut stack, vec![bob]);
+    let bob_log = std::fs::read_to_string(bob_log).unwrap_or_default();
+    let invite = &bob_log[at(&bob_log, "INVITE sip:bob@")..];
+    let invite = &invite[..invite.find("\r\n\r\n").or_else(|| invite.find("\n\n")).unwrap_or(invite.len())];
+    assert!(!invite.contains("application/sdp"), "the callee gets no offer: {invite}");
+    let ack = &bob_log[at(&bob_log, "ACK sip:")..];
+    assert!(ack.contains("m=audio") && ack.contains("c=IN IP4 127.0.0.1"), "the callee's ACK carries the anchored answer: {ack}");
+    let answer_ack = log.rfind("ACK sip:").expect("the ACK of the 200");
+    assert!(at(&log, "SIP/2.0 200") < answer_ack && log[answer_ack..].contains("m=audio"), "{log}");
 }

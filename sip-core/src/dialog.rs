@@ -8,7 +8,8 @@
 //!
 //!  request(method, …)   a new request in the dialog: CSeq + 1, Request-URI and Route from the
 //!                       remote target and the route set (loose or strict routing, §12.2.1.1)
-//!  ack(cseq, …)         the ACK for a 2xx (same CSeq as its INVITE, §13.2.2.4)
+//!  ack(cseq, …)         the ACK for a 2xx (same CSeq as its INVITE, §13.2.2.4), with the
+//!                       answer when the 2xx made the offer
 //!  receive(request)     §12.2.2: CSeq order (500 when lower) and target refresh
 //!  target_refreshed(..) §12.2.1.2: a 2xx to our target refresh updates the remote target
 //! ```
@@ -227,9 +228,10 @@ impl Dialog {
         self.build(method, self.local_cseq, sent_by, branch, extra, body)
     }
 
-    /// The ACK for a 2xx to the INVITE with CSeq `cseq` (§13.2.2.4: same number, new branch).
-    pub fn ack(&self, cseq: u32, sent_by: &str, branch: &str) -> Result<Request, DialogError> {
-        self.build("ACK", cseq, sent_by, branch, "", None)
+    /// The ACK for a 2xx to the INVITE with CSeq `cseq` (§13.2.2.4: same number, new branch),
+    /// with the answer as `body` when the 2xx carried the offer (§13.2.1).
+    pub fn ack(&self, cseq: u32, sent_by: &str, branch: &str, body: Option<(&str, &[u8])>) -> Result<Request, DialogError> {
+        self.build("ACK", cseq, sent_by, branch, "", body)
     }
 
     /// The Request-URI and Route values of a request in this dialog (§12.2.1.1): with a loose
@@ -415,7 +417,7 @@ mod tests {
         assert_ne!(early.id(), confirmed.id());
         assert_eq!(confirmed.state, DialogState::Confirmed);
         assert!(confirmed.route.is_empty(), "no Record-Route in the 2xx: no route set");
-        let ack = confirmed.ack(1, "192.0.2.2:5060", "z9hG4bKa").expect("ack");
+        let ack = confirmed.ack(1, "192.0.2.2:5060", "z9hG4bKa", None).expect("ack");
         assert!(ack.to_string().contains("CSeq: 1 ACK"));
         assert_eq!(ack.uri.to_string(), "sip:bob@192.0.2.22");
         let no_tag = response_for(&invite, 180, None, None);
