@@ -82,6 +82,83 @@ pub enum CallEvent {
         /// How the stage ended.
         outcome: Outcome,
     },
+    /// A call's progress, for the call-control API's watchers.
+    Update(CallUpdate),
+}
+
+/// A step in a call's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallUpdate {
+    /// The call.
+    pub call: u64,
+    /// When, UNIX milliseconds.
+    pub unix_ms: u64,
+    /// What happened.
+    pub kind: UpdateKind,
+}
+
+/// What happened to a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// The called side rings: party 1 (the first party of an originated call) or 2.
+    Ringing {
+        /// Which party.
+        party: u8,
+    },
+    /// Forwarded or redirected.
+    Forwarded,
+    /// Answered by party 1 (originated calls) or 2.
+    Answered {
+        /// Which party.
+        party: u8,
+    },
+    /// Over.
+    Ended {
+        /// The final status of its setup (200 once answered).
+        status: u16,
+        /// completed, failed, cancelled, hangup, no-ack.
+        cause: &'static str,
+        /// How long it was answered.
+        duration_ms: u64,
+    },
+}
+
+/// A call in progress, as the call-control API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    /// Its id.
+    pub call: u64,
+    /// The caller's URI (an originated call: its first party).
+    pub caller: String,
+    /// The called URI.
+    pub callee: String,
+    /// Ringing, answered or ending.
+    pub phase: Phase,
+    /// Started, UNIX milliseconds.
+    pub started_unix_ms: u64,
+    /// Answered, UNIX milliseconds (0: not yet).
+    pub answered_unix_ms: u64,
+    /// Placed by the call-control API.
+    pub originated: bool,
+}
+
+/// Where a call stands, for [`CallInfo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Being set up.
+    Ringing,
+    /// Answered.
+    Answered,
+    /// Its last forks are finishing.
+    Ending,
+}
+
+/// The second party of an originated call, rung once the first answers.
+#[derive(Debug)]
+struct SecondParty {
+    stage: Stage,
+    caller_id: CallerIdPolicy,
+    route: RouteState,
 }
 
 /// Counters of calls and their media.
@@ -175,6 +252,8 @@ impl Side {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// An originated call rings its first party (no media yet).
+    Originating,
     /// Waiting for the media plane.
     Allocating,
     /// INVITE sent to B.
@@ -231,6 +310,20 @@ struct Call {
     /// Delayed offer: the caller's ACK brought the answer, which is in the media plane; the
     /// callee's ACK carries it when it is back.
     ack_answer_pending: bool,
+    /// Placed by the API: side A is the first party, whom we called (our INVITE is `invite_a`).
+    originated: bool,
+    /// Originated: the fork of the first party that answered.
+    a_fork: Option<usize>,
+    /// Originated: the second party, rung once the first answers.
+    second: Option<SecondParty>,
+    /// For the API: URIs, times, the setup's final status and why it ended.
+    caller_uri: String,
+    callee_uri: String,
+    started: Now,
+    answered: Option<Now>,
+    status: u16,
+    cause: &'static str,
+    ringing_told: [bool; 2],
     /// From tag towards the callee side (the same in every fork).
     tag_b: String,
     media: Option<Allocation>,
@@ -355,6 +448,10 @@ pub struct B2bua {
     sip: VecDeque<SipOut>,
     media: VecDeque<(u64, MediaRequest)>,
     events: VecDeque<CallEvent>,
+    /// Originated calls by the key of the INVITE to their first party.
+    originated: HashMap<TransactionKey, u64>,
+    /// The latest time handed in (for the end of calls that finish inside a handler without one).
+    clock: Option<Now>,
     stats: CallStats,
 }
 
@@ -375,6 +472,8 @@ impl B2bua {
             sip: VecDeque::new(),
             media: VecDeque::new(),
             events: VecDeque::new(),
+            originated: HashMap::new(),
+            clock: None,
             stats: CallStats::default(),
         }
     }
@@ -439,6 +538,9 @@ impl B2bua {
             let policy = self.config.codec_policy.clone();
             self.media_request(id, MediaRequest::Allocate { call_id: a.call_id.clone(), offer: offer_text, callee_offers: false, active, policy });
         }
+        self.clock = Some(now);
+        let caller_uri = uri_of(&a.remote).to_owned();
+        let callee_uri = request.uri.to_string();
         self.calls.insert(
             id,
             Call {
@@ -458,6 +560,16 @@ impl B2bua {
                 delayed,
                 delayed_answer: None,
                 ack_answer_pending: false,
+                originated: false,
+                a_fork: None,
+                second: None,
+                caller_uri,
+                callee_uri,
+                started: now,
+                answered: None,
+                status: 0,
+                cause: "",
+                ringing_told: [false; 2],
                 tag_b,
                 media: None,
                 offer_legs: Vec::new(),
@@ -482,19 +594,211 @@ impl B2bua {
         }
     }
 
+    /// A call placed by the API (RFC 3725 flow I): `first` rings the first party with an INVITE
+    /// without SDP; when it answers, its offer is anchored and `second` rings with it; the
+    /// second party's answer reaches the first in our ACK. Returns the call's id.
+    ///
+    /// The first party's 2xx waits for that ACK while the second rings; it retransmits for 64·T1
+    /// (32 s) and then gives up, so the second party rings at most 30 s.
+    pub fn handle_originate(
+        &mut self,
+        first: (Plan, RouteState),
+        second: (Plan, RouteState),
+        from_uri: String,
+        to_uri: String,
+        now: Now,
+    ) -> u64 {
+        self.clock = Some(now);
+        let (first_plan, first_route) = first;
+        let (mut second_plan, second_route) = second;
+        second_plan.stage.timeout = second_plan.stage.timeout.min(Duration::from_secs(30));
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stats.calls_started += 1;
+        let tag = self.random.tag();
+        // Until the first party answers, `a` only names who it is connected to (the From of its
+        // INVITE) and `b` stands for nobody.
+        let target = first_plan.stage.branches.first().map(|b| b.target.clone()).unwrap_or_default();
+        let placeholder = |remote: &str| {
+            let nobody = Peer::udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            Dialog::uac(format!("originate-{id}"), format!("<sip:b2bua@0.0.0.0>;tag={tag}"), format!("<{remote}>"), target.clone(), Vec::new(), nobody)
+        };
+        let (a, b) = (placeholder(&to_uri), placeholder(&from_uri));
+        let invite_a = match a.clone().request("INVITE", "0.0.0.0", "z9hG4bKoriginate", "", None) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the placeholder of an originated call");
+                return id;
+            }
+        };
+        let key = TransactionKey::for_request(&invite_a).unwrap_or_else(|_| TransactionKey {
+            branch: format!("originate-{id}"),
+            method: Method::Invite,
+            sent_by: sip_core::transaction::SentBy { host: "0.0.0.0".into(), port: 0 },
+        });
+        self.calls.insert(
+            id,
+            Call {
+                state: State::Originating,
+                a,
+                b,
+                invite_a,
+                invite_a_key: key,
+                forks: Vec::new(),
+                stage: 0,
+                stage_open: false,
+                first_stage: None,
+                announce_first: false,
+                winner: None,
+                early_from: None,
+                route: first_route,
+                delayed: true,
+                delayed_answer: None,
+                ack_answer_pending: false,
+                originated: true,
+                a_fork: None,
+                second: Some(SecondParty { stage: second_plan.stage, caller_id: second_plan.caller_id, route: second_route }),
+                caller_uri: from_uri,
+                callee_uri: to_uri,
+                started: now,
+                answered: None,
+                status: 0,
+                cause: "",
+                ringing_told: [false; 2],
+                tag_b: tag,
+                media: None,
+                offer_legs: Vec::new(),
+                negotiating: false,
+                forwards: VecDeque::new(),
+                relay_offer: None,
+                policy: first_plan.caller_id,
+                caller: None,
+                stage_deadline: None,
+                retransmit: None,
+                reinvite_pending: false,
+            },
+        );
+        self.ring(id, first_plan.stage, now);
+        id
+    }
+
+    /// The first party of an originated call answered with its offer: anchor it and ring the
+    /// second party with it.
+    fn first_party_answered(&mut self, id: u64, fork: usize, response: &Response, now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(f) = call.forks.get(fork) else { return };
+        call.a = f.dialog.clone();
+        call.invite_a = f.invite.clone();
+        call.a_fork = Some(fork);
+        call.delayed = false;
+        call.stage_open = false;
+        call.stage_deadline = None;
+        if let Ok(key) = TransactionKey::for_request(&call.invite_a) {
+            call.invite_a_key = key.clone();
+            self.originated.insert(key, id);
+        }
+        let sdp = is_sdp(&response.headers, &response.body).then(|| String::from_utf8_lossy(&response.body).into_owned());
+        let active = sdp.as_deref().and_then(|s| Sdp::parse(s.as_bytes()).ok()).filter(Sdp::any_active).map(|s| s.active().to_vec());
+        self.cancel_forks(id, Some(fork));
+        self.update(id, UpdateKind::Answered { party: 1 });
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let (Some(sdp), Some(active), Some(second)) = (sdp, active, call.second.take()) else {
+            tracing::info!("the first party of an originated call answered without a usable offer");
+            call.status = 502;
+            call.cause = "failed";
+            self.stats.calls_failed += 1;
+            let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+            self.reply(&key, &invite, 502, now);
+            self.abandon(id, now);
+            return;
+        };
+        call.route = second.route;
+        call.policy = second.caller_id;
+        call.first_stage = Some(second.stage);
+        call.state = State::Allocating;
+        let request = MediaRequest::Allocate {
+            call_id: call.a.call_id.clone(),
+            offer: sdp,
+            callee_offers: false,
+            active,
+            policy: self.config.codec_policy.clone(),
+        };
+        self.media_request(id, request);
+    }
+
+    /// Ends call `id` for the API: an answered call with BYE on both sides, one being set up
+    /// by cancelling it (its caller gets 487). Whether the call existed.
+    pub fn handle_hangup(&mut self, id: u64, now: Now) -> bool {
+        self.clock = Some(now);
+        let Some(call) = self.calls.get_mut(&id) else { return false };
+        call.cause = "hangup";
+        match call.state {
+            State::Answered | State::Confirmed => {
+                self.stats.calls_completed += 1;
+                self.send_in_dialog(id, Side::A, "BYE", "", None, Purpose::Bye, now);
+                self.hang_up_winner(id, None);
+                self.finish(id);
+            }
+            State::Originating | State::Allocating | State::Calling => {
+                let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+                if call.state != State::Originating {
+                    self.reply(&key, &invite, 487, now);
+                }
+                self.stats.calls_cancelled += 1;
+                self.abandon(id, now);
+            }
+            State::Cancelled => {}
+        }
+        true
+    }
+
+    /// The calls in progress.
+    pub fn calls(&self) -> Vec<CallInfo> {
+        let ms = |n: &Now| n.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut out: Vec<CallInfo> = self
+            .calls
+            .iter()
+            .map(|(&id, c)| CallInfo {
+                call: id,
+                caller: c.caller_uri.clone(),
+                callee: c.callee_uri.clone(),
+                phase: match c.state {
+                    State::Answered | State::Confirmed => Phase::Answered,
+                    State::Cancelled => Phase::Ending,
+                    _ => Phase::Ringing,
+                },
+                started_unix_ms: ms(&c.started),
+                answered_unix_ms: c.answered.as_ref().map_or(0, ms),
+                originated: c.originated,
+            })
+            .collect();
+        out.sort_by_key(|c| c.call);
+        out
+    }
+
     /// Routing's decision after a [`CallEvent::Unanswered`] of call `id`.
     pub fn handle_next(&mut self, id: u64, next: Next, now: Now) {
+        self.clock = Some(now);
         let Some(call) = self.calls.get_mut(&id) else { return };
-        if call.state != State::Calling || call.stage_open {
+        if !matches!(call.state, State::Calling | State::Originating) || call.stage_open {
             return;
         }
         match next {
             Next::Ring(plan) => {
-                call.policy = plan.caller_id;
+                if call.state == State::Calling {
+                    call.policy = plan.caller_id;
+                }
                 if plan.forwarded {
                     self.announce_forward(id, now);
                 }
                 self.ring(id, plan.stage, now);
+            }
+            Next::Fail(status) if call.state == State::Originating => {
+                // The first party of an originated call did not answer: there is nobody to tell.
+                call.status = status;
+                call.cause = "failed";
+                self.stats.calls_failed += 1;
+                self.abandon(id, now);
             }
             Next::Fail(status) => {
                 let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
@@ -509,6 +813,7 @@ impl B2bua {
     /// 181 Call Is Being Forwarded to the caller (RFC 5359 §2.7–2.9), in order with the
     /// responses already on their way.
     fn announce_forward(&mut self, id: u64, now: Now) {
+        self.update(id, UpdateKind::Forwarded);
         let Some(call) = self.calls.get(&id) else { return };
         let response = response_for(&call.invite_a, 181, None, None);
         let forward = Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: false };
@@ -522,6 +827,7 @@ impl B2bua {
 
     /// The media plane answered call `id`'s request.
     pub fn handle_media_reply(&mut self, id: u64, reply: MediaReply, now: Now) {
+        self.clock = Some(now);
         match reply {
             MediaReply::Allocated(result) => self.on_allocated(id, result, now),
             MediaReply::Offered(result) => self.on_offered(id, result, now),
@@ -531,6 +837,7 @@ impl B2bua {
 
     /// A request inside a dialog (To tag present), other than ACK and CANCEL.
     pub fn handle_in_dialog(&mut self, key: TransactionKey, request: Request, now: Now) {
+        self.clock = Some(now);
         let Some(&(id, side)) = call_id(&request.headers).and_then(|c| self.by_call_id.get(c)) else {
             self.stats.no_dialog += 1;
             self.reply(&key, &request, 481, now);
@@ -567,8 +874,19 @@ impl B2bua {
                 self.reply(&key, &request, 200, now);
                 if established {
                     self.stats.calls_completed += 1;
+                    if let Some(call) = self.calls.get_mut(&id) {
+                        call.cause = "completed";
+                    }
                     self.send_in_dialog(id, side.other(), "BYE", "", None, Purpose::Bye, now);
                     self.finish(id);
+                } else if side == Side::A {
+                    // The first party of an originated call hung up while the second rang.
+                    if let Some(call) = self.calls.get_mut(&id) {
+                        call.cause = "cancelled";
+                        call.status = 487;
+                    }
+                    self.stats.calls_cancelled += 1;
+                    self.abandon(id, now);
                 }
             }
             _ if !established => self.reply(&key, &request, 491, now),
@@ -580,6 +898,7 @@ impl B2bua {
     /// The caller cancelled its INVITE `invite` (the server answered the CANCEL, and the INVITE
     /// had no final response yet).
     pub fn handle_cancel(&mut self, invite: &TransactionKey, now: Now) {
+        self.clock = Some(now);
         let Some(&id) = self.by_invite.get(invite) else { return };
         let Some(call) = self.calls.get(&id) else { return };
         if !matches!(call.state, State::Allocating | State::Calling) {
@@ -593,6 +912,7 @@ impl B2bua {
 
     /// An ACK (to a 2xx: it has no transaction).
     pub fn handle_ack(&mut self, request: &Request, now: Now) {
+        self.clock = Some(now);
         let Some(&(id, side)) = call_id(&request.headers).and_then(|c| self.by_call_id.get(c)) else { return };
         let Some(call) = self.calls.get_mut(&id) else { return };
         if call.retransmit.as_ref().is_some_and(|r| r.side == side) {
@@ -618,6 +938,7 @@ impl B2bua {
 
     /// A response to one of our client transactions.
     pub fn handle_response(&mut self, key: &TransactionKey, response: Response, now: Now) {
+        self.clock = Some(now);
         let Some((id, purpose)) = self.clients.get(key).cloned() else { return };
         if !self.calls.contains_key(&id) {
             // The call is over.
@@ -650,6 +971,7 @@ impl B2bua {
 
     /// A transaction timed out, failed to send, or (client) could not start.
     pub fn handle_transaction_failed(&mut self, key: &TransactionKey, role: Role, now: Now) {
+        self.clock = Some(now);
         if role != Role::Client {
             return;
         }
@@ -677,6 +999,7 @@ impl B2bua {
 
     /// Runs the call timers due at `now`: ring (no answer: 408), 2xx retransmission, no ACK.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.clock = Some(now);
         let t2 = self.timers.t2;
         let mut no_answer = Vec::new();
         let mut no_ack = Vec::new();
@@ -704,7 +1027,7 @@ impl B2bua {
         }
         for id in no_answer {
             let Some(call) = self.calls.get(&id) else { continue };
-            if call.state != State::Calling || !call.stage_open {
+            if !matches!(call.state, State::Calling | State::Originating) || !call.stage_open {
                 continue;
             }
             self.cancel_forks(id, None);
@@ -755,8 +1078,57 @@ impl B2bua {
 
     // ---- output helpers ----
 
+    /// Sends `response` through server transaction `key`. The final response to a call's own
+    /// INVITE is its status; for an originated call there is no server transaction: the first
+    /// party is told by ACK and BYE instead ([`tell_first_party`](Self::tell_first_party)).
     fn respond(&mut self, key: &TransactionKey, response: Response) {
+        let status = response.status_code.code();
+        let call = self.by_invite.get(key).or_else(|| self.originated.get(key)).copied();
+        if let Some(call) = call.and_then(|id| self.calls.get_mut(&id)) {
+            if status >= 200 && call.status == 0 {
+                call.status = status;
+            }
+        }
+        if let Some(&id) = self.originated.get(key) {
+            self.tell_first_party(id, response);
+            return;
+        }
         self.sip.push_back(SipOut::Respond(key.clone(), response));
+    }
+
+    /// An originated call's "response" to its first party, who answered our INVITE: a 2xx (the
+    /// second party's answer) becomes our ACK with the answer; a failure, an ACK and a BYE.
+    /// Provisional responses are not for it.
+    fn tell_first_party(&mut self, id: u64, response: Response) {
+        let status = response.status_code.code();
+        if status < 200 {
+            return;
+        }
+        let branch = self.random.branch();
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(f) = call.a_fork.and_then(|i| call.forks.get_mut(i)) else { return };
+        if f.ack.is_some() {
+            return;
+        }
+        let answer = ((200..300).contains(&status) && is_sdp(&response.headers, &response.body))
+            .then(|| String::from_utf8_lossy(&response.body).into_owned());
+        let cseq = message::cseq(&f.invite.headers).map(|c| c.seq).unwrap_or(1);
+        if let Some((ack, peer)) = Self::encode_ack(&self.config, &f.dialog, cseq, &branch, answer.as_deref()) {
+            self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack.clone(), retransmission: false }));
+            f.ack = Some(ack);
+        }
+        if (200..300).contains(&status) {
+            call.state = State::Confirmed;
+        } else {
+            let now = self.clock.unwrap_or(call.started);
+            self.send_in_dialog(id, Side::A, "BYE", "", None, Purpose::Bye, now);
+        }
+    }
+
+    /// Queues a [`CallUpdate`] of call `id`.
+    fn update(&mut self, id: u64, kind: UpdateKind) {
+        let unix_ms = self.clock.map_or(0, |n| n.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
+        self.events.push_back(CallEvent::Update(CallUpdate { call: id, unix_ms, kind }));
     }
 
     /// A bodiless `status` response to `request` (To tag added for non-100).
@@ -991,7 +1363,13 @@ impl B2bua {
             }
             CallerIdPolicy::Strip => {}
         }
-        let from = format!("{};tag={}", Self::b_from(&call.a, call.policy), call.tag_b);
+        // An originated call shows the first party's address-of-record to the second.
+        let identity = if call.originated && call.state != State::Originating && call.policy != CallerIdPolicy::Strip {
+            format!("<{}>", call.caller_uri)
+        } else {
+            Self::b_from(&call.a, call.policy)
+        };
+        let from = format!("{identity};tag={}", call.tag_b);
         let stage_number = call.stage;
         let mut sent = 0;
         for branch in stage.branches {
@@ -1026,7 +1404,8 @@ impl B2bua {
                 auth_tried: false,
                 redirects: Vec::new(),
             });
-            self.by_call_id.insert(call_id, (id, Side::B));
+            let side = if call.state == State::Originating { Side::A } else { Side::B };
+            self.by_call_id.insert(call_id, (id, side));
             self.stats.forks += 1;
             sent += 1;
             self.send_client(id, request, peer, Purpose::Invite { fork });
@@ -1051,6 +1430,12 @@ impl B2bua {
                     self.cancel_fork(id, fork);
                     return;
                 }
+                let party = if call.state == State::Originating { 1 } else { 2 };
+                if matches!(call.state, State::Calling | State::Originating) && current && !call.ringing_told[party - 1] {
+                    call.ringing_told[party - 1] = true;
+                    self.update(id, UpdateKind::Ringing { party: party as u8 });
+                }
+                let Some(call) = self.calls.get_mut(&id) else { return };
                 if call.state != State::Calling || !current {
                     return;
                 }
@@ -1080,7 +1465,7 @@ impl B2bua {
                 take_into_dialog(&mut f.dialog, &response);
                 f.state = ForkState::Done(status);
                 let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
-                let wins = call.state == State::Calling && call.winner.is_none();
+                let wins = matches!(call.state, State::Calling | State::Originating) && call.winner.is_none();
                 // A delayed-offer 2xx carries the callee's offer: its ACK waits for the caller's
                 // answer. Any other 2xx is ACKed now.
                 if !(wins && call.delayed) {
@@ -1097,13 +1482,19 @@ impl B2bua {
                     self.settle(id);
                     return;
                 }
+                if call.state == State::Originating {
+                    self.first_party_answered(id, fork, &response, now);
+                    return;
+                }
                 call.winner = Some(fork);
                 call.b = f.dialog.clone();
                 call.state = State::Answered;
+                call.answered = Some(now);
                 call.stage_open = false;
                 call.stage_deadline = None;
                 self.stats.calls_answered += 1;
                 self.cancel_forks(id, Some(fork));
+                self.update(id, UpdateKind::Answered { party: 2 });
                 let Some(call) = self.calls.get_mut(&id) else { return };
                 let delayed = call.delayed;
                 let forward =
@@ -1235,7 +1626,7 @@ impl B2bua {
                 .filter(|c| !c.is_empty() && c != "*")
                 .collect();
         }
-        let (stage, open) = (call.stage, call.stage_open && call.state == State::Calling);
+        let (stage, open) = (call.stage, call.stage_open && matches!(call.state, State::Calling | State::Originating));
         if open && f.stage == stage {
             let decline = (601..700).contains(&status);
             let ringing = call.forks.iter().any(|f| f.stage == stage && f.outstanding());
@@ -1470,7 +1861,7 @@ impl B2bua {
             call.a.confirm();
         }
         let out = response_to(&self.config, call, forward.to, &forward.request, &forward.response, status, answer);
-        let retransmit = (is_invite_2xx && !call.dialog(forward.to).peer.is_reliable())
+        let retransmit = (is_invite_2xx && !call.dialog(forward.to).peer.is_reliable() && !self.originated.contains_key(&forward.origin))
             .then(|| message::encode(&SipMessage::Response(out.clone())));
         self.respond(&forward.origin, out);
         if let (Some(payload), Some(call)) = (retransmit, self.calls.get_mut(&id)) {
@@ -1542,6 +1933,15 @@ impl B2bua {
     /// Removes call `id`, releasing its media (once).
     fn finish(&mut self, id: u64) {
         let Some(mut call) = self.calls.remove(&id) else { return };
+        let now = self.clock.unwrap_or(call.started);
+        let duration_ms = call.answered.map_or(0, |a| now.instant.saturating_duration_since(a.instant).as_millis() as u64);
+        let status = if call.answered.is_some() { 200 } else if call.status == 0 { 500 } else { call.status };
+        let cause = match (call.cause, call.answered) {
+            ("", Some(_)) => "completed",
+            ("", None) => "failed",
+            (cause, _) => cause,
+        };
+        self.originated.remove(&call.invite_a_key);
         if let Some(allocation) = call.media.take() {
             self.media_request(id, allocation.release());
         }
@@ -1550,6 +1950,7 @@ impl B2bua {
             self.by_call_id.remove(&fork.dialog.call_id);
         }
         self.by_invite.remove(&call.invite_a_key);
+        self.update(id, UpdateKind::Ended { status, cause, duration_ms });
     }
 }
 

@@ -224,16 +224,22 @@ pub fn route(request: &Request, caller: Option<&str>, ctx: &mut Ctx<'_>) -> Resu
     if !ours {
         return Err(Refusal::NotFound);
     }
+    let domain = if config.is_local_domain(&host) { host.clone() } else { config.domains.first().cloned().unwrap_or_default() };
+    route_user(&user, &domain, caller, caller_identity(request), ctx)
+}
+
+/// Routes a call from `caller` (an AoR, when a subscriber; `identity` as screening sees it) to
+/// `user` of `domain`.
+fn route_user(user: &str, domain: &str, caller: Option<&str>, identity: String, ctx: &mut Ctx<'_>) -> Result<(Plan, RouteState), Refusal> {
     // Outgoing screening (RFC 5359 §2.14): the caller's blocked destination prefixes.
     if let Some((caller_user, caller_domain)) = caller.and_then(|c| c.split_once('@')) {
         let settings = ctx.store.settings(caller_user, caller_domain).map_err(|_| Refusal::Store)?;
-        if settings.is_some_and(|s| s.block.iter().any(|p| matches_pattern(&format!("{p}*"), &user))) {
+        if settings.is_some_and(|s| s.block.iter().any(|p| matches_pattern(&format!("{p}*"), user))) {
             return Err(Refusal::Blocked);
         }
     }
-    let domain = if config.is_local_domain(&host) { host.clone() } else { config.domains.first().cloned().unwrap_or_default() };
-    let mut state = RouteState { caller: caller_identity(request), ..RouteState::default() };
-    match destination(&user, &domain, ctx)? {
+    let mut state = RouteState { caller: identity, ..RouteState::default() };
+    match destination(user, domain, ctx)? {
         Target::Subscriber(aor) => {
             state.caller_id = CallerIdPolicy::Passthrough;
             let plan = ring_subscriber(&aor, &mut state, ctx)?;
@@ -241,10 +247,50 @@ pub fn route(request: &Request, caller: Option<&str>, ctx: &mut Ctx<'_>) -> Resu
         }
         Target::Branch(branch, caller_id) => {
             state.caller_id = caller_id;
-            let stage = Stage { branches: vec![branch], timeout: config.no_answer_timeout, headers: String::new() };
+            let stage = Stage { branches: vec![branch], timeout: ctx.config.no_answer_timeout, headers: String::new() };
             Ok((Plan { stage, caller_id, forwarded: false }, state))
         }
     }
+}
+
+/// The two parties of a call placed by the API, as `from` and `to` were given (a user, a
+/// user@domain, a number). The first party's registered phones all ring (no forwarding or
+/// screening: it asked for the call); the second is routed like a call from the first. Returns
+/// both plans with the parties' URIs, or the field that has nowhere to go and why.
+#[allow(clippy::type_complexity)]
+pub fn originate(
+    from: &str,
+    to: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<((Plan, RouteState), (Plan, RouteState), String, String), (&'static str, Refusal)> {
+    let first_domain = ctx.config.domains.first().cloned().unwrap_or_default();
+    let split = |who: &str| match who.split_once('@') {
+        Some((user, domain)) => (user.to_owned(), domain.to_ascii_lowercase()),
+        None => (who.to_owned(), first_domain.clone()),
+    };
+    let (from_user, from_domain) = split(from);
+    let (to_user, to_domain) = split(to);
+    for (field, domain) in [("from", &from_domain), ("to", &to_domain)] {
+        if !ctx.config.is_local_domain(domain) {
+            return Err((field, Refusal::NotFound));
+        }
+    }
+    let (first_stage, caller) = match destination(&from_user, &from_domain, ctx).map_err(|r| ("from", r))? {
+        Target::Subscriber(aor) => {
+            let branches = contact_branches(ctx.registrar, &aor, ctx.now_unix);
+            if branches.is_empty() {
+                return Err(("from", Refusal::NotRegistered));
+            }
+            (Stage { branches, timeout: ctx.config.no_answer_timeout, headers: String::new() }, Some(aor))
+        }
+        Target::Branch(branch, _) => (Stage { branches: vec![branch], timeout: ctx.config.no_answer_timeout, headers: String::new() }, None),
+    };
+    let first = (
+        Plan { stage: first_stage, caller_id: CallerIdPolicy::Passthrough, forwarded: false },
+        RouteState { caller_id: CallerIdPolicy::Passthrough, ..RouteState::default() },
+    );
+    let second = route_user(&to_user, &to_domain, caller.as_deref(), from_user.clone(), ctx).map_err(|r| ("to", r))?;
+    Ok((first, second, format!("sip:{from_user}@{from_domain}"), format!("sip:{to_user}@{to_domain}")))
 }
 
 /// What follows a stage that ended with `outcome`.

@@ -32,7 +32,7 @@ use sip_core::Random;
 use sip_core::message::{self, from_value, response_for, tag_of, to_value, uri_of, user_host, Framing};
 use sip_core::transaction::{InviteServerState, LayerEvent, Outgoing, Peer, Role, TimerConfig, TransactionKey, TransactionLayer};
 
-use crate::b2bua::{B2bua, CallEvent, OfferProblem, SipOut, ALLOW};
+use crate::b2bua::{B2bua, CallEvent, CallInfo, CallUpdate, OfferProblem, SipOut, ALLOW};
 use crate::config::Config;
 use crate::media::{MediaReply, MediaRequest};
 use crate::now::Now;
@@ -108,6 +108,8 @@ pub struct ControlPlane {
     limits: crate::limits::Limits,
     /// Calls.
     b2bua: B2bua,
+    /// Calls' progress for the API's watchers.
+    updates: VecDeque<CallUpdate>,
     transmits: VecDeque<Outgoing>,
     stats: Stats,
     next_sweep: Option<Instant>,
@@ -145,6 +147,7 @@ impl ControlPlane {
             registrar: Registrar::new(config.registrar),
             limits: crate::limits::Limits::new(config.limits.clone()),
             b2bua: B2bua::new(config.clone(), timers, random.split()),
+            updates: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: Stats::default(),
             next_sweep: None,
@@ -296,7 +299,35 @@ impl ControlPlane {
         self.drain(now, store);
     }
 
+    /// The call-control API: calls `from`, then `to` (see [`B2bua::handle_originate`]). The
+    /// error names the field that has nowhere to go and the status a SIP caller would get.
+    pub fn handle_originate(&mut self, from: &str, to: &str, now: Now, store: &mut dyn Store) -> Result<u64, (&'static str, u16)> {
+        let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
+        let (first, second, from_uri, to_uri) = crate::routing::originate(from, to, &mut ctx).map_err(|(field, r)| (field, r.status()))?;
+        let id = self.b2bua.handle_originate(first, second, from_uri, to_uri, now);
+        self.drain(now, store);
+        Ok(id)
+    }
+
+    /// The call-control API: ends call `id`; whether it existed.
+    pub fn handle_hangup(&mut self, id: u64, now: Now, store: &mut dyn Store) -> bool {
+        let found = self.b2bua.handle_hangup(id, now);
+        self.drain(now, store);
+        found
+    }
+
+    /// The calls in progress.
+    pub fn calls(&self) -> Vec<CallInfo> {
+        self.b2bua.calls()
+    }
+
     // ---- poll_* ----
+
+    /// Next call update (ringing, forwarded, answered, ended) for the API's watchers.
+    #[must_use]
+    pub fn poll_update(&mut self) -> Option<CallUpdate> {
+        self.updates.pop_front()
+    }
 
     /// Next message to send.
     #[must_use]
@@ -359,6 +390,13 @@ impl ControlPlane {
 
     fn on_call_event(&mut self, event: CallEvent, now: Now, store: &mut dyn Store) {
         match event {
+            CallEvent::Update(update) => {
+                // Bounded: without a watcher draining them, the oldest go.
+                if self.updates.len() >= MAX_UPDATES {
+                    self.updates.pop_front();
+                }
+                self.updates.push_back(update);
+            }
             CallEvent::Unanswered { call, outcome } => {
                 let Some(state) = self.b2bua.route_state(call) else { return };
                 let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
@@ -702,6 +740,9 @@ impl ControlPlane {
         }
     }
 }
+
+/// Call updates kept for the API's watchers between two drains of the driver.
+const MAX_UPDATES: usize = 10_000;
 
 /// Option tags (RFC 3261 §19.2) this server supports in `Require`; a request requiring any other
 /// gets 420: SIP outbound (RFC 5626) and Path (RFC 3327) at the registrar; 100rel, timer and

@@ -1148,6 +1148,101 @@ fn a_delayed_offer_ack_without_the_answer_ends_the_call_on_both_sides() {
     assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
 }
 
+// ---- call control: originate, hang up, list, updates ----
+
+const ALICE_PHONE: &str = "192.0.2.9:5070";
+
+fn updates(w: &mut World) -> Vec<crate::b2bua::UpdateKind> {
+    std::iter::from_fn(|| w.core.poll_update()).map(|u| u.kind).collect()
+}
+
+#[test]
+fn originate_calls_the_first_party_then_the_second_and_acks_the_first_with_the_answer() {
+    use crate::b2bua::{Phase, UpdateKind};
+    let mut w = World::new();
+    w.subscriber("alice", Some(ALICE_PHONE));
+    let id = w.core.handle_originate("alice", "bob", w.now, &mut w.store).expect("originate");
+    w.pump();
+    let to_alice = w.take_one(ALICE_PHONE, "INVITE sip:alice@192.0.2.9:5070");
+    assert!(to_alice.contains("From: <sip:bob@sip.test>;tag=") && to_alice.contains("Content-Length: 0\r\n\r\n"), "{to_alice}");
+    w.receive(ALICE_PHONE, &answer_at(ALICE_PHONE, &to_alice, 180, None));
+    w.receive(ALICE_PHONE, &answer_at(ALICE_PHONE, &to_alice, 200, Some(&offer(4000, "sendrecv").replace("192.0.2.1", "192.0.2.9"))));
+    assert!(w.take(ALICE_PHONE, "ACK").is_empty(), "the first party's ACK carries the second's answer");
+    w.allocate();
+    let to_bob = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    assert!(to_bob.contains("From: <sip:alice@sip.test>;tag=") && to_bob.contains("c=IN IP4 198.51.100.9"), "{to_bob}");
+    assert_eq!(w.core.calls()[0].phase, Phase::Ringing);
+    w.receive(CALLEE, &answer(&to_bob, 180, None));
+    w.receive(CALLEE, &answer(&to_bob, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
+    // (The test phones' Contact user is bob's.)
+    let ack = w.take_one(ALICE_PHONE, "ACK sip:bob@192.0.2.9:5070");
+    assert!(ack.contains("application/sdp") && ack.contains("c=IN IP4 198.51.100.9") && ack.contains("m=audio 30000 "), "{ack}");
+    let calls = w.core.calls();
+    assert_eq!((calls.len(), calls[0].phase, calls[0].originated), (1, Phase::Answered, true));
+    assert_eq!((calls[0].caller.as_str(), calls[0].callee.as_str()), ("sip:alice@sip.test", "sip:bob@sip.test"));
+    assert!(w.core.handle_hangup(id, w.now, &mut w.store));
+    w.pump();
+    w.take_one(ALICE_PHONE, "BYE sip:bob@192.0.2.9:5070");
+    w.take_one(CALLEE, "BYE sip:bob@192.0.2.2:5062");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+    assert!(!w.core.handle_hangup(id, w.now, &mut w.store), "gone");
+    assert_eq!(
+        updates(&mut w),
+        vec![
+            UpdateKind::Ringing { party: 1 },
+            UpdateKind::Answered { party: 1 },
+            UpdateKind::Ringing { party: 2 },
+            UpdateKind::Answered { party: 2 },
+            UpdateKind::Ended { status: 200, cause: "hangup", duration_ms: 0 },
+        ]
+    );
+}
+
+#[test]
+fn an_originated_call_whose_second_party_is_busy_hangs_up_the_first() {
+    use crate::b2bua::UpdateKind;
+    let mut w = World::new();
+    w.subscriber("alice", Some(ALICE_PHONE));
+    w.core.handle_originate("alice", "bob", w.now, &mut w.store).expect("originate");
+    w.pump();
+    let to_alice = w.take_one(ALICE_PHONE, "INVITE");
+    w.receive(ALICE_PHONE, &answer_at(ALICE_PHONE, &to_alice, 200, Some(&offer(4000, "sendrecv").replace("192.0.2.1", "192.0.2.9"))));
+    w.allocate();
+    let to_bob = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&to_bob, 486, None));
+    let ack = w.take_one(ALICE_PHONE, "ACK");
+    assert!(!ack.contains("application/sdp"), "{ack}");
+    w.take_one(ALICE_PHONE, "BYE");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+    assert!(updates(&mut w).contains(&UpdateKind::Ended { status: 486, cause: "failed", duration_ms: 0 }));
+}
+
+#[test]
+fn originate_names_the_party_that_cannot_be_reached() {
+    let mut w = World::new();
+    w.subscriber("alice", None);
+    assert_eq!(w.core.handle_originate("alice", "bob", w.now, &mut w.store), Err(("from", 480)));
+    w.subscriber("carol", Some(CALLEE2));
+    assert_eq!(w.core.handle_originate("carol", "nobody", w.now, &mut w.store), Err(("to", 404)));
+    assert_eq!(w.core.handle_originate("carol", "bob@elsewhere.example", w.now, &mut w.store), Err(("to", 404)));
+    assert_eq!(w.core.active_calls(), 0);
+}
+
+#[test]
+fn an_answered_call_is_listed_and_ends_with_its_duration() {
+    use crate::b2bua::UpdateKind;
+    let mut w = World::new();
+    let (_, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    w.advance(Duration::from_secs(5));
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &tag, None));
+    let kinds = updates(&mut w);
+    assert_eq!(kinds.first(), Some(&UpdateKind::Ringing { party: 2 }));
+    assert_eq!(kinds.last(), Some(&UpdateKind::Ended { status: 200, cause: "completed", duration_ms: 5000 }));
+}
+
 // ---- abuse limits ----
 
 #[test]
