@@ -61,6 +61,11 @@
 //! max_forwards = 5                # call forwards (settings forward.*) one call may take; more get
 //!                                 # 483, and a forward back to a subscriber already rung gets 482 (default 5)
 //!
+//! [api]
+//! listen = "127.0.0.1:9093"       # control.v1 gRPC (originate, hang up, list and watch calls,
+//!                                 # subscriber settings); no authentication: keep it on a
+//!                                 # management address; "" turns it off (default 127.0.0.1:9093)
+//!
 //! [metrics]
 //! listen = "127.0.0.1:9092"       # GET /metrics (Prometheus); "" turns it off (default 127.0.0.1:9092)
 //!
@@ -152,7 +157,9 @@ struct RawConfig {
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
-    metrics: RawMetrics,
+    metrics: RawListen,
+    #[serde(default)]
+    api: RawListen,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -271,7 +278,7 @@ struct RawMedia {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawMetrics {
+struct RawListen {
     listen: Option<String>,
 }
 
@@ -426,6 +433,8 @@ pub struct Config {
     pub codec_policy: CodecPolicy,
     /// Where GET /metrics is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the control.v1 API is served, if anywhere.
+    pub api_listen: Option<SocketAddr>,
     /// SQLite file.
     pub store_path: PathBuf,
     /// Routes, longest prefix first.
@@ -582,6 +591,10 @@ impl Config {
             "" => None,
             a => Some(a.parse::<SocketAddr>().map_err(|_| invalid("metrics.listen", format!("{a:?} is not IP:port (or \"\" for none)")))?),
         };
+        let api_listen = match raw.api.listen.as_deref().unwrap_or("127.0.0.1:9093") {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| invalid("api.listen", format!("{a:?} is not IP:port (or \"\" for none)")))?),
+        };
         let codec_policy = CodecPolicy {
             transcode: raw.media.transcode.unwrap_or_else(|| vec!["PCMU".into(), "PCMA".into()]),
             strip: raw.media.strip.unwrap_or_default(),
@@ -667,6 +680,7 @@ impl Config {
             media_timeout_ms: raw.media.media_timeout_ms.unwrap_or(60_000),
             codec_policy,
             metrics_listen,
+            api_listen,
             rpc_timeout: Duration::from_millis(rpc_timeout_ms),
             store_path: raw.store.path.unwrap_or_else(|| PathBuf::from("control-plane.db")),
             routes,

@@ -41,6 +41,8 @@ enum Input {
     Media(u64, MediaReply),
     /// A scrape of GET /metrics, answered with the text.
     Metrics(tokio::sync::oneshot::Sender<String>),
+    /// A control.v1 API call.
+    Api(crate::api::ApiRequest),
 }
 
 /// Why the server could not start.
@@ -140,6 +142,26 @@ pub async fn run(
             Err(e) => tracing::error!(%addr, error = %e, "metrics endpoint not started"),
         }
     }
+    let (updates, _) = tokio::sync::broadcast::channel(crate::api::UPDATE_BUFFER);
+    if let Some(addr) = config.api_listen {
+        // Like metrics: without its API the server still serves calls.
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let (api_tx, mut api_rx) = mpsc::channel(1024);
+                let forward = tx.clone();
+                tokio::spawn(async move {
+                    while let Some(request) = api_rx.recv().await {
+                        if forward.send(Input::Api(request)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(crate::api::Api::new(api_tx, updates.clone()).serve(listener));
+                tracing::info!(%addr, "control.v1 API");
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "control.v1 API not started"),
+        }
+    }
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut send_errors = 0u64;
     tokio::pin!(shutdown);
@@ -148,6 +170,10 @@ pub async fn run(
         // Flush everything the core produced.
         while let Some(out) = core.poll_transmit() {
             send(&udp, &mut connections, &tx, out, &mut send_errors);
+        }
+        while let Some(update) = core.poll_update() {
+            // No watcher: nobody to tell.
+            let _ = updates.send(update);
         }
         while let Some((call, request)) = core.poll_media() {
             let (media, tx) = (media.clone(), tx.clone());
@@ -182,6 +208,7 @@ pub async fn run(
                     Input::Metrics(reply) => {
                         let _ = reply.send(crate::metrics::render(snapshot(&core, &media)));
                     }
+                    Input::Api(request) => crate::api::execute(request, &mut core, store.as_mut(), now),
                 }
             }
         }

@@ -23,12 +23,16 @@
 //! - [`routing`]: where a call goes (registered contacts, trunks by prefix), as branches.
 //! - [`now`]: the clocks handed to the sans-IO parts.
 //! - [`config`]: the TOML file; [`driver`]: tokio sockets, timers and the media client around the core.
+//! - [`api`]: the control.v1 gRPC API (originate, hang up, list and watch calls, settings),
+//!   executed on the core's loop.
+//! - [`settings`]: per-subscriber call settings (forwarding, find-me, screening, PSTN fallback).
 //!
 //! Like the media plane's engine, the core never reads a clock or a socket, so the transaction
 //! harness (in `sip-core`) and the B2BUA tests (`server_tests`) run minutes of SIP timers in
 //! microseconds.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod b2bua;
 pub mod config;

@@ -240,3 +240,52 @@ fn a_delayed_offer_call_gets_the_offer_in_the_200_and_answers_in_the_ack() {
     let answer_ack = log.rfind("ACK sip:").expect("the ACK of the 200");
     assert!(at(&log, "SIP/2.0 200") < answer_ack && log[answer_ack..].contains("m=audio"), "{log}");
 }
+
+// ---- the control.v1 API, driven by a Python client written from the .proto ----
+
+fn python_has_grpc() -> Result<(), String> {
+    let out = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(stderr.lines().last().unwrap_or("import failed").trim().to_owned())
+    }
+}
+
+#[test]
+fn a_python_application_places_watches_lists_and_hangs_up_a_call_over_the_api() {
+    if !sipp_available() {
+        return;
+    }
+    if let Err(why) = python_has_grpc() {
+        assert!(std::env::var("REQUIRE_PYTHON_GRPC").as_deref() != Ok("1"), "REQUIRE_PYTHON_GRPC=1 but Python gRPC is unavailable: {why}");
+        eprintln!("SKIP: python3 cannot import grpc and grpc_tools ({why}): pip install grpcio grpcio-tools");
+        return;
+    }
+    let api = "127.0.0.1:21099";
+    let mut stack = Stack::start_with(9, true, &format!("[api]\nlisten = \"{api}\"\n"));
+    register_callee(&stack, "csv/alice.csv", 24_090);
+    register_callee(&stack, "csv/bob.csv", 24_093);
+    let (alice, _) = callee(&stack, "uas-answer.xml", 24_090, "alice", &[]);
+    let (bob, _) = callee(&stack, "uas-answer.xml", 24_093, "bob", &[]);
+    let script = common::repo_root().join("tests/python/call_control.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args([api, "alice", "bob"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let status = wait_bounded(&mut child, Duration::from_secs(90));
+    let output = child.wait_with_output().expect("output");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(status.success(), "{} failed: {stdout}{stderr}\nlog: {}", script.display(), stack.log());
+    assert!(stdout.contains("\"answered:2\""), "{stdout}");
+    let counters = finish(&mut stack, vec![alice, bob]);
+    assert!(counters.contains("\"calls_completed\":1"), "{counters}");
+}
