@@ -20,49 +20,19 @@ out after 5 s, the call must be answered within 20 s.
 Needs: grpcio, grpcio-tools (pip install grpcio grpcio-tools).
 """
 
-import importlib
 import json
 import queue
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import grpc
 
-ROOT = Path(__file__).resolve().parents[2]
-PROTO_ROOT = ROOT / "proto" / "proto"
-PROTO_FILE = "control/v1/control.proto"
+from stubs import Failure, check, generate_stubs
+
 RPC_TIMEOUT = 5.0
 ANSWER_TIMEOUT = 20.0
-
-
-class Failure(Exception):
-    """A check that did not hold."""
-
-
-def check(cond, message):
-    if not cond:
-        raise Failure(message)
-
-
-def generate_stubs(out_dir):
-    """Compiles the control.v1 proto into out_dir and imports the generated modules."""
-    cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        PROTO_FILE,
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    check(r.returncode == 0, f"protoc failed ({r.returncode}): {r.stderr.strip()}")
-    for pkg in (Path(out_dir) / "control", Path(out_dir) / "control" / "v1"):
-        (pkg / "__init__.py").touch()
-    sys.path.insert(0, str(out_dir))
-    return importlib.import_module("control.v1.control_pb2"), importlib.import_module("control.v1.control_pb2_grpc")
 
 
 def settings_round_trip(pb2, admin, subscriber):
@@ -115,7 +85,7 @@ def main():
         return 2
     target, first, second = sys.argv[1:]
     with tempfile.TemporaryDirectory() as out:
-        pb2, pb2_grpc = generate_stubs(out)
+        pb2, pb2_grpc = generate_stubs(out, "control/v1", "control")
         channel = grpc.insecure_channel(target)
         grpc.channel_ready_future(channel).result(timeout=10)
         calls = pb2_grpc.CallControlStub(channel)

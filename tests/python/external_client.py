@@ -14,19 +14,16 @@ out after 5 s, UDP reads after 2 s.
 Needs: grpcio, grpcio-tools, grpcio-reflection (pip install grpcio grpcio-tools grpcio-reflection).
 """
 
-import importlib
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import grpc
 
-ROOT = Path(__file__).resolve().parents[2]
-PROTO_ROOT = ROOT / "proto" / "proto"
-PROTO_FILE = "media/v1/media.proto"
+from stubs import Failure, check, generate_stubs
+
 SERVICE = "media.v1.MediaPlane"
 RPC_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 10.0
@@ -36,35 +33,6 @@ BURST = 10
 FIRST_SEQ = 65_530  # the run crosses the 16-bit sequence number wrap
 SSRC = 0x5059_7468
 PAYLOAD = 160
-
-
-class Failure(Exception):
-    """A check that did not hold."""
-
-
-def check(cond, message):
-    if not cond:
-        raise Failure(message)
-
-
-def generate_stubs(out_dir):
-    """Compiles the media.v1 proto into out_dir and imports the generated modules."""
-    cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"--python_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        PROTO_FILE,
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    check(r.returncode == 0, f"protoc failed ({r.returncode}): {r.stderr.strip()}")
-    # Regular packages, so an unrelated installed `media` package cannot shadow ours.
-    for pkg in (Path(out_dir) / "media", Path(out_dir) / "media" / "v1"):
-        (pkg / "__init__.py").touch()
-    sys.path.insert(0, str(out_dir))
-    pb2 = importlib.import_module("media.v1.media_pb2")
-    pb2_grpc = importlib.import_module("media.v1.media_pb2_grpc")
-    return pb2, pb2_grpc
 
 
 def reflection_check(channel):
@@ -150,7 +118,7 @@ def relay(sock_a, to_a, sock_b, from_b):
 
 def run(target):
     with tempfile.TemporaryDirectory(prefix="media-plane-stubs-") as tmp:
-        pb2, pb2_grpc = generate_stubs(tmp)
+        pb2, pb2_grpc = generate_stubs(tmp, "media/v1", "media")
         channel = grpc.insecure_channel(target)
         try:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
