@@ -1,0 +1,216 @@
+//! Calls the API places (RFC 3725 flow I), ends and lists.
+
+use super::*;
+
+impl B2bua {
+    /// A call placed by the API (RFC 3725 flow I): `first` rings the first party with an INVITE
+    /// without SDP; when it answers, its offer is anchored and `second` rings with it; the
+    /// second party's answer reaches the first in our ACK. Returns the call's id.
+    ///
+    /// The first party's 2xx waits for that ACK while the second rings; it retransmits for 64·T1
+    /// (32 s) and then gives up, so the second party rings at most 30 s.
+    pub fn handle_originate(
+        &mut self,
+        first: (Plan, RouteState),
+        second: (Plan, RouteState),
+        from_uri: String,
+        to_uri: String,
+        now: Now,
+    ) -> u64 {
+        self.clock = Some(now);
+        let (first_plan, first_route) = first;
+        let (mut second_plan, second_route) = second;
+        second_plan.stage.timeout = second_plan.stage.timeout.min(Duration::from_secs(30));
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stats.calls_started += 1;
+        let tag = self.random.tag();
+        // Until the first party answers, `a` only names who it is connected to (the From of its
+        // INVITE) and `b` stands for nobody.
+        let target = first_plan.stage.branches.first().map(|b| b.target.clone()).unwrap_or_default();
+        let placeholder = |remote: &str| {
+            let nobody = Peer::udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            Dialog::uac(format!("originate-{id}"), format!("<sip:b2bua@0.0.0.0>;tag={tag}"), format!("<{remote}>"), target.clone(), Vec::new(), nobody)
+        };
+        let (a, b) = (placeholder(&to_uri), placeholder(&from_uri));
+        let invite_a = match a.clone().request("INVITE", "0.0.0.0", "z9hG4bKoriginate", "", None) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the placeholder of an originated call");
+                return id;
+            }
+        };
+        let key = TransactionKey::for_request(&invite_a).unwrap_or_else(|_| TransactionKey {
+            branch: format!("originate-{id}"),
+            method: Method::Invite,
+            sent_by: sip_core::transaction::SentBy { host: "0.0.0.0".into(), port: 0 },
+        });
+        self.calls.insert(
+            id,
+            Call {
+                state: State::Originating,
+                a,
+                b,
+                invite_a,
+                invite_a_key: key,
+                forks: Vec::new(),
+                stage: 0,
+                stage_open: false,
+                first_stage: None,
+                announce_first: false,
+                winner: None,
+                early_from: None,
+                route: first_route,
+                delayed: true,
+                delayed_answer: None,
+                ack_answer_pending: false,
+                originated: true,
+                a_fork: None,
+                second: Some(SecondParty { stage: second_plan.stage, caller_id: second_plan.caller_id, route: second_route }),
+                caller_uri: from_uri,
+                callee_uri: to_uri,
+                started: now,
+                answered: None,
+                status: 0,
+                cause: "",
+                ringing_told: [false; 2],
+                tag_b: tag,
+                media: None,
+                offer_legs: Vec::new(),
+                negotiating: false,
+                forwards: VecDeque::new(),
+                relay_offer: None,
+                policy: first_plan.caller_id,
+                caller: None,
+                stage_deadline: None,
+                retransmit: None,
+                reinvite_pending: false,
+            },
+        );
+        self.ring(id, first_plan.stage, now);
+        id
+    }
+
+    /// The first party of an originated call answered with its offer: anchor it and ring the
+    /// second party with it.
+    pub(super) fn first_party_answered(&mut self, id: u64, fork: usize, response: &Response, now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(f) = call.forks.get(fork) else { return };
+        call.a = f.dialog.clone();
+        call.invite_a = f.invite.clone();
+        call.a_fork = Some(fork);
+        call.delayed = false;
+        call.stage_open = false;
+        call.stage_deadline = None;
+        if let Ok(key) = TransactionKey::for_request(&call.invite_a) {
+            call.invite_a_key = key.clone();
+            self.originated.insert(key, id);
+        }
+        let sdp = is_sdp(&response.headers, &response.body).then(|| String::from_utf8_lossy(&response.body).into_owned());
+        let active = sdp.as_deref().and_then(|s| Sdp::parse(s.as_bytes()).ok()).filter(Sdp::any_active).map(|s| s.active().to_vec());
+        self.cancel_forks(id, Some(fork));
+        self.update(id, UpdateKind::Answered { party: 1 });
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let (Some(sdp), Some(active), Some(second)) = (sdp, active, call.second.take()) else {
+            tracing::info!("the first party of an originated call answered without a usable offer");
+            call.status = 502;
+            call.cause = "failed";
+            self.stats.calls_failed += 1;
+            let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+            self.reply(&key, &invite, 502, now);
+            self.abandon(id, now);
+            return;
+        };
+        call.route = second.route;
+        call.policy = second.caller_id;
+        call.first_stage = Some(second.stage);
+        call.state = State::Allocating;
+        let request = MediaRequest::Allocate {
+            call_id: call.a.call_id.clone(),
+            offer: sdp,
+            callee_offers: false,
+            active,
+            policy: self.config.codec_policy.clone(),
+        };
+        self.media_request(id, request);
+    }
+
+    /// Ends call `id` for the API: an answered call with BYE on both sides, one being set up
+    /// by cancelling it (its caller gets 487). Whether the call existed.
+    pub fn handle_hangup(&mut self, id: u64, now: Now) -> bool {
+        self.clock = Some(now);
+        let Some(call) = self.calls.get_mut(&id) else { return false };
+        call.cause = "hangup";
+        match call.state {
+            State::Answered | State::Confirmed => {
+                self.stats.calls_completed += 1;
+                self.send_in_dialog(id, Side::A, "BYE", "", None, Purpose::Bye, now);
+                self.hang_up_winner(id, None);
+                self.finish(id);
+            }
+            State::Originating | State::Allocating | State::Calling => {
+                let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+                if call.state != State::Originating {
+                    self.reply(&key, &invite, 487, now);
+                }
+                self.stats.calls_cancelled += 1;
+                self.abandon(id, now);
+            }
+            State::Cancelled => {}
+        }
+        true
+    }
+
+    /// The calls in progress.
+    pub fn calls(&self) -> Vec<CallInfo> {
+        let ms = |n: &Now| n.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut out: Vec<CallInfo> = self
+            .calls
+            .iter()
+            .map(|(&id, c)| CallInfo {
+                call: id,
+                caller: c.caller_uri.clone(),
+                callee: c.callee_uri.clone(),
+                phase: match c.state {
+                    State::Answered | State::Confirmed => Phase::Answered,
+                    State::Cancelled => Phase::Ending,
+                    _ => Phase::Ringing,
+                },
+                started_unix_ms: ms(&c.started),
+                answered_unix_ms: c.answered.as_ref().map_or(0, ms),
+                originated: c.originated,
+            })
+            .collect();
+        out.sort_by_key(|c| c.call);
+        out
+    }
+
+    /// An originated call's "response" to its first party, who answered our INVITE: a 2xx (the
+    /// second party's answer) becomes our ACK with the answer; a failure, an ACK and a BYE.
+    /// Provisional responses are not for it.
+    pub(super) fn tell_first_party(&mut self, id: u64, response: Response) {
+        let status = response.status_code.code();
+        if status < 200 {
+            return;
+        }
+        let branch = self.random.branch();
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(f) = call.a_fork.and_then(|i| call.forks.get_mut(i)) else { return };
+        if f.ack.is_some() {
+            return;
+        }
+        let answer = ((200..300).contains(&status) && is_sdp(&response.headers, &response.body))
+            .then(|| String::from_utf8_lossy(&response.body).into_owned());
+        let cseq = message::cseq(&f.invite.headers).map(|c| c.seq).unwrap_or(1);
+        if let Some((ack, peer)) = Self::encode_ack(&self.config, &f.dialog, cseq, &branch, answer.as_deref()) {
+            self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack.clone(), retransmission: false }));
+            f.ack = Some(ack);
+        }
+        if (200..300).contains(&status) {
+            call.state = State::Confirmed;
+        } else {
+            let now = self.clock.unwrap_or(call.started);
+            self.send_in_dialog(id, Side::A, "BYE", "", None, Purpose::Bye, now);
+        }
+    }
+}
