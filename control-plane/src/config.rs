@@ -50,6 +50,10 @@
 //!                                 # is transcoded to (default: G.711, which every gateway has)
 //! strip = []                      # removed from offers (default none)
 //! mask = []                       # hidden from callees, still accepted from callers (default none)
+//! music_on_hold = "music-on-hold.wav"  # what a held party hears: a WAV in the media plane's
+//!                                 # prompt_dir, looped from the holder's sendonly/inactive re-INVITE
+//!                                 # until it resumes; a subscriber's setting music_on_hold wins;
+//!                                 # "" is silence (default: the shipped music-on-hold.wav)
 //! transport = ""                  # "RTP/AVP" (SRTP ends in the media plane), "RTP/SAVP" (SDES-SRTP
 //!                                 # to callees) or "" (as the caller offers; default)
 //!
@@ -274,6 +278,7 @@ struct RawMedia {
     strip: Option<Vec<String>>,
     mask: Option<Vec<String>>,
     transport: Option<String>,
+    music_on_hold: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -431,6 +436,9 @@ pub struct Config {
     pub rpc_timeout: Duration,
     /// What the media plane does to the codecs and transport of offers.
     pub codec_policy: CodecPolicy,
+    /// What a held party hears (a WAV under the media plane's prompt_dir), unless the holder's
+    /// settings name another; `None`: silence.
+    pub music_on_hold: Option<String>,
     /// Where GET /metrics is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Where the control.v1 API is served, if anywhere.
@@ -591,6 +599,11 @@ impl Config {
             "" => None,
             a => Some(a.parse::<SocketAddr>().map_err(|_| invalid("metrics.listen", format!("{a:?} is not IP:port (or \"\" for none)")))?),
         };
+        let music_on_hold = match raw.media.music_on_hold.as_deref().unwrap_or("music-on-hold.wav") {
+            "" => None,
+            file if crate::settings::is_wav_name(file) => Some(file.to_owned()),
+            file => return Err(invalid("media.music_on_hold", format!("{file:?} is not a .wav file name (no directories)"))),
+        };
         let api_listen = match raw.api.listen.as_deref().unwrap_or("127.0.0.1:9093") {
             "" => None,
             a => Some(a.parse::<SocketAddr>().map_err(|_| invalid("api.listen", format!("{a:?} is not IP:port (or \"\" for none)")))?),
@@ -679,6 +692,7 @@ impl Config {
             media_grpc,
             media_timeout_ms: raw.media.media_timeout_ms.unwrap_or(60_000),
             codec_policy,
+            music_on_hold,
             metrics_listen,
             api_listen,
             rpc_timeout: Duration::from_millis(rpc_timeout_ms),

@@ -50,6 +50,11 @@ pub struct Allocation {
 }
 
 impl Allocation {
+    /// The legs facing the caller (`caller` true) or the callee, one per active stream.
+    pub fn facing(&self, caller: bool) -> Vec<u64> {
+        self.streams.iter().flatten().map(|s| if caller { s.leg_a } else { s.leg_b }).collect()
+    }
+
     /// Every leg, for [`MediaRequest::Release`] (the media plane deletes a leg's bridge with it).
     pub fn release(&self) -> MediaRequest {
         MediaRequest::Release { legs: self.streams.iter().flatten().flat_map(|s| [s.leg_a, s.leg_b]).collect() }
@@ -90,6 +95,19 @@ pub enum MediaRequest {
     Offer { legs: Vec<(u64, u64)>, sdp: String, policy: CodecPolicy },
     /// The answer to the last offer over `legs`; answered with [`MediaReply::Answered`].
     Answer { legs: Vec<(u64, u64)>, sdp: String },
+    /// Play `file` (a WAV under the media plane's prompt_dir) into each of `legs`, looped until
+    /// stopped: music on hold. No reply; failures are counted.
+    Play {
+        /// Legs.
+        legs: Vec<u64>,
+        /// File name.
+        file: String,
+    },
+    /// Stop what plays into `legs`; their bridge takes over again in the same stream.
+    StopPlay {
+        /// Legs.
+        legs: Vec<u64>,
+    },
     /// Delete legs; DeleteLeg also deletes the leg's bridge, so one call per leg is all it takes.
     Release {
         /// Legs.
@@ -148,6 +166,9 @@ pub struct MediaCounters {
     pub releases: AtomicU64,
     /// Deletes that failed (the media plane's media timeout reclaims those legs).
     pub release_failures: AtomicU64,
+    /// Plays (music on hold) started and stopped, and those that failed.
+    pub plays: AtomicU64,
+    pub play_failures: AtomicU64,
 }
 
 fn media_error(rpc: &str, s: &tonic::Status) -> MediaError {
@@ -218,7 +239,30 @@ impl MediaClient {
                 self.release(&legs).await;
                 None
             }
+            MediaRequest::Play { legs, file } => {
+                for leg_id in legs {
+                    let request = v1::PlayRequest { leg_id, source: Some(v1::play_request::Source::File(file.clone())), r#loop: true };
+                    self.count_play(self.client.clone().play(request).await.map(|_| ()), &file);
+                }
+                None
+            }
+            MediaRequest::StopPlay { legs } => {
+                for leg_id in legs {
+                    self.count_play(self.client.clone().stop_play(v1::StopPlayRequest { leg_id }).await.map(|_| ()), "stop");
+                }
+                None
+            }
         }
+    }
+
+    fn count_play(&self, result: Result<(), tonic::Status>, what: &str) {
+        match result {
+            Ok(()) => self.counters.plays.fetch_add(1, Ordering::Relaxed),
+            Err(status) => {
+                tracing::warn!(what, error = %status.message(), "music on hold: the media plane refused");
+                self.counters.play_failures.fetch_add(1, Ordering::Relaxed)
+            }
+        };
     }
 
     async fn offer(&self, legs: &[(u64, u64)], sdp: String, policy: &CodecPolicy) -> Result<String, MediaError> {

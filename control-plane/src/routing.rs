@@ -193,6 +193,13 @@ struct Current {
     fallback: Option<String>,
 }
 
+impl RouteState {
+    /// The subscriber (AoR) the call rings now, if it is one.
+    pub fn subscriber(&self) -> Option<&str> {
+        self.current.as_ref().map(|c| c.aor.as_str())
+    }
+}
+
 /// What routing reads.
 pub struct Ctx<'a> {
     /// The configuration.

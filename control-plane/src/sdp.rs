@@ -30,6 +30,7 @@ pub enum SdpError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sdp {
     active: Vec<bool>,
+    holds: bool,
 }
 
 impl Sdp {
@@ -41,18 +42,23 @@ impl Sdp {
         }
         let session = sdp_types::Session::parse(body).map_err(|e| SdpError::Syntax(e.to_string()))?;
         let mut active = Vec::with_capacity(session.medias.len());
+        let session_direction = direction(&session.attributes);
+        let mut holds = true;
         for (index, media) in session.medias.iter().enumerate() {
             let on = media.port != 0;
             if on {
                 let connection = media.connections.first().or(session.connection.as_ref());
                 let ip = connection.and_then(|c| c.connection_address.split('/').next()?.parse::<IpAddr>().ok());
-                if ip.is_none() {
-                    return Err(SdpError::NoConnection(index));
-                }
+                let Some(ip) = ip else { return Err(SdpError::NoConnection(index)) };
+                // RFC 6337 §5.3: on hold, the holder offers sendonly (or inactive); RFC 2543's
+                // c=0.0.0.0 still comes from old phones.
+                let held = matches!(direction(&media.attributes).or(session_direction), Some("sendonly" | "inactive")) || ip.is_unspecified();
+                holds &= held;
             }
             active.push(on);
         }
-        Ok(Sdp { active })
+        let holds = holds && active.iter().any(|&a| a);
+        Ok(Sdp { active, holds })
     }
 
     /// Per `m=` line, whether it is active (port not 0).
@@ -60,10 +66,27 @@ impl Sdp {
         &self.active
     }
 
+    /// Whether this offer puts the other side on hold: every active stream is sendonly or
+    /// inactive (or has the connection address 0.0.0.0).
+    pub fn holds(&self) -> bool {
+        self.holds
+    }
+
     /// Whether any stream is active.
     pub fn any_active(&self) -> bool {
         self.active.iter().any(|&a| a)
     }
+}
+
+/// The direction attribute among `attributes`, if any.
+fn direction(attributes: &[sdp_types::Attribute]) -> Option<&'static str> {
+    attributes.iter().rev().find_map(|a| match a.attribute.as_str() {
+        "sendrecv" => Some("sendrecv"),
+        "sendonly" => Some("sendonly"),
+        "recvonly" => Some("recvonly"),
+        "inactive" => Some("inactive"),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -85,6 +108,18 @@ a=candidate:1 1 UDP 2130706431 10.0.0.5 49170 typ host\r\na=sendonly\r\nm=video 
     fn media_level_connection_serves_without_a_session_one() {
         let body = "v=0\r\no=- 1 1 IN IP6 2001:db8::1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP6 2001:db8::1\r\n";
         assert_eq!(Sdp::parse(body.as_bytes()).expect("parses").active(), &[true]);
+    }
+
+    #[test]
+    fn sendonly_inactive_and_a_zero_address_are_holds_and_recvonly_is_not() {
+        let holds = |body: &str| Sdp::parse(body.as_bytes()).expect("parses").holds();
+        assert!(holds(OFFER), "the active stream is sendonly");
+        assert!(holds(&OFFER.replace("a=sendonly", "a=inactive")));
+        assert!(!holds(&OFFER.replace("a=sendonly", "a=recvonly")));
+        assert!(!holds(&OFFER.replace("a=sendonly\r\n", "")));
+        assert!(holds(&OFFER.replace("a=sendonly\r\n", "").replace("c=IN IP4 10.0.0.5", "c=IN IP4 0.0.0.0")));
+        let session_level = OFFER.replace("a=sendonly\r\n", "").replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
+        assert!(holds(&session_level));
     }
 
     #[test]

@@ -397,6 +397,17 @@ impl ControlPlane {
                 }
                 self.updates.push_back(update);
             }
+            CallEvent::Held { call, holder } => {
+                // The holder's own music, else the server's.
+                let own = holder
+                    .as_deref()
+                    .and_then(|aor| aor.split_once('@'))
+                    .and_then(|(user, domain)| store.settings(user, domain).ok().flatten())
+                    .and_then(|s| s.music_on_hold);
+                if let Some(file) = own.or_else(|| self.config.music_on_hold.clone()) {
+                    self.b2bua.handle_music(call, &file);
+                }
+            }
             CallEvent::Unanswered { call, outcome } => {
                 let Some(state) = self.b2bua.route_state(call) else { return };
                 let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };

@@ -111,7 +111,7 @@ impl World {
                 match request {
                     MediaRequest::Offer { .. } | MediaRequest::Answer { .. } => self.held.push((call, request.clone())),
                     MediaRequest::Allocate { .. } => self.allocating = call,
-                    MediaRequest::Release { .. } => {}
+                    MediaRequest::Release { .. } | MediaRequest::Play { .. } | MediaRequest::StopPlay { .. } => {}
                 }
                 self.media.push(request);
             }
@@ -1241,6 +1241,55 @@ fn an_answered_call_is_listed_and_ends_with_its_duration() {
     let kinds = updates(&mut w);
     assert_eq!(kinds.first(), Some(&UpdateKind::Ringing { party: 2 }));
     assert_eq!(kinds.last(), Some(&UpdateKind::Ended { status: 200, cause: "completed", duration_ms: 5000 }));
+}
+
+// ---- hold and music on hold ----
+
+#[test]
+fn holding_plays_music_to_the_held_party_until_the_holder_resumes() {
+    let mut w = World::new();
+    let (_, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 2, &tag, Some(&offer(4000, "sendonly"))));
+    let reinvite = w.take_one(CALLEE, "INVITE");
+    assert!(!w.media.iter().any(|m| matches!(m, MediaRequest::Play { .. })), "not before the hold is answered");
+    w.receive(CALLEE, &answer(&reinvite, 200, Some(&offer(5000, "recvonly").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLER, "SIP/2.0 200");
+    assert_eq!(
+        w.media.iter().filter(|m| matches!(m, MediaRequest::Play { .. })).collect::<Vec<_>>(),
+        vec![&MediaRequest::Play { legs: vec![12], file: "music-on-hold.wav".into() }],
+        "the callee's leg plays the server's music"
+    );
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 3, &tag, Some(&offer(4000, "sendrecv"))));
+    let resume = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&resume, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    assert!(w.media.contains(&MediaRequest::StopPlay { legs: vec![12] }), "{:?}", w.media);
+}
+
+#[test]
+fn a_subscriber_holding_the_caller_plays_its_own_music_and_a_refused_hold_plays_none() {
+    let mut w = World::new();
+    w.settings("bob", &[("music_on_hold", "bobs-jazz.wav")]);
+    let (invite_b, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    let sdp = offer(5000, "inactive").replace("192.0.2.1", "192.0.2.2");
+    let hold = callee_request("INVITE", &invite_b, &b_tag, 2)
+        .replace("Content-Length: 0\r\n\r\n", &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    w.receive(CALLEE, &hold);
+    let to_caller = w.take_one(CALLER, "INVITE");
+    w.receive(CALLER, &answer_at(CALLER, &to_caller, 200, Some(&offer(4000, "inactive"))));
+    assert!(w.media.contains(&MediaRequest::Play { legs: vec![11], file: "bobs-jazz.wav".into() }), "{:?}", w.media);
+    // Resumed, but the caller refuses the re-INVITE: the hold stays, and so does the music.
+    let sdp = offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2");
+    let resume = callee_request("INVITE", &invite_b, &b_tag, 3)
+        .replace("Content-Length: 0\r\n\r\n", &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    w.receive(CALLEE, &resume);
+    let to_caller = w.take_one(CALLER, "INVITE");
+    w.receive(CALLER, &answer_at(CALLER, &to_caller, 488, None));
+    assert!(!w.media.iter().any(|m| matches!(m, MediaRequest::StopPlay { .. })));
 }
 
 // ---- abuse limits ----

@@ -20,6 +20,7 @@
 //! | `block` | number prefixes | outgoing calls to these are refused with 403 (§2.14) |
 //! | `pstn_fallback` | `true` \| `false` | unanswered, busy or unregistered: out to `e164` through the trunks |
 //! | `pstn_fallback.after_s` | 1‥600 | ring time of the app before the fallback (default 20) |
+//! | `music_on_hold` | `name.wav` | what the other party hears while this subscriber holds it (a WAV in the media plane's prompt_dir; default: the server's `[media] music_on_hold`) |
 //!
 //! A *target* is a local user (`carol`), a number the `[[route]]`s take (`+4930999`), or a SIP URI
 //! of a local domain (`sip:carol@sip.test`). A caller *pattern* is a user or number, with `*` at
@@ -61,6 +62,9 @@ pub struct Settings {
     /// Ring time of the app before the PSTN fallback, seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pstn_fallback_after_s: Option<u32>,
+    /// What the party this subscriber holds hears.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub music_on_hold: Option<String>,
 }
 
 /// Call forwarding targets.
@@ -163,6 +167,7 @@ pub const KEYS: &[&str] = &[
     "block",
     "pstn_fallback",
     "pstn_fallback.after_s",
+    "music_on_hold",
 ];
 
 impl Settings {
@@ -213,6 +218,13 @@ impl Settings {
                 }
             }
             "pstn_fallback.after_s" => self.pstn_fallback_after_s = optional(clear, || seconds(key, value))?,
+            "music_on_hold" => {
+                self.music_on_hold = match value {
+                    "" => None,
+                    file if is_wav_name(file) => Some(file.to_owned()),
+                    file => return Err(refuse(key, format!("{file:?} is not a .wav file name (no directories)"))),
+                }
+            }
             other => return Err(refuse(other, format!("unknown key; keys are {}", KEYS.join(", ")))),
         }
         Ok(())
@@ -255,6 +267,9 @@ impl Settings {
                 return Err(refuse("screen.status", format!("{s} is not 403 or 603")));
             }
         }
+        if self.music_on_hold.as_deref().is_some_and(|f| !is_wav_name(f)) {
+            return Err(refuse("music_on_hold", "not a .wav file name (no directories)"));
+        }
         if self.pstn_fallback && self.e164.is_none() {
             return Err(refuse("pstn_fallback", "needs e164, the number to fall back to"));
         }
@@ -272,6 +287,16 @@ impl Settings {
         settings.check()?;
         Ok(settings)
     }
+}
+
+/// A file name the media plane's player takes from its prompt_dir: letters, digits, `-_.`,
+/// ending in `.wav`, no directories.
+pub fn is_wav_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.len() > 4
+        && name.ends_with(".wav")
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn optional<T>(clear: bool, parse: impl FnOnce() -> Result<T, SettingError>) -> Result<Option<T>, SettingError> {
@@ -352,6 +377,7 @@ mod tests {
         s.set("find_me", "carol, +4930999").expect("find me");
         s.set("screen.reject", "+1900*,anonymous").expect("reject");
         s.set("block", "00,+882").expect("block");
+        s.set("music_on_hold", "jazz-loop.wav").expect("music");
         assert_eq!(s.find_me, vec!["carol", "+4930999"]);
         let back = Settings::from_json(&s.to_json()).expect("round trip");
         assert_eq!(back, s);
@@ -370,6 +396,8 @@ mod tests {
         assert_eq!(s.set("screen.reject", "a*b").unwrap_err().key, "screen.reject");
         assert_eq!(s.set("pstn_fallback", "true").unwrap_err().key, "pstn_fallback", "needs e164");
         assert_eq!(s.set("colour", "blue").unwrap_err().key, "colour");
+        assert_eq!(s.set("music_on_hold", "../etc/passwd.wav").unwrap_err().key, "music_on_hold");
+        assert_eq!(s.set("music_on_hold", "jazz.mp3").unwrap_err().key, "music_on_hold");
         assert_eq!(Settings::from_json("{\"colour\":1}").unwrap_err().key, "settings");
         let many = vec!["a"; MAX_LIST + 1].join(",");
         assert_eq!(s.set("find_me", &many).unwrap_err().key, "find_me");

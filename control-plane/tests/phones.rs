@@ -512,3 +512,130 @@ fn baresip_phones_without_a_common_codec_or_transport_talk_through_the_media_pla
     drop((alice, bob));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// G.711 μ-law to linear (ITU-T G.711).
+fn ulaw(byte: u8) -> i16 {
+    let b = !byte;
+    let exponent = (b >> 4) & 0x07;
+    let magnitude = ((i32::from(b & 0x0F) << 3) + 0x84) << exponent;
+    (if b & 0x80 != 0 { 0x84 - magnitude } else { magnitude - 0x84 }) as i16
+}
+
+/// The RMS of `samples` and the share of their energy at `hz` (Goertzel).
+fn tone_share(samples: &[i16], hz: f64) -> (f64, f64) {
+    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
+    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+    for &x in samples {
+        let x = f64::from(x);
+        energy += x * x;
+        let s = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let n = samples.len().max(1) as f64;
+    let power = (s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2) * 2.0 / n;
+    ((energy / n).sqrt(), if energy > 0.0 { power / energy } else { 0.0 })
+}
+
+#[test]
+fn a_phone_on_hold_hears_music_in_the_same_rtp_stream_and_the_caller_again_after_resume() {
+    if !baresip_available() {
+        return;
+    }
+    let prompts = common::repo_root().join("prompts");
+    if !prompts.join("music-on-hold.wav").exists() {
+        assert!(std::env::var("REQUIRE_PROMPTS").as_deref() != Ok("1"), "REQUIRE_PROMPTS=1 but prompts/ has no music-on-hold.wav");
+        eprintln!("SKIP: prompts/music-on-hold.wav is missing (bash scripts/make-prompts.sh)");
+        return;
+    }
+    if Command::new("sipp").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        assert!(std::env::var("REQUIRE_SIPP").as_deref() != Ok("1"), "REQUIRE_SIPP=1 but sipp is not installed");
+        eprintln!("SKIP: sipp is not installed");
+        return;
+    }
+    let dir = temp_dir("phones-hold");
+    let config = dir.join("cp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:26960\", \"tcp:127.0.0.1:26960\"]\ndomains = [\"sip.test\"]\n\
+             [media]\ngrpc = \"http://127.0.0.1:26990\"\n[store]\npath = \"{}\"\n",
+            dir.join("cp.db").display()
+        ),
+    )
+    .expect("write config");
+    add_phones(&config);
+    let prompt_dir = prompts.to_str().expect("utf8").to_owned();
+    let _media = start_media_plane(&dir, &["--grpc-listen", "127.0.0.1:26990", "--ports", "27200-27299", "--no-pin", "--prompt-dir", &prompt_dir]);
+    let mut cp = start_control_plane(&dir, &config);
+    wait_listening("127.0.0.1:26960", &dir);
+    // bob is sipp; what the media plane sends him arrives on this socket.
+    let media = std::net::UdpSocket::bind("127.0.0.1:27500").expect("bind bob's media port");
+    media.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    let sipp = |args: &[&str]| {
+        let mut command = Command::new("sipp");
+        command
+            .arg("127.0.0.1:26960")
+            .args(args)
+            .args(["-nostdin", "-timeout", "60s", "-timeout_error"])
+            .current_dir(common::repo_root().join("scripts/sipp"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    let registered = sipp(&["-sf", "register.xml", "-inf", "csv/bob.csv", "-auth_uri", "sip.test", "-p", "27510", "-m", "1"]).status().expect("sipp");
+    assert!(registered.success(), "bob's registration");
+    let mut bob = Proc {
+        child: sipp(&["-sf", "uas-answer-hold.xml", "-p", "27510", "-mp", "27520", "-set", "rtp_port", "27500", "-m", "1"]).spawn().expect("sipp"),
+        name: "sipp",
+    };
+    let mut alice = Phone::start(&dir, "alice", 27_360, 27_390, "27400-27449", 440, "sip:127.0.0.1:26960", None, "");
+    alice.wait_registered(Duration::from_secs(10));
+    alice.command("dial", "sip:bob@sip.test");
+    alice.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+
+    // (arrival, SSRC, sequence number, samples) of what bob gets, for `seconds`.
+    let listen = |seconds: u64| {
+        let mut got = Vec::new();
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let mut buf = [0u8; 2048];
+        while Instant::now() < until {
+            if let Ok((n, _)) = media.recv_from(&mut buf) {
+                if n > 12 {
+                    let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                    let seq = u16::from_be_bytes([buf[2], buf[3]]);
+                    got.push((ssrc, seq, buf[12..n].iter().map(|&b| ulaw(b)).collect::<Vec<i16>>()));
+                }
+            }
+        }
+        got
+    };
+    let before = listen(2);
+    alice.command("hold", "");
+    let holding = listen(1);
+    let on_hold = listen(3);
+    alice.command("resume", "");
+    let resuming = listen(1);
+    let after = listen(2);
+    alice.command("hangup", "");
+    let bob_done = common::stack::wait_bounded(&mut bob.child, Duration::from_secs(20));
+    let log = || read(&dir.join("cp.log"));
+    assert!(bob_done.success(), "bob's scenario (hold, resume, BYE); log: {}", log());
+
+    let audio = |packets: &[(u32, u16, Vec<i16>)]| packets.iter().flat_map(|p| p.2.iter().copied()).collect::<Vec<i16>>();
+    let (_, share) = tone_share(&audio(&before), 440.0);
+    assert!(before.len() >= 80 && share > 0.5, "before the hold bob gets alice's tone: {} packets, share {share:.2}", before.len());
+    let (rms, share) = tone_share(&audio(&on_hold), 440.0);
+    assert!(on_hold.len() >= 120, "music flows while held: {} packets in 3 s; log: {}", on_hold.len(), log());
+    assert!(rms > 300.0 && share < 0.2, "on hold bob hears music (rms {rms:.0}), not alice (share {share:.2})");
+    let (_, share) = tone_share(&audio(&after), 440.0);
+    assert!(after.len() >= 80 && share > 0.5, "after resume bob hears alice again: {} packets, share {share:.2}", after.len());
+    // One stream throughout (RFC 3550): the SSRC never changes and sequence numbers only step.
+    let all: Vec<&(u32, u16, Vec<i16>)> = before.iter().chain(&holding).chain(&on_hold).chain(&resuming).chain(&after).collect();
+    assert!(all.iter().all(|p| p.0 == all[0].0), "the SSRC changed");
+    let jumps = all.windows(2).filter(|w| w[1].1.wrapping_sub(w[0].1) != 1).count();
+    assert!(jumps <= 2, "{jumps} breaks in the sequence numbers");
+    terminate(&mut cp);
+    drop(alice);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,7 +39,7 @@ fn rtp_header(p: &[u8]) -> (u32, u16, u32) {
 }
 
 #[tokio::test]
-async fn music_on_hold_plays_over_the_bridge_and_the_bridge_resumes_in_the_same_stream() {
+async fn music_on_hold_continues_the_relayed_stream_and_the_bridge_resumes_in_it() {
     let dir = temp_path("prompts");
     std::fs::create_dir_all(&dir).expect("prompt dir");
     std::fs::write(dir.join("moh.wav"), tone_wav(600.0, 0.5)).expect("write moh.wav");
@@ -81,8 +81,14 @@ async fn music_on_hold_plays_over_the_bridge_and_the_bridge_resumes_in_the_same_
         on_hold.push(p);
         std::thread::sleep(Duration::from_millis(10));
     }
-    let ssrc = rtp_header(&on_hold[0]).0;
-    assert_ne!(ssrc, 0xB, "the media plane's own stream");
+    // The music continues the stream the held side was receiving (one source, RFC 3550 §5.1):
+    // a phone that drops packets of a new SSRC or a timestamp jump still plays it.
+    let (ssrc, seq, ts) = rtp_header(&on_hold[0]);
+    let (_, seq_before, ts_before) = rtp_header(before.last().expect("relayed"));
+    assert_eq!(ssrc, 0xB, "the same SSRC as the relayed stream");
+    assert_eq!(seq, seq_before.wrapping_add(1), "the next sequence number");
+    let advance = ts.wrapping_sub(ts_before);
+    assert!((160..=8_000).contains(&advance), "the timestamp moves on with the time between them: {advance}");
     let payloads: Vec<Vec<u8>> = on_hold.iter().map(|p| p[12..].to_vec()).collect();
     let heard = decode(pcmu_params, &payloads);
     assert_eq!(strongest(&heard[800..], &[600.0, 1000.0]), 600.0, "the held side hears the music, not the other side");

@@ -84,6 +84,14 @@ pub enum CallEvent {
     },
     /// A call's progress, for the call-control API's watchers.
     Update(CallUpdate),
+    /// One side of `call` put the other on hold (RFC 6337 §5.3); `holder` is its AoR when a
+    /// subscriber. The server answers with [`B2bua::handle_music`] (the music to play).
+    Held {
+        /// The call.
+        call: u64,
+        /// The holder's address-of-record.
+        holder: Option<String>,
+    },
 }
 
 /// A step in a call's life.
@@ -324,6 +332,11 @@ struct Call {
     status: u16,
     cause: &'static str,
     ringing_told: [bool; 2],
+    /// The side whose in-dialog offer is out, and whether it holds.
+    pending_hold: Option<(Side, bool)>,
+    /// The side that holds the other, and whether music plays to the held side.
+    held_by: Option<Side>,
+    music: bool,
     /// From tag towards the callee side (the same in every fork).
     tag_b: String,
     media: Option<Allocation>,
@@ -572,6 +585,9 @@ impl B2bua {
                 status: 0,
                 cause: "",
                 ringing_told: [false; 2],
+                pending_hold: None,
+                held_by: None,
+                music: false,
                 tag_b,
                 media: None,
                 offer_legs: Vec::new(),
@@ -638,6 +654,44 @@ impl B2bua {
         let response = response_for(&call.invite_a, 181, None, None);
         let forward = Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: false };
         self.forward(id, forward, now);
+    }
+
+    /// Music on hold for call `id`, held since a [`CallEvent::Held`]: `file` plays, looped, into
+    /// the held side's legs until the holder resumes.
+    pub fn handle_music(&mut self, id: u64, file: &str) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let (Some(holder), false) = (call.held_by, call.music) else { return };
+        let Some(legs) = call.media.as_ref().map(|m| m.facing(holder.other() == Side::A)) else { return };
+        call.music = true;
+        self.media_request(id, MediaRequest::Play { legs, file: file.to_owned() });
+    }
+
+    /// The in-dialog offer of `side` was answered (`accepted`: with a 2xx): a hold starts or ends.
+    fn hold_answered(&mut self, id: u64, side: Side, accepted: bool) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some((offerer, holds)) = call.pending_hold.take_if(|(s, _)| *s == side) else { return };
+        if !accepted {
+            return;
+        }
+        match (holds, call.held_by) {
+            (true, None) => {
+                call.held_by = Some(offerer);
+                let holder = match offerer {
+                    Side::A => call.caller.clone().or_else(|| call.originated.then(|| call.caller_uri.trim_start_matches("sip:").to_owned())),
+                    Side::B => call.route.subscriber().map(str::to_owned),
+                };
+                self.events.push_back(CallEvent::Held { call: id, holder });
+            }
+            (false, Some(holder)) if holder == offerer => {
+                call.held_by = None;
+                if std::mem::take(&mut call.music) {
+                    if let Some(legs) = call.media.as_ref().map(|m| m.facing(holder.other() == Side::A)) {
+                        self.media_request(id, MediaRequest::StopPlay { legs });
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Routing's state of call `id`, for [`routing::next`](crate::routing::next).

@@ -126,6 +126,10 @@ impl B2bua {
             }
             call.offer_legs.clone_from(&legs);
             call.negotiating = true;
+            if matches!(request.method, Method::Invite | Method::Update) {
+                let holds = Sdp::parse(&request.body).is_ok_and(|s| s.holds());
+                call.pending_hold = Some((side, holds));
+            }
             let sdp = String::from_utf8_lossy(&request.body).into_owned();
             call.relay_offer = Some(RelayOffer { key, from: side, request, extra });
             let policy = self.config.codec_policy.clone();
@@ -286,6 +290,9 @@ impl B2bua {
         let retransmit = (is_invite_2xx && !call.dialog(forward.to).peer.is_reliable() && !self.originated.contains_key(&forward.origin))
             .then(|| message::encode(&SipMessage::Response(out.clone())));
         self.respond(&forward.origin, out);
+        if matches!(forward.request.method, Method::Invite | Method::Update) && status >= 200 {
+            self.hold_answered(id, forward.to, status < 300);
+        }
         if let (Some(payload), Some(call)) = (retransmit, self.calls.get_mut(&id)) {
             let t1 = self.timers.t1;
             call.retransmit =

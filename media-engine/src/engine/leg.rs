@@ -270,6 +270,10 @@ pub(super) struct Leg {
     pub last_rx: Instant,
     pub any_rx: bool,
     pub counters: LegCounters,
+    /// The last RTP packet relayed to the endpoint: SSRC, sequence number, timestamp and when.
+    /// A stream the media plane makes for this leg later (a play, music on hold) continues it,
+    /// so the endpoint sees one stream, not a new source with a jump in its timestamps.
+    pub last_relayed: Option<(u32, u16, u32, Instant)>,
 }
 
 impl Leg {
@@ -298,6 +302,7 @@ impl Leg {
             last_rx: now,
             any_rx: false,
             counters: LegCounters::default(),
+            last_relayed: None,
         }
     }
 

@@ -693,7 +693,7 @@ impl Engine {
         if room < digits.chars().count() {
             return Err(CommandError::DtmfQueueFull(id));
         }
-        let (slot, codec) = self.own_stream(id)?;
+        let (slot, codec) = self.own_stream(id, now)?;
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         let queued = self
             .slot_mut(slot)
@@ -724,7 +724,7 @@ impl Engine {
     /// (its [`Event::PlayFinished`] says so). When it ends, the bridge's audio resumes in the
     /// same stream (continuous SSRC, sequence numbers and timestamps).
     pub fn play(&mut self, id: LegId, play: u64, pcm: std::sync::Arc<[i16]>, looped: bool, now: Instant) -> Result<(), CommandError> {
-        let (slot, _) = self.own_stream(id)?;
+        let (slot, _) = self.own_stream(id, now)?;
         let replaced = self.slot_mut(slot).and_then(|l| l.transcoder.as_mut()).and_then(|t| t.play(play, pcm, looped));
         if let Some(replaced) = replaced {
             self.events.push_back(Event::PlayFinished { leg: id, play: replaced, stopped: true });
@@ -746,14 +746,24 @@ impl Engine {
     /// Leg `id`'s slot and codec, with a transcoder making its outgoing stream: a relayed leg
     /// gets one of its own codec first (the stream becomes the media plane's: its SSRC and
     /// numbering), which stays for the rest of the bridge.
-    fn own_stream(&mut self, id: LegId) -> Result<(usize, LegCodec), CommandError> {
+    fn own_stream(&mut self, id: LegId, now: Instant) -> Result<(usize, LegCodec), CommandError> {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
         if let Some(conference) = self.slot(slot).and_then(|l| l.conference) {
             return Err(CommandError::InConference(id, conference));
         }
         let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(id))?;
         if self.slot(slot).is_some_and(|l| l.transcoder.is_none()) {
-            let (ssrc, seq, ts) = self.stream_start();
+            // Continue what the endpoint was receiving (RFC 3550 §5.1: one stream, the timestamp
+            // advancing with time), else start a stream of our own.
+            let continued = self.slot(slot).and_then(|l| l.last_relayed).map(|(ssrc, seq, ts, at)| {
+                let elapsed = now.saturating_duration_since(at).as_millis().min(60_000) as u64;
+                let advance = (elapsed * u64::from(codec.rtp_clock()) / 1000).max(u64::from(codec.rtp_clock()) * u64::from(codec.ptime_ms) / 1000);
+                (ssrc, seq.wrapping_add(1), ts.wrapping_add(advance as u32))
+            });
+            let (ssrc, seq, ts) = match continued {
+                Some(c) => c,
+                None => self.stream_start(),
+            };
             let t = Transcoder::new(&codec, &codec, ssrc, seq, ts)?;
             if let Some(l) = self.slot_mut(slot) {
                 l.transcoder = Some(Box::new(t));
@@ -1247,6 +1257,10 @@ impl Engine {
             }
             peer.counters.rtp_packets_out += 1;
             peer.counters.rtp_bytes_out += len as u64;
+            if let (Some(seq), Some(ts), Some(ssrc)) = (packet.get(2..4), packet.get(4..8), packet.get(8..12)) {
+                let word = |b: &[u8]| b.iter().fold(0u32, |acc, &x| (acc << 8) | u32::from(x));
+                peer.last_relayed = Some((word(ssrc), word(seq) as u16, word(ts), now));
+            }
         }
         Ok((from_port, to))
     }
