@@ -260,6 +260,23 @@ fn route_user(user: &str, domain: &str, caller: Option<&str>, identity: String, 
     }
 }
 
+/// Routes the target of a REFER (a `sip:` URI of a local domain, or with an IP address) for a
+/// call from `transferee`, like a call: the target's screening and forwarding apply.
+pub fn refer(target: &str, transferee: &str, ctx: &mut Ctx<'_>) -> Result<(Plan, RouteState), Refusal> {
+    let mut state = RouteState { caller: transferee.to_owned(), caller_id: CallerIdPolicy::Passthrough, ..RouteState::default() };
+    match resolve(target, ctx)? {
+        Target::Subscriber(aor) => {
+            let plan = ring_subscriber(&aor, &mut state, ctx)?;
+            Ok((plan, state))
+        }
+        Target::Branch(branch, caller_id) => {
+            state.caller_id = caller_id;
+            let stage = Stage { branches: vec![branch], timeout: ctx.config.no_answer_timeout, headers: String::new() };
+            Ok((Plan { stage, caller_id, forwarded: false }, state))
+        }
+    }
+}
+
 /// The two parties of a call placed by the API, as `from` and `to` were given (a user, a
 /// user@domain, a number). The first party's registered phones all ring (no forwarding or
 /// screening: it asked for the call); the second is routed like a call from the first. Returns

@@ -397,6 +397,11 @@ impl ControlPlane {
                 }
                 self.updates.push_back(update);
             }
+            CallEvent::Refer(refer) => {
+                let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
+                let route = crate::routing::refer(&refer.target, &refer.transferee, &mut ctx).map_err(|r| r.status());
+                self.b2bua.handle_refer(refer.call, route, now);
+            }
             CallEvent::Held { call, holder } => {
                 // The holder's own music, else the server's.
                 let own = holder

@@ -1292,6 +1292,80 @@ fn a_subscriber_holding_the_caller_plays_its_own_music_and_a_refused_hold_plays_
     assert!(!w.media.iter().any(|m| matches!(m, MediaRequest::StopPlay { .. })));
 }
 
+// ---- blind transfer (REFER) ----
+
+/// The callee's REFER to `target` in call1, with `extra` headers.
+fn callee_refer(invite_b: &str, b_tag: &str, cseq: u32, target: &str, extra: &str) -> String {
+    callee_request("REFER", invite_b, b_tag, cseq).replace("Content-Length: 0", &format!("Refer-To: <{target}>\r\n{extra}Content-Length: 0"))
+}
+
+#[test]
+fn a_blind_transfer_connects_the_transferee_to_the_target_with_media_re_anchored() {
+    let mut w = World::new();
+    w.subscriber("carol", Some(CALLEE2));
+    let (invite_b, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:carol@sip.test", "Referred-By: <sip:bob@sip.test>\r\n"));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    let trying = w.take_one(CALLEE, "NOTIFY");
+    assert!(trying.contains("Event: refer") && trying.contains("SIP/2.0 100 Trying") && trying.contains("message/sipfrag"), "{trying}");
+    let to_carol = w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
+    assert!(to_carol.contains("Referred-By: <sip:bob@sip.test>") && to_carol.contains("From: \"Alice\" <sip:alice@sip.test>"), "{to_carol}");
+    assert!(to_carol.contains("c=IN IP4 198.51.100.9"), "the media plane's address: {to_carol}");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.3"))));
+    w.take_one(CALLEE2, "ACK sip:bob@192.0.2.3:5064");
+    let reinvite = w.take_one(CALLER, "INVITE sip:alice@192.0.2.1:5060");
+    assert!(reinvite.contains("c=IN IP4 198.51.100.9") && reinvite.contains("a=sendrecv"), "the transferee's new offer: {reinvite}");
+    assert!(w.media.iter().any(|m| matches!(m, MediaRequest::Offer { legs, sdp, .. } if legs == &[(12, 11)] && sdp.contains("5002"))), "{:?}", w.media);
+    w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "sendrecv"))));
+    w.take_one(CALLER, "ACK");
+    assert!(w.media.iter().any(|m| matches!(m, MediaRequest::Answer { legs, .. } if legs == &[(12, 11)])), "{:?}", w.media);
+    let done = w.take_one(CALLEE, "NOTIFY");
+    assert!(done.contains("SIP/2.0 200 OK") && done.contains("Subscription-State: terminated"), "{done}");
+    // The transferor hangs up: only its own dialog ends.
+    w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 3));
+    w.take_one(CALLEE, "SIP/2.0 200");
+    assert!(w.take(CALLER, "BYE").is_empty() && w.take(CALLEE2, "BYE").is_empty());
+    assert_eq!(w.core.active_calls(), 1);
+    // The transferee hangs up: the target gets the BYE.
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &tag, None));
+    w.take_one(CALLEE2, "BYE");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+    assert_eq!((w.core.stats().calls.transfers, w.core.stats().calls.transfers_completed), (1, 1));
+}
+
+#[test]
+fn a_refer_to_nowhere_is_refused_and_a_busy_target_is_notified_while_the_call_goes_on() {
+    let mut w = World::new();
+    w.subscriber("carol", Some(CALLEE2));
+    let (invite_b, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:nobody@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 404");
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 3, "sip:carol@sip.test", "Refer-Sub: false\r\n"));
+    let accepted = w.take_one(CALLEE, "SIP/2.0 202");
+    assert!(accepted.contains("Refer-Sub: false"), "{accepted}");
+    assert!(w.take(CALLEE, "NOTIFY").is_empty(), "no subscription was asked for");
+    let to_carol = w.take_one(CALLEE2, "INVITE");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 486, None));
+    assert!(w.take(CALLER, "INVITE").is_empty(), "the transferee is left as it was");
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 4, "sip:carol@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    w.take_one(CALLEE, "NOTIFY");
+    let to_carol = w.take_one(CALLEE2, "INVITE");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 486, None));
+    let failed = w.take_one(CALLEE, "NOTIFY");
+    assert!(failed.contains("SIP/2.0 486 Busy Here") && failed.contains("terminated"), "{failed}");
+    // The original call still works.
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &tag, None));
+    w.take_one(CALLEE, "BYE sip:bob@192.0.2.2:5062");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
 // ---- abuse limits ----
 
 #[test]

@@ -289,3 +289,27 @@ fn a_python_application_places_watches_lists_and_hangs_up_a_call_over_the_api() 
     let counters = finish(&mut stack, vec![alice, bob]);
     assert!(counters.contains("\"calls_completed\":1"), "{counters}");
 }
+
+#[test]
+fn a_blind_transfer_connects_the_caller_to_the_target_and_the_transferor_leaves() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(8, true);
+    register_callee(&stack, "csv/bob.csv", 24_080);
+    register_callee(&stack, "csv/carol.csv", 24_083);
+    let (bob, bob_log) = callee(&stack, "uas-refer.xml", 24_080, "bob", &["-set", "target", "carol@sip.test"]);
+    let (carol, carol_log) = callee(&stack, "uas-answer.xml", 24_083, "carol", &[]);
+    let (ok, log) = call(&stack, "uac-call-transferred.xml", "bob", 24_086, &["-d", "1000"]);
+    assert!(ok, "the transferee failed: {log}\nlog: {}", stack.log());
+    let counters = finish(&mut stack, vec![bob, carol]);
+    let bob_log = std::fs::read_to_string(bob_log).unwrap_or_default();
+    let carol_log = std::fs::read_to_string(carol_log).unwrap_or_default();
+    // 202, then NOTIFY 100 Trying, then the final NOTIFY that ends the subscription.
+    let trying = at(&bob_log, "SIP/2.0 100 Trying");
+    assert!(at(&bob_log, "SIP/2.0 202") < trying && bob_log[trying..].contains("Subscription-State: terminated"), "{bob_log}");
+    assert!(carol_log.contains("Referred-By: <sip:bob@sip.test>") && carol_log.contains("BYE sip:"), "{carol_log}");
+    // The transferee's re-INVITE came after the target answered, and its BYE went to the target.
+    assert!(at(&log, "INVITE sip:alice@") > at(&log, "SIP/2.0 200"), "{log}");
+    assert!(counters.contains("\"calls_completed\":1"), "{counters}");
+}

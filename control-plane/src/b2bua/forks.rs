@@ -68,7 +68,10 @@ impl B2bua {
             CallerIdPolicy::Strip => {}
         }
         // An originated call shows the first party's address-of-record to the second.
-        let identity = if call.originated && call.state != State::Originating && call.policy != CallerIdPolicy::Strip {
+        let identity = if let Some(t) = &call.transfer {
+            // A transfer's target sees the transferee.
+            without_tag(&call.dialog(t.transferor.other()).remote)
+        } else if call.originated && call.state != State::Originating && call.policy != CallerIdPolicy::Strip {
             format!("<{}>", call.caller_uri)
         } else {
             Self::b_from(&call.a, call.policy)
@@ -122,6 +125,7 @@ impl B2bua {
 
     pub(super) fn on_invite_response(&mut self, id: u64, fork: usize, response: Response, now: Now) {
         let status = response.status_code.code();
+        let transfer_target = self.is_transfer_fork(id, fork);
         let Some(call) = self.calls.get_mut(&id) else { return };
         let current = call.forks.get(fork).is_some_and(|f| f.stage == call.stage && f.state == ForkState::Ringing);
         let Some(f) = call.forks.get_mut(fork) else { return };
@@ -169,7 +173,8 @@ impl B2bua {
                 take_into_dialog(&mut f.dialog, &response);
                 f.state = ForkState::Done(status);
                 let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
-                let wins = matches!(call.state, State::Calling | State::Originating) && call.winner.is_none();
+                let transfer_answers = transfer_target && call.transfer.as_ref().is_some_and(|t| t.answered.is_none());
+                let wins = transfer_answers || (matches!(call.state, State::Calling | State::Originating) && call.winner.is_none());
                 // A delayed-offer 2xx carries the callee's offer: its ACK waits for the caller's
                 // answer. Any other 2xx is ACKed now.
                 if !(wins && call.delayed) {
@@ -184,6 +189,10 @@ impl B2bua {
                     self.stats.late_answers += 1;
                     self.send_in_fork(id, fork, "BYE", Purpose::Bye);
                     self.settle(id);
+                    return;
+                }
+                if transfer_answers {
+                    self.transfer_answered(id, fork, &response);
                     return;
                 }
                 if call.state == State::Originating {
@@ -311,7 +320,7 @@ impl B2bua {
     /// Fork `fork` ended without an answer (`status`, or 408 for a timeout). When it was the
     /// current stage's last, the stage ends with the best of its forks' statuses; a 6xx other
     /// than 600 ends it at once (RFC 3261 §16.7.5).
-    pub(super) fn fork_final(&mut self, id: u64, fork: usize, status: u16, response: Option<Response>, _now: Now) {
+    pub(super) fn fork_final(&mut self, id: u64, fork: usize, status: u16, response: Option<Response>, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some(f) = call.forks.get_mut(fork) else { return };
         if !f.outstanding() {
@@ -330,6 +339,23 @@ impl B2bua {
                 .filter(|c| !c.is_empty() && c != "*")
                 .collect();
         }
+        if call.transfer.as_ref().is_some_and(|t| t.stage == f.stage && t.answered.is_none()) {
+            let stage = f.stage;
+            if !call.forks.iter().any(|f| f.stage == stage && f.outstanding()) {
+                let statuses: Vec<u16> = call.forks.iter().filter(|f| f.stage == stage).filter_map(|f| match f.state {
+                    ForkState::Done(s) => Some(s),
+                    _ => None,
+                }).collect();
+                let status = match outcome_of(&statuses, &[]) {
+                    Outcome::Busy(s) | Outcome::Failed(s) => s,
+                    _ => 480,
+                };
+                self.transfer_failed(id, status, now);
+            }
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(f) = call.forks.get(fork) else { return };
         let (stage, open) = (call.stage, call.stage_open && matches!(call.state, State::Calling | State::Originating));
         if open && f.stage == stage {
             let decline = (601..700).contains(&status);

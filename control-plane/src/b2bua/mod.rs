@@ -57,7 +57,7 @@ use crate::routing::{outcome_of, Next, Outcome, Plan, RouteState, Stage};
 use crate::sdp::Sdp;
 
 /// Methods the server answers (the Allow header of OPTIONS, 405s and the calls it places).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, NOTIFY";
 
 /// SIP the B2BUA wants sent; the server applies it to its transaction layer.
 #[derive(Debug)]
@@ -84,6 +84,9 @@ pub enum CallEvent {
     },
     /// A call's progress, for the call-control API's watchers.
     Update(CallUpdate),
+    /// A REFER asks to transfer `call` (RFC 3515): the server routes its target and answers
+    /// with [`B2bua::handle_refer`].
+    Refer(ReferTarget),
     /// One side of `call` put the other on hold (RFC 6337 §5.3); `holder` is its AoR when a
     /// subscriber. The server answers with [`B2bua::handle_music`] (the music to play).
     Held {
@@ -196,6 +199,9 @@ pub struct CallStats {
     pub forks: u64,
     /// Forks that answered after another had won (ACKed and sent BYE).
     pub late_answers: u64,
+    /// REFERs accepted (202), and transfers that connected the transferee to the target.
+    pub transfers: u64,
+    pub transfers_completed: u64,
 }
 
 /// What is wrong with an initial INVITE's body for a call (RFC 3261 §8.2.3, §21.4.7): the answer
@@ -337,6 +343,13 @@ struct Call {
     /// The side that holds the other, and whether music plays to the held side.
     held_by: Option<Side>,
     music: bool,
+    /// A blind transfer in progress, a REFER waiting for its target's route, the media plane
+    /// working on the target's SDP or the transferee's answer, and the dialogs transfers replaced.
+    transfer: Option<Transfer>,
+    pending_refer: Option<(Side, TransactionKey, Request, bool, String)>,
+    transfer_offer: bool,
+    transfer_answer: bool,
+    replaced: Vec<Dialog>,
     /// From tag towards the callee side (the same in every fork).
     tag_b: String,
     media: Option<Allocation>,
@@ -442,6 +455,8 @@ enum Purpose {
     /// An in-dialog request relayed from `from`; its answer goes back through `origin`. `offer`:
     /// it carried an SDP offer (the media plane answers the response's SDP).
     Relay { origin: TransactionKey, from: Side, request: Box<Request>, offer: bool },
+    /// Our re-INVITE of a transferee with the transfer target's media.
+    Renegotiate,
 }
 
 /// The B2BUA: its calls, their dialogs and media, and what it wants sent.
@@ -471,6 +486,10 @@ pub struct B2bua {
 mod forks;
 mod negotiation;
 mod originate;
+mod transfer;
+
+pub use transfer::ReferTarget;
+use transfer::Transfer;
 
 impl B2bua {
     /// A B2BUA for `config`, with the transaction timers' T1/T2 (2xx retransmission) and its own
@@ -588,6 +607,11 @@ impl B2bua {
                 pending_hold: None,
                 held_by: None,
                 music: false,
+                transfer: None,
+                pending_refer: None,
+                transfer_offer: false,
+                transfer_answer: false,
+                replaced: Vec::new(),
                 tag_b,
                 media: None,
                 offer_legs: Vec::new(),
@@ -721,6 +745,12 @@ impl B2bua {
             self.reply(&key, &request, 481, now);
             return;
         };
+        if call_id(&request.headers).is_some_and(|c| call.replaced.iter().any(|d| d.call_id == c)) {
+            // A transferor whose place the target took: its BYE ends only its own dialog.
+            let status = if request.method == Method::Bye { 200 } else { 481 };
+            self.reply(&key, &request, status, now);
+            return;
+        }
         if side == Side::B {
             let fork = call_id(&request.headers).and_then(|c| call.forks.iter().position(|f| f.dialog.call_id == c));
             if fork.is_some() && fork != call.winner {
@@ -765,6 +795,7 @@ impl B2bua {
             }
             _ if !established => self.reply(&key, &request, 491, now),
             Method::Invite if reinvite_pending => self.reply(&key, &request, 491, now),
+            Method::Refer => self.on_refer(id, side, key, request, now),
             _ => self.relay(id, side, key, request, now),
         }
     }
@@ -823,6 +854,7 @@ impl B2bua {
             Purpose::Relay { origin, from, request, offer } => {
                 self.on_relay_response(id, &origin, from, &request, offer, response, now)
             }
+            Purpose::Renegotiate => self.renegotiated(id, response, now),
             Purpose::Cancel | Purpose::Bye => {}
         }
     }
@@ -859,6 +891,12 @@ impl B2bua {
                     }
                 }
                 self.reply(&origin, &request, 408, now);
+            }
+            Purpose::Renegotiate => {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.reinvite_pending = false;
+                }
+                self.transfer_failed(id, 408, now);
             }
             Purpose::Cancel | Purpose::Bye => {}
         }
@@ -901,6 +939,10 @@ impl B2bua {
         }
         for id in no_answer {
             let Some(call) = self.calls.get(&id) else { continue };
+            if call.transfer.is_some() && call.stage_open {
+                self.transfer_failed(id, 408, now);
+                continue;
+            }
             if !matches!(call.state, State::Calling | State::Originating) || !call.stage_open {
                 continue;
             }
@@ -1095,6 +1137,8 @@ impl B2bua {
 
     /// Removes call `id`, releasing its media (once).
     fn finish(&mut self, id: u64) {
+        // A fork still ringing (a transfer's target) is cancelled, not left ringing.
+        self.cancel_forks(id, None);
         let Some(mut call) = self.calls.remove(&id) else { return };
         let now = self.clock.unwrap_or(call.started);
         let duration_ms = call.answered.map_or(0, |a| now.instant.saturating_duration_since(a.instant).as_millis() as u64);

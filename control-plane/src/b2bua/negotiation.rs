@@ -178,6 +178,10 @@ impl B2bua {
     /// The media plane rewrote an in-dialog offer: relay the request with it.
     pub(super) fn on_offered(&mut self, id: u64, result: Result<String, MediaError>, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.transfer_offer {
+            self.transfer_offered(id, result, now);
+            return;
+        }
         call.negotiating = false;
         let Some(RelayOffer { key, from, request, extra }) = call.relay_offer.take() else { return };
         match result {
@@ -202,6 +206,12 @@ impl B2bua {
     /// offer, the caller's answer in its ACK).
     pub(super) fn on_answered(&mut self, id: u64, result: Result<String, MediaError>, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
+        if std::mem::take(&mut call.transfer_answer) {
+            if let Err(error) = result {
+                tracing::warn!(%error, "the transferee's answer was refused by the media plane");
+            }
+            return;
+        }
         if std::mem::take(&mut call.ack_answer_pending) {
             match result {
                 Ok(sdp) => {

@@ -1,0 +1,242 @@
+//! Unattended (blind) transfer, RFC 5359 §2.4, with REFER (RFC 3515), Referred-By (RFC 3892) and
+//! Refer-Sub (RFC 4488), handled by the B2BUA: media stays anchored and is re-pointed, nothing
+//! is passed through to the transferee.
+//!
+//! ```text
+//!  transferor ──REFER (Refer-To: C)──► B2BUA ── CallEvent::Refer ─► server routes C
+//!             ◄── 202 (or 403/404/480 …) ── handle_refer(route) ◄──┘
+//!             ◄── NOTIFY 100 Trying                INVITE C (the media plane's offer of the
+//!                                                  transferor's legs) ──► C … 200 ─► ACK
+//!  media plane: Offer(C's SDP, transferor's legs → transferee's) ─► re-INVITE transferee with it
+//!               … 200 (answer) ─► Answer ─► ACK: the transferee and C talk; music on hold stops
+//!             ◄── NOTIFY 200 OK (terminated)        the transferor's BYE gets 200, alone
+//!  C fails: NOTIFY with C's status; the call stays as it was (the transferor may resume)
+//! ```
+
+use super::*;
+
+/// A transfer in progress.
+#[derive(Debug)]
+pub(super) struct Transfer {
+    /// Who sent the REFER (and is replaced by the target).
+    pub(super) transferor: Side,
+    /// The stage of forks ringing the target.
+    pub(super) stage: u32,
+    /// NOTIFYs of the transfer's progress are wanted (not `Refer-Sub: false`).
+    pub(super) notify: bool,
+    /// Referred-By for the target's INVITE.
+    pub(super) referred_by: String,
+    /// The target answered: its fork, and the renegotiation with the transferee is under way.
+    pub(super) answered: Option<usize>,
+}
+
+/// What the server needs to route a REFER's target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferTarget {
+    /// The call.
+    pub call: u64,
+    /// The Refer-To URI.
+    pub target: String,
+    /// The transferee's identity (user part), for the target's screening.
+    pub transferee: String,
+}
+
+impl B2bua {
+    /// A REFER in an established call from `side`: checked here, routed by the server
+    /// ([`CallEvent::Refer`]), answered in [`handle_refer`](Self::handle_refer).
+    pub(super) fn on_refer(&mut self, id: u64, side: Side, key: TransactionKey, request: Request, now: Now) {
+        let refer_to = header(&request.headers, "Refer-To").or_else(|| header(&request.headers, "r")).map(str::to_owned);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(refer_to) = refer_to else {
+            let response = response_for(&request, 400, Some("Missing Refer-To"), None);
+            self.respond(&key, response);
+            return;
+        };
+        let target = uri_of(&refer_to).to_owned();
+        if call.transfer.is_some() || call.pending_refer.is_some() || call.negotiating || call.reinvite_pending {
+            self.reply(&key, &request, 491, now);
+            return;
+        }
+        if target.contains("Replaces=") || target.contains("replaces=") {
+            // Attended transfer (RFC 3891) is not done yet.
+            let response = response_for(&request, 501, Some("Replaces Not Supported"), None);
+            self.respond(&key, response);
+            return;
+        }
+        if !target.starts_with("sip:") && !target.starts_with("sips:") {
+            let response = response_for(&request, 416, None, None);
+            self.respond(&key, response);
+            return;
+        }
+        let transferee = uri_of(&call.dialog(side.other()).remote).to_owned();
+        let transferee = sip_core::message::user_host(&transferee).map(|(user, _)| user).unwrap_or_default();
+        let notify = !header(&request.headers, "Refer-Sub").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+        let referred_by = header(&request.headers, "Referred-By")
+            .or_else(|| header(&request.headers, "b"))
+            .map_or_else(|| call.dialog(side).remote.clone(), str::to_owned);
+        call.pending_refer = Some((side, key, request, notify, referred_by));
+        self.events.push_back(CallEvent::Refer(ReferTarget { call: id, target, transferee }));
+    }
+
+    /// The server routed a REFER's target: `Ok` rings it, `Err(status)` refuses the REFER.
+    pub fn handle_refer(&mut self, id: u64, route: Result<(Plan, RouteState), u16>, now: Now) {
+        self.clock = Some(now);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some((side, key, request, notify, referred_by)) = call.pending_refer.take() else { return };
+        let (plan, route) = match route {
+            Ok(routed) => routed,
+            Err(status) => {
+                self.reply(&key, &request, status, now);
+                return;
+            }
+        };
+        let mut accepted = response_for(&request, 202, None, Some(call.dialog(side).local_tag()));
+        if !notify {
+            accepted.headers.push(Header::Other("Refer-Sub".into(), "false".into()));
+        }
+        self.respond(&key, accepted);
+        self.stats.transfers += 1;
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.route = route;
+        call.transfer = Some(Transfer { transferor: side, stage: call.stage + 1, notify, referred_by, answered: None });
+        self.notify_transferor(id, "SIP/2.0 100 Trying", false, now);
+        let mut stage = plan.stage;
+        if let Some(t) = self.calls.get(&id).and_then(|c| c.transfer.as_ref()) {
+            stage.headers.push_str(&format!("Referred-By: {}\r\n", t.referred_by));
+        }
+        self.ring(id, stage, now);
+    }
+
+    /// A NOTIFY of the transfer's progress (`message/sipfrag` with `status_line`) to the transferor.
+    fn notify_transferor(&mut self, id: u64, status_line: &str, last: bool, now: Now) {
+        let Some(t) = self.calls.get(&id).and_then(|c| c.transfer.as_ref()) else { return };
+        if !t.notify {
+            return;
+        }
+        let state = if last { "terminated;reason=noresource" } else { "active;expires=60" };
+        let extra = format!("Event: refer\r\nSubscription-State: {state}\r\n");
+        let body = format!("{status_line}\r\n");
+        self.send_in_dialog(id, t.transferor, "NOTIFY", &extra, Some(("message/sipfrag;version=2.0", body.as_bytes())), Purpose::Bye, now);
+    }
+
+    /// Whether fork `fork` rings a transfer's target.
+    pub(super) fn is_transfer_fork(&self, id: u64, fork: usize) -> bool {
+        self.calls.get(&id).is_some_and(|c| c.transfer.as_ref().is_some_and(|t| c.forks.get(fork).is_some_and(|f| f.stage == t.stage)))
+    }
+
+    /// The target answered (its 2xx is ACKed): its SDP, offered to the transferee through the
+    /// media plane over the transferor's legs, re-points the media; the re-INVITE follows.
+    pub(super) fn transfer_answered(&mut self, id: u64, fork: usize, response: &Response) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(t) = call.transfer.as_mut() else { return };
+        t.answered = Some(fork);
+        let transferor = t.transferor;
+        call.stage_open = false;
+        call.stage_deadline = None;
+        let sdp = is_sdp(&response.headers, &response.body).then(|| String::from_utf8_lossy(&response.body).into_owned());
+        let Some(legs) = call.media.as_ref().map(|m| m.legs(transferor == Side::A)) else { return };
+        let Some(sdp) = sdp else { return };
+        call.negotiating = true;
+        call.transfer_offer = true;
+        self.cancel_forks(id, Some(fork));
+        let policy = self.config.codec_policy.clone();
+        self.media_request(id, MediaRequest::Offer { legs, sdp, policy });
+    }
+
+    /// The media plane rewrote the target's SDP as an offer for the transferee: re-INVITE it.
+    pub(super) fn transfer_offered(&mut self, id: u64, result: Result<String, MediaError>, now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.negotiating = false;
+        call.transfer_offer = false;
+        let Some(transferor) = call.transfer.as_ref().map(|t| t.transferor) else { return };
+        match result {
+            Ok(sdp) => {
+                call.reinvite_pending = true;
+                let transferee = transferor.other();
+                let extra = format!("Contact: {}\r\n", our_contact(&self.config, &call.dialog(transferee).peer));
+                self.send_in_dialog(id, transferee, "INVITE", &extra, Some(("application/sdp", sdp.as_bytes())), Purpose::Renegotiate, now);
+            }
+            Err(error) => {
+                tracing::info!(%error, "a transfer target's SDP was refused by the media plane");
+                self.transfer_failed(id, 488, now);
+            }
+        }
+    }
+
+    /// The transferee answered the re-INVITE: ACK it, hand its answer to the media plane, and
+    /// make the target the transferor's side of the call.
+    pub(super) fn renegotiated(&mut self, id: u64, response: Response, now: Now) {
+        let status = response.status_code.code();
+        if status < 200 {
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.reinvite_pending = false;
+        let Some((transferor, fork)) = call.transfer.as_ref().and_then(|t| Some((t.transferor, t.answered?))) else { return };
+        let transferee = transferor.other();
+        if !(200..300).contains(&status) {
+            tracing::info!(status, "the transferee refused the transfer's re-INVITE");
+            self.transfer_failed(id, status, now);
+            return;
+        }
+        let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
+        if let Some((ack, peer)) = self.ack(id, transferee, cseq) {
+            self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack, retransmission: false }));
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.dialog_mut(transferee).target_refreshed(&response);
+        if is_sdp(&response.headers, &response.body) {
+            if let Some(legs) = call.media.as_ref().map(|m| m.legs(transferor == Side::A)) {
+                call.transfer_answer = true;
+                let sdp = String::from_utf8_lossy(&response.body).into_owned();
+                self.media_request(id, MediaRequest::Answer { legs, sdp });
+            }
+        }
+        // The target takes the transferor's place; music on hold (the transferor's) stops.
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(f) = call.forks.get(fork) else { return };
+        let dialog = f.dialog.clone();
+        let replaced = std::mem::replace(call.dialog_mut(transferor), dialog);
+        call.replaced.push(replaced);
+        if transferor == Side::B {
+            call.winner = Some(fork);
+        } else {
+            call.a_fork = Some(fork);
+        }
+        let music = call.held_by.take().is_some() && std::mem::take(&mut call.music);
+        let legs = call.media.as_ref().map(|m| m.facing(transferee == Side::A));
+        if let (true, Some(legs)) = (music, legs) {
+            self.media_request(id, MediaRequest::StopPlay { legs });
+        }
+        if let Some(call_id) = self.calls.get(&id).map(|c| c.dialog(transferor).call_id.clone()) {
+            self.by_call_id.insert(call_id, (id, transferor));
+        }
+        self.notify_transferor_replaced(id, now);
+        self.stats.transfers_completed += 1;
+    }
+
+    /// The final NOTIFY goes in the transferor's old dialog (the call's side is the target now).
+    fn notify_transferor_replaced(&mut self, id: u64, _now: Now) {
+        let branch = self.random.branch();
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(t) = call.transfer.take() else { return };
+        let Some(dialog) = call.replaced.last_mut().filter(|_| t.notify) else { return };
+        let sent_by = self.config.advertise_for(dialog.peer.transport);
+        let extra = "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n";
+        if let Ok(request) = dialog.request("NOTIFY", &sent_by, &branch, extra, Some(("message/sipfrag;version=2.0", b"SIP/2.0 200 OK\r\n"))) {
+            let peer = dialog.peer;
+            self.send_client(id, request, peer, Purpose::Bye);
+        }
+    }
+
+    /// The transfer failed with `status`: the transferor is told, the call stays as it was.
+    pub(super) fn transfer_failed(&mut self, id: u64, status: u16, now: Now) {
+        let line = format!("SIP/2.0 {status} {}", message::default_reason_phrase(status));
+        self.notify_transferor(id, &line, true, now);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.transfer = None;
+        call.stage_open = false;
+        call.stage_deadline = None;
+        self.cancel_forks(id, None);
+    }
+}
