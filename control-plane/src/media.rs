@@ -95,6 +95,18 @@ pub enum MediaRequest {
     Offer { legs: Vec<(u64, u64)>, sdp: String, policy: CodecPolicy },
     /// The answer to the last offer over `legs`; answered with [`MediaReply::Answered`].
     Answer { legs: Vec<(u64, u64)>, sdp: String },
+    /// Attended transfer: delete `release` (the transferor's legs, and their bridges), then an
+    /// Offer over `legs` like [`MediaRequest::Offer`], in that order; answered with
+    /// [`MediaReply::Offered`].
+    Rejoin {
+        /// Legs deleted first.
+        release: Vec<u64>,
+        /// (offerer, answerer) legs per `m=` line.
+        legs: Vec<(u64, u64)>,
+        /// The offerer's description.
+        sdp: String,
+        policy: CodecPolicy,
+    },
     /// Play `file` (a WAV under the media plane's prompt_dir) into each of `legs`, looped until
     /// stopped: music on hold. No reply; failures are counted.
     Play {
@@ -227,6 +239,10 @@ impl MediaClient {
                 Some(MediaReply::Allocated(result))
             }
             MediaRequest::Offer { legs, sdp, policy } => Some(MediaReply::Offered(self.offer(&legs, sdp, &policy).await)),
+            MediaRequest::Rejoin { release, legs, sdp, policy } => {
+                self.release(&release).await;
+                Some(MediaReply::Offered(self.offer(&legs, sdp, &policy).await))
+            }
             MediaRequest::Answer { legs, sdp } => {
                 let request = v1::AnswerRequest { sdp, streams: stream_legs(&legs) };
                 let result = self.client.clone().answer(request).await.map(|r| r.into_inner().sdp).map_err(|s| media_error("Answer", &s));

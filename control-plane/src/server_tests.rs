@@ -38,6 +38,8 @@ pub(crate) struct World {
     allocating: u64,
     /// The media plane double's pending offers, by their legs.
     offers: HashMap<Vec<(u64, u64)>, OfferState>,
+    /// Allocations answered so far (each gets its own leg numbers).
+    allocations: u64,
 }
 
 /// The media plane double's address and the ports of its legs (caller side 11, callee side 12).
@@ -76,7 +78,7 @@ impl World {
     /// A world whose configuration ends with `rest` (sections after `[sip]`).
     pub(crate) fn with_config(rest: &str) -> World {
         let config = Config::parse(&format!(
-            "[sip]\nlisten = [\"udp:192.0.2.100:5060\"]\ndomains = [\"sip.test\"]\ntrusted = [\"192.0.2.1\"]\n\
+            "[sip]\nlisten = [\"udp:192.0.2.100:5060\"]\ndomains = [\"sip.test\"]\ntrusted = [\"192.0.2.1\", \"192.0.2.2\"]\n\
              no_answer_timeout_s = 30\n{rest}"
         ))
         .expect("config");
@@ -99,7 +101,7 @@ impl World {
             }],
             now.unix(),
         );
-        World { core, store, now, sent: Vec::new(), media: Vec::new(), held: Vec::new(), hold_media: false, allocating: 0, offers: HashMap::new() }
+        World { core, store, now, sent: Vec::new(), media: Vec::new(), held: Vec::new(), hold_media: false, allocating: 0, offers: HashMap::new(), allocations: 0 }
     }
 
     fn pump(&mut self) {
@@ -110,6 +112,9 @@ impl World {
             while let Some((call, request)) = self.core.poll_media() {
                 match request {
                     MediaRequest::Offer { .. } | MediaRequest::Answer { .. } => self.held.push((call, request.clone())),
+                    MediaRequest::Rejoin { ref legs, ref sdp, ref policy, .. } => {
+                        self.held.push((call, MediaRequest::Offer { legs: legs.clone(), sdp: sdp.clone(), policy: policy.clone() }))
+                    }
                     MediaRequest::Allocate { .. } => self.allocating = call,
                     MediaRequest::Release { .. } | MediaRequest::Play { .. } | MediaRequest::StopPlay { .. } => {}
                 }
@@ -182,8 +187,11 @@ impl World {
         let Some(MediaRequest::Allocate { offer, callee_offers, active, policy, .. }) = self.media.last().cloned() else {
             panic!("no Allocate last: {:?}", self.media)
         };
+        // Legs 11 and 12 for the first call, 21 and 22 for the second, …
+        let base = 11 + 10 * self.allocations;
+        self.allocations += 1;
         let streams: Vec<Option<StreamLegs>> =
-            active.iter().enumerate().map(|(i, on)| (*on && i == 0).then_some(StreamLegs { leg_a: 11, leg_b: 12 })).collect();
+            active.iter().enumerate().map(|(i, on)| (*on && i == 0).then_some(StreamLegs { leg_a: base, leg_b: base + 1 })).collect();
         let mut allocation = Allocation { streams, offer: String::new() };
         let legs = allocation.legs(!callee_offers);
         match self.negotiate(&MediaRequest::Offer { legs, sdp: offer, policy }) {
@@ -1364,6 +1372,68 @@ fn a_refer_to_nowhere_is_refused_and_a_busy_target_is_notified_while_the_call_go
     w.receive(CALLER, &in_dialog("BYE", "call1", 2, &tag, None));
     w.take_one(CALLEE, "BYE sip:bob@192.0.2.2:5062");
     assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
+#[test]
+fn an_attended_transfer_joins_the_held_caller_to_the_consulted_party_and_folds_the_calls() {
+    let mut w = World::new();
+    w.subscriber("carol", Some(CALLEE2));
+    // Call 1: alice → bob.
+    let (invite_b, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    // Call 2: bob (his phone at CALLEE) consults carol.
+    let consult = invite("call2", &offer(6000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))
+        .replace(CALLER, CALLEE)
+        .replace("INVITE sip:bob@sip.test", "INVITE sip:carol@sip.test")
+        .replace("From: \"Alice\" <sip:alice@sip.test>;tag=a1", "From: <sip:bob@sip.test>;tag=bob2")
+        .replace("To: <sip:bob@sip.test>", "To: <sip:carol@sip.test>");
+    w.receive(CALLEE, &consult);
+    w.allocate();
+    let to_carol = w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.3"))));
+    w.take_one(CALLEE2, "ACK");
+    let ok2 = w.take_one(CALLEE, "SIP/2.0 200");
+    let our_tag2 = to_tag(&ok2);
+    assert_eq!(w.core.active_calls(), 2);
+    // bob transfers alice to carol, replacing his dialog of call 2.
+    let target = format!("sip:carol@sip.test?Replaces=call2%3Bto-tag%3D{our_tag2}%3Bfrom-tag%3Dbob2");
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, &target, ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    w.take_one(CALLEE, "NOTIFY");
+    assert!(w.take(CALLEE2, "INVITE").is_empty(), "carol is not called again: her legs are joined");
+    assert!(w.media.iter().any(|m| matches!(m, MediaRequest::Rejoin { release, legs, .. } if release == &vec![12, 21] && legs == &vec![(22, 11)])), "{:?}", w.media);
+    let reinvite = w.take_one(CALLER, "INVITE");
+    assert!(reinvite.contains("a=sendrecv") && reinvite.contains("c=IN IP4 198.51.100.9"), "{reinvite}");
+    w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "sendrecv"))));
+    w.take_one(CALLER, "ACK");
+    let done = w.take_one(CALLEE, "NOTIFY");
+    assert!(done.contains("SIP/2.0 200 OK") && done.contains("Call-ID: ") && !done.contains("Call-ID: call2"), "in call 1's dialog: {done}");
+    assert_eq!(w.core.active_calls(), 1, "the two calls are one");
+    // bob hangs up both of his dialogs: each gets 200, nobody else hears of it.
+    w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 3));
+    w.take_one(CALLEE, "SIP/2.0 200");
+    w.receive(CALLEE, &in_dialog("BYE", "call2", 2, &our_tag2, None).replace(CALLER, CALLEE).replace("tag=a1", "tag=bob2"));
+    w.take_one(CALLEE, "SIP/2.0 200");
+    assert!(w.take(CALLER, "BYE").is_empty() && w.take(CALLEE2, "BYE").is_empty());
+    // alice and carol talk; alice hangs up: carol gets the BYE, and every leg left goes.
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &tag, None));
+    w.take_one(CALLEE2, "BYE");
+    assert_eq!(w.core.active_calls(), 0);
+    assert!(w.media.contains(&MediaRequest::Release { legs: vec![11, 22] }), "{:?}", w.media);
+}
+
+#[test]
+fn a_refer_whose_replaces_names_no_dialog_gets_481() {
+    let mut w = World::new();
+    let (invite_b, ok) = answered_call(&mut w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:carol@sip.test?Replaces=nosuch%3Bto-tag%3Dx%3Bfrom-tag%3Dy", ""));
+    w.take_one(CALLEE, "SIP/2.0 481");
+    assert_eq!(w.core.active_calls(), 1);
 }
 
 // ---- abuse limits ----

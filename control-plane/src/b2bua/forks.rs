@@ -201,6 +201,9 @@ impl B2bua {
                 }
                 call.winner = Some(fork);
                 call.b = f.dialog.clone();
+                if is_sdp(&response.headers, &response.body) {
+                    call.last_sdp[Side::B as usize] = Some(String::from_utf8_lossy(&response.body).into_owned());
+                }
                 call.state = State::Answered;
                 call.answered = Some(now);
                 call.stage_open = false;

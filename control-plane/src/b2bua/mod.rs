@@ -350,6 +350,10 @@ struct Call {
     transfer_offer: bool,
     transfer_answer: bool,
     replaced: Vec<Dialog>,
+    /// Attended transfer: the other call (with the target) and the target's side in it.
+    attended_with: Option<(u64, Side)>,
+    /// The last SDP each side (A, B) sent, for an attended transfer's re-offer.
+    last_sdp: [Option<String>; 2],
     /// From tag towards the callee side (the same in every fork).
     tag_b: String,
     media: Option<Allocation>,
@@ -561,6 +565,7 @@ impl B2bua {
         let delayed = request.body.is_empty();
         let active = Sdp::parse(&request.body).map(|s| s.active().to_vec()).unwrap_or_default();
         let offer_text = String::from_utf8_lossy(&request.body).into_owned();
+        let a_sdp = (!delayed).then(|| offer_text.clone());
 
         let id = self.next_id;
         self.next_id += 1;
@@ -612,6 +617,8 @@ impl B2bua {
                 transfer_offer: false,
                 transfer_answer: false,
                 replaced: Vec::new(),
+                attended_with: None,
+                last_sdp: [a_sdp, None],
                 tag_b,
                 media: None,
                 offer_legs: Vec::new(),

@@ -126,6 +126,7 @@ impl B2bua {
             }
             call.offer_legs.clone_from(&legs);
             call.negotiating = true;
+            call.last_sdp[side as usize] = Some(String::from_utf8_lossy(&request.body).into_owned());
             if matches!(request.method, Method::Invite | Method::Update) {
                 let holds = Sdp::parse(&request.body).is_ok_and(|s| s.holds());
                 call.pending_hold = Some((side, holds));
@@ -170,6 +171,9 @@ impl B2bua {
         let Some(call) = self.calls.get_mut(&id) else { return };
         if is_invite {
             call.reinvite_pending = false;
+        }
+        if offer && (200..300).contains(&status) && is_sdp(&response.headers, &response.body) {
+            call.last_sdp[to as usize] = Some(String::from_utf8_lossy(&response.body).into_owned());
         }
         let forward = Forward { to: from, origin: origin.clone(), request: request.clone(), response, answers_offer: offer };
         self.forward(id, forward, now);

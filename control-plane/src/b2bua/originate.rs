@@ -82,6 +82,8 @@ impl B2bua {
                 transfer_offer: false,
                 transfer_answer: false,
                 replaced: Vec::new(),
+                attended_with: None,
+                last_sdp: [None, None],
                 tag_b: tag,
                 media: None,
                 offer_legs: Vec::new(),

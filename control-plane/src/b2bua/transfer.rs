@@ -57,10 +57,14 @@ impl B2bua {
             self.reply(&key, &request, 491, now);
             return;
         }
-        if target.contains("Replaces=") || target.contains("replaces=") {
-            // Attended transfer (RFC 3891) is not done yet.
-            let response = response_for(&request, 501, Some("Replaces Not Supported"), None);
-            self.respond(&key, response);
+        if target.to_ascii_lowercase().contains("replaces=") {
+            match Replaces::from_refer_to(&target) {
+                Some(replaces) => self.attended(id, side, key, request, replaces, now),
+                None => {
+                    let response = response_for(&request, 400, Some("Bad Replaces"), None);
+                    self.respond(&key, response);
+                }
+            }
             return;
         }
         if !target.starts_with("sip:") && !target.starts_with("sips:") {
@@ -136,6 +140,7 @@ impl B2bua {
         let sdp = is_sdp(&response.headers, &response.body).then(|| String::from_utf8_lossy(&response.body).into_owned());
         let Some(legs) = call.media.as_ref().map(|m| m.legs(transferor == Side::A)) else { return };
         let Some(sdp) = sdp else { return };
+        call.last_sdp[transferor as usize] = Some(sdp.clone());
         call.negotiating = true;
         call.transfer_offer = true;
         self.cancel_forks(id, Some(fork));
@@ -172,6 +177,10 @@ impl B2bua {
         }
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.reinvite_pending = false;
+        if let Some((other, target_side)) = call.attended_with {
+            self.attended_renegotiated(id, other, target_side, response, now);
+            return;
+        }
         let Some((transferor, fork)) = call.transfer.as_ref().and_then(|t| Some((t.transferor, t.answered?))) else { return };
         let transferee = transferor.other();
         if !(200..300).contains(&status) {
@@ -189,6 +198,7 @@ impl B2bua {
             if let Some(legs) = call.media.as_ref().map(|m| m.legs(transferor == Side::A)) {
                 call.transfer_answer = true;
                 let sdp = String::from_utf8_lossy(&response.body).into_owned();
+                call.last_sdp[transferee as usize] = Some(sdp.clone());
                 self.media_request(id, MediaRequest::Answer { legs, sdp });
             }
         }
@@ -211,6 +221,43 @@ impl B2bua {
         if let Some(call_id) = self.calls.get(&id).map(|c| c.dialog(transferor).call_id.clone()) {
             self.by_call_id.insert(call_id, (id, transferor));
         }
+        self.notify_transferor_replaced(id, now);
+        self.stats.transfers_completed += 1;
+    }
+
+    /// Attended transfer: the transferee answered the re-INVITE with the target's media.
+    fn attended_renegotiated(&mut self, id: u64, other: u64, target_side: Side, response: Response, now: Now) {
+        let status = response.status_code.code();
+        let Some(transferor) = self.calls.get(&id).and_then(|c| c.transfer.as_ref()).map(|t| t.transferor) else { return };
+        let transferee = transferor.other();
+        if !(200..300).contains(&status) {
+            // The transferor's legs are gone: the two calls cannot go back. End both.
+            tracing::info!(status, "the transferee refused the attended transfer's re-INVITE");
+            self.transfer_failed(id, status, now);
+            self.end_both(id, now);
+            if self.calls.contains_key(&other) {
+                self.end_both(other, now);
+            }
+            return;
+        }
+        let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
+        if let Some((ack, peer)) = self.ack(id, transferee, cseq) {
+            self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack, retransmission: false }));
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.dialog_mut(transferee).target_refreshed(&response);
+        call.attended_with = None;
+        let legs = call.offer_legs.clone();
+        if is_sdp(&response.headers, &response.body) {
+            call.last_sdp[transferee as usize] = Some(String::from_utf8_lossy(&response.body).into_owned());
+            call.transfer_answer = true;
+            let sdp = String::from_utf8_lossy(&response.body).into_owned();
+            self.media_request(id, MediaRequest::Answer { legs, sdp });
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.held_by = None;
+        call.music = false;
+        self.merge(id, other, target_side);
         self.notify_transferor_replaced(id, now);
         self.stats.transfers_completed += 1;
     }
@@ -238,5 +285,174 @@ impl B2bua {
         call.stage_open = false;
         call.stage_deadline = None;
         self.cancel_forks(id, None);
+    }
+}
+
+/// The dialog a `Replaces` value names (RFC 3891): Call-ID, to-tag and from-tag, as its sender
+/// (the transferor) sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Replaces {
+    pub(super) call_id: String,
+    pub(super) to_tag: String,
+    pub(super) from_tag: String,
+}
+
+impl Replaces {
+    /// From a Refer-To URI's `?Replaces=` header (percent-encoded).
+    pub(super) fn from_refer_to(target: &str) -> Option<Replaces> {
+        let query = target.split_once('?')?.1;
+        let value = query.split('&').find_map(|h| {
+            let (name, value) = h.split_once('=')?;
+            name.eq_ignore_ascii_case("Replaces").then_some(value)
+        })?;
+        let value = percent_decode(value);
+        let mut parts = value.split(';');
+        let call_id = parts.next()?.trim().to_owned();
+        let (mut to_tag, mut from_tag) = (None, None);
+        for p in parts {
+            match p.trim().split_once('=') {
+                Some((k, v)) if k.eq_ignore_ascii_case("to-tag") => to_tag = Some(v.to_owned()),
+                Some((k, v)) if k.eq_ignore_ascii_case("from-tag") => from_tag = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        Some(Replaces { call_id, to_tag: to_tag?, from_tag: from_tag? })
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl B2bua {
+    /// Attended transfer (RFC 5359 §2.5): the transferor refers its peer in call `id` to the
+    /// party it talks to in the call `replaces` names. The media plane drops the transferor's
+    /// legs in both calls and joins the other two; the transferee is re-INVITEd with the target's
+    /// media, and the two calls become one.
+    pub(super) fn attended(&mut self, id: u64, side: Side, key: TransactionKey, request: Request, replaces: Replaces, now: Now) {
+        let found = self.by_call_id.get(&replaces.call_id).copied().filter(|&(other, _)| other != id);
+        let matches = found.and_then(|(other, other_side)| {
+            let call = self.calls.get(&other)?;
+            let d = call.dialog(other_side);
+            let established = matches!(call.state, State::Answered | State::Confirmed) && call.transfer.is_none();
+            (established && d.local_tag() == replaces.to_tag && tag_of(&d.remote) == Some(replaces.from_tag.as_str())).then_some((other, other_side))
+        });
+        let Some((other, transferor_there)) = matches else {
+            // RFC 3891 §3: no such dialog.
+            self.reply(&key, &request, 481, now);
+            return;
+        };
+        let target_side = transferor_there.other();
+        let (Some(call), Some(other_call)) = (self.calls.get(&id), self.calls.get(&other)) else { return };
+        let (Some(here), Some(there)) = (call.media.as_ref(), other_call.media.as_ref()) else {
+            self.reply(&key, &request, 488, now);
+            return;
+        };
+        let Some(target_sdp) = other_call.last_sdp[target_side as usize].clone() else {
+            self.reply(&key, &request, 488, now);
+            return;
+        };
+        if here.streams.len() != there.streams.len() {
+            self.reply(&key, &request, 488, now);
+            return;
+        }
+        let mut release = here.facing(side == Side::A);
+        release.extend(there.facing(transferor_there == Side::A));
+        let transferee_legs = here.facing(side.other() == Side::A);
+        let target_legs = there.facing(target_side == Side::A);
+        let legs: Vec<(u64, u64)> = target_legs.into_iter().zip(transferee_legs).collect();
+        let notify = !header(&request.headers, "Refer-Sub").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+        let mut accepted = response_for(&request, 202, None, Some(call.dialog(side).local_tag()));
+        if !notify {
+            accepted.headers.push(Header::Other("Refer-Sub".into(), "false".into()));
+        }
+        self.respond(&key, accepted);
+        self.stats.transfers += 1;
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.transfer = Some(Transfer { transferor: side, stage: u32::MAX, notify, referred_by: String::new(), answered: None });
+        call.attended_with = Some((other, target_side));
+        call.offer_legs.clone_from(&legs);
+        call.negotiating = true;
+        call.transfer_offer = true;
+        self.notify_transferor(id, "SIP/2.0 100 Trying", false, now);
+        let policy = self.config.codec_policy.clone();
+        self.media_request(id, MediaRequest::Rejoin { release, legs, sdp: target_sdp, policy });
+    }
+
+    /// The transferee took the target's media: call `other` (the transferor's call with the
+    /// target) is folded into call `id`, the target in the transferor's place.
+    pub(super) fn merge(&mut self, id: u64, other: u64, target_side: Side) {
+        let Some(mut second) = self.calls.remove(&other) else { return };
+        let transferor_there = target_side.other();
+        self.by_invite.remove(&second.invite_a_key);
+        self.originated.remove(&second.invite_a_key);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(transferor) = call.transfer.as_ref().map(|t| t.transferor) else { return };
+        // The media: the target's legs take the transferor's place, stream by stream.
+        if let (Some(mine), Some(theirs)) = (call.media.as_mut(), second.media.as_ref()) {
+            for (m, t) in mine.streams.iter_mut().zip(&theirs.streams) {
+                if let (Some(m), Some(t)) = (m.as_mut(), t) {
+                    let leg = if target_side == Side::A { t.leg_a } else { t.leg_b };
+                    if transferor == Side::A {
+                        m.leg_a = leg;
+                    } else {
+                        m.leg_b = leg;
+                    }
+                }
+            }
+        }
+        // The dialogs: the target's in the transferor's place; both of the transferor's kept to
+        // answer its BYEs.
+        let target = second.dialog(target_side).clone();
+        let old = std::mem::replace(call.dialog_mut(transferor), target);
+        // The REFER's dialog last: the final NOTIFY goes there.
+        call.replaced.push(second.dialog(transferor_there).clone());
+        call.replaced.push(old);
+        call.last_sdp[transferor as usize] = second.last_sdp[target_side as usize].take();
+        if target_side == Side::B {
+            if let Some(fork) = second.winner.and_then(|w| second.forks.get(w)) {
+                call.forks.push(Fork {
+                    stage: u32::MAX - 1,
+                    dialog: fork.dialog.clone(),
+                    invite: fork.invite.clone(),
+                    state: fork.state,
+                    provisional: fork.provisional,
+                    cancel_on_provisional: false,
+                    ack: fork.ack.clone(),
+                    credentials: None,
+                    auth_tried: true,
+                    redirects: Vec::new(),
+                });
+                if transferor == Side::B {
+                    call.winner = Some(call.forks.len() - 1);
+                }
+            }
+        }
+        let (target_call_id, transferor_call_id) = (call.dialog(transferor).call_id.clone(), second.dialog(transferor_there).call_id.clone());
+        for key in [&second.a.call_id, &second.b.call_id] {
+            self.by_call_id.remove(key);
+        }
+        for fork in &second.forks {
+            self.by_call_id.remove(&fork.dialog.call_id);
+        }
+        self.by_call_id.insert(target_call_id, (id, transferor));
+        self.by_call_id.insert(transferor_call_id, (id, transferor));
+        self.update(other, UpdateKind::Ended { status: 200, cause: "transferred", duration_ms: 0 });
     }
 }
