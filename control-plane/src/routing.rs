@@ -245,10 +245,16 @@ fn route_user(user: &str, domain: &str, caller: Option<&str>, identity: String, 
             return Err(Refusal::Blocked);
         }
     }
-    let mut state = RouteState { caller: identity, ..RouteState::default() };
-    match destination(user, domain, ctx)? {
+    let target = destination(user, domain, ctx)?;
+    plan_for(target, identity, ctx)
+}
+
+/// The first stage for `target`, called by `caller` (as screening sees it): a subscriber with
+/// its settings, or one branch.
+fn plan_for(target: Target, caller: String, ctx: &mut Ctx<'_>) -> Result<(Plan, RouteState), Refusal> {
+    let mut state = RouteState { caller, caller_id: CallerIdPolicy::Passthrough, ..RouteState::default() };
+    match target {
         Target::Subscriber(aor) => {
-            state.caller_id = CallerIdPolicy::Passthrough;
             let plan = ring_subscriber(&aor, &mut state, ctx)?;
             Ok((plan, state))
         }
@@ -263,18 +269,8 @@ fn route_user(user: &str, domain: &str, caller: Option<&str>, identity: String, 
 /// Routes the target of a REFER (a `sip:` URI of a local domain, or with an IP address) for a
 /// call from `transferee`, like a call: the target's screening and forwarding apply.
 pub fn refer(target: &str, transferee: &str, ctx: &mut Ctx<'_>) -> Result<(Plan, RouteState), Refusal> {
-    let mut state = RouteState { caller: transferee.to_owned(), caller_id: CallerIdPolicy::Passthrough, ..RouteState::default() };
-    match resolve(target, ctx)? {
-        Target::Subscriber(aor) => {
-            let plan = ring_subscriber(&aor, &mut state, ctx)?;
-            Ok((plan, state))
-        }
-        Target::Branch(branch, caller_id) => {
-            state.caller_id = caller_id;
-            let stage = Stage { branches: vec![branch], timeout: ctx.config.no_answer_timeout, headers: String::new() };
-            Ok((Plan { stage, caller_id, forwarded: false }, state))
-        }
-    }
+    let target = resolve(target, ctx)?;
+    plan_for(target, transferee.to_owned(), ctx)
 }
 
 /// The two parties of a call placed by the API, as `from` and `to` were given (a user, a

@@ -339,6 +339,16 @@ fn answered_call(w: &mut World) -> (String, String) {
     (invite_b, ok)
 }
 
+/// A call answered and ACKed: the INVITE the callee got, our To tag towards the caller, and
+/// the callee's tag.
+fn confirmed_call(w: &mut World) -> (String, String, String) {
+    let (invite_b, ok) = answered_call(w);
+    let tag = to_tag(&ok);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    (invite_b, tag, b_tag)
+}
+
 #[test]
 fn answered_call_is_anchored_on_both_sides_and_2xx_is_retransmitted_until_ack() {
     let mut w = World::new();
@@ -375,9 +385,7 @@ fn answered_call_is_anchored_on_both_sides_and_2xx_is_retransmitted_until_ack() 
 #[test]
 fn hold_reinvite_updates_the_callers_leg_and_is_relayed_with_anchored_sdp() {
     let mut w = World::new();
-    let (_, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let (_, tag, _) = confirmed_call(&mut w);
     w.receive(CALLER, &in_dialog("INVITE", "call1", 2, &tag, Some(&offer(4000, "sendonly"))));
     assert!(
         w.media.iter().any(|m| matches!(m, MediaRequest::Offer { legs, sdp, .. } if legs == &[(11, 12)] && sdp.contains("a=sendonly"))),
@@ -730,9 +738,7 @@ fn callee_request(method: &str, invite_b: &str, b_tag: &str, cseq: u32) -> Strin
 #[test]
 fn an_in_dialog_request_with_a_lower_cseq_gets_500_and_is_not_relayed() {
     let mut w = World::new();
-    let (_, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let (_, tag, _) = confirmed_call(&mut w);
     w.receive(CALLER, &in_dialog("INFO", "call1", 5, &tag, None));
     w.take_one(CALLEE, "INFO sip:bob@192.0.2.2:5062");
     w.receive(CALLER, &in_dialog("INFO", "call1", 4, &tag, None));
@@ -744,9 +750,7 @@ fn an_in_dialog_request_with_a_lower_cseq_gets_500_and_is_not_relayed() {
 #[test]
 fn a_reinvite_with_a_new_contact_is_where_the_next_request_in_the_dialog_goes() {
     let mut w = World::new();
-    let (invite_b, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let (invite_b, tag, _) = confirmed_call(&mut w);
     let moved = in_dialog("INVITE", "call1", 2, &tag, Some(&offer(4000, "sendrecv")))
         .replace("Call-ID: call1\r\n", "Call-ID: call1\r\nContact: <sip:alice@192.0.2.1:5999>\r\n");
     w.receive(CALLER, &moved);
@@ -1241,9 +1245,7 @@ fn originate_names_the_party_that_cannot_be_reached() {
 fn an_answered_call_is_listed_and_ends_with_its_duration() {
     use crate::b2bua::UpdateKind;
     let mut w = World::new();
-    let (_, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let (_, tag, _) = confirmed_call(&mut w);
     w.advance(Duration::from_secs(5));
     w.receive(CALLER, &in_dialog("BYE", "call1", 2, &tag, None));
     let kinds = updates(&mut w);
@@ -1256,9 +1258,7 @@ fn an_answered_call_is_listed_and_ends_with_its_duration() {
 #[test]
 fn holding_plays_music_to_the_held_party_until_the_holder_resumes() {
     let mut w = World::new();
-    let (_, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
+    let (_, tag, _) = confirmed_call(&mut w);
     w.receive(CALLER, &in_dialog("INVITE", "call1", 2, &tag, Some(&offer(4000, "sendonly"))));
     let reinvite = w.take_one(CALLEE, "INVITE");
     assert!(!w.media.iter().any(|m| matches!(m, MediaRequest::Play { .. })), "not before the hold is answered");
@@ -1279,10 +1279,7 @@ fn holding_plays_music_to_the_held_party_until_the_holder_resumes() {
 fn a_subscriber_holding_the_caller_plays_its_own_music_and_a_refused_hold_plays_none() {
     let mut w = World::new();
     w.settings("bob", &[("music_on_hold", "bobs-jazz.wav")]);
-    let (invite_b, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
-    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    let (invite_b, _, b_tag) = confirmed_call(&mut w);
     let sdp = offer(5000, "inactive").replace("192.0.2.1", "192.0.2.2");
     let hold = callee_request("INVITE", &invite_b, &b_tag, 2)
         .replace("Content-Length: 0\r\n\r\n", &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
@@ -1311,10 +1308,7 @@ fn callee_refer(invite_b: &str, b_tag: &str, cseq: u32, target: &str, extra: &st
 fn a_blind_transfer_connects_the_transferee_to_the_target_with_media_re_anchored() {
     let mut w = World::new();
     w.subscriber("carol", Some(CALLEE2));
-    let (invite_b, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
-    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    let (invite_b, tag, b_tag) = confirmed_call(&mut w);
     w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:carol@sip.test", "Referred-By: <sip:bob@sip.test>\r\n"));
     w.take_one(CALLEE, "SIP/2.0 202");
     let trying = w.take_one(CALLEE, "NOTIFY");
@@ -1348,10 +1342,7 @@ fn a_blind_transfer_connects_the_transferee_to_the_target_with_media_re_anchored
 fn a_refer_to_nowhere_is_refused_and_a_busy_target_is_notified_while_the_call_goes_on() {
     let mut w = World::new();
     w.subscriber("carol", Some(CALLEE2));
-    let (invite_b, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
-    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    let (invite_b, tag, b_tag) = confirmed_call(&mut w);
     w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:nobody@sip.test", ""));
     w.take_one(CALLEE, "SIP/2.0 404");
     w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 3, "sip:carol@sip.test", "Refer-Sub: false\r\n"));
@@ -1379,10 +1370,7 @@ fn an_attended_transfer_joins_the_held_caller_to_the_consulted_party_and_folds_t
     let mut w = World::new();
     w.subscriber("carol", Some(CALLEE2));
     // Call 1: alice → bob.
-    let (invite_b, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
-    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    let (invite_b, tag, b_tag) = confirmed_call(&mut w);
     // Call 2: bob (his phone at CALLEE) consults carol.
     let consult = invite("call2", &offer(6000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))
         .replace(CALLER, CALLEE)
@@ -1427,10 +1415,7 @@ fn an_attended_transfer_joins_the_held_caller_to_the_consulted_party_and_folds_t
 #[test]
 fn a_refer_whose_replaces_names_no_dialog_gets_481() {
     let mut w = World::new();
-    let (invite_b, ok) = answered_call(&mut w);
-    let tag = to_tag(&ok);
-    w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
-    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    let (invite_b, _, b_tag) = confirmed_call(&mut w);
     w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:carol@sip.test?Replaces=nosuch%3Bto-tag%3Dx%3Bfrom-tag%3Dy", ""));
     w.take_one(CALLEE, "SIP/2.0 481");
     assert_eq!(w.core.active_calls(), 1);

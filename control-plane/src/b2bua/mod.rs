@@ -409,6 +409,61 @@ impl Fork {
 }
 
 impl Call {
+    /// A call between dialogs `a` and `b`, set up by `invite_a` (the caller's INVITE, or ours to
+    /// an originated call's first party), in its first moments: nothing rung, nothing allocated.
+    #[allow(clippy::too_many_arguments)]
+    fn new(a: Dialog, b: Dialog, invite_a: Request, invite_a_key: TransactionKey, route: RouteState, policy: CallerIdPolicy, tag_b: String, now: Now) -> Call {
+        Call {
+            state: State::Allocating,
+            a,
+            b,
+            invite_a,
+            invite_a_key,
+            forks: Vec::new(),
+            stage: 0,
+            stage_open: false,
+            first_stage: None,
+            announce_first: false,
+            winner: None,
+            early_from: None,
+            route,
+            delayed: false,
+            delayed_answer: None,
+            ack_answer_pending: false,
+            originated: false,
+            a_fork: None,
+            second: None,
+            caller_uri: String::new(),
+            callee_uri: String::new(),
+            started: now,
+            answered: None,
+            status: 0,
+            cause: "",
+            ringing_told: [false; 2],
+            pending_hold: None,
+            held_by: None,
+            music: false,
+            transfer: None,
+            pending_refer: None,
+            transfer_offer: false,
+            transfer_answer: false,
+            replaced: Vec::new(),
+            attended_with: None,
+            last_sdp: [None, None],
+            tag_b,
+            media: None,
+            offer_legs: Vec::new(),
+            negotiating: false,
+            forwards: VecDeque::new(),
+            relay_offer: None,
+            policy,
+            caller: None,
+            stage_deadline: None,
+            retransmit: None,
+            reinvite_pending: false,
+        }
+    }
+
     fn holds_deadline(&self, at: Instant) -> bool {
         self.stage_deadline == Some(at) || self.retransmit.as_ref().is_some_and(|r| r.next == at)
     }
@@ -580,58 +635,16 @@ impl B2bua {
         self.clock = Some(now);
         let caller_uri = uri_of(&a.remote).to_owned();
         let callee_uri = request.uri.to_string();
-        self.calls.insert(
-            id,
-            Call {
-                state: if delayed { State::Calling } else { State::Allocating },
-                a,
-                b,
-                invite_a: request,
-                invite_a_key: key,
-                forks: Vec::new(),
-                stage: 0,
-                stage_open: false,
-                first_stage: Some(plan.stage),
-                announce_first: plan.forwarded,
-                winner: None,
-                early_from: None,
-                route,
-                delayed,
-                delayed_answer: None,
-                ack_answer_pending: false,
-                originated: false,
-                a_fork: None,
-                second: None,
-                caller_uri,
-                callee_uri,
-                started: now,
-                answered: None,
-                status: 0,
-                cause: "",
-                ringing_told: [false; 2],
-                pending_hold: None,
-                held_by: None,
-                music: false,
-                transfer: None,
-                pending_refer: None,
-                transfer_offer: false,
-                transfer_answer: false,
-                replaced: Vec::new(),
-                attended_with: None,
-                last_sdp: [a_sdp, None],
-                tag_b,
-                media: None,
-                offer_legs: Vec::new(),
-                negotiating: false,
-                forwards: VecDeque::new(),
-                relay_offer: None,
-                policy: plan.caller_id,
-                caller,
-                stage_deadline: None,
-                retransmit: None,
-                reinvite_pending: false,
-            },
-        );
+        let mut call = Call::new(a, b, request, key, route, plan.caller_id, tag_b, now);
+        call.state = if delayed { State::Calling } else { State::Allocating };
+        call.first_stage = Some(plan.stage);
+        call.announce_first = plan.forwarded;
+        call.delayed = delayed;
+        call.caller_uri = caller_uri;
+        call.callee_uri = callee_uri;
+        call.last_sdp = [a_sdp, None];
+        call.caller = caller;
+        self.calls.insert(id, call);
         if delayed {
             // Nothing to allocate before the callee's offer: ring now, without a body.
             if let Some(stage) = self.calls.get_mut(&id).and_then(|c| c.first_stage.take()) {

@@ -45,58 +45,14 @@ impl B2bua {
             method: Method::Invite,
             sent_by: sip_core::transaction::SentBy { host: "0.0.0.0".into(), port: 0 },
         });
-        self.calls.insert(
-            id,
-            Call {
-                state: State::Originating,
-                a,
-                b,
-                invite_a,
-                invite_a_key: key,
-                forks: Vec::new(),
-                stage: 0,
-                stage_open: false,
-                first_stage: None,
-                announce_first: false,
-                winner: None,
-                early_from: None,
-                route: first_route,
-                delayed: true,
-                delayed_answer: None,
-                ack_answer_pending: false,
-                originated: true,
-                a_fork: None,
-                second: Some(SecondParty { stage: second_plan.stage, caller_id: second_plan.caller_id, route: second_route }),
-                caller_uri: from_uri,
-                callee_uri: to_uri,
-                started: now,
-                answered: None,
-                status: 0,
-                cause: "",
-                ringing_told: [false; 2],
-                pending_hold: None,
-                held_by: None,
-                music: false,
-                transfer: None,
-                pending_refer: None,
-                transfer_offer: false,
-                transfer_answer: false,
-                replaced: Vec::new(),
-                attended_with: None,
-                last_sdp: [None, None],
-                tag_b: tag,
-                media: None,
-                offer_legs: Vec::new(),
-                negotiating: false,
-                forwards: VecDeque::new(),
-                relay_offer: None,
-                policy: first_plan.caller_id,
-                caller: None,
-                stage_deadline: None,
-                retransmit: None,
-                reinvite_pending: false,
-            },
-        );
+        let mut call = Call::new(a, b, invite_a, key, first_route, first_plan.caller_id, tag, now);
+        call.state = State::Originating;
+        call.delayed = true;
+        call.originated = true;
+        call.second = Some(SecondParty { stage: second_plan.stage, caller_id: second_plan.caller_id, route: second_route });
+        call.caller_uri = from_uri;
+        call.callee_uri = to_uri;
+        self.calls.insert(id, call);
         self.ring(id, first_plan.stage, now);
         id
     }

@@ -188,12 +188,8 @@ impl B2bua {
             self.transfer_failed(id, status, now);
             return;
         }
-        let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
-        if let Some((ack, peer)) = self.ack(id, transferee, cseq) {
-            self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack, retransmission: false }));
-        }
+        self.ack_renegotiated(id, transferee, &response);
         let Some(call) = self.calls.get_mut(&id) else { return };
-        call.dialog_mut(transferee).target_refreshed(&response);
         if is_sdp(&response.headers, &response.body) {
             if let Some(legs) = call.media.as_ref().map(|m| m.legs(transferor == Side::A)) {
                 call.transfer_answer = true;
@@ -225,6 +221,17 @@ impl B2bua {
         self.stats.transfers_completed += 1;
     }
 
+    /// ACKs the transferee's 2xx to our re-INVITE and takes its Contact as the new target.
+    fn ack_renegotiated(&mut self, id: u64, transferee: Side, response: &Response) {
+        let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
+        if let Some((ack, peer)) = self.ack(id, transferee, cseq) {
+            self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack, retransmission: false }));
+        }
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.dialog_mut(transferee).target_refreshed(response);
+        }
+    }
+
     /// Attended transfer: the transferee answered the re-INVITE with the target's media.
     fn attended_renegotiated(&mut self, id: u64, other: u64, target_side: Side, response: Response, now: Now) {
         let status = response.status_code.code();
@@ -240,12 +247,8 @@ impl B2bua {
             }
             return;
         }
-        let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
-        if let Some((ack, peer)) = self.ack(id, transferee, cseq) {
-            self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack, retransmission: false }));
-        }
+        self.ack_renegotiated(id, transferee, &response);
         let Some(call) = self.calls.get_mut(&id) else { return };
-        call.dialog_mut(transferee).target_refreshed(&response);
         call.attended_with = None;
         let legs = call.offer_legs.clone();
         if is_sdp(&response.headers, &response.body) {
