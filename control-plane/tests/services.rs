@@ -7,7 +7,8 @@
 //! legs. docs/call-services.md maps each flow to its scenario and test.
 //!
 //! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
-//! Slots 10-19 (SIP 21100+, RTP 23000+, sipp 24100+) keep them apart from tests/sip.rs.
+//! Slots 8-19 (SIP 21080+, the media plane's RTP 22800+, sipp 24080+ and its media 25080+) keep
+//! them apart from tests/sip.rs.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,10 +28,12 @@ fn settings(stack: &Stack, user: &str, pairs: &[&str]) {
     assert!(out.status.success(), "settings set {pairs:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A sipp callee (`scenario`) on `port` (RTP on `port + 2`) logging its messages to `name`.log.
+/// A sipp callee (`scenario`) on `port` logging its messages to `name`.log. Its media port is
+/// `port + 1000`: sipp binds that port and the one two above it, which must not be another
+/// sipp's SIP port.
 fn callee(stack: &Stack, scenario: &str, port: u16, name: &str, extra: &[&str]) -> (Proc, PathBuf) {
     let log = stack.dir.join(format!("{name}.log"));
-    let (p, mp) = (port.to_string(), (port + 2).to_string());
+    let (p, mp) = (port.to_string(), (port + 1000).to_string());
     let mut args = vec!["-sf", scenario, "-p", &p, "-mp", &mp, "-m", "1", "-trace_msg", "-message_file", log.to_str().expect("utf8")];
     args.extend_from_slice(extra);
     let child = Proc { child: spawn_sipp(stack, &args), name: "sipp" };
@@ -42,7 +45,7 @@ fn callee(stack: &Stack, scenario: &str, port: u16, name: &str, extra: &[&str]) 
 fn call(stack: &Stack, scenario: &str, callee: &str, port: u16, extra: &[&str]) -> (bool, String) {
     let log = stack.dir.join(format!("caller-{port}.log"));
     let (csv, auth) = (format!("csv/alice-calls-{callee}.csv"), format!("{callee}@sip.test"));
-    let (p, mp) = (port.to_string(), (port + 2).to_string());
+    let (p, mp) = (port.to_string(), (port + 1000).to_string());
     let mut args = vec!["-sf", scenario, "-inf", &csv, "-auth_uri", &auth, "-p", &p, "-mp", &mp, "-m", "1"];
     args.extend_from_slice(&["-trace_msg", "-message_file", log.to_str().expect("utf8")]);
     args.extend_from_slice(extra);

@@ -32,7 +32,8 @@ use std::net::{IpAddr, SocketAddr};
 use media_codecs::{CodecKind, CodecParams, OpusSettings};
 use sdp_types::{Attribute, Connection, Media, Session};
 
-use crate::engine::{Direction, LegCodec};
+use crate::engine::direction::Direction;
+use crate::engine::transcode::LegCodec;
 use crate::srtp::{SdesError, SdesKey, SrtpKeys, SrtpSuite};
 
 /// Longest SDP body accepted.

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::direction::Direction;
 use super::dtmf::{KeyPressTracker, TelephoneEvent};
 use super::quality::{Quality, QualityStats};
 use super::transcode::{LegCodec, TranscodeCounters, Transcoder};
@@ -17,27 +18,6 @@ use super::{BridgeId, LegId};
 pub(super) enum Peer {
     Local(usize),
     Remote { core: usize, leg: LegId },
-}
-
-/// Media direction, as the endpoint states it in its SDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Direction {
-    #[default]
-    SendRecv,
-    /// The endpoint sends; the media plane sends it no RTP.
-    SendOnly,
-    /// The endpoint only receives; RTP from it is dropped (muted).
-    RecvOnly,
-    Inactive,
-}
-
-impl Direction {
-    pub fn endpoint_sends(self) -> bool {
-        matches!(self, Self::SendRecv | Self::SendOnly)
-    }
-    pub fn endpoint_receives(self) -> bool {
-        matches!(self, Self::SendRecv | Self::RecvOnly)
-    }
 }
 
 /// Why a packet was dropped. Every drop is counted under one of these.

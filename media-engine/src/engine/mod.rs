@@ -35,6 +35,7 @@
 //! jitter buffers reuse theirs (a codec may allocate inside; see `media-codecs`).
 
 pub mod conference;
+pub(crate) mod direction;
 pub mod dtmf;
 pub mod jitter;
 mod leg;
@@ -45,7 +46,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-pub use leg::{Direction, DropReason, Drops, LegCounters, LegMedia, LegSpec, LegStats, QualityAlarm, Remote};
+pub use direction::Direction;
+pub use leg::{DropReason, Drops, LegCounters, LegMedia, LegSpec, LegStats, QualityAlarm, Remote};
 use leg::{Leg, Peer, PortKind};
 pub use transcode::{LegCodec, TranscodeCounters, TranscodeError};
 use conference::{Conference, ConferenceId};
