@@ -782,6 +782,13 @@ impl MediaService {
             Event::PlayFinished { leg, play, stopped } => {
                 v1::Event { leg_id: leg, kind: Some(v1::event::Kind::PlayFinished(v1::PlayFinished { play_id: play, stopped })) }
             }
+            Event::Talking { leg, conference, talking } => {
+                v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Talking(v1::Talking { conference_id: conference, talking })) }
+            }
+            Event::Member { leg, conference, joined } => v1::Event {
+                leg_id: leg,
+                kind: Some(v1::event::Kind::Member(v1::ConferenceMember { conference_id: conference, joined })),
+            },
             Event::Quality { leg, alarm, loss_permille, jitter_us } => {
                 v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Quality(v1::Quality { alarm, loss_permille, jitter_us })) }
             }

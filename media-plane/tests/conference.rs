@@ -53,6 +53,7 @@ fn talk(sockets: &[UdpSocket], legs: &[Leg], packets: &[Vec<Vec<u8>>], range: st
 #[tokio::test(flavor = "multi_thread")]
 async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_removes_one() {
     let (_mp, mut c) = MediaPlane::start(SLOT_CONFERENCE).await;
+    let mut events = c.events(v1::EventsRequest {}).await.expect("Events").into_inner();
     let conf = c.create_conference(v1::CreateConferenceRequest { group: "room-1".into(), rate: 16_000 }).await.expect("CreateConference").into_inner();
     let pcmu = Some(v1::Codec { payload_type: 0, name: "PCMU".into(), rate: 8000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
     let sockets: Vec<UdpSocket> = (0..3).map(|_| udp()).collect();
@@ -89,6 +90,27 @@ async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_remov
         let talking = tone_power(&heard[i][800..], 8000, TONES[other]);
         assert!(talking > 1000.0 * muted.max(1.0), "member {i} no longer hears the muted member");
     }
+
+    // The events: each member joined, and each started talking with its tone; the muted one
+    // stopped.
+    let mut joined: Vec<u64> = Vec::new();
+    let mut talking: Vec<(u64, bool)> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while talking.iter().filter(|(_, t)| !*t).count() < 1 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(Ok(Some(ev))) = tokio::time::timeout(left, events.message()).await else { break };
+        match ev.kind {
+            Some(v1::event::Kind::Member(m)) if m.conference_id == conf.conference_id && m.joined => joined.push(ev.leg_id),
+            Some(v1::event::Kind::Talking(t)) if t.conference_id == conf.conference_id => talking.push((ev.leg_id, t.talking)),
+            _ => {}
+        }
+    }
+    let ids: Vec<u64> = legs.iter().map(|l| l.id).collect();
+    assert_eq!(joined, ids, "a member event per AddParticipant");
+    for id in &ids {
+        assert!(talking.contains(&(*id, true)), "member {id} talked: {talking:?}");
+    }
+    assert_eq!(talking.iter().filter(|(_, t)| !*t).copied().collect::<Vec<_>>(), vec![(legs[1].id, false)], "the muted member stopped");
 
     // Members cannot be bridged; what is wrong is named; deleting the conference frees them.
     let e = c.create_bridge(v1::CreateBridgeRequest { leg_a: legs[0].id, leg_b: legs[1].id }).await.unwrap_err();

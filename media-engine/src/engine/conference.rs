@@ -34,6 +34,12 @@ pub const TOP_TALKERS: usize = 3;
 pub const TICK: Duration = Duration::from_millis(20);
 /// Below this mean-square energy per sample a member is not a talker (about −50 dBFS).
 const SILENCE: u64 = 100;
+/// A member whose level (energy with hangover) rises above this starts talking (an RMS of 200,
+/// about −44 dBFS), and stops once its level falls below [`TALK_STOP`] (RMS 100). The level
+/// decays by 1/8 per period, so a talker stays one for about 0.7 s after a loud syllable:
+/// speech's short pauses do not end it.
+const TALK_START: u64 = 40_000;
+const TALK_STOP: u64 = 10_000;
 
 /// Counters of one member.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,9 +80,12 @@ pub(super) struct Member {
     packet_samples: usize,
     /// The member's stream (its payload type is also the one its endpoint sends).
     stream: RtpStream,
-    /// This tick's frame and its energy.
+    /// This tick's frame and its energy; the energy with hangover (decaying by 1/8 a period),
+    /// which picks the talkers; and whether the member talks now.
     frame: Vec<i16>,
     energy: u64,
+    level: u64,
+    talking: bool,
     scratch: Vec<i16>,
     resampled: Vec<i16>,
     packet: Vec<u8>,
@@ -99,6 +108,9 @@ pub struct Conference {
     /// When the next tick is due.
     pub next_tick: Instant,
     sum: Vec<i32>,
+    /// Members that started (true) or stopped talking in the last periods, for the engine's
+    /// events.
+    pub(super) talk_changes: Vec<(LegId, bool)>,
 }
 
 /// Compresses above −3 dBFS so the sum of talkers never clips hard.
@@ -152,7 +164,7 @@ impl Member {
 
 impl Conference {
     pub fn new(id: ConferenceId, rate: u32, now: Instant) -> Self {
-        Conference { id, rate, members: Vec::new(), next_tick: now + TICK, sum: Vec::new() }
+        Conference { id, rate, members: Vec::new(), next_tick: now + TICK, sum: Vec::new(), talk_changes: Vec::new() }
     }
 
     /// Adds a member speaking `codec`; its stream starts at `ssrc`, `seq`, `ts`.
@@ -190,6 +202,8 @@ impl Conference {
             stream: RtpStream { pt: codec.payload_type, ssrc, seq, ts, ts_step: codec.rtp_clock() * u32::from(codec.ptime_ms) / 1000 },
             frame: Vec::new(),
             energy: 0,
+            level: 0,
+            talking: false,
             scratch: Vec::new(),
             resampled: Vec::new(),
             packet: Vec::with_capacity(1500),
@@ -243,11 +257,17 @@ impl Conference {
                 m.counters.underrun += 1;
             }
             m.energy = if m.muted { 0 } else { m.frame.iter().map(|&s| i64::from(s).pow(2) as u64).sum::<u64>() / frame as u64 };
+            m.level = m.energy.max(m.level - m.level / 8);
+            let talking = if m.talking { m.level >= TALK_STOP } else { m.level > TALK_START };
+            if talking != m.talking {
+                m.talking = talking;
+                self.talk_changes.push((m.leg, talking));
+            }
         }
-        // The loudest few talk (kept in a fixed array: nothing allocates per tick).
+        // The loudest few talk, by level (kept in a fixed array: nothing allocates per tick).
         let mut talkers = [usize::MAX; TOP_TALKERS];
-        for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.energy > SILENCE) {
-            let quieter = |t: usize| t == usize::MAX || self.members.get(t).is_none_or(|o| o.energy < m.energy);
+        for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.level > SILENCE && m.energy > 0) {
+            let quieter = |t: usize| t == usize::MAX || self.members.get(t).is_none_or(|o| o.level < m.level);
             if let Some(at) = talkers.iter().position(|&t| quieter(t)) {
                 talkers[at..].rotate_right(1);
                 talkers[at] = i;

@@ -127,6 +127,11 @@ pub enum Event {
     Latched { leg: LegId, remote: SocketAddr, rtcp: bool },
     /// The leg was idle for its media timeout and has been removed; the driver frees its ports.
     TimedOut { leg: LegId, stats: Box<LegStats> },
+    /// A conference member started (`talking`) or stopped talking: its level, the energy with
+    /// about 0.7 s of hangover, crossed the talk thresholds.
+    Talking { leg: LegId, conference: ConferenceId, talking: bool },
+    /// A leg joined or left a conference (left: removed, or the conference was deleted).
+    Member { leg: LegId, conference: ConferenceId, joined: bool },
     /// The leg's endpoint sent a DTMF digit (RFC 4733, or tones heard on a transcoded leg),
     /// lasting `duration_ms`.
     Dtmf { leg: LegId, digit: char, duration_ms: u32 },
@@ -854,6 +859,7 @@ impl Engine {
             if let Some(l) = self.slot_mut(m.slot) {
                 l.conference = None;
             }
+            self.events.push_back(Event::Member { leg: m.leg, conference: id, joined: false });
         }
         Ok(legs)
     }
@@ -877,6 +883,7 @@ impl Engine {
         if let Some(l) = self.slot_mut(slot) {
             l.conference = Some(id);
         }
+        self.events.push_back(Event::Member { leg, conference: id, joined: true });
         Ok(())
     }
 
@@ -900,6 +907,7 @@ impl Engine {
         if !c.remove(leg) {
             return Err(CommandError::NotMember(leg, id));
         }
+        self.events.push_back(Event::Member { leg, conference: id, joined: false });
         if let Some(slot) = self.by_id.get(&leg).copied() {
             if let Some(l) = self.slot_mut(slot) {
                 l.conference = None;
@@ -911,7 +919,7 @@ impl Engine {
     /// Runs the mixing periods that are due (a core more than five periods late skips ahead
     /// rather than bursting).
     fn mix_conferences(&mut self, now: Instant) {
-        let Self { conferences, slots, transmits, spare, .. } = self;
+        let Self { conferences, slots, transmits, spare, events, .. } = self;
         for c in conferences.values_mut() {
             let mut ticks = 0;
             while c.next_tick <= now && ticks < 5 {
@@ -931,6 +939,9 @@ impl Engine {
             }
             if c.next_tick <= now {
                 c.next_tick = now + conference::TICK;
+            }
+            for (leg, talking) in c.talk_changes.drain(..) {
+                events.push_back(Event::Talking { leg, conference: c.id, talking });
             }
         }
     }

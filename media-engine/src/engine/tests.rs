@@ -804,3 +804,51 @@ fn a_conference_member_is_heard_continuously_through_jitter_reordering_loss_and_
     let c = h.engine.conference_jitter(60, 1).unwrap();
     assert!(c.duplicates >= 10 && c.concealed >= 1, "{c:?}");
 }
+
+#[test]
+fn a_conference_member_talks_from_its_first_syllable_until_a_pause_longer_than_the_hangover() {
+    use media_codecs::{CodecKind, CodecParams};
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    let now = h.now();
+    let ports = [A_PORT, B_PORT];
+    let endpoints: Vec<SocketAddr> = (0..2).map(|i| addr(&format!("10.0.1.{}:4000", i + 1))).collect();
+    h.engine.create_conference(60, 8000, now).unwrap();
+    for i in 0..2 {
+        let spec = LegSpec { remote: Remote::locked(endpoints[i]), codec: Some(leg_codec(0, CodecKind::Pcmu, 8000)), ..Default::default() };
+        h.engine.create_leg(i as u64 + 1, ports[i], spec, now).unwrap();
+        h.engine.add_member(60, i as u64 + 1, false, false).unwrap();
+    }
+    let params = CodecParams::new(CodecKind::Pcmu, 8000);
+    // Member 1: one second of speech-level tone with a 200 ms gap in it, then 1.5 s of silence.
+    // Member 2: silence throughout.
+    let mut tone = media_codecs::signal::sine(8000, 500.0, 1.0, 3000.0);
+    tone[4000..5600].fill(0);
+    tone.extend(std::iter::repeat_n(0i16, 12_000));
+    let silence = vec![0i16; tone.len()];
+    let mut encoders: Vec<_> = (0..2).map(|_| media_codecs::encoder(&params).unwrap()).collect();
+    let mut talking = Vec::new();
+    for k in 0..tone.len() / 160 {
+        for (i, pcm) in [&tone, &silence].into_iter().enumerate() {
+            let mut p = vec![0u8; 12];
+            write_rtp_header(&mut p, 0, k as u16, (k * 160) as u32, 0x200 + i as u32).unwrap();
+            encoders[i].encode(&pcm[k * 160..(k + 1) * 160], &mut p).unwrap();
+            h.send(endpoints[i], ports[i], &p);
+        }
+        h.advance(Duration::from_millis(20));
+        for e in h.take_events() {
+            match e {
+                Event::Talking { leg, conference: 60, talking: t } => talking.push((k, leg, t)),
+                Event::Talking { .. } => panic!("a talking event of another conference: {e:?}"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(talking.len(), 2, "one start and one stop, the 200 ms gap inside the hangover: {talking:?}");
+    let (start, stop) = (talking[0], talking[1]);
+    assert!(start.1 == 1 && start.2 && start.0 <= 8, "member 1 talks within the first packets (jitter buffer included): {talking:?}");
+    assert!(stop.1 == 1 && !stop.2, "{talking:?}");
+    assert!((55..=100).contains(&stop.0), "stops 0.1-1 s after the speech ends at packet 50: {talking:?}");
+    h.engine.remove_member(60, 2).unwrap();
+    let left: Vec<_> = std::iter::from_fn(|| h.engine.poll_event()).filter(|e| matches!(e, Event::Member { .. })).collect();
+    assert_eq!(left, vec![Event::Member { leg: 2, conference: 60, joined: false }]);
+}
