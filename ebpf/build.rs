@@ -20,23 +20,15 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let clang = env::var_os("CLANG").unwrap_or_else(|| "clang".into());
 
-    let mut args = vec![
-        "-Wall".to_owned(),
-        "-Werror".to_owned(),
-        "-O2".to_owned(),
-        "-g".to_owned(),
-    ];
+    let mut args = vec!["-Wall".to_owned(), "-Werror".to_owned(), "-O2".to_owned(), "-g".to_owned()];
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".to_owned());
     let multiarch = format!("/usr/include/{arch}-linux-gnu");
     if Path::new(&multiarch).is_dir() {
         args.push(format!("-I{multiarch}"));
     }
 
-    if let Err(err) = SkeletonBuilder::new()
-        .source(SOURCE)
-        .clang(&clang)
-        .clang_args(&args)
-        .build_and_generate(out.join("media_steer.skel.rs"))
+    if let Err(err) =
+        SkeletonBuilder::new().source(SOURCE).clang(&clang).clang_args(&args).build_and_generate(out.join("media_steer.skel.rs"))
     {
         // The chain names clang's own diagnostics; a missing clang or header is the usual cause.
         panic!(

@@ -2,7 +2,8 @@
 # Installs what building and testing need on Debian 12: protoc (gRPC code generation), a C toolchain,
 # clang and libelf for the XDP program, ip/ethtool/ping for its netns tests,
 # sipp for the SIP tests, baresip for the phone tests (SETUP_PHONES=1), Kamailio as an edge proxy
-# (SETUP_SIP_PEERS=1), Python gRPC packages for the external-client test, and Rust (rustup) if cargo is missing.
+# (SETUP_SIP_PEERS=1), Python gRPC packages for the external-client test, Rust (rustup) if cargo is missing,
+# and rustfmt and clippy for the test command's gates (SETUP_RUST_LINT=1).
 set -euo pipefail
 
 need_apt=()
@@ -68,6 +69,11 @@ if ! command -v cargo >/dev/null; then
     curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
+fi
+
+if [ "${SETUP_RUST_LINT:-0}" = 1 ] && command -v rustup >/dev/null; then
+  # The test command's gates: rustfmt and clippy (a minimal rustup profile has neither).
+  rustup component add rustfmt clippy >/dev/null 2>&1 || echo "setup: rustup could not add rustfmt and clippy"
 fi
 
 if [ "${SETUP_PYTHON_GRPC:-0}" = 1 ]; then

@@ -5,8 +5,10 @@
 # front of the registrar, the Python gRPC client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 SETUP_SIP_PEERS=1 SETUP_PROMPTS=1 source scripts/setup.sh
+SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 SETUP_SIP_PEERS=1 SETUP_PROMPTS=1 SETUP_RUST_LINT=1 source scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# Gate: the code is formatted (rustfmt.toml) before anything is built.
+cargo fmt --all --check
 # The Python external-client test must run here, not skip.
 export REQUIRE_PYTHON_GRPC=1
 # So must the sipp registration and call tests of the control plane.
@@ -17,7 +19,11 @@ export REQUIRE_BARESIP=1
 export REQUIRE_KAMAILIO=1
 # And the shipped prompts through the player.
 export REQUIRE_PROMPTS=1
+# As root (CI), the XDP/AF_XDP relay and NAT tests (network namespaces) must run, not skip.
+if [ "$(id -u)" -eq 0 ]; then export REQUIRE_ROOT=1; fi
 cargo test --workspace --locked "$@"
 # G.729 (bcg729, GPL) is a cargo feature, off by default: its codec and transcoding tests run
 # in a second, small build of the two crates that have it.
 cargo test --locked -p media-codecs -p media-engine --features media-engine/g729 --lib "$@"
+# Gate: no clippy warning in the workspace and its tests.
+cargo clippy --workspace --tests --locked -- -D warnings

@@ -393,15 +393,7 @@ impl NgClient {
         socket.connect(server)?;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let cookie_prefix = format!("{:x}.{:x}.{}", std::process::id(), nanos, socket.local_addr()?.port());
-        Ok(Self {
-            socket,
-            server,
-            per_try: Duration::from_secs(1),
-            tries: 3,
-            cookie_prefix,
-            seq: 0,
-            buf: vec![0; MAX_DATAGRAM],
-        })
+        Ok(Self { socket, server, per_try: Duration::from_secs(1), tries: 3, cookie_prefix, seq: 0, buf: vec![0; MAX_DATAGRAM] })
     }
 
     /// Per-try reply timeout and number of tries (at least one).
@@ -721,12 +713,12 @@ mod tests {
         assert_eq!(sdp_audio_addr("v=0\nc=IN IP4 10.0.0.1\nm=audio 7000 RTP/AVP 0\n").unwrap(), "10.0.0.1:7000".parse().unwrap());
         let bad_sdps = [
             "",
-            "v=0\nc=IN IP4 10.0.0.1\n",                   // no m=audio
-            "m=audio 7000 RTP/AVP 0\n",                   // no c=
-            "c=IN IP4 1.2.3.4\nm=audio 0 RTP/AVP 0\n",    // rejected stream
-            "c=IN IP4 1.2.3.4\nm=audio x RTP/AVP 0\n",    // bad port
-            "c=IN IP4 nope\nm=audio 5 RTP/AVP 0\n",       // bad address
-            "c=XX IP4 1.2.3.4\nm=audio 5 RTP/AVP 0\n",    // bad network type
+            "v=0\nc=IN IP4 10.0.0.1\n",                // no m=audio
+            "m=audio 7000 RTP/AVP 0\n",                // no c=
+            "c=IN IP4 1.2.3.4\nm=audio 0 RTP/AVP 0\n", // rejected stream
+            "c=IN IP4 1.2.3.4\nm=audio x RTP/AVP 0\n", // bad port
+            "c=IN IP4 nope\nm=audio 5 RTP/AVP 0\n",    // bad address
+            "c=XX IP4 1.2.3.4\nm=audio 5 RTP/AVP 0\n", // bad network type
         ];
         for bad in bad_sdps {
             assert!(matches!(sdp_audio_addr(bad), Err(NgError::Sdp(_))), "{bad:?}");

@@ -3,10 +3,7 @@
 use std::process::Command;
 
 fn run(mode: &str) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_hiccup"))
-        .args(["--mode", mode, "--seconds", "0.3"])
-        .output()
-        .expect("run hiccup");
+    let out = Command::new(env!("CARGO_BIN_EXE_hiccup")).args(["--mode", mode, "--seconds", "0.3"]).output().expect("run hiccup");
     assert!(out.status.success(), "hiccup failed: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not one JSON line ({e}): {stdout}"))

@@ -111,9 +111,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use sip_core::digest::Algorithm;
 use crate::auth::policy::{AuthPolicy, ChallengeMode};
 use crate::media::CodecPolicy;
+use sip_core::digest::Algorithm;
 
 /// A configuration error; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -454,8 +454,7 @@ pub struct Config {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::parse(&text)
     }
 
@@ -466,8 +465,7 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let listen_text =
-            raw.sip.listen.unwrap_or_else(|| vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()]);
+        let listen_text = raw.sip.listen.unwrap_or_else(|| vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()]);
         if listen_text.is_empty() {
             return Err(invalid("sip.listen", "needs at least one address"));
         }
@@ -482,8 +480,7 @@ impl Config {
                 "tls" => rsip::Transport::Tls,
                 other => return Err(invalid("sip.listen", format!("{text:?}: transport {other:?} is not udp, tcp or tls"))),
             };
-            let addr: SocketAddr =
-                addr.parse().map_err(|_| invalid("sip.listen", format!("{text:?}: {addr:?} is not IP:PORT")))?;
+            let addr: SocketAddr = addr.parse().map_err(|_| invalid("sip.listen", format!("{text:?}: {addr:?} is not IP:PORT")))?;
             listen.push(Listen { transport, addr });
         }
         let tls = raw.sip.tls.map(|t| TlsFiles { certificate: t.certificate, key: t.key });
@@ -525,9 +522,8 @@ impl Config {
 
         let mut algorithms = Vec::new();
         for name in raw.auth.algorithms.unwrap_or_else(|| vec!["MD5".into(), "SHA-256".into()]) {
-            let algorithm = Algorithm::from_token(&name).ok_or_else(|| {
-                invalid("auth.algorithms", format!("{name:?} is not MD5, SHA-256 or SHA-512-256 (optionally -sess)"))
-            })?;
+            let algorithm = Algorithm::from_token(&name)
+                .ok_or_else(|| invalid("auth.algorithms", format!("{name:?} is not MD5, SHA-256 or SHA-512-256 (optionally -sess)")))?;
             if !algorithms.contains(&algorithm) {
                 algorithms.push(algorithm);
             }
@@ -547,9 +543,8 @@ impl Config {
             if !domains.contains(&domain) {
                 return Err(invalid(key, "is not one of sip.domains"));
             }
-            let algorithm = Algorithm::from_token(&name).ok_or_else(|| {
-                invalid(key, format!("{name:?} is not MD5, SHA-256 or SHA-512-256 (optionally -sess)"))
-            })?;
+            let algorithm = Algorithm::from_token(&name)
+                .ok_or_else(|| invalid(key, format!("{name:?} is not MD5, SHA-256 or SHA-512-256 (optionally -sess)")))?;
             per_domain.push((domain, algorithm));
         }
         let auth = AuthPolicy { algorithms, mode, domains: per_domain };
@@ -590,7 +585,8 @@ impl Config {
         if !["", "RTP/AVP", "RTP/SAVP", "RTP/AVPF", "RTP/SAVPF"].contains(&transport.to_ascii_uppercase().as_str()) {
             return Err(invalid("media.transport", format!("{transport:?} is not \"RTP/AVP\", \"RTP/SAVP\" or \"\"")));
         }
-        for (key, names) in [("media.transcode", &raw.media.transcode), ("media.strip", &raw.media.strip), ("media.mask", &raw.media.mask)] {
+        for (key, names) in [("media.transcode", &raw.media.transcode), ("media.strip", &raw.media.strip), ("media.mask", &raw.media.mask)]
+        {
             if let Some(bad) = names.iter().flatten().find(|n| n.trim().is_empty() || n.split('/').count() > 3) {
                 return Err(invalid(key, format!("{bad:?} is not name[/clock[/channels]]")));
             }
@@ -621,12 +617,8 @@ impl Config {
             let destination = if r.destination.eq_ignore_ascii_case("local") {
                 Destination::Local
             } else {
-                let bad = || {
-                    invalid(
-                        key("destination"),
-                        format!("{:?} is not \"local\" or a sip: URI with an IP address host", r.destination),
-                    )
-                };
+                let bad =
+                    || invalid(key("destination"), format!("{:?} is not \"local\" or a sip: URI with an IP address host", r.destination));
                 if !r.destination.to_ascii_lowercase().starts_with("sip:") {
                     return Err(bad());
                 }
@@ -640,9 +632,7 @@ impl Config {
                 "passthrough" => CallerIdPolicy::Passthrough,
                 "assert" => CallerIdPolicy::Assert,
                 "strip" => CallerIdPolicy::Strip,
-                other => {
-                    return Err(invalid(key("caller_id"), format!("{other:?} is not passthrough, assert or strip")))
-                }
+                other => return Err(invalid(key("caller_id"), format!("{other:?} is not passthrough, assert or strip"))),
             };
             let credentials = match (r.username, r.password) {
                 (None, None) => None,
@@ -813,7 +803,10 @@ mod tests {
 
     #[test]
     fn contact_for_a_transport_uses_that_listeners_port() {
-        let c = Config::parse("[sip]\ndomains = [\"a\"]\nlisten = [\"udp:0.0.0.0:5060\", \"tcp:0.0.0.0:5060\"]\nadvertise = \"203.0.113.5:5060\"\n").unwrap();
+        let c = Config::parse(
+            "[sip]\ndomains = [\"a\"]\nlisten = [\"udp:0.0.0.0:5060\", \"tcp:0.0.0.0:5060\"]\nadvertise = \"203.0.113.5:5060\"\n",
+        )
+        .unwrap();
         assert_eq!(c.advertise_for(rsip::Transport::Udp), "203.0.113.5:5060");
         assert_eq!(c.advertise_for(rsip::Transport::Tcp), "203.0.113.5:5060");
         let mut c = c;

@@ -23,9 +23,9 @@ use crate::config::Config;
 use crate::media::{MediaClient, MediaReply};
 use crate::now::Now;
 use crate::server::ControlPlane;
+use crate::store::Store;
 use sip_core::message::next_frame;
 use sip_core::transaction::{Outgoing, Peer};
-use crate::store::Store;
 
 /// Largest SIP message read from a stream before the connection is closed.
 const MAX_STREAM_BUFFER: usize = 256 * 1024;
@@ -108,22 +108,25 @@ pub async fn run(
     for listen in &config.listen {
         match listen.transport {
             rsip::Transport::Tcp => {
-                let listener = TcpListener::bind(listen.addr)
-                    .await
-                    .map_err(|source| RunError::Bind { transport: "tcp", addr: listen.addr, source })?;
+                let listener = TcpListener::bind(listen.addr).await.map_err(|source| RunError::Bind {
+                    transport: "tcp",
+                    addr: listen.addr,
+                    source,
+                })?;
                 tokio::spawn(accept_loop(listener, None, tx.clone()));
             }
             rsip::Transport::Tls => {
                 let acceptor = tls_acceptor(&config)?;
-                let listener = TcpListener::bind(listen.addr)
-                    .await
-                    .map_err(|source| RunError::Bind { transport: "tls", addr: listen.addr, source })?;
+                let listener = TcpListener::bind(listen.addr).await.map_err(|source| RunError::Bind {
+                    transport: "tls",
+                    addr: listen.addr,
+                    source,
+                })?;
                 tokio::spawn(accept_loop(listener, Some(acceptor), tx.clone()));
             }
             _ => {
-                let socket = Arc::new(
-                    bind_udp(listen.addr).map_err(|source| RunError::Bind { transport: "udp", addr: listen.addr, source })?,
-                );
+                let socket =
+                    Arc::new(bind_udp(listen.addr).map_err(|source| RunError::Bind { transport: "udp", addr: listen.addr, source })?);
                 udp.get_or_insert_with(|| socket.clone());
                 tokio::spawn(udp_loop(socket, tx.clone()));
             }
@@ -258,7 +261,9 @@ async fn serve_metrics(listener: TcpListener, tx: mpsc::Sender<Input>) {
                     return (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response();
                 }
                 match text.await {
-                    Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response(),
+                    Ok(text) => {
+                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+                    }
                     Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response(),
                 }
             }

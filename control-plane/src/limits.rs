@@ -138,8 +138,7 @@ impl Limits {
         if self.config.exempt.contains(&ip) {
             return true;
         }
-        let (rate, burst, ban) =
-            (f64::from(self.config.requests_per_second), f64::from(self.config.burst.max(1)), self.config.ban);
+        let (rate, burst, ban) = (f64::from(self.config.requests_per_second), f64::from(self.config.burst.max(1)), self.config.ban);
         let Some(source) = tracked(&mut self.sources, &mut self.stats, self.config.max_sources, burst, ip, now) else {
             return true;
         };
@@ -174,9 +173,11 @@ impl Limits {
     pub fn is_scanner(&mut self, user_agent: &str) -> bool {
         let agent = user_agent.as_bytes();
         // The fragments are lower case (config); compared without allocating per request.
-        let hit = self.config.drop_user_agents.iter().any(|s| {
-            !s.is_empty() && agent.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
-        });
+        let hit = self
+            .config
+            .drop_user_agents
+            .iter()
+            .any(|s| !s.is_empty() && agent.windows(s.len()).any(|w| w.eq_ignore_ascii_case(s.as_bytes())));
         if hit {
             self.stats.scanners_dropped += 1;
         }

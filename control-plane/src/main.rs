@@ -21,11 +21,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sip_core::digest::Algorithm;
 use control_plane::config::Config;
 use control_plane::now::Now;
 use control_plane::server::ControlPlane;
 use control_plane::store::{SqliteStore, Store, Subscriber};
+use sip_core::digest::Algorithm;
 
 /// mimalloc: SIP messages are parsed into many small strings, and glibc's allocator spent about a
 /// quarter of the CPU per call freeing and consolidating them.
@@ -144,9 +144,7 @@ fn parse_algorithm(text: &str) -> Result<Option<Algorithm>, ExitCode> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "control_plane=info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "control_plane=info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -282,8 +282,12 @@ impl MediaClient {
     }
 
     async fn offer(&self, legs: &[(u64, u64)], sdp: String, policy: &CodecPolicy) -> Result<String, MediaError> {
-        let request =
-            v1::OfferRequest { sdp, streams: stream_legs(legs), policy: Some(policy_msg(policy)), transport_protocol: policy.transport.clone() };
+        let request = v1::OfferRequest {
+            sdp,
+            streams: stream_legs(legs),
+            policy: Some(policy_msg(policy)),
+            transport_protocol: policy.transport.clone(),
+        };
         let result = self.client.clone().offer(request).await.map(|r| r.into_inner().sdp).map_err(|s| media_error("Offer", &s));
         if result.is_err() {
             self.counters.negotiation_failures.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +325,14 @@ impl MediaClient {
         Ok(response.into_inner().leg_id)
     }
 
-    async fn allocate(&self, call_id: &str, offer: &str, callee_offers: bool, active: &[bool], policy: &CodecPolicy) -> Result<Allocation, MediaError> {
+    async fn allocate(
+        &self,
+        call_id: &str,
+        offer: &str,
+        callee_offers: bool,
+        active: &[bool],
+        policy: &CodecPolicy,
+    ) -> Result<Allocation, MediaError> {
         let mut done = Allocation { streams: Vec::with_capacity(active.len()), offer: String::new() };
         let mut partial_legs = Vec::new();
         let result: Result<(), MediaError> = async {

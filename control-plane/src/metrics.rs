@@ -41,7 +41,12 @@ fn one(encoder: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
-        let mut requests = encoder.encode_descriptor("sip_requests_received", "SIP requests received (new transactions and ACKs), by method", None, MetricType::Counter)?;
+        let mut requests = encoder.encode_descriptor(
+            "sip_requests_received",
+            "SIP requests received (new transactions and ACKs), by method",
+            None,
+            MetricType::Counter,
+        )?;
         for (i, count) in s.requests.iter().enumerate() {
             let method = METHODS.get(i).copied().unwrap_or("other");
             ConstCounter::new(*count).encode(requests.encode_family(&[("method", method)])?)?;
@@ -68,7 +73,11 @@ impl Collector for Snapshot {
             ("sip_media_allocations", "Media allocations the media plane completed", s.calls.media_allocations),
             ("sip_media_allocation_failures", "Media allocations that failed", s.calls.media_allocation_failures),
             ("sip_media_negotiation_failures", "Offers and answers the media plane refused or failed", self.media_negotiation_failures),
-            ("sip_media_release_failures", "Media releases that failed (the media plane's timeout reclaims them)", self.media_release_failures),
+            (
+                "sip_media_release_failures",
+                "Media releases that failed (the media plane's timeout reclaims them)",
+                self.media_release_failures,
+            ),
             ("sip_rate_limited", "Messages dropped by the per-source rate limit", s.limits.rate_limited),
             ("sip_sources_banned", "Sources banned (rate or refused passwords)", s.limits.sources_banned),
             ("sip_scanners_dropped", "Requests from known scanners dropped unanswered", s.limits.scanners_dropped),

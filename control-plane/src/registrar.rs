@@ -21,8 +21,8 @@ use rsip::headers::{ToTypedHeader, UntypedHeader};
 use rsip::{Header, Request};
 
 use crate::config::RegistrarConfig;
-use sip_core::transaction::Peer;
 use crate::store::{LocationChange, StoredBinding};
+use sip_core::transaction::Peer;
 
 /// One contact registered for an address-of-record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,11 +218,8 @@ impl Registrar {
     }
 
     pub fn lookup(&self, aor: &str, now_unix: u64) -> Vec<Binding> {
-        let mut out: Vec<Binding> = self
-            .location
-            .get(aor)
-            .map(|v| v.iter().filter(|b| b.expires_unix > now_unix).cloned().collect())
-            .unwrap_or_default();
+        let mut out: Vec<Binding> =
+            self.location.get(aor).map(|v| v.iter().filter(|b| b.expires_unix > now_unix).cloned().collect()).unwrap_or_default();
         out.sort_by(|a, b| b.q_milli.cmp(&a.q_milli).then(b.expires_unix.cmp(&a.expires_unix)));
         let mut instances = std::collections::HashSet::new();
         out.retain(|b| b.outbound.as_ref().is_none_or(|o| instances.insert(o.instance.clone())));
@@ -250,13 +247,7 @@ impl Registrar {
     }
 
     /// Applies a REGISTER for `aor` that arrived on `flow` (§10.3 steps 6–8).
-    pub fn handle_register(
-        &mut self,
-        aor: &str,
-        request: &Request,
-        flow: Peer,
-        now_unix: u64,
-    ) -> Result<Registered, RegisterError> {
+    pub fn handle_register(&mut self, aor: &str, request: &Request, flow: Peer, now_unix: u64) -> Result<Registered, RegisterError> {
         let header_expires = expires_header(request);
         let call_id = sip_core::message::call_id(&request.headers).unwrap_or_default().to_owned();
         let cseq = sip_core::message::cseq(&request.headers).map(|c| c.seq).unwrap_or(0);
@@ -381,7 +372,9 @@ impl Registrar {
             match existing.iter_mut().find(|b| r.matches(b)) {
                 Some(slot) => {
                     // The stored row is keyed by (contact, reg-id): a key change is a move.
-                    if slot.contact != binding.contact || slot.outbound.as_ref().map(|o| o.reg_id) != binding.outbound.as_ref().map(|o| o.reg_id) {
+                    if slot.contact != binding.contact
+                        || slot.outbound.as_ref().map(|o| o.reg_id) != binding.outbound.as_ref().map(|o| o.reg_id)
+                    {
                         changes.push(remove_change(aor, slot));
                     }
                     *slot = binding.clone();
@@ -432,11 +425,7 @@ fn is_stream(flow: Peer) -> bool {
 
 /// The store change deleting `b`.
 fn remove_change(aor: &str, b: &Binding) -> LocationChange {
-    LocationChange::Remove {
-        aor: aor.to_owned(),
-        contact: b.contact.clone(),
-        reg_id: b.outbound.as_ref().map_or(0, |o| o.reg_id),
-    }
+    LocationChange::Remove { aor: aor.to_owned(), contact: b.contact.clone(), reg_id: b.outbound.as_ref().map_or(0, |o| o.reg_id) }
 }
 
 /// `udp:IP:PORT` / `tcp:IP:PORT` / `tls:IP:PORT`.
@@ -614,8 +603,7 @@ mod tests {
     #[test]
     fn expires_zero_and_wildcard_unregister() {
         let mut r = registrar();
-        r.handle_register("alice@sip.test", &register(&["<sip:a@1>", "<sip:a@2>"], Some(300), "c", 1), flow(), 0)
-            .unwrap();
+        r.handle_register("alice@sip.test", &register(&["<sip:a@1>", "<sip:a@2>"], Some(300), "c", 1), flow(), 0).unwrap();
         let out = r.handle_register("alice@sip.test", &register(&["<sip:a@1>"], Some(0), "c", 2), flow(), 0).unwrap();
         assert_eq!(out.bindings.len(), 1);
         assert!(matches!(&out.changes[..], [LocationChange::Remove { contact, .. }] if contact == "sip:a@1"));

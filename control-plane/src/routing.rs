@@ -225,9 +225,7 @@ pub fn route(request: &Request, caller: Option<&str>, ctx: &mut Ctx<'_>) -> Resu
     let host = request.uri.host_with_port.host.to_string();
     let config = ctx.config;
     let advertised_host = config.advertise.rsplit_once(':').map_or(config.advertise.as_str(), |(h, _)| h);
-    let ours = config.is_local_domain(&host)
-        || host == advertised_host
-        || config.listen.iter().any(|l| l.addr.ip().to_string() == host);
+    let ours = config.is_local_domain(&host) || host == advertised_host || config.listen.iter().any(|l| l.addr.ip().to_string() == host);
     if !ours {
         return Err(Refusal::NotFound);
     }
@@ -303,7 +301,9 @@ pub fn originate(
             }
             (Stage { branches, timeout: ctx.config.no_answer_timeout, headers: String::new() }, Some(aor))
         }
-        Target::Branch(branch, _) => (Stage { branches: vec![branch], timeout: ctx.config.no_answer_timeout, headers: String::new() }, None),
+        Target::Branch(branch, _) => {
+            (Stage { branches: vec![branch], timeout: ctx.config.no_answer_timeout, headers: String::new() }, None)
+        }
     };
     let first = (
         Plan { stage: first_stage, caller_id: CallerIdPolicy::Passthrough, forwarded: false },
@@ -379,7 +379,8 @@ fn destination(user: &str, domain: &str, ctx: &mut Ctx<'_>) -> Result<Target, Re
                 Some(rsip::Transport::Tcp) => Peer::tcp(addr),
                 _ => Peer::udp(addr),
             };
-            let branch = Branch { target: format!("sip:{rewritten}@{addr}"), peer, route: Vec::new(), credentials: route.credentials.clone() };
+            let branch =
+                Branch { target: format!("sip:{rewritten}@{addr}"), peer, route: Vec::new(), credentials: route.credentials.clone() };
             Ok(Target::Branch(branch, route.caller_id))
         }
         Destination::Local => Ok(Target::Subscriber(format!("{}@{}", route.rewrite(user), domain.to_ascii_lowercase()))),
@@ -476,7 +477,11 @@ fn find_me(settings: &Settings, stages: &mut VecDeque<Stage>, ring: Duration, he
         }
         match stages.front_mut() {
             Some(first) if settings.find_me_parallel => first.branches.extend(branches),
-            _ => stages.push_back(Stage { branches, timeout: if settings.find_me_parallel { ring } else { branch_time }, headers: headers.to_owned() }),
+            _ => stages.push_back(Stage {
+                branches,
+                timeout: if settings.find_me_parallel { ring } else { branch_time },
+                headers: headers.to_owned(),
+            }),
         }
     }
 }
@@ -513,7 +518,9 @@ fn redirect(contacts: &[String], state: &mut RouteState, ctx: &mut Ctx<'_>) -> R
     let mut branches = Vec::new();
     for contact in contacts.iter().take(crate::settings::MAX_LIST) {
         match resolve(contact, ctx) {
-            Ok(Target::Subscriber(aor)) if !state.visited.contains(&aor) => branches.extend(contact_branches(ctx.registrar, &aor, ctx.now_unix)),
+            Ok(Target::Subscriber(aor)) if !state.visited.contains(&aor) => {
+                branches.extend(contact_branches(ctx.registrar, &aor, ctx.now_unix))
+            }
             Ok(Target::Branch(branch, _)) => branches.push(branch),
             _ => tracing::debug!(contact, "a redirect's contact has nowhere to go"),
         }

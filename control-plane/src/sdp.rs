@@ -52,7 +52,8 @@ impl Sdp {
                 let Some(ip) = ip else { return Err(SdpError::NoConnection(index)) };
                 // RFC 6337 §5.3: on hold, the holder offers sendonly (or inactive); RFC 2543's
                 // c=0.0.0.0 still comes from old phones.
-                let held = matches!(direction(&media.attributes).or(session_direction), Some("sendonly" | "inactive")) || ip.is_unspecified();
+                let held =
+                    matches!(direction(&media.attributes).or(session_direction), Some("sendonly" | "inactive")) || ip.is_unspecified();
                 holds &= held;
             }
             active.push(on);

@@ -84,8 +84,22 @@ pub struct Stats {
 }
 
 /// The methods counted by name in [`Stats::requests`].
-pub const METHODS: [&str; 14] =
-    ["INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH"];
+pub const METHODS: [&str; 14] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "MESSAGE",
+    "PUBLISH",
+];
 
 impl Stats {
     fn count_request(&mut self, method: &rsip::Method) {
@@ -253,11 +267,7 @@ impl ControlPlane {
                 tracing::debug!(%error, from = %source.addr, "malformed SIP");
                 if let Some(answer) = message::bad_request(bytes, &error) {
                     self.stats.bad_requests_sent += 1;
-                    self.transmits.push_back(Outgoing {
-                        destination: source,
-                        payload: bytes::Bytes::from(answer),
-                        retransmission: false,
-                    });
+                    self.transmits.push_back(Outgoing { destination: source, payload: bytes::Bytes::from(answer), retransmission: false });
                 }
             }
         }
@@ -532,15 +542,9 @@ impl ControlPlane {
             }
         };
         // Credentials of another scheme (RFC 4475 §3.3.7) are no credentials: challenge.
-        let header_value = header_value.filter(|v| {
-            v.trim_start().get(..6).is_some_and(|scheme| scheme.eq_ignore_ascii_case("Digest"))
-        });
+        let header_value = header_value.filter(|v| v.trim_start().get(..6).is_some_and(|scheme| scheme.eq_ignore_ascii_case("Digest")));
         let answered = header_value.as_deref().and_then(|v| parse_credentials(v).ok());
-        let offer = self.config.auth.offer(
-            domain,
-            claimed.as_ref().and_then(|s| s.auth_algorithm),
-            answered.as_ref().map(|c| c.algorithm),
-        );
+        let offer = self.config.auth.offer(domain, claimed.as_ref().and_then(|s| s.auth_algorithm), answered.as_ref().map(|c| c.algorithm));
         let Some(value) = header_value else {
             self.challenge(key, request, proxy, &offer.challenge, false, now);
             return None;
@@ -610,15 +614,7 @@ impl ControlPlane {
         }
     }
 
-    fn challenge(
-        &mut self,
-        key: &TransactionKey,
-        request: &Request,
-        proxy: bool,
-        algorithms: &[Algorithm],
-        stale: bool,
-        now: Now,
-    ) {
+    fn challenge(&mut self, key: &TransactionKey, request: &Request, proxy: bool, algorithms: &[Algorithm], stale: bool, now: Now) {
         let random = self.random.bytes::<16>();
         self.stats.challenges += 1;
         let status = if proxy { 407 } else { 401 };
@@ -665,15 +661,11 @@ impl ControlPlane {
                 for b in &registered.bindings {
                     let expires = b.expires_unix.saturating_sub(unix);
                     let q = if b.q_milli == 1000 { String::new() } else { format!(";q={}.{:03}", b.q_milli / 1000, b.q_milli % 1000) };
-                    let outbound = b
-                        .outbound
-                        .as_ref()
-                        .map(|o| format!(";+sip.instance=\"{}\";reg-id={}", o.instance, o.reg_id))
-                        .unwrap_or_default();
-                    response.headers.push(Header::Contact(rsip::headers::Contact::new(format!(
-                        "<{}>;expires={expires}{q}{outbound}",
-                        b.contact
-                    ))));
+                    let outbound =
+                        b.outbound.as_ref().map(|o| format!(";+sip.instance=\"{}\";reg-id={}", o.instance, o.reg_id)).unwrap_or_default();
+                    response
+                        .headers
+                        .push(Header::Contact(rsip::headers::Contact::new(format!("<{}>;expires={expires}{q}{outbound}", b.contact))));
                 }
                 if registered.outbound {
                     response.headers.push(Header::Require(rsip::headers::Require::new("outbound")));
@@ -686,8 +678,7 @@ impl ControlPlane {
             }
             Err(error) => {
                 self.stats.registrations_refused += 1;
-                let mut response =
-                    self.response(request, error.status(), None);
+                let mut response = self.response(request, error.status(), None);
                 if let RegisterError::IntervalTooBrief(min) = error {
                     response.headers.push(Header::MinExpires(rsip::headers::MinExpires::new(min.to_string())));
                 }
@@ -722,9 +713,7 @@ impl ControlPlane {
         let caller = if self.config.trusted.contains(&source.addr.ip()) {
             None
         } else {
-            let Some(user) =
-                self.authenticate(&key, &request, source.addr.ip(), &from_user, &from_domain, true, now, store)
-            else {
+            let Some(user) = self.authenticate(&key, &request, source.addr.ip(), &from_user, &from_domain, true, now, store) else {
                 return;
             };
             if user != from_user || !self.config.is_local_domain(&from_domain) {

@@ -17,9 +17,9 @@ use media_engine::sdp::{self, Anchor, OfferState, Transport};
 use crate::media::{Allocation, CodecPolicy, MediaError, MediaReply, MediaRequest, StreamLegs};
 use crate::now::Now;
 use crate::server::ControlPlane;
+use crate::store::{MemoryStore, Store, StoredBinding, Subscriber};
 use sip_core::message::{encode, parse, response_for, Framing};
 use sip_core::transaction::Peer;
-use crate::store::{MemoryStore, Store, StoredBinding, Subscriber};
 
 const CALLER: &str = "192.0.2.1:5060";
 const CALLEE: &str = "192.0.2.2:5062";
@@ -101,7 +101,18 @@ impl World {
             }],
             now.unix(),
         );
-        World { core, store, now, sent: Vec::new(), media: Vec::new(), held: Vec::new(), hold_media: false, allocating: 0, offers: HashMap::new(), allocations: 0 }
+        World {
+            core,
+            store,
+            now,
+            sent: Vec::new(),
+            media: Vec::new(),
+            held: Vec::new(),
+            hold_media: false,
+            allocating: 0,
+            offers: HashMap::new(),
+            allocations: 0,
+        }
     }
 
     fn pump(&mut self) {
@@ -152,7 +163,9 @@ impl World {
                 MediaReply::Offered(result.map_err(refused))
             }
             MediaRequest::Answer { legs, sdp: body } => {
-                let Some(state) = self.offers.get(legs) else { return MediaReply::Answered(Err(MediaError::NotAcceptable("no offer".into()))) };
+                let Some(state) = self.offers.get(legs) else {
+                    return MediaReply::Answered(Err(MediaError::NotAcceptable("no offer".into())));
+                };
                 MediaReply::Answered(sdp::answer(state, body.as_bytes(), &anchor(legs, true)).map(|a| a.sdp).map_err(refused))
             }
             other => panic!("not an offer or answer: {other:?}"),
@@ -316,13 +329,7 @@ fn answer_at(contact: &str, request: &str, status: u16, body: Option<&str>) -> S
 }
 
 fn to_tag(response: &str) -> String {
-    response
-        .lines()
-        .find(|l| l.starts_with("To:"))
-        .and_then(|l| l.split(";tag=").nth(1))
-        .expect("To tag")
-        .trim()
-        .to_owned()
+    response.lines().find(|l| l.starts_with("To:")).and_then(|l| l.split(";tag=").nth(1)).expect("To tag").trim().to_owned()
 }
 
 /// Runs a call up to the caller's 200; returns the INVITE the callee got and the 200 A got.
@@ -498,9 +505,7 @@ fn dialled_prefix_routes_to_the_trunk_with_caller_id_stripped() {
 
 #[test]
 fn assert_policy_sets_p_asserted_identity_and_unrouted_numbers_get_404() {
-    let mut w = World::with_routes(
-        "[[route]]\nprefix = \"9\"\ndestination = \"sip:192.0.2.31\"\ncaller_id = \"assert\"\n",
-    );
+    let mut w = World::with_routes("[[route]]\nprefix = \"9\"\ndestination = \"sip:192.0.2.31\"\ncaller_id = \"assert\"\n");
     w.receive(CALLER, &invite("call9", &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:9123@sip.test SIP/2.0"));
     w.allocate();
     let trunk = w.take_one("192.0.2.31:5060", "INVITE sip:9123@192.0.2.31:5060");
@@ -699,8 +704,7 @@ fn phone_behind_an_edge_proxy_is_reached_through_its_path_until_its_outbound_flo
 #[test]
 fn record_route_of_the_caller_is_echoed_and_routes_our_bye() {
     let mut w = World::new();
-    let with_rr = invite("call-rr", &offer(4000, "sendrecv"))
-        .replace("Contact: ", "Record-Route: <sip:192.0.2.1;lr;ftag=a1>\r\nContact: ");
+    let with_rr = invite("call-rr", &offer(4000, "sendrecv")).replace("Contact: ", "Record-Route: <sip:192.0.2.1;lr;ftag=a1>\r\nContact: ");
     w.receive(CALLER, &with_rr);
     w.allocate();
     let invite_b = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
@@ -996,7 +1000,15 @@ fn outgoing_screening_refuses_a_subscriber_dialling_a_blocked_prefix() {
         let challenge = w.take_one(phone, "SIP/2.0 407");
         let value = challenge.lines().find_map(|l| l.strip_prefix("Proxy-Authenticate: ")).expect("challenge");
         let challenge = parse_challenge(value).expect("parses");
-        let credentials = authorization(&challenge, "alice", &ha1(Algorithm::Md5.hash(), "alice", "sip.test", "pw"), "INVITE", &format!("sip:{number}@sip.test"), "c0ffee", 1);
+        let credentials = authorization(
+            &challenge,
+            "alice",
+            &ha1(Algorithm::Md5.hash(), "alice", "sip.test", "pw"),
+            "INVITE",
+            &format!("sip:{number}@sip.test"),
+            "c0ffee",
+            1,
+        );
         w.receive(phone, &call(id, number, 2, &format!("Proxy-Authorization: {credentials}\r\n")));
         if blocked {
             w.take_one(phone, "SIP/2.0 403");
@@ -1011,7 +1023,10 @@ fn outgoing_screening_refuses_a_subscriber_dialling_a_blocked_prefix() {
 fn sequential_find_me_rings_the_list_after_the_contacts() {
     let mut w = World::with_routes(TRUNK_ROUTE);
     w.subscriber("carol", Some(CALLEE2));
-    w.settings("bob", &[("find_me", "carol,+4930555"), ("find_me.branch_s", "5"), ("forward.no_answer", "carol"), ("forward.no_answer_s", "10")]);
+    w.settings(
+        "bob",
+        &[("find_me", "carol,+4930555"), ("find_me.branch_s", "5"), ("forward.no_answer", "carol"), ("forward.no_answer_s", "10")],
+    );
     w.settings("bob", &[("forward.no_answer", "")]);
     w.receive(CALLER, &invite("fm1", &offer(4000, "sendrecv")));
     w.allocate();
@@ -1076,7 +1091,8 @@ fn a_redirect_is_followed_to_its_contacts_with_a_hop_limit() {
     w.receive(CALLER, &invite("rdr1", &offer(4000, "sendrecv")));
     w.allocate();
     let to_bob = w.take_one(CALLEE, "INVITE");
-    let moved = answer(&to_bob, 302, None).replace("Contact: <sip:bob@192.0.2.2:5062>", "Contact: <sip:carol@sip.test>, <sip:vm@192.0.2.40:5080>");
+    let moved =
+        answer(&to_bob, 302, None).replace("Contact: <sip:bob@192.0.2.2:5062>", "Contact: <sip:carol@sip.test>, <sip:vm@192.0.2.40:5080>");
     w.receive(CALLEE, &moved);
     w.take_one(CALLEE, "ACK");
     let to_carol = w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
@@ -1092,13 +1108,17 @@ fn a_redirect_is_followed_to_its_contacts_with_a_hop_limit() {
 #[test]
 fn a_trunk_that_challenges_gets_the_routes_credentials_once() {
     use sip_core::digest::{compute_response, ha1, parse_credentials, Algorithm};
-    let mut w = World::with_routes("[[route]]\nprefix = \"+\"\ndestination = \"sip:192.0.2.30:5070\"\nusername = \"acct1\"\npassword = \"s3cret\"\n");
+    let mut w = World::with_routes(
+        "[[route]]\nprefix = \"+\"\ndestination = \"sip:192.0.2.30:5070\"\nusername = \"acct1\"\npassword = \"s3cret\"\n",
+    );
     let to_number = |id: &str| invite(id, &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:+4930111@sip.test SIP/2.0");
     w.receive(CALLER, &to_number("tr1"));
     w.allocate();
     let first = w.take_one(TRUNK, "INVITE sip:+4930111@192.0.2.30:5070");
-    let challenge = answer_at(TRUNK, &first, 407, None)
-        .replace("Content-Length: 0", "Proxy-Authenticate: Digest realm=\"trunk.example\", nonce=\"n0nce\", qop=\"auth\"\r\nContent-Length: 0");
+    let challenge = answer_at(TRUNK, &first, 407, None).replace(
+        "Content-Length: 0",
+        "Proxy-Authenticate: Digest realm=\"trunk.example\", nonce=\"n0nce\", qop=\"auth\"\r\nContent-Length: 0",
+    );
     w.receive(TRUNK, &challenge);
     w.take_one(TRUNK, "ACK");
     let second = w.take_one(TRUNK, "INVITE sip:+4930111@192.0.2.30:5070");
@@ -1107,7 +1127,15 @@ fn a_trunk_that_challenges_gets_the_routes_credentials_once() {
     let value = second.lines().find_map(|l| l.strip_prefix("Proxy-Authorization: ")).expect("credentials");
     let c = parse_credentials(value).expect("parses");
     assert_eq!((c.username.as_str(), c.realm.as_str(), c.uri.as_str()), ("acct1", "trunk.example", "sip:+4930111@192.0.2.30:5070"));
-    let expected = compute_response(Algorithm::Md5, &ha1(Algorithm::Md5.hash(), "acct1", "trunk.example", "s3cret"), "n0nce", c.nc.expect("nc"), c.cnonce.as_deref().expect("cnonce"), "INVITE", &c.uri);
+    let expected = compute_response(
+        Algorithm::Md5,
+        &ha1(Algorithm::Md5.hash(), "acct1", "trunk.example", "s3cret"),
+        "n0nce",
+        c.nc.expect("nc"),
+        c.cnonce.as_deref().expect("cnonce"),
+        "INVITE",
+        &c.uri,
+    );
     assert_eq!(c.response, expected);
     // Refused again: no third try; the caller gets 403.
     w.receive(TRUNK, &challenge.replace("CSeq: 1 INVITE", "CSeq: 2 INVITE").replace(&branch_of(&first), &branch_of(&second)));
@@ -1116,7 +1144,14 @@ fn a_trunk_that_challenges_gets_the_routes_credentials_once() {
 }
 
 fn branch_of(message: &str) -> String {
-    message.lines().find(|l| l.starts_with("Via:")).and_then(|l| l.split("branch=").nth(1)).and_then(|b| b.split(';').next()).expect("branch").trim().to_owned()
+    message
+        .lines()
+        .find(|l| l.starts_with("Via:"))
+        .and_then(|l| l.split("branch=").nth(1))
+        .and_then(|b| b.split(';').next())
+        .expect("branch")
+        .trim()
+        .to_owned()
 }
 
 #[test]
@@ -1139,7 +1174,10 @@ fn delayed_offer_takes_the_offer_from_the_callees_200_and_the_answer_from_the_ca
     let tag = to_tag(&ok);
     w.receive(CALLER, &in_dialog("ACK", "late1", 1, &tag, Some(&offer(4000, "sendrecv"))).replace("late1ACK1", "ackl1"));
     let ack = w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
-    assert!(ack.contains("application/sdp") && ack.contains("c=IN IP4 198.51.100.9") && ack.contains("m=audio 30002 "), "the caller's answer, anchored: {ack}");
+    assert!(
+        ack.contains("application/sdp") && ack.contains("c=IN IP4 198.51.100.9") && ack.contains("m=audio 30002 "),
+        "the caller's answer, anchored: {ack}"
+    );
     w.receive(CALLER, &in_dialog("BYE", "late1", 2, &tag, None));
     w.take_one(CALLEE, "BYE");
     assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
@@ -1301,7 +1339,8 @@ fn a_subscriber_holding_the_caller_plays_its_own_music_and_a_refused_hold_plays_
 
 /// The callee's REFER to `target` in call1, with `extra` headers.
 fn callee_refer(invite_b: &str, b_tag: &str, cseq: u32, target: &str, extra: &str) -> String {
-    callee_request("REFER", invite_b, b_tag, cseq).replace("Content-Length: 0", &format!("Refer-To: <{target}>\r\n{extra}Content-Length: 0"))
+    callee_request("REFER", invite_b, b_tag, cseq)
+        .replace("Content-Length: 0", &format!("Refer-To: <{target}>\r\n{extra}Content-Length: 0"))
 }
 
 #[test]
@@ -1314,13 +1353,20 @@ fn a_blind_transfer_connects_the_transferee_to_the_target_with_media_re_anchored
     let trying = w.take_one(CALLEE, "NOTIFY");
     assert!(trying.contains("Event: refer") && trying.contains("SIP/2.0 100 Trying") && trying.contains("message/sipfrag"), "{trying}");
     let to_carol = w.take_one(CALLEE2, "INVITE sip:carol@192.0.2.3:5064");
-    assert!(to_carol.contains("Referred-By: <sip:bob@sip.test>") && to_carol.contains("From: \"Alice\" <sip:alice@sip.test>"), "{to_carol}");
+    assert!(
+        to_carol.contains("Referred-By: <sip:bob@sip.test>") && to_carol.contains("From: \"Alice\" <sip:alice@sip.test>"),
+        "{to_carol}"
+    );
     assert!(to_carol.contains("c=IN IP4 198.51.100.9"), "the media plane's address: {to_carol}");
     w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.3"))));
     w.take_one(CALLEE2, "ACK sip:bob@192.0.2.3:5064");
     let reinvite = w.take_one(CALLER, "INVITE sip:alice@192.0.2.1:5060");
     assert!(reinvite.contains("c=IN IP4 198.51.100.9") && reinvite.contains("a=sendrecv"), "the transferee's new offer: {reinvite}");
-    assert!(w.media.iter().any(|m| matches!(m, MediaRequest::Offer { legs, sdp, .. } if legs == &[(12, 11)] && sdp.contains("5002"))), "{:?}", w.media);
+    assert!(
+        w.media.iter().any(|m| matches!(m, MediaRequest::Offer { legs, sdp, .. } if legs == &[(12, 11)] && sdp.contains("5002"))),
+        "{:?}",
+        w.media
+    );
     w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "sendrecv"))));
     w.take_one(CALLER, "ACK");
     assert!(w.media.iter().any(|m| matches!(m, MediaRequest::Answer { legs, .. } if legs == &[(12, 11)])), "{:?}", w.media);
@@ -1391,13 +1437,22 @@ fn an_attended_transfer_joins_the_held_caller_to_the_consulted_party_and_folds_t
     w.take_one(CALLEE, "SIP/2.0 202");
     w.take_one(CALLEE, "NOTIFY");
     assert!(w.take(CALLEE2, "INVITE").is_empty(), "carol is not called again: her legs are joined");
-    assert!(w.media.iter().any(|m| matches!(m, MediaRequest::Rejoin { release, legs, .. } if release == &vec![12, 21] && legs == &vec![(22, 11)])), "{:?}", w.media);
+    assert!(
+        w.media
+            .iter()
+            .any(|m| matches!(m, MediaRequest::Rejoin { release, legs, .. } if release == &vec![12, 21] && legs == &vec![(22, 11)])),
+        "{:?}",
+        w.media
+    );
     let reinvite = w.take_one(CALLER, "INVITE");
     assert!(reinvite.contains("a=sendrecv") && reinvite.contains("c=IN IP4 198.51.100.9"), "{reinvite}");
     w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "sendrecv"))));
     w.take_one(CALLER, "ACK");
     let done = w.take_one(CALLEE, "NOTIFY");
-    assert!(done.contains("SIP/2.0 200 OK") && done.contains("Call-ID: ") && !done.contains("Call-ID: call2"), "in call 1's dialog: {done}");
+    assert!(
+        done.contains("SIP/2.0 200 OK") && done.contains("Call-ID: ") && !done.contains("Call-ID: call2"),
+        "in call 1's dialog: {done}"
+    );
     assert_eq!(w.core.active_calls(), 1, "the two calls are one");
     // bob hangs up both of his dialogs: each gets 200, nobody else hears of it.
     w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 3));
@@ -1554,12 +1609,19 @@ fn an_offer_the_media_plane_cannot_take_gets_488_and_so_does_an_unusable_answer(
 
 #[test]
 fn the_configured_codec_policy_reaches_the_media_plane() {
-    let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[media]\ntranscode = [\"opus\"]\nstrip = [\"PCMA\"]\ntransport = \"RTP/SAVP\"\n");
+    let mut w = World::with_config(
+        "[auth]\nalgorithms = [\"MD5\"]\n[media]\ntranscode = [\"opus\"]\nstrip = [\"PCMA\"]\ntransport = \"RTP/SAVP\"\n",
+    );
     w.receive(CALLER, &invite("policy", &offer(4000, "sendrecv")));
     let Some(MediaRequest::Allocate { policy, active, .. }) = w.media.last().cloned() else { panic!("{:?}", w.media) };
     assert_eq!(active, [true]);
     assert_eq!((policy.transcode, policy.strip, policy.transport.as_str()), (vec!["opus".to_owned()], vec!["PCMA".to_owned()], "RTP/SAVP"));
     w.allocate();
     let invite_b = w.take_one(CALLEE, "INVITE");
-    assert!(invite_b.contains("RTP/SAVP 0 96") && invite_b.contains("opus/48000/2") && invite_b.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"), "{invite_b}");
+    assert!(
+        invite_b.contains("RTP/SAVP 0 96")
+            && invite_b.contains("opus/48000/2")
+            && invite_b.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "{invite_b}"
+    );
 }

@@ -254,7 +254,12 @@ impl Settings {
                 seconds(key, &v.to_string())?;
             }
         }
-        for (key, items) in [("find_me", &self.find_me), ("screen.reject", &self.screen.reject), ("screen.allow", &self.screen.allow), ("block", &self.block)] {
+        for (key, items) in [
+            ("find_me", &self.find_me),
+            ("screen.reject", &self.screen.reject),
+            ("screen.allow", &self.screen.allow),
+            ("block", &self.block),
+        ] {
             if items.len() > MAX_LIST {
                 return Err(refuse(key, format!("at most {MAX_LIST} entries")));
             }
@@ -308,8 +313,7 @@ fn optional<T>(clear: bool, parse: impl FnOnce() -> Result<T, SettingError>) -> 
 }
 
 fn list(key: &str, value: &str, item: fn(&str, &str) -> Result<String, SettingError>) -> Result<Vec<String>, SettingError> {
-    let items: Vec<String> =
-        value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(|v| item(key, v)).collect::<Result<_, _>>()?;
+    let items: Vec<String> = value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(|v| item(key, v)).collect::<Result<_, _>>()?;
     if items.len() > MAX_LIST {
         return Err(refuse(key, format!("at most {MAX_LIST} entries")));
     }

@@ -241,9 +241,7 @@ fn subscriber_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Subscriber> {
 
 impl Store for SqliteStore {
     fn subscriber(&mut self, user: &str, domain: &str) -> Result<Option<Subscriber>, StoreError> {
-        let mut stmt = self
-            .db
-            .prepare_cached(&format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscriber WHERE user = ?1 AND domain = ?2"))?;
+        let mut stmt = self.db.prepare_cached(&format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscriber WHERE user = ?1 AND domain = ?2"))?;
         let mut rows = stmt.query_map(rusqlite::params![user, domain.to_ascii_lowercase()], subscriber_row)?;
         Ok(rows.next().transpose()?)
     }
@@ -297,8 +295,7 @@ impl Store for SqliteStore {
     }
 
     fn subscribers(&mut self) -> Result<Vec<Subscriber>, StoreError> {
-        let mut stmt =
-            self.db.prepare_cached(&format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscriber ORDER BY domain, user"))?;
+        let mut stmt = self.db.prepare_cached(&format!("SELECT {SUBSCRIBER_COLUMNS} FROM subscriber ORDER BY domain, user"))?;
         let rows = stmt.query_map([], subscriber_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -330,8 +327,7 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 LocationChange::Remove { aor, contact, reg_id } => {
-                    let mut stmt =
-                        tx.prepare_cached("DELETE FROM location WHERE aor = ?1 AND contact = ?2 AND reg_id = ?3")?;
+                    let mut stmt = tx.prepare_cached("DELETE FROM location WHERE aor = ?1 AND contact = ?2 AND reg_id = ?3")?;
                     stmt.execute(rusqlite::params![aor, contact, reg_id])?;
                 }
             }
@@ -341,10 +337,9 @@ impl Store for SqliteStore {
     }
 
     fn bindings(&mut self) -> Result<Vec<StoredBinding>, StoreError> {
-        let mut stmt =
-            self.db.prepare_cached(
-                "SELECT aor, contact, expires, q, call_id, cseq, flow, path, instance, reg_id FROM location ORDER BY aor",
-            )?;
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT aor, contact, expires, q, call_id, cseq, flow, path, instance, reg_id FROM location ORDER BY aor")?;
         let rows = stmt.query_map([], |row| {
             Ok(StoredBinding {
                 aor: row.get(0)?,

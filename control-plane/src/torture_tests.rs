@@ -26,7 +26,8 @@ enum Expect {
 }
 
 /// SDP used as the body of INVITEs.
-const SDP: &str = "v=0\r\no=alice 53655765 2353687637 IN IP4 192.0.2.77\r\ns=-\r\nc=IN IP4 192.0.2.77\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+const SDP: &str =
+    "v=0\r\no=alice 53655765 2353687637 IN IP4 192.0.2.77\r\ns=-\r\nc=IN IP4 192.0.2.77\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
 
 /// `head` (lines separated by `\n`, which become CRLF; continuation lines start with SP/HTAB)
 /// followed by an empty line and `body`. `{len}` in the head becomes the body's length.
@@ -50,10 +51,7 @@ fn check(name: &str, source: &str, bytes: &[u8], expect: Expect) -> Vec<String> 
         Expect::Status(code) => {
             let statuses: Vec<String> = sent.iter().map(|m| m.lines().next().unwrap_or_default().to_owned()).collect();
             let finals: Vec<&String> = statuses.iter().filter(|s| !s.starts_with("SIP/2.0 100 ")).collect();
-            assert!(
-                finals.len() == 1 && finals[0].starts_with(&format!("SIP/2.0 {code} ")),
-                "{name}: expected {code}, got {statuses:?}"
-            );
+            assert!(finals.len() == 1 && finals[0].starts_with(&format!("SIP/2.0 {code} ")), "{name}: expected {code}, got {statuses:?}");
         }
         Expect::Silent { malformed } => {
             assert!(sent.is_empty(), "{name}: expected no answer, got {sent:?}");

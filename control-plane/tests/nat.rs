@@ -100,7 +100,11 @@ fn sipp_in(ns: &str, args: &[&str], limit: Duration, log: &Path) {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = p.child.try_wait().expect("wait sipp") {
-            assert!(status.success(), "sipp {args:?} in {ns}: {status}; {}", std::fs::read_to_string(log.with_extension("err")).unwrap_or_default());
+            assert!(
+                status.success(),
+                "sipp {args:?} in {ns}: {status}; {}",
+                std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+            );
             return;
         }
         assert!(Instant::now() < deadline, "sipp {args:?} did not finish within {limit:?}");
@@ -125,6 +129,7 @@ fn media_stats_bin() -> PathBuf {
 #[test]
 fn phone_behind_a_port_rewriting_nat_keeps_receiving_calls_with_audio_both_ways() {
     if !is_root() {
+        assert!(std::env::var("REQUIRE_ROOT").as_deref() != Ok("1"), "REQUIRE_ROOT=1 but the tests do not run as root");
         eprintln!("{SKIP}");
         return;
     }
@@ -141,31 +146,79 @@ fn phone_behind_a_port_rewriting_nat_keeps_receiving_calls_with_audio_both_ways(
     let config = dir.join("cp.toml");
     std::fs::write(
         &config,
-        format!(
-            "[sip]\nlisten = [\"udp:{SERVER}:5060\"]\ndomains = [\"sip.test\"]\n[store]\npath = \"{}\"\n",
-            dir.join("cp.db").display()
-        ),
+        format!("[sip]\nlisten = [\"udp:{SERVER}:5060\"]\ndomains = [\"sip.test\"]\n[store]\npath = \"{}\"\n", dir.join("cp.db").display()),
     )
     .expect("write config");
     for user in ["alice", "bob"] {
         let out = Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8"), "subscriber", "add", "--user", user, "--domain", "sip.test", "--password", "secret"])
+            .args([
+                "--config",
+                config.to_str().expect("utf8"),
+                "subscriber",
+                "add",
+                "--user",
+                user,
+                "--domain",
+                "sip.test",
+                "--password",
+                "secret",
+            ])
             .output()
             .expect("subscriber add");
         assert!(out.status.success());
     }
-    let _media = spawn_in(&srv, &media_plane_bin(), &["--media-ip", SERVER, "--ports", "30000-30999", "--no-pin"], &dir.join("mp.log"), None);
+    let _media =
+        spawn_in(&srv, &media_plane_bin(), &["--media-ip", SERVER, "--ports", "30000-30999", "--no-pin"], &dir.join("mp.log"), None);
     let mut cp = spawn_in(&srv, Path::new(BIN), &["--config", config.to_str().expect("utf8")], &dir.join("cp.out"), None);
     std::thread::sleep(Duration::from_millis(500));
 
     // bob registers from behind the NAT (Contact: its private 10.89.1.2:5090)...
     let target = format!("{SERVER}:5060");
-    sipp_in(&ph, &[&target, "-sf", "register.xml", "-inf", "csv/bob.csv", "-auth_uri", "sip.test", "-i", PHONE, "-p", "5090", "-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error"], Duration::from_secs(25), &dir.join("reg.log"));
+    sipp_in(
+        &ph,
+        &[
+            &target,
+            "-sf",
+            "register.xml",
+            "-inf",
+            "csv/bob.csv",
+            "-auth_uri",
+            "sip.test",
+            "-i",
+            PHONE,
+            "-p",
+            "5090",
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+        ],
+        Duration::from_secs(25),
+        &dir.join("reg.log"),
+    );
     // ...and answers two calls, a few seconds apart, sending audio itself.
     let mut uas = spawn_in(
         &ph,
         Path::new("sipp"),
-        &[&target, "-sf", "uas-answer-stream.xml", "-i", PHONE, "-p", "5090", "-mp", "6000", "-m", "2", "-nostdin", "-timeout", "60s", "-timeout_error"],
+        &[
+            &target,
+            "-sf",
+            "uas-answer-stream.xml",
+            "-i",
+            PHONE,
+            "-p",
+            "5090",
+            "-mp",
+            "6000",
+            "-m",
+            "2",
+            "-nostdin",
+            "-timeout",
+            "60s",
+            "-timeout_error",
+        ],
         &dir.join("uas.log"),
         Some(&repo_root().join("scripts/sipp")),
     );
@@ -173,7 +226,29 @@ fn phone_behind_a_port_rewriting_nat_keeps_receiving_calls_with_audio_both_ways(
     for call in 0..2 {
         sipp_in(
             &srv,
-            &[&target, "-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-i", SERVER, "-p", "5070", "-mp", "7000", "-d", "2000", "-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error"],
+            &[
+                &target,
+                "-sf",
+                "uac-call.xml",
+                "-inf",
+                "csv/alice-calls-bob.csv",
+                "-auth_uri",
+                "bob@sip.test",
+                "-i",
+                SERVER,
+                "-p",
+                "5070",
+                "-mp",
+                "7000",
+                "-d",
+                "2000",
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "30s",
+                "-timeout_error",
+            ],
             Duration::from_secs(35),
             &dir.join(format!("uac{call}.log")),
         );

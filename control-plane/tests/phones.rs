@@ -30,10 +30,7 @@ const GRPC: &str = "http://127.0.0.1:9090";
 fn baresip_available() -> bool {
     let found = Command::new("baresip").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !found {
-        assert!(
-            std::env::var("REQUIRE_BARESIP").as_deref() != Ok("1"),
-            "REQUIRE_BARESIP=1 but baresip is not installed"
-        );
+        assert!(std::env::var("REQUIRE_BARESIP").as_deref() != Ok("1"), "REQUIRE_BARESIP=1 but baresip is not installed");
         eprintln!("SKIP: baresip is not installed (apt-get install baresip-core, or SETUP_PHONES=1 bash scripts/setup.sh)");
     }
     found
@@ -300,11 +297,7 @@ fn leg_stats(grpc: &'static str) -> Vec<v1::LegStats> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let mut client = v1::media_plane_client::MediaPlaneClient::connect(grpc).await.expect("connect to the media plane");
-        let stats = client
-            .get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: false })
-            .await
-            .expect("GetStats")
-            .into_inner();
+        let stats = client.get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: false }).await.expect("GetStats").into_inner();
         stats.legs
     })
 }
@@ -566,7 +559,8 @@ fn a_phone_on_hold_hears_music_in_the_same_rtp_stream_and_the_caller_again_after
     .expect("write config");
     add_phones(&config);
     let prompt_dir = prompts.to_str().expect("utf8").to_owned();
-    let _media = start_media_plane(&dir, &["--grpc-listen", "127.0.0.1:26990", "--ports", "27200-27299", "--no-pin", "--prompt-dir", &prompt_dir]);
+    let _media =
+        start_media_plane(&dir, &["--grpc-listen", "127.0.0.1:26990", "--ports", "27200-27299", "--no-pin", "--prompt-dir", &prompt_dir]);
     let mut cp = start_control_plane(&dir, &config);
     wait_listening("127.0.0.1:26960", &dir);
     // bob is sipp; what the media plane sends him arrives on this socket.
@@ -583,10 +577,13 @@ fn a_phone_on_hold_hears_music_in_the_same_rtp_stream_and_the_caller_again_after
             .stderr(Stdio::null());
         command
     };
-    let registered = sipp(&["-sf", "register.xml", "-inf", "csv/bob.csv", "-auth_uri", "sip.test", "-p", "27510", "-m", "1"]).status().expect("sipp");
+    let registered =
+        sipp(&["-sf", "register.xml", "-inf", "csv/bob.csv", "-auth_uri", "sip.test", "-p", "27510", "-m", "1"]).status().expect("sipp");
     assert!(registered.success(), "bob's registration");
     let mut bob = Proc {
-        child: sipp(&["-sf", "uas-answer-hold.xml", "-p", "27510", "-mp", "27520", "-set", "rtp_port", "27500", "-m", "1"]).spawn().expect("sipp"),
+        child: sipp(&["-sf", "uas-answer-hold.xml", "-p", "27510", "-mp", "27520", "-set", "rtp_port", "27500", "-m", "1"])
+            .spawn()
+            .expect("sipp"),
         name: "sipp",
     };
     let mut alice = Phone::start(&dir, "alice", 27_360, 27_390, "27400-27449", 440, "sip:127.0.0.1:26960", None, "");

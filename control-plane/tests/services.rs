@@ -96,7 +96,11 @@ fn sequential_forking_tries_the_best_q_contact_first_and_moves_on_when_it_is_bus
     let mut stack = Stack::start_with(11, true, "[routing]\nfork = \"sequential\"\n");
     for (port, q) in [(24_110, "1.0"), (24_113, "0.5")] {
         let p = port.to_string();
-        let status = sipp(&stack, &["-sf", "register-q.xml", "-inf", "csv/bob.csv", "-auth_uri", "sip.test", "-set", "q", q, "-p", &p, "-m", "1"], Duration::from_secs(20));
+        let status = sipp(
+            &stack,
+            &["-sf", "register-q.xml", "-inf", "csv/bob.csv", "-auth_uri", "sip.test", "-set", "q", q, "-p", &p, "-m", "1"],
+            Duration::from_secs(20),
+        );
         assert!(status.success(), "register-q.xml q={q}");
     }
     let (busy, busy_log) = callee(&stack, "uas-busy.xml", 24_110, "bob-busy", &[]);

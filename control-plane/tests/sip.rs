@@ -23,12 +23,7 @@ fn status(response: &str) -> u16 {
 }
 
 fn header_values<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
-    response
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-        .collect()
+    response.lines().filter_map(|l| l.split_once(':')).filter(|(n, _)| n.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()).collect()
 }
 
 /// REGISTERs alice with `password`, answering the one challenge, which must be of `algorithm`;
@@ -38,8 +33,7 @@ fn register_with(stack: &Stack, algorithm: Algorithm, password: &str, call_id: &
     let contact = format!("Contact: <sip:alice@{}>\r\nExpires: 600\r\n", socket.local_addr().expect("addr"));
     let first = exchange(&socket, stack.sip, &request("REGISTER", "sip:sip.test", &socket, call_id, 1, &contact));
     assert_eq!(status(&first), 401, "unauthenticated REGISTER: {first}");
-    let challenges: Vec<_> =
-        header_values(&first, "WWW-Authenticate").into_iter().filter_map(|v| parse_challenge(v).ok()).collect();
+    let challenges: Vec<_> = header_values(&first, "WWW-Authenticate").into_iter().filter_map(|v| parse_challenge(v).ok()).collect();
     assert_eq!(challenges.len(), 1, "one challenge per 401: {first}");
     let challenge = &challenges[0];
     assert_eq!(challenge.algorithm, algorithm, "{first}");
@@ -108,10 +102,7 @@ fn expires_below_minimum_gets_423_with_min_expires() {
     let socket = udp_socket();
     let contact = "Contact: <sip:alice@127.0.0.1:9>\r\nExpires: 5\r\n";
     let first = exchange(&socket, stack.sip, &request("REGISTER", "sip:sip.test", &socket, "brief", 1, contact));
-    let challenge = header_values(&first, "WWW-Authenticate")
-        .into_iter()
-        .find_map(|v| parse_challenge(v).ok())
-        .expect("a challenge");
+    let challenge = header_values(&first, "WWW-Authenticate").into_iter().find_map(|v| parse_challenge(v).ok()).expect("a challenge");
     let stored = ha1(challenge.algorithm.hash(), "alice", &challenge.realm, "secret");
     let credentials = authorization(&challenge, "alice", &stored, "REGISTER", "sip:sip.test", "c", 1);
     let extra = format!("{contact}Authorization: {credentials}\r\n");
@@ -190,7 +181,22 @@ fn sipp_call_relays_rtp_both_ways_through_the_media_plane_and_releases_its_legs(
     std::thread::sleep(Duration::from_millis(300));
     let uac = sipp(
         &stack,
-        &["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-p", "24051", "-mp", "24056", "-d", "2000", "-m", "1"],
+        &[
+            "-sf",
+            "uac-call.xml",
+            "-inf",
+            "csv/alice-calls-bob.csv",
+            "-auth_uri",
+            "bob@sip.test",
+            "-p",
+            "24051",
+            "-mp",
+            "24056",
+            "-d",
+            "2000",
+            "-m",
+            "1",
+        ],
         Duration::from_secs(40),
     );
     let uas = wait_bounded(&mut uas, Duration::from_secs(20));
@@ -216,7 +222,21 @@ fn busy_cancelled_unregistered_and_unknown_callees_fail_cleanly_without_leaking_
     std::thread::sleep(Duration::from_millis(300));
     let uac = sipp(
         &stack,
-        &["-sf", "uac-call-fail.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-set", "expect", "486", "-p", "24061", "-m", "1"],
+        &[
+            "-sf",
+            "uac-call-fail.xml",
+            "-inf",
+            "csv/alice-calls-bob.csv",
+            "-auth_uri",
+            "bob@sip.test",
+            "-set",
+            "expect",
+            "486",
+            "-p",
+            "24061",
+            "-m",
+            "1",
+        ],
         Duration::from_secs(30),
     );
     assert!(uac.success() && wait_bounded(&mut uas, Duration::from_secs(20)).success(), "busy; log: {}", stack.log());
@@ -232,7 +252,9 @@ fn busy_cancelled_unregistered_and_unknown_callees_fail_cleanly_without_leaking_
     assert!(uac.success() && wait_bounded(&mut uas, Duration::from_secs(20)).success(), "cancel; log: {}", stack.log());
 
     // carol is a subscriber but not registered: 480. nobody is unknown: 404.
-    for (csv, uri, code) in [("csv/alice-calls-carol.csv", "carol@sip.test", "480"), ("csv/alice-calls-nobody.csv", "nobody@sip.test", "404")] {
+    for (csv, uri, code) in
+        [("csv/alice-calls-carol.csv", "carol@sip.test", "480"), ("csv/alice-calls-nobody.csv", "nobody@sip.test", "404")]
+    {
         let uac = sipp(
             &stack,
             &["-sf", "uac-call-fail.xml", "-inf", csv, "-auth_uri", uri, "-set", "expect", code, "-p", "24063", "-m", "1"],
@@ -282,7 +304,18 @@ fn register_over_tls_is_challenged_and_accepted_on_the_same_connection() {
     )
     .expect("write config");
     let add = Command::new(BIN)
-        .args(["--config", config.to_str().expect("utf8"), "subscriber", "add", "--user", "alice", "--domain", "sip.test", "--password", "secret"])
+        .args([
+            "--config",
+            config.to_str().expect("utf8"),
+            "subscriber",
+            "add",
+            "--user",
+            "alice",
+            "--domain",
+            "sip.test",
+            "--password",
+            "secret",
+        ])
         .output()
         .expect("subscriber add");
     assert!(add.status.success());
@@ -388,7 +421,7 @@ fn phone_registered_through_a_kamailio_edge_proxy_is_called_through_it_by_its_pa
             .args(["-Y", run_dir.to_str().expect("utf8"), "-w", run_dir.to_str().expect("utf8")])
             .args(["-l", &format!("udp:{edge}"), "-A", &format!("REGISTRAR=\"sip:{}\"", stack.sip)])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(stack.dir.join("kamailio.log")).expect("log file"))
+            .stderr(std::fs::File::create(stack.dir.join("kamailio.log")).expect("log file")),
     )
     .expect("start kamailio");
     let edge_log = || std::fs::read_to_string(stack.dir.join("kamailio.log")).unwrap_or_default();
@@ -429,7 +462,22 @@ fn phone_registered_through_a_kamailio_edge_proxy_is_called_through_it_by_its_pa
     std::thread::sleep(Duration::from_millis(300));
     let uac = sipp(
         &stack,
-        &["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-p", "24092", "-mp", "24084", "-d", "2000", "-m", "1"],
+        &[
+            "-sf",
+            "uac-call.xml",
+            "-inf",
+            "csv/alice-calls-bob.csv",
+            "-auth_uri",
+            "bob@sip.test",
+            "-p",
+            "24092",
+            "-mp",
+            "24084",
+            "-d",
+            "2000",
+            "-m",
+            "1",
+        ],
         Duration::from_secs(40),
     );
     let uas = wait_bounded(&mut uas, Duration::from_secs(20));
@@ -515,7 +563,24 @@ fn a_register_flood_from_one_source_is_cut_off_while_another_sources_call_succee
     std::thread::sleep(Duration::from_millis(300));
     let uac = sipp(
         &stack,
-        &["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-i", "127.0.0.4", "-p", "24081", "-mp", "24086", "-d", "1000", "-m", "1"],
+        &[
+            "-sf",
+            "uac-call.xml",
+            "-inf",
+            "csv/alice-calls-bob.csv",
+            "-auth_uri",
+            "bob@sip.test",
+            "-i",
+            "127.0.0.4",
+            "-p",
+            "24081",
+            "-mp",
+            "24086",
+            "-d",
+            "1000",
+            "-m",
+            "1",
+        ],
         Duration::from_secs(40),
     );
     let uas = wait_bounded(&mut uas, Duration::from_secs(20));

@@ -122,12 +122,7 @@ pub struct SteerStats {
 impl SteerStats {
     /// Every packet the program has seen.
     pub fn total(&self) -> u64 {
-        self.redirected
-            + self.passed_no_xsk
-            + self.passed_not_udp
-            + self.passed_other_port
-            + self.passed_fragment
-            + self.malformed
+        self.redirected + self.passed_no_xsk + self.passed_not_udp + self.passed_other_port + self.passed_fragment + self.malformed
     }
 
     fn slot(&mut self, index: u32) -> Option<&mut u64> {
@@ -158,22 +153,14 @@ pub enum SteerError {
     // The host: interface, privileges, limits.
     /// The interface does not exist in the calling thread's network namespace.
     #[error("no network interface {interface} in this network namespace ({call}: {source})")]
-    NoSuchInterface {
-        interface: String,
-        call: &'static str,
-        source: io::Error,
-    },
+    NoSuchInterface { interface: String, call: &'static str, source: io::Error },
     /// The process lacks the capabilities; `missing` names them when they could be read.
     #[error(
         "{call} was refused: loading and attaching XDP needs CAP_BPF (or CAP_SYS_ADMIN) and \
          CAP_NET_ADMIN (root has them){}: {source}",
         missing.as_ref().map(|m| format!("; this process lacks {m}")).unwrap_or_default()
     )]
-    Permission {
-        call: &'static str,
-        missing: Option<String>,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Permission { call: &'static str, missing: Option<String>, source: Box<dyn std::error::Error + Send + Sync> },
     /// The kernel refused the object although the capabilities are there: the verifier, or the
     /// memlock limit on kernels before 5.11.
     #[error(
@@ -182,10 +169,7 @@ pub enum SteerError {
          before 5.11, RLIMIT_MEMLOCK ({memlock}) is too low for its maps and libbpf could not \
          raise it: raise it (`ulimit -l unlimited`, systemd `LimitMEMLOCK=infinity`)"
     )]
-    LoadRefused {
-        memlock: String,
-        source: libbpf_rs::Error,
-    },
+    LoadRefused { memlock: String, source: libbpf_rs::Error },
 
     // The kernel or the driver refused.
     /// Another XDP program (or link) is attached to the interface; it is never replaced.
@@ -194,37 +178,21 @@ pub enum SteerError {
          (bpf_link_create(BPF_XDP) in {mode} mode: {source}); it is not replaced: \
          detach it first (`ip link set dev IF xdp off` for one attached through netlink)"
     )]
-    AlreadyAttached {
-        interface: String,
-        mode: AttachedMode,
-        source: io::Error,
-    },
+    AlreadyAttached { interface: String, mode: AttachedMode, source: io::Error },
 
     /// Opening or loading the embedded object failed for another reason.
     #[error("{call} failed for the XDP program: {source}")]
-    Load {
-        call: &'static str,
-        source: libbpf_rs::Error,
-    },
+    Load { call: &'static str, source: libbpf_rs::Error },
     /// The attach call failed; `native_refused` says why native mode was given up first, if it was.
     #[error(
         "attaching XDP to {interface} in {mode} mode failed \
          (bpf_link_create(BPF_XDP)): {source}{}",
         native_refused.as_ref().map(|r| format!(" (after native mode was refused: {r})")).unwrap_or_default()
     )]
-    Attach {
-        interface: String,
-        mode: AttachedMode,
-        native_refused: Option<String>,
-        source: io::Error,
-    },
+    Attach { interface: String, mode: AttachedMode, native_refused: Option<String>, source: io::Error },
     /// A map operation failed.
     #[error("{call} on map `{map}` failed: {source}")]
-    Map {
-        call: &'static str,
-        map: &'static str,
-        source: libbpf_rs::Error,
-    },
+    Map { call: &'static str, map: &'static str, source: libbpf_rs::Error },
 
     // Our own bug.
     /// The kernel returned a per-CPU value of unexpected size: the C and Rust sides disagree.
@@ -236,10 +204,7 @@ pub enum SteerError {
 #[derive(Debug)]
 pub struct Steering {
     /// The only reference to the bpf_link: closing it detaches the program.
-    #[allow(
-        dead_code,
-        reason = "held only so that dropping the Steering closes it"
-    )]
+    #[allow(dead_code, reason = "held only so that dropping the Steering closes it")]
     link: OwnedFd,
     xsks: MapHandle,
     stats: MapHandle,
@@ -253,66 +218,40 @@ pub struct Steering {
 impl Steering {
     /// Loads the program, sets the media `ports` range and attaches it to the interface named
     /// `ifname` (in the calling thread's network namespace) in `mode`.
-    pub fn attach(
-        ifname: &str,
-        ports: RangeInclusive<u16>,
-        mode: XdpMode,
-    ) -> Result<Self, SteerError> {
+    pub fn attach(ifname: &str, ports: RangeInclusive<u16>, mode: XdpMode) -> Result<Self, SteerError> {
         check_ports(&ports)?;
-        let ifindex =
-            nix::net::if_::if_nametoindex(ifname).map_err(|errno| SteerError::NoSuchInterface {
-                interface: ifname.to_owned(),
-                call: "if_nametoindex",
-                source: errno.into(),
-            })?;
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(|errno| SteerError::NoSuchInterface {
+            interface: ifname.to_owned(),
+            call: "if_nametoindex",
+            source: errno.into(),
+        })?;
         Self::attach_inner(ifname.to_owned(), ifindex, ports, mode)
     }
 
     /// As [`Steering::attach`], for an interface given by index.
-    pub fn attach_ifindex(
-        ifindex: u32,
-        ports: RangeInclusive<u16>,
-        mode: XdpMode,
-    ) -> Result<Self, SteerError> {
+    pub fn attach_ifindex(ifindex: u32, ports: RangeInclusive<u16>, mode: XdpMode) -> Result<Self, SteerError> {
         check_ports(&ports)?;
         Self::attach_inner(format!("ifindex {ifindex}"), ifindex, ports, mode)
     }
 
-    fn attach_inner(
-        interface: String,
-        ifindex: u32,
-        ports: RangeInclusive<u16>,
-        mode: XdpMode,
-    ) -> Result<Self, SteerError> {
+    fn attach_inner(interface: String, ifindex: u32, ports: RangeInclusive<u16>, mode: XdpMode) -> Result<Self, SteerError> {
         // The skeleton borrows this storage; everything it hands out that outlives this function is
         // a descriptor of our own (the map handles are dups, the link holds the program).
         let mut storage = MaybeUninit::<OpenObject>::uninit();
         let open = MediaSteerSkelBuilder::default()
             .open(&mut storage)
-            .map_err(|source| SteerError::Load {
-                call: "bpf_object__open_skeleton",
-                source,
-            })?;
+            .map_err(|source| SteerError::Load { call: "bpf_object__open_skeleton", source })?;
         let skel = open.load().map_err(load_error)?;
 
         let mut config = [0u8; 4];
         config[..2].copy_from_slice(&ports.start().to_ne_bytes());
         config[2..].copy_from_slice(&ports.end().to_ne_bytes());
-        skel.maps
-            .config
-            .update(&0u32.to_ne_bytes(), &config, MapFlags::ANY)
-            .map_err(|source| SteerError::Map {
-                call: "bpf_map_update_elem",
-                map: "config",
-                source,
-            })?;
-        let dup = |map, result: libbpf_rs::Result<MapHandle>| {
-            result.map_err(|source| SteerError::Map {
-                call: "dup",
-                map,
-                source,
-            })
-        };
+        skel.maps.config.update(&0u32.to_ne_bytes(), &config, MapFlags::ANY).map_err(|source| SteerError::Map {
+            call: "bpf_map_update_elem",
+            map: "config",
+            source,
+        })?;
+        let dup = |map, result: libbpf_rs::Result<MapHandle>| result.map_err(|source| SteerError::Map { call: "dup", map, source });
         let xsks = dup("xsks", MapHandle::try_from(&skel.maps.xsks))?;
         let stats = dup("stats", MapHandle::try_from(&skel.maps.stats))?;
 
@@ -325,27 +264,13 @@ impl Steering {
                 Ok(link) => (Ok(link), AttachedMode::Native, None),
                 Err(err) if native_refusal_allows_fallback(&err) => {
                     let reason = native_refusal_reason(&err);
-                    (
-                        attach(AttachedMode::Generic),
-                        AttachedMode::Generic,
-                        Some(reason),
-                    )
+                    (attach(AttachedMode::Generic), AttachedMode::Generic, Some(reason))
                 }
                 Err(err) => (Err(err), AttachedMode::Native, None),
             },
         };
-        let link =
-            link.map_err(|source| attach_error(&interface, mode, fallback_reason.clone(), source))?;
-        Ok(Self {
-            link,
-            xsks,
-            stats,
-            interface,
-            ifindex,
-            ports,
-            mode,
-            fallback_reason,
-        })
+        let link = link.map_err(|source| attach_error(&interface, mode, fallback_reason.clone(), source))?;
+        Ok(Self { link, xsks, stats, interface, ifindex, ports, mode, fallback_reason })
     }
 
     // Getters.
@@ -382,18 +307,11 @@ impl Steering {
             let per_cpu = self
                 .stats
                 .lookup_percpu(&index.to_ne_bytes(), MapFlags::ANY)
-                .map_err(|source| SteerError::Map {
-                    call: "bpf_map_lookup_elem",
-                    map: "stats",
-                    source,
-                })?
+                .map_err(|source| SteerError::Map { call: "bpf_map_lookup_elem", map: "stats", source })?
                 .unwrap_or_default();
             let mut total = 0u64;
             for value in per_cpu {
-                let bytes: [u8; 8] = value
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or(SteerError::StatsLayout { len: value.len() })?;
+                let bytes: [u8; 8] = value.get(..8).and_then(|b| b.try_into().ok()).ok_or(SteerError::StatsLayout { len: value.len() })?;
                 total = total.wrapping_add(u64::from_ne_bytes(bytes));
             }
             if let Some(slot) = sum.slot(index) {
@@ -412,13 +330,11 @@ impl Steering {
         check_queue(queue)?;
         // A borrowed descriptor is never negative; u32::MAX would be refused (EBADF) anyway.
         let fd = u32::try_from(xsk.as_fd().as_raw_fd()).unwrap_or(u32::MAX);
-        self.xsks
-            .update(&queue.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|source| SteerError::Map {
-                call: "bpf_map_update_elem",
-                map: "xsks",
-                source,
-            })
+        self.xsks.update(&queue.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(|source| SteerError::Map {
+            call: "bpf_map_update_elem",
+            map: "xsks",
+            source,
+        })
     }
 
     /// Stops steering queue `queue`: its media packets go to the kernel again. Removing an empty
@@ -428,11 +344,7 @@ impl Steering {
         match self.xsks.delete(&queue.to_ne_bytes()) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(SteerError::Map {
-                call: "bpf_map_delete_elem",
-                map: "xsks",
-                source,
-            }),
+            Err(source) => Err(SteerError::Map { call: "bpf_map_delete_elem", map: "xsks", source }),
         }
     }
 }
@@ -459,10 +371,7 @@ fn check_queue(queue: u32) -> Result<(), SteerError> {
 /// same way, or would run beside a program we must not disturb.
 fn native_refusal_allows_fallback(err: &io::Error) -> bool {
     let errno = err.raw_os_error().map(Errno::from_raw);
-    !matches!(
-        errno,
-        Some(Errno::EPERM | Errno::EACCES | Errno::ENODEV | Errno::EBUSY | Errno::EEXIST)
-    )
+    !matches!(errno, Some(Errno::EPERM | Errno::EACCES | Errno::ENODEV | Errno::EBUSY | Errno::EEXIST))
 }
 
 fn native_refusal_reason(err: &io::Error) -> String {
@@ -475,54 +384,24 @@ fn native_refusal_reason(err: &io::Error) -> String {
     format!("{why} (bpf_link_create(BPF_XDP, XDP_FLAGS_DRV_MODE): {err})")
 }
 
-fn attach_error(
-    interface: &str,
-    mode: AttachedMode,
-    native_refused: Option<String>,
-    source: io::Error,
-) -> SteerError {
+fn attach_error(interface: &str, mode: AttachedMode, native_refused: Option<String>, source: io::Error) -> SteerError {
     match source.raw_os_error().map(Errno::from_raw) {
-        Some(Errno::EPERM | Errno::EACCES) => SteerError::Permission {
-            call: "bpf_link_create(BPF_XDP)",
-            missing: missing_capabilities(),
-            source: Box::new(source),
-        },
-        Some(Errno::EBUSY | Errno::EEXIST) => SteerError::AlreadyAttached {
-            interface: interface.to_owned(),
-            mode,
-            source,
-        },
-        Some(Errno::ENODEV) => SteerError::NoSuchInterface {
-            interface: interface.to_owned(),
-            call: "bpf_link_create(BPF_XDP)",
-            source,
-        },
-        _ => SteerError::Attach {
-            interface: interface.to_owned(),
-            mode,
-            native_refused,
-            source,
-        },
+        Some(Errno::EPERM | Errno::EACCES) => {
+            SteerError::Permission { call: "bpf_link_create(BPF_XDP)", missing: missing_capabilities(), source: Box::new(source) }
+        }
+        Some(Errno::EBUSY | Errno::EEXIST) => SteerError::AlreadyAttached { interface: interface.to_owned(), mode, source },
+        Some(Errno::ENODEV) => SteerError::NoSuchInterface { interface: interface.to_owned(), call: "bpf_link_create(BPF_XDP)", source },
+        _ => SteerError::Attach { interface: interface.to_owned(), mode, native_refused, source },
     }
 }
 
 fn load_error(source: libbpf_rs::Error) -> SteerError {
     if source.kind() != ErrorKind::PermissionDenied {
-        return SteerError::Load {
-            call: "bpf_object__load",
-            source,
-        };
+        return SteerError::Load { call: "bpf_object__load", source };
     }
     match missing_capabilities() {
-        Some(missing) => SteerError::Permission {
-            call: "bpf_object__load",
-            missing: Some(missing),
-            source: Box::new(source),
-        },
-        None => SteerError::LoadRefused {
-            memlock: memlock_limit(),
-            source,
-        },
+        Some(missing) => SteerError::Permission { call: "bpf_object__load", missing: Some(missing), source: Box::new(source) },
+        None => SteerError::LoadRefused { memlock: memlock_limit(), source },
     }
 }
 
@@ -534,9 +413,7 @@ const CAP_BPF: u32 = 39;
 /// `None` if it has them (or they could not be read).
 fn missing_capabilities() -> Option<String> {
     let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
-    let effective = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))?;
+    let effective = status.lines().find_map(|line| line.strip_prefix("CapEff:"))?;
     let effective = u64::from_str_radix(effective.trim(), 16).ok()?;
     let has = |cap: u32| effective & (1u64 << cap) != 0;
     let mut missing = Vec::new();
@@ -566,19 +443,10 @@ mod tests {
     fn port_range_must_be_non_empty_and_start_above_zero() {
         assert!(check_ports(&(30000..=39999)).is_ok());
         assert!(check_ports(&(5004..=5004)).is_ok());
-        assert!(matches!(
-            check_ports(&(0..=100)),
-            Err(SteerError::InvalidPortRange { min: 0, max: 100 })
-        ));
-        #[allow(
-            clippy::reversed_empty_ranges,
-            reason = "the empty range is the input under test"
-        )]
+        assert!(matches!(check_ports(&(0..=100)), Err(SteerError::InvalidPortRange { min: 0, max: 100 })));
+        #[allow(clippy::reversed_empty_ranges, reason = "the empty range is the input under test")]
         let reversed = 40000..=30000;
-        assert!(matches!(
-            check_ports(&reversed),
-            Err(SteerError::InvalidPortRange { .. })
-        ));
+        assert!(matches!(check_ports(&reversed), Err(SteerError::InvalidPortRange { .. })));
     }
 
     #[test]
@@ -592,10 +460,7 @@ mod tests {
     fn queues_beyond_the_xsk_map_are_refused() {
         assert!(check_queue(0).is_ok());
         assert!(check_queue(MAX_QUEUES - 1).is_ok());
-        assert!(matches!(
-            check_queue(MAX_QUEUES),
-            Err(SteerError::QueueOutOfRange { queue: 64 })
-        ));
+        assert!(matches!(check_queue(MAX_QUEUES), Err(SteerError::QueueOutOfRange { queue: 64 })));
     }
 
     #[test]
@@ -616,26 +481,15 @@ mod tests {
         assert!(!native_refusal_allows_fallback(&refused(Errno::EEXIST)));
         assert!(!native_refusal_allows_fallback(&refused(Errno::EBUSY)));
         let reason = native_refusal_reason(&refused(Errno::EOPNOTSUPP));
-        assert!(
-            reason.contains("no native XDP") && reason.contains("XDP_FLAGS_DRV_MODE"),
-            "{reason}"
-        );
+        assert!(reason.contains("no native XDP") && reason.contains("XDP_FLAGS_DRV_MODE"), "{reason}");
     }
 
     #[test]
     fn a_permission_error_names_the_call_and_the_capabilities() {
-        let err = attach_error(
-            "eth0",
-            AttachedMode::Native,
-            None,
-            io::Error::from_raw_os_error(Errno::EPERM as i32),
-        );
+        let err = attach_error("eth0", AttachedMode::Native, None, io::Error::from_raw_os_error(Errno::EPERM as i32));
         let text = err.to_string();
         assert!(text.contains("bpf_link_create(BPF_XDP)"), "{text}");
-        assert!(
-            text.contains("CAP_BPF") && text.contains("CAP_NET_ADMIN"),
-            "{text}"
-        );
+        assert!(text.contains("CAP_BPF") && text.contains("CAP_NET_ADMIN"), "{text}");
     }
 
     #[test]

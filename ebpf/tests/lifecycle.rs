@@ -20,17 +20,12 @@ const CHILD_IF: &str = "EBPF_TEST_IF";
 fn child_command(test: &str, role: &str, ifname: &str) -> Command {
     let exe = std::env::current_exe().expect("own executable");
     let mut cmd = Command::new(exe);
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ROLE, role)
-        .env(CHILD_IF, ifname);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"]).env(CHILD_ROLE, role).env(CHILD_IF, ifname);
     cmd
 }
 
 fn role() -> Option<(String, String)> {
-    Some((
-        std::env::var(CHILD_ROLE).ok()?,
-        std::env::var(CHILD_IF).ok()?,
-    ))
+    Some((std::env::var(CHILD_ROLE).ok()?, std::env::var(CHILD_IF).ok()?))
 }
 
 /// Kills the child on drop, so a failed assertion leaves no process behind.
@@ -47,8 +42,7 @@ impl Drop for Reaped {
 fn the_program_detaches_when_the_process_holding_it_is_killed() {
     if let Some((role, ifname)) = role() {
         assert_eq!(role, "attach-and-wait");
-        let steering = Steering::attach(&ifname, MEDIA_MIN..=MEDIA_MAX, XdpMode::Auto)
-            .unwrap_or_else(|err| panic!("child attach: {err}"));
+        let steering = Steering::attach(&ifname, MEDIA_MIN..=MEDIA_MAX, XdpMode::Auto).unwrap_or_else(|err| panic!("child attach: {err}"));
         println!("attached {:?}", steering.mode());
         // Bounded: the parent kills us long before this ends.
         std::thread::sleep(Duration::from_secs(60));
@@ -61,20 +55,12 @@ fn the_program_detaches_when_the_process_holding_it_is_killed() {
     let mut child = {
         let _ns = enter(&topo.dut()); // the child starts in this thread's namespace
         let test = "the_program_detaches_when_the_process_holding_it_is_killed";
-        Reaped(
-            child_command(test, "attach-and-wait", &topo.dut_if())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn child"),
-        )
+        Reaped(child_command(test, "attach-and-wait", &topo.dut_if()).stdout(Stdio::piped()).spawn().expect("spawn child"))
     };
     // Wait for the child's "attached" line (or its exit: then the pipe closes). The harness prints
     // `test NAME ... ` before it, on the same line.
     let stdout = child.0.stdout.take().expect("child stdout");
-    let attached = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find(|line| line.contains("attached "));
+    let attached = BufReader::new(stdout).lines().map_while(Result::ok).find(|line| line.contains("attached "));
     if attached.is_none() {
         let status = child.0.wait().expect("child status");
         panic!("child exited without attaching: {status}");
@@ -83,11 +69,7 @@ fn the_program_detaches_when_the_process_holding_it_is_killed() {
 
     child.0.kill().expect("SIGKILL the child");
     child.0.wait().expect("reap the child");
-    assert_eq!(
-        wait_detached(&topo),
-        None,
-        "program outlived the process that attached it"
-    );
+    assert_eq!(wait_detached(&topo), None, "program outlived the process that attached it");
 }
 
 #[test]
@@ -97,14 +79,8 @@ fn a_process_without_capabilities_is_refused_with_the_capabilities_named() {
         let err = Steering::attach(&ifname, MEDIA_MIN..=MEDIA_MAX, XdpMode::Auto).unwrap_err();
         println!("refused: {err}");
         match &err {
-            SteerError::Permission {
-                missing: Some(missing),
-                ..
-            } => {
-                assert!(
-                    missing.contains("CAP_BPF") && missing.contains("CAP_NET_ADMIN"),
-                    "{err}"
-                );
+            SteerError::Permission { missing: Some(missing), .. } => {
+                assert!(missing.contains("CAP_BPF") && missing.contains("CAP_NET_ADMIN"), "{err}");
             }
             _ => panic!("expected a permission error naming the capabilities, got: {err}"),
         }
@@ -130,17 +106,9 @@ fn a_process_without_capabilities_is_refused_with_the_capabilities_named() {
         setpriv.output().expect("run setpriv (util-linux)")
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child without capabilities: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "child without capabilities: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     // The harness prints `test NAME ... ` before the child's own line, on the same line.
-    let refusal = stdout
-        .lines()
-        .find_map(|l| l.find("refused: ").map(|at| &l[at..]))
-        .expect("child's refusal line");
+    let refusal = stdout.lines().find_map(|l| l.find("refused: ").map(|at| &l[at..])).expect("child's refusal line");
     println!("{refusal}");
     assert!(refusal.contains("bpf_object__load"), "{refusal}");
     assert_eq!(topo.dut_xdp(), None);

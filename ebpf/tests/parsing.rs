@@ -98,10 +98,7 @@ fn udp(dport: u16, v6: bool) -> Vec<u8> {
 }
 
 fn sum_words(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
+    bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
 }
 
 fn checksum(bytes: &[u8], initial: u32) -> u16 {
@@ -129,11 +126,7 @@ fn send_raw(topo: &Topology, frames: &[Vec<u8>]) {
     args.extend(frames.iter().map(|f| hex(f)));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = topo.exec(&topo.gen(), "python3", &args);
-    assert!(
-        out.status.success(),
-        "python3 AF_PACKET sender: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "python3 AF_PACKET sender: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -144,19 +137,8 @@ fn each_kind_of_frame_lands_in_exactly_one_counter() {
     // Nothing but the frames below may reach dut: gen's own IPv6 (router solicitations, MLD) is
     // switched off, and pinned neighbours spare dut's replies an ARP or ND exchange.
     topo.pin_neighbours();
-    let off = topo.exec(
-        &topo.gen(),
-        "sysctl",
-        &[
-            "-qw",
-            &format!("net.ipv6.conf.{}.disable_ipv6=1", topo.gen_if()),
-        ],
-    );
-    assert!(
-        off.status.success(),
-        "disable IPv6 on gen: {}",
-        String::from_utf8_lossy(&off.stderr)
-    );
+    let off = topo.exec(&topo.gen(), "sysctl", &["-qw", &format!("net.ipv6.conf.{}.disable_ipv6=1", topo.gen_if())]);
+    assert!(off.status.success(), "disable IPv6 on gen: {}", String::from_utf8_lossy(&off.stderr));
     let Some(steering) = attach(&topo, XdpMode::Auto) else {
         return;
     };
@@ -164,89 +146,34 @@ fn each_kind_of_frame_lands_in_exactly_one_counter() {
     let media6 = udp_socket(&topo.dut(), &format!("[{DUT_V6}]:{MEDIA_MIN}"));
     let before = steering.stats().unwrap();
 
-    let f = Frames {
-        dst: topo.mac(&topo.dut(), &topo.dut_if()),
-        src: topo.mac(&topo.gen(), &topo.gen_if()),
-    };
+    let f = Frames { dst: topo.mac(&topo.dut(), &topo.dut_if()), src: topo.mac(&topo.gen(), &topo.gen_if()) };
     let nop_options = [1, 1, 1, 0]; // NOP NOP NOP EOL: IHL 6
     let no_xsk = vec![
         // IPv4 with options: the kernel socket must get these intact, proving the IHL skip.
-        f.eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(IPPROTO_UDP, &nop_options, 0, &udp(MEDIA_MIN, false)),
-        ),
-        f.eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(IPPROTO_UDP, &[], 0x4000, &udp(MEDIA_MAX, false)),
-        ), // DF is fine
-        f.eth(
-            &[ETH_P_8021Q],
-            ETH_P_IP,
-            &ipv4(IPPROTO_UDP, &[], 0, &udp(MEDIA_MIN, false)),
-        ),
-        f.eth(
-            &[ETH_P_8021AD],
-            ETH_P_IP,
-            &ipv4(IPPROTO_UDP, &[], 0, &udp(MEDIA_MAX, false)),
-        ),
+        f.eth(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &nop_options, 0, &udp(MEDIA_MIN, false))),
+        f.eth(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &[], 0x4000, &udp(MEDIA_MAX, false))), // DF is fine
+        f.eth(&[ETH_P_8021Q], ETH_P_IP, &ipv4(IPPROTO_UDP, &[], 0, &udp(MEDIA_MIN, false))),
+        f.eth(&[ETH_P_8021AD], ETH_P_IP, &ipv4(IPPROTO_UDP, &[], 0, &udp(MEDIA_MAX, false))),
         f.eth(&[], ETH_P_IPV6, &ipv6(IPPROTO_UDP, &udp(MEDIA_MIN, true))),
-        f.eth(
-            &[ETH_P_8021Q],
-            ETH_P_IPV6,
-            &ipv6(IPPROTO_UDP, &udp(MEDIA_MAX, true)),
-        ),
+        f.eth(&[ETH_P_8021Q], ETH_P_IPV6, &ipv6(IPPROTO_UDP, &udp(MEDIA_MAX, true))),
     ];
     let other_port = vec![
-        f.eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(IPPROTO_UDP, &[], 0, &udp(MEDIA_MIN - 1, false)),
-        ),
-        f.eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(IPPROTO_UDP, &nop_options, 0, &udp(MEDIA_MAX + 1, false)),
-        ),
+        f.eth(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &[], 0, &udp(MEDIA_MIN - 1, false))),
+        f.eth(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &nop_options, 0, &udp(MEDIA_MAX + 1, false))),
         f.eth(&[], ETH_P_IPV6, &ipv6(IPPROTO_UDP, &udp(SIP_PORT, true))),
     ];
     let fragment = vec![
-        f.eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(IPPROTO_UDP, &[], 0x2000, &udp(MEDIA_MIN, false)),
-        ), // MF
-        f.eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(IPPROTO_UDP, &[], 185, &udp(MEDIA_MIN, false)),
-        ), // offset 1480
-        f.eth(
-            &[],
-            ETH_P_IPV6,
-            &ipv6(IPV6_FRAGMENT, &[IPPROTO_UDP, 0, 0, 1, 0, 0, 0, 1]),
-        ),
+        f.eth(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &[], 0x2000, &udp(MEDIA_MIN, false))), // MF
+        f.eth(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &[], 185, &udp(MEDIA_MIN, false))),    // offset 1480
+        f.eth(&[], ETH_P_IPV6, &ipv6(IPV6_FRAGMENT, &[IPPROTO_UDP, 0, 0, 1, 0, 0, 0, 1])),
     ];
     let not_udp = vec![
-        f.eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(IPPROTO_TCP, &[], 0, &udp(MEDIA_MIN, false)),
-        ),
-        f.eth(
-            &[],
-            ETH_P_IPV6,
-            &ipv6(IPV6_HOP_BY_HOP, &[IPPROTO_UDP, 0, 1, 4, 0, 0, 0, 0]),
-        ),
+        f.eth(&[], ETH_P_IP, &ipv4(IPPROTO_TCP, &[], 0, &udp(MEDIA_MIN, false))),
+        f.eth(&[], ETH_P_IPV6, &ipv6(IPV6_HOP_BY_HOP, &[IPPROTO_UDP, 0, 1, 4, 0, 0, 0, 0])),
         f.eth(&[], ETH_P_ARP, &[0, 1, 8, 0, 6, 4, 0, 1]), // an ARP header cut short: still not UDP
     ];
     let malformed = vec![
-        f.eth(
-            &[],
-            ETH_P_IP,
-            &ipv4(IPPROTO_UDP, &[], 0, &udp(MEDIA_MIN, false))[..24],
-        ), // UDP cut
+        f.eth(&[], ETH_P_IP, &ipv4(IPPROTO_UDP, &[], 0, &udp(MEDIA_MIN, false))[..24]), // UDP cut
         f.eth(&[], ETH_P_IP, &{
             let mut ip = ipv4(IPPROTO_UDP, &[], 0, &udp(MEDIA_MIN, false));
             ip[0] = 0x44; // IHL 4
@@ -257,25 +184,17 @@ fn each_kind_of_frame_lands_in_exactly_one_counter() {
             ip[0] = 0x4f; // IHL 15: the UDP header would start past the frame's end
             ip
         }),
-        f.eth(&[], ETH_P_IP, &[0x45, 0, 0, 20]), // IPv4 header cut
+        f.eth(&[], ETH_P_IP, &[0x45, 0, 0, 20]),                         // IPv4 header cut
         f.eth(&[], ETH_P_IP, &ipv6(IPPROTO_UDP, &udp(MEDIA_MIN, true))), // IPv6 under IPv4's type
         f.eth(&[], ETH_P_IPV6, &{
             let mut ip = ipv6(IPPROTO_UDP, &udp(MEDIA_MIN, true));
             ip[0] = 0x40; // version 4
             ip
         }),
-        f.eth(
-            &[],
-            ETH_P_IPV6,
-            &ipv6(IPPROTO_UDP, &udp(MEDIA_MIN, true))[..44],
-        ), // UDP cut
-        f.eth(&[], ETH_P_8021Q, &[0, 7]), // VLAN tag cut
+        f.eth(&[], ETH_P_IPV6, &ipv6(IPPROTO_UDP, &udp(MEDIA_MIN, true))[..44]), // UDP cut
+        f.eth(&[], ETH_P_8021Q, &[0, 7]),                                        // VLAN tag cut
     ];
-    let all: Vec<Vec<u8>> = [&no_xsk, &other_port, &fragment, &not_udp, &malformed]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
+    let all: Vec<Vec<u8>> = [&no_xsk, &other_port, &fragment, &not_udp, &malformed].into_iter().flatten().cloned().collect();
     send_raw(&topo, &all);
 
     let expected = SteerStats {
@@ -300,10 +219,6 @@ fn each_kind_of_frame_lands_in_exactly_one_counter() {
 
     // The untagged media datagrams went on to the kernel sockets: the option-bearing IPv4 one and
     // the DF one on port MEDIA_MIN / MEDIA_MAX (only MEDIA_MIN has a socket), the IPv6 one.
-    assert_eq!(
-        receive_up_to(&media4, K as usize).len(),
-        K as usize,
-        "IPv4 with options"
-    );
+    assert_eq!(receive_up_to(&media4, K as usize).len(), K as usize, "IPv4 with options");
     assert_eq!(receive_up_to(&media6, K as usize).len(), K as usize, "IPv6");
 }

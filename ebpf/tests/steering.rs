@@ -20,21 +20,13 @@ fn auto_mode_on_veth_attaches_natively_and_dropping_detaches() {
     let Some(steering) = attach(&topo, XdpMode::Auto) else {
         return;
     };
-    println!(
-        "auto mode on veth: {:?}, fallback: {:?}",
-        steering.mode(),
-        steering.fallback_reason()
-    );
+    println!("auto mode on veth: {:?}, fallback: {:?}", steering.mode(), steering.fallback_reason());
     assert_eq!(steering.mode(), AttachedMode::Native);
     assert_eq!(steering.fallback_reason(), None);
     assert_eq!(topo.dut_xdp(), Some("xdp"));
 
     drop(steering);
-    assert_eq!(
-        wait_detached(&topo),
-        None,
-        "program still attached after drop"
-    );
+    assert_eq!(wait_detached(&topo), None, "program still attached after drop");
 }
 
 #[test]
@@ -50,31 +42,16 @@ fn ping_and_arp_reach_the_kernel_while_attached() {
     topo.ip(&topo.dut(), &["neigh", "flush", "all"]);
 
     for (family, dst) in [("-4", DUT_V4), ("-6", DUT_V6)] {
-        let out = topo.exec(
-            &topo.gen(),
-            "ping",
-            &[family, "-c", "3", "-i", "0.2", "-W", "1", dst],
-        );
-        assert!(
-            out.status.success(),
-            "ping {dst} through the attached program failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let out = topo.exec(&topo.gen(), "ping", &[family, "-c", "3", "-i", "0.2", "-W", "1", dst]);
+        assert!(out.status.success(), "ping {dst} through the attached program failed: {}", String::from_utf8_lossy(&out.stdout));
     }
     let neigh = topo.ip(&topo.gen(), &["neigh", "show", DUT_V4]);
-    assert!(
-        neigh.contains("lladdr"),
-        "ARP did not resolve {DUT_V4}: {neigh:?}"
-    );
+    assert!(neigh.contains("lladdr"), "ARP did not resolve {DUT_V4}: {neigh:?}");
 
     let stats = steering.stats().unwrap();
     // 6 echo requests plus at least one ARP request and one neighbour solicitation, all passed.
     assert!(stats.passed_not_udp >= 8, "{stats:?}");
-    assert_eq!(
-        stats.redirected + stats.passed_no_xsk + stats.malformed,
-        0,
-        "{stats:?}"
-    );
+    assert_eq!(stats.redirected + stats.passed_no_xsk + stats.malformed, 0, "{stats:?}");
 }
 
 #[test]
@@ -99,11 +76,7 @@ fn udp_to_a_non_media_port_reaches_the_kernel_socket() {
     assert_eq!(receive_up_to(&sip6, N as usize), (0..N).collect::<Vec<_>>());
     let stats = stats_when(&steering, |s| s.passed_other_port >= u64::from(2 * N));
     assert_eq!(stats.passed_other_port, u64::from(2 * N), "{stats:?}");
-    assert_eq!(
-        stats.redirected + stats.passed_no_xsk + stats.malformed,
-        0,
-        "{stats:?}"
-    );
+    assert_eq!(stats.redirected + stats.passed_no_xsk + stats.malformed, 0, "{stats:?}");
 }
 
 #[test]
@@ -118,28 +91,17 @@ fn media_udp_without_a_registered_socket_falls_back_to_the_kernel() {
     // Both ends of the range, IPv4 and IPv6: every datagram passed and counted once.
     let mut expected = 0u64;
     for port in [MEDIA_MIN, MEDIA_MAX] {
-        for (dut, gen) in [
-            (DUT_V4.to_owned(), GEN_V4.to_owned()),
-            (format!("[{DUT_V6}]"), format!("[{GEN_V6}]")),
-        ] {
+        for (dut, gen) in [(DUT_V4.to_owned(), GEN_V4.to_owned()), (format!("[{DUT_V6}]"), format!("[{GEN_V6}]"))] {
             let kernel = udp_socket(&topo.dut(), &format!("{dut}:{port}"));
             let sender = udp_socket(&topo.gen(), &format!("{gen}:0"));
             send_numbered(&sender, &format!("{dut}:{port}"), N);
-            assert_eq!(
-                receive_up_to(&kernel, N as usize).len(),
-                N as usize,
-                "{dut}:{port}"
-            );
+            assert_eq!(receive_up_to(&kernel, N as usize).len(), N as usize, "{dut}:{port}");
             expected += u64::from(N);
         }
     }
     let stats = stats_when(&steering, |s| s.passed_no_xsk >= expected);
     assert_eq!(stats.passed_no_xsk, expected, "{stats:?}");
-    assert_eq!(
-        stats.redirected + stats.passed_other_port + stats.malformed,
-        0,
-        "{stats:?}"
-    );
+    assert_eq!(stats.redirected + stats.passed_other_port + stats.malformed, 0, "{stats:?}");
 }
 
 #[test]
@@ -157,41 +119,23 @@ fn media_udp_goes_to_the_registered_socket_until_it_is_unregistered() {
 
     // An AF_XDP socket that is not bound to a queue: the program redirects to it and the kernel then
     // drops the frame (no rings), so the counter proves the redirect and the kernel socket sees none.
-    let xsk = Socket::new(
-        Domain::from(nix::libc::AF_XDP),
-        Type::from(nix::libc::SOCK_RAW),
-        None,
-    )
-    .expect("AF_XDP socket");
+    let xsk = Socket::new(Domain::from(nix::libc::AF_XDP), Type::from(nix::libc::SOCK_RAW), None).expect("AF_XDP socket");
     for queue in 0..2 {
-        steering
-            .register_xsk(queue, &xsk)
-            .expect("register the socket for the queue");
+        steering.register_xsk(queue, &xsk).expect("register the socket for the queue");
     }
     send_numbered(&sender, &to, N);
     let stats = stats_when(&steering, |s| s.redirected >= u64::from(N));
     assert_eq!(stats.redirected, u64::from(N), "{stats:?}");
     assert_eq!(stats.passed_no_xsk, 0, "{stats:?}");
-    assert_eq!(
-        receive_for(&kernel, Duration::from_millis(300)),
-        0,
-        "redirected packets reached the kernel"
-    );
+    assert_eq!(receive_for(&kernel, Duration::from_millis(300)), 0, "redirected packets reached the kernel");
 
     for queue in 0..2 {
         steering.unregister_xsk(queue).expect("unregister");
     }
     send_numbered(&sender, &to, N);
-    assert_eq!(
-        receive_up_to(&kernel, N as usize),
-        (0..N).collect::<Vec<_>>()
-    );
+    assert_eq!(receive_up_to(&kernel, N as usize), (0..N).collect::<Vec<_>>());
     let stats = stats_when(&steering, |s| s.passed_no_xsk >= u64::from(N));
-    assert_eq!(
-        (stats.redirected, stats.passed_no_xsk),
-        (u64::from(N), u64::from(N)),
-        "{stats:?}"
-    );
+    assert_eq!((stats.redirected, stats.passed_no_xsk), (u64::from(N), u64::from(N)), "{stats:?}");
 }
 
 #[test]
@@ -243,45 +187,24 @@ fn auto_mode_falls_back_to_generic_when_the_driver_refuses_native() {
     topo.pin_neighbours();
     // veth refuses native XDP (ERANGE) for a program without multi-buffer support when the peer's
     // MTU does not fit one page.
-    topo.ip(
-        &topo.gen(),
-        &["link", "set", "dev", &topo.gen_if(), "mtu", "9000"],
-    );
-    topo.ip(
-        &topo.dut(),
-        &["link", "set", "dev", &topo.dut_if(), "mtu", "9000"],
-    );
+    topo.ip(&topo.gen(), &["link", "set", "dev", &topo.gen_if(), "mtu", "9000"]);
+    topo.ip(&topo.dut(), &["link", "set", "dev", &topo.dut_if(), "mtu", "9000"]);
 
     let native = {
         let _ns = enter(&topo.dut());
         Steering::attach(&topo.dut_if(), MEDIA_MIN..=MEDIA_MAX, XdpMode::Native)
     };
     let err = native.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SteerError::Attach {
-                mode: AttachedMode::Native,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, SteerError::Attach { mode: AttachedMode::Native, .. }), "{err}");
     assert_eq!(topo.dut_xdp(), None);
 
     let Some(steering) = attach(&topo, XdpMode::Auto) else {
         return;
     };
     let reason = steering.fallback_reason().unwrap_or_default().to_owned();
-    println!(
-        "auto mode with MTU 9000: {:?}, fallback: {reason}",
-        steering.mode()
-    );
+    println!("auto mode with MTU 9000: {:?}, fallback: {reason}", steering.mode());
     assert_eq!(steering.mode(), AttachedMode::Generic);
-    assert!(
-        reason.contains("MTU") && reason.contains("XDP_FLAGS_DRV_MODE"),
-        "{reason}"
-    );
+    assert!(reason.contains("MTU") && reason.contains("XDP_FLAGS_DRV_MODE"), "{reason}");
     assert_eq!(topo.dut_xdp(), Some("xdpgeneric"));
 
     // Generic mode steers the same way: media to the kernel (no socket), counted exactly.

@@ -69,7 +69,12 @@ impl crate::Encoder for Encoder {
     }
     fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>) -> Result<usize, CodecError> {
         if pcm.len() % 2 != 0 {
-            return Err(CodecError::Unsupported { codec: "G722", field: "frame length", value: pcm.len() as u32, allowed: "an even number of samples" });
+            return Err(CodecError::Unsupported {
+                codec: "G722",
+                field: "frame length",
+                value: pcm.len() as u32,
+                allowed: "an even number of samples",
+            });
         }
         let bytes = self.inner.encode(pcm);
         out.extend_from_slice(&bytes);

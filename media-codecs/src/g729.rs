@@ -190,7 +190,12 @@ impl crate::Encoder for Encoder {
     }
     fn encode(&mut self, pcm: &[i16], out: &mut Vec<u8>) -> Result<usize, CodecError> {
         if pcm.is_empty() || pcm.len() % FRAME != 0 {
-            return Err(CodecError::Unsupported { codec: "G729", field: "samples", value: pcm.len() as u32, allowed: "multiples of 80 (10 ms)" });
+            return Err(CodecError::Unsupported {
+                codec: "G729",
+                field: "samples",
+                value: pcm.len() as u32,
+                allowed: "multiples of 80 (10 ms)",
+            });
         }
         let mut written = 0;
         let mut frame = [0u8; VOICE];

@@ -81,7 +81,8 @@ impl CodecKind {
 
     /// The codecs this build decodes and encodes.
     #[cfg(feature = "g729")]
-    pub const BUILT: &'static [CodecKind] = &[CodecKind::Pcmu, CodecKind::Pcma, CodecKind::L16, CodecKind::G722, CodecKind::Opus, CodecKind::G729];
+    pub const BUILT: &'static [CodecKind] =
+        &[CodecKind::Pcmu, CodecKind::Pcma, CodecKind::L16, CodecKind::G722, CodecKind::Opus, CodecKind::G729];
     /// The codecs this build decodes and encodes.
     #[cfg(not(feature = "g729"))]
     pub const BUILT: &'static [CodecKind] = &[CodecKind::Pcmu, CodecKind::Pcma, CodecKind::L16, CodecKind::G722, CodecKind::Opus];

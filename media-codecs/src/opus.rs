@@ -52,12 +52,7 @@ impl std::fmt::Debug for Decoder {
 impl Decoder {
     pub fn new(params: &CodecParams) -> Result<Self, CodecError> {
         let inner = opusic_c::Decoder::new(channels(params.channels), rate(params.rate)).map_err(library)?;
-        Ok(Decoder {
-            inner,
-            rate: params.rate,
-            channels: params.channels,
-            scratch: vec![0; MAX_FRAME * usize::from(params.channels)],
-        })
+        Ok(Decoder { inner, rate: params.rate, channels: params.channels, scratch: vec![0; MAX_FRAME * usize::from(params.channels)] })
     }
 
     fn run(&mut self, payload: &[u8], samples: usize, fec: bool, pcm: &mut Vec<i16>) -> Result<usize, CodecError> {
@@ -185,7 +180,10 @@ mod tests {
     // envelope, not the waveform: judged by the spectral SNR (phase-blind), with the bounds below.
     #[test]
     fn speech_at_48_khz_and_32_kbits_keeps_its_spectrum() {
-        let params = CodecParams { opus: OpusSettings { bitrate: Some(32_000), complexity: 10, ..Default::default() }, ..CodecParams::new(CodecKind::Opus, 48_000) };
+        let params = CodecParams {
+            opus: OpusSettings { bitrate: Some(32_000), complexity: 10, ..Default::default() },
+            ..CodecParams::new(CodecKind::Opus, 48_000)
+        };
         let (signal, out, sizes) = round_trip(&params, 2.0);
         let lag = best_lag(&signal, &out, 960);
         let snr = spectral_snr_db(&signal[48_000..], &out[48_000..], lag, 48_000, 8000.0);
@@ -244,8 +242,17 @@ mod tests {
         };
         assert_eq!(bad(CodecParams::new(CodecKind::Opus, 44_100)), "rate");
         assert_eq!(bad(CodecParams { channels: 3, ..CodecParams::new(CodecKind::Opus, 48_000) }), "channels");
-        assert_eq!(bad(CodecParams { opus: OpusSettings { complexity: 11, ..Default::default() }, ..CodecParams::new(CodecKind::Opus, 48_000) }), "complexity");
-        assert_eq!(bad(CodecParams { opus: OpusSettings { bitrate: Some(1000), ..Default::default() }, ..CodecParams::new(CodecKind::Opus, 48_000) }), "bitrate");
+        assert_eq!(
+            bad(CodecParams { opus: OpusSettings { complexity: 11, ..Default::default() }, ..CodecParams::new(CodecKind::Opus, 48_000) }),
+            "complexity"
+        );
+        assert_eq!(
+            bad(CodecParams {
+                opus: OpusSettings { bitrate: Some(1000), ..Default::default() },
+                ..CodecParams::new(CodecKind::Opus, 48_000)
+            }),
+            "bitrate"
+        );
         let mut enc = encoder(&CodecParams::new(CodecKind::Opus, 48_000)).unwrap();
         assert!(matches!(enc.encode(&[0; 333], &mut Vec::new()), Err(CodecError::Unsupported { field: "frame length", .. })));
     }

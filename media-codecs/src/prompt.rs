@@ -41,7 +41,9 @@ pub fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), WavError> {
         let start = at + 8;
         let len = len as usize;
         if id == b"fmt " {
-            let (Some(tag), Some(channels), Some(rate), Some(bits)) = (u16_at(start), u16_at(start + 2), u32_at(start + 4), u16_at(start + 14)) else {
+            let (Some(tag), Some(channels), Some(rate), Some(bits)) =
+                (u16_at(start), u16_at(start + 2), u32_at(start + 4), u16_at(start + 14))
+            else {
                 return Err(WavError::NoFormat);
             };
             format = Some((tag, channels, rate, bits));

@@ -84,7 +84,13 @@ struct Polyphase {
 
 impl Polyphase {
     fn new(from: u32, to: u32) -> Option<Self> {
-        let (up, down) = if to > from && to % from == 0 { ((to / from) as usize, 1) } else if from > to && from % to == 0 { (1, (from / to) as usize) } else { return None };
+        let (up, down) = if to > from && to % from == 0 {
+            ((to / from) as usize, 1)
+        } else if from > to && from % to == 0 {
+            (1, (from / to) as usize)
+        } else {
+            return None;
+        };
         if ![2, 3, 4, 6].contains(&(up * down)) {
             return None;
         }
@@ -159,7 +165,12 @@ impl Resampler {
         let rates = [8000, 12_000, 16_000, 24_000, 32_000, 44_100, 48_000];
         for (field, value) in [("from", from), ("to", to)] {
             if !rates.contains(&value) {
-                return Err(CodecError::Unsupported { codec: "resampler", field, value, allowed: "8000, 12000, 16000, 24000, 32000, 44100 or 48000" });
+                return Err(CodecError::Unsupported {
+                    codec: "resampler",
+                    field,
+                    value,
+                    allowed: "8000, 12000, 16000, 24000, 32000, 44100 or 48000",
+                });
             }
         }
         if !(1..=2).contains(&channels) {
@@ -276,7 +287,12 @@ mod tests {
 
     #[test]
     fn passband_is_flat_to_half_a_db() {
-        for (from, to, tones) in [(8000, 48_000, [300.0, 1000.0, 3400.0]), (48_000, 8000, [300.0, 1000.0, 3400.0]), (16_000, 8000, [200.0, 1000.0, 3400.0]), (8000, 16_000, [200.0, 2000.0, 3500.0])] {
+        for (from, to, tones) in [
+            (8000, 48_000, [300.0, 1000.0, 3400.0]),
+            (48_000, 8000, [300.0, 1000.0, 3400.0]),
+            (16_000, 8000, [200.0, 1000.0, 3400.0]),
+            (8000, 16_000, [200.0, 2000.0, 3500.0]),
+        ] {
             for hz in tones {
                 let g = gain_db(from, to, hz);
                 assert!(g.abs() <= 0.5, "{from}->{to} at {hz} Hz: {g:.2} dB");

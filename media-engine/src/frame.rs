@@ -169,7 +169,11 @@ pub fn udp_checksum(src: IpAddr, dst: IpAddr, udp: &[u8]) -> u16 {
         }
     }
     let c = fold(sum16(sum, udp));
-    if c == 0 { 0xffff } else { c }
+    if c == 0 {
+        0xffff
+    } else {
+        c
+    }
 }
 
 /// IPv4 header checksum of `header` (its checksum field must be zero).

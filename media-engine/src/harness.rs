@@ -210,11 +210,7 @@ impl Harness {
         if self.link.loss > 0.0 && self.next_f64() < self.link.loss {
             return;
         }
-        let jitter = if self.link.jitter.is_zero() {
-            Duration::ZERO
-        } else {
-            self.link.jitter.mul_f64(self.next_f64())
-        };
+        let jitter = if self.link.jitter.is_zero() { Duration::ZERO } else { self.link.jitter.mul_f64(self.next_f64()) };
         self.seq += 1;
         self.in_flight.insert((self.now + self.link.latency + jitter, self.seq), pkt);
     }

@@ -23,10 +23,7 @@ pub struct PortPool {
 impl PortPool {
     /// The pairs of `[port_min, port_max]` owned by `core` of `cores`.
     pub fn for_core(port_min: u16, port_max: u16, core: usize, cores: usize) -> Self {
-        let free = (port_min..port_max)
-            .step_by(2)
-            .filter(|&p| owner(p, port_min, port_max, cores) == Some(core))
-            .collect();
+        let free = (port_min..port_max).step_by(2).filter(|&p| owner(p, port_min, port_max, cores) == Some(core)).collect();
         Self { free }
     }
 

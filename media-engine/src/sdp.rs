@@ -160,15 +160,17 @@ impl CodecSpec {
 
     fn matches(&self, f: &Format) -> bool {
         (self.name.eq_ignore_ascii_case("all") && f.is_codec())
-            || (f.named(&self.name)
-                && self.clock.is_none_or(|c| c == f.clock)
-                && self.channels.is_none_or(|c| c == f.channels))
+            || (f.named(&self.name) && self.clock.is_none_or(|c| c == f.clock) && self.channels.is_none_or(|c| c == f.channels))
     }
 
     /// The format the media plane offers for this codec (payload type filled in later).
     fn to_format(&self) -> Result<Format, SdpError> {
-        let kind = CodecKind::from_name(&self.name)
-            .ok_or_else(|| SdpError::Policy(format!("{:?} is not a codec this media plane makes (PCMU, PCMA, G722, L16, opus; G729 when built with it)", self.name)))?;
+        let kind = CodecKind::from_name(&self.name).ok_or_else(|| {
+            SdpError::Policy(format!(
+                "{:?} is not a codec this media plane makes (PCMU, PCMA, G722, L16, opus; G729 when built with it)",
+                self.name
+            ))
+        })?;
         let (clock, channels, fmtp) = match kind {
             CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => (8000, 1, None),
             // Annex B (VAD/CNG) is not made: the encoder sends every frame.
@@ -178,7 +180,10 @@ impl CodecSpec {
             CodecKind::L16 => (self.clock.unwrap_or(16_000), self.channels.unwrap_or(1), None),
         };
         let format = Format { pt: 0, name: kind.name().to_owned(), clock, channels, fmtp };
-        format.kind().map(|_| format).ok_or_else(|| SdpError::Policy(format!("{:?} has a clock or channel count the media plane does not make", self.name)))
+        format
+            .kind()
+            .map(|_| format)
+            .ok_or_else(|| SdpError::Policy(format!("{:?} has a clock or channel count the media plane does not make", self.name)))
     }
 }
 
@@ -442,7 +447,9 @@ fn connection_ip(c: &Connection) -> Option<IpAddr> {
 fn endpoint(session: &Session, m: &Media, index: usize) -> Result<Endpoint, SdpError> {
     let connection = m.connections.first().or(session.connection.as_ref());
     let ip = match connection {
-        Some(c) => Some(connection_ip(c).ok_or_else(|| stream_error(index, format!("c= address {:?} is not an IP address", c.connection_address)))?),
+        Some(c) => Some(
+            connection_ip(c).ok_or_else(|| stream_error(index, format!("c= address {:?} is not an IP address", c.connection_address)))?,
+        ),
         None => return Err(stream_error(index, "no c= line for the stream or the session")),
     };
     // RFC 3264 §8.4: 0.0.0.0 is the old way to put a stream on hold; no address to send to.
@@ -458,10 +465,8 @@ fn endpoint(session: &Session, m: &Media, index: usize) -> Result<Endpoint, SdpE
         None => m.port.checked_add(1),
     };
     let rtcp_ip = attribute(m, "rtcp").and_then(|v| v.split_ascii_whitespace().nth(3)).and_then(|a| a.parse().ok());
-    let ptime_ms = attribute(m, "ptime")
-        .and_then(|p| p.trim().parse::<u16>().ok())
-        .filter(|p| matches!(p, 10 | 20 | 30 | 40 | 60))
-        .unwrap_or(20);
+    let ptime_ms =
+        attribute(m, "ptime").and_then(|p| p.trim().parse::<u16>().ok()).filter(|p| matches!(p, 10 | 20 | 30 | 40 | 60)).unwrap_or(20);
     Ok(Endpoint {
         rtp: ip.map(|ip| SocketAddr::new(ip, m.port)),
         rtcp: if rtcp_mux { None } else { rtcp_port.and_then(|p| Some(SocketAddr::new(rtcp_ip.or(ip)?, p))) },
@@ -515,7 +520,11 @@ fn anchor_media(m: &mut Media, ip: IpAddr, port: Option<u16>, formats: Option<&[
     };
     m.attributes.retain(keep);
     // Every kept or added format gets its rtpmap (and fmtp) so the far side needs no table.
-    let mut at = m.attributes.iter().position(|a| !a.attribute.eq_ignore_ascii_case("rtpmap") && !a.attribute.eq_ignore_ascii_case("fmtp")).unwrap_or(m.attributes.len());
+    let mut at = m
+        .attributes
+        .iter()
+        .position(|a| !a.attribute.eq_ignore_ascii_case("rtpmap") && !a.attribute.eq_ignore_ascii_case("fmtp"))
+        .unwrap_or(m.attributes.len());
     for f in formats {
         if f.clock == 0 {
             continue;
@@ -532,7 +541,8 @@ fn anchor_media(m: &mut Media, ip: IpAddr, port: Option<u16>, formats: Option<&[
             at += 1;
         }
         if let (Some(fmtp), false) = (&f.fmtp, has(&m.attributes, "fmtp")) {
-            m.attributes.insert(at.min(m.attributes.len()), Attribute { attribute: "fmtp".into(), value: Some(format!("{} {fmtp}", f.pt)) });
+            m.attributes
+                .insert(at.min(m.attributes.len()), Attribute { attribute: "fmtp".into(), value: Some(format!("{} {fmtp}", f.pt)) });
             at += 1;
         }
     }
@@ -587,7 +597,15 @@ pub fn offer(
         let offerer_proto = m.proto.clone();
         if !is_rtp(m) {
             anchor_media(m, to_answerer.ip, port, None);
-            let opaque = Offered { usable: Vec::new(), sent: Vec::new(), added: Vec::new(), offerer, opaque: true, offerer_proto, answerer_keys: Vec::new() };
+            let opaque = Offered {
+                usable: Vec::new(),
+                sent: Vec::new(),
+                added: Vec::new(),
+                offerer,
+                opaque: true,
+                offerer_proto,
+                answerer_keys: Vec::new(),
+            };
             streams.push(Some(opaque));
             continue;
         }
@@ -597,7 +615,10 @@ pub fn offer(
         let offerer_keys = if offerer_secure { sdes_keys(m, index)? } else { Vec::new() };
         if offerer_secure {
             let Some(theirs) = offerer_keys.first().cloned() else {
-                return Err(stream_error(index, "SRTP without an a=crypto line of a supported suite (AES_CM_128_HMAC_SHA1_80/32, AEAD_AES_128_GCM)"));
+                return Err(stream_error(
+                    index,
+                    "SRTP without an a=crypto line of a supported suite (AES_CM_128_HMAC_SHA1_80/32, AEAD_AES_128_GCM)",
+                ));
             };
             let ours = SdesKey::generate(theirs.tag, theirs.suite, random);
             offerer.srtp = Some(SrtpKeys { remote: theirs, local: ours });
@@ -690,7 +711,11 @@ fn events_at(list: &[Format], clock: u32) -> Option<&Format> {
 /// the media plane offered it; `None` when plain RTP was offered (and answered).
 fn answer_keys(offered: &Offered, m: &Media, index: usize) -> Result<Option<SrtpKeys>, SdpError> {
     if offered.answerer_keys.is_empty() {
-        return if is_secure(index, &m.proto)? { Err(stream_error(index, "the answer is SRTP but plain RTP was offered")) } else { Ok(None) };
+        return if is_secure(index, &m.proto)? {
+            Err(stream_error(index, "the answer is SRTP but plain RTP was offered"))
+        } else {
+            Ok(None)
+        };
     }
     let refused = || stream_error(index, "the answer refuses the SRTP it was offered");
     if !is_secure(index, &m.proto)? {
@@ -734,7 +759,8 @@ fn choose(offered: &Offered, answered: &[Format], answerer_ptime: u16, index: us
     let (offerer_format, answer_formats): (Format, Vec<Format>) = if relayed {
         let offerer_format = offered.usable.iter().find(|u| u.same_codec(chosen)).cloned().unwrap_or_else(|| chosen.clone());
         // What the answerer accepted of the offerer's own formats, in its order.
-        let formats = answered.iter().filter(|f| !added(f)).filter_map(|f| offered.usable.iter().find(|u| u.same_codec(f)).cloned()).collect();
+        let formats =
+            answered.iter().filter(|f| !added(f)).filter_map(|f| offered.usable.iter().find(|u| u.same_codec(f)).cloned()).collect();
         (offerer_format, formats)
     } else {
         let offerer_format = offered
@@ -788,7 +814,13 @@ pub fn answer(state: &OfferState, body: &[u8], to_offerer: &Anchor) -> Result<Re
         let mut answerer = endpoint(&original, &original.medias[index], index)?;
         if offered.opaque || !is_rtp(m) {
             anchor_media(m, to_offerer.ip, port, None);
-            out.push(Some(Negotiated { offerer: offered.offerer.clone(), answerer, offerer_codec: None, answerer_codec: None, transcoded: false }));
+            out.push(Some(Negotiated {
+                offerer: offered.offerer.clone(),
+                answerer,
+                offerer_codec: None,
+                answerer_codec: None,
+                transcoded: false,
+            }));
             continue;
         }
         answerer.srtp = answer_keys(offered, m, index)?;

@@ -71,7 +71,11 @@ pub struct SdesKey {
 impl fmt::Debug for SdesKey {
     // The key itself is never printed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SdesKey").field("tag", &self.tag).field("suite", &self.suite).field("lifetime", &self.lifetime).finish_non_exhaustive()
+        f.debug_struct("SdesKey")
+            .field("tag", &self.tag)
+            .field("suite", &self.suite)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,7 +171,11 @@ pub struct SrtpContext {
 
 impl fmt::Debug for SrtpContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SrtpContext").field("keys", &self.keys).field("unprotected", &self.unprotected).field("protected", &self.protected).finish_non_exhaustive()
+        f.debug_struct("SrtpContext")
+            .field("keys", &self.keys)
+            .field("unprotected", &self.unprotected)
+            .field("protected", &self.protected)
+            .finish_non_exhaustive()
     }
 }
 
@@ -181,7 +189,13 @@ impl SrtpContext {
         if keys.remote.suite != keys.local.suite {
             return Err(SrtpSetupError("the two keys are of different suites".into()));
         }
-        Ok(SrtpContext { inbound: session(&keys.remote, true)?, outbound: session(&keys.local, false)?, keys, unprotected: 0, protected: 0 })
+        Ok(SrtpContext {
+            inbound: session(&keys.remote, true)?,
+            outbound: session(&keys.local, false)?,
+            keys,
+            unprotected: 0,
+            protected: 0,
+        })
     }
 
     pub fn keys(&self) -> &SrtpKeys {

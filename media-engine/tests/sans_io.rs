@@ -5,8 +5,21 @@ use std::path::Path;
 
 /// Crates that do I/O, run tasks or talk gRPC: the drivers' business, in `media-plane`.
 const FORBIDDEN_CRATES: &[&str] = &[
-    "tokio", "mio", "socket2", "libc", "nix", "tonic", "prost", "proto", "crossbeam-channel", "core_affinity", "xdp",
-    "ebpf", "libbpf-rs", "tracing-subscriber", "hyper",
+    "tokio",
+    "mio",
+    "socket2",
+    "libc",
+    "nix",
+    "tonic",
+    "prost",
+    "proto",
+    "crossbeam-channel",
+    "core_affinity",
+    "xdp",
+    "ebpf",
+    "libbpf-rs",
+    "tracing-subscriber",
+    "hyper",
 ];
 
 /// Calls that read the clock or touch the outside world. The virtual-time harness takes one

@@ -57,7 +57,13 @@ const MAX_PROMPT_BYTES: u64 = 32 * 1024 * 1024;
 
 impl MediaService {
     /// The service over `cores`; Play reads its files from `prompt_dir` only.
-    pub fn new(cores: Vec<CoreHandle>, events: broadcast::Sender<CoreEvent>, media_ip: IpAddr, advertise_ip: IpAddr, prompt_dir: std::path::PathBuf) -> Self {
+    pub fn new(
+        cores: Vec<CoreHandle>,
+        events: broadcast::Sender<CoreEvent>,
+        media_ip: IpAddr,
+        advertise_ip: IpAddr,
+        prompt_dir: std::path::PathBuf,
+    ) -> Self {
         let (stopping, _) = tokio::sync::watch::channel(false);
         Self {
             inner: Arc::new(Inner {
@@ -94,7 +100,11 @@ impl MediaService {
                 {
                     media_codecs::prompt::dtmf_sequence(digits, rate)
                 }
-                _ => return Err(Status::invalid_argument(format!("tone: {t:?} is not ringback, busy, congestion (or -us), or dtmf:<1-64 digits>"))),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "tone: {t:?} is not ringback, busy, congestion (or -us), or dtmf:<1-64 digits>"
+                    )))
+                }
             },
             v1::play_request::Source::File(f) => {
                 let rel = std::path::Path::new(f);
@@ -108,7 +118,8 @@ impl MediaService {
                     return Err(Status::invalid_argument(format!("file: {f:?} is larger than {MAX_PROMPT_BYTES} bytes")));
                 }
                 let bytes = std::fs::read(&path).map_err(|e| Status::not_found(format!("file: {}: {e}", path.display())))?;
-                let (from, pcm) = media_codecs::prompt::read_wav(&bytes).map_err(|e| Status::invalid_argument(format!("file: {f:?}: {e}")))?;
+                let (from, pcm) =
+                    media_codecs::prompt::read_wav(&bytes).map_err(|e| Status::invalid_argument(format!("file: {f:?}: {e}")))?;
                 if pcm.is_empty() {
                     return Err(Status::invalid_argument(format!("file: {f:?} has no audio")));
                 }
@@ -250,7 +261,10 @@ impl MediaService {
 
     fn endpoint(&self, field: &str, e: &v1::Endpoint) -> Result<SocketAddr, Status> {
         let ip: IpAddr = e.ip.parse().map_err(|_| Status::invalid_argument(format!("{field}.ip: {:?} is not an IP address", e.ip)))?;
-        let port = u16::try_from(e.port).ok().filter(|p| *p != 0).ok_or_else(|| Status::invalid_argument(format!("{field}.port: {} is not a port", e.port)))?;
+        let port = u16::try_from(e.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Status::invalid_argument(format!("{field}.port: {} is not a port", e.port)))?;
         if ip.is_ipv4() != self.inner.media_ip.is_ipv4() {
             return Err(Status::invalid_argument(format!("{field}.ip: {ip} is not of the media address family")));
         }
@@ -303,9 +317,11 @@ impl MediaService {
 fn codec_from(c: &v1::Codec) -> Result<LegCodec, Status> {
     use media_codecs::{CodecKind, CodecParams, OpusSettings};
     let bad = |field: &str, why: String| Status::invalid_argument(format!("codec.{field}: {why}"));
-    let kind = CodecKind::from_name(&c.name)
-        .ok_or_else(|| bad("name", format!("{:?} is not PCMU, PCMA, L16, G722 or opus", c.name)))?;
-    let payload_type = u8::try_from(c.payload_type).ok().filter(|pt| *pt < 128).ok_or_else(|| bad("payload_type", format!("{} is not 0-127", c.payload_type)))?;
+    let kind = CodecKind::from_name(&c.name).ok_or_else(|| bad("name", format!("{:?} is not PCMU, PCMA, L16, G722 or opus", c.name)))?;
+    let payload_type = u8::try_from(c.payload_type)
+        .ok()
+        .filter(|pt| *pt < 128)
+        .ok_or_else(|| bad("payload_type", format!("{} is not 0-127", c.payload_type)))?;
     let rate = if c.rate == 0 { 48_000 } else { c.rate };
     let mut params = CodecParams::new(kind, rate);
     params.channels = match c.channels {
@@ -536,8 +552,12 @@ impl v1::media_plane_server::MediaPlane for MediaService {
         }
         let policy = r.policy.unwrap_or_default();
         let policy = sdp::CodecPolicy { strip: policy.strip, mask: policy.mask, transcode: policy.transcode };
-        let transport = sdp::Transport::from_protocol(&r.transport_protocol)
-            .map_err(|_| Status::invalid_argument(format!("transport_protocol: {:?} is not RTP/AVP, RTP/SAVP, RTP/AVPF or RTP/SAVPF", r.transport_protocol)))?;
+        let transport = sdp::Transport::from_protocol(&r.transport_protocol).map_err(|_| {
+            Status::invalid_argument(format!(
+                "transport_protocol: {:?} is not RTP/AVP, RTP/SAVP, RTP/AVPF or RTP/SAVPF",
+                r.transport_protocol
+            ))
+        })?;
         let anchor = sdp::Anchor { ip: self.inner.advertise_ip, ports: to_answerer };
         let mut no_entropy = None;
         let mut random = |buf: &mut [u8]| {
@@ -716,7 +736,13 @@ impl v1::media_plane_server::MediaPlane for MediaService {
 
     async fn get_stats(&self, req: Request<v1::GetStatsRequest>) -> Result<Response<v1::GetStatsResponse>, Status> {
         let r = req.into_inner();
-        let filter = if r.totals_only { Some(Vec::new()) } else if r.leg_ids.is_empty() { None } else { Some(r.leg_ids) };
+        let filter = if r.totals_only {
+            Some(Vec::new())
+        } else if r.leg_ids.is_empty() {
+            None
+        } else {
+            Some(r.leg_ids)
+        };
         let reports = self.reports(filter).await?;
         let mut resp = v1::GetStatsResponse::default();
         for rep in reports {
@@ -771,24 +797,21 @@ impl v1::media_plane_server::MediaPlane for MediaService {
 impl MediaService {
     fn event_msg(&self, core: usize, ev: Event) -> v1::Event {
         match ev {
-            Event::Latched { leg, remote, rtcp } => v1::Event {
-                leg_id: leg,
-                kind: Some(v1::event::Kind::Latched(v1::Latched { remote: Some(endpoint_msg(remote)), rtcp })),
-            },
-            Event::Dtmf { leg, digit, duration_ms } => v1::Event {
-                leg_id: leg,
-                kind: Some(v1::event::Kind::Dtmf(v1::Dtmf { digit: digit.to_string(), duration_ms })),
-            },
+            Event::Latched { leg, remote, rtcp } => {
+                v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Latched(v1::Latched { remote: Some(endpoint_msg(remote)), rtcp })) }
+            }
+            Event::Dtmf { leg, digit, duration_ms } => {
+                v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Dtmf(v1::Dtmf { digit: digit.to_string(), duration_ms })) }
+            }
             Event::PlayFinished { leg, play, stopped } => {
                 v1::Event { leg_id: leg, kind: Some(v1::event::Kind::PlayFinished(v1::PlayFinished { play_id: play, stopped })) }
             }
             Event::Talking { leg, conference, talking } => {
                 v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Talking(v1::Talking { conference_id: conference, talking })) }
             }
-            Event::Member { leg, conference, joined } => v1::Event {
-                leg_id: leg,
-                kind: Some(v1::event::Kind::Member(v1::ConferenceMember { conference_id: conference, joined })),
-            },
+            Event::Member { leg, conference, joined } => {
+                v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Member(v1::ConferenceMember { conference_id: conference, joined })) }
+            }
             Event::Quality { leg, alarm, loss_permille, jitter_us } => {
                 v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Quality(v1::Quality { alarm, loss_permille, jitter_us })) }
             }

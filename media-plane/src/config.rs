@@ -103,12 +103,8 @@ impl FileConfig {
             .unwrap_or("127.0.0.1:9090")
             .parse()
             .map_err(|_| invalid("grpc_listen", "expected IP:port, e.g. 127.0.0.1:9090"))?;
-        let media_ip: IpAddr = self
-            .media_ip
-            .as_deref()
-            .unwrap_or("127.0.0.1")
-            .parse()
-            .map_err(|_| invalid("media_ip", "expected an IPv4 or IPv6 address"))?;
+        let media_ip: IpAddr =
+            self.media_ip.as_deref().unwrap_or("127.0.0.1").parse().map_err(|_| invalid("media_ip", "expected an IPv4 or IPv6 address"))?;
         if media_ip.is_unspecified() && self.advertise_ip.is_none() {
             return Err(invalid("advertise_ip", "required when media_ip is a wildcard address: clients need a routable address"));
         }
@@ -170,7 +166,10 @@ impl FileConfig {
         };
         let metrics_listen = match self.metrics_listen.as_deref().unwrap_or("127.0.0.1:9091") {
             "" => None,
-            a => Some(a.parse::<SocketAddr>().map_err(|_| invalid("metrics_listen", "expected IP:port, e.g. 127.0.0.1:9091, or \"\" for none"))?),
+            a => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid("metrics_listen", "expected IP:port, e.g. 127.0.0.1:9091, or \"\" for none"))?,
+            ),
         };
         let prompt_dir = std::path::PathBuf::from(self.prompt_dir.unwrap_or_else(|| "prompts".into()));
         if prompt_dir.as_os_str().is_empty() {

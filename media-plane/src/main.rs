@@ -161,10 +161,7 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
             // TCP_NODELAY: a unary reply is several small HTTP/2 writes; with Nagle the later ones
             // wait for the client's delayed ACK (40 ms on Linux), which showed as 40-50 ms call
             // set-up through the control plane.
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                on_signal,
-            );
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), on_signal);
         tokio::select! {
             r = server => r.map_err(|e| format!("gRPC server: {e}")),
             _ = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

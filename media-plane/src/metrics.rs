@@ -49,9 +49,13 @@ impl Collector for Snapshot {
         let per_core = |f: fn(&CoreReport) -> u64| self.0.iter().map(move |r| (core(r), f(r)));
         let counters: [Series; 4] = [
             ("media_packets_in", "Packets that reached a media core", |r| r.counters.packets_in),
-            ("media_packets_forwarded", "Packets sent on: relayed in place, and hand-offs from other cores", |r| r.counters.packets_forwarded),
+            ("media_packets_forwarded", "Packets sent on: relayed in place, and hand-offs from other cores", |r| {
+                r.counters.packets_forwarded
+            }),
             ("media_packets_handed_off", "Packets passed to the core that owns their bridged leg", |r| r.counters.packets_handed_off),
-            ("media_packets_consumed", "Packets taken in by transcoding, conferences or SRTP re-encryption", |r| r.counters.packets_consumed),
+            ("media_packets_consumed", "Packets taken in by transcoding, conferences or SRTP re-encryption", |r| {
+                r.counters.packets_consumed
+            }),
         ];
         for (name, help, f) in counters {
             family(&mut encoder, name, help, MetricType::Counter, per_core(f))?;
@@ -117,7 +121,11 @@ pub async fn render(service: &MediaService) -> Result<String, String> {
 }
 
 /// Serves `GET /metrics` on `addr` until `shutdown` completes.
-pub async fn serve(addr: SocketAddr, service: MediaService, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), String> {
+pub async fn serve(
+    addr: SocketAddr,
+    service: MediaService,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("bind({addr}) for metrics failed: {e}"))?;
@@ -127,7 +135,9 @@ pub async fn serve(addr: SocketAddr, service: MediaService, shutdown: impl std::
             let service = service.clone();
             async move {
                 match render(&service).await {
-                    Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response(),
+                    Ok(text) => {
+                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+                    }
                     Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
                 }
             }

@@ -111,11 +111,7 @@ impl Neighbours {
 
     fn next_hop(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
         let d = u32::from(dst);
-        self.routes
-            .iter()
-            .filter(|r| d & r.mask == r.dest)
-            .max_by_key(|r| r.mask.count_ones())
-            .map(|r| r.gateway.unwrap_or(dst))
+        self.routes.iter().filter(|r| d & r.mask == r.dest).max_by_key(|r| r.mask.count_ones()).map(|r| r.gateway.unwrap_or(dst))
     }
 
     fn reread(&mut self, now: Instant) {

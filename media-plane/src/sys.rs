@@ -120,9 +120,7 @@ impl PacketBatch {
         }
         // SAFETY: `hdrs[..n]` point at `iov[i]`, `bufs[i]` (SLOT_LEN bytes), `control[i]` and `peers[i]`, all owned by
         // `self` and alive, unmoved, for the duration of the call; `fd` is a socket the caller owns.
-        let r = unsafe {
-            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
-        };
+        let r = unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if r < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
@@ -166,9 +164,7 @@ impl PacketBatch {
         while start < built {
             // SAFETY: `hdrs[start..built]` point at `iov`, `dst` and `bufs` entries owned by `self`,
             // alive and unmoved during the call; `fd` is a socket the caller owns.
-            let r = unsafe {
-                libc::sendmmsg(fd, self.hdrs[start..].as_mut_ptr(), (built - start) as libc::c_uint, libc::MSG_DONTWAIT)
-            };
+            let r = unsafe { libc::sendmmsg(fd, self.hdrs[start..].as_mut_ptr(), (built - start) as libc::c_uint, libc::MSG_DONTWAIT) };
             if r <= 0 {
                 // The first remaining message failed: drop it and go on with the rest.
                 failed += 1;
@@ -209,9 +205,19 @@ pub fn enable_rx_timestamps(fd: RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: `on` is a live c_int and the length passed is its size; `fd` is a socket the caller owns.
     let r = unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, (&on as *const libc::c_int).cast(), size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
-    if r == 0 { Ok(()) } else { Err(io::Error::other(format!("setsockopt(SO_TIMESTAMPNS): {}", io::Error::last_os_error()))) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("setsockopt(SO_TIMESTAMPNS): {}", io::Error::last_os_error())))
+    }
 }
 
 fn addr_to_storage(a: SocketAddr, st: &mut libc::sockaddr_storage) -> libc::socklen_t {

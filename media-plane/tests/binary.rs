@@ -146,7 +146,11 @@ async fn rtcp_is_relayed_on_port_plus_one_without_mux() {
     let sa = leg_stats(&mut c, a.id).await.expect("leg A");
     let sb = leg_stats(&mut c, b.id).await.expect("leg B");
     let qb = sb.quality.expect("quality");
-    assert_eq!((qb.remote_fraction_lost, qb.remote_lost, qb.remote_jitter_us), (Some(26), Some(3), None), "B sent no RTP: its clock rate is not known yet");
+    assert_eq!(
+        (qb.remote_fraction_lost, qb.remote_lost, qb.remote_jitter_us),
+        (Some(26), Some(3), None),
+        "B sent no RTP: its clock rate is not known yet"
+    );
     let rtt = qb.rtt_us.expect("round trip to B");
     assert!(rtt < 500_000, "loopback round trip {rtt} µs");
     let qa = sa.quality.expect("quality");

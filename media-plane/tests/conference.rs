@@ -54,22 +54,39 @@ fn talk(sockets: &[UdpSocket], legs: &[Leg], packets: &[Vec<Vec<u8>>], range: st
 async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_removes_one() {
     let (_mp, mut c) = MediaPlane::start(SLOT_CONFERENCE).await;
     let mut events = c.events(v1::EventsRequest {}).await.expect("Events").into_inner();
-    let conf = c.create_conference(v1::CreateConferenceRequest { group: "room-1".into(), rate: 16_000 }).await.expect("CreateConference").into_inner();
-    let pcmu = Some(v1::Codec { payload_type: 0, name: "PCMU".into(), rate: 8000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
+    let conf = c
+        .create_conference(v1::CreateConferenceRequest { group: "room-1".into(), rate: 16_000 })
+        .await
+        .expect("CreateConference")
+        .into_inner();
+    let pcmu =
+        Some(v1::Codec { payload_type: 0, name: "PCMU".into(), rate: 8000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
     let sockets: Vec<UdpSocket> = (0..3).map(|_| udp()).collect();
     let mut legs = Vec::new();
     for s in &sockets {
         let leg = create_leg(
             &mut c,
-            v1::CreateLegRequest { call_id: format!("member-{}", legs.len()), group: "room-1".into(), remote: Some(endpoint(local(s))), codec: pcmu.clone(), ..Default::default() },
+            v1::CreateLegRequest {
+                call_id: format!("member-{}", legs.len()),
+                group: "room-1".into(),
+                remote: Some(endpoint(local(s))),
+                codec: pcmu.clone(),
+                ..Default::default()
+            },
         )
         .await;
         assert_eq!(leg.core, conf.core, "placed with the conference by its group");
-        c.add_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: leg.id, muted: false, deaf: false }).await.expect("AddParticipant");
+        c.add_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: leg.id, muted: false, deaf: false })
+            .await
+            .expect("AddParticipant");
         legs.push(leg);
     }
     let params = CodecParams::new(CodecKind::Pcmu, 8000);
-    let packets: Vec<Vec<Vec<u8>>> = TONES.iter().enumerate().map(|(i, hz)| rtp_packets(params, 0, &media_codecs::signal::sine(8000, *hz, 3.0, 6000.0), 0x100 + i as u32)).collect();
+    let packets: Vec<Vec<Vec<u8>>> = TONES
+        .iter()
+        .enumerate()
+        .map(|(i, hz)| rtp_packets(params, 0, &media_codecs::signal::sine(8000, *hz, 3.0, 6000.0), 0x100 + i as u32))
+        .collect();
 
     let heard = tokio::task::block_in_place(|| talk(&sockets, &legs, &packets, 0..60));
     for i in 0..3 {
@@ -83,7 +100,9 @@ async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_remov
     }
 
     // The second member muted: the others no longer hear 700 Hz.
-    c.update_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: legs[1].id, muted: true, deaf: false }).await.expect("mute");
+    c.update_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: legs[1].id, muted: true, deaf: false })
+        .await
+        .expect("mute");
     let heard = tokio::task::block_in_place(|| talk(&sockets, &legs, &packets, 60..120));
     for (i, other) in [(0, 2), (2, 0)] {
         let muted = tone_power(&heard[i][800..], 8000, TONES[1]);
@@ -117,7 +136,11 @@ async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_remov
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     let e = c.create_conference(v1::CreateConferenceRequest { group: "room-2".into(), rate: 11_025 }).await.unwrap_err();
     assert!(e.message().starts_with("rate"), "{e:?}");
-    let left = c.delete_conference(v1::DeleteConferenceRequest { conference_id: conf.conference_id }).await.expect("DeleteConference").into_inner();
+    let left = c
+        .delete_conference(v1::DeleteConferenceRequest { conference_id: conf.conference_id })
+        .await
+        .expect("DeleteConference")
+        .into_inner();
     assert_eq!(left.leg_ids.len(), 3);
     bridge(&mut c, &legs[0], &legs[1]).await;
 }

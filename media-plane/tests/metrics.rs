@@ -46,7 +46,11 @@ async fn metrics_count_legs_bridges_packets_and_drops_by_reason() {
     let body = eventually("the metrics to count it all", POLL_TIMEOUT, || async {
         let (status, body) = tokio::task::spawn_blocking(move || scrape(addr)).await.expect("scrape");
         assert!(status.contains("200"), "{status}");
-        if total(&body, "media_drops_total", "reason=\"wrong_source\"") == 1 { Ok(body) } else { Err("no wrong-source drop yet".to_owned()) }
+        if total(&body, "media_drops_total", "reason=\"wrong_source\"") == 1 {
+            Ok(body)
+        } else {
+            Err("no wrong-source drop yet".to_owned())
+        }
     })
     .await;
     assert_eq!(total(&body, "media_legs", ""), 2, "{body}");
@@ -57,7 +61,8 @@ async fn metrics_count_legs_bridges_packets_and_drops_by_reason() {
     assert!(body.contains("# TYPE media_drops counter") && body.ends_with("# EOF\n"), "OpenMetrics text: {body}");
     // Every series the shipped Grafana dashboard queries exists.
     let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/media-plane.json")).expect("dashboard");
-    let mut names: Vec<&str> = dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("media_")).collect();
+    let mut names: Vec<&str> =
+        dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("media_")).collect();
     names.sort_unstable();
     names.dedup();
     assert!(names.len() >= 8, "{names:?}");

@@ -148,18 +148,44 @@ async fn an_offer_answer_relays_a_common_codec_and_a_reoffer_that_changes_it_reb
     // Errors name what is wrong.
     let early = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "0", ""), streams: streams(&a, &b) }).await.unwrap_err();
     assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
-    let bad = c.offer(v1::OfferRequest { sdp: "hello".into(), streams: streams(&a, &b), policy: None, ..Default::default() }).await.unwrap_err();
+    let bad =
+        c.offer(v1::OfferRequest { sdp: "hello".into(), streams: streams(&a, &b), policy: None, ..Default::default() }).await.unwrap_err();
     assert!(bad.code() == Code::InvalidArgument && bad.message().starts_with("sdp:"), "{bad:?}");
     let policy = v1::CodecPolicy { transcode: vec!["AMR-WB".into()], ..Default::default() };
-    let bad = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: streams(&a, &b), policy: Some(policy), ..Default::default() }).await.unwrap_err();
+    let bad = c
+        .offer(v1::OfferRequest {
+            sdp: phone_sdp(local(&phone_a), "0", ""),
+            streams: streams(&a, &b),
+            policy: Some(policy),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert!(bad.code() == Code::InvalidArgument && bad.message().starts_with("policy:"), "{bad:?}");
-    let none = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: vec![], policy: None, ..Default::default() }).await.unwrap_err();
+    let none = c
+        .offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: vec![], policy: None, ..Default::default() })
+        .await
+        .unwrap_err();
     assert!(none.message().starts_with("streams"), "{none:?}");
 
     // Both phones do PCMA: relayed, the payload untouched.
-    let to_b = c.offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_a), "0 8", ""), streams: streams(&a, &b), policy: None, ..Default::default() }).await.expect("Offer").into_inner().sdp;
+    let to_b = c
+        .offer(v1::OfferRequest {
+            sdp: phone_sdp(local(&phone_a), "0 8", ""),
+            streams: streams(&a, &b),
+            policy: None,
+            ..Default::default()
+        })
+        .await
+        .expect("Offer")
+        .into_inner()
+        .sdp;
     assert_eq!(media_line(&to_b), (b.local.port(), vec![0, 8]));
-    let r = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "8", ""), streams: streams(&a, &b) }).await.expect("Answer").into_inner();
+    let r = c
+        .answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "8", ""), streams: streams(&a, &b) })
+        .await
+        .expect("Answer")
+        .into_inner();
     assert!(!r.streams[0].transcoded);
     let relay_bridge = r.streams[0].bridge_id;
     let mut packet = vec![0x80, 8, 0, 1, 0, 0, 0, 160, 0, 0, 0, 0xA];
@@ -167,19 +193,32 @@ async fn an_offer_answer_relays_a_common_codec_and_a_reoffer_that_changes_it_reb
     send(&phone_a, &packet, a.local);
     assert_eq!(recv(&phone_b, "relayed PCMA").0, packet, "relayed as it was sent");
     // The answer repeated (a 183 then the 200) keeps the bridge.
-    let again = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "8", ""), streams: streams(&a, &b) }).await.expect("Answer").into_inner();
+    let again = c
+        .answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "8", ""), streams: streams(&a, &b) })
+        .await
+        .expect("Answer")
+        .into_inner();
     assert_eq!(again.streams[0].bridge_id, relay_bridge);
 
     // B re-offers mid-call with only G.722; A's side adds PCMU and A takes it: transcoded now.
     let policy = v1::CodecPolicy { transcode: vec!["PCMU".into()], ..Default::default() };
     let reoffer = c
-        .offer(v1::OfferRequest { sdp: phone_sdp(local(&phone_b), "9", ""), streams: streams(&b, &a), policy: Some(policy), ..Default::default() })
+        .offer(v1::OfferRequest {
+            sdp: phone_sdp(local(&phone_b), "9", ""),
+            streams: streams(&b, &a),
+            policy: Some(policy),
+            ..Default::default()
+        })
         .await
         .expect("re-Offer")
         .into_inner()
         .sdp;
     assert_eq!(media_line(&reoffer), (a.local.port(), vec![9, 0]));
-    let r = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: streams(&b, &a) }).await.expect("re-Answer").into_inner();
+    let r = c
+        .answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_a), "0", ""), streams: streams(&b, &a) })
+        .await
+        .expect("re-Answer")
+        .into_inner();
     assert!(r.streams[0].transcoded);
     assert_ne!(r.streams[0].bridge_id, relay_bridge, "a new bridge for the new codecs");
     let g722 = CodecParams::new(CodecKind::G722, 16_000);
@@ -197,7 +236,8 @@ fn srtp_session(key: &[u8], outbound: bool) -> srtp::Session {
         key,
         ..Default::default()
     };
-    if outbound { srtp::Session::with_outbound_template(policy) } else { srtp::Session::with_inbound_template(policy) }.expect("libsrtp session")
+    if outbound { srtp::Session::with_outbound_template(policy) } else { srtp::Session::with_inbound_template(policy) }
+        .expect("libsrtp session")
 }
 
 #[tokio::test]

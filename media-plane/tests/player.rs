@@ -46,8 +46,14 @@ async fn music_on_hold_continues_the_relayed_stream_and_the_bridge_resumes_in_it
     let (_mp, mut c) = MediaPlane::start_with(SLOT_PLAYER, &["--prompt-dir", dir.to_str().expect("utf8")]).await;
     let mut events = c.events(v1::EventsRequest {}).await.expect("Events").into_inner();
     let (held, other) = (udp(), udp());
-    let pcmu = Some(v1::Codec { payload_type: 0, name: "PCMU".into(), rate: 8000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
-    let leg = |s: &std::net::UdpSocket| v1::CreateLegRequest { call_id: "moh".into(), remote: Some(endpoint(local(s))), codec: pcmu.clone(), ..Default::default() };
+    let pcmu =
+        Some(v1::Codec { payload_type: 0, name: "PCMU".into(), rate: 8000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
+    let leg = |s: &std::net::UdpSocket| v1::CreateLegRequest {
+        call_id: "moh".into(),
+        remote: Some(endpoint(local(s))),
+        codec: pcmu.clone(),
+        ..Default::default()
+    };
     let a = create_leg(&mut c, leg(&held)).await;
     let b = create_leg(&mut c, leg(&other)).await;
     bridge(&mut c, &a, &b).await;
@@ -123,7 +129,8 @@ async fn music_on_hold_continues_the_relayed_stream_and_the_bridge_resumes_in_it
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
     while finished.len() < 2 {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ev = tokio::time::timeout(left, events.message()).await.expect("the play events within 4 s").expect("Events").expect("an event");
+        let ev =
+            tokio::time::timeout(left, events.message()).await.expect("the play events within 4 s").expect("Events").expect("an event");
         if let Some(v1::event::Kind::PlayFinished(f)) = ev.kind {
             finished.push((ev.leg_id, f.play_id, f.stopped));
         }
@@ -162,8 +169,20 @@ async fn the_shipped_prompts_and_music_on_hold_play() {
     }
     let (_mp, mut c) = MediaPlane::start_with(SLOT_SHIPPED, &["--prompt-dir", dir.to_str().expect("utf8")]).await;
     let listener = udp();
-    let g722 = Some(v1::Codec { payload_type: 9, name: "G722".into(), rate: 16_000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
-    let leg = create_leg(&mut c, v1::CreateLegRequest { call_id: "shipped".into(), remote: Some(endpoint(local(&listener))), codec: g722, ..Default::default() }).await;
+    let g722 = Some(v1::Codec {
+        payload_type: 9,
+        name: "G722".into(),
+        rate: 16_000,
+        channels: 1,
+        ptime_ms: 20,
+        opus: None,
+        telephone_event: None,
+    });
+    let leg = create_leg(
+        &mut c,
+        v1::CreateLegRequest { call_id: "shipped".into(), remote: Some(endpoint(local(&listener))), codec: g722, ..Default::default() },
+    )
+    .await;
     let r = c
         .play(v1::PlayRequest { leg_id: leg.id, source: Some(v1::play_request::Source::File("music-on-hold.wav".into())), r#loop: true })
         .await

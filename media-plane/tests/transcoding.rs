@@ -47,7 +47,12 @@ async fn pcmu_and_opus_legs_talk_through_a_transcoding_bridge_both_ways() {
     let a = create_leg(&mut c, v1::CreateLegRequest { call_id: "tc".into(), codec: codec(0, "PCMU", 8000), ..Default::default() }).await;
     let b = create_leg(
         &mut c,
-        v1::CreateLegRequest { call_id: "tc".into(), remote: Some(endpoint(local(&sock_b))), codec: codec(111, "opus", 48_000), ..Default::default() },
+        v1::CreateLegRequest {
+            call_id: "tc".into(),
+            remote: Some(endpoint(local(&sock_b))),
+            codec: codec(111, "opus", 48_000),
+            ..Default::default()
+        },
     )
     .await;
     bridge(&mut c, &a, &b).await;
@@ -87,7 +92,12 @@ async fn g722_and_pcma_legs_talk_through_a_transcoding_bridge_and_bad_codecs_nam
     let a = create_leg(&mut c, v1::CreateLegRequest { call_id: "wb".into(), codec: codec(9, "G722", 16_000), ..Default::default() }).await;
     let b = create_leg(
         &mut c,
-        v1::CreateLegRequest { call_id: "wb".into(), remote: Some(endpoint(local(&sock_b))), codec: codec(8, "PCMA", 8000), ..Default::default() },
+        v1::CreateLegRequest {
+            call_id: "wb".into(),
+            remote: Some(endpoint(local(&sock_b))),
+            codec: codec(8, "PCMA", 8000),
+            ..Default::default()
+        },
     )
     .await;
     bridge(&mut c, &a, &b).await;
@@ -130,7 +140,11 @@ async fn dtmf_digits_are_reported_on_the_events_stream_and_cross_a_transcoding_b
     let mut events = c.events(v1::EventsRequest {}).await.expect("Events").into_inner();
     let (sock_a, sock_b) = (udp(), udp());
     let with_events = |codec: Option<v1::Codec>, pt: u32| codec.map(|c| v1::Codec { telephone_event: Some(pt), ..c });
-    let a = create_leg(&mut c, v1::CreateLegRequest { call_id: "dtmf".into(), codec: with_events(codec(0, "PCMU", 8000), 101), ..Default::default() }).await;
+    let a = create_leg(
+        &mut c,
+        v1::CreateLegRequest { call_id: "dtmf".into(), codec: with_events(codec(0, "PCMU", 8000), 101), ..Default::default() },
+    )
+    .await;
     let b = create_leg(
         &mut c,
         v1::CreateLegRequest {
@@ -161,7 +175,8 @@ async fn dtmf_digits_are_reported_on_the_events_stream_and_cross_a_transcoding_b
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while digits.is_empty() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ev = tokio::time::timeout(left, events.message()).await.expect("the digit within 3 s").expect("Events stream").expect("an event");
+        let ev =
+            tokio::time::timeout(left, events.message()).await.expect("the digit within 3 s").expect("Events stream").expect("an event");
         if let Some(v1::event::Kind::Dtmf(d)) = ev.kind {
             digits.push((ev.leg_id, d.digit, d.duration_ms));
         }
@@ -182,7 +197,12 @@ async fn dtmf_crosses_between_rfc4733_and_in_band_tones_both_ways() {
     let a = create_leg(&mut c, v1::CreateLegRequest { call_id: "inband".into(), codec: pcmu_events, ..Default::default() }).await;
     let b = create_leg(
         &mut c,
-        v1::CreateLegRequest { call_id: "inband".into(), remote: Some(endpoint(local(&sock_b))), codec: codec(8, "PCMA", 8000), ..Default::default() },
+        v1::CreateLegRequest {
+            call_id: "inband".into(),
+            remote: Some(endpoint(local(&sock_b))),
+            codec: codec(8, "PCMA", 8000),
+            ..Default::default()
+        },
     )
     .await;
     bridge(&mut c, &a, &b).await;
@@ -190,7 +210,9 @@ async fn dtmf_crosses_between_rfc4733_and_in_band_tones_both_ways() {
 
     // A → B: key 4 as events (100 ms, End three times) becomes tones in B's audio.
     let event = |seq: u16, end: bool, duration: u16| telephone_event(101, seq, 8000, 0xA, 4, end, duration);
-    for (i, (end, d)) in [(false, 160), (false, 320), (false, 480), (false, 640), (true, 800), (true, 800), (true, 800)].into_iter().enumerate() {
+    for (i, (end, d)) in
+        [(false, 160), (false, 320), (false, 480), (false, 640), (true, 800), (true, 800), (true, 800)].into_iter().enumerate()
+    {
         send(&sock_a, &event(i as u16, end, d), a.local);
     }
     let mut heard = Vec::new();
@@ -230,12 +252,17 @@ async fn dtmf_crosses_between_rfc4733_and_in_band_tones_both_ways() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while digits.len() < 2 {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ev = tokio::time::timeout(left, events.message()).await.expect("the digits within 3 s").expect("Events stream").expect("an event");
+        let ev =
+            tokio::time::timeout(left, events.message()).await.expect("the digits within 3 s").expect("Events stream").expect("an event");
         if let Some(v1::event::Kind::Dtmf(d)) = ev.kind {
             digits.push((ev.leg_id, d.digit));
         }
     }
-    assert_eq!(digits, vec![(a.id, "4".to_owned()), (b.id, "9".to_owned())], "each digit reported on the leg of the endpoint that keyed it");
+    assert_eq!(
+        digits,
+        vec![(a.id, "4".to_owned()), (b.id, "9".to_owned())],
+        "each digit reported on the leg of the endpoint that keyed it"
+    );
     let sa = leg_stats(&mut c, a.id).await.expect("leg A").transcoded.expect("A receives transcoded media");
     let sb = leg_stats(&mut c, b.id).await.expect("leg B").transcoded.expect("B receives transcoded media");
     assert_eq!((sb.digits_to_tones, sa.tones_to_digits), (1, 1));
@@ -249,14 +276,22 @@ async fn injected_digits_reach_a_leg_as_events_or_tones_and_bad_requests_name_th
     let (_mp, mut c) = MediaPlane::start(SLOT_INJECT).await;
     let (sock_a, sock_b) = (udp(), udp());
     let pcmu_events = codec(0, "PCMU", 8000).map(|c| v1::Codec { telephone_event: Some(101), ..c });
-    let with_remote = |s: &UdpSocket, codec| v1::CreateLegRequest { call_id: "inject".into(), remote: Some(endpoint(local(s))), codec, ..Default::default() };
+    let with_remote = |s: &UdpSocket, codec| v1::CreateLegRequest {
+        call_id: "inject".into(),
+        remote: Some(endpoint(local(s))),
+        codec,
+        ..Default::default()
+    };
     let a = create_leg(&mut c, with_remote(&sock_a, pcmu_events)).await;
     // B relays with A (same codec but no events: a transcoding bridge carries DTMF across).
     let b = create_leg(&mut c, with_remote(&sock_b, codec(0, "PCMU", 8000))).await;
     bridge(&mut c, &a, &b).await;
 
     // To A, which takes events: RFC 4733 packets, 3 End packets per digit.
-    let r = c.inject_dtmf(v1::InjectDtmfRequest { leg_id: a.id, digits: "12".into(), duration_ms: 100, pause_ms: 60 }).await.expect("InjectDtmf");
+    let r = c
+        .inject_dtmf(v1::InjectDtmfRequest { leg_id: a.id, digits: "12".into(), duration_ms: 100, pause_ms: 60 })
+        .await
+        .expect("InjectDtmf");
     assert_eq!(r.into_inner().queued, 2);
     let mut ends = Vec::new();
     while ends.len() < 6 {

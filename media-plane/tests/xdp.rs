@@ -8,6 +8,7 @@
 //! ```
 //!
 //! The relay tests need root (network namespaces, XDP, AF_XDP): without it they print `skipped: …`
+//! (with `REQUIRE_ROOT=1`, which the test command sets when it runs as root, they fail instead)
 //! and pass. Each builds its namespaces under a prefix unique to the test and the process and
 //! deletes them on drop. Every wait is bounded.
 
@@ -57,6 +58,7 @@ impl Topology {
     /// The topology with `queues` receive and transmit queues on each veth end.
     fn up_queues(tag: &str, queues: &str) -> Option<Self> {
         if !is_root() {
+            assert!(std::env::var("REQUIRE_ROOT").as_deref() != Ok("1"), "REQUIRE_ROOT=1 but the tests do not run as root");
             eprintln!("{SKIP}");
             return None;
         }
@@ -65,6 +67,7 @@ impl Topology {
         let (peer, dut) = (t.peer(), t.dut());
         for ns in [&peer, &dut] {
             if !sh(&["ip", "netns", "add", ns]).status.success() {
+                assert!(std::env::var("REQUIRE_ROOT").as_deref() != Ok("1"), "REQUIRE_ROOT=1 but `ip netns add {ns}` failed");
                 eprintln!("{SKIP} (ip netns add {ns} failed)");
                 return None;
             }
@@ -74,8 +77,27 @@ impl Topology {
         // As many queues as media cores: each queue has its AF_XDP socket (a queue without one
         // would leave its flows to the kernel socket).
         must(&[
-            "ip", "-n", &dut, "link", "add", &dif, "numrxqueues", queues, "numtxqueues", queues, "type", "veth", "peer", "name", &pif,
-            "netns", &peer, "numrxqueues", queues, "numtxqueues", queues,
+            "ip",
+            "-n",
+            &dut,
+            "link",
+            "add",
+            &dif,
+            "numrxqueues",
+            queues,
+            "numtxqueues",
+            queues,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pif,
+            "netns",
+            &peer,
+            "numrxqueues",
+            queues,
+            "numtxqueues",
+            queues,
         ]);
         must(&["ip", "-n", &dut, "addr", "add", &format!("{DUT}/24"), "dev", &dif]);
         must(&["ip", "-n", &peer, "addr", "add", &format!("{PEER_A}/24"), "dev", &pif]);
@@ -410,8 +432,7 @@ fn two_af_xdp_cores_hand_each_other_packets_for_their_ports_and_bridged_legs_and
     let status = dut.stop().expect("media-plane did not exit within 10 s of SIGTERM");
     assert!(status.success(), "media-plane exit: {status}; log:\n{}", dut.log());
     let log = dut.log();
-    let (out, inn, full) =
-        (driver_counter(&log, "handoff_out"), driver_counter(&log, "handoff_in"), driver_counter(&log, "handoff_full"));
+    let (out, inn, full) = (driver_counter(&log, "handoff_out"), driver_counter(&log, "handoff_in"), driver_counter(&log, "handoff_full"));
     eprintln!("hand-offs: out {out}, in {inn}, full {full}");
     assert!(out > 0, "no packet landed on the wrong core's queue; log:\n{log}");
     assert_eq!((inn, full), (out, 0), "every packet handed off was handled by its owner");

@@ -107,14 +107,8 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every algorithm, MD5 first.
-    pub const ALL: [Algorithm; 6] = [
-        Algorithm::Md5,
-        Algorithm::Md5Sess,
-        Algorithm::Sha256,
-        Algorithm::Sha256Sess,
-        Algorithm::Sha512_256,
-        Algorithm::Sha512_256Sess,
-    ];
+    pub const ALL: [Algorithm; 6] =
+        [Algorithm::Md5, Algorithm::Md5Sess, Algorithm::Sha256, Algorithm::Sha256Sess, Algorithm::Sha512_256, Algorithm::Sha512_256Sess];
 
     /// The token written in headers.
     pub fn name(self) -> &'static str {
@@ -159,15 +153,7 @@ pub fn userhash(hash: HashFn, username: &str, realm: &str) -> String {
 }
 
 /// The request-digest for `qop=auth` (RFC 7616 §3.4.1), from a stored HA1.
-pub fn compute_response(
-    algorithm: Algorithm,
-    stored_ha1: &str,
-    nonce: &str,
-    nc: u32,
-    cnonce: &str,
-    method: &str,
-    uri: &str,
-) -> String {
+pub fn compute_response(algorithm: Algorithm, stored_ha1: &str, nonce: &str, nc: u32, cnonce: &str, method: &str, uri: &str) -> String {
     let hash = algorithm.hash();
     let ha1 = if algorithm.is_session() {
         hash.hex(&[stored_ha1.as_bytes(), nonce.as_bytes(), cnonce.as_bytes()])
@@ -452,8 +438,7 @@ pub fn parse_challenge(value: &str) -> Result<Challenge, DigestError> {
         None => Algorithm::Md5,
         Some(token) => Algorithm::from_token(&token).ok_or(DigestError::AlgorithmNotOffered)?,
     };
-    let qop_auth =
-        take(&mut params, "qop").is_some_and(|q| q.split(',').any(|t| t.trim().eq_ignore_ascii_case("auth")));
+    let qop_auth = take(&mut params, "qop").is_some_and(|q| q.split(',').any(|t| t.trim().eq_ignore_ascii_case("auth")));
     let stale = take(&mut params, "stale").is_some_and(|s| s.eq_ignore_ascii_case("true"));
     Ok(Challenge { realm, nonce, algorithm, qop_auth, stale, opaque: take(&mut params, "opaque") })
 }
@@ -474,15 +459,7 @@ fn quote(value: &str) -> String {
 
 /// Builds the client's `Authorization` value answering `challenge` with `qop=auth` (for the
 /// B2BUA authenticating to trunks, and for tests).
-pub fn authorization(
-    challenge: &Challenge,
-    username: &str,
-    stored_ha1: &str,
-    method: &str,
-    uri: &str,
-    cnonce: &str,
-    nc: u32,
-) -> String {
+pub fn authorization(challenge: &Challenge, username: &str, stored_ha1: &str, method: &str, uri: &str, cnonce: &str, nc: u32) -> String {
     let response = compute_response(challenge.algorithm, stored_ha1, &challenge.nonce, nc, cnonce, method, uri);
     let mut out = format!(
         "Digest username={}, realm={}, nonce={}, uri={}, response={}, algorithm={}, cnonce={}, qop=auth, nc={nc:08x}",
@@ -621,13 +598,7 @@ impl Authenticator {
 
     /// Challenge header values for `algorithms` (chosen per request, see
     /// [`policy`](super::policy)), sharing one nonce.
-    pub fn challenges_for(
-        &self,
-        algorithms: &[Algorithm],
-        now: SystemTime,
-        random: [u8; NONCE_RANDOM],
-        stale: bool,
-    ) -> Vec<String> {
+    pub fn challenges_for(&self, algorithms: &[Algorithm], now: SystemTime, random: [u8; NONCE_RANDOM], stale: bool) -> Vec<String> {
         let nonce = self.nonce(now, random);
         algorithms
             .iter()
@@ -839,25 +810,14 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
         assert_eq!(c.qop.as_deref(), Some("auth"));
         assert_eq!(c.opaque.as_deref(), Some("FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"));
         let stored = ha1(HashFn::Sha256, "Mufasa", RFC_REALM, "Circle of Life");
-        let expect = compute_response(
-            c.algorithm,
-            &stored,
-            &c.nonce,
-            c.nc.unwrap(),
-            c.cnonce.as_deref().unwrap(),
-            "GET",
-            &c.uri,
-        );
+        let expect = compute_response(c.algorithm, &stored, &c.nonce, c.nc.unwrap(), c.cnonce.as_deref().unwrap(), "GET", &c.uri);
         assert_eq!(expect, c.response);
     }
 
     #[test]
     fn sha_512_256_is_fips_180_4_sha_512_256() {
         // FIPS 180-4 example "abc" (NIST CSRC SHA512_256.pdf).
-        assert_eq!(
-            HashFn::Sha512_256.hex(&[b"abc"]),
-            "53048e2681941ef99b2e29b76b4c7dabe4c2d0c634fc6d46e0e2f13107e7af23"
-        );
+        assert_eq!(HashFn::Sha512_256.hex(&[b"abc"]), "53048e2681941ef99b2e29b76b4c7dabe4c2d0c634fc6d46e0e2f13107e7af23");
     }
 
     #[test]
@@ -900,16 +860,9 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
         (user == "alice" && realm == REALM).then(|| ha1(hash, "alice", REALM, "wonderland"))
     }
 
-    fn answer(
-        auth: &Authenticator,
-        now: SystemTime,
-        algorithm: Algorithm,
-        password: &str,
-        nc: u32,
-    ) -> (String, String) {
+    fn answer(auth: &Authenticator, now: SystemTime, algorithm: Algorithm, password: &str, nc: u32) -> (String, String) {
         let challenges = auth.challenges(now, [9; 16], false);
-        let challenge =
-            challenges.iter().map(|c| parse_challenge(c).unwrap()).find(|c| c.algorithm == algorithm).unwrap();
+        let challenge = challenges.iter().map(|c| parse_challenge(c).unwrap()).find(|c| c.algorithm == algorithm).unwrap();
         assert!(challenge.qop_auth);
         let stored = ha1(algorithm.hash(), "alice", REALM, password);
         (authorization(&challenge, "alice", &stored, "REGISTER", URI, "c0ffee", nc), challenge.nonce)
@@ -939,10 +892,7 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
         let auth = authenticator();
         let values = auth.challenges(t(0), [1; 16], false);
         let parsed: Vec<_> = values.iter().map(|v| parse_challenge(v).unwrap()).collect();
-        assert_eq!(
-            parsed.iter().map(|c| c.algorithm).collect::<Vec<_>>(),
-            vec![Algorithm::Sha512_256, Algorithm::Sha256, Algorithm::Md5]
-        );
+        assert_eq!(parsed.iter().map(|c| c.algorithm).collect::<Vec<_>>(), vec![Algorithm::Sha512_256, Algorithm::Sha256, Algorithm::Md5]);
         assert!(parsed.iter().all(|c| c.nonce == parsed[0].nonce && c.qop_auth && !c.stale && c.realm == REALM));
         assert!(auth.challenges(t(0), [1; 16], true).iter().all(|v| parse_challenge(v).unwrap().stale));
     }
@@ -1028,10 +978,7 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
     fn uri_realm_qop_and_algorithm_policy_is_enforced() {
         let mut auth = authenticator();
         let (header, _) = answer(&auth, t(0), Algorithm::Sha256, "wonderland", 1);
-        assert_eq!(
-            auth.verify(&header, "REGISTER", "sip:other.example.com", t(1), alice),
-            Err(DigestError::UriMismatch)
-        );
+        assert_eq!(auth.verify(&header, "REGISTER", "sip:other.example.com", t(1), alice), Err(DigestError::UriMismatch));
         let realm = header.replace(REALM, "evil.example.com");
         assert_eq!(
             auth.verify(&realm, "REGISTER", URI.replace(REALM, "evil.example.com").as_str(), t(1), alice),
@@ -1056,15 +1003,7 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
         let mut auth = Authenticator::new(config, [7; 32]).unwrap();
         let header_at = |auth: &Authenticator, issued: u64, nc: u32| {
             let challenge = parse_challenge(&auth.challenges(t(issued), [issued as u8; 16], false)[1]).unwrap();
-            authorization(
-                &challenge,
-                "alice",
-                &ha1(HashFn::Sha256, "alice", REALM, "wonderland"),
-                "REGISTER",
-                URI,
-                "c",
-                nc,
-            )
+            authorization(&challenge, "alice", &ha1(HashFn::Sha256, "alice", REALM, "wonderland"), "REGISTER", URI, "c", nc)
         };
         let first = header_at(&auth, 0, 1);
         auth.verify(&first, "REGISTER", URI, t(5), alice).unwrap();
@@ -1082,44 +1021,20 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
         let (header, _) = answer(&auth, t(0), Algorithm::Md5, "wonderland", 1);
         auth.verify(&header, "REGISTER", URI, t(1), alice).unwrap();
         let later = Authenticator::nonce(&auth, t(400), [3; 16]);
-        let challenge = Challenge {
-            realm: REALM.into(),
-            nonce: later,
-            algorithm: Algorithm::Md5,
-            qop_auth: true,
-            stale: false,
-            opaque: None,
-        };
-        let fresh = authorization(
-            &challenge,
-            "alice",
-            &ha1(HashFn::Md5, "alice", REALM, "wonderland"),
-            "REGISTER",
-            URI,
-            "c",
-            1,
-        );
+        let challenge =
+            Challenge { realm: REALM.into(), nonce: later, algorithm: Algorithm::Md5, qop_auth: true, stale: false, opaque: None };
+        let fresh = authorization(&challenge, "alice", &ha1(HashFn::Md5, "alice", REALM, "wonderland"), "REGISTER", URI, "c", 1);
         auth.verify(&fresh, "REGISTER", URI, t(401), alice).unwrap();
         assert_eq!(auth.tracked_nonces(), 1);
     }
 
     #[test]
     fn quoted_strings_unescape_and_round_trip() {
-        let c = parse_credentials(
-            r#"Digest username="a\"b\\c", realm="r", nonce="n", uri="u", response="00", nc=0000000A"#,
-        )
-        .unwrap();
+        let c = parse_credentials(r#"Digest username="a\"b\\c", realm="r", nonce="n", uri="u", response="00", nc=0000000A"#).unwrap();
         assert_eq!(c.username, "a\"b\\c");
         assert_eq!(c.nc, Some(10));
         let header = authorization(
-            &Challenge {
-                realm: "r\"x".into(),
-                nonce: "n".into(),
-                algorithm: Algorithm::Md5,
-                qop_auth: true,
-                stale: false,
-                opaque: None,
-            },
+            &Challenge { realm: "r\"x".into(), nonce: "n".into(), algorithm: Algorithm::Md5, qop_auth: true, stale: false, opaque: None },
             "we\\ird\"name",
             "00",
             "REGISTER",
@@ -1148,10 +1063,7 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
             ("Digest username=a, realm=r, nonce=n, uri=u, response=r, nc=0000000g", DigestError::BadNonceCount),
             ("Digest username=a, realm=r, nonce=n, uri=u, response=r, nc=00000000", DigestError::BadNonceCount),
             ("Digest username=a, realm=r, nonce=n, uri=u, response=r, nc=+0000001", DigestError::BadNonceCount),
-            (
-                "Digest username=a, realm=r, nonce=n, uri=u, response=r, algorithm=SHA-1",
-                DigestError::AlgorithmNotOffered,
-            ),
+            ("Digest username=a, realm=r, nonce=n, uri=u, response=r, algorithm=SHA-1", DigestError::AlgorithmNotOffered),
         ];
         for (header, expected) in cases {
             assert_eq!(parse_credentials(header).as_ref(), Err(expected), "{header}");

@@ -209,9 +209,7 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
                 Side::Server => (&mut self.server, self.client.addr),
             };
             match parse(&payload, framing) {
-                Ok(message) => {
-                    receiver.layer.handle_message(message, Peer { transport: self.transport, addr: sender_addr }, now)
-                }
+                Ok(message) => receiver.layer.handle_message(message, Peer { transport: self.transport, addr: sender_addr }, now),
                 Err(_) => receiver.parse_errors += 1,
             }
             self.flush();
@@ -258,8 +256,7 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
     }
 
     fn send(&mut self, from: Side, payload: Bytes, retransmission: bool) {
-        let first_line =
-            String::from_utf8_lossy(payload.split(|&b| b == b'\r').next().unwrap_or_default()).into_owned();
+        let first_line = String::from_utf8_lossy(payload.split(|&b| b == b'\r').next().unwrap_or_default()).into_owned();
         let index = self.wire.len();
         let dropped = (self.drop)(from, &first_line, index);
         self.wire.push(WireRecord { at: self.now, from, first_line, retransmission, dropped });
@@ -291,13 +288,11 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
                 match &event {
                     LayerEvent::Request { key, request, .. } if request.method != Method::Cancel => {
                         if let Some((status, delay)) = self.script.provisional {
-                            let action =
-                                TuAction::Respond { key: key.clone(), request: Box::new(request.clone()), status };
+                            let action = TuAction::Respond { key: key.clone(), request: Box::new(request.clone()), status };
                             self.actions.push((now + delay, action));
                         }
                         if let Some((status, delay)) = self.script.final_response {
-                            let action =
-                                TuAction::Respond { key: key.clone(), request: Box::new(request.clone()), status };
+                            let action = TuAction::Respond { key: key.clone(), request: Box::new(request.clone()), status };
                             self.actions.push((now + delay, action));
                         }
                     }
@@ -366,11 +361,7 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
     fn ack_for_2xx(&self, response: &rsip::Response) -> Request {
         let mut out: Vec<Header> = Vec::new();
         let transport = if self.transport == rsip::Transport::Udp { "UDP" } else { "TCP" };
-        out.push(Header::Via(headers::Via::new(format!(
-            "SIP/2.0/{transport} {};branch={}",
-            self.client.addr,
-            next_branch()
-        ))));
+        out.push(Header::Via(headers::Via::new(format!("SIP/2.0/{transport} {};branch={}", self.client.addr, next_branch()))));
         out.push(Header::MaxForwards(headers::MaxForwards::new("70")));
         for h in response.headers.iter() {
             match h {
@@ -395,20 +386,12 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
 
     /// Send times (ms after start) of datagrams from `from` whose first line starts with `prefix`.
     pub fn sent_ms(&self, from: Side, prefix: &str) -> Vec<u128> {
-        self.wire
-            .iter()
-            .filter(|r| r.from == from && r.first_line.starts_with(prefix))
-            .map(|r| (r.at - self.t0).as_millis())
-            .collect()
+        self.wire.iter().filter(|r| r.from == from && r.first_line.starts_with(prefix)).map(|r| (r.at - self.t0).as_millis()).collect()
     }
 
     /// Requests the server TU saw (new server transactions), by method.
     pub fn server_tu_requests(&self, method: Method) -> usize {
-        self.server
-            .events
-            .iter()
-            .filter(|(_, e)| matches!(e, LayerEvent::Request { request, .. } if request.method == method))
-            .count()
+        self.server.events.iter().filter(|(_, e)| matches!(e, LayerEvent::Request { request, .. } if request.method == method)).count()
     }
 
     /// Responses the client TU saw with `status`.
@@ -416,9 +399,7 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
         self.client
             .events
             .iter()
-            .filter(
-                |(_, e)| matches!(e, LayerEvent::Response { response, .. } if response.status_code.code() == status),
-            )
+            .filter(|(_, e)| matches!(e, LayerEvent::Response { response, .. } if response.status_code.code() == status))
             .count()
     }
 
@@ -437,11 +418,7 @@ CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n",
             Side::Client => &self.client.events,
             Side::Server => &self.server.events,
         };
-        events
-            .iter()
-            .filter(|(_, e)| matches!(e, LayerEvent::Timeout { .. }))
-            .map(|(at, _)| (*at - self.t0).as_millis())
-            .collect()
+        events.iter().filter(|(_, e)| matches!(e, LayerEvent::Timeout { .. })).map(|(at, _)| (*at - self.t0).as_millis()).collect()
     }
 }
 
@@ -491,11 +468,7 @@ mod tests {
     #[test]
     fn timer_h_fires_when_the_ack_never_comes() {
         // Everything the client sends after its first INVITE is lost: the ACKs never arrive.
-        let mut h = Harness::new(
-            rsip::Transport::Udp,
-            Duration::from_millis(10),
-            Box::new(|from, _, i| from == Side::Client && i > 0),
-        );
+        let mut h = Harness::new(rsip::Transport::Udp, Duration::from_millis(10), Box::new(|from, _, i| from == Side::Client && i > 0));
         h.script = ServerScript { provisional: None, final_response: Some((486, Duration::from_millis(100))) };
         let req = h.request(Method::Invite);
         h.start(req);
@@ -530,10 +503,7 @@ mod tests {
     fn a_lost_invite_final_response_is_recovered_by_timer_g() {
         let drop = drop_first_from(Side::Server, "SIP/2.0 603");
         let mut h = Harness::new(rsip::Transport::Udp, Duration::from_millis(30), drop);
-        h.script = ServerScript {
-            provisional: Some((180, Duration::ZERO)),
-            final_response: Some((603, Duration::from_millis(50))),
-        };
+        h.script = ServerScript { provisional: Some((180, Duration::ZERO)), final_response: Some((603, Duration::from_millis(50))) };
         let req = h.request(Method::Invite);
         h.start(req);
         h.run_for(60 * SECOND);
@@ -559,10 +529,7 @@ mod tests {
         // 100 Trying came from the server transaction itself, 200 ms after the INVITE.
         assert_eq!(h.sent_ms(Side::Server, "SIP/2.0 100").first(), Some(&900));
         assert!(h.client_tu_responses(200) >= 1);
-        assert!(
-            h.server.events.iter().any(|(_, e)| matches!(e, LayerEvent::Stray { .. })),
-            "ACK for 2xx reached the UAS core"
-        );
+        assert!(h.server.events.iter().any(|(_, e)| matches!(e, LayerEvent::Stray { .. })), "ACK for 2xx reached the UAS core");
     }
 
     #[test]

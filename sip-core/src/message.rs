@@ -382,9 +382,7 @@ fn content_length(headers: &rsip::Headers) -> Result<Option<usize>, ParseError> 
             .filter(|&n| valid && n <= MAX_MESSAGE_LEN)
             .ok_or(ParseError::BadContentLength(ContentLengthError::Invalid))?;
         match found {
-            Some(previous) if previous != length => {
-                return Err(ParseError::BadContentLength(ContentLengthError::Conflicting))
-            }
+            Some(previous) if previous != length => return Err(ParseError::BadContentLength(ContentLengthError::Conflicting)),
             _ => found = Some(length),
         }
     }
@@ -458,10 +456,8 @@ pub fn cseq(headers: &rsip::Headers) -> Result<rsip::typed::CSeq, ParseError> {
             _ => None,
         })
         .ok_or(ParseError::MissingHeader(HeaderName::CSeq))?;
-    let typed = value.typed().map_err(|_| ParseError::MalformedHeader {
-        header: HeaderName::CSeq,
-        reason: "not a sequence number and method",
-    })?;
+    let typed =
+        value.typed().map_err(|_| ParseError::MalformedHeader { header: HeaderName::CSeq, reason: "not a sequence number and method" })?;
     if typed.seq >= 1 << 31 {
         return Err(ParseError::MalformedHeader { header: HeaderName::CSeq, reason: "sequence number not below 2^31" });
     }
@@ -1037,9 +1033,7 @@ pub fn response_for(request: &Request, status: u16, reason: Option<&str>, to_tag
         match header {
             Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) => out.push(header.clone()),
             Header::To(to) => match to_tag {
-                Some(tag) if !has_tag(to.value()) => {
-                    out.push(Header::To(headers::To::new(format!("{};tag={tag}", to.value()))))
-                }
+                Some(tag) if !has_tag(to.value()) => out.push(Header::To(headers::To::new(format!("{};tag={tag}", to.value())))),
                 _ => out.push(header.clone()),
             },
             Header::Timestamp(_) if status == 100 => out.push(header.clone()),
@@ -1285,11 +1279,7 @@ v=0\n";
     fn non_numeric_negative_and_conflicting_content_lengths_are_rejected() {
         for bad in ["Content-Length: four", "Content-Length: -4", "Content-Length: 99999999999999999999"] {
             let raw = replace(INVITE, "Content-Length: 4", bad);
-            assert_eq!(
-                parse(&raw, Framing::Datagram),
-                Err(ParseError::BadContentLength(ContentLengthError::Invalid)),
-                "{bad}"
-            );
+            assert_eq!(parse(&raw, Framing::Datagram), Err(ParseError::BadContentLength(ContentLengthError::Invalid)), "{bad}");
         }
         let raw = replace(INVITE, "Content-Length: 4\r\n", "Content-Length: 4\r\nl: 3\r\n");
         assert_eq!(parse(&raw, Framing::Datagram), Err(ParseError::BadContentLength(ContentLengthError::Conflicting)));
@@ -1348,19 +1338,13 @@ v=0\n";
     #[test]
     fn cseq_number_of_2_to_the_31_is_malformed() {
         let raw = replace(INVITE, "CSeq: 314159", "CSeq: 2147483648");
-        assert!(matches!(
-            parse(&raw, Framing::Datagram),
-            Err(ParseError::MalformedHeader { header: HeaderName::CSeq, .. })
-        ));
+        assert!(matches!(parse(&raw, Framing::Datagram), Err(ParseError::MalformedHeader { header: HeaderName::CSeq, .. })));
     }
 
     #[test]
     fn max_forwards_above_255_is_malformed() {
         let raw = replace(INVITE, "Max-Forwards: 70", "Max-Forwards: 256");
-        assert!(matches!(
-            parse(&raw, Framing::Datagram),
-            Err(ParseError::MalformedHeader { header: HeaderName::MaxForwards, .. })
-        ));
+        assert!(matches!(parse(&raw, Framing::Datagram), Err(ParseError::MalformedHeader { header: HeaderName::MaxForwards, .. })));
     }
 
     #[test]
@@ -1389,11 +1373,7 @@ v=0\n";
 
     #[test]
     fn top_via_is_the_first_value_of_a_comma_separated_line() {
-        let raw = replace(
-            INVITE,
-            "branch=z9hG4bK776asdhds",
-            "branch=z9hG4bKtop, SIP/2.0/UDP proxy.example.com;branch=z9hG4bKsecond",
-        );
+        let raw = replace(INVITE, "branch=z9hG4bK776asdhds", "branch=z9hG4bKtop, SIP/2.0/UDP proxy.example.com;branch=z9hG4bKsecond");
         let msg = parse(&raw, Framing::Datagram).unwrap();
         assert_eq!(top_via(msg.headers()).unwrap().branch().unwrap().value(), "z9hG4bKtop");
     }
@@ -1457,10 +1437,8 @@ v=0\n";
     fn no_answer_without_via_to_ack_or_to_responses() {
         let no_via = replace(INVITE, "Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n", "");
         assert_eq!(bad_request(&no_via, &parse(&no_via, Framing::Datagram).unwrap_err()), None);
-        let ack = INVITE
-            .replace("INVITE sip", "ACK sip")
-            .replace("CSeq: 314159 INVITE", "CSeq: 314159 ACK")
-            .replace("Max-Forwards: 70\r\n", "");
+        let ack =
+            INVITE.replace("INVITE sip", "ACK sip").replace("CSeq: 314159 INVITE", "CSeq: 314159 ACK").replace("Max-Forwards: 70\r\n", "");
         assert_eq!(bad_request(ack.as_bytes(), &ParseError::MissingHeader(HeaderName::MaxForwards)), None);
         let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: a\r\nTo: b\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
         assert_eq!(bad_request(response, &ParseError::BadContentLength(ContentLengthError::Missing)), None);
@@ -1468,11 +1446,7 @@ v=0\n";
 
     #[test]
     fn response_for_copies_vias_in_order_and_adds_the_to_tag() {
-        let raw = replace(
-            INVITE,
-            "Max-Forwards: 70",
-            "Via: SIP/2.0/UDP second.example.com;branch=z9hG4bK2\r\nMax-Forwards: 70",
-        );
+        let raw = replace(INVITE, "Max-Forwards: 70", "Via: SIP/2.0/UDP second.example.com;branch=z9hG4bK2\r\nMax-Forwards: 70");
         let SipMessage::Request(request) = parse(&raw, Framing::Datagram).unwrap() else { panic!() };
         let response = response_for(&request, 486, None, Some("abc"));
         let text = response.to_string();
@@ -1616,7 +1590,9 @@ v=0\n";
                     let reparsed = parse(&answer, Framing::Stream);
                     // Copied headers may themselves be unparsable by rsip; the answer must then
                     // still be well framed so the peer can at least read the status.
-                    prop_assert!([&b"SIP/2.0 400 "[..], b"SIP/2.0 416 ", b"SIP/2.0 501 ", b"SIP/2.0 505 "].iter().any(|s| answer.starts_with(s)));
+                    prop_assert!([&b"SIP/2.0 400 "[..], b"SIP/2.0 416 ", b"SIP/2.0 501 ", b"SIP/2.0 505 "]
+                        .iter()
+                        .any(|s| answer.starts_with(s)));
                     prop_assert!(answer.ends_with(b"\r\n\r\n"));
                     if let Ok(msg) = reparsed {
                         prop_assert!(msg.is_response());

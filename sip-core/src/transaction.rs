@@ -363,10 +363,7 @@ impl TransactionKey {
             rsip::Transport::Tls | rsip::Transport::TlsSctp | rsip::Transport::Wss => 5061,
             _ => 5060,
         };
-        let sent_by = SentBy {
-            host: hp.host.to_string().to_ascii_lowercase(),
-            port: hp.port.map(|p| *p.value()).unwrap_or(default_port),
-        };
+        let sent_by = SentBy { host: hp.host.to_string().to_ascii_lowercase(), port: hp.port.map(|p| *p.value()).unwrap_or(default_port) };
         Ok(TransactionKey { branch, method, sent_by })
     }
 
@@ -384,10 +381,7 @@ pub fn response_destination(request: &Request, source: Peer) -> Peer {
         return source;
     }
     let Ok(via) = message::top_via(&request.headers) else { return source };
-    let rport = via
-        .params
-        .iter()
-        .any(|p| matches!(p, rsip::Param::Other(name, _) if name.value().eq_ignore_ascii_case("rport")));
+    let rport = via.params.iter().any(|p| matches!(p, rsip::Param::Other(name, _) if name.value().eq_ignore_ascii_case("rport")));
     if rport {
         return source;
     }

@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
 use bench::traffic::Latency;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

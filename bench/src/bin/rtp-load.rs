@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bench::ng::{NgClient, NgError};
 use bench::traffic::{self, Call, Endpoints, Params, Report, TranscodeLoad};
-use media_codecs::{CodecKind, CodecParams};
 use clap::{Parser, ValueEnum};
+use media_codecs::{CodecKind, CodecParams};
 use proto::v1::media_plane_client::MediaPlaneClient;
 use proto::v1::{CreateBridgeRequest, CreateLegRequest, DeleteLegRequest, Endpoint};
 use tonic::transport::Channel;
@@ -196,9 +196,15 @@ impl PeerKind {
 
 /// The relay under test: how calls are set up and torn down on it, and what is set up now.
 enum Peer {
-    MediaPlane { client: MediaPlaneClient<Channel>, legs: Vec<u64> },
+    MediaPlane {
+        client: MediaPlaneClient<Channel>,
+        legs: Vec<u64>,
+    },
     /// The ng client blocks: batches of requests run on a blocking task (see [`on_ng`]).
-    Rtpengine { ng: Arc<Mutex<NgClient>>, call_ids: Vec<String> },
+    Rtpengine {
+        ng: Arc<Mutex<NgClient>>,
+        call_ids: Vec<String>,
+    },
 }
 
 impl Peer {
@@ -445,10 +451,8 @@ async fn one_run(args: &Args, peer: &mut Peer, n: usize, run_id: u64) -> Result<
             t => Duration::from_micros(t.max(20)),
         },
         relay_pid: args.relay_pid,
-        transcode: codecs.map(|c| TranscodeLoad {
-            payloads: [c.a.payloads(), c.b.payloads()],
-            payload_types: [c.a.payload_type(), c.b.payload_type()],
-        }),
+        transcode: codecs
+            .map(|c| TranscodeLoad { payloads: [c.a.payloads(), c.b.payloads()], payload_types: [c.a.payload_type(), c.b.payload_type()] }),
     };
     let cpu = args.cpu;
     let report = tokio::task::spawn_blocking(move || {

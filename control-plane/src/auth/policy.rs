@@ -51,9 +51,8 @@ impl AuthPolicy {
     /// The offer for a request from a subscriber of `domain` whose own setting is `subscriber`
     /// (`None` when unset or unknown), carrying credentials in `answered` (if any).
     pub fn offer(&self, domain: &str, subscriber: Option<Algorithm>, answered: Option<Algorithm>) -> Offer {
-        let pinned = subscriber.or_else(|| {
-            self.domains.iter().find(|(d, _)| d.eq_ignore_ascii_case(domain)).map(|(_, algorithm)| *algorithm)
-        });
+        let pinned =
+            subscriber.or_else(|| self.domains.iter().find(|(d, _)| d.eq_ignore_ascii_case(domain)).map(|(_, algorithm)| *algorithm));
         if let Some(algorithm) = pinned {
             return Offer { challenge: vec![algorithm], accept: vec![algorithm] };
         }

@@ -83,7 +83,8 @@ impl B2bua {
             let peer = branch.peer;
             let call_id = format!("{}-b2b", self.random.call_id());
             let via_branch = self.random.branch();
-            let mut dialog = Dialog::uac(call_id.clone(), from.clone(), format!("<{}>", branch.target), branch.target, branch.route, branch.peer);
+            let mut dialog =
+                Dialog::uac(call_id.clone(), from.clone(), format!("<{}>", branch.target), branch.target, branch.route, branch.peer);
             let extra = format!("{common}{}Contact: {}\r\n", stage.headers, our_contact(&self.config, &dialog.peer));
             let sent_by = self.config.advertise_for(dialog.peer.transport);
             let body = sdp.as_deref().map(|sdp| ("application/sdp", sdp.as_bytes()));
@@ -213,8 +214,13 @@ impl B2bua {
                 self.update(id, UpdateKind::Answered { party: 2 });
                 let Some(call) = self.calls.get_mut(&id) else { return };
                 let delayed = call.delayed;
-                let forward =
-                    Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: !delayed };
+                let forward = Forward {
+                    to: Side::A,
+                    origin: call.invite_a_key.clone(),
+                    request: call.invite_a.clone(),
+                    response,
+                    answers_offer: !delayed,
+                };
                 if delayed {
                     self.delayed_offer(id, forward, now);
                 } else {
@@ -280,7 +286,8 @@ impl B2bua {
     /// ([`on_allocated`](Self::on_allocated)).
     pub(super) fn delayed_offer(&mut self, id: u64, forward: Forward, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
-        let sdp = is_sdp(&forward.response.headers, &forward.response.body).then(|| String::from_utf8_lossy(&forward.response.body).into_owned());
+        let sdp =
+            is_sdp(&forward.response.headers, &forward.response.body).then(|| String::from_utf8_lossy(&forward.response.body).into_owned());
         let Some(sdp) = sdp.filter(|s| Sdp::parse(s.as_bytes()).is_ok_and(|s| s.any_active())) else {
             // No usable offer where RFC 3261 §13.2.1 requires one: end both sides.
             let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
@@ -345,10 +352,15 @@ impl B2bua {
         if call.transfer.as_ref().is_some_and(|t| t.stage == f.stage && t.answered.is_none()) {
             let stage = f.stage;
             if !call.forks.iter().any(|f| f.stage == stage && f.outstanding()) {
-                let statuses: Vec<u16> = call.forks.iter().filter(|f| f.stage == stage).filter_map(|f| match f.state {
-                    ForkState::Done(s) => Some(s),
-                    _ => None,
-                }).collect();
+                let statuses: Vec<u16> = call
+                    .forks
+                    .iter()
+                    .filter(|f| f.stage == stage)
+                    .filter_map(|f| match f.state {
+                        ForkState::Done(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect();
                 let status = match outcome_of(&statuses, &[]) {
                     Outcome::Busy(s) | Outcome::Failed(s) => s,
                     _ => 480,
@@ -373,7 +385,8 @@ impl B2bua {
                         _ => None,
                     })
                     .collect();
-                let redirects: Vec<String> = call.forks.iter().filter(|f| f.stage == stage).flat_map(|f| f.redirects.iter().cloned()).collect();
+                let redirects: Vec<String> =
+                    call.forks.iter().filter(|f| f.stage == stage).flat_map(|f| f.redirects.iter().cloned()).collect();
                 if decline {
                     self.cancel_forks(id, None);
                 }

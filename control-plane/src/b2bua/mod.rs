@@ -412,7 +412,16 @@ impl Call {
     /// A call between dialogs `a` and `b`, set up by `invite_a` (the caller's INVITE, or ours to
     /// an originated call's first party), in its first moments: nothing rung, nothing allocated.
     #[allow(clippy::too_many_arguments)]
-    fn new(a: Dialog, b: Dialog, invite_a: Request, invite_a_key: TransactionKey, route: RouteState, policy: CallerIdPolicy, tag_b: String, now: Now) -> Call {
+    fn new(
+        a: Dialog,
+        b: Dialog,
+        invite_a: Request,
+        invite_a_key: TransactionKey,
+        route: RouteState,
+        policy: CallerIdPolicy,
+        tag_b: String,
+        now: Now,
+    ) -> Call {
         Call {
             state: State::Allocating,
             a,
@@ -508,12 +517,19 @@ struct RelayOffer {
 #[derive(Debug, Clone)]
 enum Purpose {
     /// The INVITE of fork `fork`.
-    Invite { fork: usize },
+    Invite {
+        fork: usize,
+    },
     Cancel,
     Bye,
     /// An in-dialog request relayed from `from`; its answer goes back through `origin`. `offer`:
     /// it carried an SDP offer (the media plane answers the response's SDP).
-    Relay { origin: TransactionKey, from: Side, request: Box<Request>, offer: bool },
+    Relay {
+        origin: TransactionKey,
+        from: Side,
+        request: Box<Request>,
+        offer: bool,
+    },
     /// Our re-INVITE of a transferee with the transfer target's media.
     Renegotiate,
 }
@@ -616,7 +632,14 @@ impl B2bua {
             return;
         };
         // Until a fork answers, `b` stands for the callee side (its From is every fork's).
-        let b = Dialog::uac(String::new(), format!("{};tag={tag_b}", Self::b_from(&a, plan.caller_id)), format!("<{}>", first.target), first.target, first.route, first.peer);
+        let b = Dialog::uac(
+            String::new(),
+            format!("{};tag={tag_b}", Self::b_from(&a, plan.caller_id)),
+            format!("<{}>", first.target),
+            first.target,
+            first.route,
+            first.peer,
+        );
         let delayed = request.body.is_empty();
         let active = Sdp::parse(&request.body).map(|s| s.active().to_vec()).unwrap_or_default();
         let offer_text = String::from_utf8_lossy(&request.body).into_owned();
@@ -630,7 +653,10 @@ impl B2bua {
         self.by_invite.insert(key.clone(), id);
         if !delayed {
             let policy = self.config.codec_policy.clone();
-            self.media_request(id, MediaRequest::Allocate { call_id: a.call_id.clone(), offer: offer_text, callee_offers: false, active, policy });
+            self.media_request(
+                id,
+                MediaRequest::Allocate { call_id: a.call_id.clone(), offer: offer_text, callee_offers: false, active, policy },
+            );
         }
         self.clock = Some(now);
         let caller_uri = uri_of(&a.remote).to_owned();
@@ -696,7 +722,8 @@ impl B2bua {
         self.update(id, UpdateKind::Forwarded);
         let Some(call) = self.calls.get(&id) else { return };
         let response = response_for(&call.invite_a, 181, None, None);
-        let forward = Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: false };
+        let forward =
+            Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: false };
         self.forward(id, forward, now);
     }
 
@@ -721,7 +748,9 @@ impl B2bua {
             (true, None) => {
                 call.held_by = Some(offerer);
                 let holder = match offerer {
-                    Side::A => call.caller.clone().or_else(|| call.originated.then(|| call.caller_uri.trim_start_matches("sip:").to_owned())),
+                    Side::A => {
+                        call.caller.clone().or_else(|| call.originated.then(|| call.caller_uri.trim_start_matches("sip:").to_owned()))
+                    }
                     Side::B => call.route.subscriber().map(str::to_owned),
                 };
                 self.events.push_back(CallEvent::Held { call: id, holder });
@@ -871,9 +900,7 @@ impl B2bua {
         }
         match purpose {
             Purpose::Invite { fork } => self.on_invite_response(id, fork, response, now),
-            Purpose::Relay { origin, from, request, offer } => {
-                self.on_relay_response(id, &origin, from, &request, offer, response, now)
-            }
+            Purpose::Relay { origin, from, request, offer } => self.on_relay_response(id, &origin, from, &request, offer, response, now),
             Purpose::Renegotiate => self.renegotiated(id, response, now),
             Purpose::Cancel | Purpose::Bye => {}
         }
@@ -949,7 +976,11 @@ impl B2bua {
                         no_ack.push(id);
                     } else {
                         let peer = if r.side == Side::A { peer_a } else { peer_b };
-                        self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: r.payload.clone(), retransmission: true }));
+                        self.sip.push_back(SipOut::Transmit(Outgoing {
+                            destination: peer,
+                            payload: r.payload.clone(),
+                            retransmission: true,
+                        }));
                         r.interval = (r.interval * 2).min(t2);
                         r.next = now.instant + r.interval;
                         self.deadlines.push(Reverse((r.next, id)));
@@ -1083,16 +1114,7 @@ impl B2bua {
     }
 
     /// Sends a request in `side`'s dialog of call `id`.
-    fn send_in_dialog(
-        &mut self,
-        id: u64,
-        side: Side,
-        method: &str,
-        extra: &str,
-        body: Option<(&str, &[u8])>,
-        purpose: Purpose,
-        _now: Now,
-    ) {
+    fn send_in_dialog(&mut self, id: u64, side: Side, method: &str, extra: &str, body: Option<(&str, &[u8])>, purpose: Purpose, _now: Now) {
         let branch = self.random.branch();
         let Some(call) = self.calls.get_mut(&id) else { return };
         let dialog = call.dialog_mut(side);
@@ -1162,7 +1184,13 @@ impl B2bua {
         let Some(mut call) = self.calls.remove(&id) else { return };
         let now = self.clock.unwrap_or(call.started);
         let duration_ms = call.answered.map_or(0, |a| now.instant.saturating_duration_since(a.instant).as_millis() as u64);
-        let status = if call.answered.is_some() { 200 } else if call.status == 0 { 500 } else { call.status };
+        let status = if call.answered.is_some() {
+            200
+        } else if call.status == 0 {
+            500
+        } else {
+            call.status
+        };
         let cause = match (call.cause, call.answered) {
             ("", Some(_)) => "completed",
             ("", None) => "failed",

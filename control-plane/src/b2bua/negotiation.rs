@@ -94,11 +94,8 @@ impl B2bua {
             self.reply(&key, &request, 488, now);
             return;
         }
-        let body = if has_sdp {
-            None
-        } else {
-            content_type(&request.headers).map(|c| (c, request.body.clone())).filter(|(_, b)| !b.is_empty())
-        };
+        let body =
+            if has_sdp { None } else { content_type(&request.headers).map(|c| (c, request.body.clone())).filter(|(_, b)| !b.is_empty()) };
         let method = request.method.to_string();
         let mut extra = String::new();
         if matches!(request.method, Method::Invite | Method::Update) {
@@ -282,7 +279,8 @@ impl B2bua {
             let has_answer = head.answers_offer && status < 300 && is_sdp(&head.response.headers, &head.response.body);
             if has_answer && call.media.is_some() {
                 call.negotiating = true;
-                let request = MediaRequest::Answer { legs: call.offer_legs.clone(), sdp: String::from_utf8_lossy(&head.response.body).into_owned() };
+                let request =
+                    MediaRequest::Answer { legs: call.offer_legs.clone(), sdp: String::from_utf8_lossy(&head.response.body).into_owned() };
                 self.media_request(id, request);
                 return;
             }
@@ -318,7 +316,15 @@ impl B2bua {
 
 /// Our response `to` that side's `request`, from the other side's `response`, with `status`
 /// and `answer` (the media plane's) as its SDP.
-fn response_to(config: &Config, call: &Call, to: Side, request: &Request, response: &Response, status: u16, answer: Option<String>) -> Response {
+fn response_to(
+    config: &Config,
+    call: &Call,
+    to: Side,
+    request: &Request,
+    response: &Response,
+    status: u16,
+    answer: Option<String>,
+) -> Response {
     let dialog = call.dialog(to);
     let reason = reason_of(response);
     let mut out = response_for(request, status, Some(&reason), Some(dialog.local_tag()));

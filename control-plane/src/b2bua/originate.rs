@@ -30,7 +30,14 @@ impl B2bua {
         let target = first_plan.stage.branches.first().map(|b| b.target.clone()).unwrap_or_default();
         let placeholder = |remote: &str| {
             let nobody = Peer::udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-            Dialog::uac(format!("originate-{id}"), format!("<sip:b2bua@0.0.0.0>;tag={tag}"), format!("<{remote}>"), target.clone(), Vec::new(), nobody)
+            Dialog::uac(
+                format!("originate-{id}"),
+                format!("<sip:b2bua@0.0.0.0>;tag={tag}"),
+                format!("<{remote}>"),
+                target.clone(),
+                Vec::new(),
+                nobody,
+            )
         };
         let (a, b) = (placeholder(&to_uri), placeholder(&from_uri));
         let invite_a = match a.clone().request("INVITE", "0.0.0.0", "z9hG4bKoriginate", "", None) {

@@ -273,7 +273,9 @@ impl B2bua {
         let Some(dialog) = call.replaced.last_mut().filter(|_| t.notify) else { return };
         let sent_by = self.config.advertise_for(dialog.peer.transport);
         let extra = "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n";
-        if let Ok(request) = dialog.request("NOTIFY", &sent_by, &branch, extra, Some(("message/sipfrag;version=2.0", b"SIP/2.0 200 OK\r\n"))) {
+        if let Ok(request) =
+            dialog.request("NOTIFY", &sent_by, &branch, extra, Some(("message/sipfrag;version=2.0", b"SIP/2.0 200 OK\r\n")))
+        {
             let peer = dialog.peer;
             self.send_client(id, request, peer, Purpose::Bye);
         }
@@ -354,7 +356,8 @@ impl B2bua {
             let call = self.calls.get(&other)?;
             let d = call.dialog(other_side);
             let established = matches!(call.state, State::Answered | State::Confirmed) && call.transfer.is_none();
-            (established && d.local_tag() == replaces.to_tag && tag_of(&d.remote) == Some(replaces.from_tag.as_str())).then_some((other, other_side))
+            (established && d.local_tag() == replaces.to_tag && tag_of(&d.remote) == Some(replaces.from_tag.as_str()))
+                .then_some((other, other_side))
         });
         let Some((other, transferor_there)) = matches else {
             // RFC 3891 §3: no such dialog.
@@ -447,7 +450,8 @@ impl B2bua {
                 }
             }
         }
-        let (target_call_id, transferor_call_id) = (call.dialog(transferor).call_id.clone(), second.dialog(transferor_there).call_id.clone());
+        let (target_call_id, transferor_call_id) =
+            (call.dialog(transferor).call_id.clone(), second.dialog(transferor_there).call_id.clone());
         for key in [&second.a.call_id, &second.b.call_id] {
             self.by_call_id.remove(key);
         }

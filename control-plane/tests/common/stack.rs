@@ -97,14 +97,9 @@ impl Stack {
     pub fn media_totals(&self) -> (u32, u64) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
-            let mut client = v1::media_plane_client::MediaPlaneClient::connect(format!("http://{}", self.grpc))
-                .await
-                .expect("connect to media plane");
-            let stats = client
-                .get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: true })
-                .await
-                .expect("GetStats")
-                .into_inner();
+            let mut client =
+                v1::media_plane_client::MediaPlaneClient::connect(format!("http://{}", self.grpc)).await.expect("connect to media plane");
+            let stats = client.get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: true }).await.expect("GetStats").into_inner();
             stats.cores.iter().fold((0, 0), |(l, p), c| (l + c.legs, p + c.packets_forwarded))
         })
     }
@@ -191,7 +186,7 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitSta
 
 pub fn register_callee(stack: &Stack, csv: &str, port: u16) {
     let port = port.to_string();
-    let status = sipp(stack, &["-sf", "register.xml", "-inf", csv, "-auth_uri", "sip.test", "-p", &port, "-m", "1"], Duration::from_secs(20));
+    let status =
+        sipp(stack, &["-sf", "register.xml", "-inf", csv, "-auth_uri", "sip.test", "-p", &port, "-m", "1"], Duration::from_secs(20));
     assert!(status.success(), "sipp register.xml {csv} failed: {status:?}");
 }
-

@@ -5,10 +5,7 @@
 //! These tests need root (CAP_NET_ADMIN and CAP_SYS_ADMIN for namespaces, CAP_BPF for the program):
 //! without it they print `skipped: …` and return.
 
-#![allow(
-    dead_code,
-    reason = "each test file uses a different subset of the helpers"
-)]
+#![allow(dead_code, reason = "each test file uses a different subset of the helpers")]
 
 use std::fs::File;
 use std::net::UdpSocket;
@@ -42,12 +39,7 @@ pub struct Topology {
 impl Topology {
     /// Builds the topology, or prints the skip message and returns `None` without privileges.
     pub fn up(tag: &str) -> Option<Self> {
-        assert!(
-            tag.len() <= 3
-                && tag
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        );
+        assert!(tag.len() <= 3 && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         let prefix = format!("x{tag}{}", base36(std::process::id()));
         let out = netns_script("up", &prefix);
         match out.status.code() {
@@ -81,17 +73,8 @@ impl Topology {
 
     /// `ip -n NS ARGS…`, asserting success; returns stdout.
     pub fn ip(&self, ns: &str, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(ns)
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip -n {ns} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("ip").arg("-n").arg(ns).args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip -n {ns} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -124,47 +107,17 @@ impl Topology {
         let gen_mac = mac_text(self.mac(&gen, &gen_if));
         let dut_mac = mac_text(self.mac(&dut, &dut_if));
         for addr in [DUT_V4, DUT_V6] {
-            self.ip(
-                &gen,
-                &[
-                    "neigh",
-                    "replace",
-                    addr,
-                    "lladdr",
-                    &dut_mac,
-                    "dev",
-                    &gen_if,
-                    "nud",
-                    "permanent",
-                ],
-            );
+            self.ip(&gen, &["neigh", "replace", addr, "lladdr", &dut_mac, "dev", &gen_if, "nud", "permanent"]);
         }
         for addr in [GEN_V4, GEN_V6] {
-            self.ip(
-                &dut,
-                &[
-                    "neigh",
-                    "replace",
-                    addr,
-                    "lladdr",
-                    &gen_mac,
-                    "dev",
-                    &dut_if,
-                    "nud",
-                    "permanent",
-                ],
-            );
+            self.ip(&dut, &["neigh", "replace", addr, "lladdr", &gen_mac, "dev", &dut_if, "nud", "permanent"]);
         }
     }
 
     /// The MAC address of `ifname` in `ns`.
     pub fn mac(&self, ns: &str, ifname: &str) -> [u8; 6] {
         let line = self.ip(ns, &["-o", "link", "show", "dev", ifname]);
-        let text = line
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no link/ether in {line}"));
+        let text = line.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap_or_else(|| panic!("no link/ether in {line}"));
         let mut mac = [0u8; 6];
         for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
             *byte = u8::from_str_radix(hex, 16).expect("hex MAC");
@@ -177,30 +130,18 @@ impl Drop for Topology {
     fn drop(&mut self) {
         let out = netns_script("down", &self.prefix);
         if !out.status.success() {
-            eprintln!(
-                "scripts/netns.sh down {}: {}",
-                self.prefix,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            eprintln!("scripts/netns.sh down {}: {}", self.prefix, String::from_utf8_lossy(&out.stderr));
         }
     }
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn netns_script(cmd: &str, prefix: &str) -> Output {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/netns.sh");
-    Command::new("bash")
-        .arg(script)
-        .arg(cmd)
-        .arg(prefix)
-        .output()
-        .expect("run scripts/netns.sh")
+    Command::new("bash").arg(script).arg(cmd).arg(prefix).output().expect("run scripts/netns.sh")
 }
 
 fn base36(mut n: u32) -> String {
@@ -258,17 +199,14 @@ pub fn udp_socket(ns: &str, bind: &str) -> UdpSocket {
     let _ns = enter(ns);
     let socket = UdpSocket::bind(bind).unwrap_or_else(|err| panic!("bind {bind} in {ns}: {err}"));
     setsockopt(&socket, sockopt::RcvBufForce, &(8 << 20)).expect("SO_RCVBUFFORCE");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("read timeout");
+    socket.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
     socket
 }
 
 /// Sends `count` datagrams numbered 0.. from `from` to `to`.
 pub fn send_numbered(from: &UdpSocket, to: &str, count: u32) {
     for seq in 0..count {
-        from.send_to(&seq.to_be_bytes(), to)
-            .unwrap_or_else(|err| panic!("send to {to}: {err}"));
+        from.send_to(&seq.to_be_bytes(), to).unwrap_or_else(|err| panic!("send to {to}: {err}"));
     }
 }
 

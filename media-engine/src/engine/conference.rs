@@ -94,7 +94,12 @@ pub(super) struct Member {
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Member").field("leg", &self.leg).field("muted", &self.muted).field("deaf", &self.deaf).field("counters", &self.counters).finish_non_exhaustive()
+        f.debug_struct("Member")
+            .field("leg", &self.leg)
+            .field("muted", &self.muted)
+            .field("deaf", &self.deaf)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,7 +173,17 @@ impl Conference {
     }
 
     /// Adds a member speaking `codec`; its stream starts at `ssrc`, `seq`, `ts`.
-    pub(super) fn add(&mut self, leg: LegId, slot: usize, codec: &LegCodec, muted: bool, deaf: bool, ssrc: u32, seq: u16, ts: u32) -> Result<(), TranscodeError> {
+    pub(super) fn add(
+        &mut self,
+        leg: LegId,
+        slot: usize,
+        codec: &LegCodec,
+        muted: bool,
+        deaf: bool,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+    ) -> Result<(), TranscodeError> {
         let decoder = media_codecs::decoder(&codec.params)?;
         let encoder = media_codecs::encoder(&codec.params)?;
         let channels = usize::from(codec.params.channels);
@@ -287,7 +302,9 @@ impl Conference {
             }
             let talking = order.contains(&i);
             m.scratch.clear();
-            m.scratch.extend(self.sum.iter().zip(&m.frame).map(|(&total, &own)| soft_limit(if talking { total - i32::from(own) } else { total })));
+            m.scratch.extend(
+                self.sum.iter().zip(&m.frame).map(|(&total, &own)| soft_limit(if talking { total - i32::from(own) } else { total })),
+            );
             match &mut m.outward {
                 Some(r) => {
                     let _ = r.process(&m.scratch, &mut m.outbox);
@@ -295,7 +312,8 @@ impl Conference {
                 None => m.outbox.extend_from_slice(&m.scratch),
             }
             let slot = m.slot;
-            let (sent, _) = m.stream.encode_pending(m.encoder.as_mut(), &mut m.outbox, m.packet_samples, &mut m.packet, &mut |p: &[u8]| out(slot, p));
+            let (sent, _) =
+                m.stream.encode_pending(m.encoder.as_mut(), &mut m.outbox, m.packet_samples, &mut m.packet, &mut |p: &[u8]| out(slot, p));
             m.counters.sent += sent;
         }
     }

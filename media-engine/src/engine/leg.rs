@@ -7,10 +7,10 @@ use super::direction::Direction;
 use super::dtmf::{KeyPressTracker, TelephoneEvent};
 use super::quality::{Quality, QualityStats};
 use super::transcode::{LegCodec, TranscodeCounters, Transcoder};
+use super::{BridgeId, LegId};
 use crate::sdp::PendingOffer;
 use crate::srtp::{SrtpContext, SrtpKeys};
 use crate::wire::RtpPacket;
-use super::{BridgeId, LegId};
 
 /// The other end of a leg's bridge: a leg of this core (its slot), or a leg of another core,
 /// reached over the drivers' cross-core hand-off.

@@ -46,11 +46,11 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use conference::{Conference, ConferenceId};
 pub use direction::Direction;
 pub use leg::{DropReason, Drops, LegCounters, LegMedia, LegSpec, LegStats, QualityAlarm, Remote};
 use leg::{Leg, Peer, PortKind};
 pub use transcode::{LegCodec, TranscodeCounters, TranscodeError};
-use conference::{Conference, ConferenceId};
 use transcode::{Rejected, Transcoder};
 
 use crate::sdp::PendingOffer;
@@ -463,13 +463,8 @@ impl Engine {
             Some(t) if now >= t => {}
             _ => return,
         }
-        let expired: Vec<LegId> = self
-            .slots
-            .iter()
-            .flatten()
-            .filter(|l| now.saturating_duration_since(l.last_rx) >= l.media_timeout)
-            .map(|l| l.id)
-            .collect();
+        let expired: Vec<LegId> =
+            self.slots.iter().flatten().filter(|l| now.saturating_duration_since(l.last_rx) >= l.media_timeout).map(|l| l.id).collect();
         for id in expired {
             if let Ok(stats) = self.delete_leg(id, now) {
                 self.events.push_back(Event::TimedOut { leg: id, stats: Box::new(stats) });
@@ -702,10 +697,8 @@ impl Engine {
         }
         let (slot, codec) = self.own_stream(id, now)?;
         let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-        let queued = self
-            .slot_mut(slot)
-            .and_then(|l| l.transcoder.as_mut())
-            .map_or(0, |t| t.inject(digits, ms(on), ms(pause), codec.ptime_ms));
+        let queued =
+            self.slot_mut(slot).and_then(|l| l.transcoder.as_mut()).map_or(0, |t| t.inject(digits, ms(on), ms(pause), codec.ptime_ms));
         self.start_generating(slot, now);
         Ok(queued)
     }
@@ -764,7 +757,8 @@ impl Engine {
             // advancing with time), else start a stream of our own.
             let continued = self.slot(slot).and_then(|l| l.last_relayed).map(|(ssrc, seq, ts, at)| {
                 let elapsed = now.saturating_duration_since(at).as_millis().min(60_000) as u64;
-                let advance = (elapsed * u64::from(codec.rtp_clock()) / 1000).max(u64::from(codec.rtp_clock()) * u64::from(codec.ptime_ms) / 1000);
+                let advance =
+                    (elapsed * u64::from(codec.rtp_clock()) / 1000).max(u64::from(codec.rtp_clock()) * u64::from(codec.ptime_ms) / 1000);
                 (ssrc, seq.wrapping_add(1), ts.wrapping_add(advance as u32))
             });
             let (ssrc, seq, ts) = match continued {
@@ -1247,10 +1241,9 @@ impl Engine {
                 },
                 Err(reason) => self.drop_on(slot, reason),
             },
-            Some(Peer::Remote { core, leg: to_leg }) => Verdict::Handoff {
-                core,
-                handoff: Handoff { to_leg, from_leg: leg_id, from_core: self.config.core, bridge, rtcp: is_rtcp },
-            },
+            Some(Peer::Remote { core, leg: to_leg }) => {
+                Verdict::Handoff { core, handoff: Handoff { to_leg, from_leg: leg_id, from_core: self.config.core, bridge, rtcp: is_rtcp } }
+            }
         }
     }
 
@@ -1397,7 +1390,16 @@ impl Engine {
 }
 
 /// Writes an RTCP compound packet (SR with `block`, SDES CNAME) into `buf`; its length.
-fn sender_report(ssrc: u32, ntp: u64, ts: u32, packets: u32, octets: u32, block: Option<quality::ReportBlock>, cname: &str, buf: &mut [u8]) -> Option<usize> {
+fn sender_report(
+    ssrc: u32,
+    ntp: u64,
+    ts: u32,
+    packets: u32,
+    octets: u32,
+    block: Option<quality::ReportBlock>,
+    cname: &str,
+    buf: &mut [u8],
+) -> Option<usize> {
     use rtcp_types::{Compound, ReportBlock, RtcpPacketWriterExt, Sdes, SdesChunk, SdesItem, SenderReport};
     let mut sr = SenderReport::builder(ssrc).ntp_timestamp(ntp).rtp_timestamp(ts).packet_count(packets).octet_count(octets);
     if let Some(b) = block {

@@ -219,11 +219,21 @@ mod tests {
 
     #[test]
     fn loss_is_counted_across_the_sequence_wrap_and_reordering_is_not_loss() {
-        let epoch = crate::harness::Harness::new(crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1, wall: None }, Default::default(), 1).now();
+        let epoch = crate::harness::Harness::new(
+            crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1, wall: None },
+            Default::default(),
+            1,
+        )
+        .now();
         let mut q = Quality::default();
         let mut feed = |seqs: &[u16]| {
             for (i, &s) in seqs.iter().enumerate() {
-                q.on_rtp(&RtpPacket::new_checked(&rtp(s, u32::from(s) * 160)[..]).unwrap(), epoch + Duration::from_millis(20 * i as u64), epoch, Some(8000));
+                q.on_rtp(
+                    &RtpPacket::new_checked(&rtp(s, u32::from(s) * 160)[..]).unwrap(),
+                    epoch + Duration::from_millis(20 * i as u64),
+                    epoch,
+                    Some(8000),
+                );
             }
         };
         feed(&[65_530, 65_531, 65_533, 65_532, 65_535, 0, 1, 3]);
@@ -233,7 +243,12 @@ mod tests {
 
     #[test]
     fn jitter_grows_with_uneven_arrival_as_rfc3550_defines_it() {
-        let epoch = crate::harness::Harness::new(crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1, wall: None }, Default::default(), 1).now();
+        let epoch = crate::harness::Harness::new(
+            crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1, wall: None },
+            Default::default(),
+            1,
+        )
+        .now();
         let mut q = Quality::default();
         for i in 0..200u16 {
             // Every other packet 10 ms late: |D| alternates 80 and 80 clock units.
@@ -247,7 +262,12 @@ mod tests {
 
     #[test]
     fn receiver_report_gives_remote_loss_jitter_and_rtt_of_a_sender_report_sent_on() {
-        let epoch = crate::harness::Harness::new(crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1, wall: None }, Default::default(), 1).now();
+        let epoch = crate::harness::Harness::new(
+            crate::engine::EngineConfig { media_timeout: Duration::from_secs(1), core: 0, seed: 1, wall: None },
+            Default::default(),
+            1,
+        )
+        .now();
         let mut q = Quality::default();
         q.on_rtp(&RtpPacket::new_checked(&rtp(1, 160)[..]).unwrap(), epoch, epoch, Some(8000));
         // A sender report (NTP middle bits 0x1234_5678) goes out to the endpoint at t = 100 ms.

@@ -315,8 +315,8 @@ fn bridge_between_pcmu_and_opus_legs_transcodes_and_equal_codecs_relay() {
 
 #[test]
 fn dtmf_digits_of_a_leg_with_telephone_events_are_reported_once_each() {
-    use media_codecs::CodecKind;
     use crate::engine::dtmf::TelephoneEvent;
+    use media_codecs::CodecKind;
     let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
     let mut h = Harness::new(cfg(), Link::default(), 1);
     let now = h.now();
@@ -330,11 +330,20 @@ fn dtmf_digits_of_a_leg_with_telephone_events_are_reported_once_each() {
         p.extend_from_slice(&TelephoneEvent { event: key, end, volume: 10, duration }.to_bytes());
         p
     };
-    for (i, (ts, key, end, d)) in [(800, 1, false, 160), (800, 1, true, 640), (800, 1, true, 640), (800, 1, true, 640), (4000, 11, true, 960)].into_iter().enumerate() {
+    for (i, (ts, key, end, d)) in
+        [(800, 1, false, 160), (800, 1, true, 640), (800, 1, true, 640), (800, 1, true, 640), (4000, 11, true, 960)].into_iter().enumerate()
+    {
         h.send(a, A_PORT, &event(i as u16, ts, key, end, d));
         h.advance(Duration::from_millis(20));
     }
-    let digits: Vec<_> = h.take_events().into_iter().filter_map(|e| match e { Event::Dtmf { leg, digit, duration_ms } => Some((leg, digit, duration_ms)), _ => None }).collect();
+    let digits: Vec<_> = h
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Dtmf { leg, digit, duration_ms } => Some((leg, digit, duration_ms)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(digits, vec![(1, '1', 80), (1, '#', 120)]);
     assert_eq!(h.take_inbox(b).len(), 5, "relayed as they are");
 }
@@ -370,7 +379,10 @@ fn bridge_of_incompatible_codecs_is_refused_and_leaves_the_legs_free() {
     use media_codecs::CodecKind;
     let mut e = Engine::new(cfg());
     let now = Harness::new(cfg(), Link::default(), 1).now();
-    let stereo = LegCodec { params: media_codecs::CodecParams { channels: 2, ..media_codecs::CodecParams::new(CodecKind::Opus, 48_000) }, ..leg_codec(111, CodecKind::Opus, 48_000) };
+    let stereo = LegCodec {
+        params: media_codecs::CodecParams { channels: 2, ..media_codecs::CodecParams::new(CodecKind::Opus, 48_000) },
+        ..leg_codec(111, CodecKind::Opus, 48_000)
+    };
     e.create_leg(1, A_PORT, LegSpec { codec: Some(leg_codec(0, CodecKind::Pcmu, 8000)), ..Default::default() }, now).unwrap();
     e.create_leg(2, B_PORT, LegSpec { codec: Some(stereo), ..Default::default() }, now).unwrap();
     assert!(matches!(e.create_bridge(7, 1, 2), Err(CommandError::Transcode(_))));
@@ -391,7 +403,13 @@ fn idle_leg_times_out_is_removed_with_its_bridge_and_reported() {
         h.advance(Duration::from_secs(1));
     }
     let events = h.take_events();
-    let timed_out: Vec<_> = events.iter().filter_map(|e| match e { Event::TimedOut { leg, stats } => Some((*leg, stats.counters.rtp_packets_in)), _ => None }).collect();
+    let timed_out: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TimedOut { leg, stats } => Some((*leg, stats.counters.rtp_packets_in)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(timed_out, vec![(1, 1)]);
     assert!(!h.engine.has_leg(1));
     assert!(h.engine.has_leg(2), "the active leg stays");
@@ -656,7 +674,12 @@ fn a_transcoded_leg_gets_the_media_planes_own_sender_reports_with_a_block_on_its
     let mut packets = compound.map(|p| p.expect("packet"));
     let Packet::Sr(sr) = packets.next().expect("SR first") else { panic!("not an SR first") };
     assert_eq!(sr.ssrc(), ssrc_to_b, "the sender is the stream the media plane makes for B");
-    assert!(sr.packet_count() >= 400 && sr.octet_count() == sr.packet_count() * 160, "{} packets, {} octets", sr.packet_count(), sr.octet_count());
+    assert!(
+        sr.packet_count() >= 400 && sr.octet_count() == sr.packet_count() * 160,
+        "{} packets, {} octets",
+        sr.packet_count(),
+        sr.octet_count()
+    );
     // B sends nothing, so there is no block; leg 1's report to A has one on A's stream.
     assert_eq!(sr.report_blocks().count(), 0);
     assert!(matches!(packets.next(), Some(Packet::Sdes(_))), "SDES CNAME second");
@@ -743,7 +766,12 @@ fn each_conference_member_hears_the_others_and_not_itself_and_mute_silences_one(
         let own = tone_power(&pcm[i][1600..], 8000, tones[i]);
         for j in (0..3).filter(|j| *j != i) {
             let other = tone_power(&pcm[i][1600..], 8000, tones[j]);
-            assert!(other > 1000.0 * own.max(1.0), "member {i} hears {} Hz ({other:.0}) far above its own {} Hz ({own:.0})", tones[j], tones[i]);
+            assert!(
+                other > 1000.0 * own.max(1.0),
+                "member {i} hears {} Hz ({other:.0}) far above its own {} Hz ({own:.0})",
+                tones[j],
+                tones[i]
+            );
         }
     }
     // Member 2 (700 Hz) muted: the others stop hearing it.
@@ -799,7 +827,10 @@ fn a_conference_member_is_heard_continuously_through_jitter_reordering_loss_and_
     // After the buffer fills, the tone plays in order: in 20 ms windows, at most a few (the
     // concealed losses, the refills) are not the tone.
     let windows: Vec<&[i16]> = pcm[4000..pcm.len() - 4000].chunks(160).collect();
-    let tone = windows.iter().filter(|w| tone_power(w, 8000, 500.0) > 100.0 * tone_power(w, 8000, 1500.0).max(1.0) && tone_power(w, 8000, 500.0) > 1e9).count();
+    let tone = windows
+        .iter()
+        .filter(|w| tone_power(w, 8000, 500.0) > 100.0 * tone_power(w, 8000, 1500.0).max(1.0) && tone_power(w, 8000, 500.0) > 1e9)
+        .count();
     assert!(tone * 100 >= windows.len() * 90, "{tone} of {} windows carry the tone", windows.len());
     let c = h.engine.conference_jitter(60, 1).unwrap();
     assert!(c.duplicates >= 10 && c.concealed >= 1, "{c:?}");

@@ -114,7 +114,14 @@ impl RtpStream {
     /// Encodes every whole `chunk` of `pending` with `encoder` into the next packet of the
     /// stream (built in `packet`, reused), calling `out` with each; returns packets and payload
     /// octets sent. A chunk the codec refuses is skipped.
-    pub fn encode_pending(&mut self, encoder: &mut dyn Encoder, pending: &mut Vec<i16>, chunk: usize, packet: &mut Vec<u8>, out: &mut impl FnMut(&[u8])) -> (u64, u64) {
+    pub fn encode_pending(
+        &mut self,
+        encoder: &mut dyn Encoder,
+        pending: &mut Vec<i16>,
+        chunk: usize,
+        packet: &mut Vec<u8>,
+        out: &mut impl FnMut(&[u8]),
+    ) -> (u64, u64) {
         let (mut sent, mut octets) = (0, 0);
         while chunk > 0 && pending.len() >= chunk {
             packet.clear();
@@ -426,7 +433,11 @@ impl Transcoder {
             if self.injected.len() >= MAX_INJECTED {
                 break;
             }
-            self.injected.push_back(Injected { digit: digit.to_ascii_uppercase(), on_frames: frames(on_ms), pause_frames: frames(pause_ms) });
+            self.injected.push_back(Injected {
+                digit: digit.to_ascii_uppercase(),
+                on_frames: frames(on_ms),
+                pause_frames: frames(pause_ms),
+            });
             queued += 1;
         }
         queued
@@ -647,7 +658,14 @@ impl Transcoder {
         let rate = self.encoder.sample_rate();
         let fresh = self.tones.as_ref().is_none_or(|t| t.source_ts != rtp.timestamp());
         if fresh {
-            self.tones = Some(TonesOut { generator: ToneGenerator::new(rate, -7.0), digit, source_ts: rtp.timestamp(), made: 0, duration: 0, ended: false });
+            self.tones = Some(TonesOut {
+                generator: ToneGenerator::new(rate, -7.0),
+                digit,
+                source_ts: rtp.timestamp(),
+                made: 0,
+                duration: 0,
+                ended: false,
+            });
             self.counters.digits_to_tones += 1;
         }
         let frame = self.frame;
@@ -810,7 +828,8 @@ mod tests {
             p
         };
         let audio = |seq: u16| packet(0, seq, u32::from(seq) * 160, &[0xff; 160]);
-        let event = |seq: u16, duration: u16| packet(101, seq, 1600, &TelephoneEvent { event: 5, end: false, volume: 10, duration }.to_bytes());
+        let event =
+            |seq: u16, duration: u16| packet(101, seq, 1600, &TelephoneEvent { event: 5, end: false, volume: 10, duration }.to_bytes());
         let push = |t: &mut Transcoder, p: Vec<u8>| t.push(&RtpPacket::new_checked(&p[..]).unwrap(), |_| {}).unwrap();
         push(&mut t, audio(9));
         push(&mut t, event(10, 320));
@@ -836,7 +855,10 @@ mod tests {
     fn pcmu_to_opus_and_g722_to_pcma_resample_and_keep_the_speech() {
         let narrow = speech_like(8000, 1.0);
         let (pcm, packets, _) = run(codec(0, CodecKind::Pcmu, 8000, 20), codec(111, CodecKind::Opus, 48_000, 20), &narrow, &[]);
-        let ts_step = RtpPacket::new_checked(&packets[1][..]).unwrap().timestamp().wrapping_sub(RtpPacket::new_checked(&packets[0][..]).unwrap().timestamp());
+        let ts_step = RtpPacket::new_checked(&packets[1][..])
+            .unwrap()
+            .timestamp()
+            .wrapping_sub(RtpPacket::new_checked(&packets[0][..]).unwrap().timestamp());
         assert_eq!(ts_step, 960, "Opus RTP clock is 48 kHz");
         // Judge at 8 kHz: bring the 48 kHz result back down.
         let mut down = Resampler::new(48_000, 8000, 1).unwrap();
@@ -867,7 +889,8 @@ mod tests {
     #[test]
     fn lost_packets_are_concealed_so_the_outgoing_stream_stays_continuous() {
         let signal = speech_like(8000, 1.0);
-        let (pcm, packets, counters) = run(codec(0, CodecKind::Pcmu, 8000, 20), codec(8, CodecKind::Pcma, 8000, 20), &signal, &[10, 20, 21]);
+        let (pcm, packets, counters) =
+            run(codec(0, CodecKind::Pcmu, 8000, 20), codec(8, CodecKind::Pcma, 8000, 20), &signal, &[10, 20, 21]);
         assert_eq!((counters.decoded, counters.concealed), (47, 3));
         assert_eq!(packets.len(), 50, "every 20 ms has its packet");
         assert_eq!(pcm.len(), signal.len());

@@ -74,7 +74,9 @@ fn an_added_codec_the_answerer_picks_is_transcoded_with_dtmf_at_its_clock() {
     assert!(offered.sdp.contains("a=fmtp:96 useinbandfec=1\r\n"));
     assert!(offered.sdp.contains("a=rtpmap:97 telephone-event/48000\r\n"));
     // An Opus-only answerer (a WebRTC-style app) with DTMF.
-    let b = answer_from_b("m=audio 5004 RTP/AVP 96 97\r\na=rtpmap:96 opus/48000/2\r\na=fmtp:96 useinbandfec=1\r\na=rtpmap:97 telephone-event/48000\r\n");
+    let b = answer_from_b(
+        "m=audio 5004 RTP/AVP 96 97\r\na=rtpmap:96 opus/48000/2\r\na=fmtp:96 useinbandfec=1\r\na=rtpmap:97 telephone-event/48000\r\n",
+    );
     let out = answer(&offered.state, b.as_bytes(), &media_plane(30_002)).unwrap();
     let n = only(&out.streams);
     assert!(n.transcoded);
@@ -193,7 +195,8 @@ fn rtcp_mux_is_answered_to_the_offerer_whatever_the_answerer_does() {
 #[test]
 fn a_stream_that_is_not_rtp_is_relayed_untouched() {
     let fax = "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=image 4000 udptl t38\r\na=T38FaxVersion:0\r\n";
-    let offered = offer(fax.as_bytes(), &CodecPolicy { transcode: vec!["opus".into()], ..Default::default() }, &media_plane(30_000)).unwrap();
+    let offered =
+        offer(fax.as_bytes(), &CodecPolicy { transcode: vec!["opus".into()], ..Default::default() }, &media_plane(30_000)).unwrap();
     assert!(offered.sdp.contains("m=image 30000 udptl t38\r\n"), "{}", offered.sdp);
     assert!(offered.sdp.contains("a=T38FaxVersion:0\r\n"));
     let b = answer_from_b("m=image 6000 udptl t38\r\n");
@@ -257,7 +260,8 @@ fn a_plain_offerer_gets_the_answerer_srtp_of_the_suite_it_picks() {
     assert!(out.sdp.contains("m=audio 30000 RTP/SAVP 0 8 101\r\n"), "{}", out.sdp);
     assert_eq!(out.sdp.matches("a=crypto:").count(), 3, "one key per suite: {}", out.sdp);
     assert!(out.sdp.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"));
-    let b = answer_from_b("m=audio 5004 RTP/SAVP 0\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n");
+    let b =
+        answer_from_b("m=audio 5004 RTP/SAVP 0\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n");
     let back = answer(&out.state, b.as_bytes(), &media_plane(30_002)).unwrap();
     assert!(back.sdp.contains("m=audio 30002 RTP/AVP 0\r\n"), "{}", back.sdp);
     assert!(!back.sdp.contains("crypto"));
@@ -267,18 +271,27 @@ fn a_plain_offerer_gets_the_answerer_srtp_of_the_suite_it_picks() {
     // An answerer that drops to plain RTP, or names a tag never offered, is refused.
     let plain = answer_from_b("m=audio 5004 RTP/AVP 0\r\n");
     assert!(matches!(answer(&out.state, plain.as_bytes(), &media_plane(30_002)), Err(SdpError::Stream { stream: 0, .. })));
-    let unknown = answer_from_b("m=audio 5004 RTP/SAVP 0\r\na=crypto:9 AES_CM_128_HMAC_SHA1_32 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n");
-    assert!(matches!(answer(&out.state, unknown.as_bytes(), &media_plane(30_002)), Err(SdpError::Stream { why, .. }) if why.contains("tag 9")));
+    let unknown =
+        answer_from_b("m=audio 5004 RTP/SAVP 0\r\na=crypto:9 AES_CM_128_HMAC_SHA1_32 inline:4fl6DT4Bi+DWT6MsBt5BOQ7Gda1Jiv7rtpYLOqvm\r\n");
+    assert!(
+        matches!(answer(&out.state, unknown.as_bytes(), &media_plane(30_002)), Err(SdpError::Stream { why, .. }) if why.contains("tag 9"))
+    );
 }
 
 #[test]
 fn srtp_the_media_plane_cannot_key_is_refused() {
     let dtls = SRTP_PHONE.replace("RTP/SAVP", "UDP/TLS/RTP/SAVPF");
-    assert!(matches!(offer(dtls.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("DTLS")));
+    assert!(
+        matches!(offer(dtls.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("DTLS"))
+    );
     let no_key = SRTP_PHONE.lines().filter(|l| !l.contains("AES_CM")).collect::<Vec<_>>().join("\r\n");
-    assert!(matches!(offer(no_key.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("a=crypto")));
+    assert!(
+        matches!(offer(no_key.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("a=crypto"))
+    );
     let mki = SRTP_PHONE.replace("|2^31", "|2^31|1:4");
-    assert!(matches!(offer(mki.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("MKI")));
+    assert!(
+        matches!(offer(mki.as_bytes(), &CodecPolicy::default(), &media_plane(1)), Err(SdpError::Stream { why, .. }) if why.contains("MKI"))
+    );
     assert!(Transport::from_protocol("RTP/SAVPF").is_ok_and(|t| t == Transport::Srtp));
     assert!(matches!(Transport::from_protocol("UDP/TLS/RTP/SAVP"), Err(SdpError::Policy(_))));
 }

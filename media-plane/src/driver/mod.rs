@@ -34,11 +34,11 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::config::{Backend, Config};
 use crate::engine::{
-    BridgeId, CommandError, CoreCounters, CrossMessage, Direction, Engine, EngineConfig, Event, Handoff, LegCodec, LegId, LegMedia, LegSpec,
-    LegStats,
+    BridgeId, CommandError, CoreCounters, CrossMessage, Direction, Engine, EngineConfig, Event, Handoff, LegCodec, LegId, LegMedia,
+    LegSpec, LegStats,
 };
-use crate::sdp::PendingOffer;
 use crate::ports::PortPool;
+use crate::sdp::PendingOffer;
 
 /// Depth of each core's command queue.
 pub const COMMAND_QUEUE: usize = 4096;
@@ -61,7 +61,11 @@ pub type Reply<T> = oneshot::Sender<Result<T, CoreError>>;
 /// A request to one core.
 #[derive(Debug)]
 pub enum Command {
-    CreateLeg { id: LegId, spec: LegSpec, reply: Reply<u16> },
+    CreateLeg {
+        id: LegId,
+        spec: LegSpec,
+        reply: Reply<u16>,
+    },
     UpdateLeg {
         id: LegId,
         remote: Option<SocketAddr>,
@@ -70,34 +74,109 @@ pub enum Command {
         relatch: bool,
         reply: Reply<()>,
     },
-    DeleteLeg { id: LegId, reply: Reply<LegStats> },
-    CreateBridge { id: BridgeId, a: LegId, b: LegId, reply: Reply<()> },
+    DeleteLeg {
+        id: LegId,
+        reply: Reply<LegStats>,
+    },
+    CreateBridge {
+        id: BridgeId,
+        a: LegId,
+        b: LegId,
+        reply: Reply<()>,
+    },
     /// This core's half of a bridge to leg `peer_leg` (of codec `peer_codec`) of core `peer_core`.
-    LinkRemote { id: BridgeId, leg: LegId, peer_core: usize, peer_leg: LegId, peer_codec: Option<LegCodec>, primary: bool, reply: Reply<()> },
+    LinkRemote {
+        id: BridgeId,
+        leg: LegId,
+        peer_core: usize,
+        peer_leg: LegId,
+        peer_codec: Option<LegCodec>,
+        primary: bool,
+        reply: Reply<()>,
+    },
     /// The codec a leg was created with.
-    LegCodec { id: LegId, reply: Reply<Option<LegCodec>> },
+    LegCodec {
+        id: LegId,
+        reply: Reply<Option<LegCodec>>,
+    },
     /// One leg's stats (ports, bridge, codec).
-    Leg { id: LegId, reply: Reply<LegStats> },
+    Leg {
+        id: LegId,
+        reply: Reply<LegStats>,
+    },
     /// What an SDP offer/answer settled for a leg (opens or closes its RTCP port on a change of
     /// rtcp-mux).
-    SetMedia { id: LegId, media: LegMedia, reply: Reply<()> },
+    SetMedia {
+        id: LegId,
+        media: LegMedia,
+        reply: Reply<()>,
+    },
     /// Keeps (or clears) an SDP offer on a leg until its answer.
-    PutOffer { id: LegId, offer: Option<Box<PendingOffer>>, reply: Reply<()> },
-    GetOffer { id: LegId, reply: Reply<Option<Box<PendingOffer>>> },
-    CreateConference { id: u64, rate: u32, reply: Reply<()> },
-    DeleteConference { id: u64, reply: Reply<Vec<LegId>> },
+    PutOffer {
+        id: LegId,
+        offer: Option<Box<PendingOffer>>,
+        reply: Reply<()>,
+    },
+    GetOffer {
+        id: LegId,
+        reply: Reply<Option<Box<PendingOffer>>>,
+    },
+    CreateConference {
+        id: u64,
+        rate: u32,
+        reply: Reply<()>,
+    },
+    DeleteConference {
+        id: u64,
+        reply: Reply<Vec<LegId>>,
+    },
     /// Adds (`add`) or updates a member.
-    Member { conference: u64, leg: LegId, muted: bool, deaf: bool, add: bool, reply: Reply<()> },
-    RemoveMember { conference: u64, leg: LegId, reply: Reply<()> },
+    Member {
+        conference: u64,
+        leg: LegId,
+        muted: bool,
+        deaf: bool,
+        add: bool,
+        reply: Reply<()>,
+    },
+    RemoveMember {
+        conference: u64,
+        leg: LegId,
+        reply: Reply<()>,
+    },
     /// The PCM rate a play to the leg must have.
-    PlayRate { id: LegId, reply: Reply<u32> },
-    Play { id: LegId, play: u64, pcm: std::sync::Arc<[i16]>, looped: bool, reply: Reply<()> },
-    StopPlay { id: LegId, reply: Reply<bool> },
+    PlayRate {
+        id: LegId,
+        reply: Reply<u32>,
+    },
+    Play {
+        id: LegId,
+        play: u64,
+        pcm: std::sync::Arc<[i16]>,
+        looped: bool,
+        reply: Reply<()>,
+    },
+    StopPlay {
+        id: LegId,
+        reply: Reply<bool>,
+    },
     /// Plays DTMF digits to a leg's endpoint; answers how many were queued.
-    InjectDtmf { id: LegId, digits: String, on: Duration, pause: Duration, reply: Reply<usize> },
-    DeleteBridge { id: BridgeId, reply: Reply<()> },
+    InjectDtmf {
+        id: LegId,
+        digits: String,
+        on: Duration,
+        pause: Duration,
+        reply: Reply<usize>,
+    },
+    DeleteBridge {
+        id: BridgeId,
+        reply: Reply<()>,
+    },
     /// `legs: None` = every leg; `Some(ids)` = only those (empty: totals only).
-    Stats { legs: Option<Vec<LegId>>, reply: oneshot::Sender<CoreReport> },
+    Stats {
+        legs: Option<Vec<LegId>>,
+        reply: oneshot::Sender<CoreReport>,
+    },
     Shutdown,
 }
 
@@ -328,7 +407,12 @@ impl CoreState {
         sockets.resize_with(1 << 16, || None);
         Self {
             core,
-            engine: Engine::new(EngineConfig { media_timeout: config.media_timeout, core, seed: random_seed(core), wall: Some(wall_clock()) }),
+            engine: Engine::new(EngineConfig {
+                media_timeout: config.media_timeout,
+                core,
+                seed: random_seed(core),
+                wall: Some(wall_clock()),
+            }),
             pool: PortPool::for_core(config.port_min, config.port_max, core, config.cores),
             sockets,
             registry,
@@ -400,7 +484,11 @@ impl CoreState {
                     let _ = reply.send(self.engine.delete_conference(id).map_err(CoreError::from));
                 }
                 Command::Member { conference, leg, muted, deaf, add, reply } => {
-                    let r = if add { self.engine.add_member(conference, leg, muted, deaf) } else { self.engine.update_member(conference, leg, muted, deaf) };
+                    let r = if add {
+                        self.engine.add_member(conference, leg, muted, deaf)
+                    } else {
+                        self.engine.update_member(conference, leg, muted, deaf)
+                    };
                     let _ = reply.send(r.map_err(CoreError::from));
                 }
                 Command::RemoveMember { conference, leg, reply } => {
@@ -655,7 +743,11 @@ pub fn start(config: &Config, events: broadcast::Sender<CoreEvent>) -> Result<St
 /// CPU that core `core` is pinned to, if pinning is on.
 fn pin_cpu(config: &Config, core: usize) -> Option<core_affinity::CoreId> {
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
-    if config.pin_cores && !cpus.is_empty() { Some(cpus[(config.first_cpu + core) % cpus.len()]) } else { None }
+    if config.pin_cores && !cpus.is_empty() {
+        Some(cpus[(config.first_cpu + core) % cpus.len()])
+    } else {
+        None
+    }
 }
 
 fn pin_current(core: usize, cpu: Option<core_affinity::CoreId>) {

@@ -177,7 +177,9 @@ pub fn spawn_cores(config: &Config, events: broadcast::Sender<CoreEvent>) -> Res
     }
     let steering = Arc::new(ebpf::Steering::attach(&ifname, config.port_min..=config.port_max, ebpf::XdpMode::Auto)?);
     match steering.fallback_reason() {
-        Some(why) => tracing::info!(interface = %ifname, mode = %steering.mode(), reason = why, "XDP program attached (native mode refused)"),
+        Some(why) => {
+            tracing::info!(interface = %ifname, mode = %steering.mode(), reason = why, "XDP program attached (native mode refused)")
+        }
         None => tracing::info!(interface = %ifname, mode = %steering.mode(), "XDP program attached"),
     }
     // Zero-copy needs the program in the driver and a driver with AF_XDP zero-copy: virtual devices
@@ -260,7 +262,8 @@ fn inspect_interface(name: &str, media_ip: IpAddr) -> Result<Interface, XdpError
         }
     }
     if !found.contains(&media_ip) {
-        let found = if found.is_empty() { "no address".to_owned() } else { found.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") };
+        let found =
+            if found.is_empty() { "no address".to_owned() } else { found.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") };
         return Err(XdpError::AddressNotOnInterface { ip: media_ip, interface: name.to_owned(), found });
     }
     let mac = mac.ok_or_else(|| XdpError::NoMac(name.to_owned()))?;
@@ -271,7 +274,8 @@ fn inspect_interface(name: &str, media_ip: IpAddr) -> Result<Interface, XdpError
 /// namespace it was mounted in; `ip netns exec` mounts the right one).
 fn rx_queue_count(name: &str) -> Result<usize, XdpError> {
     let path = format!("/sys/class/net/{name}/queues");
-    let entries = std::fs::read_dir(&path).map_err(|source| XdpError::QueueCount { interface: name.to_owned(), path: path.clone(), source })?;
+    let entries =
+        std::fs::read_dir(&path).map_err(|source| XdpError::QueueCount { interface: name.to_owned(), path: path.clone(), source })?;
     Ok(entries.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count().max(1))
 }
 
@@ -380,10 +384,11 @@ impl XdpDriver {
         let sock_err = |source| XdpError::Socket { interface: self.interface.name.clone(), queue: self.queue, source };
         let xsk = Xsk::open(self.interface.index, self.queue, &self.xsk_config).map_err(sock_err)?;
         let fd = xsk.as_fd().as_raw_fd();
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)
-            .map_err(|source| XdpError::Poll { core: self.state.core, call: "epoll_ctl(EPOLL_CTL_ADD, AF_XDP socket)", source })?;
+        self.poll.registry().register(&mut SourceFd(&fd), SOCKET, Interest::READABLE).map_err(|source| XdpError::Poll {
+            core: self.state.core,
+            call: "epoll_ctl(EPOLL_CTL_ADD, AF_XDP socket)",
+            source,
+        })?;
         steering.register_xsk(self.queue, &xsk)?;
         Ok(xsk)
     }
@@ -569,7 +574,8 @@ mod tests {
 
     /// A core with legs A (latching) and B (remote 10.0.0.3:5000) bridged, media_ip 10.0.0.2.
     fn bridged_core() -> CoreState {
-        let config = FileConfig { media_ip: Some("10.0.0.2".into()), ports: Some("30000-30099".into()), ..Default::default() }.validate().unwrap();
+        let config =
+            FileConfig { media_ip: Some("10.0.0.2".into()), ports: Some("30000-30099".into()), ..Default::default() }.validate().unwrap();
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let (events, _) = broadcast::channel(4);
         let mut state = CoreState::new(0, &config, rx, events, None, CrossCore::alone());
@@ -649,9 +655,10 @@ mod tests {
 
     /// Two cores sharing cross-core queues (core 1's holding `depth`), as `spawn_cores` wires them.
     fn two_cores(depth: usize) -> (CoreState, CoreState) {
-        let config = FileConfig { media_ip: Some("10.0.0.2".into()), ports: Some("30000-30099".into()), cores: Some(2), ..Default::default() }
-            .validate()
-            .unwrap();
+        let config =
+            FileConfig { media_ip: Some("10.0.0.2".into()), ports: Some("30000-30099".into()), cores: Some(2), ..Default::default() }
+                .validate()
+                .unwrap();
         let (events, _) = broadcast::channel(4);
         let (_c0, r0) = crossbeam_channel::bounded(1);
         let (_c1, r1) = crossbeam_channel::bounded(1);
@@ -672,13 +679,15 @@ mod tests {
         let mut frames = Vec::new();
         let mut buf = [0u8; 2048];
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
-        state.drain_cross(CROSS_BATCH, now, |state, dst_port, src, payload| match state.engine.handle_packet(dst_port, src, payload, now) {
-            Verdict::Forward { from_port, to } => {
-                let len = build_frame(state, n, ip, OUR_MAC, from_port, to, payload, now, &mut buf).expect("frame");
-                frames.push(buf[..len].to_vec());
+        state.drain_cross(CROSS_BATCH, now, |state, dst_port, src, payload| {
+            match state.engine.handle_packet(dst_port, src, payload, now) {
+                Verdict::Forward { from_port, to } => {
+                    let len = build_frame(state, n, ip, OUR_MAC, from_port, to, payload, now, &mut buf).expect("frame");
+                    frames.push(buf[..len].to_vec());
+                }
+                Verdict::Handoff { core, handoff } => state.hand_off(core, handoff, payload),
+                Verdict::Consumed | Verdict::Drop(_) => {}
             }
-            Verdict::Handoff { core, handoff } => state.hand_off(core, handoff, payload),
-            Verdict::Consumed | Verdict::Drop(_) => {}
         });
         let mut packet = [0u8; MAX_TRANSMIT];
         while let Some(t) = state.engine.poll_transmit(&mut packet) {
@@ -716,7 +725,11 @@ mod tests {
             let mut f = inbound("10.0.0.2:30002", &payload);
             assert!(!relay(&mut core0, &mut n, &mut f), "core 0 frees the frame");
         }
-        assert_eq!((core0.driver.handoff_out, core0.driver.handoff_full), (2, 1), "queue of 2: the third is dropped and counted, never waited for");
+        assert_eq!(
+            (core0.driver.handoff_out, core0.driver.handoff_full),
+            (2, 1),
+            "queue of 2: the third is dropped and counted, never waited for"
+        );
         assert_eq!(core0.cross.pending_wakes(), &[false, true], "core 1 is woken");
         assert_eq!(core0.engine.poll_event(), None);
 

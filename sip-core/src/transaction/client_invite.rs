@@ -26,8 +26,8 @@ use bytes::Bytes;
 use rsip::{Method, Request, Response};
 
 use super::{
-    ack_for_non_2xx, due, encode_request, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError,
-    TransactionEvent, TransactionKey,
+    ack_for_non_2xx, due, encode_request, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent,
+    TransactionKey,
 };
 
 /// States of [`InviteClient`].
@@ -64,12 +64,7 @@ pub struct InviteClient {
 
 impl InviteClient {
     /// Starts the transaction: the INVITE is queued for transmission at once.
-    pub fn new(
-        request: Request,
-        destination: Peer,
-        config: TimerConfig,
-        now: Instant,
-    ) -> Result<Self, TransactionError> {
+    pub fn new(request: Request, destination: Peer, config: TimerConfig, now: Instant) -> Result<Self, TransactionError> {
         if request.method != Method::Invite {
             return Err(TransactionError::WrongMethod { machine: "INVITE client", method: request.method });
         }
@@ -260,9 +255,7 @@ mod tests {
     fn reliable_transport_never_retransmits_and_terminates_after_ack() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx =
-            InviteClient::new(inv.clone(), Peer::tcp("192.0.2.2:5060".parse().unwrap()), TimerConfig::default(), t0)
-                .unwrap();
+        let mut tx = InviteClient::new(inv.clone(), Peer::tcp("192.0.2.2:5060".parse().unwrap()), TimerConfig::default(), t0).unwrap();
         assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)), "only Timer B");
         tx.handle_message(response_for(&inv, 603, None, Some("x")), t0);
         let (out, _) = drain(&mut tx);
@@ -284,9 +277,6 @@ mod tests {
     fn only_invite_starts_an_invite_client() {
         let mut req = invite();
         req.method = Method::Options;
-        assert!(matches!(
-            InviteClient::new(req, bob(), TimerConfig::default(), Instant::now()),
-            Err(TransactionError::WrongMethod { .. })
-        ));
+        assert!(matches!(InviteClient::new(req, bob(), TimerConfig::default(), Instant::now()), Err(TransactionError::WrongMethod { .. })));
     }
 }

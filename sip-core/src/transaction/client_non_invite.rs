@@ -26,8 +26,7 @@ use bytes::Bytes;
 use rsip::{Method, Request, Response};
 
 use super::{
-    due, encode_request, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent,
-    TransactionKey,
+    due, encode_request, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent, TransactionKey,
 };
 
 /// States of [`NonInviteClient`].
@@ -60,12 +59,7 @@ pub struct NonInviteClient {
 
 impl NonInviteClient {
     /// Starts the transaction: the request is queued for transmission at once.
-    pub fn new(
-        request: Request,
-        destination: Peer,
-        config: TimerConfig,
-        now: Instant,
-    ) -> Result<Self, TransactionError> {
+    pub fn new(request: Request, destination: Peer, config: TimerConfig, now: Instant) -> Result<Self, TransactionError> {
         if matches!(request.method, Method::Invite | Method::Ack) {
             return Err(TransactionError::WrongMethod { machine: "non-INVITE client", method: request.method });
         }
@@ -124,9 +118,7 @@ impl NonInviteClient {
 
     /// Fires the timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if matches!(self.state, NonInviteClientState::Trying | NonInviteClientState::Proceeding)
-            && due(self.timer_f, now)
-        {
+        if matches!(self.state, NonInviteClientState::Trying | NonInviteClientState::Proceeding) && due(self.timer_f, now) {
             self.out.event(TransactionEvent::Timeout);
             self.terminate();
             return;
@@ -223,9 +215,7 @@ mod tests {
     fn reliable_transport_has_no_timer_e_and_zero_timer_k() {
         let t0 = Instant::now();
         let req = register();
-        let mut tx =
-            NonInviteClient::new(req.clone(), Peer::tcp("192.0.2.2:5060".parse().unwrap()), TimerConfig::default(), t0)
-                .unwrap();
+        let mut tx = NonInviteClient::new(req.clone(), Peer::tcp("192.0.2.2:5060".parse().unwrap()), TimerConfig::default(), t0).unwrap();
         assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)), "only Timer F");
         tx.handle_message(response_for(&req, 200, None, Some("x")), t0);
         assert!(tx.is_terminated());

@@ -14,8 +14,8 @@ use std::time::Instant;
 use rsip::{Method, Request, Response, SipMessage};
 
 use super::{
-    method_index, response_destination, InviteClient, InviteServer, InviteServerState, NonInviteClient,
-    NonInviteServer, Outgoing, Peer, Role, TimerConfig, TransactionError, TransactionEvent, TransactionKey,
+    method_index, response_destination, InviteClient, InviteServer, InviteServerState, NonInviteClient, NonInviteServer, Outgoing, Peer,
+    Role, TimerConfig, TransactionError, TransactionEvent, TransactionKey,
 };
 use crate::message;
 
@@ -308,14 +308,7 @@ impl TransactionLayer {
             return;
         };
         self.stats.server_transactions += 1;
-        let id = self.insert(Entry {
-            key: key.clone(),
-            role: Role::Server,
-            machine,
-            peer: source,
-            cancels,
-            scheduled: None,
-        });
+        let id = self.insert(Entry { key: key.clone(), role: Role::Server, machine, peer: source, cancels, scheduled: None });
         self.servers.insert(key, id);
         self.drain(id);
     }
@@ -370,12 +363,7 @@ impl TransactionLayer {
 
     /// The driver could not deliver a message of the transaction `key` (ICMP error, connection
     /// reset, TLS failure).
-    pub fn handle_transport_error(
-        &mut self,
-        role: Role,
-        key: &TransactionKey,
-        now: Instant,
-    ) -> Result<(), TransactionError> {
+    pub fn handle_transport_error(&mut self, role: Role, key: &TransactionKey, now: Instant) -> Result<(), TransactionError> {
         let id = self.find(role, key)?;
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.machine.handle_transport_error(now);
@@ -388,12 +376,7 @@ impl TransactionLayer {
 
     /// Starts a client transaction sending `request` to `destination`. The request must carry a
     /// fresh branch ([`Random::branch`](crate::random::Random::branch)).
-    pub fn start_client(
-        &mut self,
-        request: Request,
-        destination: Peer,
-        now: Instant,
-    ) -> Result<TransactionKey, TransactionError> {
+    pub fn start_client(&mut self, request: Request, destination: Peer, now: Instant) -> Result<TransactionKey, TransactionError> {
         if request.method == Method::Ack {
             return Err(TransactionError::AckNeedsNoTransaction);
         }
@@ -408,26 +391,14 @@ impl TransactionLayer {
             Machine::NonInviteClient(NonInviteClient::new(request, destination, self.config, now)?)
         };
         self.stats.client_transactions += 1;
-        let id = self.insert(Entry {
-            key: key.clone(),
-            role: Role::Client,
-            machine,
-            peer: destination,
-            cancels: None,
-            scheduled: None,
-        });
+        let id = self.insert(Entry { key: key.clone(), role: Role::Client, machine, peer: destination, cancels: None, scheduled: None });
         self.clients.insert(index, id);
         self.drain(id);
         Ok(key)
     }
 
     /// Sends the TU's response through the server transaction `key`.
-    pub fn send_response(
-        &mut self,
-        key: &TransactionKey,
-        response: Response,
-        now: Instant,
-    ) -> Result<(), TransactionError> {
+    pub fn send_response(&mut self, key: &TransactionKey, response: Response, now: Instant) -> Result<(), TransactionError> {
         let id = self.find(Role::Server, key)?;
         let class = usize::from(response.status_code.code() / 100).saturating_sub(1);
         if let Some(count) = self.stats.responses_sent.get_mut(class) {
@@ -591,9 +562,8 @@ mod tests {
         layer.handle_message(SipMessage::Request(inv.clone()), alice(), t0);
         let invite_key = TransactionKey::for_request(&inv).unwrap();
         layer.handle_message(SipMessage::Request(cancel_for(&inv)), alice(), t0);
-        let cancel_event = events(&mut layer)
-            .into_iter()
-            .find(|e| matches!(e, LayerEvent::Request { request, .. } if request.method == Method::Cancel));
+        let cancel_event =
+            events(&mut layer).into_iter().find(|e| matches!(e, LayerEvent::Request { request, .. } if request.method == Method::Cancel));
         let Some(LayerEvent::Request { key, cancels, .. }) = cancel_event else { panic!("no CANCEL event") };
         assert_eq!(cancels, Some(invite_key.clone()));
         assert_eq!(key.method, Method::Cancel);

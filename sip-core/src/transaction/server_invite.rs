@@ -32,8 +32,7 @@ use bytes::Bytes;
 use rsip::{Method, Request, Response};
 
 use super::{
-    due, encode_response, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent,
-    TransactionKey,
+    due, encode_response, transaction_plumbing, Backoff, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent, TransactionKey,
 };
 use crate::message::response_for;
 
@@ -86,12 +85,7 @@ impl InviteServer {
     /// Creates the transaction for a received INVITE; the INVITE is reported to the TU as
     /// [`TransactionEvent::Request`]. `destination` is where responses go
     /// ([`response_destination`](super::response_destination)).
-    pub fn new(
-        request: Request,
-        destination: Peer,
-        config: TimerConfig,
-        now: Instant,
-    ) -> Result<Self, TransactionError> {
+    pub fn new(request: Request, destination: Peer, config: TimerConfig, now: Instant) -> Result<Self, TransactionError> {
         if request.method != Method::Invite {
             return Err(TransactionError::WrongMethod { machine: "INVITE server", method: request.method });
         }
@@ -346,19 +340,14 @@ mod tests {
             tx.send_response(response_for(&inv, 200, None, Some("x")), t0),
             Err(TransactionError::InvalidState { status: 200, state: "Completed" })
         ));
-        assert!(matches!(
-            tx.send_response(response_for(&inv, 99, None, None), t0),
-            Err(TransactionError::BadStatus(99))
-        ));
+        assert!(matches!(tx.send_response(response_for(&inv, 99, None, None), t0), Err(TransactionError::BadStatus(99))));
     }
 
     #[test]
     fn reliable_transport_has_no_timer_g_and_ack_terminates_at_once() {
         let t0 = Instant::now();
         let inv = invite();
-        let mut tx =
-            InviteServer::new(inv.clone(), Peer::tcp("192.0.2.1:5060".parse().unwrap()), TimerConfig::default(), t0)
-                .unwrap();
+        let mut tx = InviteServer::new(inv.clone(), Peer::tcp("192.0.2.1:5060".parse().unwrap()), TimerConfig::default(), t0).unwrap();
         tx.send_response(response_for(&inv, 486, None, Some("x")), t0).unwrap();
         assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)), "only Timer H");
         tx.handle_message(ack(), t0);

@@ -30,10 +30,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rsip::{Method, Request, Response};
 
-use super::{
-    due, encode_response, transaction_plumbing, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent,
-    TransactionKey,
-};
+use super::{due, encode_response, transaction_plumbing, Outbox, Peer, TimerConfig, TransactionError, TransactionEvent, TransactionKey};
 
 /// States of [`NonInviteServer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,12 +73,7 @@ pub struct NonInviteServer {
 impl NonInviteServer {
     /// Creates the transaction for a received request; it is reported to the TU as
     /// [`TransactionEvent::Request`].
-    pub fn new(
-        request: Request,
-        destination: Peer,
-        config: TimerConfig,
-        now: Instant,
-    ) -> Result<Self, TransactionError> {
+    pub fn new(request: Request, destination: Peer, config: TimerConfig, now: Instant) -> Result<Self, TransactionError> {
         if matches!(request.method, Method::Invite | Method::Ack) {
             return Err(TransactionError::WrongMethod { machine: "non-INVITE server", method: request.method });
         }
@@ -207,9 +199,7 @@ mod tests {
     fn timer_j_is_zero_on_reliable_transports() {
         let t0 = Instant::now();
         let req = options();
-        let mut tx =
-            NonInviteServer::new(req.clone(), Peer::tcp("192.0.2.1:5060".parse().unwrap()), TimerConfig::default(), t0)
-                .unwrap();
+        let mut tx = NonInviteServer::new(req.clone(), Peer::tcp("192.0.2.1:5060".parse().unwrap()), TimerConfig::default(), t0).unwrap();
         tx.send_response(response_for(&req, 200, None, Some("x")), t0).unwrap();
         assert!(tx.is_terminated());
     }
