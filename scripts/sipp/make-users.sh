@@ -6,6 +6,9 @@
 #   users.csv        sipp -inf, SEQUENTIAL: user1..userN, for register.xml storms:
 #                      USER;PASSWORD;DOMAIN;[authentication username=USER password=PASSWORD]
 #   callees.csv      the same for the first CALLEES users (they register on the UAS port)
+#   storm.csv        the same for the other users: a REGISTER storm must not register a callee
+#                    a second time from the storm's port (its calls would fork to a contact
+#                    nobody answers)
 #   calls.csv        sipp -inf for the uac-*.xml scenarios, one line per caller:
 #                      CALLER;PASSWORD;DOMAIN;[authentication ...];CALLEE
 #                    callers: the users after the first CALLEES (all if N == CALLEES); CALLEE
@@ -42,6 +45,9 @@ with open(os.path.join(out, "users.csv"), "w") as f:
 with open(os.path.join(out, "callees.csv"), "w") as f:
     f.write("SEQUENTIAL\n")
     f.writelines("%s;%s;%s;%s\n" % (u, password, domain, auth(u)) for u in users[:callees])
+with open(os.path.join(out, "storm.csv"), "w") as f:
+    f.write("SEQUENTIAL\n")
+    f.writelines("%s;%s;%s;%s\n" % (u, password, domain, auth(u)) for u in (users[callees:] or users))
 callers = users[callees:] or users  # callees do not call (themselves), unless everyone is one
 with open(os.path.join(out, "calls.csv"), "w") as f:
     f.write("SEQUENTIAL\n")
@@ -57,4 +63,4 @@ with open(os.path.join(out, "subscribers.sql"), "w") as f:
                                                      md5("%s@%s:%s:%s" % (u, domain, domain, password))))
     f.write("COMMIT;\n")
 PY
-echo "make-users: $N users (+ alice bob carol dave) in $OUT: users.csv callees.csv calls.csv subscribers.tsv subscribers.sql" >&2
+echo "make-users: $N users (+ alice bob carol dave) in $OUT: users.csv callees.csv storm.csv calls.csv subscribers.tsv subscribers.sql" >&2
