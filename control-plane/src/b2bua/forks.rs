@@ -352,16 +352,7 @@ impl B2bua {
         if call.transfer.as_ref().is_some_and(|t| t.stage == f.stage && t.answered.is_none()) {
             let stage = f.stage;
             if !call.forks.iter().any(|f| f.stage == stage && f.outstanding()) {
-                let statuses: Vec<u16> = call
-                    .forks
-                    .iter()
-                    .filter(|f| f.stage == stage)
-                    .filter_map(|f| match f.state {
-                        ForkState::Done(s) => Some(s),
-                        _ => None,
-                    })
-                    .collect();
-                let status = match outcome_of(&statuses, &[]) {
+                let status = match outcome_of(&call.stage_statuses(stage), &[]) {
                     Outcome::Busy(s) | Outcome::Failed(s) => s,
                     _ => 480,
                 };
@@ -376,15 +367,7 @@ impl B2bua {
             let decline = (601..700).contains(&status);
             let ringing = call.forks.iter().any(|f| f.stage == stage && f.outstanding());
             if decline || !ringing {
-                let statuses: Vec<u16> = call
-                    .forks
-                    .iter()
-                    .filter(|f| f.stage == stage)
-                    .filter_map(|f| match f.state {
-                        ForkState::Done(s) => Some(s),
-                        _ => None,
-                    })
-                    .collect();
+                let statuses = call.stage_statuses(stage);
                 let redirects: Vec<String> =
                     call.forks.iter().filter(|f| f.stage == stage).flat_map(|f| f.redirects.iter().cloned()).collect();
                 if decline {

@@ -473,6 +473,18 @@ impl Call {
         }
     }
 
+    /// The final statuses of stage `stage`'s forks.
+    fn stage_statuses(&self, stage: u32) -> Vec<u16> {
+        self.forks
+            .iter()
+            .filter(|f| f.stage == stage)
+            .filter_map(|f| match f.state {
+                ForkState::Done(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn holds_deadline(&self, at: Instant) -> bool {
         self.stage_deadline == Some(at) || self.retransmit.as_ref().is_some_and(|r| r.next == at)
     }
