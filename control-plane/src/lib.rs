@@ -2,11 +2,14 @@
 //! a B2BUA that anchors every call's media in the media plane over the `media.v1` gRPC API.
 //!
 //! ```text
-//!   UDP/TCP (driver) ──► sip_core::parse ──► sip_core::transaction::TransactionLayer ──► server::ControlPlane
-//!                          (rsip + RFC 3261       (RFC 3261 §17 state machines,          ├─ sip_core::digest (401/407/403)
-//!                           checks; 400s)          sans-IO, virtual-time tested)          ├─ registrar ─► store (SQLite)
-//!                                                                                         └─ b2bua ─► media requests
-//!                                                      media::MediaClient (tonic) ◄────────────┘   (sdp: anchoring)
+//!   UDP/TCP/TLS (driver) ──► server::ControlPlane: limits, parse (sip_core), TransactionLayer
+//!        ├─ REGISTER: sip_core::digest (401/403) ─► registrar ─► store (SQLite)
+//!        ├─ INVITE: 483, digest (407), offer checks ─► routing (settings, registrar, routes)
+//!        │                                                   │ Plan (stages of branches)
+//!        └─ calls ─► b2bua::B2bua ◄──────────────────────────┘ Outcome ─► routing::next
+//!                      │ SipOut (responses, requests, ACKs)   │ CallEvent (refer, hold, updates)
+//!                      └─ MediaRequest ─► media::MediaClient (tonic) ─► media plane
+//!   api (control.v1 gRPC) ─► the core's loop: originate, hang up, list, watch, settings
 //! ```
 //!
 //! - The SIP protocol itself (messages, transactions, digest, STUN) is the `sip-core` crate, which
@@ -18,9 +21,13 @@
 //! - [`registrar`]: the location table (RFC 3261 §10.3); [`store`]: subscribers and registrations
 //!   behind a trait, SQLite by default.
 //! - [`b2bua`]: [`B2bua`](b2bua::B2bua), a state machine of its own: calls (two
-//!   `sip_core::dialog` dialogs each, media anchored, every allocation released once); [`sdp`]:
-//!   the SDP checks it needs; [`media`]: the media-plane requests and the tonic client.
-//! - [`routing`]: where a call goes (registered contacts, trunks by prefix), as branches.
+//!   `sip_core::dialog` dialogs each, forks per stage, media anchored, every allocation released
+//!   once), delayed offer, calls the API places, hold with music on hold, blind and attended
+//!   transfer; [`sdp`]: the SDP checks it needs; [`media`]: the media-plane requests and the
+//!   tonic client.
+//! - [`routing`]: where a call goes and what follows an unanswered stage: registered contacts
+//!   (parallel or sequential forking), trunks by prefix, forwarding, find-me, screening, the
+//!   PSTN fallback, redirects.
 //! - [`now`]: the clocks handed to the sans-IO parts.
 //! - [`config`]: the TOML file; [`driver`]: tokio sockets, timers and the media client around the core.
 //! - [`api`]: the control.v1 gRPC API (originate, hang up, list and watch calls, settings),
