@@ -62,6 +62,9 @@
 //!                                 # to answer wins, the others get CANCEL) or "sequential" (one at a
 //!                                 # time, best q first; a busy or failed one moves on) (default parallel)
 //! branch_timeout_s = 15           # sequential: how long each contact but the last rings (default 15)
+//! refer = "subscribers"           # who may transfer a call with REFER: "subscribers" (a subscriber
+//!                                 # of ours, its outgoing screening applied to the target), "any"
+//!                                 # side of any call, or "off" (REFER gets 403) (default subscribers)
 //! max_forwards = 5                # call forwards (settings forward.*) one call may take; more get
 //!                                 # 483, and a forward back to a subscriber already rung gets 482 (default 5)
 //!
@@ -178,6 +181,19 @@ struct RawRouting {
     fork: Option<String>,
     branch_timeout_s: Option<u64>,
     max_forwards: Option<u8>,
+    refer: Option<String>,
+}
+
+/// Who may transfer calls with REFER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReferPolicy {
+    /// A subscriber of ours, whose outgoing screening applies to the target.
+    #[default]
+    Subscribers,
+    /// Either side of any call (a trunk's callee too).
+    Any,
+    /// Nobody: REFER gets 403.
+    Off,
 }
 
 /// How a subscriber's registered contacts are rung.
@@ -420,6 +436,8 @@ pub struct Config {
     pub branch_timeout: Duration,
     /// Call forwards one call may take.
     pub max_forwards: u8,
+    /// Who may transfer calls.
+    pub refer: ReferPolicy,
     /// UDP responses to the source port even without rport.
     pub symmetric_responses: bool,
     /// Digest algorithms: accepted, challenged, per domain.
@@ -659,6 +677,12 @@ impl Config {
             Some("sequential") => ForkMode::Sequential,
             Some(other) => return Err(invalid("routing.fork", format!("{other:?} is not parallel or sequential"))),
         };
+        let refer = match raw.routing.refer.as_deref() {
+            None | Some("subscribers") => ReferPolicy::Subscribers,
+            Some("any") => ReferPolicy::Any,
+            Some("off") => ReferPolicy::Off,
+            Some(other) => return Err(invalid("routing.refer", format!("{other:?} is not subscribers, any or off"))),
+        };
         let branch_timeout_s = raw.routing.branch_timeout_s.unwrap_or(15);
         if branch_timeout_s == 0 {
             return Err(invalid("routing.branch_timeout_s", "must be greater than 0"));
@@ -675,6 +699,7 @@ impl Config {
             fork,
             branch_timeout: Duration::from_secs(branch_timeout_s),
             max_forwards: raw.routing.max_forwards.unwrap_or(5),
+            refer,
             symmetric_responses: raw.sip.symmetric_responses.unwrap_or(true),
             auth,
             nonce_ttl: Duration::from_secs(nonce_ttl_s),

@@ -30,9 +30,9 @@ use rsip::Request;
 use sip_core::message::{from_value, header, uri_of, user_host};
 use sip_core::transaction::Peer;
 
-use crate::config::{CallerIdPolicy, Config, Destination, ForkMode, TrunkCredentials};
+use crate::config::{CallerIdPolicy, Config, Destination, ForkMode, ReferPolicy, TrunkCredentials};
 use crate::registrar::Registrar;
-use crate::settings::{matches_pattern, Settings};
+use crate::settings::Settings;
 use crate::store::Store;
 
 /// One place to ring.
@@ -239,7 +239,7 @@ fn route_user(user: &str, domain: &str, caller: Option<&str>, identity: String, 
     // Outgoing screening (RFC 5359 §2.14): the caller's blocked destination prefixes.
     if let Some((caller_user, caller_domain)) = caller.and_then(|c| c.split_once('@')) {
         let settings = ctx.store.settings(caller_user, caller_domain).map_err(|_| Refusal::Store)?;
-        if settings.is_some_and(|s| s.block.iter().any(|p| matches_pattern(&format!("{p}*"), user))) {
+        if settings.is_some_and(|s| s.blocks(user)) {
             return Err(Refusal::Blocked);
         }
     }
@@ -266,7 +266,22 @@ fn plan_for(target: Target, caller: String, ctx: &mut Ctx<'_>) -> Result<(Plan, 
 
 /// Routes the target of a REFER (a `sip:` URI of a local domain, or with an IP address) for a
 /// call from `transferee`, like a call: the target's screening and forwarding apply.
-pub fn refer(target: &str, transferee: &str, ctx: &mut Ctx<'_>) -> Result<(Plan, RouteState), Refusal> {
+///
+/// Who may transfer is `[routing] refer`: "subscribers" (default: the transferor is a
+/// subscriber of ours, whose outgoing screening applies to the target, 403 otherwise), "any",
+/// or "off" (403).
+pub fn refer(target: &str, transferee: &str, transferor: Option<&str>, ctx: &mut Ctx<'_>) -> Result<(Plan, RouteState), Refusal> {
+    match (ctx.config.refer, transferor) {
+        (ReferPolicy::Off, _) | (ReferPolicy::Subscribers, None) => return Err(Refusal::Blocked),
+        _ => {}
+    }
+    if let Some((user, domain)) = transferor.and_then(|t| t.split_once('@')) {
+        let dialled = user_host(target).map(|(u, _)| u).unwrap_or_default();
+        let settings = ctx.store.settings(user, domain).map_err(|_| Refusal::Store)?;
+        if settings.is_some_and(|s| s.blocks(&dialled)) {
+            return Err(Refusal::Blocked);
+        }
+    }
     let target = resolve(target, ctx)?;
     plan_for(target, transferee.to_owned(), ctx)
 }

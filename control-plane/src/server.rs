@@ -326,6 +326,11 @@ impl ControlPlane {
         found
     }
 
+    /// Dialogs the B2BUA answers to (0 when no call is left).
+    pub fn dialogs(&self) -> usize {
+        self.b2bua.dialogs()
+    }
+
     /// The calls in progress.
     pub fn calls(&self) -> Vec<CallInfo> {
         self.b2bua.calls()
@@ -409,7 +414,8 @@ impl ControlPlane {
             }
             CallEvent::Refer(refer) => {
                 let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
-                let route = crate::routing::refer(&refer.target, &refer.transferee, &mut ctx).map_err(|r| r.status());
+                let route =
+                    crate::routing::refer(&refer.target, &refer.transferee, refer.transferor.as_deref(), &mut ctx).map_err(|r| r.status());
                 self.b2bua.handle_refer(refer.call, route, now);
             }
             CallEvent::Held { call, holder } => {

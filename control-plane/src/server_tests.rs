@@ -1382,6 +1382,7 @@ fn a_blind_transfer_connects_the_transferee_to_the_target_with_media_re_anchored
     w.take_one(CALLEE2, "BYE");
     assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
     assert_eq!((w.core.stats().calls.transfers, w.core.stats().calls.transfers_completed), (1, 1));
+    assert_eq!(w.core.dialogs(), 0);
 }
 
 #[test]
@@ -1465,6 +1466,7 @@ fn an_attended_transfer_joins_the_held_caller_to_the_consulted_party_and_folds_t
     w.take_one(CALLEE2, "BYE");
     assert_eq!(w.core.active_calls(), 0);
     assert!(w.media.contains(&MediaRequest::Release { legs: vec![11, 22] }), "{:?}", w.media);
+    assert_eq!(w.core.dialogs(), 0, "no Call-ID of either call is left behind");
 }
 
 #[test]
@@ -1473,6 +1475,62 @@ fn a_refer_whose_replaces_names_no_dialog_gets_481() {
     let (invite_b, _, b_tag) = confirmed_call(&mut w);
     w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:carol@sip.test?Replaces=nosuch%3Bto-tag%3Dx%3Bfrom-tag%3Dy", ""));
     w.take_one(CALLEE, "SIP/2.0 481");
+    assert_eq!(w.core.active_calls(), 1);
+}
+
+#[test]
+fn a_callee_that_hangs_up_while_its_answer_is_in_the_media_plane_leaves_the_caller_a_final_response() {
+    let mut w = World::new();
+    w.hold_media = true;
+    w.receive(CALLER, &invite("race1", &offer(4000, "sendrecv")));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLEE, "ACK");
+    assert!(w.take(CALLER, "SIP/2.0 200").is_empty(), "the answer is still in the media plane");
+    let b_tag = to_tag(&answer(&invite_b, 200, None));
+    w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 2));
+    w.take_one(CALLEE, "SIP/2.0 200");
+    w.take_one(CALLER, "SIP/2.0 487");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
+#[test]
+fn a_transferor_that_hangs_up_at_once_leaves_the_transferee_to_the_target() {
+    let mut w = World::new();
+    w.subscriber("carol", Some(CALLEE2));
+    let (invite_b, tag, b_tag) = confirmed_call(&mut w);
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:carol@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    w.take_one(CALLEE, "NOTIFY");
+    // The transferor's BYE right after the 202: answered, not relayed.
+    w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 3));
+    w.take_one(CALLEE, "SIP/2.0 200");
+    assert!(w.take(CALLER, "BYE").is_empty(), "the transferee stays for the target");
+    let to_carol = w.take_one(CALLEE2, "INVITE");
+    w.receive(CALLEE2, &answer_at(CALLEE2, &to_carol, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.3"))));
+    let reinvite = w.take_one(CALLER, "INVITE");
+    w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "sendrecv"))));
+    assert!(w.take(CALLEE, "NOTIFY").is_empty(), "no NOTIFY to a transferor that left");
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &tag, None));
+    w.take_one(CALLEE2, "BYE");
+    assert_eq!((w.core.active_calls(), w.releases(), w.core.dialogs()), (0, 1, 0));
+}
+
+#[test]
+fn a_refer_from_a_non_subscriber_or_to_a_blocked_number_is_refused() {
+    let mut w = World::with_routes(TRUNK_ROUTE);
+    let (invite_b, tag, b_tag) = confirmed_call(&mut w);
+    // The caller is a trusted peer (a trunk), not a subscriber: it may not transfer.
+    let refer =
+        in_dialog("REFER", "call1", 2, &tag, None).replace("Content-Length: 0", "Refer-To: <sip:+4930555@sip.test>\r\nContent-Length: 0");
+    w.receive(CALLER, &refer);
+    w.take_one(CALLER, "SIP/2.0 403");
+    // bob is a subscriber, but his outgoing screening blocks +4930.
+    w.settings("bob", &[("block", "+4930")]);
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:+4930555@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 403");
+    assert!(w.take(TRUNK, "INVITE").is_empty());
     assert_eq!(w.core.active_calls(), 1);
 }
 

@@ -128,6 +128,14 @@ impl Screening {
     }
 }
 
+impl Settings {
+    /// Whether outgoing screening blocks calls to `dialled` (a `block` entry is a prefix, with
+    /// or without a trailing `*`).
+    pub fn blocks(&self, dialled: &str) -> bool {
+        self.block.iter().any(|p| matches_pattern(&format!("{}*", p.trim_end_matches('*')), dialled))
+    }
+}
+
 /// `pattern` (exact, or a prefix ending in `*`; any case) against `value`.
 pub fn matches_pattern(pattern: &str, value: &str) -> bool {
     match pattern.strip_suffix('*') {

@@ -120,7 +120,11 @@ impl B2bua {
         }
         self.schedule(deadline, id);
         if sent == 0 {
-            self.end_stage(id, Outcome::Failed(500));
+            if self.calls.get(&id).is_some_and(|c| c.transfer.is_some()) {
+                self.transfer_failed(id, 500, now);
+            } else {
+                self.end_stage(id, Outcome::Failed(500));
+            }
         }
     }
 

@@ -616,6 +616,11 @@ impl B2bua {
         self.stats
     }
 
+    /// Call-IDs of dialogs the B2BUA answers to (0 when no call is left: a test of leaks).
+    pub fn dialogs(&self) -> usize {
+        self.by_call_id.len()
+    }
+
     /// Whether the server transaction `key` is a call's INVITE.
     pub fn has_invite(&self, key: &TransactionKey) -> bool {
         self.by_invite.contains_key(key)
@@ -837,6 +842,12 @@ impl B2bua {
         match request.method {
             Method::Bye => {
                 self.reply(&key, &request, 200, now);
+                let transferor_leaves = self.calls.get_mut(&id).and_then(|c| c.transfer.as_mut()).filter(|t| t.transferor == side);
+                if let Some(t) = transferor_leaves {
+                    // The transferor hangs up after its REFER: the transferee waits for the target.
+                    t.transferor_gone = true;
+                    return;
+                }
                 if established {
                     self.stats.calls_completed += 1;
                     if let Some(call) = self.calls.get_mut(&id) {
@@ -891,7 +902,9 @@ impl B2bua {
         if !call.delayed {
             return;
         }
-        // Delayed offer: this ACK carries the caller's answer, for the callee's ACK.
+        // Delayed offer: this ACK carries the caller's answer, for the callee's ACK. After it the
+        // call negotiates like any other (re-INVITEs, transfers).
+        call.delayed = false;
         if is_sdp(&request.headers, &request.body) {
             call.ack_answer_pending = true;
             let answer = MediaRequest::Answer { legs: call.offer_legs.clone(), sdp: String::from_utf8_lossy(&request.body).into_owned() };
@@ -1191,8 +1204,19 @@ impl B2bua {
 
     /// Removes call `id`, releasing its media (once).
     fn finish(&mut self, id: u64) {
-        // A fork still ringing (a transfer's target) is cancelled, not left ringing.
+        // A fork still ringing (a transfer's target) is cancelled, not left ringing; one that
+        // answered a transfer that did not complete is hung up.
         self.cancel_forks(id, None);
+        if let Some(fork) = self.calls.get(&id).and_then(|c| c.transfer.as_ref()).and_then(|t| t.answered) {
+            self.send_in_fork(id, fork, "BYE", Purpose::Bye);
+        }
+        // A caller whose INVITE has no final response yet (its 2xx was waiting for the media
+        // plane) gets one: its transaction must end.
+        if let Some(call) = self.calls.get(&id).filter(|c| !c.originated && c.status == 0) {
+            let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+            let tag = call.a.local_tag().to_owned();
+            self.respond(&key, response_for(&invite, 487, None, Some(&tag)));
+        }
         let Some(mut call) = self.calls.remove(&id) else { return };
         let now = self.clock.unwrap_or(call.started);
         let duration_ms = call.answered.map_or(0, |a| now.instant.saturating_duration_since(a.instant).as_millis() as u64);
@@ -1212,9 +1236,13 @@ impl B2bua {
         if let Some(allocation) = call.media.take() {
             self.media_request(id, allocation.release());
         }
-        self.by_call_id.remove(&call.a.call_id);
-        for fork in &call.forks {
-            self.by_call_id.remove(&fork.dialog.call_id);
+        // Every Call-ID the call answered to: both sides, every fork, every dialog a transfer
+        // replaced (the original caller's, a consultation call's).
+        let dialogs = [&call.a, &call.b].into_iter().chain(call.forks.iter().map(|f| &f.dialog)).chain(&call.replaced);
+        for dialog in dialogs {
+            if self.by_call_id.get(&dialog.call_id).is_some_and(|&(owner, _)| owner == id) {
+                self.by_call_id.remove(&dialog.call_id);
+            }
         }
         self.by_invite.remove(&call.invite_a_key);
         self.update(id, UpdateKind::Ended { status, cause, duration_ms });

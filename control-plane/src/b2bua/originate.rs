@@ -57,6 +57,8 @@ impl B2bua {
         call.delayed = true;
         call.originated = true;
         call.second = Some(SecondParty { stage: second_plan.stage, caller_id: second_plan.caller_id, route: second_route });
+        // The first party (a subscriber) is the caller the second party is told of.
+        call.caller = from_uri.strip_prefix("sip:").map(str::to_owned);
         call.caller_uri = from_uri;
         call.callee_uri = to_uri;
         self.calls.insert(id, call);

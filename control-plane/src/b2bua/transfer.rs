@@ -15,6 +15,10 @@
 
 use super::*;
 
+/// Dialogs one call keeps for the transferors it replaced (two per attended transfer, one per
+/// blind one); a REFER beyond gets 403.
+const MAX_REPLACED: usize = 16;
+
 /// A transfer in progress.
 #[derive(Debug)]
 pub(super) struct Transfer {
@@ -26,6 +30,9 @@ pub(super) struct Transfer {
     pub(super) notify: bool,
     /// Referred-By for the target's INVITE.
     pub(super) referred_by: String,
+    /// The transferor hung up after its REFER (many phones do, at once): its BYE was answered,
+    /// the transferee stays for the target.
+    pub(super) transferor_gone: bool,
     /// The target answered: its fork, and the renegotiation with the transferee is under way.
     pub(super) answered: Option<usize>,
 }
@@ -39,6 +46,9 @@ pub struct ReferTarget {
     pub target: String,
     /// The transferee's identity (user part), for the target's screening.
     pub transferee: String,
+    /// The transferor's address-of-record when it is a subscriber of ours (its outgoing
+    /// screening applies to the target; `[routing] refer` may require one).
+    pub transferor: Option<String>,
 }
 
 impl B2bua {
@@ -55,6 +65,12 @@ impl B2bua {
         let target = uri_of(&refer_to).to_owned();
         if call.transfer.is_some() || call.pending_refer.is_some() || call.negotiating || call.reinvite_pending {
             self.reply(&key, &request, 491, now);
+            return;
+        }
+        if call.replaced.len() >= MAX_REPLACED {
+            // Each transfer keeps the dialogs it replaced until the call ends: a bound on them.
+            let response = response_for(&request, 403, Some("Too Many Transfers"), None);
+            self.respond(&key, response);
             return;
         }
         if target.to_ascii_lowercase().contains("replaces=") {
@@ -78,8 +94,12 @@ impl B2bua {
         let referred_by = header(&request.headers, "Referred-By")
             .or_else(|| header(&request.headers, "b"))
             .map_or_else(|| call.dialog(side).remote.clone(), str::to_owned);
+        let transferor = match side {
+            Side::A => call.caller.clone(),
+            Side::B => call.route.subscriber().map(str::to_owned),
+        };
         call.pending_refer = Some((side, key, request, notify, referred_by));
-        self.events.push_back(CallEvent::Refer(ReferTarget { call: id, target, transferee }));
+        self.events.push_back(CallEvent::Refer(ReferTarget { call: id, target, transferee, transferor }));
     }
 
     /// The server routed a REFER's target: `Ok` rings it, `Err(status)` refuses the REFER.
@@ -102,7 +122,8 @@ impl B2bua {
         self.stats.transfers += 1;
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.route = route;
-        call.transfer = Some(Transfer { transferor: side, stage: call.stage + 1, notify, referred_by, answered: None });
+        call.transfer =
+            Some(Transfer { transferor: side, stage: call.stage + 1, notify, referred_by, answered: None, transferor_gone: false });
         self.notify_transferor(id, "SIP/2.0 100 Trying", false, now);
         let mut stage = plan.stage;
         if let Some(t) = self.calls.get(&id).and_then(|c| c.transfer.as_ref()) {
@@ -114,7 +135,7 @@ impl B2bua {
     /// A NOTIFY of the transfer's progress (`message/sipfrag` with `status_line`) to the transferor.
     fn notify_transferor(&mut self, id: u64, status_line: &str, last: bool, now: Now) {
         let Some(t) = self.calls.get(&id).and_then(|c| c.transfer.as_ref()) else { return };
-        if !t.notify {
+        if !t.notify || t.transferor_gone {
             return;
         }
         let state = if last { "terminated;reason=noresource" } else { "active;expires=60" };
@@ -138,8 +159,11 @@ impl B2bua {
         call.stage_open = false;
         call.stage_deadline = None;
         let sdp = is_sdp(&response.headers, &response.body).then(|| String::from_utf8_lossy(&response.body).into_owned());
-        let Some(legs) = call.media.as_ref().map(|m| m.legs(transferor == Side::A)) else { return };
-        let Some(sdp) = sdp else { return };
+        let (Some(legs), Some(sdp)) = (call.media.as_ref().map(|m| m.legs(transferor == Side::A)), sdp) else {
+            let now = self.clock.unwrap_or(call.started);
+            self.transfer_failed(id, 488, now);
+            return;
+        };
         call.last_sdp[transferor as usize] = Some(sdp.clone());
         call.negotiating = true;
         call.transfer_offer = true;
@@ -270,7 +294,7 @@ impl B2bua {
         let branch = self.random.branch();
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some(t) = call.transfer.take() else { return };
-        let Some(dialog) = call.replaced.last_mut().filter(|_| t.notify) else { return };
+        let Some(dialog) = call.replaced.last_mut().filter(|_| t.notify && !t.transferor_gone) else { return };
         let sent_by = self.config.advertise_for(dialog.peer.transport);
         let extra = "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n";
         if let Ok(request) =
@@ -286,10 +310,30 @@ impl B2bua {
         let line = format!("SIP/2.0 {status} {}", message::default_reason_phrase(status));
         self.notify_transferor(id, &line, true, now);
         let Some(call) = self.calls.get_mut(&id) else { return };
-        call.transfer = None;
+        let transfer = call.transfer.take();
+        let attended = call.attended_with.take();
+        call.negotiating = false;
+        call.transfer_offer = false;
         call.stage_open = false;
         call.stage_deadline = None;
         self.cancel_forks(id, None);
+        // A target that answered is not left in a silent dialog.
+        if let Some(fork) = transfer.as_ref().and_then(|t| t.answered) {
+            self.send_in_fork(id, fork, "BYE", Purpose::Bye);
+        }
+        if let Some((other, _)) = attended {
+            // The transferor's legs of both calls are gone: neither call can go back.
+            self.end_both(id, now);
+            if self.calls.contains_key(&other) {
+                self.end_both(other, now);
+            }
+            return;
+        }
+        // The transferor left while the target rang (its BYE was kept for the outcome): the
+        // call cannot go on without it.
+        if transfer.is_some_and(|t| t.transferor_gone) {
+            self.end_both(id, now);
+        }
     }
 }
 
@@ -374,8 +418,15 @@ impl B2bua {
             self.reply(&key, &request, 488, now);
             return;
         };
-        if here.streams.len() != there.streams.len() {
+        // The two calls' m= lines must pair one to one (the same lines active in both), and the
+        // other call must not be negotiating.
+        let layout = |a: &Allocation| a.streams.iter().map(Option::is_some).collect::<Vec<_>>();
+        if layout(here) != layout(there) {
             self.reply(&key, &request, 488, now);
+            return;
+        }
+        if other_call.negotiating || other_call.reinvite_pending || other_call.relay_offer.is_some() {
+            self.reply(&key, &request, 491, now);
             return;
         }
         let mut release = here.facing(side == Side::A);
@@ -391,7 +442,14 @@ impl B2bua {
         self.respond(&key, accepted);
         self.stats.transfers += 1;
         let Some(call) = self.calls.get_mut(&id) else { return };
-        call.transfer = Some(Transfer { transferor: side, stage: u32::MAX, notify, referred_by: String::new(), answered: None });
+        call.transfer = Some(Transfer {
+            transferor: side,
+            stage: u32::MAX,
+            notify,
+            referred_by: String::new(),
+            answered: None,
+            transferor_gone: false,
+        });
         call.attended_with = Some((other, target_side));
         call.offer_legs.clone_from(&legs);
         call.negotiating = true;
