@@ -1534,6 +1534,42 @@ fn a_refer_from_a_non_subscriber_or_to_a_blocked_number_is_refused() {
     assert_eq!(w.core.active_calls(), 1);
 }
 
+#[test]
+fn an_attended_transfer_to_the_caller_of_the_other_call_is_hung_up_in_that_callers_dialog() {
+    let mut w = World::new();
+    // Call 1: alice → bob. Call 2: carol (from the same trusted address) → bob.
+    let (invite_b, _tag, b_tag) = confirmed_call(&mut w);
+    let from_carol = invite("call2", &offer(6000, "sendrecv"))
+        .replace("From: \"Alice\" <sip:alice@sip.test>;tag=a1", "From: <sip:carol@sip.test>;tag=c2");
+    w.receive(CALLER, &from_carol);
+    w.allocate();
+    let invite_b2 = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&invite_b2, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLEE, "ACK");
+    let ok2 = w.take_one(CALLER, "SIP/2.0 200");
+    w.receive(CALLER, &in_dialog("ACK", "call2", 1, &to_tag(&ok2), None).replace("call2ACK1", "ack2").replace("tag=a1", "tag=c2"));
+    // bob refers alice to carol, replacing his dialog of call 2 (as bob sees it).
+    let our_tag = invite_b2.lines().find(|l| l.starts_with("From:")).and_then(|l| l.split(";tag=").nth(1)).expect("tag").trim().to_owned();
+    let bob_call_id = call_id_of(&invite_b2);
+    let target = format!("sip:carol@sip.test?Replaces={bob_call_id}%3Bto-tag%3D{our_tag}%3Bfrom-tag%3Db1");
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, &target, ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    let reinvite = w.take_one(CALLER, "INVITE");
+    w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "sendrecv"))));
+    assert_eq!(w.core.active_calls(), 1);
+    w.sent.clear();
+    // Hung up over the API: the BYEs go to alice and to carol, in their own dialogs.
+    let id = w.core.calls()[0].call;
+    assert!(w.core.handle_hangup(id, w.now, &mut w.store));
+    w.pump();
+    let byes = w.take(CALLER, "BYE");
+    let mut call_ids: Vec<String> = byes.iter().map(|b| call_id_of(b)).collect();
+    call_ids.sort();
+    assert_eq!(call_ids, vec!["call1".to_owned(), "call2".to_owned()], "{byes:?}");
+    assert!(w.take(CALLEE, "BYE").is_empty(), "bob left both calls");
+    assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
+}
+
 // ---- abuse limits ----
 
 #[test]

@@ -319,7 +319,13 @@ impl B2bua {
     pub(super) fn hang_up_winner(&mut self, id: u64, answer: Option<&str>) {
         let branch = self.random.branch();
         let Some(call) = self.calls.get_mut(&id) else { return };
-        let Some(fork) = call.winner else { return };
+        let Some(fork) = call.winner else {
+            // The callee side is no fork of ours (an attended transfer brought in a caller of
+            // the other call): a BYE in its dialog.
+            let now = self.clock.unwrap_or(call.started);
+            self.send_in_dialog(id, Side::B, "BYE", "", None, Purpose::Bye, now);
+            return;
+        };
         let Some(f) = call.forks.get_mut(fork) else { return };
         if f.ack.is_none() {
             let cseq = message::cseq(&f.invite.headers).map(|c| c.seq).unwrap_or(1);

@@ -233,10 +233,11 @@ impl B2bua {
         } else {
             call.a_fork = Some(fork);
         }
-        let music = call.held_by.take().is_some() && std::mem::take(&mut call.music);
-        let legs = call.media.as_ref().map(|m| m.facing(transferee == Side::A));
-        if let (true, Some(legs)) = (music, legs) {
-            self.media_request(id, MediaRequest::StopPlay { legs });
+        // Music on hold plays to the held side, whichever side that is.
+        if let Some(holder) = call.held_by.take().filter(|_| std::mem::take(&mut call.music)) {
+            if let Some(legs) = call.media.as_ref().map(|m| m.facing(holder.other() == Side::A)) {
+                self.media_request(id, MediaRequest::StopPlay { legs });
+            }
         }
         if let Some(call_id) = self.calls.get(&id).map(|c| c.dialog(transferor).call_id.clone()) {
             self.by_call_id.insert(call_id, (id, transferor));
@@ -282,8 +283,11 @@ impl B2bua {
             self.media_request(id, MediaRequest::Answer { legs, sdp });
         }
         let Some(call) = self.calls.get_mut(&id) else { return };
-        call.held_by = None;
-        call.music = false;
+        if let Some(holder) = call.held_by.take().filter(|_| std::mem::take(&mut call.music)) {
+            if let Some(legs) = call.media.as_ref().map(|m| m.facing(holder.other() == Side::A)) {
+                self.media_request(id, MediaRequest::StopPlay { legs });
+            }
+        }
         self.merge(id, other, target_side);
         self.notify_transferor_replaced(id, now);
         self.stats.transfers_completed += 1;
@@ -507,6 +511,10 @@ impl B2bua {
                     call.winner = Some(call.forks.len() - 1);
                 }
             }
+        } else if transferor == Side::B {
+            // The target called the transferor (it is the caller of the other call): the callee
+            // side is its dialog, no fork of ours.
+            call.winner = None;
         }
         let (target_call_id, transferor_call_id) =
             (call.dialog(transferor).call_id.clone(), second.dialog(transferor_there).call_id.clone());
