@@ -249,7 +249,7 @@ impl B2bua {
             _ => None,
         });
         let challenge = value.as_deref().and_then(|v| parse_challenge(v).ok());
-        let (branch, cnonce) = (self.random.branch(), hex_of(&self.random.bytes::<8>()));
+        let (branch, cnonce) = (self.random.branch(), self.random.tag());
         let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else { return };
         f.auth_tried = true;
         let (Some(challenge), Some(credentials)) = (challenge, f.credentials.clone()) else {
@@ -437,8 +437,4 @@ fn take_into_dialog(dialog: &mut Dialog, response: &Response) {
     } else {
         dialog.update(response);
     }
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

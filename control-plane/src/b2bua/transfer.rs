@@ -90,7 +90,7 @@ impl B2bua {
         }
         let transferee = uri_of(&call.dialog(side.other()).remote).to_owned();
         let transferee = sip_core::message::user_host(&transferee).map(|(user, _)| user).unwrap_or_default();
-        let notify = !header(&request.headers, "Refer-Sub").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+        let notify = wants_notify(&request);
         let referred_by = header(&request.headers, "Referred-By")
             .or_else(|| header(&request.headers, "b"))
             .map_or_else(|| call.dialog(side).remote.clone(), str::to_owned);
@@ -114,10 +114,7 @@ impl B2bua {
                 return;
             }
         };
-        let mut accepted = response_for(&request, 202, None, Some(call.dialog(side).local_tag()));
-        if !notify {
-            accepted.headers.push(Header::Other("Refer-Sub".into(), "false".into()));
-        }
+        let accepted = accepted(&request, call.dialog(side).local_tag(), notify);
         self.respond(&key, accepted);
         self.stats.transfers += 1;
         let Some(call) = self.calls.get_mut(&id) else { return };
@@ -341,6 +338,20 @@ impl B2bua {
     }
 }
 
+/// Whether a REFER asks for the NOTIFYs of its progress (RFC 4488: not with `Refer-Sub: false`).
+fn wants_notify(request: &Request) -> bool {
+    !header(&request.headers, "Refer-Sub").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
+}
+
+/// The 202 Accepted for a REFER, saying `Refer-Sub: false` when no NOTIFY will follow.
+fn accepted(request: &Request, local_tag: &str, notify: bool) -> Response {
+    let mut accepted = response_for(request, 202, None, Some(local_tag));
+    if !notify {
+        accepted.headers.push(Header::Other("Refer-Sub".into(), "false".into()));
+    }
+    accepted
+}
+
 /// The dialog a `Replaces` value names (RFC 3891): Call-ID, to-tag and from-tag, as its sender
 /// (the transferor) sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,11 +449,8 @@ impl B2bua {
         let transferee_legs = here.facing(side.other() == Side::A);
         let target_legs = there.facing(target_side == Side::A);
         let legs: Vec<(u64, u64)> = target_legs.into_iter().zip(transferee_legs).collect();
-        let notify = !header(&request.headers, "Refer-Sub").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
-        let mut accepted = response_for(&request, 202, None, Some(call.dialog(side).local_tag()));
-        if !notify {
-            accepted.headers.push(Header::Other("Refer-Sub".into(), "false".into()));
-        }
+        let notify = wants_notify(&request);
+        let accepted = accepted(&request, call.dialog(side).local_tag(), notify);
         self.respond(&key, accepted);
         self.stats.transfers += 1;
         let Some(call) = self.calls.get_mut(&id) else { return };
