@@ -193,7 +193,7 @@ fn media_error(rpc: &str, s: &tonic::Status) -> MediaError {
 }
 
 fn policy_msg(p: &CodecPolicy) -> v1::CodecPolicy {
-    v1::CodecPolicy { strip: p.strip.clone(), mask: p.mask.clone(), transcode: p.transcode.clone() }
+    v1::CodecPolicy { strip: p.strip.clone(), mask: p.mask.clone(), transcode: p.transcode.clone(), keep: Vec::new() }
 }
 
 fn stream_legs(legs: &[(u64, u64)]) -> Vec<v1::StreamLegs> {

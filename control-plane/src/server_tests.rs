@@ -54,7 +54,7 @@ fn port_of(leg: u64) -> Option<u16> {
 }
 
 fn engine_policy(p: &CodecPolicy) -> (sdp::CodecPolicy, Transport) {
-    let policy = sdp::CodecPolicy { strip: p.strip.clone(), mask: p.mask.clone(), transcode: p.transcode.clone() };
+    let policy = sdp::CodecPolicy { strip: p.strip.clone(), mask: p.mask.clone(), transcode: p.transcode.clone(), keep: Vec::new() };
     (policy, Transport::from_protocol(&p.transport).expect("transport"))
 }
 

@@ -198,10 +198,14 @@ pub struct CodecPolicy {
     /// Added to the offer (if absent): if the answerer picks one, the media plane transcodes.
     /// `mask: ["all"]` with `transcode: [X]` forces transcoding to X.
     pub transcode: Vec<String>,
+    /// Never stripped: with `strip: ["all"]`, only these are kept (rtpengine's codec `offer` and
+    /// `except`).
+    pub keep: Vec<String>,
 }
 
 struct ParsedPolicy {
     strip: Vec<CodecSpec>,
+    keep: Vec<CodecSpec>,
     mask: Vec<CodecSpec>,
     transcode: Vec<Format>,
 }
@@ -211,6 +215,7 @@ impl CodecPolicy {
         let specs = |names: &[String]| names.iter().map(|n| CodecSpec::parse(n)).collect::<Result<Vec<_>, _>>();
         Ok(ParsedPolicy {
             strip: specs(&self.strip)?,
+            keep: specs(&self.keep)?,
             mask: specs(&self.mask)?,
             transcode: specs(&self.transcode)?.iter().map(CodecSpec::to_format).collect::<Result<_, _>>()?,
         })
@@ -638,7 +643,8 @@ pub fn offer(
         m.proto = with_security(&m.proto, answerer_secure);
         set_crypto(m, &answerer_keys);
         let all = formats(m);
-        let usable: Vec<Format> = all.iter().filter(|f| !policy.strip.iter().any(|s| s.matches(f))).cloned().collect();
+        let stripped = |f: &Format| policy.strip.iter().any(|s| s.matches(f)) && !policy.keep.iter().any(|k| k.matches(f));
+        let usable: Vec<Format> = all.iter().filter(|f| !stripped(f)).cloned().collect();
         let mut sent: Vec<Format> = usable.iter().filter(|f| !policy.mask.iter().any(|s| s.matches(f))).cloned().collect();
         let mut added = Vec::new();
         // Transcoding needs a codec of the offerer's the media plane can decode.

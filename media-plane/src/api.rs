@@ -136,6 +136,11 @@ impl MediaService {
         Ok(pcm)
     }
 
+    /// The media plane's events (leg timeouts, latching, DTMF, ...), for in-process listeners.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<CoreEvent> {
+        self.inner.events.subscribe()
+    }
+
     /// Ends every open Events stream (and refuses new ones), so the server can drain and stop.
     pub fn begin_shutdown(&self) {
         self.inner.stopping.send_replace(true);
@@ -551,7 +556,7 @@ impl v1::media_plane_server::MediaPlane for MediaService {
             to_answerer.push(Some(self.leg(*answerer, &format!("streams[{i}].answerer_leg")).await?.local_port));
         }
         let policy = r.policy.unwrap_or_default();
-        let policy = sdp::CodecPolicy { strip: policy.strip, mask: policy.mask, transcode: policy.transcode };
+        let policy = sdp::CodecPolicy { strip: policy.strip, mask: policy.mask, transcode: policy.transcode, keep: policy.keep };
         let transport = sdp::Transport::from_protocol(&r.transport_protocol).map_err(|_| {
             Status::invalid_argument(format!(
                 "transport_protocol: {:?} is not RTP/AVP, RTP/SAVP, RTP/AVPF or RTP/SAVPF",

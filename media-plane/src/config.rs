@@ -3,6 +3,10 @@
 //! ```toml
 //! grpc_listen = "127.0.0.1:9090"   # gRPC API address (default 127.0.0.1:9090)
 //! metrics_listen = "127.0.0.1:9091"  # GET /metrics (Prometheus) address; "" turns it off (default 127.0.0.1:9091)
+//! ng_listen = "127.0.0.1:22222"    # rtpengine ng protocol (UDP) for Kamailio/OpenSIPS; "" turns it off
+//!                                  # (default 127.0.0.1:22222)
+//! ng_max_sessions = 0              # most calls over ng at once, then "load limit" (default 0: only
+//!                                  # the port range limits, for ng and gRPC alike)
 //! media_ip = "127.0.0.1"           # address media sockets bind to (default 127.0.0.1)
 //! advertise_ip = "203.0.113.7"     # address given to clients in CreateLeg (default: media_ip)
 //! ports = "30000-39999"            # media port range, inclusive (default 30000-39999)
@@ -62,6 +66,8 @@ pub struct FileConfig {
     pub interface: Option<String>,
     pub prompt_dir: Option<String>,
     pub metrics_listen: Option<String>,
+    pub ng_listen: Option<String>,
+    pub ng_max_sessions: Option<i64>,
 }
 
 impl FileConfig {
@@ -92,6 +98,8 @@ impl FileConfig {
             interface: over.interface.or(self.interface),
             prompt_dir: over.prompt_dir.or(self.prompt_dir),
             metrics_listen: over.metrics_listen.or(self.metrics_listen),
+            ng_listen: over.ng_listen.or(self.ng_listen),
+            ng_max_sessions: over.ng_max_sessions.or(self.ng_max_sessions),
         }
     }
 
@@ -171,6 +179,16 @@ impl FileConfig {
                     .map_err(|_| invalid("metrics_listen", "expected IP:port, e.g. 127.0.0.1:9091, or \"\" for none"))?,
             ),
         };
+        let ng_listen = match self.ng_listen.as_deref().unwrap_or("127.0.0.1:22222") {
+            "" => None,
+            a => Some(
+                a.parse::<SocketAddr>().map_err(|_| invalid("ng_listen", "expected IP:port, e.g. 127.0.0.1:22222, or \"\" for none"))?,
+            ),
+        };
+        let ng_max_sessions = self.ng_max_sessions.unwrap_or(0);
+        if !(0..=10_000_000).contains(&ng_max_sessions) {
+            return Err(invalid("ng_max_sessions", format!("{ng_max_sessions} is out of range 0..=10000000")));
+        }
         let prompt_dir = std::path::PathBuf::from(self.prompt_dir.unwrap_or_else(|| "prompts".into()));
         if prompt_dir.as_os_str().is_empty() {
             return Err(invalid("prompt_dir", "is empty"));
@@ -180,6 +198,8 @@ impl FileConfig {
             interface,
             prompt_dir,
             metrics_listen,
+            ng_listen,
+            ng_max_sessions: ng_max_sessions as usize,
             grpc_listen,
             media_ip,
             advertise_ip,
@@ -217,6 +237,10 @@ pub struct Config {
     pub prompt_dir: std::path::PathBuf,
     /// Where GET /metrics is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the ng protocol is served (UDP), if anywhere.
+    pub ng_listen: Option<SocketAddr>,
+    /// Most ng calls at once (0: no limit but the port range).
+    pub ng_max_sessions: usize,
     pub grpc_listen: SocketAddr,
     pub media_ip: IpAddr,
     pub advertise_ip: IpAddr,
@@ -294,6 +318,8 @@ mod tests {
         assert!(err("backend = \"auto\"").starts_with("interface:"));
         assert!(err("interface = \"eth0\"").starts_with("interface:"));
         assert!(err("backend = \"xdp\"\ninterface = \"a/b\"").starts_with("interface:"));
+        assert!(err("ng_listen = \"22222\"").starts_with("ng_listen:"));
+        assert!(err("ng_max_sessions = -1").starts_with("ng_max_sessions:"));
     }
 
     #[test]

@@ -57,6 +57,12 @@ struct Args {
     /// Address of GET /metrics (Prometheus); "" turns it off.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Address of the rtpengine ng protocol (UDP), e.g. 127.0.0.1:22222; "" turns it off.
+    #[arg(long)]
+    ng_listen: Option<String>,
+    /// Most calls over ng at once before answering "load limit" (0: the port range only).
+    #[arg(long)]
+    ng_max_sessions: Option<i64>,
 }
 
 /// How long in-flight gRPC requests may take to finish after SIGTERM/SIGINT.
@@ -81,6 +87,8 @@ fn load(args: &Args) -> Result<media_plane::config::Config, ConfigError> {
         interface: args.interface.clone(),
         prompt_dir: args.prompt_dir.clone(),
         metrics_listen: args.metrics_listen.clone(),
+        ng_listen: args.ng_listen.clone(),
+        ng_max_sessions: args.ng_max_sessions,
         ..Default::default()
     };
     file.overlay(flags).validate()
@@ -145,6 +153,18 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
             });
             tracing::info!(metrics = %addr, "metrics at /metrics");
         }
+        if let Some(addr) = config.ng_listen {
+            let ng = media_plane::ng::NgService::new(svc.clone(), config.ng_max_sessions);
+            tokio::spawn(ng.clone().follow_events(svc.subscribe_events()));
+            let stop = metrics_stop.clone();
+            tokio::spawn(async move {
+                // Like the metrics endpoint: a port that cannot be bound is logged, and the media
+                // plane serves gRPC without ng.
+                if let Err(e) = media_plane::ng::server::serve(addr, ng, async move { stop.notified().await }).await {
+                    tracing::error!(error = %e, ng = %addr, "ng listener stopped");
+                }
+            });
+        }
         let on_signal = {
             let (svc, stopping, metrics_stop) = (svc.clone(), stopping.clone(), metrics_stop.clone());
             async move {
@@ -152,7 +172,7 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
                 tracing::info!("stopping: draining gRPC requests");
                 svc.begin_shutdown();
                 stopping.notify_one();
-                metrics_stop.notify_one();
+                metrics_stop.notify_waiters();
             }
         };
         let server = tonic::transport::Server::builder()

@@ -52,7 +52,7 @@ impl Stack {
         let mp = media.then(|| {
             let first = 22_000 + slot * 100;
             let child = Command::new(media_plane_bin())
-                .args(["--grpc-listen", &grpc.to_string(), "--ports", &format!("{first}-{}", first + 99), "--no-pin"])
+                .args(["--grpc-listen", &grpc.to_string(), "--ports", &format!("{first}-{}", first + 99), "--no-pin", "--ng-listen", ""])
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join("mp.log")).expect("log file"))
                 .spawn()

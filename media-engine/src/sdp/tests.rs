@@ -114,6 +114,13 @@ fn stripped_codecs_are_neither_offered_nor_accepted() {
 }
 
 #[test]
+fn stripping_all_but_kept_codecs_offers_only_those() {
+    let policy = CodecPolicy { strip: vec!["all".into()], keep: vec!["pcma".into()], ..Default::default() };
+    let offered = offer(PHONE_A.as_bytes(), &policy, &media_plane(30_000)).unwrap();
+    assert!(offered.sdp.contains("m=audio 30000 RTP/AVP 8 101\r\n"), "{}", offered.sdp);
+}
+
+#[test]
 fn masking_every_codec_and_adding_one_forces_transcoding() {
     let policy = CodecPolicy { mask: vec!["all".into()], transcode: vec!["G722".into()], ..Default::default() };
     let offered = offer(PHONE_A.as_bytes(), &policy, &media_plane(30_000)).unwrap();

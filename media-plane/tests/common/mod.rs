@@ -88,6 +88,7 @@ impl MediaPlane {
             .args(["--cores", "2", "--no-pin"])
             // Tests run many media planes at once: no metrics endpoint unless a test asks.
             .args(if extra.contains(&"--metrics-listen") { &[][..] } else { &["--metrics-listen", ""][..] })
+            .args(if extra.contains(&"--ng-listen") { &[][..] } else { &["--ng-listen", ""][..] })
             .args(extra)
             .env("RUST_LOG", "info,media_plane=debug")
             .stdin(Stdio::null())
