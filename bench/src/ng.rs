@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use media_plane::ng::bencode::{frame, unframe, BencodeError, FrameError, Value};
+pub use ng_protocol::bencode::{frame, unframe, BencodeError, FrameError, Value};
 
 use crate::traffic::Call;
 

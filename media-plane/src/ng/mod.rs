@@ -10,11 +10,10 @@
 //!                              api::MediaService (the gRPC service's own code)
 //! ```
 //!
-//! `bencode`, `request` and `cache` are pure; `service` holds the calls; `server` is the UDP
-//! socket. `docs/ng-protocol.md` lists every command and flag as supported, ignored or refused.
-pub mod bencode;
-pub mod cache;
-pub mod request;
+//! `bencode`, `request` and `cache` are the `ng-protocol` crate (no I/O); `service` holds the
+//! calls; `server` is the UDP socket. `docs/ng-protocol.md` lists every command and flag as
+//! supported, ignored or refused.
+pub use ng_protocol::{bencode, cache, request};
 pub mod server;
 pub mod service;
 

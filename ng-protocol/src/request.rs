@@ -389,3 +389,68 @@ mod tests {
         assert_eq!((r.command, r.from_tag.as_str()), (Command::Delete, ""));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Bencode values shaped like ng messages: dictionaries whose keys are the ones the reader
+    /// looks at, or others, holding any values.
+    fn value() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("command"),
+            Just("call-id"),
+            Just("from-tag"),
+            Just("to-tag"),
+            Just("sdp"),
+            Just("flags"),
+            Just("codec"),
+            Just("received-from"),
+            Just("supports"),
+            Just("limit"),
+            Just("ICE"),
+            Just("label"),
+            Just("record-call"),
+            Just("SDES"),
+            Just("strip"),
+            Just("transcode"),
+            Just("x"),
+        ];
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(Value::Int),
+            prop_oneof![
+                Just("offer".to_owned()),
+                Just("answer".to_owned()),
+                Just("delete".to_owned()),
+                Just("list".to_owned()),
+                Just("codec-strip-all".to_owned()),
+                Just("IP4".to_owned()),
+                Just("::1".to_owned()),
+                ".{0,8}"
+            ]
+            .prop_map(|s: String| Value::str(&s)),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Bytes),
+        ];
+        leaf.prop_recursive(3, 32, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+                proptest::collection::vec((key.clone(), inner), 0..8)
+                    .prop_map(|kv| Value::Dict(kv.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any message is read or refused with a reason; never a panic, and a read request keeps
+        /// its bounds.
+        #[test]
+        fn any_message_is_read_or_refused(msg in value()) {
+            if let Ok(r) = Request::parse(&msg) {
+                prop_assert!(r.limit <= LIST_MAX);
+                prop_assert!(r.call_id.len() <= 256 && r.from_tag.len() <= 256);
+            }
+        }
+    }
+}

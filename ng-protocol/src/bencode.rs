@@ -7,7 +7,7 @@
 //! port takes datagrams from the network), and `bendy` refuses dictionaries whose keys are not
 //! sorted, which is what Kamailio's rtpengine module and rtpengine itself send. This decoder
 //! bounds nesting, accepts unsorted keys, refuses duplicate keys and never panics (tested below,
-//! and fuzzed by `fuzz_ng_request`).
+//! and fuzzed by `ng-protocol/fuzz`'s `ng_request`).
 
 use std::collections::BTreeMap;
 
