@@ -16,6 +16,7 @@ const SLOT_NG_LIMIT: u16 = 28;
 const SLOT_NG_BAD: u16 = 29;
 const SLOT_NG_TRANSCODE: u16 = 30;
 const SLOT_NG_REINVITE: u16 = 31;
+const SLOT_NG_MEDIA: u16 = 34;
 
 /// A free UDP port on loopback for the ng listener.
 fn free_udp_addr() -> SocketAddr {
@@ -292,4 +293,53 @@ async fn codec_transcode_flags_join_a_pcmu_caller_to_an_opus_callee() {
     let lag = best_lag(&speech, &pcm, 480);
     let snr = spectral_snr_db(&speech[2000..], &pcm[2000..], lag, 8000, 3800.0);
     assert!(snr >= 8.0, "PCMU→Opus over ng: spectral SNR {snr:.1} dB (bound 8 dB)");
+}
+
+#[tokio::test]
+async fn play_media_and_play_dtmf_reach_the_chosen_party() {
+    let dir = temp_path("ng-prompts");
+    std::fs::create_dir_all(&dir).expect("prompt dir");
+    std::fs::write(dir.join("hello.wav"), tone_wav(600.0, 0.4)).expect("write hello.wav");
+    let addr = free_udp_addr();
+    let (mut mp, _c) =
+        MediaPlane::start_with(SLOT_NG_MEDIA, &["--ng-listen", &addr.to_string(), "--prompt-dir", dir.to_str().expect("utf8")]).await;
+    let mut ng = Ng::connect(addr, &mut mp);
+    let (alice, bob) = (udp(), udp());
+    let events = "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n";
+    let to_bob = media_addr(text(&ng.ok(offer("m", "a", &phone_sdp(local(&alice), "0 101", events), vec![])), "sdp"));
+    let to_alice = media_addr(text(&ng.ok(answer("m", "a", "b", &phone_sdp(local(&bob), "0 101", events))), "sdp"));
+    // Both sides speak once, so both legs have latched.
+    send(&alice, &rtp(0, 0xA, 160), to_alice);
+    recv(&bob, "alice at bob");
+    send(&bob, &rtp(0, 0xB, 160), to_bob);
+    recv(&alice, "bob at alice");
+
+    // Bob hears the prompt (from the media plane, with nobody sending).
+    let r = ng.ok(vec![("command", s("play media")), ("call-id", s("m")), ("from-tag", s("b")), ("file", s("hello.wav"))]);
+    assert!((350..=450).contains(&int(&r, "duration")), "{r:?}");
+    for _ in 0..5 {
+        let (p, _) = recv(&bob, "the prompt at bob");
+        assert_eq!(p[1] & 0x7f, 0, "in bob's codec");
+    }
+    ng.ok(vec![("command", s("stop media")), ("call-id", s("m")), ("from-tag", s("b"))]);
+    let r =
+        ng.request(&Value::dict([("command", s("play media")), ("call-id", s("m")), ("from-tag", s("b")), ("file", s("../etc/passwd"))]));
+    assert_eq!(text(&r, "result"), "error", "{r:?}");
+    let r =
+        ng.request(&Value::dict([("command", s("play media")), ("call-id", s("m")), ("from-tag", s("nobody")), ("file", s("hello.wav"))]));
+    assert_eq!(text(&r, "result"), "error", "{r:?}");
+
+    // Alice "presses" 5: bob gets it as a telephone-event.
+    ng.ok(vec![("command", s("play DTMF")), ("call-id", s("m")), ("from-tag", s("a")), ("code", s("5")), ("duration", Value::Int(100))]);
+    let mut saw = false;
+    for _ in 0..40 {
+        let (p, _) = recv(&bob, "the digit at bob");
+        if p[1] & 0x7f == 101 {
+            assert_eq!(p[12], 5, "event 5");
+            saw = true;
+            break;
+        }
+    }
+    assert!(saw, "bob got a telephone-event for alice's digit");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,21 +13,6 @@ use common::*;
 
 const SLOT_PLAYER: u16 = 23;
 
-/// A 16 kHz mono 16-bit WAV file of a `hz` tone lasting `seconds`.
-fn tone_wav(hz: f64, seconds: f64) -> Vec<u8> {
-    let samples = media_codecs::signal::sine(16_000, hz, seconds, 8000.0);
-    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let mut w = b"RIFF".to_vec();
-    w.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    w.extend_from_slice(b"WAVEfmt \x10\0\0\0\x01\0\x01\0");
-    w.extend_from_slice(&16_000u32.to_le_bytes());
-    w.extend_from_slice(&32_000u32.to_le_bytes());
-    w.extend_from_slice(b"\x02\0\x10\0data");
-    w.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    w.extend_from_slice(&data);
-    w
-}
-
 /// The strongest of `candidates` (Hz) in `pcm` at 8 kHz.
 fn strongest(pcm: &[i16], candidates: &[f64]) -> f64 {
     let power = |hz: f64| media_codecs::signal::tone_power(pcm, 8000, hz);

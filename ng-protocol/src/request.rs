@@ -20,6 +20,9 @@ pub enum Command {
     Query,
     List,
     Statistics,
+    PlayMedia,
+    StopMedia,
+    PlayDtmf,
 }
 
 impl Command {
@@ -32,6 +35,9 @@ impl Command {
             Self::Query => "query",
             Self::List => "list",
             Self::Statistics => "statistics",
+            Self::PlayMedia => "play media",
+            Self::StopMedia => "stop media",
+            Self::PlayDtmf => "play DTMF",
         }
     }
 }
@@ -106,7 +112,20 @@ pub struct Request {
     pub flags: Flags,
     /// `list`'s `limit` (default 32).
     pub limit: usize,
+    /// `play media`, `stop media`, `play DTMF`: to (or from) every party (`all` flag) rather than
+    /// the one `from-tag` names.
+    pub all: bool,
+    /// `play media`'s `file` (a path under the media plane's prompt directory) and `repeat-times`.
+    pub file: Option<String>,
+    pub repeat_times: i64,
+    /// `play DTMF`'s `code` (or `digit`) as a digit, `duration` and `pause` (ms; 0: default).
+    pub digit: Option<char>,
+    pub duration_ms: u32,
+    pub pause_ms: u32,
 }
+
+/// The DTMF digits by event code (RFC 4733: 0-9, `*`, `#`, A-D).
+const DIGITS: &[u8; 16] = b"0123456789*#ABCD";
 
 /// Default and largest `limit` of `list`.
 pub const LIST_DEFAULT: usize = 32;
@@ -129,13 +148,16 @@ impl Request {
                 Some("query") => Command::Query,
                 Some("list") => Command::List,
                 Some("statistics") => Command::Statistics,
+                Some("play media") => Command::PlayMedia,
+                Some("stop media") => Command::StopMedia,
+                Some("play DTMF") => Command::PlayDtmf,
                 Some(other) => return Err(RequestError::UnknownCommand(other.chars().take(64).collect())),
                 None => return Err(RequestError::UnknownCommand(String::from_utf8_lossy(v.as_bytes().unwrap_or_default()).into())),
             },
         };
         let call_id = id(msg, "call-id")?;
         let from_tag = id(msg, "from-tag")?;
-        let needs_call = matches!(command, Command::Offer | Command::Answer | Command::Delete | Command::Query);
+        let needs_call = !matches!(command, Command::Ping | Command::List | Command::Statistics);
         let call_id = match (call_id, needs_call) {
             (Some(c), _) => c,
             (None, true) => return Err(RequestError::NoCallId),
@@ -171,7 +193,44 @@ impl Request {
             Some(Value::Int(n)) => usize::try_from(*n).map_err(|_| bad("limit", "negative"))?.min(LIST_MAX),
             Some(v) => text(v, "limit")?.trim().parse::<usize>().map_err(|_| bad("limit", "not a number"))?.min(LIST_MAX),
         };
+        let all = strings(msg, "flags")?.iter().any(|f| f.eq_ignore_ascii_case("all"))
+            || msg.get("all").and_then(Value::as_str).is_some_and(|v| !v.eq_ignore_ascii_case("none"));
+        let file = id_long(msg, "file")?;
+        let repeat_times = number(msg, "repeat-times")?.unwrap_or(1);
+        let digit = match msg.get("code").or_else(|| msg.get("digit")) {
+            None => None,
+            Some(Value::Int(n)) => {
+                Some(usize::try_from(*n).ok().and_then(|i| DIGITS.get(i)).map(|d| char::from(*d)).ok_or_else(|| bad("code", "not 0-15"))?)
+            }
+            Some(v) => {
+                let t = text(v, "code")?;
+                let mut chars = t.chars();
+                match (chars.next().map(|c| c.to_ascii_uppercase()), chars.next()) {
+                    (Some(c), None) if DIGITS.contains(&(c as u8)) => Some(c),
+                    _ => match t.parse::<usize>().ok().and_then(|i| DIGITS.get(i)) {
+                        Some(d) => Some(char::from(*d)),
+                        None => return Err(bad("code", "not a DTMF digit (0-9, *, #, A-D) or event code 0-15")),
+                    },
+                }
+            }
+        };
+        if command == Command::PlayDtmf && digit.is_none() {
+            return Err(bad("code", "missing: play DTMF needs the digit"));
+        }
+        let ms = |key: &'static str| -> Result<u32, RequestError> {
+            match number(msg, key)? {
+                None => Ok(0),
+                Some(n) => u32::try_from(n).map_err(|_| bad(key, "not a duration in ms")),
+            }
+        };
+        let (duration_ms, pause_ms) = (ms("duration")?, ms("pause")?);
         Ok(Self {
+            all,
+            file,
+            repeat_times,
+            digit,
+            duration_ms,
+            pause_ms,
             command,
             call_id,
             from_tag,
@@ -205,6 +264,29 @@ fn id(msg: &Value, key: &'static str) -> Result<Option<String>, RequestError> {
             }
             Ok((!s.is_empty()).then(|| s.to_owned()))
         }
+    }
+}
+
+/// A longer string (a file path: at most 4096 bytes).
+fn id_long(msg: &Value, key: &'static str) -> Result<Option<String>, RequestError> {
+    match msg.get(key) {
+        None => Ok(None),
+        Some(v) => {
+            let s = text(v, key)?;
+            if s.len() > 4096 {
+                return Err(bad(key, "longer than 4096 bytes"));
+            }
+            Ok((!s.is_empty()).then(|| s.to_owned()))
+        }
+    }
+}
+
+/// An integer, given as one or as a decimal string (as Kamailio sends `key=value` flags).
+fn number(msg: &Value, key: &'static str) -> Result<Option<i64>, RequestError> {
+    match msg.get(key) {
+        None => Ok(None),
+        Some(Value::Int(n)) => Ok(Some(*n)),
+        Some(v) => text(v, key)?.trim().parse().map(Some).map_err(|_| bad(key, "not a number")),
     }
 }
 
@@ -374,6 +456,36 @@ mod tests {
         for (msg, want) in cases {
             assert_eq!(Request::parse(&msg), Err(want.clone()), "{msg:?}");
         }
+    }
+
+    #[test]
+    fn media_commands_read_their_file_and_digit() {
+        let r = Request::parse(&Value::dict([
+            ("command", s("play media")),
+            ("call-id", s("c")),
+            ("from-tag", s("f")),
+            ("file", s("moh.wav")),
+            ("repeat-times", s("1")),
+        ]))
+        .unwrap();
+        assert_eq!((r.command, r.file.as_deref(), r.repeat_times, r.all), (Command::PlayMedia, Some("moh.wav"), 1, false));
+        for (code, want) in [(Value::Int(10), '*'), (s("#"), '#'), (s("11"), '#'), (s("d"), 'D')] {
+            let r = Request::parse(&Value::dict([
+                ("command", s("play DTMF")),
+                ("call-id", s("c")),
+                ("code", code),
+                ("duration", Value::Int(200)),
+                ("flags", Value::strs(["all"])),
+            ]))
+            .unwrap();
+            assert_eq!((r.digit, r.duration_ms, r.all), (Some(want), 200, true));
+        }
+        let no_digit = Value::dict([("command", s("play DTMF")), ("call-id", s("c"))]);
+        assert_eq!(Request::parse(&no_digit), Err(bad("code", "missing: play DTMF needs the digit")));
+        let bad_code = Value::dict([("command", s("play DTMF")), ("call-id", s("c")), ("code", Value::Int(16))]);
+        assert_eq!(Request::parse(&bad_code), Err(bad("code", "not 0-15")));
+        let no_call = Value::dict([("command", s("stop media"))]);
+        assert_eq!(Request::parse(&no_call), Err(RequestError::NoCallId));
     }
 
     #[test]

@@ -268,6 +268,9 @@ impl NgService {
             Command::Query => self.query(req).await,
             Command::List => Ok(self.list(req.limit)),
             Command::Statistics => self.statistics().await,
+            Command::PlayMedia => self.play_media(req).await,
+            Command::StopMedia => self.stop_media(req).await,
+            Command::PlayDtmf => self.play_dtmf(req).await,
         }
     }
 
@@ -594,6 +597,59 @@ impl NgService {
                 ),
             ]),
         )]))
+    }
+
+    /// The first leg (first `m=` line) of each party `req` selects: the one `from-tag` names, or
+    /// every party with the `all` flag; with `peers`, the parties facing the selected one instead
+    /// (DTMF is played *from* the selected party, so into the streams towards the others).
+    async fn participants(&self, req: &Request, peers: bool) -> Result<Vec<u64>, Failure> {
+        let call_arc = self.existing(&req.call_id)?;
+        let call = call_arc.lock().await;
+        let chosen: Vec<&Monologue> = if req.all {
+            call.monologues.iter().collect()
+        } else {
+            let i = call.find(&req.from_tag).ok_or_else(|| Failure::Error("No participant with this from-tag".into()))?;
+            call.monologues.iter().enumerate().filter(|(j, _)| (*j == i) != peers).map(|(_, m)| m).collect()
+        };
+        let legs: Vec<u64> = chosen.iter().filter_map(|m| m.legs.first().copied()).collect();
+        if legs.is_empty() {
+            return Err(Failure::Error("No media stream for this participant yet".into()));
+        }
+        Ok(legs)
+    }
+
+    async fn play_media(&self, req: &Request) -> Result<Value, Failure> {
+        let file = req.file.clone().ok_or_else(|| Failure::Error("No media file specified (file= under the prompt directory)".into()))?;
+        if req.repeat_times != 1 {
+            return Err(Failure::Error("repeat-times: only 1 is supported (gRPC Play loops music on hold)".into()));
+        }
+        let mut duration = 0;
+        for leg in self.participants(req, false).await? {
+            let play = v1::PlayRequest { leg_id: leg, source: Some(v1::play_request::Source::File(file.clone())), r#loop: false };
+            let r = self.inner.media.play(tonic::Request::new(play)).await.map_err(|s| media_failure("play media", &s))?;
+            duration = duration.max(r.into_inner().duration_ms);
+        }
+        Ok(ok(vec![("duration", int(u64::from(duration)))]))
+    }
+
+    async fn stop_media(&self, req: &Request) -> Result<Value, Failure> {
+        for leg in self.participants(req, false).await? {
+            self.inner
+                .media
+                .stop_play(tonic::Request::new(v1::StopPlayRequest { leg_id: leg }))
+                .await
+                .map_err(|s| media_failure("stop media", &s))?;
+        }
+        Ok(ok(Vec::new()))
+    }
+
+    async fn play_dtmf(&self, req: &Request) -> Result<Value, Failure> {
+        let digit = req.digit.map(String::from).unwrap_or_default();
+        for leg in self.participants(req, !req.all).await? {
+            let dtmf = v1::InjectDtmfRequest { leg_id: leg, digits: digit.clone(), duration_ms: req.duration_ms, pause_ms: req.pause_ms };
+            self.inner.media.inject_dtmf(tonic::Request::new(dtmf)).await.map_err(|s| media_failure("play DTMF", &s))?;
+        }
+        Ok(ok(Vec::new()))
     }
 
     /// A leg the media plane deleted for its media timeout: the call goes with its last leg (as

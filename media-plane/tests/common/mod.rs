@@ -436,3 +436,18 @@ pub fn telephone_event(pt: u8, seq: u16, ts: u32, ssrc: u32, code: u8, end: bool
     p.extend_from_slice(&duration.to_be_bytes());
     p
 }
+
+/// A 16 kHz mono 16-bit WAV file of a `hz` tone lasting `seconds`.
+pub fn tone_wav(hz: f64, seconds: f64) -> Vec<u8> {
+    let samples = media_codecs::signal::sine(16_000, hz, seconds, 8000.0);
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut w = b"RIFF".to_vec();
+    w.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt \x10\0\0\0\x01\0\x01\0");
+    w.extend_from_slice(&16_000u32.to_le_bytes());
+    w.extend_from_slice(&32_000u32.to_le_bytes());
+    w.extend_from_slice(b"\x02\0\x10\0data");
+    w.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    w.extend_from_slice(&data);
+    w
+}
