@@ -144,26 +144,27 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
         );
         let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
         let metrics_stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let ng = config.ng_listen.map(|addr| {
+            let ng = media_plane::ng::NgService::new(svc.clone(), config.ng_max_sessions);
+            tokio::spawn(ng.clone().follow_events(svc.subscribe_events()));
+            let (stop, listener) = (metrics_stop.clone(), ng.clone());
+            tokio::spawn(async move {
+                // Like the metrics endpoint: a port that cannot be bound is logged, and the media
+                // plane serves gRPC without ng.
+                if let Err(e) = media_plane::ng::server::serve(addr, listener, async move { stop.notified().await }).await {
+                    tracing::error!(error = %e, ng = %addr, "ng listener stopped");
+                }
+            });
+            ng
+        });
         if let Some(addr) = config.metrics_listen {
             let (svc, stop) = (svc.clone(), metrics_stop.clone());
             tokio::spawn(async move {
-                if let Err(e) = media_plane::metrics::serve(addr, svc, async move { stop.notified().await }).await {
+                if let Err(e) = media_plane::metrics::serve(addr, svc, ng, async move { stop.notified().await }).await {
                     tracing::error!(error = %e, "metrics endpoint stopped");
                 }
             });
             tracing::info!(metrics = %addr, "metrics at /metrics");
-        }
-        if let Some(addr) = config.ng_listen {
-            let ng = media_plane::ng::NgService::new(svc.clone(), config.ng_max_sessions);
-            tokio::spawn(ng.clone().follow_events(svc.subscribe_events()));
-            let stop = metrics_stop.clone();
-            tokio::spawn(async move {
-                // Like the metrics endpoint: a port that cannot be bound is logged, and the media
-                // plane serves gRPC without ng.
-                if let Err(e) = media_plane::ng::server::serve(addr, ng, async move { stop.notified().await }).await {
-                    tracing::error!(error = %e, ng = %addr, "ng listener stopped");
-                }
-            });
         }
         let on_signal = {
             let (svc, stopping, metrics_stop) = (svc.clone(), stopping.clone(), metrics_stop.clone());

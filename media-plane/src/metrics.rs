@@ -4,7 +4,7 @@
 //! Each scrape asks every core for its counters (the same command GetStats uses, without the
 //! per-leg lists) and encodes them, labelled by core: packets in, forwarded, handed off and
 //! consumed; drops by reason; legs, bridges, transcoders, conferences and their members, free
-//! ports; the AF_XDP driver's own counters. `docs/grafana/media-plane.json` is a dashboard of them.
+//! ports; the AF_XDP driver's own counters; the ng listener's requests, errors and calls. `docs/grafana/media-plane.json` is a dashboard of them.
 
 use std::net::SocketAddr;
 
@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::api::MediaService;
 use crate::driver::CoreReport;
+use crate::ng::NgService;
 
 /// A per-core series: name, help, and how to read it from a core's report.
 type Series = (&'static str, &'static str, fn(&CoreReport) -> u64);
@@ -110,11 +111,60 @@ impl Collector for Snapshot {
     }
 }
 
-/// The metrics text of `service` now.
-pub async fn render(service: &MediaService) -> Result<String, String> {
+/// The ng listener's counters at one scrape.
+#[derive(Debug)]
+struct NgSnapshot {
+    counters: [(&'static str, u64); 7],
+    calls: u64,
+}
+
+impl NgSnapshot {
+    fn of(ng: &NgService) -> Self {
+        let c = ng.counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Self {
+            counters: [
+                ("requests", get(&c.requests)),
+                ("errors", get(&c.errors)),
+                ("load_limited", get(&c.load_limited)),
+                ("resent", get(&c.resent)),
+                ("undecodable", get(&c.undecodable)),
+                ("calls_created", get(&c.calls_created)),
+                ("calls_timed_out", get(&c.calls_timed_out)),
+            ],
+            calls: ng.calls() as u64,
+        }
+    }
+}
+
+impl Collector for NgSnapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = self.counters.iter().map(|(what, v)| (vec![("counter", (*what).to_string())], *v));
+        family(
+            &mut encoder,
+            "media_ng",
+            "ng protocol: requests, errors, load-limited refusals, resent requests answered from the cache, undecodable datagrams, calls created and timed out",
+            MetricType::Counter,
+            counters,
+        )?;
+        family(
+            &mut encoder,
+            "media_ng_calls",
+            "Calls set up over the ng protocol, open now",
+            MetricType::Gauge,
+            std::iter::once((Vec::new(), self.calls)),
+        )
+    }
+}
+
+/// The metrics text of `service` (and of the ng listener, if there is one) now.
+pub async fn render(service: &MediaService, ng: Option<&NgService>) -> Result<String, String> {
     let reports = service.core_reports().await.map_err(|s| s.message().to_owned())?;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot(reports)));
+    if let Some(ng) = ng {
+        registry.register_collector(Box::new(NgSnapshot::of(ng)));
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).map_err(|e| e.to_string())?;
     Ok(out)
@@ -124,6 +174,7 @@ pub async fn render(service: &MediaService) -> Result<String, String> {
 pub async fn serve(
     addr: SocketAddr,
     service: MediaService,
+    ng: Option<NgService>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     use axum::http::{header, StatusCode};
@@ -132,9 +183,9 @@ pub async fn serve(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let service = service.clone();
+            let (service, ng) = (service.clone(), ng.clone());
             async move {
-                match render(&service).await {
+                match render(&service, ng.as_ref()).await {
                     Ok(text) => {
                         ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
                     }

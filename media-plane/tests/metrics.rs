@@ -31,7 +31,8 @@ fn total(body: &str, metric: &str, with: &str) -> u64 {
 #[tokio::test]
 async fn metrics_count_legs_bridges_packets_and_drops_by_reason() {
     let addr = free_tcp_addr();
-    let (_mp, mut c) = MediaPlane::start_with(SLOT_METRICS, &["--metrics-listen", &addr.to_string()]).await;
+    let ng = local(&udp());
+    let (_mp, mut c) = MediaPlane::start_with(SLOT_METRICS, &["--metrics-listen", &addr.to_string(), "--ng-listen", &ng.to_string()]).await;
     let (a_sock, b_sock) = (udp(), udp());
     let a = simple_leg(&mut c, "m", Some(local(&a_sock))).await;
     let b = simple_leg(&mut c, "m", Some(local(&b_sock))).await;
@@ -42,11 +43,29 @@ async fn metrics_count_legs_bridges_packets_and_drops_by_reason() {
     }
     // From a stranger: a wrong-source drop.
     send(&udp(), &rtp(1, 0xC, 160), a.local);
+    // An ng ping (once the listener is up) and a datagram that is not ng at all.
+    let ng_client = udp();
+    let pong = eventually("the ng listener to answer ping", POLL_TIMEOUT, || {
+        let ng_client = ng_client.try_clone().expect("clone");
+        async move {
+            send(&ng_client, b"p1 d7:command4:pinge", ng);
+            let mut buf = [0u8; 64];
+            match ng_client.recv(&mut buf) {
+                Ok(n) => Ok(buf[..n].to_vec()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    assert_eq!(pong, b"p1 d6:result4:ponge");
+    send(&ng_client, b"not-ng", ng);
     let _ = c.create_conference(v1::CreateConferenceRequest { group: "g".into(), rate: 8000 }).await.expect("conference");
     let body = eventually("the metrics to count it all", POLL_TIMEOUT, || async {
         let (status, body) = tokio::task::spawn_blocking(move || scrape(addr)).await.expect("scrape");
         assert!(status.contains("200"), "{status}");
-        if total(&body, "media_drops_total", "reason=\"wrong_source\"") == 1 {
+        if total(&body, "media_drops_total", "reason=\"wrong_source\"") == 1
+            && total(&body, "media_ng_total", "counter=\"undecodable\"") == 1
+        {
             Ok(body)
         } else {
             Err("no wrong-source drop yet".to_owned())
@@ -58,6 +77,8 @@ async fn metrics_count_legs_bridges_packets_and_drops_by_reason() {
     assert_eq!(total(&body, "media_conferences", ""), 1);
     assert!(total(&body, "media_packets_in_total", "") >= 11);
     assert!(total(&body, "media_packets_forwarded_total", "") >= 10);
+    assert!(total(&body, "media_ng_total", "counter=\"requests\"") >= 1, "{body}");
+    assert!(body.lines().any(|l| l == "media_ng_calls 0"), "{body}");
     assert!(body.contains("# TYPE media_drops counter") && body.ends_with("# EOF\n"), "OpenMetrics text: {body}");
     // Every series the shipped Grafana dashboard queries exists.
     let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/media-plane.json")).expect("dashboard");
@@ -67,6 +88,7 @@ async fn metrics_count_legs_bridges_packets_and_drops_by_reason() {
     names.dedup();
     assert!(names.len() >= 8, "{names:?}");
     for name in names {
-        assert!(body.lines().any(|l| l.starts_with(&format!("{name}{{"))), "the dashboard's {name} is not in the metrics");
+        let series = |l: &str| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' ']));
+        assert!(body.lines().any(series), "the dashboard's {name} is not in the metrics");
     }
 }
