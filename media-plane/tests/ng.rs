@@ -251,6 +251,11 @@ async fn malformed_and_unknown_requests_get_errors_and_the_listener_carries_on()
     deep.extend(std::iter::repeat_n(b'l', 100_000));
     ng.send_raw(&deep[..60_000]);
     assert_eq!(text(&ng.reply_to("c7").expect("reply to deep nesting"), "result"), "error");
+    // A huge dictionary: thousands of keys the reader does not know, and no command.
+    let huge = Value::Dict((0..3000).map(|i| (format!("key-{i:05}").into_bytes(), Value::str("value"))).collect());
+    ng.send_raw(&frame("c8", &huge));
+    let r = ng.reply_to("c8").expect("reply to a huge dictionary");
+    assert_eq!((text(&r, "result"), text(&r, "error-reason")), ("error", "No command given"));
     ng.send_raw(b"no-cookie-at-all");
     ng.send_raw(b"");
     assert_eq!(text(&ng.request(&Value::dict([("command", s("ping"))])), "result"), "pong");
