@@ -36,6 +36,8 @@
 //! * [`ports`]: the media port range split between cores.
 //! * [`srtp`]: SRTP/SRTCP per leg (libsrtp2), SDES keys.
 //! * [`sdp`]: SDP offer/answer for anchored legs, with codec policies (strip, mask, transcode).
+//! * [`record`]: a recording's timeline: tapped RTP decoded, resampled and placed by timestamp,
+//!   handed out as interleaved frames once late packets can no longer change them.
 //! * [`harness`]: an in-memory network with a virtual clock around one engine, for tests.
 #![forbid(unsafe_code)]
 
@@ -43,6 +45,7 @@ pub mod engine;
 pub mod frame;
 pub mod harness;
 pub mod ports;
+pub mod record;
 pub mod sdp;
 pub mod srtp;
 pub mod wire;

@@ -116,6 +116,10 @@ pub struct Conference {
     /// Members that started (true) or stopped talking in the last periods, for the engine's
     /// events.
     pub(super) talk_changes: Vec<(LegId, bool)>,
+    /// The recording of the whole mix, if one runs: what a listen-only member hears.
+    pub(super) tap: Option<u64>,
+    /// The last period's whole mix, kept while a recording runs.
+    pub(super) mix: Vec<i16>,
 }
 
 /// Compresses above −3 dBFS so the sum of talkers never clips hard.
@@ -169,7 +173,16 @@ impl Member {
 
 impl Conference {
     pub fn new(id: ConferenceId, rate: u32, now: Instant) -> Self {
-        Conference { id, rate, members: Vec::new(), next_tick: now + TICK, sum: Vec::new(), talk_changes: Vec::new() }
+        Conference {
+            id,
+            rate,
+            members: Vec::new(),
+            next_tick: now + TICK,
+            sum: Vec::new(),
+            talk_changes: Vec::new(),
+            tap: None,
+            mix: Vec::new(),
+        }
     }
 
     /// Adds a member speaking `codec`; its stream starts at `ssrc`, `seq`, `ts`.
@@ -295,6 +308,10 @@ impl Conference {
             for (acc, &s) in self.sum.iter_mut().zip(&self.members[i].frame) {
                 *acc += i32::from(s);
             }
+        }
+        if self.tap.is_some() {
+            self.mix.clear();
+            self.mix.extend(self.sum.iter().map(|&total| soft_limit(total)));
         }
         for (i, m) in self.members.iter_mut().enumerate() {
             if m.deaf {

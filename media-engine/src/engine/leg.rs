@@ -254,6 +254,8 @@ pub(super) struct Leg {
     /// A stream the media plane makes for this leg later (a play, music on hold) continues it,
     /// so the endpoint sees one stream, not a new source with a jump in its timestamps.
     pub last_relayed: Option<(u32, u16, u32, Instant)>,
+    /// The recording (and its channel) this leg's incoming media is tapped for.
+    pub tap: Option<(u64, u8)>,
 }
 
 impl Leg {
@@ -283,6 +285,7 @@ impl Leg {
             any_rx: false,
             counters: LegCounters::default(),
             last_relayed: None,
+            tap: None,
         }
     }
 

@@ -183,6 +183,20 @@ pub enum CommandError {
     ConferenceRate(u32),
 }
 
+/// Media tapped for a recording, for the media plane's recorder (off the packet path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tap {
+    /// An RTP packet a recorded leg received (decrypted), with the leg's codec then.
+    Rtp { recording: u64, channel: u8, codec: Option<LegCodec>, packet: Vec<u8> },
+    /// One period of a recorded conference's whole mix, at its rate.
+    Pcm { recording: u64, channel: u8, rate: u32, pcm: Vec<i16> },
+    /// The channel's leg or conference is gone (deleted, timed out), or its recording stopped.
+    Ended { recording: u64, channel: u8 },
+}
+
+/// Taps waiting for the driver; beyond this they are dropped (and counted).
+pub const MAX_TAPS: usize = 4096;
+
 /// Counters of one core, beyond those of its legs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CoreCounters {
@@ -196,6 +210,8 @@ pub struct CoreCounters {
     pub packets_consumed: u64,
     /// Drops of packets that reached a leg, plus packets to ports without a leg (as `no_route`).
     pub drops: Drops,
+    /// Recorded media dropped because the recorder fell behind ([`MAX_TAPS`] waiting).
+    pub taps_dropped: u64,
 }
 
 /// Per-core engine configuration.
@@ -275,6 +291,8 @@ pub struct Engine {
     conferences: HashMap<ConferenceId, Conference>,
     /// The SDES CNAME of the streams this core makes.
     cname: String,
+    /// Recorded media for the driver ([`Engine::poll_tap`]).
+    taps: VecDeque<Tap>,
 }
 
 impl Engine {
@@ -299,6 +317,7 @@ impl Engine {
             generating: Vec::new(),
             conferences: HashMap::new(),
             cname: format!("core{}@media-plane", config.core),
+            taps: VecDeque::new(),
         }
     }
 
@@ -848,6 +867,9 @@ impl Engine {
     /// Ends conference `id`; its members stay, in no conference. Returns them.
     pub fn delete_conference(&mut self, id: ConferenceId) -> Result<Vec<LegId>, CommandError> {
         let c = self.conferences.remove(&id).ok_or(CommandError::NoSuchConference(id))?;
+        if let Some(recording) = c.tap {
+            self.taps.push_back(Tap::Ended { recording, channel: 0 });
+        }
         let legs: Vec<LegId> = c.members.iter().map(|m| m.leg).collect();
         for m in &c.members {
             if let Some(l) = self.slot_mut(m.slot) {
@@ -913,7 +935,7 @@ impl Engine {
     /// Runs the mixing periods that are due (a core more than five periods late skips ahead
     /// rather than bursting).
     fn mix_conferences(&mut self, now: Instant) {
-        let Self { conferences, slots, transmits, spare, events, .. } = self;
+        let Self { conferences, slots, transmits, spare, events, taps, counters, .. } = self;
         for c in conferences.values_mut() {
             let mut ticks = 0;
             while c.next_tick <= now && ticks < 5 {
@@ -928,6 +950,13 @@ impl Engine {
                         Err(reason) => leg.counters.drops.add(reason),
                     }
                 });
+                if let Some(recording) = c.tap {
+                    if taps.len() < MAX_TAPS {
+                        taps.push_back(Tap::Pcm { recording, channel: 0, rate: c.rate, pcm: c.mix.clone() });
+                    } else {
+                        counters.taps_dropped += 1;
+                    }
+                }
                 c.next_tick += conference::TICK;
                 ticks += 1;
             }
@@ -938,6 +967,51 @@ impl Engine {
                 events.push_back(Event::Talking { leg, conference: c.id, talking });
             }
         }
+    }
+
+    /// Taps what leg `id`'s endpoint sends for `recording` as its `channel` (replacing an earlier
+    /// tap of the leg, which ends); returns the leg's codec, if known.
+    pub fn record_leg(&mut self, id: LegId, recording: u64, channel: u8) -> Result<Option<LegCodec>, CommandError> {
+        let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
+        let leg = self.slots.get_mut(slot).and_then(Option::as_mut).ok_or(CommandError::NoSuchLeg(id))?;
+        if let Some((old, ch)) = leg.tap.replace((recording, channel)) {
+            self.taps.push_back(Tap::Ended { recording: old, channel: ch });
+        }
+        Ok(leg.codec)
+    }
+
+    /// Taps conference `id`'s whole mix for `recording` (channel 0); returns its rate.
+    pub fn record_conference(&mut self, id: ConferenceId, recording: u64) -> Result<u32, CommandError> {
+        let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
+        if let Some(old) = c.tap.replace(recording) {
+            self.taps.push_back(Tap::Ended { recording: old, channel: 0 });
+        }
+        Ok(c.rate)
+    }
+
+    /// Stops every tap of `recording` on this core (each ends); returns how many there were.
+    pub fn stop_recording(&mut self, recording: u64) -> usize {
+        let mut n = 0;
+        for leg in self.slots.iter_mut().flatten() {
+            if let Some((_, channel)) = leg.tap.filter(|(r, _)| *r == recording) {
+                leg.tap = None;
+                self.taps.push_back(Tap::Ended { recording, channel });
+                n += 1;
+            }
+        }
+        for c in self.conferences.values_mut() {
+            if c.tap == Some(recording) {
+                c.tap = None;
+                self.taps.push_back(Tap::Ended { recording, channel: 0 });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The next piece of recorded media (or end of a channel) for the recorder.
+    pub fn poll_tap(&mut self) -> Option<Tap> {
+        self.taps.pop_front()
     }
 
     /// Keeps an SDP offer on leg `id` until its answer (it goes with the leg).
@@ -965,6 +1039,9 @@ impl Engine {
             }
         }
         let leg = self.slots[slot].take().ok_or(CommandError::NoSuchLeg(id))?;
+        if let Some((recording, channel)) = leg.tap {
+            self.taps.push_back(Tap::Ended { recording, channel });
+        }
         self.by_port[usize::from(leg.local_port)] = 0;
         if !leg.rtcp_mux {
             self.by_port[usize::from(leg.local_port) + 1] = 0;
@@ -1205,6 +1282,13 @@ impl Engine {
             }
             if let Some((digit, duration_ms)) = leg.detect_dtmf(packet) {
                 self.events.push_back(Event::Dtmf { leg: leg.id, digit, duration_ms });
+            }
+            if let Some((recording, channel)) = leg.tap {
+                if self.taps.len() < MAX_TAPS {
+                    self.taps.push_back(Tap::Rtp { recording, channel, codec: leg.codec, packet: packet.to_vec() });
+                } else {
+                    self.counters.taps_dropped += 1;
+                }
             }
         }
         let (leg_id, bridge, peer) = (leg.id, leg.bridge.unwrap_or_default(), leg.peer);

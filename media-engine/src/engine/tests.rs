@@ -883,3 +883,54 @@ fn a_conference_member_talks_from_its_first_syllable_until_a_pause_longer_than_t
     let left: Vec<_> = std::iter::from_fn(|| h.engine.poll_event()).filter(|e| matches!(e, Event::Member { .. })).collect();
     assert_eq!(left, vec![Event::Member { leg: 2, conference: 60, joined: false }]);
 }
+
+/// Every tap waiting in the engine.
+fn taps(h: &mut Harness) -> Vec<Tap> {
+    std::iter::from_fn(|| h.engine.poll_tap()).collect()
+}
+
+#[test]
+fn a_recorded_leg_taps_what_its_endpoint_sends_while_the_relay_goes_on() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    assert_eq!(h.engine.record_leg(1, 77, 1), Ok(None));
+    assert_eq!(h.engine.record_leg(99, 77, 0), Err(CommandError::NoSuchLeg(99)));
+    for seq in 0..3 {
+        h.send(a, A_PORT, &rtp(seq));
+        h.advance(Duration::from_millis(20));
+    }
+    assert_eq!(seqs(&h.take_inbox(b)), vec![0, 1, 2], "the relay is unchanged");
+    let got = taps(&mut h);
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[1], Tap::Rtp { recording: 77, channel: 1, codec: None, packet: rtp(1) });
+    // RTCP is not tapped; a new tap of the leg ends the old one; deleting the leg ends the new one.
+    h.send(a, A_PORT + 1, &rtcp_sr());
+    h.advance(Duration::from_millis(5));
+    assert!(taps(&mut h).is_empty());
+    h.engine.record_leg(1, 78, 0).unwrap();
+    assert_eq!(taps(&mut h), vec![Tap::Ended { recording: 77, channel: 1 }]);
+    let now = h.now();
+    h.engine.delete_leg(1, now).unwrap();
+    assert_eq!(taps(&mut h), vec![Tap::Ended { recording: 78, channel: 0 }]);
+}
+
+#[test]
+fn stopping_a_recording_ends_its_taps_and_a_slow_recorder_costs_counted_drops_only() {
+    let (a, b) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    h.engine.record_leg(1, 5, 0).unwrap();
+    h.engine.record_leg(2, 5, 1).unwrap();
+    for seq in 0..(MAX_TAPS as u16 + 10) {
+        h.send(a, A_PORT, &rtp(seq));
+    }
+    h.advance(Duration::from_millis(50));
+    assert_eq!(h.take_inbox(b).len(), MAX_TAPS + 10, "every packet relayed");
+    assert_eq!(h.engine.counters().taps_dropped, 10);
+    assert_eq!(taps(&mut h).len(), MAX_TAPS);
+    assert_eq!(h.engine.stop_recording(5), 2);
+    let ended = taps(&mut h);
+    assert!(ended.contains(&Tap::Ended { recording: 5, channel: 0 }) && ended.contains(&Tap::Ended { recording: 5, channel: 1 }));
+    assert_eq!(h.engine.stop_recording(5), 0);
+}
