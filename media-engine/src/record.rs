@@ -31,6 +31,21 @@ pub const RESYNC: Duration = Duration::from_secs(1);
 /// Rates a recording can be written at.
 pub const RATES: [u32; 3] = [8000, 16_000, 48_000];
 
+/// How a recording went, when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingSummary {
+    pub recording: u64,
+    /// The file as the client named it.
+    pub file: String,
+    pub channels: u8,
+    pub rate: u32,
+    pub frames: u64,
+    pub bytes: u64,
+    pub counters: RecordCounters,
+    /// `stopped`, `ended`, `shutdown` or `write failed: …`.
+    pub reason: String,
+}
+
 /// Counters of a recording.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecordCounters {

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 
 use crate::driver::{Command, CoreError, CoreEvent, CoreHandle, CoreReport, SubmitError};
 use crate::engine::{CommandError, Direction, Drops, Event, LegCodec, LegMedia, LegSpec, LegStats, QualityAlarm, Remote};
+use crate::recorder::RecorderHandle;
 use crate::sdp;
 
 const CORE_SHIFT: u32 = 56;
@@ -45,6 +46,9 @@ struct Inner {
     /// Where Play's files are, and the prompts read so far, by (source, PCM rate).
     prompt_dir: std::path::PathBuf,
     prompts: std::sync::Mutex<PromptCache>,
+    /// The recorder thread (WAV files under the recording directory).
+    recorder: RecorderHandle,
+    recorder_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Decoded prompts by (source, PCM rate).
@@ -56,28 +60,47 @@ const PROMPT_CACHE: usize = 256;
 const MAX_PROMPT_BYTES: u64 = 32 * 1024 * 1024;
 
 impl MediaService {
-    /// The service over `cores`; Play reads its files from `prompt_dir` only.
+    /// The service over `cores`; Play reads its files from `prompt_dir` only, recordings are
+    /// written under `recording_dir` only (by a recorder thread started here).
     pub fn new(
         cores: Vec<CoreHandle>,
         events: broadcast::Sender<CoreEvent>,
         media_ip: IpAddr,
         advertise_ip: IpAddr,
         prompt_dir: std::path::PathBuf,
-    ) -> Self {
+        recording_dir: std::path::PathBuf,
+    ) -> std::io::Result<Self> {
         let (stopping, _) = tokio::sync::watch::channel(false);
-        Self {
-            inner: Arc::new(Inner {
-                cores,
-                next_id: AtomicU64::new(1),
-                round_robin: AtomicUsize::new(0),
-                events,
-                advertise_ip,
-                media_ip,
-                stopping,
-                prompt_dir,
-                prompts: std::sync::Mutex::new(HashMap::new()),
-            }),
+        // A recording that fails stops its taps on every core (the service is made after the
+        // recorder, so the recorder finds it through this cell).
+        let service: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> = Arc::default();
+        let found = service.clone();
+        let stop_taps = Box::new(move |recording: u64| {
+            if let Some(inner) = found.get().and_then(std::sync::Weak::upgrade) {
+                for c in &inner.cores {
+                    let _ = c.submit(Command::StopRecording { recording, reply: None });
+                }
+            }
+        });
+        let (recorder, thread) = crate::recorder::spawn(recording_dir, events.clone(), stop_taps)?;
+        let inner = Arc::new(Inner {
+            cores,
+            next_id: AtomicU64::new(1),
+            round_robin: AtomicUsize::new(0),
+            events,
+            advertise_ip,
+            media_ip,
+            stopping,
+            prompt_dir,
+            prompts: std::sync::Mutex::new(HashMap::new()),
+            recorder,
+            recorder_thread: std::sync::Mutex::new(Some(thread)),
+        });
+        let _ = service.set(Arc::downgrade(&inner));
+        for c in &inner.cores {
+            let _ = c.submit(Command::SetRecorder(inner.recorder.clone()));
         }
+        Ok(Self { inner })
     }
 
     /// The PCM (mono, at `rate`) of a Play source, read and kept, and its source text; errors
@@ -146,10 +169,14 @@ impl MediaService {
         self.inner.stopping.send_replace(true);
     }
 
-    /// Stops every core (waiting at most `limit` for each).
+    /// Stops every core (waiting at most `limit` for each), then finishes every recording's file.
     pub fn shutdown(&self, limit: Duration) {
         for c in &self.inner.cores {
             c.shutdown(limit);
+        }
+        let thread = self.inner.recorder_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            self.inner.recorder.shutdown(thread, limit);
         }
     }
 
@@ -395,6 +422,39 @@ fn sdp_status(e: sdp::SdpError) -> Status {
     }
 }
 
+fn recording_msg(s: &media_engine::record::RecordingSummary) -> v1::RecordingSummary {
+    v1::RecordingSummary {
+        recording_id: s.recording,
+        file: s.file.clone(),
+        channels: u32::from(s.channels),
+        rate: s.rate,
+        duration_ms: s.frames * 1000 / u64::from(s.rate.max(1)),
+        bytes: s.bytes,
+        packets: s.counters.packets,
+        late: s.counters.late,
+        reason: s.reason.clone(),
+    }
+}
+
+/// A recording's file name, checked: relative, inside the recording directory, `.wav`.
+fn recording_file(f: &str) -> Result<(), Status> {
+    let rel = std::path::Path::new(f);
+    let inside = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    if f.is_empty() || f.len() > 1024 || !inside || !f.ends_with(".wav") {
+        return Err(Status::invalid_argument(format!("file: {f:?} must be a relative path inside the recording directory ending in .wav")));
+    }
+    Ok(())
+}
+
+/// The file rate for codecs of these rates: the widest, as one of the rates a file is written at.
+fn recording_rate(rates: impl Iterator<Item = u32>) -> u32 {
+    match rates.max().unwrap_or(8000) {
+        0..=8000 => 8000,
+        8001..=16_000 => 16_000,
+        _ => 48_000,
+    }
+}
+
 fn codec_msg(c: &LegCodec) -> v1::Codec {
     let p = &c.params;
     v1::Codec {
@@ -474,6 +534,7 @@ fn core_status(e: CoreError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         CoreError::Command(CommandError::NoSuchConference(_)) => Status::not_found(e.to_string()),
+        CoreError::Command(CommandError::Recorded(..)) => Status::failed_precondition(e.to_string()),
         CoreError::Command(CommandError::ConferenceExists(_)) => Status::already_exists(e.to_string()),
         CoreError::Command(CommandError::ConferenceRate(_)) => Status::invalid_argument(e.to_string()),
         CoreError::PortsExhausted(_) | CoreError::Command(CommandError::DtmfQueueFull(_)) => Status::resource_exhausted(e.to_string()),
@@ -739,6 +800,94 @@ impl v1::media_plane_server::MediaPlane for MediaService {
         Ok(Response::new(v1::DeleteBridgeResponse {}))
     }
 
+    async fn start_recording(&self, req: Request<v1::StartRecordingRequest>) -> Result<Response<v1::StartRecordingResponse>, Status> {
+        let r = req.into_inner();
+        recording_file(&r.file)?;
+        let conference = r.conference_id != 0;
+        if r.leg_ids.is_empty() != conference {
+            return Err(Status::invalid_argument("leg_ids, conference_id: give 1 to 8 legs or one conference"));
+        }
+        if r.leg_ids.len() > 8 {
+            return Err(Status::invalid_argument(format!("leg_ids: {} legs; a recording has at most 8 channels", r.leg_ids.len())));
+        }
+        if r.leg_ids.iter().enumerate().any(|(i, l)| r.leg_ids[..i].contains(l)) {
+            return Err(Status::invalid_argument("leg_ids: a leg is named twice"));
+        }
+        if ![0, 8000, 16_000, 48_000].contains(&r.rate) {
+            return Err(Status::invalid_argument(format!("rate: {} is not 8000, 16000 or 48000 (or 0)", r.rate)));
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        // Taps first (they tell the codecs or the mix rate), then the file; media tapped before
+        // the file is open is not in it (milliseconds).
+        let mut rates = Vec::new();
+        let mut tapped = Vec::new();
+        let mut failure = None;
+        if conference {
+            let conference = r.conference_id;
+            match self.core_of(conference, "conference_id") {
+                Ok(core) => match self.ask(core, |reply| Command::RecordConference { id: conference, recording: id, reply }).await {
+                    Ok(rate) => {
+                        rates.push(rate);
+                        tapped.push(core.core);
+                    }
+                    Err(e) => failure = Some(e),
+                },
+                Err(e) => failure = Some(e),
+            }
+        } else {
+            for (channel, &leg) in r.leg_ids.iter().enumerate() {
+                let field = format!("leg_ids[{channel}]");
+                let tap = match self.core_of(leg, &field) {
+                    Ok(core) => self
+                        .ask(core, |reply| Command::RecordLeg { id: leg, recording: id, channel: channel as u8, reply })
+                        .await
+                        .map(|codec| (core.core, codec))
+                        .map_err(|s| Status::new(s.code(), format!("{field}: {}", s.message()))),
+                    Err(e) => Err(e),
+                };
+                match tap {
+                    Ok((core, codec)) => {
+                        rates.extend(codec.map(|c| c.params.rate));
+                        tapped.push(core);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        let channels = if conference { 1 } else { r.leg_ids.len() as u8 };
+        let rate = if r.rate != 0 { r.rate } else { recording_rate(rates.into_iter()) };
+        if failure.is_none() {
+            if let Err(why) = self.inner.recorder.start(id, r.file.clone(), channels, rate).await {
+                failure = Some(Status::failed_precondition(format!("file: {why}")));
+            }
+        }
+        if let Some(status) = failure {
+            for core in tapped {
+                if let Some(c) = self.inner.cores.get(core) {
+                    let _ = c.submit(Command::StopRecording { recording: id, reply: None });
+                }
+            }
+            return Err(status);
+        }
+        tracing::info!(recording = id, file = %r.file, channels, rate, "recording started");
+        Ok(Response::new(v1::StartRecordingResponse { recording_id: id, rate, channels: u32::from(channels) }))
+    }
+
+    async fn stop_recording(&self, req: Request<v1::StopRecordingRequest>) -> Result<Response<v1::StopRecordingResponse>, Status> {
+        let id = req.into_inner().recording_id;
+        // The file first (so the taps' ends that follow find nothing to end), then the taps.
+        let summary = self.inner.recorder.stop(id).await;
+        for c in &self.inner.cores {
+            let _ = c.submit(Command::StopRecording { recording: id, reply: None });
+        }
+        let summary =
+            summary.ok_or_else(|| Status::not_found(format!("recording_id: {id} is not recording (it ended, or never started)")))?;
+        Ok(Response::new(v1::StopRecordingResponse { summary: Some(recording_msg(&summary)) }))
+    }
+
     async fn get_stats(&self, req: Request<v1::GetStatsRequest>) -> Result<Response<v1::GetStatsResponse>, Status> {
         let r = req.into_inner();
         let filter = if r.totals_only {
@@ -819,6 +968,9 @@ impl MediaService {
             }
             Event::Quality { leg, alarm, loss_permille, jitter_us } => {
                 v1::Event { leg_id: leg, kind: Some(v1::event::Kind::Quality(v1::Quality { alarm, loss_permille, jitter_us })) }
+            }
+            Event::RecordingStopped(summary) => {
+                v1::Event { leg_id: 0, kind: Some(v1::event::Kind::RecordingStopped(recording_msg(&summary))) }
             }
             Event::TimedOut { leg, stats } => v1::Event {
                 leg_id: leg,

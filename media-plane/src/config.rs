@@ -3,6 +3,8 @@
 //! ```toml
 //! grpc_listen = "127.0.0.1:9090"   # gRPC API address (default 127.0.0.1:9090)
 //! metrics_listen = "127.0.0.1:9091"  # GET /metrics (Prometheus) address; "" turns it off (default 127.0.0.1:9091)
+//! recording_dir = "/var/lib/media-plane/recordings"  # where StartRecording writes (default
+//!                                  # "recordings"); nothing is written outside it
 //! ng_listen = "127.0.0.1:22222"    # rtpengine ng protocol (UDP) for Kamailio/OpenSIPS; "" turns it off
 //!                                  # (default 127.0.0.1:22222)
 //! ng_max_sessions = 0              # most calls over ng at once, then "load limit" (default 0: only
@@ -68,6 +70,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub ng_listen: Option<String>,
     pub ng_max_sessions: Option<i64>,
+    pub recording_dir: Option<String>,
 }
 
 impl FileConfig {
@@ -100,6 +103,7 @@ impl FileConfig {
             metrics_listen: over.metrics_listen.or(self.metrics_listen),
             ng_listen: over.ng_listen.or(self.ng_listen),
             ng_max_sessions: over.ng_max_sessions.or(self.ng_max_sessions),
+            recording_dir: over.recording_dir.or(self.recording_dir),
         }
     }
 
@@ -193,6 +197,10 @@ impl FileConfig {
         if prompt_dir.as_os_str().is_empty() {
             return Err(invalid("prompt_dir", "is empty"));
         }
+        let recording_dir = std::path::PathBuf::from(self.recording_dir.unwrap_or_else(|| "recordings".into()));
+        if recording_dir.as_os_str().is_empty() {
+            return Err(invalid("recording_dir", "is empty"));
+        }
         Ok(Config {
             backend,
             interface,
@@ -200,6 +208,7 @@ impl FileConfig {
             metrics_listen,
             ng_listen,
             ng_max_sessions: ng_max_sessions as usize,
+            recording_dir,
             grpc_listen,
             media_ip,
             advertise_ip,
@@ -241,6 +250,8 @@ pub struct Config {
     pub ng_listen: Option<SocketAddr>,
     /// Most ng calls at once (0: no limit but the port range).
     pub ng_max_sessions: usize,
+    /// The directory recordings are written under (and nothing outside it).
+    pub recording_dir: std::path::PathBuf,
     pub grpc_listen: SocketAddr,
     pub media_ip: IpAddr,
     pub advertise_ip: IpAddr,

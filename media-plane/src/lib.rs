@@ -41,6 +41,7 @@ pub mod driver;
 pub mod metrics;
 pub mod neighbour;
 pub mod ng;
+pub mod recorder;
 pub mod sys;
 
 // The sans-IO core lives in its own crate (no runtime or socket dependency); re-exported under

@@ -57,6 +57,9 @@ struct Args {
     /// Address of GET /metrics (Prometheus); "" turns it off.
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Directory recordings are written under.
+    #[arg(long)]
+    recording_dir: Option<String>,
     /// Address of the rtpengine ng protocol (UDP), e.g. 127.0.0.1:22222; "" turns it off.
     #[arg(long)]
     ng_listen: Option<String>,
@@ -88,6 +91,7 @@ fn load(args: &Args) -> Result<media_plane::config::Config, ConfigError> {
         prompt_dir: args.prompt_dir.clone(),
         metrics_listen: args.metrics_listen.clone(),
         ng_listen: args.ng_listen.clone(),
+        recording_dir: args.recording_dir.clone(),
         ng_max_sessions: args.ng_max_sessions,
         ..Default::default()
     };
@@ -122,7 +126,15 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
     let backend = started.backend;
     // Held until the cores have stopped: dropping it detaches the XDP program.
     let steering = started.steering;
-    let service = MediaService::new(started.cores, events, config.media_ip, config.advertise_ip, config.prompt_dir.clone());
+    let service = MediaService::new(
+        started.cores,
+        events,
+        config.media_ip,
+        config.advertise_ip,
+        config.prompt_dir.clone(),
+        config.recording_dir.clone(),
+    )
+    .map_err(|e| format!("starting the recorder: {e}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("grpc")

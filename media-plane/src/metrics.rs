@@ -48,7 +48,7 @@ impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let core = |r: &CoreReport| vec![("core", r.core.to_string())];
         let per_core = |f: fn(&CoreReport) -> u64| self.0.iter().map(move |r| (core(r), f(r)));
-        let counters: [Series; 4] = [
+        let counters: [Series; 5] = [
             ("media_packets_in", "Packets that reached a media core", |r| r.counters.packets_in),
             ("media_packets_forwarded", "Packets sent on: relayed in place, and hand-offs from other cores", |r| {
                 r.counters.packets_forwarded
@@ -57,6 +57,7 @@ impl Collector for Snapshot {
             ("media_packets_consumed", "Packets taken in by transcoding, conferences or SRTP re-encryption", |r| {
                 r.counters.packets_consumed
             }),
+            ("media_recording_dropped", "Recorded media dropped because the recorder fell behind", |r| r.counters.taps_dropped),
         ];
         for (name, help, f) in counters {
             family(&mut encoder, name, help, MetricType::Counter, per_core(f))?;

@@ -19,7 +19,7 @@ use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bridge, core_stats, leg_stats, rtp, seq_of, simple_leg, temp_path, Client, BIN};
+use common::{bridge, core_stats, is_root, leg_stats, rtp, seq_of, simple_leg, temp_path, Client, BIN};
 
 const SKIP: &str = "skipped: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) for namespaces and AF_XDP";
 const PEER_A: &str = "10.77.1.1";
@@ -27,13 +27,6 @@ const PEER_B: &str = "10.77.1.3";
 const DUT: &str = "10.77.1.2";
 const GRPC_PORT: u16 = 9090;
 const PORTS: &str = "30000-30099";
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0")))
-        .unwrap_or(false)
-}
 
 fn sh(args: &[&str]) -> std::process::Output {
     Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("run {args:?}: {e}"))

@@ -141,6 +141,9 @@ pub enum Event {
     /// The stream the leg's endpoint sends crossed its quality thresholds (`alarm`: now above
     /// them; else back under), with the loss and jitter of the last judged interval.
     Quality { leg: LegId, alarm: bool, loss_permille: u32, jitter_us: u64 },
+    /// A recording ended. Sent by the media plane's recorder (which runs
+    /// [`crate::record::Recording`]), not by a core.
+    RecordingStopped(Box<crate::record::RecordingSummary>),
 }
 
 /// Misuse of the command API (unknown ids, conflicting state). The fast path has no errors: it
@@ -173,6 +176,8 @@ pub enum CommandError {
     DtmfQueueFull(LegId),
     #[error("conference {0} does not exist")]
     NoSuchConference(ConferenceId),
+    #[error("{0} is being recorded already (recording {1})")]
+    Recorded(u64, u64),
     #[error("conference {0} already exists")]
     ConferenceExists(ConferenceId),
     #[error("leg {0} is in conference {1}")]
@@ -969,23 +974,26 @@ impl Engine {
         }
     }
 
-    /// Taps what leg `id`'s endpoint sends for `recording` as its `channel` (replacing an earlier
-    /// tap of the leg, which ends); returns the leg's codec, if known.
+    /// Taps what leg `id`'s endpoint sends for `recording` as its `channel`; returns the leg's
+    /// codec, if known. A leg is in one recording at a time.
     pub fn record_leg(&mut self, id: LegId, recording: u64, channel: u8) -> Result<Option<LegCodec>, CommandError> {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
         let leg = self.slots.get_mut(slot).and_then(Option::as_mut).ok_or(CommandError::NoSuchLeg(id))?;
-        if let Some((old, ch)) = leg.tap.replace((recording, channel)) {
-            self.taps.push_back(Tap::Ended { recording: old, channel: ch });
+        if let Some((other, _)) = leg.tap {
+            return Err(CommandError::Recorded(id, other));
         }
+        leg.tap = Some((recording, channel));
         Ok(leg.codec)
     }
 
-    /// Taps conference `id`'s whole mix for `recording` (channel 0); returns its rate.
+    /// Taps conference `id`'s whole mix for `recording` (channel 0); returns its rate. A
+    /// conference is in one recording at a time.
     pub fn record_conference(&mut self, id: ConferenceId, recording: u64) -> Result<u32, CommandError> {
         let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
-        if let Some(old) = c.tap.replace(recording) {
-            self.taps.push_back(Tap::Ended { recording: old, channel: 0 });
+        if let Some(other) = c.tap {
+            return Err(CommandError::Recorded(id, other));
         }
+        c.tap = Some(recording);
         Ok(c.rate)
     }
 
@@ -1007,6 +1015,11 @@ impl Engine {
             }
         }
         n
+    }
+
+    /// Counts a tap the driver could not pass on (the recorder's queue was full).
+    pub fn count_tap_dropped(&mut self) {
+        self.counters.taps_dropped += 1;
     }
 
     /// The next piece of recorded media (or end of a channel) for the recorder.

@@ -904,12 +904,14 @@ fn a_recorded_leg_taps_what_its_endpoint_sends_while_the_relay_goes_on() {
     let got = taps(&mut h);
     assert_eq!(got.len(), 3);
     assert_eq!(got[1], Tap::Rtp { recording: 77, channel: 1, codec: None, packet: rtp(1) });
-    // RTCP is not tapped; a new tap of the leg ends the old one; deleting the leg ends the new one.
+    // RTCP is not tapped; a leg is in one recording at a time; deleting the leg ends its tap.
     h.send(a, A_PORT + 1, &rtcp_sr());
     h.advance(Duration::from_millis(5));
     assert!(taps(&mut h).is_empty());
-    h.engine.record_leg(1, 78, 0).unwrap();
+    assert_eq!(h.engine.record_leg(1, 78, 0), Err(CommandError::Recorded(1, 77)), "one recording per leg");
+    assert_eq!(h.engine.stop_recording(77), 1);
     assert_eq!(taps(&mut h), vec![Tap::Ended { recording: 77, channel: 1 }]);
+    h.engine.record_leg(1, 78, 0).unwrap();
     let now = h.now();
     h.engine.delete_leg(1, now).unwrap();
     assert_eq!(taps(&mut h), vec![Tap::Ended { recording: 78, channel: 0 }]);

@@ -61,6 +61,26 @@ pub type Reply<T> = oneshot::Sender<Result<T, CoreError>>;
 /// A request to one core.
 #[derive(Debug)]
 pub enum Command {
+    /// Where the core sends what it taps for recordings.
+    SetRecorder(crate::recorder::RecorderHandle),
+    /// Taps a leg for a recording (as its `channel`); replies with the leg's codec.
+    RecordLeg {
+        id: LegId,
+        recording: u64,
+        channel: u8,
+        reply: Reply<Option<LegCodec>>,
+    },
+    /// Taps a conference's mix for a recording; replies with its rate.
+    RecordConference {
+        id: u64,
+        recording: u64,
+        reply: Reply<u32>,
+    },
+    /// Stops a recording's taps on this core; replies with how many there were.
+    StopRecording {
+        recording: u64,
+        reply: Option<Reply<usize>>,
+    },
     CreateLeg {
         id: LegId,
         spec: LegSpec,
@@ -392,6 +412,8 @@ pub struct CoreState {
     pub driver: DriverCounters,
     /// Queues to and from the other cores.
     pub cross: CrossCore,
+    /// Where recorded media goes (set once the recorder runs).
+    recorder: Option<crate::recorder::RecorderHandle>,
 }
 
 impl CoreState {
@@ -422,6 +444,7 @@ impl CoreState {
             socket_buffer: config.socket_buffer,
             driver: DriverCounters::default(),
             cross,
+            recorder: None,
         }
     }
 
@@ -444,6 +467,19 @@ impl CoreState {
             };
             let now = Instant::now();
             match cmd {
+                Command::SetRecorder(r) => self.recorder = Some(r),
+                Command::RecordLeg { id, recording, channel, reply } => {
+                    let _ = reply.send(self.engine.record_leg(id, recording, channel).map_err(CoreError::from));
+                }
+                Command::RecordConference { id, recording, reply } => {
+                    let _ = reply.send(self.engine.record_conference(id, recording).map_err(CoreError::from));
+                }
+                Command::StopRecording { recording, reply } => {
+                    let n = self.engine.stop_recording(recording);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(n));
+                    }
+                }
                 Command::CreateLeg { id, spec, reply } => {
                     let _ = reply.send(self.create_leg(id, spec, now));
                 }
@@ -539,6 +575,14 @@ impl CoreState {
     /// Passes engine events on, freeing the ports of legs that timed out, and sends the engine's
     /// messages for other cores.
     pub fn drain_engine_events(&mut self) {
+        if let Some(recorder) = &self.recorder {
+            let now = Instant::now();
+            while let Some(tap) = self.engine.poll_tap() {
+                if !recorder.tap(tap, now) {
+                    self.engine.count_tap_dropped();
+                }
+            }
+        }
         while let Some(ev) = self.engine.poll_event() {
             if let Event::TimedOut { leg, stats } = &ev {
                 tracing::info!(core = self.core, leg, port = stats.local_port, "leg timed out");

@@ -451,3 +451,11 @@ pub fn tone_wav(hz: f64, seconds: f64) -> Vec<u8> {
     w.extend_from_slice(&data);
     w
 }
+
+/// Whether the tests run as root (network namespaces, XDP, mounts).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0")))
+        .unwrap_or(false)
+}
