@@ -157,8 +157,11 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
         let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
         let metrics_stop = std::sync::Arc::new(tokio::sync::Notify::new());
         let ng = config.ng_listen.map(|addr| {
-            let ng = media_plane::ng::NgService::new(svc.clone(), config.ng_max_sessions);
+            let timeouts = media_plane::ng::NgTimeouts::with_timeout(config.media_timeout);
+            let ng = media_plane::ng::NgService::new(svc.clone(), config.ng_max_sessions, timeouts);
             tokio::spawn(ng.clone().follow_events(svc.subscribe_events()));
+            let stop = metrics_stop.clone();
+            tokio::spawn(ng.clone().sweep_calls(async move { stop.notified().await }));
             let (stop, listener) = (metrics_stop.clone(), ng.clone());
             tokio::spawn(async move {
                 // Like the metrics endpoint: a port that cannot be bound is logged, and the media

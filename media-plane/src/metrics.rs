@@ -115,7 +115,7 @@ impl Collector for Snapshot {
 /// The ng listener's counters at one scrape.
 #[derive(Debug)]
 struct NgSnapshot {
-    counters: [(&'static str, u64); 7],
+    counters: [(&'static str, u64); 9],
     calls: u64,
 }
 
@@ -132,6 +132,8 @@ impl NgSnapshot {
                 ("undecodable", get(&c.undecodable)),
                 ("calls_created", get(&c.calls_created)),
                 ("calls_timed_out", get(&c.calls_timed_out)),
+                ("overloaded", get(&c.overloaded)),
+                ("cache_full", ng.cache_full()),
             ],
             calls: ng.calls() as u64,
         }
@@ -144,7 +146,7 @@ impl Collector for NgSnapshot {
         family(
             &mut encoder,
             "media_ng",
-            "ng protocol: requests, errors, load-limited refusals, resent requests answered from the cache, undecodable datagrams, calls created and timed out",
+            "ng protocol: requests, errors, load-limited refusals, resent requests answered from the cache, undecodable datagrams, calls created and timed out, datagrams dropped while too many requests ran, requests the full reply cache could not keep",
             MetricType::Counter,
             counters,
         )?;

@@ -2,8 +2,9 @@
 //! waiting) is answered with the first reply instead of running twice: a second `offer` would
 //! be harmless, a second `delete` of a call set up again in between would not.
 //!
-//! Pure: time is passed in. Entries live [`TTL`]; the cache holds at most `capacity` of them, and
-//! a request that finds it full is run without being remembered (and counted).
+//! Pure: time is passed in. Entries live [`TTL`]; the cache holds at most `capacity` of them and
+//! `max_bytes` of replies, and a request that finds it full is run without its reply being
+//! remembered (and counted).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -32,13 +33,16 @@ pub struct ReplyCache {
     /// Keys in the order they came, with when: expiry pops from the front.
     order: VecDeque<(Instant, Key)>,
     capacity: usize,
+    /// Bytes of the replies kept, and the most there may be.
+    bytes: usize,
+    max_bytes: usize,
     /// Requests run without being remembered because the cache was full.
     pub full: u64,
 }
 
 impl ReplyCache {
-    pub fn new(capacity: usize) -> Self {
-        Self { entries: HashMap::new(), order: VecDeque::new(), capacity, full: 0 }
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
+        Self { entries: HashMap::new(), order: VecDeque::new(), capacity, bytes: 0, max_bytes, full: 0 }
     }
 
     /// Looks the request up, remembering a new one as running.
@@ -60,9 +64,18 @@ impl ReplyCache {
         }
     }
 
-    /// Keeps the reply of a request [`begin`](Self::begin) found new.
+    /// Keeps the reply of a request [`begin`](Self::begin) found new (if there is room: else
+    /// the request is forgotten, and a resend runs again).
     pub fn finish(&mut self, peer: SocketAddr, cookie: &[u8], reply: Arc<[u8]>) {
-        if let Some(slot) = self.entries.get_mut(&(peer, cookie.to_vec())) {
+        let key = (peer, cookie.to_vec());
+        if self.bytes + reply.len() > self.max_bytes {
+            if self.entries.remove(&key).is_some() {
+                self.full += 1;
+            }
+            return;
+        }
+        if let Some(slot) = self.entries.get_mut(&key) {
+            self.bytes += reply.len();
             *slot = Some(reply);
         }
     }
@@ -81,7 +94,9 @@ impl ReplyCache {
                 break;
             }
             if let Some((_, key)) = self.order.pop_front() {
-                self.entries.remove(&key);
+                if let Some(Some(reply)) = self.entries.remove(&key) {
+                    self.bytes -= reply.len();
+                }
             }
         }
     }
@@ -98,7 +113,7 @@ mod tests {
     #[test]
     fn a_resent_request_gets_the_first_reply_until_it_expires() {
         let t0 = Instant::now();
-        let mut c = ReplyCache::new(10);
+        let mut c = ReplyCache::new(10, 1000);
         assert_eq!(c.begin(peer(1), b"k1", t0), Lookup::New);
         assert_eq!(c.begin(peer(1), b"k1", t0), Lookup::Running);
         // The same cookie from another client is another request.
@@ -112,7 +127,7 @@ mod tests {
     #[test]
     fn a_full_cache_runs_requests_without_remembering_them() {
         let t0 = Instant::now();
-        let mut c = ReplyCache::new(2);
+        let mut c = ReplyCache::new(2, 1000);
         assert_eq!(c.begin(peer(1), b"a", t0), Lookup::New);
         assert_eq!(c.begin(peer(1), b"b", t0), Lookup::New);
         assert_eq!(c.begin(peer(1), b"c", t0), Lookup::New);
@@ -121,5 +136,22 @@ mod tests {
         // Expiry makes room again.
         assert_eq!(c.begin(peer(1), b"c", t0 + TTL), Lookup::New);
         assert_eq!(c.begin(peer(1), b"c", t0 + TTL), Lookup::Running);
+    }
+
+    #[test]
+    fn replies_beyond_the_byte_bound_are_not_kept() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(10, 100);
+        let big: Arc<[u8]> = vec![b'x'; 80].into();
+        assert_eq!(c.begin(peer(1), b"a", t0), Lookup::New);
+        c.finish(peer(1), b"a", big.clone());
+        assert_eq!(c.begin(peer(1), b"b", t0), Lookup::New);
+        c.finish(peer(1), b"b", big.clone());
+        assert_eq!((c.len(), c.full), (1, 1), "the second reply did not fit");
+        assert_eq!(c.begin(peer(1), b"b", t0), Lookup::New, "so its resend runs again");
+        // Expiry frees the bytes.
+        assert_eq!(c.begin(peer(1), b"c", t0 + TTL), Lookup::New);
+        c.finish(peer(1), b"c", big);
+        assert_eq!(c.begin(peer(1), b"c", t0 + TTL), Lookup::Done(vec![b'x'; 80].into()));
     }
 }

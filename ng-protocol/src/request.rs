@@ -79,7 +79,7 @@ pub struct CodecFlags {
 pub struct Flags {
     /// `SIP-source-address`: media goes to the address the SIP message came from, not the SDP's.
     pub sip_source_address: bool,
-    /// `asymmetric`: no latching; media goes where the SDP says (rtpengine's default is symmetric).
+    /// `asymmetric` (no latching) was asked for; the media plane's legs latch all the same.
     pub asymmetric: bool,
     /// `ICE: remove` or absent (the media plane never offers ICE); `force` is refused.
     pub ice_force: bool,
@@ -112,6 +112,8 @@ pub struct Request {
     pub flags: Flags,
     /// `list`'s `limit` (default 32).
     pub limit: usize,
+    /// `delete`'s `fatal` flag: an unknown call is an error (else a warning).
+    pub fatal: bool,
     /// `play media`, `stop media`, `play DTMF`: to (or from) every party (`all` flag) rather than
     /// the one `from-tag` names.
     pub all: bool,
@@ -193,6 +195,7 @@ impl Request {
             Some(Value::Int(n)) => usize::try_from(*n).map_err(|_| bad("limit", "negative"))?.min(LIST_MAX),
             Some(v) => text(v, "limit")?.trim().parse::<usize>().map_err(|_| bad("limit", "not a number"))?.min(LIST_MAX),
         };
+        let fatal = strings(msg, "flags")?.iter().any(|f| f.eq_ignore_ascii_case("fatal"));
         let all = strings(msg, "flags")?.iter().any(|f| f.eq_ignore_ascii_case("all"))
             || msg.get("all").and_then(Value::as_str).is_some_and(|v| !v.eq_ignore_ascii_case("none"));
         let file = id_long(msg, "file")?;
@@ -206,7 +209,7 @@ impl Request {
                 let t = text(v, "code")?;
                 let mut chars = t.chars();
                 match (chars.next().map(|c| c.to_ascii_uppercase()), chars.next()) {
-                    (Some(c), None) if DIGITS.contains(&(c as u8)) => Some(c),
+                    (Some(c), None) if c.is_ascii() && DIGITS.contains(&(c as u8)) => Some(c),
                     _ => match t.parse::<usize>().ok().and_then(|i| DIGITS.get(i)) {
                         Some(d) => Some(char::from(*d)),
                         None => return Err(bad("code", "not a DTMF digit (0-9, *, #, A-D) or event code 0-15")),
@@ -225,6 +228,7 @@ impl Request {
         };
         let (duration_ms, pause_ms) = (ms("duration")?, ms("pause")?);
         Ok(Self {
+            fatal,
             all,
             file,
             repeat_times,

@@ -17,4 +17,4 @@ pub use ng_protocol::{bencode, cache, request};
 pub mod server;
 pub mod service;
 
-pub use service::NgService;
+pub use service::{NgService, NgTimeouts};

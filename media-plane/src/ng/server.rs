@@ -12,12 +12,15 @@ use super::service::NgService;
 
 /// Largest datagram taken (an ng offer with a large SDP is a few kilobytes).
 const MAX_DATAGRAM: usize = 65_535;
+/// Requests running at once; a datagram beyond them is dropped (and counted): the client resends.
+const MAX_RUNNING: usize = 1024;
 
 /// Binds `addr` and answers ng requests until `stop` completes.
 pub async fn serve(addr: SocketAddr, ng: NgService, stop: impl Future<Output = ()>) -> std::io::Result<()> {
     let socket = Arc::new(UdpSocket::bind(addr).await?);
     tracing::info!(ng = %addr, "ng control protocol listening (UDP)");
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let running = Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING));
     tokio::pin!(stop);
     loop {
         let (n, peer) = tokio::select! {
@@ -31,9 +34,14 @@ pub async fn serve(addr: SocketAddr, ng: NgService, stop: impl Future<Output = (
             },
             () = &mut stop => return Ok(()),
         };
+        let Ok(permit) = running.clone().try_acquire_owned() else {
+            ng.count_overloaded();
+            continue;
+        };
         let Some(datagram) = buf.get(..n).map(<[u8]>::to_vec) else { continue };
         let (ng, socket) = (ng.clone(), socket.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             if let Some(reply) = ng.handle(&datagram, peer, Instant::now()).await {
                 if let Err(e) = socket.send_to(&reply, peer).await {
                     tracing::debug!(error = %e, %peer, "ng reply not sent");

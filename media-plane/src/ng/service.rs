@@ -7,7 +7,14 @@
 //! (a re-INVITE), else the party the offer goes to. Each monologue has one leg per `m=` line,
 //! the leg facing that party; `offer` and `answer` are the media plane's Offer and Answer over
 //! those pairs. `answer` names the offerer again by `from-tag` (Kamailio sends the From tag of the
-//! reply) and the answerer by `to-tag`. `delete` ends the whole call (no delete delay).
+//! reply) and the answerer by `to-tag`; a later answer to the same offer (a 200 after a 183, or
+//! another fork's) answers it again. `delete` ends the whole call (no delete delay).
+//!
+//! Calls end on their own as rtpengine's do: after [`NgTimeouts::timeout`] without media on any
+//! of their legs (the media plane's `media_timeout_secs`), [`NgTimeouts::silent`] when a leg is
+//! on hold (not send-receive), [`NgTimeouts::offer`] while the first offer waits for its answer.
+//! A sweep (every [`NgTimeouts::sweep_every`]) checks; the legs themselves are created with a
+//! media timeout beyond all three, so the media plane never deletes an ng leg under its call.
 //!
 //! Commands of one call run one at a time (a lock per call); different calls run side by side.
 
@@ -15,7 +22,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::v1;
 use proto::v1::media_plane_server::MediaPlane as _;
@@ -29,8 +36,43 @@ use crate::engine::Event;
 
 /// Most `m=` lines of one description the media plane anchors.
 const MAX_STREAMS: usize = 16;
-/// Replies remembered by cookie.
+/// Most parties (tags) in one call.
+const MAX_PARTIES: usize = 8;
+/// Longest cookie answered (rtpengine's clients use short ones).
+pub const MAX_COOKIE: usize = 128;
+/// A reply larger than this would not fit a UDP datagram: `list` stops short of it.
+const MAX_REPLY: usize = 60_000;
+
+/// When calls end without a `delete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NgTimeouts {
+    /// No media on any leg of an answered call (rtpengine's `timeout`).
+    pub timeout: Duration,
+    /// No media on a call with a leg on hold (rtpengine's `silent-timeout`).
+    pub silent: Duration,
+    /// No answer to the call's first offer (rtpengine's `offer-timeout`).
+    pub offer: Duration,
+}
+
+impl NgTimeouts {
+    /// rtpengine's defaults, with `timeout` the media plane's media timeout.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        Self { timeout, silent: Duration::from_secs(3600), offer: Duration::from_secs(3600) }
+    }
+
+    /// How often calls are checked.
+    pub fn sweep_every(&self) -> Duration {
+        (self.timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+    }
+
+    /// The media timeout of the legs: beyond every call timeout, so the sweep ends calls whole.
+    fn leg_timeout(&self) -> Duration {
+        self.timeout.max(self.silent).max(self.offer) + Duration::from_secs(60)
+    }
+}
+/// Replies remembered by cookie: how many, and how many bytes.
 const CACHE_CAPACITY: usize = 100_000;
+const CACHE_BYTES: usize = 64 << 20;
 
 /// How a command failed: an error (`result: error`) or load (`result: load limit` for clients
 /// that support it, so they try another media plane).
@@ -43,6 +85,17 @@ enum Failure {
 impl From<RequestError> for Failure {
     fn from(e: RequestError) -> Self {
         Self::Error(e.to_string())
+    }
+}
+
+impl Failure {
+    /// The same failure as an error: `load limit` makes the client try another media plane,
+    /// which helps only an offer that makes a new call.
+    fn into_error(self) -> Self {
+        match self {
+            Self::Load(why) => Self::Error(why),
+            e => e,
+        }
     }
 }
 
@@ -64,6 +117,8 @@ pub struct NgCounters {
     pub undecodable: AtomicU64,
     pub calls_created: AtomicU64,
     pub calls_timed_out: AtomicU64,
+    /// Datagrams dropped because too many requests were running (the client resends).
+    pub overloaded: AtomicU64,
 }
 
 /// The ng side of the media plane. Cheap to clone.
@@ -79,26 +134,30 @@ struct Shared {
     cache: Mutex<ReplyCache>,
     /// Most ng calls at once (0: only the port pool limits).
     max_sessions: usize,
+    timeouts: NgTimeouts,
     counters: NgCounters,
 }
 
+type CallRef = Arc<tokio::sync::Mutex<Call>>;
+
 #[derive(Debug, Default)]
 struct Table {
-    calls: HashMap<String, Arc<tokio::sync::Mutex<Call>>>,
-    /// Each live leg's call, and each call's live legs: a call whose legs all timed out is gone.
+    calls: HashMap<String, CallRef>,
+    /// Each ng leg's call-id (a leg id is never reused; a call-id may be, by a later call).
     legs: HashMap<u64, String>,
-    live: HashMap<String, usize>,
 }
 
 #[derive(Debug)]
 struct Call {
     created: u64,
     last_signal: u64,
+    /// `last_signal` on the monotonic clock, for the timeouts.
+    signalled: Instant,
     monologues: Vec<Monologue>,
-    /// The offer waiting for its answer: offerer, answerer, streams.
-    pending: Option<(usize, usize, usize)>,
-    /// The last answer (to-tag, SDP in, SDP out): a resent 200 OK is answered again.
-    last_answer: Option<(String, String, String)>,
+    /// The offer and its parties (offerer, answerer, streams); `answered` once an answer came
+    /// (a later answer to the same offer answers it again).
+    offered: Option<(usize, usize, usize)>,
+    answered: bool,
     /// Deleted (a command that waited on the lock finds it so).
     gone: bool,
 }
@@ -123,18 +182,35 @@ fn int(n: u64) -> Value {
 
 impl Call {
     fn new(now: u64) -> Self {
-        Self { created: now, last_signal: now, monologues: Vec::new(), pending: None, last_answer: None, gone: false }
+        Self {
+            created: now,
+            last_signal: now,
+            signalled: Instant::now(),
+            monologues: Vec::new(),
+            offered: None,
+            answered: false,
+            gone: false,
+        }
     }
 
     fn find(&self, tag: &str) -> Option<usize> {
         self.monologues.iter().position(|m| m.tag == tag)
     }
 
-    fn find_or_add(&mut self, tag: &str, now: u64) -> usize {
-        self.find(tag).unwrap_or_else(|| {
-            self.monologues.push(Monologue { tag: tag.to_owned(), label: None, created: now, legs: Vec::new() });
-            self.monologues.len() - 1
-        })
+    fn find_or_add(&mut self, tag: &str, now: u64) -> Result<usize, Failure> {
+        if let Some(i) = self.find(tag) {
+            return Ok(i);
+        }
+        if self.monologues.len() >= MAX_PARTIES {
+            return Err(Failure::Error(format!("Too many parties in this call (at most {MAX_PARTIES} tags)")));
+        }
+        self.monologues.push(Monologue { tag: tag.to_owned(), label: None, created: now, legs: Vec::new() });
+        Ok(self.monologues.len() - 1)
+    }
+
+    fn signal(&mut self) {
+        self.last_signal = unix_now();
+        self.signalled = Instant::now();
     }
 
     fn legs(&self) -> impl Iterator<Item = u64> + '_ {
@@ -176,16 +252,31 @@ fn ok(mut fields: Vec<(&str, Value)>) -> Value {
 }
 
 impl NgService {
-    pub fn new(media: MediaService, max_sessions: usize) -> Self {
+    pub fn new(media: MediaService, max_sessions: usize, timeouts: NgTimeouts) -> Self {
         Self {
             inner: Arc::new(Shared {
                 media,
                 table: Mutex::new(Table::default()),
-                cache: Mutex::new(ReplyCache::new(CACHE_CAPACITY)),
+                cache: Mutex::new(ReplyCache::new(CACHE_CAPACITY, CACHE_BYTES)),
                 max_sessions,
+                timeouts,
                 counters: NgCounters::default(),
             }),
         }
+    }
+
+    pub fn timeouts(&self) -> NgTimeouts {
+        self.inner.timeouts
+    }
+
+    /// Requests the reply cache could not keep (it was full).
+    pub fn cache_full(&self) -> u64 {
+        self.cache().full
+    }
+
+    /// Counts a datagram dropped before it was read (too many requests running).
+    pub fn count_overloaded(&self) {
+        self.inner.counters.overloaded.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn counters(&self) -> &NgCounters {
@@ -212,6 +303,10 @@ impl NgService {
     pub async fn handle(&self, datagram: &[u8], peer: SocketAddr, now: Instant) -> Option<Arc<[u8]>> {
         let c = &self.inner.counters;
         let (cookie, msg) = match unframe(datagram) {
+            Ok((cookie, _)) if cookie.len() > MAX_COOKIE => {
+                c.undecodable.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
             Ok(x) => x,
             Err(FrameError::NoCookie) => {
                 c.undecodable.fetch_add(1, Ordering::Relaxed);
@@ -220,6 +315,9 @@ impl NgService {
             Err(FrameError::Bencode(e)) => {
                 c.undecodable.fetch_add(1, Ordering::Relaxed);
                 let cookie = datagram.split(|b| *b == b' ').next().unwrap_or_default();
+                if cookie.len() > MAX_COOKIE {
+                    return None;
+                }
                 let reply = error_reply(&format!("Could not decode dictionary: {e}"));
                 return Some(framed(cookie, &reply));
             }
@@ -260,9 +358,17 @@ impl NgService {
     }
 
     async fn run(&self, req: &Request) -> Result<Value, Failure> {
+        let other = match req.command {
+            Command::Ping => return Ok(Value::dict([("result", Value::str("pong"))])),
+            Command::Offer => return self.offer(req).await,
+            _ => self.other(req).await,
+        };
+        other.map_err(Failure::into_error)
+    }
+
+    async fn other(&self, req: &Request) -> Result<Value, Failure> {
         match req.command {
-            Command::Ping => Ok(Value::dict([("result", Value::str("pong"))])),
-            Command::Offer => self.offer(req).await,
+            Command::Ping | Command::Offer => Err(Failure::Error("internal: not another command".into())),
             Command::Answer => self.answer(req).await,
             Command::Delete => self.delete(req).await,
             Command::Query => self.query(req).await,
@@ -274,38 +380,49 @@ impl NgService {
         }
     }
 
-    /// The call of an offer, made if new (within the session limit).
-    fn call_for_offer(&self, call_id: &str) -> Result<Arc<tokio::sync::Mutex<Call>>, Failure> {
+    /// The call of an offer, made if new (within the session limit), and whether it is new.
+    fn call_for_offer(&self, call_id: &str) -> Result<(CallRef, bool), Failure> {
         let mut t = self.table();
         if let Some(call) = t.calls.get(call_id) {
-            return Ok(call.clone());
+            return Ok((call.clone(), false));
         }
         if self.inner.max_sessions > 0 && t.calls.len() >= self.inner.max_sessions {
             return Err(Failure::Load("Parallel session limit reached".into()));
         }
         let call = Arc::new(tokio::sync::Mutex::new(Call::new(unix_now())));
         t.calls.insert(call_id.to_owned(), call.clone());
-        t.live.insert(call_id.to_owned(), 0);
         self.inner.counters.calls_created.fetch_add(1, Ordering::Relaxed);
-        Ok(call)
+        Ok((call, true))
     }
 
-    fn existing(&self, call_id: &str) -> Result<Arc<tokio::sync::Mutex<Call>>, Failure> {
+    fn existing(&self, call_id: &str) -> Result<CallRef, Failure> {
         self.table().calls.get(call_id).cloned().ok_or_else(|| Failure::Error("Unknown call-id".into()))
     }
 
-    /// Forgets a call (and its legs) in the table; its legs are the caller's to delete.
-    fn forget(&self, call_id: &str, call: &Call) {
+    /// Forgets call `arc` (and its legs) in the table, if the call-id still names it; its legs
+    /// are the caller's to delete.
+    fn forget(&self, call_id: &str, arc: &CallRef, call: &Call) {
         let mut t = self.table();
-        t.calls.remove(call_id);
-        t.live.remove(call_id);
+        if t.calls.get(call_id).is_some_and(|c| Arc::ptr_eq(c, arc)) {
+            t.calls.remove(call_id);
+        }
         for leg in call.legs() {
             t.legs.remove(&leg);
         }
     }
 
-    async fn create_leg(&self, call_id: &str, latch: bool) -> Result<u64, Failure> {
-        let req = v1::CreateLegRequest { call_id: call_id.to_owned(), latch, ..Default::default() };
+    /// Ends a call: deleted (`gone`), out of the table, its legs deleted; their final stats.
+    async fn end(&self, call_id: &str, arc: &CallRef, call: &mut Call) -> Vec<v1::LegStats> {
+        call.gone = true;
+        self.forget(call_id, arc, call);
+        let legs: Vec<u64> = call.legs().collect();
+        self.delete_legs(legs).await
+    }
+
+    async fn create_leg(&self, call_id: &str) -> Result<u64, Failure> {
+        let media_timeout_ms = u32::try_from(self.inner.timeouts.leg_timeout().as_millis()).unwrap_or(u32::MAX);
+        // Legs latch (rtpengine's symmetric RTP): media goes back where it comes from.
+        let req = v1::CreateLegRequest { call_id: call_id.to_owned(), latch: true, media_timeout_ms, ..Default::default() };
         let leg = self
             .inner
             .media
@@ -314,23 +431,14 @@ impl NgService {
             .map_err(|s| media_failure("creating a leg", &s))?
             .into_inner()
             .leg_id;
-        let mut t = self.table();
-        t.legs.insert(leg, call_id.to_owned());
-        *t.live.entry(call_id.to_owned()).or_default() += 1;
+        self.table().legs.insert(leg, call_id.to_owned());
         Ok(leg)
     }
 
     async fn delete_legs(&self, legs: impl IntoIterator<Item = u64>) -> Vec<v1::LegStats> {
         let mut stats = Vec::new();
         for leg in legs {
-            {
-                let mut t = self.table();
-                if let Some(call) = t.legs.remove(&leg) {
-                    if let Some(n) = t.live.get_mut(&call) {
-                        *n = n.saturating_sub(1);
-                    }
-                }
-            }
+            self.table().legs.remove(&leg);
             // A leg that timed out is gone already.
             if let Ok(r) = self.inner.media.delete_leg(tonic::Request::new(v1::DeleteLegRequest { leg_id: leg })).await {
                 stats.extend(r.into_inner().stats);
@@ -352,19 +460,37 @@ impl NgService {
         if streams == 0 || streams > MAX_STREAMS {
             return Err(Failure::Error(format!("sdp: {streams} m= lines (1 to {MAX_STREAMS} are anchored)")));
         }
-        let call_arc = self.call_for_offer(&req.call_id)?;
+        let (call_arc, new_call) = self.call_for_offer(&req.call_id)?;
         let mut call = call_arc.lock().await;
+        // Only an offer that makes a call can go to another media plane: for the rest, load is
+        // an error.
+        let outcome = self.offer_locked(req, sdp, streams, &call_arc, &mut call).await;
+        outcome.map_err(|f| if new_call { f } else { f.into_error() })
+    }
+
+    async fn offer_locked(&self, req: &Request, sdp: String, streams: usize, arc: &CallRef, call: &mut Call) -> Result<Value, Failure> {
         if call.gone {
             return Err(Failure::Error("Call-ID was deleted while this offer waited".into()));
         }
         let now = unix_now();
-        let offerer = call.find_or_add(&req.from_tag, now);
-        let answerer = match req.to_tag.as_deref() {
-            Some(tag) if tag != req.from_tag => call.find_or_add(tag, now),
-            _ => match (0..call.monologues.len()).find(|i| *i != offerer) {
-                Some(i) => i,
-                None => call.find_or_add("", now),
-            },
+        let parties = call.monologues.len();
+        let sides = (|| {
+            let offerer = call.find_or_add(&req.from_tag, now)?;
+            let answerer = match req.to_tag.as_deref() {
+                Some(tag) if tag != req.from_tag => call.find_or_add(tag, now)?,
+                _ => match (0..call.monologues.len()).find(|i| *i != offerer) {
+                    Some(i) => i,
+                    None => call.find_or_add("", now)?,
+                },
+            };
+            Ok((offerer, answerer))
+        })();
+        let (offerer, answerer) = match sides {
+            Ok(x) => x,
+            Err(f) => {
+                self.undo_offer(&req.call_id, arc, call, Vec::new(), parties).await;
+                return Err(f);
+            }
         };
         if let Some(label) = &req.flags.label {
             if let Some(m) = call.monologues.get_mut(offerer) {
@@ -373,13 +499,12 @@ impl NgService {
         }
         // The legs this offer needs and does not have yet; undone if the offer fails.
         let mut made = Vec::new();
-        let latch = !req.flags.asymmetric;
         for side in [offerer, answerer] {
             for i in 0..streams {
                 if call.monologues.get(side).is_some_and(|m| m.legs.len() > i) {
                     continue;
                 }
-                match self.create_leg(&req.call_id, latch).await {
+                match self.create_leg(&req.call_id).await {
                     Ok(leg) => {
                         made.push(leg);
                         if let Some(m) = call.monologues.get_mut(side) {
@@ -387,13 +512,13 @@ impl NgService {
                         }
                     }
                     Err(f) => {
-                        self.undo_offer(&req.call_id, &mut call, made).await;
+                        self.undo_offer(&req.call_id, arc, call, made, parties).await;
                         return Err(f);
                     }
                 }
             }
         }
-        let pairs = pairs(&call, offerer, answerer, streams);
+        let pairs = pairs(call, offerer, answerer, streams);
         let codec = &req.flags.codec;
         let offer = v1::OfferRequest {
             sdp,
@@ -408,32 +533,33 @@ impl NgService {
         };
         match self.inner.media.offer(tonic::Request::new(offer)).await {
             Ok(r) => {
-                call.pending = Some((offerer, answerer, streams));
-                call.last_signal = now;
+                call.offered = Some((offerer, answerer, streams));
+                call.answered = false;
+                call.signal();
                 let mut fields = vec![("sdp", Value::str(&r.into_inner().sdp))];
                 if req.flags.record_call {
                     fields.push(("warning", Value::str("record-call is not supported: the call is not recorded")));
                 }
                 Ok(ok(fields))
             }
-            Err(s) => {
-                self.undo_offer(&req.call_id, &mut call, made).await;
-                Err(media_failure("offer", &s))
+            Err(st) => {
+                self.undo_offer(&req.call_id, arc, call, made, parties).await;
+                Err(media_failure("offer", &st))
             }
         }
     }
 
-    /// After a failed offer: deletes the legs it made, and the call if it has no legs left.
-    async fn undo_offer(&self, call_id: &str, call: &mut Call, made: Vec<u64>) {
+    /// After a failed offer: deletes the legs it made and the parties it added (the call had
+    /// `parties`), and the call if nothing is left of it.
+    async fn undo_offer(&self, call_id: &str, arc: &CallRef, call: &mut Call, made: Vec<u64>, parties: usize) {
         for m in &mut call.monologues {
             m.legs.retain(|l| !made.contains(l));
         }
         self.delete_legs(made).await;
-        call.monologues.retain(|m| !m.legs.is_empty());
-        call.pending = None;
-        if call.monologues.is_empty() {
+        call.monologues.truncate(parties);
+        if call.monologues.iter().all(|m| m.legs.is_empty()) {
             call.gone = true;
-            self.forget(call_id, call);
+            self.forget(call_id, arc, call);
         }
     }
 
@@ -450,45 +576,43 @@ impl NgService {
             return Err(Failure::Error("Unknown call-id".into()));
         }
         let offerer = call.find(&req.from_tag).ok_or_else(|| Failure::Error("Unknown from-tag".into()))?;
-        let (answerer, streams) = match call.pending {
+        // The offer this answers; a second answer to it (a 200 after a 183, another fork's, a
+        // resent 200) answers it again.
+        let (answerer, streams) = match call.offered {
             Some((o, a, n)) if o == offerer => (a, n),
-            _ => {
-                // A resent 2xx: the same answer again.
-                return match &call.last_answer {
-                    Some((tag, sdp_was, out)) if tag == to_tag && *sdp_was == sdp => Ok(ok(vec![("sdp", Value::str(out))])),
-                    _ => Err(Failure::Error("No offer from this from-tag is waiting for an answer".into())),
-                };
-            }
+            _ => return Err(Failure::Error("No offer from this from-tag to answer".into())),
         };
         let pairs = pairs(&call, offerer, answerer, streams);
-        let answer = v1::AnswerRequest { sdp: sdp.clone(), streams: pairs };
+        let answer = v1::AnswerRequest { sdp, streams: pairs };
         let out = self.inner.media.answer(tonic::Request::new(answer)).await.map_err(|s| media_failure("answer", &s))?.into_inner().sdp;
         // The answerer is known by its tag from now on (a forked call: the branch that answered).
         if let Some(m) = call.monologues.get_mut(answerer) {
             m.tag = to_tag.to_owned();
-        }
-        if let Some(label) = &req.flags.label {
-            if let Some(m) = call.monologues.get_mut(answerer) {
+            if let Some(label) = &req.flags.label {
                 m.label = Some(label.clone());
             }
         }
-        call.pending = None;
-        call.last_signal = unix_now();
-        call.last_answer = Some((to_tag.to_owned(), sdp, out.clone()));
+        call.answered = true;
+        call.signal();
         Ok(ok(vec![("sdp", Value::str(&out))]))
     }
 
     async fn delete(&self, req: &Request) -> Result<Value, Failure> {
-        let call_arc =
-            self.table().calls.get(&req.call_id).cloned().ok_or_else(|| Failure::Error("Call-ID not found or tags didn't match".into()))?;
+        // As rtpengine: an unknown call is deleted already (a late or resent BYE); an error only
+        // with the `fatal` flag.
+        let missing = || {
+            if req.fatal {
+                Err(Failure::Error("Call-ID not found or tags didn't match".into()))
+            } else {
+                Ok(ok(vec![("warning", Value::str("Call-ID not found or tags didn't match"))]))
+            }
+        };
+        let Some(call_arc) = self.table().calls.get(&req.call_id).cloned() else { return missing() };
         let mut call = call_arc.lock().await;
         if call.gone {
-            return Err(Failure::Error("Call-ID not found or tags didn't match".into()));
+            return missing();
         }
-        call.gone = true;
-        self.forget(&req.call_id, &call);
-        let legs: Vec<u64> = call.legs().collect();
-        let stats = self.delete_legs(legs).await;
+        let stats = self.end(&req.call_id, &call_arc, &mut call).await;
         Ok(ok(vec![("created", int(call.created)), ("last signal", int(call.last_signal)), ("totals", totals(stats.iter()))]))
     }
 
@@ -560,7 +684,18 @@ impl NgService {
         let t = self.table();
         let mut ids: Vec<&String> = t.calls.keys().collect();
         ids.sort();
-        ok(vec![("calls", Value::List(ids.into_iter().take(limit).map(|c| Value::str(c)).collect()))])
+        // At most `limit`, and no more than fits one datagram.
+        let mut size = 0;
+        let calls = ids
+            .into_iter()
+            .take(limit)
+            .take_while(|c| {
+                size += c.len() + 6;
+                size < MAX_REPLY
+            })
+            .map(|c| Value::str(c))
+            .collect();
+        ok(vec![("calls", Value::List(calls))])
     }
 
     async fn statistics(&self) -> Result<Value, Failure> {
@@ -652,47 +787,87 @@ impl NgService {
         Ok(ok(Vec::new()))
     }
 
-    /// A leg the media plane deleted for its media timeout: the call goes with its last leg (as
-    /// rtpengine ends calls on media timeout).
-    pub fn leg_timed_out(&self, leg: u64) {
-        let mut t = self.table();
-        let Some(call_id) = t.legs.remove(&leg) else { return };
-        let left = t.live.get_mut(&call_id).map(|n| {
-            *n = n.saturating_sub(1);
-            *n
-        });
-        if left == Some(0) {
-            t.calls.remove(&call_id);
-            t.live.remove(&call_id);
+    /// A leg the media plane deleted for its media timeout (ng legs have one beyond every call
+    /// timeout, so this is a leg the sweep missed): its call ends.
+    async fn leg_timed_out(&self, leg: u64) {
+        let Some(call_id) = self.table().legs.remove(&leg) else { return };
+        let Some(arc) = self.table().calls.get(&call_id).cloned() else { return };
+        let mut call = arc.lock().await;
+        if !call.gone && call.legs().any(|l| l == leg) {
+            self.end(&call_id, &arc, &mut call).await;
             self.inner.counters.calls_timed_out.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(call_id = %call_id, "ng call ended: its media timed out");
+            tracing::info!(call_id = %call_id, "ng call ended: a leg timed out in the media plane");
         }
     }
 
-    /// Follows the media plane's events (timeouts) until the channel closes.
+    /// Follows the media plane's events (leg timeouts) until the channel closes.
     pub async fn follow_events(self, mut events: tokio::sync::broadcast::Receiver<crate::driver::CoreEvent>) {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match events.recv().await {
-                Ok((_, Event::TimedOut { leg, .. })) => self.leg_timed_out(leg),
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => self.sweep().await,
+                Ok((_, Event::TimedOut { leg, .. })) => self.leg_timed_out(leg).await,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
             }
         }
     }
 
-    /// Drops the table's legs the media plane no longer has (after missed events).
-    async fn sweep(&self) {
-        let known: Vec<u64> = self.table().legs.keys().copied().collect();
-        let Ok(r) =
-            self.inner.media.get_stats(tonic::Request::new(v1::GetStatsRequest { leg_ids: known.clone(), totals_only: false })).await
-        else {
+    /// Ends calls their timeouts have passed for, every [`NgTimeouts::sweep_every`], until
+    /// `stop` completes.
+    pub async fn sweep_calls(self, stop: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(self.inner.timeouts.sweep_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.sweep(Instant::now()).await,
+                () = &mut stop => return,
+            }
+        }
+    }
+
+    /// One sweep: a call ends when none of its legs has had media for its timeout and it has
+    /// not been signalled for as long (a leg the media plane no longer has counts as idle).
+    pub async fn sweep(&self, now: Instant) {
+        let (calls, legs): (Vec<(String, CallRef)>, Vec<u64>) = {
+            let t = self.table();
+            (t.calls.iter().map(|(id, c)| (id.clone(), c.clone())).collect(), t.legs.keys().copied().collect())
+        };
+        if calls.is_empty() {
+            return;
+        }
+        let Ok(r) = self.inner.media.get_stats(tonic::Request::new(v1::GetStatsRequest { leg_ids: legs, totals_only: false })).await else {
             return;
         };
-        let alive: std::collections::HashSet<u64> = r.into_inner().legs.iter().map(|l| l.leg_id).collect();
-        for leg in known.into_iter().filter(|l| !alive.contains(l)) {
-            self.leg_timed_out(leg);
+        let stats: HashMap<u64, v1::LegStats> = r.into_inner().legs.into_iter().map(|l| (l.leg_id, l)).collect();
+        let t = self.inner.timeouts;
+        for (id, arc) in calls {
+            let mut call = arc.lock().await;
+            if call.gone {
+                continue;
+            }
+            let quiet = now.saturating_duration_since(call.signalled);
+            let held = call.legs().any(|l| stats.get(&l).is_some_and(|s| s.direction != v1::Direction::Sendrecv as i32));
+            let limit = if !call.answered && call.offered.is_some() {
+                t.offer
+            } else if held {
+                t.silent
+            } else {
+                t.timeout
+            };
+            let idle = call
+                .legs()
+                .map(|l| match stats.get(&l) {
+                    Some(s) => s.idle_ms.map_or(quiet, Duration::from_millis),
+                    None => Duration::MAX,
+                })
+                .min()
+                .unwrap_or(quiet);
+            if idle >= limit && quiet >= limit {
+                self.end(&id, &arc, &mut call).await;
+                self.inner.counters.calls_timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(call_id = %id, after = ?limit, "ng call ended: no media");
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok((cookie, msg)) = unframe(data) {
         let _ = Request::parse(&msg);
-        let mut cache = ReplyCache::new(4);
+        let mut cache = ReplyCache::new(4, 1 << 16);
         let peer = "127.0.0.1:1".parse().unwrap();
         let _ = cache.begin(peer, cookie, Instant::now());
         cache.finish(peer, cookie, data.into());
