@@ -437,3 +437,58 @@ async fn a_call_without_media_ends_after_the_timeout_and_a_call_with_media_stays
     let st = ng.ok(vec![("command", s("statistics"))]);
     assert_eq!(int(st.get("statistics").and_then(|s| s.get("totalstatistics")).expect("totals"), "timeoutsessions"), 1);
 }
+
+const SLOT_NG_RECORD: u16 = 41;
+
+#[tokio::test]
+async fn record_call_and_start_recording_write_the_call_to_a_stereo_file() {
+    let dir = temp_path("ng-recordings");
+    std::fs::create_dir_all(&dir).expect("recording dir");
+    let addr = free_udp_addr();
+    let (mut mp, _c) =
+        MediaPlane::start_with(SLOT_NG_RECORD, &["--ng-listen", &addr.to_string(), "--recording-dir", dir.to_str().expect("utf8")]).await;
+    let mut ng = Ng::connect(addr, &mut mp);
+    let (alice, bob) = (udp(), udp());
+    // As Kamailio sends `rtpengine_manage("record-call=yes")`.
+    let to_bob = media_addr(text(&ng.ok(offer("rec/1", "a", &phone_sdp(local(&alice), "0", ""), vec![("record-call", s("yes"))])), "sdp"));
+    let to_alice = media_addr(text(&ng.ok(answer("rec/1", "a", "b", &phone_sdp(local(&bob), "0", ""))), "sdp"));
+    for i in 0..25u16 {
+        send(&alice, &rtp(i, 0xA, 160), to_alice);
+        send(&bob, &rtp(i, 0xB, 160), to_bob);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ng.ok(vec![("command", s("delete")), ("call-id", s("rec/1"))]);
+    // The file is finished once the call's legs are gone.
+    let wav = eventually("the call's recording to be written", POLL_TIMEOUT, || {
+        let dir = dir.join("ng");
+        async move {
+            let name = std::fs::read_dir(&dir)
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.to_string_lossy().ends_with("-rec_1.wav"));
+            let bytes = name.map(std::fs::read).transpose().map_err(|e| e.to_string())?.ok_or("no file yet")?;
+            if bytes.len() < 44 {
+                return Err(format!("{} bytes: no header yet", bytes.len()));
+            }
+            let data = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]) as usize;
+            if data > 0 && data == bytes.len() - 44 {
+                Ok(bytes)
+            } else {
+                Err(format!("{} bytes, header says {data}", bytes.len()))
+            }
+        }
+    })
+    .await;
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "one channel per party");
+    assert!(wav.len() > 44 + 4 * 8000 * 4 / 10, "about half a second of both parties: {} bytes", wav.len());
+
+    // start recording / stop recording on another call.
+    ng.ok(offer("rec-2", "a", &phone_sdp(local(&alice), "0", ""), vec![]));
+    ng.ok(answer("rec-2", "a", "b", &phone_sdp(local(&bob), "0", "")));
+    ng.ok(vec![("command", s("start recording")), ("call-id", s("rec-2"))]);
+    ng.ok(vec![("command", s("stop recording")), ("call-id", s("rec-2"))]);
+    let files = std::fs::read_dir(dir.join("ng")).expect("dir").count();
+    assert_eq!(files, 2, "the second call's file exists too");
+    let _ = std::fs::remove_dir_all(&dir);
+}

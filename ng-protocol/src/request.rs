@@ -23,6 +23,8 @@ pub enum Command {
     PlayMedia,
     StopMedia,
     PlayDtmf,
+    StartRecording,
+    StopRecording,
 }
 
 impl Command {
@@ -38,6 +40,8 @@ impl Command {
             Self::PlayMedia => "play media",
             Self::StopMedia => "stop media",
             Self::PlayDtmf => "play DTMF",
+            Self::StartRecording => "start recording",
+            Self::StopRecording => "stop recording",
         }
     }
 }
@@ -91,7 +95,7 @@ pub struct Flags {
     pub sdes_off: bool,
     /// `label`: a name for the offerer's side of the call, shown by `query`.
     pub label: Option<String>,
-    /// `record-call: yes` / `record-call` flag: asked, not supported (the reply carries a warning).
+    /// `record-call: yes` / `record-call` flag: record the call (from its answer on).
     pub record_call: bool,
 }
 
@@ -153,6 +157,8 @@ impl Request {
                 Some("play media") => Command::PlayMedia,
                 Some("stop media") => Command::StopMedia,
                 Some("play DTMF") => Command::PlayDtmf,
+                Some("start recording") => Command::StartRecording,
+                Some("stop recording") => Command::StopRecording,
                 Some(other) => return Err(RequestError::UnknownCommand(other.chars().take(64).collect())),
                 None => return Err(RequestError::UnknownCommand(String::from_utf8_lossy(v.as_bytes().unwrap_or_default()).into())),
             },

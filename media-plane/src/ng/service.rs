@@ -158,6 +158,9 @@ struct Call {
     /// (a later answer to the same offer answers it again).
     offered: Option<(usize, usize, usize)>,
     answered: bool,
+    /// Recording asked for (`record-call`, `start recording`), and the recording once it runs.
+    record: bool,
+    recording: Option<u64>,
     /// Deleted (a command that waited on the lock finds it so).
     gone: bool,
 }
@@ -189,6 +192,8 @@ impl Call {
             monologues: Vec::new(),
             offered: None,
             answered: false,
+            record: false,
+            recording: None,
             gone: false,
         }
     }
@@ -377,6 +382,8 @@ impl NgService {
             Command::PlayMedia => self.play_media(req).await,
             Command::StopMedia => self.stop_media(req).await,
             Command::PlayDtmf => self.play_dtmf(req).await,
+            Command::StartRecording => self.start_recording(req).await,
+            Command::StopRecording => self.stop_recording(req).await,
         }
     }
 
@@ -535,12 +542,9 @@ impl NgService {
             Ok(r) => {
                 call.offered = Some((offerer, answerer, streams));
                 call.answered = false;
+                call.record |= req.flags.record_call;
                 call.signal();
-                let mut fields = vec![("sdp", Value::str(&r.into_inner().sdp))];
-                if req.flags.record_call {
-                    fields.push(("warning", Value::str("record-call is not supported: the call is not recorded")));
-                }
-                Ok(ok(fields))
+                Ok(ok(vec![("sdp", Value::str(&r.into_inner().sdp))]))
             }
             Err(st) => {
                 self.undo_offer(&req.call_id, arc, call, made, parties).await;
@@ -593,8 +597,13 @@ impl NgService {
             }
         }
         call.answered = true;
+        call.record |= req.flags.record_call;
         call.signal();
-        Ok(ok(vec![("sdp", Value::str(&out))]))
+        let mut fields = vec![("sdp", Value::str(&out))];
+        if let Err(why) = self.record_if_asked(&req.call_id, &mut call).await {
+            fields.push(("warning", Value::str(&format!("the call is not recorded: {why}"))));
+        }
+        Ok(ok(fields))
     }
 
     async fn delete(&self, req: &Request) -> Result<Value, Failure> {
@@ -751,6 +760,46 @@ impl NgService {
             return Err(Failure::Error("No media stream for this participant yet".into()));
         }
         Ok(legs)
+    }
+
+    /// Starts the recording of an answered call that asked for one: its first stream, the
+    /// offerer in channel 0 and the answerer in channel 1, to `ng/<created>-<call-id>.wav` under
+    /// the recording directory.
+    async fn record_if_asked(&self, call_id: &str, call: &mut Call) -> Result<(), String> {
+        let Some((offerer, answerer, _)) = call.offered.filter(|_| call.record && call.answered && call.recording.is_none()) else {
+            return Ok(());
+        };
+        let leg = |side: usize| call.monologues.get(side).and_then(|m| m.legs.first()).copied();
+        let (Some(a), Some(b)) = (leg(offerer), leg(answerer)) else { return Err("no stream".into()) };
+        let name: String =
+            call_id.chars().take(100).map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+        let file = format!("ng/{}-{name}.wav", call.created);
+        let r = v1::StartRecordingRequest { leg_ids: vec![a, b], file, ..Default::default() };
+        let started = self.inner.media.start_recording(tonic::Request::new(r)).await.map_err(|s| s.message().to_owned())?;
+        call.recording = Some(started.into_inner().recording_id);
+        Ok(())
+    }
+
+    async fn start_recording(&self, req: &Request) -> Result<Value, Failure> {
+        let call_arc = self.existing(&req.call_id)?;
+        let mut call = call_arc.lock().await;
+        if call.gone {
+            return Err(Failure::Error("Unknown call-id".into()));
+        }
+        call.record = true;
+        self.record_if_asked(&req.call_id, &mut call).await.map_err(|why| Failure::Error(format!("start recording: {why}")))?;
+        Ok(ok(Vec::new()))
+    }
+
+    async fn stop_recording(&self, req: &Request) -> Result<Value, Failure> {
+        let call_arc = self.existing(&req.call_id)?;
+        let mut call = call_arc.lock().await;
+        call.record = false;
+        if let Some(id) = call.recording.take() {
+            // Already ended (its legs went) is fine.
+            let _ = self.inner.media.stop_recording(tonic::Request::new(v1::StopRecordingRequest { recording_id: id })).await;
+        }
+        Ok(ok(Vec::new()))
     }
 
     async fn play_media(&self, req: &Request) -> Result<Value, Failure> {
