@@ -13,6 +13,12 @@
 //! anchored to the last packet sent on that stream when it arrives (one packet in, one out when
 //! both sides use the same ptime). The send times of the last 256 packets per stream are kept, so
 //! latency is the transcoding relay's added delay as long as it stays under 256 packets.
+//!
+//! **Conferences** ([`TranscodeLoad::talkers`]): every member is a stream that sends (speech for
+//! the talkers, silence for the others) and receives the mix. The members are paired as the two
+//! sides of a "call", so the mix out of one member's leg is counted against its partner's stream:
+//! the packet counts (and so the loss) are exact, the latency is not meaningful (the mix has no
+//! one packet it answers); the media plane's own mixing-period counters say how late it mixes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -68,6 +74,9 @@ pub struct TranscodeLoad {
     pub payloads: [Vec<Vec<u8>>; 2],
     /// Their RTP payload types.
     pub payload_types: [u8; 2],
+    /// Conference load: the first `talkers` streams send `payloads[0]` (speech), every other
+    /// stream `payloads[1]` (silence), all in `payload_types[0]`.
+    pub talkers: Option<usize>,
 }
 
 /// Send records kept per stream in transcoding mode.
@@ -125,6 +134,17 @@ pub struct Report {
     pub steal_pct: Option<f64>,
     /// Kernel UDP receive-buffer overflows during the run (any socket on the machine).
     pub kernel_rcvbuf_errors: Option<u64>,
+    /// Conference load: the media plane's mixing periods over the whole run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixer: Option<MixerCounters>,
+}
+
+/// The media plane's conference mixing periods: run, run more than 5 ms late, skipped.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MixerCounters {
+    pub ticks: u64,
+    pub late: u64,
+    pub missed: u64,
 }
 
 /// Progress once a second.
@@ -273,10 +293,13 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
                 let size = p.size;
                 match &p.transcode {
                     Some(t) => {
-                        let side = s % 2;
+                        let side = match t.talkers {
+                            Some(k) => usize::from(s >= k),
+                            None => s % 2,
+                        };
                         let frames = &t.payloads[side];
                         let payload = frames.get(counter as usize % frames.len().max(1)).map_or(&[][..], |f| &f[..]);
-                        let pt = t.payload_types[side];
+                        let pt = if t.talkers.is_some() { t.payload_types[0] } else { t.payload_types[side] };
                         tx[sock].fill(slot, |buf| {
                             let _ = write_rtp_header(buf, pt, counter as u16, counter.wrapping_mul(160), s as u32);
                             let end = (12 + payload.len()).min(buf.len());
@@ -413,6 +436,7 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
         gen_cpu_s: gen0.and_then(|g| procstat::process_cpu_seconds(std::process::id()).map(|x| x - g)),
         steal_pct,
         kernel_rcvbuf_errors: rcvbuf0.and_then(|a| procstat::udp_rcvbuf_errors().map(|b| b - a)),
+        mixer: None,
     })
 }
 

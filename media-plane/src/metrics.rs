@@ -48,7 +48,7 @@ impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let core = |r: &CoreReport| vec![("core", r.core.to_string())];
         let per_core = |f: fn(&CoreReport) -> u64| self.0.iter().map(move |r| (core(r), f(r)));
-        let counters: [Series; 5] = [
+        let counters: [Series; 8] = [
             ("media_packets_in", "Packets that reached a media core", |r| r.counters.packets_in),
             ("media_packets_forwarded", "Packets sent on: relayed in place, and hand-offs from other cores", |r| {
                 r.counters.packets_forwarded
@@ -58,6 +58,9 @@ impl Collector for Snapshot {
                 r.counters.packets_consumed
             }),
             ("media_recording_dropped", "Recorded media dropped because the recorder fell behind", |r| r.counters.taps_dropped),
+            ("media_mix_ticks", "Conference mixing periods run", |r| r.counters.mix_ticks),
+            ("media_mix_ticks_late", "Conference mixing periods run more than 5 ms late", |r| r.counters.mix_ticks_late),
+            ("media_mix_ticks_missed", "Conference mixing periods skipped (the core fell behind)", |r| r.counters.mix_ticks_missed),
         ];
         for (name, help, f) in counters {
             family(&mut encoder, name, help, MetricType::Counter, per_core(f))?;

@@ -93,6 +93,16 @@ struct Args {
     /// rtpengine's encoder runs with).
     #[arg(long, default_value_t = 10)]
     opus_complexity: u32,
+    /// Conference load (media plane only): --calls members in one conference, in --codec-a,
+    /// each sending and hearing the mix.
+    #[arg(long, requires = "codec_a", conflicts_with = "codec_b")]
+    conference: bool,
+    /// Conference members that talk (send speech); the others send silence.
+    #[arg(long, default_value_t = 3)]
+    talkers: usize,
+    /// The conference's mixing rate (8000, 16000, 48000; 0: the codec's).
+    #[arg(long, default_value_t = 0)]
+    conference_rate: u32,
 }
 
 /// Codecs of transcoded load.
@@ -102,6 +112,8 @@ enum LoadCodec {
     Pcma,
     G722,
     Opus,
+    /// Opus carrying 16 kHz audio (wideband), decoded and encoded at 16 kHz.
+    Opus16,
 }
 
 impl LoadCodec {
@@ -110,7 +122,7 @@ impl LoadCodec {
             Self::Pcmu => CodecKind::Pcmu,
             Self::Pcma => CodecKind::Pcma,
             Self::G722 => CodecKind::G722,
-            Self::Opus => CodecKind::Opus,
+            Self::Opus | Self::Opus16 => CodecKind::Opus,
         }
     }
     /// Payload type used for it (static ones, 111 for Opus as browsers do).
@@ -119,7 +131,7 @@ impl LoadCodec {
             Self::Pcmu => 0,
             Self::Pcma => 8,
             Self::G722 => 9,
-            Self::Opus => 111,
+            Self::Opus | Self::Opus16 => 111,
         }
     }
     /// `a=rtpmap` encoding (RFC 7587: opus/48000/2 whatever the channels).
@@ -128,11 +140,23 @@ impl LoadCodec {
             Self::Pcmu => "PCMU/8000",
             Self::Pcma => "PCMA/8000",
             Self::G722 => "G722/8000",
-            Self::Opus => "opus/48000/2",
+            Self::Opus | Self::Opus16 => "opus/48000/2",
         }
     }
     fn params(self) -> CodecParams {
-        CodecParams::new(self.kind(), 48_000)
+        CodecParams::new(self.kind(), if self == Self::Opus16 { 16_000 } else { 48_000 })
+    }
+    /// One second of silence as 20 ms payloads.
+    fn silence(self) -> Vec<Vec<u8>> {
+        let params = self.params();
+        let Ok(mut enc) = media_codecs::encoder(&params) else { return Vec::new() };
+        let frame = vec![0i16; params.rate as usize / 50];
+        (0..50)
+            .filter_map(|_| {
+                let mut out = Vec::new();
+                enc.encode(&frame, &mut out).ok().map(|_| out)
+            })
+            .collect()
     }
     /// One second of speech as 20 ms payloads (cycled by the generator).
     fn payloads(self) -> Vec<Vec<u8>> {
@@ -155,7 +179,7 @@ impl LoadCodec {
             rate: self.params().rate,
             channels: 1,
             ptime_ms: 20,
-            opus: (self == Self::Opus).then_some(proto::v1::OpusSettings { complexity, ..Default::default() }),
+            opus: (self.kind() == CodecKind::Opus).then_some(proto::v1::OpusSettings { complexity, ..Default::default() }),
             telephone_event: None,
         }
     }
@@ -199,6 +223,7 @@ enum Peer {
     MediaPlane {
         client: MediaPlaneClient<Channel>,
         legs: Vec<u64>,
+        conferences: Vec<u64>,
     },
     /// The ng client blocks: batches of requests run on a blocking task (see [`on_ng`]).
     Rtpengine {
@@ -212,7 +237,7 @@ impl Peer {
         match args.peer {
             PeerKind::MediaPlane => {
                 let client = MediaPlaneClient::connect(args.grpc.clone()).await.map_err(|e| LoadError::Connect(args.grpc.clone(), e))?;
-                Ok(Self::MediaPlane { client, legs: Vec::new() })
+                Ok(Self::MediaPlane { client, legs: Vec::new(), conferences: Vec::new() })
             }
             PeerKind::Rtpengine => {
                 let ng = Arc::new(Mutex::new(NgClient::new(args.ng).map_err(|e| LoadError::Ng(args.ng, e))?));
@@ -227,7 +252,10 @@ impl Peer {
     async fn setup(&mut self, ep: &Endpoints, n: usize, run_id: u64, codecs: Option<Codecs>) -> Result<Vec<Call>, LoadError> {
         let remotes = (0..n).map(|c| Ok((ep.remote(c, 0)?, ep.remote(c, 1)?))).collect::<Result<Remotes, traffic::TrafficError>>()?;
         let result = match self {
-            Self::MediaPlane { client, legs } => setup_media_plane(client, legs, remotes, run_id, codecs).await,
+            Self::MediaPlane { client, legs, conferences } if codecs.is_some_and(|c| c.conference.is_some()) => {
+                setup_conference(client, legs, conferences, remotes, run_id, codecs).await
+            }
+            Self::MediaPlane { client, legs, .. } => setup_media_plane(client, legs, remotes, run_id, codecs).await,
             Self::Rtpengine { ng, call_ids } => setup_rtpengine(ng, call_ids, remotes, run_id, codecs).await,
         };
         if result.is_err() {
@@ -239,7 +267,10 @@ impl Peer {
     /// Tears down every call set up so far (best effort: failures are reported, not returned).
     async fn teardown(&mut self) {
         match self {
-            Self::MediaPlane { client, legs } => {
+            Self::MediaPlane { client, legs, conferences } => {
+                for conference_id in std::mem::take(conferences) {
+                    let _ = client.clone().delete_conference(proto::v1::DeleteConferenceRequest { conference_id }).await;
+                }
                 let mut tasks = tokio::task::JoinSet::new();
                 let mut failed = 0;
                 for chunk in std::mem::take(legs).chunks(64) {
@@ -306,12 +337,61 @@ fn ng_server(ng: &Mutex<NgClient>) -> SocketAddr {
 /// Each side's media address on the generator, per call.
 type Remotes = Vec<(SocketAddr, SocketAddr)>;
 
-/// Codecs of sides A and B, and the Opus complexity for the media plane.
+/// Codecs of sides A and B, and the Opus complexity for the media plane; for a conference, its
+/// mixing rate (the members all use codec A).
 #[derive(Debug, Clone, Copy)]
 struct Codecs {
     a: LoadCodec,
     b: LoadCodec,
     opus_complexity: u32,
+    conference: Option<u32>,
+}
+
+/// One conference of `2 n` members (the sides of the `n` "calls"), each on its own leg in the
+/// conference's group (the conference's core), all of codec A.
+async fn setup_conference(
+    client: &MediaPlaneClient<Channel>,
+    legs: &mut Vec<u64>,
+    conferences: &mut Vec<u64>,
+    remotes: Remotes,
+    run_id: u64,
+    codecs: Option<Codecs>,
+) -> Result<Vec<Call>, LoadError> {
+    let Some(c) = codecs else { return Ok(Vec::new()) };
+    let group = format!("rtp-load-conference-{}-{run_id}", std::process::id());
+    let mut cl = client.clone();
+    let rate = c.conference.unwrap_or(16_000);
+    let conf = cl
+        .create_conference(proto::v1::CreateConferenceRequest { group: group.clone(), rate })
+        .await
+        .map_err(|e| LoadError::Rpc("CreateConference", e))?
+        .into_inner();
+    conferences.push(conf.conference_id);
+    let mut locals = Vec::with_capacity(2 * remotes.len());
+    for (m, remote) in remotes.iter().flat_map(|(a, b)| [*a, *b]).enumerate() {
+        let leg = CreateLegRequest {
+            call_id: format!("{group}-{m}"),
+            group: group.clone(),
+            remote: Some(Endpoint { ip: remote.ip().to_string(), port: u32::from(remote.port()) }),
+            codec: Some(c.a.api(c.opus_complexity)),
+            ..Default::default()
+        };
+        let r = cl.create_leg(leg).await.map_err(|e| LoadError::Rpc("CreateLeg", e))?.into_inner();
+        legs.push(r.leg_id);
+        let member = proto::v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: r.leg_id, muted: false, deaf: false };
+        cl.add_participant(member).await.map_err(|e| LoadError::Rpc("AddParticipant", e))?;
+        let e = r.local.ok_or(LoadError::NoLocal)?;
+        let ip: IpAddr = e.ip.parse().map_err(|_| LoadError::BadLocal(e.ip.clone()))?;
+        locals.push(SocketAddr::new(ip, u16::try_from(e.port).map_err(|_| LoadError::BadLocal(e.port.to_string()))?));
+    }
+    Ok(locals.chunks_exact(2).map(|p| Call { a_local: p[0], b_local: p[1] }).collect())
+}
+
+/// The media plane's conference mixing counters, summed over cores.
+async fn mix_counters(peer: &Peer) -> Option<(u64, u64, u64)> {
+    let Peer::MediaPlane { client, .. } = peer else { return None };
+    let r = client.clone().get_stats(proto::v1::GetStatsRequest { leg_ids: Vec::new(), totals_only: true }).await.ok()?.into_inner();
+    Some(r.cores.iter().fold((0, 0, 0), |(t, l, m), c| (t + c.mix_ticks, l + c.mix_ticks_late, m + c.mix_ticks_missed)))
 }
 
 async fn setup_media_plane(
@@ -418,6 +498,9 @@ fn print_human(label: &str, peer: PeerKind, r: &Report) {
         opt(r.relay_cpu_s, " s"), opt(r.relay_cpu_us_per_pkt, ""), opt(r.relay_cpu_pct, "%"),
         opt(r.gen_cpu_s, " s"), opt(r.steal_pct, "%"), r.kernel_rcvbuf_errors.map_or("n/a".into(), |v| v.to_string()),
     );
+    if let Some(m) = &r.mixer {
+        eprintln!("  conference mixing periods (whole run): {} run, {} more than 5 ms late, {} missed", m.ticks, m.late, m.missed);
+    }
 }
 
 fn json_line(label: &str, peer: PeerKind, mode: &str, r: &Report) -> String {
@@ -435,9 +518,20 @@ async fn one_run(args: &Args, peer: &mut Peer, n: usize, run_id: u64) -> Result<
     eprintln!("rtp-load: setting up {n} calls on {}…", args.peer.name());
     let t = std::time::Instant::now();
     let codecs = match (args.codec_a, args.codec_b) {
-        (Some(a), Some(b)) => Some(Codecs { a, b, opus_complexity: args.opus_complexity }),
+        (Some(a), Some(b)) => Some(Codecs { a, b, opus_complexity: args.opus_complexity, conference: None }),
+        (Some(a), None) if args.conference => {
+            let rate = match (args.conference_rate, a) {
+                (0, LoadCodec::Pcmu | LoadCodec::Pcma) => 8000,
+                (0, LoadCodec::Opus) => 48_000,
+                (0, _) => 16_000,
+                (r, _) => r,
+            };
+            Some(Codecs { a, b: a, opus_complexity: args.opus_complexity, conference: Some(rate) })
+        }
         _ => None,
     };
+    // A conference of n members is n/2 "calls" of two members (see traffic's module docs).
+    let n = if args.conference { n.div_ceil(2) } else { n };
     let calls = peer.setup(&ep, n, run_id, codecs).await?;
     eprintln!("rtp-load: {n} calls set up in {:.2} s; running {:.0}+{:.0} s", t.elapsed().as_secs_f64(), args.warmup, args.duration);
     let params = Params {
@@ -451,9 +545,20 @@ async fn one_run(args: &Args, peer: &mut Peer, n: usize, run_id: u64) -> Result<
             t => Duration::from_micros(t.max(20)),
         },
         relay_pid: args.relay_pid,
-        transcode: codecs
-            .map(|c| TranscodeLoad { payloads: [c.a.payloads(), c.b.payloads()], payload_types: [c.a.payload_type(), c.b.payload_type()] }),
+        transcode: codecs.map(|c| match c.conference {
+            Some(_) => TranscodeLoad {
+                payloads: [c.a.payloads(), c.a.silence()],
+                payload_types: [c.a.payload_type(); 2],
+                talkers: Some(args.talkers),
+            },
+            None => TranscodeLoad {
+                payloads: [c.a.payloads(), c.b.payloads()],
+                payload_types: [c.a.payload_type(), c.b.payload_type()],
+                talkers: None,
+            },
+        }),
     };
+    let mix_before = mix_counters(peer).await;
     let cpu = args.cpu;
     let report = tokio::task::spawn_blocking(move || {
         if let Some(cpu) = cpu {
@@ -467,8 +572,13 @@ async fn one_run(args: &Args, peer: &mut Peer, n: usize, run_id: u64) -> Result<
     })
     .await
     .map_err(|e| LoadError::Task("traffic thread", e.to_string()));
+    let mix_after = mix_counters(peer).await;
     peer.teardown().await;
-    Ok(report??)
+    let mut report = report??;
+    if let (true, Some(a), Some(b)) = (args.conference, mix_before, mix_after) {
+        report.mixer = Some(traffic::MixerCounters { ticks: b.0 - a.0, late: b.1 - a.1, missed: b.2 - a.2 });
+    }
+    Ok(report)
 }
 
 async fn main_async(args: Args) -> Result<(), LoadError> {

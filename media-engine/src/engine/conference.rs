@@ -7,7 +7,13 @@
 //!  member RTP ◄─ encode ◄─ resample to the member's codec ◄─ soft limit ◄─ Σ − own (N−1), unless deaf
 //! ```
 //!
-//! Each member hears everyone but itself: the talkers' sum minus its own contribution. Only
+//! Each member hears everyone but itself: the talkers' sum minus its own contribution. Members
+//! that are not among the talkers all hear the same thing, the whole mix: those with the same
+//! codec and packet time share one encode ([`Shared`]), and each gets the payload under its own
+//! RTP header (payload type, SSRC, sequence number, timestamp). A member moves between the shared
+//! encode and its own only when it starts or stops being a talker, a speech boundary. A
+//! conference of a thousand listeners thus encodes once per codec per period, plus once per
+//! talker. Only
 //! the [`TOP_TALKERS`] loudest members are mixed, so noise from many open microphones does not
 //! add up. The sum goes through one soft limiter (linear below −3 dBFS, compressed above, never
 //! clipping hard). Each member's stream is the media plane's own (SSRC, sequence numbers,
@@ -23,7 +29,7 @@ use media_codecs::{Decoder, Encoder, Resampler};
 use super::jitter::{JitterBuffer, JitterCounters, Playout};
 use super::transcode::{LegCodec, RtpStream, TranscodeError};
 use super::LegId;
-use crate::wire::RtpPacket;
+use crate::wire::{write_rtp_header, RtpPacket, RTP_HEADER_LEN};
 
 /// Identifies a conference across the media plane (its core in the top byte, like legs).
 pub type ConferenceId = u64;
@@ -89,7 +95,38 @@ pub(super) struct Member {
     scratch: Vec<i16>,
     resampled: Vec<i16>,
     packet: Vec<u8>,
+    /// What its shared encode would be: the codec and packet time.
+    key: (media_codecs::CodecParams, u16),
+    /// It heard the whole mix through a shared encode last period (else its own encode).
+    shared: bool,
     pub counters: MemberCounters,
+}
+
+/// One encode of the whole mix, shared by the listening members of one codec and packet time.
+struct Shared {
+    key: (media_codecs::CodecParams, u16),
+    encoder: Box<dyn Encoder>,
+    outward: Option<Resampler>,
+    outbox: Vec<i16>,
+    packet_samples: usize,
+    /// This period's members (indices into the conference's members).
+    members: Vec<usize>,
+    packet: Vec<u8>,
+}
+
+impl Shared {
+    fn new(key: (media_codecs::CodecParams, u16), rate: u32) -> Result<Self, TranscodeError> {
+        let encoder = media_codecs::encoder(&key.0)?;
+        let outward = (rate != encoder.sample_rate()).then(|| Resampler::new(rate, encoder.sample_rate(), 1)).transpose()?;
+        let packet_samples = encoder.sample_rate() as usize * usize::from(key.1) / 1000;
+        Ok(Self { key, encoder, outward, outbox: Vec::new(), packet_samples, members: Vec::new(), packet: Vec::with_capacity(1500) })
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("key", &self.key).field("members", &self.members.len()).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Member {
@@ -118,8 +155,23 @@ pub struct Conference {
     pub(super) talk_changes: Vec<(LegId, bool)>,
     /// The recording of the whole mix, if one runs: what a listen-only member hears.
     pub(super) tap: Option<u64>,
-    /// The last period's whole mix, kept while a recording runs.
+    /// The last period's whole mix (what every member that is not a talker hears).
     pub(super) mix: Vec<i16>,
+    /// Shared encodes of the whole mix, one per codec and packet time in use.
+    shared: Vec<Shared>,
+    pub counters: ConferenceCounters,
+}
+
+/// Counters of a conference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConferenceCounters {
+    /// Mixing periods run.
+    pub ticks: u64,
+    /// Frames encoded for one member (talkers, who hear everyone but themselves).
+    pub own_encodes: u64,
+    /// Frames encoded once for all the listeners of a codec, and the packets they made.
+    pub shared_encodes: u64,
+    pub shared_packets: u64,
 }
 
 /// Compresses above −3 dBFS so the sum of talkers never clips hard.
@@ -182,6 +234,8 @@ impl Conference {
             talk_changes: Vec::new(),
             tap: None,
             mix: Vec::new(),
+            shared: Vec::new(),
+            counters: ConferenceCounters::default(),
         }
     }
 
@@ -235,6 +289,8 @@ impl Conference {
             scratch: Vec::new(),
             resampled: Vec::new(),
             packet: Vec::with_capacity(1500),
+            key: (codec.params, codec.ptime_ms),
+            shared: false,
             counters: MemberCounters::default(),
         });
         Ok(())
@@ -309,13 +365,42 @@ impl Conference {
                 *acc += i32::from(s);
             }
         }
-        if self.tap.is_some() {
-            self.mix.clear();
-            self.mix.extend(self.sum.iter().map(|&total| soft_limit(total)));
+        self.mix.clear();
+        self.mix.extend(self.sum.iter().map(|&total| soft_limit(total)));
+        self.counters.ticks += 1;
+        for g in &mut self.shared {
+            g.members.clear();
         }
         for (i, m) in self.members.iter_mut().enumerate() {
             if m.deaf {
+                m.shared = false;
                 continue;
+            }
+            if !order.contains(&i) {
+                // A listener: the whole mix, through the shared encode of its codec.
+                let g = match self.shared.iter().position(|g| g.key == m.key) {
+                    Some(g) => g,
+                    None => match Shared::new(m.key, self.rate) {
+                        Ok(g) => {
+                            self.shared.push(g);
+                            self.shared.len() - 1
+                        }
+                        // No shared encoder for this codec: the member's own, as a talker's.
+                        Err(_) => usize::MAX,
+                    },
+                };
+                if let Some(group) = self.shared.get_mut(g) {
+                    if !m.shared {
+                        // Into the shared encode: its own half-made packet is dropped.
+                        m.outbox.clear();
+                    }
+                    m.shared = true;
+                    group.members.push(i);
+                    continue;
+                }
+            }
+            if std::mem::take(&mut m.shared) {
+                m.outbox.clear();
             }
             let talking = order.contains(&i);
             m.scratch.clear();
@@ -332,7 +417,43 @@ impl Conference {
             let (sent, _) =
                 m.stream.encode_pending(m.encoder.as_mut(), &mut m.outbox, m.packet_samples, &mut m.packet, &mut |p: &[u8]| out(slot, p));
             m.counters.sent += sent;
+            self.counters.own_encodes += sent;
         }
+        // Each shared encode once, its payload under each listener's own header.
+        for g in &mut self.shared {
+            if g.members.is_empty() {
+                g.outbox.clear();
+                continue;
+            }
+            match &mut g.outward {
+                Some(r) => {
+                    let _ = r.process(&self.mix, &mut g.outbox);
+                }
+                None => g.outbox.extend_from_slice(&self.mix),
+            }
+            while g.packet_samples > 0 && g.outbox.len() >= g.packet_samples {
+                g.packet.clear();
+                g.packet.resize(RTP_HEADER_LEN, 0);
+                let encoded = g.encoder.encode(g.outbox.get(..g.packet_samples).unwrap_or_default(), &mut g.packet);
+                g.outbox.drain(..g.packet_samples);
+                if encoded.is_err() {
+                    continue;
+                }
+                self.counters.shared_encodes += 1;
+                for &i in &g.members {
+                    let Some(m) = self.members.get_mut(i) else { continue };
+                    let st = &mut m.stream;
+                    let _ = write_rtp_header(&mut g.packet, st.pt, st.seq, st.ts, st.ssrc);
+                    st.seq = st.seq.wrapping_add(1);
+                    st.ts = st.ts.wrapping_add(st.ts_step);
+                    m.counters.sent += 1;
+                    self.counters.shared_packets += 1;
+                    out(m.slot, &g.packet);
+                }
+            }
+        }
+        // Encodes no listener used this period go (a listener coming back makes a new one).
+        self.shared.retain(|g| !g.members.is_empty());
     }
 }
 

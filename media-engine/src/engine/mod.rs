@@ -217,7 +217,15 @@ pub struct CoreCounters {
     pub drops: Drops,
     /// Recorded media dropped because the recorder fell behind ([`MAX_TAPS`] waiting).
     pub taps_dropped: u64,
+    /// Conference mixing periods run, those run more than [`MIX_LATE`] after they were due,
+    /// and those skipped because the core fell more than five periods behind.
+    pub mix_ticks: u64,
+    pub mix_ticks_late: u64,
+    pub mix_ticks_missed: u64,
 }
+
+/// A mixing period run later than this after it was due counts as late.
+pub const MIX_LATE: Duration = Duration::from_millis(5);
 
 /// Per-core engine configuration.
 #[derive(Debug, Clone, Copy)]
@@ -909,6 +917,11 @@ impl Engine {
     }
 
     /// A member's jitter-buffer counters.
+    /// A conference's counters (mixing periods, own and shared encodes).
+    pub fn conference_counters(&self, id: ConferenceId) -> Option<conference::ConferenceCounters> {
+        self.conferences.get(&id).map(|c| c.counters)
+    }
+
     pub fn conference_jitter(&self, id: ConferenceId, leg: LegId) -> Option<jitter::JitterCounters> {
         self.conferences.get(&id)?.jitter(leg)
     }
@@ -944,6 +957,10 @@ impl Engine {
         for c in conferences.values_mut() {
             let mut ticks = 0;
             while c.next_tick <= now && ticks < 5 {
+                counters.mix_ticks += 1;
+                if now.saturating_duration_since(c.next_tick) > MIX_LATE {
+                    counters.mix_ticks_late += 1;
+                }
                 c.tick(|slot, packet| {
                     let Some(leg) = slots.get_mut(slot).and_then(Option::as_mut) else { return };
                     let Some((from_port, to)) = leg.rtp_destination().filter(|_| leg.direction.endpoint_receives()) else { return };
@@ -966,6 +983,8 @@ impl Engine {
                 ticks += 1;
             }
             if c.next_tick <= now {
+                let behind = now.saturating_duration_since(c.next_tick);
+                counters.mix_ticks_missed += 1 + (behind.as_micros() / conference::TICK.as_micros()) as u64;
                 c.next_tick = now + conference::TICK;
             }
             for (leg, talking) in c.talk_changes.drain(..) {

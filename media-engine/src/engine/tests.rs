@@ -936,3 +936,69 @@ fn stopping_a_recording_ends_its_taps_and_a_slow_recorder_costs_counted_drops_on
     assert!(ended.contains(&Tap::Ended { recording: 5, channel: 0 }) && ended.contains(&Tap::Ended { recording: 5, channel: 1 }));
     assert_eq!(h.engine.stop_recording(5), 0);
 }
+
+#[test]
+fn listeners_of_one_codec_share_one_encode_under_their_own_headers_and_a_talker_gets_its_own() {
+    use media_codecs::{CodecKind, CodecParams};
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    let now = h.now();
+    h.engine.create_conference(70, 8000, now).unwrap();
+    // Members 1 and 2 talk (440 and 1100 Hz); 3..=8 listen (send nothing).
+    let endpoints: Vec<SocketAddr> = (1..=8).map(|i| addr(&format!("10.0.1.{i}:4000"))).collect();
+    for (i, ep) in endpoints.iter().enumerate() {
+        let spec = LegSpec { remote: Remote::locked(*ep), codec: Some(leg_codec(0, CodecKind::Pcmu, 8000)), ..Default::default() };
+        h.engine.create_leg(i as u64 + 1, 30_000 + 2 * i as u16, spec, now).unwrap();
+        h.engine.add_member(70, i as u64 + 1, false, false).unwrap();
+    }
+    let params = CodecParams::new(CodecKind::Pcmu, 8000);
+    let tone = |hz: f64| media_codecs::signal::sine(8000, hz, 3.0, 6000.0);
+    let signals = [tone(440.0), tone(1100.0), tone(1700.0)];
+    let mut encoders: Vec<_> = (0..3).map(|_| media_codecs::encoder(&params).unwrap()).collect();
+    let mut send_tick = |h: &mut Harness, k: usize, talkers: &[usize]| {
+        for &i in talkers {
+            let mut p = vec![0u8; 12];
+            write_rtp_header(&mut p, 0, k as u16, (k * 160) as u32, 0x200 + i as u32).unwrap();
+            encoders[i].encode(&signals[i][k * 160..(k + 1) * 160], &mut p).unwrap();
+            h.send(endpoints[i], 30_000 + 2 * i as u16, &p);
+        }
+        h.advance(Duration::from_millis(20));
+    };
+    for k in 0..50 {
+        send_tick(&mut h, k, &[0, 1]);
+    }
+    let c = h.engine.conference_counters(70).unwrap();
+    assert!(c.ticks >= 48, "{c:?}");
+    assert!(c.shared_encodes <= c.ticks && c.shared_encodes + 2 >= c.ticks, "one shared encode a period: {c:?}");
+    assert_eq!(c.shared_packets, 6 * c.shared_encodes, "six listeners each get it: {c:?}");
+    assert!(c.own_encodes <= 2 * c.ticks + 4, "at most the two talkers encode their own: {c:?}");
+    // Each listener: its own SSRC and sequence numbers, the same payload as the others.
+    let inboxes: Vec<_> = endpoints[2..].iter().map(|ep| h.take_inbox(*ep)).collect();
+    let ssrcs: std::collections::HashSet<u32> =
+        inboxes.iter().map(|r| u32::from_be_bytes(r[10].bytes[8..12].try_into().unwrap())).collect();
+    assert_eq!(ssrcs.len(), 6, "one stream per listener");
+    for r in &inboxes {
+        let seq: Vec<u16> = seqs(r);
+        assert!(seq.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "consecutive sequence numbers");
+        assert_eq!(r[20].bytes[12..], inboxes[0][20].bytes[12..], "one encode, many headers");
+    }
+    let mut dec = media_codecs::decoder(&params).unwrap();
+    let mut pcm = Vec::new();
+    for r in &inboxes[0][10..] {
+        dec.decode(&r.bytes[12..], &mut pcm).unwrap();
+    }
+    assert!(tone_power(&pcm, 8000, 440.0) > 1e9 && tone_power(&pcm, 8000, 1100.0) > 1e9, "a listener hears both talkers");
+    h.take_inbox(endpoints[0]);
+    // Listener 3 starts talking (1700 Hz): it leaves the shared encode and hears the others, not itself.
+    for k in 50..100 {
+        send_tick(&mut h, k, &[0, 1, 2]);
+    }
+    let got = h.take_inbox(endpoints[2]);
+    let mut dec = media_codecs::decoder(&params).unwrap();
+    let mut pcm = Vec::new();
+    for r in &got[10..] {
+        dec.decode(&r.bytes[12..], &mut pcm).unwrap();
+    }
+    let own = tone_power(&pcm, 8000, 1700.0);
+    assert!(tone_power(&pcm, 8000, 440.0) > 1000.0 * own.max(1.0), "the new talker hears the others ({own:.0} of its own)");
+    assert!(seqs(&got).windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "its stream goes on across the switch");
+}
