@@ -17,8 +17,9 @@
 //! **Conferences** ([`TranscodeLoad::talkers`]): every member is a stream that sends (speech for
 //! the talkers, silence for the others) and receives the mix. The members are paired as the two
 //! sides of a "call", so the mix out of one member's leg is counted against its partner's stream:
-//! the packet counts (and so the loss) are exact, the latency is not meaningful (the mix has no
-//! one packet it answers); the media plane's own mixing-period counters say how late it mixes.
+//! a member's mix is its own RTP stream, so its loss is the gaps in its sequence numbers over the
+//! measured window. Latency is not measured (the mix answers no one packet): the media plane's
+//! own mixing-period counters say how late it mixes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -249,6 +250,7 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
     let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|e| TrafficError::Histogram(e.to_string()))?;
     let (mut sent, mut received, mut reordered, mut misrouted) = (0u64, 0u64, 0u64, 0u64);
     let mut events = Events::with_capacity(256);
+    let conference = p.transcode.as_ref().is_some_and(|t| t.talkers.is_some());
 
     let interval_ns = 1_000_000_000u128 / u128::from(p.rate.max(1));
     let start = Instant::now();
@@ -340,6 +342,22 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
                         misrouted += 1;
                         continue;
                     };
+                    if conference {
+                        // The mix to a member: its own stream from the media plane, numbered
+                        // from its first packet in the window; gaps in it are loss.
+                        let Some(&s) = rx.peer(i).and_then(|from| by_source.get(&from)) else {
+                            misrouted += 1;
+                            continue;
+                        };
+                        if !measuring {
+                            continue;
+                        }
+                        let st = &mut streams[s];
+                        let seq = rtp.sequence_number();
+                        let (first, _) = *st.anchor.get_or_insert((seq, 0));
+                        st.count(u32::from(seq.wrapping_sub(first)), &mut received, &mut reordered);
+                        continue;
+                    }
                     if p.transcode.is_some() {
                         let Some(&s) = rx.peer(i).and_then(|from| by_source.get(&from)) else {
                             misrouted += 1;
@@ -414,7 +432,13 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
         (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => Some((s1 - s0) as f64 * 100.0 / (t1 - t0) as f64),
         _ => None,
     };
-    let lost = sent.saturating_sub(received);
+    // A conference's loss is the gaps in each member's mix stream; a call's, what was sent and
+    // never came back.
+    let lost = if conference {
+        streams.iter().filter_map(|st| st.last.map(|l| u64::from(l) + 1 - st.received.min(u64::from(l) + 1))).sum()
+    } else {
+        sent.saturating_sub(received)
+    };
     Ok(Report {
         calls: calls.len(),
         streams: n,
@@ -426,7 +450,11 @@ pub fn run(ep: &mut Endpoints, calls: &[Call], p: &Params, mut progress: impl Fn
         sent,
         received,
         lost,
-        loss_pct: if sent == 0 { 0.0 } else { lost as f64 * 100.0 / sent as f64 },
+        loss_pct: match (conference, sent) {
+            (_, 0) => 0.0,
+            (true, _) => lost as f64 * 100.0 / (received + lost).max(1) as f64,
+            (false, _) => lost as f64 * 100.0 / sent as f64,
+        },
         reordered,
         misrouted,
         latency_us: Latency::from_ns(&hist),
