@@ -48,6 +48,7 @@ pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod now;
+pub mod rating;
 pub mod registrar;
 pub mod routing;
 pub mod sdp;
