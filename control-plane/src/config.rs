@@ -79,6 +79,12 @@
 //! [store]
 //! path = "control-plane.db"       # SQLite file for subscribers and registrations (default: this)
 //!
+//! [billing]
+//! rates = "rates.csv"             # rate table the calls' detail records are rated with (CSV: prefix,
+//!                                 # per_minute,connect_fee,initial,increment,period,description;
+//!                                 # see crate::rating); default: none (records unrated)
+//! currency = "EUR"                # the rate table's currency (default EUR)
+//!
 //! [limits]                        # abuse limits (see crate::limits); sip.trusted is always exempt
 //! requests_per_second = 100       # messages per second per source IP; 0 = no limit (default 100)
 //! burst = 200                     # messages at once above that rate (default 200)
@@ -172,7 +178,16 @@ struct RawConfig {
     #[serde(default)]
     routing: RawRouting,
     #[serde(default)]
+    billing: RawBilling,
+    #[serde(default)]
     route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBilling {
+    rates: Option<PathBuf>,
+    currency: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -467,6 +482,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Abuse limits (trusted sources included in `exempt`).
     pub limits: crate::limits::LimitsConfig,
+    /// The rate table calls are rated with for their detail records (empty: none), and its
+    /// currency.
+    pub rates: crate::rating::RateTable,
+    pub currency: String,
 }
 
 impl Config {
@@ -687,6 +706,17 @@ impl Config {
         if branch_timeout_s == 0 {
             return Err(invalid("routing.branch_timeout_s", "must be greater than 0"));
         }
+        let rates = match &raw.billing.rates {
+            None => crate::rating::RateTable::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| invalid("billing.rates", format!("{}: {e}", path.display())))?;
+                crate::rating::RateTable::from_csv(&text).map_err(|e| invalid("billing.rates", format!("{}: {e}", path.display())))?
+            }
+        };
+        let currency = raw.billing.currency.clone().unwrap_or_else(|| "EUR".into());
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(invalid("billing.currency", format!("{currency:?} is not a three-letter code such as EUR")));
+        }
 
         Ok(Config {
             listen,
@@ -714,6 +744,8 @@ impl Config {
             store_path: raw.store.path.unwrap_or_else(|| PathBuf::from("control-plane.db")),
             routes,
             limits,
+            rates,
+            currency,
         })
     }
 

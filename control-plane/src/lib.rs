@@ -42,6 +42,7 @@
 pub mod api;
 pub mod auth;
 pub mod b2bua;
+pub mod cdr;
 pub mod config;
 pub mod driver;
 pub mod limits;

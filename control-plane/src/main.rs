@@ -54,6 +54,20 @@ enum Command {
         #[command(subcommand)]
         action: SettingsAction,
     },
+    /// Call detail records in the configured store.
+    Cdr {
+        #[command(subcommand)]
+        action: CdrAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CdrAction {
+    /// Writes the records of calls that ended at or after --since (UNIX ms) as CSV to stdout.
+    Export {
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +176,16 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Subscriber { action }) => subscriber(action, &config, &mut store),
         Some(Command::Settings { action }) => settings(action, &mut store),
+        Some(Command::Cdr { action: CdrAction::Export { since } }) => match store.cdrs(since) {
+            Ok(cdrs) => {
+                print!("{}", control_plane::cdr::to_csv(&cdrs));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("control-plane: cdr export: {e}");
+                ExitCode::from(1)
+            }
+        },
         None => serve(config, store),
     }
 }

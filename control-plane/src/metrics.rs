@@ -56,7 +56,7 @@ impl Collector for Snapshot {
             let class = format!("{}xx", i + 1);
             ConstCounter::new(*count).encode(responses.encode_family(&[("class", class.as_str())])?)?;
         }
-        let counters: [(&str, &str, u64); 21] = [
+        let counters: [(&str, &str, u64); 22] = [
             ("sip_malformed", "Messages that did not parse", s.malformed),
             ("sip_server_transactions", "Server transactions created", self.server_transactions),
             ("sip_client_transactions", "Client transactions started", self.client_transactions),
@@ -82,6 +82,7 @@ impl Collector for Snapshot {
             ("sip_sources_banned", "Sources banned (rate or refused passwords)", s.limits.sources_banned),
             ("sip_scanners_dropped", "Requests from known scanners dropped unanswered", s.limits.scanners_dropped),
             ("sip_users_locked", "Users locked after refused passwords", s.limits.users_locked),
+            ("sip_cdr_failures", "Calls whose detail records the store refused", s.cdr_failures),
         ];
         for (name, help, value) in counters {
             one(&mut encoder, name, help, MetricType::Counter, value)?;

@@ -129,7 +129,11 @@ impl RateTable {
             let int = |k: usize, field: &'static str, default: u32| -> Result<u32, RateError> {
                 match get(k) {
                     "" => Ok(default),
-                    v => v.parse::<u32>().ok().filter(|x| (1..=3600).contains(x)).ok_or_else(|| err(field, format!("{v:?} is not 1-3600 seconds"))),
+                    v => v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|x| (1..=3600).contains(x))
+                        .ok_or_else(|| err(field, format!("{v:?} is not 1-3600 seconds"))),
                 }
             };
             rates.push(Rate {
@@ -154,10 +158,7 @@ impl RateTable {
             Some((a, b)) if a < b => (a..b).contains(&minute),
             Some((a, b)) => minute >= a || minute < b,
         };
-        self.rates
-            .iter()
-            .filter(|r| digits.starts_with(&r.prefix) && in_period(r))
-            .max_by_key(|r| (r.prefix.len(), r.period.is_some()))
+        self.rates.iter().filter(|r| digits.starts_with(&r.prefix) && in_period(r)).max_by_key(|r| (r.prefix.len(), r.period.is_some()))
     }
 
     /// The UTC minute of the day of a UNIX time in milliseconds.
@@ -212,7 +213,15 @@ impl Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at {}/min + {} ({}/{})", self.prefix, format_amount(self.per_minute), format_amount(self.connect_fee), self.initial, self.increment)
+        write!(
+            f,
+            "{} at {}/min + {} ({}/{})",
+            self.prefix,
+            format_amount(self.per_minute),
+            format_amount(self.connect_fee),
+            self.initial,
+            self.increment
+        )
     }
 }
 
@@ -289,7 +298,9 @@ mod tests {
         assert_eq!(parse_amount("12"), Ok(12_000_000));
         assert_eq!(parse_amount(".5"), Ok(500_000));
         assert_eq!(parse_amount(""), Ok(0));
-        assert!(parse_amount("-1").is_err() && parse_amount("0.0000001").is_err() && parse_amount("1e3").is_err() && parse_amount(".").is_err());
+        assert!(
+            parse_amount("-1").is_err() && parse_amount("0.0000001").is_err() && parse_amount("1e3").is_err() && parse_amount(".").is_err()
+        );
         assert_eq!(format_amount(12_300), "0.012300");
         let bad = |line: &str| RateTable::from_csv(&format!("header\n{line}")).unwrap_err();
         assert_eq!(bad("44x,0.1").field, "prefix");

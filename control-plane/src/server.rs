@@ -67,6 +67,8 @@ pub struct Stats {
     pub auth_wrong_algorithm: u64,
     /// Store errors (the request got 500).
     pub store_errors: u64,
+    /// Calls whose detail records the store refused (logged).
+    pub cdr_failures: u64,
     /// Calls that found nowhere to go (404, 480, 502).
     pub calls_unrouted: u64,
     /// Calls and their media (the B2BUA's counters).
@@ -411,6 +413,14 @@ impl ControlPlane {
                     self.updates.pop_front();
                 }
                 self.updates.push_back(update);
+            }
+            CallEvent::Ended(record) => {
+                // The detail records go to the store before anything else of this call can.
+                let cdrs = crate::cdr::records(&record, &self.config.rates, &self.config.currency);
+                if let Err(e) = store.add_cdrs(&cdrs) {
+                    self.stats.cdr_failures += 1;
+                    tracing::error!(call = record.call, error = %e, "call detail records not written");
+                }
             }
             CallEvent::Refer(refer) => {
                 let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };

@@ -83,6 +83,35 @@ pub struct StoredBinding {
     pub reg_id: u32,
 }
 
+/// A call detail record: one per call (`leg` "call") and one per leg ("a": the caller's side,
+/// "b": the called side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cdr {
+    /// The call's id in this control plane, and the caller's Call-ID.
+    pub call: u64,
+    pub sip_call_id: String,
+    pub leg: String,
+    pub caller: String,
+    pub callee: String,
+    /// The destination number rated (the callee's user part), and where the answering INVITE
+    /// went (a phone's contact, a trunk).
+    pub destination: String,
+    pub answered_by: String,
+    /// UNIX milliseconds (answer 0: never answered).
+    pub start_ms: u64,
+    pub answer_ms: u64,
+    pub end_ms: u64,
+    pub duration_ms: u64,
+    pub billed_s: u64,
+    /// Millionths of `currency` (see [`crate::rating`]); 0 when unrated.
+    pub cost: i64,
+    pub currency: String,
+    /// The rate's prefix (empty: none matched).
+    pub rate_prefix: String,
+    pub status: u16,
+    pub cause: String,
+}
+
 /// A change to the stored registrations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocationChange {
@@ -136,6 +165,10 @@ pub trait Store: Send {
     fn apply(&mut self, changes: &[LocationChange]) -> Result<(), StoreError>;
     /// Every stored registration.
     fn bindings(&mut self) -> Result<Vec<StoredBinding>, StoreError>;
+    /// Writes a call's detail records, all or none.
+    fn add_cdrs(&mut self, cdrs: &[Cdr]) -> Result<(), StoreError>;
+    /// The detail records of calls that ended at or after `since_ms`, oldest first.
+    fn cdrs(&mut self, since_ms: u64) -> Result<Vec<Cdr>, StoreError>;
 }
 
 /// The SQLite store.
@@ -168,7 +201,59 @@ CREATE TABLE IF NOT EXISTS location (
     reg_id INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (aor, contact, reg_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cdr (
+    id INTEGER PRIMARY KEY,
+    call INTEGER NOT NULL,
+    sip_call_id TEXT NOT NULL,
+    leg TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    callee TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    answered_by TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    answer_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    billed_s INTEGER NOT NULL,
+    cost INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    rate_prefix TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    cause TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cdr_end ON cdr (end_ms);
 ";
+
+const CDR_COLUMNS: &str = "call, sip_call_id, leg, caller, callee, destination, answered_by, start_ms, answer_ms, end_ms, \
+                           duration_ms, billed_s, cost, currency, rate_prefix, status, cause";
+
+fn cdr_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Cdr> {
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(u64::try_from(row.get::<_, i64>(i)?).unwrap_or(0)) };
+    Ok(Cdr {
+        call: u(0)?,
+        sip_call_id: row.get(1)?,
+        leg: row.get(2)?,
+        caller: row.get(3)?,
+        callee: row.get(4)?,
+        destination: row.get(5)?,
+        answered_by: row.get(6)?,
+        start_ms: u(7)?,
+        answer_ms: u(8)?,
+        end_ms: u(9)?,
+        duration_ms: u(10)?,
+        billed_s: u(11)?,
+        cost: row.get(12)?,
+        currency: row.get(13)?,
+        rate_prefix: row.get(14)?,
+        status: row.get(15)?,
+        cause: row.get(16)?,
+    })
+}
+
+/// SQLite keeps signed 64-bit integers.
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
@@ -356,6 +441,44 @@ impl Store for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn add_cdrs(&mut self, cdrs: &[Cdr]) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT INTO cdr ({CDR_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+            ))?;
+            for c in cdrs {
+                stmt.execute(rusqlite::params![
+                    sql_int(c.call),
+                    c.sip_call_id,
+                    c.leg,
+                    c.caller,
+                    c.callee,
+                    c.destination,
+                    c.answered_by,
+                    sql_int(c.start_ms),
+                    sql_int(c.answer_ms),
+                    sql_int(c.end_ms),
+                    sql_int(c.duration_ms),
+                    sql_int(c.billed_s),
+                    c.cost,
+                    c.currency,
+                    c.rate_prefix,
+                    c.status,
+                    c.cause
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn cdrs(&mut self, since_ms: u64) -> Result<Vec<Cdr>, StoreError> {
+        let mut stmt = self.db.prepare_cached(&format!("SELECT {CDR_COLUMNS} FROM cdr WHERE end_ms >= ?1 ORDER BY end_ms, id"))?;
+        let rows = stmt.query_map([sql_int(since_ms)], cdr_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 /// Subscribers and registrations in maps.
@@ -364,6 +487,7 @@ pub struct MemoryStore {
     subscribers: HashMap<(String, String), Subscriber>,
     settings: HashMap<(String, String), Settings>,
     bindings: HashMap<(String, String, u32), StoredBinding>,
+    cdrs: Vec<Cdr>,
 }
 
 impl Store for MemoryStore {
@@ -436,6 +560,17 @@ impl Store for MemoryStore {
 
     fn bindings(&mut self) -> Result<Vec<StoredBinding>, StoreError> {
         Ok(self.bindings.values().cloned().collect())
+    }
+
+    fn add_cdrs(&mut self, cdrs: &[Cdr]) -> Result<(), StoreError> {
+        self.cdrs.extend_from_slice(cdrs);
+        Ok(())
+    }
+
+    fn cdrs(&mut self, since_ms: u64) -> Result<Vec<Cdr>, StoreError> {
+        let mut out: Vec<Cdr> = self.cdrs.iter().filter(|c| c.end_ms >= since_ms).cloned().collect();
+        out.sort_by_key(|c| c.end_ms);
+        Ok(out)
     }
 }
 

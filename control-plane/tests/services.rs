@@ -320,3 +320,43 @@ fn a_blind_transfer_connects_the_caller_to_the_target_and_the_transferor_leaves(
     assert!(at(&log, "INVITE sip:alice@") > at(&log, "SIP/2.0 200"), "{log}");
     assert!(counters.contains("\"calls_completed\":1"), "{counters}");
 }
+
+#[test]
+fn a_call_out_through_a_trunk_leaves_rated_detail_records_exported_as_csv() {
+    if !sipp_available() {
+        return;
+    }
+    let rates = std::env::temp_dir().join(format!("cp-rates-{}.csv", std::process::id()));
+    std::fs::write(
+        &rates,
+        "prefix,per_minute,connect_fee,initial,increment,period,description\n00,1.0,0,60,60,,Abroad\n0049,0.0600,0.0100,1,1,,Germany\n",
+    )
+    .expect("write rates");
+    let extra = format!(
+        "[[route]]\nprefix = \"00\"\ndestination = \"sip:127.0.0.1:24250\"\n[billing]\nrates = \"{}\"\ncurrency = \"EUR\"\n",
+        rates.display()
+    );
+    let mut stack = Stack::start_with(20, true, &extra);
+    let (trunk, _) = callee(&stack, "uas-answer.xml", 24_250, "trunk", &[]);
+    let (ok, log) = call(&stack, "uac-call-short.xml", "0049301", 24_256, &["-d", "2000"]);
+    assert!(ok, "alice → 0049301 through the trunk: {log}");
+    finish(&mut stack, vec![trunk]);
+    let out = Command::new(BIN).args(["--config", stack.config.to_str().expect("utf8"), "cdr", "export"]).output().expect("run cdr export");
+    assert!(out.status.success(), "cdr export: {}", String::from_utf8_lossy(&out.stderr));
+    let csv = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.iter().map(|r| r[2]).collect::<Vec<_>>(), ["call", "a", "b"], "{csv}");
+    let call = &rows[0];
+    // call,sip_call_id,leg,caller,callee,destination,answered_by,start,answer,end,duration_ms,billed_s,cost,currency,rate_prefix,status,cause
+    assert_eq!((call[5], call[13], call[14], call[15], call[16]), ("0049301", "EUR", "0049", "200", "completed"), "{csv}");
+    assert!(call[6].contains("@127.0.0.1:24250"), "answered by the trunk: {csv}");
+    let duration: u64 = call[10].parse().expect("duration");
+    let billed: u64 = call[11].parse().expect("billed");
+    assert!((1900..6000).contains(&duration), "about the 2 s the caller waited: {csv}");
+    assert_eq!(billed, duration.div_ceil(1000), "per second (1/1): {csv}");
+    // 0.01 connect + billed × 0.06/60, in millionths rounded up.
+    let cost = 10_000 + (60_000 * billed).div_ceil(60);
+    assert_eq!(call[12], format!("0.{cost:06}"), "{csv}");
+    assert_eq!((rows[1][12], rows[2][12]), ("0.000000", call[12]), "the caller's side is not charged; the called side is");
+    let _ = std::fs::remove_file(&rates);
+}

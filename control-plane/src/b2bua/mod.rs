@@ -87,6 +87,8 @@ pub enum CallEvent {
     /// A REFER asks to transfer `call` (RFC 3515): the server routes its target and answers
     /// with [`B2bua::handle_refer`].
     Refer(ReferTarget),
+    /// A call ended: what its detail records are made of.
+    Ended(Box<CallRecord>),
     /// One side of `call` put the other on hold (RFC 6337 §5.3); `holder` is its AoR when a
     /// subscriber. The server answers with [`B2bua::handle_music`] (the music to play).
     Held {
@@ -132,6 +134,29 @@ pub enum UpdateKind {
         /// How long it was answered.
         duration_ms: u64,
     },
+}
+
+/// An ended call, for its detail records (CDRs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// Its id, and the caller's Call-ID.
+    pub call: u64,
+    pub sip_call_id: String,
+    /// The caller's URI and the URI it called (an originated call: its first and second party).
+    pub caller: String,
+    pub callee: String,
+    /// Where the answering fork's INVITE went (a phone's contact, a trunk), if one answered.
+    pub answered_by: Option<String>,
+    /// UNIX milliseconds: set up, answered (0: never), ended.
+    pub started_ms: u64,
+    pub answered_ms: u64,
+    pub ended_ms: u64,
+    /// How long it was answered.
+    pub duration_ms: u64,
+    /// The final status of its setup (200 once answered), and why it ended.
+    pub status: u16,
+    pub cause: &'static str,
+    pub originated: bool,
 }
 
 /// A call in progress, as the call-control API lists it.
@@ -1245,6 +1270,22 @@ impl B2bua {
             }
         }
         self.by_invite.remove(&call.invite_a_key);
+        let ms = |n: &Now| n.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let record = CallRecord {
+            call: id,
+            sip_call_id: call.a.call_id.clone(),
+            caller: call.caller_uri.clone(),
+            callee: call.callee_uri.clone(),
+            answered_by: call.winner.and_then(|w| call.forks.get(w)).map(|f| f.invite.uri.to_string()),
+            started_ms: ms(&call.started),
+            answered_ms: call.answered.as_ref().map_or(0, ms),
+            ended_ms: ms(&now),
+            duration_ms,
+            status,
+            cause,
+            originated: call.originated,
+        };
+        self.events.push_back(CallEvent::Ended(Box::new(record)));
         self.update(id, UpdateKind::Ended { status, cause, duration_ms });
     }
 }
