@@ -198,9 +198,31 @@ impl Harness {
         for pkt in out {
             self.schedule(pkt);
         }
-        for CrossMessage::Unlink { core, leg, bridge } in cross {
-            if core < 1 + self.others.len() {
-                self.core(core).handle_unlink(leg, bridge);
+        let now = self.now;
+        for m in cross {
+            let core = match &m {
+                CrossMessage::Unlink { core, .. }
+                | CrossMessage::MemberOut { core, .. }
+                | CrossMessage::MemberGone { core, .. }
+                | CrossMessage::Unjoin { core, .. } => *core,
+            };
+            if core > self.others.len() {
+                continue;
+            }
+            let e = self.core(core);
+            match m {
+                CrossMessage::Unlink { leg, bridge, .. } => e.handle_unlink(leg, bridge),
+                CrossMessage::MemberOut { leg, packet, .. } => {
+                    let handoff =
+                        crate::engine::Handoff { to_leg: leg, from_leg: 0, from_core: 0, bridge: 0, rtcp: false, conference: true };
+                    let _ = e.handle_handoff(&handoff, &packet, now);
+                }
+                CrossMessage::MemberGone { conference, leg, .. } => {
+                    let _ = e.remove_member(conference, leg);
+                }
+                CrossMessage::Unjoin { leg, .. } => {
+                    e.leave_remote(leg);
+                }
             }
         }
         self.events.extend(events);

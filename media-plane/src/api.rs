@@ -223,25 +223,30 @@ impl MediaService {
         Ok(out)
     }
 
-    /// Adds or updates a conference member.
+    /// Adds or updates a conference member. A leg on another core than the conference joins it
+    /// across the cores' queues: its RTP goes to the conference's core, the mix comes back to be
+    /// sent from the leg's ports.
     async fn participant(&self, r: v1::ParticipantRequest, add: bool) -> Result<Response<v1::ParticipantResponse>, Status> {
-        let core = self.conference_core(r.conference_id, r.leg_id)?;
+        let core = self.core_of(r.conference_id, "conference_id")?;
+        let leg_core = self.core_of(r.leg_id, "leg_id")?;
         let (conference, leg, muted, deaf) = (r.conference_id, r.leg_id, r.muted, r.deaf);
-        self.ask(core, |reply| Command::Member { conference, leg, muted, deaf, add, reply }).await?;
-        Ok(Response::new(v1::ParticipantResponse {}))
-    }
-
-    /// The core of a conference, which must be its leg's too.
-    fn conference_core(&self, conference: u64, leg: u64) -> Result<&CoreHandle, Status> {
-        let core = self.core_of(conference, "conference_id")?;
-        let leg_core = self.core_of(leg, "leg_id")?;
-        if core.core != leg_core.core {
-            return Err(Status::failed_precondition(format!(
-                "leg_id: the leg is on core {} and the conference on core {}: create the leg with the conference's group",
-                leg_core.core, core.core
-            )));
+        if !add || core.core == leg_core.core {
+            self.ask(core, |reply| Command::Member { conference, leg, muted, deaf, add, reply }).await?;
+            return Ok(Response::new(v1::ParticipantResponse {}));
         }
-        Ok(core)
+        let here = core.core;
+        let codec = self
+            .ask(leg_core, |reply| Command::JoinRemote { leg, core: here, conference, reply })
+            .await
+            .map_err(|s| Status::new(s.code(), format!("leg_id: {}", s.message())))?;
+        let from = leg_core.core;
+        if let Err(status) =
+            self.ask(core, |reply| Command::AddRemoteMember { conference, leg, core: from, codec, muted, deaf, reply }).await
+        {
+            let _ = self.ask(leg_core, |reply| Command::LeaveRemote { leg, reply }).await;
+            return Err(status);
+        }
+        Ok(Response::new(v1::ParticipantResponse {}))
     }
 
     /// One leg's stats; `field` names it in the error.
@@ -732,7 +737,9 @@ impl v1::media_plane_server::MediaPlane for MediaService {
 
     async fn remove_participant(&self, req: Request<v1::RemoveParticipantRequest>) -> Result<Response<v1::ParticipantResponse>, Status> {
         let r = req.into_inner();
-        let core = self.conference_core(r.conference_id, r.leg_id)?;
+        // The conference's core lets the member go (and tells the member's core, if another).
+        let core = self.core_of(r.conference_id, "conference_id")?;
+        self.core_of(r.leg_id, "leg_id")?;
         let (conference, leg) = (r.conference_id, r.leg_id);
         self.ask(core, |reply| Command::RemoveMember { conference, leg, reply }).await?;
         Ok(Response::new(v1::ParticipantResponse {}))

@@ -13,6 +13,7 @@ mod common;
 use common::*;
 
 const SLOT_CONFERENCE: u16 = 25;
+const SLOT_CONFERENCE_CROSS: u16 = 42;
 const TONES: [f64; 3] = [440.0, 700.0, 1100.0];
 
 /// Each endpoint sends its packets of `range`, one every 20 ms; returns what each one decoded
@@ -143,4 +144,87 @@ async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_remov
         .into_inner();
     assert_eq!(left.leg_ids.len(), 3);
     bridge(&mut c, &legs[0], &legs[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_on_other_cores_hear_and_are_heard_through_the_cores_queues() {
+    let (_mp, mut c) = MediaPlane::start(SLOT_CONFERENCE_CROSS).await;
+    let conf = c
+        .create_conference(v1::CreateConferenceRequest { group: "room-x".into(), rate: 8000 })
+        .await
+        .expect("CreateConference")
+        .into_inner();
+    let pcmu =
+        Some(v1::Codec { payload_type: 0, name: "PCMU".into(), rate: 8000, channels: 1, ptime_ms: 20, opus: None, telephone_event: None });
+    let sockets: Vec<UdpSocket> = (0..3).map(|_| udp()).collect();
+    let mut legs = Vec::new();
+    // Member 0 with the conference; members 1 and 2 on the other core (call ids tried until one
+    // lands there).
+    for (i, s) in sockets.iter().enumerate() {
+        let mut tries = 0;
+        let leg = loop {
+            let req = v1::CreateLegRequest {
+                call_id: format!("cross-{i}-{tries}"),
+                remote: Some(endpoint(local(s))),
+                codec: pcmu.clone(),
+                ..Default::default()
+            };
+            let leg = create_leg(&mut c, req).await;
+            if (leg.core == conf.core) == (i == 0) {
+                break leg;
+            }
+            c.delete_leg(v1::DeleteLegRequest { leg_id: leg.id }).await.expect("DeleteLeg");
+            tries += 1;
+            assert!(tries < 32, "no call id placed a leg on the core wanted");
+        };
+        c.add_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: leg.id, muted: false, deaf: false })
+            .await
+            .expect("AddParticipant across cores");
+        legs.push(leg);
+    }
+    assert!(legs[1].core != conf.core && legs[2].core != conf.core);
+    let params = CodecParams::new(CodecKind::Pcmu, 8000);
+    let packets: Vec<Vec<Vec<u8>>> = TONES
+        .iter()
+        .enumerate()
+        .map(|(i, hz)| rtp_packets(params, 0, &media_codecs::signal::sine(8000, *hz, 3.0, 6000.0), 0x200 + i as u32))
+        .collect();
+    let heard = tokio::task::block_in_place(|| talk(&sockets, &legs, &packets, 0..60));
+    for i in 0..3 {
+        let pcm = &heard[i];
+        assert!(pcm.len() >= 40 * 160, "member {i} received the mix: {} samples", pcm.len());
+        let own = tone_power(&pcm[1600..], 8000, TONES[i]);
+        for j in (0..3).filter(|j| *j != i) {
+            let other = tone_power(&pcm[1600..], 8000, TONES[j]);
+            assert!(other > 1000.0 * own.max(1.0), "member {i} hears {} Hz far above its own {} Hz", TONES[j], TONES[i]);
+        }
+    }
+    // A member across cores cannot join twice or be bridged; removed, its leg is free again.
+    let again = c
+        .add_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: legs[1].id, muted: false, deaf: false })
+        .await;
+    assert_eq!(again.unwrap_err().code(), Code::FailedPrecondition);
+    c.remove_participant(v1::RemoveParticipantRequest { conference_id: conf.conference_id, leg_id: legs[1].id })
+        .await
+        .expect("RemoveParticipant");
+    eventually("the member's core to let its leg go", POLL_TIMEOUT, || {
+        let mut c = c.clone();
+        let (a, b) = (legs[1].id, legs[2].id);
+        async move {
+            // Member 2 is still in: bridging it fails; member 1 bridges once it is free.
+            match c.create_bridge(v1::CreateBridgeRequest { leg_a: a, leg_b: b }).await {
+                Err(e) if e.code() == Code::FailedPrecondition => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    // Deleting the conference frees the last member across cores.
+    c.delete_conference(v1::DeleteConferenceRequest { conference_id: conf.conference_id }).await.expect("DeleteConference");
+    eventually("both legs free to bridge", POLL_TIMEOUT, || {
+        let mut c = c.clone();
+        let (a, b) = (legs[1].id, legs[2].id);
+        async move { c.create_bridge(v1::CreateBridgeRequest { leg_a: a, leg_b: b }).await.map(|_| ()).map_err(|e| e.to_string()) }
+    })
+    .await;
 }

@@ -65,7 +65,10 @@ pub struct MemberCounters {
 /// One leg in a conference.
 pub(super) struct Member {
     pub leg: LegId,
+    /// Its leg's slot on this core; for a member on another core, unused.
     pub slot: usize,
+    /// The core of a member on another core (its RTP comes from there, the mix goes there).
+    pub remote: Option<usize>,
     pub muted: bool,
     pub deaf: bool,
     decoder: Box<dyn Decoder>,
@@ -100,6 +103,14 @@ pub(super) struct Member {
     /// It heard the whole mix through a shared encode last period (else its own encode).
     shared: bool,
     pub counters: MemberCounters,
+}
+
+/// Where a member's packet goes: its leg's slot here, or its core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dest {
+    pub slot: usize,
+    pub remote: Option<usize>,
+    pub leg: LegId,
 }
 
 /// One encode of the whole mix, shared by the listening members of one codec and packet time.
@@ -251,6 +262,41 @@ impl Conference {
         seq: u16,
         ts: u32,
     ) -> Result<(), TranscodeError> {
+        self.add_member(leg, slot, None, codec, muted, deaf, ssrc, seq, ts)
+    }
+
+    /// Adds a member whose leg is on core `core`.
+    pub(super) fn add_remote(
+        &mut self,
+        leg: LegId,
+        core: usize,
+        codec: &LegCodec,
+        muted: bool,
+        deaf: bool,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+    ) -> Result<(), TranscodeError> {
+        self.add_member(leg, usize::MAX, Some(core), codec, muted, deaf, ssrc, seq, ts)
+    }
+
+    /// Whether leg `leg` of core `core` is a member here.
+    pub(super) fn is_remote_member(&self, leg: LegId, core: usize) -> bool {
+        self.members.iter().any(|m| m.leg == leg && m.remote == Some(core))
+    }
+
+    fn add_member(
+        &mut self,
+        leg: LegId,
+        slot: usize,
+        remote: Option<usize>,
+        codec: &LegCodec,
+        muted: bool,
+        deaf: bool,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+    ) -> Result<(), TranscodeError> {
         let decoder = media_codecs::decoder(&codec.params)?;
         let encoder = media_codecs::encoder(&codec.params)?;
         let channels = usize::from(codec.params.channels);
@@ -269,6 +315,7 @@ impl Conference {
         self.members.push(Member {
             leg,
             slot,
+            remote,
             muted,
             deaf,
             jitter: JitterBuffer::new(codec.rtp_clock() * u32::from(codec.ptime_ms) / 1000),
@@ -326,9 +373,9 @@ impl Conference {
         self.members.iter().find(|m| m.leg == leg).map(|m| m.jitter.counters)
     }
 
-    /// One mixing period: each member's frame in, the N−1 mix out; calls `out(slot, packet)` for
+    /// One mixing period: each member's frame in, the N−1 mix out; calls `out(to, packet)` for
     /// every packet made (in each member's codec and stream).
-    pub(super) fn tick(&mut self, mut out: impl FnMut(usize, &[u8])) {
+    pub(super) fn tick(&mut self, mut out: impl FnMut(Dest, &[u8])) {
         let frame = self.rate as usize / 50;
         // This tick's frames and energies.
         for m in &mut self.members {
@@ -413,9 +460,9 @@ impl Conference {
                 }
                 None => m.outbox.extend_from_slice(&m.scratch),
             }
-            let slot = m.slot;
+            let to = Dest { slot: m.slot, remote: m.remote, leg: m.leg };
             let (sent, _) =
-                m.stream.encode_pending(m.encoder.as_mut(), &mut m.outbox, m.packet_samples, &mut m.packet, &mut |p: &[u8]| out(slot, p));
+                m.stream.encode_pending(m.encoder.as_mut(), &mut m.outbox, m.packet_samples, &mut m.packet, &mut |p: &[u8]| out(to, p));
             m.counters.sent += sent;
             self.counters.own_encodes += sent;
         }
@@ -448,7 +495,7 @@ impl Conference {
                     st.ts = st.ts.wrapping_add(st.ts_step);
                     m.counters.sent += 1;
                     self.counters.shared_packets += 1;
-                    out(m.slot, &g.packet);
+                    out(Dest { slot: m.slot, remote: m.remote, leg: m.leg }, &g.packet);
                 }
             }
         }

@@ -256,6 +256,8 @@ pub(super) struct Leg {
     pub last_relayed: Option<(u32, u16, u32, Instant)>,
     /// The recording (and its channel) this leg's incoming media is tapped for.
     pub tap: Option<(u64, u8)>,
+    /// The conference on another core this leg is a member of: (its core, its id).
+    pub remote_conference: Option<(usize, super::conference::ConferenceId)>,
 }
 
 impl Leg {
@@ -286,7 +288,13 @@ impl Leg {
             counters: LegCounters::default(),
             last_relayed: None,
             tap: None,
+            remote_conference: None,
         }
+    }
+
+    /// The conference the leg is a member of, on this core or another.
+    pub fn in_conference(&self) -> Option<super::conference::ConferenceId> {
+        self.conference.or(self.remote_conference.map(|(_, c)| c))
     }
 
     /// The RTP clock of payload type `pt` from this endpoint: its codec's (or telephone-event's)

@@ -95,10 +95,14 @@ pub struct Handoff {
     /// The leg it arrived on, and its core.
     pub from_leg: LegId,
     pub from_core: usize,
-    /// The bridge joining them.
+    /// The bridge joining them (a conference: the conference).
     pub bridge: BridgeId,
     /// RTCP (else RTP).
     pub rtcp: bool,
+    /// Conference media across cores: with `to_leg` 0, member `from_leg`'s RTP for conference
+    /// `bridge` on the receiving core; else the conference's packet for member `to_leg`, to send
+    /// out from its ports.
+    pub conference: bool,
 }
 
 /// A packet the engine made, copied into the driver's buffer by [`Engine::poll_transmit`].
@@ -113,11 +117,20 @@ pub struct Transmit {
 }
 
 /// Work for another core, from [`Engine::poll_cross`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CrossMessage {
     /// This core's half of `bridge` is gone: core `core` must drop its half, on its leg `leg`
     /// ([`Engine::handle_unlink`]).
     Unlink { core: usize, leg: LegId, bridge: BridgeId },
+    /// A conference's packet for member `leg` of core `core`, to go out from that leg's ports
+    /// (as a [`Handoff`] with `conference`).
+    MemberOut { core: usize, leg: LegId, packet: Vec<u8> },
+    /// Leg `leg` of this core, a member of conference `conference` of core `core`, is gone:
+    /// take it out there ([`Engine::remove_member`]).
+    MemberGone { core: usize, conference: ConferenceId, leg: LegId },
+    /// Conference member `leg` of core `core` is no longer in this core's conference (removed,
+    /// or the conference ended): its media stops going there ([`Engine::leave_remote`]).
+    Unjoin { core: usize, leg: LegId },
 }
 
 /// Something the control plane (and the driver) must learn about.
@@ -403,6 +416,9 @@ impl Engine {
     /// its direction and queues the packet for sending ([`poll_transmit`](Self::poll_transmit)).
     /// Returns whether it was queued; otherwise the drop is counted.
     pub fn handle_handoff(&mut self, handoff: &Handoff, packet: &[u8], _now: Instant) -> bool {
+        if handoff.conference {
+            return self.handle_conference_handoff(handoff, packet, _now);
+        }
         let expected = Peer::Remote { core: handoff.from_core, leg: handoff.from_leg };
         let slot = self.by_id.get(&handoff.to_leg).copied();
         let paired = slot.and_then(|s| self.slot(s)).is_some_and(|l| l.peer == Some(expected) && l.bridge == Some(handoff.bridge));
@@ -435,6 +451,58 @@ impl Engine {
                     false
                 }
             },
+            Err(reason) => {
+                self.count_drop(slot, reason);
+                false
+            }
+        }
+    }
+
+    /// Conference media from or for another core (see [`Handoff::conference`]).
+    fn handle_conference_handoff(&mut self, handoff: &Handoff, packet: &[u8], now: Instant) -> bool {
+        if handoff.to_leg == 0 {
+            // A remote member's RTP into the mix.
+            let epoch = *self.epoch.get_or_insert(now);
+            let since = now.saturating_duration_since(epoch);
+            let mixed = RtpPacket::new_checked(packet).ok().and_then(|rtp| {
+                let c = self.conferences.get_mut(&handoff.bridge)?;
+                c.is_remote_member(handoff.from_leg, handoff.from_core).then(|| c.push(handoff.from_leg, &rtp, since))
+            });
+            return match mixed {
+                Some(true) => {
+                    self.counters.packets_consumed += 1;
+                    true
+                }
+                Some(false) => {
+                    self.counters.drops.add(DropReason::Undecodable);
+                    false
+                }
+                None => {
+                    self.counters.drops.add(DropReason::NoRoute);
+                    false
+                }
+            };
+        }
+        // The mix for a member of ours: out from its ports.
+        let Some(slot) = self.by_id.get(&handoff.to_leg).copied().filter(|&s| self.slot(s).is_some_and(|l| l.remote_conference.is_some()))
+        else {
+            self.counters.drops.add(DropReason::NoRoute);
+            return false;
+        };
+        let Some(leg) = self.slot_mut(slot) else { return false };
+        let Some((from_port, to)) = leg.rtp_destination().filter(|_| leg.direction.endpoint_receives()) else {
+            self.count_drop(slot, DropReason::NoRoute);
+            return false;
+        };
+        match self.queue_to(slot, from_port, to, packet, false) {
+            Ok(()) => {
+                if let Some(leg) = self.slot_mut(slot) {
+                    leg.counters.rtp_packets_out += 1;
+                    leg.counters.rtp_bytes_out += packet.len() as u64;
+                }
+                self.counters.packets_forwarded += 1;
+                true
+            }
             Err(reason) => {
                 self.count_drop(slot, reason);
                 false
@@ -655,7 +723,7 @@ impl Engine {
         if let (Some(bridge), true) = (leg.bridge, codec_changes) {
             return Err(CommandError::AlreadyBridged(id, bridge));
         }
-        if let (Some(conference), true) = (leg.conference, codec_changes) {
+        if let (Some(conference), true) = (leg.in_conference(), codec_changes) {
             return Err(CommandError::InConference(id, conference));
         }
         let port = leg.local_port;
@@ -740,7 +808,7 @@ impl Engine {
     pub fn play_rate(&self, id: LegId) -> Result<u32, CommandError> {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
         let leg = self.slot(slot).ok_or(CommandError::NoSuchLeg(id))?;
-        if let Some(conference) = leg.conference {
+        if let Some(conference) = leg.in_conference() {
             return Err(CommandError::InConference(id, conference));
         }
         match (&leg.transcoder, leg.codec) {
@@ -780,7 +848,7 @@ impl Engine {
     /// numbering), which stays for the rest of the bridge.
     fn own_stream(&mut self, id: LegId, now: Instant) -> Result<(usize, LegCodec), CommandError> {
         let slot = *self.by_id.get(&id).ok_or(CommandError::NoSuchLeg(id))?;
-        if let Some(conference) = self.slot(slot).and_then(|l| l.conference) {
+        if let Some(conference) = self.slot(slot).and_then(|l| l.in_conference()) {
             return Err(CommandError::InConference(id, conference));
         }
         let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(id))?;
@@ -885,8 +953,14 @@ impl Engine {
         }
         let legs: Vec<LegId> = c.members.iter().map(|m| m.leg).collect();
         for m in &c.members {
-            if let Some(l) = self.slot_mut(m.slot) {
-                l.conference = None;
+            match m.remote {
+                // A member on another core stops sending here.
+                Some(core) => self.cross.push_back(CrossMessage::Unjoin { core, leg: m.leg }),
+                None => {
+                    if let Some(l) = self.slot_mut(m.slot) {
+                        l.conference = None;
+                    }
+                }
             }
             self.events.push_back(Event::Member { leg: m.leg, conference: id, joined: false });
         }
@@ -900,6 +974,9 @@ impl Engine {
             return Err(CommandError::NoSuchConference(id));
         }
         let slot = self.unbridged_slot(leg)?;
+        if let Some((_, c)) = self.slot(slot).and_then(|l| l.remote_conference) {
+            return Err(CommandError::InConference(leg, c));
+        }
         let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(leg))?;
         // The conference makes the member's stream from now on.
         self.end_generated(slot);
@@ -916,12 +993,56 @@ impl Engine {
         Ok(())
     }
 
-    /// A member's jitter-buffer counters.
+    /// Makes leg `leg` (of a known mono codec, in no bridge or conference) a member of conference
+    /// `conference` on core `core`: its RTP goes there and the mix comes back from there. Returns
+    /// its codec, which that core's [`Engine::add_remote_member`] needs.
+    pub fn join_remote(&mut self, leg: LegId, core: usize, conference: ConferenceId) -> Result<LegCodec, CommandError> {
+        let slot = self.unbridged_slot(leg)?;
+        if let Some(c) = self.slot(slot).and_then(|l| l.conference.or(l.remote_conference.map(|(_, c)| c))) {
+            return Err(CommandError::InConference(leg, c));
+        }
+        let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(leg))?;
+        self.end_generated(slot);
+        if let Some(l) = self.slot_mut(slot) {
+            l.transcoder = None;
+            l.remote_conference = Some((core, conference));
+        }
+        Ok(codec)
+    }
+
+    /// Leg `leg` is no longer a member of a conference on another core; whether it was.
+    pub fn leave_remote(&mut self, leg: LegId) -> bool {
+        let Some(&slot) = self.by_id.get(&leg) else { return false };
+        self.slot_mut(slot).and_then(|l| l.remote_conference.take()).is_some()
+    }
+
+    /// Adds leg `leg` of core `core` (joined with [`Engine::join_remote`] there) to conference
+    /// `id` of this core.
+    pub fn add_remote_member(
+        &mut self,
+        id: ConferenceId,
+        leg: LegId,
+        core: usize,
+        codec: LegCodec,
+        muted: bool,
+        deaf: bool,
+    ) -> Result<(), CommandError> {
+        let (ssrc, seq, ts) = self.stream_start();
+        let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
+        if c.member_mut(leg).is_some() {
+            return Err(CommandError::InConference(leg, id));
+        }
+        c.add_remote(leg, core, &codec, muted, deaf, ssrc, seq, ts)?;
+        self.events.push_back(Event::Member { leg, conference: id, joined: true });
+        Ok(())
+    }
+
     /// A conference's counters (mixing periods, own and shared encodes).
     pub fn conference_counters(&self, id: ConferenceId) -> Option<conference::ConferenceCounters> {
         self.conferences.get(&id).map(|c| c.counters)
     }
 
+    /// A member's jitter-buffer counters.
     pub fn conference_jitter(&self, id: ConferenceId, leg: LegId) -> Option<jitter::JitterCounters> {
         self.conferences.get(&id)?.jitter(leg)
     }
@@ -938,10 +1059,14 @@ impl Engine {
     /// Takes leg `leg` out of conference `id` (it stays, in nothing).
     pub fn remove_member(&mut self, id: ConferenceId, leg: LegId) -> Result<(), CommandError> {
         let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
+        let remote = c.member_mut(leg).and_then(|m| m.remote);
         if !c.remove(leg) {
             return Err(CommandError::NotMember(leg, id));
         }
         self.events.push_back(Event::Member { leg, conference: id, joined: false });
+        if let Some(core) = remote {
+            self.cross.push_back(CrossMessage::Unjoin { core, leg });
+        }
         if let Some(slot) = self.by_id.get(&leg).copied() {
             if let Some(l) = self.slot_mut(slot) {
                 l.conference = None;
@@ -953,7 +1078,7 @@ impl Engine {
     /// Runs the mixing periods that are due (a core more than five periods late skips ahead
     /// rather than bursting).
     fn mix_conferences(&mut self, now: Instant) {
-        let Self { conferences, slots, transmits, spare, events, taps, counters, .. } = self;
+        let Self { conferences, slots, transmits, spare, events, taps, counters, cross, .. } = self;
         for c in conferences.values_mut() {
             let mut ticks = 0;
             while c.next_tick <= now && ticks < 5 {
@@ -961,8 +1086,13 @@ impl Engine {
                 if now.saturating_duration_since(c.next_tick) > MIX_LATE {
                     counters.mix_ticks_late += 1;
                 }
-                c.tick(|slot, packet| {
-                    let Some(leg) = slots.get_mut(slot).and_then(Option::as_mut) else { return };
+                c.tick(|to: conference::Dest, packet| {
+                    if let Some(core) = to.remote {
+                        // A member on another core: that core sends it.
+                        cross.push_back(CrossMessage::MemberOut { core, leg: to.leg, packet: packet.to_vec() });
+                        return;
+                    }
+                    let Some(leg) = slots.get_mut(to.slot).and_then(Option::as_mut) else { return };
                     let Some((from_port, to)) = leg.rtp_destination().filter(|_| leg.direction.endpoint_receives()) else { return };
                     match push_transmit(transmits, spare, leg.srtp.as_deref_mut(), from_port, to, packet, false) {
                         Ok(()) => {
@@ -1071,6 +1201,9 @@ impl Engine {
             }
         }
         let leg = self.slots[slot].take().ok_or(CommandError::NoSuchLeg(id))?;
+        if let Some((core, conference)) = leg.remote_conference {
+            self.cross.push_back(CrossMessage::MemberGone { core, conference, leg: id });
+        }
         if let Some((recording, channel)) = leg.tap {
             self.taps.push_back(Tap::Ended { recording, channel });
         }
@@ -1324,6 +1457,24 @@ impl Engine {
             }
         }
         let (leg_id, bridge, peer) = (leg.id, leg.bridge.unwrap_or_default(), leg.peer);
+        if let Some((core, conference)) = leg.remote_conference {
+            // A member of a conference on another core: its RTP goes there, its RTCP ends here.
+            return if is_rtcp {
+                Verdict::Consumed
+            } else {
+                Verdict::Handoff {
+                    core,
+                    handoff: Handoff {
+                        to_leg: 0,
+                        from_leg: leg_id,
+                        from_core: self.config.core,
+                        bridge: conference,
+                        rtcp: false,
+                        conference: true,
+                    },
+                }
+            };
+        }
         if let Some(conference) = leg.conference {
             // A member's media goes into the mix; its RTCP ends here.
             let since = now.saturating_duration_since(epoch);
@@ -1357,9 +1508,10 @@ impl Engine {
                 },
                 Err(reason) => self.drop_on(slot, reason),
             },
-            Some(Peer::Remote { core, leg: to_leg }) => {
-                Verdict::Handoff { core, handoff: Handoff { to_leg, from_leg: leg_id, from_core: self.config.core, bridge, rtcp: is_rtcp } }
-            }
+            Some(Peer::Remote { core, leg: to_leg }) => Verdict::Handoff {
+                core,
+                handoff: Handoff { to_leg, from_leg: leg_id, from_core: self.config.core, bridge, rtcp: is_rtcp, conference: false },
+            },
         }
     }
 
@@ -1491,7 +1643,7 @@ impl Engine {
         if let Some(existing) = self.slot(slot).and_then(|l| l.bridge) {
             return Err(CommandError::AlreadyBridged(id, existing));
         }
-        if let Some(conference) = self.slot(slot).and_then(|l| l.conference) {
+        if let Some(conference) = self.slot(slot).and_then(|l| l.in_conference()) {
             return Err(CommandError::InConference(id, conference));
         }
         Ok(slot)

@@ -199,13 +199,13 @@ fn handoff_for_a_leg_no_longer_paired_is_dropped_and_counted() {
     let mut h = Harness::with_cores(cfg(), Link::default(), 1, 2);
     cross_core_call(&mut h, b);
     let now = h.now();
-    let stale = Handoff { to_leg: 2, from_leg: 1, from_core: 0, bridge: 8, rtcp: false };
+    let stale = Handoff { to_leg: 2, from_leg: 1, from_core: 0, bridge: 8, rtcp: false, conference: false };
     assert!(!h.core(1).handle_handoff(&stale, &rtp(1), now), "wrong bridge id");
-    let stranger = Handoff { to_leg: 2, from_leg: 5, from_core: 0, bridge: 9, rtcp: false };
+    let stranger = Handoff { to_leg: 2, from_leg: 5, from_core: 0, bridge: 9, rtcp: false, conference: false };
     assert!(!h.core(1).handle_handoff(&stranger, &rtp(1), now), "not the paired leg");
     assert_eq!(h.core(1).counters().drops.no_route, 2);
     assert!(!h.core(1).has_transmit());
-    let good = Handoff { to_leg: 2, from_leg: 1, from_core: 0, bridge: 9, rtcp: false };
+    let good = Handoff { to_leg: 2, from_leg: 1, from_core: 0, bridge: 9, rtcp: false, conference: false };
     assert!(h.core(1).handle_handoff(&good, &rtp(1), now));
     let mut buf = [0u8; MAX_TRANSMIT];
     let t = h.core(1).poll_transmit(&mut buf).expect("queued");
@@ -219,7 +219,7 @@ fn full_transmit_queue_drops_as_queue_full_without_growing() {
     let now = Harness::new(cfg(), Link::default(), 1).now(); // a virtual epoch
     e.create_leg(2, B_PORT, LegSpec { remote: Remote::locked(b), ..Default::default() }, now).unwrap();
     e.link_remote(9, 2, 0, 1, None, false).unwrap();
-    let h = Handoff { to_leg: 2, from_leg: 1, from_core: 0, bridge: 9, rtcp: false };
+    let h = Handoff { to_leg: 2, from_leg: 1, from_core: 0, bridge: 9, rtcp: false, conference: false };
     for _ in 0..TRANSMIT_QUEUE + 5 {
         let _ = e.handle_handoff(&h, &rtp(1), now);
     }
@@ -1001,4 +1001,67 @@ fn listeners_of_one_codec_share_one_encode_under_their_own_headers_and_a_talker_
     let own = tone_power(&pcm, 8000, 1700.0);
     assert!(tone_power(&pcm, 8000, 440.0) > 1000.0 * own.max(1.0), "the new talker hears the others ({own:.0} of its own)");
     assert!(seqs(&got).windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "its stream goes on across the switch");
+}
+
+#[test]
+fn a_member_on_another_core_is_mixed_through_the_cores_queues_and_leaves_when_its_leg_goes() {
+    use media_codecs::{CodecKind, CodecParams};
+    let mut h = Harness::with_cores(cfg(), Link::default(), 1, 2);
+    let now = h.now();
+    // The conference and member 1 on core 0; member 2 on core 1.
+    let (ep1, ep2) = (addr("10.0.2.1:4000"), addr("10.0.2.2:4000"));
+    let spec = |ep| LegSpec { remote: Remote::locked(ep), codec: Some(leg_codec(0, CodecKind::Pcmu, 8000)), ..Default::default() };
+    h.core(0).create_conference(80, 8000, now).unwrap();
+    h.core(0).create_leg(1, 30_000, spec(ep1), now).unwrap();
+    h.core(0).add_member(80, 1, false, false).unwrap();
+    h.core(1).create_leg((1 << 56) | 2, 40_000, spec(ep2), now).unwrap();
+    let remote = (1u64 << 56) | 2;
+    let codec = h.core(1).join_remote(remote, 0, 80).unwrap();
+    h.core(0).add_remote_member(80, remote, 1, codec, false, false).unwrap();
+    assert_eq!(h.core(1).join_remote(remote, 0, 80), Err(CommandError::InConference(remote, 80)), "a leg joins once");
+    let params = CodecParams::new(CodecKind::Pcmu, 8000);
+    let tones = [media_codecs::signal::sine(8000, 440.0, 2.0, 6000.0), media_codecs::signal::sine(8000, 1300.0, 2.0, 6000.0)];
+    let mut encoders: Vec<_> = (0..2).map(|_| media_codecs::encoder(&params).unwrap()).collect();
+    for k in 0..60 {
+        for (i, (ep, port)) in [(ep1, 30_000u16), (ep2, 40_000)].into_iter().enumerate() {
+            let mut p = vec![0u8; 12];
+            write_rtp_header(&mut p, 0, k as u16, (k * 160) as u32, 0x300 + i as u32).unwrap();
+            encoders[i].encode(&tones[i][k * 160..(k + 1) * 160], &mut p).unwrap();
+            h.send(ep, port, &p);
+        }
+        h.advance(Duration::from_millis(20));
+    }
+    let heard = |h: &mut Harness, ep: SocketAddr, from_port: u16| -> Vec<i16> {
+        let mut dec = media_codecs::decoder(&params).unwrap();
+        let mut pcm = Vec::new();
+        for r in h.take_inbox(ep) {
+            assert_eq!(r.from_port, from_port, "the mix leaves from the member's own port");
+            dec.decode(&r.bytes[12..], &mut pcm).unwrap();
+        }
+        pcm
+    };
+    let (at1, at2) = (heard(&mut h, ep1, 30_000), heard(&mut h, ep2, 40_000));
+    assert!(at2.len() >= 40 * 160, "the remote member gets the mix: {} samples", at2.len());
+    assert!(
+        tone_power(&at1[1600..], 8000, 1300.0) > 1000.0 * tone_power(&at1[1600..], 8000, 440.0).max(1.0),
+        "member 1 hears the remote member, not itself"
+    );
+    assert!(
+        tone_power(&at2[1600..], 8000, 440.0) > 1000.0 * tone_power(&at2[1600..], 8000, 1300.0).max(1.0),
+        "the remote member hears member 1, not itself"
+    );
+    // Deleting the remote leg takes it out of the conference on the other core.
+    h.take_events();
+    h.core(1).delete_leg(remote, now).unwrap();
+    h.advance(Duration::from_millis(20));
+    assert!(h.take_events().contains(&Event::Member { leg: remote, conference: 80, joined: false }));
+    assert_eq!(h.core(0).remove_member(80, remote), Err(CommandError::NotMember(remote, 80)));
+    // Ending the conference lets a remote member's leg go free.
+    h.core(1).create_leg((1 << 56) | 3, 40_002, spec(ep2), now).unwrap();
+    let third = (1u64 << 56) | 3;
+    let codec = h.core(1).join_remote(third, 0, 80).unwrap();
+    h.core(0).add_remote_member(80, third, 1, codec, false, false).unwrap();
+    h.core(0).delete_conference(80).unwrap();
+    h.advance(Duration::from_millis(20));
+    assert!(!h.core(1).leave_remote(third), "the conference's end unjoined it");
 }

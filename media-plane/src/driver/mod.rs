@@ -76,6 +76,28 @@ pub enum Command {
         recording: u64,
         reply: Reply<u32>,
     },
+    /// Makes a leg of this core a member of a conference on core `core`; replies with its codec.
+    JoinRemote {
+        leg: LegId,
+        core: usize,
+        conference: u64,
+        reply: Reply<LegCodec>,
+    },
+    /// The leg is no longer a member of a conference on another core.
+    LeaveRemote {
+        leg: LegId,
+        reply: Reply<bool>,
+    },
+    /// Adds leg `leg` of core `core` (joined there) to this core's conference.
+    AddRemoteMember {
+        conference: u64,
+        leg: LegId,
+        core: usize,
+        codec: LegCodec,
+        muted: bool,
+        deaf: bool,
+        reply: Reply<()>,
+    },
     /// Stops a recording's taps on this core; replies with how many there were.
     StopRecording {
         recording: u64,
@@ -247,6 +269,10 @@ pub enum CrossPacket {
     Peer { handoff: Handoff, payload: Vec<u8> },
     /// Drop your half of a cross-core bridge (the engine's `CrossMessage::Unlink`).
     Unlink { leg: LegId, bridge: BridgeId },
+    /// Your conference's member `leg` (of the sending core) is gone.
+    MemberGone { conference: u64, leg: LegId },
+    /// Your leg `leg` is no longer in the sending core's conference.
+    Unjoin { leg: LegId },
 }
 
 /// Packets waiting in each core's cross-core queue before more are dropped (`handoff_full`).
@@ -527,6 +553,16 @@ impl CoreState {
                     };
                     let _ = reply.send(r.map_err(CoreError::from));
                 }
+                Command::JoinRemote { leg, core, conference, reply } => {
+                    let _ = reply.send(self.engine.join_remote(leg, core, conference).map_err(CoreError::from));
+                }
+                Command::LeaveRemote { leg, reply } => {
+                    let _ = reply.send(Ok(self.engine.leave_remote(leg)));
+                }
+                Command::AddRemoteMember { conference, leg, core, codec, muted, deaf, reply } => {
+                    let r = self.engine.add_remote_member(conference, leg, core, codec, muted, deaf);
+                    let _ = reply.send(r.map_err(CoreError::from));
+                }
                 Command::RemoveMember { conference, leg, reply } => {
                     let _ = reply.send(self.engine.remove_member(conference, leg).map_err(CoreError::from));
                 }
@@ -591,10 +627,39 @@ impl CoreState {
             // No subscriber is not an error: events are for whoever listens.
             let _ = self.events.send((self.core, ev));
         }
-        while let Some(CrossMessage::Unlink { core, leg, bridge }) = self.engine.poll_cross() {
-            if !self.cross.send(core, CrossPacket::Unlink { leg, bridge }, &mut self.driver) {
-                // The far half stays until its own leg goes; its packets to us are dropped as no_route.
-                tracing::warn!(core = self.core, peer_core = core, bridge, "could not tell the other core to drop its bridge half");
+        while let Some(m) = self.engine.poll_cross() {
+            match m {
+                CrossMessage::Unlink { core, leg, bridge } => {
+                    if !self.cross.send(core, CrossPacket::Unlink { leg, bridge }, &mut self.driver) {
+                        // The far half stays until its own leg goes; its packets to us are dropped as no_route.
+                        tracing::warn!(core = self.core, peer_core = core, bridge, "could not tell the other core to drop its bridge half");
+                    }
+                }
+                CrossMessage::MemberOut { core, leg, packet } => {
+                    // A full queue is a counted drop (handoff_full), like any hand-off.
+                    let handoff = Handoff { to_leg: leg, from_leg: 0, from_core: self.core, bridge: 0, rtcp: false, conference: true };
+                    self.cross.send(core, CrossPacket::Peer { handoff, payload: packet }, &mut self.driver);
+                }
+                CrossMessage::MemberGone { core, conference, leg } => {
+                    if !self.cross.send(core, CrossPacket::MemberGone { conference, leg }, &mut self.driver) {
+                        tracing::warn!(
+                            core = self.core,
+                            peer_core = core,
+                            leg,
+                            "could not tell the conference's core that its member left"
+                        );
+                    }
+                }
+                CrossMessage::Unjoin { core, leg } => {
+                    if !self.cross.send(core, CrossPacket::Unjoin { leg }, &mut self.driver) {
+                        tracing::warn!(
+                            core = self.core,
+                            peer_core = core,
+                            leg,
+                            "could not tell a member's core that its conference let it go"
+                        );
+                    }
+                }
             }
         }
     }
@@ -622,6 +687,12 @@ impl CoreState {
                     let _ = self.engine.handle_handoff(&handoff, &payload, now);
                 }
                 CrossPacket::Unlink { leg, bridge } => self.engine.handle_unlink(leg, bridge),
+                CrossPacket::MemberGone { conference, leg } => {
+                    let _ = self.engine.remove_member(conference, leg);
+                }
+                CrossPacket::Unjoin { leg } => {
+                    self.engine.leave_remote(leg);
+                }
                 CrossPacket::Port { dst_port, src, payload } => {
                     self.driver.handoff_in += 1;
                     port_packet(self, dst_port, src, &payload);
