@@ -867,7 +867,7 @@ impl v1::media_plane_server::MediaPlane for MediaService {
         let channels = if conference { 1 } else { r.leg_ids.len() as u8 };
         let rate = if r.rate != 0 { r.rate } else { recording_rate(rates.into_iter()) };
         if failure.is_none() {
-            if let Err(why) = self.inner.recorder.start(id, r.file.clone(), channels, rate).await {
+            if let Err(why) = self.inner.recorder.start(id, r.file.clone(), channels, rate, r.pcap && !conference).await {
                 failure = Some(Status::failed_precondition(format!("file: {why}")));
             }
         }

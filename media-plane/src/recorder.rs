@@ -44,6 +44,7 @@ pub enum Message {
     Start {
         recording: u64,
         file: String,
+        pcap: bool,
         channels: u8,
         rate: u32,
         reply: oneshot::Sender<Result<(), String>>,
@@ -71,9 +72,9 @@ impl RecorderHandle {
         }
     }
 
-    pub async fn start(&self, recording: u64, file: String, channels: u8, rate: u32) -> Result<(), String> {
+    pub async fn start(&self, recording: u64, file: String, channels: u8, rate: u32, pcap: bool) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Message::Start { recording, file, channels, rate, reply }).map_err(|_| "the recorder has stopped".to_owned())?;
+        self.tx.send(Message::Start { recording, file, channels, rate, pcap, reply }).map_err(|_| "the recorder has stopped".to_owned())?;
         rx.await.map_err(|_| "the recorder has stopped".to_owned())?
     }
 
@@ -112,6 +113,8 @@ struct Active {
     last_write: Instant,
     last_header: Instant,
     samples: Vec<i16>,
+    /// The legs' RTP as pcap, if asked for.
+    pcap: Option<BufWriter<File>>,
 }
 
 /// Starts the recorder thread, writing under `dir`; recordings that end are announced on
@@ -132,9 +135,17 @@ fn run(dir: &Path, rx: &Receiver<Message>, events: &broadcast::Sender<CoreEvent>
         let msg = rx.recv_timeout(WRITE_EVERY);
         let now = Instant::now();
         match msg {
-            Ok(Message::Tap(tap, at)) => on_tap(&mut active, tap, at, events),
-            Ok(Message::Start { recording, file, channels, rate, reply }) => {
-                let _ = reply.send(open(dir, &file, channels, rate, now).map(|a| {
+            Ok(Message::Tap(tap, at)) => {
+                if let Some((id, e)) = on_tap(&mut active, tap, at, events) {
+                    if let Some(a) = active.remove(&id) {
+                        tracing::warn!(recording = id, file = %a.file, error = %e, "recording stopped: pcap write failed");
+                        stop_taps(id);
+                        announce(events, finish(id, a, format!("write failed: {e}")));
+                    }
+                }
+            }
+            Ok(Message::Start { recording, file, channels, rate, pcap, reply }) => {
+                let _ = reply.send(open(dir, &file, channels, rate, pcap, now).map(|a| {
                     active.insert(recording, a);
                 }));
             }
@@ -183,11 +194,17 @@ fn run(dir: &Path, rx: &Receiver<Message>, events: &broadcast::Sender<CoreEvent>
     }
 }
 
-fn on_tap(active: &mut HashMap<u64, Active>, tap: Tap, at: Instant, events: &broadcast::Sender<CoreEvent>) {
+/// Takes one tap in; a recording whose pcap could not be written is returned with the error.
+fn on_tap(active: &mut HashMap<u64, Active>, tap: Tap, at: Instant, events: &broadcast::Sender<CoreEvent>) -> Option<(u64, String)> {
     match tap {
         Tap::Rtp { recording, channel, codec, packet } => {
             if let Some(a) = active.get_mut(&recording) {
                 a.recording.push_rtp(channel, codec, &packet, at.saturating_duration_since(a.started));
+                if let Some(p) = &mut a.pcap {
+                    if let Err(e) = write_pcap_record(p, channel, &packet) {
+                        return Some((recording, e.to_string()));
+                    }
+                }
             }
         }
         Tap::Pcm { recording, channel, rate, pcm } => {
@@ -209,6 +226,50 @@ fn on_tap(active: &mut HashMap<u64, Active>, tap: Tap, at: Instant, events: &bro
             }
         }
     }
+    None
+}
+
+/// The pcap file's global header: raw IPv4 packets (link type 101), microsecond times.
+fn pcap_header() -> [u8; 24] {
+    let mut h = [0u8; 24];
+    h[0..4].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    h[4..6].copy_from_slice(&2u16.to_le_bytes());
+    h[6..8].copy_from_slice(&4u16.to_le_bytes());
+    h[16..20].copy_from_slice(&65_535u32.to_le_bytes());
+    h[20..24].copy_from_slice(&101u32.to_le_bytes());
+    h
+}
+
+/// One RTP packet of `channel` as a pcap record: IPv4/UDP from 10.0.0.(channel+1):(5000+2
+/// channel) to 10.0.0.254:6000, stamped with the wall clock.
+fn write_pcap_record(out: &mut BufWriter<File>, channel: u8, rtp: &[u8]) -> std::io::Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let len = 28 + rtp.len();
+    let Ok(total) = u16::try_from(len) else { return Ok(()) };
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 0, 0, channel.saturating_add(1)]);
+    ip[16..20].copy_from_slice(&[10, 0, 0, 254]);
+    let sum: u32 = ip.chunks_exact(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    let mut udp = [0u8; 8];
+    udp[0..2].copy_from_slice(&(5000 + 2 * u16::from(channel)).to_be_bytes());
+    udp[2..4].copy_from_slice(&6000u16.to_be_bytes());
+    udp[4..6].copy_from_slice(&(total - 20).to_be_bytes());
+    let mut rec = [0u8; 16];
+    rec[0..4].copy_from_slice(&(now.as_secs() as u32).to_le_bytes());
+    rec[4..8].copy_from_slice(&now.subsec_micros().to_le_bytes());
+    rec[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    rec[12..16].copy_from_slice(&(len as u32).to_le_bytes());
+    out.write_all(&rec)?;
+    out.write_all(&ip)?;
+    out.write_all(&udp)?;
+    out.write_all(rtp)
 }
 
 fn announce(events: &broadcast::Sender<CoreEvent>, summary: RecordingSummary) {
@@ -217,7 +278,7 @@ fn announce(events: &broadcast::Sender<CoreEvent>, summary: RecordingSummary) {
 }
 
 /// Opens a new file (never an existing one) with an empty header.
-fn open(dir: &Path, file: &str, channels: u8, rate: u32, now: Instant) -> Result<Active, String> {
+fn open(dir: &Path, file: &str, channels: u8, rate: u32, pcap: bool, now: Instant) -> Result<Active, String> {
     let recording = Recording::new(channels, rate).ok_or_else(|| format!("{channels} channels at {rate} Hz cannot be recorded"))?;
     let path = dir.join(file);
     if let Some(parent) = path.parent() {
@@ -226,7 +287,18 @@ fn open(dir: &Path, file: &str, channels: u8, rate: u32, now: Instant) -> Result
     let f = File::options().write(true).create_new(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = BufWriter::with_capacity(64 * 1024, f);
     out.write_all(&header(channels, rate, 0)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pcap = match pcap {
+        false => None,
+        true => {
+            let path = path.with_extension("pcap");
+            let f = File::options().write(true).create_new(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut p = BufWriter::with_capacity(64 * 1024, f);
+            p.write_all(&pcap_header()).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(p)
+        }
+    };
     Ok(Active {
+        pcap,
         recording,
         file: file.to_owned(),
         out,
@@ -270,8 +342,11 @@ fn write_samples(out: &mut BufWriter<File>, samples: &[i16]) -> Result<(), Strin
     out.write_all(&bytes).map_err(|e| e.to_string())
 }
 
-/// Flushes and rewrites the header's sizes for the frames written so far.
+/// Flushes and rewrites the header's sizes for the frames written so far (and flushes the pcap).
 fn update_header(a: &mut Active) -> Result<(), String> {
+    if let Some(p) = &mut a.pcap {
+        p.flush().map_err(|e| e.to_string())?;
+    }
     a.out.flush().map_err(|e| e.to_string())?;
     let f = a.out.get_mut();
     let h = header(a.recording.channel_count(), a.recording.rate(), a.frames);

@@ -93,7 +93,12 @@ async fn a_bridge_is_recorded_one_party_per_channel_and_the_file_is_complete_aft
     assert!(!dir.join("x.wav").exists(), "a refused recording writes nothing");
 
     let r = c
-        .start_recording(v1::StartRecordingRequest { leg_ids: vec![a.id, b.id], file: "calls/one.wav".into(), ..Default::default() })
+        .start_recording(v1::StartRecordingRequest {
+            leg_ids: vec![a.id, b.id],
+            file: "calls/one.wav".into(),
+            pcap: true,
+            ..Default::default()
+        })
         .await
         .expect("StartRecording")
         .into_inner();
@@ -123,6 +128,19 @@ async fn a_bridge_is_recorded_one_party_per_channel_and_the_file_is_complete_aft
     assert!(tone_power(left, 8000, 440.0) > 100.0 * tone_power(left, 8000, 1000.0), "channel 0 is the first leg's party");
     assert!(tone_power(right, 8000, 1000.0) > 100.0 * tone_power(right, 8000, 440.0), "channel 1 is the second leg's");
     assert!(c.stop_recording(v1::StopRecordingRequest { recording_id: r.recording_id }).await.is_err(), "stopped once");
+    // The pcap beside it: every RTP packet of both parties, in raw IPv4/UDP, channel by source.
+    let pcap = std::fs::read(dir.join("calls/one.pcap")).expect("the pcap file");
+    assert_eq!(&pcap[..4], &0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    let (mut at, mut per_source) = (24, std::collections::HashMap::new());
+    while at + 16 <= pcap.len() {
+        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        let packet = &pcap[at + 16..at + 16 + len];
+        assert_eq!((packet[0], packet[9], packet[28] >> 6), (0x45, 17, 2), "IPv4, UDP, RTP version 2");
+        *per_source.entry(packet[15]).or_insert(0) += 1;
+        at += 16 + len;
+    }
+    assert_eq!(at, pcap.len(), "whole records");
+    assert_eq!((per_source.get(&1), per_source.get(&2)), (Some(&50), Some(&50)), "{per_source:?}");
     let relayed = leg_stats(&mut c, b.id).await.expect("leg b").rtp_packets_out;
     assert_eq!(relayed, 50, "recording did not disturb the relay");
     let _ = std::fs::remove_dir_all(&dir);
