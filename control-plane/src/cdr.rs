@@ -1,6 +1,7 @@
 //! Call detail records from an ended call: one for the call and one per leg (the caller's side
-//! "a", the called side "b"), the called side and the call rated by the destination's rate.
-//! Pure: the server writes them to the store.
+//! "a", the called side "b"). A call that went out through a trunk is rated by the number dialled
+//! there (the called side and the call carry the cost; export the "call" rows to bill). Calls
+//! between phones are recorded, not rated. Pure: the server writes them to the store.
 
 use crate::b2bua::CallRecord;
 use crate::rating::RateTable;
@@ -18,12 +19,9 @@ pub fn destination(uri: &str) -> String {
 
 /// The records of `call`, rated with `rates` (in `currency`).
 pub fn records(call: &CallRecord, rates: &RateTable, currency: &str) -> Vec<Cdr> {
-    let destination = destination(&call.callee);
-    let rate = if destination.chars().all(|c| c.is_ascii_digit()) && !destination.is_empty() {
-        rates.lookup(&destination, RateTable::minute_of_day(call.started_ms))
-    } else {
-        None
-    };
+    let destination = destination(call.trunk_number.as_deref().unwrap_or(&call.callee));
+    let rated = call.trunk_number.is_some() && !destination.is_empty() && destination.chars().all(|c| c.is_ascii_digit());
+    let rate = if rated { rates.lookup(&destination, RateTable::minute_of_day(call.started_ms)) } else { None };
     let charge = rate.map(|r| r.charge(call.duration_ms));
     let base = Cdr {
         call: call.call,
@@ -93,6 +91,7 @@ mod tests {
             caller: "sip:alice@sip.test".into(),
             callee: callee.into(),
             answered_by: Some("sip:+442071234567@trunk.example".into()),
+            trunk_number: Some(callee.trim_start_matches("sip:").split('@').next().unwrap_or_default().to_owned()),
             started_ms: 1_800_000_000_000 + 12 * 3_600_000,
             answered_ms: if duration_ms > 0 { 1_800_000_000_000 + 12 * 3_600_000 + 2_000 } else { 0 },
             ended_ms: 1_800_000_000_000 + 12 * 3_600_000 + 2_000 + duration_ms,
@@ -128,6 +127,9 @@ mod tests {
         assert_eq!((unanswered[0].cost, unanswered[0].status, unanswered[0].cause.as_str()), (0, 486, "failed"));
         let unrated = records(&call("sip:bob@sip.test", 30_000), &rates(), "EUR");
         assert_eq!((unrated[0].cost, unrated[0].rate_prefix.as_str(), unrated[0].duration_ms), (0, "", 30_000));
+        // A call between phones, to an all-digit extension, is not rated: only trunk calls are.
+        let internal = records(&CallRecord { trunk_number: None, ..call("sip:4420@sip.test", 30_000) }, &rates(), "EUR");
+        assert_eq!((internal[0].cost, internal[0].rate_prefix.as_str()), (0, ""));
     }
 
     #[test]

@@ -136,6 +136,9 @@ impl RateTable {
                         .ok_or_else(|| err(field, format!("{v:?} is not 1-3600 seconds"))),
                 }
             };
+            if get(1).is_empty() {
+                return Err(err("per_minute", "missing (a line without a price would make calls free)".into()));
+            }
             rates.push(Rate {
                 prefix: prefix.to_owned(),
                 per_minute: parse_amount(get(1)).map_err(|w| err("per_minute", w))?,
@@ -304,6 +307,7 @@ mod tests {
         assert_eq!(format_amount(12_300), "0.012300");
         let bad = |line: &str| RateTable::from_csv(&format!("header\n{line}")).unwrap_err();
         assert_eq!(bad("44x,0.1").field, "prefix");
+        assert_eq!(bad("4420").field, "per_minute", "no price is no line");
         assert_eq!(bad("44,abc").field, "per_minute");
         assert_eq!(bad("44,0.1,z").field, "connect_fee");
         assert_eq!(bad("44,0.1,0,0").field, "initial");

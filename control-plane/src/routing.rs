@@ -46,6 +46,8 @@ pub struct Branch {
     pub route: Vec<String>,
     /// What to answer its digest challenge with (trunks).
     pub credentials: Option<TrunkCredentials>,
+    /// Out through a `[[route]]` (a trunk): the call is rated by the number dialled there.
+    pub trunk: bool,
 }
 
 /// Branches rung together, and how long they may ring.
@@ -394,8 +396,13 @@ fn destination(user: &str, domain: &str, ctx: &mut Ctx<'_>) -> Result<Target, Re
                 Some(rsip::Transport::Tcp) => Peer::tcp(addr),
                 _ => Peer::udp(addr),
             };
-            let branch =
-                Branch { target: format!("sip:{rewritten}@{addr}"), peer, route: Vec::new(), credentials: route.credentials.clone() };
+            let branch = Branch {
+                target: format!("sip:{rewritten}@{addr}"),
+                peer,
+                route: Vec::new(),
+                credentials: route.credentials.clone(),
+                trunk: true,
+            };
             Ok(Target::Branch(branch, route.caller_id))
         }
         Destination::Local => Ok(Target::Subscriber(format!("{}@{}", route.rewrite(user), domain.to_ascii_lowercase()))),
@@ -414,7 +421,7 @@ fn resolve(target: &str, ctx: &mut Ctx<'_>) -> Result<Target, Refusal> {
         let uri = rsip::Uri::try_from(target).map_err(|_| Refusal::NotFound)?;
         let ip: IpAddr = uri.host_with_port.host.to_string().parse().map_err(|_| Refusal::NotFound)?;
         let addr = SocketAddr::new(ip, uri.host_with_port.port.map(|p| *p.value()).unwrap_or(5060));
-        let branch = Branch { target: target.to_owned(), peer: Peer::udp(addr), route: Vec::new(), credentials: None };
+        let branch = Branch { target: target.to_owned(), peer: Peer::udp(addr), route: Vec::new(), credentials: None, trunk: false };
         return Ok(Target::Branch(branch, CallerIdPolicy::Passthrough));
     }
     destination(target, &first_domain, ctx)
@@ -596,7 +603,7 @@ fn contact_branches(registrar: &Registrar, aor: &str, now_unix: u64) -> Vec<Bran
     registrar
         .lookup(aor, now_unix)
         .into_iter()
-        .map(|b| Branch { target: b.contact, peer: b.flow, route: b.path, credentials: None })
+        .map(|b| Branch { target: b.contact, peer: b.flow, route: b.path, credentials: None, trunk: false })
         .collect()
 }
 

@@ -1467,6 +1467,11 @@ fn an_attended_transfer_joins_the_held_caller_to_the_consulted_party_and_folds_t
     assert_eq!(w.core.active_calls(), 0);
     assert!(w.media.contains(&MediaRequest::Release { legs: vec![11, 22] }), "{:?}", w.media);
     assert_eq!(w.core.dialogs(), 0, "no Call-ID of either call is left behind");
+    // Both calls left their detail records: the consultation call as transferred, the joined
+    // call as completed.
+    let cdrs = w.store.cdrs(0).expect("cdrs");
+    let causes: Vec<(&str, &str)> = cdrs.iter().filter(|c| c.leg == "call").map(|c| (c.sip_call_id.as_str(), c.cause.as_str())).collect();
+    assert_eq!(causes, [("call2", "transferred"), ("call1", "completed")], "{cdrs:?}");
 }
 
 #[test]

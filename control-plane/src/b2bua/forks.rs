@@ -111,6 +111,7 @@ impl B2bua {
                 credentials: branch.credentials,
                 auth_tried: false,
                 redirects: Vec::new(),
+                trunk: branch.trunk,
             });
             let side = if call.state == State::Originating { Side::A } else { Side::B };
             self.by_call_id.insert(call_id, (id, side));

@@ -147,6 +147,9 @@ pub struct CallRecord {
     pub callee: String,
     /// Where the answering fork's INVITE went (a phone's contact, a trunk), if one answered.
     pub answered_by: Option<String>,
+    /// The number dialled out through a trunk, when the answering (or last) fork went out
+    /// through one: what the call is rated by. Calls between phones are not rated.
+    pub trunk_number: Option<String>,
     /// UNIX milliseconds: set up, answered (0: never), ended.
     pub started_ms: u64,
     pub answered_ms: u64,
@@ -415,6 +418,8 @@ struct Fork {
     auth_tried: bool,
     /// The Contacts of its 3xx.
     redirects: Vec<String>,
+    /// Sent out through a trunk (the call is rated by its number).
+    trunk: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1270,23 +1275,33 @@ impl B2bua {
             }
         }
         self.by_invite.remove(&call.invite_a_key);
-        let ms = |n: &Now| n.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let record = CallRecord {
-            call: id,
-            sip_call_id: call.a.call_id.clone(),
-            caller: call.caller_uri.clone(),
-            callee: call.callee_uri.clone(),
-            answered_by: call.winner.and_then(|w| call.forks.get(w)).map(|f| f.invite.uri.to_string()),
-            started_ms: ms(&call.started),
-            answered_ms: call.answered.as_ref().map_or(0, ms),
-            ended_ms: ms(&now),
-            duration_ms,
-            status,
-            cause,
-            originated: call.originated,
-        };
+        let record = call_record(id, &call, &now, status, cause, duration_ms);
         self.events.push_back(CallEvent::Ended(Box::new(record)));
         self.update(id, UpdateKind::Ended { status, cause, duration_ms });
+    }
+}
+
+/// The detail record of call `id`, ended at `now`.
+fn call_record(id: u64, call: &Call, now: &Now, status: u16, cause: &'static str, duration_ms: u64) -> CallRecord {
+    let ms = |n: &Now| n.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    // The fork that answered, else the last one tried (an unanswered call out through a trunk
+    // is recorded as such, at no cost).
+    let fork = call.winner.and_then(|w| call.forks.get(w)).or_else(|| call.forks.last());
+    let trunk_number = fork.filter(|f| f.trunk).map(|f| f.invite.uri.auth.as_ref().map(|a| a.user.clone()).unwrap_or_default());
+    CallRecord {
+        call: id,
+        sip_call_id: call.a.call_id.clone(),
+        caller: call.caller_uri.clone(),
+        callee: call.callee_uri.clone(),
+        answered_by: call.winner.and_then(|w| call.forks.get(w)).map(|f| f.invite.uri.to_string()),
+        trunk_number,
+        started_ms: ms(&call.started),
+        answered_ms: call.answered.as_ref().map_or(0, ms),
+        ended_ms: ms(now),
+        duration_ms,
+        status,
+        cause,
+        originated: call.originated,
     }
 }
 

@@ -514,6 +514,7 @@ impl B2bua {
                     credentials: None,
                     auth_tried: true,
                     redirects: Vec::new(),
+                    trunk: fork.trunk,
                 });
                 if transferor == Side::B {
                     call.winner = Some(call.forks.len() - 1);
@@ -534,6 +535,12 @@ impl B2bua {
         }
         self.by_call_id.insert(target_call_id, (id, transferor));
         self.by_call_id.insert(transferor_call_id, (id, transferor));
-        self.update(other, UpdateKind::Ended { status: 200, cause: "transferred", duration_ms: 0 });
+        // The consultation call ends here, folded into this one: its own records (the target's
+        // talk time from now on is this call's).
+        let now = self.clock.unwrap_or(second.started);
+        let duration_ms = second.answered.map_or(0, |a| now.instant.saturating_duration_since(a.instant).as_millis() as u64);
+        let record = super::call_record(other, &second, &now, 200, "transferred", duration_ms);
+        self.events.push_back(CallEvent::Ended(Box::new(record)));
+        self.update(other, UpdateKind::Ended { status: 200, cause: "transferred", duration_ms });
     }
 }
