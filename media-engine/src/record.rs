@@ -28,6 +28,8 @@ use crate::wire::RtpPacket;
 pub const HOLD: Duration = Duration::from_millis(400);
 /// A channel whose timestamps stray this far from its arrival times is re-anchored.
 pub const RESYNC: Duration = Duration::from_secs(1);
+/// Packets in a row far behind a stream's newest before it counts as restarted.
+const BEHIND_RESTART: u32 = 10;
 /// Rates a recording can be written at.
 pub const RATES: [u32; 3] = [8000, 16_000, 48_000];
 
@@ -67,8 +69,11 @@ struct Channel {
     resampler: Option<(u32, Resampler)>,
     /// (extended timestamp of the anchor packet, file position it was placed at, RTP clock).
     anchor: Option<(i64, i64, u32)>,
-    /// The last timestamp, extended over wrap-arounds.
+    /// The last timestamp, extended over wrap-arounds, and the highest one.
     last_ts: Option<i64>,
+    highest: Option<i64>,
+    /// Packets in a row far behind the newest: after [`BEHIND_RESTART`] the stream restarted.
+    behind: u32,
     ssrc: Option<u32>,
     pcm: Vec<i16>,
     resampled: Vec<i16>,
@@ -82,6 +87,8 @@ impl Channel {
             resampler: None,
             anchor: None,
             last_ts: None,
+            highest: None,
+            behind: 0,
             ssrc: None,
             pcm: Vec::new(),
             resampled: Vec::new(),
@@ -185,16 +192,29 @@ impl Recording {
         if ch.ssrc != Some(rtp.ssrc()) {
             ch.ssrc = Some(rtp.ssrc());
             ch.last_ts = None;
+            ch.highest = None;
             ch.anchor = None;
         }
+        let highest = ch.highest;
         let ts = ch.extend(rtp.timestamp());
+        ch.highest = Some(highest.map_or(ts, |h| h.max(ts)));
         let place = |(ts0, pos0, clock): (i64, i64, u32)| pos0 + (ts - ts0) * i64::from(rate) / i64::from(clock.max(1));
         let mut pos = ch.anchor.map_or(arrival, place);
+        if ch.anchor.is_some() && (pos - arrival).abs() > resync && highest.is_some_and(|h| ts < h) && ch.behind < BEHIND_RESTART {
+            // Far behind the stream's newest packet: late, not a new start (unless it keeps on:
+            // the sender went back in time, and its stream starts again from here).
+            ch.behind += 1;
+            ch.highest = highest;
+            self.counters.late += 1;
+            return;
+        }
+        ch.behind = 0;
         if ch.anchor.is_none() || (pos - arrival).abs() > resync {
             if ch.anchor.is_some() {
                 self.counters.resyncs += 1;
             }
             ch.anchor = Some((ts, arrival, clock));
+            ch.highest = Some(ts);
             pos = arrival;
         }
         let Some(dec) = ch.decoder.as_mut() else {
@@ -390,6 +410,18 @@ mod tests {
         assert_eq!(out.len(), 60 * 160);
         assert!(out[1600..1760].iter().all(|s| *s == 0), "the lost packet is silence");
         assert!(tone_power(&out[3200..3520], 8000, 440.0) > 1e10, "reordered packets in place");
+    }
+
+    #[test]
+    fn a_packet_seconds_late_is_counted_late_and_does_not_move_the_stream() {
+        let mut r = Recording::new(1, 8000).expect("recording");
+        let p = packets(440.0, 150, 9);
+        for (i, pkt) in p.iter().enumerate().skip(1) {
+            r.push_rtp(0, Some(pcmu()), pkt, ms(20 * i as u64));
+        }
+        // Packet 0 arrives 2 s after its time: late, no resync.
+        r.push_rtp(0, Some(pcmu()), &p[0], ms(20 * 150));
+        assert_eq!((r.counters.late, r.counters.resyncs, r.counters.packets), (1, 0, 149));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use media_engine::engine::{Event, Tap};
 use media_engine::record::{Recording, RecordingSummary};
 use tokio::sync::{broadcast, oneshot};
@@ -34,6 +34,8 @@ pub const QUEUE: usize = 16 * 1024;
 const WRITE_EVERY: Duration = Duration::from_millis(200);
 /// How often the header's sizes are brought up to date (and the buffer flushed).
 const HEADER_EVERY: Duration = Duration::from_secs(1);
+/// The most audio a WAV file holds (its sizes are 32-bit), in bytes.
+const MAX_DATA: u64 = u32::MAX as u64 - 36 - 64;
 /// Core number given with the recorder's events (they come from no core).
 pub const RECORDER_CORE: usize = usize::MAX;
 
@@ -57,15 +59,22 @@ pub enum Message {
     Shutdown,
 }
 
-/// A core's or the API's way to the recorder. Cheap to clone.
+/// A core's or the API's way to the recorder. Cheap to clone. Media goes on a bounded queue
+/// (full: a counted drop); the ends of channels and Start/Stop/Shutdown on a control queue that
+/// never drops or blocks (they are few).
 #[derive(Debug, Clone)]
 pub struct RecorderHandle {
     tx: Sender<Message>,
+    ctl: Sender<Message>,
 }
 
 impl RecorderHandle {
-    /// Passes a tap on; `false` if the recorder's queue is full (the caller counts it).
+    /// Passes a tap on; `false` if the recorder's queue is full (the caller counts it). The end
+    /// of a channel is never dropped.
     pub fn tap(&self, tap: Tap, now: Instant) -> bool {
+        if matches!(tap, Tap::Ended { .. }) {
+            return self.ctl.send(Message::Tap(tap, now)).is_ok();
+        }
         match self.tx.try_send(Message::Tap(tap, now)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
@@ -74,19 +83,21 @@ impl RecorderHandle {
 
     pub async fn start(&self, recording: u64, file: String, channels: u8, rate: u32, pcap: bool) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Message::Start { recording, file, channels, rate, pcap, reply }).map_err(|_| "the recorder has stopped".to_owned())?;
+        self.ctl
+            .send(Message::Start { recording, file, channels, rate, pcap, reply })
+            .map_err(|_| "the recorder has stopped".to_owned())?;
         rx.await.map_err(|_| "the recorder has stopped".to_owned())?
     }
 
     pub async fn stop(&self, recording: u64) -> Option<RecordingSummary> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Message::Stop { recording, reply }).ok()?;
+        self.ctl.send(Message::Stop { recording, reply }).ok()?;
         rx.await.ok().flatten()
     }
 
     /// Finishes every open file and waits (at most `limit`) for the thread to end.
     pub fn shutdown(&self, thread: std::thread::JoinHandle<()>, limit: Duration) {
-        let _ = self.tx.send(Message::Shutdown);
+        let _ = self.ctl.send(Message::Shutdown);
         let deadline = Instant::now() + limit;
         while !thread.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -125,44 +136,85 @@ pub fn spawn(
     stop_taps: Box<dyn Fn(u64) + Send>,
 ) -> std::io::Result<(RecorderHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-    let thread = std::thread::Builder::new().name("recorder".into()).spawn(move || run(&dir, &rx, &events, &*stop_taps))?;
-    Ok((RecorderHandle { tx }, thread))
+    let (ctl, ctl_rx) = crossbeam_channel::unbounded();
+    let thread = std::thread::Builder::new().name("recorder".into()).spawn(move || run(&dir, &rx, &ctl_rx, &events, &*stop_taps))?;
+    Ok((RecorderHandle { tx, ctl }, thread))
 }
 
-fn run(dir: &Path, rx: &Receiver<Message>, events: &broadcast::Sender<CoreEvent>, stop_taps: &dyn Fn(u64)) {
+/// The ends of channels that came before their recording's Start (its leg went while the
+/// recording was being set up), kept this long.
+const EARLY_END: Duration = Duration::from_secs(30);
+/// Messages taken in before ready audio is written (so a backlog is placed before it is judged
+/// late).
+const DRAIN: usize = 4096;
+
+fn run(dir: &Path, rx: &Receiver<Message>, ctl: &Receiver<Message>, events: &broadcast::Sender<CoreEvent>, stop_taps: &dyn Fn(u64)) {
     let mut active: HashMap<u64, Active> = HashMap::new();
+    let mut early: HashMap<u64, (Instant, Vec<u8>)> = HashMap::new();
     loop {
-        let msg = rx.recv_timeout(WRITE_EVERY);
+        // One message (waiting at most a write period), then whatever else is queued, control
+        // first: a backlog is placed before ready audio is written.
+        // Every handle gone (the service dropped): finish as on shutdown.
+        let first = crossbeam_channel::select! {
+            recv(ctl) -> m => Some(m.unwrap_or(Message::Shutdown)),
+            recv(rx) -> m => Some(m.unwrap_or(Message::Shutdown)),
+            default(WRITE_EVERY) => None,
+        };
+        let mut batch: Vec<Message> = first.into_iter().collect();
+        while batch.len() < DRAIN {
+            match ctl.try_recv().or_else(|_| rx.try_recv()) {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
         let now = Instant::now();
-        match msg {
-            Ok(Message::Tap(tap, at)) => {
-                if let Some((id, e)) = on_tap(&mut active, tap, at, events) {
-                    if let Some(a) = active.remove(&id) {
-                        tracing::warn!(recording = id, file = %a.file, error = %e, "recording stopped: pcap write failed");
-                        stop_taps(id);
-                        announce(events, finish(id, a, format!("write failed: {e}")));
+        early.retain(|_, (at, _)| now.saturating_duration_since(*at) < EARLY_END);
+        for msg in batch {
+            match msg {
+                Message::Tap(Tap::Ended { recording, channel }, _) if !active.contains_key(&recording) => {
+                    if early.len() < 10_000 {
+                        early.entry(recording).or_insert_with(|| (now, Vec::new())).1.push(channel);
                     }
                 }
-            }
-            Ok(Message::Start { recording, file, channels, rate, pcap, reply }) => {
-                let _ = reply.send(open(dir, &file, channels, rate, pcap, now).map(|a| {
-                    active.insert(recording, a);
-                }));
-            }
-            Ok(Message::Stop { recording, reply }) => {
-                let summary = active.remove(&recording).map(|a| finish(recording, a, "stopped".into()));
-                if let Some(s) = &summary {
-                    announce(events, s.clone());
+                Message::Tap(tap, at) => {
+                    if let Some((id, e)) = on_tap(&mut active, tap, at, events) {
+                        if let Some(a) = active.remove(&id) {
+                            tracing::warn!(recording = id, file = %a.file, error = %e, "recording stopped: pcap write failed");
+                            stop_taps(id);
+                            announce(events, finish(id, a, format!("write failed: {e}")));
+                        }
+                    }
                 }
-                let _ = reply.send(summary);
-            }
-            Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                for (id, a) in active.drain() {
-                    announce(events, finish(id, a, "shutdown".into()));
+                Message::Start { recording, file, channels, rate, pcap, reply } => {
+                    let opened = open(dir, &file, channels, rate, pcap, now);
+                    let _ = reply.send(opened.map(|mut a| {
+                        // Channels whose leg went while the recording was set up.
+                        for ch in early.remove(&recording).map(|(_, c)| c).unwrap_or_default() {
+                            if let Some(e) = a.ended.get_mut(usize::from(ch)) {
+                                *e = true;
+                            }
+                        }
+                        if a.ended.iter().all(|e| *e) {
+                            announce(events, finish(recording, a, "ended".into()));
+                        } else {
+                            active.insert(recording, a);
+                        }
+                    }));
                 }
-                return;
+                Message::Stop { recording, reply } => {
+                    let summary = active.remove(&recording).map(|a| finish(recording, a, "stopped".into()));
+                    if let Some(s) = &summary {
+                        announce(events, s.clone());
+                    }
+                    let _ = reply.send(summary);
+                }
+                Message::Shutdown => {
+                    for (id, a) in active.drain() {
+                        announce(events, finish(id, a, "shutdown".into()));
+                    }
+                    return;
+                }
             }
-            Err(RecvTimeoutError::Timeout) => {}
         }
         // Write what is ready, and keep the headers current; a failed write ends the recording.
         let mut failed = Vec::new();
@@ -171,6 +223,10 @@ fn run(dir: &Path, rx: &Receiver<Message>, events: &broadcast::Sender<CoreEvent>
                 a.last_write = now;
                 a.samples.clear();
                 let n = a.recording.take_ready(now.saturating_duration_since(a.started), &mut a.samples) as u64;
+                if (a.frames + n) * u64::from(a.recording.channel_count()) * 2 > MAX_DATA {
+                    failed.push((*id, "size limit: a WAV file holds at most 4 GiB of audio".to_owned()));
+                    continue;
+                }
                 if let Err(e) = write_samples(&mut a.out, &a.samples) {
                     failed.push((*id, e));
                     continue;
@@ -186,9 +242,10 @@ fn run(dir: &Path, rx: &Receiver<Message>, events: &broadcast::Sender<CoreEvent>
         }
         for (id, e) in failed {
             if let Some(a) = active.remove(&id) {
-                tracing::warn!(recording = id, file = %a.file, error = %e, "recording stopped: write failed");
+                tracing::warn!(recording = id, file = %a.file, error = %e, "recording stopped");
                 stop_taps(id);
-                announce(events, finish(id, a, format!("write failed: {e}")));
+                let reason = if e.starts_with("size limit") { e } else { format!("write failed: {e}") };
+                announce(events, finish(id, a, reason));
             }
         }
     }
@@ -313,7 +370,7 @@ fn open(dir: &Path, file: &str, channels: u8, rate: u32, pcap: bool, now: Instan
 
 /// Writes what is left and the final header; the summary says how it went.
 fn finish(id: u64, mut a: Active, mut reason: String) -> RecordingSummary {
-    if !reason.starts_with("write failed") {
+    if !reason.starts_with("write failed") && !reason.starts_with("size limit") {
         a.samples.clear();
         let n = a.recording.finish(&mut a.samples) as u64;
         let written = write_samples(&mut a.out, &a.samples).map(|()| a.frames += n);

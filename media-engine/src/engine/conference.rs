@@ -11,7 +11,8 @@
 //! that are not among the talkers all hear the same thing, the whole mix: those with the same
 //! codec and packet time share one encode ([`Shared`]), and each gets the payload under its own
 //! RTP header (payload type, SSRC, sequence number, timestamp). A member moves between the shared
-//! encode and its own only when it starts or stops being a talker, a speech boundary. A
+//! encode and its own only when it starts or stops talking (with the talk hysteresis, or when it
+//! enters the mix), a speech boundary; a shared encode without listeners is kept for a second. A
 //! conference of a thousand listeners thus encodes once per codec per period, plus once per
 //! talker. Only
 //! the [`TOP_TALKERS`] loudest members are mixed, so noise from many open microphones does not
@@ -123,14 +124,28 @@ struct Shared {
     /// This period's members (indices into the conference's members).
     members: Vec<usize>,
     packet: Vec<u8>,
+    /// Periods in a row without members.
+    idle: u32,
 }
+
+/// Periods a shared encode without listeners is kept (a second).
+const SHARED_IDLE: u32 = 50;
 
 impl Shared {
     fn new(key: (media_codecs::CodecParams, u16), rate: u32) -> Result<Self, TranscodeError> {
         let encoder = media_codecs::encoder(&key.0)?;
         let outward = (rate != encoder.sample_rate()).then(|| Resampler::new(rate, encoder.sample_rate(), 1)).transpose()?;
         let packet_samples = encoder.sample_rate() as usize * usize::from(key.1) / 1000;
-        Ok(Self { key, encoder, outward, outbox: Vec::new(), packet_samples, members: Vec::new(), packet: Vec::with_capacity(1500) })
+        Ok(Self {
+            key,
+            encoder,
+            outward,
+            outbox: Vec::new(),
+            packet_samples,
+            members: Vec::new(),
+            packet: Vec::with_capacity(1500),
+            idle: 0,
+        })
     }
 }
 
@@ -423,7 +438,9 @@ impl Conference {
                 m.shared = false;
                 continue;
             }
-            if !order.contains(&i) {
+            // A member stays on its own encode while it talks (with the talk hysteresis) or is
+            // mixed, so it moves between encodes only at speech boundaries.
+            if !order.contains(&i) && !m.talking {
                 // A listener: the whole mix, through the shared encode of its codec.
                 let g = match self.shared.iter().position(|g| g.key == m.key) {
                     Some(g) => g,
@@ -470,8 +487,10 @@ impl Conference {
         for g in &mut self.shared {
             if g.members.is_empty() {
                 g.outbox.clear();
+                g.idle += 1;
                 continue;
             }
+            g.idle = 0;
             match &mut g.outward {
                 Some(r) => {
                     let _ = r.process(&self.mix, &mut g.outbox);
@@ -499,8 +518,8 @@ impl Conference {
                 }
             }
         }
-        // Encodes no listener used this period go (a listener coming back makes a new one).
-        self.shared.retain(|g| !g.members.is_empty());
+        // Encodes no listener used for a second go (a listener coming back makes a new one).
+        self.shared.retain(|g| g.idle < SHARED_IDLE);
     }
 }
 
