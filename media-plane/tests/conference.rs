@@ -51,6 +51,19 @@ fn talk(sockets: &[UdpSocket], legs: &[Leg], packets: &[Vec<Vec<u8>>], range: st
         .collect()
 }
 
+/// Each member's decoded mix has the other members' tones far above its own.
+fn each_hears_the_others_not_itself(heard: &[Vec<i16>]) {
+    for i in 0..3 {
+        let pcm = &heard[i];
+        assert!(pcm.len() >= 40 * 160, "member {i} received the mix: {} samples", pcm.len());
+        let own = tone_power(&pcm[1600..], 8000, TONES[i]);
+        for j in (0..3).filter(|j| *j != i) {
+            let other = tone_power(&pcm[1600..], 8000, TONES[j]);
+            assert!(other > 1000.0 * own.max(1.0), "member {i} hears {} Hz far above its own {} Hz", TONES[j], TONES[i]);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_removes_one() {
     let (_mp, mut c) = MediaPlane::start(SLOT_CONFERENCE).await;
@@ -90,15 +103,7 @@ async fn three_members_each_hear_the_other_two_and_not_themselves_and_mute_remov
         .collect();
 
     let heard = tokio::task::block_in_place(|| talk(&sockets, &legs, &packets, 0..60));
-    for i in 0..3 {
-        let pcm = &heard[i];
-        assert!(pcm.len() >= 40 * 160, "member {i} received the mix: {} samples", pcm.len());
-        let own = tone_power(&pcm[1600..], 8000, TONES[i]);
-        for j in (0..3).filter(|j| *j != i) {
-            let other = tone_power(&pcm[1600..], 8000, TONES[j]);
-            assert!(other > 1000.0 * own.max(1.0), "member {i} hears {} Hz far above its own {} Hz", TONES[j], TONES[i]);
-        }
-    }
+    each_hears_the_others_not_itself(&heard);
 
     // The second member muted: the others no longer hear 700 Hz.
     c.update_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: legs[1].id, muted: true, deaf: false })
@@ -190,15 +195,7 @@ async fn members_on_other_cores_hear_and_are_heard_through_the_cores_queues() {
         .map(|(i, hz)| rtp_packets(params, 0, &media_codecs::signal::sine(8000, *hz, 3.0, 6000.0), 0x200 + i as u32))
         .collect();
     let heard = tokio::task::block_in_place(|| talk(&sockets, &legs, &packets, 0..60));
-    for i in 0..3 {
-        let pcm = &heard[i];
-        assert!(pcm.len() >= 40 * 160, "member {i} received the mix: {} samples", pcm.len());
-        let own = tone_power(&pcm[1600..], 8000, TONES[i]);
-        for j in (0..3).filter(|j| *j != i) {
-            let other = tone_power(&pcm[1600..], 8000, TONES[j]);
-            assert!(other > 1000.0 * own.max(1.0), "member {i} hears {} Hz far above its own {} Hz", TONES[j], TONES[i]);
-        }
-    }
+    each_hears_the_others_not_itself(&heard);
     // A member across cores cannot join twice or be bridged; removed, its leg is free again.
     let again = c
         .add_participant(v1::ParticipantRequest { conference_id: conf.conference_id, leg_id: legs[1].id, muted: false, deaf: false })

@@ -53,6 +53,21 @@ async fn speak(from: &std::net::UdpSocket, to: std::net::SocketAddr, hz: f64, se
     }
 }
 
+/// Two PCMU legs of call `call_id`, sending to two local sockets, bridged.
+async fn bridged_call(c: &mut Client, call_id: &str) -> (std::net::UdpSocket, std::net::UdpSocket, Leg, Leg) {
+    let (pa, pb) = (udp(), udp());
+    let leg = |remote| v1::CreateLegRequest {
+        call_id: call_id.into(),
+        remote: Some(endpoint(remote)),
+        codec: Some(pcmu_codec()),
+        ..Default::default()
+    };
+    let a = create_leg(c, leg(local(&pa))).await;
+    let b = create_leg(c, leg(local(&pb))).await;
+    bridge(c, &a, &b).await;
+    (pa, pb, a, b)
+}
+
 async fn next_recording_stopped(events: &mut tonic::Streaming<v1::Event>) -> v1::RecordingSummary {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -67,16 +82,7 @@ async fn next_recording_stopped(events: &mut tonic::Streaming<v1::Event>) -> v1:
 async fn a_bridge_is_recorded_one_party_per_channel_and_the_file_is_complete_after_stop() {
     let dir = recording_dir("rec-bridge");
     let (_mp, mut c) = MediaPlane::start_with(SLOT_RECORD_BRIDGE, &["--recording-dir", dir.to_str().expect("utf8")]).await;
-    let (pa, pb) = (udp(), udp());
-    let leg = |remote| v1::CreateLegRequest {
-        call_id: "rec".into(),
-        remote: Some(endpoint(remote)),
-        codec: Some(pcmu_codec()),
-        ..Default::default()
-    };
-    let a = create_leg(&mut c, leg(local(&pa))).await;
-    let b = create_leg(&mut c, leg(local(&pb))).await;
-    bridge(&mut c, &a, &b).await;
+    let (pa, pb, a, b) = bridged_call(&mut c, "rec").await;
 
     // Bad requests name their field.
     for (req, field) in [
@@ -107,7 +113,12 @@ async fn a_bridge_is_recorded_one_party_per_channel_and_the_file_is_complete_aft
     assert!(again.unwrap_err().message().contains("being recorded"), "a leg is in one recording at a time");
     // An existing file is never overwritten (and the refused recording leaves the leg free).
     std::fs::write(dir.join("taken.wav"), b"not ours").expect("write");
-    let spare = create_leg(&mut c, leg(local(&udp()))).await;
+    let spare_remote = Some(endpoint(local(&udp())));
+    let spare = create_leg(
+        &mut c,
+        v1::CreateLegRequest { call_id: "rec".into(), remote: spare_remote, codec: Some(pcmu_codec()), ..Default::default() },
+    )
+    .await;
     let taken =
         c.start_recording(v1::StartRecordingRequest { leg_ids: vec![spare.id], file: "taken.wav".into(), ..Default::default() }).await;
     assert!(taken.unwrap_err().message().starts_with("file"));
@@ -151,16 +162,7 @@ async fn a_recording_ends_with_its_legs_and_the_files_are_complete_after_sigterm
     let dir = recording_dir("rec-end");
     let (mut mp, mut c) = MediaPlane::start_with(SLOT_RECORD_END, &["--recording-dir", dir.to_str().expect("utf8")]).await;
     let mut events = c.events(v1::EventsRequest {}).await.expect("Events").into_inner();
-    let (pa, pb) = (udp(), udp());
-    let leg = |remote| v1::CreateLegRequest {
-        call_id: "end".into(),
-        remote: Some(endpoint(remote)),
-        codec: Some(pcmu_codec()),
-        ..Default::default()
-    };
-    let a = create_leg(&mut c, leg(local(&pa))).await;
-    let b = create_leg(&mut c, leg(local(&pb))).await;
-    bridge(&mut c, &a, &b).await;
+    let (pa, pb, a, b) = bridged_call(&mut c, "end").await;
     let r = c
         .start_recording(v1::StartRecordingRequest { leg_ids: vec![a.id], file: "ended.wav".into(), ..Default::default() })
         .await
@@ -253,16 +255,7 @@ async fn a_full_disk_stops_the_recording_with_an_event_and_the_media_plane_carri
     let _unmount = Unmount(dir.clone());
     let (mut mp, mut c) = MediaPlane::start_with(SLOT_RECORD_FULL, &["--recording-dir", dir.to_str().expect("utf8")]).await;
     let mut events = c.events(v1::EventsRequest {}).await.expect("Events").into_inner();
-    let (pa, pb) = (udp(), udp());
-    let leg = |remote| v1::CreateLegRequest {
-        call_id: "full".into(),
-        remote: Some(endpoint(remote)),
-        codec: Some(pcmu_codec()),
-        ..Default::default()
-    };
-    let a = create_leg(&mut c, leg(local(&pa))).await;
-    let b = create_leg(&mut c, leg(local(&pb))).await;
-    bridge(&mut c, &a, &b).await;
+    let (pa, _pb, a, b) = bridged_call(&mut c, "full").await;
     // 48 kHz, two channels: 192 kB a second, so 64 KiB is full within a second.
     let r = c
         .start_recording(v1::StartRecordingRequest {

@@ -265,42 +265,14 @@ impl Conference {
         }
     }
 
-    /// Adds a member speaking `codec`; its stream starts at `ssrc`, `seq`, `ts`.
-    pub(super) fn add(
-        &mut self,
-        leg: LegId,
-        slot: usize,
-        codec: &LegCodec,
-        muted: bool,
-        deaf: bool,
-        ssrc: u32,
-        seq: u16,
-        ts: u32,
-    ) -> Result<(), TranscodeError> {
-        self.add_member(leg, slot, None, codec, muted, deaf, ssrc, seq, ts)
-    }
-
-    /// Adds a member whose leg is on core `core`.
-    pub(super) fn add_remote(
-        &mut self,
-        leg: LegId,
-        core: usize,
-        codec: &LegCodec,
-        muted: bool,
-        deaf: bool,
-        ssrc: u32,
-        seq: u16,
-        ts: u32,
-    ) -> Result<(), TranscodeError> {
-        self.add_member(leg, usize::MAX, Some(core), codec, muted, deaf, ssrc, seq, ts)
-    }
-
     /// Whether leg `leg` of core `core` is a member here.
     pub(super) fn is_remote_member(&self, leg: LegId, core: usize) -> bool {
         self.members.iter().any(|m| m.leg == leg && m.remote == Some(core))
     }
 
-    fn add_member(
+    /// Adds a member speaking `codec`, its leg in `slot` of this core, or (`remote`) on that core
+    /// (`slot` unused); its stream starts at `ssrc`, `seq`, `ts`.
+    pub(super) fn add(
         &mut self,
         leg: LegId,
         slot: usize,

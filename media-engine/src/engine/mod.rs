@@ -985,7 +985,7 @@ impl Engine {
         }
         let (ssrc, seq, ts) = self.stream_start();
         let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
-        c.add(leg, slot, &codec, muted, deaf, ssrc, seq, ts)?;
+        c.add(leg, slot, None, &codec, muted, deaf, ssrc, seq, ts)?;
         if let Some(l) = self.slot_mut(slot) {
             l.conference = Some(id);
         }
@@ -1032,7 +1032,7 @@ impl Engine {
         if c.member_mut(leg).is_some() {
             return Err(CommandError::InConference(leg, id));
         }
-        c.add_remote(leg, core, &codec, muted, deaf, ssrc, seq, ts)?;
+        c.add(leg, usize::MAX, Some(core), &codec, muted, deaf, ssrc, seq, ts)?;
         self.events.push_back(Event::Member { leg, conference: id, joined: true });
         Ok(())
     }
