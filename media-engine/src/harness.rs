@@ -184,12 +184,12 @@ impl Harness {
         let mut out = Vec::new();
         let mut cross = Vec::new();
         let mut events = Vec::new();
-        for e in self.engines() {
+        for (source, e) in self.engines().enumerate() {
             while let Some(t) = e.poll_transmit(&mut buf) {
                 out.push(InFlight::ToEndpoint { dst: t.to, from_port: t.from_port, bytes: buf[..t.len].to_vec() });
             }
             while let Some(m) = e.poll_cross() {
-                cross.push(m);
+                cross.push((source, m));
             }
             while let Some(ev) = e.poll_event() {
                 events.push(ev);
@@ -199,10 +199,11 @@ impl Harness {
             self.schedule(pkt);
         }
         let now = self.now;
-        for m in cross {
+        for (source, m) in cross {
             let core = match &m {
                 CrossMessage::Unlink { core, .. }
                 | CrossMessage::MemberOut { core, .. }
+                | CrossMessage::MemberFrame { core, .. }
                 | CrossMessage::MemberGone { core, .. }
                 | CrossMessage::Unjoin { core, .. } => *core,
             };
@@ -216,6 +217,9 @@ impl Harness {
                     let handoff =
                         crate::engine::Handoff { to_leg: leg, from_leg: 0, from_core: 0, bridge: 0, rtcp: false, conference: true };
                     let _ = e.handle_handoff(&handoff, &packet, now);
+                }
+                CrossMessage::MemberFrame { conference, leg, pcm, .. } => {
+                    e.handle_member_frame(conference, leg, source, &pcm);
                 }
                 CrossMessage::MemberGone { conference, leg, .. } => {
                     let _ = e.remove_member(conference, leg);

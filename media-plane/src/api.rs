@@ -234,17 +234,18 @@ impl MediaService {
             self.ask(core, |reply| Command::Member { conference, leg, muted, deaf, add, reply }).await?;
             return Ok(Response::new(v1::ParticipantResponse {}));
         }
-        let here = core.core;
+        // The leg's codec (no change yet), the member on the conference's core (its rate), then
+        // the leg joined on its own core, which decodes it for the mix.
         let codec = self
-            .ask(leg_core, |reply| Command::JoinRemote { leg, core: here, conference, reply })
+            .ask(leg_core, |reply| Command::LegCodec { id: leg, reply })
             .await
-            .map_err(|s| Status::new(s.code(), format!("leg_id: {}", s.message())))?;
-        let from = leg_core.core;
-        if let Err(status) =
-            self.ask(core, |reply| Command::AddRemoteMember { conference, leg, core: from, codec, muted, deaf, reply }).await
-        {
-            let _ = self.ask(leg_core, |reply| Command::LeaveRemote { leg, reply }).await;
-            return Err(status);
+            .map_err(|s| Status::new(s.code(), format!("leg_id: {}", s.message())))?
+            .ok_or_else(|| Status::failed_precondition(format!("leg_id: leg {leg} has no codec: a conference decodes its members")))?;
+        let (here, from) = (core.core, leg_core.core);
+        let rate = self.ask(core, |reply| Command::AddRemoteMember { conference, leg, core: from, codec, muted, deaf, reply }).await?;
+        if let Err(status) = self.ask(leg_core, |reply| Command::JoinRemote { leg, core: here, conference, rate, reply }).await {
+            let _ = self.ask(core, |reply| Command::RemoveMember { conference, leg, reply }).await;
+            return Err(Status::new(status.code(), format!("leg_id: {}", status.message())));
         }
         Ok(Response::new(v1::ParticipantResponse {}))
     }

@@ -61,6 +61,9 @@ pub struct MemberCounters {
     pub underrun: u64,
     /// Packets of the mix sent to the member.
     pub sent: u64,
+    /// A member on another core: times its frames came faster than the mix took them (the
+    /// oldest were dropped).
+    pub overrun: u64,
 }
 
 /// One leg in a conference.
@@ -72,14 +75,10 @@ pub(super) struct Member {
     pub remote: Option<usize>,
     pub muted: bool,
     pub deaf: bool,
-    decoder: Box<dyn Decoder>,
-    jitter: JitterBuffer,
-    /// RTP clock of the member's codec, and decoded samples of its last packet (a concealed
-    /// packet's size).
-    clock: u32,
-    last_samples: usize,
-    /// Codec rate → conference rate, and back.
-    inward: Option<Resampler>,
+    /// Its RTP in, decoded at the mixing rate into `inbox`; `None` for a member on another core,
+    /// whose core decodes and sends the frames ([`Conference::push_frame`]).
+    intake: Option<Intake>,
+    /// Conference rate → codec rate.
     outward: Option<Resampler>,
     encoder: Box<dyn Encoder>,
     /// Decoded audio at the conference rate, not yet mixed.
@@ -97,7 +96,6 @@ pub(super) struct Member {
     level: u64,
     talking: bool,
     scratch: Vec<i16>,
-    resampled: Vec<i16>,
     packet: Vec<u8>,
     /// What its shared encode would be: the codec and packet time.
     key: (media_codecs::CodecParams, u16),
@@ -213,10 +211,75 @@ fn soft_limit(x: i32) -> i16 {
     (y * x.signum()) as i16
 }
 
-impl Member {
-    /// Decodes from the jitter buffer until the inbox holds `frame` samples (or it waits).
-    fn fill(&mut self, frame: usize) {
-        while self.inbox.len() < frame {
+/// A member's incoming audio: its jitter buffer, decoder and resampler to the mixing rate. A
+/// conference runs one per member of its core; a core whose leg is a member of a conference on
+/// another core runs it for that leg and sends the decoded frames over (so decoding is spread
+/// over the members' cores).
+pub struct Intake {
+    pt: u8,
+    /// The mixing rate.
+    rate: u32,
+    decoder: Box<dyn Decoder>,
+    jitter: JitterBuffer,
+    /// RTP clock of the codec, and decoded samples of its last packet (a concealed packet's size).
+    clock: u32,
+    last_samples: usize,
+    /// Codec rate → mixing rate.
+    inward: Option<Resampler>,
+    scratch: Vec<i16>,
+    resampled: Vec<i16>,
+    pub counters: MemberCounters,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").field("pt", &self.pt).field("counters", &self.counters).finish_non_exhaustive()
+    }
+}
+
+impl Intake {
+    /// The intake of a member speaking mono `codec`, mixed at `rate`.
+    pub fn new(codec: &LegCodec, rate: u32) -> Result<Self, TranscodeError> {
+        let channels = usize::from(codec.params.channels);
+        if channels != 1 {
+            return Err(TranscodeError::Codec(media_codecs::CodecError::Unsupported {
+                codec: codec.params.kind.name(),
+                field: "channels",
+                value: channels as u32,
+                allowed: "1 in a conference",
+            }));
+        }
+        let decoder = media_codecs::decoder(&codec.params)?;
+        let inward = (decoder.sample_rate() != rate).then(|| Resampler::new(decoder.sample_rate(), rate, 1)).transpose()?;
+        Ok(Self {
+            pt: codec.payload_type,
+            rate,
+            jitter: JitterBuffer::new(codec.rtp_clock() * u32::from(codec.ptime_ms) / 1000),
+            clock: codec.rtp_clock(),
+            last_samples: decoder.sample_rate() as usize * usize::from(codec.ptime_ms) / 1000,
+            decoder,
+            inward,
+            scratch: Vec::new(),
+            resampled: Vec::new(),
+            counters: MemberCounters::default(),
+        })
+    }
+
+    /// Takes an RTP packet into the jitter buffer (telephone-events and comfort noise are not
+    /// mixed: taken, not kept); `since` is its arrival from any fixed origin. `false`: no payload.
+    pub fn push(&mut self, rtp: &RtpPacket<&[u8]>, since: Duration) -> bool {
+        if rtp.payload_type() != self.pt {
+            return true;
+        }
+        let Ok(payload) = rtp.payload() else { return false };
+        let arrival = (since.as_nanos() * u128::from(self.clock) / 1_000_000_000) as u32;
+        self.jitter.insert(rtp.ssrc(), rtp.sequence_number(), rtp.timestamp(), arrival, payload);
+        true
+    }
+
+    /// Decodes from the jitter buffer until `inbox` holds `frame` samples (or it waits).
+    pub fn fill(&mut self, inbox: &mut VecDeque<i16>, frame: usize) {
+        while inbox.len() < frame {
             self.scratch.clear();
             let decoded = match self.jitter.pop() {
                 Playout::Packet(p) => self.decoder.decode(p, &mut self.scratch).inspect(|_| self.counters.decoded += 1),
@@ -241,13 +304,26 @@ impl Member {
                 Some(r) => {
                     self.resampled.clear();
                     let _ = r.process(&self.scratch, &mut self.resampled);
-                    self.inbox.extend(self.resampled.iter().copied());
+                    inbox.extend(self.resampled.iter().copied());
                 }
-                None => self.inbox.extend(self.scratch.iter().copied()),
+                None => inbox.extend(self.scratch.iter().copied()),
             }
         }
     }
+
+    pub fn jitter_counters(&self) -> JitterCounters {
+        self.jitter.counters
+    }
+
+    /// Samples of one mixing period at the mixing rate the intake was made for.
+    pub fn frame_samples(&self) -> usize {
+        self.rate as usize / 50
+    }
 }
+
+/// Frames a member on another core may have waiting; beyond, the oldest go (its core runs
+/// ahead of the mixer).
+const MAX_QUEUED_FRAMES: usize = 5;
 
 impl Conference {
     pub fn new(id: ConferenceId, rate: u32, now: Instant) -> Self {
@@ -265,11 +341,6 @@ impl Conference {
         }
     }
 
-    /// Whether leg `leg` of core `core` is a member here.
-    pub(super) fn is_remote_member(&self, leg: LegId, core: usize) -> bool {
-        self.members.iter().any(|m| m.leg == leg && m.remote == Some(core))
-    }
-
     /// Adds a member speaking `codec`, its leg in `slot` of this core, or (`remote`) on that core
     /// (`slot` unused); its stream starts at `ssrc`, `seq`, `ts`.
     pub(super) fn add(
@@ -284,20 +355,13 @@ impl Conference {
         seq: u16,
         ts: u32,
     ) -> Result<(), TranscodeError> {
-        let decoder = media_codecs::decoder(&codec.params)?;
+        // A member on another core is decoded there.
+        let intake = match remote {
+            None => Some(Intake::new(codec, self.rate)?),
+            Some(_) => None,
+        };
         let encoder = media_codecs::encoder(&codec.params)?;
-        let channels = usize::from(codec.params.channels);
-        if channels != 1 {
-            return Err(TranscodeError::Codec(media_codecs::CodecError::Unsupported {
-                codec: codec.params.kind.name(),
-                field: "channels",
-                value: channels as u32,
-                allowed: "1 in a conference",
-            }));
-        }
-        let resampler = |from: u32, to: u32| (from != to).then(|| Resampler::new(from, to, 1)).transpose();
-        let inward = resampler(decoder.sample_rate(), self.rate)?;
-        let outward = resampler(self.rate, encoder.sample_rate())?;
+        let outward = (self.rate != encoder.sample_rate()).then(|| Resampler::new(self.rate, encoder.sample_rate(), 1)).transpose()?;
         let packet_samples = encoder.sample_rate() as usize * usize::from(codec.ptime_ms) / 1000;
         self.members.push(Member {
             leg,
@@ -305,11 +369,7 @@ impl Conference {
             remote,
             muted,
             deaf,
-            jitter: JitterBuffer::new(codec.rtp_clock() * u32::from(codec.ptime_ms) / 1000),
-            clock: codec.rtp_clock(),
-            last_samples: decoder.sample_rate() as usize * usize::from(codec.ptime_ms) / 1000,
-            decoder,
-            inward,
+            intake,
             outward,
             encoder,
             inbox: VecDeque::new(),
@@ -321,7 +381,6 @@ impl Conference {
             level: 0,
             talking: false,
             scratch: Vec::new(),
-            resampled: Vec::new(),
             packet: Vec::with_capacity(1500),
             key: (codec.params, codec.ptime_ms),
             shared: false,
@@ -344,20 +403,29 @@ impl Conference {
     /// Takes a member's RTP packet into its jitter buffer; `since` is its arrival time from
     /// any fixed origin.
     pub(super) fn push(&mut self, leg: LegId, rtp: &RtpPacket<&[u8]>, since: Duration) -> bool {
-        let Some(m) = self.member_mut(leg) else { return false };
-        if rtp.payload_type() != m.stream.pt {
-            // Telephone-events and comfort noise are not mixed.
-            return true;
+        match self.member_mut(leg).and_then(|m| m.intake.as_mut()) {
+            Some(intake) => intake.push(rtp, since),
+            None => false,
         }
-        let Ok(payload) = rtp.payload() else { return false };
-        let arrival = (since.as_nanos() * u128::from(m.clock) / 1_000_000_000) as u32;
-        m.jitter.insert(rtp.ssrc(), rtp.sequence_number(), rtp.timestamp(), arrival, payload);
+    }
+
+    /// A mixing period's frame of member `leg` of core `core`, decoded there.
+    pub(super) fn push_frame(&mut self, leg: LegId, core: usize, pcm: &[i16]) -> bool {
+        let frame = self.rate as usize / 50;
+        let Some(m) = self.members.iter_mut().find(|m| m.leg == leg && m.remote == Some(core)) else { return false };
+        m.inbox.extend(pcm.iter().copied());
+        let most = MAX_QUEUED_FRAMES * frame;
+        if m.inbox.len() > most {
+            let extra = m.inbox.len() - most;
+            m.inbox.drain(..extra);
+            m.counters.overrun += 1;
+        }
         true
     }
 
     /// A member's jitter buffer counters.
     pub fn jitter(&self, leg: LegId) -> Option<JitterCounters> {
-        self.members.iter().find(|m| m.leg == leg).map(|m| m.jitter.counters)
+        self.members.iter().find(|m| m.leg == leg).and_then(|m| m.intake.as_ref()).map(Intake::jitter_counters)
     }
 
     /// One mixing period: each member's frame in, the N−1 mix out; calls `out(to, packet)` for
@@ -366,7 +434,9 @@ impl Conference {
         let frame = self.rate as usize / 50;
         // This tick's frames and energies.
         for m in &mut self.members {
-            m.fill(frame);
+            if let Some(intake) = &mut m.intake {
+                intake.fill(&mut m.inbox, frame);
+            }
             m.frame.clear();
             if m.inbox.len() >= frame {
                 m.frame.extend(m.inbox.drain(..frame));

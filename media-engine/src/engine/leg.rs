@@ -258,6 +258,8 @@ pub(super) struct Leg {
     pub tap: Option<(u64, u8)>,
     /// The conference on another core this leg is a member of: (its core, its id).
     pub remote_conference: Option<(usize, super::conference::ConferenceId)>,
+    /// That member's audio, decoded here for the mix: its intake and the frames decoded so far.
+    pub feed: Option<Box<(super::conference::Intake, std::collections::VecDeque<i16>)>>,
 }
 
 impl Leg {
@@ -289,6 +291,7 @@ impl Leg {
             last_relayed: None,
             tap: None,
             remote_conference: None,
+            feed: None,
         }
     }
 

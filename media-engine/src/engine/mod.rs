@@ -99,9 +99,8 @@ pub struct Handoff {
     pub bridge: BridgeId,
     /// RTCP (else RTP).
     pub rtcp: bool,
-    /// Conference media across cores: with `to_leg` 0, member `from_leg`'s RTP for conference
-    /// `bridge` on the receiving core; else the conference's packet for member `to_leg`, to send
-    /// out from its ports.
+    /// Conference media across cores: the conference's packet for member `to_leg` of the
+    /// receiving core, to send out from its ports.
     pub conference: bool,
 }
 
@@ -125,6 +124,9 @@ pub enum CrossMessage {
     /// A conference's packet for member `leg` of core `core`, to go out from that leg's ports
     /// (as a [`Handoff`] with `conference`).
     MemberOut { core: usize, leg: LegId, packet: Vec<u8> },
+    /// A mixing period's audio of member `leg` of this core, decoded here at the mixing rate,
+    /// for conference `conference` of core `core` ([`Engine::handle_member_frame`]).
+    MemberFrame { core: usize, conference: ConferenceId, leg: LegId, pcm: Vec<i16> },
     /// Leg `leg` of this core, a member of conference `conference` of core `core`, is gone:
     /// take it out there ([`Engine::remove_member`]).
     MemberGone { core: usize, conference: ConferenceId, leg: LegId },
@@ -319,6 +321,9 @@ pub struct Engine {
     cname: String,
     /// Recorded media for the driver ([`Engine::poll_tap`]).
     taps: VecDeque<Tap>,
+    /// Legs that are members of conferences on other cores, and when each one's next frame
+    /// is due.
+    feeding: Vec<(usize, Instant)>,
 }
 
 impl Engine {
@@ -344,6 +349,7 @@ impl Engine {
             conferences: HashMap::new(),
             cname: format!("core{}@media-plane", config.core),
             taps: VecDeque::new(),
+            feeding: Vec::new(),
         }
     }
 
@@ -458,31 +464,8 @@ impl Engine {
         }
     }
 
-    /// Conference media from or for another core (see [`Handoff::conference`]).
-    fn handle_conference_handoff(&mut self, handoff: &Handoff, packet: &[u8], now: Instant) -> bool {
-        if handoff.to_leg == 0 {
-            // A remote member's RTP into the mix.
-            let epoch = *self.epoch.get_or_insert(now);
-            let since = now.saturating_duration_since(epoch);
-            let mixed = RtpPacket::new_checked(packet).ok().and_then(|rtp| {
-                let c = self.conferences.get_mut(&handoff.bridge)?;
-                c.is_remote_member(handoff.from_leg, handoff.from_core).then(|| c.push(handoff.from_leg, &rtp, since))
-            });
-            return match mixed {
-                Some(true) => {
-                    self.counters.packets_consumed += 1;
-                    true
-                }
-                Some(false) => {
-                    self.counters.drops.add(DropReason::Undecodable);
-                    false
-                }
-                None => {
-                    self.counters.drops.add(DropReason::NoRoute);
-                    false
-                }
-            };
-        }
+    /// A conference's packet for a member of ours (see [`Handoff::conference`]).
+    fn handle_conference_handoff(&mut self, handoff: &Handoff, packet: &[u8], _now: Instant) -> bool {
         // The mix for a member of ours: out from its ports.
         let Some(slot) = self.by_id.get(&handoff.to_leg).copied().filter(|&s| self.slot(s).is_some_and(|l| l.remote_conference.is_some()))
         else {
@@ -558,6 +541,7 @@ impl Engine {
     /// Runs due timers: removes legs idle for their media timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.play_generated(now);
+        self.feed_remote_members(now);
         self.mix_conferences(now);
         match self.next_sweep {
             Some(t) if now >= t => {}
@@ -994,30 +978,83 @@ impl Engine {
     }
 
     /// Makes leg `leg` (of a known mono codec, in no bridge or conference) a member of conference
-    /// `conference` on core `core`: its RTP goes there and the mix comes back from there. Returns
-    /// its codec, which that core's [`Engine::add_remote_member`] needs.
-    pub fn join_remote(&mut self, leg: LegId, core: usize, conference: ConferenceId) -> Result<LegCodec, CommandError> {
+    /// `conference` on core `core`, mixed at `rate`: its RTP is decoded here and sent there a
+    /// frame per mixing period; the mix comes back from there.
+    pub fn join_remote(&mut self, leg: LegId, core: usize, conference: ConferenceId, rate: u32, now: Instant) -> Result<(), CommandError> {
         let slot = self.unbridged_slot(leg)?;
-        if let Some(c) = self.slot(slot).and_then(|l| l.conference.or(l.remote_conference.map(|(_, c)| c))) {
+        if let Some(c) = self.slot(slot).and_then(|l| l.in_conference()) {
             return Err(CommandError::InConference(leg, c));
         }
         let codec = self.slot(slot).and_then(|l| l.codec).ok_or(CommandError::NoCodec(leg))?;
+        let intake = conference::Intake::new(&codec, rate)?;
         self.end_generated(slot);
         if let Some(l) = self.slot_mut(slot) {
             l.transcoder = None;
             l.remote_conference = Some((core, conference));
+            l.feed = Some(Box::new((intake, VecDeque::new())));
         }
-        Ok(codec)
+        self.feeding.push((slot, now + conference::TICK));
+        Ok(())
     }
 
     /// Leg `leg` is no longer a member of a conference on another core; whether it was.
     pub fn leave_remote(&mut self, leg: LegId) -> bool {
         let Some(&slot) = self.by_id.get(&leg) else { return false };
-        self.slot_mut(slot).and_then(|l| l.remote_conference.take()).is_some()
+        self.feeding.retain(|(s, _)| *s != slot);
+        let Some(l) = self.slot_mut(slot) else { return false };
+        l.feed = None;
+        l.remote_conference.take().is_some()
     }
 
-    /// Adds leg `leg` of core `core` (joined with [`Engine::join_remote`] there) to conference
-    /// `id` of this core.
+    /// Sends a frame per mixing period of each member of a conference on another core (decoded
+    /// here; silence where nothing came).
+    fn feed_remote_members(&mut self, now: Instant) {
+        let mut i = 0;
+        while let Some(&(slot, mut at)) = self.feeding.get(i) {
+            let Self { slots, cross, .. } = self;
+            let Some(leg) = slots.get_mut(slot).and_then(Option::as_mut) else {
+                self.feeding.swap_remove(i);
+                continue;
+            };
+            let id = leg.id;
+            let (Some((core, conference)), Some(feed)) = (leg.remote_conference, leg.feed.as_mut()) else {
+                self.feeding.swap_remove(i);
+                continue;
+            };
+            let (intake, inbox) = &mut **feed;
+            let frame = intake.frame_samples();
+            let mut periods = 0;
+            while at <= now && periods < 5 {
+                intake.fill(inbox, frame);
+                let mut pcm: Vec<i16> = inbox.drain(..frame.min(inbox.len())).collect();
+                pcm.resize(frame, 0);
+                cross.push_back(CrossMessage::MemberFrame { core, conference, leg: id, pcm });
+                at += conference::TICK;
+                periods += 1;
+            }
+            if at <= now {
+                at = now + conference::TICK;
+            }
+            if let Some(entry) = self.feeding.get_mut(i) {
+                entry.1 = at;
+            }
+            i += 1;
+        }
+    }
+
+    /// A frame of member `leg` of core `core`, decoded there, for conference `id` of this core.
+    pub fn handle_member_frame(&mut self, id: ConferenceId, leg: LegId, core: usize, pcm: &[i16]) -> bool {
+        let taken = self.conferences.get_mut(&id).is_some_and(|c| c.push_frame(leg, core, pcm));
+        if taken {
+            self.counters.packets_consumed += 1;
+        } else {
+            self.counters.drops.add(DropReason::NoRoute);
+        }
+        taken
+    }
+
+    /// Adds leg `leg` of core `core` (to be joined with [`Engine::join_remote`] there) to
+    /// conference `id` of this core; returns the conference's mixing rate.
     pub fn add_remote_member(
         &mut self,
         id: ConferenceId,
@@ -1026,15 +1063,16 @@ impl Engine {
         codec: LegCodec,
         muted: bool,
         deaf: bool,
-    ) -> Result<(), CommandError> {
+    ) -> Result<u32, CommandError> {
         let (ssrc, seq, ts) = self.stream_start();
         let c = self.conferences.get_mut(&id).ok_or(CommandError::NoSuchConference(id))?;
         if c.member_mut(leg).is_some() {
             return Err(CommandError::InConference(leg, id));
         }
         c.add(leg, usize::MAX, Some(core), &codec, muted, deaf, ssrc, seq, ts)?;
+        let rate = c.rate;
         self.events.push_back(Event::Member { leg, conference: id, joined: true });
-        Ok(())
+        Ok(rate)
     }
 
     /// A conference's counters (mixing periods, own and shared encodes).
@@ -1319,7 +1357,13 @@ impl Engine {
     /// When [`Engine::handle_timeout`] must next be called; `None` when there is nothing to time.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.generating.iter().map(|(_, at)| *at).chain(self.conferences.values().map(|c| c.next_tick)).chain(self.next_sweep).min()
+        self.generating
+            .iter()
+            .chain(&self.feeding)
+            .map(|(_, at)| *at)
+            .chain(self.conferences.values().map(|c| c.next_tick))
+            .chain(self.next_sweep)
+            .min()
     }
 
     /// Next event for the control plane and the driver.
@@ -1457,23 +1501,13 @@ impl Engine {
             }
         }
         let (leg_id, bridge, peer) = (leg.id, leg.bridge.unwrap_or_default(), leg.peer);
-        if let Some((core, conference)) = leg.remote_conference {
-            // A member of a conference on another core: its RTP goes there, its RTCP ends here.
-            return if is_rtcp {
-                Verdict::Consumed
-            } else {
-                Verdict::Handoff {
-                    core,
-                    handoff: Handoff {
-                        to_leg: 0,
-                        from_leg: leg_id,
-                        from_core: self.config.core,
-                        bridge: conference,
-                        rtcp: false,
-                        conference: true,
-                    },
-                }
-            };
+        if leg.remote_conference.is_some() {
+            // A member of a conference on another core: its RTP is decoded here (the frames go
+            // there every period), its RTCP ends here.
+            let since = now.saturating_duration_since(epoch);
+            let taken =
+                is_rtcp || RtpPacket::new_checked(packet).ok().zip(leg.feed.as_mut()).is_some_and(|(rtp, feed)| feed.0.push(&rtp, since));
+            return if taken { Verdict::Consumed } else { self.drop_on(slot, DropReason::Undecodable) };
         }
         if let Some(conference) = leg.conference {
             // A member's media goes into the mix; its RTCP ends here.

@@ -1016,9 +1016,10 @@ fn a_member_on_another_core_is_mixed_through_the_cores_queues_and_leaves_when_it
     h.core(0).add_member(80, 1, false, false).unwrap();
     h.core(1).create_leg((1 << 56) | 2, 40_000, spec(ep2), now).unwrap();
     let remote = (1u64 << 56) | 2;
-    let codec = h.core(1).join_remote(remote, 0, 80).unwrap();
-    h.core(0).add_remote_member(80, remote, 1, codec, false, false).unwrap();
-    assert_eq!(h.core(1).join_remote(remote, 0, 80), Err(CommandError::InConference(remote, 80)), "a leg joins once");
+    let codec = leg_codec(0, CodecKind::Pcmu, 8000);
+    assert_eq!(h.core(0).add_remote_member(80, remote, 1, codec, false, false), Ok(8000));
+    h.core(1).join_remote(remote, 0, 80, 8000, now).unwrap();
+    assert_eq!(h.core(1).join_remote(remote, 0, 80, 8000, now), Err(CommandError::InConference(remote, 80)), "a leg joins once");
     let params = CodecParams::new(CodecKind::Pcmu, 8000);
     let tones = [media_codecs::signal::sine(8000, 440.0, 2.0, 6000.0), media_codecs::signal::sine(8000, 1300.0, 2.0, 6000.0)];
     let mut encoders: Vec<_> = (0..2).map(|_| media_codecs::encoder(&params).unwrap()).collect();
@@ -1059,8 +1060,8 @@ fn a_member_on_another_core_is_mixed_through_the_cores_queues_and_leaves_when_it
     // Ending the conference lets a remote member's leg go free.
     h.core(1).create_leg((1 << 56) | 3, 40_002, spec(ep2), now).unwrap();
     let third = (1u64 << 56) | 3;
-    let codec = h.core(1).join_remote(third, 0, 80).unwrap();
     h.core(0).add_remote_member(80, third, 1, codec, false, false).unwrap();
+    h.core(1).join_remote(third, 0, 80, 8000, now).unwrap();
     h.core(0).delete_conference(80).unwrap();
     h.advance(Duration::from_millis(20));
     assert!(!h.core(1).leave_remote(third), "the conference's end unjoined it");

@@ -76,19 +76,21 @@ pub enum Command {
         recording: u64,
         reply: Reply<u32>,
     },
-    /// Makes a leg of this core a member of a conference on core `core`; replies with its codec.
+    /// Makes a leg of this core a member of a conference on core `core` mixed at `rate`.
     JoinRemote {
         leg: LegId,
         core: usize,
         conference: u64,
-        reply: Reply<LegCodec>,
+        rate: u32,
+        reply: Reply<()>,
     },
     /// The leg is no longer a member of a conference on another core.
     LeaveRemote {
         leg: LegId,
         reply: Reply<bool>,
     },
-    /// Adds leg `leg` of core `core` (joined there) to this core's conference.
+    /// Adds leg `leg` of core `core` (to be joined there) to this core's conference; replies
+    /// with its mixing rate.
     AddRemoteMember {
         conference: u64,
         leg: LegId,
@@ -96,7 +98,7 @@ pub enum Command {
         codec: LegCodec,
         muted: bool,
         deaf: bool,
-        reply: Reply<()>,
+        reply: Reply<u32>,
     },
     /// Stops a recording's taps on this core; replies with how many there were.
     StopRecording {
@@ -271,6 +273,8 @@ pub enum CrossPacket {
     Unlink { leg: LegId, bridge: BridgeId },
     /// Your conference's member `leg` (of the sending core) is gone.
     MemberGone { conference: u64, leg: LegId },
+    /// A mixing period's audio of member `leg` of core `from`, decoded there.
+    MemberFrame { conference: u64, leg: LegId, from: usize, pcm: Vec<i16> },
     /// Your leg `leg` is no longer in the sending core's conference.
     Unjoin { leg: LegId },
 }
@@ -553,8 +557,8 @@ impl CoreState {
                     };
                     let _ = reply.send(r.map_err(CoreError::from));
                 }
-                Command::JoinRemote { leg, core, conference, reply } => {
-                    let _ = reply.send(self.engine.join_remote(leg, core, conference).map_err(CoreError::from));
+                Command::JoinRemote { leg, core, conference, rate, reply } => {
+                    let _ = reply.send(self.engine.join_remote(leg, core, conference, rate, now).map_err(CoreError::from));
                 }
                 Command::LeaveRemote { leg, reply } => {
                     let _ = reply.send(Ok(self.engine.leave_remote(leg)));
@@ -640,6 +644,11 @@ impl CoreState {
                     let handoff = Handoff { to_leg: leg, from_leg: 0, from_core: self.core, bridge: 0, rtcp: false, conference: true };
                     self.cross.send(core, CrossPacket::Peer { handoff, payload: packet }, &mut self.driver);
                 }
+                CrossMessage::MemberFrame { core, conference, leg, pcm } => {
+                    // A full queue is a counted drop (handoff_full): the mix has a silent period.
+                    let from = self.core;
+                    self.cross.send(core, CrossPacket::MemberFrame { conference, leg, from, pcm }, &mut self.driver);
+                }
                 CrossMessage::MemberGone { core, conference, leg } => {
                     if !self.cross.send(core, CrossPacket::MemberGone { conference, leg }, &mut self.driver) {
                         tracing::warn!(
@@ -687,6 +696,10 @@ impl CoreState {
                     let _ = self.engine.handle_handoff(&handoff, &payload, now);
                 }
                 CrossPacket::Unlink { leg, bridge } => self.engine.handle_unlink(leg, bridge),
+                CrossPacket::MemberFrame { conference, leg, from, pcm } => {
+                    self.driver.handoff_in += 1;
+                    self.engine.handle_member_frame(conference, leg, from, &pcm);
+                }
                 CrossPacket::MemberGone { conference, leg } => {
                     let _ = self.engine.remove_member(conference, leg);
                 }
