@@ -1066,3 +1066,42 @@ fn a_member_on_another_core_is_mixed_through_the_cores_queues_and_leaves_when_it
     h.advance(Duration::from_millis(20));
     assert!(!h.core(1).leave_remote(third), "the conference's end unjoined it");
 }
+
+#[test]
+fn only_the_three_loudest_talkers_are_mixed() {
+    use media_codecs::{CodecKind, CodecParams};
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    let now = h.now();
+    h.engine.create_conference(90, 8000, now).unwrap();
+    // Four talkers, loudest first, and one listener.
+    let talkers = [(500.0, 9000.0), (800.0, 7000.0), (1200.0, 5000.0), (1700.0, 1500.0)];
+    let endpoints: Vec<SocketAddr> = (1..=5).map(|i| addr(&format!("10.0.3.{i}:4000"))).collect();
+    for (i, ep) in endpoints.iter().enumerate() {
+        let spec = LegSpec { remote: Remote::locked(*ep), codec: Some(leg_codec(0, CodecKind::Pcmu, 8000)), ..Default::default() };
+        h.engine.create_leg(i as u64 + 1, 30_000 + 2 * i as u16, spec, now).unwrap();
+        h.engine.add_member(90, i as u64 + 1, false, false).unwrap();
+    }
+    let params = CodecParams::new(CodecKind::Pcmu, 8000);
+    let signals: Vec<Vec<i16>> = talkers.iter().map(|(hz, amp)| media_codecs::signal::sine(8000, *hz, 2.0, *amp)).collect();
+    let mut encoders: Vec<_> = (0..4).map(|_| media_codecs::encoder(&params).unwrap()).collect();
+    for k in 0..80 {
+        for i in 0..4 {
+            let mut p = vec![0u8; 12];
+            write_rtp_header(&mut p, 0, k as u16, (k * 160) as u32, 0x400 + i as u32).unwrap();
+            encoders[i].encode(&signals[i][k * 160..(k + 1) * 160], &mut p).unwrap();
+            h.send(endpoints[i], 30_000 + 2 * i as u16, &p);
+        }
+        h.advance(Duration::from_millis(20));
+    }
+    let mut dec = media_codecs::decoder(&params).unwrap();
+    let mut pcm = Vec::new();
+    for r in h.take_inbox(endpoints[4]) {
+        dec.decode(&r.bytes[12..], &mut pcm).unwrap();
+    }
+    let heard = &pcm[2400..];
+    let power = |hz: f64| tone_power(heard, 8000, hz);
+    let quietest = power(1700.0);
+    for (hz, _) in &talkers[..3] {
+        assert!(power(*hz) > 1000.0 * quietest.max(1.0), "{hz} Hz is mixed, the fourth talker is not ({} vs {quietest:.0})", power(*hz));
+    }
+}
