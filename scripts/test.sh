@@ -27,3 +27,5 @@ cargo test --workspace --locked "$@"
 cargo test --locked -p media-codecs -p media-engine --features media-engine/g729 --lib "$@"
 # Gate: no clippy warning in the workspace and its tests.
 cargo clippy --workspace --tests --locked -- -D warnings
+# Gate: every fuzz target runs 20 s (libFuzzer with AddressSanitizer) without a finding.
+FUZZ_SECONDS=${FUZZ_SECONDS:-20} bash scripts/fuzz.sh

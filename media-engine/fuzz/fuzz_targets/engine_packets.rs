@@ -10,7 +10,7 @@ use media_engine::engine::{Engine, EngineConfig, LegSpec, Remote, Verdict, MAX_T
 
 fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
-    let config = EngineConfig { media_timeout: Duration::from_secs(60), core: 0, seed: 7 };
+    let config = EngineConfig { media_timeout: Duration::from_secs(60), core: 0, seed: 7, wall: None };
     let mut e = Engine::new(config);
     let mut other = Engine::new(EngineConfig { core: 1, ..config });
     let remote: SocketAddr = "10.0.0.2:5000".parse().unwrap();
@@ -35,7 +35,8 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(core, 1);
             let _ = other.handle_handoff(&handoff, &rest[..take], now);
             while let Some(t) = other.poll_transmit(&mut buf) {
-                assert!(t.len <= MAX_TRANSMIT && t.from_port == 30006);
+                // Leg 4 sends RTP from 30006 and (no rtcp-mux) RTCP from 30007.
+                assert!(t.len <= MAX_TRANSMIT && (t.from_port == 30006 || t.from_port == 30007));
             }
         }
         rest = &rest[take..];
