@@ -18,10 +18,13 @@ pub fn destination(uri: &str) -> String {
 }
 
 /// The records of `call`, rated with `rates` (in `currency`).
-pub fn records(call: &CallRecord, rates: &RateTable, currency: &str) -> Vec<Cdr> {
+/// (`international_prefix`: what dialled numbers may start with for an international call, e.g.
+/// `00`; removed before the lookup, as from the rate table: see [`crate::rating::international`].)
+pub fn records(call: &CallRecord, rates: &RateTable, currency: &str, international_prefix: &str) -> Vec<Cdr> {
     let destination = destination(call.trunk_number.as_deref().unwrap_or(&call.callee));
     let rated = call.trunk_number.is_some() && !destination.is_empty() && destination.chars().all(|c| c.is_ascii_digit());
-    let rate = if rated { rates.lookup(&destination, RateTable::minute_of_day(call.started_ms)) } else { None };
+    let number = crate::rating::international(&destination, international_prefix);
+    let rate = if rated { rates.lookup(number, RateTable::minute_of_day(call.started_ms)) } else { None };
     let charge = rate.map(|r| r.charge(call.duration_ms));
     let base = Cdr {
         call: call.call,
@@ -115,7 +118,7 @@ mod tests {
 
     #[test]
     fn a_call_has_a_record_and_one_per_leg_with_the_called_side_rated() {
-        let r = records(&call("sip:+442071234567@sip.test", 61_000), &rates(), "EUR");
+        let r = records(&call("sip:+442071234567@sip.test", 61_000), &rates(), "EUR", "00");
         assert_eq!(r.iter().map(|c| c.leg.as_str()).collect::<Vec<_>>(), ["call", "a", "b"]);
         // 1/1 at 0.01/min + 0.05 connect: 61 s = 0.05 + 61/60 × 0.01.
         assert_eq!((r[0].billed_s, r[0].cost, r[0].rate_prefix.as_str()), (61, 50_000 + 10_167, "4420"));
@@ -123,28 +126,32 @@ mod tests {
         assert_eq!(r[2].cost, r[0].cost);
         assert_eq!(r[0].answered_by, "sip:+442071234567@trunk.example");
         // Unanswered: no charge; a destination with no rate: recorded, not rated.
-        let unanswered = records(&call("sip:+442071234567@sip.test", 0), &rates(), "EUR");
+        let unanswered = records(&call("sip:+442071234567@sip.test", 0), &rates(), "EUR", "00");
         assert_eq!((unanswered[0].cost, unanswered[0].status, unanswered[0].cause.as_str()), (0, 486, "failed"));
-        let unrated = records(&call("sip:bob@sip.test", 30_000), &rates(), "EUR");
+        let unrated = records(&call("sip:bob@sip.test", 30_000), &rates(), "EUR", "00");
         assert_eq!((unrated[0].cost, unrated[0].rate_prefix.as_str(), unrated[0].duration_ms), (0, "", 30_000));
         // A call between phones, to an all-digit extension, is not rated: only trunk calls are.
-        let internal = records(&CallRecord { trunk_number: None, ..call("sip:4420@sip.test", 30_000) }, &rates(), "EUR");
+        let internal = records(&CallRecord { trunk_number: None, ..call("sip:4420@sip.test", 30_000) }, &rates(), "EUR", "00");
         assert_eq!((internal[0].cost, internal[0].rate_prefix.as_str()), (0, ""));
     }
 
     #[test]
     fn records_are_written_whole_read_back_since_a_time_and_exported() {
         for mut store in [Box::new(SqliteStore::in_memory().expect("db")) as Box<dyn Store>, Box::new(MemoryStore::default())] {
-            let first = records(&call("sip:+442071234567@sip.test", 61_000), &rates(), "EUR");
-            let later =
-                records(&CallRecord { ended_ms: first[0].end_ms + 10_000, ..call("sip:+441611234567@sip.test", 5_000) }, &rates(), "EUR");
+            let first = records(&call("sip:+442071234567@sip.test", 61_000), &rates(), "EUR", "00");
+            let later = records(
+                &CallRecord { ended_ms: first[0].end_ms + 10_000, ..call("sip:+441611234567@sip.test", 5_000) },
+                &rates(),
+                "EUR",
+                "00",
+            );
             store.add_cdrs(&first).expect("write");
             store.add_cdrs(&later).expect("write");
             assert_eq!(store.cdrs(0).expect("read").len(), 6);
             let since = store.cdrs(first[0].end_ms + 1).expect("read");
             assert_eq!(since, later, "only the later call's, as written");
         }
-        let csv = to_csv(&records(&call("sip:+442071234567@sip.test", 61_000), &rates(), "EUR"));
+        let csv = to_csv(&records(&call("sip:+442071234567@sip.test", 61_000), &rates(), "EUR", "00"));
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(

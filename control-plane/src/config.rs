@@ -84,6 +84,8 @@
 //!                                 # per_minute,connect_fee,initial,increment,period,description;
 //!                                 # see crate::rating); default: none (records unrated)
 //! currency = "EUR"                # the rate table's currency (default EUR)
+//! international_prefix = "00"     # removed, like "+", from dialled numbers and the table's
+//!                                 # prefixes before rating ("011" in North America; default 00)
 //!
 //! [limits]                        # abuse limits (see crate::limits); sip.trusted is always exempt
 //! requests_per_second = 100       # messages per second per source IP; 0 = no limit (default 100)
@@ -188,6 +190,7 @@ struct RawConfig {
 struct RawBilling {
     rates: Option<PathBuf>,
     currency: Option<String>,
+    international_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -486,6 +489,9 @@ pub struct Config {
     /// currency.
     pub rates: crate::rating::RateTable,
     pub currency: String,
+    /// What dialled numbers start with for an international call (`00`); removed, like `+`,
+    /// from numbers and from the rate table's prefixes before rating.
+    pub international_prefix: String,
 }
 
 impl Config {
@@ -713,6 +719,12 @@ impl Config {
                 crate::rating::RateTable::from_csv(&text).map_err(|e| invalid("billing.rates", format!("{}: {e}", path.display())))?
             }
         };
+        let international_prefix = raw.billing.international_prefix.clone().unwrap_or_else(|| "00".into());
+        if international_prefix.len() > 4 || !international_prefix.chars().all(|c| c.is_ascii_digit()) {
+            return Err(invalid("billing.international_prefix", format!("{international_prefix:?} is not up to 4 digits (e.g. 00, 011)")));
+        }
+        let mut rates = rates;
+        rates.normalise(&international_prefix);
         let currency = raw.billing.currency.clone().unwrap_or_else(|| "EUR".into());
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
             return Err(invalid("billing.currency", format!("{currency:?} is not a three-letter code such as EUR")));
@@ -746,6 +758,7 @@ impl Config {
             limits,
             rates,
             currency,
+            international_prefix,
         })
     }
 

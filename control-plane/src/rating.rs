@@ -164,10 +164,28 @@ impl RateTable {
         self.rates.iter().filter(|r| digits.starts_with(&r.prefix) && in_period(r)).max_by_key(|r| (r.prefix.len(), r.period.is_some()))
     }
 
+    /// Removes the international prefix (e.g. `00`) from the table's prefixes, so that a table
+    /// written either way (`0049`, `49`) rates numbers dialled either way (see [`international`]).
+    pub fn normalise(&mut self, international_prefix: &str) {
+        for r in &mut self.rates {
+            r.prefix = international(&r.prefix, international_prefix).to_owned();
+        }
+    }
+
     /// The UTC minute of the day of a UNIX time in milliseconds.
     pub fn minute_of_day(unix_ms: u64) -> u16 {
         ((unix_ms / 60_000) % 1440) as u16
     }
+}
+
+/// `number` without a leading `+` or international prefix (`+4930…` and `004930…` are both
+/// `4930…`); an empty prefix only drops the `+`.
+pub fn international<'a>(number: &'a str, international_prefix: &str) -> &'a str {
+    let n = number.trim_start_matches('+');
+    if international_prefix.is_empty() {
+        return n;
+    }
+    n.strip_prefix(international_prefix).unwrap_or(n)
 }
 
 impl Rate {
@@ -293,6 +311,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn numbers_and_prefixes_dialled_with_plus_or_the_international_prefix_rate_alike() {
+        assert_eq!(international("+4930123", "00"), "4930123");
+        assert_eq!(international("004930123", "00"), "4930123");
+        assert_eq!(international("030123", "00"), "030123", "a national number keeps its 0");
+        assert_eq!(international("004930123", ""), "004930123");
+        let mut t = RateTable::from_csv("h\n0049,0.06,0,1,1,,Germany\n+44,0.01,0,1,1,,UK\n").expect("table");
+        t.normalise("00");
+        assert_eq!(t.rates().iter().map(|r| r.prefix.as_str()).collect::<Vec<_>>(), ["49", "44"]);
+        assert_eq!(t.lookup(international("+49301", "00"), 0).map(|r| r.description.as_str()), Some("Germany"));
+        assert_eq!(t.lookup(international("0044207", "00"), 0).map(|r| r.description.as_str()), Some("UK"));
     }
 
     #[test]

@@ -416,7 +416,7 @@ impl ControlPlane {
             }
             CallEvent::Ended(record) => {
                 // The detail records go to the store before anything else of this call can.
-                let cdrs = crate::cdr::records(&record, &self.config.rates, &self.config.currency);
+                let cdrs = crate::cdr::records(&record, &self.config.rates, &self.config.currency, &self.config.international_prefix);
                 if let Err(e) = store.add_cdrs(&cdrs) {
                     self.stats.cdr_failures += 1;
                     tracing::error!(call = record.call, error = %e, "call detail records not written");
