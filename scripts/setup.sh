@@ -9,6 +9,8 @@ set -euo pipefail
 need_apt=()
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v cc >/dev/null || need_apt+=(build-essential)
+# The fuzz targets' libFuzzer (libfuzzer-sys) is C++.
+command -v c++ >/dev/null || need_apt+=(g++)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 # ebpf/: clang compiles the XDP program (-target bpf) against the kernel's UAPI headers; libbpf-sys
 # builds its vendored libbpf with make and links libelf and zlib. (<bpf/bpf_helpers.h> comes with

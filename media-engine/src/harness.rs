@@ -213,9 +213,15 @@ impl Harness {
             let e = self.core(core);
             match m {
                 CrossMessage::Unlink { leg, bridge, .. } => e.handle_unlink(leg, bridge),
-                CrossMessage::MemberOut { leg, packet, .. } => {
-                    let handoff =
-                        crate::engine::Handoff { to_leg: leg, from_leg: 0, from_core: 0, bridge: 0, rtcp: false, conference: true };
+                CrossMessage::MemberOut { leg, conference, packet, .. } => {
+                    let handoff = crate::engine::Handoff {
+                        to_leg: leg,
+                        from_leg: 0,
+                        from_core: source,
+                        bridge: conference,
+                        rtcp: false,
+                        conference: true,
+                    };
                     let _ = e.handle_handoff(&handoff, &packet, now);
                 }
                 CrossMessage::MemberFrame { conference, leg, pcm, .. } => {
@@ -224,8 +230,8 @@ impl Harness {
                 CrossMessage::MemberGone { conference, leg, .. } => {
                     let _ = e.remove_member(conference, leg);
                 }
-                CrossMessage::Unjoin { leg, .. } => {
-                    e.leave_remote(leg);
+                CrossMessage::Unjoin { leg, conference, .. } => {
+                    e.unjoin(leg, source, conference);
                 }
             }
         }

@@ -247,6 +247,12 @@ impl MediaService {
             let _ = self.ask(core, |reply| Command::RemoveMember { conference, leg, reply }).await;
             return Err(Status::new(status.code(), format!("leg_id: {}", status.message())));
         }
+        // The conference may have ended (or let the member go) while the leg joined; then the
+        // leg leaves again rather than feed a conference that is gone.
+        if let Err(status) = self.ask(core, |reply| Command::Member { conference, leg, muted, deaf, add: false, reply }).await {
+            let _ = self.ask(leg_core, |reply| Command::LeaveRemote { leg, reply }).await;
+            return Err(status);
+        }
         Ok(Response::new(v1::ParticipantResponse {}))
     }
 

@@ -321,9 +321,9 @@ impl Intake {
     }
 }
 
-/// Frames a member on another core may have waiting; beyond, the oldest go (its core runs
-/// ahead of the mixer).
-const MAX_QUEUED_FRAMES: usize = 5;
+/// Frames a member on another core may have waiting; beyond, the oldest go (its core ran
+/// ahead of the mixer, or caught up a burst): the delay it adds stays under 60 ms.
+const MAX_QUEUED_FRAMES: usize = 3;
 
 impl Conference {
     pub fn new(id: ConferenceId, rate: u32, now: Instant) -> Self {

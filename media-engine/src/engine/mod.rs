@@ -121,18 +121,19 @@ pub enum CrossMessage {
     /// This core's half of `bridge` is gone: core `core` must drop its half, on its leg `leg`
     /// ([`Engine::handle_unlink`]).
     Unlink { core: usize, leg: LegId, bridge: BridgeId },
-    /// A conference's packet for member `leg` of core `core`, to go out from that leg's ports
-    /// (as a [`Handoff`] with `conference`).
-    MemberOut { core: usize, leg: LegId, packet: Vec<u8> },
+    /// Conference `conference`'s packet for member `leg` of core `core`, to go out from that
+    /// leg's ports (as a [`Handoff`] with `conference`, the conference in `bridge`).
+    MemberOut { core: usize, conference: ConferenceId, leg: LegId, packet: Vec<u8> },
     /// A mixing period's audio of member `leg` of this core, decoded here at the mixing rate,
     /// for conference `conference` of core `core` ([`Engine::handle_member_frame`]).
     MemberFrame { core: usize, conference: ConferenceId, leg: LegId, pcm: Vec<i16> },
     /// Leg `leg` of this core, a member of conference `conference` of core `core`, is gone:
     /// take it out there ([`Engine::remove_member`]).
     MemberGone { core: usize, conference: ConferenceId, leg: LegId },
-    /// Conference member `leg` of core `core` is no longer in this core's conference (removed,
-    /// or the conference ended): its media stops going there ([`Engine::leave_remote`]).
-    Unjoin { core: usize, leg: LegId },
+    /// Conference member `leg` of core `core` is no longer in this core's conference
+    /// `conference` (removed, or the conference ended): its media stops going there
+    /// ([`Engine::unjoin`]).
+    Unjoin { core: usize, conference: ConferenceId, leg: LegId },
 }
 
 /// Something the control plane (and the driver) must learn about.
@@ -467,7 +468,9 @@ impl Engine {
     /// A conference's packet for a member of ours (see [`Handoff::conference`]).
     fn handle_conference_handoff(&mut self, handoff: &Handoff, packet: &[u8], _now: Instant) -> bool {
         // The mix for a member of ours: out from its ports.
-        let Some(slot) = self.by_id.get(&handoff.to_leg).copied().filter(|&s| self.slot(s).is_some_and(|l| l.remote_conference.is_some()))
+        // Only the conference the leg is in, from its core, sends it a mix.
+        let from = Some((handoff.from_core, handoff.bridge));
+        let Some(slot) = self.by_id.get(&handoff.to_leg).copied().filter(|&s| self.slot(s).is_some_and(|l| l.remote_conference == from))
         else {
             self.counters.drops.add(DropReason::NoRoute);
             return false;
@@ -939,7 +942,7 @@ impl Engine {
         for m in &c.members {
             match m.remote {
                 // A member on another core stops sending here.
-                Some(core) => self.cross.push_back(CrossMessage::Unjoin { core, leg: m.leg }),
+                Some(core) => self.cross.push_back(CrossMessage::Unjoin { core, conference: id, leg: m.leg }),
                 None => {
                     if let Some(l) = self.slot_mut(m.slot) {
                         l.conference = None;
@@ -995,6 +998,13 @@ impl Engine {
         }
         self.feeding.push((slot, now + conference::TICK));
         Ok(())
+    }
+
+    /// Conference `conference` of core `core` let leg `leg` go: it leaves, if that is still
+    /// the conference it is in (a late message of an earlier conference changes nothing).
+    pub fn unjoin(&mut self, leg: LegId, core: usize, conference: ConferenceId) -> bool {
+        let ours = self.by_id.get(&leg).and_then(|&s| self.slot(s)).is_some_and(|l| l.remote_conference == Some((core, conference)));
+        ours && self.leave_remote(leg)
     }
 
     /// Leg `leg` is no longer a member of a conference on another core; whether it was.
@@ -1103,7 +1113,7 @@ impl Engine {
         }
         self.events.push_back(Event::Member { leg, conference: id, joined: false });
         if let Some(core) = remote {
-            self.cross.push_back(CrossMessage::Unjoin { core, leg });
+            self.cross.push_back(CrossMessage::Unjoin { core, conference: id, leg });
         }
         if let Some(slot) = self.by_id.get(&leg).copied() {
             if let Some(l) = self.slot_mut(slot) {
@@ -1124,10 +1134,11 @@ impl Engine {
                 if now.saturating_duration_since(c.next_tick) > MIX_LATE {
                     counters.mix_ticks_late += 1;
                 }
+                let conference_id = c.id;
                 c.tick(|to: conference::Dest, packet| {
                     if let Some(core) = to.remote {
                         // A member on another core: that core sends it.
-                        cross.push_back(CrossMessage::MemberOut { core, leg: to.leg, packet: packet.to_vec() });
+                        cross.push_back(CrossMessage::MemberOut { core, conference: conference_id, leg: to.leg, packet: packet.to_vec() });
                         return;
                     }
                     let Some(leg) = slots.get_mut(to.slot).and_then(Option::as_mut) else { return };
@@ -1239,6 +1250,8 @@ impl Engine {
             }
         }
         let leg = self.slots[slot].take().ok_or(CommandError::NoSuchLeg(id))?;
+        // Its slot may be reused before the next frame: its feed goes now.
+        self.feeding.retain(|(s, _)| *s != slot);
         if let Some((core, conference)) = leg.remote_conference {
             self.cross.push_back(CrossMessage::MemberGone { core, conference, leg: id });
         }

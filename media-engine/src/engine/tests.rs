@@ -1020,6 +1020,7 @@ fn a_member_on_another_core_is_mixed_through_the_cores_queues_and_leaves_when_it
     assert_eq!(h.core(0).add_remote_member(80, remote, 1, codec, false, false), Ok(8000));
     h.core(1).join_remote(remote, 0, 80, 8000, now).unwrap();
     assert_eq!(h.core(1).join_remote(remote, 0, 80, 8000, now), Err(CommandError::InConference(remote, 80)), "a leg joins once");
+    assert!(!h.core(1).unjoin(remote, 0, 81), "a late message of another conference does not take it out of this one");
     let params = CodecParams::new(CodecKind::Pcmu, 8000);
     let tones = [media_codecs::signal::sine(8000, 440.0, 2.0, 6000.0), media_codecs::signal::sine(8000, 1300.0, 2.0, 6000.0)];
     let mut encoders: Vec<_> = (0..2).map(|_| media_codecs::encoder(&params).unwrap()).collect();

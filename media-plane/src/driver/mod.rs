@@ -275,8 +275,8 @@ pub enum CrossPacket {
     MemberGone { conference: u64, leg: LegId },
     /// A mixing period's audio of member `leg` of core `from`, decoded there.
     MemberFrame { conference: u64, leg: LegId, from: usize, pcm: Vec<i16> },
-    /// Your leg `leg` is no longer in the sending core's conference.
-    Unjoin { leg: LegId },
+    /// Your leg `leg` is no longer in the sending core's conference `conference`.
+    Unjoin { conference: u64, leg: LegId, from: usize },
 }
 
 /// Packets waiting in each core's cross-core queue before more are dropped (`handoff_full`).
@@ -325,16 +325,27 @@ impl CrossCore {
     /// Queues `packet` for `core` without waiting; `false` (counted) when its queue is full or
     /// the core is gone. The core is woken by the next [`CrossCore::wake_peers`].
     pub fn send(&mut self, core: usize, packet: CrossPacket, counters: &mut DriverCounters) -> bool {
-        let sent = self.peers.get(core).is_some_and(|p| p.tx.try_send(packet).is_ok());
-        if sent {
-            counters.handoff_out += 1;
-            if let Some(w) = self.to_wake.get_mut(core) {
-                *w = true;
+        self.try_send(core, packet, counters).is_ok()
+    }
+
+    /// As [`CrossCore::send`], giving the packet back when it could not be queued (a core that
+    /// does not exist: dropped).
+    pub fn try_send(&mut self, core: usize, packet: CrossPacket, counters: &mut DriverCounters) -> Result<(), CrossPacket> {
+        let Some(peer) = self.peers.get(core) else { return Ok(()) };
+        match peer.tx.try_send(packet) {
+            Ok(()) => {
+                counters.handoff_out += 1;
+                if let Some(w) = self.to_wake.get_mut(core) {
+                    *w = true;
+                }
+                Ok(())
             }
-        } else {
-            counters.handoff_full += 1;
+            Err(crossbeam_channel::TrySendError::Full(p)) => {
+                counters.handoff_full += 1;
+                Err(p)
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Ok(()),
         }
-        sent
     }
 
     /// Wakes the cores sent something since the last call (one eventfd write each).
@@ -444,6 +455,9 @@ pub struct CoreState {
     pub cross: CrossCore,
     /// Where recorded media goes (set once the recorder runs).
     recorder: Option<crate::recorder::RecorderHandle>,
+    /// Messages to other cores that must not be lost (a conference member gone or let go),
+    /// kept while the other core's queue is full and sent again.
+    control_retry: Vec<(usize, CrossPacket)>,
 }
 
 impl CoreState {
@@ -475,6 +489,7 @@ impl CoreState {
             driver: DriverCounters::default(),
             cross,
             recorder: None,
+            control_retry: Vec::new(),
         }
     }
 
@@ -614,7 +629,17 @@ impl CoreState {
 
     /// Passes engine events on, freeing the ports of legs that timed out, and sends the engine's
     /// messages for other cores.
+    /// Sends a message another core must get, keeping it to send again if its queue is full.
+    fn send_control(&mut self, core: usize, packet: CrossPacket) {
+        if let Err(packet) = self.cross.try_send(core, packet, &mut self.driver) {
+            self.control_retry.push((core, packet));
+        }
+    }
+
     pub fn drain_engine_events(&mut self) {
+        for (core, packet) in std::mem::take(&mut self.control_retry) {
+            self.send_control(core, packet);
+        }
         if let Some(recorder) = &self.recorder {
             let now = Instant::now();
             while let Some(tap) = self.engine.poll_tap() {
@@ -639,9 +664,10 @@ impl CoreState {
                         tracing::warn!(core = self.core, peer_core = core, bridge, "could not tell the other core to drop its bridge half");
                     }
                 }
-                CrossMessage::MemberOut { core, leg, packet } => {
+                CrossMessage::MemberOut { core, conference, leg, packet } => {
                     // A full queue is a counted drop (handoff_full), like any hand-off.
-                    let handoff = Handoff { to_leg: leg, from_leg: 0, from_core: self.core, bridge: 0, rtcp: false, conference: true };
+                    let handoff =
+                        Handoff { to_leg: leg, from_leg: 0, from_core: self.core, bridge: conference, rtcp: false, conference: true };
                     self.cross.send(core, CrossPacket::Peer { handoff, payload: packet }, &mut self.driver);
                 }
                 CrossMessage::MemberFrame { core, conference, leg, pcm } => {
@@ -650,24 +676,11 @@ impl CoreState {
                     self.cross.send(core, CrossPacket::MemberFrame { conference, leg, from, pcm }, &mut self.driver);
                 }
                 CrossMessage::MemberGone { core, conference, leg } => {
-                    if !self.cross.send(core, CrossPacket::MemberGone { conference, leg }, &mut self.driver) {
-                        tracing::warn!(
-                            core = self.core,
-                            peer_core = core,
-                            leg,
-                            "could not tell the conference's core that its member left"
-                        );
-                    }
+                    self.send_control(core, CrossPacket::MemberGone { conference, leg });
                 }
-                CrossMessage::Unjoin { core, leg } => {
-                    if !self.cross.send(core, CrossPacket::Unjoin { leg }, &mut self.driver) {
-                        tracing::warn!(
-                            core = self.core,
-                            peer_core = core,
-                            leg,
-                            "could not tell a member's core that its conference let it go"
-                        );
-                    }
+                CrossMessage::Unjoin { core, conference, leg } => {
+                    let from = self.core;
+                    self.send_control(core, CrossPacket::Unjoin { conference, leg, from });
                 }
             }
         }
@@ -703,8 +716,8 @@ impl CoreState {
                 CrossPacket::MemberGone { conference, leg } => {
                     let _ = self.engine.remove_member(conference, leg);
                 }
-                CrossPacket::Unjoin { leg } => {
-                    self.engine.leave_remote(leg);
+                CrossPacket::Unjoin { conference, leg, from } => {
+                    self.engine.unjoin(leg, from, conference);
                 }
                 CrossPacket::Port { dst_port, src, payload } => {
                     self.driver.handoff_in += 1;
