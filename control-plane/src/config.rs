@@ -82,10 +82,16 @@
 //! [billing]
 //! rates = "rates.csv"             # rate table the calls' detail records are rated with (CSV: prefix,
 //!                                 # per_minute,connect_fee,initial,increment,period,description;
-//!                                 # see crate::rating); default: none (records unrated)
+//!                                 # see crate::billing::rating); default: none (records unrated)
 //! currency = "EUR"                # the rate table's currency (default EUR)
 //! international_prefix = "00"     # removed, like "+", from dialled numbers and the table's
 //!                                 # prefixes before rating ("011" in North America; default 00)
+//! node = "cp1"                    # this control plane's name on the credit it holds for calls in
+//!                                 # progress, settled when it restarts (default: the host name)
+//! max_call_s = 14400              # longest call an account may place (default 4 h)
+//! warning_s = 60                  # the caller hears warning_tone this long before its credit
+//!                                 # runs out (default 60; 0: no warning)
+//! warning_tone = "warning"        # a media-plane tone name (default: three beeps)
 //!
 //! [limits]                        # abuse limits (see crate::limits); sip.trusted is always exempt
 //! requests_per_second = 100       # messages per second per source IP; 0 = no limit (default 100)
@@ -191,6 +197,10 @@ struct RawBilling {
     rates: Option<PathBuf>,
     currency: Option<String>,
     international_prefix: Option<String>,
+    node: Option<String>,
+    max_call_s: Option<u64>,
+    warning_s: Option<u64>,
+    warning_tone: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -487,11 +497,13 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// The rate table calls are rated with for their detail records (empty: none), and its
     /// currency.
-    pub rates: crate::rating::RateTable,
+    pub rates: crate::billing::rating::RateTable,
     pub currency: String,
     /// What dialled numbers start with for an international call (`00`); removed, like `+`,
     /// from numbers and from the rate table's prefixes before rating.
     pub international_prefix: String,
+    /// Prepaid: this node's name on its holds, the longest call, the warning before the end.
+    pub billing: crate::billing::BillingConfig,
 }
 
 impl Config {
@@ -713,10 +725,11 @@ impl Config {
             return Err(invalid("routing.branch_timeout_s", "must be greater than 0"));
         }
         let rates = match &raw.billing.rates {
-            None => crate::rating::RateTable::default(),
+            None => crate::billing::rating::RateTable::default(),
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| invalid("billing.rates", format!("{}: {e}", path.display())))?;
-                crate::rating::RateTable::from_csv(&text).map_err(|e| invalid("billing.rates", format!("{}: {e}", path.display())))?
+                crate::billing::rating::RateTable::from_csv(&text)
+                    .map_err(|e| invalid("billing.rates", format!("{}: {e}", path.display())))?
             }
         };
         let international_prefix = raw.billing.international_prefix.clone().unwrap_or_else(|| "00".into());
@@ -729,6 +742,23 @@ impl Config {
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
             return Err(invalid("billing.currency", format!("{currency:?} is not a three-letter code such as EUR")));
         }
+        let node = match raw.billing.node.clone() {
+            Some(n) => n,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default(),
+        };
+        if node.is_empty() || node.len() > 64 || node.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(invalid("billing.node", format!("{node:?} is not 1-64 printable characters without spaces")));
+        }
+        let max_call_s = raw.billing.max_call_s.unwrap_or(14_400);
+        if !(1..=86_400).contains(&max_call_s) {
+            return Err(invalid("billing.max_call_s", format!("{max_call_s} is not 1-86400")));
+        }
+        let warning_s = raw.billing.warning_s.unwrap_or(60);
+        if warning_s > 3_600 {
+            return Err(invalid("billing.warning_s", format!("{warning_s} is not 0-3600")));
+        }
+        let warning_tone = raw.billing.warning_tone.clone().unwrap_or_else(|| "warning".into());
+        let billing = crate::billing::BillingConfig { node, max_call_s, warning: Duration::from_secs(warning_s), warning_tone };
 
         Ok(Config {
             listen,
@@ -759,6 +789,7 @@ impl Config {
             rates,
             currency,
             international_prefix,
+            billing,
         })
     }
 

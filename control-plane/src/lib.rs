@@ -42,14 +42,13 @@
 pub mod api;
 pub mod auth;
 pub mod b2bua;
-pub mod cdr;
+pub mod billing;
 pub mod config;
 pub mod driver;
 pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod now;
-pub mod rating;
 pub mod registrar;
 pub mod routing;
 pub mod sdp;
@@ -57,6 +56,8 @@ pub mod server;
 pub mod settings;
 pub mod store;
 
+#[cfg(test)]
+mod billing_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]

@@ -11,6 +11,13 @@
 //! control-plane settings show --config F alice@sip.test        # call settings as JSON
 //! control-plane settings set --config F alice@sip.test forward.busy=carol forward.no_answer_s=20
 //! control-plane settings clear --config F alice@sip.test       # every setting off
+//! control-plane settings set --config F alice@sip.test account=acme   # who pays its trunk calls
+//! control-plane account add --config F acme --kind prepaid --balance 10.00 max_concurrent=2
+//! control-plane account set --config F acme blocked=4490,4487 max_call_cost=5.00
+//! control-plane account credit --config F acme 5.00            # top up (debit: take money)
+//! control-plane account show --config F acme                   # balance, held, calls in progress
+//! control-plane account list --config F
+//! control-plane cdr export --config F --since 0                 # CSV
 //! ```
 //!
 //! Exit codes: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad configuration or usage.
@@ -54,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         action: SettingsAction,
     },
+    /// Billing accounts: prepaid balances, postpaid credit limits, fraud guards.
+    Account {
+        #[command(subcommand)]
+        action: AccountAction,
+    },
     /// Call detail records in the configured store.
     Cdr {
         #[command(subcommand)]
@@ -68,6 +80,38 @@ enum CdrAction {
         #[arg(long, default_value_t = 0)]
         since: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountAction {
+    /// Add an account, with settings as `key=value` pairs (max_concurrent, max_per_minute,
+    /// max_call_cost, blocked, credit_limit, enabled).
+    Add {
+        id: String,
+        #[arg(long, default_value = "prepaid")]
+        kind: String,
+        /// Starting balance, e.g. 10.00.
+        #[arg(long, default_value = "0")]
+        balance: String,
+        /// Default: [billing] currency.
+        #[arg(long)]
+        currency: Option<String>,
+        pairs: Vec<String>,
+    },
+    /// Change settings (`key=value` pairs); not the balance.
+    Set {
+        id: String,
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Add money to the balance.
+    Credit { id: String, amount: String },
+    /// Take money from the balance.
+    Debit { id: String, amount: String },
+    /// Print an account: balance, credit held by calls in progress, guards.
+    Show { id: String },
+    /// Every account.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,9 +220,10 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Subscriber { action }) => subscriber(action, &config, &mut store),
         Some(Command::Settings { action }) => settings(action, &mut store),
+        Some(Command::Account { action }) => account(action, &config, &mut store),
         Some(Command::Cdr { action: CdrAction::Export { since } }) => match store.cdrs(since) {
             Ok(cdrs) => {
-                print!("{}", control_plane::cdr::to_csv(&cdrs));
+                print!("{}", control_plane::billing::cdr::to_csv(&cdrs));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -335,6 +380,34 @@ fn settings(action: SettingsAction, store: &mut SqliteStore) -> ExitCode {
         Err(e) => {
             eprintln!("control-plane: store: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn account(action: AccountAction, config: &Config, store: &mut SqliteStore) -> ExitCode {
+    use control_plane::billing::accounts::{self, Command as A};
+    let command = match action {
+        AccountAction::Add { id, kind, balance, currency, pairs } => {
+            A::Add { id, kind, balance, currency: currency.unwrap_or_else(|| config.currency.clone()), pairs }
+        }
+        AccountAction::Set { id, pairs } => A::Set { id, pairs },
+        AccountAction::Credit { id, amount } => A::Credit { id, amount, debit: false },
+        AccountAction::Debit { id, amount } => A::Credit { id, amount, debit: true },
+        AccountAction::Show { id } => A::Show { id },
+        AccountAction::List => A::List,
+    };
+    match accounts::run(store, command, Now::system().unix_ms()) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(accounts::Error::Store(e)) => {
+            eprintln!("control-plane: store: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("control-plane: {e}");
+            ExitCode::from(2)
         }
     }
 }

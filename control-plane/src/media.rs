@@ -115,6 +115,14 @@ pub enum MediaRequest {
         /// File name.
         file: String,
     },
+    /// Play call-progress tone `tone` (`warning`, `busy`, …) once into each of `legs`; their
+    /// bridge takes over again at its end. No reply; failures are counted.
+    Tone {
+        /// Legs.
+        legs: Vec<u64>,
+        /// The media plane's tone name.
+        tone: String,
+    },
     /// Stop what plays into `legs`; their bridge takes over again in the same stream.
     StopPlay {
         /// Legs.
@@ -259,6 +267,13 @@ impl MediaClient {
                 for leg_id in legs {
                     let request = v1::PlayRequest { leg_id, source: Some(v1::play_request::Source::File(file.clone())), r#loop: true };
                     self.count_play(self.client.clone().play(request).await.map(|_| ()), &file);
+                }
+                None
+            }
+            MediaRequest::Tone { legs, tone } => {
+                for leg_id in legs {
+                    let request = v1::PlayRequest { leg_id, source: Some(v1::play_request::Source::Tone(tone.clone())), r#loop: false };
+                    self.count_play(self.client.clone().play(request).await.map(|_| ()), &tone);
                 }
                 None
             }

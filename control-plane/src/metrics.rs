@@ -4,7 +4,7 @@
 //! The HTTP side asks the driver's loop for the text over its input channel, so the counters
 //! are read where the core lives, with no lock and no shared copy: SIP requests received by
 //! method and responses sent by class, transactions, registrations, calls, authentication, abuse
-//! limits, and the media client's outcomes. `docs/grafana/control-plane.json` is a dashboard of
+//! limits, billing (holds, refusals by reason, calls cut off), and the media client's outcomes. `docs/grafana/control-plane.json` is a dashboard of
 //! them.
 
 use prometheus_client::collector::Collector;
@@ -56,7 +56,16 @@ impl Collector for Snapshot {
             let class = format!("{}xx", i + 1);
             ConstCounter::new(*count).encode(responses.encode_family(&[("class", class.as_str())])?)?;
         }
-        let counters: [(&str, &str, u64); 22] = [
+        let mut denied = encoder.encode_descriptor(
+            "billing_calls_denied",
+            "Calls (or their trunk branches) refused by billing, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in crate::billing::DENIALS.iter().zip(s.billing.denied) {
+            ConstCounter::new(count).encode(denied.encode_family(&[("reason", *reason)])?)?;
+        }
+        let counters: [(&str, &str, u64); 27] = [
             ("sip_malformed", "Messages that did not parse", s.malformed),
             ("sip_server_transactions", "Server transactions created", self.server_transactions),
             ("sip_client_transactions", "Client transactions started", self.client_transactions),
@@ -83,6 +92,11 @@ impl Collector for Snapshot {
             ("sip_scanners_dropped", "Requests from known scanners dropped unanswered", s.limits.scanners_dropped),
             ("sip_users_locked", "Users locked after refused passwords", s.limits.users_locked),
             ("sip_cdr_failures", "Calls whose detail records the store refused", s.cdr_failures),
+            ("billing_holds", "Credit held for calls out through trunks", s.billing.holds),
+            ("billing_settled", "Holds settled at their calls' end", s.billing.settled),
+            ("billing_recovered", "Holds settled after a restart or their expiry", s.billing.recovered),
+            ("billing_store_errors", "Ledger operations the store failed", s.billing.store_errors),
+            ("sip_calls_cut_off", "Calls ended because their credit ran out", s.calls.calls_cut_off),
         ];
         for (name, help, value) in counters {
             one(&mut encoder, name, help, MetricType::Counter, value)?;

@@ -22,6 +22,11 @@ impl Now {
         self.wall.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
     }
 
+    /// UNIX milliseconds.
+    pub fn unix_ms(&self) -> u64 {
+        self.wall.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
     /// This time advanced by `d` on both clocks.
     pub fn plus(&self, d: Duration) -> Self {
         Now { instant: self.instant + d, wall: self.wall + d }

@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rsip::headers::UntypedHeader;
 use rsip::{Header, Method, Request, Response, SipMessage};
@@ -29,7 +29,7 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 use sip_core::digest::{parse_credentials, Algorithm, Authenticator, DigestConfig, DigestError, HashFn};
 use sip_core::Random;
 
-use sip_core::message::{self, from_value, response_for, tag_of, to_value, uri_of, user_host, Framing};
+use sip_core::message::{self, call_id, from_value, response_for, tag_of, to_value, uri_of, user_host, Framing};
 use sip_core::transaction::{InviteServerState, LayerEvent, Outgoing, Peer, Role, TimerConfig, TransactionKey, TransactionLayer};
 
 use crate::b2bua::{B2bua, CallEvent, CallInfo, CallUpdate, OfferProblem, SipOut, ALLOW};
@@ -73,6 +73,8 @@ pub struct Stats {
     pub calls_unrouted: u64,
     /// Calls and their media (the B2BUA's counters).
     pub calls: crate::b2bua::CallStats,
+    /// Prepaid authorisation (holds, refusals by reason, settlements).
+    pub billing: crate::billing::BillingStats,
     /// Requests answered 481 (no such dialog/transaction).
     pub no_dialog: u64,
     /// Requests refused with 420 for a `Require` option this server does not support.
@@ -124,6 +126,8 @@ pub struct ControlPlane {
     limits: crate::limits::Limits,
     /// Calls.
     b2bua: B2bua,
+    /// Credit held by calls out through trunks.
+    billing: crate::billing::Billing,
     /// Calls' progress for the API's watchers.
     updates: VecDeque<CallUpdate>,
     transmits: VecDeque<Outgoing>,
@@ -163,6 +167,7 @@ impl ControlPlane {
             registrar: Registrar::new(config.registrar),
             limits: crate::limits::Limits::new(config.limits.clone()),
             b2bua: B2bua::new(config.clone(), timers, random.split()),
+            billing: crate::billing::Billing::default(),
             updates: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: Stats::default(),
@@ -180,6 +185,7 @@ impl ControlPlane {
         Stats {
             limits: self.limits.stats(),
             calls,
+            billing: self.billing.stats,
             no_dialog: self.stats.no_dialog + calls.no_dialog,
             responses: self.layer.stats().responses_sent,
             ..self.stats
@@ -299,6 +305,7 @@ impl ControlPlane {
     pub fn handle_timeout(&mut self, now: Now, store: &mut dyn Store) {
         self.layer.handle_timeout(now.instant);
         self.b2bua.handle_timeout(now);
+        self.billing.handle_timeout(&self.config, store, now);
         if self.next_sweep.is_none_or(|t| t <= now.instant) {
             self.next_sweep = Some(now.instant + std::time::Duration::from_secs(10));
             self.limits.sweep(now.instant);
@@ -408,6 +415,9 @@ impl ControlPlane {
     fn on_call_event(&mut self, event: CallEvent, now: Now, store: &mut dyn Store) {
         match event {
             CallEvent::Update(update) => {
+                if matches!(update.kind, crate::b2bua::UpdateKind::Answered { .. }) {
+                    self.billing.answered(store, update.call, now);
+                }
                 // Bounded: without a watcher draining them, the oldest go.
                 if self.updates.len() >= MAX_UPDATES {
                     self.updates.pop_front();
@@ -416,7 +426,9 @@ impl ControlPlane {
             }
             CallEvent::Ended(record) => {
                 // The detail records go to the store before anything else of this call can.
-                let cdrs = crate::cdr::records(&record, &self.config.rates, &self.config.currency, &self.config.international_prefix);
+                let mut cdrs =
+                    crate::billing::cdr::records(&record, &self.config.rates, &self.config.currency, &self.config.international_prefix);
+                self.billing.ended(store, record.call, &mut cdrs, now);
                 if let Err(e) = store.add_cdrs(&cdrs) {
                     self.stats.cdr_failures += 1;
                     tracing::error!(call = record.call, error = %e, "call detail records not written");
@@ -426,6 +438,11 @@ impl ControlPlane {
                 let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
                 let route =
                     crate::routing::refer(&refer.target, &refer.transferee, refer.transferor.as_deref(), &mut ctx).map_err(|r| r.status());
+                // A transfer out through a trunk is paid by the transferor.
+                let route = route.and_then(|(mut plan, state)| {
+                    let payer = state.subscriber().or(refer.transferor.as_deref()).map(str::to_owned);
+                    self.authorize_stage(refer.call, payer.as_deref(), &mut plan.stage, now, store).map(|()| (plan, state))
+                });
                 self.b2bua.handle_refer(refer.call, route, now);
             }
             CallEvent::Held { call, holder } => {
@@ -442,9 +459,39 @@ impl ControlPlane {
             CallEvent::Unanswered { call, outcome } => {
                 let Some(state) = self.b2bua.route_state(call) else { return };
                 let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
-                let next = crate::routing::next(state, &outcome, &mut ctx);
+                let mut next = crate::routing::next(state, &outcome, &mut ctx);
+                // The stage that ended needs its credit no more; the next one may need some.
+                self.billing.release(store, call, now);
+                if let crate::routing::Next::Ring(plan) = &mut next {
+                    let payer = self.b2bua.route_state(call).and_then(|s| s.subscriber().map(str::to_owned));
+                    let payer = payer.or_else(|| self.b2bua.caller(call).map(str::to_owned));
+                    if let Err(status) = self.authorize_stage(call, payer.as_deref(), &mut plan.stage, now, store) {
+                        next = crate::routing::Next::Fail(status);
+                    }
+                }
                 self.b2bua.handle_next(call, next, now);
             }
+        }
+    }
+
+    /// Credit for call `id`'s next stage (see [`crate::billing::Billing::authorize`]): held and
+    /// the call limited, or the status its caller gets.
+    fn authorize_stage(
+        &mut self,
+        id: u64,
+        payer: Option<&str>,
+        stage: &mut crate::routing::Stage,
+        now: Now,
+        store: &mut dyn Store,
+    ) -> Result<(), u16> {
+        match self.billing.authorize(&self.config, store, payer, stage, "", now) {
+            Ok(Some((hold, max_s))) => {
+                self.billing.attach(store, id, hold, now);
+                self.b2bua.set_limit(id, Duration::from_secs(max_s), self.config.billing.warning);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err((status, _)) => Err(status),
         }
     }
 
@@ -750,7 +797,29 @@ impl ControlPlane {
         }
         let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
         match crate::routing::route(&request, caller.as_deref(), &mut ctx) {
-            Ok((plan, state)) => self.b2bua.handle_invite(key, request, source, caller, plan, state, now),
+            Ok((mut plan, state)) => {
+                // Out through a trunk: paid by the subscriber whose forwarding sent it there, else
+                // by the caller.
+                let payer = state.subscriber().or(caller.as_deref()).map(str::to_owned);
+                let sip_call_id = call_id(&request.headers).unwrap_or_default().to_owned();
+                let hold = match self.billing.authorize(&self.config, store, payer.as_deref(), &mut plan.stage, &sip_call_id, now) {
+                    Ok(hold) => hold,
+                    Err((status, reason)) => {
+                        let response = self.response(&request, status, Some(reason));
+                        self.respond(&key, response, now);
+                        return;
+                    }
+                };
+                let id = self.b2bua.handle_invite(key, request, source, caller, plan, state, now);
+                match (id, hold) {
+                    (Some(id), Some((hold, max_s))) => {
+                        self.billing.attach(store, id, hold, now);
+                        self.b2bua.set_limit(id, Duration::from_secs(max_s), self.config.billing.warning);
+                    }
+                    (None, Some((hold, _))) => self.billing.release_hold(store, hold, now),
+                    _ => {}
+                }
+            }
             Err(refusal) => {
                 if refusal == crate::routing::Refusal::Store {
                     self.stats.store_errors += 1;

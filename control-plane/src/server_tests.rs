@@ -62,7 +62,7 @@ fn peer(addr: &str) -> Peer {
     Peer::udp(addr.parse().expect("addr"))
 }
 
-fn offer(port: u16, direction: &str) -> String {
+pub(crate) fn offer(port: u16, direction: &str) -> String {
     format!("v=0\r\no=a 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na={direction}\r\n")
 }
 
@@ -127,7 +127,10 @@ impl World {
                         self.held.push((call, MediaRequest::Offer { legs: legs.clone(), sdp: sdp.clone(), policy: policy.clone() }))
                     }
                     MediaRequest::Allocate { .. } => self.allocating = call,
-                    MediaRequest::Release { .. } | MediaRequest::Play { .. } | MediaRequest::StopPlay { .. } => {}
+                    MediaRequest::Release { .. }
+                    | MediaRequest::Play { .. }
+                    | MediaRequest::Tone { .. }
+                    | MediaRequest::StopPlay { .. } => {}
                 }
                 self.media.push(request);
             }
@@ -181,7 +184,7 @@ impl World {
         self.pump();
     }
 
-    fn advance(&mut self, d: Duration) {
+    pub(crate) fn advance(&mut self, d: Duration) {
         let end = self.now.plus(d);
         while let Some(at) = self.core.poll_timeout() {
             if at > end.instant {
@@ -196,7 +199,7 @@ impl World {
 
     /// Answers the Allocate: legs 11 and 12 for the first `m=` line, the offer rewritten by the
     /// media plane's SDP code.
-    fn allocate(&mut self) {
+    pub(crate) fn allocate(&mut self) {
         let Some(MediaRequest::Allocate { offer, callee_offers, active, policy, .. }) = self.media.last().cloned() else {
             panic!("no Allocate last: {:?}", self.media)
         };
@@ -223,14 +226,14 @@ impl World {
         hit.into_iter().map(|(_, m)| m).collect()
     }
 
-    fn take_one(&mut self, to: &str, start: &str) -> String {
+    pub(crate) fn take_one(&mut self, to: &str, start: &str) -> String {
         let mut hits = self.take(to, start);
         assert_eq!(hits.len(), 1, "expected one {start:?} to {to}, got {hits:?}; other traffic {:?}", self.sent);
         hits.remove(0)
     }
 
     /// Adds subscriber `user` (password `pw`), registered at `contact` if given.
-    fn subscriber(&mut self, user: &str, contact: Option<&str>) {
+    pub(crate) fn subscriber(&mut self, user: &str, contact: Option<&str>) {
         self.store.add_subscriber(&Subscriber::with_password(user, "sip.test", "sip.test", "pw")).expect("add");
         if let Some(addr) = contact {
             self.add_contact_for(user, addr, 1000);
@@ -238,7 +241,7 @@ impl World {
     }
 
     /// Sets `user`'s call settings.
-    fn settings(&mut self, user: &str, pairs: &[(&str, &str)]) {
+    pub(crate) fn settings(&mut self, user: &str, pairs: &[(&str, &str)]) {
         let mut settings = self.store.settings(user, "sip.test").expect("store").expect("subscriber");
         for (key, value) in pairs {
             settings.set(key, value).expect("setting");
@@ -282,7 +285,7 @@ impl World {
     }
 }
 
-fn invite(call_id: &str, body: &str) -> String {
+pub(crate) fn invite(call_id: &str, body: &str) -> String {
     format!(
         "INVITE sip:bob@sip.test SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK{call_id}i\r\nMax-Forwards: 70\r\n\
          From: \"Alice\" <sip:alice@sip.test>;tag=a1\r\nTo: <sip:bob@sip.test>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
@@ -298,7 +301,7 @@ fn cancel(call_id: &str) -> String {
     head.split("Content-Type").next().expect("head").to_owned() + "Content-Length: 0\r\n\r\n"
 }
 
-fn in_dialog(method: &str, call_id: &str, cseq: u32, to_tag: &str, body: Option<&str>) -> String {
+pub(crate) fn in_dialog(method: &str, call_id: &str, cseq: u32, to_tag: &str, body: Option<&str>) -> String {
     let (ctype, body) = match body {
         Some(b) => ("Content-Type: application/sdp\r\n", b),
         None => ("", ""),
@@ -317,7 +320,7 @@ fn answer(request: &str, status: u16, body: Option<&str>) -> String {
 }
 
 /// The response of the callee at `contact` to a request we sent it.
-fn answer_at(contact: &str, request: &str, status: u16, body: Option<&str>) -> String {
+pub(crate) fn answer_at(contact: &str, request: &str, status: u16, body: Option<&str>) -> String {
     let Ok(SipMessage::Request(request)) = parse(request.as_bytes(), Framing::Datagram) else { panic!("not a request") };
     let mut response = response_for(&request, status, None, Some("b1"));
     response.headers.push(Header::Contact(rsip::headers::Contact::new(format!("<sip:bob@{contact}>"))));
@@ -328,7 +331,7 @@ fn answer_at(contact: &str, request: &str, status: u16, body: Option<&str>) -> S
     String::from_utf8_lossy(&encode(&SipMessage::Response(response))).into_owned()
 }
 
-fn to_tag(response: &str) -> String {
+pub(crate) fn to_tag(response: &str) -> String {
     response.lines().find(|l| l.starts_with("To:")).and_then(|l| l.split(";tag=").nth(1)).expect("To tag").trim().to_owned()
 }
 

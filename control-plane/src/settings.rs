@@ -20,6 +20,7 @@
 //! | `block` | number prefixes | outgoing calls to these are refused with 403 (§2.14) |
 //! | `pstn_fallback` | `true` \| `false` | unanswered, busy or unregistered: out to `e164` through the trunks |
 //! | `pstn_fallback.after_s` | 1‥600 | ring time of the app before the fallback (default 20) |
+//! | `account` | account name | the billing account (`control-plane account …`) that pays for its calls out through trunks, and for calls forwarded from it to numbers; none: not billed |
 //! | `music_on_hold` | `name.wav` | what the other party hears while this subscriber holds it (a WAV in the media plane's prompt_dir; default: the server's `[media] music_on_hold`) |
 //!
 //! A *target* is a local user (`carol`), a number the `[[route]]`s take (`+4930999`), or a SIP URI
@@ -65,6 +66,9 @@ pub struct Settings {
     /// What the party this subscriber holds hears.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub music_on_hold: Option<String>,
+    /// The billing account its calls out through trunks are paid from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// Call forwarding targets.
@@ -176,6 +180,7 @@ pub const KEYS: &[&str] = &[
     "pstn_fallback",
     "pstn_fallback.after_s",
     "music_on_hold",
+    "account",
 ];
 
 impl Settings {
@@ -233,6 +238,15 @@ impl Settings {
                     file => return Err(refuse(key, format!("{file:?} is not a .wav file name (no directories)"))),
                 }
             }
+            "account" => {
+                self.account = match value {
+                    "" => None,
+                    id => {
+                        crate::billing::prepaid::check_id(id).map_err(|e| refuse(key, e.why))?;
+                        Some(id.to_owned())
+                    }
+                }
+            }
             other => return Err(refuse(other, format!("unknown key; keys are {}", KEYS.join(", ")))),
         }
         Ok(())
@@ -282,6 +296,9 @@ impl Settings {
         }
         if self.music_on_hold.as_deref().is_some_and(|f| !is_wav_name(f)) {
             return Err(refuse("music_on_hold", "not a .wav file name (no directories)"));
+        }
+        if let Some(id) = &self.account {
+            crate::billing::prepaid::check_id(id).map_err(|e| refuse("account", e.why))?;
         }
         if self.pstn_fallback && self.e164.is_none() {
             return Err(refuse("pstn_fallback", "needs e164, the number to fall back to"));

@@ -95,10 +95,12 @@ pub enum Tone {
     BusyUs,
     /// 480 + 620 Hz, 0.25 s on, 0.25 s off.
     CongestionUs,
+    /// Three 1400 Hz beeps, 0.2 s on, 0.2 s off: the call ends soon (prepaid credit running out).
+    Warning,
 }
 
 impl Tone {
-    /// By name: `ringback`, `busy`, `congestion`, and the same with `-us`.
+    /// By name: `ringback`, `busy`, `congestion`, the same with `-us`, and `warning`.
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "ringback" => Tone::Ringback,
@@ -107,25 +109,27 @@ impl Tone {
             "ringback-us" => Tone::RingbackUs,
             "busy-us" => Tone::BusyUs,
             "congestion-us" => Tone::CongestionUs,
+            "warning" => Tone::Warning,
             _ => return None,
         })
     }
 
-    /// Frequencies and cadence (ms on, ms off).
-    fn plan(self) -> (&'static [f32], u32, u32) {
+    /// Frequencies, cadence (ms on, ms off) and how many on/off pairs make one cycle.
+    fn plan(self) -> (&'static [f32], u32, u32, usize) {
         match self {
-            Tone::Ringback => (&[425.0], 1000, 4000),
-            Tone::Busy => (&[425.0], 500, 500),
-            Tone::Congestion => (&[425.0], 250, 250),
-            Tone::RingbackUs => (&[440.0, 480.0], 2000, 4000),
-            Tone::BusyUs => (&[480.0, 620.0], 500, 500),
-            Tone::CongestionUs => (&[480.0, 620.0], 250, 250),
+            Tone::Ringback => (&[425.0], 1000, 4000, 1),
+            Tone::Busy => (&[425.0], 500, 500, 1),
+            Tone::Congestion => (&[425.0], 250, 250, 1),
+            Tone::RingbackUs => (&[440.0, 480.0], 2000, 4000, 1),
+            Tone::BusyUs => (&[480.0, 620.0], 500, 500, 1),
+            Tone::CongestionUs => (&[480.0, 620.0], 250, 250, 1),
+            Tone::Warning => (&[1400.0], 200, 200, 3),
         }
     }
 
     /// One cadence cycle at `rate` Hz (loop it for the tone), each frequency at −13 dBm0.
     pub fn cycle(self, rate: u32) -> Vec<i16> {
-        let (freqs, on, off) = self.plan();
+        let (freqs, on, off, repeats) = self.plan();
         let amplitude = 32_767.0 * 10f32.powf((-13.0 - 3.0) / 20.0);
         let on_samples = (rate * on / 1000) as usize;
         let tau = 2.0 * std::f32::consts::PI;
@@ -137,7 +141,7 @@ impl Tone {
             })
             .collect();
         out.extend(std::iter::repeat_n(0, (rate * off / 1000) as usize));
-        out
+        out.repeat(repeats)
     }
 }
 
@@ -224,6 +228,9 @@ mod tests {
         assert_eq!(busy.len(), 8000, "0.5 s on + 0.5 s off");
         assert!(busy[..4000].iter().any(|s| s.abs() > 1000) && busy[4000..].iter().all(|s| *s == 0));
         assert_eq!(Tone::from_name("ringback-us").unwrap().cycle(16_000).len(), 6 * 16_000);
+        let warning = Tone::from_name("warning").unwrap().cycle(8000);
+        assert_eq!(warning.len(), 3 * 3200, "three beeps of 0.2 s on, 0.2 s off");
+        assert!(warning[6400..8000].iter().any(|s| s.abs() > 1000) && warning[8000..].iter().all(|s| *s == 0));
         assert_eq!(Tone::from_name("dial"), None);
         let mut found = String::new();
         DtmfDetector::new(16_000).push(&dtmf_sequence("19#", 16_000), |d| {

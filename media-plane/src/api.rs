@@ -125,7 +125,7 @@ impl MediaService {
                 }
                 _ => {
                     return Err(Status::invalid_argument(format!(
-                        "tone: {t:?} is not ringback, busy, congestion (or -us), or dtmf:<1-64 digits>"
+                        "tone: {t:?} is not ringback, busy, congestion (or -us), warning, or dtmf:<1-64 digits>"
                     )))
                 }
             },

@@ -215,6 +215,9 @@ impl B2bua {
                 call.stage_open = false;
                 call.stage_deadline = None;
                 self.stats.calls_answered += 1;
+                if call.forks.get(fork).is_some_and(|f| f.trunk) {
+                    self.start_limit(id, now.instant);
+                }
                 self.cancel_forks(id, Some(fork));
                 self.update(id, UpdateKind::Answered { party: 2 });
                 let Some(call) = self.calls.get_mut(&id) else { return };

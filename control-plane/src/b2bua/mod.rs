@@ -230,6 +230,8 @@ pub struct CallStats {
     /// REFERs accepted (202), and transfers that connected the transferee to the target.
     pub transfers: u64,
     pub transfers_completed: u64,
+    /// Calls ended because their credit ran out.
+    pub calls_cut_off: u64,
 }
 
 /// What is wrong with an initial INVITE's body for a call (RFC 3261 §8.2.3, §21.4.7): the answer
@@ -399,6 +401,8 @@ struct Call {
     stage_deadline: Option<Instant>,
     retransmit: Option<Retransmit>,
     reinvite_pending: bool,
+    /// The longest it may last (prepaid credit).
+    limit: limit::Limit,
 }
 
 /// One INVITE to the callee side.
@@ -500,6 +504,7 @@ impl Call {
             stage_deadline: None,
             retransmit: None,
             reinvite_pending: false,
+            limit: limit::Limit::default(),
         }
     }
 
@@ -516,7 +521,7 @@ impl Call {
     }
 
     fn holds_deadline(&self, at: Instant) -> bool {
-        self.stage_deadline == Some(at) || self.retransmit.as_ref().is_some_and(|r| r.next == at)
+        self.stage_deadline == Some(at) || self.retransmit.as_ref().is_some_and(|r| r.next == at) || self.limit.holds(at)
     }
 
     fn dialog(&self, side: Side) -> &Dialog {
@@ -601,6 +606,7 @@ pub struct B2bua {
 }
 
 mod forks;
+mod limit;
 mod negotiation;
 mod originate;
 mod transfer;
@@ -658,7 +664,8 @@ impl B2bua {
 
     /// A new call: `request` (an INVITE the server authenticated, `caller` the AoR it
     /// authenticated as, `None` from a trusted peer; its offer checked by [`OfferProblem`])
-    /// arrived over `source`; routing planned `plan` and keeps `route`.
+    /// arrived over `source`; routing planned `plan` and keeps `route`. The call's id, unless
+    /// it was refused at once.
     pub fn handle_invite(
         &mut self,
         key: TransactionKey,
@@ -668,15 +675,15 @@ impl B2bua {
         plan: Plan,
         route: RouteState,
         now: Now,
-    ) {
+    ) -> Option<u64> {
         let Some(first) = plan.stage.branches.first().cloned() else {
             self.reply(&key, &request, 480, now);
-            return;
+            return None;
         };
         let (tag_a, tag_b) = (self.random.tag(), self.random.tag());
         let Ok(a) = Dialog::uas(&request, &tag_a, source) else {
             self.reply(&key, &request, 400, now);
-            return;
+            return None;
         };
         // Until a fork answers, `b` stands for the callee side (its From is every fork's).
         let b = Dialog::uac(
@@ -727,6 +734,12 @@ impl B2bua {
                 self.ring(id, stage, now);
             }
         }
+        Some(id)
+    }
+
+    /// The subscriber (AoR) who placed call `id`, if a subscriber did.
+    pub fn caller(&self, id: u64) -> Option<&str> {
+        self.calls.get(&id).and_then(|c| c.caller.as_deref())
     }
 
     /// Routing's decision after a [`CallEvent::Unanswered`] of call `id`.
@@ -1017,7 +1030,11 @@ impl B2bua {
         let t2 = self.timers.t2;
         let mut no_answer = Vec::new();
         let mut no_ack = Vec::new();
-        for id in self.due(now.instant) {
+        let due = self.due(now.instant);
+        for &id in &due {
+            self.limit_due(id, now);
+        }
+        for id in due {
             let Some(call) = self.calls.get_mut(&id) else { continue };
             if call.stage_deadline.is_some_and(|d| d <= now.instant) {
                 call.stage_deadline = None;

@@ -84,6 +84,7 @@ impl B2bua {
         let sdp = is_sdp(&response.headers, &response.body).then(|| String::from_utf8_lossy(&response.body).into_owned());
         let active = sdp.as_deref().and_then(|s| Sdp::parse(s.as_bytes()).ok()).filter(Sdp::any_active).map(|s| s.active().to_vec());
         self.cancel_forks(id, Some(fork));
+        self.start_limit(id, now.instant);
         self.update(id, UpdateKind::Answered { party: 1 });
         let Some(call) = self.calls.get_mut(&id) else { return };
         let (Some(sdp), Some(active), Some(second)) = (sdp, active, call.second.take()) else {

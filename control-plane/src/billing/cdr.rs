@@ -4,7 +4,7 @@
 //! between phones are recorded, not rated. Pure: the server writes them to the store.
 
 use crate::b2bua::CallRecord;
-use crate::rating::RateTable;
+use crate::billing::rating::RateTable;
 use crate::store::Cdr;
 
 /// The number a call is rated by: the user part of the called URI, without `+` or visual
@@ -19,11 +19,11 @@ pub fn destination(uri: &str) -> String {
 
 /// The records of `call`, rated with `rates` (in `currency`).
 /// (`international_prefix`: what dialled numbers may start with for an international call, e.g.
-/// `00`; removed before the lookup, as from the rate table: see [`crate::rating::international`].)
+/// `00`; removed before the lookup, as from the rate table: see [`crate::billing::rating::international`].)
 pub fn records(call: &CallRecord, rates: &RateTable, currency: &str, international_prefix: &str) -> Vec<Cdr> {
     let destination = destination(call.trunk_number.as_deref().unwrap_or(&call.callee));
     let rated = call.trunk_number.is_some() && !destination.is_empty() && destination.chars().all(|c| c.is_ascii_digit());
-    let number = crate::rating::international(&destination, international_prefix);
+    let number = crate::billing::rating::international(&destination, international_prefix);
     let rate = if rated { rates.lookup(number, RateTable::minute_of_day(call.started_ms)) } else { None };
     let charge = rate.map(|r| r.charge(call.duration_ms));
     let base = Cdr {
@@ -72,7 +72,7 @@ pub fn to_csv(cdrs: &[Cdr]) -> String {
             c.end_ms,
             c.duration_ms,
             c.billed_s,
-            crate::rating::format_amount(c.cost),
+            crate::billing::rating::format_amount(c.cost),
             quote(&c.currency),
             c.rate_prefix,
             c.status,

@@ -1,4 +1,5 @@
-//! Subscribers and registrations behind the [`Store`] trait.
+//! Subscribers, registrations, call detail records and billing accounts behind the [`Store`]
+//! trait (accounts and the credit calls hold: [`ledger`]).
 //!
 //! [`SqliteStore`] is the default: an embedded SQLite file (WAL journal, `synchronous=NORMAL`,
 //! prepared statements cached), nothing to install. Registrations are written through on every
@@ -15,6 +16,9 @@ use std::path::Path;
 
 use crate::settings::Settings;
 use sip_core::digest::{ha1, Algorithm, HashFn};
+
+pub mod ledger;
+pub use ledger::{Hold, HoldRequest, Ledger, Settled};
 
 /// A subscriber account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +107,7 @@ pub struct Cdr {
     pub end_ms: u64,
     pub duration_ms: u64,
     pub billed_s: u64,
-    /// Millionths of `currency` (see [`crate::rating`]); 0 when unrated.
+    /// Millionths of `currency` (see [`crate::billing::rating`]); 0 when unrated.
     pub cost: i64,
     pub currency: String,
     /// The rate's prefix (empty: none matched).
@@ -134,8 +138,8 @@ pub enum StoreError {
     /// The database refused or failed.
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
-    /// Adding a subscriber that exists.
-    #[error("subscriber {0} already exists")]
+    /// Adding a subscriber or an account that exists.
+    #[error("{0} already exists")]
     AlreadyExists(String),
     /// Changing a subscriber that does not exist.
     #[error("no subscriber {0}")]
@@ -145,8 +149,8 @@ pub enum StoreError {
     BadSettings(String, crate::settings::SettingError),
 }
 
-/// Subscribers and registrations.
-pub trait Store: Send {
+/// Subscribers, registrations, detail records and (through [`Ledger`]) accounts.
+pub trait Store: Ledger + Send {
     /// The subscriber `user@domain`, if any.
     fn subscriber(&mut self, user: &str, domain: &str) -> Result<Option<Subscriber>, StoreError>;
     /// Adds a subscriber.
@@ -222,6 +226,36 @@ CREATE TABLE IF NOT EXISTS cdr (
     cause TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cdr_end ON cdr (end_ms);
+CREATE TABLE IF NOT EXISTS account (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    balance INTEGER NOT NULL,
+    credit_limit INTEGER NOT NULL DEFAULT 0,
+    currency TEXT NOT NULL,
+    max_concurrent INTEGER NOT NULL DEFAULT 0,
+    max_per_minute INTEGER NOT NULL DEFAULT 0,
+    max_call_cost INTEGER NOT NULL DEFAULT 0,
+    blocked TEXT NOT NULL DEFAULT '',
+    enabled INTEGER NOT NULL DEFAULT 1
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservation (
+    id INTEGER PRIMARY KEY,
+    account TEXT NOT NULL,
+    node TEXT NOT NULL,
+    call TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    rates TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    max_seconds INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    answered_ms INTEGER NOT NULL DEFAULT 0,
+    touched_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    settled_ms INTEGER,
+    cost INTEGER
+);
+CREATE INDEX IF NOT EXISTS reservation_open ON reservation (account) WHERE settled_ms IS NULL;
+CREATE INDEX IF NOT EXISTS reservation_created ON reservation (account, created_ms);
 ";
 
 const CDR_COLUMNS: &str = "call, sip_call_id, leg, caller, callee, destination, answered_by, start_ms, answer_ms, end_ms, \
@@ -339,7 +373,7 @@ impl Store for SqliteStore {
         match result {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                Err(StoreError::AlreadyExists(format!("{}@{}", s.user, s.domain)))
+                Err(StoreError::AlreadyExists(format!("subscriber {}@{}", s.user, s.domain)))
             }
             Err(e) => Err(e.into()),
         }
@@ -488,6 +522,8 @@ pub struct MemoryStore {
     settings: HashMap<(String, String), Settings>,
     bindings: HashMap<(String, String, u32), StoredBinding>,
     cdrs: Vec<Cdr>,
+    accounts: HashMap<String, crate::billing::prepaid::Account>,
+    holds: Vec<ledger::MemoryHold>,
 }
 
 impl Store for MemoryStore {
@@ -498,7 +534,7 @@ impl Store for MemoryStore {
     fn add_subscriber(&mut self, s: &Subscriber) -> Result<(), StoreError> {
         let key = (s.user.clone(), s.domain.clone());
         if self.subscribers.contains_key(&key) {
-            return Err(StoreError::AlreadyExists(format!("{}@{}", s.user, s.domain)));
+            return Err(StoreError::AlreadyExists(format!("subscriber {}@{}", s.user, s.domain)));
         }
         self.subscribers.insert(key, s.clone());
         Ok(())

@@ -21,7 +21,7 @@ use std::fmt;
 pub type Micros = i64;
 
 /// One line of a rate table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rate {
     /// Digits a destination starts with (empty: every destination).
     pub prefix: String,
