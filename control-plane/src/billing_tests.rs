@@ -13,14 +13,14 @@ use crate::server_tests::{answer_at, in_dialog, invite, offer, to_tag, World};
 use crate::store::{Ledger, Store};
 use sip_core::digest::{authorization, ha1, parse_challenge, Algorithm};
 
-const PHONE: &str = "192.0.2.50:5060";
-const TRUNK: &str = "192.0.2.30:5070";
+pub(crate) const PHONE: &str = "192.0.2.50:5060";
+pub(crate) const TRUNK: &str = "192.0.2.30:5070";
 
 /// 0049: 0.60 a minute per second; 0044: 0.06 a minute in 60/6 with a 0.01 connect fee.
 const RATES: &str = "prefix,per_minute,connect_fee,initial,increment,period,description\n\
                      49,0.60,0,1,1,,Germany\n44,0.06,0.01,60,6,,United Kingdom\n";
 
-fn world(billing: &str) -> World {
+pub(crate) fn world(billing: &str) -> World {
     let dir = std::env::temp_dir().join(format!("cp-billing-{}-{:?}", std::process::id(), std::thread::current().id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let rates = dir.join("rates.csv");
@@ -35,7 +35,7 @@ fn world(billing: &str) -> World {
     w
 }
 
-fn account(w: &mut World, balance: &str, pairs: &[&str]) {
+pub(crate) fn account(w: &mut World, balance: &str, pairs: &[&str]) {
     let mut a = Account::new("acme", Kind::Prepaid, "EUR").expect("account");
     a.balance = crate::billing::rating::parse_amount(balance).expect("amount");
     for p in pairs {
@@ -45,7 +45,7 @@ fn account(w: &mut World, balance: &str, pairs: &[&str]) {
     w.store.add_account(&a).expect("add");
 }
 
-fn balance(w: &mut World) -> (i64, u32) {
+pub(crate) fn balance(w: &mut World) -> (i64, u32) {
     let (a, usage) = w.store.account("acme", w.now.unix_ms()).expect("store").expect("acme");
     (a.balance, usage.open)
 }
@@ -97,7 +97,7 @@ fn trunk_answers(w: &mut World, id: &str, number: &str) -> (String, String) {
     (invite_b, tag)
 }
 
-fn call_cdr(w: &mut World, id: &str) -> crate::store::Cdr {
+pub(crate) fn call_cdr(w: &mut World, id: &str) -> crate::store::Cdr {
     let cdrs = w.store.cdrs(0).expect("cdrs");
     cdrs.into_iter().find(|c| c.leg == "call" && c.sip_call_id == id).expect("call record")
 }
@@ -114,7 +114,7 @@ fn a_prepaid_call_hears_the_warning_then_is_cut_off_when_its_credit_runs_out() {
     assert!(!w.media.iter().any(|m| matches!(m, MediaRequest::Tone { .. })), "no warning yet");
     w.advance(Duration::from_secs(1));
     let tones: Vec<_> = w.media.iter().filter(|m| matches!(m, MediaRequest::Tone { .. })).collect();
-    assert_eq!(tones, [&MediaRequest::Tone { legs: vec![11], tone: "warning".into() }], "to the caller's leg");
+    assert_eq!(tones, [&MediaRequest::Tone { legs: vec![11], tone: "warning".into(), looped: false }], "to the caller's leg");
     assert!(w.take(PHONE, "BYE").is_empty() && w.take(TRUNK, "BYE").is_empty());
     w.advance(Duration::from_secs(10));
     w.take_one(PHONE, "BYE");

@@ -188,6 +188,8 @@ struct RawConfig {
     #[serde(default)]
     billing: RawBilling,
     #[serde(default)]
+    callback: crate::callback::config::RawCallback,
+    #[serde(default)]
     route: Vec<RawRoute>,
 }
 
@@ -504,6 +506,8 @@ pub struct Config {
     pub international_prefix: String,
     /// Prepaid: this node's name on its holds, the longest call, the warning before the end.
     pub billing: crate::billing::BillingConfig,
+    /// The callback engine (see [`crate::callback::config`]).
+    pub callback: crate::callback::CallbackConfig,
 }
 
 impl Config {
@@ -759,6 +763,7 @@ impl Config {
         }
         let warning_tone = raw.billing.warning_tone.clone().unwrap_or_else(|| "warning".into());
         let billing = crate::billing::BillingConfig { node, max_call_s, warning: Duration::from_secs(warning_s), warning_tone };
+        let callback = raw.callback.build().map_err(|(key, why)| invalid(key, why))?;
 
         Ok(Config {
             listen,
@@ -790,6 +795,7 @@ impl Config {
             currency,
             international_prefix,
             billing,
+            callback,
         })
     }
 

@@ -43,6 +43,10 @@ enum Input {
     Metrics(tokio::sync::oneshot::Sender<String>),
     /// A control.v1 API call.
     Api(crate::api::ApiRequest),
+    /// A callback trigger over HTTP.
+    Callback(crate::callback::http::Job),
+    /// A DTMF digit the media plane heard on a leg.
+    Dtmf(u64, char),
 }
 
 /// Why the server could not start.
@@ -165,6 +169,25 @@ pub async fn run(
             Err(e) => tracing::error!(%addr, error = %e, "control.v1 API not started"),
         }
     }
+    if let Some(addr) = config.callback.listen {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let (http_tx, mut http_rx) = mpsc::channel(1024);
+                let forward = tx.clone();
+                tokio::spawn(async move {
+                    while let Some(job) = http_rx.recv().await {
+                        if forward.send(Input::Callback(job)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(crate::callback::http::serve(listener, config.callback.clone(), http_tx));
+                tracing::info!(%addr, "callback API, webhook and web page");
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "callback HTTP endpoint not started"),
+        }
+    }
+    tokio::spawn(media_events(media.clone(), tx.clone()));
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut send_errors = 0u64;
     tokio::pin!(shutdown);
@@ -212,6 +235,10 @@ pub async fn run(
                         let _ = reply.send(crate::metrics::render(snapshot(&core, &media)));
                     }
                     Input::Api(request) => crate::api::execute(request, &mut core, store.as_mut(), now),
+                    Input::Callback((call, reply)) => {
+                        let _ = reply.send(crate::callback::http::execute(call, &mut core, store.as_mut(), now));
+                    }
+                    Input::Dtmf(leg, digit) => core.handle_dtmf(leg, digit, now, store.as_mut()),
                 }
             }
         }
@@ -229,6 +256,40 @@ pub async fn run(
         "stopped"
     );
     Ok(stats)
+}
+
+/// Follows the media plane's events (DTMF for the callback IVR), reconnecting after a second
+/// when the stream ends or cannot start.
+async fn media_events(media: MediaClient, tx: mpsc::Sender<Input>) {
+    loop {
+        match media.events().await {
+            Ok(mut stream) => {
+                tracing::debug!("following the media plane's events");
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => {
+                            if let Some(proto::v1::event::Kind::Dtmf(d)) = event.kind {
+                                let digit = d.digit.chars().next().unwrap_or(' ');
+                                if tx.send(Input::Dtmf(event.leg_id, digit)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "media plane event stream ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "media plane events not available"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// What a scrape shows, read from the core and the media client.

@@ -43,6 +43,7 @@ pub mod api;
 pub mod auth;
 pub mod b2bua;
 pub mod billing;
+pub mod callback;
 pub mod config;
 pub mod driver;
 pub mod limits;
@@ -58,6 +59,8 @@ pub mod store;
 
 #[cfg(test)]
 mod billing_tests;
+#[cfg(test)]
+mod callback_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]

@@ -47,6 +47,10 @@ pub struct Allocation {
     /// The offer as the media plane rewrote it for the answerer: the caller's for the callee,
     /// or (delayed offer) the callee's for the caller.
     pub offer: String,
+    /// With [`MediaRequest::Allocate`]'s `local`: the media plane's own answer to the offer (its
+    /// address and the offerer-facing legs' ports), for an offerer that talks to the media plane
+    /// alone (prompts, DTMF) until a callee is connected.
+    pub local_answer: Option<String>,
 }
 
 impl Allocation {
@@ -89,6 +93,8 @@ pub enum MediaRequest {
         /// Per `m=` line: whether it is active (port not 0).
         active: Vec<bool>,
         policy: CodecPolicy,
+        /// Answer the offer in the media plane ([`Allocation::local_answer`]): no callee yet.
+        local: bool,
     },
     /// A new offer mid-call (re-INVITE, UPDATE) over legs `legs` ((offerer, answerer) per `m=`
     /// line, `(0, 0)` for a disabled one); answered with [`MediaReply::Offered`].
@@ -115,13 +121,23 @@ pub enum MediaRequest {
         /// File name.
         file: String,
     },
-    /// Play call-progress tone `tone` (`warning`, `busy`, …) once into each of `legs`; their
-    /// bridge takes over again at its end. No reply; failures are counted.
+    /// Play prompt `file` (a WAV under the media plane's prompt_dir) once into each of `legs`.
+    /// No reply; failures are counted.
+    Prompt {
+        /// Legs.
+        legs: Vec<u64>,
+        /// File name.
+        file: String,
+    },
+    /// Play call-progress tone `tone` (`warning`, `ringback`, …) into each of `legs`, once or
+    /// `looped` until stopped; their bridge takes over again at its end. No reply; failures
+    /// are counted.
     Tone {
         /// Legs.
         legs: Vec<u64>,
         /// The media plane's tone name.
         tone: String,
+        looped: bool,
     },
     /// Stop what plays into `legs`; their bridge takes over again in the same stream.
     StopPlay {
@@ -240,8 +256,9 @@ impl MediaClient {
     /// Executes `request`; all but releases return their reply.
     pub async fn execute(&self, request: MediaRequest) -> Option<MediaReply> {
         match request {
-            MediaRequest::Allocate { call_id, offer, callee_offers, active, policy } => {
-                let result = self.allocate(&call_id, &offer, callee_offers, &active, &policy).await.map_err(|e| e.naming_plane(&self.uri));
+            MediaRequest::Allocate { call_id, offer, callee_offers, active, policy, local } => {
+                let result =
+                    self.allocate(&call_id, &offer, callee_offers, &active, &policy, local).await.map_err(|e| e.naming_plane(&self.uri));
                 let counter = if result.is_ok() { &self.counters.allocations } else { &self.counters.allocation_failures };
                 counter.fetch_add(1, Ordering::Relaxed);
                 Some(MediaReply::Allocated(result))
@@ -270,9 +287,16 @@ impl MediaClient {
                 }
                 None
             }
-            MediaRequest::Tone { legs, tone } => {
+            MediaRequest::Prompt { legs, file } => {
                 for leg_id in legs {
-                    let request = v1::PlayRequest { leg_id, source: Some(v1::play_request::Source::Tone(tone.clone())), r#loop: false };
+                    let request = v1::PlayRequest { leg_id, source: Some(v1::play_request::Source::File(file.clone())), r#loop: false };
+                    self.count_play(self.client.clone().play(request).await.map(|_| ()), &file);
+                }
+                None
+            }
+            MediaRequest::Tone { legs, tone, looped } => {
+                for leg_id in legs {
+                    let request = v1::PlayRequest { leg_id, source: Some(v1::play_request::Source::Tone(tone.clone())), r#loop: looped };
                     self.count_play(self.client.clone().play(request).await.map(|_| ()), &tone);
                 }
                 None
@@ -342,8 +366,9 @@ impl MediaClient {
         callee_offers: bool,
         active: &[bool],
         policy: &CodecPolicy,
+        local: bool,
     ) -> Result<Allocation, MediaError> {
-        let mut done = Allocation { streams: Vec::with_capacity(active.len()), offer: String::new() };
+        let mut done = Allocation { streams: Vec::with_capacity(active.len()), offer: String::new(), local_answer: None };
         let mut partial_legs = Vec::new();
         let result: Result<(), MediaError> = async {
             for &on in active {
@@ -359,6 +384,13 @@ impl MediaClient {
                 done.streams.push(Some(StreamLegs { leg_a, leg_b }));
             }
             done.offer = self.offer(&done.legs(!callee_offers), offer.to_owned(), policy).await?;
+            if local {
+                // Nobody answers yet: the callee-facing legs get an answer with no address (they
+                // send nothing) and the offerer gets the media plane's own answer.
+                let request = v1::AnswerRequest { sdp: unaddressed_answer(&done.offer), streams: stream_legs(&done.legs(!callee_offers)) };
+                let answer = self.client.clone().answer(request).await.map_err(|s| media_error("Answer", &s))?;
+                done.local_answer = Some(answer.into_inner().sdp);
+            }
             Ok(())
         }
         .await;
@@ -373,8 +405,44 @@ impl MediaClient {
         }
     }
 
+    /// The media plane's events (DTMF from endpoints), as they happen, until the stream ends.
+    /// (Its own channel: the requests' deadline would end the stream.)
+    pub async fn events(&self) -> Result<tonic::Streaming<v1::Event>, tonic::Status> {
+        let channel = Channel::from_shared(self.uri.clone())
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+            .connect_timeout(self.rpc_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let mut client = MediaPlaneClient::new(channel);
+        Ok(client.events(v1::EventsRequest::default()).await?.into_inner())
+    }
+
     /// The RPC deadline in use.
     pub fn rpc_timeout(&self) -> Duration {
         self.rpc_timeout
     }
+}
+
+/// `offer` as its own answerer's answer, with no address to send to (`c=` 0.0.0.0, RFC 3264
+/// §8.4): what the media plane answers for a callee that is not there yet.
+pub fn unaddressed_answer(offer: &str) -> String {
+    offer
+        .split_inclusive('\n')
+        .map(|line| {
+            let end = if line.ends_with("\r\n") {
+                "\r\n"
+            } else if line.ends_with('\n') {
+                "\n"
+            } else {
+                ""
+            };
+            if line.starts_with("c=IN IP6 ") {
+                format!("c=IN IP6 ::{end}")
+            } else if line.starts_with("c=") {
+                format!("c=IN IP4 0.0.0.0{end}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect()
 }

@@ -288,6 +288,9 @@ pub fn refer(target: &str, transferee: &str, transferor: Option<&str>, ctx: &mut
     plan_for(target, transferee.to_owned(), ctx)
 }
 
+/// A plan and the state routing keeps for it.
+pub type Routed = (Plan, RouteState);
+
 /// The two parties of a call placed by the API, as `from` and `to` were given (a user, a
 /// user@domain, a number). The first party's registered phones all ring (no forwarding or
 /// screening: it asked for the call); the second is routed like a call from the first. Returns
@@ -298,23 +301,36 @@ pub fn originate(
     to: &str,
     ctx: &mut Ctx<'_>,
 ) -> Result<((Plan, RouteState), (Plan, RouteState), String, String), (&'static str, Refusal)> {
-    let first_domain = ctx.config.domains.first().cloned().unwrap_or_default();
-    let split = |who: &str| match who.split_once('@') {
+    let (first, from_uri, caller) = first_party(from, "from", ctx)?;
+    let (second, to_uri) = second_party(to, "to", caller.as_deref(), &from_uri, ctx)?;
+    Ok((first, second, from_uri, to_uri))
+}
+
+fn split_party(who: &str, ctx: &Ctx<'_>) -> (String, String) {
+    match who.split_once('@') {
         Some((user, domain)) => (user.to_owned(), domain.to_ascii_lowercase()),
-        None => (who.to_owned(), first_domain.clone()),
-    };
-    let (from_user, from_domain) = split(from);
-    let (to_user, to_domain) = split(to);
-    for (field, domain) in [("from", &from_domain), ("to", &to_domain)] {
-        if !ctx.config.is_local_domain(domain) {
-            return Err((field, Refusal::NotFound));
-        }
+        None => (who.to_owned(), ctx.config.domains.first().cloned().unwrap_or_default()),
     }
-    let (first_stage, caller) = match destination(&from_user, &from_domain, ctx).map_err(|r| ("from", r))? {
+}
+
+/// The first party of a call the server places (`who`: a user, user@domain or number; `field`
+/// names it in errors): every registered phone of a subscriber, or the number's route. Its plan,
+/// its URI and, for a subscriber, its AoR.
+#[allow(clippy::type_complexity)]
+pub fn first_party(
+    who: &str,
+    field: &'static str,
+    ctx: &mut Ctx<'_>,
+) -> Result<((Plan, RouteState), String, Option<String>), (&'static str, Refusal)> {
+    let (user, domain) = split_party(who, ctx);
+    if !ctx.config.is_local_domain(&domain) {
+        return Err((field, Refusal::NotFound));
+    }
+    let (stage, aor) = match destination(&user, &domain, ctx).map_err(|r| (field, r))? {
         Target::Subscriber(aor) => {
             let branches = contact_branches(ctx.registrar, &aor, ctx.now_unix);
             if branches.is_empty() {
-                return Err(("from", Refusal::NotRegistered));
+                return Err((field, Refusal::NotRegistered));
             }
             (Stage { branches, timeout: ctx.config.no_answer_timeout, headers: String::new() }, Some(aor))
         }
@@ -322,12 +338,26 @@ pub fn originate(
             (Stage { branches: vec![branch], timeout: ctx.config.no_answer_timeout, headers: String::new() }, None)
         }
     };
-    let first = (
-        Plan { stage: first_stage, caller_id: CallerIdPolicy::Passthrough, forwarded: false },
-        RouteState { caller_id: CallerIdPolicy::Passthrough, ..RouteState::default() },
-    );
-    let second = route_user(&to_user, &to_domain, caller.as_deref(), from_user.clone(), ctx).map_err(|r| ("to", r))?;
-    Ok((first, second, format!("sip:{from_user}@{from_domain}"), format!("sip:{to_user}@{to_domain}")))
+    let plan = Plan { stage, caller_id: CallerIdPolicy::Passthrough, forwarded: false };
+    Ok(((plan, RouteState { caller_id: CallerIdPolicy::Passthrough, ..RouteState::default() }), format!("sip:{user}@{domain}"), aor))
+}
+
+/// The second party of a call the server places, routed like a call from the first (`caller`:
+/// its AoR if a subscriber, `caller_uri` its URI): its plan and URI.
+pub fn second_party(
+    who: &str,
+    field: &'static str,
+    caller: Option<&str>,
+    caller_uri: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<(Routed, String), (&'static str, Refusal)> {
+    let (user, domain) = split_party(who, ctx);
+    if !ctx.config.is_local_domain(&domain) {
+        return Err((field, Refusal::NotFound));
+    }
+    let caller_user = caller_uri.trim_start_matches("sip:").split('@').next().unwrap_or_default().to_owned();
+    let routed = route_user(&user, &domain, caller, caller_user, ctx).map_err(|r| (field, r))?;
+    Ok((routed, format!("sip:{user}@{domain}")))
 }
 
 /// What follows a stage that ended with `outcome`.

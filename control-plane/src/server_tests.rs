@@ -43,7 +43,7 @@ pub(crate) struct World {
 }
 
 /// The media plane double's address and the ports of its legs (caller side 11, callee side 12).
-const MEDIA_IP: &str = "198.51.100.9";
+pub(crate) const MEDIA_IP: &str = "198.51.100.9";
 
 fn port_of(leg: u64) -> Option<u16> {
     match leg {
@@ -115,7 +115,7 @@ impl World {
         }
     }
 
-    fn pump(&mut self) {
+    pub(crate) fn pump(&mut self) {
         loop {
             while let Some(out) = self.core.poll_transmit() {
                 self.sent.push((out.destination, String::from_utf8_lossy(&out.payload).into_owned()));
@@ -129,6 +129,7 @@ impl World {
                     MediaRequest::Allocate { .. } => self.allocating = call,
                     MediaRequest::Release { .. }
                     | MediaRequest::Play { .. }
+                    | MediaRequest::Prompt { .. }
                     | MediaRequest::Tone { .. }
                     | MediaRequest::StopPlay { .. } => {}
                 }
@@ -200,7 +201,7 @@ impl World {
     /// Answers the Allocate: legs 11 and 12 for the first `m=` line, the offer rewritten by the
     /// media plane's SDP code.
     pub(crate) fn allocate(&mut self) {
-        let Some(MediaRequest::Allocate { offer, callee_offers, active, policy, .. }) = self.media.last().cloned() else {
+        let Some(MediaRequest::Allocate { offer, callee_offers, active, policy, local, .. }) = self.media.last().cloned() else {
             panic!("no Allocate last: {:?}", self.media)
         };
         // Legs 11 and 12 for the first call, 21 and 22 for the second, …
@@ -208,11 +209,18 @@ impl World {
         self.allocations += 1;
         let streams: Vec<Option<StreamLegs>> =
             active.iter().enumerate().map(|(i, on)| (*on && i == 0).then_some(StreamLegs { leg_a: base, leg_b: base + 1 })).collect();
-        let mut allocation = Allocation { streams, offer: String::new() };
+        let mut allocation = Allocation { streams, offer: String::new(), local_answer: None };
         let legs = allocation.legs(!callee_offers);
-        match self.negotiate(&MediaRequest::Offer { legs, sdp: offer, policy }) {
+        match self.negotiate(&MediaRequest::Offer { legs: legs.clone(), sdp: offer, policy }) {
             MediaReply::Offered(Ok(sdp)) => allocation.offer = sdp,
             other => panic!("the offer was refused: {other:?}"),
+        }
+        if local {
+            let sdp = crate::media::unaddressed_answer(&allocation.offer);
+            match self.negotiate(&MediaRequest::Answer { legs, sdp }) {
+                MediaReply::Answered(Ok(sdp)) => allocation.local_answer = Some(sdp),
+                other => panic!("the local answer was refused: {other:?}"),
+            }
         }
         self.core.handle_media_reply(self.allocating, MediaReply::Allocated(Ok(allocation)), self.now, &mut self.store);
         self.pump();
@@ -274,7 +282,7 @@ impl World {
     }
 
     /// Like `take_one`, for a message that timers may have sent again: every copy identical.
-    fn take_sent(&mut self, to: &str, start: &str) -> String {
+    pub(crate) fn take_sent(&mut self, to: &str, start: &str) -> String {
         let hits = self.take(to, start);
         assert!(!hits.is_empty() && hits.iter().all(|h| *h == hits[0]), "expected {start:?} to {to} (copies allowed), got {hits:?}");
         hits[0].clone()
@@ -733,7 +741,7 @@ fn record_route_of_the_caller_is_echoed_and_routes_our_bye() {
 }
 
 /// The callee's in-dialog `method` with CSeq `cseq` in the call whose INVITE it got was `invite_b`.
-fn callee_request(method: &str, invite_b: &str, b_tag: &str, cseq: u32) -> String {
+pub(crate) fn callee_request(method: &str, invite_b: &str, b_tag: &str, cseq: u32) -> String {
     format!(
         "{method} sip:b2bua@192.0.2.100:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKb{method}{cseq}\r\nMax-Forwards: 70\r\n\
          From: <sip:bob@192.0.2.2:5062>;tag={b_tag}\r\n{to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",

@@ -314,6 +314,7 @@ impl B2bua {
             callee_offers: true,
             active,
             policy: self.config.codec_policy.clone(),
+            local: false,
         };
         self.media_request(id, request);
     }

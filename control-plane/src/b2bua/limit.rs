@@ -27,6 +27,10 @@ impl B2bua {
     pub fn set_limit(&mut self, id: u64, max: Duration, warning: Duration) -> bool {
         let Some(call) = self.calls.get_mut(&id) else { return false };
         call.limit = Limit { max: Some((max, warning)), warn_at: None, end_at: None };
+        // A service call's first party is up already: its time counts from its answer.
+        if let Some(at) = call.first_answered.map(|n| n.instant) {
+            self.start_limit(id, at);
+        }
         true
     }
 
@@ -51,7 +55,7 @@ impl B2bua {
             call.limit.warn_at = None;
             if let Some(legs) = call.media.as_ref().map(|m| m.facing(true)) {
                 let tone = self.config.billing.warning_tone.clone();
-                self.media_request(id, MediaRequest::Tone { legs, tone });
+                self.media_request(id, MediaRequest::Tone { legs, tone, looped: false });
             }
         }
         let Some(call) = self.calls.get_mut(&id) else { return };

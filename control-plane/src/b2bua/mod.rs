@@ -97,6 +97,22 @@ pub enum CallEvent {
         /// The holder's address-of-record.
         holder: Option<String>,
     },
+    /// The first party of a service call ([`B2bua::handle_originate_ivr`]) answered and talks
+    /// to the media plane: `legs` face it (play prompts to them; their DTMF is its).
+    Ivr {
+        /// The call.
+        call: u64,
+        /// The legs facing the first party.
+        legs: Vec<u64>,
+    },
+    /// [`B2bua::handle_connect`]'s second party answered and talks to the first (`Ok`), or
+    /// could not be reached (`Err(status)`: the first party is still there).
+    Connected {
+        /// The call.
+        call: u64,
+        /// The outcome.
+        result: Result<(), u16>,
+    },
 }
 
 /// A step in a call's life.
@@ -150,6 +166,10 @@ pub struct CallRecord {
     /// The number dialled out through a trunk, when the answering (or last) fork went out
     /// through one: what the call is rated by. Calls between phones are not rated.
     pub trunk_number: Option<String>,
+    /// Originated calls: the number the first party was called at through a trunk, and when
+    /// it answered (UNIX ms, 0: never): a callback's first leg is rated by them.
+    pub first_trunk_number: Option<String>,
+    pub first_answered_ms: u64,
     /// UNIX milliseconds: set up, answered (0: never), ended.
     pub started_ms: u64,
     pub answered_ms: u64,
@@ -403,6 +423,11 @@ struct Call {
     reinvite_pending: bool,
     /// The longest it may last (prepaid credit).
     limit: limit::Limit,
+    /// Originated for a service (callback): the first party talks to the media plane alone
+    /// until [`B2bua::handle_connect`] brings a second party.
+    ivr: bool,
+    /// Originated: when the first party answered.
+    first_answered: Option<Now>,
 }
 
 /// One INVITE to the callee side.
@@ -505,6 +530,8 @@ impl Call {
             retransmit: None,
             reinvite_pending: false,
             limit: limit::Limit::default(),
+            ivr: false,
+            first_answered: None,
         }
     }
 
@@ -606,6 +633,7 @@ pub struct B2bua {
 }
 
 mod forks;
+mod ivr;
 mod limit;
 mod negotiation;
 mod originate;
@@ -709,7 +737,14 @@ impl B2bua {
             let policy = self.config.codec_policy.clone();
             self.media_request(
                 id,
-                MediaRequest::Allocate { call_id: a.call_id.clone(), offer: offer_text, callee_offers: false, active, policy },
+                MediaRequest::Allocate {
+                    call_id: a.call_id.clone(),
+                    offer: offer_text,
+                    callee_offers: false,
+                    active,
+                    policy,
+                    local: false,
+                },
             );
         }
         self.clock = Some(now);
@@ -882,6 +917,10 @@ impl B2bua {
         }
         let established = matches!(call.state, State::Answered | State::Confirmed);
         let reinvite_pending = call.reinvite_pending;
+        if request.method != Method::Bye && self.ivr_alone(id) {
+            self.ivr_in_dialog(&key, &request, now);
+            return;
+        }
         match request.method {
             Method::Bye => {
                 self.reply(&key, &request, 200, now);
@@ -1190,6 +1229,10 @@ impl B2bua {
         let branch = self.random.branch();
         let Some(call) = self.calls.get_mut(&id) else { return };
         let dialog = call.dialog_mut(side);
+        if dialog.peer.addr.ip().is_unspecified() {
+            // The side of a service call that nobody has joined yet.
+            return;
+        }
         let sent_by = self.config.advertise_for(dialog.peer.transport);
         match dialog.request(method, &sent_by, &branch, extra, body) {
             Ok(request) => {
@@ -1266,7 +1309,10 @@ impl B2bua {
         }
         let Some(mut call) = self.calls.remove(&id) else { return };
         let now = self.clock.unwrap_or(call.started);
-        let duration_ms = call.answered.map_or(0, |a| now.instant.saturating_duration_since(a.instant).as_millis() as u64);
+        // A service call that never joined a second party: nobody talked to anybody (the first
+        // party's own time is in its record).
+        let talked = call.answered.filter(|_| !(call.ivr && call.winner.is_none()));
+        let duration_ms = talked.map_or(0, |a| now.instant.saturating_duration_since(a.instant).as_millis() as u64);
         let status = if call.answered.is_some() {
             200
         } else if call.status == 0 {
@@ -1303,9 +1349,16 @@ fn call_record(id: u64, call: &Call, now: &Now, status: u16, cause: &'static str
     let ms = |n: &Now| n.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     // The fork that answered, else the last one tried (an unanswered call out through a trunk
     // is recorded as such, at no cost).
-    let fork = call.winner.and_then(|w| call.forks.get(w)).or_else(|| call.forks.last());
-    let trunk_number = fork.filter(|f| f.trunk).map(|f| f.invite.uri.auth.as_ref().map(|a| a.user.clone()).unwrap_or_default());
+    let fork = call
+        .winner
+        .and_then(|w| call.forks.get(w))
+        .or_else(|| call.forks.iter().enumerate().rev().find(|(i, _)| Some(*i) != call.a_fork).map(|(_, f)| f));
+    let number = |f: &Fork| f.invite.uri.auth.as_ref().map(|a| a.user.clone()).unwrap_or_default();
+    let trunk_number = fork.filter(|f| f.trunk).map(number);
+    let first = call.a_fork.and_then(|i| call.forks.get(i)).filter(|f| call.originated && f.trunk);
     CallRecord {
+        first_trunk_number: first.map(number),
+        first_answered_ms: call.first_answered.as_ref().map_or(0, ms),
         call: id,
         sip_call_id: call.a.call_id.clone(),
         caller: call.caller_uri.clone(),

@@ -34,6 +34,7 @@ impl B2bua {
                 }
                 self.finish(id);
             }
+            Ok(allocation) if call.ivr => self.ivr_allocated(id, allocation, now),
             Ok(allocation) => {
                 call.offer_legs = allocation.legs(true);
                 call.media = Some(allocation);

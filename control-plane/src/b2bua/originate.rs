@@ -17,10 +17,20 @@ impl B2bua {
         to_uri: String,
         now: Now,
     ) -> u64 {
+        self.originate(first, Some(second), from_uri, to_uri, now)
+    }
+
+    /// An originated call; without `second`, a service call ([`Self::handle_originate_ivr`]).
+    pub(super) fn originate(
+        &mut self,
+        first: (Plan, RouteState),
+        second: Option<(Plan, RouteState)>,
+        from_uri: String,
+        to_uri: String,
+        now: Now,
+    ) -> u64 {
         self.clock = Some(now);
         let (first_plan, first_route) = first;
-        let (mut second_plan, second_route) = second;
-        second_plan.stage.timeout = second_plan.stage.timeout.min(Duration::from_secs(30));
         let id = self.next_id;
         self.next_id += 1;
         self.stats.calls_started += 1;
@@ -56,7 +66,10 @@ impl B2bua {
         call.state = State::Originating;
         call.delayed = true;
         call.originated = true;
-        call.second = Some(SecondParty { stage: second_plan.stage, caller_id: second_plan.caller_id, route: second_route });
+        call.second = second.map(|(mut plan, route)| {
+            plan.stage.timeout = plan.stage.timeout.min(Duration::from_secs(30));
+            SecondParty { stage: plan.stage, caller_id: plan.caller_id, route }
+        });
         // The first party (a subscriber) is the caller the second party is told of.
         call.caller = from_uri.strip_prefix("sip:").map(str::to_owned);
         call.caller_uri = from_uri;
@@ -83,9 +96,17 @@ impl B2bua {
         }
         let sdp = is_sdp(&response.headers, &response.body).then(|| String::from_utf8_lossy(&response.body).into_owned());
         let active = sdp.as_deref().and_then(|s| Sdp::parse(s.as_bytes()).ok()).filter(Sdp::any_active).map(|s| s.active().to_vec());
+        call.first_answered = Some(now);
         self.cancel_forks(id, Some(fork));
         self.start_limit(id, now.instant);
         self.update(id, UpdateKind::Answered { party: 1 });
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.ivr {
+            if let (Some(sdp), Some(active)) = (sdp.clone(), active.clone()) {
+                self.ivr_answered(id, sdp, active);
+                return;
+            }
+        }
         let Some(call) = self.calls.get_mut(&id) else { return };
         let (Some(sdp), Some(active), Some(second)) = (sdp, active, call.second.take()) else {
             tracing::info!("the first party of an originated call answered without a usable offer");
@@ -107,6 +128,7 @@ impl B2bua {
             callee_offers: false,
             active,
             policy: self.config.codec_policy.clone(),
+            local: false,
         };
         self.media_request(id, request);
     }

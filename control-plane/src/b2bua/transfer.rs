@@ -241,6 +241,16 @@ impl B2bua {
         }
         self.notify_transferor_replaced(id, now);
         self.stats.transfers_completed += 1;
+        if let Some(call) = self.calls.get_mut(&id).filter(|c| c.ivr) {
+            // A service call's second party joined: what played to the first stops; the
+            // call's duration counts from here (the first party's, from its own answer).
+            call.answered = Some(now);
+            if let Some(legs) = self.calls.get(&id).and_then(|c| c.media.as_ref()).map(|m| m.facing(true)) {
+                self.media_request(id, MediaRequest::StopPlay { legs });
+            }
+            self.update(id, UpdateKind::Answered { party: 2 });
+            self.events.push_back(CallEvent::Connected { call: id, result: Ok(()) });
+        }
     }
 
     /// ACKs the transferee's 2xx to our re-INVITE and takes its Contact as the new target.
@@ -310,6 +320,10 @@ impl B2bua {
     pub(super) fn transfer_failed(&mut self, id: u64, status: u16, now: Now) {
         let line = format!("SIP/2.0 {status} {}", message::default_reason_phrase(status));
         self.notify_transferor(id, &line, true, now);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.ivr && call.transfer.is_some() {
+            self.events.push_back(CallEvent::Connected { call: id, result: Err(status) });
+        }
         let Some(call) = self.calls.get_mut(&id) else { return };
         let transfer = call.transfer.take();
         let attended = call.attended_with.take();

@@ -146,7 +146,7 @@ mod tests {
             Err(Error::NotFound(_))
         ));
         let out = run(&mut s, Command::Set { id: "acme".into(), pairs: vec!["blocked=4490".into(), "enabled=false".into()] }, 0).unwrap();
-        assert!(out.contains("blocked 4490 disabled") && out.contains("balance 12.000000"), "{out}");
+        assert!(out.contains("blocked 4490 ani - pin unset disabled") && out.contains("balance 12.000000"), "{out}");
         assert_eq!(run(&mut s, Command::List, 0).unwrap(), "acme\tprepaid\t12.000000 EUR\n");
     }
 }

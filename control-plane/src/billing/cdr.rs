@@ -45,10 +45,35 @@ pub fn records(call: &CallRecord, rates: &RateTable, currency: &str, internation
         status: call.status,
         cause: call.cause.to_owned(),
     };
-    // The caller's side is not charged here: it called in.
-    let a = Cdr { leg: "a".into(), billed_s: 0, cost: 0, rate_prefix: String::new(), ..base.clone() };
+    // The caller's side is not charged here: it called in. A callback's first party was
+    // called out through a trunk: its leg is rated by that number, for its own time.
+    let a = match call
+        .first_trunk_number
+        .as_deref()
+        .map(crate::billing::cdr::destination)
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    {
+        Some(number) => {
+            let rated = crate::billing::rating::international(&number, international_prefix);
+            let rate = rates.lookup(rated, RateTable::minute_of_day(call.started_ms));
+            let duration_ms = if call.first_answered_ms > 0 { call.ended_ms.saturating_sub(call.first_answered_ms) } else { 0 };
+            let charge = rate.map(|r| r.charge(duration_ms));
+            Cdr {
+                leg: "a".into(),
+                destination: number.clone(),
+                answer_ms: call.first_answered_ms,
+                duration_ms,
+                billed_s: charge.map_or(0, |c| c.billed_s),
+                cost: charge.map_or(0, |c| c.cost),
+                rate_prefix: rate.map_or_else(String::new, |r| r.prefix.clone()),
+                ..base.clone()
+            }
+        }
+        None => Cdr { leg: "a".into(), billed_s: 0, cost: 0, rate_prefix: String::new(), ..base.clone() },
+    };
     let b = Cdr { leg: "b".into(), ..base.clone() };
-    vec![Cdr { leg: "call".into(), ..base }, a, b]
+    let total = Cdr { leg: "call".into(), cost: base.cost.saturating_add(a.cost), ..base };
+    vec![total, a, b]
 }
 
 /// CSV of records, with a header line; amounts as decimals of their currency.
@@ -102,7 +127,28 @@ mod tests {
             status: if duration_ms > 0 { 200 } else { 486 },
             cause: if duration_ms > 0 { "completed" } else { "failed" },
             originated: false,
+            first_trunk_number: None,
+            first_answered_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_callbacks_first_leg_is_rated_by_its_own_number_for_its_own_time() {
+        // A answered 20 s before B and stayed 20 s longer in all: 60/6 UK for 65 s, London
+        // 1/1 for 45 s.
+        let mut record = call("sip:+442071234567@sip.test", 45_000);
+        record.originated = true;
+        record.first_trunk_number = Some("00441611234567".into());
+        record.first_answered_ms = record.answered_ms - 20_000;
+        let cdrs = records(&record, &rates(), "EUR", "00");
+        let by_leg = |leg: &str| cdrs.iter().find(|c| c.leg == leg).expect("leg").clone();
+        let (a, b, total) = (by_leg("a"), by_leg("b"), by_leg("call"));
+        assert_eq!(
+            (a.destination.as_str(), a.duration_ms, a.billed_s, a.cost, a.rate_prefix.as_str()),
+            ("00441611234567", 65_000, 66, 13_200, "44")
+        );
+        assert_eq!((b.billed_s, b.cost), (45, 50_000 + 7_500));
+        assert_eq!(total.cost, a.cost + b.cost);
     }
 
     fn rates() -> RateTable {

@@ -220,9 +220,15 @@ impl Billing {
         let Some(h) = self.holds.remove(&id) else { return };
         let cost = cdrs.iter().find(|c| c.leg == "call").map_or(0, |c| c.cost);
         let charged = self.settle(store, h, cost, now.unix_ms());
-        if let Some(charged) = charged.filter(|c| *c != cost) {
-            for c in cdrs.iter_mut().filter(|c| c.leg != "a") {
-                c.cost = charged;
+        // Cut off a moment late, a call may cost more than was held: only what was held is
+        // charged, and the records say so (the difference off the called side's leg).
+        if let Some(charged) = charged.filter(|c| *c < cost) {
+            for c in cdrs.iter_mut() {
+                match c.leg.as_str() {
+                    "call" => c.cost = charged,
+                    "b" => c.cost = c.cost.saturating_sub(cost - charged).max(0),
+                    _ => {}
+                }
             }
         }
     }

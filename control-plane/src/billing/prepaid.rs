@@ -61,6 +61,11 @@ pub struct Account {
     /// Destination prefixes (digits, as rated) it may not call.
     pub blocked: Vec<String>,
     pub enabled: bool,
+    /// The customer's own numbers (caller IDs): a call from one to a callback access number
+    /// is this account's.
+    pub ani: Vec<String>,
+    /// SHA-256 of `id:pin` (hex), for the web page and the webhook; empty: none set.
+    pub pin_hash: String,
 }
 
 /// Longest account name.
@@ -89,6 +94,8 @@ impl Account {
             max_call_cost: 0,
             blocked: Vec::new(),
             enabled: true,
+            ani: Vec::new(),
+            pin_hash: String::new(),
         })
     }
 
@@ -126,6 +133,25 @@ impl Account {
                 }
                 self.blocked = prefixes;
             }
+            "ani" => {
+                let numbers: Vec<String> = value.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
+                if let Some(bad) = numbers.iter().find(|p| p.len() > 24 || !p.trim_start_matches('+').chars().all(|c| c.is_ascii_digit())) {
+                    return Err(err(format!("{bad:?} is not a number of up to 24 digits")));
+                }
+                if numbers.len() > crate::settings::MAX_LIST {
+                    return Err(err(format!("more than {} numbers", crate::settings::MAX_LIST)));
+                }
+                self.ani = numbers;
+            }
+            "pin" => {
+                if value.is_empty() {
+                    self.pin_hash.clear();
+                } else if value.len() < 4 || value.len() > 32 {
+                    return Err(err("must be 4-32 characters".into()));
+                } else {
+                    self.pin_hash = pin_hash(&self.id, value);
+                }
+            }
             "enabled" => {
                 self.enabled = match value {
                     "true" | "yes" | "1" => true,
@@ -145,7 +171,7 @@ impl Account {
     /// One line for people: `acme prepaid balance 10.000000 EUR …`.
     pub fn describe(&self, usage: &Usage) -> String {
         format!(
-            "{} {} balance {} {} held {} calls {} credit_limit {} max_concurrent {} max_per_minute {} max_call_cost {} blocked {} {}",
+            "{} {} balance {} {} held {} calls {} credit_limit {} max_concurrent {} max_per_minute {} max_call_cost {} blocked {} ani {} pin {} {}",
             self.id,
             self.kind.as_str(),
             format_amount(self.balance),
@@ -157,8 +183,25 @@ impl Account {
             self.max_per_minute,
             format_amount(self.max_call_cost),
             if self.blocked.is_empty() { "-".into() } else { self.blocked.join(",") },
+            if self.ani.is_empty() { "-".into() } else { self.ani.join(",") },
+            if self.pin_hash.is_empty() { "unset" } else { "set" },
             if self.enabled { "enabled" } else { "disabled" },
         )
+    }
+
+    /// Whether `pin` is this account's PIN (never, if none is set). Compared in constant time.
+    pub fn pin_matches(&self, pin: &str) -> bool {
+        if self.pin_hash.is_empty() {
+            return false;
+        }
+        let given = pin_hash(&self.id, pin);
+        given.len() == self.pin_hash.len() && given.bytes().zip(self.pin_hash.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
+    /// Whether `number` (a caller ID, with or without `+`) is one of the customer's.
+    pub fn has_ani(&self, number: &str) -> bool {
+        let n = number.trim_start_matches('+');
+        self.ani.iter().any(|a| a.trim_start_matches('+') == n)
     }
 
     /// What calls may still hold: the balance (and a postpaid credit limit) less what open
@@ -170,6 +213,11 @@ impl Account {
         };
         self.balance.saturating_add(floor).saturating_sub(usage.held)
     }
+}
+
+/// SHA-256 of `id:pin`, hex.
+pub fn pin_hash(id: &str, pin: &str) -> String {
+    sip_core::digest::HashFn::Sha256.hex(&[id.as_bytes(), b":", pin.as_bytes()])
 }
 
 /// An account name: 1‥64 of letters, digits and `-_.@`.

@@ -57,6 +57,10 @@ pub trait Ledger {
     fn account(&mut self, id: &str, now_ms: u64) -> Result<Option<(Account, Usage)>, StoreError>;
     /// Every account, by id.
     fn accounts(&mut self) -> Result<Vec<Account>, StoreError>;
+    /// The account whose `ani` numbers include `number` (with or without `+`).
+    fn account_by_ani(&mut self, number: &str) -> Result<Option<Account>, StoreError> {
+        Ok(self.accounts()?.into_iter().find(|a| a.has_ani(number)))
+    }
     /// Adds `amount` (negative: takes it) to an account's balance; the new balance.
     fn credit(&mut self, id: &str, amount: Micros) -> Result<Option<Micros>, StoreError>;
     /// Decides ([`prepaid::decide`]) and, if granted, holds the money, atomically. An unknown
@@ -81,11 +85,13 @@ fn recovered_cost(rates: &[Rate], answered_ms: u64, touched_ms: u64) -> Micros {
     prepaid::cost(rates, touched_ms.saturating_sub(answered_ms))
 }
 
-const ACCOUNT_COLUMNS: &str = "id, kind, balance, credit_limit, currency, max_concurrent, max_per_minute, max_call_cost, blocked, enabled";
+const ACCOUNT_COLUMNS: &str =
+    "id, kind, balance, credit_limit, currency, max_concurrent, max_per_minute, max_call_cost, blocked, enabled, ani, pin_hash";
 
 fn account_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
     let kind: String = row.get(1)?;
     let blocked: String = row.get(8)?;
+    let ani: String = row.get(10)?;
     Ok(Account {
         id: row.get(0)?,
         kind: if kind == "postpaid" { Kind::Postpaid } else { Kind::Prepaid },
@@ -97,6 +103,8 @@ fn account_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
         max_call_cost: row.get(7)?,
         blocked: blocked.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
         enabled: row.get(9)?,
+        ani: ani.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+        pin_hash: row.get(11)?,
     })
 }
 
@@ -129,7 +137,7 @@ fn settle_in(db: &rusqlite::Connection, id: i64, cost: Micros, at_ms: u64) -> Re
 impl Ledger for SqliteStore {
     fn add_account(&mut self, a: &Account) -> Result<(), StoreError> {
         let added = self.db.execute(
-            &format!("INSERT OR IGNORE INTO account ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            &format!("INSERT OR IGNORE INTO account ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
             rusqlite::params![
                 a.id,
                 a.kind.as_str(),
@@ -140,7 +148,9 @@ impl Ledger for SqliteStore {
                 a.max_per_minute,
                 a.max_call_cost,
                 a.blocked.join(","),
-                a.enabled
+                a.enabled,
+                a.ani.join(","),
+                a.pin_hash
             ],
         )?;
         if added == 0 {
@@ -152,7 +162,7 @@ impl Ledger for SqliteStore {
     fn update_account(&mut self, a: &Account) -> Result<bool, StoreError> {
         let n = self.db.execute(
             "UPDATE account SET kind = ?2, credit_limit = ?3, currency = ?4, max_concurrent = ?5, max_per_minute = ?6, \
-             max_call_cost = ?7, blocked = ?8, enabled = ?9 WHERE id = ?1",
+             max_call_cost = ?7, blocked = ?8, enabled = ?9, ani = ?10, pin_hash = ?11 WHERE id = ?1",
             rusqlite::params![
                 a.id,
                 a.kind.as_str(),
@@ -162,7 +172,9 @@ impl Ledger for SqliteStore {
                 a.max_per_minute,
                 a.max_call_cost,
                 a.blocked.join(","),
-                a.enabled
+                a.enabled,
+                a.ani.join(","),
+                a.pin_hash
             ],
         )?;
         Ok(n > 0)

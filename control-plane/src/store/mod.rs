@@ -236,7 +236,9 @@ CREATE TABLE IF NOT EXISTS account (
     max_per_minute INTEGER NOT NULL DEFAULT 0,
     max_call_cost INTEGER NOT NULL DEFAULT 0,
     blocked TEXT NOT NULL DEFAULT '',
-    enabled INTEGER NOT NULL DEFAULT 1
+    enabled INTEGER NOT NULL DEFAULT 1,
+    ani TEXT NOT NULL DEFAULT '',
+    pin_hash TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservation (
     id INTEGER PRIMARY KEY,
@@ -319,6 +321,13 @@ fn migrate(db: &rusqlite::Connection) -> Result<(), StoreError> {
     }
     if !columns.iter().any(|c| c == "settings") {
         db.execute_batch("ALTER TABLE subscriber ADD COLUMN settings TEXT")?;
+    }
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('account')")?;
+    let columns: Vec<String> = stmt.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    for (column, definition) in [("ani", "ani TEXT NOT NULL DEFAULT ''"), ("pin_hash", "pin_hash TEXT NOT NULL DEFAULT ''")] {
+        if !columns.iter().any(|c| c == column) {
+            db.execute_batch(&format!("ALTER TABLE account ADD COLUMN {definition}"))?;
+        }
     }
     // Path and SIP outbound: three columns and a key that includes reg-id. SQLite cannot change
     // a primary key in place, so the table is rebuilt (registrations are few, this is quick).

@@ -40,6 +40,9 @@ use crate::registrar::{RegisterError, Registrar};
 use crate::routing::Ctx;
 use crate::store::Store;
 
+mod callback;
+pub use callback::CallbackError;
+
 /// Counters of the core (exported by the driver).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -75,6 +78,8 @@ pub struct Stats {
     pub calls: crate::b2bua::CallStats,
     /// Prepaid authorisation (holds, refusals by reason, settlements).
     pub billing: crate::billing::BillingStats,
+    /// Callback requests and their outcomes.
+    pub callbacks: crate::callback::CallbackStats,
     /// Requests answered 481 (no such dialog/transaction).
     pub no_dialog: u64,
     /// Requests refused with 420 for a `Require` option this server does not support.
@@ -128,6 +133,8 @@ pub struct ControlPlane {
     b2bua: B2bua,
     /// Credit held by calls out through trunks.
     billing: crate::billing::Billing,
+    /// Callbacks and their IVR.
+    callbacks: crate::callback::Engine,
     /// Calls' progress for the API's watchers.
     updates: VecDeque<CallUpdate>,
     transmits: VecDeque<Outgoing>,
@@ -168,6 +175,7 @@ impl ControlPlane {
             limits: crate::limits::Limits::new(config.limits.clone()),
             b2bua: B2bua::new(config.clone(), timers, random.split()),
             billing: crate::billing::Billing::default(),
+            callbacks: crate::callback::Engine::new(config.callback.clone()),
             updates: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: Stats::default(),
@@ -186,6 +194,7 @@ impl ControlPlane {
             limits: self.limits.stats(),
             calls,
             billing: self.billing.stats,
+            callbacks: self.callbacks.stats,
             no_dialog: self.stats.no_dialog + calls.no_dialog,
             responses: self.layer.stats().responses_sent,
             ..self.stats
@@ -306,6 +315,7 @@ impl ControlPlane {
         self.layer.handle_timeout(now.instant);
         self.b2bua.handle_timeout(now);
         self.billing.handle_timeout(&self.config, store, now);
+        self.callbacks.handle_timeout(now.instant);
         if self.next_sweep.is_none_or(|t| t <= now.instant) {
             self.next_sweep = Some(now.instant + std::time::Duration::from_secs(10));
             self.limits.sweep(now.instant);
@@ -368,7 +378,7 @@ impl ControlPlane {
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        [self.layer.poll_timeout(), self.b2bua.poll_timeout(), self.next_sweep].into_iter().flatten().min()
+        [self.layer.poll_timeout(), self.b2bua.poll_timeout(), self.next_sweep, self.callbacks.poll_timeout()].into_iter().flatten().min()
     }
 
     // ---- internals ----
@@ -389,6 +399,10 @@ impl ControlPlane {
             while let Some(event) = self.b2bua.poll_event() {
                 progressed = true;
                 self.on_call_event(event, now, store);
+            }
+            while let Some(action) = self.callbacks.poll_action() {
+                progressed = true;
+                self.on_callback_action(action, now, store);
             }
             if !progressed {
                 return;
@@ -424,7 +438,10 @@ impl ControlPlane {
                 }
                 self.updates.push_back(update);
             }
+            CallEvent::Ivr { call, legs } => self.callbacks.on_ivr(call, legs, now.instant),
+            CallEvent::Connected { call, result } => self.callbacks.on_connected(call, result, now.instant),
             CallEvent::Ended(record) => {
+                self.callbacks.on_ended(record.call, record.first_answered_ms > 0, record.cause, now.instant);
                 // The detail records go to the store before anything else of this call can.
                 let mut cdrs =
                     crate::billing::cdr::records(&record, &self.config.rates, &self.config.currency, &self.config.international_prefix);
@@ -795,6 +812,8 @@ impl ControlPlane {
             self.respond(&key, response, now);
             return;
         }
+        // Callback access numbers (missed call, IVR).
+        let Some(request) = self.on_did_invite(&key, request, source, caller.clone(), now, store) else { return };
         let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
         match crate::routing::route(&request, caller.as_deref(), &mut ctx) {
             Ok((mut plan, state)) => {

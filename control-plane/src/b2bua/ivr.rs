@@ -1,0 +1,216 @@
+//! Service calls (callback, IVR): a first party the B2BUA calls and the media plane answers,
+//! then, once the service knows where to, a second party joined to it.
+//!
+//! ```text
+//!  handle_originate_ivr ─► INVITE A (no SDP) … 200 (A's offer)
+//!     Allocate(local) ─► the media plane answers A's offer itself ─► ACK A (its answer)
+//!     CallEvent::Ivr { legs facing A }: prompts play to A, A's DTMF comes back as media events
+//!  handle_connect(route) ─► INVITE B (the media plane's offer) … 200 ─► ACK B
+//!     like a blind transfer of the empty side: Offer(B's SDP) ─► re-INVITE A … 200 ─► Answer
+//!     CallEvent::Connected(Ok) — or Err(status): B failed, A is still there
+//! ```
+
+use super::*;
+
+impl B2bua {
+    /// Calls the first party of a service call (`first`, at `first_uri`): when it answers, the
+    /// media plane answers its offer and [`CallEvent::Ivr`] tells the server. `shown_uri` is who
+    /// the first party sees calling. Returns the call's id.
+    pub fn handle_originate_ivr(&mut self, first: (Plan, RouteState), first_uri: String, shown_uri: String, now: Now) -> u64 {
+        let id = self.originate(first, None, first_uri, shown_uri, now);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.ivr = true;
+        }
+        id
+    }
+
+    /// A call to a service (an IVR access number): `request` (an INVITE with an offer, the
+    /// server checked it) is answered by the media plane; [`CallEvent::Ivr`] follows. `caller`
+    /// as for [`Self::handle_invite`]. The call's id, unless it was refused at once.
+    pub fn handle_invite_ivr(
+        &mut self,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        caller: Option<String>,
+        now: Now,
+    ) -> Option<u64> {
+        self.clock = Some(now);
+        let (tag_a, tag_b) = (self.random.tag(), self.random.tag());
+        let Ok(a) = Dialog::uas(&request, &tag_a, source) else {
+            self.reply(&key, &request, 400, now);
+            return None;
+        };
+        if request.body.is_empty() {
+            // The media plane answers offers; it does not make them.
+            self.reply(&key, &request, 488, now);
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stats.calls_started += 1;
+        self.sip.push_back(SipOut::Respond(key.clone(), response_for(&request, 100, None, None)));
+        self.by_call_id.insert(a.call_id.clone(), (id, Side::A));
+        self.by_invite.insert(key.clone(), id);
+        let nobody = Peer::udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let b = Dialog::uac(
+            format!("service-{id}"),
+            format!("<sip:b2bua@0.0.0.0>;tag={tag_b}"),
+            without_tag(&a.remote),
+            String::new(),
+            Vec::new(),
+            nobody,
+        );
+        let active = Sdp::parse(&request.body).map(|s| s.active().to_vec()).unwrap_or_default();
+        let offer = String::from_utf8_lossy(&request.body).into_owned();
+        let caller_uri = uri_of(&a.remote).to_owned();
+        let callee_uri = request.uri.to_string();
+        let mut call = Call::new(a, b, request, key, RouteState::default(), CallerIdPolicy::Passthrough, tag_b, now);
+        call.ivr = true;
+        call.caller = caller;
+        call.caller_uri = caller_uri;
+        call.callee_uri = callee_uri;
+        call.last_sdp = [Some(offer.clone()), None];
+        self.calls.insert(id, call);
+        self.ivr_answered(id, offer, active);
+        Some(id)
+    }
+
+    /// Plays to a call's legs for a service: [`MediaRequest::Prompt`], [`MediaRequest::Tone`] or
+    /// [`MediaRequest::StopPlay`] (others are ignored). Whether the call exists.
+    pub fn handle_play(&mut self, id: u64, request: MediaRequest) -> bool {
+        if !self.calls.contains_key(&id) {
+            return false;
+        }
+        if matches!(request, MediaRequest::Prompt { .. } | MediaRequest::Tone { .. } | MediaRequest::StopPlay { .. }) {
+            self.media_request(id, request);
+        }
+        true
+    }
+
+    /// The first party of service call `id` answered with its offer: the media plane answers it.
+    pub(super) fn ivr_answered(&mut self, id: u64, sdp: String, active: Vec<bool>) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.state = State::Allocating;
+        // Side B stands for nobody until a second party joins (it named the first party's
+        // fork while that rang).
+        if call.originated {
+            let nobody = Peer::udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            let tag = call.tag_b.clone();
+            call.b = Dialog::uac(
+                format!("service-{id}"),
+                format!("<sip:b2bua@0.0.0.0>;tag={tag}"),
+                String::new(),
+                String::new(),
+                Vec::new(),
+                nobody,
+            );
+        }
+        let request = MediaRequest::Allocate {
+            call_id: call.a.call_id.clone(),
+            offer: sdp,
+            callee_offers: false,
+            active,
+            policy: self.config.codec_policy.clone(),
+            local: true,
+        };
+        self.media_request(id, request);
+    }
+
+    /// The media plane answered the first party's offer: ACK it with that answer.
+    pub(super) fn ivr_allocated(&mut self, id: u64, allocation: Allocation, now: Now) {
+        let branch = self.random.branch();
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let answer = allocation.local_answer.clone();
+        let legs = allocation.facing(true);
+        call.offer_legs = allocation.legs(true);
+        call.media = Some(allocation);
+        call.last_sdp[Side::A as usize] = answer.clone();
+        let Some(answer) = answer.filter(|_| call.state == State::Allocating) else {
+            // The first party gave up meanwhile, or the media plane had no answer for it.
+            call.status = 502;
+            call.cause = "failed";
+            self.stats.calls_failed += 1;
+            let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+            self.reply(&key, &invite, 502, now);
+            self.finish(id);
+            return;
+        };
+        if !call.originated {
+            // A caller of ours: our 200 carries the answer (sent again until its ACK).
+            call.state = State::Answered;
+            call.answered = Some(now);
+            call.first_answered = Some(now);
+            self.stats.calls_answered += 1;
+            let response = response_for(&call.invite_a, 200, None, None);
+            let forward =
+                Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
+            self.deliver(id, forward, Some(answer), now);
+            self.update(id, UpdateKind::Answered { party: 1 });
+            self.events.push_back(CallEvent::Ivr { call: id, legs });
+            return;
+        }
+        let Some(f) = call.a_fork.and_then(|i| call.forks.get_mut(i)) else { return };
+        let cseq = message::cseq(&f.invite.headers).map(|c| c.seq).unwrap_or(1);
+        if let Some((ack, peer)) = Self::encode_ack(&self.config, &f.dialog, cseq, &branch, Some(&answer)) {
+            self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack.clone(), retransmission: false }));
+            f.ack = Some(ack);
+        }
+        call.state = State::Confirmed;
+        call.answered = call.first_answered;
+        self.events.push_back(CallEvent::Ivr { call: id, legs });
+    }
+
+    /// Joins a second party to service call `id`, routed by the server (`Err(status)`: nowhere
+    /// to go, told at once as [`CallEvent::Connected`]). Whether the call can take one now.
+    pub fn handle_connect(&mut self, id: u64, route: Result<(Plan, RouteState), u16>, now: Now) -> bool {
+        self.clock = Some(now);
+        let Some(call) = self.calls.get_mut(&id) else { return false };
+        // Answered: our 2xx's ACK may still be on its way; the re-INVITE waits for the callee.
+        if !call.ivr || !matches!(call.state, State::Answered | State::Confirmed) || call.transfer.is_some() || !self.ivr_alone(id) {
+            return false;
+        }
+        let (plan, route) = match route {
+            Ok(routed) => routed,
+            Err(status) => {
+                self.events.push_back(CallEvent::Connected { call: id, result: Err(status) });
+                return true;
+            }
+        };
+        let Some(call) = self.calls.get_mut(&id) else { return false };
+        call.route = route;
+        call.policy = plan.caller_id;
+        let referred_by = format!("<{}>", call.caller_uri);
+        call.transfer = Some(Transfer {
+            transferor: Side::B,
+            stage: call.stage + 1,
+            notify: false,
+            referred_by,
+            answered: None,
+            transferor_gone: false,
+        });
+        self.ring(id, plan.stage, now);
+        true
+    }
+
+    /// The first party of originated call `id` was called out through a trunk.
+    pub fn first_party_trunk(&self, id: u64) -> bool {
+        self.calls.get(&id).is_some_and(|c| c.originated && c.a_fork.and_then(|i| c.forks.get(i)).is_some_and(|f| f.trunk))
+    }
+
+    /// Service call `id` has no second party yet (its side B stands for nobody).
+    pub(super) fn ivr_alone(&self, id: u64) -> bool {
+        self.calls.get(&id).is_some_and(|c| c.ivr && c.b.peer.addr.ip().is_unspecified())
+    }
+
+    /// A request from the first party of a service call with no second party: answered here
+    /// (re-offers refused with 488, INFO taken, anything else 405).
+    pub(super) fn ivr_in_dialog(&mut self, key: &TransactionKey, request: &Request, now: Now) {
+        let status = match request.method {
+            Method::Invite | Method::Update => 488,
+            Method::Info | Method::Options => 200,
+            _ => 405,
+        };
+        self.reply(key, request, status, now);
+    }
+}

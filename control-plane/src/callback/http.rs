@@ -1,0 +1,407 @@
+//! The callback triggers over HTTP (`[callback] listen`): a JSON API for integrators, a web
+//! page for customers and a webhook for SMS and e-mail gateways.
+//!
+//! ```text
+//!  POST /api/callback   Bearer token   {"account","a","b"?}            → 202 {"id"}
+//!  GET  /api/callback/N Bearer token                                   → 200 {status}
+//!  POST /api/webhook    Bearer token   {"from","text"|"subject"}       → 202 {"id"}
+//!         text "acme 1234 +4930111 +4930222"  (account PIN customer destination), or
+//!         text "4930555000#4930222"           (access number # destination; from: the customer)
+//!  GET  /                the web page: account, PIN, your number, their number; progress
+//!  POST /web/callback    {"account","pin","a","b"?}                    → 202 {"id"}
+//!  POST /web/status      {"account","pin","id"}                        → 200 {status}
+//! ```
+//!
+//! Errors are JSON `{"error": "...", "field": "..."}`: 400 names the field, 401 a missing or
+//! wrong token, 403 an unknown account or wrong PIN, 429 too many requests (per account, and
+//! per source address here), 503 too many callbacks going. Handlers parse and check what they
+//! can alone, then hand the request to the core's loop (which owns the store and the calls) and
+//! wait for its answer.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CallbackConfig, Request, Status, Trigger};
+use crate::now::Now;
+use crate::server::{CallbackError, ControlPlane};
+use crate::store::Store;
+
+/// A request for the core's loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpCall {
+    /// From the API (token checked).
+    Api(Request),
+    /// From the web page: checked against the account's PIN.
+    Web { request: Request, pin: String },
+    /// A job's status: for the API (token checked), or for the web page with the PIN.
+    Status { id: u64, pin: Option<(String, String)> },
+    /// A webhook message (token checked).
+    Webhook { from: String, text: String },
+}
+
+/// The answer: HTTP status and JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    pub status: u16,
+    pub body: Value,
+}
+
+fn error(status: u16, field: Option<&str>, message: &str) -> HttpReply {
+    let mut body = json!({ "error": message });
+    if let Some(f) = field {
+        body["field"] = json!(f);
+    }
+    HttpReply { status, body }
+}
+
+fn from_callback_error(e: CallbackError) -> HttpReply {
+    match &e {
+        CallbackError::Invalid(field, why) => error(400, Some(field), why),
+        other => error(other.status(), None, &other.to_string()),
+    }
+}
+
+fn status_json(s: &Status) -> Value {
+    json!({
+        "id": s.id,
+        "account": s.account,
+        "a": s.a,
+        "b": s.b,
+        "trigger": s.trigger.as_str(),
+        "phase": s.phase.as_str(),
+        "attempts": s.attempts,
+        "result": s.result,
+    })
+}
+
+/// Runs `call` on the core (the driver's loop calls this).
+pub fn execute(call: HttpCall, core: &mut ControlPlane, store: &mut dyn Store, now: Now) -> HttpReply {
+    let accepted = |id: u64| HttpReply { status: 202, body: json!({ "id": id, "status": format!("/api/callback/{id}") }) };
+    match call {
+        HttpCall::Api(request) => core.handle_callback(request, None, now, store).map_or_else(from_callback_error, accepted),
+        HttpCall::Web { request, pin } => core.handle_callback(request, Some(&pin), now, store).map_or_else(from_callback_error, accepted),
+        HttpCall::Status { id, pin } => {
+            let status = core.callback_status(id);
+            if let Some((account, pin)) = pin {
+                let owner = status.as_ref().is_some_and(|s| s.account == account);
+                let known = store.account(&account, now.unix_ms()).ok().flatten().is_some_and(|(a, _)| a.pin_matches(&pin));
+                if !owner || !known {
+                    return error(403, None, "unknown account, PIN or callback");
+                }
+            }
+            match status {
+                Some(s) => HttpReply { status: 200, body: status_json(&s) },
+                None => error(404, Some("id"), "no such callback (or it ended more than 10 minutes ago)"),
+            }
+        }
+        HttpCall::Webhook { from, text } => webhook(core, store, &from, &text, now),
+    }
+}
+
+/// A webhook message: `account pin customer destination`, or `access-number#destination` from
+/// the customer's number.
+fn webhook(core: &mut ControlPlane, store: &mut dyn Store, from: &str, text: &str, now: Now) -> HttpReply {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (request, pin) = match words.as_slice() {
+        [account, pin, a, b] => (
+            Request {
+                account: (*account).to_owned(),
+                a: (*a).to_owned(),
+                b: Some((*b).to_owned()),
+                trigger: Trigger::Webhook,
+                delay: Duration::ZERO,
+            },
+            Some((*pin).to_owned()),
+        ),
+        [one] if one.contains('#') => {
+            let (did, b) = one.split_once('#').unwrap_or_default();
+            if core.callback_did(did.trim_start_matches('+')).is_none() {
+                return error(400, Some("text"), "the number before # is not an access number of ours");
+            }
+            let account = match store.account_by_ani(from) {
+                Ok(Some(a)) if a.enabled => a.id,
+                Ok(_) => return error(403, Some("from"), "this number is no customer's"),
+                Err(e) => return error(500, None, &format!("store: {e}")),
+            };
+            (Request { account, a: from.to_owned(), b: Some(b.to_owned()), trigger: Trigger::Webhook, delay: Duration::ZERO }, None)
+        }
+        _ => return error(400, Some("text"), "expected \"account pin customer destination\" or \"access-number#destination\""),
+    };
+    let accepted = |id: u64| HttpReply { status: 202, body: json!({ "id": id, "status": format!("/api/callback/{id}") }) };
+    core.handle_callback(request, pin.as_deref(), now, store).map_or_else(from_callback_error, accepted)
+}
+
+/// A string field of a JSON object: `Err` names it.
+fn field(body: &Value, name: &'static str, required: bool) -> Result<Option<String>, HttpReply> {
+    match body.get(name) {
+        None | Some(Value::Null) if !required => Ok(None),
+        Some(Value::String(s)) if s.is_empty() && !required => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Ok(Some(s.clone())),
+        None | Some(Value::Null) => Err(error(400, Some(name), "missing")),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        _ => Err(error(400, Some(name), "must be a string of 1-256 characters")),
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, HttpReply> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(error(400, Some("body"), "must be a JSON object")),
+        Err(e) => Err(error(400, Some("body"), &format!("not JSON: {e}"))),
+    }
+}
+
+/// A callback request from a JSON body (`a`, `b`; `account` unless given).
+fn request_of(body: &Value, trigger: Trigger) -> Result<Request, HttpReply> {
+    let account = field(body, "account", true)?.unwrap_or_default();
+    let a = field(body, "a", true)?.unwrap_or_default();
+    let b = field(body, "b", false)?;
+    Ok(Request { account, a, b, trigger, delay: Duration::ZERO })
+}
+
+/// Requests per source address a minute.
+#[derive(Debug, Default)]
+struct Sources {
+    seen: HashMap<IpAddr, VecDeque<Instant>>,
+}
+
+impl Sources {
+    fn allow(&mut self, ip: IpAddr, per_minute: u32, now: Instant) -> bool {
+        if self.seen.len() > 100_000 {
+            self.seen.retain(|_, q| q.back().is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(60)));
+        }
+        let q = self.seen.entry(ip).or_default();
+        while q.front().is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(60)) {
+            q.pop_front();
+        }
+        if q.len() >= per_minute as usize {
+            return false;
+        }
+        q.push_back(now);
+        true
+    }
+}
+
+/// What the core's loop receives.
+pub type Job = (HttpCall, oneshot::Sender<HttpReply>);
+
+#[derive(Clone)]
+struct State {
+    config: Arc<CallbackConfig>,
+    tx: mpsc::Sender<Job>,
+    sources: Arc<Mutex<Sources>>,
+}
+
+impl State {
+    async fn run(&self, call: HttpCall) -> HttpReply {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send((call, reply)).await.is_err() {
+            return error(503, None, "stopping");
+        }
+        answer.await.unwrap_or_else(|_| error(503, None, "stopping"))
+    }
+
+    fn token_ok(&self, headers: &axum::http::HeaderMap) -> bool {
+        let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        given.is_some_and(|g| self.config.api_tokens.iter().any(|t| constant_time_eq(t.as_bytes(), g.trim().as_bytes())))
+    }
+
+    /// 429 for a source over its rate.
+    fn guard(&self, addr: SocketAddr) -> Option<HttpReply> {
+        (!self.source_ok(addr.ip())).then(|| error(429, None, "too many requests from this address"))
+    }
+
+    fn source_ok(&self, ip: IpAddr) -> bool {
+        // Several customers may share an address (NAT): ten times an account's allowance.
+        let per_minute = self.config.requests_per_minute.saturating_mul(10);
+        self.sources.lock().map(|mut s| s.allow(ip, per_minute, Instant::now())).unwrap_or(true)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn respond(reply: HttpReply) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = axum::http::StatusCode::from_u16(reply.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(reply.body)).into_response()
+}
+
+/// Serves the triggers on `listener` until the process stops; requests go to `tx`.
+pub async fn serve(listener: tokio::net::TcpListener, config: CallbackConfig, tx: mpsc::Sender<Job>) {
+    use axum::extract::{ConnectInfo, Path, State as S};
+    use axum::http::HeaderMap;
+    use axum::routing::{get, post};
+    let state = State { config: Arc::new(config), tx, sources: Arc::default() };
+    let app = axum::Router::new()
+        .route("/", get(|| async { axum::response::Html(PAGE) }))
+        .route(
+            "/api/callback",
+            post(
+                |S(state): S<State>, ConnectInfo(addr): ConnectInfo<SocketAddr>, headers: HeaderMap, body: axum::body::Bytes| async move {
+                    if !state.token_ok(&headers) {
+                        return respond(error(401, Some("Authorization"), "a Bearer token of [callback] api_tokens is needed"));
+                    }
+                    if let Some(e) = state.guard(addr) {
+                        return respond(e);
+                    }
+                    match parse_json(&body).and_then(|b| request_of(&b, Trigger::Api)) {
+                        Ok(request) => respond(state.run(HttpCall::Api(request)).await),
+                        Err(e) => respond(e),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/api/callback/{id}",
+            get(|S(state): S<State>, headers: HeaderMap, Path(id): Path<String>| async move {
+                if !state.token_ok(&headers) {
+                    return respond(error(401, Some("Authorization"), "a Bearer token of [callback] api_tokens is needed"));
+                }
+                match id.parse::<u64>() {
+                    Ok(id) => respond(state.run(HttpCall::Status { id, pin: None }).await),
+                    Err(_) => respond(error(400, Some("id"), "not a callback id")),
+                }
+            }),
+        )
+        .route(
+            "/api/webhook",
+            post(
+                |S(state): S<State>, ConnectInfo(addr): ConnectInfo<SocketAddr>, headers: HeaderMap, body: axum::body::Bytes| async move {
+                    if !state.token_ok(&headers) {
+                        return respond(error(401, Some("Authorization"), "a Bearer token of [callback] api_tokens is needed"));
+                    }
+                    if let Some(e) = state.guard(addr) {
+                        return respond(e);
+                    }
+                    let parsed = parse_json(&body).and_then(|b| {
+                        let from = field(&b, "from", true)?.unwrap_or_default();
+                        let text = match field(&b, "subject", false)? {
+                            Some(s) => s,
+                            None => field(&b, "text", true)?.unwrap_or_default(),
+                        };
+                        Ok((from, text))
+                    });
+                    match parsed {
+                        Ok((from, text)) => respond(state.run(HttpCall::Webhook { from, text }).await),
+                        Err(e) => respond(e),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/web/callback",
+            post(|S(state): S<State>, ConnectInfo(addr): ConnectInfo<SocketAddr>, body: axum::body::Bytes| async move {
+                if let Some(e) = state.guard(addr) {
+                    return respond(e);
+                }
+                let parsed =
+                    parse_json(&body).and_then(|b| Ok((request_of(&b, Trigger::Web)?, field(&b, "pin", true)?.unwrap_or_default())));
+                match parsed {
+                    Ok((request, pin)) => respond(state.run(HttpCall::Web { request, pin }).await),
+                    Err(e) => respond(e),
+                }
+            }),
+        )
+        .route(
+            "/web/status",
+            post(|S(state): S<State>, ConnectInfo(addr): ConnectInfo<SocketAddr>, body: axum::body::Bytes| async move {
+                if let Some(e) = state.guard(addr) {
+                    return respond(e);
+                }
+                let parsed = parse_json(&body).and_then(|b| {
+                    let account = field(&b, "account", true)?.unwrap_or_default();
+                    let pin = field(&b, "pin", true)?.unwrap_or_default();
+                    let id = field(&b, "id", true)?
+                        .unwrap_or_default()
+                        .parse::<u64>()
+                        .map_err(|_| error(400, Some("id"), "not a callback id"))?;
+                    Ok(HttpCall::Status { id, pin: Some((account, pin)) })
+                });
+                match parsed {
+                    Ok(call) => respond(state.run(call).await),
+                    Err(e) => respond(e),
+                }
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
+        tracing::warn!(error = %e, "callback HTTP endpoint stopped");
+    }
+}
+
+/// The customer's page: the form, then the callback's progress (polled every second).
+const PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>Call me back</title>
+<style>
+body{font-family:system-ui,sans-serif;max-width:28rem;margin:2rem auto;padding:0 1rem;color:#1b2430}
+h1{font-size:1.5rem}label{display:block;margin:.8rem 0 .2rem;font-weight:600}
+input{width:100%;padding:.5rem;font-size:1rem;box-sizing:border-box;border:1px solid #9aa5b1;border-radius:4px}
+button{margin-top:1rem;padding:.6rem 1.2rem;font-size:1rem;background:#1f6feb;color:#fff;border:0;border-radius:4px}
+#progress{margin-top:1.5rem;padding:.8rem;border-radius:4px;background:#eef2f6;min-height:1.5rem}
+.done{background:#e6f4ea!important}.failed{background:#fce8e6!important}
+</style></head><body>
+<h1>Call me back</h1>
+<p>We call you first, then the number you want, and join you. Calls are paid from your account.</p>
+<form id="f">
+<label for="account">Account</label><input id="account" name="account" required autocomplete="username">
+<label for="pin">PIN</label><input id="pin" name="pin" type="password" required autocomplete="current-password">
+<label for="a">Your number</label><input id="a" name="a" required placeholder="+4930123456" inputmode="tel">
+<label for="b">Their number</label><input id="b" name="b" placeholder="+4420712345 (or key it in when we call)" inputmode="tel">
+<button type="submit">Call me back</button>
+</form>
+<div id="progress" role="status">Fill in the form.</div>
+<script>
+const words={"queued":"Waiting to call you…","calling-customer":"Calling you…","collecting-destination":"Key in the number, then #",
+"calling-destination":"Calling the other party…","connected":"Connected: talk now.","ending":"Ending…","done":"Done"};
+const f=document.getElementById('f'),p=document.getElementById('progress');
+f.addEventListener('submit',async e=>{e.preventDefault();
+ const body={account:f.account.value,pin:f.pin.value,a:f.a.value,b:f.b.value||null};
+ p.className='';p.textContent='Sending…';
+ const r=await fetch('/web/callback',{method:'POST',headers:{'content-type':'application/json'},body:JSON.stringify(body)});
+ const j=await r.json();
+ if(r.status!==202){p.className='failed';p.textContent='Refused: '+j.error+(j.field?' ('+j.field+')':'');return;}
+ const poll=async()=>{const s=await fetch('/web/status',{method:'POST',headers:{'content-type':'application/json'},
+   body:JSON.stringify({account:body.account,pin:body.pin,id:String(j.id)})});const st=await s.json();
+  if(s.status!==200){p.className='failed';p.textContent=st.error;return;}
+  p.textContent='Callback '+st.id+': '+(words[st.phase]||st.phase)+(st.result?' — '+st.result:'')+' (attempt '+st.attempts+')';
+  if(st.phase==='done'){p.className=st.result==='completed'?'done':'failed';return;}
+  setTimeout(poll,1000);};
+ poll();});
+</script></body></html>
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_name_the_field_that_is_wrong() {
+        let reply = |bytes: &[u8]| parse_json(bytes).and_then(|b| request_of(&b, Trigger::Api)).unwrap_err();
+        assert_eq!(reply(b"[1]").body["field"], "body");
+        assert_eq!(reply(b"{").body["field"], "body");
+        assert_eq!(reply(br#"{"a":"1"}"#).body["field"], "account");
+        assert_eq!(reply(br#"{"account":"acme"}"#).body["field"], "a");
+        assert_eq!(reply(br#"{"account":"acme","a":"1","b":[]}"#).body["field"], "b");
+        let ok = parse_json(br#"{"account":"acme","a":"+4930111","b":""}"#).and_then(|b| request_of(&b, Trigger::Api)).unwrap();
+        assert_eq!((ok.account.as_str(), ok.a.as_str(), ok.b), ("acme", "+4930111", None));
+    }
+
+    #[test]
+    fn a_source_over_its_rate_is_refused_for_the_rest_of_the_minute() {
+        let mut s = Sources::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| s.allow(ip, 3, t0)));
+        assert!(!s.allow(ip, 3, t0 + Duration::from_secs(59)));
+        assert!(s.allow(ip, 3, t0 + Duration::from_secs(60)));
+    }
+}
