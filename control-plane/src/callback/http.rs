@@ -8,6 +8,7 @@
 //!         text "acme 1234 +4930111 +4930222"  (account PIN customer destination), or
 //!         text "4930555000#4930222"           (access number # destination; from: the customer)
 //!  GET  /                the web page: account, PIN, your number, their number; progress
+//!                        (a link's fragment may fill it: /#account=acme&a=+4930111&go=1)
 //!  POST /web/callback    {"account","pin","a","b"?}                    → 202 {"id"}
 //!  POST /web/status      {"account","pin","id"}                        → 200 {status}
 //! ```
@@ -376,6 +377,11 @@ f.addEventListener('submit',async e=>{e.preventDefault();
   if(st.phase==='done'){p.className=st.result==='completed'?'done':'failed';return;}
   setTimeout(poll,1000);};
  poll();});
+// A link may fill the form (#account=…&a=…&b=…; the fragment never reaches a server), and
+// with go=1 send it.
+const h=new URLSearchParams(location.hash.slice(1));
+for(const k of ['account','pin','a','b']){if(h.get(k))f[k].value=h.get(k);}
+if(h.get('go')==='1')f.requestSubmit();
 </script></body></html>
 "#;
 

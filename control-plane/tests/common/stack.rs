@@ -53,6 +53,7 @@ impl Stack {
             let first = 22_000 + slot * 100;
             let child = Command::new(media_plane_bin())
                 .args(["--grpc-listen", &grpc.to_string(), "--ports", &format!("{first}-{}", first + 99), "--no-pin", "--ng-listen", ""])
+                .args(["--prompt-dir", repo_root().join("prompts").to_str().expect("utf8 path")])
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join("mp.log")).expect("log file"))
                 .spawn()
