@@ -31,7 +31,15 @@ fn main() {
             store.add_account(&a).expect("add");
         }
     }
-    let rate = Rate { prefix: "44".into(), per_minute: 12_000, connect_fee: 0, initial: 60, increment: 6, period: None, description: String::new() };
+    let rate = Rate {
+        prefix: "44".into(),
+        per_minute: 12_000,
+        connect_fee: 0,
+        initial: 60,
+        increment: 6,
+        period: None,
+        description: String::new(),
+    };
     let start = Instant::now();
     let per = calls / connections;
     let threads: Vec<_> = (0..connections)

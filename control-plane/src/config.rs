@@ -190,6 +190,8 @@ struct RawConfig {
     #[serde(default)]
     callback: crate::callback::config::RawCallback,
     #[serde(default)]
+    radius: crate::billing::radius::RawRadius,
+    #[serde(default)]
     route: Vec<RawRoute>,
 }
 
@@ -508,6 +510,8 @@ pub struct Config {
     pub billing: crate::billing::BillingConfig,
     /// The callback engine (see [`crate::callback::config`]).
     pub callback: crate::callback::CallbackConfig,
+    /// RADIUS accounting (see [`crate::billing::radius`]); `None`: off.
+    pub radius: Option<crate::billing::radius::RadiusConfig>,
 }
 
 impl Config {
@@ -764,6 +768,7 @@ impl Config {
         let warning_tone = raw.billing.warning_tone.clone().unwrap_or_else(|| "warning".into());
         let billing = crate::billing::BillingConfig { node, max_call_s, warning: Duration::from_secs(warning_s), warning_tone };
         let callback = raw.callback.build().map_err(|(key, why)| invalid(key, why))?;
+        let radius = raw.radius.build(&billing.node).map_err(|(key, why)| invalid(key, why))?;
 
         Ok(Config {
             listen,
@@ -796,6 +801,7 @@ impl Config {
             international_prefix,
             billing,
             callback,
+            radius,
         })
     }
 

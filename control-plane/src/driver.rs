@@ -188,6 +188,12 @@ pub async fn run(
         }
     }
     tokio::spawn(media_events(media.clone(), tx.clone()));
+    let radius_counters = Arc::new(RadiusCounters::default());
+    let radius = config.radius.clone().map(|radius| {
+        let (radius_tx, radius_rx) = mpsc::channel::<crate::billing::radius::Record>(10_000);
+        tokio::spawn(radius_client(radius, radius_rx, radius_counters.clone()));
+        radius_tx
+    });
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut send_errors = 0u64;
     tokio::pin!(shutdown);
@@ -196,6 +202,13 @@ pub async fn run(
         // Flush everything the core produced.
         while let Some(out) = core.poll_transmit() {
             send(&udp, &mut connections, &tx, out, &mut send_errors);
+        }
+        while let Some(record) = core.poll_accounting() {
+            if let Some(radius) = &radius {
+                if radius.try_send(record).is_err() {
+                    radius_counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         while let Some(update) = core.poll_update() {
             // No watcher: nobody to tell.
@@ -232,7 +245,7 @@ pub async fn run(
                     }
                     Input::Media(call, reply) => core.handle_media_reply(call, reply, now, store.as_mut()),
                     Input::Metrics(reply) => {
-                        let _ = reply.send(crate::metrics::render(snapshot(&core, &media)));
+                        let _ = reply.send(crate::metrics::render(snapshot(&core, &media, &radius_counters)));
                     }
                     Input::Api(request) => crate::api::execute(request, &mut core, store.as_mut(), now),
                     Input::Callback((call, reply)) => {
@@ -292,8 +305,8 @@ async fn media_events(media: MediaClient, tx: mpsc::Sender<Input>) {
     }
 }
 
-/// What a scrape shows, read from the core and the media client.
-fn snapshot(core: &ControlPlane, media: &MediaClient) -> crate::metrics::Snapshot {
+/// What a scrape shows, read from the core, the media client and the RADIUS client.
+fn snapshot(core: &ControlPlane, media: &MediaClient, radius: &RadiusCounters) -> crate::metrics::Snapshot {
     let t = core.transaction_stats();
     crate::metrics::Snapshot {
         stats: core.stats(),
@@ -305,6 +318,114 @@ fn snapshot(core: &ControlPlane, media: &MediaClient) -> crate::metrics::Snapsho
         calls_active: core.active_calls(),
         media_negotiation_failures: media.counters.negotiation_failures.load(Ordering::Relaxed),
         media_release_failures: media.counters.release_failures.load(Ordering::Relaxed),
+        radius_acked: radius.acked.load(Ordering::Relaxed),
+        radius_retries: radius.retries.load(Ordering::Relaxed),
+        radius_deferred: radius.deferred.load(Ordering::Relaxed),
+        radius_dropped: radius.dropped.load(Ordering::Relaxed),
+    }
+}
+
+/// The RADIUS client's counters.
+#[derive(Debug, Default)]
+struct RadiusCounters {
+    /// Records a server acknowledged.
+    acked: std::sync::atomic::AtomicU64,
+    /// Tries after the first (a server that did not answer in time).
+    retries: std::sync::atomic::AtomicU64,
+    /// Records no server acknowledged, kept to be sent again later.
+    deferred: std::sync::atomic::AtomicU64,
+    /// Records lost: the queues were full.
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+/// Records kept while no accounting server answers.
+const RADIUS_BACKLOG: usize = 100_000;
+
+/// Sends the accounting records: each server in order, `retries` tries of `timeout`, the
+/// Accounting-Response checked against the request; records no server acknowledged are kept
+/// (bounded) and sent again, with Acct-Delay-Time, once a server answers again.
+async fn radius_client(
+    config: crate::billing::radius::RadiusConfig,
+    mut rx: mpsc::Receiver<crate::billing::radius::Record>,
+    counters: Arc<RadiusCounters>,
+) {
+    use crate::billing::radius::{encode, is_response};
+    let bind = if config.accounting.first().is_some_and(|a| a.is_ipv6()) { "[::]:0" } else { "0.0.0.0:0" };
+    let socket = match UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "RADIUS accounting: cannot bind a socket; records are not sent");
+            return;
+        }
+    };
+    let mut identifier = 0u8;
+    let mut backlog: std::collections::VecDeque<crate::billing::radius::Record> = std::collections::VecDeque::new();
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let record = if paused_until.is_none_or(|t| t <= tokio::time::Instant::now()) && !backlog.is_empty() {
+            backlog.pop_front()
+        } else {
+            let wake = paused_until.unwrap_or_else(|| tokio::time::Instant::now() + config.retry);
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => Some(r),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(wake) => None,
+            }
+        };
+        let Some(record) = record else { continue };
+        if paused_until.is_some_and(|t| t > tokio::time::Instant::now()) {
+            if backlog.len() >= RADIUS_BACKLOG {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                backlog.push_back(record);
+            }
+            continue;
+        }
+        let now_unix = Now::system().unix() as u32;
+        let delay = now_unix.saturating_sub(record.event_unix);
+        identifier = identifier.wrapping_add(1);
+        let request = match encode(&record, &config, identifier, delay) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, session = %record.session_id, "RADIUS accounting record not encodable");
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let mut acked = false;
+        'servers: for server in &config.accounting {
+            for attempt in 0..config.retries {
+                if attempt > 0 || *server != config.accounting[0] {
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                if socket.send_to(&request, server).await.is_err() {
+                    continue;
+                }
+                let deadline = tokio::time::Instant::now() + config.timeout;
+                while let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+                    if from == *server && is_response(&buf[..n], &request, &config.secret) {
+                        acked = true;
+                        break 'servers;
+                    }
+                }
+            }
+        }
+        if acked {
+            counters.acked.fetch_add(1, Ordering::Relaxed);
+            paused_until = None;
+        } else {
+            tracing::warn!(session = %record.session_id, "no RADIUS accounting server answered; the record is kept and sent again later");
+            counters.deferred.fetch_add(1, Ordering::Relaxed);
+            paused_until = Some(tokio::time::Instant::now() + config.retry);
+            if backlog.len() >= RADIUS_BACKLOG {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                backlog.push_front(record);
+            }
+        }
     }
 }
 

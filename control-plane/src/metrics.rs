@@ -28,6 +28,10 @@ pub struct Snapshot {
     pub calls_active: usize,
     pub media_negotiation_failures: u64,
     pub media_release_failures: u64,
+    pub radius_acked: u64,
+    pub radius_retries: u64,
+    pub radius_deferred: u64,
+    pub radius_dropped: u64,
 }
 
 fn one(encoder: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, value: u64) -> Result<(), std::fmt::Error> {
@@ -65,7 +69,7 @@ impl Collector for Snapshot {
         for (reason, count) in crate::billing::DENIALS.iter().zip(s.billing.denied) {
             ConstCounter::new(count).encode(denied.encode_family(&[("reason", *reason)])?)?;
         }
-        let counters: [(&str, &str, u64); 27] = [
+        let counters: [(&str, &str, u64); 35] = [
             ("sip_malformed", "Messages that did not parse", s.malformed),
             ("sip_server_transactions", "Server transactions created", self.server_transactions),
             ("sip_client_transactions", "Client transactions started", self.client_transactions),
@@ -97,6 +101,14 @@ impl Collector for Snapshot {
             ("billing_recovered", "Holds settled after a restart or their expiry", s.billing.recovered),
             ("billing_store_errors", "Ledger operations the store failed", s.billing.store_errors),
             ("sip_calls_cut_off", "Calls ended because their credit ran out", s.calls.calls_cut_off),
+            ("radius_acked", "RADIUS accounting records a server acknowledged", self.radius_acked),
+            ("radius_retries", "RADIUS accounting tries after the first", self.radius_retries),
+            ("radius_deferred", "RADIUS accounting records no server acknowledged (kept, sent again later)", self.radius_deferred),
+            ("radius_dropped", "RADIUS accounting records lost to full queues", self.radius_dropped + s.radius_dropped),
+            ("callback_requests", "Callback requests", s.callbacks.requests),
+            ("callback_refused", "Callback requests refused (account busy, rate, full)", s.callbacks.refused),
+            ("callback_connected", "Callbacks whose two parties were joined", s.callbacks.connected),
+            ("callback_failed", "Callbacks that ended without completing", s.callbacks.failed),
         ];
         for (name, help, value) in counters {
             one(&mut encoder, name, help, MetricType::Counter, value)?;

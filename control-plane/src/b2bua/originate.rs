@@ -159,26 +159,14 @@ impl B2bua {
         true
     }
 
+    /// Call `id` as the API lists it.
+    pub fn call_info(&self, id: u64) -> Option<CallInfo> {
+        self.calls.get(&id).map(|c| info(id, c))
+    }
+
     /// The calls in progress.
     pub fn calls(&self) -> Vec<CallInfo> {
-        let ms = |n: &Now| n.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let mut out: Vec<CallInfo> = self
-            .calls
-            .iter()
-            .map(|(&id, c)| CallInfo {
-                call: id,
-                caller: c.caller_uri.clone(),
-                callee: c.callee_uri.clone(),
-                phase: match c.state {
-                    State::Answered | State::Confirmed => Phase::Answered,
-                    State::Cancelled => Phase::Ending,
-                    _ => Phase::Ringing,
-                },
-                started_unix_ms: ms(&c.started),
-                answered_unix_ms: c.answered.as_ref().map_or(0, ms),
-                originated: c.originated,
-            })
-            .collect();
+        let mut out: Vec<CallInfo> = self.calls.iter().map(|(&id, c)| info(id, c)).collect();
         out.sort_by_key(|c| c.call);
         out
     }
@@ -210,5 +198,23 @@ impl B2bua {
             let now = self.clock.unwrap_or(call.started);
             self.send_in_dialog(id, Side::A, "BYE", "", None, Purpose::Bye, now);
         }
+    }
+}
+
+/// Call `id` for the API.
+fn info(id: u64, c: &Call) -> CallInfo {
+    let ms = |n: &Now| n.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    CallInfo {
+        call: id,
+        caller: c.caller_uri.clone(),
+        callee: c.callee_uri.clone(),
+        phase: match c.state {
+            State::Answered | State::Confirmed => Phase::Answered,
+            State::Cancelled => Phase::Ending,
+            _ => Phase::Ringing,
+        },
+        started_unix_ms: ms(&c.started),
+        answered_unix_ms: c.answered.as_ref().map_or(0, ms),
+        originated: c.originated,
     }
 }

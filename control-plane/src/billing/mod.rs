@@ -20,6 +20,7 @@
 pub mod accounts;
 pub mod cdr;
 pub mod prepaid;
+pub mod radius;
 pub mod rating;
 
 use std::collections::HashMap;

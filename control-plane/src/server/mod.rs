@@ -40,6 +40,7 @@ use crate::registrar::{RegisterError, Registrar};
 use crate::routing::Ctx;
 use crate::store::Store;
 
+mod accounting;
 mod callback;
 pub use callback::CallbackError;
 
@@ -72,6 +73,8 @@ pub struct Stats {
     pub store_errors: u64,
     /// Calls whose detail records the store refused (logged).
     pub cdr_failures: u64,
+    /// RADIUS accounting records dropped because the driver's queue was full.
+    pub radius_dropped: u64,
     /// Calls that found nowhere to go (404, 480, 502).
     pub calls_unrouted: u64,
     /// Calls and their media (the B2BUA's counters).
@@ -135,6 +138,9 @@ pub struct ControlPlane {
     billing: crate::billing::Billing,
     /// Callbacks and their IVR.
     callbacks: crate::callback::Engine,
+    /// RADIUS accounting: sessions of answered calls, records for the driver.
+    sessions: std::collections::HashMap<u64, accounting::Session>,
+    accounting: VecDeque<crate::billing::radius::Record>,
     /// Calls' progress for the API's watchers.
     updates: VecDeque<CallUpdate>,
     transmits: VecDeque<Outgoing>,
@@ -176,6 +182,8 @@ impl ControlPlane {
             b2bua: B2bua::new(config.clone(), timers, random.split()),
             billing: crate::billing::Billing::default(),
             callbacks: crate::callback::Engine::new(config.callback.clone()),
+            sessions: std::collections::HashMap::new(),
+            accounting: VecDeque::new(),
             updates: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: Stats::default(),
@@ -319,6 +327,7 @@ impl ControlPlane {
         if self.next_sweep.is_none_or(|t| t <= now.instant) {
             self.next_sweep = Some(now.instant + std::time::Duration::from_secs(10));
             self.limits.sweep(now.instant);
+            self.accounting_interims(now);
             let changes = self.registrar.sweep(now.unix());
             if let Err(e) = store.apply(&changes) {
                 self.stats.store_errors += 1;
@@ -431,6 +440,7 @@ impl ControlPlane {
             CallEvent::Update(update) => {
                 if matches!(update.kind, crate::b2bua::UpdateKind::Answered { .. }) {
                     self.billing.answered(store, update.call, now);
+                    self.accounting_answered(update.call, now);
                 }
                 // Bounded: without a watcher draining them, the oldest go.
                 if self.updates.len() >= MAX_UPDATES {
@@ -442,6 +452,7 @@ impl ControlPlane {
             CallEvent::Connected { call, result } => self.callbacks.on_connected(call, result, now.instant),
             CallEvent::Ended(record) => {
                 self.callbacks.on_ended(record.call, record.first_answered_ms > 0, record.cause, now.instant);
+                self.accounting_ended(&record, now);
                 // The detail records go to the store before anything else of this call can.
                 let mut cdrs =
                     crate::billing::cdr::records(&record, &self.config.rates, &self.config.currency, &self.config.international_prefix);

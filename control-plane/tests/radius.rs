@@ -1,0 +1,191 @@
+//! RADIUS accounting (RFC 2866) to a real FreeRADIUS (Debian `freeradius`), started by the test
+//! with a minimal configuration that writes every Accounting-Request to a detail file: a sipp
+//! call through both planes gives a Start and a Stop of one session, through a first server that
+//! never answers (failover); with FreeRADIUS stopped, the call's CDR is still written and its
+//! records are kept, then delivered late (Acct-Delay-Time) once it is back.
+//!
+//! sipp and FreeRADIUS are required when `REQUIRE_SIPP=1` / `REQUIRE_RADIUS=1` (CI); without
+//! them the test skips with a message. Slot 23 (SIP 21230); sipp on 26610/26616 (media
+//! 27610/27616); FreeRADIUS accounting on 127.0.0.1:26513, nothing on 26514.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::stack::{register_callee, sipp, sipp_available, spawn_sipp, wait_bounded, Stack};
+use common::{Proc, BIN};
+
+const SECRET: &str = "radius-test-secret";
+
+fn freeradius_available() -> bool {
+    let found = Command::new("freeradius").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !found {
+        assert!(std::env::var("REQUIRE_RADIUS").as_deref() != Ok("1"), "REQUIRE_RADIUS=1 but FreeRADIUS is not installed");
+        eprintln!("SKIP: FreeRADIUS is not installed (apt-get install freeradius, or SETUP_RADIUS=1 bash scripts/setup.sh)");
+    }
+    found
+}
+
+/// FreeRADIUS in the foreground with a configuration of its own in `dir`: one client
+/// (127.0.0.1, [`SECRET`]), accounting on 127.0.0.1:26513 written to `dir/detail`.
+fn start_freeradius(dir: &Path) -> Proc {
+    let d = dir.display();
+    std::fs::write(
+        dir.join("radiusd.conf"),
+        format!(
+            "prefix = /usr\nexec_prefix = /usr\nsysconfdir = /etc\nlocalstatedir = {d}\nsbindir = /usr/sbin\nlogdir = {d}\n\
+             raddbdir = {d}\nradacctdir = {d}\nname = freeradius\nconfdir = {d}\nmodconfdir = {d}\nrun_dir = {d}\ndb_dir = {d}\n\
+             libdir = /usr/lib/freeradius\npidfile = {d}/radiusd.pid\nmax_request_time = 30\ncleanup_delay = 5\nmax_requests = 1024\n\
+             hostname_lookups = no\nlog {{\n destination = stdout\n}}\nsecurity {{\n allow_core_dumps = no\n}}\n\
+             thread pool {{\n start_servers = 1\n max_servers = 2\n min_spare_servers = 1\n max_spare_servers = 2\n}}\n\
+             client local {{\n ipaddr = 127.0.0.1\n secret = {SECRET}\n}}\n\
+             modules {{\n detail {{\n  filename = {d}/detail\n  header = \"%t\"\n  permissions = 0600\n }}\n}}\n\
+             server default {{\n listen {{\n  type = acct\n  ipaddr = 127.0.0.1\n  port = 26513\n }}\n accounting {{\n  detail\n }}\n}}\n"
+        ),
+    )
+    .expect("write radiusd.conf");
+    let log = std::fs::File::create(dir.join("freeradius.log")).expect("log");
+    let child = Command::new("freeradius")
+        .args(["-f", "-l", "stdout", "-d"])
+        .arg(dir)
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start freeradius");
+    let p = Proc { child, name: "freeradius" };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(dir.join("freeradius.log")).unwrap_or_default().contains("Ready to process requests") {
+        assert!(
+            Instant::now() < deadline,
+            "FreeRADIUS did not start: {}",
+            std::fs::read_to_string(dir.join("freeradius.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+/// alice calls bob (sipp on both sides, 2 s of RTP); whether sipp passed.
+fn call(stack: &Stack) -> bool {
+    let mut bob = Proc {
+        child: spawn_sipp(stack, &["-sf", "uas-answer.xml", "-p", "26610", "-mp", "27610", "-m", "1", "-rtp_echo"]),
+        name: "sipp bob",
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = sipp(
+        stack,
+        &[
+            "-sf",
+            "uac-call.xml",
+            "-inf",
+            "csv/alice-calls-bob.csv",
+            "-auth_uri",
+            "bob@sip.test",
+            "-p",
+            "26616",
+            "-mp",
+            "27616",
+            "-m",
+            "1",
+            "-d",
+            "2000",
+        ],
+        Duration::from_secs(30),
+    )
+    .success();
+    let bob_ok = wait_bounded(&mut bob.child, Duration::from_secs(20)).success();
+    ok && bob_ok
+}
+
+/// The detail file's records, each as its text.
+fn records(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("detail")).unwrap_or_default();
+    text.split("\n\n").filter(|r| r.contains("Acct-Status-Type")).map(str::to_owned).collect()
+}
+
+fn value<'a>(record: &'a str, attribute: &str) -> Option<&'a str> {
+    record.lines().find_map(|l| l.trim().strip_prefix(&format!("{attribute} = "))).map(|v| v.trim_matches('"'))
+}
+
+fn wait_records(dir: &Path, n: usize, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = records(dir);
+        if r.len() >= n || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    text
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_total ")).or_else(|| l.strip_prefix(&format!("{name} "))))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn calls_are_accounted_to_freeradius_with_failover_and_records_kept_while_it_is_down() {
+    if !sipp_available() || !freeradius_available() {
+        return;
+    }
+    let stack = Stack::start_with(
+        23,
+        true,
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:26590\"\n[api]\nlisten = \"127.0.0.1:26591\"\n\
+             [radius]\naccounting = [\"127.0.0.1:26514\", \"127.0.0.1:26513\"]\nsecret = \"{SECRET}\"\nnas_identifier = \"cp-radius-test\"\n\
+             timeout_ms = 200\nretries = 2\nretry_s = 2\n"
+        ),
+    );
+    let rad_dir = stack.dir.join("radius");
+    std::fs::create_dir_all(&rad_dir).expect("dir");
+    let radius = start_freeradius(&rad_dir);
+    register_callee(&stack, "csv/bob.csv", 26_610);
+
+    // A call: Start and Stop of one session, through the second server.
+    assert!(call(&stack), "the call failed; log: {}", stack.log());
+    let got = wait_records(&rad_dir, 2, Duration::from_secs(10));
+    assert_eq!(got.len(), 2, "{got:?}; FreeRADIUS: {}", std::fs::read_to_string(rad_dir.join("freeradius.log")).unwrap_or_default());
+    let (start, stop) = (&got[0], &got[1]);
+    assert_eq!(value(start, "Acct-Status-Type"), Some("Start"), "{start}");
+    assert_eq!(value(stop, "Acct-Status-Type"), Some("Stop"), "{stop}");
+    assert_eq!(value(start, "Acct-Session-Id"), value(stop, "Acct-Session-Id"));
+    assert!(value(start, "Acct-Session-Id").is_some_and(|s| s.starts_with("cp-radius-test-")), "{start}");
+    assert_eq!(value(stop, "User-Name"), Some("alice@sip.test"), "{stop}");
+    assert_eq!(value(stop, "Called-Station-Id"), Some("bob"), "{stop}");
+    assert_eq!(value(stop, "NAS-Identifier"), Some("cp-radius-test"), "{stop}");
+    assert_eq!(value(stop, "Acct-Terminate-Cause"), Some("User-Request"), "{stop}");
+    let seconds: u64 = value(stop, "Acct-Session-Time").and_then(|v| v.parse().ok()).expect("session time");
+    assert!((1..=5).contains(&seconds), "{stop}");
+    let m = metrics(26_590);
+    assert_eq!(metric(&m, "radius_acked"), 2, "{m}");
+    assert!(metric(&m, "radius_retries") >= 4, "the dead first server was tried twice per record: {m}");
+
+    // FreeRADIUS goes away: the call goes on, its CDR is written, its records are kept.
+    drop(radius);
+    assert!(call(&stack), "the second call failed; log: {}", stack.log());
+    let cdrs = Command::new(BIN).args(["--config", stack.config.to_str().expect("utf8"), "cdr", "export"]).output().expect("cdr export");
+    let cdrs = String::from_utf8_lossy(&cdrs.stdout).into_owned();
+    assert_eq!(cdrs.lines().filter(|l| l.split(',').nth(2) == Some("call")).count(), 2, "both calls' CDRs, RADIUS or not: {cdrs}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(metric(&metrics(26_590), "radius_deferred") >= 1);
+    // It is back: the kept records arrive, late and saying so.
+    let _radius = start_freeradius(&rad_dir);
+    let got = wait_records(&rad_dir, 4, Duration::from_secs(15));
+    assert_eq!(got.len(), 4, "{got:?}");
+    let late = &got[3];
+    assert_eq!(value(late, "Acct-Status-Type"), Some("Stop"), "{late}");
+    assert!(value(late, "Acct-Delay-Time").and_then(|v| v.parse::<u64>().ok()).is_some_and(|d| d >= 1), "{late}");
+}
