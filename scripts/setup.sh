@@ -2,7 +2,7 @@
 # Installs what building and testing need on Debian 12: protoc (gRPC code generation), a C toolchain,
 # clang and libelf for the XDP program, ip/ethtool/ping for its netns tests,
 # sipp for the SIP tests, baresip for the phone tests (SETUP_PHONES=1), Kamailio as an edge proxy
-# (SETUP_SIP_PEERS=1), Chromium for the web page test (SETUP_BROWSER=1), FreeRADIUS for accounting (SETUP_RADIUS=1), Python gRPC packages for the external-client test, Rust (rustup) if cargo is missing,
+# (SETUP_SIP_PEERS=1), Chromium for the web page test (SETUP_BROWSER=1), FreeRADIUS for accounting (SETUP_RADIUS=1), PostgreSQL (SETUP_POSTGRES=1), Python gRPC packages for the external-client test, Rust (rustup) if cargo is missing,
 # and rustfmt and clippy for the test command's gates (SETUP_RUST_LINT=1).
 set -euo pipefail
 
@@ -50,6 +50,10 @@ fi
 # (SETUP_SIP_PEERS=1).
 if [ "${SETUP_SIP_PEERS:-0}" = 1 ]; then
   command -v kamailio >/dev/null || need_apt+=(kamailio)
+fi
+# The PostgreSQL store is tested against a PostgreSQL the test starts (SETUP_POSTGRES=1).
+if [ "${SETUP_POSTGRES:-0}" = 1 ]; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 fi
 # RADIUS accounting is tested against FreeRADIUS (SETUP_RADIUS=1).
 if [ "${SETUP_RADIUS:-0}" = 1 ]; then

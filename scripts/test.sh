@@ -5,7 +5,7 @@
 # front of the registrar, the Python gRPC client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 SETUP_SIP_PEERS=1 SETUP_PROMPTS=1 SETUP_RUST_LINT=1 SETUP_BROWSER=1 SETUP_RADIUS=1 source scripts/setup.sh
+SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 SETUP_SIP_PEERS=1 SETUP_PROMPTS=1 SETUP_RUST_LINT=1 SETUP_BROWSER=1 SETUP_RADIUS=1 SETUP_POSTGRES=1 source scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # Gate: the code is formatted (rustfmt.toml) before anything is built.
 cargo fmt --all --check
@@ -23,6 +23,8 @@ export REQUIRE_PROMPTS=1
 export REQUIRE_BROWSER=1
 # And RADIUS accounting to FreeRADIUS.
 export REQUIRE_RADIUS=1
+# And the PostgreSQL store against a real PostgreSQL.
+export REQUIRE_POSTGRES=1
 # As root (CI), the XDP/AF_XDP relay and NAT tests (network namespaces) must run, not skip.
 if [ "$(id -u)" -eq 0 ]; then export REQUIRE_ROOT=1; fi
 cargo test --workspace --locked "$@"

@@ -7,13 +7,21 @@
 //! ```
 //!
 //! CONNECTIONS threads with their own connection to one database file share the work (several
-//! control planes on one host). Prints a human summary and one JSON line.
+//! control planes on one host). With `LEDGER_BENCH_POSTGRES="host=… port=… user=… dbname=…"`,
+//! the same on PostgreSQL (its tables emptied first). Prints a human summary and one JSON line.
 
 use std::time::Instant;
 
 use control_plane::billing::prepaid::{Account, Kind, Leg};
 use control_plane::billing::rating::Rate;
-use control_plane::store::{Cdr, HoldRequest, Ledger, SqliteStore, Store};
+use control_plane::store::{Cdr, HoldRequest, PgStore, SqliteStore, Store};
+
+fn open(path: &std::path::Path) -> Box<dyn Store> {
+    match std::env::var("LEDGER_BENCH_POSTGRES") {
+        Ok(params) => Box::new(PgStore::open(&params).expect("open PostgreSQL")),
+        Err(_) => Box::new(SqliteStore::open(path).expect("open")),
+    }
+}
 
 fn main() {
     let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
@@ -23,8 +31,14 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("ledger-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("bench.db");
+    let postgres = std::env::var("LEDGER_BENCH_POSTGRES").is_ok();
+    if let Ok(params) = std::env::var("LEDGER_BENCH_POSTGRES") {
+        PgStore::open(&params).expect("create the tables");
+        let mut client = postgres::Client::connect(&params, postgres::NoTls).expect("connect");
+        client.batch_execute("TRUNCATE account, reservation, cdr").expect("empty the tables");
+    }
     {
-        let mut store = SqliteStore::open(&path).expect("open");
+        let mut store = open(&path);
         for i in 0..accounts {
             let mut a = Account::new(&format!("acct{i}"), Kind::Prepaid, "EUR").expect("account");
             a.balance = 1_000_000_000_000;
@@ -46,7 +60,7 @@ fn main() {
         .map(|t| {
             let (path, rate) = (path.clone(), rate.clone());
             std::thread::spawn(move || {
-                let mut store = SqliteStore::open(&path).expect("open");
+                let mut store = open(&path);
                 let legs = [Leg { destination: "441611234567".into(), rate: Some(rate) }];
                 let (mut hold_us, mut settle_us, mut cdr_us) = (Vec::new(), Vec::new(), Vec::new());
                 for i in 0..per {
@@ -116,11 +130,13 @@ fn main() {
     let (c50, c99) = (pct(&mut all.2, 0.5), pct(&mut all.2, 0.99));
     let rate = done as f64 / elapsed;
     println!(
-        "SQLite (WAL, synchronous=NORMAL), {connections} connection(s), {accounts} accounts: {done} calls in {elapsed:.2} s = {rate:.0} calls/s \
-         (hold + answered + settle + 3 CDR rows each); hold p50 {h50} µs p99 {h99} µs, answered+settle p50 {s50} µs p99 {s99} µs, CDRs p50 {c50} µs p99 {c99} µs"
+        "{}, {connections} connection(s), {accounts} accounts: {done} calls in {elapsed:.2} s = {rate:.0} calls/s \
+         (hold + answered + settle + 3 CDR rows each); hold p50 {h50} µs p99 {h99} µs, answered+settle p50 {s50} µs p99 {s99} µs, CDRs p50 {c50} µs p99 {c99} µs",
+        if postgres { "PostgreSQL" } else { "SQLite (WAL, synchronous=NORMAL)" }
     );
     println!(
-        "{{\"store\":\"sqlite\",\"connections\":{connections},\"accounts\":{accounts},\"calls\":{done},\"seconds\":{elapsed:.3},\"calls_per_s\":{rate:.0},\"authorisations_per_s\":{rate:.0},\"cdr_rows_per_s\":{:.0},\"hold_p50_us\":{h50},\"hold_p99_us\":{h99},\"settle_p50_us\":{s50},\"settle_p99_us\":{s99},\"cdr_p50_us\":{c50},\"cdr_p99_us\":{c99}}}",
+        "{{\"store\":\"{}\",\"connections\":{connections},\"accounts\":{accounts},\"calls\":{done},\"seconds\":{elapsed:.3},\"calls_per_s\":{rate:.0},\"authorisations_per_s\":{rate:.0},\"cdr_rows_per_s\":{:.0},\"hold_p50_us\":{h50},\"hold_p99_us\":{h99},\"settle_p50_us\":{s50},\"settle_p99_us\":{s99},\"cdr_p50_us\":{c50},\"cdr_p99_us\":{c99}}}",
+        if postgres { "postgresql" } else { "sqlite" },
         rate * 3.0
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -78,6 +78,7 @@
 //!
 //! [store]
 //! path = "control-plane.db"       # SQLite file for subscribers and registrations (default: this)
+//! postgres = "host=db1 user=cp dbname=cp password=…"   # or PostgreSQL (several hosts share it)
 //!
 //! [billing]
 //! rates = "rates.csv"             # rate table the calls' detail records are rated with (CSV: prefix,
@@ -339,6 +340,7 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     path: Option<PathBuf>,
+    postgres: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -495,6 +497,9 @@ pub struct Config {
     pub api_listen: Option<SocketAddr>,
     /// SQLite file.
     pub store_path: PathBuf,
+    /// PostgreSQL connection parameters (`host=… user=… dbname=…`): the store is there rather
+    /// than in `store_path`.
+    pub store_postgres: Option<String>,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
     /// Abuse limits (trusted sources included in `exempt`).
@@ -794,6 +799,7 @@ impl Config {
             api_listen,
             rpc_timeout: Duration::from_millis(rpc_timeout_ms),
             store_path: raw.store.path.unwrap_or_else(|| PathBuf::from("control-plane.db")),
+            store_postgres: raw.store.postgres.filter(|p| !p.trim().is_empty()),
             routes,
             limits,
             rates,

@@ -31,7 +31,7 @@ use clap::{Parser, Subcommand};
 use control_plane::config::Config;
 use control_plane::now::Now;
 use control_plane::server::ControlPlane;
-use control_plane::store::{SqliteStore, Store, Subscriber};
+use control_plane::store::{PgStore, SqliteStore, Store, Subscriber};
 use sip_core::digest::Algorithm;
 
 /// mimalloc: SIP messages are parsed into many small strings, and glibc's allocator spent about a
@@ -210,17 +210,22 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let mut store = match SqliteStore::open(&config.store_path) {
+    let opened: Result<Box<dyn Store>, _> = match &config.store_postgres {
+        Some(params) => PgStore::open(params).map(|s| Box::new(s) as Box<dyn Store>),
+        None => SqliteStore::open(&config.store_path).map(|s| Box::new(s) as Box<dyn Store>),
+    };
+    let mut store = match opened {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("control-plane: store {}: {e}", config.store_path.display());
+            let which = if config.store_postgres.is_some() { "PostgreSQL".to_owned() } else { config.store_path.display().to_string() };
+            eprintln!("control-plane: store {which}: {e}");
             return ExitCode::from(1);
         }
     };
     match cli.command {
-        Some(Command::Subscriber { action }) => subscriber(action, &config, &mut store),
-        Some(Command::Settings { action }) => settings(action, &mut store),
-        Some(Command::Account { action }) => account(action, &config, &mut store),
+        Some(Command::Subscriber { action }) => subscriber(action, &config, store.as_mut()),
+        Some(Command::Settings { action }) => settings(action, store.as_mut()),
+        Some(Command::Account { action }) => account(action, &config, store.as_mut()),
         Some(Command::Cdr { action: CdrAction::Export { since } }) => match store.cdrs(since) {
             Ok(cdrs) => {
                 print!("{}", control_plane::billing::cdr::to_csv(&cdrs));
@@ -235,7 +240,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn subscriber(action: SubscriberAction, config: &Config, store: &mut SqliteStore) -> ExitCode {
+fn subscriber(action: SubscriberAction, config: &Config, store: &mut dyn Store) -> ExitCode {
     let result = match action {
         SubscriberAction::Add { user, domain, password, auth_algorithm } => {
             let mut subscriber = Subscriber::with_password(&user, &domain, &config.realm, &password);
@@ -330,7 +335,7 @@ fn subscriber(action: SubscriberAction, config: &Config, store: &mut SqliteStore
     }
 }
 
-fn settings(action: SettingsAction, store: &mut SqliteStore) -> ExitCode {
+fn settings(action: SettingsAction, store: &mut dyn Store) -> ExitCode {
     let who = match &action {
         SettingsAction::Show { subscriber } | SettingsAction::Set { subscriber, .. } | SettingsAction::Clear { subscriber } => {
             subscriber.clone()
@@ -384,7 +389,7 @@ fn settings(action: SettingsAction, store: &mut SqliteStore) -> ExitCode {
     }
 }
 
-fn account(action: AccountAction, config: &Config, store: &mut SqliteStore) -> ExitCode {
+fn account(action: AccountAction, config: &Config, store: &mut dyn Store) -> ExitCode {
     use control_plane::billing::accounts::{self, Command as A};
     let command = match action {
         AccountAction::Add { id, kind, balance, currency, pairs } => {
@@ -412,7 +417,7 @@ fn account(action: AccountAction, config: &Config, store: &mut SqliteStore) -> E
     }
 }
 
-fn serve(config: Config, mut store: SqliteStore) -> ExitCode {
+fn serve(config: Config, mut store: Box<dyn Store>) -> ExitCode {
     let config = Arc::new(config);
     let mut seed = [0u8; 32];
     if let Err(e) = getrandom::fill(&mut seed) {
@@ -451,7 +456,7 @@ fn serve(config: Config, mut store: SqliteStore) -> ExitCode {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        control_plane::driver::run(config, core, Box::new(store), shutdown).await
+        control_plane::driver::run(config, core, store, shutdown).await
     });
     match result {
         Ok(stats) => {

@@ -78,7 +78,7 @@ pub trait Ledger {
 }
 
 /// What a hold found open at recovery costs: its rates from answer to last touch.
-fn recovered_cost(rates: &[Rate], answered_ms: u64, touched_ms: u64) -> Micros {
+pub(super) fn recovered_cost(rates: &[Rate], answered_ms: u64, touched_ms: u64) -> Micros {
     if answered_ms == 0 {
         return 0;
     }

@@ -4,8 +4,9 @@
 //! [`SqliteStore`] is the default: an embedded SQLite file (WAL journal, `synchronous=NORMAL`,
 //! prepared statements cached), nothing to install. Registrations are written through on every
 //! REGISTER so a restart reloads them ([`Store::bindings`]); the registrar serves lookups from
-//! memory. [`MemoryStore`] holds the same in maps, for tests and throwaway set-ups. A PostgreSQL
-//! store for several control planes sharing subscribers implements the same trait.
+//! memory. [`MemoryStore`] holds the same in maps, for tests and throwaway set-ups. [`PgStore`]
+//! keeps them in PostgreSQL, for control planes on several hosts sharing subscribers, accounts
+//! and CDRs.
 //!
 //! Passwords are never stored: a subscriber row holds HA1 = H(user:realm:password) for each
 //! digest hash, and optionally the one digest algorithm the subscriber must use
@@ -18,7 +19,9 @@ use crate::settings::Settings;
 use sip_core::digest::{ha1, Algorithm, HashFn};
 
 pub mod ledger;
+pub mod postgres;
 pub use ledger::{Hold, HoldRequest, Ledger, Settled};
+pub use postgres::PgStore;
 
 /// A subscriber account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +141,9 @@ pub enum StoreError {
     /// The database refused or failed.
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL refused, failed or is unreachable.
+    #[error("postgresql: {0}")]
+    Postgres(String),
     /// Adding a subscriber or an account that exists.
     #[error("{0} already exists")]
     AlreadyExists(String),
