@@ -165,6 +165,37 @@ fn request_of(body: &Value, trigger: Trigger) -> Result<Request, HttpReply> {
     Ok(Request { account, a, b, trigger, delay: Duration::ZERO })
 }
 
+/// The body of `POST /web/callback`: the request and the PIN.
+pub fn parse_web(body: &[u8]) -> Result<(Request, String), HttpReply> {
+    let b = parse_json(body)?;
+    Ok((request_of(&b, Trigger::Web)?, field(&b, "pin", true)?.unwrap_or_default()))
+}
+
+/// The body of `POST /api/callback`.
+pub fn parse_api(body: &[u8]) -> Result<Request, HttpReply> {
+    request_of(&parse_json(body)?, Trigger::Api)
+}
+
+/// The body of `POST /api/webhook`: the sender and the text (its subject when it has one).
+pub fn parse_webhook(body: &[u8]) -> Result<(String, String), HttpReply> {
+    let b = parse_json(body)?;
+    let from = field(&b, "from", true)?.unwrap_or_default();
+    let text = match field(&b, "subject", false)? {
+        Some(s) => s,
+        None => field(&b, "text", true)?.unwrap_or_default(),
+    };
+    Ok((from, text))
+}
+
+/// The body of `POST /web/status`: the callback it asks about, with the account and PIN.
+pub fn parse_status(body: &[u8]) -> Result<HttpCall, HttpReply> {
+    let b = parse_json(body)?;
+    let account = field(&b, "account", true)?.unwrap_or_default();
+    let pin = field(&b, "pin", true)?.unwrap_or_default();
+    let id = field(&b, "id", true)?.unwrap_or_default().parse::<u64>().map_err(|_| error(400, Some("id"), "not a callback id"))?;
+    Ok(HttpCall::Status { id, pin: Some((account, pin)) })
+}
+
 /// Requests per source address a minute.
 #[derive(Debug, Default)]
 struct Sources {
@@ -252,7 +283,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: CallbackConfig, tx
                     if let Some(e) = state.guard(addr) {
                         return respond(e);
                     }
-                    match parse_json(&body).and_then(|b| request_of(&b, Trigger::Api)) {
+                    match parse_api(&body) {
                         Ok(request) => respond(state.run(HttpCall::Api(request)).await),
                         Err(e) => respond(e),
                     }
@@ -281,14 +312,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: CallbackConfig, tx
                     if let Some(e) = state.guard(addr) {
                         return respond(e);
                     }
-                    let parsed = parse_json(&body).and_then(|b| {
-                        let from = field(&b, "from", true)?.unwrap_or_default();
-                        let text = match field(&b, "subject", false)? {
-                            Some(s) => s,
-                            None => field(&b, "text", true)?.unwrap_or_default(),
-                        };
-                        Ok((from, text))
-                    });
+                    let parsed = parse_webhook(&body);
                     match parsed {
                         Ok((from, text)) => respond(state.run(HttpCall::Webhook { from, text }).await),
                         Err(e) => respond(e),
@@ -302,8 +326,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: CallbackConfig, tx
                 if let Some(e) = state.guard(addr) {
                     return respond(e);
                 }
-                let parsed =
-                    parse_json(&body).and_then(|b| Ok((request_of(&b, Trigger::Web)?, field(&b, "pin", true)?.unwrap_or_default())));
+                let parsed = parse_web(&body);
                 match parsed {
                     Ok((request, pin)) => respond(state.run(HttpCall::Web { request, pin }).await),
                     Err(e) => respond(e),
@@ -316,15 +339,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: CallbackConfig, tx
                 if let Some(e) = state.guard(addr) {
                     return respond(e);
                 }
-                let parsed = parse_json(&body).and_then(|b| {
-                    let account = field(&b, "account", true)?.unwrap_or_default();
-                    let pin = field(&b, "pin", true)?.unwrap_or_default();
-                    let id = field(&b, "id", true)?
-                        .unwrap_or_default()
-                        .parse::<u64>()
-                        .map_err(|_| error(400, Some("id"), "not a callback id"))?;
-                    Ok(HttpCall::Status { id, pin: Some((account, pin)) })
-                });
+                let parsed = parse_status(&body);
                 match parsed {
                     Ok(call) => respond(state.run(call).await),
                     Err(e) => respond(e),
