@@ -202,3 +202,43 @@ fn a_restarted_control_plane_settles_the_holds_its_calls_left_open() {
     assert!((650_000..=1_250_000).contains(&spent) && spent % 10_000 == 0, "spent {spent}");
     assert_eq!(w.core.stats().billing.recovered, 1);
 }
+
+#[test]
+fn a_call_holding_credit_cannot_be_transferred_and_click_to_dial_is_held_for_its_first_party() {
+    let mut w = world("");
+    // Enough for two calls of the longest (4 h at 0.60/min: 144.00 each).
+    account(&mut w, "1000.00", &[]);
+    assert_eq!(dial(&mut w, "t1", "004930123"), None);
+    let (invite_b, _) = trunk_answers(&mut w, "t1", "004930123");
+    let b_tag = to_tag(&answer_at(TRUNK, &invite_b, 200, None));
+    w.receive(TRUNK, &crate::server_tests::callee_refer(&invite_b, &b_tag, 1, "sip:004930999@sip.test", ""));
+    let refused = w.take_one(TRUNK, "SIP/2.0 403");
+    assert!(refused.starts_with("SIP/2.0 403 Prepaid Call Not Transferable"), "{refused}");
+    // The API calls alice's phone, then a number through the trunk: her account holds for it.
+    w.add_contact_for("alice", "192.0.2.51:5060", 1000);
+    let before = balance(&mut w).1;
+    w.core.handle_originate("alice", "004930124", w.now, &mut w.store).expect("originated");
+    assert_eq!(balance(&mut w).1, before + 1, "a hold for the number, before anything rings");
+    w.settings("alice", &[("account", "")]);
+    w.core.handle_originate("alice", "004930125", w.now, &mut w.store).expect("originated, not billed");
+    assert_eq!(balance(&mut w).1, before + 1);
+}
+
+#[test]
+fn five_wrong_pins_lock_the_accounts_pin_for_a_while() {
+    use crate::callback::http::{execute, HttpCall};
+    use crate::callback::{Request, Trigger};
+    let mut w = world("[callback]\n");
+    account(&mut w, "10.00", &["pin=2468"]);
+    let web = |pin: &str| HttpCall::Web {
+        request: Request { account: "acme".into(), a: "004930111".into(), b: None, trigger: Trigger::Web, delay: Duration::ZERO },
+        pin: pin.into(),
+    };
+    for _ in 0..5 {
+        assert_eq!(execute(web("0000"), &mut w.core, &mut w.store, w.now).status, 403);
+    }
+    assert_eq!(execute(web("2468"), &mut w.core, &mut w.store, w.now).status, 403, "locked, the right PIN too");
+    assert_eq!(w.core.stats().callbacks.pin_failures, 5);
+    w.advance(Duration::from_secs(901));
+    assert_eq!(execute(web("2468"), &mut w.core, &mut w.store, w.now).status, 202, "unlocked after 15 minutes");
+}

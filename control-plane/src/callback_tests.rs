@@ -217,3 +217,65 @@ fn http_triggers_refuse_strangers_bad_fields_and_floods() {
     }
     assert!(limited >= 10, "{limited}");
 }
+
+#[test]
+fn the_http_api_reads_accounts_and_cdrs_and_tops_up_naming_bad_fields() {
+    use crate::callback::http::parse_cdr_query;
+    let mut w = world(CALLBACK);
+    account(&mut w, "1.00", &[]);
+    let run = |w: &mut World, call: HttpCall| execute(call, &mut w.core, &mut w.store, w.now);
+    let shown = run(&mut w, HttpCall::Account { id: "acme".into() });
+    assert_eq!((shown.status, shown.body["balance"].as_str(), shown.body["held"].as_str()), (200, Some("1.000000"), Some("0.000000")));
+    assert_eq!(run(&mut w, HttpCall::Account { id: "nobody".into() }).status, 404);
+    let topped = run(&mut w, HttpCall::Credit { id: "acme".into(), amount: "2.5".into(), debit: false });
+    assert_eq!(topped.body["balance"], "3.500000");
+    let bad = run(&mut w, HttpCall::Credit { id: "acme".into(), amount: "-1".into(), debit: false });
+    assert_eq!((bad.status, bad.body["field"].as_str()), (400, Some("amount")));
+    assert_eq!(run(&mut w, HttpCall::Credit { id: "acme".into(), amount: "0.5".into(), debit: true }).body["balance"], "3.000000");
+    // A call's records, as the API lists them.
+    let job = w.core.handle_callback(request(Some("004930222")), None, w.now, &mut w.store).expect("accepted");
+    w.pump();
+    let invite_a = w.take_one(TRUNK, "INVITE sip:004930111@");
+    w.receive(TRUNK, &answer_at(TRUNK, &invite_a, 486, None));
+    let _ = job;
+    let cdrs = run(&mut w, parse_cdr_query(Some("since=0&limit=2")).expect("query"));
+    assert_eq!(cdrs.body["cdrs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(cdrs.body["more"], true, "three records, two asked for");
+    assert_eq!(cdrs.body["cdrs"][0]["cost"], "0.000000");
+    for (query, field) in [("since=x", "since"), ("limit=0", "limit"), ("limit=10001", "limit"), ("color=red", "query")] {
+        assert_eq!(parse_cdr_query(Some(query)).unwrap_err().body["field"], field, "{query}");
+    }
+}
+
+#[test]
+fn an_ivr_caller_gets_bye_when_the_destination_hangs_up() {
+    let mut w = world(CALLBACK);
+    account(&mut w, "10.00", &["ani=004930111"]);
+    let call = invite("i2", &offer(4000, "sendrecv"))
+        .replace("sip:bob@sip.test SIP/2.0", "sip:4930555111@sip.test SIP/2.0")
+        .replace("<sip:alice@sip.test>", "<sip:004930111@sip.test>");
+    w.receive("192.0.2.1:5060", &call);
+    w.allocate();
+    let ok = w.take_one("192.0.2.1:5060", "SIP/2.0 200");
+    let tag = to_tag(&ok);
+    w.receive("192.0.2.1:5060", &crate::server_tests::in_dialog("ACK", "i2", 1, &tag, None));
+    for d in "004930222#".chars() {
+        w.core.handle_dtmf(11, d, w.now, &mut w.store);
+        w.pump();
+    }
+    let invite_b = w.take_one(TRUNK, "INVITE sip:004930222@192.0.2.30:5070");
+    // While the destination rings, the caller's requests are answered here, not sent to it.
+    w.receive("192.0.2.1:5060", &crate::server_tests::in_dialog("INFO", "i2", 2, &tag, None));
+    w.take_one("192.0.2.1:5060", "SIP/2.0 200");
+    assert!(w.take(TRUNK, "INFO").is_empty());
+    w.receive(TRUNK, &answer_at(TRUNK, &invite_b, 200, Some(&sdp_at(7000))));
+    let reinvite = w.take_one("192.0.2.1:5060", "INVITE sip:alice@192.0.2.1:5060");
+    w.receive("192.0.2.1:5060", &answer_at("192.0.2.1:5060", &reinvite, 200, Some(&offer(4000, "sendrecv"))));
+    w.advance(Duration::from_secs(10));
+    let b_tag = to_tag(&answer_at(TRUNK, &invite_b, 200, None));
+    w.receive(TRUNK, &callee_request("BYE", &invite_b, &b_tag, 1));
+    w.take_one(TRUNK, "SIP/2.0 200");
+    let bye = w.take("192.0.2.1:5060", "BYE");
+    assert_eq!(bye.len(), 1, "the caller is hung up: {:?}", w.sent);
+    assert_eq!(balance(&mut w), (10_000_000 - 100_000, 0), "10 s to 004930222");
+}

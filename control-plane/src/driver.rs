@@ -359,6 +359,7 @@ async fn radius_client(
         }
     };
     let mut identifier = 0u8;
+    let mut preferred = 0usize;
     let mut backlog: std::collections::VecDeque<crate::billing::radius::Record> = std::collections::VecDeque::new();
     let mut paused_until: Option<tokio::time::Instant> = None;
     let mut buf = vec![0u8; 4096];
@@ -396,18 +397,23 @@ async fn radius_client(
             }
         };
         let mut acked = false;
-        'servers: for server in &config.accounting {
-            for attempt in 0..config.retries {
-                if attempt > 0 || *server != config.accounting[0] {
+        // The server that answered last goes first; the others follow in their order.
+        let n = config.accounting.len();
+        let mut first_try = true;
+        'servers: for i in (0..n).map(|k| (preferred + k) % n) {
+            let server = &config.accounting[i];
+            for _ in 0..config.retries {
+                if !std::mem::take(&mut first_try) {
                     counters.retries.fetch_add(1, Ordering::Relaxed);
                 }
                 if socket.send_to(&request, server).await.is_err() {
                     continue;
                 }
                 let deadline = tokio::time::Instant::now() + config.timeout;
-                while let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
-                    if from == *server && is_response(&buf[..n], &request, &config.secret) {
+                while let Ok(Ok((got, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+                    if from == *server && is_response(&buf[..got], &request, &config.secret) {
                         acked = true;
+                        preferred = i;
                         break 'servers;
                     }
                 }

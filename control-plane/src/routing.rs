@@ -196,6 +196,12 @@ struct Current {
 }
 
 impl RouteState {
+    /// The subscriber whose settings send the call where it goes now (the last to forward it,
+    /// else the one it rings): who pays for a leg out through a trunk, before the caller.
+    pub fn payer(&self) -> Option<&str> {
+        self.diversions.iter().rev().map(|(aor, _)| aor.as_str()).find(|a| !a.is_empty()).or_else(|| self.subscriber())
+    }
+
     /// The subscriber (AoR) the call rings now, if it is one.
     pub fn subscriber(&self) -> Option<&str> {
         self.current.as_ref().map(|c| c.aor.as_str())

@@ -262,7 +262,7 @@ impl World {
         self.add_contact_for("bob", addr, q_milli);
     }
 
-    fn add_contact_for(&mut self, user: &str, addr: &str, q_milli: u16) {
+    pub(crate) fn add_contact_for(&mut self, user: &str, addr: &str, q_milli: u16) {
         let now = self.now.unix();
         self.core.registrar_mut().restore(
             vec![StoredBinding {
@@ -1349,7 +1349,7 @@ fn a_subscriber_holding_the_caller_plays_its_own_music_and_a_refused_hold_plays_
 // ---- blind transfer (REFER) ----
 
 /// The callee's REFER to `target` in call1, with `extra` headers.
-fn callee_refer(invite_b: &str, b_tag: &str, cseq: u32, target: &str, extra: &str) -> String {
+pub(crate) fn callee_refer(invite_b: &str, b_tag: &str, cseq: u32, target: &str, extra: &str) -> String {
     callee_request("REFER", invite_b, b_tag, cseq)
         .replace("Content-Length: 0", &format!("Refer-To: <{target}>\r\n{extra}Content-Length: 0"))
 }

@@ -1,5 +1,5 @@
 //! The callback engine through the real binaries: a control plane and a media plane, sipp as the
-//! customer and the destination behind two trunks, the test itself as the customer's phone's
+//! customer and the destination behind two trunks (and as the PSTN's missed call), the test itself as the customer's phone's
 //! media (it hears the prompt, keys in the destination as RFC 4733 events and hears the
 //! destination's audio through the bridge), the HTTP triggers, the CDRs and the balance; and the
 //! customer's web page in headless Chromium.
@@ -7,7 +7,7 @@
 //! sipp is required when `REQUIRE_SIPP=1`, Chromium when `REQUIRE_BROWSER=1` (CI); without
 //! them the tests skip with a message. Slot 21 (SIP 21210, gRPC 21215, RTP 24100-24199); sipp on
 //! 26110/26120 (media 27110/27120), the customer's media on 26200, HTTP on 26300; slot 22 and
-//! 26400+ for the browser test.
+//! 26400+ for the browser test; slot 24 and 26510-26550 (media 27510+) for the missed call.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::stack::{sipp_available, spawn_sipp, wait_bounded, Stack};
+use common::stack::{sipp, sipp_available, spawn_sipp, wait_bounded, Stack};
 use common::{Proc, BIN};
 
 const TOKEN: &str = "callback-test-token-0123";
@@ -37,16 +37,22 @@ fn prompts_available() -> bool {
 /// destinations (0049302…) at `destination`, billing with [`RATES`], callbacks over HTTP at
 /// `http`; account `acme` (PIN 2468) holds 5.00.
 fn stack(slot: u16, customer: u16, destination: u16, http: u16) -> Stack {
+    stack_with(slot, customer, destination, http, "", "")
+}
+
+/// [`stack`] with `sip` lines in `[sip]` and `callback` lines in `[callback]`.
+fn stack_with(slot: u16, customer: u16, destination: u16, http: u16, sip: &str, callback: &str) -> Stack {
     let rates = std::env::temp_dir().join(format!("cb-rates-{}-{slot}.csv", std::process::id()));
     std::fs::write(&rates, RATES).expect("rates");
-    let stack = Stack::start_with(
+    let stack = Stack::start_config(
         slot,
         true,
+        sip,
         &format!(
             "[[route]]\nprefix = \"0049301\"\ndestination = \"sip:127.0.0.1:{customer}\"\n\
              [[route]]\nprefix = \"0049302\"\ndestination = \"sip:127.0.0.1:{destination}\"\n\
              [billing]\nrates = \"{}\"\nnode = \"cp-callback-test\"\nwarning_s = 0\n\
-             [callback]\nlisten = \"127.0.0.1:{http}\"\napi_tokens = [\"{TOKEN}\"]\nfirst_digit_s = 20\nnext_digit_s = 3\nmax_per_account = 3\n",
+             [callback]\nlisten = \"127.0.0.1:{http}\"\napi_tokens = [\"{TOKEN}\"]\nfirst_digit_s = 20\nnext_digit_s = 3\nmax_per_account = 3\n{callback}",
             rates.display()
         ),
     );
@@ -87,6 +93,7 @@ fn customer_media(
     digits: &'static str,
     connected: Arc<AtomicBool>,
     after: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
     limit: Duration,
 ) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
@@ -142,7 +149,7 @@ fn customer_media(
         }
         let mut next = Instant::now();
         let mut i = 0usize;
-        while start.elapsed() < limit {
+        while start.elapsed() < limit && !stop.load(Ordering::Relaxed) {
             if Instant::now() >= next {
                 let p = plan
                     .get(i)
@@ -170,48 +177,41 @@ fn status(port: u16, id: u64) -> serde_json::Value {
     body
 }
 
-#[test]
-fn a_web_callback_asks_the_customer_for_the_destination_bridges_them_with_audio_and_bills_both_legs() {
-    if !sipp_available() || !prompts_available() {
-        return;
-    }
-    let mut stack = stack(21, 26_110, 26_120, 26_300);
-    let customer_log = stack.dir.join("customer.log");
-    let mut customer = Proc {
-        child: spawn_sipp(
-            &stack,
-            &["-sf", "uas-callback-customer.xml", "-p", "26110", "-mp", "27110", "-m", "1", "-set", "rtp_port", "26200"]
-                .iter()
-                .copied()
-                .chain(["-trace_msg", "-message_file", customer_log.to_str().expect("utf8")])
-                .collect::<Vec<_>>(),
-        ),
-        name: "sipp customer",
-    };
-    let mut destination = Proc {
-        child: spawn_sipp(&stack, &["-sf", "uas-answer-stream.xml", "-p", "26120", "-mp", "27120", "-m", "1"]),
-        name: "sipp destination",
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let media = UdpSocket::bind("127.0.0.1:26200").expect("bind the customer's media port");
-    let (connected, after) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let phone = customer_media(media, "0049302555#", connected.clone(), after.clone(), Duration::from_secs(40));
+/// The customer (sipp behind the 0049301 trunk at `customer`, its media the test's socket on
+/// `rtp`, keying in 0049302555#) and the destination (sipp streaming audio at `destination`).
+struct Parties {
+    customer: Proc,
+    customer_log: std::path::PathBuf,
+    destination: Proc,
+    phone: std::thread::JoinHandle<u64>,
+    connected: Arc<AtomicBool>,
+    after: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
 
-    // Bad requests are refused naming the field; a wrong PIN gets 403.
-    let (code, body) = http(26_300, "POST", "/web/callback", None, r#"{"account":"acme","pin":"2468"}"#);
-    assert_eq!((code, body["field"].as_str()), (400, Some("a")), "{body}");
-    let (code, _) = http(26_300, "POST", "/web/callback", None, r#"{"account":"acme","pin":"0000","a":"0049301111"}"#);
-    assert_eq!(code, 403);
-    let (code, _) = http(26_300, "POST", "/api/callback", Some("wrong-token-000000000"), r#"{"account":"acme","a":"0049301111"}"#);
-    assert_eq!(code, 401);
-    // The customer asks to be called back, without saying whom to call.
-    let (code, body) = http(26_300, "POST", "/web/callback", None, r#"{"account":"acme","pin":"2468","a":"0049301111"}"#);
-    assert_eq!(code, 202, "{body}");
-    let id = body["id"].as_u64().expect("id");
+fn parties(stack: &Stack, customer: u16, destination: u16, rtp: u16) -> Parties {
+    let customer_log = stack.dir.join("customer.log");
+    let (c, cm, r) = (customer.to_string(), (customer + 1000).to_string(), rtp.to_string());
+    let args = ["-sf", "uas-callback-customer.xml", "-p", &c, "-mp", &cm, "-m", "1", "-set", "rtp_port", &r, "-trace_msg", "-message_file"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.push(customer_log.to_str().expect("utf8"));
+    let customer = Proc { child: spawn_sipp(stack, &args), name: "sipp customer" };
+    let (d, dm) = (destination.to_string(), (destination + 1000).to_string());
+    let destination =
+        Proc { child: spawn_sipp(stack, &["-sf", "uas-answer-stream.xml", "-p", &d, "-mp", &dm, "-m", "1"]), name: "sipp destination" };
+    std::thread::sleep(Duration::from_millis(300));
+    let media = UdpSocket::bind(("127.0.0.1", rtp)).expect("bind the customer's media port");
+    let (connected, after, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let phone = customer_media(media, "0049302555#", connected.clone(), after.clone(), stop.clone(), Duration::from_secs(40));
+    Parties { customer, customer_log, destination, phone, connected, after, stop }
+}
+
+/// Follows callback `id` over the API until it is done: its last status and the phases seen.
+fn follow(http_port: u16, id: u64, connected: &AtomicBool) -> (serde_json::Value, Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(40);
-    let mut phases = Vec::new();
-    let last = loop {
-        let s = status(26_300, id);
+    let mut phases: Vec<String> = Vec::new();
+    loop {
+        let s = status(http_port, id);
         let phase = s["phase"].as_str().unwrap_or_default().to_owned();
         if phases.last() != Some(&phase) {
             phases.push(phase.clone());
@@ -220,24 +220,31 @@ fn a_web_callback_asks_the_customer_for_the_destination_bridges_them_with_audio_
             connected.store(true, Ordering::Relaxed);
         }
         if phase == "done" || Instant::now() > deadline {
-            break s;
+            return (s, phases);
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
+
+/// Callback `id` completed as the customer keyed it: the phases, both parties' scenarios, the
+/// audio the customer heard, both legs' CDRs and the balance (5.00 less their cost), no leg left.
+fn completed(mut stack: Stack, mut p: Parties, id: u64, http_port: u16) {
+    let (last, phases) = follow(http_port, id, &p.connected);
     assert_eq!(last["result"], "completed", "{last}; phases {phases:?}; log: {}", stack.log());
     assert_eq!(last["b"], "0049302555", "the destination keyed in: {last}");
-    // (calling-destination lasts as long as the destination rings: sipp answers at once.)
-    for p in ["calling-customer", "collecting-destination", "connected", "done"] {
-        assert!(phases.iter().any(|x| x == p), "phase {p} not seen: {phases:?}");
+    // (calling-customer and calling-destination last as long as they ring: sipp answers at once.)
+    for phase in ["collecting-destination", "connected", "done"] {
+        assert!(phases.iter().any(|x| x == phase), "phase {phase} not seen: {phases:?}");
     }
     assert!(
-        wait_bounded(&mut customer.child, Duration::from_secs(20)).success(),
+        wait_bounded(&mut p.customer.child, Duration::from_secs(20)).success(),
         "customer: {}",
-        std::fs::read_to_string(&customer_log).unwrap_or_default()
+        std::fs::read_to_string(&p.customer_log).unwrap_or_default()
     );
-    assert!(wait_bounded(&mut destination.child, Duration::from_secs(20)).success(), "the destination's scenario failed");
-    let heard = phone.join().expect("customer media");
-    let talked = after.load(Ordering::Relaxed);
+    assert!(wait_bounded(&mut p.destination.child, Duration::from_secs(20)).success(), "the destination's scenario failed");
+    p.stop.store(true, Ordering::Relaxed);
+    let heard = p.phone.join().expect("customer media");
+    let talked = p.after.load(Ordering::Relaxed);
     // The prompt before, the destination's audio after the connection (4 s of talk: 200
     // packets; allow for the start and the end).
     assert!(heard > 100, "the customer heard {heard} packets");
@@ -266,6 +273,51 @@ fn a_web_callback_asks_the_customer_for_the_destination_bridges_them_with_audio_
     let (legs, _) = stack.media_totals();
     assert_eq!(legs, 0, "legs left in the media plane");
     stack.stop();
+}
+
+#[test]
+fn a_web_callback_asks_the_customer_for_the_destination_bridges_them_with_audio_and_bills_both_legs() {
+    if !sipp_available() || !prompts_available() {
+        return;
+    }
+    let stack = stack(21, 26_110, 26_120, 26_300);
+    let parties = parties(&stack, 26_110, 26_120, 26_200);
+    // Bad requests are refused naming the field; a wrong PIN gets 403, a wrong token 401.
+    let (code, body) = http(26_300, "POST", "/web/callback", None, r#"{"account":"acme","pin":"2468"}"#);
+    assert_eq!((code, body["field"].as_str()), (400, Some("a")), "{body}");
+    let (code, _) = http(26_300, "POST", "/web/callback", None, r#"{"account":"acme","pin":"0000","a":"0049301111"}"#);
+    assert_eq!(code, 403);
+    let (code, _) = http(26_300, "POST", "/api/callback", Some("wrong-token-000000000"), r#"{"account":"acme","a":"0049301111"}"#);
+    assert_eq!(code, 401);
+    // The customer asks to be called back, without saying whom to call.
+    let (code, body) = http(26_300, "POST", "/web/callback", None, r#"{"account":"acme","pin":"2468","a":"0049301111"}"#);
+    assert_eq!(code, 202, "{body}");
+    completed(stack, parties, body["id"].as_u64().expect("id"), 26_300);
+}
+
+#[test]
+fn a_missed_call_to_the_access_number_is_declined_and_called_back_through_the_ivr() {
+    if !sipp_available() || !prompts_available() {
+        return;
+    }
+    // The PSTN trunk (127.0.0.1 here) is trusted; the customer's caller ID is its account's.
+    let stack = stack_with(
+        24,
+        26_510,
+        26_530,
+        26_540,
+        "trusted = [\"127.0.0.1\"]\n",
+        "[[callback.did]]\nnumber = \"4930555000\"\nmode = \"missed-call\"\ndelay_s = 1\n",
+    );
+    cli(&stack, &["account", "set", "acme", "ani=0049301111"]);
+    let parties = parties(&stack, 26_510, 26_530, 26_520);
+    let ok = sipp(
+        &stack,
+        &["-sf", "uac-missed-call.xml", "-s", "4930555000", "-set", "ani", "0049301111", "-p", "26550", "-mp", "27550", "-m", "1"],
+        Duration::from_secs(20),
+    );
+    assert!(ok.success(), "the missed call was not declined with 603; log: {}", stack.log());
+    completed(stack, parties, 1, 26_540);
 }
 
 fn chromium() -> Option<&'static str> {

@@ -96,7 +96,8 @@ impl B2bua {
                 }
             };
             let Some(call) = self.calls.get_mut(&id) else { return };
-            if call.forks.is_empty() {
+            // (A service call's side B stays nobody until its second party has joined.)
+            if call.forks.is_empty() && !call.ivr {
                 call.b = dialog.clone();
             }
             let fork = call.forks.len();
@@ -180,7 +181,11 @@ impl B2bua {
                 f.state = ForkState::Done(status);
                 let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
                 let transfer_answers = transfer_target && call.transfer.as_ref().is_some_and(|t| t.answered.is_none());
-                let wins = transfer_answers || (matches!(call.state, State::Calling | State::Originating) && call.winner.is_none());
+                // A fork of a stage that ended unanswered (cancelled, a 200 crossing the CANCEL)
+                // no longer wins: routing has moved on, and its credit was let go.
+                let current_stage = f.stage == call.stage;
+                let wins = transfer_answers
+                    || (matches!(call.state, State::Calling | State::Originating) && call.winner.is_none() && current_stage);
                 // A delayed-offer 2xx carries the callee's offer: its ACK waits for the caller's
                 // answer. Any other 2xx is ACKed now.
                 if !(wins && call.delayed) {

@@ -46,21 +46,8 @@ impl B2bua {
             self.reply(&key, &request, 488, now);
             return None;
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.stats.calls_started += 1;
-        self.sip.push_back(SipOut::Respond(key.clone(), response_for(&request, 100, None, None)));
-        self.by_call_id.insert(a.call_id.clone(), (id, Side::A));
-        self.by_invite.insert(key.clone(), id);
-        let nobody = Peer::udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        let b = Dialog::uac(
-            format!("service-{id}"),
-            format!("<sip:b2bua@0.0.0.0>;tag={tag_b}"),
-            without_tag(&a.remote),
-            String::new(),
-            Vec::new(),
-            nobody,
-        );
+        let id = self.admit(&key, &request, &a);
+        let b = nobody(&format!("service-{id}"), &tag_b, without_tag(&a.remote), String::new());
         let active = Sdp::parse(&request.body).map(|s| s.active().to_vec()).unwrap_or_default();
         let offer = String::from_utf8_lossy(&request.body).into_owned();
         let caller_uri = uri_of(&a.remote).to_owned();
@@ -74,6 +61,15 @@ impl B2bua {
         self.calls.insert(id, call);
         self.ivr_answered(id, offer, active);
         Some(id)
+    }
+
+    /// The media plane takes call `id`'s first party's offer `sdp` (`active` per `m=` line);
+    /// with `local`, it answers it too ([`Allocation::local_answer`]).
+    pub(super) fn allocate_offer(&mut self, id: u64, sdp: String, active: Vec<bool>, local: bool) {
+        let Some(call) = self.calls.get(&id) else { return };
+        let policy = self.config.codec_policy.clone();
+        let request = MediaRequest::Allocate { call_id: call.a.call_id.clone(), offer: sdp, callee_offers: false, active, policy, local };
+        self.media_request(id, request);
     }
 
     /// Plays to a call's legs for a service: [`MediaRequest::Prompt`], [`MediaRequest::Tone`] or
@@ -95,26 +91,9 @@ impl B2bua {
         // Side B stands for nobody until a second party joins (it named the first party's
         // fork while that rang).
         if call.originated {
-            let nobody = Peer::udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-            let tag = call.tag_b.clone();
-            call.b = Dialog::uac(
-                format!("service-{id}"),
-                format!("<sip:b2bua@0.0.0.0>;tag={tag}"),
-                String::new(),
-                String::new(),
-                Vec::new(),
-                nobody,
-            );
+            call.b = nobody(&format!("service-{id}"), &call.tag_b, String::new(), String::new());
         }
-        let request = MediaRequest::Allocate {
-            call_id: call.a.call_id.clone(),
-            offer: sdp,
-            callee_offers: false,
-            active,
-            policy: self.config.codec_policy.clone(),
-            local: true,
-        };
-        self.media_request(id, request);
+        self.allocate_offer(id, sdp, active, true);
     }
 
     /// The media plane answered the first party's offer: ACK it with that answer.
@@ -213,4 +192,11 @@ impl B2bua {
         };
         self.reply(key, request, status, now);
     }
+}
+
+/// A dialog standing for nobody (a side no party has joined yet): it sends nothing (see
+/// `send_in_dialog`).
+pub(super) fn nobody(call_id: &str, tag: &str, remote: String, target: String) -> Dialog {
+    let nobody = Peer::udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    Dialog::uac(call_id.to_owned(), format!("<sip:b2bua@0.0.0.0>;tag={tag}"), remote, target, Vec::new(), nobody)
 }

@@ -15,6 +15,11 @@ pub(super) struct Limit {
 }
 
 impl Limit {
+    /// The call has a longest duration (credit held for it).
+    pub(super) fn is_set(&self) -> bool {
+        self.max.is_some()
+    }
+
     pub(super) fn holds(&self, at: Instant) -> bool {
         self.warn_at == Some(at) || self.end_at == Some(at)
     }

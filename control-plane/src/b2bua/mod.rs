@@ -727,12 +727,7 @@ impl B2bua {
         let offer_text = String::from_utf8_lossy(&request.body).into_owned();
         let a_sdp = (!delayed).then(|| offer_text.clone());
 
-        let id = self.next_id;
-        self.next_id += 1;
-        self.stats.calls_started += 1;
-        self.sip.push_back(SipOut::Respond(key.clone(), response_for(&request, 100, None, None)));
-        self.by_call_id.insert(a.call_id.clone(), (id, Side::A));
-        self.by_invite.insert(key.clone(), id);
+        let id = self.admit(&key, &request, &a);
         if !delayed {
             let policy = self.config.codec_policy.clone();
             self.media_request(
@@ -770,6 +765,18 @@ impl B2bua {
             }
         }
         Some(id)
+    }
+
+    /// A new call's id for `request` (its server transaction `key`, its dialog `a`): counted,
+    /// 100 Trying sent, indexed by Call-ID and transaction.
+    fn admit(&mut self, key: &TransactionKey, request: &Request, a: &Dialog) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stats.calls_started += 1;
+        self.sip.push_back(SipOut::Respond(key.clone(), response_for(request, 100, None, None)));
+        self.by_call_id.insert(a.call_id.clone(), (id, Side::A));
+        self.by_invite.insert(key.clone(), id);
+        id
     }
 
     /// The subscriber (AoR) who placed call `id`, if a subscriber did.
@@ -900,10 +907,16 @@ impl B2bua {
             if fork.is_some() && fork != call.winner {
                 // A fork that has not (or not first) answered: its BYE ends it, nothing else
                 // is relayed from it.
+                let answered_target = call.transfer.as_ref().is_some_and(|t| t.answered.is_some() && t.answered == fork);
                 let status = if request.method == Method::Bye { 200 } else { 481 };
                 self.reply(&key, &request, status, now);
                 if let (Method::Bye, Some(fork)) = (&request.method, fork) {
-                    self.fork_final(id, fork, 480, None, now);
+                    if answered_target {
+                        // The transfer's target hung up before it was joined.
+                        self.transfer_failed(id, 480, now);
+                    } else {
+                        self.fork_final(id, fork, 480, None, now);
+                    }
                 }
                 return;
             }
@@ -932,11 +945,20 @@ impl B2bua {
                 }
                 if established {
                     self.stats.calls_completed += 1;
+                    let mut ringing = false;
                     if let Some(call) = self.calls.get_mut(&id) {
                         call.cause = "completed";
+                        ringing = call.transfer.is_some() && call.forks.iter().any(Fork::outstanding);
                     }
                     self.send_in_dialog(id, side.other(), "BYE", "", None, Purpose::Bye, now);
-                    self.finish(id);
+                    if ringing {
+                        // A transfer's (or a service call's) target still rings: cancelled, and
+                        // the call kept until it answers the CANCEL (a 200 that crosses it is
+                        // ACKed and hung up).
+                        self.abandon(id, now);
+                    } else {
+                        self.finish(id);
+                    }
                 } else if side == Side::A {
                     // The first party of an originated call hung up while the second rang.
                     if let Some(call) = self.calls.get_mut(&id) {

@@ -38,17 +38,7 @@ impl B2bua {
         // Until the first party answers, `a` only names who it is connected to (the From of its
         // INVITE) and `b` stands for nobody.
         let target = first_plan.stage.branches.first().map(|b| b.target.clone()).unwrap_or_default();
-        let placeholder = |remote: &str| {
-            let nobody = Peer::udp(std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-            Dialog::uac(
-                format!("originate-{id}"),
-                format!("<sip:b2bua@0.0.0.0>;tag={tag}"),
-                format!("<{remote}>"),
-                target.clone(),
-                Vec::new(),
-                nobody,
-            )
-        };
+        let placeholder = |remote: &str| ivr::nobody(&format!("originate-{id}"), &tag, format!("<{remote}>"), target.clone());
         let (a, b) = (placeholder(&to_uri), placeholder(&from_uri));
         let invite_a = match a.clone().request("INVITE", "0.0.0.0", "z9hG4bKoriginate", "", None) {
             Ok(r) => r,
@@ -122,15 +112,7 @@ impl B2bua {
         call.policy = second.caller_id;
         call.first_stage = Some(second.stage);
         call.state = State::Allocating;
-        let request = MediaRequest::Allocate {
-            call_id: call.a.call_id.clone(),
-            offer: sdp,
-            callee_offers: false,
-            active,
-            policy: self.config.codec_policy.clone(),
-            local: false,
-        };
-        self.media_request(id, request);
+        self.allocate_offer(id, sdp, active, false);
     }
 
     /// Ends call `id` for the API: an answered call with BYE on both sides, one being set up

@@ -67,6 +67,13 @@ impl B2bua {
             self.reply(&key, &request, 491, now);
             return;
         }
+        if call.limit.is_set() {
+            // Its credit was held for the parties it has: a transfer would take the call out
+            // of what was held (and of its cut-off).
+            let response = response_for(&request, 403, Some("Prepaid Call Not Transferable"), None);
+            self.respond(&key, response);
+            return;
+        }
         if call.replaced.len() >= MAX_REPLACED {
             // Each transfer keeps the dialogs it replaced until the call ends: a bound on them.
             let response = response_for(&request, 403, Some("Too Many Transfers"), None);
@@ -238,6 +245,10 @@ impl B2bua {
         }
         if let Some(call_id) = self.calls.get(&id).map(|c| c.dialog(transferor).call_id.clone()) {
             self.by_call_id.insert(call_id, (id, transferor));
+        }
+        // A target out through a trunk: the credit held for it runs from now.
+        if self.calls.get(&id).and_then(|c| c.forks.get(fork)).is_some_and(|f| f.trunk) {
+            self.start_limit(id, now.instant);
         }
         self.notify_transferor_replaced(id, now);
         self.stats.transfers_completed += 1;

@@ -125,14 +125,43 @@ impl Billing {
         let Some(account) = account else { return Ok(None) };
         let now_ms = now.unix_ms();
         let minute = rating::RateTable::minute_of_day(now_ms);
-        // Parallel branches to several numbers: one of them will answer; hold for the dearest.
-        let leg = numbers
+        // Parallel branches to several numbers: each is checked (blocked, rated) on its own;
+        // one of them will answer, so the hold is for the dearest (its cost for an hour).
+        let legs: Vec<Leg> = numbers.into_iter().map(|n| Leg { rate: config.rates.lookup(&n, minute).cloned(), destination: n }).collect();
+        let blocked: Vec<String> = match store.account(&account, now_ms) {
+            Ok(Some((a, _))) => legs
+                .iter()
+                .filter(|l| l.rate.is_none() || a.blocked.iter().any(|p| l.destination.starts_with(p.as_str())))
+                .map(|l| l.destination.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let dearest = legs
             .into_iter()
-            .map(|n| Leg { rate: config.rates.lookup(&n, minute).cloned(), destination: n })
-            .max_by_key(|l| l.rate.as_ref().map_or((i64::MAX, i64::MAX), |r| (r.per_minute, r.connect_fee)))
+            .filter(|l| !blocked.contains(&l.destination))
+            .max_by_key(|l| l.rate.as_ref().map_or(i64::MAX, |r| r.charge(3_600_000).cost))
             .into_iter()
             .collect::<Vec<_>>();
-        self.hold(config, store, &account, &leg, call, now_ms).map(Some).or_else(|denial| {
+        if !blocked.is_empty() {
+            let intl = config.international_prefix.clone();
+            stage.branches.retain(|b| !b.trunk || !blocked.contains(&dialled(&b.target, &intl)));
+        }
+        if dearest.is_empty() {
+            // Every trunk branch refused: the account's own decision says why.
+            let all =
+                blocked.into_iter().map(|n| Leg { rate: config.rates.lookup(&n, minute).cloned(), destination: n }).collect::<Vec<_>>();
+            let refusal = match self.hold(config, store, &account, &all[..all.len().min(1)], call, now_ms) {
+                Ok((hold, _)) => {
+                    // (Changed meanwhile, and granted after all: not wanted now.)
+                    self.release_hold(store, hold, now);
+                    (403, "Forbidden")
+                }
+                Err(refusal) => refusal,
+            };
+            stage.branches.retain(|b| !b.trunk);
+            return if stage.branches.is_empty() { Err(refusal) } else { Ok(None) };
+        }
+        self.hold(config, store, &account, &dearest, call, now_ms).map(Some).or_else(|denial| {
             stage.branches.retain(|b| !b.trunk);
             if stage.branches.is_empty() {
                 Err(denial)
@@ -155,6 +184,11 @@ impl Billing {
         // A hold of this node left by a restart must be settled before this node holds anew
         // (after, its own calls' holds would look left over).
         self.recover(config, store, now_ms, false);
+        if !self.recovered_own {
+            // This node's holds from before its restart are not settled yet: a new hold now
+            // would be taken for one of them at the next attempt.
+            return Err((500, "Server Internal Error"));
+        }
         let request = HoldRequest {
             account,
             node: &config.billing.node,

@@ -89,11 +89,15 @@ impl RawRadius {
         if !(1..=3600).contains(&retry_s) {
             return Err(("radius.retry_s", format!("{retry_s} is not 1-3600")));
         }
+        let nas_identifier = self.nas_identifier.unwrap_or_else(|| node.to_owned());
+        if nas_identifier.is_empty() || nas_identifier.len() > 253 {
+            return Err(("radius.nas_identifier", "must be 1-253 bytes".into()));
+        }
         Ok(Some(RadiusConfig {
             retry: Duration::from_secs(retry_s),
             accounting,
             secret,
-            nas_identifier: self.nas_identifier.unwrap_or_else(|| node.to_owned()),
+            nas_identifier,
             timeout: Duration::from_millis(timeout_ms),
             retries,
             interim,
@@ -147,7 +151,14 @@ pub fn encode(record: &Record, config: &RadiusConfig, identifier: u8, delay_s: u
     };
     rfc2866::add_acct_status_type(&mut p, status);
     rfc2866::add_acct_session_id(&mut p, &record.session_id);
-    let text = |s: &str| s.chars().take(200).collect::<String>();
+    // Attribute values are at most 253 bytes: cut on a character boundary.
+    let text = |s: &str| {
+        let mut end = s.len().min(253);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_owned()
+    };
     if !record.user.is_empty() {
         rfc2865::add_user_name(&mut p, &text(&record.user));
     }

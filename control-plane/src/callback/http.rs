@@ -5,6 +5,9 @@
 //!  POST /api/callback   Bearer token   {"account","a","b"?}            → 202 {"id"}
 //!  GET  /api/callback/N Bearer token                                   → 200 {status}
 //!  POST /api/webhook    Bearer token   {"from","text"|"subject"}       → 202 {"id"}
+//!  GET  /api/cdr?since=MS&limit=N    Bearer token                      → 200 {"cdrs":[…],"more"}
+//!  GET  /api/account/ID              Bearer token                      → 200 {balance, held, …}
+//!  POST /api/account/ID/credit       Bearer token  {"amount","debit"?} → 200 {balance, …}
 //!         text "acme 1234 +4930111 +4930222"  (account PIN customer destination), or
 //!         text "4930555000#4930222"           (access number # destination; from: the customer)
 //!  GET  /                the web page: account, PIN, your number, their number; progress
@@ -43,7 +46,16 @@ pub enum HttpCall {
     Status { id: u64, pin: Option<(String, String)> },
     /// A webhook message (token checked).
     Webhook { from: String, text: String },
+    /// Detail records of calls that ended at or after `since_ms`, at most `limit` (token checked).
+    Cdrs { since_ms: u64, limit: usize },
+    /// An account, its balance and what its calls hold (token checked).
+    Account { id: String },
+    /// Adds (or with `debit`, takes) `amount` (a decimal) to an account (token checked).
+    Credit { id: String, amount: String, debit: bool },
 }
+
+/// Most detail records one request returns.
+pub const MAX_CDRS: usize = 10_000;
 
 /// The answer: HTTP status and JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +102,10 @@ pub fn execute(call: HttpCall, core: &mut ControlPlane, store: &mut dyn Store, n
             let status = core.callback_status(id);
             if let Some((account, pin)) = pin {
                 let owner = status.as_ref().is_some_and(|s| s.account == account);
-                let known = store.account(&account, now.unix_ms()).ok().flatten().is_some_and(|(a, _)| a.pin_matches(&pin));
+                let known = match store.account(&account, now.unix_ms()).ok().flatten() {
+                    Some((a, _)) => core.check_pin(&a, &pin, now).is_ok(),
+                    None => false,
+                };
                 if !owner || !known {
                     return error(403, None, "unknown account, PIN or callback");
                 }
@@ -101,7 +116,68 @@ pub fn execute(call: HttpCall, core: &mut ControlPlane, store: &mut dyn Store, n
             }
         }
         HttpCall::Webhook { from, text } => webhook(core, store, &from, &text, now),
+        HttpCall::Cdrs { since_ms, limit } => match store.cdrs(since_ms) {
+            Ok(cdrs) => {
+                let rows: Vec<Value> = cdrs.iter().take(limit.min(MAX_CDRS)).map(cdr_json).collect();
+                HttpReply { status: 200, body: json!({ "cdrs": rows, "more": cdrs.len() > limit.min(MAX_CDRS) }) }
+            }
+            Err(e) => error(500, None, &format!("store: {e}")),
+        },
+        HttpCall::Account { id } => match store.account(&id, now.unix_ms()) {
+            Ok(Some((a, usage))) => HttpReply { status: 200, body: account_json(&a, &usage) },
+            Ok(None) => error(404, Some("id"), "no such account"),
+            Err(e) => error(500, None, &format!("store: {e}")),
+        },
+        HttpCall::Credit { id, amount, debit } => {
+            let command = crate::billing::accounts::Command::Credit { id: id.clone(), amount, debit };
+            match crate::billing::accounts::run(store, command, now.unix_ms()) {
+                Ok(_) => match store.account(&id, now.unix_ms()) {
+                    Ok(Some((a, usage))) => HttpReply { status: 200, body: account_json(&a, &usage) },
+                    _ => error(500, None, "the account went away"),
+                },
+                Err(crate::billing::accounts::Error::Invalid(e)) => error(400, Some(&e.key), &e.why),
+                Err(crate::billing::accounts::Error::NotFound(_)) => error(404, Some("id"), "no such account"),
+                Err(e) => error(500, None, &e.to_string()),
+            }
+        }
     }
+}
+
+fn cdr_json(c: &crate::store::Cdr) -> Value {
+    json!({
+        "call": c.call, "sip_call_id": c.sip_call_id, "leg": c.leg, "caller": c.caller, "callee": c.callee,
+        "destination": c.destination, "answered_by": c.answered_by, "start_ms": c.start_ms, "answer_ms": c.answer_ms,
+        "end_ms": c.end_ms, "duration_ms": c.duration_ms, "billed_s": c.billed_s,
+        "cost": crate::billing::rating::format_amount(c.cost), "currency": c.currency, "rate_prefix": c.rate_prefix,
+        "status": c.status, "cause": c.cause,
+    })
+}
+
+fn account_json(a: &crate::billing::prepaid::Account, usage: &crate::billing::prepaid::Usage) -> Value {
+    use crate::billing::rating::format_amount;
+    json!({
+        "id": a.id, "kind": a.kind.as_str(), "balance": format_amount(a.balance), "currency": a.currency,
+        "held": format_amount(usage.held), "calls": usage.open, "calls_last_minute": usage.last_minute,
+        "credit_limit": format_amount(a.credit_limit), "available": format_amount(a.available(usage)),
+        "max_concurrent": a.max_concurrent, "max_per_minute": a.max_per_minute, "max_call_cost": format_amount(a.max_call_cost),
+        "blocked": a.blocked, "ani": a.ani, "enabled": a.enabled,
+    })
+}
+
+/// `since=MS&limit=N` of `GET /api/cdr`.
+pub fn parse_cdr_query(query: Option<&str>) -> Result<HttpCall, HttpReply> {
+    let (mut since_ms, mut limit) = (0u64, 1000usize);
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "since" => since_ms = value.parse().map_err(|_| error(400, Some("since"), "not UNIX milliseconds"))?,
+            "limit" => {
+                limit = value.parse().ok().filter(|n| (1..=MAX_CDRS).contains(n)).ok_or_else(|| error(400, Some("limit"), "not 1-10000"))?
+            }
+            _ => return Err(error(400, Some("query"), &format!("unknown parameter {key:?} (since, limit)"))),
+        }
+    }
+    Ok(HttpCall::Cdrs { since_ms, limit })
 }
 
 /// A webhook message: `account pin customer destination`, or `access-number#destination` from
@@ -200,14 +276,30 @@ pub fn parse_status(body: &[u8]) -> Result<HttpCall, HttpReply> {
 #[derive(Debug, Default)]
 struct Sources {
     seen: HashMap<IpAddr, VecDeque<Instant>>,
+    swept: Option<Instant>,
 }
 
 impl Sources {
+    /// Whether `ip` may make another request at `now` (IPv6 addresses count by /64).
     fn allow(&mut self, ip: IpAddr, per_minute: u32, now: Instant) -> bool {
-        if self.seen.len() > 100_000 {
-            self.seen.retain(|_, q| q.back().is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(60)));
+        let key = match ip {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        };
+        if !self.seen.contains_key(&key) && self.seen.len() >= MAX_SOURCES {
+            // Full: the idle go, at most once a second; a new source waits until there is room.
+            if self.swept.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
+                self.swept = Some(now);
+                self.seen.retain(|_, q| q.back().is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(60)));
+            }
+            if self.seen.len() >= MAX_SOURCES {
+                return false;
+            }
         }
-        let q = self.seen.entry(ip).or_default();
+        let q = self.seen.entry(key).or_default();
         while q.front().is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(60)) {
             q.pop_front();
         }
@@ -218,6 +310,9 @@ impl Sources {
         true
     }
 }
+
+/// Sources remembered by the per-source limit.
+const MAX_SOURCES: usize = 100_000;
 
 /// What the core's loop receives.
 pub type Job = (HttpCall, oneshot::Sender<HttpReply>);
@@ -236,6 +331,11 @@ impl State {
             return error(503, None, "stopping");
         }
         answer.await.unwrap_or_else(|_| error(503, None, "stopping"))
+    }
+
+    /// 401 unless the request carries one of the API tokens.
+    fn deny(&self, headers: &axum::http::HeaderMap) -> Option<axum::response::Response> {
+        (!self.token_ok(headers)).then(|| respond(error(401, Some("Authorization"), "a Bearer token of [callback] api_tokens is needed")))
     }
 
     fn token_ok(&self, headers: &axum::http::HeaderMap) -> bool {
@@ -271,30 +371,40 @@ pub async fn serve(listener: tokio::net::TcpListener, config: CallbackConfig, tx
     use axum::http::HeaderMap;
     use axum::routing::{get, post};
     let state = State { config: Arc::new(config), tx, sources: Arc::default() };
+    type Parse = fn(&[u8]) -> Result<HttpCall, HttpReply>;
+    // A POST trigger: the token (API and webhook), the source's rate, the body, the core.
+    async fn trigger(
+        state: State,
+        addr: SocketAddr,
+        headers: HeaderMap,
+        token: bool,
+        body: axum::body::Bytes,
+        parse: Parse,
+    ) -> axum::response::Response {
+        if let Some(denied) = state.deny(&headers).filter(|_| token) {
+            return denied;
+        }
+        if let Some(e) = state.guard(addr) {
+            return respond(e);
+        }
+        match parse(&body) {
+            Ok(call) => respond(state.run(call).await),
+            Err(e) => respond(e),
+        }
+    }
+    let post_trigger = |token: bool, parse: Parse| {
+        post(move |S(state): S<State>, ConnectInfo(addr): ConnectInfo<SocketAddr>, headers: HeaderMap, body: axum::body::Bytes| {
+            trigger(state, addr, headers, token, body, parse)
+        })
+    };
     let app = axum::Router::new()
         .route("/", get(|| async { axum::response::Html(PAGE) }))
-        .route(
-            "/api/callback",
-            post(
-                |S(state): S<State>, ConnectInfo(addr): ConnectInfo<SocketAddr>, headers: HeaderMap, body: axum::body::Bytes| async move {
-                    if !state.token_ok(&headers) {
-                        return respond(error(401, Some("Authorization"), "a Bearer token of [callback] api_tokens is needed"));
-                    }
-                    if let Some(e) = state.guard(addr) {
-                        return respond(e);
-                    }
-                    match parse_api(&body) {
-                        Ok(request) => respond(state.run(HttpCall::Api(request)).await),
-                        Err(e) => respond(e),
-                    }
-                },
-            ),
-        )
+        .route("/api/callback", post_trigger(true, |b| parse_api(b).map(HttpCall::Api)))
         .route(
             "/api/callback/{id}",
             get(|S(state): S<State>, headers: HeaderMap, Path(id): Path<String>| async move {
-                if !state.token_ok(&headers) {
-                    return respond(error(401, Some("Authorization"), "a Bearer token of [callback] api_tokens is needed"));
+                if let Some(denied) = state.deny(&headers) {
+                    return denied;
                 }
                 match id.parse::<u64>() {
                     Ok(id) => respond(state.run(HttpCall::Status { id, pin: None }).await),
@@ -303,49 +413,46 @@ pub async fn serve(listener: tokio::net::TcpListener, config: CallbackConfig, tx
             }),
         )
         .route(
-            "/api/webhook",
-            post(
-                |S(state): S<State>, ConnectInfo(addr): ConnectInfo<SocketAddr>, headers: HeaderMap, body: axum::body::Bytes| async move {
-                    if !state.token_ok(&headers) {
-                        return respond(error(401, Some("Authorization"), "a Bearer token of [callback] api_tokens is needed"));
-                    }
-                    if let Some(e) = state.guard(addr) {
-                        return respond(e);
-                    }
-                    let parsed = parse_webhook(&body);
-                    match parsed {
-                        Ok((from, text)) => respond(state.run(HttpCall::Webhook { from, text }).await),
-                        Err(e) => respond(e),
-                    }
-                },
-            ),
-        )
-        .route(
-            "/web/callback",
-            post(|S(state): S<State>, ConnectInfo(addr): ConnectInfo<SocketAddr>, body: axum::body::Bytes| async move {
-                if let Some(e) = state.guard(addr) {
-                    return respond(e);
+            "/api/cdr",
+            get(|S(state): S<State>, headers: HeaderMap, axum::extract::RawQuery(query): axum::extract::RawQuery| async move {
+                if let Some(denied) = state.deny(&headers) {
+                    return denied;
                 }
-                let parsed = parse_web(&body);
-                match parsed {
-                    Ok((request, pin)) => respond(state.run(HttpCall::Web { request, pin }).await),
+                match parse_cdr_query(query.as_deref()) {
+                    Ok(call) => respond(state.run(call).await),
                     Err(e) => respond(e),
                 }
             }),
         )
         .route(
-            "/web/status",
-            post(|S(state): S<State>, ConnectInfo(addr): ConnectInfo<SocketAddr>, body: axum::body::Bytes| async move {
-                if let Some(e) = state.guard(addr) {
-                    return respond(e);
+            "/api/account/{id}",
+            get(|S(state): S<State>, headers: HeaderMap, Path(id): Path<String>| async move {
+                if let Some(denied) = state.deny(&headers) {
+                    return denied;
                 }
-                let parsed = parse_status(&body);
+                respond(state.run(HttpCall::Account { id }).await)
+            }),
+        )
+        .route(
+            "/api/account/{id}/credit",
+            post(|S(state): S<State>, headers: HeaderMap, Path(id): Path<String>, body: axum::body::Bytes| async move {
+                if let Some(denied) = state.deny(&headers) {
+                    return denied;
+                }
+                let parsed = parse_json(&body).and_then(|b| {
+                    let amount = field(&b, "amount", true)?.unwrap_or_default();
+                    let debit = matches!(b.get("debit"), Some(Value::Bool(true)));
+                    Ok(HttpCall::Credit { id, amount, debit })
+                });
                 match parsed {
                     Ok(call) => respond(state.run(call).await),
                     Err(e) => respond(e),
                 }
             }),
         )
+        .route("/api/webhook", post_trigger(true, |b| parse_webhook(b).map(|(from, text)| HttpCall::Webhook { from, text })))
+        .route("/web/callback", post_trigger(false, |b| parse_web(b).map(|(request, pin)| HttpCall::Web { request, pin })))
+        .route("/web/status", post_trigger(false, parse_status))
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {

@@ -228,8 +228,16 @@ pub struct Engine {
     /// Request times per account, the last minute.
     recent: HashMap<String, VecDeque<Instant>>,
     actions: VecDeque<Action>,
+    /// Wrong PINs per account: (failures, since); locked at [`PIN_FAILURES`] for [`PIN_LOCK`].
+    pin_failures: HashMap<String, (u32, Instant)>,
     pub stats: CallbackStats,
 }
+
+/// Wrong PINs an account may see in [`PIN_LOCK`] before it is locked for the rest of it.
+pub const PIN_FAILURES: u32 = 5;
+pub const PIN_LOCK: Duration = Duration::from_secs(900);
+/// Accounts whose wrong PINs are remembered, at most.
+const MAX_PIN_ACCOUNTS: usize = 100_000;
 
 /// Counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -240,6 +248,8 @@ pub struct CallbackStats {
     pub connected: u64,
     pub completed: u64,
     pub failed: u64,
+    /// Wrong PINs (web page, webhook).
+    pub pin_failures: u64,
 }
 
 /// Destinations keyed in: 4 to 20 digits.
@@ -262,8 +272,44 @@ impl Engine {
             next_id: 1,
             recent: HashMap::new(),
             actions: VecDeque::new(),
+            pin_failures: HashMap::new(),
             stats: CallbackStats::default(),
         }
+    }
+
+    /// Whether `account` is locked by wrong PINs at `now` (it may not use its PIN).
+    pub fn pin_locked(&self, account: &str, now: Instant) -> bool {
+        self.pin_failures.get(account).is_some_and(|(n, since)| *n >= PIN_FAILURES && now.saturating_duration_since(*since) < PIN_LOCK)
+    }
+
+    /// A wrong PIN for `account` at `now`.
+    pub fn pin_failed(&mut self, account: &str, now: Instant) {
+        if self.pin_failures.len() >= MAX_PIN_ACCOUNTS {
+            self.pin_failures.retain(|_, (_, since)| now.saturating_duration_since(*since) < PIN_LOCK);
+            if self.pin_failures.len() >= MAX_PIN_ACCOUNTS {
+                return;
+            }
+        }
+        let entry = self.pin_failures.entry(account.to_owned()).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= PIN_LOCK {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+        self.stats.pin_failures += 1;
+    }
+
+    /// Whether a new job of `account` would be taken now (callbacks at once, all jobs), without
+    /// counting it.
+    pub fn can_take(&self, account: &str) -> Result<(), Refused> {
+        let running = self.jobs.values().filter(|j| j.phase != Phase::Done).count();
+        if running >= self.config.max_jobs {
+            return Err(Refused::Full);
+        }
+        let mine = self.jobs.values().filter(|j| j.phase != Phase::Done && j.request.account == account).count();
+        if mine >= self.config.max_per_account as usize {
+            return Err(Refused::AccountBusy);
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &CallbackConfig {
@@ -310,15 +356,7 @@ impl Engine {
             return Err(Refused::RateLimited);
         }
         recent.push_back(now);
-        let running = self.jobs.values().filter(|j| j.phase != Phase::Done).count();
-        if running >= self.config.max_jobs {
-            return Err(Refused::Full);
-        }
-        let mine = self.jobs.values().filter(|j| j.phase != Phase::Done && j.request.account == request.account).count();
-        if mine >= self.config.max_per_account as usize {
-            return Err(Refused::AccountBusy);
-        }
-        Ok(())
+        self.can_take(&request.account)
     }
 
     /// A job for a call already up (a caller of an IVR access number): it goes straight to
@@ -451,7 +489,7 @@ impl Engine {
         } else if j.connected {
             self.stats.completed += 1;
             self.done(job, "completed", now);
-        } else if !a_answered && cause != "hangup" {
+        } else if !a_answered && cause != "hangup" && j.request.trigger != Trigger::Ivr {
             if j.attempts <= self.config.retries {
                 j.phase = Phase::Queued;
                 j.at = Some(now + self.config.retry_interval);

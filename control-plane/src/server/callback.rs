@@ -75,7 +75,10 @@ impl ControlPlane {
         }
         let account = store.account(&request.account, now.unix_ms()).map_err(|e| CallbackError::Store(e.to_string()))?;
         let Some((account, _)) = account else { return Err(CallbackError::Forbidden) };
-        if pin.is_some_and(|p| !account.pin_matches(p)) || !account.enabled {
+        if let Some(pin) = pin {
+            self.check_pin(&account, pin, now)?;
+        }
+        if !account.enabled {
             return Err(CallbackError::Forbidden);
         }
         let job = self.callbacks.submit(request, now.instant).map_err(CallbackError::Refused)?;
@@ -86,6 +89,20 @@ impl ControlPlane {
     /// A callback's progress.
     pub fn callback_status(&self, id: u64) -> Option<Status> {
         self.callbacks.status(id)
+    }
+
+    /// Whether `pin` is `account`'s: wrong PINs are counted, and an account with too many is
+    /// locked (its right PIN refused too) for a while.
+    pub fn check_pin(&mut self, account: &crate::billing::prepaid::Account, pin: &str, now: Now) -> Result<(), CallbackError> {
+        if self.callbacks.pin_locked(&account.id, now.instant) {
+            return Err(CallbackError::Forbidden);
+        }
+        if !account.pin_matches(pin) {
+            tracing::warn!(account = %account.id, "wrong PIN");
+            self.callbacks.pin_failed(&account.id, now.instant);
+            return Err(CallbackError::Forbidden);
+        }
+        Ok(())
     }
 
     /// What calls to `number` (digits) do, if it is a callback access number.
@@ -134,6 +151,12 @@ impl ControlPlane {
                 }
             }
             DidMode::Ivr => {
+                if let Err(e) = self.callbacks.can_take(&account) {
+                    tracing::info!(%account, error = %e, "an IVR caller refused");
+                    let response = self.response(&request, 486, Some("Busy Here (Callbacks Going)"));
+                    self.respond(key, response, now);
+                    return None;
+                }
                 // Refused at once: answered already, nothing more to do.
                 let call = self.b2bua.handle_invite_ivr(key.clone(), request, source, caller, now)?;
                 let job = Request { account, a: ani, b: None, trigger: Trigger::Ivr, delay: Duration::ZERO };
@@ -155,6 +178,10 @@ impl ControlPlane {
                 self.b2bua.handle_play(call, MediaRequest::Prompt { legs, file });
             }
             Action::Connect { job, call, legs, account, a, b } => {
+                if self.b2bua.call_info(call).is_none() {
+                    // The call ended meanwhile (its end reached the engine already).
+                    return;
+                }
                 let route = self.route_destination(job, call, &account, &a, &b, now, store);
                 if route.is_ok() {
                     self.b2bua.handle_play(call, MediaRequest::Tone { legs, tone: "ringback".into(), looped: true });
@@ -227,10 +254,24 @@ impl ControlPlane {
         self.billing.release(store, call, now);
         if !legs.is_empty() {
             let sip_call_id = format!("callback-{job}");
-            let (hold, max_s) =
-                self.billing.hold(&self.config, store, account, &legs, &sip_call_id, now_ms).map_err(|(status, _)| status)?;
-            self.billing.attach(store, call, hold, now);
-            self.b2bua.set_limit(call, Duration::from_secs(max_s), self.config.billing.warning);
+            match self.billing.hold(&self.config, store, account, &legs, &sip_call_id, now_ms) {
+                Ok((hold, max_s)) => {
+                    self.billing.attach(store, call, hold, now);
+                    self.b2bua.set_limit(call, Duration::from_secs(max_s), self.config.billing.warning);
+                }
+                Err((status, _)) => {
+                    // The customer's own time (and the prompt that tells it) stays paid for.
+                    if let Some(a_leg) = legs.first().filter(|_| self.b2bua.first_party_trunk(call)) {
+                        if let Ok((hold, max_s)) =
+                            self.billing.hold(&self.config, store, account, std::slice::from_ref(a_leg), &sip_call_id, now_ms)
+                        {
+                            self.billing.attach(store, call, hold, now);
+                            self.b2bua.set_limit(call, Duration::from_secs(max_s), self.config.billing.warning);
+                        }
+                    }
+                    return Err(status);
+                }
+            }
         }
         Ok(routed)
     }

@@ -341,8 +341,19 @@ impl ControlPlane {
     /// error names the field that has nowhere to go and the status a SIP caller would get.
     pub fn handle_originate(&mut self, from: &str, to: &str, now: Now, store: &mut dyn Store) -> Result<u64, (&'static str, u16)> {
         let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
-        let (first, second, from_uri, to_uri) = crate::routing::originate(from, to, &mut ctx).map_err(|(field, r)| (field, r.status()))?;
+        let (first, mut second, from_uri, to_uri) =
+            crate::routing::originate(from, to, &mut ctx).map_err(|(field, r)| (field, r.status()))?;
+        // The second party out through a trunk is paid by the first (when a subscriber).
+        let payer = from_uri.strip_prefix("sip:").map(str::to_owned);
+        let hold = self
+            .billing
+            .authorize(&self.config, store, payer.as_deref(), &mut second.0.stage, "", now)
+            .map_err(|(status, _)| ("to", status))?;
         let id = self.b2bua.handle_originate(first, second, from_uri, to_uri, now);
+        if let Some((hold, max_s)) = hold {
+            self.billing.attach(store, id, hold, now);
+            self.b2bua.set_limit(id, Duration::from_secs(max_s), self.config.billing.warning);
+        }
         self.drain(now, store);
         Ok(id)
     }
@@ -468,7 +479,7 @@ impl ControlPlane {
                     crate::routing::refer(&refer.target, &refer.transferee, refer.transferor.as_deref(), &mut ctx).map_err(|r| r.status());
                 // A transfer out through a trunk is paid by the transferor.
                 let route = route.and_then(|(mut plan, state)| {
-                    let payer = state.subscriber().or(refer.transferor.as_deref()).map(str::to_owned);
+                    let payer = state.payer().or(refer.transferor.as_deref()).map(str::to_owned);
                     self.authorize_stage(refer.call, payer.as_deref(), &mut plan.stage, now, store).map(|()| (plan, state))
                 });
                 self.b2bua.handle_refer(refer.call, route, now);
@@ -491,7 +502,7 @@ impl ControlPlane {
                 // The stage that ended needs its credit no more; the next one may need some.
                 self.billing.release(store, call, now);
                 if let crate::routing::Next::Ring(plan) = &mut next {
-                    let payer = self.b2bua.route_state(call).and_then(|s| s.subscriber().map(str::to_owned));
+                    let payer = self.b2bua.route_state(call).and_then(|s| s.payer().map(str::to_owned));
                     let payer = payer.or_else(|| self.b2bua.caller(call).map(str::to_owned));
                     if let Err(status) = self.authorize_stage(call, payer.as_deref(), &mut plan.stage, now, store) {
                         next = crate::routing::Next::Fail(status);
@@ -830,7 +841,7 @@ impl ControlPlane {
             Ok((mut plan, state)) => {
                 // Out through a trunk: paid by the subscriber whose forwarding sent it there, else
                 // by the caller.
-                let payer = state.subscriber().or(caller.as_deref()).map(str::to_owned);
+                let payer = state.payer().or(caller.as_deref()).map(str::to_owned);
                 let sip_call_id = call_id(&request.headers).unwrap_or_default().to_owned();
                 let hold = match self.billing.authorize(&self.config, store, payer.as_deref(), &mut plan.stage, &sip_call_id, now) {
                     Ok(hold) => hold,

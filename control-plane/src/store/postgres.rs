@@ -59,8 +59,21 @@ fn pg(e: postgres::Error) -> StoreError {
     StoreError::Postgres(e.to_string())
 }
 
+/// How long the control plane waits for one store call before it counts it failed.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn connect(params: &str) -> Result<Client, StoreError> {
-    let mut client = Client::connect(params, NoTls).map_err(pg)?;
+    let mut config: postgres::Config = params.parse().map_err(pg)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(3));
+    }
+    config.keepalives(true);
+    let mut client = config.connect(NoTls).map_err(pg)?;
+    // A wait on another node's lock, a slow statement or a transaction left open end with an
+    // error rather than stopping the SIP core.
+    client
+        .batch_execute("SET lock_timeout = '3s'; SET statement_timeout = '5s'; SET idle_in_transaction_session_timeout = '10s'")
+        .map_err(pg)?;
     client.batch_execute(SCHEMA).map_err(pg)?;
     Ok(client)
 }
@@ -98,7 +111,7 @@ impl PgStore {
             let _ = tx.send(result);
         });
         self.jobs.send(job).map_err(|_| StoreError::Postgres("the store's thread stopped".into()))?;
-        rx.recv().map_err(|_| StoreError::Postgres("the store's thread stopped".into()))?
+        rx.recv_timeout(CALL_TIMEOUT).map_err(|_| StoreError::Postgres("no answer from the store's thread in time".into()))?
     }
 }
 
@@ -472,10 +485,15 @@ impl Ledger for PgStore {
 
     fn account_by_ani(&mut self, number: &str) -> Result<Option<Account>, StoreError> {
         let n = number.trim_start_matches('+').to_owned();
+        if n.is_empty() || !n.chars().all(|c| c.is_ascii_digit()) {
+            return Ok(None);
+        }
         self.run(move |c| {
             let rows = c
                 .query(
-                    &format!("SELECT {ACCOUNT_COLUMNS} FROM account WHERE ',' || replace(ani, '+', '') || ',' LIKE '%,' || $1 || ',%' ORDER BY id"),
+                    &format!(
+                        "SELECT {ACCOUNT_COLUMNS} FROM account WHERE $1 = ANY(string_to_array(replace(ani, '+', ''), ',')) ORDER BY id"
+                    ),
                     &[&n],
                 )
                 .map_err(pg)?;

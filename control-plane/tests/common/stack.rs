@@ -27,6 +27,11 @@ impl Stack {
 
     /// [`Stack::start`] with `extra` appended to the configuration file.
     pub fn start_with(slot: u16, media: bool, extra: &str) -> Stack {
+        Stack::start_config(slot, media, "", extra)
+    }
+
+    /// [`Stack::start_with`], with `sip_extra` lines in the `[sip]` section (e.g. `trusted`).
+    pub fn start_config(slot: u16, media: bool, sip_extra: &str, extra: &str) -> Stack {
         let dir = temp_dir(&slot.to_string());
         let sip: SocketAddr = format!("127.0.0.1:{}", 21_000 + slot * 10).parse().expect("addr");
         let grpc: SocketAddr = format!("127.0.0.1:{}", 21_005 + slot * 10).parse().expect("addr");
@@ -34,7 +39,7 @@ impl Stack {
         std::fs::write(
             &config,
             format!(
-                "[sip]\nlisten = [\"udp:{sip}\", \"tcp:{sip}\"]\ndomains = [\"sip.test\"]\nno_answer_timeout_s = 30\n\
+                "[sip]\nlisten = [\"udp:{sip}\", \"tcp:{sip}\"]\ndomains = [\"sip.test\"]\nno_answer_timeout_s = 30\n{sip_extra}\
                  [media]\ngrpc = \"http://{grpc}\"\n\
                  [store]\npath = \"{}\"\n{extra}",
                 dir.join("cp.db").display()
