@@ -47,6 +47,8 @@ enum Input {
     Callback(crate::callback::http::Job),
     /// A DTMF digit the media plane heard on a leg.
     Dtmf(u64, char),
+    /// RADIUS answered a call's authorisation.
+    RadiusAuth(u64, crate::billing::radius::AuthAnswer),
 }
 
 /// Why the server could not start.
@@ -189,12 +191,13 @@ pub async fn run(
     }
     tokio::spawn(media_events(media.clone(), tx.clone()));
     let radius_counters = Arc::new(RadiusCounters::default());
-    let radius = config.radius.clone().map(|radius| {
+    let radius = config.radius.clone().filter(|r| !r.accounting.is_empty()).map(|radius| {
         let (radius_tx, radius_rx) = mpsc::channel::<crate::billing::radius::Record>(10_000);
         tokio::spawn(radius_client(radius, radius_rx, radius_counters.clone()));
         radius_tx
     });
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut auth_identifier = 0u8;
     let mut send_errors = 0u64;
     tokio::pin!(shutdown);
 
@@ -209,6 +212,18 @@ pub async fn run(
                     radius_counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        while let Some(request) = core.poll_radius_auth() {
+            let (radius, tx) = (config.radius.clone(), tx.clone());
+            auth_identifier = auth_identifier.wrapping_add(1);
+            let identifier = auth_identifier;
+            tokio::spawn(async move {
+                let answer = match radius {
+                    Some(radius) => radius_authorise(&radius, &request, identifier).await,
+                    None => crate::billing::radius::AuthAnswer::NoAnswer,
+                };
+                let _ = tx.send(Input::RadiusAuth(request.id, answer)).await;
+            });
         }
         while let Some(update) = core.poll_update() {
             // No watcher: nobody to tell.
@@ -252,6 +267,7 @@ pub async fn run(
                         let _ = reply.send(crate::callback::http::execute(call, &mut core, store.as_mut(), now));
                     }
                     Input::Dtmf(leg, digit) => core.handle_dtmf(leg, digit, now, store.as_mut()),
+                    Input::RadiusAuth(id, answer) => core.handle_radius_auth(id, answer, now, store.as_mut()),
                 }
             }
         }
@@ -323,6 +339,37 @@ fn snapshot(core: &ControlPlane, media: &MediaClient, radius: &RadiusCounters) -
         radius_deferred: radius.deferred.load(Ordering::Relaxed),
         radius_dropped: radius.dropped.load(Ordering::Relaxed),
     }
+}
+
+/// Asks the authentication servers about one call: each in order, `retries` tries of
+/// `timeout`, its own socket (calls are authorised at once, not one after another).
+async fn radius_authorise(
+    config: &crate::billing::radius::RadiusConfig,
+    request: &crate::billing::radius::AuthRequest,
+    identifier: u8,
+) -> crate::billing::radius::AuthAnswer {
+    use crate::billing::radius::{decode_access_answer, encode_access_request, AuthAnswer};
+    let Ok(bytes) = encode_access_request(request, config, identifier) else { return AuthAnswer::NoAnswer };
+    let bind = if config.authentication.first().is_some_and(|a| a.is_ipv6()) { "[::]:0" } else { "0.0.0.0:0" };
+    let Ok(socket) = UdpSocket::bind(bind).await else { return AuthAnswer::NoAnswer };
+    let mut buf = vec![0u8; 4096];
+    for server in &config.authentication {
+        for _ in 0..config.retries {
+            if socket.send_to(&bytes, server).await.is_err() {
+                continue;
+            }
+            let deadline = tokio::time::Instant::now() + config.timeout;
+            while let Ok(Ok((got, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+                if from == *server {
+                    if let Some(answer) = decode_access_answer(&buf[..got], &bytes, &config.secret) {
+                        return answer;
+                    }
+                }
+            }
+        }
+    }
+    tracing::warn!(user = %request.user, "no RADIUS authentication server answered");
+    AuthAnswer::NoAnswer
 }
 
 /// The RADIUS client's counters.

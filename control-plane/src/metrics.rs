@@ -69,7 +69,7 @@ impl Collector for Snapshot {
         for (reason, count) in crate::billing::DENIALS.iter().zip(s.billing.denied) {
             ConstCounter::new(count).encode(denied.encode_family(&[("reason", *reason)])?)?;
         }
-        let counters: [(&str, &str, u64); 35] = [
+        let counters: [(&str, &str, u64); 37] = [
             ("sip_malformed", "Messages that did not parse", s.malformed),
             ("sip_server_transactions", "Server transactions created", self.server_transactions),
             ("sip_client_transactions", "Client transactions started", self.client_transactions),
@@ -105,6 +105,8 @@ impl Collector for Snapshot {
             ("radius_retries", "RADIUS accounting tries after the first", self.radius_retries),
             ("radius_deferred", "RADIUS accounting records no server acknowledged (kept, sent again later)", self.radius_deferred),
             ("radius_dropped", "RADIUS accounting records lost to full queues", self.radius_dropped + s.radius_dropped),
+            ("radius_rejected", "Calls out through trunks RADIUS refused (403)", s.radius_rejected),
+            ("radius_unanswered", "Calls out through trunks no RADIUS server answered for (503)", s.radius_unanswered),
             ("callback_requests", "Callback requests", s.callbacks.requests),
             ("callback_refused", "Callback requests refused (account busy, rate, full)", s.callbacks.refused),
             ("callback_connected", "Callbacks whose two parties were joined", s.callbacks.connected),

@@ -6,7 +6,8 @@
 //!
 //! sipp and FreeRADIUS are required when `REQUIRE_SIPP=1` / `REQUIRE_RADIUS=1` (CI); without
 //! them the test skips with a message. Slot 23 (SIP 21230); sipp on 26610/26616 (media
-//! 27610/27616); FreeRADIUS accounting on 127.0.0.1:26513, nothing on 26514.
+//! 27610/27616); FreeRADIUS accounting on 127.0.0.1:26513, nothing on 26514. The authorisation
+//! test: slot 25, FreeRADIUS on 26512 (and 26515), sipp on 26620-26636 (media 27620+).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,9 +29,17 @@ fn freeradius_available() -> bool {
 }
 
 /// FreeRADIUS in the foreground with a configuration of its own in `dir`: one client
-/// (127.0.0.1, [`SECRET`]), accounting on 127.0.0.1:26513 written to `dir/detail`.
-fn start_freeradius(dir: &Path) -> Proc {
+/// (127.0.0.1, [`SECRET`]), accounting on 127.0.0.1:`acct_port` written to `dir/detail`, and
+/// authorisation on 127.0.0.1:`auth_port` from `dir/users`: alice may call anything but 0049301999,
+/// for 3 s at most.
+fn start_freeradius(dir: &Path, acct_port: u16, auth_port: u16) -> Proc {
     let d = dir.display();
+    std::fs::write(
+        dir.join("users"),
+        "\"alice@sip.test\" Called-Station-Id == \"0049301999\", Auth-Type := Reject\n\n\
+         \"alice@sip.test\" Auth-Type := Accept\n\tSession-Timeout = 3\n",
+    )
+    .expect("users");
     std::fs::write(
         dir.join("radiusd.conf"),
         format!(
@@ -40,8 +49,10 @@ fn start_freeradius(dir: &Path) -> Proc {
              hostname_lookups = no\nlog {{\n destination = stdout\n}}\nsecurity {{\n allow_core_dumps = no\n}}\n\
              thread pool {{\n start_servers = 1\n max_servers = 2\n min_spare_servers = 1\n max_spare_servers = 2\n}}\n\
              client local {{\n ipaddr = 127.0.0.1\n secret = {SECRET}\n}}\n\
-             modules {{\n detail {{\n  filename = {d}/detail\n  header = \"%t\"\n  permissions = 0600\n }}\n}}\n\
-             server default {{\n listen {{\n  type = acct\n  ipaddr = 127.0.0.1\n  port = 26513\n }}\n accounting {{\n  detail\n }}\n}}\n"
+             modules {{\n files {{\n  filename = {d}/users\n }}\n detail {{\n  filename = {d}/detail\n  header = \"%t\"\n  permissions = 0600\n }}\n}}\n\
+             server default {{\n listen {{\n  type = acct\n  ipaddr = 127.0.0.1\n  port = {acct_port}\n }}\n\
+             listen {{\n  type = auth\n  ipaddr = 127.0.0.1\n  port = {auth_port}\n }}\n\
+             authorize {{\n  files\n }}\n authenticate {{\n }}\n accounting {{\n  detail\n }}\n}}\n"
         ),
     )
     .expect("write radiusd.conf");
@@ -151,7 +162,7 @@ fn calls_are_accounted_to_freeradius_with_failover_and_records_kept_while_it_is_
     );
     let rad_dir = stack.dir.join("radius");
     std::fs::create_dir_all(&rad_dir).expect("dir");
-    let radius = start_freeradius(&rad_dir);
+    let radius = start_freeradius(&rad_dir, 26_513, 26_511);
     register_callee(&stack, "csv/bob.csv", 26_610);
 
     // A call: Start and Stop of one session, through the second server.
@@ -182,10 +193,86 @@ fn calls_are_accounted_to_freeradius_with_failover_and_records_kept_while_it_is_
     std::thread::sleep(Duration::from_secs(1));
     assert!(metric(&metrics(26_590), "radius_deferred") >= 1);
     // It is back: the kept records arrive, late and saying so.
-    let _radius = start_freeradius(&rad_dir);
+    let _radius = start_freeradius(&rad_dir, 26_513, 26_511);
     let got = wait_records(&rad_dir, 4, Duration::from_secs(15));
     assert_eq!(got.len(), 4, "{got:?}");
     let late = &got[3];
     assert_eq!(value(late, "Acct-Status-Type"), Some("Stop"), "{late}");
     assert!(value(late, "Acct-Delay-Time").and_then(|v| v.parse::<u64>().ok()).is_some_and(|d| d >= 1), "{late}");
+}
+
+#[test]
+fn freeradius_authorises_calls_out_through_trunks_and_its_session_timeout_cuts_them_off() {
+    if !sipp_available() || !freeradius_available() {
+        return;
+    }
+    let stack = Stack::start_with(
+        25,
+        true,
+        &format!(
+            "[[route]]\nprefix = \"0049301\"\ndestination = \"sip:127.0.0.1:26620\"\n\
+             [billing]\nwarning_s = 0\n\
+             [radius]\nauthentication = [\"127.0.0.1:26512\"]\nsecret = \"{SECRET}\"\ntimeout_ms = 500\nretries = 2\n"
+        ),
+    );
+    let rad_dir = stack.dir.join("radius");
+    std::fs::create_dir_all(&rad_dir).expect("dir");
+    let _radius = start_freeradius(&rad_dir, 26_515, 26_512);
+    // Accepted with Session-Timeout = 3: the trunk's call is cut off after 3 s.
+    let mut trunk =
+        Proc { child: spawn_sipp(&stack, &["-sf", "uas-answer.xml", "-p", "26620", "-mp", "27620", "-m", "1"]), name: "sipp trunk" };
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = sipp(
+        &stack,
+        &[
+            "-sf",
+            "uac-call.xml",
+            "-inf",
+            "csv/alice-calls-0049301.csv",
+            "-auth_uri",
+            "0049301@sip.test",
+            "-p",
+            "26626",
+            "-mp",
+            "27626",
+            "-m",
+            "1",
+            "-d",
+            "8000",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(wait_bounded(&mut trunk.child, Duration::from_secs(20)).success(), "the trunk's call did not end with our BYE");
+    let cdrs = Command::new(BIN).args(["--config", stack.config.to_str().expect("utf8"), "cdr", "export"]).output().expect("cdr export");
+    let cdrs = String::from_utf8_lossy(&cdrs.stdout).into_owned();
+    let call = cdrs.lines().find(|l| l.split(',').nth(2) == Some("call")).unwrap_or_else(|| panic!("no CDR: {cdrs}"));
+    let fields: Vec<&str> = call.split(',').collect();
+    let duration: u64 = fields[10].parse().expect("duration");
+    assert_eq!(fields[16], "credit", "{call}");
+    assert!((2_900..=3_600).contains(&duration), "cut off after 3 s: {call}");
+    // Refused for 0049301999: 403 before anything rings.
+    let csv = stack.dir.join("alice-calls-0049301999.csv");
+    std::fs::write(&csv, "SEQUENTIAL\nalice;secret;sip.test;[authentication username=alice password=secret];0049301999\n").expect("csv");
+    let refused = sipp(
+        &stack,
+        &[
+            "-sf",
+            "uac-call-fail.xml",
+            "-inf",
+            csv.to_str().expect("utf8"),
+            "-auth_uri",
+            "0049301999@sip.test",
+            "-set",
+            "expect",
+            "403",
+            "-p",
+            "26636",
+            "-mp",
+            "27636",
+            "-m",
+            "1",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(refused.success(), "the call was not refused with 403; log: {}", stack.log());
 }

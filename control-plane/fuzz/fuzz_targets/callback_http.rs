@@ -1,7 +1,7 @@
 //! The callback triggers' bodies (web page, API, webhook, status) and a RADIUS server's answer
 //! are read from any bytes without panicking; what they accept is within bounds.
 #![no_main]
-use control_plane::billing::radius::is_response;
+use control_plane::billing::radius::{decode_access_answer, is_response};
 use control_plane::callback::http::{parse_api, parse_status, parse_web, parse_webhook};
 use libfuzzer_sys::fuzz_target;
 
@@ -17,4 +17,5 @@ fuzz_target!(|data: &[u8]| {
     let request = [4u8, 7, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     let _ = is_response(data, &request, "secret");
     let _ = is_response(&request, data, "secret");
+    let _ = decode_access_answer(data, &request, "secret");
 });

@@ -13,6 +13,10 @@
 //! timeout_ms = 1000                 # per try (default 1000)
 //! retries = 3                       # tries per server (default 3)
 //! interim_s = 300                   # Interim-Update period (default 0: none)
+//! authentication = ["127.0.0.1:1812"]   # optional: calls out through trunks are authorised by
+//!                                   # these (Access-Request, Service-Type Call-Check; Accept's
+//!                                   # Session-Timeout is the call's longest) instead of the
+//!                                   # local accounts
 //! retry_s = 30                      # no server answered: records wait this long, then go
 //!                                   # again (kept meanwhile, up to 100,000)
 //! ```
@@ -43,6 +47,9 @@ pub struct RadiusConfig {
     pub interim: Option<Duration>,
     /// After every server failed, records wait this long before they are sent again.
     pub retry: Duration,
+    /// Authorisation servers (RFC 2865): when set, a call out through a trunk goes only if one
+    /// accepts it (Session-Timeout: its longest duration), instead of the local accounts.
+    pub authentication: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,19 +62,23 @@ pub(crate) struct RawRadius {
     retries: Option<u32>,
     interim_s: Option<u64>,
     retry_s: Option<u64>,
+    authentication: Option<Vec<String>>,
 }
 
 impl RawRadius {
     /// The settings (`None`: no accounting servers), or the key that is wrong and why.
     pub(crate) fn build(self, node: &str) -> Result<Option<RadiusConfig>, (&'static str, String)> {
-        let servers = self.accounting.unwrap_or_default();
-        if servers.is_empty() {
+        let addresses = |key: &'static str, list: Option<Vec<String>>| {
+            list.unwrap_or_default()
+                .iter()
+                .map(|s| s.parse::<SocketAddr>().map_err(|_| (key, format!("{s:?} is not an address like 127.0.0.1:1812"))))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let accounting = addresses("radius.accounting", self.accounting)?;
+        let authentication = addresses("radius.authentication", self.authentication)?;
+        if accounting.is_empty() && authentication.is_empty() {
             return Ok(None);
         }
-        let accounting = servers
-            .iter()
-            .map(|s| s.parse::<SocketAddr>().map_err(|_| ("radius.accounting", format!("{s:?} is not an address like 127.0.0.1:1813"))))
-            .collect::<Result<Vec<_>, _>>()?;
         let secret = self.secret.unwrap_or_default();
         if secret.is_empty() || secret.len() > 128 {
             return Err(("radius.secret", "must be 1-128 characters".into()));
@@ -94,6 +105,7 @@ impl RawRadius {
             return Err(("radius.nas_identifier", "must be 1-253 bytes".into()));
         }
         Ok(Some(RadiusConfig {
+            authentication,
             retry: Duration::from_secs(retry_s),
             accounting,
             secret,
@@ -182,6 +194,68 @@ pub fn encode(record: &Record, config: &RadiusConfig, identifier: u8, delay_s: u
     p.encode().map_err(|e| e.to_string())
 }
 
+/// A call to authorise (RFC 2865): who pays, the caller, the number dialled out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    /// Names the call's setup until the answer comes back.
+    pub id: u64,
+    pub user: String,
+    pub calling: String,
+    pub called: String,
+}
+
+/// The server's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthAnswer {
+    /// Access-Accept, with the call's longest duration if the server gave one.
+    Accept { session_timeout: Option<u32> },
+    /// Access-Reject.
+    Reject,
+    /// No server answered.
+    NoAnswer,
+}
+
+/// Session-Timeout (RFC 2865, 27).
+const SESSION_TIMEOUT: u8 = 27;
+/// Service-Type Call-Check (RFC 2865 §5.6): authorise a call, no password.
+const CALL_CHECK: u32 = 10;
+
+/// The Access-Request for `request` (a random Request Authenticator, as RFC 2865 §3 wants).
+pub fn encode_access_request(request: &AuthRequest, config: &RadiusConfig, identifier: u8) -> Result<Vec<u8>, String> {
+    let mut p = Packet::new_with_identifier(Code::AccessRequest, config.secret.as_bytes(), identifier);
+    let text = |s: &str| {
+        let mut end = s.len().min(253);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_owned()
+    };
+    rfc2865::add_user_name(&mut p, &text(&request.user));
+    rfc2865::add_service_type(&mut p, CALL_CHECK);
+    if !request.calling.is_empty() {
+        rfc2865::add_calling_station_id(&mut p, &text(&request.calling));
+    }
+    rfc2865::add_called_station_id(&mut p, &text(&request.called));
+    rfc2865::add_nas_identifier(&mut p, &config.nas_identifier);
+    p.encode().map_err(|e| e.to_string())
+}
+
+/// The server's answer to `request`, if `response` is one (checked by its authenticator).
+pub fn decode_access_answer(response: &[u8], request: &[u8], secret: &str) -> Option<AuthAnswer> {
+    if response.get(1) != request.get(1) || !Packet::is_authentic_response(response, request, secret.as_bytes()) {
+        return None;
+    }
+    match Code::from(*response.first()?) {
+        Code::AccessAccept => {
+            let p = Packet::decode(response, secret.as_bytes()).ok()?;
+            let session_timeout = p.lookup(SESSION_TIMEOUT).and_then(|a| a.encode_u32().ok());
+            Some(AuthAnswer::Accept { session_timeout })
+        }
+        Code::AccessReject => Some(AuthAnswer::Reject),
+        _ => None,
+    }
+}
+
 /// Whether `response` is the server's Accounting-Response to `request`.
 pub fn is_response(response: &[u8], request: &[u8], secret: &str) -> bool {
     response.first() == Some(&(Code::AccountingResponse as u8))
@@ -239,6 +313,27 @@ mod tests {
         assert!(!is_response(&answer_bytes, &request, "other-secret"));
         answer_bytes[1] = 12;
         assert!(!is_response(&answer_bytes, &request, "testing123"));
+    }
+
+    #[test]
+    fn an_access_request_checks_a_call_and_the_answer_is_read_with_its_session_timeout() {
+        let c = config();
+        let request =
+            AuthRequest { id: 1, user: "alice@sip.test".into(), calling: "sip:alice@sip.test".into(), called: "00441611234567".into() };
+        let bytes = encode_access_request(&request, &c, 5).unwrap();
+        let p = Packet::decode(&bytes, b"testing123").unwrap();
+        assert_eq!(p.get_code(), Code::AccessRequest);
+        assert_eq!(rfc2865::lookup_service_type(&p).unwrap().unwrap(), CALL_CHECK);
+        assert_eq!(rfc2865::lookup_called_station_id(&p).unwrap().unwrap(), "00441611234567");
+        let mut accept = p.make_response_packet(Code::AccessAccept);
+        accept.add(AVP::from_u32(SESSION_TIMEOUT, 90));
+        let accept = accept.encode().unwrap();
+        assert_eq!(decode_access_answer(&accept, &bytes, "testing123"), Some(AuthAnswer::Accept { session_timeout: Some(90) }));
+        assert_eq!(decode_access_answer(&accept, &bytes, "wrong"), None, "not authentic");
+        let reject = p.make_response_packet(Code::AccessReject).encode().unwrap();
+        assert_eq!(decode_access_answer(&reject, &bytes, "testing123"), Some(AuthAnswer::Reject));
+        assert_eq!(decode_access_answer(&bytes, &bytes, "testing123"), None, "a request is no answer");
+        assert_eq!(decode_access_answer(&[], &bytes, "testing123"), None);
     }
 
     #[test]

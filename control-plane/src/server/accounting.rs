@@ -34,7 +34,7 @@ impl ControlPlane {
 
     /// Call `call` was answered: its session starts.
     pub(super) fn accounting_answered(&mut self, call: u64, now: Now) {
-        let Some(radius) = self.config.radius.clone() else { return };
+        let Some(radius) = self.config.radius.clone().filter(|r| !r.accounting.is_empty()) else { return };
         if self.sessions.contains_key(&call) {
             return;
         }
@@ -101,5 +101,96 @@ impl ControlPlane {
             };
             self.push_record(record);
         }
+    }
+}
+
+/// Calls waiting for a RADIUS authorisation, at most.
+const MAX_PARKED: usize = 10_000;
+
+/// An INVITE waiting for its RADIUS authorisation.
+#[derive(Debug)]
+pub(super) struct Parked {
+    key: TransactionKey,
+    request: Request,
+    source: Peer,
+    caller: Option<String>,
+    plan: crate::routing::Plan,
+    state: crate::routing::RouteState,
+}
+
+impl ControlPlane {
+    /// The next call to authorise over RADIUS (`[radius] authentication`).
+    pub fn poll_radius_auth(&mut self) -> Option<crate::billing::radius::AuthRequest> {
+        self.auth_requests.pop_front()
+    }
+
+    /// An initial INVITE routed to `plan` out through a trunk, when RADIUS authorises such
+    /// calls: it waits for the answer ([`handle_radius_auth`](Self::handle_radius_auth)).
+    /// Returns the INVITE back when RADIUS has nothing to say about it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn radius_park(
+        &mut self,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        caller: Option<String>,
+        plan: crate::routing::Plan,
+        state: crate::routing::RouteState,
+        now: Now,
+    ) -> Option<(TransactionKey, Request, Peer, Option<String>, crate::routing::Plan, crate::routing::RouteState)> {
+        let enabled = self.config.radius.as_ref().is_some_and(|r| !r.authentication.is_empty());
+        let called = plan.stage.branches.iter().find(|b| b.trunk).map(|b| crate::billing::cdr::destination(&b.target));
+        let (true, Some(called)) = (enabled, called) else { return Some((key, request, source, caller, plan, state)) };
+        if self.parked.len() >= MAX_PARKED {
+            self.reply(&key, &request, 503, now);
+            return None;
+        }
+        let from = from_value(&request.headers).map(uri_of).unwrap_or_default().to_owned();
+        let user = state.payer().map(str::to_owned).or_else(|| caller.clone()).unwrap_or_else(|| {
+            from.trim_start_matches("sip:").trim_start_matches("sips:").split('@').next().unwrap_or_default().to_owned()
+        });
+        let id = self.next_auth;
+        self.next_auth += 1;
+        let trying = self.response(&request, 100, None);
+        self.respond(&key, trying, now);
+        self.auth_requests.push_back(crate::billing::radius::AuthRequest { id, user, calling: from, called });
+        self.parked_by_key.insert(key.clone(), id);
+        self.parked.insert(id, Parked { key, request, source, caller, plan, state });
+        None
+    }
+
+    /// RADIUS answered (or did not) for parked call `id`: an Accept lets it go (its
+    /// Session-Timeout the call's longest), a Reject gets 403, no answer 503.
+    pub fn handle_radius_auth(&mut self, id: u64, answer: crate::billing::radius::AuthAnswer, now: Now, store: &mut dyn Store) {
+        use crate::billing::radius::AuthAnswer;
+        let Some(p) = self.parked.remove(&id) else { return };
+        self.parked_by_key.remove(&p.key);
+        match answer {
+            AuthAnswer::Accept { session_timeout } => {
+                let call = self.b2bua.handle_invite(p.key, p.request, p.source, p.caller, p.plan, p.state, now);
+                if let (Some(call), Some(max_s)) = (call, session_timeout) {
+                    self.b2bua.set_limit(call, Duration::from_secs(u64::from(max_s.max(1))), self.config.billing.warning);
+                }
+            }
+            AuthAnswer::Reject => {
+                self.stats.radius_rejected += 1;
+                let response = self.response(&p.request, 403, Some("Forbidden (Not Authorised)"));
+                self.respond(&p.key, response, now);
+            }
+            AuthAnswer::NoAnswer => {
+                self.stats.radius_unanswered += 1;
+                self.reply(&p.key, &p.request, 503, now);
+            }
+        }
+        self.drain(now, store);
+    }
+
+    /// The caller cancelled INVITE `key` while it waited for RADIUS: 487. Whether it did.
+    pub(super) fn radius_cancel(&mut self, key: &TransactionKey, now: Now) -> bool {
+        let Some(id) = self.parked_by_key.remove(key) else { return false };
+        if let Some(p) = self.parked.remove(&id) {
+            self.reply(&p.key, &p.request, 487, now);
+        }
+        true
     }
 }

@@ -75,6 +75,9 @@ pub struct Stats {
     pub cdr_failures: u64,
     /// RADIUS accounting records dropped because the driver's queue was full.
     pub radius_dropped: u64,
+    /// Calls out through trunks RADIUS refused (403), and that no RADIUS server answered for (503).
+    pub radius_rejected: u64,
+    pub radius_unanswered: u64,
     /// Calls that found nowhere to go (404, 480, 502).
     pub calls_unrouted: u64,
     /// Calls and their media (the B2BUA's counters).
@@ -141,6 +144,11 @@ pub struct ControlPlane {
     /// RADIUS accounting: sessions of answered calls, records for the driver.
     sessions: std::collections::HashMap<u64, accounting::Session>,
     accounting: VecDeque<crate::billing::radius::Record>,
+    /// RADIUS authorisation: INVITEs waiting, by request id and by transaction, and the requests.
+    parked: std::collections::HashMap<u64, accounting::Parked>,
+    parked_by_key: std::collections::HashMap<TransactionKey, u64>,
+    auth_requests: VecDeque<crate::billing::radius::AuthRequest>,
+    next_auth: u64,
     /// Calls' progress for the API's watchers.
     updates: VecDeque<CallUpdate>,
     transmits: VecDeque<Outgoing>,
@@ -184,6 +192,10 @@ impl ControlPlane {
             callbacks: crate::callback::Engine::new(config.callback.clone()),
             sessions: std::collections::HashMap::new(),
             accounting: VecDeque::new(),
+            parked: std::collections::HashMap::new(),
+            parked_by_key: std::collections::HashMap::new(),
+            auth_requests: VecDeque::new(),
+            next_auth: 1,
             updates: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: Stats::default(),
@@ -796,6 +808,9 @@ impl ControlPlane {
             return;
         };
         self.reply(key, request, 200, now);
+        if self.radius_cancel(&invite, now) {
+            return;
+        }
         if self.b2bua.has_invite(&invite) && self.layer.invite_server_state(&invite) == Some(InviteServerState::Proceeding) {
             self.b2bua.handle_cancel(&invite, now);
         }
@@ -838,7 +853,13 @@ impl ControlPlane {
         let Some(request) = self.on_did_invite(&key, request, source, caller.clone(), now, store) else { return };
         let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
         match crate::routing::route(&request, caller.as_deref(), &mut ctx) {
-            Ok((mut plan, state)) => {
+            Ok((plan, state)) => {
+                // RADIUS authorises calls out through trunks, when configured (it answers later).
+                let Some((key, request, source, caller, mut plan, state)) =
+                    self.radius_park(key, request, source, caller, plan, state, now)
+                else {
+                    return;
+                };
                 // Out through a trunk: paid by the subscriber whose forwarding sent it there, else
                 // by the caller.
                 let payer = state.payer().or(caller.as_deref()).map(str::to_owned);
