@@ -49,6 +49,8 @@ enum Input {
     Dtmf(u64, char),
     /// RADIUS answered a call's authorisation.
     RadiusAuth(u64, crate::billing::radius::AuthAnswer),
+    /// The media plane's event stream was lost and followed again.
+    MediaEventsLost,
 }
 
 /// Why the server could not start.
@@ -268,6 +270,7 @@ pub async fn run(
                     }
                     Input::Dtmf(leg, digit) => core.handle_dtmf(leg, digit, now, store.as_mut()),
                     Input::RadiusAuth(id, answer) => core.handle_radius_auth(id, answer, now, store.as_mut()),
+                    Input::MediaEventsLost => core.handle_media_events_lost(now, store.as_mut()),
                 }
             }
         }
@@ -290,10 +293,15 @@ pub async fn run(
 /// Follows the media plane's events (DTMF for the callback IVR), reconnecting after a second
 /// when the stream ends or cannot start.
 async fn media_events(media: MediaClient, tx: mpsc::Sender<Input>) {
+    let mut followed = false;
     loop {
         match media.events().await {
             Ok(mut stream) => {
                 tracing::debug!("following the media plane's events");
+                // Followed again: the media plane may have restarted, and its leg ids with it.
+                if std::mem::replace(&mut followed, true) && tx.send(Input::MediaEventsLost).await.is_err() {
+                    return;
+                }
                 loop {
                     match stream.message().await {
                         Ok(Some(event)) => {

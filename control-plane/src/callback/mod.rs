@@ -456,6 +456,22 @@ impl Engine {
         self.actions.push_back(Action::Prompt { call, legs: j.legs.clone(), file: self.config.prompt_invalid.clone() });
     }
 
+    /// The media plane's events were lost for a while: leg ids may have been reused, so jobs
+    /// waiting for digits end (goodbye, then hang-up), and no digit reaches them any more.
+    pub fn media_events_lost(&mut self, now: Instant) {
+        self.by_leg.clear();
+        let collecting: Vec<u64> = self.jobs.iter().filter(|(_, j)| j.phase == Phase::Collecting).map(|(&id, _)| id).collect();
+        for id in collecting {
+            let Some(j) = self.jobs.get_mut(&id) else { continue };
+            j.phase = Phase::Ending;
+            j.result = "media-restarted".into();
+            j.at = Some(now + PROMPT_TIME);
+            if let Some(call) = j.call {
+                self.actions.push_back(Action::Prompt { call, legs: j.legs.clone(), file: self.config.prompt_goodbye.clone() });
+            }
+        }
+    }
+
     /// B answered (`Ok`) or could not be reached.
     pub fn on_connected(&mut self, call: u64, result: Result<(), u16>, now: Instant) {
         let Some(&job) = self.by_call.get(&call) else { return };
@@ -647,6 +663,27 @@ mod tests {
         assert_eq!(actions(&mut e), [Action::Hangup { call: 8 }]);
         e.on_ended(8, true, "hangup", t1 + Duration::from_secs(55));
         assert_eq!(e.status(job2).unwrap().result, "invalid-number");
+    }
+
+    #[test]
+    fn digits_after_the_media_planes_events_were_lost_reach_no_job() {
+        let mut e = engine();
+        let t0 = Instant::now();
+        let job = e.submit(request(None), t0).unwrap();
+        actions(&mut e);
+        e.placed(job, Ok(7), t0);
+        e.on_ivr(7, vec![71], t0);
+        actions(&mut e);
+        e.media_events_lost(t0);
+        assert!(matches!(&actions(&mut e)[..], [Action::Prompt { file, .. }] if file == "goodbye.wav"));
+        for d in "004930222#".chars() {
+            e.on_dtmf(71, d, t0);
+        }
+        assert!(actions(&mut e).is_empty(), "no connection from a leg id that may be another call's now");
+        e.handle_timeout(t0 + Duration::from_secs(6));
+        assert_eq!(actions(&mut e), [Action::Hangup { call: 7 }]);
+        e.on_ended(7, true, "hangup", t0 + Duration::from_secs(6));
+        assert_eq!(e.status(job).unwrap().result, "media-restarted");
     }
 
     #[test]

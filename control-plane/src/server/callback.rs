@@ -110,6 +110,13 @@ impl ControlPlane {
         self.callbacks.did(number)
     }
 
+    /// The media plane's events were lost for a while (it may have restarted, reusing leg ids):
+    /// callbacks waiting for digits stop (goodbye, hang-up) rather than take another call's.
+    pub fn handle_media_events_lost(&mut self, now: Now, store: &mut dyn Store) {
+        self.callbacks.media_events_lost(now.instant);
+        self.drain(now, store);
+    }
+
     /// A DTMF digit from an endpoint, as the media plane reported it on `leg`.
     pub fn handle_dtmf(&mut self, leg: u64, digit: char, now: Now, store: &mut dyn Store) {
         self.callbacks.on_dtmf(leg, digit, now.instant);
