@@ -20,12 +20,7 @@ use common::{Proc, BIN};
 const SECRET: &str = "radius-test-secret";
 
 fn freeradius_available() -> bool {
-    let found = Command::new("freeradius").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    if !found {
-        assert!(std::env::var("REQUIRE_RADIUS").as_deref() != Ok("1"), "REQUIRE_RADIUS=1 but FreeRADIUS is not installed");
-        eprintln!("SKIP: FreeRADIUS is not installed (apt-get install freeradius, or SETUP_RADIUS=1 bash scripts/setup.sh)");
-    }
-    found
+    common::tool_available("freeradius", "-v", "REQUIRE_RADIUS", "apt-get install freeradius, or SETUP_RADIUS=1 bash scripts/setup.sh")
 }
 
 /// FreeRADIUS in the foreground with a configuration of its own in `dir`: one client

@@ -398,12 +398,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 /// Kamailio is needed for this test; it skips with a message when missing, unless
 /// `REQUIRE_KAMAILIO=1`.
 fn kamailio_available() -> bool {
-    let found = Command::new("kamailio").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    if !found {
-        assert!(std::env::var("REQUIRE_KAMAILIO").as_deref() != Ok("1"), "REQUIRE_KAMAILIO=1 but kamailio is not installed");
-        eprintln!("SKIP: kamailio is not installed (apt-get install kamailio, or bash scripts/setup.sh)");
-    }
-    found
+    common::tool_available("kamailio", "-v", "REQUIRE_KAMAILIO", "apt-get install kamailio, or bash scripts/setup.sh")
 }
 
 #[test]

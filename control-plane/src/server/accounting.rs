@@ -110,12 +110,12 @@ const MAX_PARKED: usize = 10_000;
 /// An INVITE waiting for its RADIUS authorisation.
 #[derive(Debug)]
 pub(super) struct Parked {
-    key: TransactionKey,
-    request: Request,
-    source: Peer,
-    caller: Option<String>,
-    plan: crate::routing::Plan,
-    state: crate::routing::RouteState,
+    pub(super) key: TransactionKey,
+    pub(super) request: Request,
+    pub(super) source: Peer,
+    pub(super) caller: Option<String>,
+    pub(super) plan: crate::routing::Plan,
+    pub(super) state: crate::routing::RouteState,
 }
 
 impl ControlPlane {
@@ -124,23 +124,14 @@ impl ControlPlane {
         self.auth_requests.pop_front()
     }
 
-    /// An initial INVITE routed to `plan` out through a trunk, when RADIUS authorises such
-    /// calls: it waits for the answer ([`handle_radius_auth`](Self::handle_radius_auth)).
-    /// Returns the INVITE back when RADIUS has nothing to say about it.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn radius_park(
-        &mut self,
-        key: TransactionKey,
-        request: Request,
-        source: Peer,
-        caller: Option<String>,
-        plan: crate::routing::Plan,
-        state: crate::routing::RouteState,
-        now: Now,
-    ) -> Option<(TransactionKey, Request, Peer, Option<String>, crate::routing::Plan, crate::routing::RouteState)> {
+    /// An initial INVITE routed out through a trunk, when RADIUS authorises such calls: it waits
+    /// for the answer ([`handle_radius_auth`](Self::handle_radius_auth)). Returns it back when
+    /// RADIUS has nothing to say about it.
+    pub(super) fn radius_park(&mut self, parked: Parked, now: Now) -> Option<Parked> {
         let enabled = self.config.radius.as_ref().is_some_and(|r| !r.authentication.is_empty());
-        let called = plan.stage.branches.iter().find(|b| b.trunk).map(|b| crate::billing::cdr::destination(&b.target));
-        let (true, Some(called)) = (enabled, called) else { return Some((key, request, source, caller, plan, state)) };
+        let called = parked.plan.stage.branches.iter().find(|b| b.trunk).map(|b| crate::billing::cdr::destination(&b.target));
+        let (true, Some(called)) = (enabled, called) else { return Some(parked) };
+        let Parked { key, request, source, caller, plan, state } = parked;
         if self.parked.len() >= MAX_PARKED {
             self.reply(&key, &request, 503, now);
             return None;

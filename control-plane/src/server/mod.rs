@@ -855,9 +855,8 @@ impl ControlPlane {
         match crate::routing::route(&request, caller.as_deref(), &mut ctx) {
             Ok((plan, state)) => {
                 // RADIUS authorises calls out through trunks, when configured (it answers later).
-                let Some((key, request, source, caller, mut plan, state)) =
-                    self.radius_park(key, request, source, caller, plan, state, now)
-                else {
+                let parked = accounting::Parked { key, request, source, caller, plan, state };
+                let Some(accounting::Parked { key, request, source, caller, mut plan, state }) = self.radius_park(parked, now) else {
                     return;
                 };
                 // Out through a trunk: paid by the subscriber whose forwarding sent it there, else

@@ -54,6 +54,17 @@ pub fn counter(text: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether `program` runs (`program arg`); when it does not, the test skips with a message
+/// saying how to install it, unless `require` (an environment variable) is 1, when it fails.
+pub fn tool_available(program: &str, arg: &str, require: &str, install: &str) -> bool {
+    let found = Command::new(program).arg(arg).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok();
+    if !found {
+        assert!(std::env::var(require).as_deref() != Ok("1"), "{require}=1 but {program} is not installed");
+        eprintln!("SKIP: {program} is not installed ({install})");
+    }
+    found
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
