@@ -279,3 +279,31 @@ fn an_ivr_caller_gets_bye_when_the_destination_hangs_up() {
     assert_eq!(bye.len(), 1, "the caller is hung up: {:?}", w.sent);
     assert_eq!(balance(&mut w), (10_000_000 - 100_000, 0), "10 s to 004930222");
 }
+
+#[test]
+fn an_ivr_caller_that_hangs_up_while_the_destination_rings_ends_the_call_once_it_is_cancelled() {
+    let mut w = world(CALLBACK);
+    account(&mut w, "10.00", &["ani=004930111"]);
+    let call = invite("i3", &offer(4000, "sendrecv"))
+        .replace("sip:bob@sip.test SIP/2.0", "sip:4930555111@sip.test SIP/2.0")
+        .replace("<sip:alice@sip.test>", "<sip:004930111@sip.test>");
+    w.receive("192.0.2.1:5060", &call);
+    w.allocate();
+    let tag = to_tag(&w.take_one("192.0.2.1:5060", "SIP/2.0 200"));
+    w.receive("192.0.2.1:5060", &crate::server_tests::in_dialog("ACK", "i3", 1, &tag, None));
+    for d in "004930222#".chars() {
+        w.core.handle_dtmf(11, d, w.now, &mut w.store);
+        w.pump();
+    }
+    let invite_b = w.take_one(TRUNK, "INVITE sip:004930222@192.0.2.30:5070");
+    w.receive(TRUNK, &answer_at(TRUNK, &invite_b, 180, None));
+    w.receive("192.0.2.1:5060", &crate::server_tests::in_dialog("BYE", "i3", 2, &tag, None));
+    w.take_one("192.0.2.1:5060", "SIP/2.0 200");
+    let cancel = w.take_one(TRUNK, "CANCEL sip:004930222@192.0.2.30:5070");
+    w.receive(TRUNK, &answer_at(TRUNK, &cancel, 200, None));
+    w.receive(TRUNK, &answer_at(TRUNK, &invite_b, 487, None));
+    assert_eq!(w.core.active_calls(), 0, "the call ended once its last fork did");
+    assert_eq!(balance(&mut w), (10_000_000, 0), "nothing held, nothing spent");
+    let cdrs = w.store.cdrs(0).expect("cdrs");
+    assert_eq!(cdrs.iter().filter(|c| c.leg == "call").count(), 1);
+}

@@ -200,6 +200,7 @@ pub async fn run(
     });
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
     let mut auth_identifier = 0u8;
+    let auth_slots = Arc::new(tokio::sync::Semaphore::new(RADIUS_AUTH_AT_ONCE));
     let mut send_errors = 0u64;
     tokio::pin!(shutdown);
 
@@ -216,13 +217,17 @@ pub async fn run(
             }
         }
         while let Some(request) = core.poll_radius_auth() {
-            let (radius, tx) = (config.radius.clone(), tx.clone());
+            let (radius, tx, slots) = (config.radius.clone(), tx.clone(), auth_slots.clone());
             auth_identifier = auth_identifier.wrapping_add(1);
             let identifier = auth_identifier;
             tokio::spawn(async move {
-                let answer = match radius {
-                    Some(radius) => radius_authorise(&radius, &request, identifier).await,
-                    None => crate::billing::radius::AuthAnswer::NoAnswer,
+                // At most RADIUS_AUTH_AT_ONCE sockets and requests at a time, and an answer (or
+                // none) within RADIUS_AUTH_TIME, whatever the retries add up to.
+                let answer = match (radius, slots.acquire().await) {
+                    (Some(radius), Ok(_slot)) => tokio::time::timeout(RADIUS_AUTH_TIME, radius_authorise(&radius, &request, identifier))
+                        .await
+                        .unwrap_or(crate::billing::radius::AuthAnswer::NoAnswer),
+                    _ => crate::billing::radius::AuthAnswer::NoAnswer,
                 };
                 let _ = tx.send(Input::RadiusAuth(request.id, answer)).await;
             });
@@ -349,6 +354,10 @@ fn snapshot(core: &ControlPlane, media: &MediaClient, radius: &RadiusCounters) -
     }
 }
 
+/// RADIUS authorisations in flight at once (each its own socket), and the longest one may take.
+const RADIUS_AUTH_AT_ONCE: usize = 256;
+const RADIUS_AUTH_TIME: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Asks the authentication servers about one call: each in order, `retries` tries of
 /// `timeout`, its own socket (calls are authorised at once, not one after another).
 async fn radius_authorise(
@@ -369,7 +378,7 @@ async fn radius_authorise(
             let deadline = tokio::time::Instant::now() + config.timeout;
             while let Ok(Ok((got, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
                 if from == *server {
-                    if let Some(answer) = decode_access_answer(&buf[..got], &bytes, &config.secret) {
+                    if let Some(answer) = decode_access_answer(&buf[..got], &bytes, &config.secret, config.require_message_authenticator) {
                         return answer;
                     }
                 }

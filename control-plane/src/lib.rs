@@ -5,11 +5,13 @@
 //!   UDP/TCP/TLS (driver) ──► server::ControlPlane: limits, parse (sip_core), TransactionLayer
 //!        ├─ REGISTER: sip_core::digest (401/403) ─► registrar ─► store (SQLite)
 //!        ├─ INVITE: 483, digest (407), offer checks ─► routing (settings, registrar, routes)
-//!        │                                                   │ Plan (stages of branches)
-//!        └─ calls ─► b2bua::B2bua ◄──────────────────────────┘ Outcome ─► routing::next
-//!                      │ SipOut (responses, requests, ACKs)   │ CallEvent (refer, hold, updates)
+//!        │     callback DIDs ─► callback engine        │ Plan (stages of branches)
+//!        │     trunk legs ─► billing (hold credit) / RADIUS (Access-Request) ─┐
+//!        └─ calls ─► b2bua::B2bua ◄──────────────────────────────────────────┘ Outcome ─► next
+//!                      │ SipOut (responses, requests, ACKs)   │ CallEvent (refer, hold, ivr,
+//!                      │                                      │ updates, ended ─► CDRs, settle)
 //!                      └─ MediaRequest ─► media::MediaClient (tonic) ─► media plane
-//!   api (control.v1 gRPC) ─► the core's loop: originate, hang up, list, watch, settings
+//!   api (control.v1 gRPC), callback HTTP ─► the core's loop: originate, callbacks, accounts
 //! ```
 //!
 //! - The SIP protocol itself (messages, transactions, digest, STUN) is the `sip-core` crate, which
@@ -18,8 +20,9 @@
 //! - [`server`]: [`ControlPlane`](server::ControlPlane), the sans-IO core: bytes, time and
 //!   media-plane replies in; transmissions, media-plane requests and counters out. It owns the
 //!   transaction layer and hands calls to the B2BUA after authentication and [`routing`].
-//! - [`registrar`]: the location table (RFC 3261 §10.3); [`store`]: subscribers and registrations
-//!   behind a trait, SQLite by default.
+//! - [`registrar`]: the location table (RFC 3261 §10.3); [`store`]: subscribers, registrations,
+//!   CDRs, accounts and credit holds behind a trait, SQLite by default, PostgreSQL for several
+//!   hosts.
 //! - [`b2bua`]: [`B2bua`](b2bua::B2bua), a state machine of its own: calls (two
 //!   `sip_core::dialog` dialogs each, forks per stage, media anchored, every allocation released
 //!   once), delayed offer, calls the API places, hold with music on hold, blind and attended
@@ -33,6 +36,10 @@
 //! - [`api`]: the control.v1 gRPC API (originate, hang up, list and watch calls, settings),
 //!   executed on the core's loop.
 //! - [`settings`]: per-subscriber call settings (forwarding, find-me, screening, PSTN fallback).
+//! - [`billing`]: rating, prepaid and postpaid accounts (credit held before a trunk rings, the
+//!   call cut off when it runs out), CDRs, RADIUS accounting and authorisation.
+//! - [`callback`]: the callback engine (the customer called, a prompt, the destination keyed in,
+//!   both joined) and its HTTP triggers (API, web page, webhook), missed-call and IVR numbers.
 //!
 //! Like the media plane's engine, the core never reads a clock or a socket, so the transaction
 //! harness (in `sip-core`) and the B2BUA tests (`server_tests`) run minutes of SIP timers in

@@ -350,7 +350,7 @@ fn the_web_page_shows_the_form_and_the_callbacks_progress_in_a_browser() {
         return;
     }
     let Some(browser) = chromium() else { return };
-    let stack = stack(22, 26_410, 26_420, 26_400);
+    let stack = stack_with(22, 26_410, 26_420, 26_400, "", "[[callback.did]]\nnumber = \"4930555000\"\nmode = \"missed-call\"\n");
     // The customer's phone rings and is not answered while the page watches.
     let _customer =
         Proc { child: spawn_sipp(&stack, &["-sf", "uas-noanswer.xml", "-p", "26410", "-mp", "27410", "-m", "2"]), name: "sipp customer" };
@@ -373,4 +373,15 @@ fn the_web_page_shows_the_form_and_the_callbacks_progress_in_a_browser() {
     assert!(dom.contains("<form id=\"f\">") && dom.contains("Their number"), "{dom}");
     assert!(dom.contains("Callback 2: Done — refused: Payment Required"), "the progress line: {dom}");
     assert_eq!(status(26_400, 2)["result"], "refused: Payment Required");
+    // The webhook over HTTP: a token is needed, the text must say something, and a message
+    // from the customer's number starts a callback (refused here too: the first holds it all).
+    cli(&stack, &["account", "set", "acme", "ani=0049301111"]);
+    let hook = r#"{"from":"0049301111","text":"4930555000#0049302555"}"#;
+    assert_eq!(http(26_400, "POST", "/api/webhook", None, hook).0, 401);
+    let (code, body) = http(26_400, "POST", "/api/webhook", Some(TOKEN), r#"{"from":"0049301111","text":"call me"}"#);
+    assert_eq!((code, body["field"].as_str()), (400, Some("text")), "{body}");
+    let (code, body) = http(26_400, "POST", "/api/webhook", Some(TOKEN), hook);
+    assert_eq!(code, 202, "{body}");
+    let id = body["id"].as_u64().expect("id");
+    assert_eq!((status(26_400, id)["trigger"].as_str(), status(26_400, id)["b"].as_str()), (Some("webhook"), Some("0049302555")));
 }

@@ -17,5 +17,6 @@ fuzz_target!(|data: &[u8]| {
     let request = [4u8, 7, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     let _ = is_response(data, &request, "secret");
     let _ = is_response(&request, data, "secret");
-    let _ = decode_access_answer(data, &request, "secret");
+    let _ = decode_access_answer(data, &request, "secret", false);
+    let _ = decode_access_answer(data, &request, "secret", true);
 });

@@ -15,9 +15,9 @@ pub(super) struct Limit {
 }
 
 impl Limit {
-    /// The call has a longest duration (credit held for it).
-    pub(super) fn is_set(&self) -> bool {
-        self.max.is_some()
+    /// The call's limit runs (a billed leg answered).
+    pub(super) fn is_running(&self) -> bool {
+        self.end_at.is_some()
     }
 
     pub(super) fn holds(&self, at: Instant) -> bool {

@@ -908,10 +908,15 @@ impl B2bua {
                 // A fork that has not (or not first) answered: its BYE ends it, nothing else
                 // is relayed from it.
                 let answered_target = call.transfer.as_ref().is_some_and(|t| t.answered.is_some() && t.answered == fork);
+                let reinviting = call.reinvite_pending;
                 let status = if request.method == Method::Bye { 200 } else { 481 };
                 self.reply(&key, &request, status, now);
                 if let (Method::Bye, Some(fork)) = (&request.method, fork) {
-                    if answered_target {
+                    if answered_target && reinviting {
+                        // The transfer's target hung up while the transferee is being re-INVITEd
+                        // towards it: nobody is left to join; the call ends.
+                        self.end_both(id, now);
+                    } else if answered_target {
                         // The transfer's target hung up before it was joined.
                         self.transfer_failed(id, 480, now);
                     } else {
@@ -954,7 +959,10 @@ impl B2bua {
                     if ringing {
                         // A transfer's (or a service call's) target still rings: cancelled, and
                         // the call kept until it answers the CANCEL (a 200 that crosses it is
-                        // ACKed and hung up).
+                        // ACKed and hung up). The transfer is over: its forks end the call.
+                        if let Some(call) = self.calls.get_mut(&id) {
+                            call.transfer = None;
+                        }
                         self.abandon(id, now);
                     } else {
                         self.finish(id);

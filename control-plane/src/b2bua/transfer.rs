@@ -67,7 +67,7 @@ impl B2bua {
             self.reply(&key, &request, 491, now);
             return;
         }
-        if call.limit.is_set() {
+        if call.limit.is_running() {
             // Its credit was held for the parties it has: a transfer would take the call out
             // of what was held (and of its cut-off).
             let response = response_for(&request, 403, Some("Prepaid Call Not Transferable"), None);

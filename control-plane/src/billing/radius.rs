@@ -17,6 +17,8 @@
 //!                                   # these (Access-Request, Service-Type Call-Check; Accept's
 //!                                   # Session-Timeout is the call's longest) instead of the
 //!                                   # local accounts
+//! require_message_authenticator = false  # refuse answers without one (RFC 3579; true with
+//!                                   # servers that send it: FreeRADIUS 3.2.5 and later)
 //! retry_s = 30                      # no server answered: records wait this long, then go
 //!                                   # again (kept meanwhile, up to 100,000)
 //! ```
@@ -50,6 +52,9 @@ pub struct RadiusConfig {
     /// Authorisation servers (RFC 2865): when set, a call out through a trunk goes only if one
     /// accepts it (Session-Timeout: its longest duration), instead of the local accounts.
     pub authentication: Vec<SocketAddr>,
+    /// Answers without a Message-Authenticator are refused (RFC 3579; CVE-2024-3596). Servers
+    /// before FreeRADIUS 3.2.5 (Debian 12 has 3.2.1) do not send one.
+    pub require_message_authenticator: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +68,7 @@ pub(crate) struct RawRadius {
     interim_s: Option<u64>,
     retry_s: Option<u64>,
     authentication: Option<Vec<String>>,
+    require_message_authenticator: Option<bool>,
 }
 
 impl RawRadius {
@@ -105,6 +111,7 @@ impl RawRadius {
             return Err(("radius.nas_identifier", "must be 1-253 bytes".into()));
         }
         Ok(Some(RadiusConfig {
+            require_message_authenticator: self.require_message_authenticator.unwrap_or(false),
             authentication,
             retry: Duration::from_secs(retry_s),
             accounting,
@@ -237,13 +244,73 @@ pub fn encode_access_request(request: &AuthRequest, config: &RadiusConfig, ident
     }
     rfc2865::add_called_station_id(&mut p, &text(&request.called));
     rfc2865::add_nas_identifier(&mut p, &config.nas_identifier);
-    p.encode().map_err(|e| e.to_string())
+    p.add(AVP::from_bytes(MESSAGE_AUTHENTICATOR, &[0; 16]));
+    let mut bytes = p.encode().map_err(|e| e.to_string())?;
+    sign(&mut bytes, None, &config.secret);
+    Ok(bytes)
+}
+
+/// Message-Authenticator (RFC 3579 §3.2, 80).
+const MESSAGE_AUTHENTICATOR: u8 = 80;
+
+/// Where `packet`'s Message-Authenticator value is (its 16 bytes), if it has one.
+fn message_authenticator_at(packet: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?])).min(packet.len());
+    let mut i = 20;
+    while i + 2 <= len {
+        let (kind, size) = (packet[i], usize::from(packet[i + 1]));
+        if size < 2 || i + size > len {
+            return None;
+        }
+        if kind == MESSAGE_AUTHENTICATOR && size == 18 {
+            return Some(i + 2);
+        }
+        i += size;
+    }
+    None
+}
+
+/// HMAC-MD5 over `packet` with its Message-Authenticator zeroed and, for a response, the
+/// request's authenticator in place of its own (RFC 3579 §3.2).
+fn message_authenticator(packet: &[u8], at: usize, request_authenticator: Option<&[u8]>, secret: &str) -> [u8; 16] {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut copy = packet.to_vec();
+    copy[at..at + 16].fill(0);
+    if let Some(ra) = request_authenticator {
+        copy[4..20].copy_from_slice(ra);
+    }
+    let mut mac = <Hmac<md5::Md5> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(&copy);
+    mac.finalize().into_bytes().into()
+}
+
+/// Fills in `packet`'s Message-Authenticator (a request: `request_authenticator` None).
+fn sign(packet: &mut [u8], request_authenticator: Option<&[u8]>, secret: &str) {
+    if let Some(at) = message_authenticator_at(packet) {
+        let value = message_authenticator(packet, at, request_authenticator, secret);
+        packet[at..at + 16].copy_from_slice(&value);
+    }
 }
 
 /// The server's answer to `request`, if `response` is one (checked by its authenticator).
-pub fn decode_access_answer(response: &[u8], request: &[u8], secret: &str) -> Option<AuthAnswer> {
-    if response.get(1) != request.get(1) || !Packet::is_authentic_response(response, request, secret.as_bytes()) {
+/// A Message-Authenticator in it must check; with `require`, it must have one (CVE-2024-3596,
+/// "BlastRADIUS": an answer without one could be forged by someone on the path).
+pub fn decode_access_answer(response: &[u8], request: &[u8], secret: &str, require: bool) -> Option<AuthAnswer> {
+    if response.len() < 20 || request.len() < 20 || response.get(1) != request.get(1) {
         return None;
+    }
+    if !Packet::is_authentic_response(response, request, secret.as_bytes()) {
+        return None;
+    }
+    match message_authenticator_at(response) {
+        Some(at) => {
+            let expected = message_authenticator(response, at, Some(&request[4..20]), secret);
+            if !subtle_eq(&expected, &response[at..at + 16]) {
+                return None;
+            }
+        }
+        None if require => return None,
+        None => {}
     }
     match Code::from(*response.first()?) {
         Code::AccessAccept => {
@@ -254,6 +321,10 @@ pub fn decode_access_answer(response: &[u8], request: &[u8], secret: &str) -> Op
         Code::AccessReject => Some(AuthAnswer::Reject),
         _ => None,
     }
+}
+
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether `response` is the server's Accounting-Response to `request`.
@@ -325,15 +396,41 @@ mod tests {
         assert_eq!(p.get_code(), Code::AccessRequest);
         assert_eq!(rfc2865::lookup_service_type(&p).unwrap().unwrap(), CALL_CHECK);
         assert_eq!(rfc2865::lookup_called_station_id(&p).unwrap().unwrap(), "00441611234567");
-        let mut accept = p.make_response_packet(Code::AccessAccept);
-        accept.add(AVP::from_u32(SESSION_TIMEOUT, 90));
-        let accept = accept.encode().unwrap();
-        assert_eq!(decode_access_answer(&accept, &bytes, "testing123"), Some(AuthAnswer::Accept { session_timeout: Some(90) }));
-        assert_eq!(decode_access_answer(&accept, &bytes, "wrong"), None, "not authentic");
-        let reject = p.make_response_packet(Code::AccessReject).encode().unwrap();
-        assert_eq!(decode_access_answer(&reject, &bytes, "testing123"), Some(AuthAnswer::Reject));
-        assert_eq!(decode_access_answer(&bytes, &bytes, "testing123"), None, "a request is no answer");
-        assert_eq!(decode_access_answer(&[], &bytes, "testing123"), None);
+        let at = message_authenticator_at(&bytes).expect("the request carries a Message-Authenticator");
+        assert_eq!(message_authenticator(&bytes, at, None, "testing123"), bytes[at..at + 16], "and it checks");
+        // Answers as a server makes them: Message-Authenticator over the request's
+        // authenticator, then the Response Authenticator over the whole.
+        let answer = |code: Code, timeout: Option<u32>, with_ma: bool| {
+            let mut r = Packet::new_with_identifier(code, b"testing123", 5);
+            if let Some(t) = timeout {
+                r.add(AVP::from_u32(SESSION_TIMEOUT, t));
+            }
+            if with_ma {
+                r.add(AVP::from_bytes(MESSAGE_AUTHENTICATOR, &[0; 16]));
+            }
+            let mut out = r.encode().unwrap();
+            out[4..20].copy_from_slice(&bytes[4..20]);
+            sign(&mut out, Some(&bytes[4..20]), "testing123");
+            let mut hashed = out.clone();
+            hashed.extend_from_slice(b"testing123");
+            let digest = <md5::Md5 as md5::Digest>::digest(&hashed);
+            out[4..20].copy_from_slice(&digest);
+            out
+        };
+        let accept = answer(Code::AccessAccept, Some(90), true);
+        assert_eq!(decode_access_answer(&accept, &bytes, "testing123", true), Some(AuthAnswer::Accept { session_timeout: Some(90) }));
+        assert_eq!(decode_access_answer(&accept, &bytes, "wrong", false), None, "not authentic");
+        let without = answer(Code::AccessAccept, Some(90), false);
+        assert_eq!(decode_access_answer(&without, &bytes, "testing123", true), None, "no Message-Authenticator, one required");
+        assert_eq!(decode_access_answer(&without, &bytes, "testing123", false), Some(AuthAnswer::Accept { session_timeout: Some(90) }));
+        let mut forged = accept.clone();
+        let at = message_authenticator_at(&forged).unwrap();
+        forged[at] ^= 1;
+        assert_eq!(decode_access_answer(&forged, &bytes, "testing123", false), None, "a wrong one is refused even when not required");
+        let reject = answer(Code::AccessReject, None, true);
+        assert_eq!(decode_access_answer(&reject, &bytes, "testing123", true), Some(AuthAnswer::Reject));
+        assert_eq!(decode_access_answer(&bytes, &bytes, "testing123", false), None, "a request is no answer");
+        assert_eq!(decode_access_answer(&[], &bytes, "testing123", false), None);
     }
 
     #[test]

@@ -228,12 +228,20 @@ pub struct Engine {
     /// Request times per account, the last minute.
     recent: HashMap<String, VecDeque<Instant>>,
     actions: VecDeque<Action>,
-    /// Wrong PINs per account: (failures, since); locked at [`PIN_FAILURES`] for [`PIN_LOCK`].
-    pin_failures: HashMap<String, (u32, Instant)>,
+    /// Wrong PINs per account.
+    pin_failures: HashMap<String, PinFailures>,
     pub stats: CallbackStats,
 }
 
-/// Wrong PINs an account may see in [`PIN_LOCK`] before it is locked for the rest of it.
+/// An account's recent wrong PINs.
+#[derive(Debug, Clone, Copy)]
+struct PinFailures {
+    count: u32,
+    since: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// Wrong PINs an account may see within [`PIN_LOCK`] before it is locked for [`PIN_LOCK`].
 pub const PIN_FAILURES: u32 = 5;
 pub const PIN_LOCK: Duration = Duration::from_secs(900);
 /// Accounts whose wrong PINs are remembered, at most.
@@ -279,23 +287,36 @@ impl Engine {
 
     /// Whether `account` is locked by wrong PINs at `now` (it may not use its PIN).
     pub fn pin_locked(&self, account: &str, now: Instant) -> bool {
-        self.pin_failures.get(account).is_some_and(|(n, since)| *n >= PIN_FAILURES && now.saturating_duration_since(*since) < PIN_LOCK)
+        match self.pin_failures.get(account) {
+            Some(f) => f.locked_until.is_some_and(|t| now < t),
+            // The table is full of others' failures: nobody new is let try (fail closed).
+            None => self.pin_failures.len() >= MAX_PIN_ACCOUNTS,
+        }
     }
 
-    /// A wrong PIN for `account` at `now`.
+    /// A wrong PIN for `account` at `now`: the account is locked for [`PIN_LOCK`] from its
+    /// [`PIN_FAILURES`]th failure within that time.
     pub fn pin_failed(&mut self, account: &str, now: Instant) {
-        if self.pin_failures.len() >= MAX_PIN_ACCOUNTS {
-            self.pin_failures.retain(|_, (_, since)| now.saturating_duration_since(*since) < PIN_LOCK);
+        self.stats.pin_failures += 1;
+        if !self.pin_failures.contains_key(account) && self.pin_failures.len() >= MAX_PIN_ACCOUNTS {
+            self.pin_failures.retain(|_, f| f.locked_until.is_some_and(|t| now < t) || now.saturating_duration_since(f.since) < PIN_LOCK);
             if self.pin_failures.len() >= MAX_PIN_ACCOUNTS {
                 return;
             }
         }
-        let entry = self.pin_failures.entry(account.to_owned()).or_insert((0, now));
-        if now.saturating_duration_since(entry.1) >= PIN_LOCK {
-            *entry = (0, now);
+        let f = self.pin_failures.entry(account.to_owned()).or_insert(PinFailures { count: 0, since: now, locked_until: None });
+        if f.locked_until.is_some_and(|t| now >= t) || now.saturating_duration_since(f.since) >= PIN_LOCK {
+            *f = PinFailures { count: 0, since: now, locked_until: None };
         }
-        entry.0 += 1;
-        self.stats.pin_failures += 1;
+        f.count += 1;
+        if f.count >= PIN_FAILURES {
+            f.locked_until = Some(now + PIN_LOCK);
+        }
+    }
+
+    /// The right PIN for `account`: its failures are forgotten.
+    pub fn pin_ok(&mut self, account: &str) {
+        self.pin_failures.remove(account);
     }
 
     /// Whether a new job of `account` would be taken now (callbacks at once, all jobs), without

@@ -102,6 +102,7 @@ impl ControlPlane {
             self.callbacks.pin_failed(&account.id, now.instant);
             return Err(CallbackError::Forbidden);
         }
+        self.callbacks.pin_ok(&account.id);
         Ok(())
     }
 

@@ -355,6 +355,9 @@ impl ControlPlane {
         let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
         let (first, mut second, from_uri, to_uri) =
             crate::routing::originate(from, to, &mut ctx).map_err(|(field, r)| (field, r.status()))?;
+        if self.radius_refuses_trunks(&mut second.0.stage) {
+            return Err(("to", 403));
+        }
         // The second party out through a trunk is paid by the first (when a subscriber).
         let payer = from_uri.strip_prefix("sip:").map(str::to_owned);
         let hold = self
@@ -535,6 +538,9 @@ impl ControlPlane {
         now: Now,
         store: &mut dyn Store,
     ) -> Result<(), u16> {
+        if self.radius_refuses_trunks(stage) {
+            return Err(403);
+        }
         match self.billing.authorize(&self.config, store, payer, stage, "", now) {
             Ok(Some((hold, max_s))) => {
                 self.billing.attach(store, id, hold, now);
@@ -544,6 +550,18 @@ impl ControlPlane {
             Ok(None) => Ok(()),
             Err((status, _)) => Err(status),
         }
+    }
+
+    /// With RADIUS authorising calls out through trunks, only a call's first stage is asked
+    /// about: trunk branches of later stages (forwards, redirects, transfers, click-to-dial) are
+    /// dropped rather than let out unasked. Whether nothing is left of `stage`.
+    fn radius_refuses_trunks(&mut self, stage: &mut crate::routing::Stage) -> bool {
+        if self.config.radius.as_ref().is_none_or(|r| r.authentication.is_empty()) || !stage.branches.iter().any(|b| b.trunk) {
+            return false;
+        }
+        self.stats.radius_rejected += 1;
+        stage.branches.retain(|b| !b.trunk);
+        stage.branches.is_empty()
     }
 
     fn on_event(&mut self, event: LayerEvent, now: Now, store: &mut dyn Store) {

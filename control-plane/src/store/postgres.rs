@@ -68,6 +68,7 @@ fn connect(params: &str) -> Result<Client, StoreError> {
         config.connect_timeout(std::time::Duration::from_secs(3));
     }
     config.keepalives(true);
+    config.keepalives_idle(std::time::Duration::from_secs(30));
     let mut client = config.connect(NoTls).map_err(pg)?;
     // A wait on another node's lock, a slow statement or a transaction left open end with an
     // error rather than stopping the SIP core.
@@ -100,7 +101,13 @@ impl PgStore {
     /// Runs `f` on the connection's thread (connecting again if the last call lost it).
     fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
+        let waiting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still = waiting.clone();
         let job: Job = Box::new(move |client, params| {
+            // Its caller gave up (timed out): not done late, behind its back.
+            if !still.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             if client.as_ref().is_none_or(Client::is_closed) {
                 *client = connect(params).map_err(|e| tracing::warn!(error = %e, "PostgreSQL: cannot connect again")).ok();
             }
@@ -111,7 +118,10 @@ impl PgStore {
             let _ = tx.send(result);
         });
         self.jobs.send(job).map_err(|_| StoreError::Postgres("the store's thread stopped".into()))?;
-        rx.recv_timeout(CALL_TIMEOUT).map_err(|_| StoreError::Postgres("no answer from the store's thread in time".into()))?
+        rx.recv_timeout(CALL_TIMEOUT).map_err(|_| {
+            waiting.store(false, std::sync::atomic::Ordering::Release);
+            StoreError::Postgres("no answer from the store's thread in time".into())
+        })?
     }
 }
 
