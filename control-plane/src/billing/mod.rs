@@ -128,7 +128,9 @@ impl Billing {
         // Parallel branches to several numbers: each is checked (blocked, rated) on its own;
         // one of them will answer, so the hold is for the dearest (its cost for an hour).
         let legs: Vec<Leg> = numbers.into_iter().map(|n| Leg { rate: config.rates.lookup(&n, minute).cloned(), destination: n }).collect();
-        let blocked: Vec<String> = match store.account(&account, now_ms) {
+        // (One branch, the usual case: the hold's own decision checks it; no extra read.)
+        let account_for_branches = if legs.len() > 1 { store.account(&account, now_ms) } else { Ok(None) };
+        let blocked: Vec<String> = match account_for_branches {
             Ok(Some((a, _))) => legs
                 .iter()
                 .filter(|l| l.rate.is_none() || a.blocked.iter().any(|p| l.destination.starts_with(p.as_str())))
