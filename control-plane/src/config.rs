@@ -108,6 +108,11 @@
 //!                                 # dropped unanswered (default: these; [] keeps all)
 //! max_sources = 100000            # sources (and users) tracked at once (default 100000)
 //!
+//! [features]                      # call pickup and park (see crate::features)
+//! pickup = "*8"                   # group pickup "*8", directed "*8bob"; "" off (default "*8")
+//! park_orbits = "700-719"         # REFER to an orbit (or "park") parks; dialling it retrieves
+//! park_timeout_s = 300            # then a parked call is hung up; 0: never (default 300)
+//!
 //! [[route]]                       # dialled numbers not owned by a local subscriber; longest prefix wins
 //! prefix = "00"                   # matched against the Request-URI user part ("" matches all)
 //! destination = "sip:192.0.2.20:5060"      # "local" (a registered subscriber) or a trunk: a sip: URI whose
@@ -192,6 +197,8 @@ struct RawConfig {
     callback: crate::callback::config::RawCallback,
     #[serde(default)]
     radius: crate::billing::radius::RawRadius,
+    #[serde(default)]
+    features: crate::features::RawFeatures,
     #[serde(default)]
     route: Vec<RawRoute>,
 }
@@ -517,6 +524,8 @@ pub struct Config {
     pub callback: crate::callback::CallbackConfig,
     /// RADIUS accounting (see [`crate::billing::radius`]); `None`: off.
     pub radius: Option<crate::billing::radius::RadiusConfig>,
+    /// Feature codes and park orbits (see [`crate::features`]).
+    pub features: crate::features::Features,
 }
 
 impl Config {
@@ -774,6 +783,7 @@ impl Config {
         let billing = crate::billing::BillingConfig { node, max_call_s, warning: Duration::from_secs(warning_s), warning_tone };
         let callback = raw.callback.build().map_err(|(key, why)| invalid(key, why))?;
         let radius = raw.radius.build(&billing.node).map_err(|(key, why)| invalid(key, why))?;
+        let features = crate::features::Features::from_raw(raw.features)?;
 
         Ok(Config {
             listen,
@@ -808,6 +818,7 @@ impl Config {
             billing,
             callback,
             radius,
+            features,
         })
     }
 

@@ -53,6 +53,7 @@ pub mod billing;
 pub mod callback;
 pub mod config;
 pub mod driver;
+pub mod features;
 pub mod limits;
 pub mod media;
 pub mod metrics;
@@ -68,6 +69,8 @@ pub mod store;
 mod billing_tests;
 #[cfg(test)]
 mod callback_tests;
+#[cfg(test)]
+mod feature_tests;
 #[cfg(test)]
 mod server_tests;
 #[cfg(test)]

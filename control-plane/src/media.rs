@@ -54,14 +54,15 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    /// The legs facing the caller (`caller` true) or the callee, one per active stream.
+    /// The legs facing the caller (`caller` true) or the callee, one per active stream; none
+    /// for a side whose legs were let go (0: a parked call's empty side).
     pub fn facing(&self, caller: bool) -> Vec<u64> {
-        self.streams.iter().flatten().map(|s| if caller { s.leg_a } else { s.leg_b }).collect()
+        self.streams.iter().flatten().map(|s| if caller { s.leg_a } else { s.leg_b }).filter(|&l| l != 0).collect()
     }
 
     /// Every leg, for [`MediaRequest::Release`] (the media plane deletes a leg's bridge with it).
     pub fn release(&self) -> MediaRequest {
-        MediaRequest::Release { legs: self.streams.iter().flatten().flat_map(|s| [s.leg_a, s.leg_b]).collect() }
+        MediaRequest::Release { legs: self.streams.iter().flatten().flat_map(|s| [s.leg_a, s.leg_b]).filter(|&l| l != 0).collect() }
     }
 
     /// The (offerer, answerer) legs per `m=` line for an offer from `caller_offers` side.
@@ -144,6 +145,27 @@ pub enum MediaRequest {
         /// Legs.
         legs: Vec<u64>,
     },
+    /// A party that called in joins a call's legs (call pickup, a parked call taken back): the
+    /// media plane answers its `offer` itself on new legs (as [`MediaRequest::Allocate`] with
+    /// `local`), deletes `release` and the new legs facing nobody, and bridges each of `with`
+    /// to the new leg of the same active stream (transcoding where their codecs differ). With
+    /// `answer_first` ((offerer, answerer) legs, the offer made over them), that offer is first
+    /// answered by the media plane itself: a caller still waiting for its answer. Answered with
+    /// [`MediaReply::Joined`].
+    Join {
+        /// The joining party's SIP Call-ID (placement of its legs).
+        call_id: String,
+        /// Its offer.
+        offer: String,
+        /// Per `m=` line of its offer: active.
+        active: Vec<bool>,
+        policy: CodecPolicy,
+        /// The call's legs the new ones are bridged to, one per active stream, in order.
+        with: Vec<u64>,
+        /// Legs deleted (those facing whoever the joining party replaces).
+        release: Vec<u64>,
+        answer_first: Option<(Vec<(u64, u64)>, String)>,
+    },
     /// Delete legs; DeleteLeg also deletes the leg's bridge, so one call per leg is all it takes.
     Release {
         /// Legs.
@@ -187,6 +209,20 @@ pub enum MediaReply {
     Offered(Result<String, MediaError>),
     /// The answer for the offerer.
     Answered(Result<String, MediaError>),
+    /// A [`MediaRequest::Join`] done. A `NotAcceptable` error means the joining party's offer
+    /// was refused and the call's legs are as they were.
+    Joined(Result<Joined, MediaError>),
+}
+
+/// What a [`MediaRequest::Join`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The new legs facing the joining party, one per active stream, in order.
+    pub legs: Vec<u64>,
+    /// The media plane's answer to its offer.
+    pub answer: String,
+    /// With `answer_first`: the answer for the waiting caller.
+    pub first_answer: Option<String>,
 }
 
 /// Counters of the media client.
@@ -275,6 +311,10 @@ impl MediaClient {
                     self.counters.negotiation_failures.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(MediaReply::Answered(result))
+            }
+            MediaRequest::Join { call_id, offer, active, policy, with, release, answer_first } => {
+                let result = self.join(&call_id, &offer, &active, &policy, &with, release, answer_first).await;
+                Some(MediaReply::Joined(result.map_err(|e| e.naming_plane(&self.uri))))
             }
             MediaRequest::Release { legs } => {
                 self.release(&legs).await;
@@ -399,6 +439,63 @@ impl MediaClient {
             Err(e) => {
                 let MediaRequest::Release { mut legs } = done.release() else { return Err(e) };
                 legs.extend(partial_legs);
+                self.release(&legs).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// See [`MediaRequest::Join`]. The joining party's offer is taken first: refused, nothing
+    /// of the call has changed (`NotAcceptable`); a later failure leaves the call's legs
+    /// unbridged (`Unavailable`: the caller ends the call).
+    #[allow(clippy::too_many_arguments)]
+    async fn join(
+        &self,
+        call_id: &str,
+        offer: &str,
+        active: &[bool],
+        policy: &CodecPolicy,
+        with: &[u64],
+        release: Vec<u64>,
+        answer_first: Option<(Vec<(u64, u64)>, String)>,
+    ) -> Result<Joined, MediaError> {
+        let allocation = self.allocate(call_id, offer, false, active, policy, true).await?;
+        let legs = allocation.facing(true);
+        let answer = allocation.local_answer.clone().unwrap_or_default();
+        let unavailable = |e: MediaError| match e {
+            MediaError::NotAcceptable(why) | MediaError::Unavailable(why) => MediaError::Unavailable(why),
+        };
+        let mut far_released = false;
+        let result: Result<Option<String>, MediaError> = async {
+            if legs.len() != with.len() {
+                return Err(MediaError::NotAcceptable(format!("{} active streams where the call has {}", legs.len(), with.len())));
+            }
+            let first_answer = match answer_first {
+                Some((pairs, sdp)) => {
+                    let request = v1::AnswerRequest { sdp: unaddressed_answer(&sdp), streams: stream_legs(&pairs) };
+                    let answer = self.client.clone().answer(request).await.map_err(|s| media_error("Answer", &s)).map_err(unavailable)?;
+                    Some(answer.into_inner().sdp)
+                }
+                None => None,
+            };
+            let mut gone = release;
+            gone.extend(allocation.facing(false));
+            self.release(&gone).await;
+            far_released = true;
+            for (&leg_a, &leg_b) in with.iter().zip(&legs) {
+                let request = v1::CreateBridgeRequest { leg_a, leg_b };
+                self.client.clone().create_bridge(request).await.map_err(|s| media_error("CreateBridge", &s)).map_err(unavailable)?;
+            }
+            Ok(first_answer)
+        }
+        .await;
+        match result {
+            Ok(first_answer) => Ok(Joined { legs, answer, first_answer }),
+            Err(e) => {
+                let mut legs = allocation.facing(true);
+                if !far_released {
+                    legs.extend(allocation.facing(false));
+                }
                 self.release(&legs).await;
                 Err(e)
             }

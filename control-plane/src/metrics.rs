@@ -69,7 +69,7 @@ impl Collector for Snapshot {
         for (reason, count) in crate::billing::DENIALS.iter().zip(s.billing.denied) {
             ConstCounter::new(count).encode(denied.encode_family(&[("reason", *reason)])?)?;
         }
-        let counters: [(&str, &str, u64); 37] = [
+        let counters: [(&str, &str, u64); 43] = [
             ("sip_malformed", "Messages that did not parse", s.malformed),
             ("sip_server_transactions", "Server transactions created", self.server_transactions),
             ("sip_client_transactions", "Client transactions started", self.client_transactions),
@@ -101,6 +101,12 @@ impl Collector for Snapshot {
             ("billing_recovered", "Holds settled after a restart or their expiry", s.billing.recovered),
             ("billing_store_errors", "Ledger operations the store failed", s.billing.store_errors),
             ("sip_calls_cut_off", "Calls ended because their credit ran out", s.calls.calls_cut_off),
+            ("sip_transfers", "REFERs accepted (blind and attended transfers)", s.calls.transfers),
+            ("sip_transfers_completed", "Transfers that joined the transferee to the target", s.calls.transfers_completed),
+            ("sip_pickups", "Ringing calls picked up by another phone", s.calls.pickups),
+            ("sip_parks", "Calls parked in an orbit", s.calls.parks),
+            ("sip_park_retrievals", "Parked calls taken back from their orbit", s.calls.retrievals),
+            ("sip_park_timeouts", "Parked calls hung up after the park timeout", s.calls.park_timeouts),
             ("radius_acked", "RADIUS accounting records a server acknowledged", self.radius_acked),
             ("radius_retries", "RADIUS accounting tries after the first", self.radius_retries),
             ("radius_deferred", "RADIUS accounting records no server acknowledged (kept, sent again later)", self.radius_deferred),

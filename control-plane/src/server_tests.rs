@@ -21,8 +21,8 @@ use crate::store::{MemoryStore, Store, StoredBinding, Subscriber};
 use sip_core::message::{encode, parse, response_for, Framing};
 use sip_core::transaction::Peer;
 
-const CALLER: &str = "192.0.2.1:5060";
-const CALLEE: &str = "192.0.2.2:5062";
+pub(crate) const CALLER: &str = "192.0.2.1:5060";
+pub(crate) const CALLEE: &str = "192.0.2.2:5062";
 
 pub(crate) struct World {
     pub(crate) core: ControlPlane,
@@ -40,6 +40,8 @@ pub(crate) struct World {
     offers: HashMap<Vec<(u64, u64)>, OfferState>,
     /// Allocations answered so far (each gets its own leg numbers).
     allocations: u64,
+    /// The call of the last Join.
+    joining: u64,
 }
 
 /// The media plane double's address and the ports of its legs (caller side 11, callee side 12).
@@ -49,6 +51,8 @@ fn port_of(leg: u64) -> Option<u16> {
     match leg {
         11 => Some(30000),
         12 => Some(30002),
+        // Legs of joining parties.
+        91..=99 => Some(31000 + 2 * leg as u16),
         _ => None,
     }
 }
@@ -67,7 +71,7 @@ pub(crate) fn offer(port: u16, direction: &str) -> String {
 }
 
 impl World {
-    fn new() -> World {
+    pub(crate) fn new() -> World {
         World::with_routes("")
     }
 
@@ -112,6 +116,7 @@ impl World {
             allocating: 0,
             offers: HashMap::new(),
             allocations: 0,
+            joining: 0,
         }
     }
 
@@ -127,6 +132,7 @@ impl World {
                         self.held.push((call, MediaRequest::Offer { legs: legs.clone(), sdp: sdp.clone(), policy: policy.clone() }))
                     }
                     MediaRequest::Allocate { .. } => self.allocating = call,
+                    MediaRequest::Join { .. } => self.joining = call,
                     MediaRequest::Release { .. }
                     | MediaRequest::Play { .. }
                     | MediaRequest::Prompt { .. }
@@ -226,6 +232,35 @@ impl World {
         self.pump();
     }
 
+    /// Answers the last Join as the media plane does: the joining party's offer answered on
+    /// legs 91 (facing it) and 96 (deleted), the waiting caller's offer answered first if asked.
+    pub(crate) fn join(&mut self) {
+        let Some(MediaRequest::Join { offer, policy, with, answer_first, .. }) =
+            self.media.iter().rev().find(|m| matches!(m, MediaRequest::Join { .. })).cloned()
+        else {
+            panic!("no Join: {:?}", self.media)
+        };
+        assert_eq!(with.len(), 1, "one stream in these tests");
+        let legs = vec![(91, 96)];
+        let far = match self.negotiate(&MediaRequest::Offer { legs: legs.clone(), sdp: offer, policy }) {
+            MediaReply::Offered(Ok(sdp)) => sdp,
+            other => panic!("the joining party's offer was refused: {other:?}"),
+        };
+        let answer = match self.negotiate(&MediaRequest::Answer { legs, sdp: crate::media::unaddressed_answer(&far) }) {
+            MediaReply::Answered(Ok(sdp)) => sdp,
+            other => panic!("{other:?}"),
+        };
+        let first_answer = answer_first.map(|(legs, sdp)| {
+            match self.negotiate(&MediaRequest::Answer { legs, sdp: crate::media::unaddressed_answer(&sdp) }) {
+                MediaReply::Answered(Ok(sdp)) => sdp,
+                other => panic!("{other:?}"),
+            }
+        });
+        let joined = crate::media::Joined { legs: vec![91], answer, first_answer };
+        self.core.handle_media_reply(self.joining, MediaReply::Joined(Ok(joined)), self.now, &mut self.store);
+        self.pump();
+    }
+
     /// Messages sent to `to` whose first line starts with `start`, consumed.
     pub(crate) fn take(&mut self, to: &str, start: &str) -> Vec<String> {
         let to = peer(to);
@@ -288,7 +323,7 @@ impl World {
         hits[0].clone()
     }
 
-    fn releases(&self) -> usize {
+    pub(crate) fn releases(&self) -> usize {
         self.media.iter().filter(|m| matches!(m, MediaRequest::Release { .. })).count()
     }
 }
@@ -323,7 +358,7 @@ pub(crate) fn in_dialog(method: &str, call_id: &str, cseq: u32, to_tag: &str, bo
 }
 
 /// The callee's response to a request we sent it.
-fn answer(request: &str, status: u16, body: Option<&str>) -> String {
+pub(crate) fn answer(request: &str, status: u16, body: Option<&str>) -> String {
     answer_at(CALLEE, request, status, body)
 }
 
@@ -344,7 +379,7 @@ pub(crate) fn to_tag(response: &str) -> String {
 }
 
 /// Runs a call up to the caller's 200; returns the INVITE the callee got and the 200 A got.
-fn answered_call(w: &mut World) -> (String, String) {
+pub(crate) fn answered_call(w: &mut World) -> (String, String) {
     w.receive(CALLER, &invite("call1", &offer(4000, "sendrecv")));
     assert_eq!(w.take(CALLER, "SIP/2.0 100").len(), 1);
     w.allocate();
@@ -359,7 +394,7 @@ fn answered_call(w: &mut World) -> (String, String) {
 
 /// A call answered and ACKed: the INVITE the callee got, our To tag towards the caller, and
 /// the callee's tag.
-fn confirmed_call(w: &mut World) -> (String, String, String) {
+pub(crate) fn confirmed_call(w: &mut World) -> (String, String, String) {
     let (invite_b, ok) = answered_call(w);
     let tag = to_tag(&ok);
     w.receive(CALLER, &in_dialog("ACK", "call1", 1, &tag, None).replace("call1ACK1", "ack1"));
@@ -781,7 +816,7 @@ fn a_reinvite_with_a_new_contact_is_where_the_next_request_in_the_dialog_goes() 
 
 // ---- forking ----
 
-const CALLEE2: &str = "192.0.2.3:5064";
+pub(crate) const CALLEE2: &str = "192.0.2.3:5064";
 
 fn call_id_of(message: &str) -> String {
     message.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("Call-ID").trim().to_owned()
@@ -991,36 +1026,47 @@ fn incoming_screening_refuses_listed_callers_and_lets_others_through() {
     w.take_one(CALLER, "SIP/2.0 603");
 }
 
-#[test]
-fn outgoing_screening_refuses_a_subscriber_dialling_a_blocked_prefix() {
+/// Subscriber `user` (password `pw`) at `phone` calls `dialled` with `body` (Call-ID `id`):
+/// challenged with 407, then sent again with its credentials (CSeq 2, branch `z9hG4bK{id}i2`).
+/// Returns the INVITE it sent last.
+pub(crate) fn subscriber_calls(w: &mut World, phone: &str, user: &str, id: &str, dialled: &str, body: &str) -> String {
     use sip_core::digest::{authorization, ha1, parse_challenge, Algorithm};
-    let mut w = World::with_routes("[[route]]\nprefix = \"00\"\ndestination = \"sip:192.0.2.30:5070\"\n");
-    w.subscriber("alice", None);
-    w.settings("alice", &[("block", "0090,00882")]);
-    let phone = "192.0.2.50:5060";
-    let call = |id: &str, number: &str, cseq: u32, auth: &str| {
-        invite(id, &offer(4000, "sendrecv"))
+    let call = |cseq: u32, auth: &str| {
+        invite(id, body)
             .replace(CALLER, phone)
-            .replace("sip:bob@sip.test SIP/2.0", &format!("sip:{number}@sip.test SIP/2.0"))
+            .replace("\"Alice\" <sip:alice@", &format!("<sip:{user}@"))
+            .replace("sip:bob@sip.test SIP/2.0", &format!("sip:{dialled}@sip.test SIP/2.0"))
+            .replace("To: <sip:bob@", &format!("To: <sip:{dialled}@"))
             .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
             .replace(&format!("branch=z9hG4bK{id}i"), &format!("branch=z9hG4bK{id}i{cseq}"))
             .replace("Contact:", &format!("{auth}Contact:"))
     };
+    w.receive(phone, &call(1, ""));
+    let challenge = w.take_one(phone, "SIP/2.0 407");
+    let value = challenge.lines().find_map(|l| l.strip_prefix("Proxy-Authenticate: ")).expect("challenge");
+    let challenge = parse_challenge(value).expect("parses");
+    let credentials = authorization(
+        &challenge,
+        user,
+        &ha1(Algorithm::Md5.hash(), user, "sip.test", "pw"),
+        "INVITE",
+        &format!("sip:{dialled}@sip.test"),
+        "c0ffee",
+        1,
+    );
+    let invite = call(2, &format!("Proxy-Authorization: {credentials}\r\n"));
+    w.receive(phone, &invite);
+    invite
+}
+
+#[test]
+fn outgoing_screening_refuses_a_subscriber_dialling_a_blocked_prefix() {
+    let mut w = World::with_routes("[[route]]\nprefix = \"00\"\ndestination = \"sip:192.0.2.30:5070\"\n");
+    w.subscriber("alice", None);
+    w.settings("alice", &[("block", "0090,00882")]);
+    let phone = "192.0.2.50:5060";
     for (id, number, blocked) in [("out1", "0090555", true), ("out2", "0049301", false)] {
-        w.receive(phone, &call(id, number, 1, ""));
-        let challenge = w.take_one(phone, "SIP/2.0 407");
-        let value = challenge.lines().find_map(|l| l.strip_prefix("Proxy-Authenticate: ")).expect("challenge");
-        let challenge = parse_challenge(value).expect("parses");
-        let credentials = authorization(
-            &challenge,
-            "alice",
-            &ha1(Algorithm::Md5.hash(), "alice", "sip.test", "pw"),
-            "INVITE",
-            &format!("sip:{number}@sip.test"),
-            "c0ffee",
-            1,
-        );
-        w.receive(phone, &call(id, number, 2, &format!("Proxy-Authorization: {credentials}\r\n")));
+        subscriber_calls(&mut w, phone, "alice", id, number, &offer(4000, "sendrecv"));
         if blocked {
             w.take_one(phone, "SIP/2.0 403");
         } else {

@@ -20,6 +20,7 @@
 //! | `block` | number prefixes | outgoing calls to these are refused with 403 (§2.14) |
 //! | `pstn_fallback` | `true` \| `false` | unanswered, busy or unregistered: out to `e164` through the trunks |
 //! | `pstn_fallback.after_s` | 1‥600 | ring time of the app before the fallback (default 20) |
+//! | `pickup_group` | group name | subscribers of one group may pick up each other's ringing calls (`*8`, RFC 5359 §2.16); a subscriber's own calls may be picked up by name (`*8bob`) only from inside its group when it has one |
 //! | `account` | account name | the billing account (`control-plane account …`) that pays for its calls out through trunks, and for calls forwarded from it to numbers; none: not billed |
 //! | `music_on_hold` | `name.wav` | what the other party hears while this subscriber holds it (a WAV in the media plane's prompt_dir; default: the server's `[media] music_on_hold`) |
 //!
@@ -69,6 +70,9 @@ pub struct Settings {
     /// The billing account its calls out through trunks are paid from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// Call pickup group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pickup_group: Option<String>,
 }
 
 /// Call forwarding targets.
@@ -181,6 +185,7 @@ pub const KEYS: &[&str] = &[
     "pstn_fallback.after_s",
     "music_on_hold",
     "account",
+    "pickup_group",
 ];
 
 impl Settings {
@@ -247,6 +252,7 @@ impl Settings {
                     }
                 }
             }
+            "pickup_group" => self.pickup_group = optional(clear, || group_name(key, value))?,
             other => return Err(refuse(other, format!("unknown key; keys are {}", KEYS.join(", ")))),
         }
         Ok(())
@@ -299,6 +305,9 @@ impl Settings {
         }
         if let Some(id) = &self.account {
             crate::billing::prepaid::check_id(id).map_err(|e| refuse("account", e.why))?;
+        }
+        if let Some(group) = &self.pickup_group {
+            group_name("pickup_group", group)?;
         }
         if self.pstn_fallback && self.e164.is_none() {
             return Err(refuse("pstn_fallback", "needs e164, the number to fall back to"));
@@ -360,6 +369,15 @@ fn seconds(key: &str, value: &str) -> Result<u32, SettingError> {
     }
 }
 
+/// A pickup group's name: 1 to 32 letters, digits, `-`, `_` or `.`.
+fn group_name(key: &str, value: &str) -> Result<String, SettingError> {
+    if !value.is_empty() && value.len() <= 32 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        Ok(value.to_owned())
+    } else {
+        Err(refuse(key, format!("{value:?} is not a group name (1 to 32 letters, digits, -_.)")))
+    }
+}
+
 /// A forwarding or find-me target: a user or number (letters, digits, `+-._`), or a sip: URI.
 fn target(key: &str, value: &str) -> Result<String, SettingError> {
     let ok = if let Some(uri) = value.strip_prefix("sip:") {
@@ -407,6 +425,8 @@ mod tests {
         s.set("screen.reject", "+1900*,anonymous").expect("reject");
         s.set("block", "00,+882").expect("block");
         s.set("music_on_hold", "jazz-loop.wav").expect("music");
+        s.set("pickup_group", "sales-2").expect("group");
+        assert_eq!(s.pickup_group.as_deref(), Some("sales-2"));
         assert_eq!(s.find_me, vec!["carol", "+4930999"]);
         let back = Settings::from_json(&s.to_json()).expect("round trip");
         assert_eq!(back, s);
@@ -427,6 +447,7 @@ mod tests {
         assert_eq!(s.set("colour", "blue").unwrap_err().key, "colour");
         assert_eq!(s.set("music_on_hold", "../etc/passwd.wav").unwrap_err().key, "music_on_hold");
         assert_eq!(s.set("music_on_hold", "jazz.mp3").unwrap_err().key, "music_on_hold");
+        assert_eq!(s.set("pickup_group", "sales floor").unwrap_err().key, "pickup_group");
         assert_eq!(Settings::from_json("{\"colour\":1}").unwrap_err().key, "settings");
         let many = vec!["a"; MAX_LIST + 1].join(",");
         assert_eq!(s.set("find_me", &many).unwrap_err().key, "find_me");

@@ -1,26 +1,16 @@
 //! The control plane's Prometheus endpoint, scraped after SIP traffic.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{start_control_plane, temp_dir, terminate};
+use common::{metric as value, start_control_plane, temp_dir, terminate};
 
 const SIP: &str = "127.0.0.1:27060";
 const METRICS: &str = "127.0.0.1:27092";
 
 fn scrape() -> Option<String> {
-    let mut s = TcpStream::connect(METRICS).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-}
-
-fn value(body: &str, series: &str) -> Option<u64> {
-    body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    common::scrape(METRICS)
 }
 
 #[test]

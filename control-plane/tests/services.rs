@@ -15,18 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::stack::{register_callee, sipp, sipp_available, spawn_sipp, wait_bounded, Stack};
+use common::stack::{register_callee, settings, sipp, sipp_available, spawn_sipp, wait_bounded, Stack};
 use common::{Proc, BIN};
-
-/// `user@sip.test`'s call settings set through the CLI.
-fn settings(stack: &Stack, user: &str, pairs: &[&str]) {
-    let out = Command::new(BIN)
-        .args(["--config", stack.config.to_str().expect("utf8"), "settings", "set", &format!("{user}@sip.test")])
-        .args(pairs)
-        .output()
-        .expect("run settings set");
-    assert!(out.status.success(), "settings set {pairs:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// A sipp callee (`scenario`) on `port` logging its messages to `name`.log. Its media port is
 /// `port + 1000`: sipp binds that port and the one two above it, which must not be another

@@ -252,6 +252,12 @@ pub struct CallStats {
     pub transfers_completed: u64,
     /// Calls ended because their credit ran out.
     pub calls_cut_off: u64,
+    /// Ringing calls picked up by another phone (RFC 5359 §2.16).
+    pub pickups: u64,
+    /// Calls parked, taken back from their orbit, and hung up after the park timeout (§2.15).
+    pub parks: u64,
+    pub retrievals: u64,
+    pub park_timeouts: u64,
 }
 
 /// What is wrong with an initial INVITE's body for a call (RFC 3261 §8.2.3, §21.4.7): the answer
@@ -419,7 +425,9 @@ struct Call {
     caller: Option<String>,
     /// When the current stage stops ringing.
     stage_deadline: Option<Instant>,
-    retransmit: Option<Retransmit>,
+    /// Our 2xx to an INVITE, sent again until its ACK: one per side at most (a picked-up call
+    /// answers both).
+    retransmit: Vec<Retransmit>,
     reinvite_pending: bool,
     /// The longest it may last (prepaid credit).
     limit: limit::Limit,
@@ -428,6 +436,11 @@ struct Call {
     ivr: bool,
     /// Originated: when the first party answered.
     first_answered: Option<Now>,
+    /// A party that called in to take this call (pickup, a parked call taken back), while the
+    /// media plane joins it.
+    joining: Option<join::Joining>,
+    /// Parked: in which orbit, by whom, until when.
+    parked: Option<join::Parked>,
 }
 
 /// One INVITE to the callee side.
@@ -527,11 +540,13 @@ impl Call {
             policy,
             caller: None,
             stage_deadline: None,
-            retransmit: None,
+            retransmit: Vec::new(),
             reinvite_pending: false,
             limit: limit::Limit::default(),
             ivr: false,
             first_answered: None,
+            joining: None,
+            parked: None,
         }
     }
 
@@ -548,7 +563,10 @@ impl Call {
     }
 
     fn holds_deadline(&self, at: Instant) -> bool {
-        self.stage_deadline == Some(at) || self.retransmit.as_ref().is_some_and(|r| r.next == at) || self.limit.holds(at)
+        self.stage_deadline == Some(at)
+            || self.retransmit.iter().any(|r| r.next == at)
+            || self.limit.holds(at)
+            || self.parked.as_ref().is_some_and(|p| p.until == Some(at))
     }
 
     fn dialog(&self, side: Side) -> &Dialog {
@@ -627,6 +645,8 @@ pub struct B2bua {
     events: VecDeque<CallEvent>,
     /// Originated calls by the key of the INVITE to their first party.
     originated: HashMap<TransactionKey, u64>,
+    /// Parked calls by orbit.
+    orbits: HashMap<String, u64>,
     /// The latest time handed in (for the end of calls that finish inside a handler without one).
     clock: Option<Now>,
     stats: CallStats,
@@ -634,6 +654,7 @@ pub struct B2bua {
 
 mod forks;
 mod ivr;
+mod join;
 mod limit;
 mod negotiation;
 mod originate;
@@ -660,6 +681,7 @@ impl B2bua {
             media: VecDeque::new(),
             events: VecDeque::new(),
             originated: HashMap::new(),
+            orbits: HashMap::new(),
             clock: None,
             stats: CallStats::default(),
         }
@@ -881,6 +903,7 @@ impl B2bua {
             MediaReply::Allocated(result) => self.on_allocated(id, result, now),
             MediaReply::Offered(result) => self.on_offered(id, result, now),
             MediaReply::Answered(result) => self.on_answered(id, result, now),
+            MediaReply::Joined(result) => self.on_joined(id, result, now),
         }
     }
 
@@ -935,7 +958,9 @@ impl B2bua {
         }
         let established = matches!(call.state, State::Answered | State::Confirmed);
         let reinvite_pending = call.reinvite_pending;
-        if request.method != Method::Bye && self.ivr_alone(id) {
+        if request.method != Method::Bye && (self.ivr_alone(id) || self.calls.get(&id).is_some_and(|c| c.parked.is_some())) {
+            // Nobody on the other side to relay it to: a service call's first party alone, a
+            // parked party.
             self.ivr_in_dialog(&key, &request, now);
             return;
         }
@@ -1004,9 +1029,7 @@ impl B2bua {
         self.clock = Some(now);
         let Some(&(id, side)) = call_id(&request.headers).and_then(|c| self.by_call_id.get(c)) else { return };
         let Some(call) = self.calls.get_mut(&id) else { return };
-        if call.retransmit.as_ref().is_some_and(|r| r.side == side) {
-            call.retransmit = None;
-        }
+        call.retransmit.retain(|r| r.side != side);
         if side != Side::A || call.state != State::Answered {
             return;
         }
@@ -1099,6 +1122,7 @@ impl B2bua {
         let t2 = self.timers.t2;
         let mut no_answer = Vec::new();
         let mut no_ack = Vec::new();
+        let mut parked_out = Vec::new();
         let due = self.due(now.instant);
         for &id in &due {
             self.limit_due(id, now);
@@ -1110,23 +1134,27 @@ impl B2bua {
                 no_answer.push(id);
             }
             let (peer_a, peer_b) = (call.a.peer, call.b.peer);
-            if let Some(r) = &mut call.retransmit {
-                if r.next <= now.instant {
-                    if now.instant >= r.until {
-                        call.retransmit = None;
-                        no_ack.push(id);
-                    } else {
-                        let peer = if r.side == Side::A { peer_a } else { peer_b };
-                        self.sip.push_back(SipOut::Transmit(Outgoing {
-                            destination: peer,
-                            payload: r.payload.clone(),
-                            retransmission: true,
-                        }));
-                        r.interval = (r.interval * 2).min(t2);
-                        r.next = now.instant + r.interval;
-                        self.deadlines.push(Reverse((r.next, id)));
-                    }
+            let mut unacknowledged = false;
+            call.retransmit.retain_mut(|r| {
+                if r.next > now.instant {
+                    return true;
                 }
+                if now.instant >= r.until {
+                    unacknowledged = true;
+                    return false;
+                }
+                let peer = if r.side == Side::A { peer_a } else { peer_b };
+                self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: r.payload.clone(), retransmission: true }));
+                r.interval = (r.interval * 2).min(t2);
+                r.next = now.instant + r.interval;
+                self.deadlines.push(Reverse((r.next, id)));
+                true
+            });
+            if unacknowledged {
+                no_ack.push(id);
+            }
+            if call.parked.as_ref().is_some_and(|p| p.until.is_some_and(|u| u <= now.instant)) {
+                parked_out.push(id);
             }
         }
         for id in no_answer {
@@ -1140,6 +1168,9 @@ impl B2bua {
             }
             self.cancel_forks(id, None);
             self.end_stage(id, Outcome::NoAnswer);
+        }
+        for id in parked_out {
+            self.park_expired(id, now);
         }
         for id in no_ack {
             // RFC 3261 §13.3.1.4: no ACK for our 2xx within 64·T1: end the session on both sides.
@@ -1356,6 +1387,9 @@ impl B2bua {
             (cause, _) => cause,
         };
         self.originated.remove(&call.invite_a_key);
+        if let Some(parked) = &call.parked {
+            self.orbits.remove(&parked.orbit);
+        }
         if let Some(allocation) = call.media.take() {
             self.media_request(id, allocation.release());
         }

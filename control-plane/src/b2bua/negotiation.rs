@@ -308,8 +308,14 @@ impl B2bua {
         }
         if let (Some(payload), Some(call)) = (retransmit, self.calls.get_mut(&id)) {
             let t1 = self.timers.t1;
-            call.retransmit =
-                Some(Retransmit { side: forward.to, payload, next: now.instant + t1, interval: t1, until: now.instant + 64 * t1 });
+            call.retransmit.retain(|r| r.side != forward.to);
+            call.retransmit.push(Retransmit {
+                side: forward.to,
+                payload,
+                next: now.instant + t1,
+                interval: t1,
+                until: now.instant + 64 * t1,
+            });
             self.schedule(now.instant + t1, id);
         }
     }

@@ -369,7 +369,7 @@ fn wants_notify(request: &Request) -> bool {
 }
 
 /// The 202 Accepted for a REFER, saying `Refer-Sub: false` when no NOTIFY will follow.
-fn accepted(request: &Request, local_tag: &str, notify: bool) -> Response {
+pub(super) fn accepted(request: &Request, local_tag: &str, notify: bool) -> Response {
     let mut accepted = response_for(request, 202, None, Some(local_tag));
     if !notify {
         accepted.headers.push(Header::Other("Refer-Sub".into(), "false".into()));

@@ -42,6 +42,7 @@ use crate::store::Store;
 
 mod accounting;
 mod callback;
+mod features;
 pub use callback::CallbackError;
 
 /// Counters of the core (exported by the driver).
@@ -489,6 +490,9 @@ impl ControlPlane {
                 }
             }
             CallEvent::Refer(refer) => {
+                if self.park_refer(&refer, now, store) {
+                    return;
+                }
                 let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
                 let route =
                     crate::routing::refer(&refer.target, &refer.transferee, refer.transferor.as_deref(), &mut ctx).map_err(|r| r.status());
@@ -500,13 +504,7 @@ impl ControlPlane {
                 self.b2bua.handle_refer(refer.call, route, now);
             }
             CallEvent::Held { call, holder } => {
-                // The holder's own music, else the server's.
-                let own = holder
-                    .as_deref()
-                    .and_then(|aor| aor.split_once('@'))
-                    .and_then(|(user, domain)| store.settings(user, domain).ok().flatten())
-                    .and_then(|s| s.music_on_hold);
-                if let Some(file) = own.or_else(|| self.config.music_on_hold.clone()) {
+                if let Some(file) = self.music_for(holder.as_deref(), store) {
                     self.b2bua.handle_music(call, &file);
                 }
             }
@@ -526,6 +524,16 @@ impl ControlPlane {
                 self.b2bua.handle_next(call, next, now);
             }
         }
+    }
+
+    /// What a party held (or parked) by `holder` hears: the holder's own music on hold, else
+    /// the server's.
+    fn music_for(&self, holder: Option<&str>, store: &mut dyn Store) -> Option<String> {
+        let own = holder
+            .and_then(|aor| aor.split_once('@'))
+            .and_then(|(user, domain)| store.settings(user, domain).ok().flatten())
+            .and_then(|s| s.music_on_hold);
+        own.or_else(|| self.config.music_on_hold.clone())
     }
 
     /// Credit for call `id`'s next stage (see [`crate::billing::Billing::authorize`]): held and
@@ -867,6 +875,8 @@ impl ControlPlane {
             self.respond(&key, response, now);
             return;
         }
+        // Feature codes (call pickup) and park orbits.
+        let Some(request) = self.on_feature_invite(&key, request, source, caller.as_deref(), now, store) else { return };
         // Callback access numbers (missed call, IVR).
         let Some(request) = self.on_did_invite(&key, request, source, caller.clone(), now, store) else { return };
         let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };

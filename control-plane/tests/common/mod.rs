@@ -123,6 +123,22 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// GET /metrics from `addr`: the body, if it answered 200.
+pub fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// The value of the first series of `body` (metrics text) that starts with `series`.
+pub fn metric(body: &str, series: &str) -> Option<u64> {
+    body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// Starts the control plane with `config`, its counters to dir/cp.out and its log to dir/cp.log.
 pub fn start_control_plane(dir: &Path, config: &Path) -> Proc {
     Proc {

@@ -190,6 +190,16 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitSta
     }
 }
 
+/// `user@sip.test`'s call settings set through the CLI.
+pub fn settings(stack: &Stack, user: &str, pairs: &[&str]) {
+    let out = Command::new(BIN)
+        .args(["--config", stack.config.to_str().expect("utf8"), "settings", "set", &format!("{user}@sip.test")])
+        .args(pairs)
+        .output()
+        .expect("run settings set");
+    assert!(out.status.success(), "settings set {pairs:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 pub fn register_callee(stack: &Stack, csv: &str, port: u16) {
     let port = port.to_string();
     let status =

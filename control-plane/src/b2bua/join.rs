@@ -1,0 +1,330 @@
+//! A party that calls in to take over a call: call pickup (RFC 5359 §2.16) and call park and
+//! retrieve (§2.15). The media plane answers the newcomer's offer on new legs and bridges them
+//! to the legs of the party already there, so nobody is re-INVITEd.
+//!
+//! ```text
+//!  pickup:   X ──INVITE bob── B2BUA ──INVITE── bob's phones (ringing)
+//!            P ──INVITE *8── server: P's group has a call ringing ─► handle_pickup
+//!            Join(P's offer, answer X's offer too) ─► bob's phones get CANCEL
+//!            X ◄── 200 (the media plane's answer)    P ◄── 200 (its answer); X and P talk
+//!  park:     T ──REFER (Refer-To: sip:701@…)── 202, NOTIFY 200: X hears music on hold, T's legs go
+//!  retrieve: R ──INVITE 701── Join(R's offer) ─► R ◄── 200; the music stops, X and R talk
+//!            nobody within park_timeout_s: X gets BYE
+//! ```
+
+use super::*;
+
+/// A party calling in to take a call, while the media plane joins it.
+#[derive(Debug)]
+pub(super) struct Joining {
+    key: TransactionKey,
+    request: Request,
+    /// Its dialog (we are its UAS).
+    dialog: Dialog,
+    /// A pickup (else a parked call taken back), and the ring deadline it suspended.
+    pickup: bool,
+    deadline: Option<Instant>,
+}
+
+/// A parked call.
+#[derive(Debug)]
+pub(super) struct Parked {
+    pub(super) orbit: String,
+    /// The side nobody is on (the parker's), which whoever takes the call back takes.
+    side: Side,
+    /// When it is hung up if nobody took it back.
+    pub(super) until: Option<Instant>,
+}
+
+/// A call that can be picked up: it rings a subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ringing {
+    /// The call.
+    pub call: u64,
+    /// The subscriber (AoR) it rings.
+    pub callee: String,
+    /// The caller's URI.
+    pub caller: String,
+}
+
+impl B2bua {
+    /// Calls ringing a subscriber's phones that a pickup could take, oldest first.
+    pub fn ringing(&self) -> Vec<Ringing> {
+        let mut calls: Vec<Ringing> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| Self::can_pick_up(c))
+            .filter_map(|(&call, c)| Some(Ringing { call, callee: c.route.subscriber()?.to_owned(), caller: c.caller_uri.clone() }))
+            .collect();
+        calls.sort_by_key(|r| r.call);
+        calls
+    }
+
+    fn can_pick_up(c: &Call) -> bool {
+        c.state == State::Calling
+            && c.stage_open
+            && !c.delayed
+            && !c.originated
+            && !c.ivr
+            && c.media.is_some()
+            && c.transfer.is_none()
+            && c.joining.is_none()
+    }
+
+    /// The call parked in `orbit`, if any.
+    pub fn parked_in(&self, orbit: &str) -> Option<u64> {
+        self.orbits.get(orbit).copied()
+    }
+
+    /// `request` (an INVITE with an offer, from `source`, checked and authorised by the server)
+    /// picks up ringing call `target`: its phones stop ringing, and the caller and the picker
+    /// are answered by the media plane and joined. `Err(status)`: refused, nothing changed.
+    pub fn handle_pickup(&mut self, target: u64, key: TransactionKey, request: Request, source: Peer, now: Now) -> Result<(), u16> {
+        self.clock = Some(now);
+        let call = self.calls.get(&target).filter(|c| Self::can_pick_up(c)).ok_or(481u16)?;
+        let media = call.media.as_ref().ok_or(481u16)?;
+        let (with, release) = (media.facing(true), media.facing(false));
+        let answer_first = Some((media.legs(true), media.offer.clone()));
+        self.start_join(target, key, request, source, with, release, answer_first, true)
+    }
+
+    /// `request` takes back the call parked in `target` (see [`Self::handle_pickup`]).
+    pub fn handle_retrieve(&mut self, target: u64, key: TransactionKey, request: Request, source: Peer, now: Now) -> Result<(), u16> {
+        self.clock = Some(now);
+        let call = self.calls.get(&target).filter(|c| c.joining.is_none()).ok_or(481u16)?;
+        let parked = call.parked.as_ref().ok_or(481u16)?;
+        let with = call.media.as_ref().map(|m| m.facing(parked.side.other() == Side::A)).ok_or(481u16)?;
+        self.start_join(target, key, request, source, with, Vec::new(), None, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_join(
+        &mut self,
+        target: u64,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        with: Vec<u64>,
+        release: Vec<u64>,
+        answer_first: Option<(Vec<(u64, u64)>, String)>,
+        pickup: bool,
+    ) -> Result<(), u16> {
+        if !is_sdp(&request.headers, &request.body) {
+            // The media plane answers offers; an INVITE without one cannot join.
+            return Err(488);
+        }
+        let active = Sdp::parse(&request.body).map(|s| s.active().to_vec()).map_err(|_| 488u16)?;
+        if active.iter().filter(|a| **a).count() != with.len() {
+            // Each of its streams joins one of the call's.
+            return Err(488);
+        }
+        let tag = self.random.tag();
+        let mut dialog = Dialog::uas(&request, &tag, source).map_err(|_| 400u16)?;
+        dialog.confirm();
+        self.sip.push_back(SipOut::Respond(key.clone(), response_for(&request, 100, None, None)));
+        let Some(call) = self.calls.get_mut(&target) else { return Err(481) };
+        let mut deadline = None;
+        if pickup {
+            // The phones ringing no longer decide anything: a 2xx from one now is ACKed and
+            // hung up (a later stage than theirs is current).
+            call.stage_open = false;
+            call.stage += 1;
+            deadline = call.stage_deadline.take();
+        }
+        let request_media = MediaRequest::Join {
+            call_id: dialog.call_id.clone(),
+            offer: String::from_utf8_lossy(&request.body).into_owned(),
+            active,
+            policy: self.config.codec_policy.clone(),
+            with,
+            release,
+            answer_first,
+        };
+        call.joining = Some(Joining { key, request, dialog, pickup, deadline });
+        self.media_request(target, request_media);
+        Ok(())
+    }
+
+    /// The media plane joined (or did not join) the party calling in to call `id`.
+    pub(super) fn on_joined(&mut self, id: u64, result: Result<crate::media::Joined, MediaError>, now: Now) {
+        let joining = self.calls.get_mut(&id).and_then(|c| c.joining.take());
+        let live = self.calls.get(&id).is_some_and(|c| c.state != State::Cancelled);
+        let (Some(joining), true) = (joining, live) else {
+            // The call ended meanwhile (its caller gave up, its party hung up): the new legs go,
+            // and the party calling in is told.
+            if let Ok(joined) = &result {
+                self.let_go(id, joined.legs.clone());
+            }
+            return;
+        };
+        let joined = match result {
+            Ok(joined) => joined,
+            Err(error) => {
+                self.join_failed(id, joining, error, now);
+                return;
+            }
+        };
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        // The side the newcomer takes: the callee's for a pickup, the parker's for a retrieval.
+        let side = if joining.pickup { Side::B } else { call.parked.as_ref().map_or(Side::B, |p| p.side) };
+        let newcomer_call_id = joining.dialog.call_id.clone();
+        *call.dialog_mut(side) = joining.dialog;
+        if side == Side::B {
+            call.winner = None;
+        }
+        if let Some(media) = call.media.as_mut() {
+            for (stream, leg) in media.streams.iter_mut().flatten().zip(&joined.legs) {
+                if side == Side::A {
+                    stream.leg_a = *leg;
+                } else {
+                    stream.leg_b = *leg;
+                }
+            }
+            call.offer_legs = media.legs(true);
+        }
+        call.last_sdp[side as usize] = Some(String::from_utf8_lossy(&joining.request.body).into_owned());
+        self.by_call_id.insert(newcomer_call_id, (id, side));
+        let to_newcomer = Forward {
+            to: side,
+            origin: joining.key,
+            response: response_for(&joining.request, 200, None, None),
+            request: joining.request,
+            answers_offer: true,
+        };
+        self.deliver(id, to_newcomer, Some(joined.answer), now);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if joining.pickup {
+            self.cancel_forks(id, None);
+            let Some(call) = self.calls.get_mut(&id) else { return };
+            call.state = State::Answered;
+            call.answered = Some(now);
+            call.cause = "picked-up";
+            let response = response_for(&call.invite_a, 200, None, None);
+            let to_caller =
+                Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
+            self.deliver(id, to_caller, joined.first_answer, now);
+            self.stats.calls_answered += 1;
+            self.stats.pickups += 1;
+            self.update(id, UpdateKind::Answered { party: 2 });
+            tracing::info!(call = id, "a ringing call was picked up");
+        } else {
+            if let Some(parked) = call.parked.take() {
+                self.orbits.remove(&parked.orbit);
+            }
+            let Some(legs) = self.calls.get(&id).and_then(|c| c.media.as_ref()).map(|m| m.facing(side.other() == Side::A)) else { return };
+            self.media_request(id, MediaRequest::StopPlay { legs });
+            self.stats.retrievals += 1;
+            tracing::info!(call = id, "a parked call was taken back");
+        }
+    }
+
+    /// The media plane could not join the party calling in: it is refused; a refused offer
+    /// leaves the call as it was, anything else ends it (its legs are unbridged).
+    fn join_failed(&mut self, id: u64, joining: Joining, error: MediaError, now: Now) {
+        let refused = matches!(error, MediaError::NotAcceptable(_));
+        tracing::info!(call = id, %error, "a party calling in to take a call could not be joined");
+        let status = if refused { 488 } else { 503 };
+        let response = response_for(&joining.request, status, None, Some(joining.dialog.local_tag()));
+        self.sip.push_back(SipOut::Respond(joining.key, response));
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        match (joining.pickup, refused) {
+            (true, true) => {
+                // Its phones ring on, until the stage's own deadline.
+                call.stage -= 1;
+                call.stage_open = true;
+                call.stage_deadline = joining.deadline;
+                if let Some(at) = joining.deadline {
+                    self.schedule(at, id);
+                }
+            }
+            (true, false) => {
+                let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+                self.reply(&key, &invite, 503, now);
+                self.stats.calls_failed += 1;
+                self.abandon(id, now);
+            }
+            (false, true) => {}
+            (false, false) => self.end_both(id, now),
+        }
+    }
+
+    /// The server found `orbit` for a REFER of call `id` (`Err(status)`: no orbit for it): the
+    /// referred party is parked there and hears `music`; the transferor is let go.
+    pub fn handle_park(&mut self, id: u64, orbit: Result<String, u16>, music: Option<String>, timeout: Option<Duration>, now: Now) {
+        self.clock = Some(now);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some((side, key, request, notify, _)) = call.pending_refer.take() else { return };
+        let orbit = orbit.and_then(|o| if self.orbits.contains_key(&o) { Err(486) } else { Ok(o) });
+        let orbit = match orbit {
+            Ok(orbit) if call.media.is_some() && !call.ivr => orbit,
+            Ok(_) => {
+                self.reply(&key, &request, 488, now);
+                return;
+            }
+            Err(status) => {
+                self.reply(&key, &request, status, now);
+                return;
+            }
+        };
+        let accepted = transfer::accepted(&request, call.dialog(side).local_tag(), notify);
+        self.respond(&key, accepted);
+        if notify {
+            // The transfer's progress (RFC 3515 §2.4.5), at once: trying, then done.
+            let sipfrag = "message/sipfrag;version=2.0";
+            for (state, line) in [("active;expires=60", "SIP/2.0 100 Trying\r\n"), ("terminated;reason=noresource", "SIP/2.0 200 OK\r\n")] {
+                let extra = format!("Event: refer\r\nSubscription-State: {state}\r\n");
+                self.send_in_dialog(id, side, "NOTIFY", &extra, Some((sipfrag, line.as_bytes())), Purpose::Bye, now);
+            }
+        }
+        let tag = self.random.tag();
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        // The transferor's dialog is kept to answer its BYE; nobody takes its place until the
+        // call is taken back.
+        let empty = ivr::nobody(&format!("parked-{id}"), &tag, call.dialog(side).remote.clone(), String::new());
+        let gone = std::mem::replace(call.dialog_mut(side), empty);
+        call.replaced.push(gone);
+        if side == Side::B {
+            call.winner = None;
+        }
+        let mut release = Vec::new();
+        if let Some(media) = call.media.as_mut() {
+            for stream in media.streams.iter_mut().flatten() {
+                let leg = if side == Side::A { &mut stream.leg_a } else { &mut stream.leg_b };
+                release.push(std::mem::take(leg));
+            }
+        }
+        call.held_by = None;
+        call.music = false;
+        let until = timeout.map(|t| now.instant + t);
+        call.parked = Some(Parked { orbit: orbit.clone(), side, until });
+        let parked_legs = call.media.as_ref().map(|m| m.facing(side.other() == Side::A)).unwrap_or_default();
+        self.orbits.insert(orbit.clone(), id);
+        self.let_go(id, release);
+        if let Some(file) = music {
+            self.media_request(id, MediaRequest::Play { legs: parked_legs, file });
+        }
+        if let Some(at) = until {
+            self.schedule(at, id);
+        }
+        self.stats.parks += 1;
+        tracing::info!(call = id, %orbit, "a call was parked");
+    }
+
+    /// Deletes some of call `id`'s legs (not its allocation: that is released once, at its end).
+    fn let_go(&mut self, id: u64, legs: Vec<u64>) {
+        if !legs.is_empty() {
+            self.media.push_back((id, MediaRequest::Release { legs }));
+        }
+    }
+
+    /// Nobody took parked call `id` back in time: it ends.
+    pub(super) fn park_expired(&mut self, id: u64, now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.parked.as_ref().is_none_or(|p| p.until.is_none()) || call.joining.is_some() {
+            return;
+        }
+        call.cause = "park-timeout";
+        self.stats.park_timeouts += 1;
+        self.end_both(id, now);
+    }
+}

@@ -1,0 +1,95 @@
+//! The server's side of call pickup and park ([`crate::features`], [`crate::b2bua`]'s `join`):
+//! who may pick up which ringing call, which orbit a REFER parks its call in, and what music
+//! the parked party hears.
+
+use super::*;
+use crate::b2bua::ReferTarget;
+use crate::features::FeatureCall;
+
+impl ControlPlane {
+    /// An INVITE from subscriber `caller` (None: a trusted peer) that dialled a feature code or a
+    /// park orbit of a local domain: taken here (`None`), else handed back for routing.
+    pub(super) fn on_feature_invite(
+        &mut self,
+        key: &TransactionKey,
+        request: Request,
+        source: Peer,
+        caller: Option<&str>,
+        now: Now,
+        store: &mut dyn Store,
+    ) -> Option<Request> {
+        let Some(user) = request.uri.auth.as_ref().map(|a| a.user.clone()) else { return Some(request) };
+        let domain = request.uri.host_with_port.host.to_string();
+        let Some(feature) = self.config.features.dialled(&user).filter(|_| self.config.is_local_domain(&domain)) else {
+            return Some(request);
+        };
+        let Some(caller) = caller else {
+            // Features are for subscribers' phones, not for trunks.
+            let response = self.response(&request, 403, Some("Features Are For Subscribers"));
+            self.respond(key, response, now);
+            return None;
+        };
+        let group_of = |aor: &str, store: &mut dyn Store| {
+            aor.split_once('@').and_then(|(u, d)| store.settings(u, d).ok().flatten()).and_then(|s| s.pickup_group)
+        };
+        let my_group = group_of(caller, store);
+        let result = match feature {
+            FeatureCall::GroupPickup => match my_group {
+                None => Err((403, "No Pickup Group")),
+                Some(group) => {
+                    let ringing = self.b2bua.ringing();
+                    let found =
+                        ringing.into_iter().find(|r| r.callee != caller && group_of(&r.callee, store).as_deref() == Some(group.as_str()));
+                    found.ok_or((404, "Nothing To Pick Up")).and_then(|r| self.pick_up(r.call, key, &request, source, now))
+                }
+            },
+            FeatureCall::DirectedPickup(user) => {
+                let callee = format!("{}@{}", user, caller.split_once('@').map_or(domain.as_str(), |(_, d)| d));
+                let theirs = group_of(&callee, store);
+                if theirs.is_some() && theirs != my_group {
+                    Err((403, "Not In The Pickup Group"))
+                } else {
+                    let found = self.b2bua.ringing().into_iter().find(|r| r.callee.eq_ignore_ascii_case(&callee));
+                    found.ok_or((404, "Nothing To Pick Up")).and_then(|r| self.pick_up(r.call, key, &request, source, now))
+                }
+            }
+            FeatureCall::Orbit(orbit) => match self.b2bua.parked_in(&orbit) {
+                None => Err((404, "Nothing Parked")),
+                Some(call) => {
+                    self.b2bua.handle_retrieve(call, key.clone(), request.clone(), source, now).map_err(|s| (s, "Cannot Take It Back"))
+                }
+            },
+        };
+        if let Err((status, reason)) = result {
+            tracing::info!(%caller, %user, status, "a feature code was refused");
+            let response = self.response(&request, status, Some(reason));
+            self.respond(key, response, now);
+        }
+        None
+    }
+
+    fn pick_up(&mut self, call: u64, key: &TransactionKey, request: &Request, source: Peer, now: Now) -> Result<(), (u16, &'static str)> {
+        self.b2bua.handle_pickup(call, key.clone(), request.clone(), source, now).map_err(|s| (s, "Cannot Pick Up"))
+    }
+
+    /// A REFER whose target is a park orbit of ours (or `park`): parks the call. Whether it was
+    /// one (else it is routed as a transfer).
+    pub(super) fn park_refer(&mut self, refer: &ReferTarget, now: Now, store: &mut dyn Store) -> bool {
+        let Some((user, domain)) = user_host(&refer.target) else { return false };
+        if !self.config.is_local_domain(&domain) {
+            return false;
+        }
+        let b2bua = &self.b2bua;
+        let Some(orbit) = self.config.features.park_target(&user, |o| b2bua.parked_in(o).is_some()) else { return false };
+        let orbit = match (&refer.transferor, orbit) {
+            // Only a subscriber parks calls.
+            (None, _) => Err(403),
+            (Some(_), Ok(orbit)) => Ok(orbit),
+            (Some(_), Err(())) => Err(486),
+        };
+        let music = self.music_for(refer.transferor.as_deref(), store);
+        let timeout = self.config.features.park_timeout;
+        self.b2bua.handle_park(refer.call, orbit, music, timeout, now);
+        true
+    }
+}

@@ -1,0 +1,111 @@
+//! Call pickup and call park (RFC 5359 §2.16, §2.15) through the real binaries, with sipp as
+//! every phone: the order of each phone's messages from sipp's logs, audio relayed between the
+//! parties the media plane joined (its packet counters), no leg left, and the control plane's
+//! counters from /metrics.
+//!
+//! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
+//! Slots 21 and 22 (SIP 21210+, the media plane's RTP 24100-24299, sipp 26000+ and its media
+//! 27000+).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod common;
+use common::stack::{register_callee, settings, sipp_available, spawn_sipp, wait_bounded, Stack};
+use common::{metric, scrape, Proc};
+
+/// sipp running `scenario` from `port` (its RTP from `port + 1000`), logging to `name`.log
+/// (killed if the test fails first).
+fn phone(stack: &Stack, name: &str, port: u16, args: &[&str]) -> (Proc, PathBuf) {
+    let log = stack.dir.join(format!("{name}.log"));
+    let (p, mp) = (port.to_string(), (port + 1000).to_string());
+    let mut all = vec!["-p", &p, "-mp", &mp, "-m", "1", "-trace_msg", "-message_file", log.to_str().expect("utf8")];
+    all.extend_from_slice(args);
+    (Proc { child: spawn_sipp(stack, &all), name: "sipp" }, log)
+}
+
+/// Waits for `phones` to pass; their message logs.
+fn logs(stack: &Stack, phones: Vec<(&str, Proc, PathBuf)>) -> Vec<String> {
+    phones
+        .into_iter()
+        .map(|(name, mut phone, log)| {
+            let status = wait_bounded(&mut phone.child, Duration::from_secs(40));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(status.success(), "{name}'s scenario failed: {text}\ncontrol plane: {}", stack.log());
+            text
+        })
+        .collect()
+}
+
+fn at(log: &str, needle: &str) -> usize {
+    log.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the message log:\n{log}"))
+}
+
+/// The control plane's counter `name` (scraped from the stack's /metrics on `metrics`).
+fn counter(metrics: &str, name: &str) -> u64 {
+    let body = scrape(metrics).unwrap_or_else(|| panic!("no /metrics on {metrics}"));
+    metric(&body, &format!("{name}_total ")).unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[test]
+fn a_ringing_call_is_picked_up_with_star_8_by_a_phone_of_the_callees_group() {
+    if !sipp_available() {
+        return;
+    }
+    let metrics = "127.0.0.1:21219";
+    let mut stack = Stack::start_with(21, true, &format!("[metrics]\nlisten = \"{metrics}\"\n"));
+    settings(&stack, "bob", &["pickup_group=sales"]);
+    settings(&stack, "carol", &["pickup_group=sales"]);
+    register_callee(&stack, "csv/bob.csv", 26_000);
+    let (bob, bob_log) = phone(&stack, "bob", 26_000, &["-sf", "uas-noanswer.xml"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Alice calls bob (RTP for 4 s once answered, then BYE); bob's phone rings and rings.
+    let alice_args = ["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "4000"];
+    let (alice, alice_log) = phone(&stack, "alice", 26_003, &alice_args);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, before) = stack.media_totals();
+    // Carol, in bob's group, dials *8: she and alice talk until alice hangs up.
+    let carol_args = ["-sf", "uac-call-until-bye.xml", "-inf", "csv/carol-picks-up.csv", "-auth_uri", "*8@sip.test"];
+    let (carol, carol_log) = phone(&stack, "carol", 26_006, &carol_args);
+    let logs = logs(&stack, vec![("alice", alice, alice_log), ("carol", carol, carol_log), ("bob", bob, bob_log)]);
+    let (alice, carol, bob) = (&logs[0], &logs[1], &logs[2]);
+    assert!(at(alice, "SIP/2.0 180") < at(alice, "SIP/2.0 200"), "{alice}");
+    assert!(at(carol, "SIP/2.0 200") < at(carol, "BYE sip:"), "carol's call ends with alice's BYE: {carol}");
+    assert!(at(bob, "INVITE sip:bob@") < at(bob, "CANCEL sip:bob@"), "bob's phone stops ringing: {bob}");
+    let (legs, after) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    // Both sent 50 packets a second for about 4 s, each relayed to the other.
+    assert!(after - before > 200, "audio relayed between alice and carol: {} packets", after - before);
+    assert_eq!(counter(metrics, "sip_pickups"), 1);
+    stack.stop();
+}
+
+#[test]
+fn a_call_parked_in_an_orbit_hears_music_and_is_taken_back_by_dialling_the_orbit() {
+    if !sipp_available() {
+        return;
+    }
+    let metrics = "127.0.0.1:21229";
+    let mut stack = Stack::start_with(22, true, &format!("[metrics]\nlisten = \"{metrics}\"\n"));
+    register_callee(&stack, "csv/bob.csv", 26_010);
+    // Bob answers and parks alice in orbit 701 (REFER), then hangs up.
+    let (bob, bob_log) = phone(&stack, "bob", 26_010, &["-sf", "uas-refer.xml", "-set", "target", "701@sip.test"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let alice_args = ["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "5000"];
+    let (alice, alice_log) = phone(&stack, "alice", 26_013, &alice_args);
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(counter(metrics, "sip_parks"), 1, "parked by now; log: {}", stack.log());
+    // Carol dials the orbit and talks to alice until alice hangs up.
+    let carol_args = ["-sf", "uac-call-until-bye.xml", "-inf", "csv/carol-calls-701.csv", "-auth_uri", "701@sip.test"];
+    let (carol, carol_log) = phone(&stack, "carol", 26_016, &carol_args);
+    let logs = logs(&stack, vec![("alice", alice, alice_log), ("carol", carol, carol_log), ("bob", bob, bob_log)]);
+    let (alice, carol, bob) = (&logs[0], &logs[1], &logs[2]);
+    let trying = at(bob, "SIP/2.0 100 Trying");
+    assert!(at(bob, "SIP/2.0 202") < trying && bob[trying..].contains("SIP/2.0 200 OK"), "{bob}");
+    assert!(!alice[at(alice, "SIP/2.0 200")..].contains("INVITE sip:alice@"), "alice is not re-INVITEd: {alice}");
+    assert!(at(carol, "SIP/2.0 200") < at(carol, "BYE sip:"), "{carol}");
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    assert_eq!((counter(metrics, "sip_parks"), counter(metrics, "sip_park_retrievals")), (1, 1));
+    stack.stop();
+}
