@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::media::MediaRequest;
 use crate::server_tests::{
-    answer, answer_at, callee_refer, callee_request, confirmed_call, in_dialog, invite, offer, subscriber_calls, to_tag, World, CALLEE,
-    CALLER, MEDIA_IP,
+    answer, answer_at, callee_refer, callee_request, confirmed_call, in_dialog, invite, offer, subscriber_calls, to_tag, with_credentials,
+    World, CALLEE, CALLER, MEDIA_IP,
 };
 
 /// Carol's phone (a subscriber of ours, not trusted: it authenticates).
@@ -196,4 +196,128 @@ fn a_parked_call_nobody_takes_back_is_hung_up_after_the_park_timeout_and_full_or
     let bye = w.take_sent(CALLER, "BYE sip:alice@192.0.2.1:5060");
     assert!(bye.contains("Call-ID: call1"), "{bye}");
     assert_eq!((w.core.stats().calls.park_timeouts, w.core.active_calls()), (1, 1));
+}
+
+// ---- the dialog event package (RFC 4235) ----
+
+/// Carol's SUBSCRIBE to `target`'s dialogs (Call-ID `id`), with `headers` (Event, Expires, …).
+fn subscribe_text(id: &str, target: &str, cseq: u32, to_tag: Option<&str>, headers: &str) -> String {
+    let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+    format!(
+        "SUBSCRIBE sip:{target}@sip.test SIP/2.0\r\nVia: SIP/2.0/UDP {CAROL};branch=z9hG4bK{id}s{cseq}\r\nMax-Forwards: 70\r\n\
+         From: <sip:carol@sip.test>;tag=w1\r\nTo: <sip:{target}@sip.test>{to_tag}\r\nCall-ID: {id}\r\nCSeq: {cseq} SUBSCRIBE\r\n\
+         Contact: <sip:carol@{CAROL}>\r\n{headers}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Carol subscribes to `target`'s dialogs with `headers` (authenticated).
+fn subscribe(w: &mut World, id: &str, target: &str, headers: &str) {
+    let uri = format!("sip:{target}@sip.test");
+    with_credentials(w, CAROL, "carol", "SUBSCRIBE", &uri, |cseq, auth| {
+        subscribe_text(id, target, cseq, None, &format!("{headers}{auth}"))
+    });
+}
+
+/// Answers a NOTIFY of ours with `status`; returns its body.
+fn answer_notify(w: &mut World, notify: &str, status: u16) -> String {
+    w.receive(CAROL, &answer_at(CAROL, notify, status, None));
+    notify.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+}
+
+fn attribute<'a>(xml: &'a str, name: &str) -> &'a str {
+    let start = xml.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("{name} not in {xml}")) + name.len() + 3;
+    &xml[start..start + xml[start..].find('"').expect("closing quote")]
+}
+
+#[test]
+fn a_watcher_is_told_of_a_subscribers_dialogs_as_they_ring_and_takes_the_ringing_call_with_replaces() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    subscribe(&mut w, "sub1", "bob", "Event: dialog\r\nAccept: application/dialog-info+xml\r\n");
+    let ok = w.take_one(CAROL, "SIP/2.0 200");
+    assert!(ok.contains("Expires: 3600"), "{ok}");
+    let first = w.take_one(CAROL, "NOTIFY sip:carol@192.0.2.60:5060");
+    assert!(first.contains("Event: dialog") && first.contains("Subscription-State: active;expires=3600"), "{first}");
+    let idle = answer_notify(&mut w, &first, 200);
+    assert!(idle.contains("version=\"0\"") && !idle.contains("<dialog "), "bob is idle: {idle}");
+    // Alice calls bob: his phone rings, and carol sees the early dialog his phone has.
+    ringing_call(&mut w);
+    let ringing = w.take_one(CAROL, "NOTIFY");
+    let ringing = answer_notify(&mut w, &ringing, 200);
+    assert!(
+        ringing.contains("version=\"1\"") && ringing.contains("<state>early</state>") && ringing.contains("direction=\"recipient\""),
+        "{ringing}"
+    );
+    assert!(ringing.contains("<identity>sip:alice@sip.test</identity>"), "{ringing}");
+    let (call_id, bobs, ours) = (attribute(&ringing, "call-id"), attribute(&ringing, "local-tag"), attribute(&ringing, "remote-tag"));
+    assert_eq!(bobs, "b1", "bob's phone's tag, from its 180");
+    // Carol takes the call with an INVITE that replaces bob's phone's early dialog.
+    let replaces = format!("Replaces: {call_id};to-tag={ours};from-tag={bobs};early-only\r\n");
+    let body = offer(6000, "sendrecv").replace("192.0.2.1", "192.0.2.60");
+    let uri = "sip:bob@sip.test";
+    let text = |cseq: u32, auth: &str| {
+        subscriber_invite_text("take1", "bob", cseq, &body).replace("Contact:", &format!("{replaces}{auth}Contact:"))
+    };
+    with_credentials(&mut w, CAROL, "carol", "INVITE", uri, text);
+    w.take_one(CAROL, "SIP/2.0 100");
+    w.join();
+    w.take_one(CAROL, "SIP/2.0 200");
+    w.take_one(CALLER, "SIP/2.0 200");
+    w.take_one(CALLEE, "CANCEL");
+    assert_eq!(w.core.stats().calls.pickups, 1);
+    // Bob's phone is no longer in the call: his watchers see him idle.
+    let after = w.take_one(CAROL, "NOTIFY");
+    let after = answer_notify(&mut w, &after, 200);
+    assert!(after.contains("version=\"2\"") && !after.contains("<dialog "), "{after}");
+    // Carol ends her subscription: the last NOTIFY says so.
+    let tag = to_tag(&ok);
+    w.receive(CAROL, &subscribe_text("sub1", "bob", 3, Some(&tag), "Event: dialog\r\nExpires: 0\r\n"));
+    assert!(w.take_one(CAROL, "SIP/2.0 200").contains("Expires: 0"));
+    let last = w.take_one(CAROL, "NOTIFY");
+    assert!(last.contains("Subscription-State: terminated;reason=timeout"), "{last}");
+    answer_notify(&mut w, &last, 200);
+    assert_eq!(w.core.dialog_subscriptions(), 0);
+}
+
+/// Carol's INVITE to `dialled` (Call-ID `id`, CSeq `cseq`) with `body`, before credentials.
+fn subscriber_invite_text(id: &str, dialled: &str, cseq: u32, body: &str) -> String {
+    invite(id, body)
+        .replace(CALLER, CAROL)
+        .replace("\"Alice\" <sip:alice@", "<sip:carol@")
+        .replace("sip:bob@sip.test SIP/2.0", &format!("sip:{dialled}@sip.test SIP/2.0"))
+        .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+        .replace(&format!("branch=z9hG4bK{id}i"), &format!("branch=z9hG4bK{id}i{cseq}"))
+}
+
+#[test]
+fn subscriptions_refuse_other_packages_short_times_unknown_targets_and_end_on_expiry_or_a_refused_notify() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    subscribe(&mut w, "s1", "bob", "Event: presence\r\n");
+    assert!(w.take_one(CAROL, "SIP/2.0 489").contains("Allow-Events: dialog"));
+    subscribe(&mut w, "s2", "bob", "Event: dialog\r\nExpires: 10\r\n");
+    assert!(w.take_one(CAROL, "SIP/2.0 423").contains("Min-Expires: 60"));
+    subscribe(&mut w, "s3", "nobody", "Event: dialog\r\n");
+    w.take_one(CAROL, "SIP/2.0 404");
+    subscribe(&mut w, "s4", "bob", "Event: dialog\r\nAccept: application/pidf+xml\r\n");
+    w.take_one(CAROL, "SIP/2.0 406");
+    // One that expires: its last NOTIFY after 120 s.
+    subscribe(&mut w, "s5", "bob", "Event: dialog\r\nExpires: 120\r\n");
+    w.take_one(CAROL, "SIP/2.0 200");
+    let first = w.take_one(CAROL, "NOTIFY");
+    answer_notify(&mut w, &first, 200);
+    w.advance(Duration::from_secs(119));
+    assert!(w.take(CAROL, "NOTIFY").is_empty());
+    w.advance(Duration::from_secs(2));
+    let last = w.take_sent(CAROL, "NOTIFY");
+    assert!(last.contains("terminated;reason=timeout"), "{last}");
+    answer_notify(&mut w, &last, 200);
+    // One whose watcher answers 481: it ends, and bob's next call notifies nobody.
+    subscribe(&mut w, "s6", "bob", "Event: dialog\r\n");
+    w.take_one(CAROL, "SIP/2.0 200");
+    let first = w.take_one(CAROL, "NOTIFY");
+    answer_notify(&mut w, &first, 481);
+    assert_eq!(w.core.dialog_subscriptions(), 0);
+    ringing_call(&mut w);
+    assert!(w.take(CAROL, "NOTIFY").is_empty());
 }

@@ -52,6 +52,7 @@ pub mod b2bua;
 pub mod billing;
 pub mod callback;
 pub mod config;
+pub mod dialog_events;
 pub mod driver;
 pub mod features;
 pub mod limits;

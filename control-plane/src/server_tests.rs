@@ -1026,11 +1026,31 @@ fn incoming_screening_refuses_listed_callers_and_lets_others_through() {
     w.take_one(CALLER, "SIP/2.0 603");
 }
 
-/// Subscriber `user` (password `pw`) at `phone` calls `dialled` with `body` (Call-ID `id`):
-/// challenged with 407, then sent again with its credentials (CSeq 2, branch `z9hG4bK{id}i2`).
-/// Returns the INVITE it sent last.
-pub(crate) fn subscriber_calls(w: &mut World, phone: &str, user: &str, id: &str, dialled: &str, body: &str) -> String {
+/// Subscriber `user` (password `pw`) at `phone` sends `request(cseq, credentials)` (a `method`
+/// to `uri`): challenged with 407, then sent again with its credentials (CSeq 2). Returns the
+/// request it sent last.
+pub(crate) fn with_credentials(
+    w: &mut World,
+    phone: &str,
+    user: &str,
+    method: &str,
+    uri: &str,
+    request: impl Fn(u32, &str) -> String,
+) -> String {
     use sip_core::digest::{authorization, ha1, parse_challenge, Algorithm};
+    w.receive(phone, &request(1, ""));
+    let challenge = w.take_one(phone, "SIP/2.0 407");
+    let value = challenge.lines().find_map(|l| l.strip_prefix("Proxy-Authenticate: ")).expect("challenge");
+    let challenge = parse_challenge(value).expect("parses");
+    let credentials = authorization(&challenge, user, &ha1(Algorithm::Md5.hash(), user, "sip.test", "pw"), method, uri, "c0ffee", 1);
+    let text = request(2, &format!("Proxy-Authorization: {credentials}\r\n"));
+    w.receive(phone, &text);
+    text
+}
+
+/// Subscriber `user` at `phone` calls `dialled` with `body` (Call-ID `id`; see
+/// [`with_credentials`]; branch `z9hG4bK{id}i2`). Returns the INVITE it sent last.
+pub(crate) fn subscriber_calls(w: &mut World, phone: &str, user: &str, id: &str, dialled: &str, body: &str) -> String {
     let call = |cseq: u32, auth: &str| {
         invite(id, body)
             .replace(CALLER, phone)
@@ -1041,22 +1061,7 @@ pub(crate) fn subscriber_calls(w: &mut World, phone: &str, user: &str, id: &str,
             .replace(&format!("branch=z9hG4bK{id}i"), &format!("branch=z9hG4bK{id}i{cseq}"))
             .replace("Contact:", &format!("{auth}Contact:"))
     };
-    w.receive(phone, &call(1, ""));
-    let challenge = w.take_one(phone, "SIP/2.0 407");
-    let value = challenge.lines().find_map(|l| l.strip_prefix("Proxy-Authenticate: ")).expect("challenge");
-    let challenge = parse_challenge(value).expect("parses");
-    let credentials = authorization(
-        &challenge,
-        user,
-        &ha1(Algorithm::Md5.hash(), user, "sip.test", "pw"),
-        "INVITE",
-        &format!("sip:{dialled}@sip.test"),
-        "c0ffee",
-        1,
-    );
-    let invite = call(2, &format!("Proxy-Authorization: {credentials}\r\n"));
-    w.receive(phone, &invite);
-    invite
+    with_credentials(w, phone, user, "INVITE", &format!("sip:{dialled}@sip.test"), call)
 }
 
 #[test]

@@ -1,10 +1,10 @@
-//! Call pickup and call park (RFC 5359 §2.16, §2.15) through the real binaries, with sipp as
+//! Call pickup, call park and automatic redial (RFC 5359 §2.16, §2.15, §2.17) through the real binaries, with sipp as
 //! every phone: the order of each phone's messages from sipp's logs, audio relayed between the
 //! parties the media plane joined (its packet counters), no leg left, and the control plane's
 //! counters from /metrics.
 //!
 //! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
-//! Slots 21 and 22 (SIP 21210+, the media plane's RTP 24100-24299, sipp 26000+ and its media
+//! Slots 21 to 23 (SIP 21210+, the media plane's RTP 24100-24399, sipp 26000+ and its media
 //! 27000+).
 
 use std::path::PathBuf;
@@ -107,5 +107,48 @@ fn a_call_parked_in_an_orbit_hears_music_and_is_taken_back_by_dialling_the_orbit
     let (legs, _) = stack.media_totals();
     assert_eq!(legs, 0, "legs left in the media plane");
     assert_eq!((counter(metrics, "sip_parks"), counter(metrics, "sip_park_retrievals")), (1, 1));
+    stack.stop();
+}
+
+#[test]
+fn a_caller_who_found_the_callee_busy_watches_its_dialogs_and_calls_again_once_it_is_free() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(23, true);
+    register_callee(&stack, "csv/bob.csv", 26_020);
+    register_callee(&stack, "csv/carol.csv", 26_023);
+    // Bob is on the phone with carol for 4 s.
+    let (carol, carol_log) = phone(&stack, "carol", 26_023, &["-sf", "uas-answer.xml"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let bob_args = ["-sf", "uac-call-short.xml", "-inf", "csv/bob-calls-carol.csv", "-auth_uri", "carol@sip.test", "-d", "4000"];
+    let (bob_out, bob_out_log) = phone(&stack, "bob-out", 26_026, &bob_args);
+    std::thread::sleep(Duration::from_millis(1000));
+    // Alice calls bob, whose phone says busy; she watches his dialogs and calls again when his
+    // call with carol is over; his phone answers then.
+    let (busy, busy_log) = phone(&stack, "bob-busy", 26_020, &["-sf", "uas-busy.xml"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let alice_args = ["-sf", "uac-redial.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "500"];
+    let (alice, alice_log) = phone(&stack, "alice", 26_029, &alice_args);
+    logs(&stack, vec![("bob-busy", busy, busy_log)]);
+    let (answers, answers_log) = phone(&stack, "bob-answers", 26_020, &["-sf", "uas-answer.xml"]);
+    let logs = logs(
+        &stack,
+        vec![
+            ("alice", alice, alice_log),
+            ("bob-out", bob_out, bob_out_log),
+            ("carol", carol, carol_log),
+            ("bob-answers", answers, answers_log),
+        ],
+    );
+    let alice = &logs[0];
+    let (busy_at, subscribed) = (at(alice, "SIP/2.0 486"), at(alice, "SUBSCRIBE sip:bob@"));
+    let confirmed = at(alice, "<state>confirmed</state>");
+    let again = alice.rfind("INVITE sip:bob@").expect("a second INVITE");
+    assert!(busy_at < subscribed && subscribed < confirmed && confirmed < again, "{alice}");
+    assert!(alice[confirmed..again].contains("Subscription-State: terminated"), "the subscription ends before the redial: {alice}");
+    assert!(alice[again..].contains("SIP/2.0 200"), "{alice}");
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
     stack.stop();
 }

@@ -328,3 +328,90 @@ impl B2bua {
         self.end_both(id, now);
     }
 }
+
+impl B2bua {
+    /// The dialogs subscriber `aor` is in, as its phones see them (the dialog event package):
+    /// the calls it placed, and the forks ringing (or answered by) its phones.
+    pub fn dialogs_of(&self, aor: &str) -> Vec<crate::dialog_events::DialogView> {
+        let mut views = Vec::new();
+        let mut ids: Vec<&u64> = self.calls.keys().collect();
+        ids.sort();
+        for id in ids {
+            let Some(c) = self.calls.get(id) else { continue };
+            let live = !matches!(c.state, State::Cancelled) && c.parked.is_none();
+            if !live {
+                continue;
+            }
+            let confirmed = matches!(c.state, State::Answered | State::Confirmed);
+            if c.caller.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(aor)) && !c.originated {
+                views.push(crate::dialog_events::DialogView {
+                    call_id: c.a.call_id.clone(),
+                    local_tag: tag_of(&c.a.remote).map(str::to_owned),
+                    remote_tag: c.a.local_tag().to_owned(),
+                    initiator: true,
+                    confirmed,
+                    remote: c.callee_uri.clone(),
+                });
+            }
+            if !c.route.subscriber().is_some_and(|s| s.eq_ignore_ascii_case(aor)) {
+                continue;
+            }
+            // Its phones: the forks of the current stage still ringing, or the one that answered.
+            let forks = c.forks.iter().enumerate().filter(|(i, f)| {
+                if confirmed {
+                    c.winner == Some(*i)
+                } else {
+                    c.stage_open && f.stage == c.stage && f.state == ForkState::Ringing
+                }
+            });
+            for (_, f) in forks {
+                views.push(crate::dialog_events::DialogView {
+                    call_id: f.dialog.call_id.clone(),
+                    local_tag: tag_of(&f.dialog.remote).map(str::to_owned),
+                    remote_tag: f.dialog.local_tag().to_owned(),
+                    initiator: false,
+                    confirmed,
+                    remote: c.caller_uri.clone(),
+                });
+            }
+        }
+        views
+    }
+
+    /// The calls subscriber `aor` is a party of (see [`Self::parties`]).
+    pub fn calls_of(&self, aor: &str) -> Vec<u64> {
+        self.calls.keys().copied().filter(|&id| self.parties(id).iter().any(|p| p.eq_ignore_ascii_case(aor))).collect()
+    }
+
+    /// The subscribers (AoRs) call `id` is about: its caller and the subscriber it rings.
+    pub fn parties(&self, id: u64) -> Vec<String> {
+        let Some(c) = self.calls.get(&id) else { return Vec::new() };
+        c.caller.iter().chain(c.route.subscriber().map(str::to_owned).as_ref()).cloned().collect()
+    }
+
+    /// The ringing call a `Replaces` (RFC 3891) of an INVITE names: a fork's dialog, by its
+    /// Call-ID and tags (either way round: phones differ on which is which). `Err(486)` for a
+    /// call that was answered meanwhile when the Replaces is `early-only`, `Err(481)` for none,
+    /// `Err(403)` for an answered call (replacing an answered dialog by INVITE is not offered).
+    pub fn replaces_ringing(&self, value: &str) -> Result<u64, u16> {
+        let replaces = transfer::Replaces::from_value(value).ok_or(400u16)?;
+        let early_only = value.split(';').any(|p| p.trim().eq_ignore_ascii_case("early-only"));
+        let (call_id, tag1, tag2) = (replaces.call_id.as_str(), replaces.to_tag.as_str(), replaces.from_tag.as_str());
+        let &(id, side) = self.by_call_id.get(call_id).ok_or(481u16)?;
+        let c = self.calls.get(&id).ok_or(481u16)?;
+        let f = c.forks.iter().find(|f| f.dialog.call_id == call_id).filter(|_| side == Side::B).ok_or(481u16)?;
+        let ours = f.dialog.local_tag();
+        let theirs = tag_of(&f.dialog.remote).unwrap_or_default();
+        let tags_match = (ours == tag1 && (theirs == tag2 || theirs.is_empty())) || (ours == tag2 && (theirs == tag1 || theirs.is_empty()));
+        if !tags_match {
+            return Err(481);
+        }
+        if Self::can_pick_up(c) {
+            Ok(id)
+        } else if matches!(c.state, State::Answered | State::Confirmed) {
+            Err(if early_only { 486 } else { 403 })
+        } else {
+            Err(481)
+        }
+    }
+}

@@ -57,7 +57,7 @@ use crate::routing::{outcome_of, Next, Outcome, Plan, RouteState, Stage};
 use crate::sdp::Sdp;
 
 /// Methods the server answers (the Allow header of OPTIONS, 405s and the calls it places).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, NOTIFY";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE";
 
 /// SIP the B2BUA wants sent; the server applies it to its transaction layer.
 #[derive(Debug)]
@@ -1471,7 +1471,8 @@ fn accepts_sdp(headers: &rsip::Headers) -> bool {
     })
 }
 
-fn our_contact(config: &Config, peer: &Peer) -> String {
+/// Our Contact towards `peer` (its transport).
+pub(crate) fn our_contact(config: &Config, peer: &Peer) -> String {
     let advertise = config.advertise_for(peer.transport);
     match peer.transport {
         rsip::Transport::Tcp => format!("<sip:b2bua@{advertise};transport=tcp>"),

@@ -394,7 +394,11 @@ impl Replaces {
             let (name, value) = h.split_once('=')?;
             name.eq_ignore_ascii_case("Replaces").then_some(value)
         })?;
-        let value = percent_decode(value);
+        Replaces::from_value(&percent_decode(value))
+    }
+
+    /// From a `Replaces` header's value (`call-id;to-tag=…;from-tag=…[;early-only]`).
+    pub(super) fn from_value(value: &str) -> Option<Replaces> {
         let mut parts = value.split(';');
         let call_id = parts.next()?.trim().to_owned();
         let (mut to_tag, mut from_tag) = (None, None);

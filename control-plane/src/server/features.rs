@@ -18,6 +18,12 @@ impl ControlPlane {
         now: Now,
         store: &mut dyn Store,
     ) -> Option<Request> {
+        if let Some(value) = message::header(&request.headers, "Replaces").map(str::to_owned) {
+            // RFC 3891: a phone that learnt a ringing call's dialog (the dialog event package)
+            // takes it.
+            self.on_replaces_invite(key, request, source, caller, &value, now, store);
+            return None;
+        }
         let Some(user) = request.uri.auth.as_ref().map(|a| a.user.clone()) else { return Some(request) };
         let domain = request.uri.host_with_port.host.to_string();
         let Some(feature) = self.config.features.dialled(&user).filter(|_| self.config.is_local_domain(&domain)) else {
@@ -29,24 +35,21 @@ impl ControlPlane {
             self.respond(key, response, now);
             return None;
         };
-        let group_of = |aor: &str, store: &mut dyn Store| {
-            aor.split_once('@').and_then(|(u, d)| store.settings(u, d).ok().flatten()).and_then(|s| s.pickup_group)
-        };
-        let my_group = group_of(caller, store);
+        let my_group = pickup_group(caller, store);
         let result = match feature {
             FeatureCall::GroupPickup => match my_group {
                 None => Err((403, "No Pickup Group")),
                 Some(group) => {
                     let ringing = self.b2bua.ringing();
-                    let found =
-                        ringing.into_iter().find(|r| r.callee != caller && group_of(&r.callee, store).as_deref() == Some(group.as_str()));
+                    let found = ringing
+                        .into_iter()
+                        .find(|r| r.callee != caller && pickup_group(&r.callee, store).as_deref() == Some(group.as_str()));
                     found.ok_or((404, "Nothing To Pick Up")).and_then(|r| self.pick_up(r.call, key, &request, source, now))
                 }
             },
             FeatureCall::DirectedPickup(user) => {
                 let callee = format!("{}@{}", user, caller.split_once('@').map_or(domain.as_str(), |(_, d)| d));
-                let theirs = group_of(&callee, store);
-                if theirs.is_some() && theirs != my_group {
+                if !may_pick_up(caller, &callee, store) {
                     Err((403, "Not In The Pickup Group"))
                 } else {
                     let found = self.b2bua.ringing().into_iter().find(|r| r.callee.eq_ignore_ascii_case(&callee));
@@ -66,6 +69,38 @@ impl ControlPlane {
             self.respond(key, response, now);
         }
         None
+    }
+
+    /// An INVITE with `Replaces` naming a ringing fork's dialog: a pickup of that call, under
+    /// the same rule as a pickup by name.
+    #[allow(clippy::too_many_arguments)]
+    fn on_replaces_invite(
+        &mut self,
+        key: &TransactionKey,
+        request: Request,
+        source: Peer,
+        caller: Option<&str>,
+        value: &str,
+        now: Now,
+        store: &mut dyn Store,
+    ) {
+        let result = match (caller, self.b2bua.replaces_ringing(value)) {
+            (None, _) => Err((403, "Features Are For Subscribers")),
+            (_, Err(status)) => Err((status, "No Such Ringing Call")),
+            (Some(caller), Ok(call)) => {
+                let callee = self.b2bua.ringing().into_iter().find(|r| r.call == call).map(|r| r.callee).unwrap_or_default();
+                if !may_pick_up(caller, &callee, store) {
+                    Err((403, "Not In The Pickup Group"))
+                } else {
+                    self.pick_up(call, key, &request, source, now)
+                }
+            }
+        };
+        if let Err((status, reason)) = result {
+            tracing::info!(status, "an INVITE with Replaces was refused");
+            let response = self.response(&request, status, Some(reason));
+            self.respond(key, response, now);
+        }
     }
 
     fn pick_up(&mut self, call: u64, key: &TransactionKey, request: &Request, source: Peer, now: Now) -> Result<(), (u16, &'static str)> {
@@ -92,4 +127,16 @@ impl ControlPlane {
         self.b2bua.handle_park(refer.call, orbit, music, timeout, now);
         true
     }
+}
+
+/// Subscriber `aor`'s pickup group.
+fn pickup_group(aor: &str, store: &mut dyn Store) -> Option<String> {
+    aor.split_once('@').and_then(|(u, d)| store.settings(u, d).ok().flatten()).and_then(|s| s.pickup_group)
+}
+
+/// Whether `picker` may take a call ringing `callee` by naming it (`*8bob`, Replaces): a callee
+/// with a pickup group only from inside it.
+fn may_pick_up(picker: &str, callee: &str, store: &mut dyn Store) -> bool {
+    let theirs = pickup_group(callee, store);
+    theirs.is_none() || theirs == pickup_group(picker, store)
 }

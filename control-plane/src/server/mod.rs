@@ -43,6 +43,7 @@ use crate::store::Store;
 mod accounting;
 mod callback;
 mod features;
+mod subscriptions;
 pub use callback::CallbackError;
 
 /// Counters of the core (exported by the driver).
@@ -153,6 +154,10 @@ pub struct ControlPlane {
     /// Calls' progress for the API's watchers.
     updates: VecDeque<CallUpdate>,
     transmits: VecDeque<Outgoing>,
+    /// Subscriptions to subscribers' dialogs, and the calls of watched subscribers (to tell
+    /// their watchers when the calls end).
+    dialog_events: crate::dialog_events::DialogEvents,
+    watched_calls: std::collections::HashMap<u64, Vec<String>>,
     stats: Stats,
     next_sweep: Option<Instant>,
     /// Tags and nonce salts.
@@ -189,6 +194,8 @@ impl ControlPlane {
             registrar: Registrar::new(config.registrar),
             limits: crate::limits::Limits::new(config.limits.clone()),
             b2bua: B2bua::new(config.clone(), timers, random.split()),
+            dialog_events: crate::dialog_events::DialogEvents::new(config.clone(), random.split()),
+            watched_calls: std::collections::HashMap::new(),
             billing: crate::billing::Billing::default(),
             callbacks: crate::callback::Engine::new(config.callback.clone()),
             sessions: std::collections::HashMap::new(),
@@ -335,6 +342,8 @@ impl ControlPlane {
     pub fn handle_timeout(&mut self, now: Now, store: &mut dyn Store) {
         self.layer.handle_timeout(now.instant);
         self.b2bua.handle_timeout(now);
+        let b2bua = &self.b2bua;
+        self.dialog_events.handle_timeout(|aor| b2bua.dialogs_of(aor), now.instant);
         self.billing.handle_timeout(&self.config, store, now);
         self.callbacks.handle_timeout(now.instant);
         if self.next_sweep.is_none_or(|t| t <= now.instant) {
@@ -381,6 +390,11 @@ impl ControlPlane {
         found
     }
 
+    /// Subscriptions to subscribers' dialogs in force.
+    pub fn dialog_subscriptions(&self) -> usize {
+        self.dialog_events.len()
+    }
+
     /// Dialogs the B2BUA answers to (0 when no call is left).
     pub fn dialogs(&self) -> usize {
         self.b2bua.dialogs()
@@ -414,7 +428,16 @@ impl ControlPlane {
     /// When [`handle_timeout`](Self::handle_timeout) must next run.
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        [self.layer.poll_timeout(), self.b2bua.poll_timeout(), self.next_sweep, self.callbacks.poll_timeout()].into_iter().flatten().min()
+        [
+            self.layer.poll_timeout(),
+            self.b2bua.poll_timeout(),
+            self.next_sweep,
+            self.callbacks.poll_timeout(),
+            self.dialog_events.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- internals ----
@@ -425,6 +448,10 @@ impl ControlPlane {
         loop {
             let mut progressed = false;
             while let Some(out) = self.b2bua.poll_sip() {
+                progressed = true;
+                self.apply(out, now);
+            }
+            while let Some(out) = self.dialog_events.poll_sip() {
                 progressed = true;
                 self.apply(out, now);
             }
@@ -465,6 +492,8 @@ impl ControlPlane {
     fn on_call_event(&mut self, event: CallEvent, now: Now, store: &mut dyn Store) {
         match event {
             CallEvent::Update(update) => {
+                let ended = matches!(update.kind, crate::b2bua::UpdateKind::Ended { .. });
+                self.dialogs_changed(update.call, ended, now);
                 if matches!(update.kind, crate::b2bua::UpdateKind::Answered { .. }) {
                     self.billing.answered(store, update.call, now);
                     self.accounting_answered(update.call, now);
@@ -584,11 +613,21 @@ impl ControlPlane {
             }
             LayerEvent::Stray { message: SipMessage::Request(request), .. } => self.b2bua.handle_ack(&request, now),
             LayerEvent::Stray { message: SipMessage::Response(response), .. } => self.b2bua.handle_stray_response(&response),
-            LayerEvent::Response { key, response } => self.b2bua.handle_response(&key, response, now),
-            LayerEvent::Timeout { key, role } | LayerEvent::TransportError { key, role } => {
-                self.b2bua.handle_transaction_failed(&key, role, now)
+            LayerEvent::Response { key, response } => {
+                if !self.dialog_events.handle_response(&key, &response) {
+                    self.b2bua.handle_response(&key, response, now)
+                }
             }
-            LayerEvent::Terminated { key, role } => self.b2bua.handle_transaction_terminated(&key, role),
+            LayerEvent::Timeout { key, role } | LayerEvent::TransportError { key, role } => {
+                if role != Role::Client || !self.dialog_events.handle_failed(&key) {
+                    self.b2bua.handle_transaction_failed(&key, role, now)
+                }
+            }
+            LayerEvent::Terminated { key, role } => {
+                if role != Role::Client || !self.dialog_events.handle_terminated(&key) {
+                    self.b2bua.handle_transaction_terminated(&key, role)
+                }
+            }
         }
     }
 
@@ -636,6 +675,10 @@ impl ControlPlane {
             Method::Register => self.on_register(&key, &request, source, now, store),
             Method::Cancel => self.on_cancel(&key, &request, cancels, now),
             Method::Invite if !in_dialog => self.on_invite(key, request, source, now, store),
+            Method::Subscribe if !in_dialog => self.on_subscribe(&key, &request, source, now, store),
+            _ if in_dialog && call_id(&request.headers).is_some_and(|c| self.dialog_events.owns(c)) => {
+                self.on_subscription_request(key, &request, now)
+            }
             Method::Options if !in_dialog => {
                 let mut response = self.response(&request, 200, None);
                 response.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOW)));
@@ -924,9 +967,9 @@ impl ControlPlane {
 const MAX_UPDATES: usize = 10_000;
 
 /// Option tags (RFC 3261 §19.2) this server supports in `Require`; a request requiring any other
-/// gets 420: SIP outbound (RFC 5626) and Path (RFC 3327) at the registrar; 100rel, timer and
-/// replaces are not implemented.
-pub const SUPPORTED_OPTIONS: &[&str] = &["outbound", "path"];
+/// gets 420: SIP outbound (RFC 5626) and Path (RFC 3327) at the registrar, Replaces (RFC 3891:
+/// call pickup of a ringing call); 100rel and timer are not implemented.
+pub const SUPPORTED_OPTIONS: &[&str] = &["outbound", "path", "replaces"];
 
 /// The `Require` option tags of a request this server does not support, in order.
 fn unsupported_requirements(headers: &rsip::Headers) -> Vec<String> {

@@ -1,0 +1,89 @@
+//! The server's side of the dialog event package ([`crate::dialog_events`]): SUBSCRIBEs
+//! authenticated and checked here, the B2BUA's calls turned into each watched subscriber's
+//! dialogs, and every change of them notified.
+
+use super::*;
+
+impl ControlPlane {
+    /// An out-of-dialog SUBSCRIBE: the watcher's identity (trusted peer or digest, as for an
+    /// INVITE), a subscriber of ours to watch, then the notifier.
+    pub(super) fn on_subscribe(&mut self, key: &TransactionKey, request: &Request, source: Peer, now: Now, store: &mut dyn Store) {
+        let Some((from_user, from_domain)) = from_value(&request.headers).map(uri_of).and_then(user_host) else {
+            self.reply(key, request, 400, now);
+            return;
+        };
+        if !self.config.trusted.contains(&source.addr.ip()) {
+            let Some(user) = self.authenticate(key, request, source.addr.ip(), &from_user, &from_domain, true, now, store) else {
+                return;
+            };
+            if user != from_user || !self.config.is_local_domain(&from_domain) {
+                self.stats.auth_failures += 1;
+                self.reply(key, request, 403, now);
+                return;
+            }
+        }
+        let user = request.uri.auth.as_ref().map(|a| a.user.clone()).unwrap_or_default();
+        let domain = request.uri.host_with_port.host.to_string().to_ascii_lowercase();
+        if !self.config.is_local_domain(&domain) {
+            self.reply(key, request, 404, now);
+            return;
+        }
+        match store.subscriber(&user, &domain) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                self.reply(key, request, 404, now);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store: cannot look up a watched subscriber");
+                self.stats.store_errors += 1;
+                self.reply(key, request, 500, now);
+                return;
+            }
+        }
+        let target = format!("{user}@{domain}");
+        let dialogs = self.b2bua.dialogs_of(&target);
+        self.dialog_events.handle_subscribe(key.clone(), request, source, &target, &dialogs, now.instant);
+        if self.dialog_events.watched(&target) {
+            // Its calls now: their end is news too.
+            for call in self.b2bua.calls_of(&target) {
+                let parties = self.watched_calls.entry(call).or_default();
+                if !parties.contains(&target) {
+                    parties.push(target.clone());
+                }
+            }
+        }
+    }
+
+    /// A request in one of our subscription dialogs.
+    pub(super) fn on_subscription_request(&mut self, key: TransactionKey, request: &Request, now: Now) {
+        let b2bua = &self.b2bua;
+        self.dialog_events.handle_in_dialog(key, request, |aor| b2bua.dialogs_of(aor), now.instant);
+    }
+
+    /// Call `call` changed (or, `ended`, is over): the watchers of its subscribers are told.
+    pub(super) fn dialogs_changed(&mut self, call: u64, ended: bool, now: Now) {
+        if self.dialog_events.is_empty() && self.watched_calls.is_empty() {
+            return;
+        }
+        let parties = if ended {
+            self.watched_calls.remove(&call).unwrap_or_default()
+        } else {
+            let parties: Vec<String> = self.b2bua.parties(call).into_iter().filter(|p| self.dialog_events.watched(p)).collect();
+            let known = self.watched_calls.entry(call).or_default();
+            for p in &parties {
+                if !known.contains(p) {
+                    known.push(p.clone());
+                }
+            }
+            if known.is_empty() {
+                self.watched_calls.remove(&call);
+            }
+            parties
+        };
+        for aor in parties {
+            let dialogs = self.b2bua.dialogs_of(&aor);
+            self.dialog_events.changed(&aor, &dialogs, now.instant);
+        }
+    }
+}
