@@ -321,3 +321,144 @@ fn subscriptions_refuse_other_packages_short_times_unknown_targets_and_end_on_ex
     ringing_call(&mut w);
     assert!(w.take(CAROL, "NOTIFY").is_empty());
 }
+
+// ---- conference rooms and three-way calls (RFC 5359 §2.10, §2.11) ----
+
+/// The Conference request's fields: (room, conference, add, release, whether a newcomer).
+fn conference_fields(request: &MediaRequest) -> (String, Option<u64>, Vec<u64>, Vec<u64>, bool) {
+    let MediaRequest::Conference { room, conference, add, release, newcomer } = request else { panic!("not a Conference: {request:?}") };
+    (room.clone(), *conference, add.clone(), release.clone(), newcomer.is_some())
+}
+
+#[test]
+fn parties_dialling_a_room_are_answered_by_the_media_plane_and_the_room_ends_with_its_last_party() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    w.subscriber("dave", None);
+    let dave = "192.0.2.61:5060";
+    let carol_invite = subscriber_calls(&mut w, CAROL, "carol", "c1", "conf-sales", &offer(6000, "sendrecv"));
+    w.take_one(CAROL, "SIP/2.0 100");
+    let made = w.conference(500);
+    assert_eq!(conference_fields(&made), ("conf-sales".into(), None, vec![], vec![], true), "the first party makes the room");
+    let ok = w.take_one(CAROL, "SIP/2.0 200");
+    assert!(ok.contains(&format!("c=IN IP4 {MEDIA_IP}")) && ok.contains("m=audio 31182 "), "{ok}");
+    subscriber_calls(&mut w, dave, "dave", "d1", "conf-sales", &offer(6002, "sendrecv"));
+    let joined = w.conference(500);
+    assert_eq!(conference_fields(&joined), ("conf-sales".into(), Some(500), vec![], vec![], true), "the second joins it");
+    let dave_ok = w.take_one(dave, "SIP/2.0 200");
+    // Carol leaves: her legs go, the room stays for dave.
+    w.receive(CAROL, &from_carol("ACK", &carol_invite, &to_tag(&ok), 2));
+    w.receive(CAROL, &from_carol("BYE", &carol_invite, &to_tag(&ok), 3));
+    w.take_one(CAROL, "SIP/2.0 200");
+    assert!(w.media.contains(&MediaRequest::Release { legs: vec![91] }), "{:?}", w.media);
+    assert!(!w.media.iter().any(|m| matches!(m, MediaRequest::EndConference { .. })));
+    // A re-INVITE from dave has nobody to go to: refused; he stays.
+    let dave_bye = |method: &str, cseq: u32| {
+        in_dialog(method, "d1", cseq, &to_tag(&dave_ok), None).replace(CALLER, dave).replace("\"Alice\" <sip:alice@", "<sip:dave@")
+    };
+    w.receive(dave, &dave_bye("BYE", 3));
+    w.take_one(dave, "SIP/2.0 200");
+    assert!(w.media.contains(&MediaRequest::EndConference { conference: 500 }), "the empty room ends: {:?}", w.media);
+    assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
+    let stats = w.core.stats().calls;
+    assert_eq!(stats.media_allocations, stats.media_releases, "{stats:?}");
+}
+
+#[test]
+fn a_refer_to_a_room_moves_the_other_party_in_and_lets_the_transferor_go() {
+    let mut w = World::new();
+    let (invite_b, alice_tag, b_tag) = confirmed_call(&mut w);
+    // Bob sends alice to room conf-x (RFC 5359 §2.10: the conference URI, with Replaces of
+    // the dialog it replaces).
+    let target = "sip:conf-x@sip.test?Replaces=whatever%3Bto-tag%3Da%3Bfrom-tag%3Db";
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, target, ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    let trying = w.take_one(CALLEE, "NOTIFY");
+    assert!(trying.contains("SIP/2.0 100 Trying"), "{trying}");
+    let moved = w.conference(700);
+    assert_eq!(conference_fields(&moved), ("conf-x".into(), None, vec![11], vec![12], false), "alice's legs in, bob's out");
+    let done = w.take_one(CALLEE, "NOTIFY");
+    assert!(done.contains("SIP/2.0 200 OK") && done.contains("terminated"), "{done}");
+    w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 3));
+    w.take_one(CALLEE, "SIP/2.0 200");
+    assert!(w.take(CALLER, "BYE").is_empty(), "alice stays in the room");
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &alice_tag, None));
+    w.take_one(CALLER, "SIP/2.0 200");
+    assert!(w.media.contains(&MediaRequest::EndConference { conference: 700 }));
+    assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
+    assert_eq!(w.core.stats().calls.transfers_completed, 1);
+}
+
+#[test]
+fn a_third_party_joining_a_call_makes_a_room_of_three_and_the_last_one_left_is_hung_up() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    group(&mut w, &[("bob", "sales"), ("carol", "sales")]);
+    let (invite_b, alice_tag, b_tag) = confirmed_call(&mut w);
+    let b_call_id = invite_b.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("Call-ID").trim().to_owned();
+    let ours = invite_b.lines().find(|l| l.starts_with("From:")).and_then(|l| l.split(";tag=").nth(1)).expect("tag").trim().to_owned();
+    // Carol joins bob's call (RFC 3911), naming his phone's dialog as the dialog package shows it.
+    let join = format!("Join: {b_call_id};to-tag={ours};from-tag={b_tag}\r\n");
+    let body = offer(6000, "sendrecv");
+    let text = |cseq: u32, auth: &str| {
+        invite("j1", &body)
+            .replace(CALLER, CAROL)
+            .replace("\"Alice\" <sip:alice@", "<sip:carol@")
+            .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+            .replace("branch=z9hG4bKj1i", &format!("branch=z9hG4bKj1i{cseq}"))
+            .replace("Contact:", &format!("{join}{auth}Contact:"))
+    };
+    let carol_invite = with_credentials(&mut w, CAROL, "carol", "INVITE", "sip:bob@sip.test", text);
+    let made = w.conference(800);
+    let (room, conference, add, release, newcomer) = conference_fields(&made);
+    assert!(room.starts_with("conf-") && conference.is_none() && add == [11, 12] && release.is_empty() && !newcomer, "{made:?}");
+    let joined = w.conference(800);
+    assert_eq!(conference_fields(&joined), (room, Some(800), vec![], vec![], true), "carol joins the room made of the call");
+    let ok = w.take_one(CAROL, "SIP/2.0 200");
+    assert!(w.take(CALLER, "INVITE").is_empty() && w.take(CALLEE, "INVITE").is_empty(), "nobody is re-INVITEd");
+    assert_eq!(w.core.stats().calls.conferences_joined, 1);
+    // Alice leaves: bob and carol talk on.
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &alice_tag, None));
+    w.take_one(CALLER, "SIP/2.0 200");
+    assert!(w.take(CALLEE, "BYE").is_empty() && w.take(CAROL, "BYE").is_empty());
+    assert!(w.media.contains(&MediaRequest::Release { legs: vec![11] }), "{:?}", w.media);
+    // Bob leaves: carol, alone, is hung up; the room ends.
+    w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 2));
+    w.take_one(CALLEE, "SIP/2.0 200");
+    let bye = w.take_one(CAROL, "BYE");
+    assert!(bye.contains(&format!("Call-ID: {}", carol_invite.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("id"))));
+    let _ = ok;
+    assert!(w.media.contains(&MediaRequest::EndConference { conference: 800 }));
+    assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
+    let stats = w.core.stats().calls;
+    assert_eq!(stats.media_allocations, stats.media_releases, "{stats:?}");
+}
+
+#[test]
+fn joining_needs_an_answered_call_of_the_joiners_group() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    group(&mut w, &[("bob", "sales"), ("carol", "support")]);
+    let (invite_b, _, b_tag) = confirmed_call(&mut w);
+    let b_call_id = invite_b.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("Call-ID").trim().to_owned();
+    let ours = invite_b.lines().find(|l| l.starts_with("From:")).and_then(|l| l.split(";tag=").nth(1)).expect("tag").trim().to_owned();
+    let attempt = |w: &mut World, id: &str, join: String| {
+        let body = offer(6000, "sendrecv");
+        let text = |cseq: u32, auth: &str| {
+            invite(id, &body)
+                .replace(CALLER, CAROL)
+                .replace("\"Alice\" <sip:alice@", "<sip:carol@")
+                .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+                .replace(&format!("branch=z9hG4bK{id}i"), &format!("branch=z9hG4bK{id}i{cseq}"))
+                .replace("Contact:", &format!("{join}{auth}Contact:"))
+        };
+        with_credentials(w, CAROL, "carol", "INVITE", "sip:bob@sip.test", text);
+    };
+    attempt(&mut w, "j1", format!("Join: {b_call_id};to-tag={ours};from-tag={b_tag}\r\n"));
+    assert!(w.take_one(CAROL, "SIP/2.0 403").contains("Not In The Pickup Group"));
+    attempt(&mut w, "j2", format!("Join: {b_call_id};to-tag=nope;from-tag={b_tag}\r\n"));
+    w.take_one(CAROL, "SIP/2.0 481");
+    attempt(&mut w, "j3", "Join: unknown-call;to-tag=a;from-tag=b\r\n".to_owned());
+    w.take_one(CAROL, "SIP/2.0 481");
+    assert!(w.conferencing.is_empty());
+}

@@ -11,6 +11,9 @@
 //!                          # takes the call back; "" turns parking off (default "700-719")
 //! park_timeout_s = 300     # a parked call nobody takes back is hung up after this long (0: it
 //!                          # waits until its party hangs up) (default 300)
+//! conference = "conf"      # conference rooms in the media plane: "conf-NAME" is room NAME
+//!                          # (made when its first party arrives, gone when its last leaves),
+//!                          # "conf" a new room of its own; "" turns them off (default "conf")
 //! ```
 
 use std::time::Duration;
@@ -26,6 +29,7 @@ pub struct RawFeatures {
     pickup: Option<String>,
     park_orbits: Option<String>,
     park_timeout_s: Option<u64>,
+    conference: Option<String>,
 }
 
 /// Feature codes and park orbits, validated.
@@ -37,11 +41,18 @@ pub struct Features {
     pub park_orbits: Option<(u32, u32)>,
     /// A parked call is hung up after this long; `None`: never.
     pub park_timeout: Option<Duration>,
+    /// The conference prefix (`conf`); `None`: off.
+    pub conference: Option<String>,
 }
 
 impl Default for Features {
     fn default() -> Self {
-        Features { pickup: Some("*8".into()), park_orbits: Some((700, 719)), park_timeout: Some(Duration::from_secs(300)) }
+        Features {
+            pickup: Some("*8".into()),
+            park_orbits: Some((700, 719)),
+            park_timeout: Some(Duration::from_secs(300)),
+            conference: Some("conf".into()),
+        }
     }
 }
 
@@ -57,6 +68,8 @@ pub enum FeatureCall {
     DirectedPickup(String),
     /// A park orbit: take back the call parked there.
     Orbit(String),
+    /// A conference room (its full name, `conf-NAME`), or `None`: a new room.
+    Conference(Option<String>),
 }
 
 impl Features {
@@ -91,7 +104,13 @@ impl Features {
             Some(s) if s <= 3600 => Some(Duration::from_secs(s)),
             Some(s) => return Err(invalid("park_timeout_s", format!("{s} is more than 3600"))),
         };
-        Ok(Features { pickup, park_orbits, park_timeout })
+        let conference = match raw.conference.as_deref() {
+            None => Some("conf".to_owned()),
+            Some("") => None,
+            Some(p) if p.len() <= 16 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#') => Some(p.to_owned()),
+            Some(p) => return Err(invalid("conference", format!("{p:?} is not a prefix (up to 16 letters, digits, * or #)"))),
+        };
+        Ok(Features { pickup, park_orbits, park_timeout, conference })
     }
 
     /// What dialling `user` (a Request-URI's user part) asks for, if a feature.
@@ -99,7 +118,23 @@ impl Features {
         if let Some(rest) = self.pickup.as_deref().and_then(|code| user.strip_prefix(code)) {
             return Some(if rest.is_empty() { FeatureCall::GroupPickup } else { FeatureCall::DirectedPickup(rest.to_owned()) });
         }
+        if let Some(room) = self.room(user) {
+            return Some(FeatureCall::Conference(room));
+        }
         self.orbit(user).map(FeatureCall::Orbit)
+    }
+
+    /// `user` as a conference room: `Some(Some(room))` for `conf-NAME` (NAME: 1 to 32 letters,
+    /// digits, `-_.`), `Some(None)` for the prefix alone (a new room), `None`: not a room.
+    pub fn room(&self, user: &str) -> Option<Option<String>> {
+        let prefix = self.conference.as_deref()?;
+        let rest = user.strip_prefix(prefix)?;
+        if rest.is_empty() {
+            return Some(None);
+        }
+        let name = rest.strip_prefix('-')?;
+        let ok = !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        ok.then(|| Some(user.to_owned()))
     }
 
     /// `target` (a user part) as a park orbit, if it is one.
@@ -139,6 +174,10 @@ mod tests {
         assert_eq!(f.dialled("720"), None);
         assert_eq!(f.dialled("0705"), None, "a number with a leading zero is a number, not an orbit");
         assert_eq!(f.dialled("bob"), None);
+        assert_eq!(f.dialled("conf"), Some(FeatureCall::Conference(None)));
+        assert_eq!(f.dialled("conf-sales"), Some(FeatureCall::Conference(Some("conf-sales".into()))));
+        assert_eq!(f.dialled("conf-a b"), None);
+        assert_eq!(f.dialled("confident"), None, "the prefix, then a dash");
     }
 
     #[test]
@@ -152,7 +191,8 @@ mod tests {
 
     #[test]
     fn features_can_be_turned_off_and_bad_values_name_their_key() {
-        let off = parse("pickup = \"\"\npark_orbits = \"\"\npark_timeout_s = 0").expect("ok");
+        let off = parse("pickup = \"\"\npark_orbits = \"\"\npark_timeout_s = 0\nconference = \"\"").expect("ok");
+        assert_eq!(off.dialled("conf-x"), None);
         assert_eq!(off.dialled("*8"), None);
         assert_eq!(off.park_target("park", |_| false), None);
         assert_eq!(off.park_timeout, None);

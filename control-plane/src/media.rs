@@ -166,6 +166,14 @@ pub enum MediaRequest {
         release: Vec<u64>,
         answer_first: Option<(Vec<(u64, u64)>, String)>,
     },
+    /// Conference room `room`: made (a media-plane conference placed by the room's name) unless
+    /// `conference` names it; `release` deleted; each of `add` (legs of calls already answered)
+    /// taken out of its bridge and made a participant; and a party calling in (`newcomer`) answered
+    /// by the media plane on new legs (as [`MediaRequest::Join`]) that join it too. Answered with
+    /// [`MediaReply::Conferenced`].
+    Conference { room: String, conference: Option<u64>, add: Vec<u64>, release: Vec<u64>, newcomer: Option<Newcomer> },
+    /// Ends conference `conference` (its legs are the calls'). No reply.
+    EndConference { conference: u64 },
     /// Delete legs; DeleteLeg also deletes the leg's bridge, so one call per leg is all it takes.
     Release {
         /// Legs.
@@ -212,6 +220,28 @@ pub enum MediaReply {
     /// A [`MediaRequest::Join`] done. A `NotAcceptable` error means the joining party's offer
     /// was refused and the call's legs are as they were.
     Joined(Result<Joined, MediaError>),
+    /// A [`MediaRequest::Conference`] done: the conference, and the newcomer's legs and answer.
+    /// A `NotAcceptable` error is the newcomer's offer refused, with nothing else done.
+    Conferenced(Result<Conferenced, MediaError>),
+}
+
+/// A party calling in, whose offer the media plane answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Newcomer {
+    /// Its SIP Call-ID (placement), its offer and which of its `m=` lines are active.
+    pub call_id: String,
+    pub offer: String,
+    pub active: Vec<bool>,
+    pub policy: CodecPolicy,
+}
+
+/// What a [`MediaRequest::Conference`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conferenced {
+    /// The media plane's conference.
+    pub conference: u64,
+    /// The newcomer's legs (one per active stream) and the answer to its offer.
+    pub newcomer: Option<(Vec<u64>, String)>,
 }
 
 /// What a [`MediaRequest::Join`] made.
@@ -315,6 +345,18 @@ impl MediaClient {
             MediaRequest::Join { call_id, offer, active, policy, with, release, answer_first } => {
                 let result = self.join(&call_id, &offer, &active, &policy, &with, release, answer_first).await;
                 Some(MediaReply::Joined(result.map_err(|e| e.naming_plane(&self.uri))))
+            }
+            MediaRequest::Conference { room, conference, add, release, newcomer } => {
+                let result = self.conference(&room, conference, &add, release, newcomer).await;
+                Some(MediaReply::Conferenced(result.map_err(|e| e.naming_plane(&self.uri))))
+            }
+            MediaRequest::EndConference { conference } => {
+                let request = v1::DeleteConferenceRequest { conference_id: conference };
+                if let Err(status) = self.client.clone().delete_conference(request).await {
+                    tracing::warn!(conference, error = %status.message(), "a conference could not be deleted");
+                    self.counters.release_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                None
             }
             MediaRequest::Release { legs } => {
                 self.release(&legs).await;
@@ -497,6 +539,83 @@ impl MediaClient {
                     legs.extend(allocation.facing(false));
                 }
                 self.release(&legs).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// See [`MediaRequest::Conference`]. The newcomer's offer is taken first: refused, nothing
+    /// else is done (`NotAcceptable`); a later failure is `Unavailable` (the caller ends what it
+    /// moved).
+    async fn conference(
+        &self,
+        room: &str,
+        conference: Option<u64>,
+        add: &[u64],
+        release: Vec<u64>,
+        newcomer: Option<Newcomer>,
+    ) -> Result<Conferenced, MediaError> {
+        let unavailable = |rpc: &str, s: &tonic::Status| match media_error(rpc, s) {
+            MediaError::NotAcceptable(why) | MediaError::Unavailable(why) => MediaError::Unavailable(why),
+        };
+        let allocation = match &newcomer {
+            Some(n) => Some(self.allocate(&n.call_id, &n.offer, false, &n.active, &n.policy, true).await?),
+            None => None,
+        };
+        let (mut created, mut far_released) = (None, false);
+        let result: Result<u64, MediaError> = async {
+            let id = match conference {
+                Some(id) => id,
+                None => {
+                    let request = v1::CreateConferenceRequest { group: room.to_owned(), rate: 0 };
+                    let id = self.client.clone().create_conference(request).await.map_err(|s| unavailable("CreateConference", &s))?;
+                    let id = id.into_inner().conference_id;
+                    created = Some(id);
+                    id
+                }
+            };
+            let mut gone = release;
+            if let Some(a) = &allocation {
+                gone.extend(a.facing(false));
+            }
+            self.release(&gone).await;
+            far_released = true;
+            let mut members = add.to_vec();
+            for &leg in add {
+                // Out of its bridge first: a participant is in none.
+                let stats = self.client.clone().get_stats(v1::GetStatsRequest { leg_ids: vec![leg], totals_only: false }).await;
+                let bridge = stats.map_err(|s| unavailable("GetStats", &s))?.into_inner().legs.first().map_or(0, |l| l.bridge_id);
+                if bridge != 0 {
+                    // Its peer may have let the bridge go already.
+                    let _ = self.client.clone().delete_bridge(v1::DeleteBridgeRequest { bridge_id: bridge }).await;
+                }
+            }
+            if let Some(a) = &allocation {
+                members.extend(a.facing(true));
+            }
+            for leg_id in members {
+                let request = v1::ParticipantRequest { conference_id: id, leg_id, muted: false, deaf: false };
+                self.client.clone().add_participant(request).await.map_err(|s| unavailable("AddParticipant", &s))?;
+            }
+            Ok(id)
+        }
+        .await;
+        match result {
+            Ok(conference) => {
+                let newcomer = allocation.map(|a| (a.facing(true), a.local_answer.clone().unwrap_or_default()));
+                Ok(Conferenced { conference, newcomer })
+            }
+            Err(e) => {
+                if let Some(a) = &allocation {
+                    let mut legs = a.facing(true);
+                    if !far_released {
+                        legs.extend(a.facing(false));
+                    }
+                    self.release(&legs).await;
+                }
+                if let Some(id) = created {
+                    let _ = self.client.clone().delete_conference(v1::DeleteConferenceRequest { conference_id: id }).await;
+                }
                 Err(e)
             }
         }

@@ -42,6 +42,9 @@ pub(crate) struct World {
     allocations: u64,
     /// The call of the last Join.
     joining: u64,
+    /// The calls of the Conference requests not answered yet, in order; newcomers answered.
+    pub(crate) conferencing: Vec<u64>,
+    newcomers: u64,
 }
 
 /// The media plane double's address and the ports of its legs (caller side 11, callee side 12).
@@ -117,6 +120,8 @@ impl World {
             offers: HashMap::new(),
             allocations: 0,
             joining: 0,
+            conferencing: Vec::new(),
+            newcomers: 0,
         }
     }
 
@@ -133,6 +138,8 @@ impl World {
                     }
                     MediaRequest::Allocate { .. } => self.allocating = call,
                     MediaRequest::Join { .. } => self.joining = call,
+                    MediaRequest::Conference { .. } => self.conferencing.push(call),
+                    MediaRequest::EndConference { .. } => {}
                     MediaRequest::Release { .. }
                     | MediaRequest::Play { .. }
                     | MediaRequest::Prompt { .. }
@@ -259,6 +266,34 @@ impl World {
         let joined = crate::media::Joined { legs: vec![91], answer, first_answer };
         self.core.handle_media_reply(self.joining, MediaReply::Joined(Ok(joined)), self.now, &mut self.store);
         self.pump();
+    }
+
+    /// Answers the oldest Conference request not answered yet as the media plane does: the
+    /// conference is `conference` (made now unless named), a newcomer's offer answered on leg
+    /// 91, 92, … Returns the request.
+    pub(crate) fn conference(&mut self, conference: u64) -> MediaRequest {
+        assert!(!self.conferencing.is_empty(), "no Conference request: {:?}", self.media);
+        let call = self.conferencing.remove(0);
+        let position = self.media.iter().filter(|m| matches!(m, MediaRequest::Conference { .. })).count() - self.conferencing.len() - 1;
+        let request = self.media.iter().filter(|m| matches!(m, MediaRequest::Conference { .. })).nth(position).cloned().expect("request");
+        let MediaRequest::Conference { newcomer, .. } = &request else { unreachable!() };
+        let newcomer = newcomer.clone().map(|n| {
+            let leg = 91 + self.newcomers;
+            self.newcomers += 1;
+            let legs = vec![(leg, leg + 5)];
+            let far = match self.negotiate(&MediaRequest::Offer { legs: legs.clone(), sdp: n.offer, policy: n.policy }) {
+                MediaReply::Offered(Ok(sdp)) => sdp,
+                other => panic!("the newcomer's offer was refused: {other:?}"),
+            };
+            match self.negotiate(&MediaRequest::Answer { legs, sdp: crate::media::unaddressed_answer(&far) }) {
+                MediaReply::Answered(Ok(answer)) => (vec![leg], answer),
+                other => panic!("{other:?}"),
+            }
+        });
+        let done = crate::media::Conferenced { conference, newcomer };
+        self.core.handle_media_reply(call, MediaReply::Conferenced(Ok(done)), self.now, &mut self.store);
+        self.pump();
+        request
     }
 
     /// Messages sent to `to` whose first line starts with `start`, consumed.

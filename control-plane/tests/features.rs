@@ -1,10 +1,10 @@
-//! Call pickup, call park and automatic redial (RFC 5359 §2.16, §2.15, §2.17) through the real binaries, with sipp as
-//! every phone: the order of each phone's messages from sipp's logs, audio relayed between the
-//! parties the media plane joined (its packet counters), no leg left, and the control plane's
-//! counters from /metrics.
+//! Call pickup, call park, automatic redial and conference rooms (RFC 5359 §2.16, §2.15, §2.17,
+//! §2.10) through the real binaries, with sipp as every phone: the order of each phone's
+//! messages from sipp's logs, audio relayed between the parties the media plane joined (its
+//! packet counters), no leg left, and the control plane's counters from /metrics.
 //!
 //! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
-//! Slots 21 to 23 (SIP 21210+, the media plane's RTP 24100-24399, sipp 26000+ and its media
+//! Slots 21 to 24 (SIP 21210+, the media plane's RTP 24100-24499, sipp 26000+ and its media
 //! 27000+).
 
 use std::path::PathBuf;
@@ -148,6 +148,39 @@ fn a_caller_who_found_the_callee_busy_watches_its_dialogs_and_calls_again_once_i
     assert!(busy_at < subscribed && subscribed < confirmed && confirmed < again, "{alice}");
     assert!(alice[confirmed..again].contains("Subscription-State: terminated"), "the subscription ends before the redial: {alice}");
     assert!(alice[again..].contains("SIP/2.0 200"), "{alice}");
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    stack.stop();
+}
+
+#[test]
+fn a_party_referred_to_a_conference_room_talks_there_with_two_who_dialled_it() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(24, true);
+    register_callee(&stack, "csv/bob.csv", 26_030);
+    // Alice calls bob (RTP for 6 s once answered); bob answers and sends her to room conf-x
+    // (RFC 5359 §2.10), then dials the room himself, and so does carol.
+    let (bob, bob_log) = phone(&stack, "bob", 26_030, &["-sf", "uas-refer.xml", "-set", "target", "conf-x@sip.test"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let alice_args = ["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "6000"];
+    let (alice, alice_log) = phone(&stack, "alice", 26_033, &alice_args);
+    std::thread::sleep(Duration::from_millis(1500));
+    let room = |csv: &'static str| ["-sf", "uac-call.xml", "-inf", csv, "-auth_uri", "conf-x@sip.test", "-d", "3000"];
+    let (bob_in, bob_in_log) = phone(&stack, "bob-in", 26_036, &room("csv/bob-calls-conf-x.csv"));
+    let (carol, carol_log) = phone(&stack, "carol", 26_039, &room("csv/carol-calls-conf-x.csv"));
+    std::thread::sleep(Duration::from_millis(2000));
+    // Three parties in the room: each of their legs takes RTP in and sends the mix out.
+    let legs = stack.media_legs();
+    assert_eq!(legs.len(), 3, "alice's, bob's and carol's legs in the room: {legs:?}");
+    assert!(legs.iter().all(|&(i, o)| i > 20 && o > 20), "every party sends and hears the room: {legs:?}");
+    let logs =
+        logs(&stack, vec![("alice", alice, alice_log), ("bob", bob, bob_log), ("bob-in", bob_in, bob_in_log), ("carol", carol, carol_log)]);
+    let (alice, bob) = (&logs[0], &logs[1]);
+    let trying = at(bob, "SIP/2.0 100 Trying");
+    assert!(at(bob, "SIP/2.0 202") < trying && bob[trying..].contains("SIP/2.0 200 OK"), "{bob}");
+    assert!(!alice[at(alice, "SIP/2.0 200")..].contains("INVITE sip:alice@"), "alice is not re-INVITEd: {alice}");
     let (legs, _) = stack.media_totals();
     assert_eq!(legs, 0, "legs left in the media plane");
     stack.stop();

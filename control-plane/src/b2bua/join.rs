@@ -311,7 +311,7 @@ impl B2bua {
     }
 
     /// Deletes some of call `id`'s legs (not its allocation: that is released once, at its end).
-    fn let_go(&mut self, id: u64, legs: Vec<u64>) {
+    pub(super) fn let_go(&mut self, id: u64, legs: Vec<u64>) {
         if !legs.is_empty() {
             self.media.push_back((id, MediaRequest::Release { legs }));
         }

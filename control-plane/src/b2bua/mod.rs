@@ -258,6 +258,8 @@ pub struct CallStats {
     pub parks: u64,
     pub retrievals: u64,
     pub park_timeouts: u64,
+    /// Third parties that joined a call (RFC 3911 Join), making it a conference.
+    pub conferences_joined: u64,
 }
 
 /// What is wrong with an initial INVITE's body for a call (RFC 3261 §8.2.3, §21.4.7): the answer
@@ -441,6 +443,10 @@ struct Call {
     joining: Option<join::Joining>,
     /// Parked: in which orbit, by whom, until when.
     parked: Option<join::Parked>,
+    /// The conference room its sides (A, B) are in, and what the media plane is doing there.
+    room: Option<String>,
+    room_sides: [bool; 2],
+    room_op: Option<conference::RoomOp>,
 }
 
 /// One INVITE to the callee side.
@@ -547,6 +553,9 @@ impl Call {
             first_answered: None,
             joining: None,
             parked: None,
+            room: None,
+            room_sides: [false, false],
+            room_op: None,
         }
     }
 
@@ -647,11 +656,15 @@ pub struct B2bua {
     originated: HashMap<TransactionKey, u64>,
     /// Parked calls by orbit.
     orbits: HashMap<String, u64>,
+    /// Conference rooms by name, and the room of each call whose room request is out.
+    rooms: HashMap<String, conference::Room>,
+    room_ops: HashMap<u64, String>,
     /// The latest time handed in (for the end of calls that finish inside a handler without one).
     clock: Option<Now>,
     stats: CallStats,
 }
 
+mod conference;
 mod forks;
 mod ivr;
 mod join;
@@ -682,6 +695,8 @@ impl B2bua {
             events: VecDeque::new(),
             originated: HashMap::new(),
             orbits: HashMap::new(),
+            rooms: HashMap::new(),
+            room_ops: HashMap::new(),
             clock: None,
             stats: CallStats::default(),
         }
@@ -904,6 +919,7 @@ impl B2bua {
             MediaReply::Offered(result) => self.on_offered(id, result, now),
             MediaReply::Answered(result) => self.on_answered(id, result, now),
             MediaReply::Joined(result) => self.on_joined(id, result, now),
+            MediaReply::Conferenced(result) => self.on_conferenced(id, result, now),
         }
     }
 
@@ -958,7 +974,14 @@ impl B2bua {
         }
         let established = matches!(call.state, State::Answered | State::Confirmed);
         let reinvite_pending = call.reinvite_pending;
-        if request.method != Method::Bye && (self.ivr_alone(id) || self.calls.get(&id).is_some_and(|c| c.parked.is_some())) {
+        let in_room = self.calls.get(&id).is_some_and(|c| c.room_sides[side as usize]);
+        if in_room && request.method == Method::Bye {
+            // A party of a conference room leaves it; the others stay.
+            self.reply(&key, &request, 200, now);
+            self.leave_room(id, side, now);
+            return;
+        }
+        if request.method != Method::Bye && (in_room || self.ivr_alone(id) || self.calls.get(&id).is_some_and(|c| c.parked.is_some())) {
             // Nobody on the other side to relay it to: a service call's first party alone, a
             // parked party.
             self.ivr_in_dialog(&key, &request, now);
@@ -1249,8 +1272,12 @@ impl B2bua {
     }
 
     fn media_request(&mut self, call: u64, request: MediaRequest) {
-        if let MediaRequest::Release { .. } = &request {
+        if let MediaRequest::Release { legs } = &request {
             self.stats.media_releases += 1;
+            if legs.is_empty() {
+                // Its legs went already (a party that left a room): nothing to ask for.
+                return;
+            }
         }
         self.media.push_back((call, request));
     }
@@ -1390,6 +1417,7 @@ impl B2bua {
         if let Some(parked) = &call.parked {
             self.orbits.remove(&parked.orbit);
         }
+        self.leave_room_at_end(id, &call);
         if let Some(allocation) = call.media.take() {
             self.media_request(id, allocation.release());
         }

@@ -56,6 +56,8 @@ impl B2bua {
     /// ([`CallEvent::Refer`]), answered in [`handle_refer`](Self::handle_refer).
     pub(super) fn on_refer(&mut self, id: u64, side: Side, key: TransactionKey, request: Request, now: Now) {
         let refer_to = header(&request.headers, "Refer-To").or_else(|| header(&request.headers, "r")).map(str::to_owned);
+        // A conference room's URI may carry Replaces (RFC 5359 §2.10): still a move to the room.
+        let to_room = refer_to.as_deref().is_some_and(|t| self.is_room_uri(uri_of(t)));
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some(refer_to) = refer_to else {
             let response = response_for(&request, 400, Some("Missing Refer-To"), None);
@@ -80,7 +82,7 @@ impl B2bua {
             self.respond(&key, response);
             return;
         }
-        if target.to_ascii_lowercase().contains("replaces=") {
+        if target.to_ascii_lowercase().contains("replaces=") && !to_room {
             match Replaces::from_refer_to(&target) {
                 Some(replaces) => self.attended(id, side, key, request, replaces, now),
                 None => {
@@ -137,7 +139,7 @@ impl B2bua {
     }
 
     /// A NOTIFY of the transfer's progress (`message/sipfrag` with `status_line`) to the transferor.
-    fn notify_transferor(&mut self, id: u64, status_line: &str, last: bool, now: Now) {
+    pub(super) fn notify_transferor(&mut self, id: u64, status_line: &str, last: bool, now: Now) {
         let Some(t) = self.calls.get(&id).and_then(|c| c.transfer.as_ref()) else { return };
         if !t.notify || t.transferor_gone {
             return;
@@ -313,15 +315,20 @@ impl B2bua {
 
     /// The final NOTIFY goes in the transferor's old dialog (the call's side is the target now).
     fn notify_transferor_replaced(&mut self, id: u64, _now: Now) {
+        self.notify_replaced_transferor(id, "SIP/2.0 200 OK");
+    }
+
+    /// The final NOTIFY (`status_line`) to a transferor whose dialog the call no longer has (the
+    /// last one it replaced); the transfer is over.
+    pub(super) fn notify_replaced_transferor(&mut self, id: u64, status_line: &str) {
         let branch = self.random.branch();
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some(t) = call.transfer.take() else { return };
         let Some(dialog) = call.replaced.last_mut().filter(|_| t.notify && !t.transferor_gone) else { return };
         let sent_by = self.config.advertise_for(dialog.peer.transport);
         let extra = "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\n";
-        if let Ok(request) =
-            dialog.request("NOTIFY", &sent_by, &branch, extra, Some(("message/sipfrag;version=2.0", b"SIP/2.0 200 OK\r\n")))
-        {
+        let body = format!("{status_line}\r\n");
+        if let Ok(request) = dialog.request("NOTIFY", &sent_by, &branch, extra, Some(("message/sipfrag;version=2.0", body.as_bytes()))) {
             let peer = dialog.peer;
             self.send_client(id, request, peer, Purpose::Bye);
         }

@@ -18,6 +18,11 @@ impl ControlPlane {
         now: Now,
         store: &mut dyn Store,
     ) -> Option<Request> {
+        if let Some(value) = message::header(&request.headers, "Join").map(str::to_owned) {
+            // RFC 3911: a third party joins a call it learnt of (the dialog event package).
+            self.on_join_invite(key, request, source, caller, &value, now, store);
+            return None;
+        }
         if let Some(value) = message::header(&request.headers, "Replaces").map(str::to_owned) {
             // RFC 3891: a phone that learnt a ringing call's dialog (the dialog event package)
             // takes it.
@@ -55,6 +60,10 @@ impl ControlPlane {
                     let found = self.b2bua.ringing().into_iter().find(|r| r.callee.eq_ignore_ascii_case(&callee));
                     found.ok_or((404, "Nothing To Pick Up")).and_then(|r| self.pick_up(r.call, key, &request, source, now))
                 }
+            }
+            FeatureCall::Conference(room) => {
+                self.b2bua.handle_conference_invite(room, key.clone(), request.clone(), source, Some(caller.to_owned()), now);
+                Ok(())
             }
             FeatureCall::Orbit(orbit) => match self.b2bua.parked_in(&orbit) {
                 None => Err((404, "Nothing Parked")),
@@ -101,6 +110,51 @@ impl ControlPlane {
             let response = self.response(&request, status, Some(reason));
             self.respond(key, response, now);
         }
+    }
+
+    /// An INVITE with `Join` naming a dialog of an answered call: the call becomes a conference
+    /// of three, when the joiner may pick up the calls of one of its subscribers.
+    #[allow(clippy::too_many_arguments)]
+    fn on_join_invite(
+        &mut self,
+        key: &TransactionKey,
+        request: Request,
+        source: Peer,
+        caller: Option<&str>,
+        value: &str,
+        now: Now,
+        store: &mut dyn Store,
+    ) {
+        let refused = match (caller, self.b2bua.join_target(value)) {
+            (None, _) => Some((403, "Features Are For Subscribers")),
+            (_, Err(status)) => Some((status, "No Call To Join")),
+            (Some(caller), Ok(call)) => {
+                let parties = self.b2bua.parties(call);
+                if parties.iter().any(|p| may_pick_up(caller, p, store)) {
+                    self.b2bua.handle_join(call, key.clone(), request.clone(), source, Some(caller.to_owned()), now);
+                    None
+                } else {
+                    Some((403, "Not In The Pickup Group"))
+                }
+            }
+        };
+        if let Some((status, reason)) = refused {
+            tracing::info!(status, "an INVITE with Join was refused");
+            let response = self.response(&request, status, Some(reason));
+            self.respond(key, response, now);
+        }
+    }
+
+    /// A REFER whose target is a conference room of ours: the referred party goes into it.
+    /// Whether it was one (else it is routed as a transfer, or parks).
+    pub(super) fn conference_refer(&mut self, refer: &ReferTarget, now: Now) -> bool {
+        let target = refer.target.split('?').next().unwrap_or(&refer.target);
+        let Some((user, domain)) = user_host(target) else { return false };
+        let Some(room) = self.config.features.room(&user).filter(|_| self.config.is_local_domain(&domain)) else { return false };
+        // Only a subscriber moves calls into rooms.
+        let room = if refer.transferor.is_some() { Ok(room) } else { Err(403) };
+        self.b2bua.handle_refer_to_room(refer.call, room, now);
+        true
     }
 
     fn pick_up(&mut self, call: u64, key: &TransactionKey, request: &Request, source: Peer, now: Now) -> Result<(), (u16, &'static str)> {

@@ -519,7 +519,7 @@ impl ControlPlane {
                 }
             }
             CallEvent::Refer(refer) => {
-                if self.park_refer(&refer, now, store) {
+                if self.conference_refer(&refer, now) || self.park_refer(&refer, now, store) {
                     return;
                 }
                 let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };

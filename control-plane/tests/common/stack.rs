@@ -111,6 +111,19 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Every leg of the media plane: (RTP packets in, RTP packets out).
+    pub fn media_legs(&self) -> Vec<(u64, u64)> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let mut client =
+                v1::media_plane_client::MediaPlaneClient::connect(format!("http://{}", self.grpc)).await.expect("connect to media plane");
+            let stats = client.get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: false }).await.expect("GetStats").into_inner();
+            stats.legs.iter().map(|l| (l.rtp_packets_in, l.rtp_packets_out)).collect()
+        })
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         self.cp.take();
