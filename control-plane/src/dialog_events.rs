@@ -81,7 +81,8 @@ struct Subscription {
 pub struct DialogEvents {
     config: Arc<Config>,
     random: Random,
-    /// By the subscription dialog's Call-ID.
+    /// By the subscription dialog's Call-ID and our tag ([`key`]): a phone may reuse a call's
+    /// Call-ID for a subscription, and the tag tells them apart.
     subs: HashMap<String, Subscription>,
     by_target: HashMap<String, Vec<String>>,
     /// Our NOTIFYs in flight: their subscription.
@@ -126,9 +127,10 @@ impl DialogEvents {
         self.by_target.contains_key(target)
     }
 
-    /// Whether `call_id` is one of our subscription dialogs.
-    pub fn owns(&self, call_id: &str) -> bool {
-        self.subs.contains_key(call_id)
+    /// Whether `call_id` with our tag `tag` (an in-dialog request's To tag) is one of our
+    /// subscription dialogs.
+    pub fn owns(&self, call_id: &str, tag: &str) -> bool {
+        self.subs.contains_key(&key(call_id, tag))
     }
 
     /// A new SUBSCRIBE (out of any dialog; the server authenticated it and checked that
@@ -169,12 +171,7 @@ impl DialogEvents {
             return;
         };
         dialog.confirm();
-        let call_id = dialog.call_id.clone();
-        if self.subs.contains_key(&call_id) {
-            // A new subscription must not reuse a dialog's Call-ID.
-            self.refuse(key, request, 400);
-            return;
-        }
+        let call_id = self::key(&dialog.call_id, &tag);
         let mut ok = response_for(request, 200, None, Some(&tag));
         ok.headers.push(Header::Expires(rsip::headers::Expires::from(expires.to_string())));
         ok.headers.push(Header::Contact(rsip::headers::Contact::new(crate::b2bua::our_contact(&self.config, &source))));
@@ -193,7 +190,8 @@ impl DialogEvents {
 
     /// A SUBSCRIBE in one of our subscription dialogs: a refresh, or (Expires: 0) the end.
     pub fn handle_in_dialog(&mut self, key: TransactionKey, request: &Request, dialogs_of: impl Fn(&str) -> Vec<DialogView>, now: Instant) {
-        let Some(id) = call_id(&request.headers).map(str::to_owned) else { return };
+        let tag = sip_core::message::to_value(&request.headers).and_then(sip_core::message::tag_of).unwrap_or_default();
+        let Some(id) = call_id(&request.headers).map(|c| self::key(c, tag)) else { return };
         let Some(sub) = self.subs.get_mut(&id) else {
             self.refuse(key, request, 481);
             return;
@@ -241,13 +239,17 @@ impl DialogEvents {
         }
     }
 
-    /// A response to one of our NOTIFYs; whether it was one. A refusal ends the subscription
-    /// (RFC 6665 §4.2.2: 481 and any other failure but 491 and 5xx with Retry-After).
+    /// A response to one of our NOTIFYs; whether it was one. A watcher that no longer has the
+    /// subscription (481), or refuses it for good (other 4xx but 401, 407, 491; 6xx), ends it
+    /// (RFC 6665 §4.2.2); a passing failure (5xx, 491, a challenge) does not.
     pub fn handle_response(&mut self, key: &TransactionKey, response: &Response) -> bool {
         let Some(id) = self.notifies.get(key).cloned() else { return false };
         let status = response.status_code.code();
-        if status >= 300 {
+        if status >= 200 {
             self.notifies.remove(key);
+        }
+        let for_good = (400..500).contains(&status) && !matches!(status, 401 | 407 | 491) || status >= 600;
+        if for_good {
             tracing::info!(status, "a watcher refused our NOTIFY: its subscription ends");
             self.remove(&id);
         }
@@ -353,6 +355,11 @@ impl DialogEvents {
             }
         }
     }
+}
+
+/// A subscription's key: its Call-ID and our tag.
+fn key(call_id: &str, tag: &str) -> String {
+    format!("{call_id};{tag}")
 }
 
 /// Whether a SUBSCRIBE asks for what this notifier gives: `Event: dialog` (else 489) and, if it

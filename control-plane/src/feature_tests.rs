@@ -98,15 +98,20 @@ fn a_call_is_picked_up_by_name_from_its_group_and_refused_outside_it_or_when_not
     // A trusted peer (a trunk) may not use feature codes.
     w.receive(CALLER, &invite("p5", &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:*8bob@sip.test SIP/2.0"));
     w.take_one(CALLER, "SIP/2.0 403");
+    // Dave has no group, bob has one: not by name either.
+    subscriber_calls(&mut w, dave, "dave", "p7", "*8bob", &offer(6000, "sendrecv"));
+    assert!(w.take_one(dave, "SIP/2.0 403").contains("Not In The Pickup Group"));
     // In bob's group, by name: picked up; the call rings no more, so a second pickup finds nothing.
     w.settings("carol", &[("pickup_group", "sales")]);
     subscriber_calls(&mut w, CAROL, "carol", "p6", "*8bob", &offer(6000, "sendrecv"));
     assert!(matches!(w.media.last(), Some(MediaRequest::Join { .. })), "{:?}", w.media.last());
-    subscriber_calls(&mut w, dave, "dave", "p7", "*8bob", &offer(6000, "sendrecv"));
-    assert!(w.take_one(dave, "SIP/2.0 403").contains("Not In The Pickup Group"), "dave has no group, bob has one");
+    w.join();
+    w.take_one(CAROL, "SIP/2.0 100");
+    w.take_one(CAROL, "SIP/2.0 200");
+    w.take_one(CALLER, "SIP/2.0 200");
+    assert_eq!(w.core.stats().calls.pickups, 1);
     subscriber_calls(&mut w, CAROL, "carol", "p8", "*8bob", &offer(6000, "sendrecv"));
     w.take_one(CAROL, "SIP/2.0 404");
-    assert_eq!(w.core.stats().calls.pickups, 0, "counted once joined");
 }
 
 #[test]
@@ -121,6 +126,11 @@ fn a_pickup_whose_offer_the_media_plane_refuses_leaves_the_call_ringing() {
     w.pump();
     w.take_one(CAROL, "SIP/2.0 488");
     assert!(w.take(CALLEE, "CANCEL").is_empty(), "bob's phone rings on");
+    assert!(
+        !w.media.iter().any(|m| matches!(m, MediaRequest::Release { legs } if legs.contains(&12))),
+        "bob's legs are the call's again: {:?}",
+        w.media
+    );
     // Bob answers after all: the call goes on as any other.
     w.receive(CALLEE, &answer(&invite_b, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
     w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
@@ -461,4 +471,127 @@ fn joining_needs_an_answered_call_of_the_joiners_group() {
     attempt(&mut w, "j3", "Join: unknown-call;to-tag=a;from-tag=b\r\n".to_owned());
     w.take_one(CAROL, "SIP/2.0 481");
     assert!(w.conferencing.is_empty());
+}
+
+#[test]
+fn a_pickup_refused_after_the_ringing_phone_said_busy_ends_the_stage_as_busy() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    group(&mut w, &[("bob", "sales"), ("carol", "sales")]);
+    let invite_b = ringing_call(&mut w);
+    subscriber_calls(&mut w, CAROL, "carol", "pick1", "*8", &offer(6000, "sendrecv"));
+    // Bob's phone says busy while the media plane joins carol; then carol's offer is refused.
+    w.receive(CALLEE, &answer(&invite_b, 486, None));
+    w.take_one(CALLEE, "ACK");
+    assert!(w.take(CALLER, "SIP/2.0 486").is_empty(), "not while the pickup is under way");
+    let refused = crate::media::MediaError::NotAcceptable("no common codec".into());
+    w.core.handle_media_reply(0, crate::media::MediaReply::Joined(Err(refused)), w.now, &mut w.store);
+    w.pump();
+    w.take_one(CAROL, "SIP/2.0 488");
+    w.take_one(CALLER, "SIP/2.0 486");
+    assert_eq!(w.core.active_calls(), 0);
+}
+
+#[test]
+fn a_caller_that_cancels_while_a_pickup_is_joined_leaves_the_picker_a_final_answer_and_no_leg() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    group(&mut w, &[("bob", "sales"), ("carol", "sales")]);
+    let invite_b = ringing_call(&mut w);
+    subscriber_calls(&mut w, CAROL, "carol", "pick1", "*8", &offer(6000, "sendrecv"));
+    w.take_one(CAROL, "SIP/2.0 100");
+    let cancel = invite("call1", "").replace("INVITE sip:bob", "CANCEL sip:bob").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = cancel.split("Content-Type").next().expect("head").to_owned() + "Content-Length: 0\r\n\r\n";
+    w.receive(CALLER, &cancel);
+    w.take_one(CALLER, "SIP/2.0 487");
+    // The media plane finishes the join anyway: its new leg goes, carol is told.
+    w.join();
+    w.take_one(CAROL, "SIP/2.0 481");
+    assert!(w.take(CAROL, "SIP/2.0 200").is_empty());
+    assert!(w.media.contains(&MediaRequest::Release { legs: vec![91] }), "the picker's leg: {:?}", w.media);
+    let releases: Vec<_> = w.media.iter().filter(|m| matches!(m, MediaRequest::Release { .. })).collect();
+    assert!(
+        !releases.iter().any(|m| matches!(m, MediaRequest::Release { legs } if legs.contains(&12))),
+        "bob's leg is the Join's to delete: {releases:?}"
+    );
+    let _ = invite_b;
+}
+
+#[test]
+fn a_park_timeout_that_falls_during_a_failed_retrieval_ends_the_call_after_it() {
+    let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[features]\npark_timeout_s = 30\n");
+    w.subscriber("carol", None);
+    let (invite_b, _, b_tag) = confirmed_call(&mut w);
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:701@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    w.advance(Duration::from_secs(29));
+    subscriber_calls(&mut w, CAROL, "carol", "get1", "701", &offer(6000, "sendrecv"));
+    w.advance(Duration::from_secs(2));
+    assert!(w.take(CALLER, "BYE").is_empty(), "not while carol is being joined");
+    let refused = crate::media::MediaError::NotAcceptable("no common codec".into());
+    w.core.handle_media_reply(0, crate::media::MediaReply::Joined(Err(refused)), w.now, &mut w.store);
+    w.pump();
+    w.take_one(CAROL, "SIP/2.0 488");
+    w.take_sent(CALLER, "BYE sip:alice@192.0.2.1:5060");
+    assert_eq!(w.core.stats().calls.park_timeouts, 1);
+}
+
+#[test]
+fn a_party_held_before_it_is_parked_is_taken_off_hold_first() {
+    let mut w = World::new();
+    let (invite_b, alice_tag, b_tag) = confirmed_call(&mut w);
+    // Bob holds alice (music plays), then parks her.
+    let hold = callee_request("INVITE", &invite_b, &b_tag, 2).replace("Content-Length: 0\r\n\r\n", "")
+        + &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}", offer(5000, "sendonly").len(), offer(5000, "sendonly"));
+    w.receive(CALLEE, &hold);
+    let reinvite = w.take_one(CALLER, "INVITE sip:alice@192.0.2.1:5060");
+    assert!(reinvite.contains("a=sendonly"), "{reinvite}");
+    w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "recvonly"))));
+    w.take_one(CALLER, "ACK");
+    w.take_one(CALLEE, "SIP/2.0 200");
+    w.receive(CALLEE, &callee_request("ACK", &invite_b, &b_tag, 2));
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 3, "sip:701@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    // Alice is re-INVITEd with sendrecv before bob's legs go (at the Contact of her last 200,
+    // which the test's phones all write as bob's).
+    let resume = w.take_one(CALLER, "INVITE sip:bob@192.0.2.1:5060");
+    assert!(resume.contains("a=sendrecv") && resume.contains(&format!("c=IN IP4 {MEDIA_IP}")), "{resume}");
+    assert!(!w.media.iter().any(|m| matches!(m, MediaRequest::Release { .. })), "bob's legs stay until then: {:?}", w.media);
+    w.receive(CALLER, &answer_at(CALLER, &resume, 200, Some(&offer(4000, "sendrecv"))));
+    w.take_one(CALLER, "ACK");
+    assert!(w.media.contains(&MediaRequest::Release { legs: vec![12] }), "{:?}", w.media);
+    assert!(
+        w.media.iter().filter(|m| matches!(m, MediaRequest::Play { legs, .. } if legs == &[11])).count() >= 2,
+        "the park's music: {:?}",
+        w.media
+    );
+    let _ = alice_tag;
+}
+
+#[test]
+fn a_subscription_that_reuses_a_calls_call_id_leaves_the_calls_requests_to_the_call() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    let (invite_b, alice_tag, _) = confirmed_call(&mut w);
+    let _ = invite_b;
+    // Carol subscribes to bob with the Call-ID of alice's call.
+    subscribe(&mut w, "call1", "bob", "Event: dialog\r\n");
+    w.take_one(CAROL, "SIP/2.0 200");
+    let first = w.take_one(CAROL, "NOTIFY");
+    answer_notify(&mut w, &first, 200);
+    // Alice's BYE is still hers.
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &alice_tag, None));
+    w.take_one(CALLER, "SIP/2.0 200");
+    w.take_one(CALLEE, "BYE");
+    assert_eq!(w.core.dialog_subscriptions(), 1);
+}
+
+#[test]
+fn a_subscriber_whose_number_is_in_the_orbit_range_is_called_not_taken_for_an_orbit() {
+    let mut w = World::new();
+    w.subscriber("701", Some(crate::server_tests::CALLEE2));
+    w.receive(CALLER, &invite("call7", &offer(4000, "sendrecv")).replace("sip:bob@sip.test SIP/2.0", "sip:701@sip.test SIP/2.0"));
+    w.allocate();
+    w.take_one(crate::server_tests::CALLEE2, "INVITE sip:701@192.0.2.3:5064");
+    assert!(!w.take(CALLER, "SIP/2.0 404").iter().any(|r| r.contains("Nothing Parked")));
 }

@@ -508,6 +508,7 @@ impl MediaClient {
             MediaError::NotAcceptable(why) | MediaError::Unavailable(why) => MediaError::Unavailable(why),
         };
         let mut far_released = false;
+        let released = release.clone();
         let result: Result<Option<String>, MediaError> = async {
             if legs.len() != with.len() {
                 return Err(MediaError::NotAcceptable(format!("{} active streams where the call has {}", legs.len(), with.len())));
@@ -537,6 +538,10 @@ impl MediaClient {
                 let mut legs = allocation.facing(true);
                 if !far_released {
                     legs.extend(allocation.facing(false));
+                    if matches!(e, MediaError::Unavailable(_)) {
+                        // The caller ends the call: the legs it handed over go as they would have.
+                        legs.extend(released);
+                    }
                 }
                 self.release(&legs).await;
                 Err(e)

@@ -216,6 +216,24 @@ impl B2bua {
         });
         self.notify_transferor(id, "SIP/2.0 100 Trying", false, now);
         let Some(call) = self.calls.get_mut(&id) else { return };
+        if side == Side::B {
+            call.winner = None;
+        }
+        let empty = ivr::nobody(&format!("room-{id}"), &tag, call.dialog(side).remote.clone(), String::new());
+        let gone = std::mem::replace(call.dialog_mut(side), empty);
+        call.replaced.push(gone);
+        call.room = Some(room.clone());
+        self.rooms.entry(room).or_default();
+        // A party the transferor held is taken off hold first, or it could not talk in the room.
+        if !self.resume_then(id, side, resume::After::Room) {
+            self.room_move(id);
+        }
+    }
+
+    /// The referred party of call `id` goes into the call's room; the transferor's legs go.
+    pub(super) fn room_move(&mut self, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(side) = call.transfer.as_ref().map(|t| t.transferor) else { return };
         let mut release = Vec::new();
         if let Some(media) = call.media.as_mut() {
             for stream in media.streams.iter_mut().flatten() {
@@ -223,18 +241,10 @@ impl B2bua {
                 release.push(std::mem::take(leg));
             }
         }
-        if side == Side::B {
-            call.winner = None;
-        }
         // Music on hold (the transferor's) stops with its legs; the room plays from now.
         call.held_by = None;
         call.music = false;
-        let empty = ivr::nobody(&format!("room-{id}"), &tag, call.dialog(side).remote.clone(), String::new());
-        let gone = std::mem::replace(call.dialog_mut(side), empty);
-        call.replaced.push(gone);
-        call.room = Some(room.clone());
-        call.room_op = Some(RoomOp::Referred { side: side.other(), release });
-        self.rooms.entry(room).or_default();
+        call.room_op = Some(RoomOp::Referred { side: side.other(), release: release.into_iter().filter(|&l| l != 0).collect() });
         self.room_request(id);
     }
 

@@ -357,6 +357,9 @@ impl B2bua {
             return;
         }
         f.state = ForkState::Done(status);
+        self.events.push_back(CallEvent::DialogsChanged { call: id });
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(f) = call.forks.get_mut(fork) else { return };
         if let (300..=399, Some(response)) = (status, &response) {
             f.redirects = response
                 .headers
@@ -387,17 +390,26 @@ impl B2bua {
             let decline = (601..700).contains(&status);
             let ringing = call.forks.iter().any(|f| f.stage == stage && f.outstanding());
             if decline || !ringing {
-                let statuses = call.stage_statuses(stage);
-                let redirects: Vec<String> =
-                    call.forks.iter().filter(|f| f.stage == stage).flat_map(|f| f.redirects.iter().cloned()).collect();
-                if decline {
-                    self.cancel_forks(id, None);
-                }
-                let outcome = if decline { Outcome::Failed(status) } else { outcome_of(&statuses, &redirects) };
-                self.end_stage(id, outcome);
+                self.stage_ended(id, stage, decline.then_some(status));
             }
         }
         self.settle(id);
+    }
+
+    /// Stage `stage` of call `id` is over: it ends with its forks' best outcome, or with
+    /// `decline` (a 6xx other than 600, which ends it at once, the others cancelled).
+    pub(super) fn stage_ended(&mut self, id: u64, stage: u32, decline: Option<u16>) {
+        let Some(call) = self.calls.get(&id) else { return };
+        let statuses = call.stage_statuses(stage);
+        let redirects: Vec<String> = call.forks.iter().filter(|f| f.stage == stage).flat_map(|f| f.redirects.iter().cloned()).collect();
+        if decline.is_some() {
+            self.cancel_forks(id, None);
+        }
+        let outcome = match decline {
+            Some(status) => Outcome::Failed(status),
+            None => outcome_of(&statuses, &redirects),
+        };
+        self.end_stage(id, outcome);
     }
 
     /// The current stage is over without an answer: routing decides what follows.

@@ -24,6 +24,11 @@ pub(super) struct Joining {
     /// A pickup (else a parked call taken back), and the ring deadline it suspended.
     pickup: bool,
     deadline: Option<Instant>,
+    /// The legs the media plane deletes for it (the ringing side's), taken out of the call's
+    /// allocation meanwhile, and put back if the newcomer's offer is refused.
+    released: Vec<u64>,
+    /// The subscriber calling in.
+    taker: Option<String>,
 }
 
 /// A parked call.
@@ -63,6 +68,7 @@ impl B2bua {
     fn can_pick_up(c: &Call) -> bool {
         c.state == State::Calling
             && c.stage_open
+            && !c.negotiating
             && !c.delayed
             && !c.originated
             && !c.ivr
@@ -79,22 +85,44 @@ impl B2bua {
     /// `request` (an INVITE with an offer, from `source`, checked and authorised by the server)
     /// picks up ringing call `target`: its phones stop ringing, and the caller and the picker
     /// are answered by the media plane and joined. `Err(status)`: refused, nothing changed.
-    pub fn handle_pickup(&mut self, target: u64, key: TransactionKey, request: Request, source: Peer, now: Now) -> Result<(), u16> {
+    pub fn handle_pickup(
+        &mut self,
+        target: u64,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        taker: Option<String>,
+        now: Now,
+    ) -> Result<(), u16> {
         self.clock = Some(now);
         let call = self.calls.get(&target).filter(|c| Self::can_pick_up(c)).ok_or(481u16)?;
         let media = call.media.as_ref().ok_or(481u16)?;
         let (with, release) = (media.facing(true), media.facing(false));
-        let answer_first = Some((media.legs(true), media.offer.clone()));
-        self.start_join(target, key, request, source, with, release, answer_first, true)
+        // A caller that had early media keeps the answer it got then (RFC 3261 §13.2.1: it
+        // ignores any later one); else the media plane answers its offer now.
+        let answer_first = call.early_answer.is_none().then(|| (media.legs(true), media.offer.clone()));
+        self.start_join(target, key, request, source, with, release, answer_first, true, taker)
     }
 
     /// `request` takes back the call parked in `target` (see [`Self::handle_pickup`]).
-    pub fn handle_retrieve(&mut self, target: u64, key: TransactionKey, request: Request, source: Peer, now: Now) -> Result<(), u16> {
+    pub fn handle_retrieve(
+        &mut self,
+        target: u64,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        taker: Option<String>,
+        now: Now,
+    ) -> Result<(), u16> {
         self.clock = Some(now);
-        let call = self.calls.get(&target).filter(|c| c.joining.is_none()).ok_or(481u16)?;
+        let call = self.calls.get(&target).ok_or(481u16)?;
+        if call.joining.is_some() || call.resuming.is_some() {
+            // Someone else is taking it, or it is being taken off hold: not now.
+            return Err(486);
+        }
         let parked = call.parked.as_ref().ok_or(481u16)?;
         let with = call.media.as_ref().map(|m| m.facing(parked.side.other() == Side::A)).ok_or(481u16)?;
-        self.start_join(target, key, request, source, with, Vec::new(), None, false)
+        self.start_join(target, key, request, source, with, Vec::new(), None, false, taker)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -108,6 +136,7 @@ impl B2bua {
         release: Vec<u64>,
         answer_first: Option<(Vec<(u64, u64)>, String)>,
         pickup: bool,
+        taker: Option<String>,
     ) -> Result<(), u16> {
         if !is_sdp(&request.headers, &request.body) {
             // The media plane answers offers; an INVITE without one cannot join.
@@ -130,6 +159,12 @@ impl B2bua {
             call.stage_open = false;
             call.stage += 1;
             deadline = call.stage_deadline.take();
+            // The legs the Join deletes are the media plane's business from now on.
+            if let Some(media) = call.media.as_mut() {
+                for stream in media.streams.iter_mut().flatten() {
+                    stream.leg_b = 0;
+                }
+            }
         }
         let request_media = MediaRequest::Join {
             call_id: dialog.call_id.clone(),
@@ -137,10 +172,10 @@ impl B2bua {
             active,
             policy: self.config.codec_policy.clone(),
             with,
-            release,
+            release: release.clone(),
             answer_first,
         };
-        call.joining = Some(Joining { key, request, dialog, pickup, deadline });
+        call.joining = Some(Joining { key, request, dialog, pickup, deadline, released: release, taker });
         self.media_request(target, request_media);
         Ok(())
     }
@@ -149,13 +184,19 @@ impl B2bua {
     pub(super) fn on_joined(&mut self, id: u64, result: Result<crate::media::Joined, MediaError>, now: Now) {
         let joining = self.calls.get_mut(&id).and_then(|c| c.joining.take());
         let live = self.calls.get(&id).is_some_and(|c| c.state != State::Cancelled);
-        let (Some(joining), true) = (joining, live) else {
-            // The call ended meanwhile (its caller gave up, its party hung up): the new legs go,
-            // and the party calling in is told.
-            if let Ok(joined) = &result {
-                self.let_go(id, joined.legs.clone());
+        let joining = match (joining, live) {
+            (Some(joining), true) => joining,
+            (joining, _) => {
+                // The call ended meanwhile (its caller gave up, its party hung up): the new legs
+                // go, and the party calling in is told (unless the call's end told it already).
+                if let Ok(joined) = &result {
+                    self.let_go(id, joined.legs.clone());
+                }
+                if let Some(joining) = joining {
+                    self.refuse_joining(joining, 481);
+                }
+                return;
             }
-            return;
         };
         let joined = match result {
             Ok(joined) => joined,
@@ -168,6 +209,7 @@ impl B2bua {
         // The side the newcomer takes: the callee's for a pickup, the parker's for a retrieval.
         let side = if joining.pickup { Side::B } else { call.parked.as_ref().map_or(Side::B, |p| p.side) };
         let newcomer_call_id = joining.dialog.call_id.clone();
+        call.taker = joining.taker.clone().map(|t| (t, side));
         *call.dialog_mut(side) = joining.dialog;
         if side == Side::B {
             call.winner = None;
@@ -200,9 +242,10 @@ impl B2bua {
             call.answered = Some(now);
             call.cause = "picked-up";
             let response = response_for(&call.invite_a, 200, None, None);
+            let answer = joined.first_answer.or_else(|| call.early_answer.clone());
             let to_caller =
                 Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
-            self.deliver(id, to_caller, joined.first_answer, now);
+            self.deliver(id, to_caller, answer, now);
             self.stats.calls_answered += 1;
             self.stats.pickups += 1;
             self.update(id, UpdateKind::Answered { party: 2 });
@@ -213,6 +256,7 @@ impl B2bua {
             }
             let Some(legs) = self.calls.get(&id).and_then(|c| c.media.as_ref()).map(|m| m.facing(side.other() == Side::A)) else { return };
             self.media_request(id, MediaRequest::StopPlay { legs });
+            self.events.push_back(CallEvent::DialogsChanged { call: id });
             self.stats.retrievals += 1;
             tracing::info!(call = id, "a parked call was taken back");
         }
@@ -223,18 +267,32 @@ impl B2bua {
     fn join_failed(&mut self, id: u64, joining: Joining, error: MediaError, now: Now) {
         let refused = matches!(error, MediaError::NotAcceptable(_));
         tracing::info!(call = id, %error, "a party calling in to take a call could not be joined");
-        let status = if refused { 488 } else { 503 };
-        let response = response_for(&joining.request, status, None, Some(joining.dialog.local_tag()));
-        self.sip.push_back(SipOut::Respond(joining.key, response));
+        let (pickup, deadline, released) = (joining.pickup, joining.deadline, joining.released.clone());
+        self.refuse_joining(joining, if refused { 488 } else { 503 });
         let Some(call) = self.calls.get_mut(&id) else { return };
-        match (joining.pickup, refused) {
+        match (pickup, refused) {
             (true, true) => {
-                // Its phones ring on, until the stage's own deadline.
+                // Its phones ring on, until the stage's own deadline, with their legs back; a
+                // stage whose forks all ended meanwhile ends now.
+                if let Some(media) = call.media.as_mut() {
+                    for (stream, leg) in media.streams.iter_mut().flatten().zip(released) {
+                        stream.leg_b = leg;
+                    }
+                }
                 call.stage -= 1;
                 call.stage_open = true;
-                call.stage_deadline = joining.deadline;
-                if let Some(at) = joining.deadline {
+                call.stage_deadline = deadline;
+                let stage = call.stage;
+                let decline = call.forks.iter().filter(|f| f.stage == stage).find_map(|f| match f.state {
+                    ForkState::Done(s) if (601..700).contains(&s) => Some(s),
+                    _ => None,
+                });
+                let ringing = call.forks.iter().any(|f| f.stage == stage && f.outstanding());
+                if let Some(at) = deadline {
                     self.schedule(at, id);
+                }
+                if decline.is_some() || !ringing {
+                    self.stage_ended(id, stage, decline);
                 }
             }
             (true, false) => {
@@ -243,9 +301,22 @@ impl B2bua {
                 self.stats.calls_failed += 1;
                 self.abandon(id, now);
             }
-            (false, true) => {}
+            (false, true) => {
+                // Still parked: its timeout (which waited for the join) runs again.
+                match call.parked.as_ref().and_then(|p| p.until) {
+                    Some(at) if at <= now.instant => self.park_expired(id, now),
+                    Some(at) => self.schedule(at, id),
+                    None => {}
+                }
+            }
             (false, false) => self.end_both(id, now),
         }
+    }
+
+    /// Answers the party calling in with `status` (the join is over without it).
+    pub(super) fn refuse_joining(&mut self, joining: Joining, status: u16) {
+        let response = response_for(&joining.request, status, None, Some(joining.dialog.local_tag()));
+        self.sip.push_back(SipOut::Respond(joining.key, response));
     }
 
     /// The server found `orbit` for a REFER of call `id` (`Err(status)`: no orbit for it): the
@@ -286,6 +357,24 @@ impl B2bua {
         if side == Side::B {
             call.winner = None;
         }
+        let until = timeout.map(|t| now.instant + t);
+        call.parked = Some(Parked { orbit: orbit.clone(), side, until });
+        self.orbits.insert(orbit.clone(), id);
+        self.stats.parks += 1;
+        self.events.push_back(CallEvent::DialogsChanged { call: id });
+        tracing::info!(call = id, %orbit, "a call was parked");
+        // A party the parker held is taken off hold first, or it could not talk to whoever
+        // takes it back.
+        if !self.resume_then(id, side, resume::After::Park { music: music.clone() }) {
+            self.park_media(id, music);
+        }
+    }
+
+    /// Parked call `id`'s media: the parker's legs go, the parked party hears `music`, and the
+    /// park timeout runs.
+    pub(super) fn park_media(&mut self, id: u64, music: Option<String>) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some((side, until)) = call.parked.as_ref().map(|p| (p.side, p.until)) else { return };
         let mut release = Vec::new();
         if let Some(media) = call.media.as_mut() {
             for stream in media.streams.iter_mut().flatten() {
@@ -295,19 +384,14 @@ impl B2bua {
         }
         call.held_by = None;
         call.music = false;
-        let until = timeout.map(|t| now.instant + t);
-        call.parked = Some(Parked { orbit: orbit.clone(), side, until });
         let parked_legs = call.media.as_ref().map(|m| m.facing(side.other() == Side::A)).unwrap_or_default();
-        self.orbits.insert(orbit.clone(), id);
-        self.let_go(id, release);
+        self.let_go(id, release.into_iter().filter(|&l| l != 0).collect());
         if let Some(file) = music {
             self.media_request(id, MediaRequest::Play { legs: parked_legs, file });
         }
         if let Some(at) = until {
             self.schedule(at, id);
         }
-        self.stats.parks += 1;
-        tracing::info!(call = id, %orbit, "a call was parked");
     }
 
     /// Deletes some of call `id`'s legs (not its allocation: that is released once, at its end).
@@ -320,7 +404,7 @@ impl B2bua {
     /// Nobody took parked call `id` back in time: it ends.
     pub(super) fn park_expired(&mut self, id: u64, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
-        if call.parked.as_ref().is_none_or(|p| p.until.is_none()) || call.joining.is_some() {
+        if call.parked.as_ref().is_none_or(|p| p.until.is_none()) || call.joining.is_some() || call.resuming.is_some() {
             return;
         }
         call.cause = "park-timeout";
@@ -338,11 +422,22 @@ impl B2bua {
         ids.sort();
         for id in ids {
             let Some(c) = self.calls.get(id) else { continue };
-            let live = !matches!(c.state, State::Cancelled) && c.parked.is_none();
-            if !live {
+            if c.state == State::Cancelled {
                 continue;
             }
             let confirmed = matches!(c.state, State::Answered | State::Confirmed);
+            if let Some((_, side)) = c.taker.as_ref().filter(|(t, _)| t.eq_ignore_ascii_case(aor)) {
+                // The phone that picked the call up (or took it back): it called in.
+                let d = c.dialog(*side);
+                views.push(crate::dialog_events::DialogView {
+                    call_id: d.call_id.clone(),
+                    local_tag: tag_of(&d.remote).map(str::to_owned),
+                    remote_tag: d.local_tag().to_owned(),
+                    initiator: true,
+                    confirmed,
+                    remote: uri_of(&c.dialog(side.other()).remote).to_owned(),
+                });
+            }
             if c.caller.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(aor)) && !c.originated {
                 views.push(crate::dialog_events::DialogView {
                     call_id: c.a.call_id.clone(),
@@ -371,7 +466,8 @@ impl B2bua {
                     remote_tag: f.dialog.local_tag().to_owned(),
                     initiator: false,
                     confirmed,
-                    remote: c.caller_uri.clone(),
+                    // A caller whose identity is withheld from the callee is withheld here too.
+                    remote: if c.policy == CallerIdPolicy::Strip { "sip:anonymous@anonymous.invalid".into() } else { c.caller_uri.clone() },
                 });
             }
         }
@@ -386,7 +482,7 @@ impl B2bua {
     /// The subscribers (AoRs) call `id` is about: its caller and the subscriber it rings.
     pub fn parties(&self, id: u64) -> Vec<String> {
         let Some(c) = self.calls.get(&id) else { return Vec::new() };
-        c.caller.iter().chain(c.route.subscriber().map(str::to_owned).as_ref()).cloned().collect()
+        c.caller.iter().chain(c.route.subscriber().map(str::to_owned).as_ref()).chain(c.taker.as_ref().map(|(t, _)| t)).cloned().collect()
     }
 
     /// The ringing call a `Replaces` (RFC 3891) of an INVITE names: a fork's dialog, by its

@@ -105,6 +105,12 @@ pub enum CallEvent {
         /// The legs facing the first party.
         legs: Vec<u64>,
     },
+    /// The dialogs of call `id`'s subscribers changed in a way no [`CallEvent::Update`] tells
+    /// (parked, taken back, a fork ended): their watchers are told.
+    DialogsChanged {
+        /// The call.
+        call: u64,
+    },
     /// [`B2bua::handle_connect`]'s second party answered and talks to the first (`Ok`), or
     /// could not be reached (`Err(status)`: the first party is still there).
     Connected {
@@ -447,6 +453,12 @@ struct Call {
     room: Option<String>,
     room_sides: [bool; 2],
     room_op: Option<conference::RoomOp>,
+    /// The answer the caller got with early media (the one it keeps, RFC 3261 §13.2.1).
+    early_answer: Option<String>,
+    /// The subscriber that picked the call up or took it back, and its side.
+    taker: Option<(String, Side)>,
+    /// A held party being taken off hold before it is parked or moved to a room.
+    resuming: Option<resume::Resuming>,
 }
 
 /// One INVITE to the callee side.
@@ -556,6 +568,9 @@ impl Call {
             room: None,
             room_sides: [false, false],
             room_op: None,
+            early_answer: None,
+            taker: None,
+            resuming: None,
         }
     }
 
@@ -633,6 +648,8 @@ enum Purpose {
     },
     /// Our re-INVITE of a transferee with the transfer target's media.
     Renegotiate,
+    /// Our re-INVITE taking a held party off hold (see `resume`).
+    Resume,
 }
 
 /// The B2BUA: its calls, their dialogs and media, and what it wants sent.
@@ -671,6 +688,7 @@ mod join;
 mod limit;
 mod negotiation;
 mod originate;
+mod resume;
 mod transfer;
 
 pub use transfer::ReferTarget;
@@ -1085,6 +1103,7 @@ impl B2bua {
             Purpose::Invite { fork } => self.on_invite_response(id, fork, response, now),
             Purpose::Relay { origin, from, request, offer } => self.on_relay_response(id, &origin, from, &request, offer, response, now),
             Purpose::Renegotiate => self.renegotiated(id, response, now),
+            Purpose::Resume => self.resume_answered(id, response),
             Purpose::Cancel | Purpose::Bye => {}
         }
     }
@@ -1121,6 +1140,12 @@ impl B2bua {
                     }
                 }
                 self.reply(&origin, &request, 408, now);
+            }
+            Purpose::Resume => {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.reinvite_pending = false;
+                }
+                self.resumed(id);
             }
             Purpose::Renegotiate => {
                 if let Some(call) = self.calls.get_mut(&id) {
@@ -1416,6 +1441,10 @@ impl B2bua {
         self.originated.remove(&call.invite_a_key);
         if let Some(parked) = &call.parked {
             self.orbits.remove(&parked.orbit);
+        }
+        if let Some(joining) = call.joining.take() {
+            // A party calling in to take this call: there is nothing left to take.
+            self.refuse_joining(joining, 481);
         }
         self.leave_room_at_end(id, &call);
         if let Some(allocation) = call.media.take() {

@@ -179,6 +179,10 @@ impl B2bua {
 
     /// The media plane rewrote an in-dialog offer: relay the request with it.
     pub(super) fn on_offered(&mut self, id: u64, result: Result<String, MediaError>, now: Now) {
+        if self.resume_waits(id) {
+            self.resume_media(id, result, now);
+            return;
+        }
         let Some(call) = self.calls.get_mut(&id) else { return };
         if call.transfer_offer {
             self.transfer_offered(id, result, now);
@@ -207,6 +211,10 @@ impl B2bua {
     /// The media plane rewrote the answer at the head of the call's forwards (or, with a delayed
     /// offer, the caller's answer in its ACK).
     pub(super) fn on_answered(&mut self, id: u64, result: Result<String, MediaError>, now: Now) {
+        if self.resume_waits(id) {
+            self.resume_media(id, result, now);
+            return;
+        }
         let Some(call) = self.calls.get_mut(&id) else { return };
         if std::mem::take(&mut call.transfer_answer) {
             if let Err(error) = result {
@@ -298,6 +306,9 @@ impl B2bua {
         let is_invite_2xx = forward.request.method == Method::Invite && (200..300).contains(&status);
         if is_invite_2xx && forward.to == Side::A && call.a.state != DialogState::Confirmed {
             call.a.confirm();
+        }
+        if forward.to == Side::A && status < 200 && call.state == State::Calling && answer.is_some() {
+            call.early_answer.clone_from(&answer);
         }
         let out = response_to(&self.config, call, forward.to, &forward.request, &forward.response, status, answer);
         let retransmit = (is_invite_2xx && !call.dialog(forward.to).peer.is_reliable() && !self.originated.contains_key(&forward.origin))

@@ -267,7 +267,7 @@ impl B2bua {
     }
 
     /// ACKs the transferee's 2xx to our re-INVITE and takes its Contact as the new target.
-    fn ack_renegotiated(&mut self, id: u64, transferee: Side, response: &Response) {
+    pub(super) fn ack_renegotiated(&mut self, id: u64, transferee: Side, response: &Response) {
         let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
         if let Some((ack, peer)) = self.ack(id, transferee, cseq) {
             self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack, retransmission: false }));

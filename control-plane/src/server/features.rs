@@ -34,6 +34,10 @@ impl ControlPlane {
         let Some(feature) = self.config.features.dialled(&user).filter(|_| self.config.is_local_domain(&domain)) else {
             return Some(request);
         };
+        if is_subscriber(&user, &domain, store) {
+            // A subscriber's own number (an extension 701) is not taken for a feature.
+            return Some(request);
+        }
         let Some(caller) = caller else {
             // Features are for subscribers' phones, not for trunks.
             let response = self.response(&request, 403, Some("Features Are For Subscribers"));
@@ -49,7 +53,7 @@ impl ControlPlane {
                     let found = ringing
                         .into_iter()
                         .find(|r| r.callee != caller && pickup_group(&r.callee, store).as_deref() == Some(group.as_str()));
-                    found.ok_or((404, "Nothing To Pick Up")).and_then(|r| self.pick_up(r.call, key, &request, source, now))
+                    found.ok_or((404, "Nothing To Pick Up")).and_then(|r| self.pick_up(r.call, key, &request, source, caller, now))
                 }
             },
             FeatureCall::DirectedPickup(user) => {
@@ -58,7 +62,7 @@ impl ControlPlane {
                     Err((403, "Not In The Pickup Group"))
                 } else {
                     let found = self.b2bua.ringing().into_iter().find(|r| r.callee.eq_ignore_ascii_case(&callee));
-                    found.ok_or((404, "Nothing To Pick Up")).and_then(|r| self.pick_up(r.call, key, &request, source, now))
+                    found.ok_or((404, "Nothing To Pick Up")).and_then(|r| self.pick_up(r.call, key, &request, source, caller, now))
                 }
             }
             FeatureCall::Conference(room) => {
@@ -67,9 +71,10 @@ impl ControlPlane {
             }
             FeatureCall::Orbit(orbit) => match self.b2bua.parked_in(&orbit) {
                 None => Err((404, "Nothing Parked")),
-                Some(call) => {
-                    self.b2bua.handle_retrieve(call, key.clone(), request.clone(), source, now).map_err(|s| (s, "Cannot Take It Back"))
-                }
+                Some(call) => self
+                    .b2bua
+                    .handle_retrieve(call, key.clone(), request.clone(), source, Some(caller.to_owned()), now)
+                    .map_err(|s| (s, "Cannot Take It Back")),
             },
         };
         if let Err((status, reason)) = result {
@@ -97,11 +102,11 @@ impl ControlPlane {
             (None, _) => Err((403, "Features Are For Subscribers")),
             (_, Err(status)) => Err((status, "No Such Ringing Call")),
             (Some(caller), Ok(call)) => {
-                let callee = self.b2bua.ringing().into_iter().find(|r| r.call == call).map(|r| r.callee).unwrap_or_default();
-                if !may_pick_up(caller, &callee, store) {
+                let callee = self.b2bua.ringing().into_iter().find(|r| r.call == call).map(|r| r.callee);
+                if !callee.is_some_and(|callee| may_pick_up(caller, &callee, store)) {
                     Err((403, "Not In The Pickup Group"))
                 } else {
-                    self.pick_up(call, key, &request, source, now)
+                    self.pick_up(call, key, &request, source, caller, now)
                 }
             }
         };
@@ -157,8 +162,16 @@ impl ControlPlane {
         true
     }
 
-    fn pick_up(&mut self, call: u64, key: &TransactionKey, request: &Request, source: Peer, now: Now) -> Result<(), (u16, &'static str)> {
-        self.b2bua.handle_pickup(call, key.clone(), request.clone(), source, now).map_err(|s| (s, "Cannot Pick Up"))
+    fn pick_up(
+        &mut self,
+        call: u64,
+        key: &TransactionKey,
+        request: &Request,
+        source: Peer,
+        taker: &str,
+        now: Now,
+    ) -> Result<(), (u16, &'static str)> {
+        self.b2bua.handle_pickup(call, key.clone(), request.clone(), source, Some(taker.to_owned()), now).map_err(|s| (s, "Cannot Pick Up"))
     }
 
     /// A REFER whose target is a park orbit of ours (or `park`): parks the call. Whether it was
@@ -166,6 +179,9 @@ impl ControlPlane {
     pub(super) fn park_refer(&mut self, refer: &ReferTarget, now: Now, store: &mut dyn Store) -> bool {
         let Some((user, domain)) = user_host(&refer.target) else { return false };
         if !self.config.is_local_domain(&domain) {
+            return false;
+        }
+        if is_subscriber(&user, &domain, store) {
             return false;
         }
         let b2bua = &self.b2bua;
@@ -188,9 +204,14 @@ fn pickup_group(aor: &str, store: &mut dyn Store) -> Option<String> {
     aor.split_once('@').and_then(|(u, d)| store.settings(u, d).ok().flatten()).and_then(|s| s.pickup_group)
 }
 
-/// Whether `picker` may take a call ringing `callee` by naming it (`*8bob`, Replaces): a callee
-/// with a pickup group only from inside it.
-fn may_pick_up(picker: &str, callee: &str, store: &mut dyn Store) -> bool {
+/// Whether `picker` may take a call ringing `callee` by naming it (`*8bob`, Replaces, Join), or
+/// watch its dialogs: a callee with a pickup group only from inside it.
+pub(super) fn may_pick_up(picker: &str, callee: &str, store: &mut dyn Store) -> bool {
     let theirs = pickup_group(callee, store);
     theirs.is_none() || theirs == pickup_group(picker, store)
+}
+
+/// Whether `user@domain` is a subscriber (a store error counts as not: the feature is tried).
+fn is_subscriber(user: &str, domain: &str, store: &mut dyn Store) -> bool {
+    store.subscriber(user, &domain.to_ascii_lowercase()).ok().flatten().is_some()
 }

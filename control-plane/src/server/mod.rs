@@ -504,6 +504,7 @@ impl ControlPlane {
                 }
                 self.updates.push_back(update);
             }
+            CallEvent::DialogsChanged { call } => self.dialogs_changed(call, false, now),
             CallEvent::Ivr { call, legs } => self.callbacks.on_ivr(call, legs, now.instant),
             CallEvent::Connected { call, result } => self.callbacks.on_connected(call, result, now.instant),
             CallEvent::Ended(record) => {
@@ -676,9 +677,7 @@ impl ControlPlane {
             Method::Cancel => self.on_cancel(&key, &request, cancels, now),
             Method::Invite if !in_dialog => self.on_invite(key, request, source, now, store),
             Method::Subscribe if !in_dialog => self.on_subscribe(&key, &request, source, now, store),
-            _ if in_dialog && call_id(&request.headers).is_some_and(|c| self.dialog_events.owns(c)) => {
-                self.on_subscription_request(key, &request, now)
-            }
+            _ if in_dialog && self.is_subscription_request(&request) => self.on_subscription_request(key, &request, now),
             Method::Options if !in_dialog => {
                 let mut response = self.response(&request, 200, None);
                 response.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOW)));

@@ -12,6 +12,7 @@ impl ControlPlane {
             self.reply(key, request, 400, now);
             return;
         };
+        let mut watcher = None;
         if !self.config.trusted.contains(&source.addr.ip()) {
             let Some(user) = self.authenticate(key, request, source.addr.ip(), &from_user, &from_domain, true, now, store) else {
                 return;
@@ -21,6 +22,7 @@ impl ControlPlane {
                 self.reply(key, request, 403, now);
                 return;
             }
+            watcher = Some(format!("{user}@{}", from_domain.to_ascii_lowercase()));
         }
         let user = request.uri.auth.as_ref().map(|a| a.user.clone()).unwrap_or_default();
         let domain = request.uri.host_with_port.host.to_string().to_ascii_lowercase();
@@ -42,6 +44,11 @@ impl ControlPlane {
             }
         }
         let target = format!("{user}@{domain}");
+        if watcher.is_some_and(|w| !super::features::may_pick_up(&w, &target, store)) {
+            // A subscriber in a pickup group is watched from inside it only.
+            self.reply(key, request, 403, now);
+            return;
+        }
         let dialogs = self.b2bua.dialogs_of(&target);
         self.dialog_events.handle_subscribe(key.clone(), request, source, &target, &dialogs, now.instant);
         if self.dialog_events.watched(&target) {
@@ -53,6 +60,13 @@ impl ControlPlane {
                 }
             }
         }
+    }
+
+    /// Whether an in-dialog request belongs to one of our subscription dialogs (its Call-ID and
+    /// our tag in its To).
+    pub(super) fn is_subscription_request(&self, request: &Request) -> bool {
+        let tag = to_value(&request.headers).and_then(tag_of).unwrap_or_default();
+        call_id(&request.headers).is_some_and(|c| self.dialog_events.owns(c, tag))
     }
 
     /// A request in one of our subscription dialogs.
