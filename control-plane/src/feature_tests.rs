@@ -595,3 +595,63 @@ fn a_subscriber_whose_number_is_in_the_orbit_range_is_called_not_taken_for_an_or
     w.take_one(crate::server_tests::CALLEE2, "INVITE sip:701@192.0.2.3:5064");
     assert!(!w.take(CALLER, "SIP/2.0 404").iter().any(|r| r.contains("Nothing Parked")));
 }
+
+// ---- instant messages (RFC 3428; RFC 5359 §2.6) ----
+
+/// Carol's MESSAGE to `target` with `body` (Call-ID `id`), before credentials.
+fn message_text(id: &str, target: &str, cseq: u32, body: &str, auth: &str) -> String {
+    format!(
+        "MESSAGE sip:{target}@sip.test SIP/2.0\r\nVia: SIP/2.0/UDP {CAROL};branch=z9hG4bK{id}m{cseq}\r\nMax-Forwards: 70\r\n\
+         From: <sip:carol@sip.test>;tag=m1\r\nTo: <sip:{target}@sip.test>\r\nCall-ID: {id}\r\nCSeq: {cseq} MESSAGE\r\n\
+         {auth}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn send_message(w: &mut World, id: &str, target: &str, body: &str) {
+    let uri = format!("sip:{target}@sip.test");
+    with_credentials(w, CAROL, "carol", "MESSAGE", &uri, |cseq, auth| message_text(id, target, cseq, body, auth));
+}
+
+#[test]
+fn a_message_reaches_the_subscribers_phone_and_its_answer_the_sender() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    // Bob is told, during a call, where to transfer it (RFC 5359 §2.6).
+    send_message(&mut w, "im1", "bob", "Please call sip:dave@sip.test");
+    let to_bob = w.take_one(CALLEE, "MESSAGE sip:bob@192.0.2.2:5062");
+    assert!(to_bob.contains("Please call sip:dave@sip.test") && to_bob.contains("Content-Type: text/plain"), "{to_bob}");
+    assert!(
+        to_bob.contains("From: <sip:carol@sip.test>;tag=m1") && to_bob.contains("P-Asserted-Identity: <sip:carol@sip.test>"),
+        "{to_bob}"
+    );
+    assert!(w.take(CAROL, "SIP/2.0 200").is_empty(), "not before bob's phone answers");
+    w.receive(CALLEE, &answer(&to_bob, 200, None));
+    w.take_one(CAROL, "SIP/2.0 200");
+    assert_eq!(w.core.stats().messages_relayed, 1);
+}
+
+#[test]
+fn a_message_to_nobody_reachable_too_large_or_refused_gets_the_right_failure() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    w.subscriber("dave", None);
+    send_message(&mut w, "im1", "dave", "hello");
+    w.take_one(CAROL, "SIP/2.0 480");
+    send_message(&mut w, "im2", "nobody", "hello");
+    w.take_one(CAROL, "SIP/2.0 404");
+    send_message(&mut w, "im3", "bob", &"x".repeat(1301));
+    w.take_one(CAROL, "SIP/2.0 513");
+    // Bob's phone refuses it; then one that never answers gets 408.
+    send_message(&mut w, "im4", "bob", "hello");
+    let to_bob = w.take_one(CALLEE, "MESSAGE");
+    w.receive(CALLEE, &answer(&to_bob, 415, None));
+    w.take_one(CAROL, "SIP/2.0 415");
+    // One that bob's phone never answers: given up with the sender's own transaction (64·T1),
+    // nothing kept.
+    send_message(&mut w, "im5", "bob", "hello");
+    w.take_sent(CALLEE, "MESSAGE");
+    assert_eq!(w.core.pending_messages(), 1);
+    w.advance(Duration::from_secs(40));
+    assert_eq!(w.core.pending_messages(), 0);
+}

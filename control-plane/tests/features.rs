@@ -4,7 +4,7 @@
 //! packet counters), no leg left, and the control plane's counters from /metrics.
 //!
 //! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
-//! Slots 21 to 24 (SIP 21210+, the media plane's RTP 24100-24499, sipp 26000+ and its media
+//! Slots 21 to 25 (SIP 21210+, the media plane's RTP 24100-24599, sipp 26000+ and its media
 //! 27000+).
 
 use std::path::PathBuf;
@@ -190,6 +190,43 @@ fn a_party_referred_to_a_conference_room_talks_there_with_two_who_dialled_it() {
     let trying = at(bob, "SIP/2.0 100 Trying");
     assert!(at(bob, "SIP/2.0 202") < trying && final_sipfrag(bob, trying).starts_with("SIP/2.0 200 OK"), "{bob}");
     assert!(!alice[at(alice, "SIP/2.0 200")..].contains("INVITE sip:alice@"), "alice is not re-INVITEd: {alice}");
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    stack.stop();
+}
+
+#[test]
+fn a_message_sent_during_a_call_reaches_the_other_party_with_the_transfer_target() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(25, true);
+    register_callee(&stack, "csv/bob.csv", 26_040);
+    // Bob's phone takes alice's call and, during it, her message naming where to transfer it
+    // (RFC 5359 §2.6).
+    let (bob, bob_log) = phone(&stack, "bob", 26_040, &["-sf", "uas-call-and-message.xml", "-m", "2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let alice_args = ["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "3000"];
+    let (alice, alice_log) = phone(&stack, "alice", 26_043, &alice_args);
+    std::thread::sleep(Duration::from_millis(1500));
+    let im_args = [
+        "-sf",
+        "uac-message.xml",
+        "-inf",
+        "csv/alice-calls-bob.csv",
+        "-auth_uri",
+        "bob@sip.test",
+        "-set",
+        "text",
+        "Please call sip:carol@sip.test",
+    ];
+    let (im, im_log) = phone(&stack, "alice-im", 26_046, &im_args);
+    let logs = logs(&stack, vec![("alice-im", im, im_log), ("alice", alice, alice_log), ("bob", bob, bob_log)]);
+    let (im, bob) = (&logs[0], &logs[2]);
+    assert!(at(im, "SIP/2.0 407") < at(im, "SIP/2.0 200"), "{im}");
+    let message = at(bob, "MESSAGE sip:bob@");
+    assert!(at(bob, "INVITE sip:bob@") < message && message < bob.rfind("BYE sip:").unwrap_or(0), "during the call: {bob}");
+    assert!(bob[message..].contains("Please call sip:carol@sip.test"), "{bob}");
     let (legs, _) = stack.media_totals();
     assert_eq!(legs, 0, "legs left in the media plane");
     stack.stop();

@@ -57,7 +57,7 @@ use crate::routing::{outcome_of, Next, Outcome, Plan, RouteState, Stage};
 use crate::sdp::Sdp;
 
 /// Methods the server answers (the Allow header of OPTIONS, 405s and the calls it places).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, MESSAGE";
 
 /// SIP the B2BUA wants sent; the server applies it to its transaction layer.
 #[derive(Debug)]

@@ -43,6 +43,7 @@ use crate::store::Store;
 mod accounting;
 mod callback;
 mod features;
+mod messages;
 mod subscriptions;
 pub use callback::CallbackError;
 
@@ -90,6 +91,8 @@ pub struct Stats {
     pub callbacks: crate::callback::CallbackStats,
     /// Requests answered 481 (no such dialog/transaction).
     pub no_dialog: u64,
+    /// MESSAGEs sent on to a subscriber's contacts.
+    pub messages_relayed: u64,
     /// Requests refused with 420 for a `Require` option this server does not support.
     pub unsupported_required: u64,
     /// Keep-alives received on UDP (STUN Binding requests, bare CRLFs).
@@ -158,6 +161,10 @@ pub struct ControlPlane {
     /// their watchers when the calls end).
     dialog_events: crate::dialog_events::DialogEvents,
     watched_calls: std::collections::HashMap<u64, Vec<String>>,
+    /// MESSAGEs sent on to subscribers' contacts, by id and by our requests' keys.
+    messages: std::collections::HashMap<u64, messages::Relayed>,
+    message_keys: std::collections::HashMap<TransactionKey, u64>,
+    next_message: u64,
     stats: Stats,
     next_sweep: Option<Instant>,
     /// Tags and nonce salts.
@@ -196,6 +203,9 @@ impl ControlPlane {
             b2bua: B2bua::new(config.clone(), timers, random.split()),
             dialog_events: crate::dialog_events::DialogEvents::new(config.clone(), random.split()),
             watched_calls: std::collections::HashMap::new(),
+            messages: std::collections::HashMap::new(),
+            message_keys: std::collections::HashMap::new(),
+            next_message: 0,
             billing: crate::billing::Billing::default(),
             callbacks: crate::callback::Engine::new(config.callback.clone()),
             sessions: std::collections::HashMap::new(),
@@ -388,6 +398,11 @@ impl ControlPlane {
         let found = self.b2bua.handle_hangup(id, now);
         self.drain(now, store);
         found
+    }
+
+    /// MESSAGEs sent on and not answered yet.
+    pub fn pending_messages(&self) -> usize {
+        self.messages.len()
     }
 
     /// Subscriptions to subscribers' dialogs in force.
@@ -615,11 +630,17 @@ impl ControlPlane {
             LayerEvent::Stray { message: SipMessage::Request(request), .. } => self.b2bua.handle_ack(&request, now),
             LayerEvent::Stray { message: SipMessage::Response(response), .. } => self.b2bua.handle_stray_response(&response),
             LayerEvent::Response { key, response } => {
+                if self.message_response(&key, response.status_code.code(), now) {
+                    return;
+                }
                 if !self.dialog_events.handle_response(&key, &response) {
                     self.b2bua.handle_response(&key, response, now)
                 }
             }
             LayerEvent::Timeout { key, role } | LayerEvent::TransportError { key, role } => {
+                if role == Role::Client && self.message_failed(&key, now) {
+                    return;
+                }
                 if role != Role::Client || !self.dialog_events.handle_failed(&key) {
                     self.b2bua.handle_transaction_failed(&key, role, now)
                 }
@@ -677,6 +698,7 @@ impl ControlPlane {
             Method::Cancel => self.on_cancel(&key, &request, cancels, now),
             Method::Invite if !in_dialog => self.on_invite(key, request, source, now, store),
             Method::Subscribe if !in_dialog => self.on_subscribe(&key, &request, source, now, store),
+            Method::Message if !in_dialog => self.on_message(&key, &request, source, now, store),
             _ if in_dialog && self.is_subscription_request(&request) => self.on_subscription_request(key, &request, now),
             Method::Options if !in_dialog => {
                 let mut response = self.response(&request, 200, None);

@@ -8,42 +8,8 @@ impl ControlPlane {
     /// An out-of-dialog SUBSCRIBE: the watcher's identity (trusted peer or digest, as for an
     /// INVITE), a subscriber of ours to watch, then the notifier.
     pub(super) fn on_subscribe(&mut self, key: &TransactionKey, request: &Request, source: Peer, now: Now, store: &mut dyn Store) {
-        let Some((from_user, from_domain)) = from_value(&request.headers).map(uri_of).and_then(user_host) else {
-            self.reply(key, request, 400, now);
-            return;
-        };
-        let mut watcher = None;
-        if !self.config.trusted.contains(&source.addr.ip()) {
-            let Some(user) = self.authenticate(key, request, source.addr.ip(), &from_user, &from_domain, true, now, store) else {
-                return;
-            };
-            if user != from_user || !self.config.is_local_domain(&from_domain) {
-                self.stats.auth_failures += 1;
-                self.reply(key, request, 403, now);
-                return;
-            }
-            watcher = Some(format!("{user}@{}", from_domain.to_ascii_lowercase()));
-        }
-        let user = request.uri.auth.as_ref().map(|a| a.user.clone()).unwrap_or_default();
-        let domain = request.uri.host_with_port.host.to_string().to_ascii_lowercase();
-        if !self.config.is_local_domain(&domain) {
-            self.reply(key, request, 404, now);
-            return;
-        }
-        match store.subscriber(&user, &domain) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                self.reply(key, request, 404, now);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "store: cannot look up a watched subscriber");
-                self.stats.store_errors += 1;
-                self.reply(key, request, 500, now);
-                return;
-            }
-        }
-        let target = format!("{user}@{domain}");
+        let Some(watcher) = self.requester(key, request, source, now, store) else { return };
+        let Some(target) = self.subscriber_addressed(key, request, now, store) else { return };
         if watcher.is_some_and(|w| !super::features::may_pick_up(&w, &target, store)) {
             // A subscriber in a pickup group is watched from inside it only.
             self.reply(key, request, 403, now);
@@ -73,6 +39,63 @@ impl ControlPlane {
     pub(super) fn on_subscription_request(&mut self, key: TransactionKey, request: &Request, now: Now) {
         let b2bua = &self.b2bua;
         self.dialog_events.handle_in_dialog(key, request, |aor| b2bua.dialogs_of(aor), now.instant);
+    }
+
+    /// Who sent an out-of-dialog request that needs a subscriber's rights: a trusted peer
+    /// (`Some(None)`), or a subscriber that proved it with digest (`Some(Some(aor))`, its From);
+    /// `None` when it was challenged or refused (answered here).
+    pub(super) fn requester(
+        &mut self,
+        key: &TransactionKey,
+        request: &Request,
+        source: Peer,
+        now: Now,
+        store: &mut dyn Store,
+    ) -> Option<Option<String>> {
+        let Some((from_user, from_domain)) = from_value(&request.headers).map(uri_of).and_then(user_host) else {
+            self.reply(key, request, 400, now);
+            return None;
+        };
+        if self.config.trusted.contains(&source.addr.ip()) {
+            return Some(None);
+        }
+        let user = self.authenticate(key, request, source.addr.ip(), &from_user, &from_domain, true, now, store)?;
+        if user != from_user || !self.config.is_local_domain(&from_domain) {
+            self.stats.auth_failures += 1;
+            self.reply(key, request, 403, now);
+            return None;
+        }
+        Some(Some(format!("{user}@{}", from_domain.to_ascii_lowercase())))
+    }
+
+    /// The subscriber (AoR) a request's URI names; `None` when it names none (answered 404, or
+    /// 500 when the store failed).
+    pub(super) fn subscriber_addressed(
+        &mut self,
+        key: &TransactionKey,
+        request: &Request,
+        now: Now,
+        store: &mut dyn Store,
+    ) -> Option<String> {
+        let user = request.uri.auth.as_ref().map(|a| a.user.clone()).unwrap_or_default();
+        let domain = request.uri.host_with_port.host.to_string().to_ascii_lowercase();
+        if !self.config.is_local_domain(&domain) {
+            self.reply(key, request, 404, now);
+            return None;
+        }
+        match store.subscriber(&user, &domain) {
+            Ok(Some(_)) => Some(format!("{user}@{domain}")),
+            Ok(None) => {
+                self.reply(key, request, 404, now);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store: cannot look up a subscriber");
+                self.stats.store_errors += 1;
+                self.reply(key, request, 500, now);
+                None
+            }
+        }
     }
 
     /// Call `call` changed (or, `ended`, is over): the watchers of its subscribers are told.

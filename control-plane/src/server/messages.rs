@@ -1,0 +1,130 @@
+//! Page-mode instant messages (RFC 3428 MESSAGE) between subscribers, RFC 5359 §2.6's transfer
+//! by instant message among them: a subscriber's MESSAGE to another is sent on to each of the
+//! other's registered contacts, each a request of ours, and the sender gets the first 2xx (else
+//! the best failure, RFC 3261 §16.7).
+//!
+//! ```text
+//!  alice ──MESSAGE bob── digest, 404/480/513 ─► MESSAGE to each of bob's contacts
+//!        ◄── 200 (the first 2xx) … or the best final response, 408 when none came
+//! ```
+
+use super::*;
+
+/// Largest body relayed (RFC 3428 §8: a MESSAGE over UDP stays under 1300 bytes).
+pub const MAX_MESSAGE_BODY: usize = 1300;
+
+/// A MESSAGE sent on to a subscriber's contacts.
+#[derive(Debug)]
+pub(super) struct Relayed {
+    origin: TransactionKey,
+    request: Request,
+    /// Contacts not answered finally yet, and the final failures so far.
+    outstanding: usize,
+    failures: Vec<u16>,
+}
+
+impl ControlPlane {
+    /// An out-of-dialog MESSAGE.
+    pub(super) fn on_message(&mut self, key: &TransactionKey, request: &Request, source: Peer, now: Now, store: &mut dyn Store) {
+        let Some(sender) = self.requester(key, request, source, now, store) else { return };
+        let Some(target) = self.subscriber_addressed(key, request, now, store) else { return };
+        if request.body.len() > MAX_MESSAGE_BODY {
+            self.reply(key, request, 513, now);
+            return;
+        }
+        let contacts = self.registrar.lookup(&target, now.unix());
+        if contacts.is_empty() {
+            self.reply(key, request, 480, now);
+            return;
+        }
+        let hops = message::max_forwards(&request.headers).unwrap_or(70);
+        if hops == 0 {
+            self.reply(key, request, 483, now);
+            return;
+        }
+        let (Some(from), Some(to)) = (from_value(&request.headers), to_value(&request.headers)) else {
+            self.reply(key, request, 400, now);
+            return;
+        };
+        let content_type = request.headers.iter().find_map(|h| match h {
+            Header::ContentType(c) => Some(c.value().to_owned()),
+            _ => None,
+        });
+        let mut extra = format!("Max-Forwards: {}\r\n", hops - 1);
+        if let Some(aor) = &sender {
+            extra.push_str(&format!("P-Asserted-Identity: <sip:{aor}>\r\n"));
+        }
+        for name in ["Date", "Subject", "Priority"] {
+            if let Some(v) = message::header(&request.headers, name) {
+                extra.push_str(&format!("{name}: {v}\r\n"));
+            }
+        }
+        let id = self.next_message;
+        self.next_message += 1;
+        let mut sent = 0;
+        for contact in contacts {
+            let call_id = format!("{}-m", self.random.call_id());
+            let branch = self.random.branch();
+            let mut dialog =
+                sip_core::dialog::Dialog::uac(call_id, from.to_owned(), to.to_owned(), contact.contact, contact.path, contact.flow);
+            let sent_by = self.config.advertise_for(contact.flow.transport);
+            let body = content_type.as_deref().map(|c| (c, request.body.as_slice()));
+            let Ok(out) = dialog.request("MESSAGE", &sent_by, &branch, &extra, body) else { continue };
+            let Ok(client) = TransactionKey::for_request(&out) else { continue };
+            if let Err(e) = self.layer.start_client(out, contact.flow, now.instant) {
+                tracing::debug!(error = %e, "a MESSAGE could not be sent on");
+                continue;
+            }
+            self.message_keys.insert(client, id);
+            sent += 1;
+        }
+        if sent == 0 {
+            self.reply(key, request, 480, now);
+            return;
+        }
+        self.stats.messages_relayed += 1;
+        self.messages.insert(id, Relayed { origin: key.clone(), request: request.clone(), outstanding: sent, failures: Vec::new() });
+    }
+
+    /// A response to a MESSAGE of ours; whether it was one.
+    pub(super) fn message_response(&mut self, key: &TransactionKey, status: u16, now: Now) -> bool {
+        let Some(&id) = self.message_keys.get(key) else { return false };
+        if status < 200 {
+            return true;
+        }
+        self.message_keys.remove(key);
+        self.message_final(id, status, now);
+        true
+    }
+
+    /// A MESSAGE of ours timed out or could not be sent; whether it was one.
+    pub(super) fn message_failed(&mut self, key: &TransactionKey, now: Now) -> bool {
+        let Some(id) = self.message_keys.remove(key) else { return false };
+        self.message_final(id, 408, now);
+        true
+    }
+
+    fn message_final(&mut self, id: u64, status: u16, now: Now) {
+        let Some(relayed) = self.messages.get_mut(&id) else { return };
+        relayed.outstanding = relayed.outstanding.saturating_sub(1);
+        let answer = if (200..300).contains(&status) {
+            // The first 2xx is the sender's; the other contacts' answers are not awaited.
+            Some(status)
+        } else {
+            relayed.failures.push(status);
+            (relayed.outstanding == 0).then(|| match crate::routing::outcome_of(&relayed.failures, &[]) {
+                crate::routing::Outcome::Busy(s) | crate::routing::Outcome::Failed(s) => match s {
+                    // A contact's redirect or challenge is not the sender's to follow.
+                    300..=399 => 480,
+                    401 | 407 => 403,
+                    s => s,
+                },
+                _ => 480,
+            })
+        };
+        let Some(status) = answer else { return };
+        let Some(relayed) = self.messages.remove(&id) else { return };
+        self.message_keys.retain(|_, m| *m != id);
+        self.reply(&relayed.origin, &relayed.request, status, now);
+    }
+}
