@@ -363,10 +363,12 @@ fn parties_dialling_a_room_are_answered_by_the_media_plane_and_the_room_ends_wit
     assert!(w.media.contains(&MediaRequest::Release { legs: vec![91] }), "{:?}", w.media);
     assert!(!w.media.iter().any(|m| matches!(m, MediaRequest::EndConference { .. })));
     // A re-INVITE from dave has nobody to go to: refused; he stays.
-    let dave_bye = |method: &str, cseq: u32| {
-        in_dialog(method, "d1", cseq, &to_tag(&dave_ok), None).replace(CALLER, dave).replace("\"Alice\" <sip:alice@", "<sip:dave@")
+    let from_dave = |method: &str, cseq: u32, body: Option<&str>| {
+        in_dialog(method, "d1", cseq, &to_tag(&dave_ok), body).replace(CALLER, dave).replace("\"Alice\" <sip:alice@", "<sip:dave@")
     };
-    w.receive(dave, &dave_bye("BYE", 3));
+    w.receive(dave, &from_dave("INVITE", 3, Some(&offer(6002, "sendonly"))));
+    w.take_one(dave, "SIP/2.0 488");
+    w.receive(dave, &from_dave("BYE", 4, None));
     w.take_one(dave, "SIP/2.0 200");
     assert!(w.media.contains(&MediaRequest::EndConference { conference: 500 }), "the empty room ends: {:?}", w.media);
     assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
@@ -654,4 +656,115 @@ fn a_message_to_nobody_reachable_too_large_or_refused_gets_the_right_failure() {
     assert_eq!(w.core.pending_messages(), 1);
     w.advance(Duration::from_secs(40));
     assert_eq!(w.core.pending_messages(), 0);
+}
+
+/// Carol's INVITE (Call-ID `id`) with `join` (a Join header line) and `body`, authenticated.
+fn carol_joins(w: &mut World, id: &str, join: &str, body: &str) -> String {
+    let text = |cseq: u32, auth: &str| {
+        invite(id, body)
+            .replace(CALLER, CAROL)
+            .replace("\"Alice\" <sip:alice@", "<sip:carol@")
+            .replace("CSeq: 1 INVITE", &format!("CSeq: {cseq} INVITE"))
+            .replace(&format!("branch=z9hG4bK{id}i"), &format!("branch=z9hG4bK{id}i{cseq}"))
+            .replace("Contact:", &format!("{join}{auth}Contact:"))
+    };
+    with_credentials(w, CAROL, "carol", "INVITE", "sip:bob@sip.test", text)
+}
+
+/// The Join header naming bob's phone's dialog of call1.
+fn join_bob(invite_b: &str, b_tag: &str) -> String {
+    let b_call_id = invite_b.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("Call-ID").trim().to_owned();
+    let ours = invite_b.lines().find(|l| l.starts_with("From:")).and_then(|l| l.split(";tag=").nth(1)).expect("tag").trim().to_owned();
+    format!("Join: {b_call_id};to-tag={ours};from-tag={b_tag}\r\n")
+}
+
+/// A hold (sendonly) re-INVITE from bob in call1, relayed to alice and answered.
+fn bob_holds_alice(w: &mut World, invite_b: &str, b_tag: &str, cseq: u32) {
+    let sdp = offer(5000, "sendonly");
+    let hold = callee_request("INVITE", invite_b, b_tag, cseq).replace("Content-Length: 0\r\n\r\n", "")
+        + &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len());
+    w.receive(CALLEE, &hold);
+    let reinvite = w.take_one(CALLER, "INVITE sip:");
+    w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "recvonly"))));
+    w.take_one(CALLER, "ACK");
+    w.take_one(CALLEE, "SIP/2.0 200");
+    w.receive(CALLEE, &callee_request("ACK", invite_b, b_tag, cseq));
+}
+
+#[test]
+fn a_join_is_refused_for_a_held_call_and_one_without_an_offer_leaves_the_call_as_it_was() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    let (invite_b, _, b_tag) = confirmed_call(&mut w);
+    carol_joins(&mut w, "j0", &join_bob(&invite_b, &b_tag), "");
+    w.take_one(CAROL, "SIP/2.0 488");
+    assert!(w.conferencing.is_empty(), "nothing moved");
+    bob_holds_alice(&mut w, &invite_b, &b_tag, 2);
+    carol_joins(&mut w, "j1", &join_bob(&invite_b, &b_tag), &offer(6000, "sendrecv"));
+    w.take_one(CAROL, "SIP/2.0 486");
+    assert!(w.conferencing.is_empty());
+}
+
+#[test]
+fn a_joiner_whose_offer_is_refused_leaves_a_plain_call_again() {
+    let mut w = World::new();
+    w.subscriber("carol", None);
+    let (invite_b, alice_tag, b_tag) = confirmed_call(&mut w);
+    carol_joins(&mut w, "j1", &join_bob(&invite_b, &b_tag), &offer(6000, "sendrecv"));
+    w.conference(800);
+    // Carol's offer is refused by the media plane.
+    let call = w.conferencing.remove(0);
+    let refused = crate::media::MediaError::NotAcceptable("no common codec".into());
+    w.core.handle_media_reply(call, crate::media::MediaReply::Conferenced(Err(refused)), w.now, &mut w.store);
+    w.pump();
+    w.take_one(CAROL, "SIP/2.0 488");
+    assert!(w.media.contains(&MediaRequest::Unconference { conference: 800, pairs: vec![(11, 12)] }), "{:?}", w.media);
+    // Alice and bob talk as before: her re-INVITE reaches bob.
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 2, &alice_tag, Some(&offer(4000, "sendonly"))));
+    w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+}
+
+#[test]
+fn a_party_moving_into_a_room_is_taken_off_hold_first_and_its_requests_meanwhile_are_answered() {
+    let mut w = World::new();
+    let (invite_b, alice_tag, b_tag) = confirmed_call(&mut w);
+    bob_holds_alice(&mut w, &invite_b, &b_tag, 2);
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 3, "sip:conf-x@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    let resume = w.take_one(CALLER, "INVITE sip:");
+    assert!(resume.contains("a=sendrecv"), "{resume}");
+    assert!(w.conferencing.is_empty(), "not before she is off hold");
+    // Her own re-INVITE crosses ours: ours gets 491 and goes again 2.1 s later; hers has nobody
+    // to go to and gets 488.
+    w.receive(CALLER, &answer_at(CALLER, &resume, 491, None));
+    w.take_one(CALLER, "ACK");
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 2, &alice_tag, Some(&offer(4000, "sendrecv"))));
+    w.take_one(CALLER, "SIP/2.0 488");
+    w.advance(Duration::from_millis(2200));
+    let again = w.take_one(CALLER, "INVITE sip:");
+    assert!(again.contains("a=sendrecv") && again.contains("CSeq: 3 INVITE"), "{again}");
+    w.receive(CALLER, &answer_at(CALLER, &again, 200, Some(&offer(4000, "sendrecv"))));
+    w.take_one(CALLER, "ACK");
+    let moved = w.conference(900);
+    assert_eq!(conference_fields(&moved), ("conf-x".into(), None, vec![11], vec![12], false));
+    let done = w.take(CALLEE, "NOTIFY");
+    assert!(done.last().is_some_and(|n| n.contains("SIP/2.0 200 OK") && n.contains("terminated")), "{done:?}");
+}
+
+#[test]
+fn a_room_that_cannot_be_made_ends_the_referred_call_and_tells_the_transferor() {
+    let mut w = World::new();
+    let (invite_b, _, b_tag) = confirmed_call(&mut w);
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:conf-x@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    let call = w.conferencing.remove(0);
+    let failed = crate::media::MediaError::Unavailable("media plane down".into());
+    w.core.handle_media_reply(call, crate::media::MediaReply::Conferenced(Err(failed)), w.now, &mut w.store);
+    w.pump();
+    let notifies = w.take(CALLEE, "NOTIFY");
+    assert!(notifies.last().is_some_and(|n| n.contains("SIP/2.0 503")), "{notifies:?}");
+    w.take_sent(CALLER, "BYE");
+    assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
+    let stats = w.core.stats().calls;
+    assert_eq!(stats.media_allocations, stats.media_releases, "{stats:?}");
 }

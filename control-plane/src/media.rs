@@ -174,6 +174,9 @@ pub enum MediaRequest {
     Conference { room: String, conference: Option<u64>, add: Vec<u64>, release: Vec<u64>, newcomer: Option<Newcomer> },
     /// Ends conference `conference` (its legs are the calls'). No reply.
     EndConference { conference: u64 },
+    /// Takes each pair of legs out of conference `conference`, bridges them again, and ends the
+    /// conference (a three-way call back to two). No reply; failures are counted.
+    Unconference { conference: u64, pairs: Vec<(u64, u64)> },
     /// Delete legs; DeleteLeg also deletes the leg's bridge, so one call per leg is all it takes.
     Release {
         /// Legs.
@@ -355,6 +358,22 @@ impl MediaClient {
                 if let Err(status) = self.client.clone().delete_conference(request).await {
                     tracing::warn!(conference, error = %status.message(), "a conference could not be deleted");
                     self.counters.release_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                None
+            }
+            MediaRequest::Unconference { conference, pairs } => {
+                let mut failed = false;
+                for &(a, b) in &pairs {
+                    for leg_id in [a, b] {
+                        let request = v1::RemoveParticipantRequest { conference_id: conference, leg_id };
+                        failed |= self.client.clone().remove_participant(request).await.is_err();
+                    }
+                    failed |= self.client.clone().create_bridge(v1::CreateBridgeRequest { leg_a: a, leg_b: b }).await.is_err();
+                }
+                failed |= self.client.clone().delete_conference(v1::DeleteConferenceRequest { conference_id: conference }).await.is_err();
+                if failed {
+                    tracing::warn!(conference, "a three-way call could not be made a plain call again");
+                    self.counters.negotiation_failures.fetch_add(1, Ordering::Relaxed);
                 }
                 None
             }
@@ -568,6 +587,7 @@ impl MediaClient {
             None => None,
         };
         let (mut created, mut far_released) = (None, false);
+        let handed = release.clone();
         let result: Result<u64, MediaError> = async {
             let id = match conference {
                 Some(id) => id,
@@ -611,11 +631,18 @@ impl MediaClient {
                 Ok(Conferenced { conference, newcomer })
             }
             Err(e) => {
+                let mut legs = Vec::new();
                 if let Some(a) = &allocation {
-                    let mut legs = a.facing(true);
+                    legs.extend(a.facing(true));
                     if !far_released {
                         legs.extend(a.facing(false));
                     }
+                }
+                if !far_released {
+                    // The caller ends what it moved: the legs it handed over go as they would have.
+                    legs.extend(handed);
+                }
+                if !legs.is_empty() {
                     self.release(&legs).await;
                 }
                 if let Some(id) = created {

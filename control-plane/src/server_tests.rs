@@ -139,7 +139,7 @@ impl World {
                     MediaRequest::Allocate { .. } => self.allocating = call,
                     MediaRequest::Join { .. } => self.joining = call,
                     MediaRequest::Conference { .. } => self.conferencing.push(call),
-                    MediaRequest::EndConference { .. } => {}
+                    MediaRequest::EndConference { .. } | MediaRequest::Unconference { .. } => {}
                     MediaRequest::Release { .. }
                     | MediaRequest::Play { .. }
                     | MediaRequest::Prompt { .. }

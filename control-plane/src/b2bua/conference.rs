@@ -34,8 +34,12 @@ pub(super) struct Room {
     pending: usize,
     /// Call sides in it.
     members: Vec<(u64, Side)>,
-    /// Made for a three-way call: when one party is left, it is hung up.
+    /// Made for a three-way call: when one party is left, it is hung up; when the call it was
+    /// made of is all that is left, it is a plain call again.
     adhoc: bool,
+    /// An ad-hoc room whose call ended (or could not be moved in) before it was made: parties on
+    /// their way in are refused.
+    closed: bool,
 }
 
 /// What a call is waiting for the media plane to do in its room.
@@ -139,7 +143,9 @@ impl B2bua {
             && call.transfer.is_none()
             && !call.ivr
             && !call.negotiating
-            && !call.reinvite_pending;
+            && !call.reinvite_pending
+            // A held party could not be taken off hold in a room (re-INVITEs there get 488).
+            && call.held_by.is_none();
         if joinable {
             Ok(id)
         } else {
@@ -160,6 +166,11 @@ impl B2bua {
         now: Now,
     ) -> Option<u64> {
         self.clock = Some(now);
+        // What would refuse the joiner is checked before the call is touched.
+        if !is_sdp(&request.headers, &request.body) || Dialog::uas(&request, "check", source).is_err() {
+            self.reply(&key, &request, 488, now);
+            return None;
+        }
         let room = self.new_room();
         let Some(call) = self.calls.get_mut(&target) else {
             self.reply(&key, &request, 481, now);
@@ -225,7 +236,7 @@ impl B2bua {
         call.room = Some(room.clone());
         self.rooms.entry(room).or_default();
         // A party the transferor held is taken off hold first, or it could not talk in the room.
-        if !self.resume_then(id, side, resume::After::Room) {
+        if !self.resume_then(id, side, resume::After::Room, now) {
             self.room_move(id);
         }
     }
@@ -241,7 +252,8 @@ impl B2bua {
                 release.push(std::mem::take(leg));
             }
         }
-        // Music on hold (the transferor's) stops with its legs; the room plays from now.
+        // Music on hold (the transferor's) ends there: the conference makes a participant's
+        // stream (the media plane ends what played into it).
         call.held_by = None;
         call.music = false;
         call.room_op = Some(RoomOp::Referred { side: side.other(), release: release.into_iter().filter(|&l| l != 0).collect() });
@@ -266,6 +278,10 @@ impl B2bua {
             }
         };
         let room = self.rooms.entry(name.clone()).or_default();
+        if room.closed {
+            self.room_refused(id, &name);
+            return;
+        }
         if room.conference.is_none() {
             if room.creating {
                 room.waiting.push(id);
@@ -306,7 +322,7 @@ impl B2bua {
                 if let Some((legs, _)) = &done.newcomer {
                     self.let_go(id, legs.clone());
                 }
-                self.room_emptied(id, &name);
+                self.after_leaving(id, &name, now);
                 return;
             }
             (_, Err(_)) => {
@@ -315,6 +331,12 @@ impl B2bua {
             }
         };
         match (op, result) {
+            (RoomOp::Newcomer(_), Ok(done)) if self.rooms.get(&name).is_none_or(|r| r.closed) => {
+                if let Some((legs, _)) = done.newcomer {
+                    self.let_go(id, legs);
+                }
+                self.room_refused(id, &name);
+            }
             (RoomOp::Newcomer(n), Ok(done)) => {
                 let Some((legs, answer)) = done.newcomer else { return };
                 let mut legs = legs.into_iter();
@@ -334,11 +356,12 @@ impl B2bua {
                     response,
                     answers_offer: true,
                 };
-                self.rooms.entry(name).or_default().members.push((id, Side::A));
+                self.rooms.entry(name.clone()).or_default().members.push((id, Side::A));
                 self.stats.calls_answered += 1;
                 self.stats.media_allocations += 1;
                 self.deliver(id, forward, Some(answer), now);
                 self.update(id, UpdateKind::Answered { party: 2 });
+                self.after_leaving(id, &name, now);
             }
             (RoomOp::Referred { side, .. }, Ok(_)) => {
                 if let Some(call) = self.calls.get_mut(&id) {
@@ -352,9 +375,10 @@ impl B2bua {
                 if let Some(call) = self.calls.get_mut(&id) {
                     call.room_sides = [true, true];
                 }
-                let room = self.rooms.entry(name).or_default();
+                let room = self.rooms.entry(name.clone()).or_default();
                 room.members.push((id, Side::A));
                 room.members.push((id, Side::B));
+                self.after_leaving(id, &name, now);
             }
             (op, Err(error)) => {
                 tracing::info!(call = id, %error, "a conference room could not take a party");
@@ -372,7 +396,10 @@ impl B2bua {
                         self.notify_replaced_transferor(id, "SIP/2.0 503 Service Unavailable");
                         self.end_both(id, now);
                     }
-                    RoomOp::Both => self.end_both(id, now),
+                    RoomOp::Both => {
+                        self.close_room(&name);
+                        self.end_both(id, now);
+                    }
                 }
                 self.room_emptied(id, &name);
             }
@@ -412,11 +439,67 @@ impl B2bua {
     /// room ends.
     fn after_leaving(&mut self, id: u64, name: &str, now: Now) {
         let Some(room) = self.rooms.get(name) else { return };
-        if room.adhoc && room.members.len() == 1 && room.waiting.is_empty() && room.pending == 0 {
+        let settled = room.adhoc && room.waiting.is_empty() && room.pending == 0;
+        if settled && room.members.len() == 1 {
             let (last, side) = room.members[0];
             self.send_in_dialog(last, side, "BYE", "", None, Purpose::Bye, now);
             self.leave_room(last, side, now);
             return;
+        }
+        if settled && room.members.len() == 2 && room.members[0].0 == room.members[1].0 {
+            // Only the call the room was made of is left: a plain call again.
+            let call = room.members[0].0;
+            self.unroom(call, name);
+            return;
+        }
+        self.room_emptied(id, name);
+    }
+
+    /// Call `id`, both of whose sides are all that is left in ad-hoc room `name`, leaves it for
+    /// a bridge of its own again.
+    fn unroom(&mut self, id: u64, name: &str) {
+        let Some(room) = self.rooms.remove(name) else { return };
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        call.room = None;
+        call.room_sides = [false, false];
+        let pairs = call.media.as_ref().map(|m| m.streams.iter().flatten().map(|s| (s.leg_a, s.leg_b)).collect()).unwrap_or_default();
+        if let Some(conference) = room.conference {
+            self.media_request(id, MediaRequest::Unconference { conference, pairs });
+        }
+    }
+
+    /// An ad-hoc room whose call is gone: whoever is on the way in is refused.
+    fn close_room(&mut self, name: &str) {
+        let waiting = match self.rooms.get_mut(name) {
+            Some(room) if room.adhoc => {
+                room.closed = true;
+                std::mem::take(&mut room.waiting)
+            }
+            _ => return,
+        };
+        for w in waiting {
+            self.room_refused(w, name);
+        }
+    }
+
+    /// Call `id`'s room operation cannot be done (its room closed): a party calling in is
+    /// refused (481); any other call is ended.
+    fn room_refused(&mut self, id: u64, name: &str) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let op = call.room_op.take();
+        let now = self.clock.unwrap_or(call.started);
+        match op {
+            Some(RoomOp::Newcomer(_)) => {
+                let (key, invite) = (call.invite_a_key.clone(), call.invite_a.clone());
+                self.reply(&key, &invite, 481, now);
+                self.stats.calls_failed += 1;
+                self.finish(id);
+            }
+            Some(RoomOp::Referred { release, .. }) => {
+                self.let_go(id, release);
+                self.end_both(id, now);
+            }
+            _ => self.end_both(id, now),
         }
         self.room_emptied(id, name);
     }
@@ -435,8 +518,16 @@ impl B2bua {
     }
 
     /// A call that ends leaves its room (see [`Self::finish`]).
-    pub(super) fn leave_room_at_end(&mut self, id: u64, call: &Call) {
+    pub(super) fn leave_room_at_end(&mut self, id: u64, call: &mut Call) {
         let Some(name) = call.room.as_ref() else { return };
+        let queued = !self.room_ops.contains_key(&id);
+        match call.room_op.take() {
+            // Legs a queued move was to let go are the call's to let go now.
+            Some(RoomOp::Referred { release, .. }) if queued => self.let_go(id, release),
+            // The call an ad-hoc room was being made of ended: the room will not be.
+            Some(RoomOp::Both) => self.close_room(name),
+            _ => {}
+        }
         if let Some(room) = self.rooms.get_mut(name) {
             room.members.retain(|(c, _)| *c != id);
             room.waiting.retain(|c| *c != id);

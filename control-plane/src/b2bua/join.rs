@@ -24,9 +24,6 @@ pub(super) struct Joining {
     /// A pickup (else a parked call taken back), and the ring deadline it suspended.
     pickup: bool,
     deadline: Option<Instant>,
-    /// The legs the media plane deletes for it (the ringing side's), taken out of the call's
-    /// allocation meanwhile, and put back if the newcomer's offer is refused.
-    released: Vec<u64>,
     /// The subscriber calling in.
     taker: Option<String>,
 }
@@ -175,7 +172,10 @@ impl B2bua {
             release: release.clone(),
             answer_first,
         };
-        call.joining = Some(Joining { key, request, dialog, pickup, deadline, released: release, taker });
+        call.joining = Some(Joining { key, request, dialog, pickup, deadline, taker });
+        if pickup {
+            self.join_released.insert(target, release);
+        }
         self.media_request(target, request_media);
         Ok(())
     }
@@ -184,13 +184,17 @@ impl B2bua {
     pub(super) fn on_joined(&mut self, id: u64, result: Result<crate::media::Joined, MediaError>, now: Now) {
         let joining = self.calls.get_mut(&id).and_then(|c| c.joining.take());
         let live = self.calls.get(&id).is_some_and(|c| c.state != State::Cancelled);
+        // The ringing side's legs: deleted by the Join, unless the newcomer's offer was refused.
+        let released = self.join_released.remove(&id).unwrap_or_default();
         let joining = match (joining, live) {
             (Some(joining), true) => joining,
             (joining, _) => {
                 // The call ended meanwhile (its caller gave up, its party hung up): the new legs
                 // go, and the party calling in is told (unless the call's end told it already).
-                if let Ok(joined) = &result {
-                    self.let_go(id, joined.legs.clone());
+                match &result {
+                    Ok(joined) => self.let_go(id, joined.legs.clone()),
+                    Err(MediaError::NotAcceptable(_)) => self.let_go(id, released),
+                    Err(_) => {}
                 }
                 if let Some(joining) = joining {
                     self.refuse_joining(joining, 481);
@@ -201,7 +205,7 @@ impl B2bua {
         let joined = match result {
             Ok(joined) => joined,
             Err(error) => {
-                self.join_failed(id, joining, error, now);
+                self.join_failed(id, joining, error, released, now);
                 return;
             }
         };
@@ -264,10 +268,10 @@ impl B2bua {
 
     /// The media plane could not join the party calling in: it is refused; a refused offer
     /// leaves the call as it was, anything else ends it (its legs are unbridged).
-    fn join_failed(&mut self, id: u64, joining: Joining, error: MediaError, now: Now) {
+    fn join_failed(&mut self, id: u64, joining: Joining, error: MediaError, released: Vec<u64>, now: Now) {
         let refused = matches!(error, MediaError::NotAcceptable(_));
         tracing::info!(call = id, %error, "a party calling in to take a call could not be joined");
-        let (pickup, deadline, released) = (joining.pickup, joining.deadline, joining.released.clone());
+        let (pickup, deadline) = (joining.pickup, joining.deadline);
         self.refuse_joining(joining, if refused { 488 } else { 503 });
         let Some(call) = self.calls.get_mut(&id) else { return };
         match (pickup, refused) {
@@ -365,7 +369,7 @@ impl B2bua {
         tracing::info!(call = id, %orbit, "a call was parked");
         // A party the parker held is taken off hold first, or it could not talk to whoever
         // takes it back.
-        if !self.resume_then(id, side, resume::After::Park { music: music.clone() }) {
+        if !self.resume_then(id, side, resume::After::Park { music: music.clone() }, now) {
             self.park_media(id, music);
         }
     }

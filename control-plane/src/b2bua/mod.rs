@@ -591,6 +591,7 @@ impl Call {
             || self.retransmit.iter().any(|r| r.next == at)
             || self.limit.holds(at)
             || self.parked.as_ref().is_some_and(|p| p.until == Some(at))
+            || self.resuming.as_ref().is_some_and(|r| r.holds(at))
     }
 
     fn dialog(&self, side: Side) -> &Dialog {
@@ -648,8 +649,10 @@ enum Purpose {
     },
     /// Our re-INVITE of a transferee with the transfer target's media.
     Renegotiate,
-    /// Our re-INVITE taking a held party off hold (see `resume`).
-    Resume,
+    /// Our re-INVITE taking a held party (on `side`) off hold (see `resume`).
+    Resume {
+        side: Side,
+    },
 }
 
 /// The B2BUA: its calls, their dialogs and media, and what it wants sent.
@@ -673,6 +676,9 @@ pub struct B2bua {
     originated: HashMap<TransactionKey, u64>,
     /// Parked calls by orbit.
     orbits: HashMap<String, u64>,
+    /// The legs a pickup's Join deletes, by call, until the media plane answers it (put back, or
+    /// let go if the call ended meanwhile, when the newcomer's offer is refused).
+    join_released: HashMap<u64, Vec<u64>>,
     /// Conference rooms by name, and the room of each call whose room request is out.
     rooms: HashMap<String, conference::Room>,
     room_ops: HashMap<u64, String>,
@@ -715,6 +721,7 @@ impl B2bua {
             orbits: HashMap::new(),
             rooms: HashMap::new(),
             room_ops: HashMap::new(),
+            join_released: HashMap::new(),
             clock: None,
             stats: CallStats::default(),
         }
@@ -999,7 +1006,8 @@ impl B2bua {
             self.leave_room(id, side, now);
             return;
         }
-        if request.method != Method::Bye && (in_room || self.ivr_alone(id) || self.calls.get(&id).is_some_and(|c| c.parked.is_some())) {
+        let nobody_there = self.calls.get(&id).is_some_and(|c| c.dialog(side.other()).peer.addr.ip().is_unspecified());
+        if request.method != Method::Bye && (in_room || nobody_there || self.calls.get(&id).is_some_and(|c| c.parked.is_some())) {
             // Nobody on the other side to relay it to: a service call's first party alone, a
             // parked party.
             self.ivr_in_dialog(&key, &request, now);
@@ -1103,7 +1111,7 @@ impl B2bua {
             Purpose::Invite { fork } => self.on_invite_response(id, fork, response, now),
             Purpose::Relay { origin, from, request, offer } => self.on_relay_response(id, &origin, from, &request, offer, response, now),
             Purpose::Renegotiate => self.renegotiated(id, response, now),
-            Purpose::Resume => self.resume_answered(id, response),
+            Purpose::Resume { side } => self.resume_answered(id, side, response, now),
             Purpose::Cancel | Purpose::Bye => {}
         }
     }
@@ -1141,7 +1149,7 @@ impl B2bua {
                 }
                 self.reply(&origin, &request, 408, now);
             }
-            Purpose::Resume => {
+            Purpose::Resume { .. } => {
                 if let Some(call) = self.calls.get_mut(&id) {
                     call.reinvite_pending = false;
                 }
@@ -1174,6 +1182,7 @@ impl B2bua {
         let due = self.due(now.instant);
         for &id in &due {
             self.limit_due(id, now);
+            self.resume_due(id, now);
         }
         for id in due {
             let Some(call) = self.calls.get_mut(&id) else { continue };
@@ -1420,6 +1429,10 @@ impl B2bua {
             let tag = call.a.local_tag().to_owned();
             self.respond(&key, response_for(&invite, 487, None, Some(&tag)));
         }
+        if self.calls.get(&id).is_some_and(|c| matches!(c.room_op, Some(conference::RoomOp::Referred { .. }))) {
+            // The referred party left before it was in the room: the transferor is told.
+            self.notify_replaced_transferor(id, "SIP/2.0 487 Request Terminated");
+        }
         let Some(mut call) = self.calls.remove(&id) else { return };
         let now = self.clock.unwrap_or(call.started);
         // A service call that never joined a second party: nobody talked to anybody (the first
@@ -1446,7 +1459,7 @@ impl B2bua {
             // A party calling in to take this call: there is nothing left to take.
             self.refuse_joining(joining, 481);
         }
-        self.leave_room_at_end(id, &call);
+        self.leave_room_at_end(id, &mut call);
         if let Some(allocation) = call.media.take() {
             self.media_request(id, allocation.release());
         }

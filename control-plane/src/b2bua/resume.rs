@@ -7,10 +7,17 @@
 //!  REFER to an orbit or room, the referred party held by the transferor
 //!    Offer(the holder's SDP, sendrecv; holder's legs → held party's) ─► re-INVITE held party
 //!    … 200 (answer) ─► ACK, Answer ─► parked (music) / into the room
-//!  a refused or failed re-INVITE: parked / moved all the same
+//!  491 (its own re-INVITE crossed ours): sent again once after 2.1 s (RFC 3261 §14.1)
+//!  refused, failed, or no answer within 10 s: parked / moved all the same (a late 2xx is ACKed)
 //! ```
 
 use super::*;
+
+/// How long a resume may take before what waits for it goes ahead without it.
+const GIVE_UP: Duration = Duration::from_secs(10);
+/// The wait before a re-INVITE refused with 491 is sent again (RFC 3261 §14.1, the owner of
+/// the Call-ID's range).
+const GLARE_WAIT: Duration = Duration::from_millis(2100);
 
 /// What follows once the held party is taken off hold.
 #[derive(Debug)]
@@ -38,12 +45,25 @@ pub(super) struct Resuming {
     held: Side,
     phase: Phase,
     then: After,
+    /// The media plane's offer (sent again after a 491, once), and when to send it.
+    offer: Option<String>,
+    retry_at: Option<Instant>,
+    retried: bool,
+    /// When what waits for it goes ahead anyway.
+    give_up: Instant,
+}
+
+impl Resuming {
+    /// Whether `at` is one of its deadlines.
+    pub(super) fn holds(&self, at: Instant) -> bool {
+        self.give_up == at || self.retry_at == Some(at)
+    }
 }
 
 impl B2bua {
     /// When call `id`'s other party is held by `holder` (leaving it), takes it off hold and then
     /// does `then`; whether it did (else the caller does `then` at once).
-    pub(super) fn resume_then(&mut self, id: u64, holder: Side, then: After) -> bool {
+    pub(super) fn resume_then(&mut self, id: u64, holder: Side, then: After, now: Now) -> bool {
         let Some(call) = self.calls.get_mut(&id) else { return false };
         let (Some(media), Some(sdp)) = (call.media.as_ref(), call.last_sdp[holder as usize].as_deref()) else { return false };
         if call.held_by != Some(holder) || call.negotiating || call.reinvite_pending {
@@ -51,11 +71,41 @@ impl B2bua {
         }
         let legs = media.legs(holder == Side::A);
         let sdp = sendrecv(sdp);
-        call.resuming = Some(Resuming { held: holder.other(), phase: Phase::Offering, then });
+        let give_up = now.instant + GIVE_UP;
+        call.resuming =
+            Some(Resuming { held: holder.other(), phase: Phase::Offering, then, offer: None, retry_at: None, retried: false, give_up });
         call.negotiating = true;
         let policy = self.config.codec_policy.clone();
         self.media_request(id, MediaRequest::Offer { legs, sdp, policy });
+        self.schedule(give_up, id);
         true
+    }
+
+    /// Call `id`'s resume timers due at `now`: the 491 retry, or giving up.
+    pub(super) fn resume_due(&mut self, id: u64, now: Now) {
+        let Some(r) = self.calls.get_mut(&id).and_then(|c| c.resuming.as_mut()) else { return };
+        if r.give_up <= now.instant {
+            tracing::info!(call = id, "a held party was not taken off hold in time: going on without it");
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.reinvite_pending = false;
+            }
+            self.resumed(id);
+            return;
+        }
+        if r.retry_at.is_some_and(|at| at <= now.instant) {
+            r.retry_at = None;
+            if let Some(sdp) = r.offer.clone() {
+                self.send_resume(id, sdp, now);
+            }
+        }
+    }
+
+    fn send_resume(&mut self, id: u64, sdp: String, now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(held) = call.resuming.as_ref().map(|r| r.held) else { return };
+        call.reinvite_pending = true;
+        let extra = format!("Contact: {}\r\n", our_contact(&self.config, &call.dialog(held).peer));
+        self.send_in_dialog(id, held, "INVITE", &extra, Some(("application/sdp", sdp.as_bytes())), Purpose::Resume { side: held }, now);
     }
 
     /// Whether call `id` waits for the media plane on a resume (its Offered or Answered reply
@@ -71,11 +121,9 @@ impl B2bua {
         match (r.phase, result) {
             (Phase::Offering, Ok(sdp)) => {
                 r.phase = Phase::Inviting;
-                let held = r.held;
+                r.offer = Some(sdp.clone());
                 call.negotiating = false;
-                call.reinvite_pending = true;
-                let extra = format!("Contact: {}\r\n", our_contact(&self.config, &call.dialog(held).peer));
-                self.send_in_dialog(id, held, "INVITE", &extra, Some(("application/sdp", sdp.as_bytes())), Purpose::Resume, now);
+                self.send_resume(id, sdp, now);
             }
             (_, result) => {
                 if let Err(error) = result {
@@ -86,21 +134,33 @@ impl B2bua {
         }
     }
 
-    /// The held party answered our re-INVITE.
-    pub(super) fn resume_answered(&mut self, id: u64, response: Response) {
+    /// The held party answered our re-INVITE (from `side`).
+    pub(super) fn resume_answered(&mut self, id: u64, side: Side, response: Response, now: Now) {
         let status = response.status_code.code();
         if status < 200 {
             return;
         }
+        if (200..300).contains(&status) {
+            // ACKed even when the resume went ahead without it (a late answer).
+            self.ack_renegotiated(id, side, &response);
+        }
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.reinvite_pending = false;
-        let Some((held, holder)) = call.resuming.as_ref().map(|r| (r.held, r.held.other())) else { return };
+        let Some(r) = call.resuming.as_mut().filter(|r| r.phase == Phase::Inviting) else { return };
+        let (held, holder) = (r.held, r.held.other());
+        if status == 491 && !r.retried {
+            // Its own re-INVITE crossed ours: ours goes again, once.
+            r.retried = true;
+            let at = now.instant + GLARE_WAIT;
+            r.retry_at = Some(at);
+            self.schedule(at, id);
+            return;
+        }
         if !(200..300).contains(&status) {
             tracing::info!(call = id, status, "a held party refused to be taken off hold");
             self.resumed(id);
             return;
         }
-        self.ack_renegotiated(id, held, &response);
         let Some(call) = self.calls.get_mut(&id) else { return };
         let legs = call.media.as_ref().map(|m| m.legs(holder == Side::A));
         match (legs, is_sdp(&response.headers, &response.body)) {

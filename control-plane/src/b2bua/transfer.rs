@@ -65,7 +65,7 @@ impl B2bua {
             return;
         };
         let target = uri_of(&refer_to).to_owned();
-        if call.transfer.is_some() || call.pending_refer.is_some() || call.negotiating || call.reinvite_pending {
+        if call.transfer.is_some() || call.pending_refer.is_some() || call.negotiating || call.reinvite_pending || call.room.is_some() {
             self.reply(&key, &request, 491, now);
             return;
         }
