@@ -636,3 +636,66 @@ fn a_phone_on_hold_hears_music_in_the_same_rtp_stream_and_the_caller_again_after
     drop(alice);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_baresip_phone_transfers_its_caller_to_a_third_phone_and_the_two_talk() {
+    if !baresip_available() {
+        return;
+    }
+    let dir = temp_dir("phones-transfer");
+    let config = dir.join("cp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:28060\", \"tcp:127.0.0.1:28060\"]\ndomains = [\"sip.test\"]\n\
+             [media]\ngrpc = \"http://127.0.0.1:28090\"\n[store]\npath = \"{}\"\n",
+            dir.join("cp.db").display()
+        ),
+    )
+    .expect("write config");
+    add_phones(&config);
+    let out = Command::new(BIN)
+        .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", "carol"])
+        .args(["--domain", "sip.test", "--password", "secret"])
+        .output()
+        .expect("subscriber add");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _media = start_media_plane(&dir, &["--grpc-listen", "127.0.0.1:28090", "--ports", "28100-28199", "--no-pin"]);
+    let mut cp = start_control_plane(&dir, &config);
+    wait_listening("127.0.0.1:28060", &dir);
+    let server = "sip:127.0.0.1:28060";
+    let mut alice = Phone::start(&dir, "alice", 28_260, 28_290, "28300-28349", 440, server, None, "");
+    let mut bob = Phone::start(&dir, "bob", 28_360, 28_391, "28400-28449", 1000, server, None, "");
+    let mut carol = Phone::start(&dir, "carol", 28_460, 28_492, "28500-28549", 700, server, None, "");
+    carol.wait_registered(Duration::from_secs(10));
+    registered_call(&mut alice, &mut bob);
+    std::thread::sleep(Duration::from_secs(1));
+    // Bob transfers alice to carol (REFER, RFC 5359 §2.4): the control plane calls carol,
+    // re-INVITEs alice with carol's media and lets bob go.
+    bob.command("transfer", "sip:carol@sip.test");
+    carol.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    bob.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    let legs = leg_stats("http://127.0.0.1:28090");
+    assert_eq!(legs.len(), 2, "alice's and carol's legs, bob's gone: {legs:?}; log: {}", read(&dir.join("cp.log")));
+    alice.command("hangup", "");
+    carol.wait_event("CALL_CLOSED", Duration::from_secs(10));
+    // Carol heard only alice; alice heard bob, then carol.
+    // (The last two seconds of each: the first moments are alice's re-INVITE's.)
+    let (rate, samples) = wav_mono(&carol.decoded_wav().expect("carol's decoded audio"));
+    let last = &samples[samples.len().saturating_sub(2 * rate as usize)..];
+    let heard = dominant_hz(rate, last);
+    assert!(heard.abs_diff(440) <= 20, "carol heard {heard} Hz, not alice's 440 Hz ({} samples)", samples.len());
+    let (rate, samples) = wav_mono(&alice.decoded_wav().expect("alice's decoded audio"));
+    let last = &samples[samples.len().saturating_sub(2 * rate as usize)..];
+    let heard = dominant_hz(rate, last);
+    assert!(heard.abs_diff(700) <= 20, "at the end alice heard {heard} Hz, not carol's 700 Hz");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !leg_packets("http://127.0.0.1:28090").is_empty() {
+        assert!(Instant::now() < deadline, "legs left in the media plane after the call");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    terminate(&mut cp);
+    drop((alice, bob, carol));
+    let _ = std::fs::remove_dir_all(&dir);
+}
