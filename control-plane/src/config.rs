@@ -111,7 +111,7 @@
 //! [features]                      # call pickup and park (see crate::features)
 //! pickup = "*8"                   # group pickup "*8", directed "*8bob"; "" off (default "*8")
 //! park_orbits = "700-719"         # REFER to an orbit (or "park") parks; dialling it retrieves
-//! park_timeout_s = 300            # then a parked call is hung up; 0: never (default 300)
+//! park_timeout_s = 300            # then the parker is rung back; 0: never (default 300)
 //!
 //! [[route]]                       # dialled numbers not owned by a local subscriber; longest prefix wins
 //! prefix = "00"                   # matched against the Request-URI user part ("" matches all)

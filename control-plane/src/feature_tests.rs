@@ -183,7 +183,7 @@ fn a_parked_call_hears_music_until_it_is_taken_back_from_its_orbit_and_the_parke
 }
 
 #[test]
-fn a_parked_call_nobody_takes_back_is_hung_up_after_the_park_timeout_and_full_orbits_refuse_parking() {
+fn a_parked_call_nobody_takes_back_ends_when_its_parker_does_not_answer_the_ring_back_and_full_orbits_refuse_parking() {
     let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[features]\npark_orbits = \"701-701\"\npark_timeout_s = 30\n");
     let (invite_b, _, b_tag) = confirmed_call(&mut w);
     w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:park@sip.test", ""));
@@ -199,10 +199,14 @@ fn a_parked_call_nobody_takes_back_is_hung_up_after_the_park_timeout_and_full_or
     w.receive(CALLER, &in_dialog("ACK", "call2", 1, &to_tag(&ok2), None).replace("call2ACK1", "ack2"));
     w.receive(CALLEE, &callee_refer(&invite_b2, "b1", 3, "sip:park@sip.test", ""));
     w.take_one(CALLEE, "SIP/2.0 486");
-    // Nobody takes the first back: after 30 s alice gets BYE.
+    // Nobody takes the first back: after 30 s bob is rung back, does not answer, and alice
+    // gets BYE.
     w.advance(Duration::from_secs(29));
     assert!(w.take(CALLER, "BYE").is_empty());
     w.advance(Duration::from_secs(2));
+    w.extend();
+    let ring = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    w.receive(CALLEE, &answer_at(CALLEE, &ring, 480, None));
     let bye = w.take_sent(CALLER, "BYE sip:alice@192.0.2.1:5060");
     assert!(bye.contains("Call-ID: call1"), "{bye}");
     assert_eq!((w.core.stats().calls.park_timeouts, w.core.active_calls()), (1, 1));
@@ -534,6 +538,10 @@ fn a_park_timeout_that_falls_during_a_failed_retrieval_ends_the_call_after_it() 
     w.core.handle_media_reply(0, crate::media::MediaReply::Joined(Err(refused)), w.now, &mut w.store);
     w.pump();
     w.take_one(CAROL, "SIP/2.0 488");
+    // Its time is over: bob, who parked it, is rung back; busy, so alice's call ends.
+    w.extend();
+    let ring = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    w.receive(CALLEE, &answer_at(CALLEE, &ring, 486, None));
     w.take_sent(CALLER, "BYE sip:alice@192.0.2.1:5060");
     assert_eq!(w.core.stats().calls.park_timeouts, 1);
 }
@@ -767,4 +775,51 @@ fn a_room_that_cannot_be_made_ends_the_referred_call_and_tells_the_transferor() 
     assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
     let stats = w.core.stats().calls;
     assert_eq!(stats.media_allocations, stats.media_releases, "{stats:?}");
+}
+
+#[test]
+fn a_parked_call_nobody_takes_back_rings_its_parker_who_answers_and_talks_to_it_again() {
+    let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[features]\npark_timeout_s = 30\n");
+    let (invite_b, alice_tag, b_tag) = confirmed_call(&mut w);
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:701@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    w.receive(CALLEE, &callee_request("BYE", &invite_b, &b_tag, 3));
+    w.take_one(CALLEE, "SIP/2.0 200");
+    w.take(CALLEE, "NOTIFY");
+    // 30 s later bob's phone rings again, with alice as the caller and new legs for him.
+    w.advance(Duration::from_secs(31));
+    assert!(w.take(CALLER, "BYE").is_empty(), "alice waits for bob");
+    w.extend();
+    let ring = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    assert!(ring.contains("From: \"Alice\" <sip:alice@sip.test>") && ring.contains("m=audio 31194 "), "{ring}");
+    // Bob answers: alice is re-INVITEd with his media, her music stops.
+    w.receive(CALLEE, &answer_at(CALLEE, &ring, 200, Some(&offer(5004, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLEE, "ACK");
+    let reinvite = w.take_one(CALLER, "INVITE sip:");
+    w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "sendrecv"))));
+    w.take_one(CALLER, "ACK");
+    assert!(w.media.contains(&MediaRequest::StopPlay { legs: vec![11] }), "{:?}", w.media);
+    let stats = w.core.stats().calls;
+    assert_eq!((stats.park_timeouts, stats.park_ring_backs), (1, 1));
+    // Alice hangs up: bob (rung back) gets the BYE; the call's legs now are alice's and bob's new one.
+    w.receive(CALLER, &in_dialog("BYE", "call1", 2, &alice_tag, None));
+    w.take_one(CALLEE, "BYE");
+    let last = w.media.iter().rev().find(|m| matches!(m, MediaRequest::Release { .. })).cloned();
+    assert_eq!(last, Some(MediaRequest::Release { legs: vec![11, 97] }));
+    assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
+}
+
+#[test]
+fn a_parker_that_does_not_answer_its_ring_back_leaves_the_parked_call_to_end() {
+    let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[features]\npark_timeout_s = 30\n");
+    let (invite_b, _, b_tag) = confirmed_call(&mut w);
+    w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, "sip:701@sip.test", ""));
+    w.take_one(CALLEE, "SIP/2.0 202");
+    w.advance(Duration::from_secs(31));
+    w.extend();
+    let ring = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    w.receive(CALLEE, &answer_at(CALLEE, &ring, 486, None));
+    w.take_one(CALLEE, "ACK");
+    w.take_sent(CALLER, "BYE sip:");
+    assert_eq!(w.core.active_calls(), 0);
 }

@@ -9,8 +9,9 @@
 //! park_orbits = "700-719"  # park orbits: a REFER to one (or to "park": the first free one)
 //!                          # parks the other party, who hears music on hold; dialling the orbit
 //!                          # takes the call back; "" turns parking off (default "700-719")
-//! park_timeout_s = 300     # a parked call nobody takes back is hung up after this long (0: it
-//!                          # waits until its party hangs up) (default 300)
+//! park_timeout_s = 300     # a parked call nobody takes back rings its parker after this long
+//!                          # (it ends if the parker does not answer); 0: it waits until its
+//!                          # party hangs up (default 300)
 //! conference = "conf"      # conference rooms in the media plane: "conf-NAME" is room NAME
 //!                          # (made when its first party arrives, gone when its last leaves),
 //!                          # "conf" a new room of its own; "" turns them off (default "conf")
@@ -39,7 +40,7 @@ pub struct Features {
     pub pickup: Option<String>,
     /// Park orbits, first and last (inclusive); `None`: off.
     pub park_orbits: Option<(u32, u32)>,
-    /// A parked call is hung up after this long; `None`: never.
+    /// A parked call rings its parker back after this long; `None`: never.
     pub park_timeout: Option<Duration>,
     /// The conference prefix (`conf`); `None`: off.
     pub conference: Option<String>,

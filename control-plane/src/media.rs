@@ -174,6 +174,11 @@ pub enum MediaRequest {
     Conference { room: String, conference: Option<u64>, add: Vec<u64>, release: Vec<u64>, newcomer: Option<Newcomer> },
     /// Ends conference `conference` (its legs are the calls'). No reply.
     EndConference { conference: u64 },
+    /// New legs for a side that has none (a parked call's, to ring its parker back): one per
+    /// stream, created by `call_id`, and an offer over (`with`, new leg) made from `sdp` (the
+    /// remaining party's last description) for whoever is rung. Answered with
+    /// [`MediaReply::Extended`].
+    Extend { call_id: String, with: Vec<u64>, sdp: String, policy: CodecPolicy },
     /// Takes each pair of legs out of conference `conference`, bridges them again, and ends the
     /// conference (a three-way call back to two). No reply; failures are counted.
     Unconference { conference: u64, pairs: Vec<(u64, u64)> },
@@ -226,6 +231,8 @@ pub enum MediaReply {
     /// A [`MediaRequest::Conference`] done: the conference, and the newcomer's legs and answer.
     /// A `NotAcceptable` error is the newcomer's offer refused, with nothing else done.
     Conferenced(Result<Conferenced, MediaError>),
+    /// A [`MediaRequest::Extend`] done: the new legs (one per stream of `with`) and the offer.
+    Extended(Result<(Vec<u64>, String), MediaError>),
 }
 
 /// A party calling in, whose offer the media plane answers itself.
@@ -352,6 +359,30 @@ impl MediaClient {
             MediaRequest::Conference { room, conference, add, release, newcomer } => {
                 let result = self.conference(&room, conference, &add, release, newcomer).await;
                 Some(MediaReply::Conferenced(result.map_err(|e| e.naming_plane(&self.uri))))
+            }
+            MediaRequest::Extend { call_id, with, sdp, policy } => {
+                let mut legs = Vec::with_capacity(with.len());
+                let mut result = Ok(());
+                for _ in &with {
+                    match self.create_leg(&call_id).await {
+                        Ok(leg) => legs.push(leg),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                let result = match result {
+                    Ok(()) => {
+                        let pairs: Vec<(u64, u64)> = with.iter().copied().zip(legs.iter().copied()).collect();
+                        self.offer(&pairs, sdp, &policy).await.map(|offer| (legs.clone(), offer))
+                    }
+                    Err(e) => Err(e),
+                };
+                if result.is_err() {
+                    self.release(&legs).await;
+                }
+                Some(MediaReply::Extended(result.map_err(|e| e.naming_plane(&self.uri))))
             }
             MediaRequest::EndConference { conference } => {
                 let request = v1::DeleteConferenceRequest { conference_id: conference };

@@ -139,6 +139,7 @@ impl World {
                     MediaRequest::Allocate { .. } => self.allocating = call,
                     MediaRequest::Join { .. } => self.joining = call,
                     MediaRequest::Conference { .. } => self.conferencing.push(call),
+                    MediaRequest::Extend { .. } => self.joining = call,
                     MediaRequest::EndConference { .. } | MediaRequest::Unconference { .. } => {}
                     MediaRequest::Release { .. }
                     | MediaRequest::Play { .. }
@@ -265,6 +266,23 @@ impl World {
         });
         let joined = crate::media::Joined { legs: vec![91], answer, first_answer };
         self.core.handle_media_reply(self.joining, MediaReply::Joined(Ok(joined)), self.now, &mut self.store);
+        self.pump();
+    }
+
+    /// Answers the last Extend as the media plane does: leg 97 (one stream), and the offer made
+    /// over (the remaining party's leg, 97) from its description.
+    pub(crate) fn extend(&mut self) {
+        let Some(MediaRequest::Extend { with, sdp, policy, .. }) =
+            self.media.iter().rev().find(|m| matches!(m, MediaRequest::Extend { .. })).cloned()
+        else {
+            panic!("no Extend: {:?}", self.media)
+        };
+        let legs = vec![(with[0], 97)];
+        let offer = match self.negotiate(&MediaRequest::Offer { legs, sdp, policy }) {
+            MediaReply::Offered(Ok(sdp)) => sdp,
+            other => panic!("{other:?}"),
+        };
+        self.core.handle_media_reply(self.joining, MediaReply::Extended(Ok((vec![97], offer))), self.now, &mut self.store);
         self.pump();
     }
 

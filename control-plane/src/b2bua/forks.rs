@@ -114,7 +114,12 @@ impl B2bua {
                 redirects: Vec::new(),
                 trunk: branch.trunk,
             });
-            let side = if call.state == State::Originating { Side::A } else { Side::B };
+            // A transfer's target (or a parker rung back) takes the transferor's side.
+            let side = match &call.transfer {
+                Some(t) => t.transferor,
+                None if call.state == State::Originating => Side::A,
+                None => Side::B,
+            };
             self.by_call_id.insert(call_id, (id, side));
             self.stats.forks += 1;
             sent += 1;

@@ -34,8 +34,10 @@ pub(super) struct Parked {
     pub(super) orbit: String,
     /// The side nobody is on (the parker's), which whoever takes the call back takes.
     side: Side,
-    /// When it is hung up if nobody took it back.
+    /// When it is rung back to its parker (or hung up) if nobody took it back.
     pub(super) until: Option<Instant>,
+    /// Who parked it (a subscriber's address-of-record).
+    parker: Option<String>,
 }
 
 /// A call that can be picked up: it rings a subscriber.
@@ -113,8 +115,8 @@ impl B2bua {
     ) -> Result<(), u16> {
         self.clock = Some(now);
         let call = self.calls.get(&target).ok_or(481u16)?;
-        if call.joining.is_some() || call.resuming.is_some() {
-            // Someone else is taking it, or it is being taken off hold: not now.
+        if call.joining.is_some() || call.resuming.is_some() || call.transfer.is_some() || call.ring_back.is_some() {
+            // Someone else is taking it, it is being taken off hold, or its parker is rung: not now.
             return Err(486);
         }
         let parked = call.parked.as_ref().ok_or(481u16)?;
@@ -325,7 +327,15 @@ impl B2bua {
 
     /// The server found `orbit` for a REFER of call `id` (`Err(status)`: no orbit for it): the
     /// referred party is parked there and hears `music`; the transferor is let go.
-    pub fn handle_park(&mut self, id: u64, orbit: Result<String, u16>, music: Option<String>, timeout: Option<Duration>, now: Now) {
+    pub fn handle_park(
+        &mut self,
+        id: u64,
+        orbit: Result<String, u16>,
+        parker: Option<String>,
+        music: Option<String>,
+        timeout: Option<Duration>,
+        now: Now,
+    ) {
         self.clock = Some(now);
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some((side, key, request, notify, _)) = call.pending_refer.take() else { return };
@@ -362,7 +372,7 @@ impl B2bua {
             call.winner = None;
         }
         let until = timeout.map(|t| now.instant + t);
-        call.parked = Some(Parked { orbit: orbit.clone(), side, until });
+        call.parked = Some(Parked { orbit: orbit.clone(), side, until, parker });
         self.orbits.insert(orbit.clone(), id);
         self.stats.parks += 1;
         self.events.push_back(CallEvent::DialogsChanged { call: id });
@@ -405,15 +415,87 @@ impl B2bua {
         }
     }
 
-    /// Nobody took parked call `id` back in time: it ends.
+    /// Nobody took parked call `id` back in time: its parker is rung back
+    /// ([`CallEvent::ParkExpired`]), or with none known it ends.
     pub(super) fn park_expired(&mut self, id: u64, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         if call.parked.as_ref().is_none_or(|p| p.until.is_none()) || call.joining.is_some() || call.resuming.is_some() {
             return;
         }
-        call.cause = "park-timeout";
         self.stats.park_timeouts += 1;
-        self.end_both(id, now);
+        let Some(parked) = call.parked.as_mut() else { return };
+        parked.until = None;
+        match parked.parker.clone() {
+            Some(parker) => self.events.push_back(CallEvent::ParkExpired { call: id, parker }),
+            None => {
+                call.cause = "park-timeout";
+                self.end_both(id, now);
+            }
+        }
+    }
+
+    /// The server routed the parker of call `id` for its ring-back (`Err`: nowhere to ring,
+    /// the call ends): the media plane makes the parker's legs, then it rings.
+    pub fn handle_ring_back(&mut self, id: u64, route: Result<(Plan, RouteState), u16>, now: Now) {
+        self.clock = Some(now);
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(side) = call.parked.as_ref().map(|p| p.side) else { return };
+        let remaining = side.other();
+        let with = call.media.as_ref().map(|m| m.facing(remaining == Side::A)).unwrap_or_default();
+        let sdp = call.last_sdp[remaining as usize].clone();
+        match (route, sdp) {
+            (Ok(routed), Some(sdp)) if !with.is_empty() && call.joining.is_none() && call.transfer.is_none() => {
+                call.ring_back = Some(routed);
+                let request = MediaRequest::Extend { call_id: call.a.call_id.clone(), with, sdp, policy: self.config.codec_policy.clone() };
+                self.media_request(id, request);
+            }
+            _ => {
+                call.cause = "park-timeout";
+                self.end_both(id, now);
+            }
+        }
+    }
+
+    /// The media plane made the legs to ring a parked call's parker back with.
+    pub(super) fn on_extended(&mut self, id: u64, result: Result<(Vec<u64>, String), MediaError>, now: Now) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            if let Ok((legs, _)) = result {
+                self.let_go(id, legs);
+            }
+            return;
+        };
+        let routed = call.ring_back.take();
+        let side = call.parked.as_ref().map(|p| p.side);
+        let (Ok((legs, offer)), Some((plan, route)), Some(side)) = (result, routed, side) else {
+            tracing::info!(call = id, "a parked call's parker could not be rung back: it ends");
+            call.cause = "park-timeout";
+            self.end_both(id, now);
+            return;
+        };
+        let parker = call.parked.as_ref().and_then(|p| p.parker.clone()).unwrap_or_default();
+        if let Some(media) = call.media.as_mut() {
+            for (stream, leg) in media.streams.iter_mut().flatten().zip(legs) {
+                if side == Side::A {
+                    stream.leg_a = leg;
+                } else {
+                    stream.leg_b = leg;
+                }
+            }
+            media.offer = offer;
+        }
+        call.route = route;
+        call.policy = plan.caller_id;
+        // Rung like a transfer's target in the parker's place: when it answers, the parked
+        // party is re-INVITEd with its media and the music stops; if it does not, the call ends.
+        call.transfer = Some(Transfer {
+            transferor: side,
+            stage: call.stage + 1,
+            notify: false,
+            referred_by: format!("<sip:{parker}>"),
+            answered: None,
+            transferor_gone: false,
+        });
+        self.ring(id, plan.stage, now);
     }
 }
 

@@ -105,6 +105,14 @@ pub enum CallEvent {
         /// The legs facing the first party.
         legs: Vec<u64>,
     },
+    /// Parked call `call` was not taken back in time: the server routes `parker` (its
+    /// address-of-record) and answers with [`B2bua::handle_ring_back`].
+    ParkExpired {
+        /// The call.
+        call: u64,
+        /// Who parked it.
+        parker: String,
+    },
     /// The dialogs of call `id`'s subscribers changed in a way no [`CallEvent::Update`] tells
     /// (parked, taken back, a fork ended): their watchers are told.
     DialogsChanged {
@@ -264,6 +272,8 @@ pub struct CallStats {
     pub parks: u64,
     pub retrievals: u64,
     pub park_timeouts: u64,
+    /// Parked calls rung back to their parker at the park timeout and answered there.
+    pub park_ring_backs: u64,
     /// Third parties that joined a call (RFC 3911 Join), making it a conference.
     pub conferences_joined: u64,
 }
@@ -459,6 +469,8 @@ struct Call {
     taker: Option<(String, Side)>,
     /// A held party being taken off hold before it is parked or moved to a room.
     resuming: Option<resume::Resuming>,
+    /// A parked call's parker, routed, while the media plane makes the legs to ring it with.
+    ring_back: Option<(Plan, RouteState)>,
 }
 
 /// One INVITE to the callee side.
@@ -571,6 +583,7 @@ impl Call {
             early_answer: None,
             taker: None,
             resuming: None,
+            ring_back: None,
         }
     }
 
@@ -945,6 +958,7 @@ impl B2bua {
             MediaReply::Answered(result) => self.on_answered(id, result, now),
             MediaReply::Joined(result) => self.on_joined(id, result, now),
             MediaReply::Conferenced(result) => self.on_conferenced(id, result, now),
+            MediaReply::Extended(result) => self.on_extended(id, result, now),
         }
     }
 

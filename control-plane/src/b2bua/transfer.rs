@@ -245,6 +245,15 @@ impl B2bua {
                 self.media_request(id, MediaRequest::StopPlay { legs });
             }
         }
+        // A parked call whose parker answered its ring-back: parked no more, its music stops.
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if let Some(parked) = call.parked.take() {
+            self.orbits.remove(&parked.orbit);
+            self.stats.park_ring_backs += 1;
+            if let Some(legs) = self.calls.get(&id).and_then(|c| c.media.as_ref()).map(|m| m.facing(transferor == Side::B)) {
+                self.media_request(id, MediaRequest::StopPlay { legs });
+            }
+        }
         if let Some(call_id) = self.calls.get(&id).map(|c| c.dialog(transferor).call_id.clone()) {
             self.by_call_id.insert(call_id, (id, transferor));
         }
@@ -363,8 +372,13 @@ impl B2bua {
             return;
         }
         // The transferor left while the target rang (its BYE was kept for the outcome): the
-        // call cannot go on without it.
-        if transfer.is_some_and(|t| t.transferor_gone) {
+        // call cannot go on without it. Nor can a parked call whose parker did not answer its
+        // ring-back (its time in the orbit is over).
+        let parked = self.calls.get(&id).is_some_and(|c| c.parked.is_some());
+        if transfer.is_some_and(|t| t.transferor_gone) || parked {
+            if let Some(call) = self.calls.get_mut(&id).filter(|_| parked) {
+                call.cause = "park-timeout";
+            }
             self.end_both(id, now);
         }
     }

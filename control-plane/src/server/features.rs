@@ -117,6 +117,16 @@ impl ControlPlane {
         }
     }
 
+    /// The parker of call `call` is rung back (see [`crate::b2bua::CallEvent::ParkExpired`]):
+    /// routed like a transfer target of its own.
+    pub(super) fn ring_back(&mut self, call: u64, parker: &str, now: Now, store: &mut dyn Store) {
+        let mut ctx = Ctx { config: &self.config, store, registrar: &self.registrar, now_unix: now.unix() };
+        let route = crate::routing::refer(&format!("sip:{parker}"), "parked", Some(parker), &mut ctx).map_err(|r| r.status());
+        let route = route
+            .and_then(|(mut plan, state)| self.authorize_stage(call, Some(parker), &mut plan.stage, now, store).map(|()| (plan, state)));
+        self.b2bua.handle_ring_back(call, route, now);
+    }
+
     /// An INVITE with `Join` naming a dialog of an answered call: the call becomes a conference
     /// of three, when the joiner may pick up the calls of one of its subscribers.
     #[allow(clippy::too_many_arguments)]
@@ -194,7 +204,7 @@ impl ControlPlane {
         };
         let music = self.music_for(refer.transferor.as_deref(), store);
         let timeout = self.config.features.park_timeout;
-        self.b2bua.handle_park(refer.call, orbit, music, timeout, now);
+        self.b2bua.handle_park(refer.call, orbit, refer.transferor.clone(), music, timeout, now);
         true
     }
 }

@@ -520,6 +520,7 @@ impl ControlPlane {
                 self.updates.push_back(update);
             }
             CallEvent::DialogsChanged { call } => self.dialogs_changed(call, false, now),
+            CallEvent::ParkExpired { call, parker } => self.ring_back(call, &parker, now, store),
             CallEvent::Ivr { call, legs } => self.callbacks.on_ivr(call, legs, now.instant),
             CallEvent::Connected { call, result } => self.callbacks.on_connected(call, result, now.instant),
             CallEvent::Ended(record) => {
@@ -583,7 +584,7 @@ impl ControlPlane {
 
     /// Credit for call `id`'s next stage (see [`crate::billing::Billing::authorize`]): held and
     /// the call limited, or the status its caller gets.
-    fn authorize_stage(
+    pub(super) fn authorize_stage(
         &mut self,
         id: u64,
         payer: Option<&str>,
