@@ -60,6 +60,28 @@ impl Allocation {
         self.streams.iter().flatten().map(|s| if caller { s.leg_a } else { s.leg_b }).filter(|&l| l != 0).collect()
     }
 
+    /// Takes the legs facing the caller (`caller`) or the callee out of the allocation (0 there
+    /// from now on: a side nobody is on) and returns them.
+    pub fn take_side(&mut self, caller: bool) -> Vec<u64> {
+        self.streams
+            .iter_mut()
+            .flatten()
+            .map(|s| std::mem::take(if caller { &mut s.leg_a } else { &mut s.leg_b }))
+            .filter(|&l| l != 0)
+            .collect()
+    }
+
+    /// Puts `legs` on the caller's (`caller`) or the callee's side, stream by stream.
+    pub fn set_side(&mut self, caller: bool, legs: impl IntoIterator<Item = u64>) {
+        for (stream, leg) in self.streams.iter_mut().flatten().zip(legs) {
+            if caller {
+                stream.leg_a = leg;
+            } else {
+                stream.leg_b = leg;
+            }
+        }
+    }
+
     /// Every leg, for [`MediaRequest::Release`] (the media plane deletes a leg's bridge with it).
     pub fn release(&self) -> MediaRequest {
         MediaRequest::Release { legs: self.streams.iter().flatten().flat_map(|s| [s.leg_a, s.leg_b]).filter(|&l| l != 0).collect() }

@@ -204,9 +204,30 @@ fn registered_call(alice: &mut Phone, bob: &mut Phone) {
     alice.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
 }
 
+/// A control plane's configuration in `dir`: SIP on UDP and TCP `127.0.0.1:sip_port`, the media
+/// plane's gRPC on `127.0.0.1:grpc_port`, its store in `dir`.
+fn write_config(dir: &Path, sip_port: u16, grpc_port: u16) -> PathBuf {
+    let config = dir.join("cp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:{sip_port}\", \"tcp:127.0.0.1:{sip_port}\"]\ndomains = [\"sip.test\"]\n\
+             [media]\ngrpc = \"http://127.0.0.1:{grpc_port}\"\n[store]\npath = \"{}\"\n",
+            dir.join("cp.db").display()
+        ),
+    )
+    .expect("write config");
+    config
+}
+
 /// Adds alice and bob (password `secret`, domain sip.test) to the store of `config`.
 fn add_phones(config: &Path) {
-    for user in ["alice", "bob"] {
+    add_users(config, &["alice", "bob"]);
+}
+
+/// Adds `users` (password `secret`, domain sip.test) to the store of `config`.
+fn add_users(config: &Path, users: &[&str]) {
+    for &user in users {
         let out = Command::new(BIN)
             .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
             .args(["--domain", "sip.test", "--password", "secret"])
@@ -417,17 +438,8 @@ fn baresip_outbound_registration_ends_when_its_tcp_connection_closes() {
         return;
     }
     let dir = temp_dir("phones-outbound");
-    let config = dir.join("cp.toml");
     // No media plane: the only call here must be refused before media is set up.
-    std::fs::write(
-        &config,
-        format!(
-            "[sip]\nlisten = [\"udp:127.0.0.1:25860\", \"tcp:127.0.0.1:25860\"]\ndomains = [\"sip.test\"]\n\
-             [media]\ngrpc = \"http://127.0.0.1:25890\"\n[store]\npath = \"{}\"\n",
-            dir.join("cp.db").display()
-        ),
-    )
-    .expect("write config");
+    let config = write_config(&dir, 25860, 25890);
     add_phones(&config);
     let mut cp = start_control_plane(&dir, &config);
     wait_listening("127.0.0.1:25860", &dir);
@@ -547,16 +559,7 @@ fn a_phone_on_hold_hears_music_in_the_same_rtp_stream_and_the_caller_again_after
         return;
     }
     let dir = temp_dir("phones-hold");
-    let config = dir.join("cp.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[sip]\nlisten = [\"udp:127.0.0.1:26960\", \"tcp:127.0.0.1:26960\"]\ndomains = [\"sip.test\"]\n\
-             [media]\ngrpc = \"http://127.0.0.1:26990\"\n[store]\npath = \"{}\"\n",
-            dir.join("cp.db").display()
-        ),
-    )
-    .expect("write config");
+    let config = write_config(&dir, 26960, 26990);
     add_phones(&config);
     let prompt_dir = prompts.to_str().expect("utf8").to_owned();
     let _media =
@@ -643,23 +646,8 @@ fn a_baresip_phone_transfers_its_caller_to_a_third_phone_and_the_two_talk() {
         return;
     }
     let dir = temp_dir("phones-transfer");
-    let config = dir.join("cp.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[sip]\nlisten = [\"udp:127.0.0.1:28060\", \"tcp:127.0.0.1:28060\"]\ndomains = [\"sip.test\"]\n\
-             [media]\ngrpc = \"http://127.0.0.1:28090\"\n[store]\npath = \"{}\"\n",
-            dir.join("cp.db").display()
-        ),
-    )
-    .expect("write config");
-    add_phones(&config);
-    let out = Command::new(BIN)
-        .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", "carol"])
-        .args(["--domain", "sip.test", "--password", "secret"])
-        .output()
-        .expect("subscriber add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = write_config(&dir, 28060, 28090);
+    add_users(&config, &["alice", "bob", "carol"]);
     let _media = start_media_plane(&dir, &["--grpc-listen", "127.0.0.1:28090", "--ports", "28100-28199", "--no-pin"]);
     let mut cp = start_control_plane(&dir, &config);
     wait_listening("127.0.0.1:28060", &dir);

@@ -89,31 +89,12 @@ impl B2bua {
             self.reply(&key, &request, 486, now);
             return None;
         }
-        if !is_sdp(&request.headers, &request.body) {
-            // The media plane answers offers; it does not make them.
-            self.reply(&key, &request, 488, now);
-            return None;
-        }
-        let (tag_a, tag_b) = (self.random.tag(), self.random.tag());
-        let Ok(a) = Dialog::uas(&request, &tag_a, source) else {
-            self.reply(&key, &request, 400, now);
-            return None;
-        };
-        let id = self.admit(&key, &request, &a);
-        let b = ivr::nobody(&format!("room-{id}"), &tag_b, without_tag(&a.remote), String::new());
-        let active = Sdp::parse(&request.body).map(|s| s.active().to_vec()).unwrap_or_default();
-        let offer = String::from_utf8_lossy(&request.body).into_owned();
-        let newcomer = Newcomer { call_id: a.call_id.clone(), offer: offer.clone(), active, policy: self.config.codec_policy.clone() };
-        let caller_uri = uri_of(&a.remote).to_owned();
-        let callee_uri = request.uri.to_string();
-        let mut call = Call::new(a, b, request, key, RouteState::default(), CallerIdPolicy::Passthrough, tag_b, now);
-        call.caller = caller;
-        call.caller_uri = caller_uri;
-        call.callee_uri = callee_uri;
-        call.last_sdp = [Some(offer), None];
+        let (id, offer, active) = self.answered_here(key, request, source, caller, "room", now)?;
+        let policy = self.config.codec_policy.clone();
+        let Some(call) = self.calls.get_mut(&id) else { return None };
+        let newcomer = Newcomer { call_id: call.a.call_id.clone(), offer, active, policy };
         call.room = Some(room.clone());
         call.room_op = Some(RoomOp::Newcomer(newcomer));
-        self.calls.insert(id, call);
         self.rooms.entry(room).or_default();
         self.room_request(id);
         Some(id)
@@ -245,18 +226,12 @@ impl B2bua {
     pub(super) fn room_move(&mut self, id: u64) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some(side) = call.transfer.as_ref().map(|t| t.transferor) else { return };
-        let mut release = Vec::new();
-        if let Some(media) = call.media.as_mut() {
-            for stream in media.streams.iter_mut().flatten() {
-                let leg = if side == Side::A { &mut stream.leg_a } else { &mut stream.leg_b };
-                release.push(std::mem::take(leg));
-            }
-        }
+        let release = call.media.as_mut().map(|m| m.take_side(side == Side::A)).unwrap_or_default();
         // Music on hold (the transferor's) ends there: the conference makes a participant's
         // stream (the media plane ends what played into it).
         call.held_by = None;
         call.music = false;
-        call.room_op = Some(RoomOp::Referred { side: side.other(), release: release.into_iter().filter(|&l| l != 0).collect() });
+        call.room_op = Some(RoomOp::Referred { side: side.other(), release });
         self.room_request(id);
     }
 
@@ -410,20 +385,14 @@ impl B2bua {
     pub(super) fn leave_room(&mut self, id: u64, side: Side, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.room_sides[side as usize] = false;
-        let mut legs = Vec::new();
-        if let Some(media) = call.media.as_mut() {
-            for stream in media.streams.iter_mut().flatten() {
-                let leg = if side == Side::A { &mut stream.leg_a } else { &mut stream.leg_b };
-                legs.push(std::mem::take(leg));
-            }
-        }
+        let legs = call.media.as_mut().map(|m| m.take_side(side == Side::A)).unwrap_or_default();
         let left = call.room_sides.iter().any(|s| *s);
         let name = call.room.clone();
         if !left {
             call.cause = "completed";
             self.stats.calls_completed += 1;
         }
-        self.let_go(id, legs.into_iter().filter(|&l| l != 0).collect());
+        self.let_go(id, legs);
         if let Some(room) = name.as_ref().and_then(|n| self.rooms.get_mut(n)) {
             room.members.retain(|m| *m != (id, side));
         }

@@ -36,31 +36,49 @@ impl B2bua {
         now: Now,
     ) -> Option<u64> {
         self.clock = Some(now);
+        let (id, offer, active) = self.answered_here(key, request, source, caller, "service", now)?;
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.ivr = true;
+        }
+        self.ivr_answered(id, offer, active);
+        Some(id)
+    }
+
+    /// A call from `request` (an INVITE the server checked) that the media plane is to answer
+    /// (a service, a conference room): admitted with side B standing for nobody (`label`-id).
+    /// Its id, offer and active `m=` lines, unless refused (answered here).
+    pub(super) fn answered_here(
+        &mut self,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        caller: Option<String>,
+        label: &str,
+        now: Now,
+    ) -> Option<(u64, String, Vec<bool>)> {
+        if !is_sdp(&request.headers, &request.body) {
+            // The media plane answers offers; it does not make them.
+            self.reply(&key, &request, 488, now);
+            return None;
+        }
         let (tag_a, tag_b) = (self.random.tag(), self.random.tag());
         let Ok(a) = Dialog::uas(&request, &tag_a, source) else {
             self.reply(&key, &request, 400, now);
             return None;
         };
-        if request.body.is_empty() {
-            // The media plane answers offers; it does not make them.
-            self.reply(&key, &request, 488, now);
-            return None;
-        }
         let id = self.admit(&key, &request, &a);
-        let b = nobody(&format!("service-{id}"), &tag_b, without_tag(&a.remote), String::new());
+        let b = nobody(&format!("{label}-{id}"), &tag_b, without_tag(&a.remote), String::new());
         let active = Sdp::parse(&request.body).map(|s| s.active().to_vec()).unwrap_or_default();
         let offer = String::from_utf8_lossy(&request.body).into_owned();
         let caller_uri = uri_of(&a.remote).to_owned();
         let callee_uri = request.uri.to_string();
         let mut call = Call::new(a, b, request, key, RouteState::default(), CallerIdPolicy::Passthrough, tag_b, now);
-        call.ivr = true;
         call.caller = caller;
         call.caller_uri = caller_uri;
         call.callee_uri = callee_uri;
         call.last_sdp = [Some(offer.clone()), None];
         self.calls.insert(id, call);
-        self.ivr_answered(id, offer, active);
-        Some(id)
+        Some((id, offer, active))
     }
 
     /// The media plane takes call `id`'s first party's offer `sdp` (`active` per `m=` line);

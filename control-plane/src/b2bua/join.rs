@@ -160,9 +160,7 @@ impl B2bua {
             deadline = call.stage_deadline.take();
             // The legs the Join deletes are the media plane's business from now on.
             if let Some(media) = call.media.as_mut() {
-                for stream in media.streams.iter_mut().flatten() {
-                    stream.leg_b = 0;
-                }
+                media.take_side(false);
             }
         }
         let request_media = MediaRequest::Join {
@@ -221,13 +219,7 @@ impl B2bua {
             call.winner = None;
         }
         if let Some(media) = call.media.as_mut() {
-            for (stream, leg) in media.streams.iter_mut().flatten().zip(&joined.legs) {
-                if side == Side::A {
-                    stream.leg_a = *leg;
-                } else {
-                    stream.leg_b = *leg;
-                }
-            }
+            media.set_side(side == Side::A, joined.legs.iter().copied());
             call.offer_legs = media.legs(true);
         }
         call.last_sdp[side as usize] = Some(String::from_utf8_lossy(&joining.request.body).into_owned());
@@ -281,9 +273,7 @@ impl B2bua {
                 // Its phones ring on, until the stage's own deadline, with their legs back; a
                 // stage whose forks all ended meanwhile ends now.
                 if let Some(media) = call.media.as_mut() {
-                    for (stream, leg) in media.streams.iter_mut().flatten().zip(released) {
-                        stream.leg_b = leg;
-                    }
+                    media.set_side(false, released);
                 }
                 call.stage -= 1;
                 call.stage_open = true;
@@ -389,17 +379,11 @@ impl B2bua {
     pub(super) fn park_media(&mut self, id: u64, music: Option<String>) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         let Some((side, until)) = call.parked.as_ref().map(|p| (p.side, p.until)) else { return };
-        let mut release = Vec::new();
-        if let Some(media) = call.media.as_mut() {
-            for stream in media.streams.iter_mut().flatten() {
-                let leg = if side == Side::A { &mut stream.leg_a } else { &mut stream.leg_b };
-                release.push(std::mem::take(leg));
-            }
-        }
+        let release = call.media.as_mut().map(|m| m.take_side(side == Side::A)).unwrap_or_default();
         call.held_by = None;
         call.music = false;
         let parked_legs = call.media.as_ref().map(|m| m.facing(side.other() == Side::A)).unwrap_or_default();
-        self.let_go(id, release.into_iter().filter(|&l| l != 0).collect());
+        self.let_go(id, release);
         if let Some(file) = music {
             self.media_request(id, MediaRequest::Play { legs: parked_legs, file });
         }
@@ -474,13 +458,7 @@ impl B2bua {
         };
         let parker = call.parked.as_ref().and_then(|p| p.parker.clone()).unwrap_or_default();
         if let Some(media) = call.media.as_mut() {
-            for (stream, leg) in media.streams.iter_mut().flatten().zip(legs) {
-                if side == Side::A {
-                    stream.leg_a = leg;
-                } else {
-                    stream.leg_b = leg;
-                }
-            }
+            media.set_side(side == Side::A, legs);
             media.offer = offer;
         }
         call.route = route;

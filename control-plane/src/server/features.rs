@@ -77,10 +77,8 @@ impl ControlPlane {
                     .map_err(|s| (s, "Cannot Take It Back")),
             },
         };
-        if let Err((status, reason)) = result {
-            tracing::info!(%caller, %user, status, "a feature code was refused");
-            let response = self.response(&request, status, Some(reason));
-            self.respond(key, response, now);
+        if let Err(refusal) = result {
+            self.refuse_feature(key, &request, refusal, "a feature code", now);
         }
         None
     }
@@ -110,10 +108,8 @@ impl ControlPlane {
                 }
             }
         };
-        if let Err((status, reason)) = result {
-            tracing::info!(status, "an INVITE with Replaces was refused");
-            let response = self.response(&request, status, Some(reason));
-            self.respond(key, response, now);
+        if let Err(refusal) = result {
+            self.refuse_feature(key, &request, refusal, "an INVITE with Replaces", now);
         }
     }
 
@@ -153,10 +149,8 @@ impl ControlPlane {
                 }
             }
         };
-        if let Some((status, reason)) = refused {
-            tracing::info!(status, "an INVITE with Join was refused");
-            let response = self.response(&request, status, Some(reason));
-            self.respond(key, response, now);
+        if let Some(refusal) = refused {
+            self.refuse_feature(key, &request, refusal, "an INVITE with Join", now);
         }
     }
 
@@ -170,6 +164,13 @@ impl ControlPlane {
         let room = if refer.transferor.is_some() { Ok(room) } else { Err(403) };
         self.b2bua.handle_refer_to_room(refer.call, room, now);
         true
+    }
+
+    /// Answers a feature's INVITE with `status` and `reason` (logged as `what`).
+    fn refuse_feature(&mut self, key: &TransactionKey, request: &Request, (status, reason): (u16, &str), what: &str, now: Now) {
+        tracing::info!(status, reason, "{what} was refused");
+        let response = self.response(request, status, Some(reason));
+        self.respond(key, response, now);
     }
 
     fn pick_up(
