@@ -91,7 +91,7 @@ impl B2bua {
         }
         let (id, offer, active) = self.answered_here(key, request, source, caller, "room", now)?;
         let policy = self.config.codec_policy.clone();
-        let Some(call) = self.calls.get_mut(&id) else { return None };
+        let call = self.calls.get_mut(&id)?;
         let newcomer = Newcomer { call_id: call.a.call_id.clone(), offer, active, policy };
         call.room = Some(room.clone());
         call.room_op = Some(RoomOp::Newcomer(newcomer));
