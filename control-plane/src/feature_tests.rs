@@ -657,13 +657,20 @@ fn a_message_to_nobody_reachable_too_large_or_refused_gets_the_right_failure() {
     let to_bob = w.take_one(CALLEE, "MESSAGE");
     w.receive(CALLEE, &answer(&to_bob, 415, None));
     w.take_one(CAROL, "SIP/2.0 415");
-    // One that bob's phone never answers: given up with the sender's own transaction (64·T1),
-    // nothing kept.
+    // One that bob's phone never answers: the sender gets 408 after 30 s, before its own
+    // transaction gives up; nothing is kept.
     send_message(&mut w, "im5", "bob", "hello");
     w.take_sent(CALLEE, "MESSAGE");
     assert_eq!(w.core.pending_messages(), 1);
-    w.advance(Duration::from_secs(40));
+    w.advance(Duration::from_secs(31));
+    w.take(CALLEE, "MESSAGE");
+    w.take_one(CAROL, "SIP/2.0 408");
     assert_eq!(w.core.pending_messages(), 0);
+    // One that came back to us (a contact routed to this server) is a loop.
+    let looped = message_text("im6", "bob", 1, "hello", "")
+        .replace("Via: SIP/2.0/UDP ", "Via: SIP/2.0/UDP 192.0.2.100:5060;branch=z9hG4bKours\r\nVia: SIP/2.0/UDP ");
+    w.receive(CAROL, &looped);
+    w.take_one(CAROL, "SIP/2.0 482");
 }
 
 /// Carol's INVITE (Call-ID `id`) with `join` (a Join header line) and `body`, authenticated.
@@ -798,9 +805,11 @@ fn a_parked_call_nobody_takes_back_rings_its_parker_who_answers_and_talks_to_it_
     let reinvite = w.take_one(CALLER, "INVITE sip:");
     w.receive(CALLER, &answer_at(CALLER, &reinvite, 200, Some(&offer(4000, "sendrecv"))));
     w.take_one(CALLER, "ACK");
-    assert!(w.media.contains(&MediaRequest::StopPlay { legs: vec![11] }), "{:?}", w.media);
+    let music = w.media.iter().position(|m| matches!(m, MediaRequest::Play { legs, .. } if legs == &[11])).expect("music while parked");
+    let stop = w.media.iter().rposition(|m| matches!(m, MediaRequest::StopPlay { legs } if legs == &[11])).expect("the music stops");
+    assert!(music < stop, "{:?}", w.media);
     let stats = w.core.stats().calls;
-    assert_eq!((stats.park_timeouts, stats.park_ring_backs), (1, 1));
+    assert_eq!((stats.park_timeouts, stats.park_ring_backs, stats.transfers_completed), (1, 1, 0));
     // Alice hangs up: bob (rung back) gets the BYE; the call's legs now are alice's and bob's new one.
     w.receive(CALLER, &in_dialog("BYE", "call1", 2, &alice_tag, None));
     w.take_one(CALLEE, "BYE");
@@ -822,4 +831,35 @@ fn a_parker_that_does_not_answer_its_ring_back_leaves_the_parked_call_to_end() {
     w.take_one(CALLEE, "ACK");
     w.take_sent(CALLER, "BYE sip:");
     assert_eq!(w.core.active_calls(), 0);
+}
+
+#[test]
+fn a_caller_that_parked_its_callee_is_rung_back_with_the_callee_shown_as_the_caller() {
+    let mut w = World::with_config("[auth]\nalgorithms = [\"MD5\"]\n[features]\npark_timeout_s = 30\n");
+    let phone = "192.0.2.70:5060";
+    w.subscriber("alice", Some(phone));
+    subscriber_calls(&mut w, phone, "alice", "pk1", "bob", &offer(4000, "sendrecv"));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLEE, "ACK");
+    let tag = to_tag(&w.take_one(phone, "SIP/2.0 200"));
+    let from_alice = |method: &str, cseq: u32| in_dialog(method, "pk1", cseq, &tag, None).replace(CALLER, phone);
+    w.receive(phone, &from_alice("ACK", 2));
+    // Alice, the caller, parks bob.
+    w.receive(phone, &from_alice("REFER", 3).replace("Content-Length: 0", "Refer-To: <sip:701@sip.test>\r\nContent-Length: 0"));
+    w.take_one(phone, "SIP/2.0 202");
+    // 30 s later alice's phone rings with bob as the caller, not with her own identity.
+    w.advance(Duration::from_secs(31));
+    w.extend();
+    let ring = w.take_one(phone, "INVITE sip:alice@192.0.2.70:5060");
+    assert!(ring.contains("From: <sip:bob@192.0.2.2:5062>;tag="), "{ring}");
+    assert!(!ring.contains("P-Asserted-Identity: <sip:+4930123@sip.test>"), "not alice's own identity: {ring}");
+    // Alice answers; bob is re-INVITEd with her media.
+    w.receive(phone, &answer_at(phone, &ring, 200, Some(&offer(4002, "sendrecv"))));
+    w.take_one(phone, "ACK");
+    let reinvite = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    w.receive(CALLEE, &answer_at(CALLEE, &reinvite, 200, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLEE, "ACK");
+    assert_eq!(w.core.stats().calls.park_ring_backs, 1);
 }

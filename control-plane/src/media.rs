@@ -51,6 +51,8 @@ pub struct Allocation {
     /// address and the offerer-facing legs' ports), for an offerer that talks to the media plane
     /// alone (prompts, DTMF) until a callee is connected.
     pub local_answer: Option<String>,
+    /// The Call-ID its legs were placed by (legs added later go with them).
+    pub group: String,
 }
 
 impl Allocation {
@@ -522,7 +524,8 @@ impl MediaClient {
         policy: &CodecPolicy,
         local: bool,
     ) -> Result<Allocation, MediaError> {
-        let mut done = Allocation { streams: Vec::with_capacity(active.len()), offer: String::new(), local_answer: None };
+        let mut done =
+            Allocation { streams: Vec::with_capacity(active.len()), offer: String::new(), local_answer: None, group: call_id.to_owned() };
         let mut partial_legs = Vec::new();
         let result: Result<(), MediaError> = async {
             for &on in active {

@@ -69,7 +69,7 @@ impl Collector for Snapshot {
         for (reason, count) in crate::billing::DENIALS.iter().zip(s.billing.denied) {
             ConstCounter::new(count).encode(denied.encode_family(&[("reason", *reason)])?)?;
         }
-        let counters: [(&str, &str, u64); 43] = [
+        let counters: [(&str, &str, u64); 46] = [
             ("sip_malformed", "Messages that did not parse", s.malformed),
             ("sip_server_transactions", "Server transactions created", self.server_transactions),
             ("sip_client_transactions", "Client transactions started", self.client_transactions),
@@ -106,7 +106,10 @@ impl Collector for Snapshot {
             ("sip_pickups", "Ringing calls picked up by another phone", s.calls.pickups),
             ("sip_parks", "Calls parked in an orbit", s.calls.parks),
             ("sip_park_retrievals", "Parked calls taken back from their orbit", s.calls.retrievals),
-            ("sip_park_timeouts", "Parked calls hung up after the park timeout", s.calls.park_timeouts),
+            ("sip_park_timeouts", "Parked calls nobody took back within the park timeout", s.calls.park_timeouts),
+            ("sip_park_ring_backs", "Parked calls rung back to their parker and answered there", s.calls.park_ring_backs),
+            ("sip_messages_relayed", "Instant messages (MESSAGE) sent on to a subscriber's phones", s.messages_relayed),
+            ("sip_conferences_joined", "Calls a third party joined (Join), making them conferences", s.calls.conferences_joined),
             ("radius_acked", "RADIUS accounting records a server acknowledged", self.radius_acked),
             ("radius_retries", "RADIUS accounting tries after the first", self.radius_retries),
             ("radius_deferred", "RADIUS accounting records no server acknowledged (kept, sent again later)", self.radius_deferred),

@@ -223,7 +223,7 @@ impl World {
         self.allocations += 1;
         let streams: Vec<Option<StreamLegs>> =
             active.iter().enumerate().map(|(i, on)| (*on && i == 0).then_some(StreamLegs { leg_a: base, leg_b: base + 1 })).collect();
-        let mut allocation = Allocation { streams, offer: String::new(), local_answer: None };
+        let mut allocation = Allocation { streams, offer: String::new(), local_answer: None, group: "test".into() };
         let legs = allocation.legs(!callee_offers);
         match self.negotiate(&MediaRequest::Offer { legs: legs.clone(), sdp: offer, policy }) {
             MediaReply::Offered(Ok(sdp)) => allocation.offer = sdp,

@@ -318,7 +318,8 @@ impl B2bua {
                 let streams =
                     n.active.iter().map(|&on| if on { legs.next().map(|leg_a| StreamLegs { leg_a, leg_b: 0 }) } else { None }).collect();
                 let Some(call) = self.calls.get_mut(&id) else { return };
-                call.media = Some(Allocation { streams, offer: String::new(), local_answer: Some(answer.clone()) });
+                let group = call.a.call_id.clone();
+                call.media = Some(Allocation { streams, offer: String::new(), local_answer: Some(answer.clone()), group });
                 call.room_sides[Side::A as usize] = true;
                 call.state = State::Answered;
                 call.answered = Some(now);

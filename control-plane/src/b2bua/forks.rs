@@ -45,7 +45,15 @@ impl B2bua {
         let hops = message::max_forwards(&call.invite_a.headers).unwrap_or(70).saturating_sub(1);
         common.push_str(&format!("Max-Forwards: {hops}\r\n"));
         common.push_str(&format!("Allow: {ALLOW}\r\n"));
+        // A target rung for a transfer (or a parker rung back) from the caller's side sees the
+        // transferee; the caller's own identity headers are not the transferee's.
+        let callers_own = !call.transfer.as_ref().is_some_and(|t| t.transferor == Side::A);
         match call.policy {
+            CallerIdPolicy::Passthrough if !callers_own => {}
+            CallerIdPolicy::Assert if !callers_own => {
+                let asserted = without_tag(&call.b.remote);
+                common.push_str(&format!("P-Asserted-Identity: {asserted}\r\n"));
+            }
             CallerIdPolicy::Passthrough => {
                 for name in ["P-Asserted-Identity", "Remote-Party-ID", "Privacy"] {
                     if let Some(v) = header(&call.invite_a.headers, name) {
@@ -114,12 +122,9 @@ impl B2bua {
                 redirects: Vec::new(),
                 trunk: branch.trunk,
             });
-            // A transfer's target (or a parker rung back) takes the transferor's side.
-            let side = match &call.transfer {
-                Some(t) => t.transferor,
-                None if call.state == State::Originating => Side::A,
-                None => Side::B,
-            };
+            // (A transfer's target is filed under the callee's side while it rings, whichever side
+            // it replaces: its requests are a fork's until it is joined.)
+            let side = if call.state == State::Originating { Side::A } else { Side::B };
             self.by_call_id.insert(call_id, (id, side));
             self.stats.forks += 1;
             sent += 1;

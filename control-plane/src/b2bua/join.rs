@@ -33,7 +33,7 @@ pub(super) struct Joining {
 pub(super) struct Parked {
     pub(super) orbit: String,
     /// The side nobody is on (the parker's), which whoever takes the call back takes.
-    side: Side,
+    pub(super) side: Side,
     /// When it is rung back to its parker (or hung up) if nobody took it back.
     pub(super) until: Option<Instant>,
     /// Who parked it (a subscriber's address-of-record).
@@ -430,7 +430,8 @@ impl B2bua {
         match (route, sdp) {
             (Ok(routed), Some(sdp)) if !with.is_empty() && call.joining.is_none() && call.transfer.is_none() => {
                 call.ring_back = Some(routed);
-                let request = MediaRequest::Extend { call_id: call.a.call_id.clone(), with, sdp, policy: self.config.codec_policy.clone() };
+                let group = call.media.as_ref().map_or_else(|| call.a.call_id.clone(), |m| m.group.clone());
+                let request = MediaRequest::Extend { call_id: group, with, sdp, policy: self.config.codec_policy.clone() };
                 self.media_request(id, request);
             }
             _ => {
@@ -450,12 +451,21 @@ impl B2bua {
         };
         let routed = call.ring_back.take();
         let side = call.parked.as_ref().map(|p| p.side);
-        let (Ok((legs, offer)), Some((plan, route)), Some(side)) = (result, routed, side) else {
-            tracing::info!(call = id, "a parked call's parker could not be rung back: it ends");
-            call.cause = "park-timeout";
-            self.end_both(id, now);
-            return;
+        let (legs, offer, (plan, route), side) = match (result, routed, side) {
+            (Ok((legs, offer)), Some(routed), Some(side)) => (legs, offer, routed, side),
+            (result, _, _) => {
+                if let Ok((legs, _)) = result {
+                    self.let_go(id, legs);
+                }
+                tracing::info!(call = id, "a parked call's parker could not be rung back: it ends");
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.cause = "park-timeout";
+                }
+                self.end_both(id, now);
+                return;
+            }
         };
+        let Some(call) = self.calls.get_mut(&id) else { return };
         let parker = call.parked.as_ref().and_then(|p| p.parker.clone()).unwrap_or_default();
         if let Some(media) = call.media.as_mut() {
             media.set_side(side == Side::A, legs);

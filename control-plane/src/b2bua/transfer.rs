@@ -247,6 +247,7 @@ impl B2bua {
         }
         // A parked call whose parker answered its ring-back: parked no more, its music stops.
         let Some(call) = self.calls.get_mut(&id) else { return };
+        let ring_back = call.parked.is_some();
         if let Some(parked) = call.parked.take() {
             self.orbits.remove(&parked.orbit);
             self.stats.park_ring_backs += 1;
@@ -262,7 +263,9 @@ impl B2bua {
             self.start_limit(id, now.instant);
         }
         self.notify_transferor_replaced(id, now);
-        self.stats.transfers_completed += 1;
+        if !ring_back {
+            self.stats.transfers_completed += 1;
+        }
         if let Some(call) = self.calls.get_mut(&id).filter(|c| c.ivr) {
             // A service call's second party joined: what played to the first stops; the
             // call's duration counts from here (the first party's, from its own answer).
@@ -374,11 +377,18 @@ impl B2bua {
         // The transferor left while the target rang (its BYE was kept for the outcome): the
         // call cannot go on without it. Nor can a parked call whose parker did not answer its
         // ring-back (its time in the orbit is over).
-        let parked = self.calls.get(&id).is_some_and(|c| c.parked.is_some());
-        if transfer.is_some_and(|t| t.transferor_gone) || parked {
-            if let Some(call) = self.calls.get_mut(&id).filter(|_| parked) {
+        let parked = self.calls.get(&id).and_then(|c| c.parked.as_ref()).map(|p| p.side);
+        if let Some(side) = parked {
+            // The parked party is hung up; the call stays until the parker's forks have their
+            // final responses (a 200 crossing our CANCEL is ACKed and hung up).
+            if let Some(call) = self.calls.get_mut(&id) {
                 call.cause = "park-timeout";
             }
+            self.send_in_dialog(id, side.other(), "BYE", "", None, Purpose::Bye, now);
+            self.abandon(id, now);
+            return;
+        }
+        if transfer.is_some_and(|t| t.transferor_gone) {
             self.end_both(id, now);
         }
     }

@@ -164,6 +164,7 @@ pub struct ControlPlane {
     /// MESSAGEs sent on to subscribers' contacts, by id and by our requests' keys.
     messages: std::collections::HashMap<u64, messages::Relayed>,
     message_keys: std::collections::HashMap<TransactionKey, u64>,
+    message_deadlines: VecDeque<(Instant, u64)>,
     next_message: u64,
     stats: Stats,
     next_sweep: Option<Instant>,
@@ -205,6 +206,7 @@ impl ControlPlane {
             watched_calls: std::collections::HashMap::new(),
             messages: std::collections::HashMap::new(),
             message_keys: std::collections::HashMap::new(),
+            message_deadlines: VecDeque::new(),
             next_message: 0,
             billing: crate::billing::Billing::default(),
             callbacks: crate::callback::Engine::new(config.callback.clone()),
@@ -354,6 +356,7 @@ impl ControlPlane {
         self.b2bua.handle_timeout(now);
         let b2bua = &self.b2bua;
         self.dialog_events.handle_timeout(|aor| b2bua.dialogs_of(aor), now.instant);
+        self.messages_due(now);
         self.billing.handle_timeout(&self.config, store, now);
         self.callbacks.handle_timeout(now.instant);
         if self.next_sweep.is_none_or(|t| t <= now.instant) {
@@ -449,6 +452,7 @@ impl ControlPlane {
             self.next_sweep,
             self.callbacks.poll_timeout(),
             self.dialog_events.poll_timeout(),
+            self.message_deadlines.front().map(|(at, _)| *at),
         ]
         .into_iter()
         .flatten()
