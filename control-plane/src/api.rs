@@ -37,6 +37,15 @@ pub enum ApiRequest {
         /// The call's id, or the field with nowhere to go and its SIP status.
         reply: oneshot::Sender<Result<u64, (&'static str, u16)>>,
     },
+    /// Ask `from`'s phone to call `to` (REFER).
+    ClickToDial {
+        /// The subscriber whose phone calls.
+        from: String,
+        /// Whom it calls.
+        to: String,
+        /// The phone's answer to the REFER, or the field with nowhere to go and its status.
+        reply: oneshot::Sender<Result<u16, (&'static str, u16)>>,
+    },
     /// End a call.
     Hangup {
         /// Its id.
@@ -176,6 +185,17 @@ impl pb::call_control_server::CallControl for Api {
         }
     }
 
+    async fn click_to_dial(&self, request: Request<pb::ClickToDialRequest>) -> Result<Response<pb::ClickToDialResponse>, Status> {
+        let r = request.into_inner();
+        let (from, to) = (party("from", &r.from)?, party("to", &r.to)?);
+        match self.ask(|reply| ApiRequest::ClickToDial { from, to, reply }).await? {
+            Ok(status @ 200..=299) => Ok(Response::new(pb::ClickToDialResponse { status: status.into() })),
+            Ok(status) => Err(Status::failed_precondition(format!("from: the phone answered the REFER with {status}"))),
+            Err(("from", 404)) => Err(Status::not_found(format!("from: no subscriber {}", r.from))),
+            Err((field, status)) => Err(Status::failed_precondition(format!("{field}: cannot be asked to call (SIP {status})"))),
+        }
+    }
+
     async fn hangup(&self, request: Request<pb::HangupRequest>) -> Result<Response<pb::HangupResponse>, Status> {
         let call = request.into_inner().call_id;
         if self.ask(|reply| ApiRequest::Hangup { call, reply }).await? {
@@ -229,12 +249,31 @@ impl pb::admin_server::Admin for Api {
     }
 }
 
-/// Executes `request` on the core's loop.
-pub fn execute(request: ApiRequest, core: &mut crate::server::ControlPlane, store: &mut dyn crate::store::Store, now: crate::now::Now) {
+/// The API's reply to a click-to-dial: the phone's answer, or the field with nowhere to go.
+pub type ReferralReply = oneshot::Sender<Result<u16, (&'static str, u16)>>;
+
+/// A click-to-dial REFER whose phone has not answered yet: its referral id and the API's reply.
+pub type PendingReferral = (u64, ReferralReply);
+
+/// Executes `request` on the core's loop. A click-to-dial whose answer comes later is returned,
+/// for the loop to answer once [`poll_referral`](crate::server::ControlPlane::poll_referral)
+/// has it.
+pub fn execute(
+    request: ApiRequest,
+    core: &mut crate::server::ControlPlane,
+    store: &mut dyn crate::store::Store,
+    now: crate::now::Now,
+) -> Option<PendingReferral> {
     match request {
         ApiRequest::Originate { from, to, reply } => {
             let _ = reply.send(core.handle_originate(&from, &to, now, store));
         }
+        ApiRequest::ClickToDial { from, to, reply } => match core.handle_click_to_dial(&from, &to, now, store) {
+            Ok(referral) => return Some((referral, reply)),
+            Err(refusal) => {
+                let _ = reply.send(Err(refusal));
+            }
+        },
         ApiRequest::Hangup { call, reply } => {
             let _ = reply.send(core.handle_hangup(call, now, store));
         }
@@ -259,4 +298,5 @@ pub fn execute(request: ApiRequest, core: &mut crate::server::ControlPlane, stor
             let _ = reply.send(result);
         }
     }
+    None
 }

@@ -199,6 +199,8 @@ pub async fn run(
         radius_tx
     });
     let mut connections: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+    // Click-to-dial REFERs whose phones have not answered yet, and the API calls waiting.
+    let mut referrals: HashMap<u64, crate::api::ReferralReply> = HashMap::new();
     let mut auth_identifier = 0u8;
     let auth_slots = Arc::new(tokio::sync::Semaphore::new(RADIUS_AUTH_AT_ONCE));
     let mut send_errors = 0u64;
@@ -231,6 +233,11 @@ pub async fn run(
                 };
                 let _ = tx.send(Input::RadiusAuth(request.id, answer)).await;
             });
+        }
+        while let Some((referral, status)) = core.poll_referral() {
+            if let Some(reply) = referrals.remove(&referral) {
+                let _ = reply.send(Ok(status));
+            }
         }
         while let Some(update) = core.poll_update() {
             // No watcher: nobody to tell.
@@ -269,7 +276,11 @@ pub async fn run(
                     Input::Metrics(reply) => {
                         let _ = reply.send(crate::metrics::render(snapshot(&core, &media, &radius_counters)));
                     }
-                    Input::Api(request) => crate::api::execute(request, &mut core, store.as_mut(), now),
+                    Input::Api(request) => {
+                        if let Some((referral, reply)) = crate::api::execute(request, &mut core, store.as_mut(), now) {
+                            referrals.insert(referral, reply);
+                        }
+                    }
                     Input::Callback((call, reply)) => {
                         let _ = reply.send(crate::callback::http::execute(call, &mut core, store.as_mut(), now));
                     }

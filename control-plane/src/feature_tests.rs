@@ -863,3 +863,37 @@ fn a_caller_that_parked_its_callee_is_rung_back_with_the_callee_shown_as_the_cal
     w.take_one(CALLEE, "ACK");
     assert_eq!(w.core.stats().calls.park_ring_backs, 1);
 }
+
+// ---- click-to-dial by REFER (RFC 5359 §2.18) ----
+
+#[test]
+fn click_to_dial_refers_the_subscribers_phone_reports_its_answer_and_takes_its_notifies() {
+    let mut w = World::new();
+    w.subscriber("dave", None);
+    assert_eq!(w.core.handle_click_to_dial("nobody", "bob", w.now, &mut w.store), Err(("from", 404)));
+    assert_eq!(w.core.handle_click_to_dial("dave", "bob", w.now, &mut w.store), Err(("from", 480)), "no phone registered");
+    let id = w.core.handle_click_to_dial("bob", "+4930555", w.now, &mut w.store).expect("referred");
+    w.pump();
+    let refer = w.take_one(CALLEE, "REFER sip:bob@192.0.2.2:5062");
+    assert!(refer.contains("Refer-To: <sip:+4930555@sip.test>") && refer.contains("Referred-By: <sip:click-to-dial@sip.test>"), "{refer}");
+    assert!(refer.contains("Contact: <sip:b2bua@"), "a REFER makes a dialog: {refer}");
+    assert_eq!(w.core.poll_referral(), None, "not before the phone answers");
+    let accepted = answer(&refer, 202, None);
+    w.receive(CALLEE, &accepted);
+    assert_eq!(w.core.poll_referral(), Some((id, 202)));
+    // The phone's NOTIFYs in the REFER's dialog are answered; after the last, the dialog is gone.
+    let call_id = refer.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("Call-ID").trim().to_owned();
+    let ours = refer.lines().find(|l| l.starts_with("From:")).and_then(|l| l.split(";tag=").nth(1)).expect("tag").trim().to_owned();
+    let notify = |cseq: u32, state: &str| {
+        format!(
+            "NOTIFY sip:b2bua@192.0.2.100:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKn{cseq}\r\nMax-Forwards: 70\r\n\
+             From: <sip:bob@sip.test>;tag=b1\r\nTo: <sip:click-to-dial@sip.test>;tag={ours}\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} NOTIFY\r\nEvent: refer\r\nSubscription-State: {state}\r\nContent-Type: message/sipfrag\r\n\
+             Content-Length: 16\r\n\r\nSIP/2.0 200 OK\r\n"
+        )
+    };
+    w.receive(CALLEE, &notify(1, "terminated;reason=noresource"));
+    w.take_one(CALLEE, "SIP/2.0 200");
+    w.receive(CALLEE, &notify(2, "terminated;reason=noresource"));
+    w.take_one(CALLEE, "SIP/2.0 481");
+}

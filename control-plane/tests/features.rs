@@ -4,7 +4,7 @@
 //! packet counters), no leg left, and the control plane's counters from /metrics.
 //!
 //! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
-//! Slots 21 to 25 (SIP 21210+, the media plane's RTP 24100-24599, sipp 26000+ and its media
+//! Slots 21 to 26 (SIP 21210+, the media plane's RTP 24100-24699, sipp 26000+ and its media
 //! 27000+).
 
 use std::path::PathBuf;
@@ -230,4 +230,50 @@ fn a_message_sent_during_a_call_reaches_the_other_party_with_the_transfer_target
     let (legs, _) = stack.media_totals();
     assert_eq!(legs, 0, "legs left in the media plane");
     stack.stop();
+}
+
+#[test]
+fn a_phone_asked_over_the_api_places_the_call_itself_click_to_dial_by_refer() {
+    if !sipp_available() {
+        return;
+    }
+    let api = "127.0.0.1:21269";
+    let mut stack = Stack::start_with(26, true, &format!("[api]\nlisten = \"{api}\"\n"));
+    register_callee(&stack, "csv/alice.csv", 26_050);
+    register_callee(&stack, "csv/bob.csv", 26_053);
+    // Alice's phone takes the REFER and calls bob itself (RFC 5359 §2.18); bob answers.
+    let alice_args = ["-sf", "uas-refer-dial.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "1000"];
+    let (alice, alice_log) = phone(&stack, "alice", 26_050, &alice_args);
+    let (bob, bob_log) = phone(&stack, "bob", 26_053, &["-sf", "uas-answer.xml"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let status = rt.block_on(async {
+        use proto::control::v1::call_control_client::CallControlClient;
+        let mut client = CallControlClient::connect(format!("http://{api}")).await.expect("connect to the API");
+        let request = proto::control::v1::ClickToDialRequest { from: "alice".into(), to: "bob".into() };
+        let status = client.click_to_dial(request).await.expect("ClickToDial").into_inner().status;
+        // A subscriber that does not exist is named as such.
+        let nobody = proto::control::v1::ClickToDialRequest { from: "nobody".into(), to: "bob".into() };
+        let refused = client.click_to_dial(nobody).await.expect_err("no such subscriber");
+        assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+        status
+    });
+    assert_eq!(status, 202, "alice's phone took the REFER");
+    let logs = logs(&stack, vec![("alice", alice, alice_log), ("bob", bob, bob_log)]);
+    let (alice, bob) = (&logs[0], &logs[1]);
+    let refer = at(alice, "REFER sip:alice@");
+    assert!(
+        alice[refer..].contains("Refer-To: <sip:bob@sip.test>") && alice[refer..].contains("Referred-By: <sip:click-to-dial@sip.test>"),
+        "{alice}"
+    );
+    assert!(refer < at(alice, "INVITE sip:bob@") && at(alice, "INVITE sip:bob@") < final_sipfrag_at(alice), "{alice}");
+    assert!(at(bob, "INVITE sip:bob@") < at(bob, "BYE sip:") && bob.contains("From: <sip:alice@sip.test>"), "{bob}");
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    stack.stop();
+}
+
+/// Where the last NOTIFY (the one that ends its subscription) of a message log is.
+fn final_sipfrag_at(log: &str) -> usize {
+    at(log, "Subscription-State: terminated")
 }

@@ -44,6 +44,7 @@ mod accounting;
 mod callback;
 mod features;
 mod messages;
+mod referrals;
 mod subscriptions;
 pub use callback::CallbackError;
 
@@ -93,6 +94,8 @@ pub struct Stats {
     pub no_dialog: u64,
     /// MESSAGEs sent on to a subscriber's contacts.
     pub messages_relayed: u64,
+    /// Click-to-dial REFERs sent to subscribers' phones.
+    pub click_to_dial_refers: u64,
     /// Requests refused with 420 for a `Require` option this server does not support.
     pub unsupported_required: u64,
     /// Keep-alives received on UDP (STUN Binding requests, bare CRLFs).
@@ -166,6 +169,14 @@ pub struct ControlPlane {
     message_keys: std::collections::HashMap<TransactionKey, u64>,
     message_deadlines: VecDeque<(Instant, u64)>,
     next_message: u64,
+    /// Click-to-dial REFERs to subscribers' phones: by id, by our REFERs' keys, by their
+    /// dialogs; their outcomes for the API; when they are forgotten.
+    referrals: std::collections::HashMap<u64, referrals::Referral>,
+    referral_keys: std::collections::HashMap<TransactionKey, u64>,
+    referral_dialogs: std::collections::HashMap<String, u64>,
+    referral_outcomes: VecDeque<(u64, u16)>,
+    referral_deadlines: VecDeque<(Instant, u64)>,
+    next_referral: u64,
     stats: Stats,
     next_sweep: Option<Instant>,
     /// Tags and nonce salts.
@@ -207,6 +218,12 @@ impl ControlPlane {
             messages: std::collections::HashMap::new(),
             message_keys: std::collections::HashMap::new(),
             message_deadlines: VecDeque::new(),
+            referrals: std::collections::HashMap::new(),
+            referral_keys: std::collections::HashMap::new(),
+            referral_dialogs: std::collections::HashMap::new(),
+            referral_outcomes: VecDeque::new(),
+            referral_deadlines: VecDeque::new(),
+            next_referral: 0,
             next_message: 0,
             billing: crate::billing::Billing::default(),
             callbacks: crate::callback::Engine::new(config.callback.clone()),
@@ -357,6 +374,7 @@ impl ControlPlane {
         let b2bua = &self.b2bua;
         self.dialog_events.handle_timeout(|aor| b2bua.dialogs_of(aor), now.instant);
         self.messages_due(now);
+        self.referrals_due(now);
         self.billing.handle_timeout(&self.config, store, now);
         self.callbacks.handle_timeout(now.instant);
         if self.next_sweep.is_none_or(|t| t <= now.instant) {
@@ -453,6 +471,7 @@ impl ControlPlane {
             self.callbacks.poll_timeout(),
             self.dialog_events.poll_timeout(),
             self.message_deadlines.front().map(|(at, _)| *at),
+            self.referral_deadlines.front().map(|(at, _)| *at),
         ]
         .into_iter()
         .flatten()
@@ -635,7 +654,9 @@ impl ControlPlane {
             LayerEvent::Stray { message: SipMessage::Request(request), .. } => self.b2bua.handle_ack(&request, now),
             LayerEvent::Stray { message: SipMessage::Response(response), .. } => self.b2bua.handle_stray_response(&response),
             LayerEvent::Response { key, response } => {
-                if self.message_response(&key, response.status_code.code(), now) {
+                if self.message_response(&key, response.status_code.code(), now)
+                    || self.referral_response(&key, response.status_code.code())
+                {
                     return;
                 }
                 if !self.dialog_events.handle_response(&key, &response) {
@@ -643,7 +664,7 @@ impl ControlPlane {
                 }
             }
             LayerEvent::Timeout { key, role } | LayerEvent::TransportError { key, role } => {
-                if role == Role::Client && self.message_failed(&key, now) {
+                if role == Role::Client && (self.message_failed(&key, now) || self.referral_failed(&key)) {
                     return;
                 }
                 if role != Role::Client || !self.dialog_events.handle_failed(&key) {
@@ -704,6 +725,7 @@ impl ControlPlane {
             Method::Invite if !in_dialog => self.on_invite(key, request, source, now, store),
             Method::Subscribe if !in_dialog => self.on_subscribe(&key, &request, source, now, store),
             Method::Message if !in_dialog => self.on_message(&key, &request, source, now, store),
+            _ if in_dialog && self.is_referral_request(&request) => self.on_referral_request(&key, &request, now),
             _ if in_dialog && self.is_subscription_request(&request) => self.on_subscription_request(key, &request, now),
             Method::Options if !in_dialog => {
                 let mut response = self.response(&request, 200, None);
