@@ -853,7 +853,7 @@ fn a_caller_that_parked_its_callee_is_rung_back_with_the_callee_shown_as_the_cal
     w.advance(Duration::from_secs(31));
     w.extend();
     let ring = w.take_one(phone, "INVITE sip:alice@192.0.2.70:5060");
-    assert!(ring.contains("From: <sip:bob@192.0.2.2:5062>;tag="), "{ring}");
+    assert!(ring.contains("From: <sip:bob@sip.test>;tag="), "the parked party by its address: {ring}");
     assert!(!ring.contains("P-Asserted-Identity: <sip:+4930123@sip.test>"), "not alice's own identity: {ring}");
     // Alice answers; bob is re-INVITEd with her media.
     w.receive(phone, &answer_at(phone, &ring, 200, Some(&offer(4002, "sendrecv"))));
@@ -896,4 +896,33 @@ fn click_to_dial_refers_the_subscribers_phone_reports_its_answer_and_takes_its_n
     w.take_one(CALLEE, "SIP/2.0 200");
     w.receive(CALLEE, &notify(2, "terminated;reason=noresource"));
     w.take_one(CALLEE, "SIP/2.0 481");
+}
+
+#[test]
+fn a_referral_whose_notify_comes_before_its_202_or_whose_phone_never_answers_still_answers_the_api() {
+    let mut w = World::new();
+    // The phone's terminated NOTIFY overtakes its 202: the API still gets the 202.
+    let id = w.core.handle_click_to_dial("bob", "carol", w.now, &mut w.store).expect("referred");
+    w.pump();
+    let refer = w.take_one(CALLEE, "REFER sip:bob@192.0.2.2:5062");
+    let call_id = refer.lines().find_map(|l| l.strip_prefix("Call-ID: ")).expect("Call-ID").trim().to_owned();
+    let ours = refer.lines().find(|l| l.starts_with("From:")).and_then(|l| l.split(";tag=").nth(1)).expect("tag").trim().to_owned();
+    let notify = format!(
+        "NOTIFY sip:b2bua@192.0.2.100:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLEE};branch=z9hG4bKn1\r\nMax-Forwards: 70\r\n\
+         From: <sip:bob@sip.test>;tag=b1\r\nTo: <sip:click-to-dial@sip.test>;tag={ours}\r\nCall-ID: {call_id}\r\n\
+         CSeq: 1 NOTIFY\r\nEvent: refer\r\nSubscription-State: terminated;reason=noresource\r\n\
+         Content-Type: message/sipfrag\r\nContent-Length: 22\r\n\r\nSIP/2.0 486 Busy Here\r\n"
+    );
+    w.receive(CALLEE, &notify);
+    w.take_one(CALLEE, "SIP/2.0 200");
+    assert_eq!(w.core.poll_referral(), None);
+    w.receive(CALLEE, &answer(&refer, 202, None));
+    assert_eq!(w.core.poll_referral(), Some((id, 202)));
+    // A phone that never answers: 408 when the REFER times out.
+    let id = w.core.handle_click_to_dial("bob", "carol", w.now, &mut w.store).expect("referred");
+    w.pump();
+    w.advance(Duration::from_secs(40));
+    assert_eq!(w.core.poll_referral(), Some((id, 408)));
+    // The API refuses what cannot be called.
+    assert_eq!(w.core.handle_click_to_dial("bob", "carol <x>", w.now, &mut w.store), Err(("to", 400)));
 }

@@ -4,7 +4,7 @@
 //! packet counters), no leg left, and the control plane's counters from /metrics.
 //!
 //! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
-//! Slots 21 to 26 (SIP 21210+, the media plane's RTP 24100-24699, sipp 26000+ and its media
+//! Slots 21 to 28 (SIP 21210+, the media plane's RTP 24100-24899, sipp 26000+ and its media
 //! 27000+).
 
 use std::path::PathBuf;
@@ -276,4 +276,69 @@ fn a_phone_asked_over_the_api_places_the_call_itself_click_to_dial_by_refer() {
 /// Where the last NOTIFY (the one that ends its subscription) of a message log is.
 fn final_sipfrag_at(log: &str) -> usize {
     at(log, "Subscription-State: terminated")
+}
+
+#[test]
+fn a_third_party_that_learnt_a_call_from_the_dialog_package_joins_it_and_all_three_talk() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(27, true);
+    register_callee(&stack, "csv/bob.csv", 26_060);
+    // Bob's phone echoes what it hears (sipp's -rtp_echo), so his leg carries RTP both ways.
+    let (bob, bob_log) = phone(&stack, "bob", 26_060, &["-sf", "uas-answer.xml", "-rtp_echo"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Alice calls bob (RTP for 7 s once answered); carol watches bob's dialogs, joins the call
+    // with Join (RFC 5359 §2.11), talks for 3 s and leaves; alice and bob go on, then hang up.
+    let alice_args = ["-sf", "uac-call.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "7000"];
+    let (alice, alice_log) = phone(&stack, "alice", 26_063, &alice_args);
+    std::thread::sleep(Duration::from_millis(1500));
+    let carol_args = ["-sf", "uac-join.xml", "-inf", "csv/carol-joins-bob.csv", "-auth_uri", "bob@sip.test", "-d", "3000"];
+    let (carol, carol_log) = phone(&stack, "carol", 26_066, &carol_args);
+    std::thread::sleep(Duration::from_millis(2500));
+    let legs = stack.media_legs();
+    assert_eq!(legs.len(), 3, "alice's, bob's and carol's legs in the conference: {legs:?}; log: {}", stack.log());
+    assert!(legs.iter().all(|&(i, o)| i > 20 && o > 20), "every party sends and hears the others: {legs:?}");
+    let logs = logs(&stack, vec![("carol", carol, carol_log), ("alice", alice, alice_log), ("bob", bob, bob_log)]);
+    let (carol, alice, bob) = (&logs[0], &logs[1], &logs[2]);
+    assert!(at(carol, "<state>confirmed</state>") < at(carol, "Join: "), "{carol}");
+    // Nobody was re-INVITEd: the media plane moved the legs.
+    assert!(!alice[at(alice, "SIP/2.0 200")..].contains("INVITE sip:alice@"), "{alice}");
+    assert_eq!(bob.matches("INVITE sip:bob@").count(), 1, "{bob}");
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    stack.stop();
+}
+
+#[test]
+fn a_caller_holds_its_callee_calls_a_third_party_meanwhile_and_takes_the_callee_back() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(28, true);
+    register_callee(&stack, "csv/bob.csv", 26_070);
+    register_callee(&stack, "csv/carol.csv", 26_073);
+    let (bob, bob_log) = phone(&stack, "bob", 26_070, &["-sf", "uas-answer-hold.xml", "-set", "rtp_port", "27099"]);
+    let (carol, carol_log) = phone(&stack, "carol", 26_073, &["-sf", "uas-answer.xml"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Alice calls bob, holds him for 3 s (RFC 5359 §2.2, consultation hold) and calls carol
+    // meanwhile from her other line, then takes bob back and hangs up.
+    let hold_args = ["-sf", "uac-call-hold.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "3000"];
+    let (alice, alice_log) = phone(&stack, "alice", 26_076, &hold_args);
+    std::thread::sleep(Duration::from_millis(1800));
+    let consult_args = ["-sf", "uac-call-short.xml", "-inf", "csv/alice-calls-carol.csv", "-auth_uri", "carol@sip.test", "-d", "500"];
+    let (consult, consult_log) = phone(&stack, "alice-2", 26_079, &consult_args);
+    let logs = logs(
+        &stack,
+        vec![("alice-2", consult, consult_log), ("alice", alice, alice_log), ("bob", bob, bob_log), ("carol", carol, carol_log)],
+    );
+    let (alice, bob) = (&logs[1], &logs[2]);
+    let held = at(alice, "a=sendonly");
+    assert!(alice[held..].contains("a=sendrecv"), "hold, then resume: {alice}");
+    let (hold, resume) = (at(bob, "a=sendonly"), bob.rfind("a=sendrecv").unwrap_or(0));
+    assert!(hold < resume, "bob is held, then taken back: {bob}");
+    assert!(logs[3].contains("BYE sip:"), "the consultation call ended: {}", logs[3]);
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    stack.stop();
 }

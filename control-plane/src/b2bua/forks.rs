@@ -51,8 +51,7 @@ impl B2bua {
         match call.policy {
             CallerIdPolicy::Passthrough if !callers_own => {}
             CallerIdPolicy::Assert if !callers_own => {
-                let asserted = without_tag(&call.b.remote);
-                common.push_str(&format!("P-Asserted-Identity: {asserted}\r\n"));
+                common.push_str(&format!("P-Asserted-Identity: <{}>\r\n", call.callee_uri));
             }
             CallerIdPolicy::Passthrough => {
                 for name in ["P-Asserted-Identity", "Remote-Party-ID", "Privacy"] {
@@ -77,8 +76,12 @@ impl B2bua {
         }
         // An originated call shows the first party's address-of-record to the second.
         let identity = if let Some(t) = &call.transfer {
-            // A transfer's target sees the transferee.
-            without_tag(&call.dialog(t.transferor.other()).remote)
+            // A transfer's target sees the transferee: the caller as it called, the callee by the
+            // address it was called at (not its phone's contact).
+            match t.transferor.other() {
+                Side::A => without_tag(&call.a.remote),
+                Side::B => format!("<{}>", call.callee_uri),
+            }
         } else if call.originated && call.state != State::Originating && call.policy != CallerIdPolicy::Strip {
             format!("<{}>", call.caller_uri)
         } else {

@@ -43,10 +43,18 @@ impl ControlPlane {
             self.reply(key, request, 483, now);
             return;
         }
-        // One of ours, come back (a contact that routes to us): RFC 3261 §16.3's loop.
-        let ours = self.config.advertise.to_ascii_lowercase();
+        // One of ours, come back (a contact that routes to us): a Via with our sent-by on any
+        // transport (RFC 3261 §16.3's loop; we never spiral a MESSAGE).
+        let ours: Vec<String> = [rsip::Transport::Udp, rsip::Transport::Tcp, rsip::Transport::Tls]
+            .into_iter()
+            .map(|t| self.config.advertise_for(t).to_ascii_lowercase())
+            .collect();
         let looped = request.headers.iter().any(|h| match h {
-            Header::Via(v) => v.value().to_ascii_lowercase().split_whitespace().nth(1).is_some_and(|sent_by| sent_by.starts_with(&ours)),
+            Header::Via(v) => v.value().split(',').any(|via| {
+                let sent_by = via.split_whitespace().nth(1).unwrap_or_default();
+                let sent_by = sent_by.split(';').next().unwrap_or_default().to_ascii_lowercase();
+                ours.contains(&sent_by)
+            }),
             _ => false,
         });
         if looped {

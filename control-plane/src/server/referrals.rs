@@ -11,18 +11,21 @@
 
 use super::*;
 
-/// How long a referral's dialog is kept for its NOTIFYs.
-const REFERRAL_LIFETIME: Duration = Duration::from_secs(64);
+/// How long a referral's dialog is kept for its NOTIFYs after the REFER or the last NOTIFY (the
+/// call it reports on may ring for the server's whole no-answer time).
+const REFERRAL_LIFETIME: Duration = Duration::from_secs(180);
 /// Referrals at most at a time (more are refused with 503).
 pub const MAX_REFERRALS: usize = 10_000;
 
 /// A REFER of ours to a subscriber's phone.
 #[derive(Debug)]
 pub(super) struct Referral {
-    /// Our REFER's transaction, until its final response.
+    /// Our REFER's transaction, until its final response (which the API waits for).
     key: Option<TransactionKey>,
-    /// The dialog the REFER made (its key in `referral_dialogs`).
-    dialog: String,
+    /// The dialog the REFER made (its key in `referral_dialogs`), until its last NOTIFY.
+    dialog: Option<String>,
+    /// When it is forgotten if nothing more comes.
+    expires: Instant,
 }
 
 impl ControlPlane {
@@ -42,14 +45,8 @@ impl ControlPlane {
         }
         let aor = format!("{user}@{domain}");
         let contact = self.registrar.lookup(&aor, now.unix()).into_iter().next().ok_or(("from", 480))?;
-        let target = if to.starts_with("sip:") || to.starts_with("sips:") {
-            to.to_owned()
-        } else if to.contains('@') {
-            format!("sip:{to}")
-        } else {
-            format!("sip:{to}@{domain}")
-        };
-        if to.is_empty() || rsip::Uri::try_from(target.as_str()).is_err() {
+        let target = if to.contains('@') { format!("sip:{to}") } else { format!("sip:{to}@{domain}") };
+        if to.is_empty() || to.contains(['<', '>', '"', '\r', '\n', ' ']) || rsip::Uri::try_from(target.as_str()).is_err() {
             return Err(("to", 400));
         }
         let id = self.next_referral;
@@ -74,16 +71,18 @@ impl ControlPlane {
         let key = TransactionKey::for_request(&request).map_err(|_| ("from", 500u16))?;
         self.layer.start_client(request, contact.flow, now.instant).map_err(|_| ("from", 503u16))?;
         let dialog_key = format!("{call_id};{tag}");
+        let expires = now.instant + REFERRAL_LIFETIME;
         self.referral_keys.insert(key.clone(), id);
         self.referral_dialogs.insert(dialog_key.clone(), id);
-        self.referrals.insert(id, Referral { key: Some(key), dialog: dialog_key });
-        self.referral_deadlines.push_back((now.instant + REFERRAL_LIFETIME, id));
+        self.referrals.insert(id, Referral { key: Some(key), dialog: Some(dialog_key), expires });
+        self.referral_deadlines.push_back((expires, id));
         self.stats.click_to_dial_refers += 1;
         self.drain(now, store);
         Ok(id)
     }
 
-    /// The outcome of a referral: its id and the phone's final status to the REFER.
+    /// The outcome of a referral: its id and the phone's final status to the REFER (408: it did
+    /// not answer).
     #[must_use]
     pub fn poll_referral(&mut self) -> Option<(u64, u16)> {
         self.referral_outcomes.pop_front()
@@ -95,68 +94,101 @@ impl ControlPlane {
         if status < 200 {
             return true;
         }
-        self.referral_keys.remove(key);
-        self.referral_outcomes.push_back((id, status));
-        if let Some(referral) = self.referrals.get_mut(&id) {
-            referral.key = None;
-        }
+        self.referral_answered(id, key, status);
         if status >= 300 {
-            self.end_referral(id);
+            self.forget_dialog(id);
         }
         true
     }
 
     /// One of our REFERs timed out or could not be sent; whether it was one.
     pub(super) fn referral_failed(&mut self, key: &TransactionKey) -> bool {
-        let Some(id) = self.referral_keys.remove(key) else { return false };
-        self.referral_outcomes.push_back((id, 408));
-        self.end_referral(id);
+        let Some(&id) = self.referral_keys.get(key) else { return false };
+        self.referral_answered(id, key, 408);
+        self.forget_dialog(id);
         true
+    }
+
+    /// Referral `id`'s REFER has its final `status`: the API is told.
+    fn referral_answered(&mut self, id: u64, key: &TransactionKey, status: u16) {
+        self.referral_keys.remove(key);
+        self.referral_outcomes.push_back((id, status));
+        if let Some(referral) = self.referrals.get_mut(&id) {
+            referral.key = None;
+        }
+        self.forget_if_done(id);
     }
 
     /// Whether an in-dialog request belongs to one of our referrals (its Call-ID and our tag).
     pub(super) fn is_referral_request(&self, request: &Request) -> bool {
-        let tag = to_value(&request.headers).and_then(tag_of).unwrap_or_default();
-        call_id(&request.headers).is_some_and(|c| self.referral_dialogs.contains_key(&format!("{c};{tag}")))
+        call_id(&request.headers).is_some_and(|c| self.referral_dialogs.contains_key(&referral_dialog(c, request)))
     }
 
-    /// A request in a referral's dialog: the phone's NOTIFYs of the call's progress.
+    /// A request in a referral's dialog: the phone's NOTIFYs of the call's progress (RFC 3515
+    /// §2.4.4; one may come before the 202).
     pub(super) fn on_referral_request(&mut self, key: &TransactionKey, request: &Request, now: Now) {
         if request.method != Method::Notify {
-            self.reply(key, request, 405, now);
+            let mut response = self.response(request, 405, None);
+            response.headers.push(Header::Allow(rsip::headers::Allow::new("NOTIFY")));
+            self.respond(key, response, now);
             return;
         }
+        let Some(state) = message::header(&request.headers, "Subscription-State").map(str::to_owned) else {
+            let response = self.response(request, 400, Some("Missing Subscription-State"));
+            self.respond(key, response, now);
+            return;
+        };
         let response = response_for(request, 200, None, None);
         self.respond(key, response, now);
-        let over = message::header(&request.headers, "Subscription-State").is_some_and(|s| s.trim_start().starts_with("terminated"));
-        if over {
-            let tag = to_value(&request.headers).and_then(tag_of).unwrap_or_default();
-            let dialog = call_id(&request.headers).map(|c| format!("{c};{tag}")).unwrap_or_default();
-            if let Some(id) = self.referral_dialogs.get(&dialog).copied() {
-                self.end_referral(id);
-            }
+        let dialog = call_id(&request.headers).map(|c| referral_dialog(c, request)).unwrap_or_default();
+        let Some(id) = self.referral_dialogs.get(&dialog).copied() else { return };
+        if state.trim_start().starts_with("terminated") {
+            self.forget_dialog(id);
+        } else if let Some(referral) = self.referrals.get_mut(&id) {
+            // Still going: kept for its next NOTIFY.
+            referral.expires = now.instant + REFERRAL_LIFETIME;
+            self.referral_deadlines.push_back((referral.expires, id));
         }
     }
 
-    /// Referrals whose time is over are forgotten (their phones' late NOTIFYs get 481).
+    /// Referrals whose time is over: a REFER still unanswered is reported as 408, and the
+    /// dialog is forgotten (its phone's late NOTIFYs get 481).
     pub(super) fn referrals_due(&mut self, now: Now) {
         while let Some(&(at, id)) = self.referral_deadlines.front() {
             if at > now.instant {
                 break;
             }
             self.referral_deadlines.pop_front();
-            if self.referrals.get(&id).is_some_and(|r| r.key.is_none()) {
-                self.end_referral(id);
+            let Some(referral) = self.referrals.get(&id) else { continue };
+            if referral.expires > now.instant {
+                // Extended by a NOTIFY since: a later deadline is queued.
+                continue;
             }
+            if let Some(key) = referral.key.clone() {
+                self.referral_answered(id, &key, 408);
+            }
+            self.forget_dialog(id);
         }
     }
 
-    fn end_referral(&mut self, id: u64) {
-        if let Some(referral) = self.referrals.remove(&id) {
-            self.referral_dialogs.remove(&referral.dialog);
-            if let Some(key) = referral.key {
-                self.referral_keys.remove(&key);
-            }
+    /// Referral `id`'s dialog is over (its last NOTIFY, a refused REFER, its time).
+    fn forget_dialog(&mut self, id: u64) {
+        if let Some(dialog) = self.referrals.get_mut(&id).and_then(|r| r.dialog.take()) {
+            self.referral_dialogs.remove(&dialog);
+        }
+        self.forget_if_done(id);
+    }
+
+    /// A referral is forgotten once its REFER is answered and its dialog is over.
+    fn forget_if_done(&mut self, id: u64) {
+        if self.referrals.get(&id).is_some_and(|r| r.key.is_none() && r.dialog.is_none()) {
+            self.referrals.remove(&id);
         }
     }
+}
+
+/// A referral dialog's key: the request's Call-ID and our tag (its To tag).
+fn referral_dialog(call_id: &str, request: &Request) -> String {
+    let tag = to_value(&request.headers).and_then(tag_of).unwrap_or_default();
+    format!("{call_id};{tag}")
 }
