@@ -4,7 +4,7 @@
 //! packet counters), no leg left, and the control plane's counters from /metrics.
 //!
 //! sipp is required when `REQUIRE_SIPP=1` (CI); without it the tests skip with a message.
-//! Slots 21 to 28 (SIP 21210+, the media plane's RTP 24100-24899, sipp 26000+ and its media
+//! Slots 21 to 29 (SIP 21210+, the media plane's RTP 24100-24999, sipp 26000+ and its media
 //! 27000+).
 
 use std::path::PathBuf;
@@ -338,6 +338,108 @@ fn a_caller_holds_its_callee_calls_a_third_party_meanwhile_and_takes_the_callee_
     let (hold, resume) = (at(bob, "a=sendonly"), bob.rfind("a=sendrecv").unwrap_or(0));
     assert!(hold < resume, "bob is held, then taken back: {bob}");
     assert!(logs[3].contains("BYE sip:"), "the consultation call ended: {}", logs[3]);
+    let (legs, _) = stack.media_totals();
+    assert_eq!(legs, 0, "legs left in the media plane");
+    stack.stop();
+}
+
+/// The words of the file a sipp scenario writes (waited for up to 10 s).
+fn written(path: &std::path::Path) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.ends_with('\n') {
+            return text.split_whitespace().map(str::to_owned).collect();
+        }
+        assert!(std::time::Instant::now() < deadline, "{} was not written", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_attended_transfer_joins_the_caller_to_the_party_the_callee_consulted() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(29, true);
+    register_callee(&stack, "csv/bob.csv", 26_110);
+    register_callee(&stack, "csv/carol.csv", 26_113);
+    let (call1, call2) = (stack.dir.join("call1.txt"), stack.dir.join("call2.txt"));
+    let (c1, c2) = (call1.to_str().expect("utf8").to_owned(), call2.to_str().expect("utf8").to_owned());
+    // Alice calls bob; bob's phone writes the dialog down (for its REFER) and waits.
+    let (bob, bob_log) = phone(&stack, "bob", 26_110, &["-sf", "uas-answer-transferor.xml", "-set", "dialog_file", &c1]);
+    let (carol, carol_log) = phone(&stack, "carol", 26_113, &["-sf", "uas-answer.xml", "-rtp_echo"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let alice_args = ["-sf", "uac-call-transferred.xml", "-inf", "csv/alice-calls-bob.csv", "-auth_uri", "bob@sip.test", "-d", "4000"];
+    let (alice, alice_log) = phone(&stack, "alice", 26_116, &alice_args);
+    let first = written(&call1);
+    // Bob consults carol from his other line (and hangs that line up two seconds later, as phones
+    // do once the transfer is done: the server answers for the dialog it replaced).
+    let consult_args = [
+        "-sf",
+        "uac-consult.xml",
+        "-inf",
+        "csv/bob-calls-carol.csv",
+        "-auth_uri",
+        "carol@sip.test",
+        "-cid_str",
+        "consult-5",
+        "-set",
+        "dialog_file",
+        &c2,
+        "-d",
+        "2000",
+    ];
+    let (consult, consult_log) = phone(&stack, "bob-consult", 26_119, &consult_args);
+    let second = written(&call2);
+    // Bob transfers alice to carol, replacing his consultation call (RFC 5359 §2.5).
+    let (cid1, ours1, theirs1, server) = (&first[0], &first[1], &first[2], &first[3]);
+    let (cid2, ours2, theirs2) = (&second[0], &second[1], &second[2]);
+    let refer_args = [
+        "-sf",
+        "uac-refer-replaces.xml",
+        "-cid_str",
+        cid1,
+        "-set",
+        "ours",
+        ours1,
+        "-set",
+        "theirs",
+        theirs1,
+        "-set",
+        "server",
+        server,
+        "-set",
+        "target",
+        "sip:carol@sip.test",
+        "-set",
+        "rcid",
+        cid2,
+        "-set",
+        "rours",
+        ours2,
+        "-set",
+        "rtheirs",
+        theirs2,
+    ];
+    let (refer, refer_log) = phone(&stack, "bob-refer", 26_122, &refer_args);
+    let logs = logs(
+        &stack,
+        vec![
+            ("bob-refer", refer, refer_log),
+            ("bob", bob, bob_log),
+            ("bob-consult", consult, consult_log),
+            ("alice", alice, alice_log),
+            ("carol", carol, carol_log),
+        ],
+    );
+    let (bob, alice, carol) = (&logs[1], &logs[3], &logs[4]);
+    assert!(at(&logs[0], "SIP/2.0 202") > 0, "the REFER was accepted");
+    assert!(final_sipfrag(bob, at(bob, "SIP/2.0 100 Trying")).starts_with("SIP/2.0 200 OK"), "{bob}");
+    // Alice was re-INVITEd with carol's media; carol was not called again; alice's BYE reached carol.
+    assert!(at(alice, "SIP/2.0 200") < at(alice, "INVITE sip:alice@"), "{alice}");
+    assert_eq!(carol.matches("INVITE sip:carol@").count(), 1, "{carol}");
+    assert!(carol.contains("BYE sip:"), "{carol}");
     let (legs, _) = stack.media_totals();
     assert_eq!(legs, 0, "legs left in the media plane");
     stack.stop();
