@@ -172,19 +172,8 @@ impl B2bua {
     /// `Err(status)`: refused): the referred party goes into the room, the transferor is let go.
     pub fn handle_refer_to_room(&mut self, id: u64, room: Result<Option<String>, u16>, now: Now) {
         self.clock = Some(now);
-        let Some(call) = self.calls.get_mut(&id) else { return };
-        let Some((side, key, request, notify, _)) = call.pending_refer.take() else { return };
-        let room = match room {
-            Ok(room) if call.media.is_some() && !call.ivr && call.room.is_none() => room,
-            Ok(_) => {
-                self.reply(&key, &request, 488, now);
-                return;
-            }
-            Err(status) => {
-                self.reply(&key, &request, status, now);
-                return;
-            }
-        };
+        let can = |c: &Call| c.media.is_some() && !c.ivr && c.room.is_none();
+        let Some((side, key, request, notify, room)) = self.pending_refer_for(id, room, can, now) else { return };
         let room = room.unwrap_or_else(|| self.new_room());
         if self.rooms.get(&room).is_some_and(|r| r.members.len() + r.waiting.len() >= MAX_MEMBERS) {
             self.reply(&key, &request, 486, now);
@@ -198,14 +187,7 @@ impl B2bua {
         // dialog is kept to answer its BYE.
         let tag = self.random.tag();
         let Some(call) = self.calls.get_mut(&id) else { return };
-        call.transfer = Some(Transfer {
-            transferor: side,
-            stage: u32::MAX,
-            notify,
-            referred_by: String::new(),
-            answered: None,
-            transferor_gone: false,
-        });
+        call.transfer = Some(Transfer::in_place(side, notify));
         self.notify_transferor(id, "SIP/2.0 100 Trying", false, now);
         let Some(call) = self.calls.get_mut(&id) else { return };
         if side == Side::B {

@@ -327,20 +327,10 @@ impl B2bua {
         now: Now,
     ) {
         self.clock = Some(now);
-        let Some(call) = self.calls.get_mut(&id) else { return };
-        let Some((side, key, request, notify, _)) = call.pending_refer.take() else { return };
         let orbit = orbit.and_then(|o| if self.orbits.contains_key(&o) { Err(486) } else { Ok(o) });
-        let orbit = match orbit {
-            Ok(orbit) if call.media.is_some() && !call.ivr => orbit,
-            Ok(_) => {
-                self.reply(&key, &request, 488, now);
-                return;
-            }
-            Err(status) => {
-                self.reply(&key, &request, status, now);
-                return;
-            }
-        };
+        let can = |c: &Call| c.media.is_some() && !c.ivr;
+        let Some((side, key, request, notify, orbit)) = self.pending_refer_for(id, orbit, can, now) else { return };
+        let Some(call) = self.calls.get_mut(&id) else { return };
         let accepted = transfer::accepted(&request, call.dialog(side).local_tag(), notify);
         self.respond(&key, accepted);
         if notify {

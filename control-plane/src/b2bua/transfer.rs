@@ -37,6 +37,14 @@ pub(super) struct Transfer {
     pub(super) answered: Option<usize>,
 }
 
+impl Transfer {
+    /// A transfer whose target is already there (attended: the other call's party; a room):
+    /// nothing is rung for it.
+    pub(super) fn in_place(transferor: Side, notify: bool) -> Transfer {
+        Transfer { transferor, stage: u32::MAX, notify, referred_by: String::new(), answered: None, transferor_gone: false }
+    }
+}
+
 /// What the server needs to route a REFER's target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReferTarget {
@@ -109,6 +117,28 @@ impl B2bua {
         };
         call.pending_refer = Some((side, key, request, notify, referred_by));
         self.events.push_back(CallEvent::Refer(ReferTarget { call: id, target, transferee, transferor }));
+    }
+
+    /// Call `id`'s REFER waiting for the server, with what the server found for its target
+    /// (`Err(status)`: refused with it; a call `can` refuses gets 488): handed back as (the
+    /// transferor's side, its transaction, the REFER, NOTIFYs wanted, what was found), or
+    /// answered here.
+    pub(super) fn pending_refer_for<T>(
+        &mut self,
+        id: u64,
+        found: Result<T, u16>,
+        can: impl Fn(&Call) -> bool,
+        now: Now,
+    ) -> Option<(Side, TransactionKey, Request, bool, T)> {
+        let call = self.calls.get_mut(&id)?;
+        let (side, key, request, notify, _) = call.pending_refer.take()?;
+        let status = match found {
+            Ok(found) if can(call) => return Some((side, key, request, notify, found)),
+            Ok(_) => 488,
+            Err(status) => status,
+        };
+        self.reply(&key, &request, status, now);
+        None
     }
 
     /// The server routed a REFER's target: `Ok` rings it, `Err(status)` refuses the REFER.
@@ -514,14 +544,7 @@ impl B2bua {
         self.respond(&key, accepted);
         self.stats.transfers += 1;
         let Some(call) = self.calls.get_mut(&id) else { return };
-        call.transfer = Some(Transfer {
-            transferor: side,
-            stage: u32::MAX,
-            notify,
-            referred_by: String::new(),
-            answered: None,
-            transferor_gone: false,
-        });
+        call.transfer = Some(Transfer::in_place(side, notify));
         call.attended_with = Some((other, target_side));
         call.offer_legs.clone_from(&legs);
         call.negotiating = true;
