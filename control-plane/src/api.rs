@@ -190,14 +190,12 @@ impl pb::call_control_server::CallControl for Api {
         let (from, to) = (party("from", &r.from)?, party("to", &r.to)?);
         match self.ask(|reply| ApiRequest::ClickToDial { from, to, reply }).await? {
             Ok(status @ 200..=299) => Ok(Response::new(pb::ClickToDialResponse { status: status.into() })),
-            Ok(408) => Err(Status::deadline_exceeded("from: the phone did not answer the REFER")),
+            Ok(408) => Err(Status::deadline_exceeded("from: the phone did not answer the REFER (or could not be reached)")),
             Ok(status) => Err(Status::failed_precondition(format!("from: the phone answered the REFER with {status}"))),
             Err(("from", 404)) => Err(Status::not_found(format!("from: no subscriber {}", r.from))),
             Err(("from", 480)) => Err(Status::failed_precondition("from: no phone registered (SIP 480)")),
             Err((field, 400)) => Err(Status::invalid_argument(format!("{field}: not a party that can be called"))),
-            Err((field, 503)) => {
-                Err(Status::unavailable(format!("{field}: too many click-to-dial requests at once, or the phone cannot be reached")))
-            }
+            Err((field, 503)) => Err(Status::resource_exhausted(format!("{field}: too many click-to-dial requests at once"))),
             Err((field, status)) => Err(Status::internal(format!("{field}: SIP {status}"))),
         }
     }

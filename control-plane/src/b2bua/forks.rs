@@ -51,7 +51,7 @@ impl B2bua {
         match call.policy {
             CallerIdPolicy::Passthrough if !callers_own => {}
             CallerIdPolicy::Assert if !callers_own => {
-                common.push_str(&format!("P-Asserted-Identity: <{}>\r\n", call.callee_uri));
+                common.push_str(&format!("P-Asserted-Identity: {}\r\n", without_tag(&call.b.remote)));
             }
             CallerIdPolicy::Passthrough => {
                 for name in ["P-Asserted-Identity", "Remote-Party-ID", "Privacy"] {
@@ -76,12 +76,8 @@ impl B2bua {
         }
         // An originated call shows the first party's address-of-record to the second.
         let identity = if let Some(t) = &call.transfer {
-            // A transfer's target sees the transferee: the caller as it called, the callee by the
-            // address it was called at (not its phone's contact).
-            match t.transferor.other() {
-                Side::A => without_tag(&call.a.remote),
-                Side::B => format!("<{}>", call.callee_uri),
-            }
+            // A transfer's target sees the transferee (as its dialog names it).
+            without_tag(&call.dialog(t.transferor.other()).remote)
         } else if call.originated && call.state != State::Originating && call.policy != CallerIdPolicy::Strip {
             format!("<{}>", call.caller_uri)
         } else {

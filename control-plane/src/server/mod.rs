@@ -175,7 +175,7 @@ pub struct ControlPlane {
     referral_keys: std::collections::HashMap<TransactionKey, u64>,
     referral_dialogs: std::collections::HashMap<String, u64>,
     referral_outcomes: VecDeque<(u64, u16)>,
-    referral_deadlines: VecDeque<(Instant, u64)>,
+    referral_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
     next_referral: u64,
     stats: Stats,
     next_sweep: Option<Instant>,
@@ -222,7 +222,7 @@ impl ControlPlane {
             referral_keys: std::collections::HashMap::new(),
             referral_dialogs: std::collections::HashMap::new(),
             referral_outcomes: VecDeque::new(),
-            referral_deadlines: VecDeque::new(),
+            referral_deadlines: std::collections::BinaryHeap::new(),
             next_referral: 0,
             next_message: 0,
             billing: crate::billing::Billing::default(),
@@ -471,7 +471,7 @@ impl ControlPlane {
             self.callbacks.poll_timeout(),
             self.dialog_events.poll_timeout(),
             self.message_deadlines.front().map(|(at, _)| *at),
-            self.referral_deadlines.front().map(|(at, _)| *at),
+            self.referral_deadlines.peek().map(|std::cmp::Reverse((at, _))| *at),
         ]
         .into_iter()
         .flatten()

@@ -14,6 +14,8 @@ use super::*;
 /// How long a referral's dialog is kept for its NOTIFYs after the REFER or the last NOTIFY (the
 /// call it reports on may ring for the server's whole no-answer time).
 const REFERRAL_LIFETIME: Duration = Duration::from_secs(180);
+/// The longest a referral's dialog lives, however many NOTIFYs keep it going.
+const REFERRAL_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 /// Referrals at most at a time (more are refused with 503).
 pub const MAX_REFERRALS: usize = 10_000;
 
@@ -24,8 +26,9 @@ pub(super) struct Referral {
     key: Option<TransactionKey>,
     /// The dialog the REFER made (its key in `referral_dialogs`), until its last NOTIFY.
     dialog: Option<String>,
-    /// When it is forgotten if nothing more comes.
+    /// When it is forgotten if nothing more comes, and at the latest.
     expires: Instant,
+    until: Instant,
 }
 
 impl ControlPlane {
@@ -69,13 +72,14 @@ impl ControlPlane {
         let sent_by = self.config.advertise_for(contact.flow.transport);
         let request = dialog.request("REFER", &sent_by, &branch, &extra, None).map_err(|_| ("from", 500u16))?;
         let key = TransactionKey::for_request(&request).map_err(|_| ("from", 500u16))?;
-        self.layer.start_client(request, contact.flow, now.instant).map_err(|_| ("from", 503u16))?;
+        self.layer.start_client(request, contact.flow, now.instant).map_err(|_| ("from", 500u16))?;
         let dialog_key = format!("{call_id};{tag}");
         let expires = now.instant + REFERRAL_LIFETIME;
         self.referral_keys.insert(key.clone(), id);
         self.referral_dialogs.insert(dialog_key.clone(), id);
-        self.referrals.insert(id, Referral { key: Some(key), dialog: Some(dialog_key), expires });
-        self.referral_deadlines.push_back((expires, id));
+        let until = now.instant + REFERRAL_MAX_LIFETIME;
+        self.referrals.insert(id, Referral { key: Some(key), dialog: Some(dialog_key), expires, until });
+        self.referral_deadlines.push(std::cmp::Reverse((expires, id)));
         self.stats.click_to_dial_refers += 1;
         self.drain(now, store);
         Ok(id)
@@ -145,23 +149,23 @@ impl ControlPlane {
         if state.trim_start().starts_with("terminated") {
             self.forget_dialog(id);
         } else if let Some(referral) = self.referrals.get_mut(&id) {
-            // Still going: kept for its next NOTIFY.
-            referral.expires = now.instant + REFERRAL_LIFETIME;
-            self.referral_deadlines.push_back((referral.expires, id));
+            // Still going: kept for its next NOTIFY (its deadline moves when it comes up).
+            referral.expires = (now.instant + REFERRAL_LIFETIME).min(referral.until);
         }
     }
 
     /// Referrals whose time is over: a REFER still unanswered is reported as 408, and the
     /// dialog is forgotten (its phone's late NOTIFYs get 481).
     pub(super) fn referrals_due(&mut self, now: Now) {
-        while let Some(&(at, id)) = self.referral_deadlines.front() {
+        while let Some(&std::cmp::Reverse((at, id))) = self.referral_deadlines.peek() {
             if at > now.instant {
                 break;
             }
-            self.referral_deadlines.pop_front();
+            self.referral_deadlines.pop();
             let Some(referral) = self.referrals.get(&id) else { continue };
             if referral.expires > now.instant {
-                // Extended by a NOTIFY since: a later deadline is queued.
+                // Extended by a NOTIFY since: its one deadline moves.
+                self.referral_deadlines.push(std::cmp::Reverse((referral.expires, id)));
                 continue;
             }
             if let Some(key) = referral.key.clone() {
