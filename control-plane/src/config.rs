@@ -879,6 +879,13 @@ impl Config {
         self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 
+    /// Whether a URI's `host` is this server: a local domain, or the host it advertises.
+    pub fn is_ours(&self, host: &str) -> bool {
+        let advertised = self.advertise.rsplit_once(':').map_or(self.advertise.as_str(), |(h, _)| h);
+        let unbracket = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        self.is_local_domain(host) || unbracket(advertised) == unbracket(host)
+    }
+
     /// The longest-prefix route for a dialled user part.
     pub fn route_for(&self, user: &str) -> Option<&Route> {
         self.routes.iter().find(|r| user.starts_with(&r.prefix))

@@ -356,6 +356,7 @@ fn parties_dialling_a_room_are_answered_by_the_media_plane_and_the_room_ends_wit
     assert_eq!(conference_fields(&made), ("conf-sales".into(), None, vec![], vec![], true), "the first party makes the room");
     let ok = w.take_one(CAROL, "SIP/2.0 200");
     assert!(ok.contains(&format!("c=IN IP4 {MEDIA_IP}")) && ok.contains("m=audio 31182 "), "{ok}");
+    assert!(ok.contains("Contact: <sip:conf-sales@192.0.2.100:5060>;isfocus"), "the room's URI, a focus (RFC 4579): {ok}");
     subscriber_calls(&mut w, dave, "dave", "d1", "conf-sales", &offer(6002, "sendrecv"));
     let joined = w.conference(500);
     assert_eq!(conference_fields(&joined), ("conf-sales".into(), Some(500), vec![], vec![], true), "the second joins it");
@@ -384,9 +385,9 @@ fn parties_dialling_a_room_are_answered_by_the_media_plane_and_the_room_ends_wit
 fn a_refer_to_a_room_moves_the_other_party_in_and_lets_the_transferor_go() {
     let mut w = World::new();
     let (invite_b, alice_tag, b_tag) = confirmed_call(&mut w);
-    // Bob sends alice to room conf-x (RFC 5359 §2.10: the conference URI, with Replaces of
-    // the dialog it replaces).
-    let target = "sip:conf-x@sip.test?Replaces=whatever%3Bto-tag%3Da%3Bfrom-tag%3Db";
+    // Bob sends alice to room conf-x (RFC 5359 §2.10: the conference URI the focus gave, with
+    // Replaces of the dialog it replaces).
+    let target = "sip:conf-x@192.0.2.100:5060?Replaces=whatever%3Bto-tag%3Da%3Bfrom-tag%3Db";
     w.receive(CALLEE, &callee_refer(&invite_b, &b_tag, 2, target, ""));
     w.take_one(CALLEE, "SIP/2.0 202");
     let trying = w.take_one(CALLEE, "NOTIFY");

@@ -57,7 +57,7 @@ impl B2bua {
     /// Whether `uri` (a Refer-To) names a conference room of ours.
     pub(super) fn is_room_uri(&self, uri: &str) -> bool {
         sip_core::message::user_host(uri.split('?').next().unwrap_or(uri))
-            .is_some_and(|(user, host)| self.config.is_local_domain(&host) && self.config.features.room(&user).is_some())
+            .is_some_and(|(user, host)| self.config.is_ours(&host) && self.config.features.room(&user).is_some())
     }
 
     /// A new room's name.
@@ -93,6 +93,7 @@ impl B2bua {
         let policy = self.config.codec_policy.clone();
         let call = self.calls.get_mut(&id)?;
         let newcomer = Newcomer { call_id: call.a.call_id.clone(), offer, active, policy };
+        call.focus = true;
         call.room = Some(room.clone());
         call.room_op = Some(RoomOp::Newcomer(newcomer));
         self.rooms.entry(room).or_default();

@@ -463,6 +463,8 @@ struct Call {
     room: Option<String>,
     room_sides: [bool; 2],
     room_op: Option<conference::RoomOp>,
+    /// A party that called a conference room (its 200's Contact names the room, `isfocus`).
+    focus: bool,
     /// The answer the caller got with early media (the one it keeps, RFC 3261 §13.2.1).
     early_answer: Option<String>,
     /// The subscriber that picked the call up or took it back, and its side.
@@ -580,6 +582,7 @@ impl Call {
             room: None,
             room_sides: [false, false],
             room_op: None,
+            focus: false,
             early_answer: None,
             taker: None,
             resuming: None,
@@ -1557,11 +1560,16 @@ fn accepts_sdp(headers: &rsip::Headers) -> bool {
 
 /// Our Contact towards `peer` (its transport).
 pub(crate) fn our_contact(config: &Config, peer: &Peer) -> String {
+    contact_as(config, peer, "b2bua")
+}
+
+/// Our Contact towards `peer`, with `user` as its user part (a conference room's name).
+pub(crate) fn contact_as(config: &Config, peer: &Peer, user: &str) -> String {
     let advertise = config.advertise_for(peer.transport);
     match peer.transport {
-        rsip::Transport::Tcp => format!("<sip:b2bua@{advertise};transport=tcp>"),
-        rsip::Transport::Tls => format!("<sip:b2bua@{advertise};transport=tls>"),
-        _ => format!("<sip:b2bua@{advertise}>"),
+        rsip::Transport::Tcp => format!("<sip:{user}@{advertise};transport=tcp>"),
+        rsip::Transport::Tls => format!("<sip:{user}@{advertise};transport=tls>"),
+        _ => format!("<sip:{user}@{advertise}>"),
     }
 }
 

@@ -347,7 +347,13 @@ fn response_to(
     let reason = reason_of(response);
     let mut out = response_for(request, status, Some(&reason), Some(dialog.local_tag()));
     if (101..300).contains(&status) {
-        out.headers.push(Header::Contact(rsip::headers::Contact::new(our_contact(config, &dialog.peer))));
+        let contact = match call.room.as_deref().filter(|_| call.focus && to == Side::A) {
+            // A conference room's party: the room's URI, which a REFER or INVITE may name to
+            // bring others in (RFC 4579's focus).
+            Some(room) => format!("{};isfocus", super::contact_as(config, &dialog.peer, room)),
+            None => our_contact(config, &dialog.peer),
+        };
+        out.headers.push(Header::Contact(rsip::headers::Contact::new(contact)));
         // §12.1.1: the UAS copies the request's Record-Route into dialog-forming responses so
         // the proxies that asked stay on the path of the caller's in-dialog requests.
         if request.method == rsip::Method::Invite {

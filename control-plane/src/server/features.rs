@@ -31,7 +31,7 @@ impl ControlPlane {
         }
         let Some(user) = request.uri.auth.as_ref().map(|a| a.user.clone()) else { return Some(request) };
         let domain = request.uri.host_with_port.host.to_string();
-        let Some(feature) = self.config.features.dialled(&user).filter(|_| self.config.is_local_domain(&domain)) else {
+        let Some(feature) = self.config.features.dialled(&user).filter(|_| self.config.is_ours(&domain)) else {
             return Some(request);
         };
         if is_subscriber(&user, &domain, store) {
@@ -159,7 +159,7 @@ impl ControlPlane {
     pub(super) fn conference_refer(&mut self, refer: &ReferTarget, now: Now) -> bool {
         let target = refer.target.split('?').next().unwrap_or(&refer.target);
         let Some((user, domain)) = user_host(target) else { return false };
-        let Some(room) = self.config.features.room(&user).filter(|_| self.config.is_local_domain(&domain)) else { return false };
+        let Some(room) = self.config.features.room(&user).filter(|_| self.config.is_ours(&domain)) else { return false };
         // Only a subscriber moves calls into rooms.
         let room = if refer.transferor.is_some() { Ok(room) } else { Err(403) };
         self.b2bua.handle_refer_to_room(refer.call, room, now);
