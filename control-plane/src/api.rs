@@ -190,7 +190,8 @@ impl pb::call_control_server::CallControl for Api {
         let (from, to) = (party("from", &r.from)?, party("to", &r.to)?);
         match self.ask(|reply| ApiRequest::ClickToDial { from, to, reply }).await? {
             Ok(status @ 200..=299) => Ok(Response::new(pb::ClickToDialResponse { status: status.into() })),
-            Ok(408) => Err(Status::deadline_exceeded("from: the phone did not answer the REFER (or could not be reached)")),
+            Ok(408) => Err(Status::deadline_exceeded("from: the phone did not answer the REFER")),
+            Ok(503) => Err(Status::unavailable("from: the REFER could not be sent to the phone")),
             Ok(status) => Err(Status::failed_precondition(format!("from: the phone answered the REFER with {status}"))),
             Err(("from", 404)) => Err(Status::not_found(format!("from: no subscriber {}", r.from))),
             Err(("from", 480)) => Err(Status::failed_precondition("from: no phone registered (SIP 480)")),

@@ -672,6 +672,20 @@ fn a_message_to_nobody_reachable_too_large_or_refused_gets_the_right_failure() {
         .replace("Via: SIP/2.0/UDP ", "Via: SIP/2.0/UDP 192.0.2.100:5060;branch=z9hG4bKours\r\nVia: SIP/2.0/UDP ");
     w.receive(CAROL, &looped);
     w.take_one(CAROL, "SIP/2.0 482");
+    // Our address on another transport, or in a comma-joined Via, is ours too; a port that only
+    // starts like ours is not.
+    for (id, via) in [
+        ("im7", "SIP/2.0/TCP 192.0.2.100:5060;branch=z9hG4bKt"),
+        ("im8", "SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKx, SIP/2.0/UDP 192.0.2.100:5060;branch=z9hG4bKy"),
+    ] {
+        let looped = message_text(id, "bob", 1, "hello", "").replace("Via: SIP/2.0/UDP ", &format!("Via: {via}\r\nVia: SIP/2.0/UDP "));
+        w.receive(CAROL, &looped);
+        w.take_one(CAROL, "SIP/2.0 482");
+    }
+    let not_ours = message_text("im9", "bob", 1, "hello", "")
+        .replace("Via: SIP/2.0/UDP ", "Via: SIP/2.0/UDP 192.0.2.100:50601;branch=z9hG4bKz\r\nVia: SIP/2.0/UDP ");
+    w.receive(CAROL, &not_ours);
+    w.take_one(CAROL, "SIP/2.0 407");
 }
 
 /// Carol's INVITE (Call-ID `id`) with `join` (a Join header line) and `body`, authenticated.

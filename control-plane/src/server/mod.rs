@@ -663,19 +663,24 @@ impl ControlPlane {
                     self.b2bua.handle_response(&key, response, now)
                 }
             }
-            LayerEvent::Timeout { key, role } | LayerEvent::TransportError { key, role } => {
-                if role == Role::Client && (self.message_failed(&key, now) || self.referral_failed(&key)) {
-                    return;
-                }
-                if role != Role::Client || !self.dialog_events.handle_failed(&key) {
-                    self.b2bua.handle_transaction_failed(&key, role, now)
-                }
-            }
+            LayerEvent::Timeout { key, role } => self.transaction_failed(&key, role, 408, now),
+            // A request that could not be sent is not one left unanswered.
+            LayerEvent::TransportError { key, role } => self.transaction_failed(&key, role, 503, now),
             LayerEvent::Terminated { key, role } => {
                 if role != Role::Client || !self.dialog_events.handle_terminated(&key) {
                     self.b2bua.handle_transaction_terminated(&key, role)
                 }
             }
+        }
+    }
+
+    /// Transaction `key` timed out (`status` 408) or its message could not be sent (503).
+    fn transaction_failed(&mut self, key: &TransactionKey, role: Role, status: u16, now: Now) {
+        if role == Role::Client && (self.message_failed(key, now) || self.referral_failed(key, status)) {
+            return;
+        }
+        if role != Role::Client || !self.dialog_events.handle_failed(key) {
+            self.b2bua.handle_transaction_failed(key, role, now)
         }
     }
 

@@ -105,10 +105,10 @@ impl ControlPlane {
         true
     }
 
-    /// One of our REFERs timed out or could not be sent; whether it was one.
-    pub(super) fn referral_failed(&mut self, key: &TransactionKey) -> bool {
+    /// One of our REFERs timed out (`status` 408) or could not be sent (503); whether it was one.
+    pub(super) fn referral_failed(&mut self, key: &TransactionKey, status: u16) -> bool {
         let Some(&id) = self.referral_keys.get(key) else { return false };
-        self.referral_answered(id, key, 408);
+        self.referral_answered(id, key, status);
         self.forget_dialog(id);
         true
     }
