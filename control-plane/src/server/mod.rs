@@ -945,23 +945,9 @@ impl ControlPlane {
             self.reply(&key, &request, 483, now);
             return;
         }
-        let Some((from_user, from_domain)) = from_value(&request.headers).map(uri_of).and_then(user_host) else {
-            self.reply(&key, &request, 400, now);
-            return;
-        };
-        let caller = if self.config.trusted.contains(&source.addr.ip()) {
-            None
-        } else {
-            let Some(user) = self.authenticate(&key, &request, source.addr.ip(), &from_user, &from_domain, true, now, store) else {
-                return;
-            };
-            if user != from_user || !self.config.is_local_domain(&from_domain) {
-                self.stats.auth_failures += 1;
-                self.reply(&key, &request, 403, now);
-                return;
-            }
-            Some(format!("{user}@{}", from_domain.to_ascii_lowercase()))
-        };
+        // The caller's identity: a trusted peer, or the subscriber its digest proves (the same
+        // check as SUBSCRIBE's and MESSAGE's).
+        let Some(caller) = self.requester(&key, &request, source, now, store) else { return };
         if let Some(problem) = OfferProblem::of(&request) {
             let (status, reason) = problem.status();
             let mut response = self.response(&request, status, reason);

@@ -41,9 +41,9 @@ impl ControlPlane {
         self.dialog_events.handle_in_dialog(key, request, |aor| b2bua.dialogs_of(aor), now.instant);
     }
 
-    /// Who sent an out-of-dialog request that needs a subscriber's rights: a trusted peer
-    /// (`Some(None)`), or a subscriber that proved it with digest (`Some(Some(aor))`, its From);
-    /// `None` when it was challenged or refused (answered here).
+    /// Who sent an out-of-dialog request that needs a subscriber's rights (INVITE, SUBSCRIBE,
+    /// MESSAGE): a trusted peer (`Some(None)`), or a subscriber that proved it with digest
+    /// (`Some(Some(aor))`, its From); `None` when it was challenged or refused (answered here).
     pub(super) fn requester(
         &mut self,
         key: &TransactionKey,
