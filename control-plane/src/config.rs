@@ -42,7 +42,12 @@
 //! max_contacts = 10               # contacts per address-of-record (default 10)
 //!
 //! [media]
-//! grpc = "http://127.0.0.1:9090"  # media plane gRPC endpoint (default: the media plane's own default)
+//! grpc = "http://127.0.0.1:9090"  # media plane gRPC endpoint (default: the media plane's own default),
+//!                                 # or a list of media planes: each new call goes to the least loaded
+//!                                 # that answers its health check (legs, read every second), and all of
+//!                                 # a call's legs stay on its plane. A plane that restarted has its calls
+//!                                 # ended (BYE both sides, CDR cause "media"); so has one unreachable
+//! lost_after_s = 10               # this long (0: never; default 10)
 //! media_timeout_ms = 60000        # legs without RTP this long are deleted by the media plane (default 60000)
 //! rpc_timeout_ms = 2000           # a media-plane call slower than this fails the call with 503 (default 2000)
 //! # Codecs of the offers the media plane passes on (names "opus", "PCMA", "L16/16000"; "all"):
@@ -79,6 +84,10 @@
 //! [store]
 //! path = "control-plane.db"       # SQLite file for subscribers and registrations (default: this)
 //! postgres = "host=db1 user=cp dbname=cp password=…"   # or PostgreSQL (several hosts share it)
+//! shared = true                   # registrations are read from the store at each lookup and before
+//!                                 # each REGISTER, so control planes sharing it (behind a dispatcher)
+//!                                 # reach phones registered at another one; costs a store round trip
+//!                                 # per call (default: true with postgres, false with SQLite)
 //!
 //! [billing]
 //! rates = "rates.csv"             # rate table the calls' detail records are rated with (CSV: prefix,
@@ -324,10 +333,19 @@ struct RawRegistrar {
     max_contacts: Option<usize>,
 }
 
+/// One string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMedia {
-    grpc: Option<String>,
+    grpc: Option<OneOrMany>,
+    lost_after_s: Option<u64>,
     media_timeout_ms: Option<u32>,
     rpc_timeout_ms: Option<u64>,
     transcode: Option<Vec<String>>,
@@ -348,6 +366,7 @@ struct RawListen {
 struct RawStore {
     path: Option<PathBuf>,
     postgres: Option<String>,
+    shared: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,8 +506,10 @@ pub struct Config {
     pub nonce_ttl: Duration,
     /// Registrar limits.
     pub registrar: RegistrarConfig,
-    /// Media plane gRPC endpoint.
-    pub media_grpc: String,
+    /// Media planes' gRPC endpoints (one or more).
+    pub media_grpc: Vec<String>,
+    /// How long a media plane may stay unreachable before its calls are ended (`None`: never).
+    pub media_lost_after: Option<Duration>,
     /// Media timeout given to each leg.
     pub media_timeout_ms: u32,
     /// Deadline of each media-plane RPC.
@@ -507,6 +528,8 @@ pub struct Config {
     /// PostgreSQL connection parameters (`host=… user=… dbname=…`): the store is there rather
     /// than in `store_path`.
     pub store_postgres: Option<String>,
+    /// Registrations are read from the store at each lookup (several control planes share it).
+    pub store_shared: bool,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
     /// Abuse limits (trusted sources included in `exempt`).
@@ -650,10 +673,27 @@ impl Config {
             return Err(invalid("registrar.max_contacts", "must be greater than 0"));
         }
 
-        let media_grpc = raw.media.grpc.unwrap_or_else(|| DEFAULT_MEDIA_GRPC.into());
-        if !(media_grpc.starts_with("http://") || media_grpc.starts_with("https://")) {
-            return Err(invalid("media.grpc", format!("{media_grpc:?} must start with http:// or https://")));
+        let media_grpc = match raw.media.grpc {
+            None => vec![DEFAULT_MEDIA_GRPC.to_owned()],
+            Some(OneOrMany::One(uri)) => vec![uri],
+            Some(OneOrMany::Many(uris)) => uris,
+        };
+        if media_grpc.is_empty() || media_grpc.len() > 256 {
+            return Err(invalid("media.grpc", format!("{} media planes: give 1 to 256", media_grpc.len())));
         }
+        for uri in &media_grpc {
+            if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+                return Err(invalid("media.grpc", format!("{uri:?} must start with http:// or https://")));
+            }
+        }
+        if let Some(dup) = media_grpc.iter().enumerate().find_map(|(i, u)| media_grpc[..i].contains(u).then_some(u)) {
+            return Err(invalid("media.grpc", format!("{dup:?} is listed twice")));
+        }
+        let media_lost_after = match raw.media.lost_after_s.unwrap_or(10) {
+            0 => None,
+            s if s > 86_400 => return Err(invalid("media.lost_after_s", "must be at most 86400 (0: never)")),
+            s => Some(Duration::from_secs(s)),
+        };
         let rpc_timeout_ms = raw.media.rpc_timeout_ms.unwrap_or(2000);
         if rpc_timeout_ms == 0 {
             return Err(invalid("media.rpc_timeout_ms", "must be greater than 0"));
@@ -802,6 +842,7 @@ impl Config {
             nonce_ttl: Duration::from_secs(nonce_ttl_s),
             registrar,
             media_grpc,
+            media_lost_after,
             media_timeout_ms: raw.media.media_timeout_ms.unwrap_or(60_000),
             codec_policy,
             music_on_hold,
@@ -809,6 +850,7 @@ impl Config {
             api_listen,
             rpc_timeout: Duration::from_millis(rpc_timeout_ms),
             store_path: raw.store.path.unwrap_or_else(|| PathBuf::from("control-plane.db")),
+            store_shared: raw.store.shared.unwrap_or_else(|| raw.store.postgres.as_ref().is_some_and(|p| !p.trim().is_empty())),
             store_postgres: raw.store.postgres.filter(|p| !p.trim().is_empty()),
             routes,
             limits,
@@ -907,7 +949,8 @@ mod tests {
         assert_eq!(c.auth.mode, ChallengeMode::One);
         assert!(c.auth.domains.is_empty());
         assert_eq!(c.registrar, RegistrarConfig::default());
-        assert_eq!(c.media_grpc, "http://127.0.0.1:9090");
+        assert_eq!(c.media_grpc, ["http://127.0.0.1:9090"]);
+        assert_eq!(c.media_lost_after, Some(Duration::from_secs(10)));
     }
 
     #[test]
@@ -927,6 +970,10 @@ mod tests {
             ("[sip]\ndomains = [\"a\"]\n[auth.domains]\na = \"SHA-1\"", "auth.domains.a"),
             ("[sip]\ndomains = [\"a\"]\n[registrar]\nmin_expires = 100\nmax_expires = 50", "registrar.max_expires"),
             ("[sip]\ndomains = [\"a\"]\n[media]\ngrpc = \"127.0.0.1:9190\"", "media.grpc"),
+            ("[sip]\ndomains = [\"a\"]\n[media]\ngrpc = [\"http://a:1\", \"b:2\"]", "media.grpc"),
+            ("[sip]\ndomains = [\"a\"]\n[media]\ngrpc = []", "media.grpc"),
+            ("[sip]\ndomains = [\"a\"]\n[media]\ngrpc = [\"http://a:1\", \"http://a:1\"]", "media.grpc"),
+            ("[sip]\ndomains = [\"a\"]\n[media]\nlost_after_s = 100000", "media.lost_after_s"),
             ("[sip]\ndomains = [\"a\"]\n[[route]]\nprefix = \"0\"\ndestination = \"nonsense uri\"", "route[0].destination"),
             ("[sip]\ndomains = [\"a\"]\n[[route]]\nprefix = \"0\"\ndestination = \"local\"\ncaller_id = \"x\"", "route[0].caller_id"),
         ];

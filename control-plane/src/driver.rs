@@ -20,7 +20,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::media::{MediaClient, MediaReply};
+use crate::media::MediaReply;
+use crate::media_pool::{LostPlane, MediaPool};
 use crate::now::Now;
 use crate::server::ControlPlane;
 use crate::store::Store;
@@ -51,6 +52,8 @@ enum Input {
     RadiusAuth(u64, crate::billing::radius::AuthAnswer),
     /// The media plane's event stream was lost and followed again.
     MediaEventsLost,
+    /// A media plane restarted or stayed unreachable: its calls are to be ended.
+    MediaPlaneLost(LostPlane),
 }
 
 /// Why the server could not start.
@@ -142,7 +145,8 @@ pub async fn run(
         tracing::info!(transport = ?listen.transport, addr = %listen.addr, "listening");
     }
     let udp = udp.ok_or(RunError::NoUdp)?;
-    let media = MediaClient::new(&config.media_grpc, config.media_timeout_ms, config.rpc_timeout).map_err(RunError::Media)?;
+    let media = MediaPool::new(&config.media_grpc, config.media_timeout_ms, config.rpc_timeout, config.media_lost_after)
+        .map_err(RunError::Media)?;
     if let Some(addr) = config.metrics_listen {
         // Without its metrics endpoint the server still serves calls: a bind failure is logged.
         match TcpListener::bind(addr).await {
@@ -191,7 +195,10 @@ pub async fn run(
             Err(e) => tracing::error!(%addr, error = %e, "callback HTTP endpoint not started"),
         }
     }
-    tokio::spawn(media_events(media.clone(), tx.clone()));
+    for plane in 0..media.len() {
+        tokio::spawn(media_events(media.clone(), plane, tx.clone()));
+    }
+    tokio::spawn(media_health(media.clone(), tx.clone()));
     let radius_counters = Arc::new(RadiusCounters::default());
     let radius = config.radius.clone().filter(|r| !r.accounting.is_empty()).map(|radius| {
         let (radius_tx, radius_rx) = mpsc::channel::<crate::billing::radius::Record>(10_000);
@@ -287,12 +294,13 @@ pub async fn run(
                     Input::Dtmf(leg, digit) => core.handle_dtmf(leg, digit, now, store.as_mut()),
                     Input::RadiusAuth(id, answer) => core.handle_radius_auth(id, answer, now, store.as_mut()),
                     Input::MediaEventsLost => core.handle_media_events_lost(now, store.as_mut()),
+                    Input::MediaPlaneLost(lost) => core.handle_media_plane_lost(lost, now, store.as_mut()),
                 }
             }
         }
     }
     let stats = core.stats();
-    let counters = &media.counters;
+    let counters = &media.counters();
     tracing::info!(
         ?stats,
         transactions = ?core.transaction_stats(),
@@ -306,13 +314,31 @@ pub async fn run(
     Ok(stats)
 }
 
-/// Follows the media plane's events (DTMF for the callback IVR), reconnecting after a second
+/// Reads every media plane's health and load each [`crate::media_pool::HEALTH_INTERVAL`] and
+/// reports the planes lost.
+async fn media_health(media: MediaPool, tx: mpsc::Sender<Input>) {
+    let mut tick = tokio::time::interval(crate::media_pool::HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for lost in media.check(std::time::Instant::now()).await {
+            if tx.send(Input::MediaPlaneLost(lost)).await.is_err() {
+                return;
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Follows media plane `plane`'s events (DTMF for the callback IVR), reconnecting after a second
 /// when the stream ends or cannot start.
-async fn media_events(media: MediaClient, tx: mpsc::Sender<Input>) {
+async fn media_events(media: MediaPool, plane: usize, tx: mpsc::Sender<Input>) {
     let mut followed = false;
     loop {
-        match media.events().await {
-            Ok(mut stream) => {
+        match media.events(plane).await {
+            Ok((mut stream, tag)) => {
                 tracing::debug!("following the media plane's events");
                 // Followed again: the media plane may have restarted, and its leg ids with it.
                 if std::mem::replace(&mut followed, true) && tx.send(Input::MediaEventsLost).await.is_err() {
@@ -323,7 +349,8 @@ async fn media_events(media: MediaClient, tx: mpsc::Sender<Input>) {
                         Ok(Some(event)) => {
                             if let Some(proto::v1::event::Kind::Dtmf(d)) = event.kind {
                                 let digit = d.digit.chars().next().unwrap_or(' ');
-                                if tx.send(Input::Dtmf(event.leg_id, digit)).await.is_err() {
+                                let leg = crate::media_pool::tagged(event.leg_id, tag);
+                                if tx.send(Input::Dtmf(leg, digit)).await.is_err() {
                                     return;
                                 }
                             }
@@ -346,8 +373,9 @@ async fn media_events(media: MediaClient, tx: mpsc::Sender<Input>) {
 }
 
 /// What a scrape shows, read from the core, the media client and the RADIUS client.
-fn snapshot(core: &ControlPlane, media: &MediaClient, radius: &RadiusCounters) -> crate::metrics::Snapshot {
+fn snapshot(core: &ControlPlane, media: &MediaPool, radius: &RadiusCounters) -> crate::metrics::Snapshot {
     let t = core.transaction_stats();
+    let counters = media.counters();
     crate::metrics::Snapshot {
         stats: core.stats(),
         transactions_live: core.live_transactions(),
@@ -356,8 +384,11 @@ fn snapshot(core: &ControlPlane, media: &MediaClient, radius: &RadiusCounters) -
         retransmissions_sent: t.retransmissions_sent,
         registered_contacts: core.registered_contacts(),
         calls_active: core.active_calls(),
-        media_negotiation_failures: media.counters.negotiation_failures.load(Ordering::Relaxed),
-        media_release_failures: media.counters.release_failures.load(Ordering::Relaxed),
+        media_negotiation_failures: counters.negotiation_failures.load(Ordering::Relaxed),
+        media_release_failures: counters.release_failures.load(Ordering::Relaxed),
+        media_planes: media.health(),
+        media_refused: media.refused.load(Ordering::Relaxed),
+        media_latency: media.latency.clone(),
         radius_acked: radius.acked.load(Ordering::Relaxed),
         radius_retries: radius.retries.load(Ordering::Relaxed),
         radius_deferred: radius.deferred.load(Ordering::Relaxed),

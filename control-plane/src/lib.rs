@@ -57,6 +57,7 @@ pub mod driver;
 pub mod features;
 pub mod limits;
 pub mod media;
+pub mod media_pool;
 pub mod metrics;
 pub mod now;
 pub mod registrar;

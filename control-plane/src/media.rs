@@ -307,6 +307,24 @@ pub struct MediaCounters {
     pub play_failures: AtomicU64,
 }
 
+impl MediaCounters {
+    /// Adds these counters to `sum` (several media planes' totals).
+    pub fn add_to(&self, sum: &MediaCounters) {
+        let pairs = [
+            (&self.allocations, &sum.allocations),
+            (&self.allocation_failures, &sum.allocation_failures),
+            (&self.negotiation_failures, &sum.negotiation_failures),
+            (&self.releases, &sum.releases),
+            (&self.release_failures, &sum.release_failures),
+            (&self.plays, &sum.plays),
+            (&self.play_failures, &sum.play_failures),
+        ];
+        for (from, to) in pairs {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
 fn media_error(rpc: &str, s: &tonic::Status) -> MediaError {
     let why = format!("{rpc}: {}", s.message());
     if s.code() == tonic::Code::InvalidArgument {
@@ -724,6 +742,18 @@ impl MediaClient {
     /// The RPC deadline in use.
     pub fn rpc_timeout(&self) -> Duration {
         self.rpc_timeout
+    }
+
+    /// The media plane's address.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The media plane's leg count (all cores) and instance id, or why it did not answer.
+    pub async fn totals(&self) -> Result<(u64, u64), String> {
+        let request = v1::GetStatsRequest { leg_ids: Vec::new(), totals_only: true };
+        let stats = self.client.clone().get_stats(request).await.map_err(|s| s.message().to_owned())?.into_inner();
+        Ok((stats.cores.iter().map(|c| u64::from(c.legs)).sum(), stats.boot_id))
     }
 }
 

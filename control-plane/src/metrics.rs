@@ -4,7 +4,8 @@
 //! The HTTP side asks the driver's loop for the text over its input channel, so the counters
 //! are read where the core lives, with no lock and no shared copy: SIP requests received by
 //! method and responses sent by class, transactions, registrations, calls, authentication, abuse
-//! limits, billing (holds, refusals by reason, calls cut off), and the media client's outcomes. `docs/grafana/control-plane.json` is a dashboard of
+//! limits, billing (holds, refusals by reason, calls cut off), the media client's outcomes, each
+//! media plane's health and load, and media requests' latency (a histogram by request). `docs/grafana/control-plane.json` is a dashboard of
 //! them.
 
 use prometheus_client::collector::Collector;
@@ -14,6 +15,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::media_pool::RequestLabels;
 use crate::server::{Stats, METHODS};
 
 /// What one scrape shows.
@@ -32,6 +37,12 @@ pub struct Snapshot {
     pub radius_retries: u64,
     pub radius_deferred: u64,
     pub radius_dropped: u64,
+    /// Each media plane's address and health.
+    pub media_planes: Vec<(String, crate::media_pool::Health)>,
+    /// Media requests refused by the pool (legs on two planes, or on a lost plane).
+    pub media_refused: u64,
+    /// Media requests' latency by request.
+    pub media_latency: Family<RequestLabels, Histogram>,
 }
 
 fn one(encoder: &mut DescriptorEncoder, name: &str, help: &str, kind: MetricType, value: u64) -> Result<(), std::fmt::Error> {
@@ -124,6 +135,36 @@ impl Collector for Snapshot {
         for (name, help, value) in counters {
             one(&mut encoder, name, help, MetricType::Counter, value)?;
         }
+        one(
+            &mut encoder,
+            "media_requests_refused",
+            "Media requests refused: legs on two media planes, or on a lost one",
+            MetricType::Counter,
+            self.media_refused,
+        )?;
+        let mut up =
+            encoder.encode_descriptor("media_plane_up", "1 if the media plane answered its last health check", None, MetricType::Gauge)?;
+        for (uri, h) in &self.media_planes {
+            ConstGauge::new(i64::from(h.up)).encode(up.encode_family(&[("media_plane", uri.as_str())])?)?;
+        }
+        let mut legs = encoder.encode_descriptor(
+            "media_plane_legs",
+            "Legs on the media plane (last health check, plus allocations since)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (uri, h) in &self.media_planes {
+            ConstGauge::new(i64::try_from(h.legs).unwrap_or(i64::MAX)).encode(legs.encode_family(&[("media_plane", uri.as_str())])?)?;
+        }
+        let mut lost = encoder.encode_descriptor(
+            "media_plane_lost",
+            "Times the media plane was lost (restarted, or unreachable past media.lost_after_s): its calls were ended",
+            None,
+            MetricType::Counter,
+        )?;
+        for (uri, h) in &self.media_planes {
+            ConstCounter::new(h.lost).encode(lost.encode_family(&[("media_plane", uri.as_str())])?)?;
+        }
         one(&mut encoder, "sip_transactions_live", "Live SIP transactions", MetricType::Gauge, self.transactions_live as u64)?;
         one(&mut encoder, "sip_registered_contacts", "Registered contacts", MetricType::Gauge, self.registered_contacts as u64)?;
         one(&mut encoder, "sip_calls_active", "Calls in progress", MetricType::Gauge, self.calls_active as u64)
@@ -133,6 +174,11 @@ impl Collector for Snapshot {
 /// The metrics text of `snapshot`.
 pub fn render(snapshot: Snapshot) -> String {
     let mut registry = Registry::default();
+    registry.register(
+        "media_request_duration_seconds",
+        "Time from a media request to its outcome (gRPC round trips to the media plane included), by request",
+        snapshot.media_latency.clone(),
+    );
     registry.register_collector(Box::new(snapshot));
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &registry) {

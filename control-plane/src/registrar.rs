@@ -178,30 +178,33 @@ impl Registrar {
     pub fn restore(&mut self, stored: Vec<StoredBinding>, now_unix: u64) -> usize {
         let mut restored = 0;
         for b in stored {
-            if b.expires_unix <= now_unix {
+            let aor = b.aor.clone();
+            let Some(binding) = live_binding(b, now_unix) else { continue };
+            if binding.outbound.is_some() && is_stream(binding.flow) {
                 continue;
             }
-            let Some(flow) = parse_flow(&b.flow) else { continue };
-            let outbound = match (b.instance, b.reg_id) {
-                (Some(instance), reg_id) if reg_id > 0 => Some(Outbound { instance, reg_id }),
-                _ => None,
-            };
-            if outbound.is_some() && is_stream(flow) {
-                continue;
-            }
-            self.location.entry(b.aor).or_default().push(Binding {
-                contact: b.contact,
-                q_milli: b.q_milli,
-                expires_unix: b.expires_unix,
-                call_id: b.call_id,
-                cseq: b.cseq,
-                flow,
-                path: sip_core::message::split_list(&b.path).map(str::to_owned).collect(),
-                outbound,
-            });
+            self.location.entry(aor).or_default().push(binding);
             restored += 1;
         }
         restored
+    }
+
+    /// `aor`'s bindings as a store several control planes share has them (`stored`, that AoR's
+    /// rows), for a lookup or before a REGISTER changes them: bindings another node made or
+    /// removed are taken as the store says. A binding on a TCP/TLS connection is kept only if it
+    /// is one of ours (in this table with the same flow): another node's connection cannot be
+    /// sent on from here.
+    pub fn refresh(&mut self, aor: &str, stored: Vec<StoredBinding>, now_unix: u64) {
+        let ours = self.location.remove(aor).unwrap_or_default();
+        let fresh: Vec<Binding> = stored
+            .into_iter()
+            .filter(|b| b.aor == aor)
+            .filter_map(|b| live_binding(b, now_unix))
+            .filter(|b| !is_stream(b.flow) || ours.iter().any(|o| o.contact == b.contact && o.flow == b.flow))
+            .collect();
+        if !fresh.is_empty() {
+            self.location.insert(aor.to_owned(), fresh);
+        }
     }
 
     /// Registered addresses-of-record.
@@ -218,14 +221,35 @@ impl Registrar {
     }
 
     pub fn lookup(&self, aor: &str, now_unix: u64) -> Vec<Binding> {
-        let mut out: Vec<Binding> =
+        let out: Vec<Binding> =
             self.location.get(aor).map(|v| v.iter().filter(|b| b.expires_unix > now_unix).cloned().collect()).unwrap_or_default();
-        out.sort_by(|a, b| b.q_milli.cmp(&a.q_milli).then(b.expires_unix.cmp(&a.expires_unix)));
-        let mut instances = std::collections::HashSet::new();
-        out.retain(|b| b.outbound.as_ref().is_none_or(|o| instances.insert(o.instance.clone())));
-        out
+        best_first(out)
     }
 
+    /// [`Registrar::lookup`] over `stored` (`aor`'s rows of a store shared with other control
+    /// planes) instead of this table; TCP/TLS bindings only if they are this node's.
+    pub fn lookup_in(&self, aor: &str, stored: Vec<StoredBinding>, now_unix: u64) -> Vec<Binding> {
+        let ours = self.location.get(aor).map(Vec::as_slice).unwrap_or_default();
+        let out = stored
+            .into_iter()
+            .filter(|b| b.aor == aor)
+            .filter_map(|b| live_binding(b, now_unix))
+            .filter(|b| !is_stream(b.flow) || ours.iter().any(|o| o.contact == b.contact && o.flow == b.flow))
+            .collect();
+        best_first(out)
+    }
+}
+
+/// Bindings best q first, then most recently refreshed; of several outbound flows of one
+/// instance only the most recently refreshed (RFC 5626 §5.3).
+fn best_first(mut out: Vec<Binding>) -> Vec<Binding> {
+    out.sort_by(|a, b| b.q_milli.cmp(&a.q_milli).then(b.expires_unix.cmp(&a.expires_unix)));
+    let mut instances = std::collections::HashSet::new();
+    out.retain(|b| b.outbound.as_ref().is_none_or(|o| instances.insert(o.instance.clone())));
+    out
+}
+
+impl Registrar {
     /// A TCP/TLS connection closed: the outbound bindings that used it end (RFC 5626 §5.3; the
     /// phone registers again over a new flow). Returns what to delete from the store.
     pub fn flow_closed(&mut self, flow: Peer) -> Vec<LocationChange> {
@@ -426,6 +450,28 @@ fn is_stream(flow: Peer) -> bool {
 /// The store change deleting `b`.
 fn remove_change(aor: &str, b: &Binding) -> LocationChange {
     LocationChange::Remove { aor: aor.to_owned(), contact: b.contact.clone(), reg_id: b.outbound.as_ref().map_or(0, |o| o.reg_id) }
+}
+
+/// A stored binding as a live one, or `None` if it expired or its flow does not read.
+fn live_binding(b: StoredBinding, now_unix: u64) -> Option<Binding> {
+    if b.expires_unix <= now_unix {
+        return None;
+    }
+    let flow = parse_flow(&b.flow)?;
+    let outbound = match (b.instance, b.reg_id) {
+        (Some(instance), reg_id) if reg_id > 0 => Some(Outbound { instance, reg_id }),
+        _ => None,
+    };
+    Some(Binding {
+        contact: b.contact,
+        q_milli: b.q_milli,
+        expires_unix: b.expires_unix,
+        call_id: b.call_id,
+        cseq: b.cseq,
+        flow,
+        path: sip_core::message::split_list(&b.path).map(str::to_owned).collect(),
+        outbound,
+    })
 }
 
 /// `udp:IP:PORT` / `tcp:IP:PORT` / `tls:IP:PORT`.
@@ -660,6 +706,43 @@ mod tests {
         };
         assert_eq!(r.restore(vec![b("sip:a@1", 50), b("sip:a@2", 500)], 100), 1);
         assert_eq!(r.lookup("alice@sip.test", 100)[0].flow, Peer::tcp("127.0.0.1:9".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_shared_store_is_the_truth_for_lookups_and_registers_but_not_for_other_nodes_connections() {
+        let stored = |contact: &str, flow: &str, exp| StoredBinding {
+            aor: "alice@sip.test".into(),
+            contact: contact.into(),
+            expires_unix: exp,
+            q_milli: 1000,
+            call_id: "c".into(),
+            cseq: 1,
+            flow: flow.into(),
+            path: "<sip:127.0.0.1:5064;lr>".into(),
+            instance: None,
+            reg_id: 0,
+        };
+        let mut r = registrar();
+        // This node holds a binding another node has since removed from the store.
+        r.handle_register("alice@sip.test", &register(&["<sip:alice@10.0.0.1:5070>"], Some(600), "old", 1), flow(), 0).unwrap();
+        let in_store = vec![
+            stored("sip:alice@10.0.0.2:5070", "udp:127.0.0.1:5064", 500),
+            // Another node's TCP connection: not usable from here.
+            stored("sip:alice@10.0.0.3:5070;transport=tcp", "tcp:192.0.2.9:4000", 500),
+            stored("sip:alice@10.0.0.4:5070", "udp:127.0.0.1:5064", 50),
+            StoredBinding { aor: "bob@sip.test".into(), ..stored("sip:bob@10.0.0.5:5070", "udp:127.0.0.1:5064", 500) },
+        ];
+        let found = r.lookup_in("alice@sip.test", in_store.clone(), 100);
+        let contacts: Vec<&str> = found.iter().map(|b| b.contact.as_str()).collect();
+        assert_eq!(contacts, ["sip:alice@10.0.0.2:5070"], "the store's live UDP binding only");
+        assert_eq!(found[0].path, ["<sip:127.0.0.1:5064;lr>"]);
+        // Before a REGISTER the table takes the store's bindings: the removed one is gone, so
+        // max_contacts and the 200's list count what the store has.
+        r.refresh("alice@sip.test", in_store, 100);
+        let contacts: Vec<String> = r.lookup("alice@sip.test", 100).into_iter().map(|b| b.contact).collect();
+        assert_eq!(contacts, ["sip:alice@10.0.0.2:5070"]);
+        r.refresh("alice@sip.test", Vec::new(), 100);
+        assert_eq!(r.aor_count(), 0, "an AoR the store has none of is dropped");
     }
 
     #[test]

@@ -220,6 +220,31 @@ pub struct Ctx<'a> {
     pub now_unix: u64,
 }
 
+impl Ctx<'_> {
+    /// `aor`'s live bindings, best first: from the store when control planes share it
+    /// (`[store] shared`; a store error falls back to this node's own table), else this node's.
+    pub fn contacts(&mut self, aor: &str) -> Vec<crate::registrar::Binding> {
+        shared_lookup(self.config, self.store, self.registrar, aor, self.now_unix)
+    }
+}
+
+/// See [`Ctx::contacts`].
+pub fn shared_lookup(
+    config: &Config,
+    store: &mut dyn Store,
+    registrar: &Registrar,
+    aor: &str,
+    now_unix: u64,
+) -> Vec<crate::registrar::Binding> {
+    if config.store_shared {
+        match store.bindings_of(aor) {
+            Ok(stored) => return registrar.lookup_in(aor, stored, now_unix),
+            Err(e) => tracing::warn!(error = %e, aor, "shared registrations not readable: this node's own are used"),
+        }
+    }
+    registrar.lookup(aor, now_unix)
+}
+
 impl std::fmt::Debug for Ctx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ctx").field("now_unix", &self.now_unix).finish_non_exhaustive()
@@ -334,7 +359,7 @@ pub fn first_party(
     }
     let (stage, aor) = match destination(&user, &domain, ctx).map_err(|r| (field, r))? {
         Target::Subscriber(aor) => {
-            let branches = contact_branches(ctx.registrar, &aor, ctx.now_unix);
+            let branches = contact_branches(ctx, &aor);
             if branches.is_empty() {
                 return Err((field, Refusal::NotRegistered));
             }
@@ -494,7 +519,7 @@ fn ring_subscriber(aor: &str, state: &mut RouteState, ctx: &mut Ctx<'_>) -> Resu
     } else {
         ring
     };
-    let mut stages = contact_stages(ctx.registrar, aor, ctx.now_unix, ctx.config, contacts_ring, &headers);
+    let mut stages = contact_stages(ctx, aor, contacts_ring, &headers);
     find_me(&settings, &mut stages, ring, &headers, ctx);
     state.current = Some(Current {
         aor: aor.to_owned(),
@@ -523,7 +548,7 @@ fn find_me(settings: &Settings, stages: &mut VecDeque<Stage>, ring: Duration, he
     let branch_time = Duration::from_secs(settings.find_me_branch_s.unwrap_or(15).into());
     for target in &settings.find_me {
         let branches = match resolve(target, ctx) {
-            Ok(Target::Subscriber(aor)) => contact_branches(ctx.registrar, &aor, ctx.now_unix),
+            Ok(Target::Subscriber(aor)) => contact_branches(ctx, &aor),
             Ok(Target::Branch(branch, _)) => vec![branch],
             Err(_) => {
                 tracing::debug!(target, "a find-me target has nowhere to go");
@@ -576,9 +601,7 @@ fn redirect(contacts: &[String], state: &mut RouteState, ctx: &mut Ctx<'_>) -> R
     let mut branches = Vec::new();
     for contact in contacts.iter().take(crate::settings::MAX_LIST) {
         match resolve(contact, ctx) {
-            Ok(Target::Subscriber(aor)) if !state.visited.contains(&aor) => {
-                branches.extend(contact_branches(ctx.registrar, &aor, ctx.now_unix))
-            }
+            Ok(Target::Subscriber(aor)) if !state.visited.contains(&aor) => branches.extend(contact_branches(ctx, &aor)),
             Ok(Target::Branch(branch, _)) => branches.push(branch),
             _ => tracing::debug!(contact, "a redirect's contact has nowhere to go"),
         }
@@ -635,9 +658,8 @@ fn diversion_headers(state: &RouteState, target: &str) -> String {
 }
 
 /// `aor`'s registered contacts as branches, best q first.
-fn contact_branches(registrar: &Registrar, aor: &str, now_unix: u64) -> Vec<Branch> {
-    registrar
-        .lookup(aor, now_unix)
+fn contact_branches(ctx: &mut Ctx<'_>, aor: &str) -> Vec<Branch> {
+    ctx.contacts(aor)
         .into_iter()
         .map(|b| Branch { target: b.contact, peer: b.flow, route: b.path, credentials: None, trunk: false })
         .collect()
@@ -645,8 +667,9 @@ fn contact_branches(registrar: &Registrar, aor: &str, now_unix: u64) -> Vec<Bran
 
 /// The stages that ring `aor`'s contacts for `ring`: one stage with all of them (parallel
 /// forking) or one per contact, best q first (sequential). Empty when none is registered.
-fn contact_stages(registrar: &Registrar, aor: &str, now_unix: u64, config: &Config, ring: Duration, headers: &str) -> VecDeque<Stage> {
-    let branches = contact_branches(registrar, aor, now_unix);
+fn contact_stages(ctx: &mut Ctx<'_>, aor: &str, ring: Duration, headers: &str) -> VecDeque<Stage> {
+    let branches = contact_branches(ctx, aor);
+    let config = ctx.config;
     if branches.is_empty() {
         return VecDeque::new();
     }

@@ -1690,6 +1690,39 @@ fn an_attended_transfer_to_the_caller_of_the_other_call_is_hung_up_in_that_calle
     assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
 }
 
+// ---- media plane lost ----
+
+#[test]
+fn a_lost_media_plane_ends_its_calls_on_both_sides_and_only_its_own() {
+    use crate::b2bua::UpdateKind;
+    use crate::media_pool::{Lost, LostPlane};
+    let mut w = World::new();
+    confirmed_call(&mut w);
+    // A second call, still ringing bob.
+    w.receive(CALLER, &invite("call2", &offer(4100, "sendrecv")).replace("tag=a1", "tag=a2"));
+    w.allocate();
+    let invite2 = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&invite2, 180, None));
+    w.sent.clear();
+    let _ = updates(&mut w);
+    // Another plane (the test's legs are plane 0's), or another epoch of plane 0: nothing ends.
+    for (plane, epoch) in [(1, 0), (0, 1)] {
+        w.core.handle_media_plane_lost(LostPlane { plane, why: Lost::Restarted, epoch }, w.now, &mut w.store);
+        assert_eq!((w.core.active_calls(), w.sent.len()), (2, 0), "plane {plane} epoch {epoch}: {:?}", w.sent);
+    }
+    w.core.handle_media_plane_lost(LostPlane { plane: 0, why: Lost::Restarted, epoch: 0 }, w.now, &mut w.store);
+    w.pump();
+    // The answered call: BYE to both sides. The ringing one: 487 to its caller, CANCEL to bob.
+    w.take_one(CALLER, "BYE");
+    w.take_one(CALLER, "SIP/2.0 487");
+    w.take_one(CALLEE, "BYE");
+    let cancel = w.take_one(CALLEE, "CANCEL");
+    w.receive(CALLEE, &answer(&cancel, 200, None));
+    let ended: Vec<_> = updates(&mut w).into_iter().filter(|u| matches!(u, UpdateKind::Ended { .. })).collect();
+    assert!(ended.iter().any(|u| matches!(u, UpdateKind::Ended { status: 200, cause: "media", .. })), "{ended:?}");
+    assert_eq!(w.core.calls().iter().filter(|c| c.phase == crate::b2bua::Phase::Answered).count(), 0);
+}
+
 // ---- abuse limits ----
 
 #[test]

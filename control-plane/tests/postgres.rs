@@ -6,85 +6,18 @@
 //! PostgreSQL is required when `REQUIRE_POSTGRES=1` (CI); without it the test skips with a
 //! message. As root, the server runs as the `postgres` user (it refuses root). Port 26700.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 mod common;
-use common::{temp_dir, Proc, BIN};
+use common::{pg, temp_dir, BIN};
 use control_plane::billing::prepaid::{Account, Kind, Leg, Usage};
 use control_plane::billing::rating::Rate;
 use control_plane::store::{Cdr, HoldRequest, Ledger, LocationChange, PgStore, Store, StoredBinding, Subscriber};
 
 const PORT: u16 = 26_700;
 
-fn bin_dir() -> Option<PathBuf> {
-    let found = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()
-        .and_then(|d| d.flatten().map(|e| e.path().join("bin")).filter(|b| b.join("initdb").exists()).max());
-    if found.is_none() {
-        assert!(std::env::var("REQUIRE_POSTGRES").as_deref() != Ok("1"), "REQUIRE_POSTGRES=1 but PostgreSQL is not installed");
-        eprintln!("SKIP: PostgreSQL is not installed (apt-get install postgresql, or SETUP_POSTGRES=1 bash scripts/setup.sh)");
-    }
-    found
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().next() == Some("0")))
-        .unwrap_or(false)
-}
-
-/// `program args` as the postgres user when we are root.
-fn as_postgres(program: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-/// A PostgreSQL server of the test's own in `dir`, on 127.0.0.1:[`PORT`], trusting local users.
-fn start_postgres(bin: &Path, dir: &Path) -> Proc {
-    let data = dir.join("data");
-    if is_root() {
-        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status().expect("chown");
-        assert!(status.success());
-    }
-    let out = as_postgres(&bin.join("initdb"))
-        .args(["-D", data.to_str().expect("utf8"), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-        .output()
-        .expect("initdb");
-    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-    let log = std::fs::File::create(dir.join("postgres.log")).expect("log");
-    if is_root() {
-        let _ = Command::new("chown").args(["postgres:postgres"]).arg(dir.join("postgres.log")).status();
-    }
-    let child = as_postgres(&bin.join("postgres"))
-        .args(["-D", data.to_str().expect("utf8"), "-p", &PORT.to_string(), "-k", dir.to_str().expect("utf8")])
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=40"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start postgres");
-    let p = Proc { child, name: "postgres" };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while PgStore::open(&params()).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "PostgreSQL did not start: {}",
-            std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    p
-}
-
 fn params() -> String {
-    format!("host=127.0.0.1 port={PORT} user=postgres dbname=postgres connect_timeout=2")
+    pg::params(PORT)
 }
 
 fn binding(contact: &str, expires: u64, reg_id: u32) -> StoredBinding {
@@ -112,9 +45,9 @@ fn hold_request<'a>(account: &'a str, legs: &'a [Leg], node: &'a str, now_ms: u6
 
 #[test]
 fn the_postgresql_store_keeps_everything_the_sqlite_one_does_and_holds_are_safe_across_connections() {
-    let Some(bin) = bin_dir() else { return };
+    let Some(bin) = pg::bin_dir() else { return };
     let dir = temp_dir("postgres");
-    let server = start_postgres(&bin, &dir);
+    let server = pg::start_postgres(&bin, &dir, PORT);
     let mut s = PgStore::open(&params()).expect("open");
 
     // Subscribers, their settings and algorithm.

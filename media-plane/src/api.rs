@@ -49,6 +49,8 @@ struct Inner {
     /// The recorder thread (WAV files under the recording directory).
     recorder: RecorderHandle,
     recorder_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// This instance (GetStats' `boot_id`): drawn at start, so a client notices a restart.
+    boot_id: u64,
 }
 
 /// Decoded prompts by (source, PCM rate).
@@ -95,6 +97,7 @@ impl MediaService {
             prompts: std::sync::Mutex::new(HashMap::new()),
             recorder,
             recorder_thread: std::sync::Mutex::new(Some(thread)),
+            boot_id: new_boot_id(),
         });
         let _ = service.set(Arc::downgrade(&inner));
         for c in &inner.cores {
@@ -912,7 +915,7 @@ impl v1::media_plane_server::MediaPlane for MediaService {
             Some(r.leg_ids)
         };
         let reports = self.reports(filter).await?;
-        let mut resp = v1::GetStatsResponse::default();
+        let mut resp = v1::GetStatsResponse { boot_id: self.inner.boot_id, ..Default::default() };
         for rep in reports {
             resp.legs.extend(rep.legs.iter().map(|s| self.leg_stats(rep.core, s)));
             resp.cores.push(v1::CoreStats {
@@ -996,4 +999,13 @@ impl MediaService {
             },
         }
     }
+}
+
+/// A random, non-zero instance id (std's per-process random hash keys, the clock and the pid).
+fn new_boot_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }

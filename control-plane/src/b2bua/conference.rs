@@ -42,6 +42,13 @@ pub(super) struct Room {
     closed: bool,
 }
 
+impl Room {
+    /// The media plane's conference, once made.
+    pub(super) fn conference(&self) -> Option<u64> {
+        self.conference
+    }
+}
+
 /// What a call is waiting for the media plane to do in its room.
 #[derive(Debug)]
 pub(super) enum RoomOp {

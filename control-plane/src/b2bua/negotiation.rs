@@ -9,7 +9,7 @@ impl B2bua {
             Ok(_) => self.stats.media_allocations += 1,
             Err(error) => {
                 self.stats.media_allocation_failures += 1;
-                tracing::warn!(%error, media_plane = %self.config.media_grpc, "media allocation failed");
+                tracing::warn!(%error, media_planes = ?self.config.media_grpc, "media allocation failed");
             }
         }
         let Some(call) = self.calls.get_mut(&id) else {

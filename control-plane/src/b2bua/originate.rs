@@ -118,9 +118,36 @@ impl B2bua {
     /// Ends call `id` for the API: an answered call with BYE on both sides, one being set up
     /// by cancelling it (its caller gets 487). Whether the call existed.
     pub fn handle_hangup(&mut self, id: u64, now: Now) -> bool {
+        self.end_call(id, "hangup", now)
+    }
+
+    /// Ends every call with a leg or conference for which `lost` holds (their media plane is
+    /// gone), as a hang-up with cause `cause`; returns how many.
+    pub fn end_calls_with_media(&mut self, lost: &dyn Fn(u64) -> bool, cause: &'static str, now: Now) -> usize {
+        let rooms: Vec<&str> =
+            self.rooms.iter().filter(|(_, room)| room.conference().is_some_and(lost)).map(|(name, _)| name.as_str()).collect();
+        let mut ids: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| {
+                let legs = c.media.iter().flat_map(|m| m.streams.iter().flatten()).any(|s| lost(s.leg_a) || lost(s.leg_b));
+                legs || c.room.as_deref().is_some_and(|r| rooms.contains(&r))
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        for &id in &ids {
+            self.end_call(id, cause, now);
+        }
+        ids.len()
+    }
+
+    /// Ends call `id` whatever its state, with cause `cause`: BYE both sides of an answered
+    /// call, a ringing one cancelled (its caller gets 487). Whether it exists.
+    fn end_call(&mut self, id: u64, cause: &'static str, now: Now) -> bool {
         self.clock = Some(now);
         let Some(call) = self.calls.get_mut(&id) else { return false };
-        call.cause = "hangup";
+        call.cause = cause;
         match call.state {
             State::Answered | State::Confirmed => {
                 self.stats.calls_completed += 1;

@@ -80,7 +80,7 @@ impl ControlPlane {
             self.reply(key, request, 503, now);
             return;
         }
-        let contacts = self.registrar.lookup(&target, now.unix());
+        let contacts = crate::routing::shared_lookup(&self.config, store, &self.registrar, &target, now.unix());
         if contacts.is_empty() {
             self.reply(key, request, 480, now);
             return;

@@ -421,6 +421,15 @@ impl ControlPlane {
         found
     }
 
+    /// A media plane restarted or stayed unreachable (`lost`): every call with media there is
+    /// ended (BYE both sides, or CANCEL and 487 while ringing; CDR cause `media`) — its legs are
+    /// gone, nobody would hear anybody.
+    pub fn handle_media_plane_lost(&mut self, lost: crate::media_pool::LostPlane, now: Now, store: &mut dyn Store) {
+        let ended = self.b2bua.end_calls_with_media(&|id| lost.matches(id), "media", now);
+        tracing::warn!(plane = lost.plane, why = lost.why.as_str(), calls = ended, "calls ended: their media plane was lost");
+        self.drain(now, store);
+    }
+
     /// MESSAGEs sent on and not answered yet.
     pub fn pending_messages(&self) -> usize {
         self.messages.len()
@@ -883,6 +892,13 @@ impl ControlPlane {
             return;
         }
         let aor = format!("{to_user}@{}", to_domain.to_ascii_lowercase());
+        if self.config.store_shared {
+            // Another control plane may have changed this AoR's bindings: start from the store's.
+            match store.bindings_of(&aor) {
+                Ok(stored) => self.registrar.refresh(&aor, stored, now.unix()),
+                Err(e) => tracing::warn!(error = %e, aor, "shared registrations not readable: this node's own are used"),
+            }
+        }
         match self.registrar.handle_register(&aor, request, source, now.unix()) {
             Ok(registered) => {
                 if let Err(e) = store.apply(&registered.changes) {

@@ -47,7 +47,10 @@ impl ControlPlane {
             return Err(("from", 503));
         }
         let aor = format!("{user}@{domain}");
-        let contact = self.registrar.lookup(&aor, now.unix()).into_iter().next().ok_or(("from", 480))?;
+        let contact = crate::routing::shared_lookup(&self.config, store, &self.registrar, &aor, now.unix())
+            .into_iter()
+            .next()
+            .ok_or(("from", 480))?;
         let target = if to.contains('@') { format!("sip:{to}") } else { format!("sip:{to}@{domain}") };
         if to.is_empty() || to.contains(['<', '>', '"', '\r', '\n', ' ']) || rsip::Uri::try_from(target.as_str()).is_err() {
             return Err(("to", 400));

@@ -175,6 +175,8 @@ pub trait Store: Ledger + Send {
     fn apply(&mut self, changes: &[LocationChange]) -> Result<(), StoreError>;
     /// Every stored registration.
     fn bindings(&mut self) -> Result<Vec<StoredBinding>, StoreError>;
+    /// The stored registrations of `aor` (what several control planes sharing the store look up).
+    fn bindings_of(&mut self, aor: &str) -> Result<Vec<StoredBinding>, StoreError>;
     /// Writes a call's detail records, all or none.
     fn add_cdrs(&mut self, cdrs: &[Cdr]) -> Result<(), StoreError>;
     /// The detail records of calls that ended at or after `since_ms`, oldest first.
@@ -268,6 +270,21 @@ CREATE INDEX IF NOT EXISTS reservation_created ON reservation (account, created_
 
 const CDR_COLUMNS: &str = "call, sip_call_id, leg, caller, callee, destination, answered_by, start_ms, answer_ms, end_ms, \
                            duration_ms, billed_s, cost, currency, rate_prefix, status, cause";
+
+fn binding_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredBinding> {
+    Ok(StoredBinding {
+        aor: row.get(0)?,
+        contact: row.get(1)?,
+        expires_unix: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+        q_milli: row.get(3)?,
+        call_id: row.get(4)?,
+        cseq: row.get(5)?,
+        flow: row.get(6)?,
+        path: row.get(7)?,
+        instance: row.get(8)?,
+        reg_id: row.get(9)?,
+    })
+}
 
 fn cdr_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Cdr> {
     let u = |i: usize| -> rusqlite::Result<u64> { Ok(u64::try_from(row.get::<_, i64>(i)?).unwrap_or(0)) };
@@ -474,20 +491,15 @@ impl Store for SqliteStore {
         let mut stmt = self
             .db
             .prepare_cached("SELECT aor, contact, expires, q, call_id, cseq, flow, path, instance, reg_id FROM location ORDER BY aor")?;
-        let rows = stmt.query_map([], |row| {
-            Ok(StoredBinding {
-                aor: row.get(0)?,
-                contact: row.get(1)?,
-                expires_unix: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-                q_milli: row.get(3)?,
-                call_id: row.get(4)?,
-                cseq: row.get(5)?,
-                flow: row.get(6)?,
-                path: row.get(7)?,
-                instance: row.get(8)?,
-                reg_id: row.get(9)?,
-            })
-        })?;
+        let rows = stmt.query_map([], binding_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn bindings_of(&mut self, aor: &str) -> Result<Vec<StoredBinding>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT aor, contact, expires, q, call_id, cseq, flow, path, instance, reg_id FROM location WHERE aor = ?1")?;
+        let rows = stmt.query_map([aor], binding_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -611,6 +623,10 @@ impl Store for MemoryStore {
 
     fn bindings(&mut self) -> Result<Vec<StoredBinding>, StoreError> {
         Ok(self.bindings.values().cloned().collect())
+    }
+
+    fn bindings_of(&mut self, aor: &str) -> Result<Vec<StoredBinding>, StoreError> {
+        Ok(self.bindings.values().filter(|b| b.aor == aor).cloned().collect())
     }
 
     fn add_cdrs(&mut self, cdrs: &[Cdr]) -> Result<(), StoreError> {

@@ -136,6 +136,21 @@ fn subscriber_row(row: &Row) -> Subscriber {
     }
 }
 
+fn binding_row(r: &postgres::Row) -> StoredBinding {
+    StoredBinding {
+        aor: r.get(0),
+        contact: r.get(1),
+        expires_unix: u(r.get(2)),
+        q_milli: u16::try_from(r.get::<_, i32>(3)).unwrap_or(1000),
+        call_id: r.get(4),
+        cseq: u32::try_from(r.get::<_, i64>(5)).unwrap_or(0),
+        flow: r.get(6),
+        path: r.get(7),
+        instance: r.get(8),
+        reg_id: u32::try_from(r.get::<_, i64>(9)).unwrap_or(0),
+    }
+}
+
 fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -349,21 +364,17 @@ impl Store for PgStore {
             let rows = c
                 .query("SELECT aor, contact, expires, q, call_id, cseq, flow, path, instance, reg_id FROM location ORDER BY aor", &[])
                 .map_err(pg)?;
-            Ok(rows
-                .iter()
-                .map(|r| StoredBinding {
-                    aor: r.get(0),
-                    contact: r.get(1),
-                    expires_unix: u(r.get(2)),
-                    q_milli: u16::try_from(r.get::<_, i32>(3)).unwrap_or(1000),
-                    call_id: r.get(4),
-                    cseq: u32::try_from(r.get::<_, i64>(5)).unwrap_or(0),
-                    flow: r.get(6),
-                    path: r.get(7),
-                    instance: r.get(8),
-                    reg_id: u32::try_from(r.get::<_, i64>(9)).unwrap_or(0),
-                })
-                .collect())
+            Ok(rows.iter().map(binding_row).collect())
+        })
+    }
+
+    fn bindings_of(&mut self, aor: &str) -> Result<Vec<StoredBinding>, StoreError> {
+        let aor = aor.to_owned();
+        self.run(move |c| {
+            let rows = c
+                .query("SELECT aor, contact, expires, q, call_id, cseq, flow, path, instance, reg_id FROM location WHERE aor = $1", &[&aor])
+                .map_err(pg)?;
+            Ok(rows.iter().map(binding_row).collect())
         })
     }
 

@@ -2,6 +2,7 @@
 //! are killed when dropped, temporary directories.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod pg;
 pub mod stack;
 
 use std::path::{Path, PathBuf};
