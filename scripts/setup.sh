@@ -3,7 +3,8 @@
 # clang and libelf for the XDP program, ip/ethtool/ping for its netns tests,
 # sipp for the SIP tests, baresip for the phone tests (SETUP_PHONES=1), Kamailio as an edge proxy
 # (SETUP_SIP_PEERS=1), Chromium for the web page test (SETUP_BROWSER=1), FreeRADIUS for accounting (SETUP_RADIUS=1), PostgreSQL (SETUP_POSTGRES=1), Python gRPC packages for the external-client test, Rust (rustup) if cargo is missing,
-# and rustfmt and clippy for the test command's gates (SETUP_RUST_LINT=1).
+# rustfmt and clippy for the test command's gates (SETUP_RUST_LINT=1), and cargo-deb, adduser and
+# systemd-analyze for the Debian packages (SETUP_PACKAGING=1, scripts/package.sh and test-packages.sh).
 set -euo pipefail
 
 need_apt=()
@@ -63,6 +64,14 @@ fi
 if [ "${SETUP_BROWSER:-0}" = 1 ]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
 fi
+# The Debian packages (scripts/package.sh, scripts/test-packages.sh): cargo-deb computes Depends
+# with dpkg-shlibdeps (dpkg-dev), the packages' postinst creates users with adduser, and the
+# test checks the units with systemd-analyze (package systemd; no running systemd needed).
+if [ "${SETUP_PACKAGING:-0}" = 1 ]; then
+  command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
+  [ -x /usr/sbin/adduser ] || need_apt+=(adduser)
+  command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -96,4 +105,12 @@ if [ "${SETUP_PYTHON_GRPC:-0}" = 1 ]; then
     python3 -m pip install -q grpcio grpcio-tools grpcio-reflection 2>/dev/null \
       || python3 -m pip install -q --break-system-packages grpcio grpcio-tools grpcio-reflection
   fi
+fi
+
+if [ "${SETUP_PACKAGING:-0}" = 1 ] && ! cargo deb --version >/dev/null 2>&1; then
+  # cargo-deb 3.8.0 (Rust 1.85 or later; about 100 s of CPU to install). Pinned: scripts/package.sh
+  # --no-build packages the dev-profile test binaries, which cargo-deb says a later version may
+  # refuse.
+  echo "setup: cargo install cargo-deb"
+  cargo install --locked --quiet cargo-deb --version 3.8.0
 fi

@@ -5,7 +5,7 @@
 # front of the registrar, the Python gRPC client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 SETUP_SIP_PEERS=1 SETUP_PROMPTS=1 SETUP_RUST_LINT=1 SETUP_BROWSER=1 SETUP_RADIUS=1 SETUP_POSTGRES=1 source scripts/setup.sh
+SETUP_PACKAGING=1 SETUP_PYTHON_GRPC=1 SETUP_PHONES=1 SETUP_SIP_PEERS=1 SETUP_PROMPTS=1 SETUP_RUST_LINT=1 SETUP_BROWSER=1 SETUP_RADIUS=1 SETUP_POSTGRES=1 source scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 # Gate: the code is formatted (rustfmt.toml) before anything is built.
 cargo fmt --all --check
@@ -28,6 +28,10 @@ export REQUIRE_POSTGRES=1
 # As root (CI), the XDP/AF_XDP relay and NAT tests (network namespaces) must run, not skip.
 if [ "$(id -u)" -eq 0 ]; then export REQUIRE_ROOT=1; fi
 cargo test --workspace --locked "$@"
+# The Debian packages of both planes, from the binaries the tests built: contents, conffiles,
+# dpkg -i, users, systemd-analyze verify and security, a start as the service users with the
+# units' capabilities, dpkg --purge (root only; required as root).
+bash scripts/test-packages.sh
 # G.729 (bcg729, GPL) is a cargo feature, off by default: its codec and transcoding tests run
 # in a second, small build of the two crates that have it.
 cargo test --locked -p media-codecs -p media-engine --features media-engine/g729 --lib "$@"

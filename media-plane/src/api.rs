@@ -51,6 +51,8 @@ struct Inner {
     recorder_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// This instance (GetStats' `boot_id`): drawn at start, so a client notices a restart.
     boot_id: u64,
+    /// The gRPC API's latency by method (filled by the server's timing layer).
+    rpc_latency: crate::metrics::RpcLatency,
 }
 
 /// Decoded prompts by (source, PCM rate).
@@ -98,6 +100,7 @@ impl MediaService {
             recorder,
             recorder_thread: std::sync::Mutex::new(Some(thread)),
             boot_id: new_boot_id(),
+            rpc_latency: crate::metrics::rpc_latency(),
         });
         let _ = service.set(Arc::downgrade(&inner));
         for c in &inner.cores {
@@ -181,6 +184,11 @@ impl MediaService {
         if let Some(thread) = thread {
             self.inner.recorder.shutdown(thread, limit);
         }
+    }
+
+    /// The gRPC API's latency histograms (the server's timing layer records into them).
+    pub fn rpc_latency(&self) -> crate::metrics::RpcLatency {
+        self.inner.rpc_latency.clone()
     }
 
     fn new_id(&self, core: usize) -> u64 {

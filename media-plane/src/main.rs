@@ -192,6 +192,7 @@ fn run(config: media_plane::config::Config) -> Result<(), Box<dyn std::error::Er
             }
         };
         let server = tonic::transport::Server::builder()
+            .layer(media_plane::metrics::timing_layer(svc.rpc_latency()))
             .add_service(MediaPlaneServer::new(svc))
             .add_service(reflection)
             // TCP_NODELAY: a unary reply is several small HTTP/2 writes; with Nagle the later ones

@@ -4,14 +4,17 @@
 //! Each scrape asks every core for its counters (the same command GetStats uses, without the
 //! per-leg lists) and encodes them, labelled by core: packets in, forwarded, handed off and
 //! consumed; drops by reason; legs, bridges, transcoders, conferences and their members, free
-//! ports; the AF_XDP driver's own counters; the ng listener's requests, errors and calls. `docs/grafana/media-plane.json` is a dashboard of them.
+//! ports; the AF_XDP driver's own counters; the ng listener's requests, errors and calls; the gRPC
+//! API's latency by method (a histogram, timed by a tower layer around the server). `docs/grafana/media-plane.json` is a dashboard of them.
 
 use std::net::SocketAddr;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -163,10 +166,88 @@ impl Collector for NgSnapshot {
     }
 }
 
+/// The gRPC methods timed by name (any other path is timed as "other": a client cannot grow the
+/// label set).
+const METHODS: [&str; 19] = [
+    "CreateLeg",
+    "UpdateLeg",
+    "DeleteLeg",
+    "CreateBridge",
+    "DeleteBridge",
+    "Offer",
+    "Answer",
+    "InjectDtmf",
+    "Play",
+    "StopPlay",
+    "CreateConference",
+    "DeleteConference",
+    "AddParticipant",
+    "UpdateParticipant",
+    "RemoveParticipant",
+    "StartRecording",
+    "StopRecording",
+    "GetStats",
+    "Events",
+];
+
+/// Label of the gRPC latency histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RpcLabels {
+    /// The gRPC method (`CreateLeg`, …), or `other`.
+    pub method: &'static str,
+}
+
+/// Time each gRPC request took to be answered, by method (for `Events`, until its stream opened).
+pub type RpcLatency = Family<RpcLabels, Histogram>;
+
+/// A new latency histogram family: 50 µs … ~1.6 s.
+pub fn rpc_latency() -> RpcLatency {
+    Family::new_with_constructor(|| Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16)))
+}
+
+/// The tower layer that times the gRPC server's requests into `latency`.
+pub fn timing_layer(latency: RpcLatency) -> impl tower::Layer<tonic::service::Routes, Service = Timed<tonic::service::Routes>> + Clone {
+    tower::layer::layer_fn(move |inner| Timed { inner, latency: latency.clone() })
+}
+
+/// A gRPC service whose requests are timed (see [`timing_layer`]).
+#[derive(Debug, Clone)]
+pub struct Timed<S> {
+    inner: S,
+    latency: RpcLatency,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Timed<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let name = request.uri().path().rsplit('/').next().unwrap_or_default();
+        let method = METHODS.iter().find(|m| **m == name).copied().unwrap_or("other");
+        let (latency, started) = (self.latency.clone(), std::time::Instant::now());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let result = response.await;
+            latency.get_or_create(&RpcLabels { method }).observe(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
 /// The metrics text of `service` (and of the ng listener, if there is one) now.
 pub async fn render(service: &MediaService, ng: Option<&NgService>) -> Result<String, String> {
     let reports = service.core_reports().await.map_err(|s| s.message().to_owned())?;
     let mut registry = Registry::default();
+    registry.register("grpc_request_duration_seconds", "Time the gRPC API took to answer each request, by method", service.rpc_latency());
     registry.register_collector(Box::new(Snapshot(reports)));
     if let Some(ng) = ng {
         registry.register_collector(Box::new(NgSnapshot::of(ng)));

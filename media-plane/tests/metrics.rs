@@ -80,6 +80,9 @@ async fn metrics_count_legs_bridges_packets_and_drops_by_reason() {
     assert!(total(&body, "media_ng_total", "counter=\"requests\"") >= 1, "{body}");
     assert!(body.lines().any(|l| l == "media_ng_calls 0"), "{body}");
     assert!(body.contains("# TYPE media_drops counter") && body.ends_with("# EOF\n"), "OpenMetrics text: {body}");
+    // The gRPC API's latency, by method: two CreateLegs and a CreateBridge were timed.
+    assert_eq!(total(&body, "grpc_request_duration_seconds_count", "method=\"CreateLeg\""), 2, "{body}");
+    assert_eq!(total(&body, "grpc_request_duration_seconds_count", "method=\"CreateBridge\""), 1, "{body}");
     // Every series the shipped Grafana dashboard queries exists.
     let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/media-plane.json")).expect("dashboard");
     let mut names: Vec<&str> =
