@@ -108,6 +108,34 @@ pub struct Remote {
     pub addr: Option<SocketAddr>,
     /// Locked: only `addr` may send. Unlocked: the next packet's source becomes `addr` (latching).
     pub locked: bool,
+    /// Endpoint learning (as rtpengine's "heuristic" mode). The address the endpoint signalled
+    /// (SDP) for a latching remote: a source that is not exactly it is latched tentatively, and
+    /// for [`LEARNING`] after that first packet a source that matches it better (the same port,
+    /// or the exact address) takes over. So a stray packet from the endpoint the leg faced before
+    /// (a transferred phone's RTP still in flight when its successor's answer moved the leg)
+    /// cannot keep the leg from its new endpoint, even one whose SDP names another interface
+    /// than the one its packets leave from; a source behind NAT stays latched.
+    pub signalled: Option<SocketAddr>,
+    /// How well the latched source matches `signalled` (see [`match_rank`]), and until when a
+    /// better one may take over.
+    rank: u8,
+    learning_until: Option<Instant>,
+}
+
+/// How long after a tentative latch a source that matches the signalled address better takes
+/// over.
+pub const LEARNING: Duration = Duration::from_secs(3);
+
+/// 3: `src` is `signalled`; 2: the same port (another address of the endpoint's host); 1: any
+/// other source.
+fn match_rank(src: SocketAddr, signalled: SocketAddr) -> u8 {
+    if src == signalled {
+        3
+    } else if src.port() == signalled.port() {
+        2
+    } else {
+        1
+    }
 }
 
 pub(super) enum Accept {
@@ -118,21 +146,38 @@ pub(super) enum Accept {
 
 impl Remote {
     pub fn locked(addr: SocketAddr) -> Self {
-        Self { addr: Some(addr), locked: true }
+        Self { addr: Some(addr), locked: true, ..Self::default() }
     }
-    /// Send to `addr` (if any) until the first packet arrives, then latch onto its source.
+    /// Send to `addr` (if any) until the first packet arrives, then latch onto its source (a
+    /// source matching `addr` better takes over for a while: see [`Remote::signalled`]).
     pub fn latching(addr: Option<SocketAddr>) -> Self {
-        Self { addr, locked: false }
+        Self { addr, signalled: addr, ..Self::default() }
     }
+    /// Latch again onto the next packet's source (no address preferred).
     pub(super) fn unlock(&mut self) {
         self.locked = false;
+        self.signalled = None;
+        self.learning_until = None;
     }
-    pub(super) fn accept(&mut self, src: SocketAddr) -> Accept {
+    pub(super) fn accept(&mut self, src: SocketAddr, now: Instant) -> Accept {
+        if self.locked && self.addr == Some(src) {
+            return Accept::Known;
+        }
+        let rank = self.signalled.map_or(1, |s| match_rank(src, s));
         if self.locked {
-            return if self.addr == Some(src) { Accept::Known } else { Accept::WrongSource };
+            let learning = self.learning_until.is_some_and(|until| now < until);
+            if !(learning && rank > self.rank) {
+                return Accept::WrongSource;
+            }
+        } else {
+            self.learning_until = (self.signalled.is_some() && rank < 3).then(|| now + LEARNING);
         }
         self.addr = Some(src);
         self.locked = true;
+        self.rank = rank;
+        if rank == 3 {
+            self.learning_until = None;
+        }
         Accept::Latched
     }
 }

@@ -1447,7 +1447,7 @@ impl Engine {
         }
         // Strict source: RTCP arriving on the RTP port (mux) is checked against the RTP remote.
         let remote = if port_kind == PortKind::Rtcp { &mut leg.rtcp_remote } else { &mut leg.rtp_remote };
-        match remote.accept(src) {
+        match remote.accept(src, now) {
             leg::Accept::Known => {}
             leg::Accept::Latched => {
                 self.events.push_back(Event::Latched { leg: leg.id, remote: src, rtcp: port_kind == PortKind::Rtcp });

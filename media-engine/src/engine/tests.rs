@@ -128,9 +128,40 @@ fn update_with_remote_and_relatch_sends_to_the_new_remote_then_latches_on_the_re
     h.advance(Duration::from_millis(5));
     assert_eq!(seqs(&h.take_inbox(nat_b)), vec![2], "latched onto B's real source");
     assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.drops.wrong_source, 0);
-    // Latched: another source is now refused.
-    h.send(sdp_b, B_PORT, &rtp(8));
+    // Latched: another source is now refused (after the learning time, even from the SDP's
+    // address: the NAT's is the endpoint's).
+    h.advance(leg::LEARNING);
+    h.send(addr("198.51.100.66:7000"), B_PORT, &rtp(8));
+    h.send(sdp_b, B_PORT, &rtp(9));
     h.advance(Duration::from_millis(5));
+    assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.drops.wrong_source, 2);
+}
+
+#[test]
+fn a_stray_packet_from_the_previous_endpoint_cannot_keep_the_leg_from_the_signalled_one() {
+    // B's leg is moved to C (a transfer: C's answer gives its address, 192.0.2.3:5002, but its
+    // packets leave from another address of its host); B's RTP still in flight arrives first.
+    let (a, b, c) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"), addr("10.0.0.3:5002"));
+    let c_sdp = addr("192.0.2.3:5002");
+    let mut h = Harness::new(cfg(), Link::default(), 1);
+    call(&mut h, b, false);
+    h.send(b, B_PORT, &rtp(1));
+    h.advance(Duration::from_millis(5));
+    h.engine.update_leg(2, Some(c_sdp), None, None, true).unwrap();
+    h.send(b, B_PORT, &rtp(2));
+    h.send(a, A_PORT, &rtp(3));
+    h.advance(Duration::from_millis(5));
+    h.take_inbox(a);
+    assert_eq!(seqs(&h.take_inbox(b)), vec![3], "latched (tentatively) onto B's stray packet");
+    // C's first packet takes the leg over for good.
+    h.send(c, B_PORT, &rtp(10));
+    h.send(a, A_PORT, &rtp(4));
+    h.advance(Duration::from_millis(5));
+    assert_eq!(seqs(&h.take_inbox(c)), vec![4], "C, from the signalled port, gets A's audio");
+    assert_eq!(seqs(&h.take_inbox(a)), vec![10], "and A gets C's");
+    h.send(b, B_PORT, &rtp(5));
+    h.advance(Duration::from_millis(5));
+    assert!(h.take_inbox(a).is_empty(), "B's later packets are refused");
     assert_eq!(h.engine.leg_stats(2, h.now()).unwrap().counters.drops.wrong_source, 1);
 }
 
