@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::stack::{sipp_available, wait_bounded};
-use common::{media_plane_bin, metric, pg, repo_root, scrape, start_control_plane, temp_dir, tool_available, Proc, ProcGroup, BIN};
-use proto::v1;
+use common::{media_plane_bin, metric, pg, repo_root, scrape, start_control_plane, temp_dir, tool_available, Proc, ProcGroup};
 
 const PG_PORT: u16 = 26_710;
 const NODES: [(&str, &str); 2] = [("127.0.0.1:21420", "127.0.0.1:21423"), ("127.0.0.1:21430", "127.0.0.1:21433")];
@@ -61,14 +60,7 @@ fn behind_kamailios_dispatcher_a_call_reaches_a_phone_registered_at_a_control_pl
         )
         .expect("config");
         if i == 0 {
-            for user in ["alice", "bob"] {
-                let out = Command::new(BIN)
-                    .args(["--config", config.to_str().expect("utf8"), "subscriber", "add", "--user", user, "--domain", "sip.test"])
-                    .args(["--password", "secret"])
-                    .output()
-                    .expect("subscriber add");
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            }
+            common::add_subscribers(&config, &["alice", "bob"]);
         }
         nodes.push(Some(start_control_plane(&node_dir, &config)));
     }
@@ -157,12 +149,7 @@ fn behind_kamailios_dispatcher_a_call_reaches_a_phone_registered_at_a_control_pl
     assert_eq!(metric(&m, "sip_calls_answered_total"), Some(1), "{m}");
     assert_eq!(metric(&m, "sip_registrations_total"), Some(0), "bob never registered at the surviving node: {m}");
     // The call's audio went through the media plane both ways, and nothing is left there.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let (legs, forwarded) = rt.block_on(async {
-        let mut client = v1::media_plane_client::MediaPlaneClient::connect(format!("http://{GRPC}")).await.expect("connect");
-        let stats = client.get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: true }).await.expect("GetStats").into_inner();
-        stats.cores.iter().fold((0, 0), |(l, p), c| (l + c.legs, p + c.packets_forwarded))
-    });
+    let (legs, forwarded) = common::media_totals(GRPC);
     assert!(forwarded >= 100, "only {forwarded} packets relayed for a 2 s call");
     assert_eq!(legs, 0, "legs left after the call");
     drop(nodes);

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::stack::{register_callee, sipp, sipp_available, spawn_sipp, wait_bounded, Stack};
-use common::{media_plane_bin, metric, repo_root, scrape, start_control_plane, temp_dir, Proc, BIN};
+use common::{media_plane_bin, metric, repo_root, scrape, start_control_plane, temp_dir, Proc};
 use proto::v1;
 
 /// Ports of this file's stack (slot 40 of the tests' port plan).
@@ -75,14 +75,7 @@ fn calls_spread_over_two_media_planes_and_a_lost_or_restarted_plane_has_its_call
         ),
     )
     .expect("write config");
-    for user in ["alice", "bob"] {
-        let out = Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8"), "subscriber", "add", "--user", user, "--domain", "sip.test"])
-            .args(["--password", "secret"])
-            .output()
-            .expect("subscriber add");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    common::add_subscribers(&config, &["alice", "bob"]);
     let mut mp = [Some(start_plane(&dir, 0)), Some(start_plane(&dir, 1))];
     let sip: SocketAddr = SIP.parse().expect("addr");
     let stack = Stack {

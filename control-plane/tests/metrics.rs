@@ -57,8 +57,10 @@ fn metrics_count_sip_requests_by_method_and_responses_by_class() {
     assert!(body.ends_with("# EOF\n"));
     // Every series the shipped Grafana dashboard queries exists.
     let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/control-plane.json")).expect("dashboard");
-    let mut names: Vec<&str> =
-        dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("sip_") || w.starts_with("media_plane_")).collect();
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("sip_") || w.starts_with("media_plane_"))
+        .collect();
     names.sort_unstable();
     names.dedup();
     assert!(names.len() >= 6, "{names:?}");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use proto::v1;
 
 mod common;
-use common::{media_plane_bin, self_signed, start_control_plane, temp_dir, terminate, Proc, BIN};
+use common::{media_plane_bin, self_signed, start_control_plane, temp_dir, terminate, Proc};
 
 const SIP: &str = "127.0.0.1:5060";
 const GRPC: &str = "http://127.0.0.1:9090";
@@ -228,16 +228,8 @@ fn add_phones(config: &Path) {
     add_users(config, &["alice", "bob"]);
 }
 
-/// Adds `users` (password `secret`, domain sip.test) to the store of `config`.
 fn add_users(config: &Path, users: &[&str]) {
-    for &user in users {
-        let out = Command::new(BIN)
-            .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
-            .args(["--domain", "sip.test", "--password", "secret"])
-            .output()
-            .expect("subscriber add");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    common::add_subscribers(config, users);
 }
 
 fn read(path: &Path) -> String {

@@ -152,3 +152,27 @@ pub fn start_control_plane(dir: &Path, config: &Path) -> Proc {
         name: "control-plane",
     }
 }
+
+/// Adds `users` (password `secret`, domain sip.test) to the store of `config` with the CLI.
+pub fn add_subscribers(config: &Path, users: &[&str]) {
+    for &user in users {
+        let out = Command::new(BIN)
+            .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
+            .args(["--domain", "sip.test", "--password", "secret"])
+            .output()
+            .expect("subscriber add");
+        assert!(out.status.success(), "subscriber add {user}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The media plane at `grpc`'s totals: (legs, packets forwarded), summed over cores.
+pub fn media_totals(grpc: &str) -> (u32, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut client =
+            proto::v1::media_plane_client::MediaPlaneClient::connect(format!("http://{grpc}")).await.expect("connect to media plane");
+        let request = proto::v1::GetStatsRequest { leg_ids: vec![], totals_only: true };
+        let stats = client.get_stats(request).await.expect("GetStats").into_inner();
+        stats.cores.iter().fold((0, 0), |(l, p), c| (l + c.legs, p + c.packets_forwarded))
+    })
+}

@@ -46,14 +46,7 @@ impl Stack {
             ),
         )
         .expect("write config");
-        for user in ["alice", "bob", "carol"] {
-            let out = Command::new(BIN)
-                .args(["--config", config.to_str().expect("utf8 path"), "subscriber", "add", "--user", user])
-                .args(["--domain", "sip.test", "--password", "secret"])
-                .output()
-                .expect("run subscriber add");
-            assert!(out.status.success(), "subscriber add: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        super::add_subscribers(&config, &["alice", "bob", "carol"]);
         let mp = media.then(|| {
             let first = 22_000 + slot * 100;
             let child = Command::new(media_plane_bin())
@@ -101,13 +94,7 @@ impl Stack {
 
     /// The media plane's totals: (legs, packets forwarded), summed over cores.
     pub fn media_totals(&self) -> (u32, u64) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async {
-            let mut client =
-                v1::media_plane_client::MediaPlaneClient::connect(format!("http://{}", self.grpc)).await.expect("connect to media plane");
-            let stats = client.get_stats(v1::GetStatsRequest { leg_ids: vec![], totals_only: true }).await.expect("GetStats").into_inner();
-            stats.cores.iter().fold((0, 0), |(l, p), c| (l + c.legs, p + c.packets_forwarded))
-        })
+        super::media_totals(&self.grpc.to_string())
     }
 }
 
