@@ -54,6 +54,8 @@ enum Input {
     MediaEventsLost,
     /// A media plane restarted or stayed unreachable: its calls are to be ended.
     MediaPlaneLost(LostPlane),
+    /// A play to a leg ended.
+    PlayFinished(u64),
 }
 
 /// Why the server could not start.
@@ -295,6 +297,7 @@ pub async fn run(
                     Input::RadiusAuth(id, answer) => core.handle_radius_auth(id, answer, now, store.as_mut()),
                     Input::MediaEventsLost => core.handle_media_events_lost(now, store.as_mut()),
                     Input::MediaPlaneLost(lost) => core.handle_media_plane_lost(lost, now, store.as_mut()),
+                    Input::PlayFinished(leg) => core.handle_play_finished(leg, now, store.as_mut()),
                 }
             }
         }
@@ -332,7 +335,8 @@ async fn media_health(media: MediaPool, tx: mpsc::Sender<Input>) {
     }
 }
 
-/// Follows media plane `plane`'s events (DTMF for the callback IVR), reconnecting after a second
+/// Follows media plane `plane`'s events (DTMF for the callback IVR, the end of announcements),
+/// reconnecting after a second
 /// when the stream ends or cannot start.
 async fn media_events(media: MediaPool, plane: usize, tx: mpsc::Sender<Input>) {
     let mut followed = false;
@@ -347,12 +351,14 @@ async fn media_events(media: MediaPool, plane: usize, tx: mpsc::Sender<Input>) {
                 loop {
                     match stream.message().await {
                         Ok(Some(event)) => {
-                            if let Some(proto::v1::event::Kind::Dtmf(d)) = event.kind {
-                                let digit = d.digit.chars().next().unwrap_or(' ');
-                                let leg = crate::media_pool::tagged(event.leg_id, tag);
-                                if tx.send(Input::Dtmf(leg, digit)).await.is_err() {
-                                    return;
-                                }
+                            let leg = crate::media_pool::tagged(event.leg_id, tag);
+                            let input = match event.kind {
+                                Some(proto::v1::event::Kind::Dtmf(d)) => Input::Dtmf(leg, d.digit.chars().next().unwrap_or(' ')),
+                                Some(proto::v1::event::Kind::PlayFinished(_)) => Input::PlayFinished(leg),
+                                _ => continue,
+                            };
+                            if tx.send(input).await.is_err() {
+                                return;
                             }
                         }
                         Ok(None) => break,

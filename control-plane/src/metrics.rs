@@ -80,7 +80,7 @@ impl Collector for Snapshot {
         for (reason, count) in crate::billing::DENIALS.iter().zip(s.billing.denied) {
             ConstCounter::new(count).encode(denied.encode_family(&[("reason", *reason)])?)?;
         }
-        let counters: [(&str, &str, u64); 46] = [
+        let counters: [(&str, &str, u64); 47] = [
             ("sip_malformed", "Messages that did not parse", s.malformed),
             ("sip_server_transactions", "Server transactions created", self.server_transactions),
             ("sip_client_transactions", "Client transactions started", self.client_transactions),
@@ -112,6 +112,7 @@ impl Collector for Snapshot {
             ("billing_recovered", "Holds settled after a restart or their expiry", s.billing.recovered),
             ("billing_store_errors", "Ledger operations the store failed", s.billing.store_errors),
             ("sip_calls_cut_off", "Calls ended because their credit ran out", s.calls.calls_cut_off),
+            ("sip_calls_announced", "Callers screening refused that heard the callee's announcement instead", s.calls.calls_announced),
             ("sip_transfers", "REFERs accepted (blind and attended transfers)", s.calls.transfers),
             ("sip_transfers_completed", "Transfers that joined the transferee to the target", s.calls.transfers_completed),
             ("sip_pickups", "Ringing calls picked up by another phone", s.calls.pickups),

@@ -1079,6 +1079,46 @@ fn incoming_screening_refuses_listed_callers_and_lets_others_through() {
     w.take_one(CALLER, "SIP/2.0 603");
 }
 
+#[test]
+fn a_screened_caller_hears_the_announcement_then_is_hung_up_at_its_end_or_the_limit() {
+    use crate::b2bua::UpdateKind;
+    let mut w = World::new();
+    w.settings("bob", &[("screen.reject", "+4930*"), ("screen.announcement", "not-available.wav")]);
+    // Answered by the media plane (its local answer), the announcement played to the caller.
+    w.receive(CALLER, &invite("ann1", &offer(4000, "sendrecv")));
+    w.allocate();
+    w.take_one(CALLER, "SIP/2.0 200");
+    assert!(w.take(CALLEE, "INVITE").is_empty(), "bob is not rung");
+    let Some(MediaRequest::Prompt { legs, file }) = w.media.last().cloned() else { panic!("{:?}", w.media) };
+    assert_eq!((legs.as_slice(), file.as_str()), ([11].as_slice(), "not-available.wav"));
+    // Its end (the media plane's event on another leg is not it).
+    w.core.handle_play_finished(99, w.now, &mut w.store);
+    w.pump();
+    assert_eq!(w.core.active_calls(), 1);
+    let _ = updates(&mut w);
+    w.core.handle_play_finished(11, w.now, &mut w.store);
+    w.pump();
+    let bye = w.take_one(CALLER, "BYE");
+    w.receive(CALLER, &answer_at(CALLER, &bye, 200, None));
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+    assert!(updates(&mut w).iter().any(|u| matches!(u, UpdateKind::Ended { status: 200, cause: "screened", duration_ms: 0 })));
+    // No end-of-play event: hung up at the limit.
+    w.receive(CALLER, &invite("ann2", &offer(4000, "sendrecv")).replace("tag=a1", "tag=a2"));
+    w.allocate();
+    let ok = w.take_one(CALLER, "SIP/2.0 200");
+    let ack = in_dialog("ACK", "ann2", 1, &to_tag(&ok), None).replace("ann2ACK1", "ack2").replace("tag=a1", "tag=a2");
+    w.receive(CALLER, &ack);
+    w.advance(crate::b2bua::ANNOUNCEMENT_LIMIT - Duration::from_secs(1));
+    let early = w.take(CALLER, "BYE");
+    assert!(early.is_empty(), "{early:?}");
+    w.advance(Duration::from_secs(2));
+    let byes = w.take(CALLER, "BYE");
+    assert!(!byes.is_empty() && byes.iter().all(|b| b.contains("Call-ID: ann2")), "{byes:?}");
+    // A caller without an offer (the media plane answers offers) gets the refusal itself.
+    w.receive(CALLER, &invite("ann3", "").replace("Content-Type: application/sdp\r\n", "").replace("tag=a1", "tag=a3"));
+    w.take_one(CALLER, "SIP/2.0 603");
+}
+
 /// Subscriber `user` (password `pw`) at `phone` sends `request(cseq, credentials)` (a `method`
 /// to `uri`): challenged with 407, then sent again with its credentials (CSeq 2). Returns the
 /// request it sent last.

@@ -17,6 +17,7 @@
 //! | `screen.reject` | caller patterns | incoming calls from these are refused (§2.13) |
 //! | `screen.allow` | caller patterns | when set, only these may call |
 //! | `screen.status` | `403` \| `603` | what refused callers get (default 603) |
+//! | `screen.announcement` | `name.wav` | refused callers hear this instead (a WAV in the media plane's prompt_dir, played once after the media plane answers; then the call is hung up) |
 //! | `block` | number prefixes | outgoing calls to these are refused with 403 (§2.14) |
 //! | `pstn_fallback` | `true` \| `false` | unanswered, busy or unregistered: out to `e164` through the trunks |
 //! | `pstn_fallback.after_s` | 1‥600 | ring time of the app before the fallback (default 20) |
@@ -115,6 +116,10 @@ pub struct Screening {
     /// Status refused callers get: 403 or 603 (default 603 Decline).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// What refused callers hear instead of a status: a WAV in the media plane's prompt_dir,
+    /// played once after the media plane answers, then the call is hung up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<String>,
 }
 
 impl Screening {
@@ -180,6 +185,7 @@ pub const KEYS: &[&str] = &[
     "screen.reject",
     "screen.allow",
     "screen.status",
+    "screen.announcement",
     "block",
     "pstn_fallback",
     "pstn_fallback.after_s",
@@ -225,6 +231,13 @@ impl Settings {
                     "403" => Some(403),
                     "603" => Some(603),
                     other => return Err(refuse(key, format!("{other:?} is not 403 or 603"))),
+                }
+            }
+            "screen.announcement" => {
+                self.screen.announcement = match value {
+                    "" => None,
+                    file if is_wav_name(file) => Some(file.to_owned()),
+                    file => return Err(refuse(key, format!("{file:?} is not a .wav file name (no directories)"))),
                 }
             }
             "block" => self.block = list(key, value, prefix)?,
@@ -302,6 +315,9 @@ impl Settings {
         }
         if self.music_on_hold.as_deref().is_some_and(|f| !is_wav_name(f)) {
             return Err(refuse("music_on_hold", "not a .wav file name (no directories)"));
+        }
+        if self.screen.announcement.as_deref().is_some_and(|f| !is_wav_name(f)) {
+            return Err(refuse("screen.announcement", "not a .wav file name (no directories)"));
         }
         if let Some(id) = &self.account {
             crate::billing::prepaid::check_id(id).map_err(|e| refuse("account", e.why))?;
@@ -425,6 +441,7 @@ mod tests {
         s.set("screen.reject", "+1900*,anonymous").expect("reject");
         s.set("block", "00,+882").expect("block");
         s.set("music_on_hold", "jazz-loop.wav").expect("music");
+        s.set("screen.announcement", "not-available.wav").expect("announcement");
         s.set("pickup_group", "sales-2").expect("group");
         assert_eq!(s.pickup_group.as_deref(), Some("sales-2"));
         assert_eq!(s.find_me, vec!["carol", "+4930999"]);
@@ -442,6 +459,8 @@ mod tests {
         assert_eq!(s.set("forward.busy", "sip:nobody").unwrap_err().key, "forward.busy");
         assert_eq!(s.set("e164", "4930").unwrap_err().key, "e164");
         assert_eq!(s.set("screen.status", "486").unwrap_err().key, "screen.status");
+        assert_eq!(s.set("screen.announcement", "../x.wav").unwrap_err().key, "screen.announcement");
+
         assert_eq!(s.set("screen.reject", "a*b").unwrap_err().key, "screen.reject");
         assert_eq!(s.set("pstn_fallback", "true").unwrap_err().key, "pstn_fallback", "needs e164");
         assert_eq!(s.set("colour", "blue").unwrap_err().key, "colour");

@@ -201,6 +201,26 @@ fn screening_refuses_a_listed_caller_and_a_blocked_destination() {
 }
 
 #[test]
+fn a_screened_caller_hears_the_callees_announcement_and_is_hung_up_when_it_ends() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(12, true);
+    settings(&stack, "bob", &["screen.reject=alice", "screen.announcement=goodbye.wav"]);
+    // alice's phone talks until the control plane hangs up (uac-call-until-bye.xml).
+    let started = std::time::Instant::now();
+    let (ok, log) = call(&stack, "uac-call-until-bye.xml", "bob", 24_120, &[]);
+    let took = started.elapsed();
+    assert!(ok, "alice's call: {log}; control plane: {}", stack.log());
+    assert!(at(&log, "SIP/2.0 200") < at(&log, "BYE sip:alice@"), "answered, then hung up by us: {log}");
+    // The BYE came when the announcement ended (goodbye.wav lasts 2.7 s), not before it and
+    // not at the 60 s limit.
+    assert!(took > Duration::from_millis(2600) && took < Duration::from_secs(20), "hung up after {took:?}");
+    let counters = finish(&mut stack, Vec::new());
+    assert!(counters.contains("\"calls_answered\":1,\"calls_completed\":1"), "{counters}");
+}
+
+#[test]
 fn app_else_pstn_sends_an_unregistered_subscribers_call_out_to_its_number() {
     if !sipp_available() {
         return;

@@ -12,6 +12,10 @@
 
 use super::*;
 
+/// The longest a screened caller's announcement may play before its call is hung up (a lost
+/// end-of-play event, a long file).
+pub const ANNOUNCEMENT_LIMIT: Duration = Duration::from_secs(60);
+
 impl B2bua {
     /// Calls the first party of a service call (`first`, at `first_uri`): when it answers, the
     /// media plane answers its offer and [`CallEvent::Ivr`] tells the server. `shown_uri` is who
@@ -42,6 +46,49 @@ impl B2bua {
         }
         self.ivr_answered(id, offer, active);
         Some(id)
+    }
+
+    /// A caller the callee's screening refuses (`request`, an INVITE the server checked) hears
+    /// `file` instead of a 403/603: the media plane answers it, plays the announcement once,
+    /// and the call is hung up when it ends (at the latest [`ANNOUNCEMENT_LIMIT`] after the
+    /// answer); CDR cause `screened`. The call's id, unless it was refused at once.
+    pub fn handle_invite_announcement(
+        &mut self,
+        key: TransactionKey,
+        request: Request,
+        source: Peer,
+        caller: Option<String>,
+        file: String,
+        now: Now,
+    ) -> Option<u64> {
+        self.clock = Some(now);
+        let (id, offer, active) = self.answered_here(key, request, source, caller, "announcement", now)?;
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.ivr = true;
+            call.announcement = Some(file);
+        }
+        self.ivr_answered(id, offer, active);
+        Some(id)
+    }
+
+    /// A play on `leg` ended (the media plane's event): a screened caller's announcement is
+    /// over, and its call is hung up.
+    pub fn handle_play_finished(&mut self, leg: u64, now: Now) {
+        self.clock = Some(now);
+        let found = self
+            .calls
+            .iter()
+            .find(|(_, c)| c.announcement_until.is_some() && c.media.as_ref().is_some_and(|m| m.facing(true).contains(&leg)));
+        if let Some(id) = found.map(|(&id, _)| id) {
+            self.end_call(id, "screened", now);
+        }
+    }
+
+    /// A screened caller's announcement ran out of time: hang up.
+    pub(super) fn announcement_due(&mut self, id: u64, now: Now) {
+        if self.calls.get(&id).and_then(|c| c.announcement_until).is_some_and(|until| until <= now.instant) {
+            self.end_call(id, "screened", now);
+        }
     }
 
     /// A call from `request` (an INVITE the server checked) that the media plane is to answer
@@ -144,6 +191,16 @@ impl B2bua {
                 Forward { to: Side::A, origin: call.invite_a_key.clone(), request: call.invite_a.clone(), response, answers_offer: true };
             self.deliver(id, forward, Some(answer), now);
             self.update(id, UpdateKind::Answered { party: 1 });
+            let Some(call) = self.calls.get_mut(&id) else { return };
+            if let Some(file) = call.announcement.clone() {
+                // A screened caller: the announcement, then the hang-up.
+                let until = now.instant + ANNOUNCEMENT_LIMIT;
+                call.announcement_until = Some(until);
+                self.schedule(until, id);
+                self.stats.calls_announced += 1;
+                self.media_request(id, MediaRequest::Prompt { legs, file });
+                return;
+            }
             self.events.push_back(CallEvent::Ivr { call: id, legs });
             return;
         }

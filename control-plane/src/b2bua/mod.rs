@@ -266,6 +266,8 @@ pub struct CallStats {
     pub transfers_completed: u64,
     /// Calls ended because their credit ran out.
     pub calls_cut_off: u64,
+    /// Callers screening refused that heard the callee's announcement instead of a 403/603.
+    pub calls_announced: u64,
     /// Ringing calls picked up by another phone (RFC 5359 §2.16).
     pub pickups: u64,
     /// Calls parked, taken back from their orbit, and hung up after the park timeout (§2.15).
@@ -452,6 +454,10 @@ struct Call {
     /// Originated for a service (callback): the first party talks to the media plane alone
     /// until [`B2bua::handle_connect`] brings a second party.
     ivr: bool,
+    /// A caller screening refused, answered by the media plane to hear this announcement (a
+    /// WAV in its prompt_dir), then hung up: when it ends, or at the deadline.
+    announcement: Option<String>,
+    announcement_until: Option<Instant>,
     /// Originated: when the first party answered.
     first_answered: Option<Now>,
     /// A party that called in to take this call (pickup, a parked call taken back), while the
@@ -576,6 +582,8 @@ impl Call {
             reinvite_pending: false,
             limit: limit::Limit::default(),
             ivr: false,
+            announcement: None,
+            announcement_until: None,
             first_answered: None,
             joining: None,
             parked: None,
@@ -608,6 +616,7 @@ impl Call {
             || self.limit.holds(at)
             || self.parked.as_ref().is_some_and(|p| p.until == Some(at))
             || self.resuming.as_ref().is_some_and(|r| r.holds(at))
+            || self.announcement_until == Some(at)
     }
 
     fn dialog(&self, side: Side) -> &Dialog {
@@ -706,6 +715,7 @@ pub struct B2bua {
 mod conference;
 mod forks;
 mod ivr;
+pub use ivr::ANNOUNCEMENT_LIMIT;
 mod join;
 mod limit;
 mod negotiation;
@@ -1200,6 +1210,7 @@ impl B2bua {
         for &id in &due {
             self.limit_due(id, now);
             self.resume_due(id, now);
+            self.announcement_due(id, now);
         }
         for id in due {
             let Some(call) = self.calls.get_mut(&id) else { continue };

@@ -144,7 +144,7 @@ impl B2bua {
 
     /// Ends call `id` whatever its state, with cause `cause`: BYE both sides of an answered
     /// call, a ringing one cancelled (its caller gets 487). Whether it exists.
-    fn end_call(&mut self, id: u64, cause: &'static str, now: Now) -> bool {
+    pub(super) fn end_call(&mut self, id: u64, cause: &'static str, now: Now) -> bool {
         self.clock = Some(now);
         let Some(call) = self.calls.get_mut(&id) else { return false };
         call.cause = cause;

@@ -430,6 +430,12 @@ impl ControlPlane {
         self.drain(now, store);
     }
 
+    /// A play on `leg` ended (the media plane's event): a screened caller's announcement is over.
+    pub fn handle_play_finished(&mut self, leg: u64, now: Now, store: &mut dyn Store) {
+        self.b2bua.handle_play_finished(leg, now);
+        self.drain(now, store);
+    }
+
     /// MESSAGEs sent on and not answered yet.
     pub fn pending_messages(&self) -> usize {
         self.messages.len()
@@ -1011,11 +1017,28 @@ impl ControlPlane {
                 if refusal == crate::routing::Refusal::Store {
                     self.stats.store_errors += 1;
                 }
+                if let Some(file) = matches!(refusal, crate::routing::Refusal::Screened(_))
+                    .then(|| announcement(&request, store))
+                    .flatten()
+                    .filter(|_| !request.body.is_empty())
+                {
+                    // The called subscriber's screening refused: its announcement instead.
+                    self.b2bua.handle_invite_announcement(key, request, source, caller, file, now);
+                    return;
+                }
                 self.stats.calls_unrouted += 1;
                 self.reply(&key, &request, refusal.status(), now);
             }
         }
     }
+}
+
+/// The screening announcement of the subscriber `request` calls (its Request-URI), if it has one
+/// (a caller its screening refuses hears it instead of a 403/603).
+fn announcement(request: &Request, store: &mut dyn Store) -> Option<String> {
+    let auth = request.uri.auth.as_ref()?;
+    let domain = request.uri.host_with_port.host.to_string().to_ascii_lowercase();
+    store.settings(&auth.user, &domain).ok().flatten()?.screen.announcement
 }
 
 /// Call updates kept for the API's watchers between two drains of the driver.
