@@ -85,8 +85,10 @@ async fn metrics_count_legs_bridges_packets_and_drops_by_reason() {
     assert_eq!(total(&body, "grpc_request_duration_seconds_count", "method=\"CreateBridge\""), 1, "{body}");
     // Every series the shipped Grafana dashboard queries exists.
     let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/media-plane.json")).expect("dashboard");
-    let mut names: Vec<&str> =
-        dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("media_") || w.starts_with("grpc_")).collect();
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("media_") || w.starts_with("grpc_"))
+        .collect();
     names.sort_unstable();
     names.dedup();
     assert!(names.len() >= 8, "{names:?}");
