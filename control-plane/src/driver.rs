@@ -56,6 +56,8 @@ enum Input {
     MediaPlaneLost(LostPlane),
     /// A play to a leg ended.
     PlayFinished(u64),
+    /// The media plane deleted a leg that had no RTP for its media timeout.
+    LegTimedOut(u64),
 }
 
 /// Why the server could not start.
@@ -298,6 +300,7 @@ pub async fn run(
                     Input::MediaEventsLost => core.handle_media_events_lost(now, store.as_mut()),
                     Input::MediaPlaneLost(lost) => core.handle_media_plane_lost(lost, now, store.as_mut()),
                     Input::PlayFinished(leg) => core.handle_play_finished(leg, now, store.as_mut()),
+                    Input::LegTimedOut(leg) => core.handle_leg_timed_out(leg, now, store.as_mut()),
                 }
             }
         }
@@ -335,7 +338,8 @@ async fn media_health(media: MediaPool, tx: mpsc::Sender<Input>) {
     }
 }
 
-/// Follows media plane `plane`'s events (DTMF for the callback IVR, the end of announcements),
+/// Follows media plane `plane`'s events (DTMF for the callback IVR, the end of announcements,
+/// legs timed out),
 /// reconnecting after a second
 /// when the stream ends or cannot start.
 async fn media_events(media: MediaPool, plane: usize, tx: mpsc::Sender<Input>) {
@@ -355,6 +359,7 @@ async fn media_events(media: MediaPool, plane: usize, tx: mpsc::Sender<Input>) {
                             let input = match event.kind {
                                 Some(proto::v1::event::Kind::Dtmf(d)) => Input::Dtmf(leg, d.digit.chars().next().unwrap_or(' ')),
                                 Some(proto::v1::event::Kind::PlayFinished(_)) => Input::PlayFinished(leg),
+                                Some(proto::v1::event::Kind::TimedOut(_)) => Input::LegTimedOut(leg),
                                 _ => continue,
                             };
                             if tx.send(input).await.is_err() {

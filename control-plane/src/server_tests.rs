@@ -1730,6 +1730,28 @@ fn an_attended_transfer_to_the_caller_of_the_other_call_is_hung_up_in_that_calle
     assert_eq!((w.core.active_calls(), w.core.dialogs()), (0, 0));
 }
 
+// ---- media timeouts ----
+
+#[test]
+fn a_leg_timed_out_in_the_media_plane_ends_its_call_on_both_sides() {
+    use crate::b2bua::UpdateKind;
+    let mut w = World::new();
+    confirmed_call(&mut w);
+    w.sent.clear();
+    let _ = updates(&mut w);
+    // A leg of no call: nothing.
+    w.core.handle_leg_timed_out(77, w.now, &mut w.store);
+    w.pump();
+    assert_eq!((w.core.active_calls(), w.sent.len()), (1, 0));
+    // The callee's phone vanished: its leg (12) timed out.
+    w.core.handle_leg_timed_out(12, w.now, &mut w.store);
+    w.pump();
+    w.take_one(CALLER, "BYE");
+    w.take_one(CALLEE, "BYE");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+    assert!(updates(&mut w).iter().any(|u| matches!(u, UpdateKind::Ended { cause: "media-timeout", .. })));
+}
+
 // ---- media plane lost ----
 
 #[test]

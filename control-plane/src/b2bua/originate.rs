@@ -142,6 +142,24 @@ impl B2bua {
         ids.len()
     }
 
+    /// The media plane deleted `leg` after its media timeout (no RTP from its endpoint): the call
+    /// it belongs to has lost its media — a phone that vanished without a BYE, a network gone —
+    /// and is ended (cause `media-timeout`), rather than kept until someone hangs up. A service
+    /// call's side that nobody has joined yet is not a party: its legs' timeout ends nothing.
+    /// Whether a call was ended.
+    pub fn handle_leg_timed_out(&mut self, leg: u64, now: Now) -> bool {
+        let found = self
+            .calls
+            .iter()
+            .find(|(_, c)| c.media.as_ref().is_some_and(|m| m.streams.iter().flatten().any(|s| s.leg_a == leg || s.leg_b == leg)));
+        let Some(id) = found.map(|(&id, _)| id) else { return false };
+        if self.ivr_alone(id) && !self.calls.get(&id).is_some_and(|c| c.media.as_ref().is_some_and(|m| m.facing(true).contains(&leg))) {
+            return false;
+        }
+        tracing::info!(call = id, leg, "a leg of the call timed out in the media plane: ending the call");
+        self.end_call(id, "media-timeout", now)
+    }
+
     /// Ends call `id` whatever its state, with cause `cause`: BYE both sides of an answered
     /// call, a ringing one cancelled (its caller gets 487). Whether it exists.
     pub(super) fn end_call(&mut self, id: u64, cause: &'static str, now: Now) -> bool {

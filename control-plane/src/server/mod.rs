@@ -430,6 +430,13 @@ impl ControlPlane {
         self.drain(now, store);
     }
 
+    /// The media plane deleted `leg` for want of RTP: its call is ended (see
+    /// [`crate::b2bua::B2bua::handle_leg_timed_out`]).
+    pub fn handle_leg_timed_out(&mut self, leg: u64, now: Now, store: &mut dyn Store) {
+        self.b2bua.handle_leg_timed_out(leg, now);
+        self.drain(now, store);
+    }
+
     /// A play on `leg` ended (the media plane's event): a screened caller's announcement is over.
     pub fn handle_play_finished(&mut self, leg: u64, now: Now, store: &mut dyn Store) {
         self.b2bua.handle_play_finished(leg, now);
