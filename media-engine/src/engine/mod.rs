@@ -53,6 +53,10 @@ use leg::{Leg, Peer, PortKind};
 pub use transcode::{LegCodec, TranscodeCounters, TranscodeError};
 use transcode::{Rejected, Transcoder};
 
+/// How long a leg whose endpoint is not to send (on hold: recvonly or inactive) may receive
+/// nothing before it is deleted; legs that are to send keep their media timeout.
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(3600);
+
 use crate::sdp::PendingOffer;
 use crate::srtp::{SrtpContext, SrtpFailure, SrtpSetupError};
 use crate::wire::{self, RtcpPacket, RtpPacket};
@@ -550,8 +554,11 @@ impl Engine {
             Some(t) if now >= t => {}
             _ => return,
         }
+        // An endpoint on hold that is not to send (recvonly, inactive) may stay silent: it gets
+        // HOLD_TIMEOUT (as rtpengine's silent timeout for held streams), not the media timeout.
+        let idle_limit = |l: &Leg| if l.direction.endpoint_sends() { l.media_timeout } else { l.media_timeout.max(HOLD_TIMEOUT) };
         let expired: Vec<LegId> =
-            self.slots.iter().flatten().filter(|l| now.saturating_duration_since(l.last_rx) >= l.media_timeout).map(|l| l.id).collect();
+            self.slots.iter().flatten().filter(|l| now.saturating_duration_since(l.last_rx) >= idle_limit(l)).map(|l| l.id).collect();
         for id in expired {
             if let Ok(stats) = self.delete_leg(id, now) {
                 self.events.push_back(Event::TimedOut { leg: id, stats: Box::new(stats) });
