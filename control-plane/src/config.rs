@@ -47,7 +47,7 @@
 //!                                 # that answers its health check (legs, read every second), and all of
 //!                                 # a call's legs stay on its plane. A plane that restarted has its calls
 //!                                 # ended (BYE both sides, CDR cause "media"); so has one unreachable
-//! lost_after_s = 10               # this long (0: never; default 10)
+//! lost_after_s = 10               # this long (0: never; default 10 with several planes, 0 with one)
 //! media_timeout_ms = 60000        # legs without RTP this long are deleted by the media plane (default 60000)
 //! rpc_timeout_ms = 2000           # a media-plane call slower than this fails the call with 503 (default 2000)
 //! # Codecs of the offers the media plane passes on (names "opus", "PCMA", "L16/16000"; "all"):
@@ -689,7 +689,10 @@ impl Config {
         if let Some(dup) = media_grpc.iter().enumerate().find_map(|(i, u)| media_grpc[..i].contains(u).then_some(u)) {
             return Err(invalid("media.grpc", format!("{dup:?} is listed twice")));
         }
-        let media_lost_after = match raw.media.lost_after_s.unwrap_or(10) {
+        // One media plane has nowhere to move calls to, and its RTP may well still flow while
+        // its gRPC API does not answer: by default only its restart ends them.
+        let default_lost_after = if media_grpc.len() > 1 { 10 } else { 0 };
+        let media_lost_after = match raw.media.lost_after_s.unwrap_or(default_lost_after) {
             0 => None,
             s if s > 86_400 => return Err(invalid("media.lost_after_s", "must be at most 86400 (0: never)")),
             s => Some(Duration::from_secs(s)),
@@ -950,7 +953,9 @@ mod tests {
         assert!(c.auth.domains.is_empty());
         assert_eq!(c.registrar, RegistrarConfig::default());
         assert_eq!(c.media_grpc, ["http://127.0.0.1:9090"]);
-        assert_eq!(c.media_lost_after, Some(Duration::from_secs(10)));
+        assert_eq!(c.media_lost_after, None, "one plane: only a restart ends its calls");
+        let two = Config::parse("[sip]\ndomains = [\"a\"]\n[media]\ngrpc = [\"http://a:1\", \"http://b:1\"]\n").unwrap();
+        assert_eq!(two.media_lost_after, Some(Duration::from_secs(10)));
     }
 
     #[test]

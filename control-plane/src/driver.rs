@@ -346,7 +346,7 @@ async fn media_events(media: MediaPool, plane: usize, tx: mpsc::Sender<Input>) {
     let mut followed = false;
     loop {
         match media.events(plane).await {
-            Ok((mut stream, tag)) => {
+            Ok(mut stream) => {
                 tracing::debug!("following the media plane's events");
                 // Followed again: the media plane may have restarted, and its leg ids with it.
                 if std::mem::replace(&mut followed, true) && tx.send(Input::MediaEventsLost).await.is_err() {
@@ -355,7 +355,7 @@ async fn media_events(media: MediaPool, plane: usize, tx: mpsc::Sender<Input>) {
                 loop {
                     match stream.message().await {
                         Ok(Some(event)) => {
-                            let leg = crate::media_pool::tagged(event.leg_id, tag);
+                            let leg = media.tagged(plane, event.leg_id);
                             let input = match event.kind {
                                 Some(proto::v1::event::Kind::Dtmf(d)) => Input::Dtmf(leg, d.digit.chars().next().unwrap_or(' ')),
                                 Some(proto::v1::event::Kind::PlayFinished(_)) => Input::PlayFinished(leg),

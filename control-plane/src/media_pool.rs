@@ -11,8 +11,10 @@
 //! no-op (a new leg with the same number may be another call's), anything else with it fails.
 //!
 //! A call's legs all live on one media plane: a request that would bridge or offer across two
-//! (an attended transfer, pickup, park or conference joining calls placed on different planes)
-//! fails `Unavailable` with both planes named; the call logic answers it as any media failure.
+//! (a conference room joining calls placed on different planes) fails `Unavailable` with both
+//! planes named; the call logic answers it as any media failure. (Blind transfers, pickups and
+//! parks make their new legs on the call's plane; the B2BUA refuses an attended transfer across
+//! planes itself, with [`plane_of`], before anything changes.)
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -304,14 +306,14 @@ impl MediaPool {
                     if !h.up {
                         tracing::info!(media_plane = plane.client.uri(), legs, "media plane up");
                     }
-                    let reported = h.lost_reported;
                     h.up = true;
                     h.legs = legs;
                     h.down_since = None;
                     h.lost_reported = false;
                     h.boot_id = boot_id;
-                    // Calls already ended for this outage are not ended again.
-                    (restarted && !reported).then_some(Lost::Restarted)
+                    // A new instance: whatever was made on the old one is gone, including calls
+                    // placed on it after an outage had ended the earlier ones.
+                    restarted.then_some(Lost::Restarted)
                 }
                 Err(e) => {
                     if h.up || h.down_since.is_none() {
@@ -334,17 +336,25 @@ impl MediaPool {
         lost
     }
 
-    /// Plane `plane`'s events (DTMF from endpoints) until the stream ends, leg ids as the pool's.
-    pub async fn events(&self, plane: usize) -> Result<(tonic::Streaming<v1::Event>, u64), tonic::Status> {
+    /// Plane `plane`'s events (DTMF from endpoints, plays ended, legs timed out) until the stream
+    /// ends; [`MediaPool::tagged`] makes their leg ids the pool's.
+    pub async fn events(&self, plane: usize) -> Result<tonic::Streaming<v1::Event>, tonic::Status> {
         let p = self.planes.get(plane).ok_or_else(|| tonic::Status::not_found("no such media plane"))?;
+        p.client.events().await
+    }
+
+    /// The pool id of plane `plane`'s leg `local` (an event's), with the plane's epoch now: a
+    /// stream that outlived an epoch bump (the plane was lost while its stream stayed open)
+    /// names the legs of the calls made since.
+    pub fn tagged(&self, plane: usize, local: u64) -> u64 {
+        let Some(p) = self.planes.get(plane) else { return 0 };
         let epoch = lock(&p.health).epoch;
-        let tag = ((plane as u64) << PLANE_SHIFT) | (u64::from(epoch) << EPOCH_SHIFT);
-        Ok((p.client.events().await?, tag))
+        tagged(local, ((plane as u64) << PLANE_SHIFT) | (u64::from(epoch) << EPOCH_SHIFT))
     }
 }
 
-/// A pool id from the local id of an event and the tag [`MediaPool::events`] gave.
-pub fn tagged(local: u64, tag: u64) -> u64 {
+/// A pool id from a media plane's `local` id and a plane-and-epoch `tag`.
+fn tagged(local: u64, tag: u64) -> u64 {
     if local == 0 || local & POOL_BITS != 0 {
         0
     } else {

@@ -1752,6 +1752,20 @@ fn a_leg_timed_out_in_the_media_plane_ends_its_call_on_both_sides() {
     assert!(updates(&mut w).iter().any(|u| matches!(u, UpdateKind::Ended { cause: "media-timeout", .. })));
 }
 
+#[test]
+fn a_ringing_calls_leg_timing_out_does_not_end_it() {
+    let mut w = World::new();
+    w.receive(CALLER, &invite("ring1", &offer(4000, "sendrecv")));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&invite_b, 180, None));
+    w.sent.clear();
+    // A long ring: nobody sent RTP yet, the media plane timed the legs out.
+    w.core.handle_leg_timed_out(11, w.now, &mut w.store);
+    w.pump();
+    assert_eq!((w.core.active_calls(), w.sent.len()), (1, 0), "{:?}", w.sent);
+}
+
 // ---- media plane lost ----
 
 #[test]

@@ -200,9 +200,23 @@ pub struct RpcLabels {
 /// Time each gRPC request took to be answered, by method (for `Events`, until its stream opened).
 pub type RpcLatency = Family<RpcLabels, Histogram>;
 
-/// A new latency histogram family: 50 µs … ~1.6 s.
+/// A new latency histogram family: 50 µs … ~6.6 s (past the control plane's 2 s deadline).
 pub fn rpc_latency() -> RpcLatency {
-    Family::new_with_constructor(|| Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16)))
+    Family::new_with_constructor(|| Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 18)))
+}
+
+/// Records a request's time when dropped: when it is answered, and also when the client gave up
+/// and the request was dropped unanswered (the slowest ones).
+struct Timing {
+    latency: RpcLatency,
+    method: &'static str,
+    started: std::time::Instant,
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        self.latency.get_or_create(&RpcLabels { method: self.method }).observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// The tower layer that times the gRPC server's requests into `latency`.
@@ -233,11 +247,11 @@ where
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
         let name = request.uri().path().rsplit('/').next().unwrap_or_default();
         let method = METHODS.iter().find(|m| **m == name).copied().unwrap_or("other");
-        let (latency, started) = (self.latency.clone(), std::time::Instant::now());
+        let timing = Timing { latency: self.latency.clone(), method, started: std::time::Instant::now() };
         let response = self.inner.call(request);
         Box::pin(async move {
             let result = response.await;
-            latency.get_or_create(&RpcLabels { method }).observe(started.elapsed().as_secs_f64());
+            drop(timing);
             result
         })
     }

@@ -153,6 +153,11 @@ impl B2bua {
             .iter()
             .find(|(_, c)| c.media.as_ref().is_some_and(|m| m.streams.iter().flatten().any(|s| s.leg_a == leg || s.leg_b == leg)));
         let Some(id) = found.map(|(&id, _)| id) else { return false };
+        // Legs count idle time from their creation: a call still ringing has had no RTP to send
+        // (a long ring, a find-me list, a fallback after minutes) and is not ended for it.
+        if !self.calls.get(&id).is_some_and(|c| matches!(c.state, State::Answered | State::Confirmed)) {
+            return false;
+        }
         if self.ivr_alone(id) && !self.calls.get(&id).is_some_and(|c| c.media.as_ref().is_some_and(|m| m.facing(true).contains(&leg))) {
             return false;
         }

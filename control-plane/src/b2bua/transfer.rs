@@ -539,6 +539,12 @@ impl B2bua {
         let transferee_legs = here.facing(side.other() == Side::A);
         let target_legs = there.facing(target_side == Side::A);
         let legs: Vec<(u64, u64)> = target_legs.into_iter().zip(transferee_legs).collect();
+        if legs.iter().any(|&(a, b)| crate::media_pool::plane_of(a) != crate::media_pool::plane_of(b)) {
+            // The two calls' media are on two media planes, which cannot bridge them: refused
+            // before anything changes (both calls go on as they were).
+            self.reply(&key, &request, 488, now);
+            return;
+        }
         let notify = wants_notify(&request);
         let accepted = accepted(&request, call.dialog(side).local_tag(), notify);
         self.respond(&key, accepted);

@@ -382,6 +382,10 @@ impl ControlPlane {
             self.limits.sweep(now.instant);
             self.accounting_interims(now);
             let changes = self.registrar.sweep(now.unix());
+            // With a shared store, another control plane may have refreshed a binding this one
+            // saw expire (the row is the same): expired rows are left to lookups, which skip
+            // them, and to the AoR's next REGISTER.
+            let changes = if self.config.store_shared { Vec::new() } else { changes };
             if let Err(e) = store.apply(&changes) {
                 self.stats.store_errors += 1;
                 tracing::warn!(error = %e, "cannot persist expired registrations");

@@ -53,8 +53,8 @@ use leg::{Leg, Peer, PortKind};
 pub use transcode::{LegCodec, TranscodeCounters, TranscodeError};
 use transcode::{Rejected, Transcoder};
 
-/// How long a leg whose endpoint is not to send (on hold: recvonly or inactive) may receive
-/// nothing before it is deleted; legs that are to send keep their media timeout.
+/// How long a leg on hold (direction sendonly, recvonly or inactive) may receive nothing before
+/// it is deleted; sendrecv legs keep their media timeout.
 pub const HOLD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 use crate::sdp::PendingOffer;
@@ -554,9 +554,10 @@ impl Engine {
             Some(t) if now >= t => {}
             _ => return,
         }
-        // An endpoint on hold that is not to send (recvonly, inactive) may stay silent: it gets
-        // HOLD_TIMEOUT (as rtpengine's silent timeout for held streams), not the media timeout.
-        let idle_limit = |l: &Leg| if l.direction.endpoint_sends() { l.media_timeout } else { l.media_timeout.max(HOLD_TIMEOUT) };
+        // A leg on hold (any direction but sendrecv: the held party, and a holder that sends
+        // nothing while the network plays its music) may stay silent: it gets HOLD_TIMEOUT (as
+        // rtpengine's silent timeout for held streams), not the media timeout.
+        let idle_limit = |l: &Leg| if l.direction == Direction::SendRecv { l.media_timeout } else { l.media_timeout.max(HOLD_TIMEOUT) };
         let expired: Vec<LegId> =
             self.slots.iter().flatten().filter(|l| now.saturating_duration_since(l.last_rx) >= idle_limit(l)).map(|l| l.id).collect();
         for id in expired {

@@ -464,18 +464,19 @@ fn timeout_fires_within_one_sweep_of_its_deadline() {
 }
 
 #[test]
-fn a_leg_on_hold_that_is_not_to_send_gets_the_hold_timeout_not_the_media_timeout() {
+fn a_leg_on_hold_gets_the_hold_timeout_not_the_media_timeout() {
     let mut h = Harness::new(cfg(), Link::default(), 1);
     let timeout = Duration::from_secs(5);
-    for (id, port, direction) in [(1, A_PORT, Direction::RecvOnly), (2, B_PORT, Direction::SendOnly)] {
+    for (id, port, direction) in [(1, A_PORT, Direction::RecvOnly), (2, B_PORT, Direction::SendOnly), (3, A_PORT + 10, Direction::SendRecv)]
+    {
         let spec = LegSpec { media_timeout: Some(timeout), direction, ..Default::default() };
         h.engine.create_leg(id, port, spec, h.now()).unwrap();
     }
     h.advance(timeout + SWEEP_INTERVAL);
-    assert!(h.engine.has_leg(1), "held and silent (recvonly): kept");
-    assert!(!h.engine.has_leg(2), "sendonly and silent: its endpoint should send, timed out");
+    assert!(h.engine.has_leg(1) && h.engine.has_leg(2), "held (recvonly) and holding (sendonly), silent: kept");
+    assert!(!h.engine.has_leg(3), "sendrecv and silent: timed out");
     h.advance(HOLD_TIMEOUT);
-    assert!(!h.engine.has_leg(1), "silent past the hold timeout too");
+    assert!(!h.engine.has_leg(1) && !h.engine.has_leg(2), "silent past the hold timeout too");
 }
 
 #[test]
