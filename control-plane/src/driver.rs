@@ -50,8 +50,8 @@ enum Input {
     Dtmf(u64, char),
     /// RADIUS answered a call's authorisation.
     RadiusAuth(u64, crate::billing::radius::AuthAnswer),
-    /// The media plane's event stream was lost and followed again.
-    MediaEventsLost,
+    /// Media plane N's event stream was lost and followed again.
+    MediaEventsLost(usize),
     /// A media plane restarted or stayed unreachable: its calls are to be ended.
     MediaPlaneLost(LostPlane),
     /// A play to a leg ended.
@@ -297,7 +297,7 @@ pub async fn run(
                     }
                     Input::Dtmf(leg, digit) => core.handle_dtmf(leg, digit, now, store.as_mut()),
                     Input::RadiusAuth(id, answer) => core.handle_radius_auth(id, answer, now, store.as_mut()),
-                    Input::MediaEventsLost => core.handle_media_events_lost(now, store.as_mut()),
+                    Input::MediaEventsLost(plane) => core.handle_media_events_lost(plane, now, store.as_mut()),
                     Input::MediaPlaneLost(lost) => core.handle_media_plane_lost(lost, now, store.as_mut()),
                     Input::PlayFinished(leg) => core.handle_play_finished(leg, now, store.as_mut()),
                     Input::LegTimedOut(leg) => core.handle_leg_timed_out(leg, now, store.as_mut()),
@@ -349,7 +349,7 @@ async fn media_events(media: MediaPool, plane: usize, tx: mpsc::Sender<Input>) {
             Ok(mut stream) => {
                 tracing::debug!("following the media plane's events");
                 // Followed again: the media plane may have restarted, and its leg ids with it.
-                if std::mem::replace(&mut followed, true) && tx.send(Input::MediaEventsLost).await.is_err() {
+                if std::mem::replace(&mut followed, true) && tx.send(Input::MediaEventsLost(plane)).await.is_err() {
                     return;
                 }
                 loop {

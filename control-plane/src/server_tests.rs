@@ -1948,3 +1948,89 @@ fn the_configured_codec_policy_reaches_the_media_plane() {
         "{invite_b}"
     );
 }
+
+// ---- re-INVITEs without SDP (RFC 3261 §14.1): the other side's 2xx makes the offer ----
+
+/// The caller's offerless re-INVITE relayed and the callee's 2xx with its offer: returns the
+/// re-INVITE the callee got and the 200 the caller got.
+fn offerless_reinvite(w: &mut World, tag: &str) -> (String, String) {
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 2, tag, None));
+    let reinvite = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    assert!(!reinvite.contains("application/sdp") && reinvite.contains("Content-Length: 0"), "no offer on: {reinvite}");
+    w.receive(CALLEE, &answer(&reinvite, 200, Some(&offer(5004, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    assert!(w.take(CALLEE, "ACK").is_empty(), "the callee's 2xx waits for the caller's answer");
+    let ok = w.take_one(CALLER, "SIP/2.0 200");
+    (reinvite, ok)
+}
+
+#[test]
+fn a_reinvite_without_sdp_gets_the_other_sides_offer_in_the_200_and_its_answer_in_the_ack() {
+    let mut w = World::new();
+    let (_, tag, _) = confirmed_call(&mut w);
+    let (_, ok) = offerless_reinvite(&mut w, &tag);
+    assert!(
+        w.media.iter().any(|m| matches!(m, MediaRequest::Offer { sdp, .. } if sdp.contains("m=audio 5004 "))),
+        "the callee's offer went to the media plane: {:?}",
+        w.media
+    );
+    assert!(ok.contains("c=IN IP4 198.51.100.9") && ok.contains("m=audio 30000 "), "the caller gets the anchored offer: {ok}");
+    assert!(!ok.contains("192.0.2.2"), "the callee's address stays hidden: {ok}");
+    // The 200 is retransmitted until the ACK, which brings the answer.
+    w.advance(Duration::from_millis(600));
+    assert_eq!(w.take(CALLER, "SIP/2.0 200").len(), 1, "retransmitted at T1");
+    w.receive(CALLER, &in_dialog("ACK", "call1", 2, &tag, Some(&offer(4002, "sendrecv"))));
+    assert!(
+        w.media.iter().any(|m| matches!(m, MediaRequest::Answer { sdp, .. } if sdp.contains("m=audio 4002 "))),
+        "the caller's answer went to the media plane: {:?}",
+        w.media
+    );
+    let ack = w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
+    assert!(ack.contains("CSeq: 2 ACK") || ack.contains(" ACK\r\n"), "{ack}");
+    assert!(ack.contains("m=audio 30002 ") && ack.contains("c=IN IP4 198.51.100.9"), "the callee's ACK carries the anchored answer: {ack}");
+    w.advance(Duration::from_secs(5));
+    assert!(w.take(CALLER, "SIP/2.0 200").is_empty(), "the ACK stopped the 200's retransmissions");
+    // Nothing is left pending: the next re-INVITE (with an offer) is relayed, not refused with 491.
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 3, &tag, Some(&offer(4000, "sendonly"))));
+    let hold = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    assert!(hold.contains("a=sendonly"), "{hold}");
+    assert_eq!(w.core.active_calls(), 1);
+}
+
+#[test]
+fn an_ack_without_the_answer_to_an_offer_made_for_a_reinvite_ends_the_call_on_both_sides() {
+    let mut w = World::new();
+    let (_, tag, _) = confirmed_call(&mut w);
+    offerless_reinvite(&mut w, &tag);
+    w.receive(CALLER, &in_dialog("ACK", "call1", 2, &tag, None));
+    let ack = w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
+    assert!(!ack.contains("application/sdp"), "{ack}");
+    w.take_one(CALLEE, "BYE sip:bob@192.0.2.2:5062");
+    w.take_one(CALLER, "BYE sip:");
+    assert_eq!(w.releases(), 1, "the legs are released once");
+    assert_eq!(w.core.active_calls(), 0);
+}
+
+#[test]
+fn a_refused_reinvite_without_sdp_is_relayed_and_leaves_the_session_as_it_was() {
+    let mut w = World::new();
+    let (_, tag, _) = confirmed_call(&mut w);
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 2, &tag, None));
+    let reinvite = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    w.receive(CALLEE, &answer(&reinvite, 488, None));
+    w.take_one(CALLER, "SIP/2.0 488");
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 3, &tag, Some(&offer(4000, "sendonly"))));
+    w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    assert_eq!((w.core.active_calls(), w.releases()), (1, 0));
+}
+
+#[test]
+fn a_2xx_without_an_offer_to_a_reinvite_without_sdp_is_acked_and_the_asking_side_gets_500() {
+    let mut w = World::new();
+    let (_, tag, _) = confirmed_call(&mut w);
+    w.receive(CALLER, &in_dialog("INVITE", "call1", 2, &tag, None));
+    let reinvite = w.take_one(CALLEE, "INVITE sip:bob@192.0.2.2:5062");
+    w.receive(CALLEE, &answer(&reinvite, 200, None));
+    w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
+    w.take_one(CALLER, "SIP/2.0 500");
+    assert_eq!((w.core.active_calls(), w.releases()), (1, 0), "the call goes on as it was");
+}

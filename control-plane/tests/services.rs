@@ -258,6 +258,31 @@ fn a_delayed_offer_call_gets_the_offer_in_the_200_and_answers_in_the_ack() {
     assert!(at(&log, "SIP/2.0 200") < answer_ack && log[answer_ack..].contains("m=audio"), "{log}");
 }
 
+#[test]
+fn a_reinvite_without_sdp_gets_the_callees_offer_anchored_in_the_200_and_the_answer_in_the_ack() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(13, true);
+    register_callee(&stack, "csv/bob.csv", 24_200);
+    let (bob, bob_log) = callee(&stack, "uas-answer-reoffer.xml", 24_200, "bob", &[]);
+    let (ok, log) = call(&stack, "uac-call-reoffer.xml", "bob", 24_206, &[]);
+    assert!(ok, "caller failed; log: {}", stack.log());
+    finish(&mut stack, vec![bob]);
+    let bob_log = std::fs::read_to_string(bob_log).unwrap_or_default();
+    // sipp's message log: one message per chunk between its dashed separator lines.
+    let messages = |log: &str| -> Vec<String> { log.split("----------").map(|m| m.trim().to_owned()).collect() };
+    let bob_messages = messages(&bob_log);
+    let reinvite = bob_messages.iter().find(|m| m.contains("CSeq: 2 INVITE") && m.contains("INVITE sip:")).expect("the re-INVITE");
+    assert!(!reinvite.contains("application/sdp"), "the callee gets no offer: {reinvite}");
+    let ack = bob_messages.iter().find(|m| m.contains("CSeq: 2 ACK")).expect("the re-INVITE's ACK");
+    assert!(ack.contains("m=audio") && ack.contains("c=IN IP4 127.0.0.1"), "the callee's ACK carries the anchored answer: {ack}");
+    let caller_messages = messages(&log);
+    let ok = caller_messages.iter().find(|m| m.contains("SIP/2.0 200") && m.contains("CSeq: 3 INVITE")).expect("the 200 to the re-INVITE");
+    assert!(ok.contains("m=audio") && ok.contains("a=rtpmap:0 PCMU/8000"), "the caller's 200 carries the media plane's offer: {ok}");
+    assert!(!ok.contains(&format!("m=audio {} ", 24_200 + 1000)), "with the media plane's port, not the callee's: {ok}");
+}
+
 // ---- the control.v1 API, driven by a Python client written from the .proto ----
 
 fn python_has_grpc() -> Result<(), String> {

@@ -26,7 +26,7 @@
 //! `cnonce` are refused: they have no replay protection); `qop=auth-int` and `userhash=true` are
 //! refused (never offered); the digest `uri` must equal the Request-URI exactly.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -47,6 +47,8 @@ const NONCE_TS: usize = 8;
 const NONCE_RANDOM: usize = 16;
 const NONCE_MAC: usize = 32;
 const NONCE_LEN: usize = NONCE_TS + NONCE_RANDOM + NONCE_MAC;
+/// A nonce's random part: what the replay table keys on (the nonce is authenticated first).
+type NonceKey = [u8; NONCE_RANDOM];
 
 /// The hash function under an algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -536,10 +538,14 @@ pub struct Verified {
 pub struct Authenticator {
     config: DigestConfig,
     secret: [u8; 64],
-    /// nonce → (timestamp, highest nc accepted).
-    seen: HashMap<String, (u64, u32)>,
-    /// (timestamp, nonce), oldest first, for eviction.
-    by_age: BTreeSet<(u64, String)>,
+    /// Nonce (its random part) → (timestamp, highest nc accepted). Sized for `replay_capacity`
+    /// at start, so the memory it needs is taken once, not over the first minutes of traffic.
+    seen: HashMap<NonceKey, (u64, u32)>,
+    /// (timestamp, nonce) in the order nonces were first used, for expiry and eviction. Nonces
+    /// are used soon after they are issued, so this is close to timestamp order; eviction keeps
+    /// the highest timestamp it dropped (`evicted_floor`), so an early entry left behind a later
+    /// one only lives a little longer, never weakens the check.
+    by_age: VecDeque<(u64, NonceKey)>,
     /// Highest timestamp of any nonce evicted while still fresh: such nonces and older are stale.
     evicted_floor: Option<u64>,
 }
@@ -563,7 +569,20 @@ impl Authenticator {
         // HMAC zero-pads keys to the block size, so this is HMAC with the 32-byte secret.
         let mut key = [0u8; 64];
         key[..32].copy_from_slice(&secret);
-        Ok(Authenticator { config, secret: key, seen: HashMap::new(), by_age: BTreeSet::new(), evicted_floor: None })
+        let capacity = config.replay_capacity;
+        // Both tables are sized once, so the replay table never reallocates, neither as it fills
+        // nor once it is full and churns (an entry out, one in, per nonce): the map gets twice
+        // the room it needs, because a hash table whose removals left tombstones grows (doubles)
+        // when it is more than half full, and rehashes in place when it is not. The age queue
+        // fills front to back, so its pages are touched now (a fresh allocation is not resident
+        // until written); the map's slots are hashed, so the first few thousand nonces touch all
+        // of its pages anyway. A control plane's memory is then flat from its first minute
+        // instead of creeping up over the nonce lifetime. About 11 MB at the default.
+        let seen = HashMap::with_capacity(capacity.saturating_mul(2));
+        let mut by_age = VecDeque::with_capacity(capacity);
+        by_age.resize(capacity, (0, [0; NONCE_RANDOM]));
+        by_age.clear();
+        Ok(Authenticator { config, secret: key, seen, by_age, evicted_floor: None })
     }
 
     // ---- getters ----
@@ -664,7 +683,7 @@ impl Authenticator {
         if !uri_matches(&credentials.uri) {
             return Err(DigestError::UriMismatch);
         }
-        let issued = self.check_nonce(&credentials.nonce, now)?;
+        let (issued, nonce_key) = self.check_nonce(&credentials.nonce, now)?;
 
         let hash = algorithm.hash();
         let stored = lookup(&credentials.username, &credentials.realm, hash).ok_or(DigestError::UnknownUser)?;
@@ -680,7 +699,7 @@ impl Authenticator {
         if now_secs.saturating_sub(issued) > self.config.nonce_ttl.as_secs() {
             return Err(DigestError::StaleNonce);
         }
-        self.record_nc(&credentials.nonce, issued, nc, now_secs)?;
+        self.record_nc(nonce_key, issued, nc, now_secs)?;
         Ok(Verified { username: credentials.username, algorithm })
     }
 
@@ -692,8 +711,8 @@ impl Authenticator {
         mac.finalize().into_bytes().into()
     }
 
-    /// Authenticates a nonce and returns its timestamp.
-    fn check_nonce(&self, nonce: &str, now: SystemTime) -> Result<u64, DigestError> {
+    /// Authenticates a nonce and returns its timestamp and its key in the replay table.
+    fn check_nonce(&self, nonce: &str, now: SystemTime) -> Result<(u64, NonceKey), DigestError> {
         if nonce.len() > 4 * NONCE_LEN.div_ceil(3) {
             return Err(DigestError::InvalidNonce);
         }
@@ -711,11 +730,13 @@ impl Authenticator {
         if issued > unix_secs(now).saturating_add(MAX_SKEW.as_secs()) {
             return Err(DigestError::InvalidNonce);
         }
-        Ok(issued)
+        let mut key = [0u8; NONCE_RANDOM];
+        key.copy_from_slice(data.get(NONCE_TS..).ok_or(DigestError::InvalidNonce)?);
+        Ok((issued, key))
     }
 
-    fn record_nc(&mut self, nonce: &str, issued: u64, nc: u32, now_secs: u64) -> Result<(), DigestError> {
-        if let Some((_, highest)) = self.seen.get_mut(nonce) {
+    fn record_nc(&mut self, nonce: NonceKey, issued: u64, nc: u32, now_secs: u64) -> Result<(), DigestError> {
+        if let Some((_, highest)) = self.seen.get_mut(&nonce) {
             if nc <= *highest {
                 return Err(DigestError::Replay);
             }
@@ -728,24 +749,24 @@ impl Authenticator {
         }
         // Forget nonces that have expired: they fail as stale before reaching this map.
         let ttl = self.config.nonce_ttl.as_secs();
-        while let Some((ts, _)) = self.by_age.first() {
+        while let Some((ts, _)) = self.by_age.front() {
             if now_secs.saturating_sub(*ts) <= ttl {
                 break;
             }
-            if let Some((_, old)) = self.by_age.pop_first() {
+            if let Some((_, old)) = self.by_age.pop_front() {
                 self.seen.remove(&old);
             }
         }
         while self.seen.len() >= self.config.replay_capacity {
-            let Some((ts, old)) = self.by_age.pop_first() else { break };
+            let Some((ts, old)) = self.by_age.pop_front() else { break };
             self.seen.remove(&old);
             self.evicted_floor = Some(self.evicted_floor.map_or(ts, |f| f.max(ts)));
         }
         if self.evicted_floor.is_some_and(|floor| issued <= floor) {
             return Err(DigestError::StaleNonce);
         }
-        self.seen.insert(nonce.to_owned(), (issued, nc));
-        self.by_age.insert((issued, nonce.to_owned()));
+        self.seen.insert(nonce, (issued, nc));
+        self.by_age.push_back((issued, nonce));
         Ok(())
     }
 }
@@ -852,7 +873,11 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
     }
 
     fn authenticator() -> Authenticator {
-        Authenticator::new(DigestConfig::new(REALM), [7; 32]).unwrap()
+        // A small replay table keeps the property tests fast in debug builds; the default size is
+        // checked in `replay_table_is_sized_once_at_start`.
+        let mut config = DigestConfig::new(REALM);
+        config.replay_capacity = 1_000;
+        Authenticator::new(config, [7; 32]).unwrap()
     }
 
     /// A lookup holding alice's HA1 for every hash.
@@ -1145,5 +1170,42 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
                 }
             }
         }
+    }
+
+    #[test]
+    fn replay_table_is_sized_once_at_start() {
+        let mut auth = Authenticator::new(DigestConfig::new(REALM), [7; 32]).unwrap();
+        let (seen, by_age) = (auth.seen.capacity(), auth.by_age.capacity());
+        assert!(seen >= 100_000 && by_age >= 100_000, "capacity {seen} / {by_age}");
+        for i in 0..2_000u32 {
+            let mut random = [0u8; 16];
+            random[..4].copy_from_slice(&i.to_le_bytes());
+            let nonce = parse_challenge(&auth.challenges(t(0), random, false)[0]).unwrap().nonce;
+            let (issued, key) = auth.check_nonce(&nonce, t(1)).unwrap();
+            auth.record_nc(key, issued, 1, 1).unwrap();
+        }
+        assert_eq!(auth.tracked_nonces(), 2_000);
+        assert_eq!((auth.seen.capacity(), auth.by_age.capacity()), (seen, by_age), "no reallocation");
+    }
+
+    #[test]
+    fn a_full_replay_table_that_churns_never_grows() {
+        let mut config = DigestConfig::new(REALM);
+        config.replay_capacity = 1_000;
+        let mut auth = Authenticator::new(config, [7; 32]).unwrap();
+        let capacity = auth.seen.capacity();
+        // Ten times the table's size in fresh nonces: every one past the first thousand evicts
+        // the oldest, leaving a tombstone in the map.
+        for i in 0..10_000u32 {
+            let mut random = [0u8; 16];
+            random[..4].copy_from_slice(&i.to_le_bytes());
+            // Ten nonces a second: the nonce lifetime (300 s) would hold 3,000, the table 1,000.
+            let secs = u64::from(i / 10);
+            let nonce = parse_challenge(&auth.challenges(t(secs), random, false)[0]).unwrap().nonce;
+            let (issued, key) = auth.check_nonce(&nonce, t(secs)).unwrap();
+            auth.record_nc(key, issued, 1, secs).unwrap();
+        }
+        assert_eq!(auth.tracked_nonces(), 1_000);
+        assert_eq!(auth.seen.capacity(), capacity, "rehashed in place, never doubled");
     }
 }

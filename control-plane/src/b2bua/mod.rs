@@ -34,8 +34,11 @@
 //! its [`Outcome`]; the server asks routing what follows and hands it back with
 //! [`B2bua::handle_next`]: another stage, or the caller's final status.
 //!
-//! Not yet: delayed-offer INVITEs and re-INVITEs (488), early-dialog UPDATE, trunk authentication
-//! (a 401/407 from the callee maps to 403).
+//! A caller's INVITE without SDP (delayed offer) gets the callee's offer in our 2xx and answers
+//! in its ACK; a re-INVITE without SDP is relayed so too ([`reoffer`]).
+//!
+//! Not yet: early-dialog UPDATE (it needs reliable provisional responses, RFC 3262, which the
+//! server does not support: a `Require: 100rel` INVITE gets 420).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -449,6 +452,8 @@ struct Call {
     /// answers both).
     retransmit: Vec<Retransmit>,
     reinvite_pending: bool,
+    /// A re-INVITE without SDP: the other side's 2xx makes the offer (see `reoffer`).
+    reoffer: Option<reoffer::Reoffer>,
     /// The longest it may last (prepaid credit).
     limit: limit::Limit,
     /// Originated for a service (callback): the first party talks to the media plane alone
@@ -580,6 +585,7 @@ impl Call {
             stage_deadline: None,
             retransmit: Vec::new(),
             reinvite_pending: false,
+            reoffer: None,
             limit: limit::Limit::default(),
             ivr: false,
             announcement: None,
@@ -720,6 +726,7 @@ mod join;
 mod limit;
 mod negotiation;
 mod originate;
+mod reoffer;
 mod resume;
 mod transfer;
 
@@ -1106,6 +1113,11 @@ impl B2bua {
         let Some(&(id, side)) = call_id(&request.headers).and_then(|c| self.by_call_id.get(c)) else { return };
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.retransmit.retain(|r| r.side != side);
+        if self.reoffer_ack_waits(id, side) {
+            self.reoffer_acked(id, request, now);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
         if side != Side::A || call.state != State::Answered {
             return;
         }
@@ -1173,6 +1185,7 @@ impl B2bua {
                     if let Some(call) = self.calls.get_mut(&id) {
                         call.reinvite_pending = false;
                     }
+                    self.reoffer_clear(id);
                 }
                 self.reply(&origin, &request, 408, now);
             }

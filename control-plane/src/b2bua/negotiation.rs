@@ -87,9 +87,13 @@ impl B2bua {
     pub(super) fn relay(&mut self, id: u64, side: Side, key: TransactionKey, request: Request, now: Now) {
         let has_sdp = is_sdp(&request.headers, &request.body);
         if request.method == Method::Invite && !has_sdp {
-            let response = response_for(&request, 488, Some("Offer Required"), None);
-            self.respond(&key, response);
-            return;
+            if self.calls.get(&id).is_none_or(|c| c.media.is_none() || c.negotiating || c.relay_offer.is_some()) {
+                let response = response_for(&request, 488, Some("Offer Required"), None);
+                self.respond(&key, response);
+                return;
+            }
+            // The other side's 2xx will make the offer (see `reoffer`).
+            self.reoffer_start(id, side);
         }
         if has_sdp && Sdp::parse(&request.body).is_err() {
             self.reply(&key, &request, 488, now);
@@ -160,6 +164,10 @@ impl B2bua {
                 call.dialog_mut(to).target_refreshed(&response);
             }
         }
+        if is_invite && self.reoffer_waits(id, from) {
+            self.reoffer_answered(id, origin, request, response, now);
+            return;
+        }
         if is_invite && status < 300 {
             let cseq = message::cseq(&response.headers).map(|c| c.seq).unwrap_or(1);
             if let Some((ack, peer)) = self.ack(id, to, cseq) {
@@ -188,6 +196,11 @@ impl B2bua {
             self.transfer_offered(id, result, now);
             return;
         }
+        if self.reoffer_offer_waits(id) {
+            self.reoffer_offered(id, result, now);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
         call.negotiating = false;
         let Some(RelayOffer { key, from, request, extra }) = call.relay_offer.take() else { return };
         match result {
@@ -240,6 +253,11 @@ impl B2bua {
             }
             return;
         }
+        if self.reoffer_answer_waits(id) {
+            self.reoffer_done(id, result, now);
+            return;
+        }
+        let Some(call) = self.calls.get_mut(&id) else { return };
         call.negotiating = false;
         let Some(forward) = call.forwards.pop_front() else { return };
         let status = forward.response.status_code.code();

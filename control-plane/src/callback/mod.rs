@@ -22,6 +22,8 @@ pub mod http;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::media_pool::plane_of;
+
 /// How long an ended job's status stays readable.
 pub const KEEP_DONE: Duration = Duration::from_secs(600);
 
@@ -477,11 +479,17 @@ impl Engine {
         self.actions.push_back(Action::Prompt { call, legs: j.legs.clone(), file: self.config.prompt_invalid.clone() });
     }
 
-    /// The media plane's events were lost for a while: leg ids may have been reused, so jobs
-    /// waiting for digits end (goodbye, then hang-up), and no digit reaches them any more.
-    pub fn media_events_lost(&mut self, now: Instant) {
-        self.by_leg.clear();
-        let collecting: Vec<u64> = self.jobs.iter().filter(|(_, j)| j.phase == Phase::Collecting).map(|(&id, _)| id).collect();
+    /// Media plane `plane`'s events were lost for a while (digits may have been missed, and
+    /// after a restart its leg ids reused): its jobs waiting for digits end (goodbye, then
+    /// hang-up), and no digit reaches them any more. Jobs on other planes go on.
+    pub fn media_events_lost(&mut self, plane: usize, now: Instant) {
+        self.by_leg.retain(|&leg, _| plane_of(leg) != plane);
+        let collecting: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.phase == Phase::Collecting && j.legs.first().is_some_and(|&leg| plane_of(leg) == plane))
+            .map(|(&id, _)| id)
+            .collect();
         for id in collecting {
             let Some(j) = self.jobs.get_mut(&id) else { continue };
             j.phase = Phase::Ending;
@@ -695,7 +703,7 @@ mod tests {
         e.placed(job, Ok(7), t0);
         e.on_ivr(7, vec![71], t0);
         actions(&mut e);
-        e.media_events_lost(t0);
+        e.media_events_lost(0, t0);
         assert!(matches!(&actions(&mut e)[..], [Action::Prompt { file, .. }] if file == "goodbye.wav"));
         for d in "004930222#".chars() {
             e.on_dtmf(71, d, t0);
@@ -705,6 +713,30 @@ mod tests {
         assert_eq!(actions(&mut e), [Action::Hangup { call: 7 }]);
         e.on_ended(7, true, "hangup", t0 + Duration::from_secs(6));
         assert_eq!(e.status(job).unwrap().result, "media-restarted");
+    }
+
+    #[test]
+    fn events_lost_on_one_media_plane_end_only_the_jobs_whose_legs_are_there() {
+        let mut e = engine();
+        let t0 = Instant::now();
+        let (job_a, job_b) = (e.submit(request(None), t0).unwrap(), e.submit(request(None), t0).unwrap());
+        actions(&mut e);
+        e.placed(job_a, Ok(7), t0);
+        e.placed(job_b, Ok(8), t0);
+        // Leg ids carry their plane in bits 48-55 (see media_pool).
+        let (on_0, on_1) = (71, (1u64 << 48) | 81);
+        e.on_ivr(7, vec![on_0], t0);
+        e.on_ivr(8, vec![on_1], t0);
+        actions(&mut e);
+        e.media_events_lost(1, t0);
+        assert!(matches!(&actions(&mut e)[..], [Action::Prompt { call: 8, file, .. }] if file == "goodbye.wav"));
+        assert_eq!(e.status(job_a).unwrap().phase, Phase::Collecting, "the job on the other plane goes on");
+        for d in "004930222#".chars() {
+            e.on_dtmf(on_1, d, t0);
+            e.on_dtmf(on_0, d, t0);
+        }
+        assert!(actions(&mut e).iter().any(|a| matches!(a, Action::Connect { call: 7, .. })), "plane 0's digits still reach their job");
+        assert_eq!(e.status(job_b).unwrap().phase, Phase::Ending);
     }
 
     #[test]

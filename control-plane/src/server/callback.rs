@@ -111,10 +111,11 @@ impl ControlPlane {
         self.callbacks.did(number)
     }
 
-    /// The media plane's events were lost for a while (it may have restarted, reusing leg ids):
-    /// callbacks waiting for digits stop (goodbye, hang-up) rather than take another call's.
-    pub fn handle_media_events_lost(&mut self, now: Now, store: &mut dyn Store) {
-        self.callbacks.media_events_lost(now.instant);
+    /// Media plane `plane`'s events were lost for a while (it may have restarted, reusing leg
+    /// ids): callbacks on it waiting for digits stop (goodbye, hang-up) rather than take another
+    /// call's; those on other planes go on.
+    pub fn handle_media_events_lost(&mut self, plane: usize, now: Now, store: &mut dyn Store) {
+        self.callbacks.media_events_lost(plane, now.instant);
         self.drain(now, store);
     }
 
