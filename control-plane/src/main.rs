@@ -205,6 +205,13 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "control_plane=info".into()))
         .with_writer(std::io::stderr)
         .init();
+    // No transparent huge pages for this process: mimalloc asks for them on its arena, so the
+    // resident size would move in 2 MB steps that freed memory seldom gives back, and creep up
+    // for minutes under a steady load. A SIP server gains little from huge pages; a carrier
+    // wants its memory as flat as its load (the soak checks it: docs/benchmarks.md).
+    if let Err(error) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(%error, "cannot turn transparent huge pages off");
+    }
     let cli = Cli::parse();
     let config = match load_config(cli.config.as_ref()) {
         Ok(c) => c,

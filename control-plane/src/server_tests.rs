@@ -1875,8 +1875,8 @@ fn register_requiring_path_or_outbound_is_accepted_and_other_options_get_420() {
     let requiring = |cseq, auth: Option<&str>, tags: &str| {
         register(cseq, auth).replace("Expires: 600\r\n", &format!("Expires: 600\r\nRequire: {tags}\r\n"))
     };
-    w.receive(PHONE, &requiring(1, None, "100rel"));
-    assert!(w.take_one(PHONE, "SIP/2.0 420").contains("Unsupported: 100rel"));
+    w.receive(PHONE, &requiring(1, None, "timer"));
+    assert!(w.take_one(PHONE, "SIP/2.0 420").contains("Unsupported: timer"));
     w.receive(PHONE, &requiring(2, None, "path, outbound"));
     let challenge = challenges_of(&w.take_one(PHONE, "SIP/2.0 401")).remove(0);
     w.receive(PHONE, &requiring(3, Some(&bob_answers(&challenge, Algorithm::Md5, 1)), "path, outbound"));
@@ -2033,4 +2033,164 @@ fn a_2xx_without_an_offer_to_a_reinvite_without_sdp_is_acked_and_the_asking_side
     w.take_one(CALLEE, "ACK sip:bob@192.0.2.2:5062");
     w.take_one(CALLER, "SIP/2.0 500");
     assert_eq!((w.core.active_calls(), w.releases()), (1, 0), "the call goes on as it was");
+}
+
+// ---- reliable provisional responses (RFC 3262) and UPDATE in the early dialog (RFC 3311) ----
+
+/// `message` with header lines `extra` (each ending in CRLF) before its Content-Length.
+fn with_headers(message: &str, extra: &str) -> String {
+    message.replacen("Content-Length:", &format!("{extra}Content-Length:"), 1)
+}
+
+fn rseq_in(response: &str) -> u32 {
+    let line = response.lines().find(|l| l.starts_with("RSeq:")).unwrap_or_else(|| panic!("no RSeq in {response}"));
+    line["RSeq:".len()..].trim().parse().expect("RSeq number")
+}
+
+/// A caller that supports 100rel, a callee whose 183 with SDP is reliable (RSeq 7), and the
+/// caller's PRACK of the reliable 183 we sent it: the callee's INVITE and the caller's To tag.
+fn early_answered_call(w: &mut World, call_id: &str) -> (String, String) {
+    w.receive(CALLER, &with_headers(&invite(call_id, &offer(4000, "sendrecv")), "Supported: 100rel, replaces\r\n"));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    assert!(invite_b.contains("Supported: 100rel"), "the callee may send reliable provisional responses: {invite_b}");
+    let early = offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2");
+    w.receive(CALLEE, &with_headers(&answer(&invite_b, 183, Some(&early)), "Require: 100rel\r\nRSeq: 7\r\n"));
+    let prack = w.take_one(CALLEE, "PRACK sip:bob@192.0.2.2:5062");
+    assert!(prack.contains("RAck: 7 1 INVITE") && prack.contains("CSeq: 2 PRACK"), "{prack}");
+    w.receive(CALLEE, &answer(&prack, 200, None));
+    let ringing = w.take_one(CALLER, "SIP/2.0 183");
+    assert!(ringing.contains("Require: 100rel") && ringing.contains("m=audio 30000 "), "reliable, with the early answer: {ringing}");
+    let tag = to_tag(&ringing);
+    let rseq = rseq_in(&ringing);
+    w.receive(CALLER, &with_headers(&in_dialog("PRACK", call_id, 2, &tag, None), &format!("RAck: {rseq} 1 INVITE\r\n")));
+    assert!(w.take_one(CALLER, "SIP/2.0 200").contains("CSeq: 2 PRACK"));
+    (invite_b, tag)
+}
+
+#[test]
+fn a_reliable_183_is_pracked_towards_the_callee_and_sent_to_the_caller_again_until_its_prack() {
+    let mut w = World::new();
+    w.receive(CALLER, &with_headers(&invite("rel1", &offer(4000, "sendrecv")), "Supported: 100rel\r\n"));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    let early = offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2");
+    let reliable_183 = with_headers(&answer(&invite_b, 183, Some(&early)), "Require: 100rel\r\nRSeq: 7\r\n");
+    w.receive(CALLEE, &reliable_183);
+    let prack = w.take_one(CALLEE, "PRACK");
+    assert!(prack.contains("RAck: 7 1 INVITE"), "{prack}");
+    w.receive(CALLEE, &answer(&prack, 200, None));
+    let ringing = w.take_one(CALLER, "SIP/2.0 183");
+    let rseq = rseq_in(&ringing);
+    assert!((1..1 << 31).contains(&rseq), "RSeq starts between 1 and 2^31 - 1: {rseq}");
+    // Not PRACKed: sent again at T1 and 2·T1 later (0.5 s, 1.5 s).
+    w.advance(Duration::from_millis(1600));
+    let again = w.take(CALLER, "SIP/2.0 183");
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert!(again.iter().all(|r| rseq_in(r) == rseq));
+    // The callee's 183 again (our PRACK crossed it): neither PRACKed nor passed on twice.
+    w.receive(CALLEE, &reliable_183);
+    assert!(w.take(CALLEE, "PRACK").is_empty() && w.take(CALLER, "SIP/2.0 183").is_empty());
+    // A PRACK naming another response matches nothing; the right one stops the retransmissions.
+    let tag = to_tag(&ringing);
+    w.receive(CALLER, &with_headers(&in_dialog("PRACK", "rel1", 2, &tag, None), &format!("RAck: {} 1 INVITE\r\n", rseq + 1)));
+    w.take_one(CALLER, "SIP/2.0 481");
+    w.receive(CALLER, &with_headers(&in_dialog("PRACK", "rel1", 3, &tag, None), &format!("RAck: {rseq} 1 INVITE\r\n")));
+    w.take_one(CALLER, "SIP/2.0 200");
+    w.advance(Duration::from_secs(10));
+    assert!(w.take(CALLER, "SIP/2.0 183").is_empty(), "PRACKed: no more retransmissions");
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&early)));
+    w.take_one(CALLEE, "ACK");
+    assert!(w.take_one(CALLER, "SIP/2.0 200").contains("CSeq: 1 INVITE"));
+}
+
+#[test]
+fn an_update_in_the_early_dialog_reaches_the_fork_that_answered_early_through_the_media_plane() {
+    let mut w = World::new();
+    let (invite_b, tag) = early_answered_call(&mut w, "rel2");
+    w.receive(CALLER, &in_dialog("UPDATE", "rel2", 3, &tag, Some(&offer(4002, "sendrecv"))));
+    assert!(
+        w.media.iter().any(|m| matches!(m, MediaRequest::Offer { sdp, .. } if sdp.contains("m=audio 4002 "))),
+        "the caller's new offer went to the media plane: {:?}",
+        w.media
+    );
+    let update = w.take_one(CALLEE, "UPDATE sip:bob@192.0.2.2:5062");
+    assert!(update.contains("CSeq: 3 UPDATE") && update.contains("m=audio 30002 "), "in the fork's early dialog, anchored: {update}");
+    w.receive(CALLEE, &answer(&update, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    let ok = w.take_one(CALLER, "SIP/2.0 200");
+    assert!(ok.contains("CSeq: 3 UPDATE") && ok.contains("m=audio 30000 "), "{ok}");
+    assert!(
+        w.media.iter().any(|m| matches!(m, MediaRequest::Answer { sdp, .. } if sdp.contains("m=audio 5002 "))),
+        "the callee's answer went to the media plane: {:?}",
+        w.media
+    );
+    // The call is answered; the callee's dialog goes on from the early one's CSeq.
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&offer(5002, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    w.take_one(CALLEE, "ACK");
+    w.take_one(CALLER, "SIP/2.0 200");
+    w.receive(CALLER, &in_dialog("ACK", "rel2", 1, &tag, None).replace("rel2ACK1", "rel2ack"));
+    w.receive(CALLER, &in_dialog("BYE", "rel2", 4, &tag, None));
+    w.take_one(CALLER, "SIP/2.0 200");
+    assert!(w.take_one(CALLEE, "BYE").contains("CSeq: 4 BYE"), "after INVITE 1, PRACK 2, UPDATE 3");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
+#[test]
+fn the_callees_update_in_the_early_dialog_reaches_the_caller_through_the_media_plane() {
+    let mut w = World::new();
+    let (invite_b, tag) = early_answered_call(&mut w, "rel3");
+    let body = offer(5004, "sendonly").replace("192.0.2.1", "192.0.2.2");
+    let update = callee_request("UPDATE", &invite_b, "b1", 10)
+        .replace("Content-Length: 0\r\n\r\n", &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    w.receive(CALLEE, &update);
+    let relayed = w.take_one(CALLER, "UPDATE sip:alice@192.0.2.1:5060");
+    assert!(relayed.contains(&format!("tag={tag}")) && relayed.contains("a=sendonly") && relayed.contains("m=audio 30000 "), "{relayed}");
+    w.receive(CALLER, &answer_at(CALLER, &relayed, 200, Some(&offer(4000, "recvonly"))));
+    let ok = w.take_one(CALLEE, "SIP/2.0 200");
+    assert!(ok.contains("CSeq: 10 UPDATE") && ok.contains("m=audio 30002 ") && ok.contains("a=recvonly"), "{ok}");
+}
+
+#[test]
+fn a_2xx_waits_for_the_prack_of_a_reliable_183_and_without_one_the_call_ends_with_500() {
+    let mut w = World::new();
+    w.receive(CALLER, &with_headers(&invite("rel4", &offer(4000, "sendrecv")), "Supported: 100rel\r\n"));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    let early = offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2");
+    w.receive(CALLEE, &answer(&invite_b, 183, Some(&early)));
+    assert!(w.take_one(CALLER, "SIP/2.0 183").contains("RSeq:"), "an early answer to a caller with 100rel goes reliably");
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&early)));
+    w.take_one(CALLEE, "ACK");
+    assert!(w.take(CALLER, "SIP/2.0 200").is_empty(), "RFC 3262 §3: no 2xx before the PRACK of a 1xx with an answer");
+    w.advance(Duration::from_secs(33));
+    assert!(!w.take(CALLER, "SIP/2.0 500").is_empty(), "no PRACK within 64·T1: 500");
+    assert!(!w.take(CALLEE, "BYE").is_empty(), "the callee that answered is hung up");
+    assert!(w.take(CALLER, "SIP/2.0 200").is_empty());
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
+#[test]
+fn a_caller_without_100rel_gets_provisional_responses_as_before_and_its_early_update_491() {
+    let mut w = World::new();
+    w.receive(CALLER, &invite("rel5", &offer(4000, "sendrecv")));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    assert!(!invite_b.contains("100rel"), "{invite_b}");
+    w.receive(CALLEE, &answer(&invite_b, 183, Some(&offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2"))));
+    let ringing = w.take_one(CALLER, "SIP/2.0 183");
+    assert!(!ringing.contains("RSeq") && !ringing.contains("Require:"), "{ringing}");
+    w.receive(CALLER, &in_dialog("UPDATE", "rel5", 2, &to_tag(&ringing), Some(&offer(4002, "sendrecv"))));
+    w.take_one(CALLER, "SIP/2.0 491");
+    assert!(w.take(CALLEE, "UPDATE").is_empty());
+}
+
+#[test]
+fn a_caller_requiring_100rel_gets_its_180_reliably_too() {
+    let mut w = World::new();
+    w.receive(CALLER, &with_headers(&invite("rel6", &offer(4000, "sendrecv")), "Require: 100rel\r\n"));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    w.receive(CALLEE, &answer(&invite_b, 180, None));
+    let ringing = w.take_one(CALLER, "SIP/2.0 180");
+    assert!(ringing.contains("Require: 100rel") && ringing.contains("RSeq: "), "{ringing}");
 }

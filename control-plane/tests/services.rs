@@ -283,6 +283,29 @@ fn a_reinvite_without_sdp_gets_the_callees_offer_anchored_in_the_200_and_the_ans
     assert!(!ok.contains(&format!("m=audio {} ", 24_200 + 1000)), "with the media plane's port, not the callee's: {ok}");
 }
 
+#[test]
+fn a_reliable_early_answer_is_pracked_on_both_sides_and_an_early_update_renegotiates_through_the_media_plane() {
+    if !sipp_available() {
+        return;
+    }
+    let mut stack = Stack::start(14, true);
+    register_callee(&stack, "csv/bob.csv", 24_210);
+    // Both scenarios check what they get: the 183's Require/RSeq and early answer, the RAck, the
+    // UPDATE's offer and answer, the 200s' CSeqs.
+    let (bob, bob_log) = callee(&stack, "uas-answer-100rel.xml", 24_210, "bob", &[]);
+    let (ok, log) = call(&stack, "uac-call-100rel.xml", "bob", 24_216, &[]);
+    assert!(ok, "caller failed; log: {}", stack.log());
+    finish(&mut stack, vec![bob]);
+    let bob_log = std::fs::read_to_string(bob_log).unwrap_or_default();
+    let messages = |log: &str| -> Vec<String> { log.split("----------").map(|m| m.trim().to_owned()).collect() };
+    let bob_messages = messages(&bob_log);
+    let update = bob_messages.iter().find(|m| m.contains("\nUPDATE sip:")).expect("the UPDATE reached the callee");
+    assert!(update.contains("c=IN IP4 127.0.0.1") && update.contains("CSeq: 3 UPDATE"), "anchored, after INVITE and PRACK: {update}");
+    let caller_messages = messages(&log);
+    let ringing = caller_messages.iter().find(|m| m.contains("SIP/2.0 183")).expect("the 183");
+    assert!(!ringing.contains(&format!("m=audio {} ", 24_210 + 1000)), "the media plane's early answer, not the callee's: {ringing}");
+}
+
 // ---- the control.v1 API, driven by a Python client written from the .proto ----
 
 fn python_has_grpc() -> Result<(), String> {

@@ -6,10 +6,15 @@ use super::*;
 impl B2bua {
     /// Sends a request in fork `fork`'s dialog (a BYE to a fork that answered late).
     pub(super) fn send_in_fork(&mut self, id: u64, fork: usize, method: &str, purpose: Purpose) {
+        self.send_in_fork_with(id, fork, method, "", purpose);
+    }
+
+    /// A request in fork `fork`'s dialog with `extra` header lines (each ending in CRLF).
+    pub(super) fn send_in_fork_with(&mut self, id: u64, fork: usize, method: &str, extra: &str, purpose: Purpose) {
         let branch = self.random.branch();
         let Some(fork) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else { return };
         let sent_by = self.config.advertise_for(fork.dialog.peer.transport);
-        match fork.dialog.request(method, &sent_by, &branch, "", None) {
+        match fork.dialog.request(method, &sent_by, &branch, extra, None) {
             Ok(request) => {
                 let peer = fork.dialog.peer;
                 self.send_client(id, request, peer, purpose);
@@ -45,6 +50,11 @@ impl B2bua {
         let hops = message::max_forwards(&call.invite_a.headers).unwrap_or(70).saturating_sub(1);
         common.push_str(&format!("Max-Forwards: {hops}\r\n"));
         common.push_str(&format!("Allow: {ALLOW}\r\n"));
+        if call.rel.offer_to_callee() && !call.delayed {
+            // The caller takes reliable provisional responses: the callee may send them (we
+            // PRACK them), so an early answer can be followed by UPDATEs (see `reliable`).
+            common.push_str("Supported: 100rel\r\n");
+        }
         // A target rung for a transfer (or a parker rung back) from the caller's side sees the
         // transferee; the caller's own identity headers are not the transferee's.
         let callers_own = !call.transfer.as_ref().is_some_and(|t| t.transferor == Side::A);
@@ -120,6 +130,7 @@ impl B2bua {
                 auth_tried: false,
                 redirects: Vec::new(),
                 trunk: branch.trunk,
+                rseq: None,
             });
             // (A transfer's target is filed under the callee's side while it rings, whichever side
             // it replaces: its requests are a fork's until it is joined.)
@@ -154,6 +165,11 @@ impl B2bua {
                     self.cancel_fork(id, fork);
                     return;
                 }
+                if !self.prack_fork(id, fork, &response) {
+                    // A reliable provisional response again (our PRACK crossed it): passed on once.
+                    return;
+                }
+                let Some(call) = self.calls.get_mut(&id) else { return };
                 let party = if call.state == State::Originating { 1 } else { 2 };
                 if matches!(call.state, State::Calling | State::Originating) && current && !call.ringing_told[party - 1] {
                     call.ringing_told[party - 1] = true;

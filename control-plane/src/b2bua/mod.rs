@@ -35,10 +35,8 @@
 //! [`B2bua::handle_next`]: another stage, or the caller's final status.
 //!
 //! A caller's INVITE without SDP (delayed offer) gets the callee's offer in our 2xx and answers
-//! in its ACK; a re-INVITE without SDP is relayed so too ([`reoffer`]).
-//!
-//! Not yet: early-dialog UPDATE (it needs reliable provisional responses, RFC 3262, which the
-//! server does not support: a `Require: 100rel` INVITE gets 420).
+//! in its ACK; a re-INVITE without SDP is relayed so too ([`reoffer`]). Reliable provisional
+//! responses and UPDATEs in the early dialog are handled hop by hop ([`reliable`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -60,7 +58,7 @@ use crate::routing::{outcome_of, Next, Outcome, Plan, RouteState, Stage};
 use crate::sdp::Sdp;
 
 /// Methods the server answers (the Allow header of OPTIONS, 405s and the calls it places).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, REFER, NOTIFY, SUBSCRIBE, MESSAGE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE";
 
 /// SIP the B2BUA wants sent; the server applies it to its transaction layer.
 #[derive(Debug)]
@@ -454,6 +452,8 @@ struct Call {
     reinvite_pending: bool,
     /// A re-INVITE without SDP: the other side's 2xx makes the offer (see `reoffer`).
     reoffer: Option<reoffer::Reoffer>,
+    /// Reliable provisional responses to the caller (RFC 3262, see `reliable`).
+    rel: reliable::Reliable,
     /// The longest it may last (prepaid credit).
     limit: limit::Limit,
     /// Originated for a service (callback): the first party talks to the media plane alone
@@ -505,6 +505,8 @@ struct Fork {
     redirects: Vec<String>,
     /// Sent out through a trunk (the call is rated by its number).
     trunk: bool,
+    /// The RSeq of its last reliable provisional response, PRACKed (RFC 3262).
+    rseq: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,7 +543,6 @@ impl Call {
             state: State::Allocating,
             a,
             b,
-            invite_a,
             invite_a_key,
             forks: Vec::new(),
             stage: 0,
@@ -586,6 +587,8 @@ impl Call {
             retransmit: Vec::new(),
             reinvite_pending: false,
             reoffer: None,
+            rel: reliable::Reliable::for_invite(&invite_a),
+            invite_a,
             limit: limit::Limit::default(),
             ivr: false,
             announcement: None,
@@ -623,6 +626,7 @@ impl Call {
             || self.parked.as_ref().is_some_and(|p| p.until == Some(at))
             || self.resuming.as_ref().is_some_and(|r| r.holds(at))
             || self.announcement_until == Some(at)
+            || self.rel.holds(at)
     }
 
     fn dialog(&self, side: Side) -> &Dialog {
@@ -636,6 +640,20 @@ impl Call {
         match side {
             Side::A => &mut self.a,
             Side::B => &mut self.b,
+        }
+    }
+
+    /// The dialog requests to and from `side` are in now: while the call rings, the callee's
+    /// is the early dialog of the fork whose early answer the caller got (an UPDATE goes
+    /// there, RFC 3311), else [`dialog_mut`](Self::dialog_mut)'s.
+    fn live_dialog_mut(&mut self, side: Side) -> &mut Dialog {
+        let early = (side == Side::B && self.state == State::Calling && self.winner.is_none())
+            .then_some(self.early_from)
+            .flatten()
+            .filter(|&f| f < self.forks.len());
+        match early {
+            Some(f) => &mut self.forks[f].dialog,
+            None => self.dialog_mut(side),
         }
     }
 }
@@ -684,6 +702,8 @@ enum Purpose {
     Resume {
         side: Side,
     },
+    /// Our PRACK of a fork's reliable provisional response (see `reliable`).
+    Prack,
 }
 
 /// The B2BUA: its calls, their dialogs and media, and what it wants sent.
@@ -726,6 +746,7 @@ mod join;
 mod limit;
 mod negotiation;
 mod originate;
+mod reliable;
 mod reoffer;
 mod resume;
 mod transfer;
@@ -1000,9 +1021,11 @@ impl B2bua {
             self.reply(&key, &request, status, now);
             return;
         }
+        let early_update = request.method == Method::Update && self.early_update_allowed(id, side);
+        let Some(call) = self.calls.get_mut(&id) else { return };
         if side == Side::B {
             let fork = call_id(&request.headers).and_then(|c| call.forks.iter().position(|f| f.dialog.call_id == c));
-            if fork.is_some() && fork != call.winner {
+            if fork.is_some() && fork != call.winner && !(early_update && fork == call.early_from) {
                 // A fork that has not (or not first) answered: its BYE ends it, nothing else
                 // is relayed from it.
                 let answered_target = call.transfer.as_ref().is_some_and(|t| t.answered.is_some() && t.answered == fork);
@@ -1025,7 +1048,7 @@ impl B2bua {
             }
         }
         let Some(call) = self.calls.get_mut(&id) else { return };
-        if let Err(DialogError::CSeqOutOfOrder { .. }) = call.dialog_mut(side).receive(&request) {
+        if let Err(DialogError::CSeqOutOfOrder { .. }) = call.live_dialog_mut(side).receive(&request) {
             // RFC 3261 §12.2.2.
             self.stats.cseq_out_of_order += 1;
             self.reply(&key, &request, 500, now);
@@ -1085,6 +1108,9 @@ impl B2bua {
                     self.abandon(id, now);
                 }
             }
+            Method::PRack => self.on_prack(id, side, key, request, now),
+            // An offer in the early dialog (RFC 3311 §5.1), once its first exchange is complete.
+            Method::Update if !established && early_update => self.relay(id, side, key, request, now),
             _ if !established => self.reply(&key, &request, 491, now),
             Method::Invite if reinvite_pending => self.reply(&key, &request, 491, now),
             Method::Refer => self.on_refer(id, side, key, request, now),
@@ -1151,7 +1177,7 @@ impl B2bua {
             Purpose::Relay { origin, from, request, offer } => self.on_relay_response(id, &origin, from, &request, offer, response, now),
             Purpose::Renegotiate => self.renegotiated(id, response, now),
             Purpose::Resume { side } => self.resume_answered(id, side, response, now),
-            Purpose::Cancel | Purpose::Bye => {}
+            Purpose::Cancel | Purpose::Bye | Purpose::Prack => {}
         }
     }
 
@@ -1201,7 +1227,7 @@ impl B2bua {
                 }
                 self.transfer_failed(id, 408, now);
             }
-            Purpose::Cancel | Purpose::Bye => {}
+            Purpose::Cancel | Purpose::Bye | Purpose::Prack => {}
         }
     }
 
@@ -1224,6 +1250,7 @@ impl B2bua {
             self.limit_due(id, now);
             self.resume_due(id, now);
             self.announcement_due(id, now);
+            self.reliable_due(id, now);
         }
         for id in due {
             let Some(call) = self.calls.get_mut(&id) else { continue };
@@ -1321,6 +1348,9 @@ impl B2bua {
             if status >= 200 && call.status == 0 {
                 call.status = status;
             }
+            if status >= 200 && call.invite_a_key == *key {
+                call.rel.finished();
+            }
         }
         if let Some(&id) = self.originated.get(key) {
             self.tell_first_party(id, response);
@@ -1391,7 +1421,7 @@ impl B2bua {
     fn send_in_dialog(&mut self, id: u64, side: Side, method: &str, extra: &str, body: Option<(&str, &[u8])>, purpose: Purpose, _now: Now) {
         let branch = self.random.branch();
         let Some(call) = self.calls.get_mut(&id) else { return };
-        let dialog = call.dialog_mut(side);
+        let dialog = call.live_dialog_mut(side);
         if dialog.peer.addr.ip().is_unspecified() {
             // The side of a service call that nobody has joined yet.
             return;

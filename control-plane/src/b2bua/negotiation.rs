@@ -161,7 +161,7 @@ impl B2bua {
         let is_invite = request.method == Method::Invite;
         if let Some(call) = self.calls.get_mut(&id) {
             if matches!(request.method, Method::Invite | Method::Update) {
-                call.dialog_mut(to).target_refreshed(&response);
+                call.live_dialog_mut(to).target_refreshed(&response);
             }
         }
         if is_invite && self.reoffer_waits(id, from) {
@@ -303,6 +303,10 @@ impl B2bua {
             }
             let Some(head) = call.forwards.front() else { return };
             let status = head.response.status_code.code();
+            if call.rel.waiting_for_prack() && head.origin == call.invite_a_key && status < 300 {
+                // A reliable provisional response is out: what follows it waits for its PRACK.
+                return;
+            }
             let has_answer = head.answers_offer && status < 300 && is_sdp(&head.response.headers, &head.response.body);
             if has_answer && call.media.is_some() {
                 call.negotiating = true;
@@ -328,9 +332,13 @@ impl B2bua {
         if forward.to == Side::A && status < 200 && call.state == State::Calling && answer.is_some() {
             call.early_answer.clone_from(&answer);
         }
-        let out = response_to(&self.config, call, forward.to, &forward.request, &forward.response, status, answer);
+        let with_answer = answer.is_some();
+        let mut out = response_to(&self.config, call, forward.to, &forward.request, &forward.response, status, answer);
         let retransmit = (is_invite_2xx && !call.dialog(forward.to).peer.is_reliable() && !self.originated.contains_key(&forward.origin))
             .then(|| message::encode(&SipMessage::Response(out.clone())));
+        if (101..200).contains(&status) && forward.to == Side::A && forward.origin == call.invite_a_key {
+            self.make_reliable(id, &mut out, with_answer, now);
+        }
         self.respond(&forward.origin, out);
         if matches!(forward.request.method, Method::Invite | Method::Update) && status >= 200 {
             self.hold_answered(id, forward.to, status < 300);

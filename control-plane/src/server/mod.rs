@@ -1057,8 +1057,9 @@ const MAX_UPDATES: usize = 10_000;
 
 /// Option tags (RFC 3261 §19.2) this server supports in `Require`; a request requiring any other
 /// gets 420: SIP outbound (RFC 5626) and Path (RFC 3327) at the registrar, Replaces (RFC 3891:
-/// call pickup of a ringing call); 100rel and timer are not implemented.
-pub const SUPPORTED_OPTIONS: &[&str] = &["outbound", "path", "replaces"];
+/// call pickup of a ringing call), reliable provisional responses (RFC 3262, `100rel`); session
+/// timers (`timer`, RFC 4028) are not implemented.
+pub const SUPPORTED_OPTIONS: &[&str] = &["outbound", "path", "replaces", "100rel"];
 
 /// The `Require` option tags of a request this server does not support, in order.
 fn unsupported_requirements(headers: &rsip::Headers) -> Vec<String> {
