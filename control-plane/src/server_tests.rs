@@ -2194,3 +2194,61 @@ fn a_caller_requiring_100rel_gets_its_180_reliably_too() {
     let ringing = w.take_one(CALLER, "SIP/2.0 180");
     assert!(ringing.contains("Require: 100rel") && ringing.contains("RSeq: "), "{ringing}");
 }
+
+#[test]
+fn a_repeated_2xx_to_a_reinvite_without_sdp_is_absorbed_then_gets_the_same_ack_with_the_answer() {
+    let mut w = World::new();
+    let (_, tag, _) = confirmed_call(&mut w);
+    let (reinvite, _) = offerless_reinvite(&mut w, &tag);
+    let callee_ok = answer(&reinvite, 200, Some(&offer(5004, "sendrecv").replace("192.0.2.1", "192.0.2.2")));
+    // The callee sends its 2xx again before the caller's ACK: no ACK yet, nothing new to the caller.
+    w.receive(CALLEE, &callee_ok);
+    assert!(w.take(CALLEE, "ACK").is_empty(), "no ACK without the answer");
+    assert!(w.take(CALLER, "SIP/2.0 200").is_empty());
+    w.receive(CALLER, &in_dialog("ACK", "call1", 2, &tag, Some(&offer(4002, "sendrecv"))));
+    let ack = w.take_one(CALLEE, "ACK");
+    assert!(ack.contains("m=audio 30002 "), "{ack}");
+    // Our ACK was lost: the 2xx again gets the same ACK, answer included.
+    w.receive(CALLEE, &callee_ok);
+    assert_eq!(w.take_one(CALLEE, "ACK"), ack);
+    assert_eq!(w.core.active_calls(), 1);
+}
+
+#[test]
+fn a_caller_cancelling_while_the_answered_callees_2xx_waits_for_its_prack_gets_487() {
+    let mut w = World::new();
+    w.receive(CALLER, &with_headers(&invite("rel7", &offer(4000, "sendrecv")), "Supported: 100rel\r\n"));
+    w.allocate();
+    let invite_b = w.take_one(CALLEE, "INVITE");
+    let early = offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2");
+    w.receive(CALLEE, &answer(&invite_b, 183, Some(&early)));
+    w.take_one(CALLER, "SIP/2.0 183");
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&early)));
+    w.take_one(CALLEE, "ACK");
+    w.receive(CALLER, &cancel("rel7"));
+    assert!(!w.take(CALLER, "SIP/2.0 487").is_empty(), "the caller had no final response: 487");
+    assert!(!w.take(CALLEE, "BYE").is_empty(), "the callee that answered is hung up");
+    assert_eq!((w.core.active_calls(), w.releases()), (0, 1));
+}
+
+#[test]
+fn after_a_reliable_early_answer_later_provisional_responses_reach_the_caller_without_sdp() {
+    let mut w = World::new();
+    let (invite_b, _) = early_answered_call(&mut w, "rel8");
+    let early = offer(5000, "sendrecv").replace("192.0.2.1", "192.0.2.2");
+    w.receive(CALLEE, &answer(&invite_b, 180, Some(&early)));
+    let ringing = w.take_one(CALLER, "SIP/2.0 180");
+    assert!(!ringing.contains("application/sdp") && !ringing.contains("RSeq"), "no second offer: {ringing}");
+    w.receive(CALLEE, &answer(&invite_b, 200, Some(&early)));
+    w.take_one(CALLEE, "ACK");
+    let ok = w.take_one(CALLER, "SIP/2.0 200");
+    assert!(!ok.contains("application/sdp"), "the answer was given reliably already: {ok}");
+}
+
+#[test]
+fn a_delayed_offer_requiring_100rel_gets_420() {
+    let mut w = World::new();
+    let delayed = invite("rel9", "").replace("Content-Type: application/sdp\r\n", "");
+    w.receive(CALLER, &with_headers(&delayed, "Require: 100rel\r\n"));
+    assert!(w.take_one(CALLER, "SIP/2.0 420").contains("Unsupported: 100rel"));
+}

@@ -369,7 +369,14 @@ impl B2bua {
                 f.ack = Some(ack);
             }
         }
-        self.send_in_fork(id, fork, "BYE", Purpose::Bye);
+        let in_call = matches!(call.state, State::Answered | State::Confirmed) && call.b.call_id == f.dialog.call_id;
+        if in_call {
+            // The call's own dialog: re-INVITEs since the answer moved its CSeq and target on.
+            let now = self.clock.unwrap_or(call.started);
+            self.send_in_dialog(id, Side::B, "BYE", "", None, Purpose::Bye, now);
+        } else {
+            self.send_in_fork(id, fork, "BYE", Purpose::Bye);
+        }
     }
 
     /// Fork `fork` ended without an answer (`status`, or 408 for a timeout). When it was the

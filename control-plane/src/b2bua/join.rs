@@ -74,6 +74,7 @@ impl B2bua {
             && c.media.is_some()
             && c.transfer.is_none()
             && c.joining.is_none()
+            && !c.rel.waiting_for_prack()
     }
 
     /// The call parked in `orbit`, if any.

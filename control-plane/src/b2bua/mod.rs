@@ -452,6 +452,9 @@ struct Call {
     reinvite_pending: bool,
     /// A re-INVITE without SDP: the other side's 2xx makes the offer (see `reoffer`).
     reoffer: Option<reoffer::Reoffer>,
+    /// Our last ACK of an offerless re-INVITE's 2xx (the side, its CSeq), sent again if the
+    /// 2xx is.
+    reoffer_ack: Option<(Side, u32, Bytes, Peer)>,
     /// Reliable provisional responses to the caller (RFC 3262, see `reliable`).
     rel: reliable::Reliable,
     /// The longest it may last (prepaid credit).
@@ -505,8 +508,8 @@ struct Fork {
     redirects: Vec<String>,
     /// Sent out through a trunk (the call is rated by its number).
     trunk: bool,
-    /// The RSeq of its last reliable provisional response, PRACKed (RFC 3262).
-    rseq: Option<u32>,
+    /// The To tag and RSeq of its last reliable provisional response, PRACKed (RFC 3262).
+    rseq: Option<(String, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -587,6 +590,7 @@ impl Call {
             retransmit: Vec::new(),
             reinvite_pending: false,
             reoffer: None,
+            reoffer_ack: None,
             rel: reliable::Reliable::for_invite(&invite_a),
             invite_a,
             limit: limit::Limit::default(),
@@ -747,6 +751,7 @@ mod limit;
 mod negotiation;
 mod originate;
 mod reliable;
+pub(crate) use reliable::has_option;
 mod reoffer;
 mod resume;
 mod transfer;
@@ -1030,7 +1035,13 @@ impl B2bua {
                 // is relayed from it.
                 let answered_target = call.transfer.as_ref().is_some_and(|t| t.answered.is_some() && t.answered == fork);
                 let reinviting = call.reinvite_pending;
-                let status = if request.method == Method::Bye { 200 } else { 481 };
+                let ringing = fork.and_then(|f| call.forks.get(f)).is_some_and(|f| f.state == ForkState::Ringing);
+                let status = match request.method {
+                    Method::Bye => 200,
+                    // Its early dialog exists; the offer just cannot be taken yet (RFC 3311 §5.2).
+                    Method::Update if ringing => 491,
+                    _ => 481,
+                };
                 self.reply(&key, &request, status, now);
                 if let (Method::Bye, Some(fork)) = (&request.method, fork) {
                     if answered_target && reinviting {
@@ -1124,6 +1135,20 @@ impl B2bua {
         self.clock = Some(now);
         let Some(&id) = self.by_invite.get(invite) else { return };
         let Some(call) = self.calls.get(&id) else { return };
+        if call.state == State::Answered && call.status == 0 && call.rel.waiting_for_prack() {
+            // The callee answered, but its 2xx waits for the PRACK of our reliable 183: the
+            // caller has no final response yet and may still cancel (the callee is hung up).
+            let (key, request) = (call.invite_a_key.clone(), call.invite_a.clone());
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.cause = "cancelled";
+                call.forwards.clear();
+            }
+            self.reply(&key, &request, 487, now);
+            self.stats.calls_cancelled += 1;
+            self.hang_up_winner(id, None);
+            self.finish(id);
+            return;
+        }
         if !matches!(call.state, State::Allocating | State::Calling) {
             return;
         }

@@ -161,11 +161,22 @@ impl B2bua {
         let is_invite = request.method == Method::Invite;
         if let Some(call) = self.calls.get_mut(&id) {
             if matches!(request.method, Method::Invite | Method::Update) {
-                call.live_dialog_mut(to).target_refreshed(&response);
+                // The dialog the request went in (an early UPDATE's fork may have lost the call
+                // to another fork since).
+                let cid = call_id(&response.headers).unwrap_or_default().to_owned();
+                let early_fork =
+                    (to == Side::B && cid != call.b.call_id).then(|| call.forks.iter().position(|f| f.dialog.call_id == cid)).flatten();
+                match early_fork {
+                    Some(f) => call.forks[f].dialog.target_refreshed(&response),
+                    None => call.live_dialog_mut(to).target_refreshed(&response),
+                }
             }
         }
         if is_invite && self.reoffer_waits(id, from) {
             self.reoffer_answered(id, origin, request, response, now);
+            return;
+        }
+        if is_invite && status < 300 && self.reoffer_repeated(id, from, &response) {
             return;
         }
         if is_invite && status < 300 {
@@ -308,6 +319,13 @@ impl B2bua {
                 return;
             }
             let has_answer = head.answers_offer && status < 300 && is_sdp(&head.response.headers, &head.response.body);
+            if has_answer && head.origin == call.invite_a_key && call.rel.answer_sent() {
+                // The caller has its answer, reliably: SDP now would be a new offer (RFC 3262
+                // §5), and an early UPDATE may have moved the offer legs since.
+                let Some(forward) = call.forwards.pop_front() else { return };
+                self.deliver(id, forward, None, now);
+                continue;
+            }
             if has_answer && call.media.is_some() {
                 call.negotiating = true;
                 let request =

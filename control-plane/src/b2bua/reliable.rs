@@ -41,6 +41,9 @@ pub(super) struct Reliable {
     /// The caller PRACKed a reliable provisional response with the answer: the early
     /// offer/answer exchange is complete, UPDATEs may follow.
     early_answered: bool,
+    /// A reliable provisional response carried the answer to the caller's offer: later
+    /// responses to its INVITE carry no SDP (one in them would be a new offer, RFC 3262 §5).
+    answer_sent: bool,
 }
 
 #[derive(Debug)]
@@ -86,6 +89,10 @@ impl Reliable {
         self.early_answered
     }
 
+    pub(super) fn answer_sent(&self) -> bool {
+        self.answer_sent
+    }
+
     pub(super) fn holds(&self, at: Instant) -> bool {
         self.unacked.as_ref().is_some_and(|u| u.next == at)
     }
@@ -112,7 +119,7 @@ impl Reliable {
 }
 
 /// Whether header `name` (every instance, comma-separated) lists option tag `tag`.
-fn has_option(headers: &rsip::Headers, name: &str, tag: &str) -> bool {
+pub(crate) fn has_option(headers: &rsip::Headers, name: &str, tag: &str) -> bool {
     headers
         .iter()
         .filter_map(|h| match h {
@@ -148,10 +155,12 @@ impl B2bua {
     pub(super) fn prack_fork(&mut self, id: u64, fork: usize, response: &Response) -> bool {
         let Some(rseq) = rseq_of(response) else { return true };
         let Some(f) = self.calls.get_mut(&id).and_then(|c| c.forks.get_mut(fork)) else { return false };
-        if f.rseq.is_some_and(|last| rseq <= last) {
+        // RSeq numbers are per early dialog: a proxy beyond may fork, each phone numbering its own.
+        let tag = message::to_value(&response.headers).and_then(tag_of).unwrap_or_default().to_owned();
+        if f.rseq.as_ref().is_some_and(|(t, last)| *t == tag && rseq <= *last) {
             return false;
         }
-        f.rseq = Some(rseq);
+        f.rseq = Some((tag, rseq));
         let cseq = message::cseq(&f.invite.headers).map(|c| c.seq).unwrap_or(1);
         let extra = format!("RAck: {rseq} {cseq} INVITE\r\n");
         self.send_in_fork_with(id, fork, "PRACK", &extra, Purpose::Prack);
@@ -180,6 +189,7 @@ impl B2bua {
         out.headers.push(Header::Other("Require".into(), "100rel".into()));
         out.headers.push(Header::Other("RSeq".into(), rseq.to_string()));
         let payload = message::encode(&SipMessage::Response(out.clone()));
+        call.rel.answer_sent |= with_answer;
         call.rel.unacked = Some(Unacked { rseq, payload, with_answer, next: now.instant + t1, interval: t1, until: now.instant + 64 * t1 });
         self.schedule(now.instant + t1, id);
         true
@@ -241,10 +251,11 @@ impl B2bua {
             c.state == State::Calling
                 && c.rel.early_answered()
                 && !c.rel.waiting_for_prack()
-                && match side {
-                    Side::A => c.early_from.is_some(),
-                    Side::B => true,
-                }
+                && c.early_from.and_then(|f| c.forks.get(f)).is_some_and(|f| {
+                    // The fork that answered early still rings, and (for the caller's UPDATE) its
+                    // own early exchange with us was reliable (RFC 3311 §5.1).
+                    f.state == ForkState::Ringing && (side == Side::B || f.rseq.is_some())
+                })
         })
     }
 }

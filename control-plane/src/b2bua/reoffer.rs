@@ -51,6 +51,23 @@ impl B2bua {
         self.calls.get(&id).and_then(|c| c.reoffer.as_ref()).is_some_and(|r| r.from == from && matches!(r.step, Step::Invited))
     }
 
+    /// A 2xx to `from`'s relayed offerless re-INVITE again (the other side did not have our
+    /// ACK yet, RFC 6026): while the answer is being made it is dropped; after, our ACK with the
+    /// answer goes again. Whether it was one.
+    pub(super) fn reoffer_repeated(&mut self, id: u64, from: Side, response: &Response) -> bool {
+        let Some(call) = self.calls.get(&id) else { return false };
+        let cseq = message::cseq(&response.headers).map(|c| c.seq).ok();
+        if call.reoffer.as_ref().is_some_and(|r| r.from == from && !matches!(r.step, Step::Invited)) {
+            return true;
+        }
+        let Some((side, acked, ack, peer)) = call.reoffer_ack.clone() else { return false };
+        if side != from.other() || Some(acked) != cseq {
+            return false;
+        }
+        self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack, retransmission: true }));
+        true
+    }
+
     /// The other side answered the offerless re-INVITE (`response` final).
     pub(super) fn reoffer_answered(&mut self, id: u64, origin: &TransactionKey, request: &Request, response: Response, now: Now) {
         let Some(call) = self.calls.get_mut(&id) else { return };
@@ -80,8 +97,6 @@ impl B2bua {
             return;
         };
         let sdp = sdp.to_owned();
-        let holds = Sdp::parse(sdp.as_bytes()).is_ok_and(|s| s.holds());
-        call.pending_hold = Some((to, holds));
         call.last_sdp[to as usize] = Some(sdp.clone());
         call.offer_legs.clone_from(&legs);
         call.negotiating = true;
@@ -130,6 +145,10 @@ impl B2bua {
             return;
         };
         reoffer.step = Step::Answer;
+        // Whether the asker holds is in its answer (a phone that resumes, or holds, with a
+        // re-INVITE without SDP says so there).
+        let holds = Sdp::parse(sdp.as_bytes()).is_ok_and(|s| s.holds());
+        call.pending_hold = Some((from, holds));
         call.last_sdp[from as usize] = Some(sdp.clone());
         call.negotiating = true;
         let legs = call.offer_legs.clone();
@@ -147,13 +166,13 @@ impl B2bua {
         call.negotiating = false;
         match result {
             Ok(sdp) => {
-                let Some(to) = call.reoffer.as_ref().map(|r| r.from.other()) else { return };
+                let Some(from) = call.reoffer.as_ref().map(|r| r.from) else { return };
                 self.reoffer_ack(id, Some(&sdp));
                 if let Some(call) = self.calls.get_mut(&id) {
                     call.reoffer = None;
                     call.reinvite_pending = false;
                 }
-                self.hold_answered(id, to, true);
+                self.hold_answered(id, from, true);
                 self.pump_forwards(id, now);
             }
             Err(error) => {
@@ -168,9 +187,11 @@ impl B2bua {
         let branch = self.random.branch();
         let Some(call) = self.calls.get(&id) else { return };
         let Some(reoffer) = call.reoffer.as_ref() else { return };
-        let dialog = call.dialog(reoffer.from.other());
-        if let Some((ack, peer)) = Self::encode_ack(&self.config, dialog, reoffer.cseq, &branch, answer) {
-            self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack, retransmission: false }));
+        let (to, cseq) = (reoffer.from.other(), reoffer.cseq);
+        let Some((ack, peer)) = Self::encode_ack(&self.config, call.dialog(to), cseq, &branch, answer) else { return };
+        self.sip.push_back(SipOut::Transmit(Outgoing { destination: peer, payload: ack.clone(), retransmission: false }));
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.reoffer_ack = Some((to, cseq, ack, peer));
         }
     }
 

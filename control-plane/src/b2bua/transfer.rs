@@ -604,7 +604,7 @@ impl B2bua {
                     auth_tried: true,
                     redirects: Vec::new(),
                     trunk: fork.trunk,
-                    rseq: fork.rseq,
+                    rseq: fork.rseq.clone(),
                 });
                 if transferor == Side::B {
                     call.winner = Some(call.forks.len() - 1);

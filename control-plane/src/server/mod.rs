@@ -740,7 +740,17 @@ impl ControlPlane {
     ) {
         let in_dialog = to_value(&request.headers).and_then(tag_of).is_some();
         if !matches!(request.method, Method::Ack | Method::Cancel) {
-            let unsupported = unsupported_requirements(&request.headers);
+            let mut unsupported = unsupported_requirements(&request.headers);
+            if request.method == Method::Invite
+                && !in_dialog
+                && request.body.is_empty()
+                && crate::b2bua::has_option(&request.headers, "Require", "100rel")
+            {
+                // A delayed offer requiring 100rel wants the offer in a reliable provisional
+                // response (RFC 3262 §5), which the B2BUA does not make: its offer is the callee's
+                // 2xx's.
+                unsupported.push("100rel".to_owned());
+            }
             if !unsupported.is_empty() {
                 // RFC 3261 §8.2.2.3: refuse what the client requires and we do not do, and say what.
                 self.stats.unsupported_required += 1;
