@@ -43,6 +43,11 @@ fn call(stack: &Stack, scenario: &str, callee: &str, port: u16, extra: &[&str]) 
     (status.success(), std::fs::read_to_string(&log).unwrap_or_default())
 }
 
+/// The messages of a sipp message log (`-trace_msg`), one per entry between its dashed lines.
+fn sipp_messages(log: &str) -> Vec<String> {
+    log.split("----------").map(|m| m.trim().to_owned()).collect()
+}
+
 /// Where `needle` first appears in `log` (panics naming it when it does not).
 fn at(log: &str, needle: &str) -> usize {
     log.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the message log:\n{log}"))
@@ -271,13 +276,12 @@ fn a_reinvite_without_sdp_gets_the_callees_offer_anchored_in_the_200_and_the_ans
     finish(&mut stack, vec![bob]);
     let bob_log = std::fs::read_to_string(bob_log).unwrap_or_default();
     // sipp's message log: one message per chunk between its dashed separator lines.
-    let messages = |log: &str| -> Vec<String> { log.split("----------").map(|m| m.trim().to_owned()).collect() };
-    let bob_messages = messages(&bob_log);
+    let bob_messages = sipp_messages(&bob_log);
     let reinvite = bob_messages.iter().find(|m| m.contains("CSeq: 2 INVITE") && m.contains("INVITE sip:")).expect("the re-INVITE");
     assert!(!reinvite.contains("application/sdp"), "the callee gets no offer: {reinvite}");
     let ack = bob_messages.iter().find(|m| m.contains("CSeq: 2 ACK")).expect("the re-INVITE's ACK");
     assert!(ack.contains("m=audio") && ack.contains("c=IN IP4 127.0.0.1"), "the callee's ACK carries the anchored answer: {ack}");
-    let caller_messages = messages(&log);
+    let caller_messages = sipp_messages(&log);
     let ok = caller_messages.iter().find(|m| m.contains("SIP/2.0 200") && m.contains("CSeq: 3 INVITE")).expect("the 200 to the re-INVITE");
     assert!(ok.contains("m=audio") && ok.contains("a=rtpmap:0 PCMU/8000"), "the caller's 200 carries the media plane's offer: {ok}");
     assert!(!ok.contains(&format!("m=audio {} ", 24_200 + 1000)), "with the media plane's port, not the callee's: {ok}");
@@ -297,11 +301,10 @@ fn a_reliable_early_answer_is_pracked_on_both_sides_and_an_early_update_renegoti
     assert!(ok, "caller failed; log: {}", stack.log());
     finish(&mut stack, vec![bob]);
     let bob_log = std::fs::read_to_string(bob_log).unwrap_or_default();
-    let messages = |log: &str| -> Vec<String> { log.split("----------").map(|m| m.trim().to_owned()).collect() };
-    let bob_messages = messages(&bob_log);
+    let bob_messages = sipp_messages(&bob_log);
     let update = bob_messages.iter().find(|m| m.contains("\nUPDATE sip:")).expect("the UPDATE reached the callee");
     assert!(update.contains("c=IN IP4 127.0.0.1") && update.contains("CSeq: 3 UPDATE"), "anchored, after INVITE and PRACK: {update}");
-    let caller_messages = messages(&log);
+    let caller_messages = sipp_messages(&log);
     let ringing = caller_messages.iter().find(|m| m.contains("SIP/2.0 183")).expect("the 183");
     assert!(!ringing.contains(&format!("m=audio {} ", 24_210 + 1000)), "the media plane's early answer, not the callee's: {ringing}");
 }
