@@ -438,6 +438,7 @@ fn serve(config: Config, mut store: Box<dyn Store>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    core.prefault();
     match store.bindings() {
         Ok(stored) => {
             let restored = core.registrar_mut().restore(stored, Now::system().unix());

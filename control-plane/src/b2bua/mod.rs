@@ -1228,7 +1228,9 @@ impl B2bua {
         if role != Role::Client {
             return;
         }
-        let Some((id, purpose)) = self.clients.get(key).cloned() else { return };
+        // Failed is final: a client transaction that could not even start has no Terminated
+        // to come, so its entry goes now.
+        let Some((id, purpose)) = self.clients.remove(key) else { return };
         match purpose {
             Purpose::Invite { fork } => self.fork_final(id, fork, 408, None, now),
             Purpose::Relay { origin, request, .. } => {

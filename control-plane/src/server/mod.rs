@@ -195,6 +195,12 @@ impl ControlPlane {
     /// A core for `config`. `seed` seeds every tag, branch, Call-ID and nonce salt (draw it from
     /// the operating system). `secret` keys the nonces (share it between instances that must
     /// accept each other's nonces); `None` draws one from `seed`.
+    /// Makes the fixed-size tables resident before the first request (see
+    /// [`Authenticator::prefault`]), so the process's memory is flat from the start.
+    pub fn prefault(&mut self) {
+        self.auth.prefault();
+    }
+
     pub fn new(config: Arc<Config>, secret: Option<[u8; 32]>, seed: [u8; 32]) -> Result<Self, StartError> {
         let mut random = Random::from_seed(seed);
         let secret = secret.unwrap_or_else(|| random.bytes());
