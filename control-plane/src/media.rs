@@ -86,7 +86,11 @@ impl Allocation {
 
     /// Every leg, for [`MediaRequest::Release`] (the media plane deletes a leg's bridge with it).
     pub fn release(&self) -> MediaRequest {
-        MediaRequest::Release { legs: self.streams.iter().flatten().flat_map(|s| [s.leg_a, s.leg_b]).filter(|&l| l != 0).collect() }
+        MediaRequest::Release { legs: self.release_legs() }
+    }
+
+    fn release_legs(&self) -> Vec<u64> {
+        self.streams.iter().flatten().flat_map(|s| [s.leg_a, s.leg_b]).filter(|&l| l != 0).collect()
     }
 
     /// The (offerer, answerer) legs per `m=` line for an offer from `caller_offers` side.
@@ -509,13 +513,12 @@ impl MediaClient {
     }
 
     async fn release(&self, legs: &[u64]) {
-        // All deletes in flight at once, polled together in this task (a task each would allocate
-        // and zero a large future per leg: that showed in the control plane's profile).
-        let deletes = legs.iter().map(|&leg_id| {
-            let mut client = self.client.clone();
-            async move { client.delete_leg(v1::DeleteLegRequest { leg_id }).await.is_err() }
-        });
-        let failed = futures_util::future::join_all(deletes).await.into_iter().any(|f| f);
+        if legs.is_empty() {
+            return;
+        }
+        // One round trip for them all; a leg already gone (its media timed out) is no failure.
+        let request = v1::DeleteLegsRequest { leg_ids: legs.to_vec() };
+        let failed = self.client.clone().delete_legs(request).await.is_err();
         let counter = if failed { &self.counters.release_failures } else { &self.counters.releases };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -542,42 +545,55 @@ impl MediaClient {
         policy: &CodecPolicy,
         local: bool,
     ) -> Result<Allocation, MediaError> {
-        let mut done =
-            Allocation { streams: Vec::with_capacity(active.len()), offer: String::new(), local_answer: None, group: call_id.to_owned() };
-        let mut partial_legs = Vec::new();
-        let result: Result<(), MediaError> = async {
-            for &on in active {
-                if !on {
-                    done.streams.push(None);
-                    continue;
+        // The legs and the offer in one round trip.
+        let request = v1::CreateOfferRequest {
+            call_id: call_id.to_owned(),
+            group: String::new(),
+            sdp: offer.to_owned(),
+            policy: Some(policy_msg(policy)),
+            transport_protocol: policy.transport.clone(),
+            media_timeout_ms: self.media_timeout_ms,
+        };
+        let made = match self.client.clone().create_offer(request).await {
+            Ok(made) => made.into_inner(),
+            Err(status) => {
+                self.counters.negotiation_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(media_error("CreateOffer", &status));
+            }
+        };
+        let streams = made
+            .streams
+            .iter()
+            .map(|s| match (s.offerer_leg, s.answerer_leg) {
+                (0, 0) => None,
+                // The offerer's legs face the caller, unless the callee made the offer.
+                (offerer, answerer) if callee_offers => Some(StreamLegs { leg_a: answerer, leg_b: offerer }),
+                (offerer, answerer) => Some(StreamLegs { leg_a: offerer, leg_b: answerer }),
+            })
+            .collect();
+        let mut done = Allocation { streams, offer: made.sdp, local_answer: None, group: call_id.to_owned() };
+        if done.streams.iter().map(Option::is_some).ne(active.iter().copied()) {
+            self.release(&done.release_legs()).await;
+            return Err(MediaError::NotAcceptable(format!(
+                "the media plane made legs for {} of {} streams where {} are active",
+                done.streams.iter().flatten().count(),
+                done.streams.len(),
+                active.iter().filter(|a| **a).count()
+            )));
+        }
+        if local {
+            // Nobody answers yet: the callee-facing legs get an answer with no address (they
+            // send nothing) and the offerer gets the media plane's own answer.
+            let request = v1::AnswerRequest { sdp: unaddressed_answer(&done.offer), streams: stream_legs(&done.legs(!callee_offers)) };
+            match self.client.clone().answer(request).await {
+                Ok(answer) => done.local_answer = Some(answer.into_inner().sdp),
+                Err(status) => {
+                    self.release(&done.release_legs()).await;
+                    return Err(media_error("Answer", &status));
                 }
-                // Both legs at once: one round trip instead of two.
-                let (a, b) = tokio::join!(self.create_leg(call_id), self.create_leg(call_id));
-                partial_legs.extend(a.iter().chain(b.iter()).copied());
-                let (leg_a, leg_b) = (a?, b?);
-                partial_legs.clear();
-                done.streams.push(Some(StreamLegs { leg_a, leg_b }));
-            }
-            done.offer = self.offer(&done.legs(!callee_offers), offer.to_owned(), policy).await?;
-            if local {
-                // Nobody answers yet: the callee-facing legs get an answer with no address (they
-                // send nothing) and the offerer gets the media plane's own answer.
-                let request = v1::AnswerRequest { sdp: unaddressed_answer(&done.offer), streams: stream_legs(&done.legs(!callee_offers)) };
-                let answer = self.client.clone().answer(request).await.map_err(|s| media_error("Answer", &s))?;
-                done.local_answer = Some(answer.into_inner().sdp);
-            }
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => Ok(done),
-            Err(e) => {
-                let MediaRequest::Release { mut legs } = done.release() else { return Err(e) };
-                legs.extend(partial_legs);
-                self.release(&legs).await;
-                Err(e)
             }
         }
+        Ok(done)
     }
 
     /// See [`MediaRequest::Join`]. The joining party's offer is taken first: refused, nothing

@@ -392,6 +392,11 @@ pub fn parse(body: &[u8]) -> Result<Session, SdpError> {
     Session::parse(body).map_err(|e| SdpError::Syntax(e.to_string()))
 }
 
+/// Per `m=` line of a description: whether it is active (port not 0).
+pub fn active_streams(body: &[u8]) -> Result<Vec<bool>, SdpError> {
+    Ok(parse(body)?.medias.iter().map(|m| m.port != 0).collect())
+}
+
 fn write(session: &Session) -> String {
     session.to_string()
 }

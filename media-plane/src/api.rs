@@ -20,7 +20,7 @@ use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::driver::{Command, CoreError, CoreEvent, CoreHandle, CoreReport, SubmitError};
+use crate::driver::{Command, CoreError, CoreEvent, CoreHandle, CoreReport, SettleStream, SubmitError};
 use crate::engine::{CommandError, Direction, Drops, Event, LegCodec, LegMedia, LegSpec, LegStats, QualityAlarm, Remote};
 use crate::recorder::RecorderHandle;
 use crate::sdp;
@@ -267,6 +267,95 @@ impl MediaService {
         Ok(Response::new(v1::ParticipantResponse {}))
     }
 
+    /// The offer `sdp` rewritten for the answerer, whose legs' ports are `to_answerer` (per `m=`
+    /// line), per `policy` and the answerer's `transport`.
+    fn rewrite_offer(
+        &self,
+        sdp: &str,
+        policy: Option<v1::CodecPolicy>,
+        transport: &str,
+        to_answerer: Vec<Option<u16>>,
+    ) -> Result<sdp::RewrittenOffer, Status> {
+        let policy = policy.unwrap_or_default();
+        let policy = sdp::CodecPolicy { strip: policy.strip, mask: policy.mask, transcode: policy.transcode, keep: policy.keep };
+        let transport = sdp::Transport::from_protocol(transport).map_err(|_| {
+            Status::invalid_argument(format!("transport_protocol: {transport:?} is not RTP/AVP, RTP/SAVP, RTP/AVPF or RTP/SAVPF"))
+        })?;
+        let anchor = sdp::Anchor { ip: self.inner.advertise_ip, ports: to_answerer };
+        let mut no_entropy = None;
+        let mut random = |buf: &mut [u8]| {
+            if let Err(e) = getrandom::fill(buf) {
+                no_entropy = Some(e);
+            }
+        };
+        let offer = sdp::offer(sdp.as_bytes(), &policy, transport, &anchor, &mut random).map_err(sdp_status)?;
+        if let Some(e) = no_entropy {
+            return Err(Status::internal(format!("no random bytes for SRTP keys: {e}")));
+        }
+        Ok(offer)
+    }
+
+    /// An answer over legs that are all on `core` (the usual case: placed by one call or group),
+    /// in two round trips to it: the offer and the legs, then what the answer settled.
+    async fn answer_on_one_core(
+        &self,
+        core: &CoreHandle,
+        first_answerer: u64,
+        answer: &str,
+        legs: &[Option<(u64, u64)>],
+        ids: Vec<u64>,
+    ) -> Result<v1::AnswerResponse, Status> {
+        let (pending, stats) = self.ask(core, |reply| Command::OfferAndLegs { id: first_answerer, legs: ids, reply }).await?;
+        let pending = pending
+            .filter(|p| p.legs == pairs(legs))
+            .ok_or_else(|| Status::failed_precondition("streams: no offer was made for these legs"))?;
+        let mut leg_stats = stats.chunks_exact(2);
+        let per_stream: Vec<Option<(&LegStats, &LegStats)>> =
+            legs.iter().map(|pair| pair.and_then(|_| leg_stats.next()).map(|s| (&s[0], &s[1]))).collect();
+        let to_offerer = per_stream.iter().map(|s| s.map(|(offerer, _)| offerer.local_port)).collect();
+        let anchor = sdp::Anchor { ip: self.inner.advertise_ip, ports: to_offerer };
+        let answer = sdp::answer(&pending.state, answer.as_bytes(), &anchor).map_err(sdp_status)?;
+        let mut settle = Vec::with_capacity(legs.len());
+        let mut settled = Vec::with_capacity(legs.len());
+        let mut streams = Vec::with_capacity(answer.streams.len());
+        for (i, ((pair, stats), negotiated)) in legs.iter().zip(&per_stream).zip(&answer.streams).enumerate() {
+            let (Some((a, b)), Some((leg_a, leg_b)), Some(n)) = (pair, stats, negotiated) else {
+                streams.push(v1::NegotiatedStream::default());
+                continue;
+            };
+            let bridge = match (leg_a.bridge, leg_b.bridge) {
+                (Some(x), Some(y)) if x == y => Some(x),
+                (None, None) => None,
+                _ => return Err(Status::failed_precondition(format!("streams[{i}]: a leg is bridged to another leg"))),
+            };
+            settle.push(SettleStream {
+                a: *a,
+                // Where the offerer said it receives (latching corrects it behind NAT).
+                media_a: leg_media(&n.offerer, n.offerer.rtp, n.offerer_codec),
+                b: *b,
+                media_b: leg_media(&n.answerer, n.answerer.rtp, n.answerer_codec),
+                bridge,
+                // The codecs changed (a new offer/answer mid-call): the bridge is made again for them.
+                rebridge: bridge.is_some() && (leg_a.codec != n.offerer_codec || leg_b.codec != n.answerer_codec),
+                new_bridge: self.new_id(core.core),
+            });
+            settled.push(streams.len());
+            streams.push(v1::NegotiatedStream {
+                offerer_codec: n.offerer_codec.as_ref().map(codec_msg),
+                answerer_codec: n.answerer_codec.as_ref().map(codec_msg),
+                transcoded: n.transcoded,
+                bridge_id: 0,
+            });
+        }
+        let bridges = self.ask(core, |reply| Command::Settle { streams: settle, reply }).await?;
+        for (index, bridge_id) in settled.into_iter().zip(bridges) {
+            if let Some(stream) = streams.get_mut(index) {
+                stream.bridge_id = bridge_id;
+            }
+        }
+        Ok(v1::AnswerResponse { sdp: answer.sdp, streams })
+    }
+
     /// One leg's stats; `field` names it in the error.
     async fn leg(&self, id: u64, field: &str) -> Result<LegStats, Status> {
         let core = self.core_of(id, field)?;
@@ -276,14 +365,7 @@ impl MediaService {
     /// Applies one side of an offer/answer to its leg (`remote`: `None` keeps the current one).
     async fn set_media(&self, id: u64, side: &sdp::Endpoint, remote: Option<SocketAddr>, codec: Option<LegCodec>) -> Result<(), Status> {
         let core = self.core_of(id, "leg")?;
-        let media = LegMedia {
-            remote,
-            remote_rtcp: remote.and(side.rtcp),
-            rtcp_mux: side.rtcp_mux,
-            direction: side.direction,
-            codec,
-            srtp: side.srtp.clone(),
-        };
+        let media = leg_media(side, remote, codec);
         self.ask(core, |reply| Command::SetMedia { id, media, reply }).await
     }
 
@@ -435,6 +517,18 @@ fn pairs(legs: &[Option<(u64, u64)>]) -> Vec<(u64, u64)> {
 /// The answerer leg of the first stream that has legs: it keeps the pending offer.
 fn first_answerer(legs: &[Option<(u64, u64)>]) -> Result<u64, Status> {
     legs.iter().flatten().map(|(_, b)| *b).next().ok_or_else(|| Status::invalid_argument("streams: every stream is 0 and 0"))
+}
+
+/// One side of an offer/answer as its leg takes it (`remote`: `None` keeps the current one).
+fn leg_media(side: &sdp::Endpoint, remote: Option<SocketAddr>, codec: Option<LegCodec>) -> LegMedia {
+    LegMedia {
+        remote,
+        remote_rtcp: remote.and(side.rtcp),
+        rtcp_mux: side.rtcp_mux,
+        direction: side.direction,
+        codec,
+        srtp: side.srtp.clone(),
+    }
 }
 
 /// An SDP or policy error as the API answers it.
@@ -639,33 +733,92 @@ impl v1::media_plane_server::MediaPlane for MediaService {
             self.leg(*offerer, &format!("streams[{i}].offerer_leg")).await?;
             to_answerer.push(Some(self.leg(*answerer, &format!("streams[{i}].answerer_leg")).await?.local_port));
         }
-        let policy = r.policy.unwrap_or_default();
-        let policy = sdp::CodecPolicy { strip: policy.strip, mask: policy.mask, transcode: policy.transcode, keep: policy.keep };
-        let transport = sdp::Transport::from_protocol(&r.transport_protocol).map_err(|_| {
-            Status::invalid_argument(format!(
-                "transport_protocol: {:?} is not RTP/AVP, RTP/SAVP, RTP/AVPF or RTP/SAVPF",
-                r.transport_protocol
-            ))
-        })?;
-        let anchor = sdp::Anchor { ip: self.inner.advertise_ip, ports: to_answerer };
-        let mut no_entropy = None;
-        let mut random = |buf: &mut [u8]| {
-            if let Err(e) = getrandom::fill(buf) {
-                no_entropy = Some(e);
-            }
-        };
-        let offer = sdp::offer(r.sdp.as_bytes(), &policy, transport, &anchor, &mut random).map_err(sdp_status)?;
-        if let Some(e) = no_entropy {
-            return Err(Status::internal(format!("no random bytes for SRTP keys: {e}")));
-        }
+        let offer = self.rewrite_offer(&r.sdp, r.policy, &r.transport_protocol, to_answerer)?;
         // The offerer's leg changes only with the answer: an offer may be refused (a failed
         // re-INVITE leaves the call as it was).
-        let sdp = offer.sdp;
         let first_answerer = first_answerer(&legs)?;
         let pending = Box::new(sdp::PendingOffer { legs: pairs(&legs), state: offer.state });
         let core = self.core_of(first_answerer, "streams.answerer_leg")?;
         self.ask(core, |reply| Command::PutOffer { id: first_answerer, offer: Some(pending), reply }).await?;
-        Ok(Response::new(v1::OfferResponse { sdp }))
+        Ok(Response::new(v1::OfferResponse { sdp: offer.sdp }))
+    }
+
+    async fn create_offer(&self, req: Request<v1::CreateOfferRequest>) -> Result<Response<v1::CreateOfferResponse>, Status> {
+        let r = req.into_inner();
+        let active = sdp::active_streams(r.sdp.as_bytes()).map_err(sdp_status)?;
+        if !active.contains(&true) {
+            return Err(Status::invalid_argument("sdp: no active m= line (every port is 0)"));
+        }
+        let core = self.pick_core(if r.group.is_empty() { &r.call_id } else { &r.group });
+        let handle = &self.inner.cores[core];
+        let spec = LegSpec {
+            media_timeout: (r.media_timeout_ms > 0).then(|| Duration::from_millis(u64::from(r.media_timeout_ms))),
+            ..LegSpec::default()
+        };
+        // Per active stream: the offerer's leg, then the answerer's.
+        let made: Vec<(u64, LegSpec)> =
+            active.iter().filter(|on| **on).flat_map(|_| [(self.new_id(core), spec), (self.new_id(core), spec)]).collect();
+        let ids: Vec<u64> = made.iter().map(|(id, _)| *id).collect();
+        let ports = self.ask(handle, |reply| Command::CreateLegs { legs: made, reply }).await?;
+        let mut legs = Vec::with_capacity(active.len());
+        let mut to_answerer = Vec::with_capacity(active.len());
+        let mut next = ids.chunks_exact(2).zip(ports.chunks_exact(2));
+        for on in &active {
+            let made = if *on { next.next() } else { None };
+            match made {
+                Some((ids, ports)) => {
+                    legs.push(Some((ids[0], ids[1])));
+                    to_answerer.push(Some(ports[1]));
+                }
+                None => {
+                    legs.push(None);
+                    to_answerer.push(None);
+                }
+            }
+        }
+        let result = match self.rewrite_offer(&r.sdp, r.policy, &r.transport_protocol, to_answerer) {
+            Ok(offer) => {
+                let first_answerer = ids[1];
+                let pending = Box::new(sdp::PendingOffer { legs: pairs(&legs), state: offer.state });
+                self.ask(handle, |reply| Command::PutOffer { id: first_answerer, offer: Some(pending), reply }).await.map(|()| offer.sdp)
+            }
+            Err(status) => Err(status),
+        };
+        match result {
+            Ok(sdp) => {
+                tracing::debug!(legs = ?ids, core, "legs created for an offer");
+                let streams =
+                    pairs(&legs).into_iter().map(|(offerer_leg, answerer_leg)| v1::StreamLegs { offerer_leg, answerer_leg }).collect();
+                Ok(Response::new(v1::CreateOfferResponse { sdp, streams, core: core as u32 }))
+            }
+            Err(status) => {
+                let _ = self.ask(handle, |reply| Command::DeleteLegs { ids, reply }).await;
+                Err(status)
+            }
+        }
+    }
+
+    async fn delete_legs(&self, req: Request<v1::DeleteLegsRequest>) -> Result<Response<v1::DeleteLegsResponse>, Status> {
+        let ids = req.into_inner().leg_ids;
+        let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); self.inner.cores.len()];
+        let mut unknown = Vec::new();
+        for &id in &ids {
+            match by_core.get_mut((id >> CORE_SHIFT) as usize) {
+                Some(core) => core.push(id),
+                None => unknown.push(id),
+            }
+        }
+        let mut stats = Vec::with_capacity(ids.len());
+        for (core, ids) in self.inner.cores.iter().zip(by_core).filter(|(_, ids)| !ids.is_empty()) {
+            let deleted = self.ask(core, |reply| Command::DeleteLegs { ids: ids.clone(), reply }).await?;
+            for (id, leg) in ids.into_iter().zip(deleted) {
+                match leg {
+                    Some(leg) => stats.push(self.leg_stats(core.core, &leg)),
+                    None => unknown.push(id),
+                }
+            }
+        }
+        Ok(Response::new(v1::DeleteLegsResponse { stats, unknown }))
     }
 
     async fn answer(&self, req: Request<v1::AnswerRequest>) -> Result<Response<v1::AnswerResponse>, Status> {
@@ -673,6 +826,10 @@ impl v1::media_plane_server::MediaPlane for MediaService {
         let legs = stream_legs(&r.streams)?;
         let first_answerer = first_answerer(&legs)?;
         let core = self.core_of(first_answerer, "streams.answerer_leg")?;
+        let ids: Vec<u64> = legs.iter().flatten().flat_map(|&(a, b)| [a, b]).collect();
+        if ids.iter().all(|id| id >> CORE_SHIFT == first_answerer >> CORE_SHIFT) {
+            return self.answer_on_one_core(core, first_answerer, &r.sdp, &legs, ids).await.map(Response::new);
+        }
         let pending = self
             .ask(core, |reply| Command::GetOffer { id: first_answerer, reply })
             .await?

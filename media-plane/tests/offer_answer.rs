@@ -14,6 +14,7 @@ use common::*;
 const SLOT_TRANSCODE: u16 = 17;
 const SLOT_RELAY: u16 = 18;
 const SLOT_SRTP: u16 = 19;
+const SLOT_CREATE_OFFER: u16 = 15;
 
 /// A phone's description: RTP at `at`, formats `fmt` with their `a=` lines.
 fn phone_sdp(at: SocketAddr, fmt: &str, attributes: &str) -> String {
@@ -226,6 +227,70 @@ async fn an_offer_answer_relays_a_common_codec_and_a_reoffer_that_changes_it_reb
     assert_eq!(at_a.len(), 10);
     let stats = stats(&mut c).await;
     assert_eq!(stats.cores.iter().map(|c| c.bridges).sum::<u32>(), 1, "the relay bridge was replaced, not leaked");
+}
+
+#[tokio::test]
+async fn create_offer_makes_a_calls_legs_and_offer_in_one_request_and_delete_legs_frees_them_in_one() {
+    let (_mp, mut c) = MediaPlane::start(SLOT_CREATE_OFFER).await;
+    let (phone_a, phone_b) = (udp(), udp());
+    let legs_now = |s: &v1::GetStatsResponse| s.cores.iter().map(|c| c.legs).sum::<u32>();
+
+    // Refusals leave nothing behind and name the field.
+    let offer = |sdp: String, policy: Option<v1::CodecPolicy>| v1::CreateOfferRequest {
+        call_id: "one-trip".into(),
+        sdp,
+        policy,
+        ..Default::default()
+    };
+    let bad = c.create_offer(offer("hello".into(), None)).await.unwrap_err();
+    assert!(bad.code() == Code::InvalidArgument && bad.message().starts_with("sdp:"), "{bad:?}");
+    let disabled = phone_sdp(SocketAddr::new(local(&phone_a).ip(), 0), "0", "");
+    let bad = c.create_offer(offer(disabled, None)).await.unwrap_err();
+    assert!(bad.code() == Code::InvalidArgument && bad.message().starts_with("sdp:"), "{bad:?}");
+    let amr = v1::CodecPolicy { transcode: vec!["AMR-WB".into()], ..Default::default() };
+    let bad = c.create_offer(offer(phone_sdp(local(&phone_a), "0", ""), Some(amr))).await.unwrap_err();
+    assert!(bad.code() == Code::InvalidArgument && bad.message().starts_with("policy:"), "{bad:?}");
+    assert_eq!(legs_now(&stats(&mut c).await), 0, "a refused CreateOffer deletes the legs it made");
+
+    // Audio active, video refused (port 0): legs for the audio line only, on one core.
+    let two_lines = format!("{}m=video 0 RTP/AVP 96\r\n", phone_sdp(local(&phone_a), "0 8", ""));
+    let made = c.create_offer(offer(two_lines, None)).await.expect("CreateOffer").into_inner();
+    assert_eq!(made.streams.len(), 2);
+    assert_eq!((made.streams[1].offerer_leg, made.streams[1].answerer_leg), (0, 0), "no legs for a disabled line");
+    let (a, b) = (made.streams[0].offerer_leg, made.streams[0].answerer_leg);
+    assert!(a != 0 && b != 0 && a != b);
+    let (stats_a, stats_b) = (leg_stats(&mut c, a).await.expect("offerer leg"), leg_stats(&mut c, b).await.expect("answerer leg"));
+    assert_eq!(stats_a.core, made.core);
+    assert_eq!(stats_b.core, made.core);
+    let at = |s: &v1::LegStats| {
+        let local = s.local.as_ref().expect("local");
+        SocketAddr::new(local.ip.parse().expect("ip"), local.port as u16)
+    };
+    let (a_at, b_port) = (at(&stats_a), at(&stats_b).port());
+    let a_port = a_at.port();
+    assert!(made.sdp.contains(&format!("m=audio {b_port} ")), "the answerer is offered its leg's port: {}", made.sdp);
+    assert!(made.sdp.contains("m=video 0 "), "{}", made.sdp);
+
+    // The answer over them bridges them: PCMA relayed as it was sent.
+    let streams = made.streams.clone();
+    let answer = format!("{}m=video 0 RTP/AVP 96\r\n", phone_sdp(local(&phone_b), "8", ""));
+    let r = c.answer(v1::AnswerRequest { sdp: answer, streams }).await.expect("Answer").into_inner();
+    assert!(r.sdp.contains(&format!("m=audio {a_port} ")), "the offerer is answered with its leg's port: {}", r.sdp);
+    assert!(r.streams[0].bridge_id != 0 && !r.streams[0].transcoded, "{r:?}");
+    let mut packet = vec![0x80, 8, 0, 1, 0, 0, 0, 160, 0, 0, 0, 0xA];
+    packet.extend_from_slice(&[0xd5; 160]);
+    send(&phone_a, &packet, a_at);
+    assert_eq!(recv(&phone_b, "relayed PCMA").0, packet, "relayed as it was sent");
+
+    // One DeleteLegs for both (and one that does not exist): ports and bridge freed.
+    let gone = 12_345;
+    let deleted = c.delete_legs(v1::DeleteLegsRequest { leg_ids: vec![a, b, gone] }).await.expect("DeleteLegs").into_inner();
+    assert_eq!(deleted.stats.iter().map(|s| s.leg_id).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(deleted.stats[0].rtp_packets_in, 1, "the final counters: {:?}", deleted.stats[0]);
+    assert_eq!(deleted.unknown, vec![gone]);
+    let after = stats(&mut c).await;
+    assert_eq!(legs_now(&after), 0);
+    assert_eq!(after.cores.iter().map(|c| c.bridges).sum::<u32>(), 0, "the bridge went with its legs");
 }
 
 /// An SRTP session of the test's phone (libsrtp, like the media plane; AES_CM_128_HMAC_SHA1_80).

@@ -122,6 +122,29 @@ pub enum Command {
         id: LegId,
         reply: Reply<LegStats>,
     },
+    /// Creates legs, all or none (those made are deleted again when one fails); replies with
+    /// their RTP ports in order.
+    CreateLegs {
+        legs: Vec<(LegId, LegSpec)>,
+        reply: Reply<Vec<u16>>,
+    },
+    /// Deletes legs; replies with each one's final stats, `None` for a leg that did not exist.
+    DeleteLegs {
+        ids: Vec<LegId>,
+        reply: Reply<Vec<Option<LegStats>>>,
+    },
+    /// The SDP offer kept on leg `id` and the stats of `legs` (all of this core), for an answer.
+    OfferAndLegs {
+        id: LegId,
+        legs: Vec<LegId>,
+        reply: Reply<(Option<Box<PendingOffer>>, Vec<LegStats>)>,
+    },
+    /// What an answer settled, stream by stream (legs of this core): the media of both legs,
+    /// and the bridge between them kept or made again; replies with each stream's bridge.
+    Settle {
+        streams: Vec<SettleStream>,
+        reply: Reply<Vec<BridgeId>>,
+    },
     CreateBridge {
         id: BridgeId,
         a: LegId,
@@ -222,6 +245,21 @@ pub enum Command {
         reply: oneshot::Sender<CoreReport>,
     },
     Shutdown,
+}
+
+/// One stream of a [`Command::Settle`].
+#[derive(Debug)]
+pub struct SettleStream {
+    pub a: LegId,
+    pub media_a: LegMedia,
+    pub b: LegId,
+    pub media_b: LegMedia,
+    /// The bridge the legs are in now, if any.
+    pub bridge: Option<BridgeId>,
+    /// That bridge is deleted first (the codecs changed) and a new one made.
+    pub rebridge: bool,
+    /// The id of a bridge made.
+    pub new_bridge: BridgeId,
 }
 
 /// A core's answer to [`Command::Stats`].
@@ -533,11 +571,24 @@ impl CoreState {
                     let _ = reply.send(r);
                 }
                 Command::DeleteLeg { id, reply } => {
-                    let r = self.engine.delete_leg(id, now).map_err(CoreError::from);
-                    if let Ok(stats) = &r {
-                        self.release_ports(stats);
-                    }
+                    let _ = reply.send(self.delete_leg(id, now));
+                }
+                Command::CreateLegs { legs, reply } => {
+                    let _ = reply.send(self.create_legs(legs, now));
+                }
+                Command::DeleteLegs { ids, reply } => {
+                    let stats = ids.iter().map(|&id| self.delete_leg(id, now).ok()).collect();
+                    let _ = reply.send(Ok(stats));
+                }
+                Command::OfferAndLegs { id, legs, reply } => {
+                    let r = self.engine.offer(id).map_err(CoreError::from).and_then(|offer| {
+                        let stats = legs.iter().map(|&id| self.engine.leg_stats(id, now).ok_or(CommandError::NoSuchLeg(id)));
+                        Ok((offer, stats.collect::<Result<Vec<_>, _>>()?))
+                    });
                     let _ = reply.send(r);
+                }
+                Command::Settle { streams, reply } => {
+                    let _ = reply.send(streams.into_iter().map(|s| self.settle(s, now)).collect());
                 }
                 Command::CreateBridge { id, a, b, reply } => {
                     let _ = reply.send(self.engine.create_bridge(id, a, b).map_err(CoreError::from));
@@ -782,6 +833,45 @@ impl CoreState {
 
     /// [`Engine::set_leg_media`], with the leg's RTCP port opened when rtcp-mux is turned off
     /// and closed when it is turned on.
+    /// See [`Command::CreateLegs`].
+    fn create_legs(&mut self, legs: Vec<(LegId, LegSpec)>, now: Instant) -> Result<Vec<u16>, CoreError> {
+        let mut ports = Vec::with_capacity(legs.len());
+        for (i, &(id, spec)) in legs.iter().enumerate() {
+            match self.create_leg(id, spec, now) {
+                Ok(port) => ports.push(port),
+                Err(e) => {
+                    for &(made, _) in &legs[..i] {
+                        let _ = self.delete_leg(made, now);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ports)
+    }
+
+    fn delete_leg(&mut self, id: LegId, now: Instant) -> Result<LegStats, CoreError> {
+        let stats = self.engine.delete_leg(id, now)?;
+        self.release_ports(&stats);
+        Ok(stats)
+    }
+
+    /// See [`Command::Settle`].
+    fn settle(&mut self, s: SettleStream, now: Instant) -> Result<BridgeId, CoreError> {
+        if let Some(id) = s.bridge.filter(|_| s.rebridge) {
+            self.engine.delete_bridge(id)?;
+        }
+        self.set_leg_media(s.a, s.media_a, now)?;
+        self.set_leg_media(s.b, s.media_b, now)?;
+        match s.bridge.filter(|_| !s.rebridge) {
+            Some(id) => Ok(id),
+            None => {
+                self.engine.create_bridge(s.new_bridge, s.a, s.b)?;
+                Ok(s.new_bridge)
+            }
+        }
+    }
+
     fn set_leg_media(&mut self, id: LegId, media: LegMedia, now: Instant) -> Result<(), CoreError> {
         let leg = self.engine.leg_stats(id, now).ok_or(CoreError::Command(CommandError::NoSuchLeg(id)))?;
         let rtcp_port = leg.local_port + 1;

@@ -443,15 +443,18 @@ impl NgService {
     }
 
     async fn delete_legs(&self, legs: impl IntoIterator<Item = u64>) -> Vec<v1::LegStats> {
-        let mut stats = Vec::new();
-        for leg in legs {
-            self.table().legs.remove(&leg);
-            // A leg that timed out is gone already.
-            if let Ok(r) = self.inner.media.delete_leg(tonic::Request::new(v1::DeleteLegRequest { leg_id: leg })).await {
-                stats.extend(r.into_inner().stats);
+        let leg_ids: Vec<u64> = legs.into_iter().collect();
+        {
+            let mut table = self.table();
+            for leg in &leg_ids {
+                table.legs.remove(leg);
             }
         }
-        stats
+        // A leg that timed out is gone already (listed as unknown).
+        match self.inner.media.delete_legs(tonic::Request::new(v1::DeleteLegsRequest { leg_ids })).await {
+            Ok(r) => r.into_inner().stats,
+            Err(_) => Vec::new(),
+        }
     }
 
     async fn offer(&self, req: &Request) -> Result<Value, Failure> {
