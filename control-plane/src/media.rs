@@ -210,7 +210,7 @@ pub enum MediaRequest {
     /// Takes each pair of legs out of conference `conference`, bridges them again, and ends the
     /// conference (a three-way call back to two). No reply; failures are counted.
     Unconference { conference: u64, pairs: Vec<(u64, u64)> },
-    /// Delete legs; DeleteLeg also deletes the leg's bridge, so one call per leg is all it takes.
+    /// Delete legs (one DeleteLegs request per media plane; a leg's bridge goes with it).
     Release {
         /// Legs.
         legs: Vec<u64>,
@@ -304,7 +304,8 @@ pub struct MediaCounters {
     pub negotiation_failures: AtomicU64,
     /// Releases done.
     pub releases: AtomicU64,
-    /// Deletes that failed (the media plane's media timeout reclaims those legs).
+    /// Deletes that failed (the media plane's media timeout reclaims those legs). A leg the media
+    /// plane no longer had (its media timed out) is no failure.
     pub release_failures: AtomicU64,
     /// Plays (music on hold) started and stopped, and those that failed.
     pub plays: AtomicU64,
@@ -557,7 +558,10 @@ impl MediaClient {
         let made = match self.client.clone().create_offer(request).await {
             Ok(made) => made.into_inner(),
             Err(status) => {
-                self.counters.negotiation_failures.fetch_add(1, Ordering::Relaxed);
+                // A refused offer is a failed negotiation; no ports or no media plane is not.
+                if status.code() == tonic::Code::InvalidArgument {
+                    self.counters.negotiation_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 return Err(media_error("CreateOffer", &status));
             }
         };

@@ -27,6 +27,9 @@ use crate::sdp;
 
 const CORE_SHIFT: u32 = 56;
 
+/// Active `m=` lines a CreateOffer makes legs for (two each, in one command to a core).
+const MAX_OFFER_STREAMS: usize = 16;
+
 /// The service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct MediaService {
@@ -267,6 +270,67 @@ impl MediaService {
         Ok(Response::new(v1::ParticipantResponse {}))
     }
 
+    /// See `CreateOffer`.
+    async fn create_offer_now(&self, r: v1::CreateOfferRequest) -> Result<v1::CreateOfferResponse, Status> {
+        let active = sdp::active_streams(r.sdp.as_bytes()).map_err(sdp_status)?;
+        let streams = active.iter().filter(|on| **on).count();
+        if streams == 0 {
+            return Err(Status::invalid_argument("sdp: no active m= line (every port is 0)"));
+        }
+        if streams > MAX_OFFER_STREAMS {
+            return Err(Status::invalid_argument(format!("sdp: {streams} active m= lines, at most {MAX_OFFER_STREAMS}")));
+        }
+        let core = self.pick_core(if r.group.is_empty() { &r.call_id } else { &r.group });
+        let handle = &self.inner.cores[core];
+        let spec = LegSpec {
+            media_timeout: (r.media_timeout_ms > 0).then(|| Duration::from_millis(u64::from(r.media_timeout_ms))),
+            ..LegSpec::default()
+        };
+        // Per active stream: the offerer's leg, then the answerer's.
+        let made: Vec<(u64, LegSpec)> =
+            active.iter().filter(|on| **on).flat_map(|_| [(self.new_id(core), spec), (self.new_id(core), spec)]).collect();
+        let ids: Vec<u64> = made.iter().map(|(id, _)| *id).collect();
+        let ports = self.ask(handle, |reply| Command::CreateLegs { legs: made, reply }).await?;
+        let mut legs = Vec::with_capacity(active.len());
+        let mut to_answerer = Vec::with_capacity(active.len());
+        let mut next = ids.chunks_exact(2).zip(ports.chunks_exact(2));
+        for on in &active {
+            let made = if *on { next.next() } else { None };
+            match made {
+                Some((ids, ports)) => {
+                    legs.push(Some((ids[0], ids[1])));
+                    to_answerer.push(Some(ports[1]));
+                }
+                None => {
+                    legs.push(None);
+                    to_answerer.push(None);
+                }
+            }
+        }
+        let result = match self.rewrite_offer(&r.sdp, r.policy, &r.transport_protocol, to_answerer) {
+            Ok(offer) => {
+                let first_answerer = ids[1];
+                let pending = Box::new(sdp::PendingOffer { legs: pairs(&legs), state: offer.state });
+                self.ask(handle, |reply| Command::PutOffer { id: first_answerer, offer: Some(pending), reply }).await.map(|()| offer.sdp)
+            }
+            Err(status) => Err(status),
+        };
+        match result {
+            Ok(sdp) => {
+                tracing::debug!(legs = ?ids, core, "legs created for an offer");
+                let streams =
+                    pairs(&legs).into_iter().map(|(offerer_leg, answerer_leg)| v1::StreamLegs { offerer_leg, answerer_leg }).collect();
+                Ok(v1::CreateOfferResponse { sdp, streams, core: core as u32 })
+            }
+            Err(status) => {
+                if let Err(e) = self.ask(handle, |reply| Command::DeleteLegs { ids, reply }).await {
+                    tracing::warn!(core, error = %e.message(), "the legs of a refused offer could not be deleted (their media timeout will)");
+                }
+                Err(status)
+            }
+        }
+    }
+
     /// The offer `sdp` rewritten for the answerer, whose legs' ports are `to_answerer` (per `m=`
     /// line), per `policy` and the answerer's `transport`.
     fn rewrite_offer(
@@ -306,12 +370,30 @@ impl MediaService {
         ids: Vec<u64>,
     ) -> Result<v1::AnswerResponse, Status> {
         let (pending, stats) = self.ask(core, |reply| Command::OfferAndLegs { id: first_answerer, legs: ids, reply }).await?;
+        // The errors of the general path: the offer's leg gone, no offer, then a stream's leg gone.
+        let missing = |field: String, id: u64| Status::not_found(format!("{field}: leg {id} does not exist"));
+        if let Some(i) = legs.iter().position(|pair| pair.is_some_and(|(_, b)| b == first_answerer)) {
+            if stats.get(2 * legs[..i].iter().flatten().count() + 1).is_some_and(Option::is_none) {
+                return Err(missing(format!("streams[{i}].answerer_leg"), first_answerer));
+            }
+        }
         let pending = pending
             .filter(|p| p.legs == pairs(legs))
             .ok_or_else(|| Status::failed_precondition("streams: no offer was made for these legs"))?;
         let mut leg_stats = stats.chunks_exact(2);
-        let per_stream: Vec<Option<(&LegStats, &LegStats)>> =
-            legs.iter().map(|pair| pair.and_then(|_| leg_stats.next()).map(|s| (&s[0], &s[1]))).collect();
+        let mut per_stream: Vec<Option<(&LegStats, &LegStats)>> = Vec::with_capacity(legs.len());
+        for (i, pair) in legs.iter().enumerate() {
+            let Some((a, b)) = pair else {
+                per_stream.push(None);
+                continue;
+            };
+            let Some([leg_a, leg_b]) = leg_stats.next() else {
+                return Err(Status::internal(format!("streams[{i}]: the core answered for fewer legs than asked")));
+            };
+            let leg_a = leg_a.as_ref().ok_or_else(|| missing(format!("streams[{i}].offerer_leg"), *a))?;
+            let leg_b = leg_b.as_ref().ok_or_else(|| missing(format!("streams[{i}].answerer_leg"), *b))?;
+            per_stream.push(Some((leg_a, leg_b)));
+        }
         let to_offerer = per_stream.iter().map(|s| s.map(|(offerer, _)| offerer.local_port)).collect();
         let anchor = sdp::Anchor { ip: self.inner.advertise_ip, ports: to_offerer };
         let answer = sdp::answer(&pending.state, answer.as_bytes(), &anchor).map_err(sdp_status)?;
@@ -744,58 +826,14 @@ impl v1::media_plane_server::MediaPlane for MediaService {
     }
 
     async fn create_offer(&self, req: Request<v1::CreateOfferRequest>) -> Result<Response<v1::CreateOfferResponse>, Status> {
+        // In a task of its own: a client that goes away (its deadline) while the legs are made
+        // neither stops the undo of a failure nor leaves legs it was never told of.
+        let this = self.clone();
         let r = req.into_inner();
-        let active = sdp::active_streams(r.sdp.as_bytes()).map_err(sdp_status)?;
-        if !active.contains(&true) {
-            return Err(Status::invalid_argument("sdp: no active m= line (every port is 0)"));
-        }
-        let core = self.pick_core(if r.group.is_empty() { &r.call_id } else { &r.group });
-        let handle = &self.inner.cores[core];
-        let spec = LegSpec {
-            media_timeout: (r.media_timeout_ms > 0).then(|| Duration::from_millis(u64::from(r.media_timeout_ms))),
-            ..LegSpec::default()
-        };
-        // Per active stream: the offerer's leg, then the answerer's.
-        let made: Vec<(u64, LegSpec)> =
-            active.iter().filter(|on| **on).flat_map(|_| [(self.new_id(core), spec), (self.new_id(core), spec)]).collect();
-        let ids: Vec<u64> = made.iter().map(|(id, _)| *id).collect();
-        let ports = self.ask(handle, |reply| Command::CreateLegs { legs: made, reply }).await?;
-        let mut legs = Vec::with_capacity(active.len());
-        let mut to_answerer = Vec::with_capacity(active.len());
-        let mut next = ids.chunks_exact(2).zip(ports.chunks_exact(2));
-        for on in &active {
-            let made = if *on { next.next() } else { None };
-            match made {
-                Some((ids, ports)) => {
-                    legs.push(Some((ids[0], ids[1])));
-                    to_answerer.push(Some(ports[1]));
-                }
-                None => {
-                    legs.push(None);
-                    to_answerer.push(None);
-                }
-            }
-        }
-        let result = match self.rewrite_offer(&r.sdp, r.policy, &r.transport_protocol, to_answerer) {
-            Ok(offer) => {
-                let first_answerer = ids[1];
-                let pending = Box::new(sdp::PendingOffer { legs: pairs(&legs), state: offer.state });
-                self.ask(handle, |reply| Command::PutOffer { id: first_answerer, offer: Some(pending), reply }).await.map(|()| offer.sdp)
-            }
-            Err(status) => Err(status),
-        };
-        match result {
-            Ok(sdp) => {
-                tracing::debug!(legs = ?ids, core, "legs created for an offer");
-                let streams =
-                    pairs(&legs).into_iter().map(|(offerer_leg, answerer_leg)| v1::StreamLegs { offerer_leg, answerer_leg }).collect();
-                Ok(Response::new(v1::CreateOfferResponse { sdp, streams, core: core as u32 }))
-            }
-            Err(status) => {
-                let _ = self.ask(handle, |reply| Command::DeleteLegs { ids, reply }).await;
-                Err(status)
-            }
-        }
+        tokio::spawn(async move { this.create_offer_now(r).await })
+            .await
+            .map_err(|e| Status::internal(format!("CreateOffer did not finish: {e}")))?
+            .map(Response::new)
     }
 
     async fn delete_legs(&self, req: Request<v1::DeleteLegsRequest>) -> Result<Response<v1::DeleteLegsResponse>, Status> {
@@ -808,17 +846,26 @@ impl v1::media_plane_server::MediaPlane for MediaService {
                 None => unknown.push(id),
             }
         }
+        // Every core is asked even when one fails; the first failure is the answer then.
         let mut stats = Vec::with_capacity(ids.len());
+        let mut failed = None;
         for (core, ids) in self.inner.cores.iter().zip(by_core).filter(|(_, ids)| !ids.is_empty()) {
-            let deleted = self.ask(core, |reply| Command::DeleteLegs { ids: ids.clone(), reply }).await?;
-            for (id, leg) in ids.into_iter().zip(deleted) {
-                match leg {
-                    Some(leg) => stats.push(self.leg_stats(core.core, &leg)),
-                    None => unknown.push(id),
+            match self.ask(core, |reply| Command::DeleteLegs { ids: ids.clone(), reply }).await {
+                Ok(deleted) => {
+                    for (id, leg) in ids.into_iter().zip(deleted) {
+                        match leg {
+                            Some(leg) => stats.push(self.leg_stats(core.core, &leg)),
+                            None => unknown.push(id),
+                        }
+                    }
                 }
+                Err(status) => failed = failed.or(Some(status)),
             }
         }
-        Ok(Response::new(v1::DeleteLegsResponse { stats, unknown }))
+        match failed {
+            Some(status) => Err(status),
+            None => Ok(Response::new(v1::DeleteLegsResponse { stats, unknown })),
+        }
     }
 
     async fn answer(&self, req: Request<v1::AnswerRequest>) -> Result<Response<v1::AnswerResponse>, Status> {

@@ -14,7 +14,7 @@ use common::*;
 const SLOT_TRANSCODE: u16 = 17;
 const SLOT_RELAY: u16 = 18;
 const SLOT_SRTP: u16 = 19;
-const SLOT_CREATE_OFFER: u16 = 15;
+const SLOT_CREATE_OFFER: u16 = 43;
 
 /// A phone's description: RTP at `at`, formats `fmt` with their `a=` lines.
 fn phone_sdp(at: SocketAddr, fmt: &str, attributes: &str) -> String {
@@ -291,6 +291,14 @@ async fn create_offer_makes_a_calls_legs_and_offer_in_one_request_and_delete_leg
     let after = stats(&mut c).await;
     assert_eq!(legs_now(&after), 0);
     assert_eq!(after.cores.iter().map(|c| c.bridges).sum::<u32>(), 0, "the bridge went with its legs");
+    let late = c.answer(v1::AnswerRequest { sdp: phone_sdp(local(&phone_b), "8", ""), streams: made.streams }).await.unwrap_err();
+    assert!(late.code() == Code::NotFound && late.message().starts_with("streams[0].answerer_leg:"), "{late:?}");
+
+    // At most 16 streams a request.
+    let many = phone_sdp(local(&phone_a), "0", "") + &"m=audio 4000 RTP/AVP 0\r\n".repeat(16);
+    let bad = c.create_offer(offer(many, None)).await.unwrap_err();
+    assert!(bad.code() == Code::InvalidArgument && bad.message().contains("at most 16"), "{bad:?}");
+    assert_eq!(legs_now(&stats(&mut c).await), 0);
 }
 
 /// An SRTP session of the test's phone (libsrtp, like the media plane; AES_CM_128_HMAC_SHA1_80).

@@ -133,11 +133,12 @@ pub enum Command {
         ids: Vec<LegId>,
         reply: Reply<Vec<Option<LegStats>>>,
     },
-    /// The SDP offer kept on leg `id` and the stats of `legs` (all of this core), for an answer.
+    /// The SDP offer kept on leg `id` and the stats of `legs` (all of this core; `None` for a
+    /// leg that does not exist), for an answer.
     OfferAndLegs {
         id: LegId,
         legs: Vec<LegId>,
-        reply: Reply<(Option<Box<PendingOffer>>, Vec<LegStats>)>,
+        reply: Reply<(Option<Box<PendingOffer>>, Vec<Option<LegStats>>)>,
     },
     /// What an answer settled, stream by stream (legs of this core): the media of both legs,
     /// and the bridge between them kept or made again; replies with each stream's bridge.
@@ -581,11 +582,8 @@ impl CoreState {
                     let _ = reply.send(Ok(stats));
                 }
                 Command::OfferAndLegs { id, legs, reply } => {
-                    let r = self.engine.offer(id).map_err(CoreError::from).and_then(|offer| {
-                        let stats = legs.iter().map(|&id| self.engine.leg_stats(id, now).ok_or(CommandError::NoSuchLeg(id)));
-                        Ok((offer, stats.collect::<Result<Vec<_>, _>>()?))
-                    });
-                    let _ = reply.send(r);
+                    let offer = self.engine.offer(id).unwrap_or(None);
+                    let _ = reply.send(Ok((offer, legs.iter().map(|&id| self.engine.leg_stats(id, now)).collect())));
                 }
                 Command::Settle { streams, reply } => {
                     let _ = reply.send(streams.into_iter().map(|s| self.settle(s, now)).collect());
@@ -831,8 +829,6 @@ impl CoreState {
         }
     }
 
-    /// [`Engine::set_leg_media`], with the leg's RTCP port opened when rtcp-mux is turned off
-    /// and closed when it is turned on.
     /// See [`Command::CreateLegs`].
     fn create_legs(&mut self, legs: Vec<(LegId, LegSpec)>, now: Instant) -> Result<Vec<u16>, CoreError> {
         let mut ports = Vec::with_capacity(legs.len());
@@ -872,6 +868,8 @@ impl CoreState {
         }
     }
 
+    /// [`Engine::set_leg_media`], with the leg's RTCP port opened when rtcp-mux is turned off
+    /// and closed when it is turned on.
     fn set_leg_media(&mut self, id: LegId, media: LegMedia, now: Instant) -> Result<(), CoreError> {
         let leg = self.engine.leg_stats(id, now).ok_or(CoreError::Command(CommandError::NoSuchLeg(id)))?;
         let rtcp_port = leg.local_port + 1;
