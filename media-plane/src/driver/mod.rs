@@ -138,7 +138,7 @@ pub enum Command {
     OfferAndLegs {
         id: LegId,
         legs: Vec<LegId>,
-        reply: Reply<(Option<Box<PendingOffer>>, Vec<Option<LegStats>>)>,
+        reply: Reply<OfferAndLegs>,
     },
     /// What an answer settled, stream by stream (legs of this core): the media of both legs,
     /// and the bridge between them kept or made again; replies with each stream's bridge.
@@ -247,6 +247,9 @@ pub enum Command {
     },
     Shutdown,
 }
+
+/// [`Command::OfferAndLegs`]' answer: the offer kept, and each leg's stats (`None`: no such leg).
+pub type OfferAndLegs = (Option<Box<PendingOffer>>, Vec<Option<LegStats>>);
 
 /// One stream of a [`Command::Settle`].
 #[derive(Debug)]
