@@ -1237,6 +1237,8 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
             auth.record_nc(key, issued, 1, secs).unwrap();
         }
         assert_eq!(auth.tracked_nonces(), 1_000);
-        assert_eq!(auth.seen.capacity(), capacity, "rehashed in place, never doubled");
+        // `capacity()` is the room left before a rehash: tombstones lower it a little, a doubling
+        // would raise it to twice.
+        assert!(auth.seen.capacity() <= capacity, "rehashed in place, never doubled: {} > {capacity}", auth.seen.capacity());
     }
 }

@@ -446,6 +446,10 @@ fn encode_response(response: &Response) -> Bytes {
 }
 
 /// Queued outputs of one state machine, pulled by its `poll_transmit` and `poll_event`.
+///
+/// A queue gives its buffer back once it has been drained: a transaction lives for tens of
+/// seconds after its last output (Timer J, K), and thousands of them alive at once each kept a
+/// buffer of four events (whole requests) the size of the first ones, long after they left.
 #[derive(Debug, Default)]
 struct Outbox {
     transmits: std::collections::VecDeque<Outgoing>,
@@ -462,11 +466,19 @@ impl Outbox {
     }
 
     fn poll_transmit(&mut self) -> Option<Outgoing> {
-        self.transmits.pop_front()
+        let next = self.transmits.pop_front();
+        if next.is_none() && self.transmits.capacity() > 0 {
+            self.transmits = std::collections::VecDeque::new();
+        }
+        next
     }
 
     fn poll_event(&mut self) -> Option<TransactionEvent> {
-        self.events.pop_front()
+        let next = self.events.pop_front();
+        if next.is_none() && self.events.capacity() > 0 {
+            self.events = std::collections::VecDeque::new();
+        }
+        next
     }
 }
 
@@ -605,6 +617,25 @@ mod tests {
     /// Bob over UDP: where client transactions send.
     pub(super) fn bob() -> Peer {
         Peer::udp("192.0.2.2:5060".parse().unwrap())
+    }
+
+    #[test]
+    fn an_outbox_gives_its_buffers_back_once_drained() {
+        let mut out = Outbox::default();
+        out.event(TransactionEvent::Timeout);
+        out.event(TransactionEvent::Terminated);
+        out.send(bob(), &Bytes::from_static(b"x"), false);
+        assert!(out.events.capacity() > 0 && out.transmits.capacity() > 0);
+        assert_eq!(out.poll_event(), Some(TransactionEvent::Timeout));
+        assert!(out.events.capacity() > 0, "not yet drained");
+        assert_eq!(out.poll_event(), Some(TransactionEvent::Terminated));
+        assert_eq!(out.poll_event(), None);
+        assert!(out.poll_transmit().is_some());
+        assert!(out.poll_transmit().is_none());
+        assert_eq!((out.events.capacity(), out.transmits.capacity()), (0, 0), "a drained outbox holds no memory");
+        // And it takes more afterwards (a retransmission, a late event).
+        out.send(bob(), &Bytes::from_static(b"y"), true);
+        assert_eq!(out.poll_transmit().map(|o| o.retransmission), Some(true));
     }
 
     #[test]
