@@ -124,7 +124,7 @@ impl B2bua {
         call.caller_uri = caller_uri;
         call.callee_uri = callee_uri;
         call.last_sdp = [Some(offer.clone()), None];
-        self.calls.insert(id, call);
+        self.calls.insert(id, Box::new(call));
         Some((id, offer, active))
     }
 

@@ -716,7 +716,10 @@ pub struct B2bua {
     config: Arc<Config>,
     timers: TimerConfig,
     random: Random,
-    calls: HashMap<u64, Call>,
+    /// Boxed: a call is kilobytes, and a table of inline calls that churns doubles (its removals'
+    /// tombstones use up its room) and is first touched page by page as calls land in new slots,
+    /// a slow climb of the server's memory the soak saw.
+    calls: HashMap<u64, Box<Call>>,
     by_call_id: HashMap<String, (u64, Side)>,
     by_invite: HashMap<TransactionKey, u64>,
     clients: HashMap<TransactionKey, (u64, Purpose)>,
@@ -875,7 +878,7 @@ impl B2bua {
         call.callee_uri = callee_uri;
         call.last_sdp = [a_sdp, None];
         call.caller = caller;
-        self.calls.insert(id, call);
+        self.calls.insert(id, Box::new(call));
         if delayed {
             // Nothing to allocate before the callee's offer: ring now, without a body.
             if let Some(stage) = self.calls.get_mut(&id).and_then(|c| c.first_stage.take()) {

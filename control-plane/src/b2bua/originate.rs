@@ -64,7 +64,7 @@ impl B2bua {
         call.caller = from_uri.strip_prefix("sip:").map(str::to_owned);
         call.caller_uri = from_uri;
         call.callee_uri = to_uri;
-        self.calls.insert(id, call);
+        self.calls.insert(id, Box::new(call));
         self.ring(id, first_plan.stage, now);
         id
     }
