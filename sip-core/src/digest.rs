@@ -1222,21 +1222,23 @@ opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
     #[test]
     fn a_full_replay_table_that_churns_never_grows() {
         let mut config = DigestConfig::new(REALM);
-        config.replay_capacity = 1_000;
+        // Nearly half the table's room (1,792 of 3,584 slots): sized for this capacity alone (the
+        // old sizing: 1,792 slots), the table would be 98 % full and double at once.
+        config.replay_capacity = 1_750;
         let mut auth = Authenticator::new(config, [7; 32]).unwrap();
         let capacity = auth.seen.capacity();
-        // Ten times the table's size in fresh nonces: every one past the first thousand evicts
-        // the oldest, leaving a tombstone in the map.
+        // Nearly six times the table's size in fresh nonces: every one past the first 1,750
+        // evicts the oldest (a removal in a full run of slots leaves a tombstone).
         for i in 0..10_000u32 {
             let mut random = [0u8; 16];
             random[..4].copy_from_slice(&i.to_le_bytes());
-            // Ten nonces a second: the nonce lifetime (300 s) would hold 3,000, the table 1,000.
+            // Ten nonces a second: the nonce lifetime (300 s) would hold 3,000, the table 1,750.
             let secs = u64::from(i / 10);
             let nonce = parse_challenge(&auth.challenges(t(secs), random, false)[0]).unwrap().nonce;
             let (issued, key) = auth.check_nonce(&nonce, t(secs)).unwrap();
             auth.record_nc(key, issued, 1, secs).unwrap();
         }
-        assert_eq!(auth.tracked_nonces(), 1_000);
+        assert_eq!(auth.tracked_nonces(), 1_750);
         // `capacity()` is the room left before a rehash: tombstones lower it a little, a doubling
         // would raise it to twice.
         assert!(auth.seen.capacity() <= capacity, "rehashed in place, never doubled: {} > {capacity}", auth.seen.capacity());
